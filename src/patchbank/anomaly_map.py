@@ -1,0 +1,51 @@
+"""Patch-score grid -> pixel anomaly map: bilinear upsampling to the input size, Gaussian blur.
+
+PatchCore / LMF-Core Sec. 4.5 / StructCore Sec. 3.5: sigma = 4 px.  The blur is a separable
+Gaussian truncated at 4 sigma with reflected borders, the same as
+``scipy.ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=4.0)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur [B, H, W] maps with a separable Gaussian (scipy's 'reflect' border = torch 'symmetric')."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel(sigma).to(maps.device, maps.dtype)
+    r = k.numel() // 2
+    x = maps.unsqueeze(1)
+    # scipy 'reflect' (d c b a | a b c d) is 'symmetric' padding; torch's 'reflect' omits the edge.
+    x = _symmetric_pad(x, r)
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def _symmetric_pad(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Pad the last two dims by r with edge-including reflection, repeating if r exceeds the size."""
+    for dim in (-1, -2):
+        n = x.shape[dim]
+        idx = torch.arange(-r, n + r, device=x.device)
+        period = 2 * n
+        idx = torch.remainder(idx, period)
+        idx = torch.where(idx >= n, period - 1 - idx, idx)
+        x = x.index_select(dim, idx)
+    return x
+
+
+def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """[B, h, w] patch scores -> [B, H, W] smoothed pixel maps at the network input size."""
+    up = F.interpolate(patch_scores.unsqueeze(1).float(), size=size, mode="bilinear",
+                       align_corners=False).squeeze(1)
+    return gaussian_blur(up, sigma)
+

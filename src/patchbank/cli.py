@@ -1,0 +1,724 @@
+"""Command line: ``patchbank fit | predict | info | demo``.
+
+Every :class:`~patchbank.errors.PatchbankError` and every usage error (bad option value,
+missing argument) is printed as ONE line ``error: <message>`` on stderr with exit status 2;
+anything else is a bug and keeps its traceback.  Progress bars go to stderr (``--quiet`` hides
+them); results and summaries go to stdout.
+
+``fit`` has one option per :class:`~patchbank.config.Config` field, generated from
+``dataclasses.fields(Config)``: ``--coreset-ratio 0.05``, ``--image-size 320x768``,
+``--projection-dim none``, ``--layers 2,4``.  Only options given on the command line override
+the preset.
+
+torch is imported lazily, inside the commands, so ``--help`` is fast and ``--threads`` can set
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` before torch starts its thread pools.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from patchbank import config as _config_module
+from patchbank import __version__
+from patchbank.config import PRESETS, Config
+from patchbank.errors import PatchbankError
+
+DEFAULT_PRESET = "lmf-core"
+_CFG_PREFIX = "cfg_"
+
+
+# ------------------------------------------------------------------------------------------------
+# The group: one-line errors, exit status 2
+# ------------------------------------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Group(click.Group):
+    """A click group whose errors are one line on stderr: ``error: <message>``, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "patchbank",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+        except PatchbankError as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            code = 2
+        except click.ClickException as exc:  # UsageError, BadParameter, ...
+            msg = _one_line(exc.format_message())
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and ctx is not None:
+                msg += f" (see '{ctx.command_path} --help')"
+            click.echo(f"error: {msg}", err=True)
+            code = exc.exit_code if isinstance(exc, click.UsageError) else 2
+        except click.Abort:
+            click.echo("aborted", err=True)
+            code = 1
+        else:
+            code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="patchbank", message="%(prog)s %(version)s")
+def cli() -> None:
+    """patchbank: training-free industrial anomaly detection (LMF-Core, PatchCore, StructCore).
+
+    \b
+    patchbank fit train/good -o model.patchbank      build the memory bank from normal images
+    patchbank predict model.patchbank test/ -o out   score images, write CSV/JSON (+ --heatmaps)
+    patchbank info model.patchbank                   what is in a model file
+    patchbank demo                                   synthetic end-to-end run, no network needed
+    """
+
+
+def main() -> None:
+    """Console-script entry point (``patchbank``)."""
+    cli.main(prog_name="patchbank")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config fields as options
+# ------------------------------------------------------------------------------------------------
+
+def option_name(field_name: str) -> str:
+    """``coreset_ratio`` -> ``--coreset-ratio``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return tp, False
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def _format_value(value: Any, kind: str = "") -> str:
+    """A Config value the way it is typed on the command line."""
+    if value is None:
+        return "none"
+    if kind == "size" and isinstance(value, tuple) and len(value) == 2:
+        return f"{value[0]}x{value[1]}" if value[0] != value[1] else str(value[0])
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class ConfigValue(click.ParamType):
+    """Parses one Config field's value from its command-line text.
+
+    ``none`` (any case) gives None for optional fields; int / float / bool / str by the field's
+    type; ``tuple[int, int]`` fields are sizes ``N`` or ``HxW`` (parsed by Config's own size
+    parser); other tuples are comma lists whose items are ints where they look like ints.
+    Range and choice checks are left to :class:`Config`, whose message is reported against the
+    option (see :func:`build_config`).
+    """
+
+    def __init__(self, field_name: str, tp: Any, default: Any):
+        self.field_name = field_name
+        base, self.optional = _strip_optional(tp)
+        self.base = base
+        origin = typing.get_origin(base)
+        args = typing.get_args(base)
+        if base is bool:
+            self.kind = "bool"
+        elif base is int:
+            self.kind = "int"
+        elif base is float:
+            self.kind = "float"
+        elif base is str:
+            self.kind = "str"
+        elif origin is tuple and len(args) == 2 and all(a is int for a in args):
+            self.kind = "size"
+        elif origin is tuple:
+            self.kind = "list"
+        else:
+            self.kind = "str"
+        self.choices = _choices_for(field_name)
+        self.name = self.kind
+
+    # click calls this for metavar display
+    def get_metavar(self, param, ctx=None) -> str:  # noqa: D401 - click API
+        if self.choices:
+            text = "|".join(self.choices)
+        else:
+            text = {"bool": "BOOL", "int": "INT", "float": "FLOAT", "str": "TEXT",
+                    "size": "N|HxW", "list": "A,B,..."}[self.kind]
+        return f"{text}|none" if self.optional else text
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        if not isinstance(value, str):
+            return value  # already converted (defaults, programmatic calls)
+        text = value.strip()
+        if text.lower() == "none":
+            if self.optional:
+                return None
+            self.fail(f"{value!r}: this setting cannot be none", param, ctx)
+        if not text:
+            self.fail("empty value", param, ctx)
+        if self.kind == "int":
+            if not _INT_RE.match(text):
+                self.fail(f"expected an integer, got {value!r}", param, ctx)
+            return int(text)
+        if self.kind == "float":
+            try:
+                number = float(text)
+            except ValueError:
+                self.fail(f"expected a number, got {value!r}", param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"expected a finite number, got {value!r}", param, ctx)
+            return number
+        if self.kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            self.fail(f"expected true or false, got {value!r}", param, ctx)
+        if self.kind == "size":
+            parser = getattr(_config_module, "_size_pair", None)
+            if parser is None:
+                return text  # Config parses "N" / "HxW" itself
+            try:
+                return parser(text, option_name(self.field_name))
+            except ValueError as exc:
+                self.fail(_strip_field_prefix(str(exc)), param, ctx)
+        if self.kind == "list":
+            items = [p.strip() for p in text.split(",")]
+            if any(not p for p in items):
+                self.fail(f"expected a comma-separated list like 2,3, got {value!r}", param, ctx)
+            return tuple(int(p) if _INT_RE.match(p) else p for p in items)
+        return text
+
+
+def _strip_field_prefix(message: str) -> str:
+    return re.sub(r"^--?[\w-]+:\s*", "", message)
+
+
+def _choices_for(field_name: str) -> tuple[str, ...] | None:
+    """Allowed values of a str field, from config's module-level tuples (FUSIONS for fusion ...)."""
+    for const, value in vars(_config_module).items():
+        if (const.isupper() and isinstance(value, tuple) and value
+                and all(isinstance(v, str) for v in value)
+                and const.lower().startswith(field_name) and len(const) - len(field_name) <= 2):
+            return value
+    return None
+
+
+def _field_comments() -> dict[str, str]:
+    """The ``# comment`` after each field in Config's source, for --help."""
+    try:
+        source = inspect.getsource(Config)
+    except (OSError, TypeError):
+        return {}
+    comments = {}
+    for line in source.splitlines():
+        m = re.match(r"^\s{4}(\w+)\s*:[^#]*#\s*(.+?)\s*$", line)
+        if m:
+            comments[m.group(1)] = m.group(2)
+    return comments
+
+
+def config_field_options() -> list[click.Option]:
+    """One click option per Config field, named ``--field-name``; default None = 'keep preset'."""
+    hints = typing.get_type_hints(Config)
+    comments = _field_comments()
+    base = PRESETS.get(DEFAULT_PRESET, Config())
+    options = []
+    for f in dataclasses.fields(Config):
+        ptype = ConfigValue(f.name, hints.get(f.name, str), f.default)
+        note = comments.get(f.name, "")
+        if re.fullmatch(r'"[^"]*"(\s*\|\s*"[^"]*")*', note):
+            note = ""  # a bare list of the choices: the metavar shows them already
+        default_text = _format_value(getattr(base, f.name), ptype.kind)
+        help_text = f"{note} [{DEFAULT_PRESET}: {default_text}]" if note else f"[{DEFAULT_PRESET}: {default_text}]"
+        options.append(click.Option([option_name(f.name), _CFG_PREFIX + f.name], type=ptype,
+                                    default=None, help=help_text))
+    return options
+
+
+def _with_config_options(command):
+    command.params.extend(config_field_options())
+    return command
+
+
+def given_overrides(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """The Config fields given explicitly on the command line (or via env), field -> value."""
+    out = {}
+    for f in dataclasses.fields(Config):
+        key = _CFG_PREFIX + f.name
+        source = ctx.get_parameter_source(key)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            out[f.name] = params[key]
+    return out
+
+
+def build_config(preset: str, overrides: dict[str, Any]) -> Config:
+    """``Config.preset(preset, **overrides)`` with Config's ValueError reported against options."""
+    try:
+        return Config.preset(preset, **overrides)
+    except ValueError as exc:
+        message = str(exc)
+    names = sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True)
+    m = re.match(r"^(\w+):\s*(.*)$", message)
+    if m and m.group(1) in {f.name for f in dataclasses.fields(Config)}:
+        raise click.UsageError(f"invalid value for {option_name(m.group(1))}: {m.group(2)}")
+    for name in names:  # e.g. "crop_size (300, 300) is larger than image_size (256, 256)"
+        if name in overrides or "_" in name:
+            message = re.sub(rf"(?<![\w-]){name}(?![\w-])", option_name(name), message)
+    raise click.UsageError(f"invalid options: {message}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers
+# ------------------------------------------------------------------------------------------------
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def _check_device(device: str) -> str:
+    if not _DEVICE_RE.match(device):
+        raise click.BadParameter(f"expected cpu, cuda, cuda:N or mps, got {device!r}",
+                                 param_hint="'--device'")
+    return device
+
+
+def _setup_threads(threads: int | None) -> None:
+    """``--threads N``: torch.set_num_threads(N), and the OpenMP/MKL env when torch is not loaded yet."""
+    if threads is None:
+        return
+    if "torch" not in sys.modules:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _common_run_options(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch (torch.set_num_threads).")(f)
+    f = click.option("--device", default="cpu", show_default=True,
+                     callback=lambda ctx, p, v: _check_device(v),
+                     help="Torch device: cpu, cuda, cuda:N.")(f)
+    return f
+
+
+def _fmt_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.2f} MB ({int(n):,} bytes)"
+
+
+def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files as given; folders -> their images (sorted), or, for a folder holding only
+    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively."""
+    from patchbank.images import IMAGE_EXTENSIONS, list_images
+
+    paths: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            direct = [c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
+            if direct:
+                paths.extend(list_images(p))
+            else:
+                nested = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+                if not nested:
+                    raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
+                paths.extend(nested)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise PatchbankError(f"file or folder not found: {p}")
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def heatmap_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per image; where stems collide (``test/good/000.png`` and
+    ``test/spot/000.png``) the parent folder names are prefixed: ``good_000.png``, ``spot_000.png``."""
+    stems = [p.stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names = []
+    for p, s in zip(paths, stems):
+        names.append(f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s)
+    used: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = used.get(n, 0)
+        used[n] = k + 1
+        out.append(f"{n}.png" if k == 0 else f"{n}_{k}.png")
+    return out
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PatchbankError(f"{existing[0]} already exists{more}; pass --overwrite to replace")
+
+
+def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, overwrite: bool,
+                    batch_size: int | None, quiet: bool, model_path: str | None = None) -> tuple[dict[str, Any], list]:
+    """Predict, write ``predictions.csv`` / ``predictions.json`` (and heatmaps).
+
+    Returns ``(the JSON dict, the Prediction list)``.
+
+    Heatmap colours use ONE range for the whole run: ``vmin``/``vmax`` = the minimum and maximum
+    of all the run's anomaly maps, so colours are comparable between the run's images (not
+    between runs).
+    """
+    from patchbank.heatmap import save_overlay
+    from patchbank.images import prepare_view
+
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    heat_dir = out_dir / "heatmaps"
+    names = heatmap_names(paths) if heatmaps else []
+    _refuse_existing([csv_path, json_path] + [heat_dir / n for n in names], overwrite)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PatchbankError(f"output path is not a folder: {out_dir}")
+
+    preds = det.predict([str(p) for p in paths], batch_size=batch_size)
+    threshold = float(det.threshold_)
+    records = []
+    for i, (p, pr) in enumerate(zip(paths, preds)):
+        rec = {"path": str(p), "score": float(pr.score), "normalized_score": float(pr.normalized_score),
+               "is_anomalous": bool(pr.is_anomalous), "threshold": threshold}
+        if heatmaps:
+            rec["heatmap"] = str(heat_dir / names[i])
+        records.append(rec)
+
+    vmin = vmax = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if heatmaps and preds:
+        vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
+        vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
+        heat_dir.mkdir(parents=True, exist_ok=True)
+        from tqdm import tqdm
+
+        for p, pr, n in tqdm(list(zip(paths, preds, names)), desc="heatmaps", unit="img",
+                             disable=quiet, file=sys.stderr, leave=False):
+            save_overlay(heat_dir / n, prepare_view(str(p), det.config), pr.anomaly_map, vmin, vmax,
+                         overwrite=overwrite)
+
+    fields = ["path", "score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else [])
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({**rec, "score": f"{rec['score']:.6g}",
+                             "normalized_score": f"{rec['normalized_score']:.6g}",
+                             "threshold": f"{rec['threshold']:.6g}",
+                             "is_anomalous": int(rec["is_anomalous"])})
+    result = {
+        "model": model_path,
+        "threshold": threshold,
+        "threshold_applies_to": "normalized_score",
+        "n_images": len(records),
+        "n_flagged": sum(r["is_anomalous"] for r in records),
+        "heatmaps": ({"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
+                      "colormap": "jet", "range": "min..max of this run's maps"} if heatmaps else None),
+        "predictions": records,
+    }
+    with open(json_path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2)
+        fh.write("\n")
+    return result, preds
+
+
+# ------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------
+
+@cli.command(context_settings={"max_content_width": 110},
+             epilog="Config options override single fields of the preset; only options you give "
+                    "override. Values: 'none' for optional fields, N or HxW for sizes (320x768), "
+                    "comma lists for tuples (--layers 2,4).")
+@click.argument("train_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Model file to write (e.g. model.patchbank).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Method configuration to start from.")
+@_common_run_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+@click.pass_context
+def fit(ctx: click.Context, train_dir: Path, output: Path, preset: str, device: str,
+        threads: int | None, quiet: bool, overwrite: bool, **config_params: Any) -> None:
+    """Build a model from the defect-free images in TRAIN_DIR."""
+    config = build_config(preset, given_overrides(ctx, config_params))
+    if not train_dir.exists():
+        raise PatchbankError(f"training folder not found: {train_dir}")
+    if not train_dir.is_dir():
+        raise PatchbankError(f"not a folder: {train_dir}")
+    if output.exists() and not overwrite:
+        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it")
+    if output.exists() and output.is_dir():
+        raise PatchbankError(f"{output} is a folder; give a model file name")
+    from patchbank.images import list_images
+
+    images = list_images(train_dir)
+    _setup_threads(threads)
+    from patchbank.detector import Detector
+
+    t0 = time.perf_counter()
+    det = Detector(config, device=device, progress=not quiet)
+    det.fit([str(p) for p in images])
+    fit_s = time.perf_counter() - t0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    det.save(output, overwrite=overwrite)
+    info = det.info()
+    click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
+    click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
+               f"{_fmt_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
+    click.echo(f"wrote {output}")
+
+
+_with_config_options(fit)
+
+
+# ------------------------------------------------------------------------------------------------
+# predict
+# ------------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for predictions.csv, predictions.json and heatmaps/.")
+@click.option("--heatmaps", is_flag=True,
+              help="Write a PNG overlay per image to OUT_DIR/heatmaps/<stem>.png (one colour range "
+                   "for the whole run: min..max of its anomaly maps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass [the model's batch_size].")
+@_common_run_options
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
+            device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+    """Score INPUT images (files or folders) with MODEL.
+
+    A folder contributes its images; a folder holding only sub-folders (like MVTec's test/)
+    contributes the images of all its sub-folders.
+    """
+    if not model.is_file():
+        raise PatchbankError(f"model file not found: {model}")
+    if not overwrite:
+        _refuse_existing([out_dir / "predictions.csv", out_dir / "predictions.json"], overwrite)
+    paths = _expand_inputs(inputs)
+    _setup_threads(threads)
+    from patchbank.detector import Detector
+
+    det = Detector.load(model, device=device, progress=not quiet)
+    t0 = time.perf_counter()
+    result, _ = run_predictions(det, paths, out_dir, heatmaps=heatmaps, overwrite=overwrite,
+                             batch_size=batch_size, quiet=quiet, model_path=str(model))
+    dt = time.perf_counter() - t0
+    _print_predict_summary(result, out_dir, dt)
+
+
+def _print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float) -> None:
+    n, flagged = result["n_images"], result["n_flagged"]
+    click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous "
+               f"(normalised score > {result['threshold']:.3f})")
+    click.echo(f"wrote {out_dir / 'predictions.csv'} and {out_dir / 'predictions.json'}")
+    if result["heatmaps"]:
+        h = result["heatmaps"]
+        click.echo(f"heatmaps in {h['folder']} (colour range {h['vmin']:.4g}..{h['vmax']:.4g})")
+
+
+# ------------------------------------------------------------------------------------------------
+# info
+# ------------------------------------------------------------------------------------------------
+
+def _closest_preset(cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    best, best_diff = DEFAULT_PRESET, None
+    for name, preset in PRESETS.items():
+        ref = preset.to_dict()
+        diff = [k for k in ref if k in cfg and _norm(cfg[k]) != _norm(ref[k])]
+        if best_diff is None or len(diff) < len(best_diff):
+            best, best_diff = name, diff
+    return best, best_diff or []
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def format_info(info: dict[str, Any], path: str | None = None) -> str:
+    """Human-readable text for :meth:`Detector.info`."""
+    info = dict(info)
+    lines = []
+
+    def row(label: str, value: Any) -> None:
+        lines.append(f"{label:<18} {value}")
+
+    if path:
+        row("model", path)
+    if "format_version" in info:
+        row("format version", info.pop("format_version"))
+    cfg = info.pop("config", None) or {}
+    entries, dim, nbytes = info.pop("bank_entries", None), info.pop("bank_dim", None), info.pop("bank_bytes", None)
+    if entries is not None or nbytes is not None:
+        shape = f"{entries:,} entries x {dim} dims" if isinstance(entries, int) else f"{entries} x {dim}"
+        dtype = cfg.get("bank_dtype")
+        row("memory bank", f"{shape}, {_fmt_bytes(nbytes)}" + (f", {dtype}" if dtype else ""))
+    if "threshold" in info:
+        thr = info.pop("threshold")
+        fpr = cfg.get("target_fpr")
+        row("threshold", f"{float(thr):.4f} on the normalised score"
+            + (f" (target FPR {fpr:g} on held-out normal images)" if fpr is not None else ""))
+    mean, std = info.pop("score_mean", None), info.pop("score_std", None)
+    n_cal = info.pop("n_calibration_images", None)
+    info.pop("target_fpr", None)  # shown with the threshold and in the config
+    if mean is not None or std is not None:
+        row("calibration", f"raw image score mean {float(mean):.4g}, std {float(std):.4g}"
+            + (f" over {n_cal} held-out normal images" if n_cal is not None else ""))
+    if "n_train_images" in info:
+        row("train images", info.pop("n_train_images"))
+    backbone = cfg.get("backbone")
+    sha = info.pop("backbone_sha256", None)
+    if backbone:
+        row("backbone", backbone + (f" (weights sha256 {str(sha)[:16]}...)" if sha else ""))
+    elif sha:
+        row("backbone sha256", sha)
+    for key in sorted(info):
+        value = info[key]
+        row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else value)
+    if cfg:
+        name, diff = _closest_preset(cfg)
+        lines.append("")
+        lines.append(f"config (closest preset: {name}"
+                     + (f"; differs in {', '.join(diff)})" if diff else ", unchanged)"))
+        for key, value in cfg.items():
+            mark = "*" if key in diff else " "
+            lines.append(f" {mark} {key:<24} {_format_value(tuple(value) if isinstance(value, list) else value, 'size' if key.endswith('_size') else '')}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the info dict as JSON.")
+def info(model: Path, as_json: bool) -> None:
+    """Describe a model file: bank size, configuration, threshold, calibration."""
+    if not model.is_file():
+        raise PatchbankError(f"model file not found: {model}")
+    from patchbank.detector import Detector
+
+    det = Detector.load(model, device="cpu", progress=False)
+    data = det.info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(format_info(data, str(model)))
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+# ------------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("-o", "--output", "out_dir", default="demo_out", show_default=True,
+              type=click.Path(path_type=Path), help="Folder for the data, model and predictions.")
+@_common_run_options
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo run.")
+def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+    """Synthetic end-to-end run (no network): make data, fit lmf-core, predict, report AUROC.
+
+    Writes OUT/data (MVTec layout), OUT/model.patchbank and OUT/predictions (CSV, JSON and
+    heatmaps/).
+    """
+    from patchbank.synthetic import DEFECT_TYPES, make_dataset
+
+    data_dir, model_path, pred_dir = out_dir / "data", out_dir / "model.patchbank", out_dir / "predictions"
+    _refuse_existing([model_path, pred_dir / "predictions.csv", pred_dir / "predictions.json"], overwrite)
+    _setup_threads(threads)
+    t_start = time.perf_counter()
+    make_dataset(data_dir)
+    if not quiet:
+        click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
+
+    from patchbank.detector import Detector
+    from patchbank.images import list_images
+
+    det = Detector.from_preset("lmf-core", device=device, progress=not quiet)
+    t0 = time.perf_counter()
+    det.fit(data_dir / "train" / "good")
+    fit_s = time.perf_counter() - t0
+    det.save(model_path, overwrite=True)
+
+    test_dirs = [data_dir / "test" / "good"] + [data_dir / "test" / d for d in DEFECT_TYPES]
+    paths = [p for d in test_dirs for p in list_images(d)]
+    t0 = time.perf_counter()
+    result, preds = run_predictions(det, paths, pred_dir, heatmaps=True, overwrite=overwrite,
+                                    batch_size=None, quiet=quiet, model_path=str(model_path))
+    pred_s = time.perf_counter() - t0
+
+    # Labels from the folders (good = 0), masks from ground_truth/ (empty for good images).
+    import numpy as np
+    from PIL import Image
+
+    from patchbank.images import crop_mask
+    from patchbank.metrics import auroc, pixel_metrics
+
+    labels = [0 if p.parent.name == "good" else 1 for p in paths]
+    image_auroc = float(auroc(labels, [pr.score for pr in preds]))
+    masks = []
+    for p, pr in zip(paths, preds):
+        gt = data_dir / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+        if p.parent.name == "good" or not gt.is_file():
+            masks.append(np.zeros(pr.anomaly_map.shape, dtype=bool))
+        else:
+            with Image.open(gt) as im:
+                masks.append(crop_mask(np.asarray(im.convert("L")), det.config))
+    pixel = pixel_metrics([pr.anomaly_map for pr in preds], masks)
+    n_bad = sum(labels)
+    click.echo(f"fit lmf-core ({det.config.backbone}) on {len(list_images(data_dir / 'train' / 'good'))} "
+               f"images in {fit_s:.1f} s; predicted {len(paths)} test images in {pred_s:.1f} s")
+    click.echo(f"image AUROC: {image_auroc:.3f}  ({len(paths) - n_bad} good, {n_bad} defective; "
+               f"{result['n_flagged']} flagged at the calibrated threshold)")
+    click.echo(f"pixel AUROC: {pixel['pixel_auroc']:.3f}, AUPRO: {pixel['aupro']:.3f}")
+    click.echo(f"data:        {data_dir}")
+    click.echo(f"model:       {model_path}")
+    click.echo(f"predictions: {pred_dir / 'predictions.csv'}, {pred_dir / 'predictions.json'}")
+    click.echo(f"heatmaps:    {pred_dir / 'heatmaps'}")
+    click.echo(f"total {time.perf_counter() - t_start:.1f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

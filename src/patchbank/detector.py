@@ -1,0 +1,322 @@
+"""The Detector: fit on normal images, predict image scores, decisions and anomaly maps.
+
+scikit-learn style: the constructor stores configuration only; :meth:`Detector.fit` learns the
+state (attributes ending in ``_``); :meth:`Detector.predict` reads it.
+
+Fitting streams the training images once (LMF-Core Algorithm 1, setup):
+
+1. backbone -> p x p aggregated, aligned layer maps -> per-layer patch rows;
+2. per-channel moments are accumulated for VG-Fusion (all patches);
+3. patches are kept for the bank on the fly: a streaming sampler (uniform RP-Coreset, none)
+   draws its row indices up front, so only ~r of the raw rows are ever held; the greedy
+   sampler must see every row and keeps them all;
+4. after the pass: fusion statistics -> fused features -> projection -> (greedy selection) -> bank.
+
+Calibration (normal-score statistics, threshold).  Scoring training images against a bank that
+contains their own patches would give near-zero distances and a badly biased mean/std.  We hold
+out a seeded subset of the training images (``calibration_fraction``, at least 5 when possible,
+at most ``calibration_max_images``): each is scored against the bank *without any entry taken
+from a held-out image* (every bank row remembers its source image).  The held-out images' rows are
+then kept in the final bank, so no normal data is wasted; the statistics therefore come from a
+bank about 10% smaller than the deployed one, a slightly conservative (higher-score) estimate.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from patchbank import __version__
+from patchbank.anomaly_map import anomaly_maps
+from patchbank.config import Config
+from patchbank.errors import PatchbankError
+from patchbank.features import aggregate, to_patches
+from patchbank.fusion import Moments, make_fusion
+from patchbank.images import ImageStream, as_items
+from patchbank.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.projection import GaussianProjection
+from patchbank.samplers import make_sampler
+from patchbank.scoring import NormalStats, patch_scores, reweighted_max
+from patchbank.search import make_search
+
+
+@dataclass
+class Prediction:
+    """The result for one image."""
+
+    path: str | None
+    score: float              # raw image score a_hat
+    normalized_score: float   # a = (a_hat - mu) / sigma
+    is_anomalous: bool        # a > threshold
+    anomaly_map: np.ndarray   # float32 [H, W] at config.input_size
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PatchbankError("device 'cuda' requested but CUDA is not available here")
+    return dev
+
+
+class Detector:
+    """Memory-bank anomaly detector; LMF-Core, PatchCore and StructCore are configurations of it."""
+
+    def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
+                 progress: bool = True):
+        self.config = config if config is not None else Config()
+        self.device = _device(device)
+        self.progress = progress
+
+    @classmethod
+    def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
+                    **overrides: Any) -> "Detector":
+        try:
+            config = Config.preset(name, **overrides)
+        except ValueError as exc:
+            raise PatchbankError(str(exc)) from None
+        return cls(config, device=device, progress=progress)
+
+    # ------------------------------------------------------------------ feature pipeline
+    @property
+    def backbone(self):
+        if getattr(self, "_backbone", None) is None:
+            from patchbank.backbones import create_backbone
+
+            cfg = self.config
+            self._backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
+            expected = getattr(self, "backbone_sha256_", None)
+            if expected is not None and self._backbone.weights_sha256 != expected:
+                raise PatchbankError(
+                    f"backbone weights differ from the ones this model was fit with "
+                    f"(sha256 {self._backbone.weights_sha256} != {expected})")
+        return self._backbone
+
+    def _stream(self, items: list, batch_size: int | None = None) -> ImageStream:
+        bb = self.backbone
+        return ImageStream(items, self.config, bb.mean, bb.std, batch_size,
+                           pin=self.device.type == "cuda")
+
+    @torch.inference_mode()
+    def _layers(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Images -> per-layer patch rows [B*h*w, C_l] and the patch grid (h, w)."""
+        maps = aggregate(self.backbone(x.to(self.device, non_blocking=True)), self.config.patch_size)
+        return to_patches(maps), tuple(maps[0].shape[-2:])
+
+    def _embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Fusion then projection: per-layer rows -> bank-space rows."""
+        f = self.fusion_.transform(layers)
+        return self.projection_.transform(f) if self.projection_ is not None else f
+
+    # ------------------------------------------------------------------ fit
+    def _calibration_ids(self, n: int) -> np.ndarray:
+        cfg = self.config
+        n_cal = max(math.ceil(cfg.calibration_fraction * n), min(5, n - 1))
+        n_cal = min(n_cal, cfg.calibration_max_images, n - 1)
+        rng = np.random.default_rng(cfg.seed + 1)
+        return np.sort(rng.choice(n, size=n_cal, replace=False))
+
+    @torch.inference_mode()
+    def fit(self, images: Any) -> "Detector":
+        """Build the memory bank and calibration from normal images (a folder or a list)."""
+        cfg = self.config
+        items = as_items(images)
+        n = len(items)
+        if n < 2:
+            raise PatchbankError(f"need at least 2 training images, got {n}")
+        t0 = time.perf_counter()
+        fusion = make_fusion(cfg)
+        moments = Moments() if fusion.needs_moments else None
+        sampler = make_sampler(cfg, progress=self.progress)
+        cal_ids = self._calibration_ids(n)
+        is_cal = np.zeros(n, dtype=bool)
+        is_cal[cal_ids] = True
+
+        kept: list[list[torch.Tensor]] = []   # raw per-layer rows kept for the bank
+        kept_src: list[torch.Tensor] = []     # their source image ids
+        cal_rows: list[list[torch.Tensor]] = []
+        keep_idx = None
+        n_patches = 0
+        bar = tqdm(total=n, desc="fit: features", unit="img", disable=not self.progress)
+        offset = 0
+        for x, _ in self._stream(items):
+            layers, grid = self._layers(x)
+            b = x.shape[0]
+            n_patches = grid[0] * grid[1]
+            if moments is not None:
+                moments.update(layers)
+            if sampler.streams:
+                if keep_idx is None:
+                    keep_idx = sampler.indices(n * n_patches).to(self.device)
+                lo, hi = offset * n_patches, (offset + b) * n_patches
+                local = keep_idx[(keep_idx >= lo) & (keep_idx < hi)] - lo
+            else:
+                local = torch.arange(b * n_patches, device=self.device)
+            kept.append([layer[local].clone() for layer in layers])
+            kept_src.append(local // n_patches + offset)
+            for j in np.nonzero(is_cal[offset:offset + b])[0]:
+                cal_rows.append([layer[j * n_patches:(j + 1) * n_patches].clone() for layer in layers])
+            offset += b
+            bar.update(b)
+        bar.close()
+
+        self.fusion_ = fusion.fit(moments)
+        raw = [torch.cat([chunk[i] for chunk in kept]) for i in range(len(kept[0]))]
+        del kept
+        fused = self.fusion_.transform(raw)
+        del raw
+        self.projection_ = None
+        if cfg.projection_dim is not None:
+            self.projection_ = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused.shape[1])
+            fused = self.projection_.transform(fused)
+        source = torch.cat(kept_src)
+        if not sampler.streams:
+            sel = sampler.run(fused)
+            fused, source = fused[sel], source[sel]
+        self.bank_ = fused.contiguous()
+        self.grid_ = grid
+        self.n_train_images_ = n
+
+        # --- calibration on held-out images (see module docstring)
+        held_out = torch.from_numpy(is_cal).to(self.device)[source]
+        sub_bank = self.bank_[~held_out]
+        if sub_bank.shape[0] == 0:
+            raise PatchbankError("too few training images: the bank has no entry outside the "
+                                 "calibration images; add images or raise coreset_ratio")
+        sub_search = make_search(sub_bank, cfg)
+        cal_scores = []
+        for rows in cal_rows:
+            emb = self._embed(rows)
+            score, _ = self._score_batch(emb.unsqueeze(0), sub_bank, sub_search)
+            cal_scores.append(float(score[0]))
+        self.calibration_scores_ = np.asarray(cal_scores)
+        self.stats_ = NormalStats().fit(self.calibration_scores_, cfg.target_fpr)
+        self.threshold_ = self.stats_.threshold_
+        self.search_ = make_search(self.bank_, cfg)
+        self.backbone_sha256_ = self.backbone.weights_sha256
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _score_batch(self, emb: torch.Tensor, bank: torch.Tensor, search) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, P, d] embeddings -> (image scores [B], patch scores [B, P])."""
+        cfg = self.config
+        b, p, d = emb.shape
+        need_k = cfg.k
+        sq, idx = search.search(emb.reshape(-1, d), need_k)
+        scores = patch_scores(sq, cfg.distance, cfg.knn_reduce).view(b, p)
+        if cfg.image_score == "reweighted_max":
+            image = reweighted_max(scores, emb, idx[:, 0].view(b, p), bank, search,
+                                   min(cfg.reweight_neighbors, bank.shape[0]))
+        else:
+            image = scores.max(1).values
+        return image, scores
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "bank_"):
+            raise PatchbankError("this detector is not fitted: call fit() or Detector.load() first")
+
+    @torch.inference_mode()
+    def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:
+        """Score images: raw and normalised image score, decision, and anomaly map each."""
+        self._check_fitted()
+        cfg = self.config
+        items = as_items(images)
+        out: list[Prediction] = []
+        timings = {"read": 0.0, "extract": 0.0, "search": 0.0, "post": 0.0}
+        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress)
+        stream = iter(self._stream(items, batch_size))
+        while True:
+            t = time.perf_counter()
+            try:
+                x, names = next(stream)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            layers, grid = self._layers(x)
+            emb = self._embed(layers)
+            t2 = time.perf_counter()
+            b = x.shape[0]
+            image, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_, self.search_)
+            t3 = time.perf_counter()
+            maps = anomaly_maps(scores.view(b, *grid), cfg.input_size, cfg.blur_sigma).cpu().numpy()
+            image = image.double().cpu().numpy()
+            norm = self.stats_.normalize(image)
+            for name, s, a, m in zip(names, image, norm, maps):
+                out.append(Prediction(name, float(s), float(a), bool(a > self.threshold_), m))
+            t4 = time.perf_counter()
+            for key, dt in zip(timings, (t1 - t, t2 - t1, t3 - t2, t4 - t3)):
+                timings[key] += dt
+            bar.update(b)
+        bar.close()
+        self.last_timings_ = timings
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        dtype = torch.float16 if self.config.bank_dtype == "float16" else torch.float32
+        tensors = {"bank": self.bank_.to(dtype),
+                   "calibration_scores": torch.from_numpy(self.calibration_scores_)}
+        tensors.update(self.fusion_.state())
+        if self.projection_ is not None:
+            tensors.update(self.projection_.state())
+        return tensors
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary: configuration, bank size, calibration."""
+        self._check_fitted()
+        elem = 2 if self.config.bank_dtype == "float16" else 4
+        entries, dim = self.bank_.shape
+        return {
+            "patchbank_version": __version__,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "bank_entries": int(entries),
+            "bank_dim": int(dim),
+            "bank_bytes": int(entries * dim * elem),
+            "patch_grid": list(self.grid_),
+            "n_train_images": self.n_train_images_,
+            "n_calibration_images": int(self.calibration_scores_.size),
+            "score_mean": self.stats_.mean_,
+            "score_std": self.stats_.std_,
+            "threshold": self.threshold_,
+            "target_fpr": self.config.target_fpr,
+            "backbone_sha256": self.backbone_sha256_,
+        }
+
+    def save(self, path: str | Path, overwrite: bool = False) -> int:
+        """Write one ``.patchbank`` file (safetensors + JSON header); returns its size in bytes."""
+        self._check_fitted()
+        meta = self.info()
+        return save_model(path, self._state_tensors(), meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
+             weights: str | None = None) -> "Detector":
+        """Load a model file; ``weights`` points at the backbone weights file if it moved."""
+        tensors, meta = load_model(path)
+        try:
+            config = Config.from_dict(meta["config"])
+            if weights is not None:
+                config = config.replace(weights=weights)
+            det = cls(config, device=device, progress=progress)
+            det.fusion_ = make_fusion(config).load_state(tensors)
+            det.projection_ = None
+            if "projection.matrix" in tensors:
+                det.projection_ = GaussianProjection(config.projection_dim, config.seed).load_state(tensors)
+            det.bank_ = tensors["bank"].float().to(det.device)
+            det.calibration_scores_ = tensors["calibration_scores"].double().numpy()
+            det.grid_ = tuple(meta["patch_grid"])
+            det.n_train_images_ = meta["n_train_images"]
+            det.backbone_sha256_ = meta["backbone_sha256"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PatchbankError(f"{path} is missing or has invalid model state ({exc})") from None
+        det.stats_ = NormalStats().fit(det.calibration_scores_, config.target_fpr)
+        det.threshold_ = det.stats_.threshold_
+        det.search_ = make_search(det.bank_, config)
+        return det

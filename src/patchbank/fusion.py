@@ -1,0 +1,133 @@
+"""Fusion of per-layer patch features into one vector per patch.
+
+* :class:`EqualFusion`  - PatchCore: plain concatenation, every layer and channel equal.
+* :class:`VGFusion`     - LMF-Core Sec. 4.3, Eq. 1: keep the top-kappa channels of each layer by
+  their std over normal patches, standardise each kept channel, weight layer l by
+  w_l = (1/v_l) / sum_k (1/v_k), v_l = mean over the layer's channels of the across-patch
+  variance of normal features (raw features, all channels of the layer, as Sec. 4.3 defines v_l
+  before pruning), and concatenate.
+* :class:`L2Fusion`     - StructCore Eq. 1: L2-normalise each layer's patch vector, concatenate.
+
+Statistics come from normal (training) patches only and are accumulated in one streaming pass
+(:class:`Moments`, float64 sums), so fitting never needs all patches in memory.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class Moments:
+    """Streaming per-channel mean and variance of each layer (float64, shifted sums)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift: list[torch.Tensor] = []
+        self.sum: list[torch.Tensor] = []
+        self.sumsq: list[torch.Tensor] = []
+
+    def update(self, layers: list[torch.Tensor]) -> None:
+        if not self.shift:
+            self.shift = [x[0].double().clone() for x in layers]
+            self.sum = [torch.zeros_like(s) for s in self.shift]
+            self.sumsq = [torch.zeros_like(s) for s in self.shift]
+        for i, x in enumerate(layers):
+            d = x.double() - self.shift[i]
+            self.sum[i] += d.sum(0)
+            self.sumsq[i] += (d * d).sum(0)
+        self.count += layers[0].shape[0]
+
+    def mean(self) -> list[torch.Tensor]:
+        return [sh + s / self.count for sh, s in zip(self.shift, self.sum)]
+
+    def var(self) -> list[torch.Tensor]:
+        """Population variance per channel (divides by the count)."""
+        return [(q / self.count - (s / self.count) ** 2).clamp_min(0.0)
+                for s, q in zip(self.sum, self.sumsq)]
+
+
+class EqualFusion:
+    """PatchCore's equal-weight concatenation (stateless)."""
+
+    needs_moments = False
+
+    def fit(self, moments: Moments | None = None) -> "EqualFusion":
+        return self
+
+    def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(layers, dim=1)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> "EqualFusion":
+        return self
+
+
+class L2Fusion(EqualFusion):
+    """StructCore Eq. 1: per-layer L2 normalisation, then concatenation."""
+
+    def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.normalize(x, dim=1) for x in layers], dim=1)
+
+
+class VGFusion:
+    """Variance-Guided Fusion (LMF-Core Eq. 1 and channel pruning).
+
+    State after :meth:`fit`: per layer the kept channel indices ``keep_[l]``, their mean
+    ``mean_[l]`` and a scale ``scale_[l] = w_l / sigma_c`` so that the fused feature is
+    ``concat_l((x_l[:, keep_l] - mean_l) * scale_l)``.
+    """
+
+    needs_moments = True
+
+    def __init__(self, kappa: float = 0.5, eps: float = 1e-8):
+        self.kappa = kappa
+        self.eps = eps
+
+    def fit(self, moments: Moments) -> "VGFusion":
+        means, variances = moments.mean(), moments.var()
+        inv_v = [1.0 / (v.mean().item() + self.eps) for v in variances]          # 1 / v_l
+        self.layer_weights_ = [iv / sum(inv_v) for iv in inv_v]                   # Eq. (1)
+        self.keep_, self.mean_, self.scale_ = [], [], []
+        for mu, var, w in zip(means, variances, self.layer_weights_):
+            std = var.sqrt()
+            n_keep = max(1, math.ceil(self.kappa * std.numel() - 1e-9))
+            # top-kappa channels by std; stable sort so ties keep the lower channel index
+            order = torch.sort(-std, stable=True).indices[:n_keep]
+            keep = torch.sort(order).values
+            self.keep_.append(keep)
+            self.mean_.append(mu[keep].float())
+            self.scale_.append((w / (std[keep] + self.eps)).float())
+        return self
+
+    def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        dev = layers[0].device
+        parts = [(x[:, k.to(dev)] - m.to(dev)) * s.to(dev)
+                 for x, k, m, s in zip(layers, self.keep_, self.mean_, self.scale_)]
+        return torch.cat(parts, dim=1)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (k, m, s) in enumerate(zip(self.keep_, self.mean_, self.scale_)):
+            out[f"fusion.keep.{i}"], out[f"fusion.mean.{i}"], out[f"fusion.scale.{i}"] = k, m, s
+        out["fusion.layer_weights"] = torch.tensor(self.layer_weights_, dtype=torch.float64)
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> "VGFusion":
+        n = sum(1 for name in tensors if name.startswith("fusion.keep."))
+        self.keep_ = [tensors[f"fusion.keep.{i}"].long() for i in range(n)]
+        self.mean_ = [tensors[f"fusion.mean.{i}"].float() for i in range(n)]
+        self.scale_ = [tensors[f"fusion.scale.{i}"].float() for i in range(n)]
+        self.layer_weights_ = tensors["fusion.layer_weights"].tolist()
+        return self
+
+
+def make_fusion(config):
+    if config.fusion == "vg":
+        return VGFusion(config.kappa)
+    if config.fusion == "l2":
+        return L2Fusion()
+    return EqualFusion()

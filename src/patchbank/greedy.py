@@ -1,0 +1,479 @@
+"""Greedy k-center coreset (farthest-point sampling), PatchCore's memory-bank sampler.
+
+The algorithm (Sener & Savarese 2018; PatchCore's ``ApproximateGreedyCoresetSampler``)
+-------------------------------------------------------------------------------------
+1. Project the features ``[N, D]`` to ``proxy_dim`` dimensions with a Gaussian random matrix
+   drawn from ``torch.Generator().manual_seed(seed)`` (entries ``N(0, 1/proxy_dim)``).  The
+   projection is skipped when ``proxy_dim`` is ``None`` or ``>= D``.
+2. Draw the first centre uniformly with the same generator (``torch.randint`` right after the
+   projection matrix; without projection it is the generator's first draw).
+3. Keep, for every point, its Euclidean distance to the nearest selected centre.  Repeatedly
+   select the unselected point with the largest such distance (ties: lowest row index), then
+   lower every point's distance with its distance to the new centre.
+
+Differences from the official PatchCore code, all deliberate: one seeded start point instead
+of the mean distance to 10 unseeded ones; a Gaussian rather than ``nn.Linear``-initialised
+projection; already selected points are never selected again (PatchCore can re-pick a
+duplicate once every remaining distance is 0), so the result is always distinct indices.
+
+Sizes: ``n = coreset_size(N, ratio) = min(N, max(1, int(N * ratio)))`` -- PatchCore's
+``int(len(features) * percentage)`` rule, clipped to at least one and at most N points (so
+``int`` truncates: ``int(100 * 0.29) == 28`` because ``100 * 0.29`` is ``28.999...``).
+
+Distances are ``torch.cdist(..., compute_mode="donot_use_mm_for_euclid_dist")`` in float32,
+i.e. ``sqrt(sum((x - c) ** 2))`` evaluated pair by pair; that kernel's value for a pair does
+not depend on which other rows are in the call, so the fast sampler and the brute-force
+reference (:func:`greedy_reference`) see bit-identical distances and select the *identical*
+index sequence (the tests check this).
+
+The fast sampler (CPU)
+----------------------
+A brute-force step reads all N points (600k x 128 float32 = 300 MB, ~30 ms here), so 60,000
+steps would take half an hour.  :class:`GreedySampler` instead builds, once, a static ball tree
+over the proxy features: a balanced binary tree of median splits along each node's approximate
+principal direction, of which every ``2**fanout_bits``-th level is kept, with leaves of at most
+``leaf_size`` points.  Each node stores its centroid ``g`` and radius ``rho`` (max distance of
+its points to ``g``) and, dynamically, the largest current min-distance ``m`` of its points;
+each point stores its distance to its leaf centroid.  A new centre ``c`` can lower the
+min-distance ``r(x)`` of a point ``x`` only if ``d(x, c) < r(x)``; by the triangle inequality
+``d(x, c) >= d(c, g) - rho`` for every ``x`` in a node and ``d(x, c) >= |d(c, g) - d(x, g)|``
+for a point, so a step descends the tree only into nodes with ``d(c, g) - rho <= m`` and
+computes exact distances only for the points that survive the per-point test.  The farthest
+point is the maximum of a per-leaf key that packs ``(r, -index)`` into one int64, which also
+settles ties by lowest index.  Bounds are applied with a relative slack of ``2**-10`` (far
+above float32 rounding of the distances), so a point is skipped only when its exact distance
+could not have changed its min-distance: the result equals the brute force bit for bit.
+
+Memory: O(N) -- the features (or their proxy), the tree (node centroids ~ N/leaf_size*D
+floats) and a few length-N arrays.  No N x N (or N x n) matrix is ever formed.
+
+Speed depends on the data.  On clustered, low-intrinsic-dimension data (what CNN patch
+features look like) most steps touch a few hundred points.  On isotropic Gaussian noise in
+128 dimensions the triangle inequality prunes almost nothing (all distances concentrate), and
+the sampler degrades to the brute-force cost plus a small overhead; when most leaves are
+candidates it switches to one dense pass over all points for that step.
+
+On CUDA tensors the brute-force loop runs on the device (it is memory-bandwidth bound and
+needs no host synchronisation per step); the result follows the same rules but is computed by
+CUDA kernels, so it is not guaranteed to be bit-identical to the CPU result.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "GreedySampler",
+    "NaiveGreedySampler",
+    "coreset_size",
+    "greedy_reference",
+    "greedy_fast",
+    "random_projection",
+    "covering_radius",
+]
+
+# Relative slack applied to every triangle-inequality bound.  float32 distances from cdist
+# carry a relative error of ~1e-6; 2**-10 (~1e-3) keeps the pruning safe by a wide margin.
+_SLACK = 2.0**-10
+_KAPPA = (1.0 - _SLACK) / (1.0 + _SLACK)
+
+
+def coreset_size(n_points: int, ratio: float) -> int:
+    """Number of centres selected from ``n_points`` at ``ratio``: ``min(N, max(1, int(N*ratio)))``."""
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"ratio: expected 0 < ratio <= 1, got {ratio!r}")
+    if n_points < 1:
+        raise ValueError(f"n_points: expected at least one point, got {n_points}")
+    return min(n_points, max(1, int(n_points * ratio)))
+
+
+def _dist(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distances ``[M]`` from rows of ``a [M, D]`` to one point ``c [1, D]``."""
+    return torch.cdist(a, c, compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+
+
+def random_projection(
+    features: torch.Tensor, proxy_dim: int | None, generator: torch.Generator, chunk: int = 65536
+) -> torch.Tensor:
+    """``features @ W`` with ``W ~ N(0, 1/proxy_dim)`` drawn from ``generator`` (on the CPU).
+
+    Returns ``features`` itself (no copy) when ``proxy_dim`` is None or ``>= D``.  Computed in
+    row chunks, so only the ``[N, proxy_dim]`` result is allocated.
+    """
+    n, d = features.shape
+    if proxy_dim is None or proxy_dim >= d:
+        return features
+    if proxy_dim < 1:
+        raise ValueError(f"proxy_dim: expected a positive integer or None, got {proxy_dim!r}")
+    w = torch.randn(d, proxy_dim, generator=generator, dtype=torch.float32) / math.sqrt(proxy_dim)
+    w = w.to(features.device)
+    out = torch.empty(n, proxy_dim, dtype=torch.float32, device=features.device)
+    for i in range(0, n, chunk):
+        torch.matmul(features[i : i + chunk].float(), w, out=out[i : i + chunk])
+    return out
+
+
+def _check_features(features: torch.Tensor) -> torch.Tensor:
+    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+        raise ValueError("features: expected a 2-D tensor [N, D]")
+    if features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"features: expected a non-empty [N, D] tensor, got {tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"features: expected a floating-point tensor, got {features.dtype}")
+    features = features.detach()
+    if features.dtype != torch.float32:
+        features = features.float()
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features: contains NaN or infinite values")
+    return features.contiguous()
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="centre", mininterval=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Brute force reference
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_reference(
+    features: torch.Tensor, n: int, start: int, progress: bool = False
+) -> torch.LongTensor:
+    """Plain O(N * n) greedy k-center on ``features`` (already projected), from row ``start``.
+
+    Every step computes the distance of every point to the newest centre.  Works on any
+    device without host synchronisation; returns a CPU LongTensor of length ``n``.
+    """
+    x = features
+    N = x.shape[0]
+    if not (1 <= n <= N):
+        raise ValueError(f"n: expected 1 <= n <= {N}, got {n}")
+    if not (0 <= start < N):
+        raise ValueError(f"start: expected 0 <= start < {N}, got {start}")
+    dev = x.device
+    sel = torch.empty(n, dtype=torch.long, device=dev)
+    r = torch.full((N,), math.inf, dtype=torch.float32, device=dev)
+    idx = torch.tensor([start], dtype=torch.long, device=dev)
+    with _progress(n, progress, "greedy coreset (dense)") as bar:
+        for t in range(n):
+            sel[t : t + 1] = idx
+            bar.update(1)
+            if t == n - 1:
+                break
+            torch.minimum(r, _dist(x, x.index_select(0, idx)), out=r)
+            r.index_fill_(0, idx, -1.0)  # selected: never again
+            idx = torch.argmax(r).view(1)  # first maximum = lowest index
+    return sel.cpu()
+
+
+def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> float:
+    """Max over all rows of the distance to the nearest selected row (the k-center objective)."""
+    x = features.float()
+    cent = x[selected.to(x.device)]
+    best = torch.full((x.shape[0],), math.inf, device=x.device)
+    for i in range(0, cent.shape[0], chunk):
+        d = torch.cdist(x, cent[i : i + chunk], compute_mode="donot_use_mm_for_euclid_dist")
+        best = torch.minimum(best, d.amin(1))
+    return float(best.max())
+
+
+# --------------------------------------------------------------------------------------------
+# Fast sampler: static ball tree + triangle-inequality pruning
+# --------------------------------------------------------------------------------------------
+
+
+
+class _BallTree:
+    """Balanced tree of principal-direction median splits over the rows of ``x``.
+
+    Slots ``0 .. m*L-1`` hold the points in tree order (leaf ``j`` owns slots ``j*L .. j*L+L-1``)
+    and ``slot2orig`` maps a slot to its row.  When ``N`` is not a multiple of ``m`` the tree is
+    filled up with ``m*L - N`` padding slots that copy rows spread evenly over the data; they are
+    flagged in ``dead`` and never take part in the selection.  For every kept level the tree
+    stores node centroids ``[nodes, D]`` and radii ``[nodes]`` (max cdist of a node's slots to
+    its centroid), and ``dxg`` holds each slot's distance to its leaf centroid.  All distances
+    use the same cdist kernel as the sampler, so a point's distance to a centroid is the same
+    float here and during the search.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        leaf_size: int = 64,
+        fanout_bits: int = 3,
+        power_iters: int = 2,
+        seed: int = 0,
+        chunk_elems: int = 1 << 24,
+    ):
+        N, D = x.shape
+        depth = math.ceil(math.log2(N / leaf_size)) if N > leaf_size else 0
+        m = 1 << depth
+        L = -(-N // m)
+        total = m * L
+        npad = total - N
+        self.N, self.D, self.depth, self.m, self.L = N, D, depth, m, L
+
+        # Split directions are computed on x itself when it is narrow, else on a 64-d random
+        # projection of it: the tree's shape affects only speed, never the result.
+        gen = torch.Generator().manual_seed(seed)
+        split = x if D <= 256 else random_projection(x, 64, gen)
+        src = torch.arange(total, dtype=torch.long)  # position -> row
+        if npad:
+            src[N:] = torch.arange(npad, dtype=torch.long) * N // npad
+        pos = torch.arange(total, dtype=torch.long)  # slot -> position
+        for lev in range(depth):
+            nodes = 1 << lev
+            z = split[src[pos]].view(nodes, -1, split.shape[1])
+            mu = z.mean(1, keepdim=True)  # [nodes, 1, d]
+            v = torch.randn(nodes, split.shape[1], 1, generator=gen)
+            for _ in range(power_iters):  # power iteration on each node's covariance
+                p = torch.bmm(z, v) - torch.bmm(mu, v)  # [nodes, s, 1]
+                v = torch.bmm(z.transpose(1, 2), p) - mu.transpose(1, 2) * p.sum(1, keepdim=True)
+                v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            proj = torch.bmm(z, v)[..., 0]
+            del z
+            order = torch.sort(proj, dim=1, stable=True).indices
+            pos = pos.view(nodes, -1).gather(1, order).view(-1)
+        del split
+        self.slot2orig = src[pos].contiguous()
+        self.dead = (pos >= N).contiguous()
+        live = torch.nonzero(~self.dead)[:, 0]
+        self.orig2slot = torch.empty(N, dtype=torch.long)
+        self.orig2slot[self.slot2orig[live]] = live
+
+        # Levels used by the descent: the leaves and every fanout_bits-th level above them,
+        # starting from a top level of at most 2**6 nodes.
+        b = max(1, int(fanout_bits))
+        levels = list(range(depth, -1, -b))[::-1]
+        while len(levels) > 1 and levels[1] <= 6:
+            levels.pop(0)
+        self.levels = levels
+        self.fan = [1 << (levels[i + 1] - levels[i]) for i in range(len(levels) - 1)]
+        self.centroid: list[torch.Tensor] = []
+        self.radius: list[torch.Tensor] = []
+        for lev in levels:
+            nodes = 1 << lev
+            per = total // nodes
+            step = max(1, chunk_elems // (per * D))
+            g_all = torch.empty(nodes, D)
+            rad = torch.empty(nodes)
+            dxg = torch.empty(total) if lev == depth else None
+            for a in range(0, nodes, step):
+                bnd = min(nodes, a + step)
+                z = x[self.slot2orig[a * per : bnd * per]].view(bnd - a, per, D)
+                g = z.mean(1, keepdim=True)
+                dz = torch.cdist(z, g, compute_mode="donot_use_mm_for_euclid_dist")[..., 0]
+                g_all[a:bnd] = g[:, 0, :]
+                rad[a:bnd] = dz.amax(1)
+                if dxg is not None:
+                    dxg[a * per : bnd * per] = dz.reshape(-1)
+            self.centroid.append(g_all)
+            self.radius.append(rad)
+            if dxg is not None:
+                self.dxg = dxg
+
+
+@torch.no_grad()
+def greedy_fast(
+    features: torch.Tensor,
+    n: int,
+    start: int,
+    progress: bool = False,
+    leaf_size: int = 64,
+    fanout_bits: int = 3,
+    dense_fraction: float = 0.2,
+    seed: int = 0,
+) -> torch.LongTensor:
+    """Greedy k-center on CPU ``features [N, D]`` (already projected), identical to
+    :func:`greedy_reference` but pruned with a ball tree (see the module docstring).
+
+    ``dense_fraction``: when more than this fraction of the points survive the bounds in a
+    step, that step does one dense pass over all points instead of gathering them.
+    """
+    x = features
+    if x.is_cuda or x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError("greedy_fast: expected a contiguous float32 CPU tensor")
+    N = x.shape[0]
+    if not (1 <= n <= N):
+        raise ValueError(f"n: expected 1 <= n <= {N}, got {n}")
+    if not (0 <= start < N):
+        raise ValueError(f"start: expected 0 <= start < {N}, got {start}")
+    if n == 1:
+        return torch.tensor([start], dtype=torch.long)
+
+    tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
+    m, L = tree.m, tree.L
+    s2o, dead = tree.slot2orig, tree.dead
+    o2s = tree.orig2slot.tolist()
+    G, P, fan = tree.centroid, tree.radius, tree.fan
+    nlev = len(G)
+    dxg = tree.dxg.view(m, L)
+    dxk = (tree.dxg * _KAPPA).view(m, L)
+    low = (N - 1) - s2o  # low 32 bits of the key: larger for lower row index
+    low[dead] = 0
+    low = low.view(m, L)
+    aranges = [torch.arange(f, dtype=torch.long) for f in fan]
+    dense_limit = max(1, int(dense_fraction * N))
+
+    # r: current min-distance per slot, -1 for selected and padding slots.
+    r = _dist(x, x[start : start + 1])[s2o]
+    r[dead] = -1.0
+    r[o2s[start]] = -1.0
+    rv = r.view(m, L)
+
+    def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
+        # float32 bits of r >= 0 order like r; -1 gives a negative key.
+        return ((rows.view(torch.int32).long() << 32) | lows).amax(1)
+
+    def refresh_all() -> None:
+        nmax[-1] = rv.amax(1)
+        for lv in range(nlev - 2, -1, -1):
+            nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
+        leafkey.copy_(keys(rv, low))
+
+    nmax: list[torch.Tensor] = [torch.empty(0)] * nlev
+    leafkey = torch.empty(m, dtype=torch.long)
+    refresh_all()
+
+    # Each slot's nearest centre (position in `sel`); centres' coordinates by position.
+    assign = torch.zeros(m * L, dtype=torch.long)
+    cent = torch.empty(n, x.shape[1])
+    cent[0] = x[start]
+    arL = torch.arange(L, dtype=torch.long)
+    allnodes = [None] * nlev
+
+    sel = [start]
+    mask32 = (1 << 32) - 1
+    with _progress(n, progress, "greedy coreset") as bar:
+        bar.update(1)
+        while len(sel) < n:
+            kv = int(leafkey.max())
+            if kv >> 32 == 0:
+                # Every unselected point is at distance 0 from the centres: the rest of the
+                # order is simply the unselected rows by increasing index.
+                r_orig = torch.empty(N)
+                live = ~dead
+                r_orig[s2o[live]] = r[live]
+                rest = torch.nonzero(r_orig >= 0)[:, 0][: n - len(sel)]
+                sel.extend(rest.tolist())
+                bar.update(rest.numel())
+                break
+            ci = N - 1 - (kv & mask32)
+            t = len(sel)
+            sel.append(ci)
+            bar.update(1)
+            if t + 1 == n:
+                break
+            c = x[ci : ci + 1]
+            cent[t] = c[0]
+            r[o2s[ci]] = -1.0
+
+            # 1. Descend the tree: keep nodes whose ball may hold a point closer to c than
+            #    the node's largest min-distance (d(x, c) >= d(c, g) - rho for x in the node).
+            d = _dist(G[0], c)
+            keep = d * _KAPPA - P[0] <= nmax[0]
+            cand = torch.nonzero(keep)[:, 0]
+            dc = d[keep]
+            cands = [cand]
+            for lv in range(1, nlev):
+                ids = (cand[:, None] * fan[lv - 1] + aranges[lv - 1]).view(-1)
+                d = _dist(G[lv][ids], c)
+                keep = d * _KAPPA - P[lv][ids] <= nmax[lv][ids]
+                cand = ids[keep]
+                dc = d[keep]
+                cands.append(cand)
+
+            # 2. Points of the surviving leaves.  Pivot bound: d(x, c) >= |d(c, g) - d(x, g)|.
+            rr = rv[cand]
+            dcc = dc[:, None]
+            ok = (rr > 0) & (dcc * _KAPPA - dxg[cand] <= rr) & (dxk[cand] - dcc <= rr)
+            flat = torch.nonzero(ok.view(-1))[:, 0]
+            if flat.numel() <= dense_limit:
+                slots = ((cand * L)[:, None] + arL).view(-1)[flat]
+                rf = rr.view(-1)[flat]
+                # 3. Centre bound: d(x, c) >= d(c, a) - r(x) with a = x's nearest centre, so
+                #    x can only move to c when d(c, a) < 2 r(x).
+                u, inv = torch.unique(assign[slots], return_inverse=True)
+                keep = _dist(cent[u], c)[inv] * _KAPPA <= 2.0 * rf
+                slots = slots[keep]
+                rf = rf[keep]
+                # 4. Exact distances for the rest.
+                dd = _dist(x[s2o[slots]], c)
+                imp = dd < rf
+                slots = slots[imp]
+                r[slots] = dd[imp]
+                assign[slots] = t
+                rr = rv[cand]
+                nmax[-1][cand] = rr.amax(1)
+                leafkey[cand] = keys(rr, low[cand])
+                for lv in range(nlev - 2, -1, -1):
+                    cl = cands[lv]
+                    nmax[lv][cl] = nmax[lv + 1].view(-1, fan[lv])[cl].amax(1)
+            else:
+                # Bounds failed for most points: one dense pass is cheaper than gathering.
+                dd = _dist(x, c)[s2o]
+                imp = dd < r
+                torch.where(imp, dd, r, out=r)
+                assign.masked_fill_(imp, t)
+                cand = torch.nonzero(imp.view(m, L).any(1))[:, 0]
+                cand = torch.cat([cand, torch.tensor([o2s[ci] // L])])
+                rr = rv[cand]
+                nmax[-1][cand] = rr.amax(1)
+                leafkey[cand] = keys(rr, low[cand])
+                for lv in range(nlev - 2, -1, -1):
+                    nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
+    return torch.tensor(sel, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Public samplers
+# --------------------------------------------------------------------------------------------
+
+
+class GreedySampler:
+    """Greedy k-center (farthest-point) coreset, PatchCore's sampler.
+
+    ``run(features)`` returns ``coreset_size(N, ratio)`` row indices in selection order.  The
+    projection matrix and the start row come from ``torch.Generator().manual_seed(seed)``.
+    CPU tensors use the pruned sampler (:func:`greedy_fast`), CUDA tensors a dense device loop;
+    both follow the rules in the module docstring.
+    """
+
+    def __init__(self, ratio: float, proxy_dim: int | None = 128, seed: int = 0, progress: bool = False):
+        coreset_size(1, ratio)  # validates ratio
+        if proxy_dim is not None and (not isinstance(proxy_dim, int) or proxy_dim < 1):
+            raise ValueError(f"proxy_dim: expected a positive integer or None, got {proxy_dim!r}")
+        self.ratio = float(ratio)
+        self.proxy_dim = proxy_dim
+        self.seed = int(seed)
+        self.progress = bool(progress)
+
+    def _prepare(self, features: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = _check_features(features)
+        N = x.shape[0]
+        n = coreset_size(N, self.ratio)
+        gen = torch.Generator().manual_seed(self.seed)
+        proxy = random_projection(x, self.proxy_dim, gen).contiguous()
+        start = int(torch.randint(N, (1,), generator=gen))
+        return proxy, n, start
+
+    @torch.no_grad()
+    def run(self, features: torch.Tensor) -> torch.LongTensor:
+        proxy, n, start = self._prepare(features)
+        if proxy.is_cuda:
+            return greedy_reference(proxy, n, start, self.progress)
+        return greedy_fast(proxy, n, start, self.progress, seed=self.seed)
+
+
+class NaiveGreedySampler(GreedySampler):
+    """Same API and result as :class:`GreedySampler`, by the brute-force O(N * n) loop."""
+
+    @torch.no_grad()
+    def run(self, features: torch.Tensor) -> torch.LongTensor:
+        proxy, n, start = self._prepare(features)
+        return greedy_reference(proxy, n, start, self.progress)

@@ -1,0 +1,37 @@
+"""Gaussian Johnson-Lindenstrauss projection (LMF-Core Sec. 4.4, StructCore Eq. 2).
+
+z = R^T f / sqrt(d'), R in R^{D x d'} with i.i.d. N(0, 1) entries drawn from a seeded generator.
+E||z||^2 = ||f||^2, so distances keep their scale and pairwise distances are preserved within
+(1 +- eps) with high probability for d' = O(log n / eps^2).  R is stored with the model.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gaussian_matrix(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
+    """The D x d' matrix R / sqrt(d'), reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(in_dim, out_dim, generator=gen, dtype=torch.float32) / math.sqrt(out_dim)
+
+
+class GaussianProjection:
+    def __init__(self, out_dim: int, seed: int = 0):
+        self.out_dim = out_dim
+        self.seed = seed
+
+    def fit(self, in_dim: int) -> "GaussianProjection":
+        self.matrix_ = gaussian_matrix(in_dim, self.out_dim, self.seed)
+        return self
+
+    def transform(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.matrix_.to(f.device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"projection.matrix": self.matrix_}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> "GaussianProjection":
+        self.matrix_ = tensors["projection.matrix"].float()
+        return self

@@ -1,0 +1,101 @@
+"""Nearest-neighbour search of patch features against the memory bank.
+
+:class:`ExactSearch` computes squared distances as a chunked matrix product,
+||q||^2 - 2 q.m + ||m||^2 (as anomalib does), never materialising more than
+``query_chunk x bank_chunk`` distances, and merges per-chunk top-k.  It runs wherever the bank
+tensor lives (CPU or CUDA) and is exact up to float32 rounding.
+:class:`FaissSearch` wraps FAISS (optional dependency): ``flat`` (exact) or ``ivf`` (inverted
+lists, approximate; for large banks).  Both return squared Euclidean distances.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from patchbank.errors import PatchbankError
+
+
+class ExactSearch:
+    def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
+        self.bank = bank.float().contiguous()
+        self.bank_sqnorm = (self.bank * self.bank).sum(1)
+        self.query_chunk = query_chunk
+        self.bank_chunk = bank_chunk
+
+    def __len__(self) -> int:
+        return self.bank.shape[0]
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (squared distances [n, k] ascending, bank indices [n, k])."""
+        queries = queries.to(self.bank.device, torch.float32)
+        k = min(k, len(self))
+        dists, idxs = [], []
+        for q in queries.split(self.query_chunk):
+            q_sq = (q * q).sum(1, keepdim=True)
+            best_d = best_i = None
+            for start in range(0, len(self), self.bank_chunk):
+                m = self.bank[start:start + self.bank_chunk]
+                d = torch.addmm(self.bank_sqnorm[start:start + m.shape[0]], q, m.T, alpha=-2.0)
+                d.add_(q_sq)
+                if k == 1:
+                    dv, di = d.min(1, keepdim=True)
+                else:
+                    dv, di = d.topk(k, dim=1, largest=False)
+                di = di + start
+                if best_d is None:
+                    best_d, best_i = dv, di
+                else:
+                    cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
+                    best_d, pos = cat_d.topk(k, dim=1, largest=False)
+                    best_i = cat_i.gather(1, pos)
+            dists.append(best_d.clamp_min_(0.0))
+            idxs.append(best_i)
+        return torch.cat(dists), torch.cat(idxs)
+
+
+class FaissSearch:
+    """FAISS index over the bank: ``flat`` (exact) or ``ivf`` (IVF-Flat, nprobe lists searched)."""
+
+    def __init__(self, bank: torch.Tensor, kind: str = "flat", nlist: int | None = None,
+                 nprobe: int = 8, seed: int = 0):
+        try:
+            import faiss
+        except ImportError:
+            raise PatchbankError("FAISS search needs faiss: pip install faiss-cpu") from None
+        self.faiss = faiss
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        data = bank.detach().float().cpu().contiguous().numpy()
+        self.n, dim = data.shape
+        if kind == "ivf":
+            nlist = nlist or max(1, min(int(4 * math.sqrt(self.n)), self.n // 39 or 1))
+            quantizer = faiss.IndexFlatL2(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist)
+            index.cp.seed = seed
+            index.train(data)
+            index.nprobe = min(nprobe, nlist)
+            self.quantizer = quantizer  # keep alive
+        else:
+            index = faiss.IndexFlatL2(dim)
+        index.add(data)
+        self.index = index
+
+    def __len__(self) -> int:
+        return self.n
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        device = queries.device
+        q = queries.detach().float().cpu().contiguous().numpy()
+        d, i = self.index.search(q, min(k, self.n))
+        # IVF may return -1 when fewer than k candidates were probed
+        return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
+
+
+def make_search(bank: torch.Tensor, config):
+    kind = config.search
+    if kind == "auto":
+        kind = "exact"
+    if kind == "exact":
+        return ExactSearch(bank)
+    return FaissSearch(bank, "ivf" if kind == "faiss-ivf" else "flat", nprobe=config.ivf_probe,
+                       seed=config.seed)

@@ -1,0 +1,243 @@
+"""The command line: generated Config options, one-line errors, fit -> predict -> info end to end."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from patchbank import __version__
+from patchbank.cli import ConfigValue, build_config, cli, config_field_options, fit, given_overrides, heatmap_names, option_name
+from patchbank.config import PRESETS, Config
+from patchbank.synthetic import make_dataset
+
+SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ option generation / parsing
+
+def test_one_option_per_config_field():
+    fields = {f.name for f in dataclasses.fields(Config)}
+    generated = {opt.name[len("cfg_"):] for opt in config_field_options()}
+    assert generated == fields
+    fit_opts = {o for p in fit.params for o in p.opts}
+    assert {option_name(f) for f in fields} <= fit_opts
+    help_text = run("fit", "--help").output
+    for f in fields:
+        assert option_name(f) in help_text
+
+
+def _overrides(*args, preset="lmf-core"):
+    ctx = fit.make_context("fit", ["train", "-o", "m.patchbank", "--preset", preset, *args])
+    return given_overrides(ctx, ctx.params)
+
+
+def test_only_given_options_override_the_preset():
+    assert _overrides() == {}
+    ov = _overrides("--kappa", "0.7", preset="patchcore")
+    assert ov == {"kappa": 0.7}
+    cfg = build_config("patchcore", ov)
+    assert cfg == PRESETS["patchcore"].replace(kappa=0.7)
+    assert cfg.sampler == "greedy" and cfg.fusion == "equal"
+
+
+def test_parsing_sizes_none_tuples_numbers():
+    ov = _overrides("--image-size", "320x768", "--crop-size", "none", "--projection-dim", "none",
+                    "--layers", "2,4", "--coreset-ratio", "0.05", "--k", "3", "--weights", "None",
+                    "--fusion", "l2")
+    assert ov == {"image_size": (320, 768), "crop_size": None, "projection_dim": None,
+                  "layers": (2, 4), "coreset_ratio": 0.05, "k": 3, "weights": None, "fusion": "l2"}
+    cfg = build_config("lmf-core", ov)
+    assert cfg.image_size == (320, 768) and cfg.crop_size is None and cfg.input_size == (320, 768)
+    assert cfg.projection_dim is None and cfg.layers == (2, 4)
+    assert _overrides("--image-size", "300")["image_size"] == (300, 300)
+    assert _overrides("--layers", "blocks.2,blocks.4")["layers"] == ("blocks.2", "blocks.4")
+
+
+def test_config_value_type_dispatch():
+    hints = {"a": "int | None", "b": "tuple[int, int]", "c": "tuple[Any, ...] | None", "d": "float"}
+    import typing
+
+    ns = {"Any": typing.Any}
+    kinds = {k: ConfigValue(k, eval(v, ns), None) for k, v in hints.items()}
+    assert (kinds["a"].kind, kinds["a"].optional) == ("int", True)
+    assert (kinds["b"].kind, kinds["b"].optional) == ("size", False)
+    assert (kinds["c"].kind, kinds["c"].optional) == ("list", True)
+    assert (kinds["d"].kind, kinds["d"].optional) == ("float", False)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--coreset-ratio", "abc"], ["--coreset-ratio", "abc"]),
+    (["--k", "1.5"], ["--k"]),
+    (["--k", "none"], ["--k", "none"]),
+    (["--kappa", "2"], ["--kappa"]),
+    (["--fusion", "max"], ["--fusion", "max"]),
+    (["--image-size", "12xq"], ["--image-size"]),
+    (["--layers", "2,,4"], ["--layers"]),
+    (["--crop-size", "300"], ["--crop-size", "--image-size"]),
+    (["--threads", "0"], ["--threads"]),
+    (["--device", "gpu"], ["--device"]),
+])
+def test_bad_option_value_is_one_line_exit_2(tmp_path, args, needles):
+    assert_one_line_error(run("fit", tmp_path, "-o", tmp_path / "m.patchbank", *args), *needles)
+    assert not (tmp_path / "m.patchbank").exists()
+
+
+def test_usage_errors_are_one_line():
+    assert_one_line_error(run("fit"), "TRAIN_DIR")
+    assert_one_line_error(run("predict", "model.patchbank"), "INPUT")
+    assert_one_line_error(run("nosuchcommand"), "nosuchcommand")
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("fit", "predict", "info", "demo"):
+        assert cmd in r.output
+
+
+def test_missing_train_folder(tmp_path):
+    missing = tmp_path / "nope"
+    assert_one_line_error(run("fit", missing, "-o", tmp_path / "m.patchbank"), str(missing))
+
+
+def test_not_a_model_file(tmp_path):
+    bogus = tmp_path / "model.patchbank"
+    bogus.write_bytes(b"this is not a model" * 10)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    assert_one_line_error(run("info", bogus), str(bogus))
+    assert_one_line_error(run("predict", bogus, img, "-o", tmp_path / "out"), str(bogus))
+    assert_one_line_error(run("info", tmp_path / "missing.patchbank"), "missing.patchbank")
+
+
+def test_heatmap_names_disambiguate():
+    from pathlib import Path
+
+    paths = [Path("t/good/000.png"), Path("t/spot/000.png"), Path("t/spot/001.png")]
+    assert heatmap_names(paths) == ["good_000.png", "spot_000.png", "001.png"]
+    assert heatmap_names([Path("a/x.png"), Path("a/x.jpg")]) == ["a_x.png", "a_x_1.png"]
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_dataset(root / "data", n_train=10, n_test_good=4, n_test_defect=3, size=96, seed=1)
+    model = root / "model.patchbank"
+    r = run("fit", data / "train" / "good", "-o", model, "--quiet", "--threads", "2", *SMALL)
+    assert r.exit_code == 0, r.output
+    return root, data, model, r
+
+
+def test_fit_writes_model(fitted):
+    root, data, model, r = fitted
+    assert model.is_file() and model.stat().st_size > 0
+    assert "fitted lmf-core" in r.stdout and str(model) in r.stdout
+    assert r.stderr == ""  # --quiet: no progress bars
+    import torch
+
+    assert torch.get_num_threads() == 2
+    # refuses to overwrite an existing model
+    again = run("fit", data / "train" / "good", "-o", model, "--quiet", *SMALL)
+    assert_one_line_error(again, str(model), "--overwrite")
+
+
+def test_predict_heatmaps_info(fitted):
+    root, data, model, _ = fitted
+    out = root / "out"
+    r = run("predict", model, data / "test", "-o", out, "--heatmaps", "--quiet", "--batch-size", "4")
+    assert r.exit_code == 0, r.output
+    assert "10 images" in r.stdout and "flagged" in r.stdout
+
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 + 2 * 3
+    assert set(rows[0]) >= {"path", "score", "normalized_score", "is_anomalous", "threshold"}
+    good = [float(row["score"]) for row in rows if "/good/" in row["path"].replace("\\", "/")]
+    bad = [float(row["score"]) for row in rows if "/good/" not in row["path"].replace("\\", "/")]
+    assert len(good) == 4 and len(bad) == 6
+    assert np.mean(bad) > np.mean(good)
+
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["n_images"] == 10 and len(doc["predictions"]) == 10
+    assert {"path", "score", "normalized_score", "is_anomalous", "threshold"} <= set(doc["predictions"][0])
+    assert doc["n_flagged"] == sum(p["is_anomalous"] for p in doc["predictions"])
+    assert doc["heatmaps"]["vmin"] <= doc["heatmaps"]["vmax"]
+
+    pngs = sorted((out / "heatmaps").glob("*.png"))
+    assert len(pngs) == 10
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.size == (96, 96)  # the input view: image-size 96, no crop
+    assert {p.name for p in pngs} == {row["heatmap"].replace("\\", "/").rsplit("/", 1)[1] for row in rows}
+
+    # refuses to overwrite; nothing is touched
+    before = (out / "predictions.csv").read_bytes()
+    again = run("predict", model, data / "test" / "good", "-o", out, "--quiet")
+    assert_one_line_error(again, "predictions.csv", "--overwrite")
+    assert (out / "predictions.csv").read_bytes() == before
+    again = run("predict", model, data / "test" / "good", "-o", out, "--quiet", "--overwrite")
+    assert again.exit_code == 0, again.output
+    with open(out / "predictions.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+
+    # single files and a missing input
+    r = run("predict", model, data / "test" / "spot" / "000.png", "-o", root / "out2", "--quiet")
+    assert r.exit_code == 0 and "1 images" in r.stdout
+    missing = data / "test" / "crack"
+    assert_one_line_error(run("predict", model, missing, "-o", root / "out3", "--quiet"), str(missing))
+
+    # info, readable and JSON
+    r = run("info", model)
+    assert r.exit_code == 0, r.output
+    for needle in ("format version", "memory bank", "MB", "bytes", "threshold", "calibration",
+                   "efficientnet_lite0", "image_size"):
+        assert needle in r.stdout
+    r = run("info", model, "--json")
+    info = json.loads(r.stdout)
+    assert info["config"]["backbone"] == "efficientnet_lite0"
+    assert info["config"]["crop_size"] is None and info["config"]["image_size"] == [96, 96]
+    assert info["bank_entries"] > 0 and info["n_train_images"] == 10
+    assert f"{info['bank_entries']:,} entries x {info['bank_dim']} dims" in run("info", model).stdout
+
+
+def test_demo(tmp_path):
+    """The real demo: synthetic data, lmf-core with the packaged efficientnet_lite2 weights."""
+    pytest.importorskip("patchbank.metrics")
+    out = tmp_path / "demo"
+    r = run("demo", "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("image AUROC:"))
+    assert float(line.split()[2]) >= 0.95
+    assert "pixel AUROC" in r.stdout and str(out / "predictions" / "heatmaps") in r.stdout
+    assert (out / "model.patchbank").is_file()
+    assert len(list((out / "predictions" / "heatmaps").glob("*.png"))) == 8 + 2 * 8
+    for defect in ("good", "scratch", "spot"):
+        assert len(list((out / "data" / "test" / defect).glob("*.png"))) == 8
+    # a second run refuses to replace the outputs
+    assert_one_line_error(run("demo", "-o", out, "--quiet"), "--overwrite")
