@@ -30,7 +30,7 @@ SAMPLERS = ("uniform", "greedy", "none")
 SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf")
 DISTANCES = ("euclidean", "squared")
 KNN_REDUCES = ("min", "mean")
-IMAGE_SCORES = ("max", "reweighted_max")
+IMAGE_SCORES = ("max", "reweighted_max", "topk_mean")
 BANK_DTYPES = ("float32", "float16")
 
 
@@ -60,6 +60,7 @@ class Config:
     weights: str | None = None            # local weight file; None = packaged / downloaded
     layers: tuple[Any, ...] | None = None  # None = the backbone's default taps
     image_size: tuple[int, int] = (256, 256)  # resize (H, W)
+    keep_aspect: bool = False             # True: scale to cover image_size, centre-crop the excess
     crop_size: tuple[int, int] | None = (224, 224)  # centre crop (H, W); None = no crop
     # --- patch features and fusion --------------------------------------------------------
     patch_size: int = 3                   # p x p local average aggregation (PatchCore)
@@ -75,11 +76,13 @@ class Config:
     k: int = 1
     distance: str = "euclidean"           # "euclidean" | "squared"
     knn_reduce: str = "min"               # "min" (LMF-Core Eq. 2) | "mean" (StructCore Eq. 5)
-    search: str = "auto"                  # "auto" | "exact" | "faiss-flat" | "faiss-ivf"
-    ivf_probe: int = 8                    # inverted lists visited per query (faiss-ivf)
+    search: str = "auto"                  # "auto": faiss-ivf for banks >= ivf_min_bank if faiss is installed, else exact
+    ivf_probe: int = 16                   # inverted lists visited per query (faiss-ivf)
+    ivf_min_bank: int = 20000             # smallest bank that "auto" searches with IVF
     blur_sigma: float = 4.0
-    image_score: str = "reweighted_max"   # "max" | "reweighted_max"
+    image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean"
     reweight_neighbors: int = 9           # b of PatchCore's re-weighting
+    topk_ratio: float = 0.05              # share of patches averaged by "topk_mean"
     # --- calibration ----------------------------------------------------------------------
     calibration_fraction: float = 0.10    # share of train images held out of the bank at scoring time
     calibration_max_images: int = 100
@@ -106,10 +109,12 @@ class Config:
             raise ValueError(f"coreset_ratio: must be in (0, 1], got {self.coreset_ratio}")
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(f"calibration_fraction: must be in (0, 1), got {self.calibration_fraction}")
+        if not 0 < self.topk_ratio <= 1:
+            raise ValueError(f"topk_ratio: must be in (0, 1], got {self.topk_ratio}")
         if not 0 < self.target_fpr < 1:
             raise ValueError(f"target_fpr: must be in (0, 1), got {self.target_fpr}")
         for name in ("k", "patch_size", "batch_size", "greedy_proxy_dim", "reweight_neighbors",
-                     "calibration_max_images", "ivf_probe"):
+                     "calibration_max_images", "ivf_probe", "ivf_min_bank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.projection_dim is not None and self.projection_dim < 1:

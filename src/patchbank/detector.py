@@ -42,8 +42,8 @@ from patchbank.images import ImageStream, as_items
 from patchbank.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.projection import GaussianProjection
 from patchbank.samplers import make_sampler
-from patchbank.scoring import NormalStats, patch_scores, reweighted_max
-from patchbank.search import make_search
+from patchbank.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
+from patchbank.search import make_search, resolve_search
 
 
 @dataclass
@@ -188,16 +188,17 @@ class Detector:
         if sub_bank.shape[0] == 0:
             raise PatchbankError("too few training images: the bank has no entry outside the "
                                  "calibration images; add images or raise coreset_ratio")
-        sub_search = make_search(sub_bank, cfg)
+        self.search_ = make_search(self.bank_, cfg)
+        sub_search = self.search_.subset(~held_out)
         cal_scores = []
-        for rows in cal_rows:
-            emb = self._embed(rows)
-            score, _ = self._score_batch(emb.unsqueeze(0), sub_bank, sub_search)
-            cal_scores.append(float(score[0]))
+        for start in range(0, len(cal_rows), cfg.batch_size):
+            chunk = cal_rows[start:start + cfg.batch_size]
+            emb = self._embed([torch.cat(layer) for layer in zip(*chunk)])
+            score, _ = self._score_batch(emb.view(len(chunk), n_patches, -1), sub_bank, sub_search)
+            cal_scores.extend(score.double().cpu().tolist())
         self.calibration_scores_ = np.asarray(cal_scores)
         self.stats_ = NormalStats().fit(self.calibration_scores_, cfg.target_fpr)
         self.threshold_ = self.stats_.threshold_
-        self.search_ = make_search(self.bank_, cfg)
         self.backbone_sha256_ = self.backbone.weights_sha256
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -213,6 +214,8 @@ class Detector:
         if cfg.image_score == "reweighted_max":
             image = reweighted_max(scores, emb, idx[:, 0].view(b, p), bank, search,
                                    min(cfg.reweight_neighbors, bank.shape[0]))
+        elif cfg.image_score == "topk_mean":
+            image = topk_mean(scores, cfg.topk_ratio)
         else:
             image = scores.max(1).values
         return image, scores
@@ -279,6 +282,7 @@ class Detector:
             "bank_entries": int(entries),
             "bank_dim": int(dim),
             "bank_bytes": int(entries * dim * elem),
+            "search": resolve_search(self.config, int(entries)),
             "patch_grid": list(self.grid_),
             "n_train_images": self.n_train_images_,
             "n_calibration_images": int(self.calibration_scores_.size),

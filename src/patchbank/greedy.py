@@ -189,27 +189,26 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int =
 
 
 class _BallTree:
-    """Balanced tree of principal-direction median splits over the rows of ``x``.
+    """Balanced binary tree of median splits, stored level by level, with a copy of the points
+    in tree order.
 
-    Slots ``0 .. m*L-1`` hold the points in tree order (leaf ``j`` owns slots ``j*L .. j*L+L-1``)
-    and ``slot2orig`` maps a slot to its row.  When ``N`` is not a multiple of ``m`` the tree is
-    filled up with ``m*L - N`` padding slots that copy rows spread evenly over the data; they are
-    flagged in ``dead`` and never take part in the selection.  For every kept level the tree
-    stores node centroids ``[nodes, D]`` and radii ``[nodes]`` (max cdist of a node's slots to
-    its centroid), and ``dxg`` holds each slot's distance to its leaf centroid.  All distances
-    use the same cdist kernel as the sampler, so a point's distance to a centroid is the same
-    float here and during the search.
+    Slots ``0 .. m*L-1`` hold the points in tree order (leaf ``j`` owns slots ``j*L .. j*L+L-1``,
+    a node of any level owns a contiguous slot range); ``slot2orig`` maps a slot to its row and
+    ``xs = x[slot2orig]`` is the slot-ordered copy the search reads.  When ``N`` is not a
+    multiple of ``m`` the tree is filled up with ``m*L - N`` padding slots that copy rows spread
+    evenly over the data; they are flagged in ``dead`` and never take part in the selection.
+
+    Splits: each node is cut at the median of its points' projections on the node's principal
+    direction, estimated by power iteration on the node's covariance in the top-32 PCA
+    coordinates of the data.  The shape of the tree only affects speed, never the result.
+
+    For every kept level the tree stores node centroids ``[nodes, D]`` and radii ``[nodes]``
+    (max distance of a node's slots to its centroid), and ``dxg`` holds each slot's distance to
+    its leaf centroid.  All these distances come from the same cdist kernel as the search, so a
+    point's distance to a centroid is the same float here and there.
     """
 
-    def __init__(
-        self,
-        x: torch.Tensor,
-        leaf_size: int = 64,
-        fanout_bits: int = 3,
-        power_iters: int = 2,
-        seed: int = 0,
-        chunk_elems: int = 1 << 24,
-    ):
+    def __init__(self, x: torch.Tensor, leaf_size: int = 64, fanout_bits: int = 3, seed: int = 0):
         N, D = x.shape
         depth = math.ceil(math.log2(N / leaf_size)) if N > leaf_size else 0
         m = 1 << depth
@@ -218,33 +217,33 @@ class _BallTree:
         npad = total - N
         self.N, self.D, self.depth, self.m, self.L = N, D, depth, m, L
 
-        # Split directions are computed on x itself when it is narrow, else on a 64-d random
-        # projection of it: the tree's shape affects only speed, never the result.
-        gen = torch.Generator().manual_seed(seed)
-        split = x if D <= 256 else random_projection(x, 64, gen)
         src = torch.arange(total, dtype=torch.long)  # position -> row
         if npad:
             src[N:] = torch.arange(npad, dtype=torch.long) * N // npad
         pos = torch.arange(total, dtype=torch.long)  # slot -> position
-        for lev in range(depth):
-            nodes = 1 << lev
-            z = split[src[pos]].view(nodes, -1, split.shape[1])
-            mu = z.mean(1, keepdim=True)  # [nodes, 1, d]
-            v = torch.randn(nodes, split.shape[1], 1, generator=gen)
-            for _ in range(power_iters):  # power iteration on each node's covariance
-                p = torch.bmm(z, v) - torch.bmm(mu, v)  # [nodes, s, 1]
-                v = torch.bmm(z.transpose(1, 2), p) - mu.transpose(1, 2) * p.sum(1, keepdim=True)
-                v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            proj = torch.bmm(z, v)[..., 0]
-            del z
-            order = torch.sort(proj, dim=1, stable=True).indices
-            pos = pos.view(nodes, -1).gather(1, order).view(-1)
-        del split
+        if depth:
+            gen = torch.Generator().manual_seed(seed)
+            y = self._pca_coords(x, min(D, 32), gen)[src]  # [total, k], position order
+            for lev in range(depth):
+                nodes = 1 << lev
+                z = y[pos].view(nodes, -1, y.shape[1])
+                zc = z - z.mean(1, keepdim=True)
+                cov = torch.bmm(zc.transpose(1, 2), zc)  # [nodes, k, k]
+                del zc
+                v = torch.randn(nodes, y.shape[1], 1, generator=gen)
+                for _ in range(8):
+                    v = torch.bmm(cov, v)
+                    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+                order = torch.sort(torch.bmm(z, v)[..., 0], dim=1, stable=True).indices
+                pos = pos.view(nodes, -1).gather(1, order).view(-1)
+                del z, cov
+            del y
         self.slot2orig = src[pos].contiguous()
         self.dead = (pos >= N).contiguous()
         live = torch.nonzero(~self.dead)[:, 0]
         self.orig2slot = torch.empty(N, dtype=torch.long)
         self.orig2slot[self.slot2orig[live]] = live
+        self.xs = x[self.slot2orig]  # [total, D] in slot order
 
         # Levels used by the descent: the leaves and every fanout_bits-th level above them,
         # starting from a top level of at most 2**6 nodes.
@@ -256,26 +255,38 @@ class _BallTree:
         self.fan = [1 << (levels[i + 1] - levels[i]) for i in range(len(levels) - 1)]
         self.centroid: list[torch.Tensor] = []
         self.radius: list[torch.Tensor] = []
+        chunk = 1 << 22  # elements per batched cdist call
         for lev in levels:
             nodes = 1 << lev
             per = total // nodes
-            step = max(1, chunk_elems // (per * D))
-            g_all = torch.empty(nodes, D)
-            rad = torch.empty(nodes)
-            dxg = torch.empty(total) if lev == depth else None
-            for a in range(0, nodes, step):
-                bnd = min(nodes, a + step)
-                z = x[self.slot2orig[a * per : bnd * per]].view(bnd - a, per, D)
-                g = z.mean(1, keepdim=True)
-                dz = torch.cdist(z, g, compute_mode="donot_use_mm_for_euclid_dist")[..., 0]
-                g_all[a:bnd] = g[:, 0, :]
-                rad[a:bnd] = dz.amax(1)
-                if dxg is not None:
-                    dxg[a * per : bnd * per] = dz.reshape(-1)
-            self.centroid.append(g_all)
-            self.radius.append(rad)
-            if dxg is not None:
-                self.dxg = dxg
+            z = self.xs.view(nodes, per, D)
+            g = z.mean(1, keepdim=True)  # [nodes, 1, D]
+            dz = torch.empty(nodes, per)
+            step = max(1, chunk // (per * D))
+            for a0 in range(0, nodes, step):
+                dz[a0 : a0 + step] = torch.cdist(
+                    z[a0 : a0 + step], g[a0 : a0 + step], compute_mode="donot_use_mm_for_euclid_dist"
+                )[..., 0]
+            self.centroid.append(g[:, 0, :].contiguous())
+            self.radius.append(dz.amax(1))
+            if lev == depth:
+                self.dxg = dz.reshape(-1)
+
+    @staticmethod
+    def _pca_coords(x: torch.Tensor, k: int, gen: torch.Generator, sample: int = 65536) -> torch.Tensor:
+        """Coordinates of the rows of ``x`` on its top-``k`` principal axes (from a row sample)."""
+        N, D = x.shape
+        rows = torch.randperm(N, generator=gen)[:sample] if N > sample else slice(None)
+        sub = x[rows].double()
+        mu = sub.mean(0)
+        sub -= mu
+        evecs = torch.linalg.eigh(sub.T @ sub).eigenvectors[:, -k:].float()
+        del sub
+        out = torch.empty(N, k)
+        muf = mu.float()
+        for i in range(0, N, 65536):
+            torch.matmul(x[i : i + 65536] - muf, evecs, out=out[i : i + 65536])
+        return out
 
 
 @torch.no_grad()
@@ -286,18 +297,22 @@ def greedy_fast(
     progress: bool = False,
     leaf_size: int = 64,
     fanout_bits: int = 3,
-    dense_fraction: float = 0.2,
     seed: int = 0,
+    num_threads: int | None = 1,
 ) -> torch.LongTensor:
     """Greedy k-center on CPU ``features [N, D]`` (already projected), identical to
     :func:`greedy_reference` but pruned with a ball tree (see the module docstring).
 
-    ``dense_fraction``: when more than this fraction of the points survive the bounds in a
-    step, that step does one dense pass over all points instead of gathering them.
+    Builds a slot-ordered copy of ``features`` (O(N*D) extra memory, freed on return).
+    ``num_threads``: torch intra-op threads for the selection loop (restored afterwards; None
+    keeps the current setting).  The loop issues many small ops, and with more than one thread
+    each waits on a thread barrier; on a busy machine that costs up to a scheduler tick per op
+    (measured 10x slower with 2 threads on a loaded 2-core box), while the large passes it does
+    are memory-bound and gain little from a second thread.
     """
     x = features
-    if x.is_cuda or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError("greedy_fast: expected a contiguous float32 CPU tensor")
+    if x.is_cuda or x.dtype != torch.float32 or x.ndim != 2 or not x.is_contiguous():
+        raise ValueError("greedy_fast: expected a contiguous 2-D float32 CPU tensor")
     N = x.shape[0]
     if not (1 <= n <= N):
         raise ValueError(f"n: expected 1 <= n <= {N}, got {n}")
@@ -305,47 +320,55 @@ def greedy_fast(
         raise ValueError(f"start: expected 0 <= start < {N}, got {start}")
     if n == 1:
         return torch.tensor([start], dtype=torch.long)
+    prev_threads = torch.get_num_threads()
+    try:
+        tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        return _greedy_loop(tree, n, start, progress)
+    finally:
+        torch.set_num_threads(prev_threads)
 
-    tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
-    m, L = tree.m, tree.L
+
+def _greedy_loop(tree: _BallTree, n: int, start: int, progress: bool) -> torch.LongTensor:
+    N, m, L = tree.N, tree.m, tree.L
+    xs = tree.xs
+    total = m * L
     s2o, dead = tree.slot2orig, tree.dead
     o2s = tree.orig2slot.tolist()
     G, P, fan = tree.centroid, tree.radius, tree.fan
     nlev = len(G)
     dxg = tree.dxg.view(m, L)
     dxk = (tree.dxg * _KAPPA).view(m, L)
-    low = (N - 1) - s2o  # low 32 bits of the key: larger for lower row index
+    low = (N - 1) - s2o  # low 32 bits of a slot's key: larger for a lower row index
     low[dead] = 0
     low = low.view(m, L)
     aranges = [torch.arange(f, dtype=torch.long) for f in fan]
-    dense_limit = max(1, int(dense_fraction * N))
+    arL = torch.arange(L, dtype=torch.long)
+    # A step whose candidate leaves hold more than `big` slots computes exact distances for
+    # all of them, reading contiguous runs of leaves (no per-point bounds, no gathers).
+    big = max(4096, total // 16)
 
-    # r: current min-distance per slot, -1 for selected and padding slots.
-    r = _dist(x, x[start : start + 1])[s2o]
+    def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
+        # Per-row max of (r, -index) packed in an int64: the float32 bits of r >= 0 order like
+        # r; selected and padding slots have r = -1 and a negative key.
+        return ((rows.view(torch.int32).long() << 32) | lows).amax(1)
+
+    # r: min-distance per slot (-1 for selected and padding slots); assign: position in `sel`
+    # of the slot's nearest centre; cent: the centres' coordinates by position.
+    r = _dist(xs, xs[o2s[start] : o2s[start] + 1])
     r[dead] = -1.0
     r[o2s[start]] = -1.0
     rv = r.view(m, L)
-
-    def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
-        # float32 bits of r >= 0 order like r; -1 gives a negative key.
-        return ((rows.view(torch.int32).long() << 32) | lows).amax(1)
-
-    def refresh_all() -> None:
-        nmax[-1] = rv.amax(1)
-        for lv in range(nlev - 2, -1, -1):
-            nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
-        leafkey.copy_(keys(rv, low))
-
-    nmax: list[torch.Tensor] = [torch.empty(0)] * nlev
-    leafkey = torch.empty(m, dtype=torch.long)
-    refresh_all()
-
-    # Each slot's nearest centre (position in `sel`); centres' coordinates by position.
-    assign = torch.zeros(m * L, dtype=torch.long)
-    cent = torch.empty(n, x.shape[1])
-    cent[0] = x[start]
-    arL = torch.arange(L, dtype=torch.long)
-    allnodes = [None] * nlev
+    assign = torch.zeros(total, dtype=torch.long)
+    av = assign.view(m, L)
+    cent = torch.empty(n, xs.shape[1])
+    cent[0] = xs[o2s[start]]
+    nmax: list[torch.Tensor] = [torch.empty(0)] * nlev  # per level: max r of each node
+    nmax[-1] = rv.amax(1)
+    for lv in range(nlev - 2, -1, -1):
+        nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
+    leafkey = keys(rv, low)
 
     sel = [start]
     mask32 = (1 << 32) - 1
@@ -369,9 +392,10 @@ def greedy_fast(
             bar.update(1)
             if t + 1 == n:
                 break
-            c = x[ci : ci + 1]
+            cs = o2s[ci]
+            c = xs[cs : cs + 1]
             cent[t] = c[0]
-            r[o2s[ci]] = -1.0
+            r[cs] = -1.0
 
             # 1. Descend the tree: keep nodes whose ball may hold a point closer to c than
             #    the node's largest min-distance (d(x, c) >= d(c, g) - rho for x in the node).
@@ -388,45 +412,57 @@ def greedy_fast(
                 dc = d[keep]
                 cands.append(cand)
 
-            # 2. Points of the surviving leaves.  Pivot bound: d(x, c) >= |d(c, g) - d(x, g)|.
-            rr = rv[cand]
-            dcc = dc[:, None]
-            ok = (rr > 0) & (dcc * _KAPPA - dxg[cand] <= rr) & (dxk[cand] - dcc <= rr)
-            flat = torch.nonzero(ok.view(-1))[:, 0]
-            if flat.numel() <= dense_limit:
-                slots = ((cand * L)[:, None] + arL).view(-1)[flat]
-                rf = rr.view(-1)[flat]
-                # 3. Centre bound: d(x, c) >= d(c, a) - r(x) with a = x's nearest centre, so
-                #    x can only move to c when d(c, a) < 2 r(x).
-                u, inv = torch.unique(assign[slots], return_inverse=True)
-                keep = _dist(cent[u], c)[inv] * _KAPPA <= 2.0 * rf
-                slots = slots[keep]
-                rf = rf[keep]
-                # 4. Exact distances for the rest.
-                dd = _dist(x[s2o[slots]], c)
-                imp = dd < rf
-                slots = slots[imp]
-                r[slots] = dd[imp]
-                assign[slots] = t
+            if cand.numel() * L > big:
+                # 2a. Many candidates: exact distances for every slot of the candidate leaves,
+                #     read as contiguous runs of leaves.
+                cl = cand.tolist()
+                runs, a0 = [], cl[0]
+                for i in range(1, len(cl)):
+                    if cl[i] != cl[i - 1] + 1:
+                        runs.append((a0, cl[i - 1] + 1))
+                        a0 = cl[i]
+                runs.append((a0, cl[-1] + 1))
+                if len(runs) * 64 > len(cl):  # fragmented: one pass over everything
+                    runs = [(0, m)]
+                    cand = torch.arange(m)
+                    cands = [torch.arange(g.shape[0]) for g in G]
+                dd = torch.cat([_dist(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
                 rr = rv[cand]
-                nmax[-1][cand] = rr.amax(1)
-                leafkey[cand] = keys(rr, low[cand])
-                for lv in range(nlev - 2, -1, -1):
-                    cl = cands[lv]
-                    nmax[lv][cl] = nmax[lv + 1].view(-1, fan[lv])[cl].amax(1)
+                imp = dd < rr
+                rr = torch.where(imp, dd, rr)
+                rv[cand] = rr
+                av[cand] = torch.where(imp, t, av[cand])
             else:
-                # Bounds failed for most points: one dense pass is cheaper than gathering.
-                dd = _dist(x, c)[s2o]
-                imp = dd < r
-                torch.where(imp, dd, r, out=r)
-                assign.masked_fill_(imp, t)
-                cand = torch.nonzero(imp.view(m, L).any(1))[:, 0]
-                cand = torch.cat([cand, torch.tensor([o2s[ci] // L])])
+                # 2b. Points of the candidate leaves.  Pivot bound: d(x, c) >= |d(c,g) - d(x,g)|.
                 rr = rv[cand]
-                nmax[-1][cand] = rr.amax(1)
-                leafkey[cand] = keys(rr, low[cand])
-                for lv in range(nlev - 2, -1, -1):
-                    nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
+                dcc = dc[:, None]
+                ok = (rr > 0) & (dcc * _KAPPA - dxg[cand] <= rr) & (dxk[cand] - dcc <= rr)
+                flat = torch.nonzero(ok.view(-1))[:, 0]
+                if flat.numel():
+                    slots = ((cand * L)[:, None] + arL).view(-1)[flat]
+                    rf = rr.view(-1)[flat]
+                    # 3. Centre bound: d(x, c) >= d(c, a) - r(x) with a = x's nearest centre,
+                    #    so x can only move to c when d(c, a) < 2 r(x).
+                    af = assign[slots]
+                    if slots.numel() > 8 * t:
+                        dca = _dist(cent[:t], c)[af]
+                    else:
+                        u, inv = torch.unique(af, return_inverse=True)
+                        dca = _dist(cent[u], c)[inv]
+                    keep = dca * _KAPPA <= 2.0 * rf
+                    slots = slots[keep]
+                    # 4. Exact distances for the rest.
+                    dd = _dist(xs[slots], c)
+                    imp = dd < rf[keep]
+                    slots = slots[imp]
+                    r[slots] = dd[imp]
+                    assign[slots] = t
+                rr = rv[cand]
+            nmax[-1][cand] = rr.amax(1)
+            leafkey[cand] = keys(rr, low[cand])
+            for lv in range(nlev - 2, -1, -1):
+                cl_ = cands[lv]
+                nmax[lv][cl_] = nmax[lv + 1].view(-1, fan[lv])[cl_].amax(1)
     return torch.tensor(sel, dtype=torch.long)
 
 

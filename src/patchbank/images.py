@@ -95,35 +95,39 @@ def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Imag
         raise PatchbankError(f"cannot read image {path}: {exc}") from None
 
 
-def _resize_crop(im: Image.Image, size: tuple[int, int], crop: tuple[int, int] | None) -> np.ndarray:
-    h, w = size
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    if crop is not None and crop != (h, w):
-        ch, cw = crop
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        arr = arr[top:top + ch, left:left + cw]
-    return arr
+def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    h, w = arr.shape[:2]
+    ch, cw = crop
+    if (ch, cw) == (h, w):
+        return arr
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return arr[top:top + ch, left:left + cw]
+
+
+def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray:
+    """Resize to ``image_size`` (stretching, or with ``keep_aspect`` scaling to cover it and
+    centre-cropping the excess, like torchvision's Resize(int) + CenterCrop), then centre-crop
+    to ``crop_size``."""
+    h, w = config.image_size
+    target = (w, h)
+    if config.keep_aspect:
+        scale = max(h / im.height, w / im.width)
+        target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+    if im.size != target:
+        im = im.resize(target, resample)
+    arr = _centre_crop(np.asarray(im), (h, w))
+    return _centre_crop(arr, config.crop_size) if config.crop_size is not None else arr
 
 
 def prepare_view(item: Any, config) -> np.ndarray:
     """The resized and centre-cropped RGB view (uint8, HxWx3) that an anomaly map aligns with."""
-    return _resize_crop(open_rgb(item, config.image_size), config.image_size, config.crop_size)
+    return _resize_crop(open_rgb(item, config.image_size), config)
 
 
 def crop_mask(mask: np.ndarray, config) -> np.ndarray:
-    """Apply the same resize (nearest) + centre crop to a binary mask; returns bool HxW."""
+    """Apply the same resize (nearest) and crops to a binary mask; returns bool HxW."""
     im = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
-    h, w = config.image_size
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.NEAREST)
-    arr = np.asarray(im) > 127
-    if config.crop_size is not None and config.crop_size != (h, w):
-        ch, cw = config.crop_size
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        arr = arr[top:top + ch, left:left + cw]
-    return arr
+    return _resize_crop(im, config, Image.NEAREST) > 127
 
 
 def to_tensor(batch: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -6,11 +6,15 @@
   (Roth et al. Eq. 7): s = (1 - exp||m_t* - m*|| / sum_{m in N_b(m*)} exp||m_t* - m||) * s*,
   where m_t* is the test patch with the highest score s*, m* its nearest bank entry and N_b(m*)
   the b nearest bank entries of m* (m* included).
+* ``topk_mean``: the mean of the top ceil(r * P) patch scores (StructCore Eq. 8's tail mass,
+  used alone as a pooling operator); less sensitive to one spurious peak than the max.
 * normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma with mu, sigma the mean and
   standard deviation (ddof=1) of held-out normal image scores; the decision threshold is the
   (1 - fpr) empirical quantile (linear interpolation) of the held-out normalised scores.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -38,6 +42,12 @@ def reweighted_max(scores: torch.Tensor, queries: torch.Tensor, nn_index: torch.
     dist = (q_star.unsqueeze(1) - bank[support]).norm(dim=2)
     weight = 1.0 - torch.softmax(dist.double(), dim=1)[:, 0].to(scores.dtype)
     return weight * s_star
+
+
+def topk_mean(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[B, P] patch scores -> [B] mean of the top max(1, ceil(ratio * P)) scores (StructCore Eq. 8)."""
+    k = max(1, math.ceil(ratio * scores.shape[1] - 1e-9))
+    return scores.topk(k, dim=1).values.mean(1)
 
 
 class NormalStats:

@@ -26,6 +26,10 @@ class ExactSearch:
     def __len__(self) -> int:
         return self.bank.shape[0]
 
+    def subset(self, keep: torch.Tensor) -> "ExactSearch":
+        """A search over the rows ``keep`` (bool mask) of this bank."""
+        return ExactSearch(self.bank[keep], self.query_chunk, self.bank_chunk)
+
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
@@ -58,7 +62,7 @@ class FaissSearch:
     """FAISS index over the bank: ``flat`` (exact) or ``ivf`` (IVF-Flat, nprobe lists searched)."""
 
     def __init__(self, bank: torch.Tensor, kind: str = "flat", nlist: int | None = None,
-                 nprobe: int = 8, seed: int = 0):
+                 nprobe: int = 16, seed: int = 0, trained=None):
         try:
             import faiss
         except ImportError:
@@ -67,18 +71,28 @@ class FaissSearch:
         faiss.omp_set_num_threads(torch.get_num_threads())
         data = bank.detach().float().cpu().contiguous().numpy()
         self.n, dim = data.shape
-        if kind == "ivf":
-            nlist = nlist or max(1, min(int(4 * math.sqrt(self.n)), self.n // 39 or 1))
-            quantizer = faiss.IndexFlatL2(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist)
+        self.kind, self.nprobe, self.seed = kind, nprobe, seed
+        if trained is not None:          # reuse a trained (coarse quantizer) index, empty it
+            index = faiss.clone_index(trained)
+            index.reset()
+        elif kind == "ivf":
+            # sqrt(n) lists (>= 39 training points each, FAISS's minimum), k-means on the bank
+            nlist = nlist or max(1, min(int(math.sqrt(self.n)), self.n // 39 or 1))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.cp.seed = seed
+            index.cp.niter = 10
             index.train(data)
             index.nprobe = min(nprobe, nlist)
-            self.quantizer = quantizer  # keep alive
         else:
             index = faiss.IndexFlatL2(dim)
         index.add(data)
         self.index = index
+        self.bank = bank
+
+    def subset(self, keep: torch.Tensor) -> "FaissSearch":
+        """A search over the rows ``keep`` (bool mask), reusing this index's trained quantizer."""
+        return FaissSearch(self.bank[keep], self.kind, nprobe=self.nprobe, seed=self.seed,
+                           trained=self.index)
 
     def __len__(self) -> int:
         return self.n
@@ -91,10 +105,21 @@ class FaissSearch:
         return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
 
 
+def resolve_search(config, bank_size: int) -> str:
+    """The search kind "auto" stands for: IVF for big banks when FAISS is installed, else exact."""
+    if config.search != "auto":
+        return config.search
+    if bank_size >= config.ivf_min_bank:
+        try:
+            import faiss  # noqa: F401
+            return "faiss-ivf"
+        except ImportError:
+            pass
+    return "exact"
+
+
 def make_search(bank: torch.Tensor, config):
-    kind = config.search
-    if kind == "auto":
-        kind = "exact"
+    kind = resolve_search(config, bank.shape[0])
     if kind == "exact":
         return ExactSearch(bank)
     return FaissSearch(bank, "ivf" if kind == "faiss-ivf" else "flat", nprobe=config.ivf_probe,

@@ -1,0 +1,155 @@
+"""Accuracy and speed of one preset on one MVTec-layout category, against the backbone floor.
+
+The floor is what every memory-bank detector must do: read, resize and crop the images and run
+the backbone's forward pass on them (same loader, same threads, same batch size as the detector).
+The script reports
+
+* fit time / floor over the training images,
+* predict time per image / floor per test image (batch ``--batch-size``),
+* image AUROC / AP / F1-max, pixel AUROC / AP / F1-max and AUPRO at the network input resolution,
+* bank size,
+
+and writes them as JSON (with the machine description) to ``--out``.
+
+    python benchmarks/bench_core.py ../shared/data/mtd --preset lmf-core
+    python benchmarks/bench_core.py ../shared/data/mtd --preset lmf-core --set image_score=topk_mean
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from patchbank.config import Config
+from patchbank.detector import Detector
+from patchbank.images import crop_mask, list_images
+from patchbank.metrics import PixelMetrics, image_metrics
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return None if text.lower() == "none" else text
+
+
+def test_split(root: Path):
+    items, labels, masks = [], [], []
+    for folder in sorted((root / "test").iterdir()):
+        for path in list_images(folder):
+            items.append(path)
+            labels.append(0 if folder.name == "good" else 1)
+            masks.append(None if folder.name == "good"
+                         else root / "ground_truth" / folder.name / f"{path.stem}_mask.png")
+    return items, np.array(labels), masks
+
+
+@torch.inference_mode()
+def floor_seconds(det: Detector, items, batch_size: int) -> float:
+    """Read + resize + backbone forward over ``items``, nothing else."""
+    t0 = time.perf_counter()
+    for x, _ in det._stream(items, batch_size):
+        det.backbone(x.to(det.device))
+    if det.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path, help="one MVTec-layout category folder")
+    ap.add_argument("--preset", default="lmf-core")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
+    ap.add_argument("--batch-size", type=int, default=16, help="predict batch size")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default=None, help="name of the result file")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.root / "train" / "good").is_dir():
+        sys.exit(f"error: {args.root} is not an MVTec-layout category (no train/good); "
+                 "the real datasets live in ../shared/data/")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    config = Config.preset(args.preset, **{k: parse_value(v) for k, v in overrides.items()})
+    det = Detector(config, device=args.device, progress=False)
+    train = list_images(args.root / "train" / "good")
+    items, labels, mask_paths = test_split(args.root)
+
+    floor_seconds(det, train[:config.batch_size], config.batch_size)          # warm-up
+    floor_fit = floor_seconds(det, train, config.batch_size)
+    t0 = time.perf_counter()
+    det.fit(train)
+    fit_s = time.perf_counter() - t0
+    floor_fit_after = floor_seconds(det, train, config.batch_size)
+
+    floor_test = floor_seconds(det, items, args.batch_size)
+    t0 = time.perf_counter()
+    preds = det.predict(items, batch_size=args.batch_size)
+    predict_s = time.perf_counter() - t0
+    floor_test_after = floor_seconds(det, items, args.batch_size)
+    split = {k: v / len(items) * 1000 for k, v in det.last_timings_.items()}
+
+    scores = np.array([p.score for p in preds])
+    result = {"root": str(args.root), "preset": args.preset, "overrides": overrides,
+              "config": config.to_dict(), "n_train": len(train), "n_test": len(items)}
+    result.update(image_metrics(labels, scores))
+    pixel = PixelMetrics()
+    for pred, mpath in zip(preds, mask_paths):
+        shape = pred.anomaly_map.shape
+        mask = np.zeros(shape, bool) if mpath is None else crop_mask(np.array(Image.open(mpath)), config)
+        pixel.update(pred.anomaly_map, mask)
+    result.update(pixel.compute())
+    info = det.info()
+    floor_fit_mean = (floor_fit + floor_fit_after) / 2
+    floor_test_mean = (floor_test + floor_test_after) / 2
+    result.update({
+        "bank_entries": info["bank_entries"], "bank_dim": info["bank_dim"],
+        "bank_mb": info["bank_bytes"] / 1e6, "search": info["search"],
+        "fit_s": fit_s, "floor_fit_s": [floor_fit, floor_fit_after],
+        "fit_ratio": fit_s / floor_fit_mean,
+        "predict_ms_per_image": predict_s / len(items) * 1000,
+        "floor_ms_per_image": [floor_test / len(items) * 1000, floor_test_after / len(items) * 1000],
+        "predict_ratio": predict_s / floor_test_mean, "predict_batch_size": args.batch_size,
+        "predict_split_ms": split, "machine": machine(),
+        "command": "python benchmarks/bench_core.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    })
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or f"core_{args.root.name}_{args.preset}"
+    (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+    keys = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
+    print(" ".join(f"{k}={result[k]:.4f}" for k in keys))
+    print(f"bank {result['bank_entries']}x{result['bank_dim']} = {result['bank_mb']:.2f} MB ({result['search']}); "
+          f"fit {fit_s:.1f}s / floor {floor_fit_mean:.1f}s = {result['fit_ratio']:.2f}; "
+          f"predict {result['predict_ms_per_image']:.1f} ms/img / floor {np.mean(result['floor_ms_per_image']):.1f} "
+          f"= {result['predict_ratio']:.2f}; split ms/img {json.dumps({k: round(v, 1) for k, v in split.items()})}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two threads fighting over two cores (pytest + BLAS) is slower than one.
+torch.set_num_threads(int(os.environ.get("PATCHBANK_TEST_THREADS", "1")))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Small, fast settings shared by detector-level tests.
+FAST = dict(backbone="efficientnet_lite0", image_size=96, crop_size=None, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    from patchbank.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("synth"), n_train=16, n_test_good=6,
+                        n_test_defect=4, size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fitted(synthetic_root):
+    from patchbank.detector import Detector
+
+    return Detector.from_preset("lmf-core", progress=False, **FAST).fit(synthetic_root / "train" / "good")
+
+
+def split_items(root):
+    good = sorted((root / "test" / "good").glob("*.png"))
+    bad = sorted(p for d in ("scratch", "spot") for p in (root / "test" / d).glob("*.png"))
+    return good + bad, [0] * len(good) + [1] * len(bad)

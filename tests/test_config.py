@@ -1,0 +1,44 @@
+import pytest
+
+from patchbank.config import PRESETS, Config
+
+
+def test_presets_match_papers():
+    lmf = Config.preset("lmf-core")
+    assert (lmf.fusion, lmf.kappa, lmf.projection_dim, lmf.sampler, lmf.coreset_ratio, lmf.k) == \
+        ("vg", 0.5, 128, "uniform", 0.10, 1)
+    pc = Config.preset("patchcore")
+    assert (pc.fusion, pc.sampler, pc.coreset_ratio, pc.projection_dim, pc.image_score) == \
+        ("equal", "greedy", 0.10, None, "reweighted_max")
+    sc = Config.preset("structcore")
+    assert (sc.backbone, sc.projection_dim, sc.sampler, sc.coreset_ratio, sc.k, sc.distance, sc.knn_reduce) == \
+        ("dinov2_vitb14", 512, "greedy", 0.01, 5, "squared", "mean")
+    assert sc.input_size == (392, 392)
+
+
+def test_overrides_and_sizes():
+    cfg = Config.preset("lmf-core", image_size="320x768", crop_size=None, kappa=0.25)
+    assert cfg.image_size == (320, 768) and cfg.input_size == (320, 768) and cfg.kappa == 0.25
+    assert Config(image_size=300, crop_size=[280, 260]).crop_size == (280, 260)
+
+
+@pytest.mark.parametrize("bad", [dict(kappa=0), dict(fusion="max"), dict(coreset_ratio=1.5),
+                                 dict(image_size="abc"), dict(crop_size=512), dict(k=0)])
+def test_invalid_values_name_the_field(bad):
+    with pytest.raises(ValueError) as err:
+        Config.preset("lmf-core", **bad)
+    assert list(bad)[0] in str(err.value)
+
+
+def test_unknown_field_and_preset():
+    with pytest.raises(ValueError, match="nonsense"):
+        Config.preset("lmf-core", nonsense=1)
+    with pytest.raises(ValueError, match="unknown preset"):
+        Config.preset("padim")
+
+
+def test_dict_round_trip_and_frozen():
+    for cfg in PRESETS.values():
+        assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(Exception):
+        PRESETS["lmf-core"].kappa = 1.0

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import FAST, split_items
+from patchbank.detector import Detector
+from patchbank.errors import PatchbankError
+from patchbank.metrics import auroc
+from patchbank.model_file import load_model
+from patchbank.samplers import coreset_size
+
+
+def test_fit_predict_separates_synthetic_defects(fitted, synthetic_root):
+    items, labels = split_items(synthetic_root)
+    preds = fitted.predict(items)
+    scores = np.array([p.score for p in preds])
+    assert auroc(labels, scores) > 0.9
+    for p in preds:
+        assert p.anomaly_map.shape == (96, 96) and p.anomaly_map.dtype == np.float32
+        assert p.normalized_score == pytest.approx((p.score - fitted.stats_.mean_) / fitted.stats_.std_)
+        assert p.is_anomalous == (p.normalized_score > fitted.threshold_)
+    # the defect pixels are hotter than the rest of the same image
+    mask_dir = synthetic_root / "ground_truth"
+    p = preds[labels.index(1)]
+    stem = items[labels.index(1)]
+    mask = np.array(Image.open(mask_dir / stem.parent.name / f"{stem.stem}_mask.png")) > 0
+    assert p.anomaly_map[mask].mean() > p.anomaly_map[~mask].mean()
+
+
+def test_bank_is_uniform_subsample_of_streamed_patches(fitted):
+    n_patches = fitted.grid_[0] * fitted.grid_[1]
+    assert fitted.bank_.shape == (coreset_size(16 * n_patches, 0.10), 128)
+
+
+def test_calibration_is_not_biased_by_self_matching(fitted, synthetic_root):
+    """Held-out scores must be far above what training images get against their own patches."""
+    train = sorted((synthetic_root / "train" / "good").glob("*.png"))
+    full = Detector.from_preset("lmf-core", progress=False, sampler="none", **FAST).fit(train)
+    self_scores = np.array([p.score for p in full.predict(train)])
+    assert full.stats_.mean_ > 3 * self_scores.mean()
+    assert fitted.calibration_scores_.size == 5
+
+
+def test_save_load_round_trip_is_bit_exact(fitted, synthetic_root, tmp_path):
+    path = tmp_path / "m.patchbank"
+    size = fitted.save(path)
+    assert size == path.stat().st_size > fitted.bank_.numel() * 4
+    loaded = Detector.load(path, progress=False)
+    assert torch.equal(loaded.bank_, fitted.bank_)
+    assert torch.equal(loaded.projection_.matrix_, fitted.projection_.matrix_)
+    assert loaded.threshold_ == fitted.threshold_ and loaded.config == fitted.config
+    items, _ = split_items(synthetic_root)
+    a, b = fitted.predict(items[:3]), loaded.predict(items[:3])
+    for x, y in zip(a, b):
+        assert x.score == y.score and np.array_equal(x.anomaly_map, y.anomaly_map)
+    with pytest.raises(PatchbankError, match="already exists"):
+        fitted.save(path)
+    assert fitted.save(path, overwrite=True) == size
+
+
+def test_fp16_bank_halves_storage(fitted, tmp_path):
+    det16 = Detector(fitted.config.replace(bank_dtype="float16"), progress=False)
+    det16.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    det16.save(tmp_path / "h.patchbank")
+    tensors, meta = load_model(tmp_path / "h.patchbank")
+    assert tensors["bank"].dtype == torch.float16
+    assert meta["bank_bytes"] == fitted.info()["bank_bytes"] // 2
+    loaded = Detector.load(tmp_path / "h.patchbank", progress=False)
+    assert torch.allclose(loaded.bank_, fitted.bank_, atol=1e-2, rtol=1e-3)
+
+
+def test_model_file_errors(fitted, tmp_path):
+    path = tmp_path / "m.patchbank"
+    fitted.save(path)
+    tensors, meta = load_model(path)
+    # another format version
+    other = tmp_path / "v99.patchbank"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(other),
+              metadata={"format": "patchbank", "format_version": "99", "patchbank": json.dumps(meta)})
+    with pytest.raises(PatchbankError, match="format version 99"):
+        Detector.load(other)
+    # a safetensors file that is not ours, and a file that is not safetensors at all
+    alien = tmp_path / "alien.safetensors"
+    save_file({"w": torch.zeros(2)}, str(alien))
+    with pytest.raises(PatchbankError, match="not a patchbank model"):
+        Detector.load(alien)
+    junk = tmp_path / "junk.patchbank"
+    junk.write_bytes(b"\x80\x04 definitely a pickle")
+    with pytest.raises(PatchbankError, match="not a readable patchbank model"):
+        Detector.load(junk)
+    with pytest.raises(PatchbankError, match="not found"):
+        Detector.load(tmp_path / "missing.patchbank")
+
+
+def test_bad_training_inputs(tmp_path, synthetic_root):
+    det = Detector.from_preset("lmf-core", progress=False, **FAST)
+    with pytest.raises(PatchbankError, match="folder not found"):
+        det.fit(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PatchbankError, match="no images"):
+        det.fit(tmp_path / "empty")
+    one = sorted((synthetic_root / "train" / "good").glob("*.png"))[:1]
+    with pytest.raises(PatchbankError, match="at least 2"):
+        det.fit(one)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in sorted((synthetic_root / "train" / "good").glob("*.png"))[:3]:
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "zz_corrupt.png").write_bytes(b"not an image")
+    with pytest.raises(PatchbankError, match="zz_corrupt.png"):
+        det.fit(bad)
+    with pytest.raises(PatchbankError, match="not fitted"):
+        det.predict(one)
+
+
+def test_grayscale_and_array_inputs_are_converted(fitted, synthetic_root, tmp_path):
+    src = sorted((synthetic_root / "test" / "good").glob("*.png"))[0]
+    gray = tmp_path / "gray.png"
+    Image.open(src).convert("L").save(gray)
+    arr = np.array(Image.open(src).convert("L"))
+    p_file, p_arr = fitted.predict([gray, arr])
+    assert p_file.path == str(gray) and p_arr.path is None
+    assert p_file.score == pytest.approx(p_arr.score, rel=1e-6)
+
+
+def test_from_preset_rejects_bad_override():
+    with pytest.raises(PatchbankError, match="kappa"):
+        Detector.from_preset("lmf-core", kappa=2.0)

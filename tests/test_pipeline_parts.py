@@ -1,0 +1,150 @@
+"""Unit tests of the small pipeline parts on hand-made tensors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from patchbank.anomaly_map import anomaly_maps, gaussian_blur
+from patchbank.features import aggregate, to_patches
+from patchbank.fusion import EqualFusion, L2Fusion, Moments, VGFusion
+from patchbank.projection import GaussianProjection
+from patchbank.samplers import NoSampler, UniformSampler, coreset_size
+from patchbank.scoring import NormalStats, patch_scores, reweighted_max
+from patchbank.search import ExactSearch, FaissSearch
+
+
+def test_aggregate_is_local_mean_and_aligns_grids():
+    a = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    b = torch.ones(1, 2, 2, 2)
+    out = aggregate([a, b], 3)
+    assert out[0].shape == (1, 1, 4, 4) and out[1].shape == (1, 2, 4, 4)
+    # interior: mean of the 3x3 block; corner: mean of the 4 existing neighbours
+    assert out[0][0, 0, 1, 1].item() == pytest.approx(a[0, 0, 0:3, 0:3].mean().item())
+    assert out[0][0, 0, 0, 0].item() == pytest.approx(a[0, 0, 0:2, 0:2].mean().item())
+    assert torch.allclose(out[1], torch.ones_like(out[1]))
+    rows = to_patches(out)
+    assert rows[0].shape == (16, 1) and rows[0][5, 0] == out[0][0, 0, 1, 1]
+
+
+def test_moments_match_numpy():
+    x = torch.randn(1000, 3) * torch.tensor([1.0, 5.0, 0.1]) + 100
+    m = Moments()
+    for chunk in x.split(77):
+        m.update([chunk])
+    assert np.allclose(m.mean()[0].numpy(), x.double().mean(0).numpy())
+    assert np.allclose(m.var()[0].numpy(), x.double().var(0, unbiased=False).numpy(), rtol=1e-9)
+
+
+def test_vg_fusion_equation_1_on_hand_example():
+    # layer 1: channel stds 1, 2, 3, 4 ; layer 2: channel stds 10, 20
+    base = torch.tensor([[-1.0], [1.0]]).repeat(50, 1)          # mean 0, population std 1
+    l1 = torch.cat([base * s for s in (1.0, 2.0, 3.0, 4.0)], 1) + 5
+    l2 = torch.cat([base * s for s in (10.0, 20.0)], 1)
+    m = Moments()
+    m.update([l1, l2])
+    f = VGFusion(kappa=0.5).fit(m)
+    v1, v2 = np.mean([1, 4, 9, 16]), np.mean([100, 400])
+    w1, w2 = (1 / v1) / (1 / v1 + 1 / v2), (1 / v2) / (1 / v1 + 1 / v2)
+    assert f.layer_weights_ == pytest.approx([w1, w2])
+    assert f.keep_[0].tolist() == [2, 3] and f.keep_[1].tolist() == [1]
+    out = f.transform([l1, l2])
+    # kept channels standardised (values +-1) then scaled by the layer weight
+    assert out.shape == (100, 3)
+    assert torch.allclose(out[0], torch.tensor([-w1, -w1, -w2], dtype=torch.float32), atol=1e-6)
+    state = f.state()
+    g = VGFusion(0.5).load_state(state)
+    assert torch.equal(g.transform([l1, l2]), out)
+
+
+def test_equal_and_l2_fusion():
+    a, b = torch.randn(5, 3), torch.randn(5, 2) * 10
+    assert torch.equal(EqualFusion().transform([a, b]), torch.cat([a, b], 1))
+    out = L2Fusion().transform([a, b])
+    assert torch.allclose(out[:, :3].norm(dim=1), torch.ones(5)) and torch.allclose(out[:, 3:].norm(dim=1), torch.ones(5))
+
+
+def test_projection_preserves_distances_within_jl_bounds():
+    torch.manual_seed(0)
+    x = torch.randn(200, 1000)
+    proj = GaussianProjection(512, seed=3).fit(1000)
+    z = proj.transform(x)
+    d_x, d_z = torch.pdist(x), torch.pdist(z)
+    ratio = d_z / d_x
+    # JL: eps ~ sqrt(8 ln n / d') ~ 0.41 for n=200 pairs-bound; observed spread is far tighter
+    assert ratio.min() > 1 - 0.41 and ratio.max() < 1 + 0.41
+    assert abs(ratio.pow(2).mean().item() - 1) < 0.02      # unbiased squared norms
+    assert torch.equal(GaussianProjection(512, seed=3).fit(1000).matrix_, proj.matrix_)
+    assert not torch.equal(GaussianProjection(512, seed=4).fit(1000).matrix_, proj.matrix_)
+
+
+def test_samplers_pick_the_right_count():
+    x = torch.randn(1003, 4)
+    for r in (0.01, 0.1, 0.5, 1.0):
+        idx = UniformSampler(r, seed=1).run(x)
+        assert len(idx) == coreset_size(1003, r) == min(1003, max(1, round(r * 1003)))
+        assert len(set(idx.tolist())) == len(idx) and idx.min() >= 0 and idx.max() < 1003
+    assert torch.equal(UniformSampler(0.1, 5).indices(1003), UniformSampler(0.1, 5).indices(1003))
+    assert coreset_size(5, 0.01) == 1
+    assert torch.equal(NoSampler().run(x), torch.arange(1003))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_chunked_search_equals_brute_force(k):
+    torch.manual_seed(1)
+    bank, q = torch.randn(1000, 16), torch.randn(300, 16)
+    s = ExactSearch(bank, query_chunk=64, bank_chunk=128)
+    d, i = s.search(q, k)
+    ref = torch.cdist(q.double(), bank.double()) ** 2
+    ref_d, ref_i = ref.topk(k, dim=1, largest=False)
+    assert torch.equal(i, ref_i)
+    assert torch.allclose(d.double(), ref_d, atol=1e-3)
+
+
+def test_faiss_flat_matches_exact():
+    pytest.importorskip("faiss")
+    torch.manual_seed(2)
+    bank, q = torch.randn(500, 8), torch.randn(50, 8)
+    d1, i1 = ExactSearch(bank).search(q, 2)
+    d2, i2 = FaissSearch(bank, "flat").search(q, 2)
+    assert torch.equal(i1, i2) and torch.allclose(d1, d2, atol=1e-4)
+
+
+def test_patch_scores_min_and_mean():
+    sq = torch.tensor([[4.0, 9.0, 16.0]])
+    assert patch_scores(sq, "euclidean", "min").item() == 2.0
+    assert patch_scores(sq, "squared", "mean").item() == pytest.approx(29 / 3)
+    assert patch_scores(sq, "euclidean", "mean").item() == pytest.approx(3.0)
+
+
+def test_reweighted_max_by_hand():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    queries = torch.tensor([[[0.0, 0.1], [0.0, 2.0]]])        # patch 1 scores highest (2.0)
+    search = ExactSearch(bank)
+    sq, idx = search.search(queries[0], 1)
+    scores = sq[:, 0].sqrt().view(1, 2)
+    out = reweighted_max(scores, queries, idx[:, 0].view(1, 2), bank, search, b=2)
+    # m* = bank[0]; N_2(m*) = {bank[0], bank[1]}; distances from (0,2): 2 and sqrt(5)
+    d = np.array([2.0, math.sqrt(5.0)])
+    w = 1 - np.exp(d[0]) / np.exp(d).sum()
+    assert out.item() == pytest.approx(w * 2.0, rel=1e-6)
+
+
+def test_normal_stats_threshold_is_quantile():
+    scores = np.arange(1, 101, dtype=float)
+    st = NormalStats().fit(scores, target_fpr=0.05)
+    z = (scores - scores.mean()) / scores.std(ddof=1)
+    assert st.threshold_ == pytest.approx(np.quantile(z, 0.95))
+    assert np.mean(st.normalize(scores) > st.threshold_) == pytest.approx(0.05)
+
+
+def test_anomaly_map_upsamples_and_blurs_like_scipy():
+    grid = torch.zeros(1, 7, 7)
+    grid[0, 3, 3] = 1.0
+    maps = anomaly_maps(grid, (56, 56), 4.0)
+    assert maps.shape == (1, 56, 56)
+    assert np.unravel_index(maps[0].argmax().item(), (56, 56)) in [(27, 27), (27, 28), (28, 27), (28, 28)]
+    x = np.random.default_rng(0).random((3, 30, 20)).astype(np.float32)
+    ref = np.stack([ndimage.gaussian_filter(a, 4.0, mode="reflect", truncate=4.0) for a in x])
+    assert np.abs(gaussian_blur(torch.from_numpy(x), 4.0).numpy() - ref).max() < 1e-5
