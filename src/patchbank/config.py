@@ -77,7 +77,7 @@ class Config:
     distance: str = "euclidean"           # "euclidean" | "squared"
     knn_reduce: str = "min"               # "min" (LMF-Core Eq. 2) | "mean" (StructCore Eq. 5)
     search: str = "auto"                  # "auto": faiss-ivf for banks >= ivf_min_bank if faiss is installed, else exact
-    ivf_probe: int = 16                   # inverted lists visited per query (faiss-ivf)
+    ivf_probe: int = 8                    # inverted lists visited per query (faiss-ivf)
     ivf_min_bank: int = 20000             # smallest bank that "auto" searches with IVF
     blur_sigma: float = 4.0
     image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean"

@@ -221,29 +221,42 @@ class _BallTree:
         if npad:
             src[N:] = torch.arange(npad, dtype=torch.long) * N // npad
         pos = torch.arange(total, dtype=torch.long)  # slot -> position
+        gen = torch.Generator().manual_seed(seed)
+        k = min(D, 32)
+        y, ynorm = self._pca_coords(x, k, gen)  # [N, k] top-k PCA coordinates, by row
         if depth:
-            gen = torch.Generator().manual_seed(seed)
-            y = self._pca_coords(x, min(D, 32), gen)[src]  # [total, k], position order
+            yp = y[src]  # position order
             for lev in range(depth):
                 nodes = 1 << lev
-                z = y[pos].view(nodes, -1, y.shape[1])
+                z = yp[pos].view(nodes, -1, k)
                 zc = z - z.mean(1, keepdim=True)
                 cov = torch.bmm(zc.transpose(1, 2), zc)  # [nodes, k, k]
                 del zc
-                v = torch.randn(nodes, y.shape[1], 1, generator=gen)
+                v = torch.randn(nodes, k, 1, generator=gen)
                 for _ in range(8):
                     v = torch.bmm(cov, v)
                     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
                 order = torch.sort(torch.bmm(z, v)[..., 0], dim=1, stable=True).indices
                 pos = pos.view(nodes, -1).gather(1, order).view(-1)
                 del z, cov
-            del y
+            del yp
         self.slot2orig = src[pos].contiguous()
         self.dead = (pos >= N).contiguous()
         live = torch.nonzero(~self.dead)[:, 0]
         self.orig2slot = torch.empty(N, dtype=torch.long)
         self.orig2slot[self.slot2orig[live]] = live
         self.xs = x[self.slot2orig]  # [total, D] in slot order
+        # Low-dimensional bound: ||V^T (x - c)|| <= ||x - c|| for the orthonormal PCA basis V.
+        # Only worth it when k is well below D.  y is float32-rounded from float64, so the
+        # computed low-dim distance is off by at most 2*sqrt(k)*2**-24*max||x - mu||; low_tol
+        # is 6x that.
+        if 2 * k <= D:
+            self.ys = y[self.slot2orig]
+            self.low_tol = 4e-6 * ynorm
+        else:
+            self.ys = None
+            self.low_tol = 0.0
+        del y
 
         # Levels used by the descent: the leaves and every fanout_bits-th level above them,
         # starting from a top level of at most 2**6 nodes.
@@ -273,20 +286,25 @@ class _BallTree:
                 self.dxg = dz.reshape(-1)
 
     @staticmethod
-    def _pca_coords(x: torch.Tensor, k: int, gen: torch.Generator, sample: int = 65536) -> torch.Tensor:
-        """Coordinates of the rows of ``x`` on its top-``k`` principal axes (from a row sample)."""
+    def _pca_coords(
+        x: torch.Tensor, k: int, gen: torch.Generator, sample: int = 65536, chunk: int = 65536
+    ) -> tuple[torch.Tensor, float]:
+        """Coordinates ``(x - mu) @ V`` on the top-``k`` principal axes (from a row sample),
+        computed in float64 and rounded to float32, and ``max ||x - mu||``."""
         N, D = x.shape
         rows = torch.randperm(N, generator=gen)[:sample] if N > sample else slice(None)
         sub = x[rows].double()
         mu = sub.mean(0)
         sub -= mu
-        evecs = torch.linalg.eigh(sub.T @ sub).eigenvectors[:, -k:].float()
+        v = torch.linalg.eigh(sub.T @ sub).eigenvectors[:, -k:].flip(1).contiguous()
         del sub
         out = torch.empty(N, k)
-        muf = mu.float()
-        for i in range(0, N, 65536):
-            torch.matmul(x[i : i + 65536] - muf, evecs, out=out[i : i + 65536])
-        return out
+        norm = 0.0
+        for i in range(0, N, chunk):
+            xc = x[i : i + chunk].double() - mu
+            out[i : i + chunk] = xc @ v
+            norm = max(norm, float(xc.norm(dim=1).max()))
+        return out, norm
 
 
 @torch.no_grad()
@@ -330,9 +348,22 @@ def greedy_fast(
         torch.set_num_threads(prev_threads)
 
 
-def _greedy_loop(tree: _BallTree, n: int, start: int, progress: bool) -> torch.LongTensor:
+def _runs(leaves: list[int]) -> list[tuple[int, int]]:
+    """Sorted leaf ids -> maximal ranges ``[a, b)`` of consecutive ids."""
+    runs, a0 = [], leaves[0]
+    for i in range(1, len(leaves)):
+        if leaves[i] != leaves[i - 1] + 1:
+            runs.append((a0, leaves[i - 1] + 1))
+            a0 = leaves[i]
+    runs.append((a0, leaves[-1] + 1))
+    return runs
+
+
+def _greedy_loop(
+    tree: _BallTree, n: int, start: int, progress: bool, big: int | None = None
+) -> torch.LongTensor:
     N, m, L = tree.N, tree.m, tree.L
-    xs = tree.xs
+    xs, ys, low_tol = tree.xs, tree.ys, tree.low_tol
     total = m * L
     s2o, dead = tree.slot2orig, tree.dead
     o2s = tree.orig2slot.tolist()
@@ -345,9 +376,11 @@ def _greedy_loop(tree: _BallTree, n: int, start: int, progress: bool) -> torch.L
     low = low.view(m, L)
     aranges = [torch.arange(f, dtype=torch.long) for f in fan]
     arL = torch.arange(L, dtype=torch.long)
-    # A step whose candidate leaves hold more than `big` slots computes exact distances for
-    # all of them, reading contiguous runs of leaves (no per-point bounds, no gathers).
-    big = max(4096, total // 16)
+    # Steps whose candidate leaves hold more than `big` slots evaluate bounds and distances on
+    # contiguous runs of leaves instead of gathering rows.
+    if big is None:
+        big = max(8192, total // 32)
+    use_low_from = 0  # the low-dim bound is paused until this step when it stops paying
 
     def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
         # Per-row max of (r, -index) packed in an int64: the float32 bits of r >= 0 order like
@@ -412,48 +445,59 @@ def _greedy_loop(tree: _BallTree, n: int, start: int, progress: bool) -> torch.L
                 dc = d[keep]
                 cands.append(cand)
 
-            if cand.numel() * L > big:
-                # 2a. Many candidates: exact distances for every slot of the candidate leaves,
-                #     read as contiguous runs of leaves.
-                cl = cand.tolist()
-                runs, a0 = [], cl[0]
-                for i in range(1, len(cl)):
-                    if cl[i] != cl[i - 1] + 1:
-                        runs.append((a0, cl[i - 1] + 1))
-                        a0 = cl[i]
-                runs.append((a0, cl[-1] + 1))
-                if len(runs) * 64 > len(cl):  # fragmented: one pass over everything
-                    runs = [(0, m)]
-                    cand = torch.arange(m)
-                    cands = [torch.arange(g.shape[0]) for g in G]
-                dd = torch.cat([_dist(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
-                rr = rv[cand]
-                imp = dd < rr
-                rr = torch.where(imp, dd, rr)
-                rv[cand] = rr
-                av[cand] = torch.where(imp, t, av[cand])
-            else:
-                # 2b. Points of the candidate leaves.  Pivot bound: d(x, c) >= |d(c,g) - d(x,g)|.
-                rr = rv[cand]
-                dcc = dc[:, None]
-                ok = (rr > 0) & (dcc * _KAPPA - dxg[cand] <= rr) & (dxk[cand] - dcc <= rr)
+            # 2. Points of the candidate leaves.  Pivot bound: d(x, c) >= |d(c,g) - d(x,g)|.
+            rr = rv[cand]
+            dcc = dc[:, None]
+            ok = (rr > 0) & (dcc * _KAPPA - dxg[cand] <= rr) & (dxk[cand] - dcc <= rr)
+            nk = rr.numel()
+            use_low = ys is not None and t >= use_low_from
+            runs = _runs(cand.tolist()) if nk > big else None
+            if runs is not None and len(runs) * 8 > cand.numel():
+                runs = None  # fragmented: gathering is cheaper than many small calls
+            if runs is not None:
+                # 3a. Many candidates, in long runs of leaves: low-dim bound on every slot
+                #     of the runs, then exact distances on the runs or on the survivors.
+                if use_low:
+                    yc = ys[cs : cs + 1]
+                    dl = torch.cat([_dist(ys[a * L : b * L], yc) for a, b in runs]).view(-1, L)
+                    before = int(ok.sum())
+                    ok &= dl * _KAPPA - low_tol <= rr
+                    if int(ok.sum()) * 4 > before * 3:  # pruned < 25%: pause it
+                        use_low_from = t + 32
                 flat = torch.nonzero(ok.view(-1))[:, 0]
+                if flat.numel() * 4 > nk:
+                    dd = torch.cat([_dist(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
+                    imp = dd < rr
+                    rr = torch.where(imp, dd, rr)
+                    rv[cand] = rr
+                    av[cand] = torch.where(imp, t, av[cand])
+                    flat = None
+            else:
+                flat = torch.nonzero(ok.view(-1))[:, 0]
+            if flat is not None:
                 if flat.numel():
                     slots = ((cand * L)[:, None] + arL).view(-1)[flat]
                     rf = rr.view(-1)[flat]
-                    # 3. Centre bound: d(x, c) >= d(c, a) - r(x) with a = x's nearest centre,
-                    #    so x can only move to c when d(c, a) < 2 r(x).
-                    af = assign[slots]
-                    if slots.numel() > 8 * t:
-                        dca = _dist(cent[:t], c)[af]
-                    else:
-                        u, inv = torch.unique(af, return_inverse=True)
-                        dca = _dist(cent[u], c)[inv]
-                    keep = dca * _KAPPA <= 2.0 * rf
-                    slots = slots[keep]
+                    if runs is None:
+                        # 3b. Centre bound: d(x, c) >= d(c, a) - r(x) with a = x's nearest
+                        #     centre, so x can only move to c when d(c, a) < 2 r(x).
+                        af = assign[slots]
+                        if slots.numel() > 8 * t:
+                            dca = _dist(cent[:t], c)[af]
+                        else:
+                            u, inv = torch.unique(af, return_inverse=True)
+                            dca = _dist(cent[u], c)[inv]
+                        keep = dca * _KAPPA <= 2.0 * rf
+                        slots, rf = slots[keep], rf[keep]
+                        if use_low and slots.numel() > 64:
+                            # 3c. Low-dim bound on the gathered survivors.
+                            keep = _dist(ys[slots], ys[cs : cs + 1]) * _KAPPA - low_tol <= rf
+                            if slots.numel() > 1024 and int(keep.sum()) * 4 > slots.numel() * 3:
+                                use_low_from = t + 32
+                            slots, rf = slots[keep], rf[keep]
                     # 4. Exact distances for the rest.
                     dd = _dist(xs[slots], c)
-                    imp = dd < rf[keep]
+                    imp = dd < rf
                     slots = slots[imp]
                     r[slots] = dd[imp]
                     assign[slots] = t
