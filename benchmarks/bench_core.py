@@ -92,6 +92,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default=None, help="name of the result file")
     ap.add_argument("--no-timing", action="store_true", help="skip the floor measurements (accuracy only)")
+    ap.add_argument("--roundtrip", action="store_true",
+                    help="save the model and predict with the reloaded file (e.g. to test bank_dtype=float16)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +114,12 @@ def main(argv=None) -> dict:
     fit_s = time.perf_counter() - t0
     floor_fit_after = floor(det, train, config.batch_size)
 
+    if args.roundtrip:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            det.save(Path(tmp) / "m.patchbank")
+            det = Detector.load(Path(tmp) / "m.patchbank", device=args.device, progress=False)
     floor_test = floor(det, items, args.batch_size)
     t0 = time.perf_counter()
     preds = det.predict(items, batch_size=args.batch_size)

@@ -720,5 +720,90 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     click.echo(f"total {time.perf_counter() - t_start:.1f} s")
 
 
+# ------------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------------
+
+def _comma_list(ctx, param, value):
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise click.BadParameter(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+def _seed_list(ctx, param, value):
+    items = _comma_list(ctx, param, value)
+    if items is None:
+        return None
+    if not all(_INT_RE.match(v) for v in items):
+        raise click.BadParameter(f"expected comma-separated integers like 0,1,2, got {value!r}")
+    seeds = [int(v) for v in items]
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"duplicate seeds in {value!r}")
+    return seeds
+
+
+@cli.command(context_settings={"max_content_width": 110},
+             epilog="Config options override single fields of the preset (as for 'fit'); --seeds "
+                    "sets Config.seed per run.")
+@click.argument("data_root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for runs/*.json, results.csv, summary.csv/.json/.md.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Method configuration to start from.")
+@click.option("--dataset", "kind", type=click.Choice(["auto", "mvtec", "btad", "visa", "mpdd"]),
+              default="auto", show_default=True, help="Dataset layout.")
+@click.option("--categories", callback=_comma_list, default=None, metavar="A,B,...",
+              help="Categories to evaluate [all].")
+@click.option("--seeds", callback=_seed_list, default=None, metavar="0,1,2",
+              help="Seeds; one fit per category and seed [--seed, else 0].")
+@click.option("--no-resume", is_flag=True, help="Recompute runs whose results already exist.")
+@_common_run_options
+@click.pass_context
+def evaluate(ctx: click.Context, data_root: Path, out_dir: Path, preset: str, kind: str,
+             categories: list[str] | None, seeds: list[int] | None, no_resume: bool, device: str,
+             threads: int | None, quiet: bool, **config_params: Any) -> None:
+    """Benchmark a preset on DATA_ROOT (MVTec AD, MPDD, BTAD or VisA layout): fit per category
+    and seed, report image and pixel metrics, bank size and timings as mean ± std over seeds."""
+    import shlex
+
+    overrides = given_overrides(ctx, config_params)
+    build_config(preset, overrides)  # option errors now, before any data is read
+    if not data_root.exists():
+        raise PatchbankError(f"dataset root not found: {data_root}")
+    if seeds is None:
+        seeds = [overrides["seed"]] if "seed" in overrides else [0]
+    overrides.pop("seed", None)
+    args = [str(data_root), "-o", str(out_dir), "--preset", preset, "--dataset", kind]
+    if categories:
+        args += ["--categories", ",".join(categories)]
+    args += ["--seeds", ",".join(map(str, seeds))]
+    for name, value in overrides.items():
+        args += [option_name(name), _format_value(value, "size" if name.endswith("_size") else "")]
+    if no_resume:
+        args.append("--no-resume")
+    command = "patchbank evaluate " + " ".join(shlex.quote(a) for a in args)
+    _setup_threads(threads)
+    from patchbank.evaluate import evaluate as run_evaluation
+
+    t0 = time.perf_counter()
+    result = run_evaluation(data_root, preset=preset, overrides=overrides, categories=categories,
+                            seeds=seeds, out_dir=out_dir, resume=not no_resume, progress=not quiet,
+                            kind=kind, device=device, command=command)
+    n_cat = len(result["summary"]["categories"])
+    click.echo(f"{preset}: {n_cat} categor{'y' if n_cat == 1 else 'ies'} x {len(seeds)} seed(s) "
+               f"in {time.perf_counter() - t0:.1f} s")
+    click.echo("")
+    click.echo(result["markdown"])
+    click.echo("")
+    click.echo(f"wrote {result['files']['results_csv']}, {result['files']['summary_csv']}, "
+               f"{result['files']['summary_json']}, {result['files']['summary_md']}")
+
+
+_with_config_options(evaluate)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -189,63 +189,59 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int =
 
 
 class _BallTree:
-    """Balanced binary tree of median splits, stored level by level, with a copy of the points
-    in tree order.
+    """Static ball tree over the rows of ``x``, stored level by level, with a slot-ordered copy
+    of the points.
 
-    Slots ``0 .. m*L-1`` hold the points in tree order (leaf ``j`` owns slots ``j*L .. j*L+L-1``,
-    a node of any level owns a contiguous slot range); ``slot2orig`` maps a slot to its row and
-    ``xs = x[slot2orig]`` is the slot-ordered copy the search reads.  When ``N`` is not a
-    multiple of ``m`` the tree is filled up with ``m*L - N`` padding slots that copy rows spread
-    evenly over the data; they are flagged in ``dead`` and never take part in the selection.
+    Leaves: the rows are bisected recursively until every part has at most ``leaf_size`` rows.
+    A part is cut along its principal direction (power iteration in the top-32 PCA coordinates
+    of the data) at the point that minimises the within-part sum of squares of the
+    projections (1-D 2-means), searched between the 25% and 75% quantiles, so cuts follow gaps
+    between clusters while parts still shrink geometrically.  The leaves, in depth-first
+    order, are the tree's bottom level; every upper level groups ``2**fanout_bits``
+    consecutive nodes of the level below (depth-first order keeps them close together).
 
-    Splits: each node is cut at the median of its points' projections on the node's principal
-    direction, estimated by power iteration on the node's covariance in the top-32 PCA
-    coordinates of the data.  The shape of the tree only affects speed, never the result.
+    Storage: leaf ``j`` owns slots ``j*L .. j*L+L-1`` (``L = leaf_size``); ``slot2orig`` maps a
+    slot to its row and ``xs = x[slot2orig]`` is the copy the search reads.  Unused slots of a
+    leaf (and whole padding leaves, added to fill the top level) are flagged in ``dead``; they
+    copy a row of their own leaf (or the last real row) so that they never widen a ball, and
+    the search never selects or updates them.  The shape of the tree affects only speed.
 
-    For every kept level the tree stores node centroids ``[nodes, D]`` and radii ``[nodes]``
-    (max distance of a node's slots to its centroid), and ``dxg`` holds each slot's distance to
-    its leaf centroid.  All these distances come from the same cdist kernel as the search, so a
+    For every level the tree stores node centroids ``[nodes, D]`` and radii ``[nodes]`` (max
+    distance of a node's slots to its centroid), and ``dxg`` holds each slot's distance to its
+    leaf centroid.  These distances come from the same cdist kernel as the search, so a
     point's distance to a centroid is the same float here and there.
     """
 
-    def __init__(self, x: torch.Tensor, leaf_size: int = 64, fanout_bits: int = 3, seed: int = 0):
+    def __init__(self, x: torch.Tensor, leaf_size: int = 48, fanout_bits: int = 3, seed: int = 0):
         N, D = x.shape
-        depth = math.ceil(math.log2(N / leaf_size)) if N > leaf_size else 0
-        m = 1 << depth
-        L = -(-N // m)
-        total = m * L
-        npad = total - N
-        self.N, self.D, self.depth, self.m, self.L = N, D, depth, m, L
-
-        src = torch.arange(total, dtype=torch.long)  # position -> row
-        if npad:
-            src[N:] = torch.arange(npad, dtype=torch.long) * N // npad
-        pos = torch.arange(total, dtype=torch.long)  # slot -> position
+        L = max(1, int(leaf_size))
+        self.N, self.D, self.L = N, D, L
         gen = torch.Generator().manual_seed(seed)
         k = min(D, 32)
         y, ynorm = self._pca_coords(x, k, gen)  # [N, k] top-k PCA coordinates, by row
-        if depth:
-            yp = y[src]  # position order
-            for lev in range(depth):
-                nodes = 1 << lev
-                z = yp[pos].view(nodes, -1, k)
-                zc = z - z.mean(1, keepdim=True)
-                cov = torch.bmm(zc.transpose(1, 2), zc)  # [nodes, k, k]
-                del zc
-                v = torch.randn(nodes, k, 1, generator=gen)
-                for _ in range(8):
-                    v = torch.bmm(cov, v)
-                    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
-                order = torch.sort(torch.bmm(z, v)[..., 0], dim=1, stable=True).indices
-                pos = pos.view(nodes, -1).gather(1, order).view(-1)
-                del z, cov
-            del yp
-        self.slot2orig = src[pos].contiguous()
-        self.dead = (pos >= N).contiguous()
-        live = torch.nonzero(~self.dead)[:, 0]
+
+        order, starts, lens = self._bisect(y, L, gen)  # leaves tile `order` depth-first
+        f = 1 << max(1, int(fanout_bits))
+        m0 = starts.numel()
+        h = 0
+        while m0 > 64 * f**h:
+            h += 1
+        m = -(-m0 // f**h) * f**h
+        self.m = m
+        # slot -> row: live slots first in each leaf, the rest copy the leaf's first row.
+        lens_p = torch.zeros(m, dtype=torch.long)
+        lens_p[:m0] = lens
+        starts_p = torch.full((m,), int(starts[-1] + lens[-1] - 1), dtype=torch.long)
+        starts_p[:m0] = starts
+        j = torch.arange(L)
+        live = j[None, :] < lens_p[:, None]  # [m, L]
+        offs = torch.where(live, j[None, :], torch.zeros_like(j)[None, :])
+        self.slot2orig = order[(starts_p[:, None] + offs).clamp_max(N - 1)].reshape(-1).contiguous()
+        self.dead = (~live).reshape(-1).contiguous()
+        live_slots = torch.nonzero(~self.dead)[:, 0]
         self.orig2slot = torch.empty(N, dtype=torch.long)
-        self.orig2slot[self.slot2orig[live]] = live
-        self.xs = x[self.slot2orig]  # [total, D] in slot order
+        self.orig2slot[self.slot2orig[live_slots]] = live_slots
+        self.xs = x[self.slot2orig]  # [m*L, D]
         # Low-dimensional bound: ||V^T (x - c)|| <= ||x - c|| for the orthonormal PCA basis V.
         # Only worth it when k is well below D.  y is float32-rounded from float64, so the
         # computed low-dim distance is off by at most 2*sqrt(k)*2**-24*max||x - mu||; low_tol
@@ -258,20 +254,14 @@ class _BallTree:
             self.low_tol = 0.0
         del y
 
-        # Levels used by the descent: the leaves and every fanout_bits-th level above them,
-        # starting from a top level of at most 2**6 nodes.
-        b = max(1, int(fanout_bits))
-        levels = list(range(depth, -1, -b))[::-1]
-        while len(levels) > 1 and levels[1] <= 6:
-            levels.pop(0)
-        self.levels = levels
-        self.fan = [1 << (levels[i + 1] - levels[i]) for i in range(len(levels) - 1)]
+        # Levels, top first: m / f**h, ..., m / f, m (leaves).
+        self.fan = [f] * h
         self.centroid: list[torch.Tensor] = []
         self.radius: list[torch.Tensor] = []
         chunk = 1 << 22  # elements per batched cdist call
-        for lev in levels:
-            nodes = 1 << lev
-            per = total // nodes
+        for lv in range(h, -1, -1):
+            nodes = m // f**lv
+            per = m * L // nodes
             z = self.xs.view(nodes, per, D)
             g = z.mean(1, keepdim=True)  # [nodes, 1, D]
             dz = torch.empty(nodes, per)
@@ -282,8 +272,83 @@ class _BallTree:
                 )[..., 0]
             self.centroid.append(g[:, 0, :].contiguous())
             self.radius.append(dz.amax(1))
-            if lev == depth:
+            if lv == 0:
                 self.dxg = dz.reshape(-1)
+
+    @staticmethod
+    def _bisect(
+        y: torch.Tensor, L: int, gen: torch.Generator, window: float = 0.25, iters: int = 5
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Recursive 2-means bisection of the rows of ``y`` into parts of at most ``L`` rows.
+
+        Returns ``order`` (a permutation of the rows) and the parts' ``starts`` and ``lens``
+        in ``order``, depth-first.  All parts of one depth are processed together.
+        """
+        N, k = y.shape
+        order = torch.arange(N, dtype=torch.long)
+        starts = torch.zeros(1, dtype=torch.long)
+        lens = torch.full((1,), N, dtype=torch.long)
+        while True:
+            act = torch.nonzero(lens > L)[:, 0]
+            if act.numel() == 0:
+                break
+            a_start, a_len = starts[act], lens[act]
+            na = act.numel()
+            seg = torch.repeat_interleave(torch.arange(na), a_len)  # segment of each point
+            off = torch.cumsum(a_len, 0) - a_len  # segment start inside the gathered block
+            rank = torch.arange(seg.numel()) - off[seg]
+            pidx = a_start[seg] + rank  # positions in `order`
+            z = y[order[pidx]]
+            cnt = a_len.to(torch.float32)[:, None]
+            mu = torch.zeros(na, k).index_add_(0, seg, z) / cnt
+            z -= mu[seg]
+            v = torch.randn(na, k, generator=gen)
+            for _ in range(iters):
+                pr = (z * v[seg]).sum(1)
+                v = torch.zeros(na, k).index_add_(0, seg, z * pr[:, None])
+                v /= v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            pr = (z * v[seg]).sum(1)
+            del z
+            # sort by projection inside each segment (segments stay where they are)
+            o = torch.argsort(pr, stable=True)
+            o = o[torch.argsort(seg[o], stable=True)]
+            ps = pr[o].double()
+            order[pidx] = order[pidx[o]]
+            # 1-D 2-means: sum of squares left + right for a cut after each rank
+            c1 = torch.cumsum(ps, 0)
+            c2 = torch.cumsum(ps * ps, 0)
+            base1 = torch.where(off > 0, c1[(off - 1).clamp_min(0)], torch.zeros_like(off, dtype=ps.dtype))
+            base2 = torch.where(off > 0, c2[(off - 1).clamp_min(0)], torch.zeros_like(off, dtype=ps.dtype))
+            end = off + a_len - 1
+            t1, t2 = c1[end] - base1, c2[end] - base2  # segment totals
+            l1, l2 = c1 - base1[seg], c2 - base2[seg]
+            nl = (rank + 1).double()
+            nr = a_len[seg].double() - nl
+            sse = (l2 - l1 * l1 / nl) + ((t2[seg] - l2) - (t1[seg] - l1) ** 2 / nr.clamp_min(1))
+            lo = torch.ceil(window * a_len.double()).long().clamp_min(1)
+            hi = torch.floor((1 - window) * a_len.double()).long().clamp_max(a_len - 1)
+            small = a_len <= 2 * L  # near the leaves: split at the median, keep leaves full
+            lo = torch.where(small, a_len // 2, lo)
+            hi = torch.where(small, a_len // 2, torch.maximum(hi, lo))
+            cut = rank + 1
+            ok = (cut >= lo[seg]) & (cut <= hi[seg])
+            sse = torch.where(ok, sse, torch.full_like(sse, math.inf))
+            best = torch.full((na,), math.inf, dtype=sse.dtype).scatter_reduce(0, seg, sse, "amin")
+            is_best = ok & (sse <= best[seg])
+            big = torch.iinfo(torch.long).max
+            p = torch.full((na,), big, dtype=torch.long).scatter_reduce(
+                0, seg, torch.where(is_best, cut, torch.full_like(cut, big)), "amin"
+            )
+            # replace each active part by its two halves (depth-first order is kept)
+            new_starts = torch.stack([a_start, a_start + p], 1).view(-1)
+            new_lens = torch.stack([p, a_len - p], 1).view(-1)
+            keep = torch.ones(starts.numel(), dtype=torch.bool)
+            keep[act] = False
+            starts = torch.cat([starts[keep], new_starts])
+            lens = torch.cat([lens[keep], new_lens])
+            srt = torch.argsort(starts)
+            starts, lens = starts[srt], lens[srt]
+        return order, starts, lens
 
     @staticmethod
     def _pca_coords(
@@ -313,7 +378,7 @@ def greedy_fast(
     n: int,
     start: int,
     progress: bool = False,
-    leaf_size: int = 64,
+    leaf_size: int = 48,
     fanout_bits: int = 3,
     seed: int = 0,
     num_threads: int | None = 1,

@@ -94,7 +94,8 @@ def descriptor(maps, components=COMPONENTS, topk_ratio: float = 0.01) -> torch.T
     if maps.dim() == 2:
         maps = maps.unsqueeze(0)
     if maps.dim() != 3 or maps.shape[1] == 0 or maps.shape[2] == 0:
-        raise PatchbankError(f"anomaly maps must be [B, H, W] with H, W > 0, got {tuple(maps.shape)}")
+        raise PatchbankError(f"anomaly maps must be [B, H, W] with H, W > 0, "
+                             f"got {tuple(maps.shape)}")
     flat = maps.reshape(maps.shape[0], -1)
     compute = {
         "std": lambda: map_std(flat),
@@ -184,7 +185,7 @@ class StructStats:
 
 
 def lambda_auto(base_scores_train, d_struct_train, eps: float = 1e-12) -> float:
-    """Eq. 11: std(S_base) / (std(D_struct) + eps) over train-good samples (population std, ddof=0)."""
+    """Eq. 11: std(S_base) / (std(D_struct) + eps) over train-good samples (ddof=0 stds)."""
     base = _tensor(base_scores_train).reshape(-1)
     d = _tensor(d_struct_train).reshape(-1)
     if base.numel() < 1 or d.numel() < 1:
@@ -197,7 +198,8 @@ def hybrid(base, d_struct, lam: float) -> torch.Tensor:
     return _tensor(base) + float(lam) * _tensor(d_struct)
 
 
-def bank_local_density(bank, k: int = 5, chunk: int | None = None, eps: float = 1e-12) -> torch.Tensor:
+def bank_local_density(bank, k: int = 5, chunk: int | None = None,
+                       eps: float = 1e-12) -> torch.Tensor:
     """[N, d] bank -> [N] local density of each entry.
 
     spread_n = mean Euclidean distance from entry n to its k nearest *other* entries (n itself is
@@ -223,7 +225,8 @@ def bank_local_density(bank, k: int = 5, chunk: int | None = None, eps: float = 
         rows = bank[start:start + chunk]
         m = rows.shape[0]
         d2 = torch.addmm(sq, rows, bank.T, alpha=-2.0).add_(sq[start:start + m, None])
-        d2[torch.arange(m, device=bank.device), torch.arange(start, start + m, device=bank.device)] = math.inf
+        rows_at = torch.arange(m, device=bank.device)
+        d2[rows_at, rows_at + start] = math.inf          # exclude the entry itself
         nearest = d2.topk(k, dim=1, largest=False).values.clamp_min_(0.0).sqrt_()
         spread[start:start + m] = nearest.mean(1)
     return 1.0 / (spread + eps)
@@ -238,10 +241,12 @@ def local_density_calibration(nn_dist, nn_index, bank_density) -> torch.Tensor:
     has that shape, dtype of ``nn_dist`` promoted with the density's.
     """
     dist = nn_dist if isinstance(nn_dist, torch.Tensor) else torch.as_tensor(np.asarray(nn_dist))
-    index = torch.as_tensor(np.asarray(nn_index)) if not isinstance(nn_index, torch.Tensor) else nn_index
+    index = nn_index if isinstance(nn_index, torch.Tensor) \
+        else torch.as_tensor(np.asarray(nn_index))
     density = bank_density if isinstance(bank_density, torch.Tensor) \
         else torch.as_tensor(np.asarray(bank_density))
     if dist.shape != index.shape:
-        raise PatchbankError(f"nn_dist {tuple(dist.shape)} and nn_index {tuple(index.shape)} differ in shape")
+        raise PatchbankError(f"nn_dist {tuple(dist.shape)} and nn_index {tuple(index.shape)} "
+                             f"differ in shape")
     density = density.to(dist.device)
     return dist / density[index.to(dist.device).long()]
