@@ -130,3 +130,18 @@ def test_grayscale_and_array_inputs_are_converted(fitted, synthetic_root, tmp_pa
 def test_from_preset_rejects_bad_override():
     with pytest.raises(PatchbankError, match="kappa"):
         Detector.from_preset("lmf-core", kappa=2.0)
+
+
+def test_patchcore_preset_uses_greedy_coreset_on_all_patches(synthetic_root):
+    from patchbank.greedy import NaiveGreedySampler
+
+    det = Detector.from_preset("patchcore", progress=False, **FAST).fit(synthetic_root / "train" / "good")
+    n_patches = det.grid_[0] * det.grid_[1]
+    assert det.projection_ is None
+    assert det.bank_.shape[1] == sum(det.backbone.channels)       # equal-weight, full dimension
+    # the bank is exactly the greedy selection over all streamed patches
+    items, labels = split_items(synthetic_root)
+    scores = np.array([p.score for p in det.predict(items)])
+    assert auroc(labels, scores) > 0.9
+    assert det.bank_.shape[0] == len(NaiveGreedySampler(0.10, proxy_dim=128, seed=0).run(
+        torch.zeros(16 * n_patches, 1)))

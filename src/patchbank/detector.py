@@ -133,6 +133,8 @@ class Detector:
         fusion = make_fusion(cfg)
         moments = Moments() if fusion.needs_moments else None
         sampler = make_sampler(cfg, progress=self.progress)
+        # samplers that choose rows without looking at them (uniform, none) expose indices(n)
+        streams = hasattr(sampler, "indices")
         cal_ids = self._calibration_ids(n)
         is_cal = np.zeros(n, dtype=bool)
         is_cal[cal_ids] = True
@@ -150,7 +152,7 @@ class Detector:
             n_patches = grid[0] * grid[1]
             if moments is not None:
                 moments.update(layers)
-            if sampler.streams:
+            if streams:
                 if keep_idx is None:
                     keep_idx = sampler.indices(n * n_patches).to(self.device)
                 lo, hi = offset * n_patches, (offset + b) * n_patches
@@ -175,7 +177,7 @@ class Detector:
             self.projection_ = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused.shape[1])
             fused = self.projection_.transform(fused)
         source = torch.cat(kept_src)
-        if not sampler.streams:
+        if not streams:
             sel = sampler.run(fused)
             fused, source = fused[sel], source[sel]
         self.bank_ = fused.contiguous()

@@ -3,6 +3,7 @@
 * :class:`UniformSampler` - LMF-Core's RP-Coreset subsampling (Sec. 4.4): keep a fraction r of
   the patches uniformly at random.  It does not look at the features, so the detector draws the
   indices up front (:meth:`UniformSampler.indices`) and keeps only those patches while streaming.
+  Any sampler with an ``indices(n)`` method is streamed this way; the others see all rows.
 * :class:`NoSampler`      - keep everything.
 * :class:`patchbank.greedy.GreedySampler` - PatchCore's greedy k-center coreset.
 
@@ -19,8 +20,6 @@ def coreset_size(n: int, ratio: float) -> int:
 
 
 class NoSampler:
-    streams = True
-
     def indices(self, n: int) -> torch.Tensor:
         return torch.arange(n)
 
@@ -30,8 +29,6 @@ class NoSampler:
 
 class UniformSampler:
     """Uniform subsampling without replacement at ratio r, seeded (RP-Coreset step 2)."""
-
-    streams = True
 
     def __init__(self, ratio: float, seed: int = 0):
         self.ratio = ratio
