@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--naive-steps", type=int, default=100, help="brute-force steps to time (0: skip)")
-    ap.add_argument("--leaf-size", type=int, default=64)
+    ap.add_argument("--leaf-size", type=int, default=48)
     ap.add_argument("--fanout-bits", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="run the brute force too and compare (slow)")
     ap.add_argument("--progress", action="store_true")

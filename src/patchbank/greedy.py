@@ -28,30 +28,35 @@ index sequence (the tests check this).
 
 The fast sampler (CPU)
 ----------------------
-A brute-force step reads all N points (600k x 128 float32 = 300 MB, ~30 ms here), so 60,000
-steps would take half an hour.  :class:`GreedySampler` instead builds, once, a static ball tree
-over the proxy features: a balanced binary tree of median splits along each node's approximate
-principal direction, of which every ``2**fanout_bits``-th level is kept, with leaves of at most
-``leaf_size`` points.  Each node stores its centroid ``g`` and radius ``rho`` (max distance of
-its points to ``g``) and, dynamically, the largest current min-distance ``m`` of its points;
-each point stores its distance to its leaf centroid.  A new centre ``c`` can lower the
-min-distance ``r(x)`` of a point ``x`` only if ``d(x, c) < r(x)``; by the triangle inequality
-``d(x, c) >= d(c, g) - rho`` for every ``x`` in a node and ``d(x, c) >= |d(c, g) - d(x, g)|``
-for a point, so a step descends the tree only into nodes with ``d(c, g) - rho <= m`` and
-computes exact distances only for the points that survive the per-point test.  The farthest
-point is the maximum of a per-leaf key that packs ``(r, -index)`` into one int64, which also
-settles ties by lowest index.  Bounds are applied with a relative slack of ``2**-10`` (far
-above float32 rounding of the distances), so a point is skipped only when its exact distance
-could not have changed its min-distance: the result equals the brute force bit for bit.
+A brute-force step reads all N points (600k x 128 float32 = 300 MB, ~35 ms here), so 60,000
+steps would take over half an hour.  :func:`greedy_fast` proves, for most points, that the new
+centre ``c`` cannot lower their min-distance ``r(x)`` -- i.e. that ``d(x, c) >= r(x)`` -- and
+computes exact distances only for the rest:
 
-Memory: O(N) -- the features (or their proxy), the tree (node centroids ~ N/leaf_size*D
-floats) and a few length-N arrays.  No N x N (or N x n) matrix is ever formed.
+* a static ball tree (:class:`_BallTree`, built once: recursive 2-means bisection along
+  principal directions, leaves of <= 48 points, nested levels of <= 8**j leaves) with, per
+  node, a centroid ``g``, a radius ``rho`` and the current max min-distance ``m`` of its points.
+  A node is skipped when ``d(c, g) - rho > m``;
+* per point, the pivot bound ``|d(c, g) - d(x, g)|`` (``g`` = its leaf centroid);
+* per point, the centre bound: with ``a`` its nearest centre, ``d(x, c) >= d(c, a) - r(x)``,
+  so only points with ``d(c, a) < 2 r(x)`` can move to ``c`` (the Voronoi-cell argument);
+* per point, a low-dimensional bound ``||V^T (x - c)|| <= ||x - c||`` with ``V`` the top-32
+  principal axes (used when ``D >= 64``; paused automatically while it prunes little);
+* when the bounds fail for nearly all points for a few steps in a row (e.g. isotropic noise),
+  the next 64 steps skip the tree and do one dense pass each, like the brute force.
 
-Speed depends on the data.  On clustered, low-intrinsic-dimension data (what CNN patch
-features look like) most steps touch a few hundred points.  On isotropic Gaussian noise in
-128 dimensions the triangle inequality prunes almost nothing (all distances concentrate), and
-the sampler degrades to the brute-force cost plus a small overhead; when most leaves are
-candidates it switches to one dense pass over all points for that step.
+The farthest point is the maximum of a per-leaf int64 key that packs ``(r, -row)``, which also
+settles ties by lowest row.  Every bound is applied with a relative slack of ``2**-9`` (float32
+distance rounding is ~1e-6 relative), so a point is skipped only when its exact distance could
+not have changed its min-distance: the result equals the brute force's, index for index.
+
+Memory: O(N*D) -- a slot-ordered copy of the (projected) features, their 32-d PCA coordinates
+and a few length-N arrays; no N x N (or N x n) matrix is ever formed.  The selection loop runs
+single-threaded (see ``num_threads`` in :func:`greedy_fast`).
+
+Speed depends on the data.  On clustered data (what CNN patch features look like) most steps
+touch a few hundred to a few thousand points.  On isotropic Gaussian noise in 128 dimensions
+no bound prunes (all distances concentrate) and the sampler runs at the brute-force speed.
 
 On CUDA tensors the brute-force loop runs on the device (it is memory-bandwidth bound and
 needs no host synchronisation per step); the result follows the same rules but is computed by
@@ -75,7 +80,7 @@ __all__ = [
 
 # Relative slack applied to every triangle-inequality bound.  float32 distances from cdist
 # carry a relative error of ~1e-6; 2**-10 (~1e-3) keeps the pruning safe by a wide margin.
-_SLACK = 2.0**-10
+_SLACK = 2.0**-10  # kappa = (1 - s) / (1 + s) ~ 1 - 2**-9
 _KAPPA = (1.0 - _SLACK) / (1.0 + _SLACK)
 
 
@@ -124,8 +129,11 @@ def _check_features(features: torch.Tensor) -> torch.Tensor:
     features = features.detach()
     if features.dtype != torch.float32:
         features = features.float()
-    if not bool(torch.isfinite(features).all()):
+    peak = float(features.abs().max())
+    if not math.isfinite(peak):
         raise ValueError("features: contains NaN or infinite values")
+    if peak > 1e15:  # squared distances would overflow float32
+        raise ValueError(f"features: values up to {peak:.3g} are too large for float32 distances")
     return features.contiguous()
 
 
@@ -171,15 +179,23 @@ def greedy_reference(
     return sel.cpu()
 
 
-def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int = 4096) -> float:
-    """Max over all rows of the distance to the nearest selected row (the k-center objective)."""
+def covering_radius(features: torch.Tensor, selected: torch.Tensor, block: int = 1 << 24) -> float:
+    """Max over all rows of the distance to the nearest selected row (the k-center objective).
+
+    Computed in blocks of at most ``block`` distances, so memory stays O(N + n).
+    """
     x = features.float()
     cent = x[selected.to(x.device)]
-    best = torch.full((x.shape[0],), math.inf, device=x.device)
-    for i in range(0, cent.shape[0], chunk):
-        d = torch.cdist(x, cent[i : i + chunk], compute_mode="donot_use_mm_for_euclid_dist")
-        best = torch.minimum(best, d.amin(1))
-    return float(best.max())
+    cc = max(1, min(cent.shape[0], block // 1024))
+    rc = max(1, block // cc)
+    worst = 0.0
+    for i in range(0, x.shape[0], rc):
+        best = torch.full((min(rc, x.shape[0] - i),), math.inf, device=x.device)
+        for j in range(0, cent.shape[0], cc):
+            d = torch.cdist(x[i : i + rc], cent[j : j + cc], compute_mode="donot_use_mm_for_euclid_dist")
+            best = torch.minimum(best, d.amin(1))
+        worst = max(worst, float(best.max()))
+    return worst
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,29 +203,31 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, chunk: int =
 # --------------------------------------------------------------------------------------------
 
 
-
 class _BallTree:
-    """Static ball tree over the rows of ``x``, stored level by level, with a slot-ordered copy
-    of the points.
+    """Static ball tree over the rows of ``x`` with a slot-ordered copy of the points.
 
-    Leaves: the rows are bisected recursively until every part has at most ``leaf_size`` rows.
-    A part is cut along its principal direction (power iteration in the top-32 PCA coordinates
-    of the data) at the point that minimises the within-part sum of squares of the
-    projections (1-D 2-means), searched between the 25% and 75% quantiles, so cuts follow gaps
-    between clusters while parts still shrink geometrically.  The leaves, in depth-first
-    order, are the tree's bottom level; every upper level groups ``2**fanout_bits``
-    consecutive nodes of the level below (depth-first order keeps them close together).
+    Bisection: the rows are split recursively until every part has at most ``leaf_size``
+    rows.  A part is cut along its principal direction (power iteration in the top-32 PCA
+    coordinates of the data, on at most ~128 of its points) at the point that minimises the
+    within-part sum of squares of the projections (1-D 2-means), searched between the 10%
+    and 90% quantiles, so cuts follow gaps between clusters.  The parts that are not split
+    further are the leaves.
 
-    Storage: leaf ``j`` owns slots ``j*L .. j*L+L-1`` (``L = leaf_size``); ``slot2orig`` maps a
+    Levels: level 0 is the leaves; level ``j >= 1`` is the set of maximal subtrees of the
+    bisection with at most ``f**j`` leaves (``f = 2**fanout_bits``), up to the first level
+    with at most ``4 * f`` nodes.  The levels nest, so each node's children on the level below
+    are a contiguous run of nodes, stored padded in ``children[j]`` (padding points at a
+    sentinel node appended to level ``j - 1``, whose max min-distance is -inf).  Following the
+    bisection keeps nodes from straddling gaps in the data, which matters far more for
+    pruning than balance.
+
+    Storage: leaf ``i`` owns slots ``i*L .. i*L+L-1`` (``L = leaf_size``); ``slot2orig`` maps a
     slot to its row and ``xs = x[slot2orig]`` is the copy the search reads.  Unused slots of a
-    leaf (and whole padding leaves, added to fill the top level) are flagged in ``dead``; they
-    copy a row of their own leaf (or the last real row) so that they never widen a ball, and
-    the search never selects or updates them.  The shape of the tree affects only speed.
+    leaf are flagged in ``dead`` and copy the leaf's first row, so they never widen a ball; the
+    search never selects or updates them.  The shape of the tree affects only speed.
 
-    For every level the tree stores node centroids ``[nodes, D]`` and radii ``[nodes]`` (max
-    distance of a node's slots to its centroid), and ``dxg`` holds each slot's distance to its
-    leaf centroid.  These distances come from the same cdist kernel as the search, so a
-    point's distance to a centroid is the same float here and there.
+    Every node has a centroid and a radius (max distance of its slots to the centroid), and
+    ``dxg`` holds each slot's distance to its leaf centroid.
     """
 
     def __init__(self, x: torch.Tensor, leaf_size: int = 48, fanout_bits: int = 3, seed: int = 0):
@@ -219,136 +237,183 @@ class _BallTree:
         gen = torch.Generator().manual_seed(seed)
         k = min(D, 32)
         y, ynorm = self._pca_coords(x, k, gen)  # [N, k] top-k PCA coordinates, by row
+        order, nstart, nlen, nparent, leaf = self._bisect(y, L, gen)
 
-        order, starts, lens = self._bisect(y, L, gen)  # leaves tile `order` depth-first
-        f = 1 << max(1, int(fanout_bits))
-        m0 = starts.numel()
-        h = 0
-        while m0 > 64 * f**h:
-            h += 1
-        m = -(-m0 // f**h) * f**h
+        # Leaves in depth-first (= start) order.
+        lid = torch.nonzero(leaf)[:, 0]
+        lid = lid.index_select(0, torch.argsort(nstart.index_select(0, lid)))
+        lstart, llen = nstart.index_select(0, lid), nlen.index_select(0, lid)
+        m = lid.numel()
         self.m = m
-        # slot -> row: live slots first in each leaf, the rest copy the leaf's first row.
-        lens_p = torch.zeros(m, dtype=torch.long)
-        lens_p[:m0] = lens
-        starts_p = torch.full((m,), int(starts[-1] + lens[-1] - 1), dtype=torch.long)
-        starts_p[:m0] = starts
         j = torch.arange(L)
-        live = j[None, :] < lens_p[:, None]  # [m, L]
+        live = j[None, :] < llen[:, None]  # [m, L]
         offs = torch.where(live, j[None, :], torch.zeros_like(j)[None, :])
-        self.slot2orig = order[(starts_p[:, None] + offs).clamp_max(N - 1)].reshape(-1).contiguous()
+        self.slot2orig = order.index_select(0, (lstart[:, None] + offs).reshape(-1)).contiguous()
         self.dead = (~live).reshape(-1).contiguous()
         live_slots = torch.nonzero(~self.dead)[:, 0]
         self.orig2slot = torch.empty(N, dtype=torch.long)
-        self.orig2slot[self.slot2orig[live_slots]] = live_slots
-        self.xs = x[self.slot2orig]  # [m*L, D]
+        self.orig2slot[self.slot2orig.index_select(0, live_slots)] = live_slots
+        self.xs = x.index_select(0, self.slot2orig)  # [m*L, D]
         # Low-dimensional bound: ||V^T (x - c)|| <= ||x - c|| for the orthonormal PCA basis V.
         # Only worth it when k is well below D.  y is float32-rounded from float64, so the
         # computed low-dim distance is off by at most 2*sqrt(k)*2**-24*max||x - mu||; low_tol
         # is 6x that.
         if 2 * k <= D:
-            self.ys = y[self.slot2orig]
+            self.ys = y.index_select(0, self.slot2orig)
             self.low_tol = 4e-6 * ynorm
         else:
             self.ys = None
             self.low_tol = 0.0
         del y
 
-        # Levels, top first: m / f**h, ..., m / f, m (leaves).
-        self.fan = [f] * h
+        # Leaf range [lo, hi) of every bisection node, and the nested levels.
+        lo = torch.searchsorted(lstart, nstart)
+        hi = torch.searchsorted(lstart, nstart + nlen)
+        cnt = hi - lo
+        pcnt = torch.where(nparent >= 0, cnt.index_select(0, nparent.clamp_min(0)), torch.full_like(cnt, 1 << 62))
+        f = 1 << max(1, int(fanout_bits))
+        level_lo = [torch.arange(m)]  # level 0: leaves
+        level_hi = [torch.arange(1, m + 1)]
+        thr = f
+        while level_lo[-1].numel() > 4 * f:
+            sel_ = torch.nonzero((cnt <= thr) & (pcnt > thr))[:, 0]
+            o = torch.argsort(lo.index_select(0, sel_))
+            level_lo.append(lo.index_select(0, sel_.index_select(0, o)))
+            level_hi.append(hi.index_select(0, sel_.index_select(0, o)))
+            thr *= f
+        nlev = len(level_lo)
+        # children[j] (j >= 1): padded indices into level j - 1 (sentinel = its node count)
+        self.children: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)]
+        for lv in range(1, nlev):
+            c0 = torch.searchsorted(level_lo[lv - 1], level_lo[lv])
+            c1 = torch.searchsorted(level_lo[lv - 1], level_hi[lv])
+            width = int((c1 - c0).max())
+            ch = c0[:, None] + torch.arange(width)[None, :]
+            ch = torch.where(ch < c1[:, None], ch, torch.full_like(ch, level_lo[lv - 1].numel()))
+            self.children.append(ch)
+        # Centroids and radii, a sentinel row appended to every level.  Leaves: exact (cdist).
+        # Upper nodes: centroid = mean of their leaves' centroids, radius = max over their
+        # leaves of d(node centroid, leaf centroid) + leaf radius (a valid, cheap bound).
         self.centroid: list[torch.Tensor] = []
         self.radius: list[torch.Tensor] = []
-        chunk = 1 << 22  # elements per batched cdist call
-        for lv in range(h, -1, -1):
-            nodes = m // f**lv
-            per = m * L // nodes
-            z = self.xs.view(nodes, per, D)
-            g = z.mean(1, keepdim=True)  # [nodes, 1, D]
-            dz = torch.empty(nodes, per)
-            step = max(1, chunk // (per * D))
-            for a0 in range(0, nodes, step):
-                dz[a0 : a0 + step] = torch.cdist(
-                    z[a0 : a0 + step], g[a0 : a0 + step], compute_mode="donot_use_mm_for_euclid_dist"
-                )[..., 0]
-            self.centroid.append(g[:, 0, :].contiguous())
-            self.radius.append(dz.amax(1))
-            if lv == 0:
-                self.dxg = dz.reshape(-1)
+        z = self.xs.view(m, L, D)
+        g0 = z.mean(1)
+        dz = torch.empty(m, L)
+        step = max(1, (1 << 22) // (L * D))
+        for a0 in range(0, m, step):
+            dz[a0 : a0 + step] = torch.cdist(
+                z[a0 : a0 + step], g0[a0 : a0 + step, None, :], compute_mode="donot_use_mm_for_euclid_dist"
+            )[..., 0]
+        self.dxg = dz.reshape(-1)
+        rad0 = dz.amax(1)
+        self.centroid.append(torch.cat([g0, torch.zeros(1, D)]))
+        self.radius.append(torch.cat([rad0, torch.zeros(1)]))
+        for lv in range(1, nlev):
+            nn_ = level_lo[lv].numel()
+            width = level_hi[lv] - level_lo[lv]
+            node_of_leaf = torch.repeat_interleave(torch.arange(nn_), width)
+            g = torch.zeros(nn_, D, dtype=torch.float64).index_add_(0, node_of_leaf, g0.double())
+            g = (g / width.double()[:, None]).float()
+            dl = (g0 - g.index_select(0, node_of_leaf)).norm(dim=1) + rad0
+            rad = torch.zeros(nn_).scatter_reduce_(0, node_of_leaf, dl, "amax", include_self=False)
+            rad.mul_(1.0 + 2.0**-12)  # rounding of the sum above; stay conservative
+            self.centroid.append(torch.cat([g, torch.zeros(1, D)]))
+            self.radius.append(torch.cat([rad, torch.zeros(1)]))
+        # the search walks top-down
+        self.centroid.reverse()
+        self.radius.reverse()
+        self.children = [None] + self.children[1:][::-1]
+        self.nlev = nlev
 
     @staticmethod
-    def _bisect(
-        y: torch.Tensor, L: int, gen: torch.Generator, window: float = 0.25, iters: int = 5
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _bisect(y: torch.Tensor, L: int, gen: torch.Generator, window: float = 0.1, iters: int = 4):
         """Recursive 2-means bisection of the rows of ``y`` into parts of at most ``L`` rows.
 
-        Returns ``order`` (a permutation of the rows) and the parts' ``starts`` and ``lens``
-        in ``order``, depth-first.  All parts of one depth are processed together.
+        Returns ``order`` (a permutation of the rows; every node is a contiguous range of it)
+        and, for every node of the bisection tree, its ``start``, ``len``, ``parent`` (-1 for
+        the root) and whether it is a leaf.  All nodes of one depth are split together.
         """
         N, k = y.shape
         order = torch.arange(N, dtype=torch.long)
-        starts = torch.zeros(1, dtype=torch.long)
-        lens = torch.full((1,), N, dtype=torch.long)
+        starts = [torch.zeros(1, dtype=torch.long)]
+        lens = [torch.full((1,), N, dtype=torch.long)]
+        parents = [torch.full((1,), -1, dtype=torch.long)]
+        leafs = []
+        cur_id = torch.zeros(1, dtype=torch.long)  # ids of the current frontier
+        cur_start, cur_len = starts[0], lens[0]
+        n_nodes = 1
         while True:
-            act = torch.nonzero(lens > L)[:, 0]
+            split = cur_len > L
+            leafs.append((cur_id, ~split))
+            act = torch.nonzero(split)[:, 0]
             if act.numel() == 0:
                 break
-            a_start, a_len = starts[act], lens[act]
+            a_start, a_len, a_id = cur_start[act], cur_len[act], cur_id[act]
             na = act.numel()
             seg = torch.repeat_interleave(torch.arange(na), a_len)  # segment of each point
-            off = torch.cumsum(a_len, 0) - a_len  # segment start inside the gathered block
-            rank = torch.arange(seg.numel()) - off[seg]
-            pidx = a_start[seg] + rank  # positions in `order`
-            z = y[order[pidx]]
-            cnt = a_len.to(torch.float32)[:, None]
-            mu = torch.zeros(na, k).index_add_(0, seg, z) / cnt
-            z -= mu[seg]
+            off = torch.cumsum(a_len, 0) - a_len
+            rank = torch.arange(seg.numel()) - off.index_select(0, seg)
+            pidx = a_start.index_select(0, seg) + rank  # positions in `order`
+            z = y.index_select(0, order.index_select(0, pidx))
+            # principal direction from at most ~128 evenly spaced points per segment
+            stride = (a_len // 128).clamp_min(1)
+            sub = torch.nonzero(rank % stride.index_select(0, seg) == 0)[:, 0]
+            ss = seg.index_select(0, sub)
+            zs = z.index_select(0, sub)
+            cnt = torch.zeros(na).index_add_(0, ss, torch.ones(sub.numel()))
+            zs -= (torch.zeros(na, k).index_add_(0, ss, zs) / cnt[:, None]).index_select(0, ss)
             v = torch.randn(na, k, generator=gen)
             for _ in range(iters):
-                pr = (z * v[seg]).sum(1)
-                v = torch.zeros(na, k).index_add_(0, seg, z * pr[:, None])
+                pr = (zs * v.index_select(0, ss)).sum(1)
+                v = torch.zeros(na, k).index_add_(0, ss, zs * pr[:, None])
                 v /= v.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            pr = (z * v[seg]).sum(1)
+            del zs
+            pr = (z * v.index_select(0, seg)).sum(1)
             del z
-            # sort by projection inside each segment (segments stay where they are)
-            o = torch.argsort(pr, stable=True)
-            o = o[torch.argsort(seg[o], stable=True)]
-            ps = pr[o].double()
-            order[pidx] = order[pidx[o]]
+            # one sort on (segment, projection): pr scaled into [0, 0.5] inside each segment
+            pmin = torch.full((na,), math.inf).scatter_reduce(0, seg, pr, "amin")
+            pmax = torch.full((na,), -math.inf).scatter_reduce(0, seg, pr, "amax")
+            span = (pmax - pmin).clamp_min(1e-30).double()
+            key = seg.double() + (pr.double() - pmin.double().index_select(0, seg)) / (2 * span.index_select(0, seg))
+            o = torch.argsort(key, stable=True)
+            del key
+            ps = pr.index_select(0, o).double()
+            order.index_copy_(0, pidx, order.index_select(0, pidx.index_select(0, o)))
             # 1-D 2-means: sum of squares left + right for a cut after each rank
             c1 = torch.cumsum(ps, 0)
             c2 = torch.cumsum(ps * ps, 0)
-            base1 = torch.where(off > 0, c1[(off - 1).clamp_min(0)], torch.zeros_like(off, dtype=ps.dtype))
-            base2 = torch.where(off > 0, c2[(off - 1).clamp_min(0)], torch.zeros_like(off, dtype=ps.dtype))
+            zero = torch.zeros(na, dtype=ps.dtype)
+            base1 = torch.where(off > 0, c1.index_select(0, (off - 1).clamp_min(0)), zero)
+            base2 = torch.where(off > 0, c2.index_select(0, (off - 1).clamp_min(0)), zero)
             end = off + a_len - 1
-            t1, t2 = c1[end] - base1, c2[end] - base2  # segment totals
-            l1, l2 = c1 - base1[seg], c2 - base2[seg]
+            t1, t2 = c1.index_select(0, end) - base1, c2.index_select(0, end) - base2
+            l1, l2 = c1 - base1.index_select(0, seg), c2 - base2.index_select(0, seg)
             nl = (rank + 1).double()
-            nr = a_len[seg].double() - nl
-            sse = (l2 - l1 * l1 / nl) + ((t2[seg] - l2) - (t1[seg] - l1) ** 2 / nr.clamp_min(1))
+            nr = a_len.index_select(0, seg).double() - nl
+            r1 = t1.index_select(0, seg) - l1
+            sse = (l2 - l1 * l1 / nl) + ((t2.index_select(0, seg) - l2) - r1 * r1 / nr.clamp_min(1))
             lo = torch.ceil(window * a_len.double()).long().clamp_min(1)
-            hi = torch.floor((1 - window) * a_len.double()).long().clamp_max(a_len - 1)
-            small = a_len <= 2 * L  # near the leaves: split at the median, keep leaves full
-            lo = torch.where(small, a_len // 2, lo)
-            hi = torch.where(small, a_len // 2, torch.maximum(hi, lo))
+            hi = torch.maximum(torch.floor((1 - window) * a_len.double()).long().clamp_max(a_len - 1), lo)
             cut = rank + 1
-            ok = (cut >= lo[seg]) & (cut <= hi[seg])
+            ok = (cut >= lo.index_select(0, seg)) & (cut <= hi.index_select(0, seg))
             sse = torch.where(ok, sse, torch.full_like(sse, math.inf))
             best = torch.full((na,), math.inf, dtype=sse.dtype).scatter_reduce(0, seg, sse, "amin")
-            is_best = ok & (sse <= best[seg])
+            is_best = ok & (sse <= best.index_select(0, seg))
             big = torch.iinfo(torch.long).max
             p = torch.full((na,), big, dtype=torch.long).scatter_reduce(
                 0, seg, torch.where(is_best, cut, torch.full_like(cut, big)), "amin"
             )
-            # replace each active part by its two halves (depth-first order is kept)
-            new_starts = torch.stack([a_start, a_start + p], 1).view(-1)
-            new_lens = torch.stack([p, a_len - p], 1).view(-1)
-            keep = torch.ones(starts.numel(), dtype=torch.bool)
-            keep[act] = False
-            starts = torch.cat([starts[keep], new_starts])
-            lens = torch.cat([lens[keep], new_lens])
-            srt = torch.argsort(starts)
-            starts, lens = starts[srt], lens[srt]
-        return order, starts, lens
+            cur_start = torch.stack([a_start, a_start + p], 1).view(-1)
+            cur_len = torch.stack([p, a_len - p], 1).view(-1)
+            cur_id = torch.arange(n_nodes, n_nodes + 2 * na)
+            n_nodes += 2 * na
+            starts.append(cur_start)
+            lens.append(cur_len)
+            parents.append(a_id.repeat_interleave(2))
+        leaf = torch.zeros(n_nodes, dtype=torch.bool)
+        for ids, is_leaf in leafs:
+            leaf[ids[is_leaf]] = True
+        return order, torch.cat(starts), torch.cat(lens), torch.cat(parents), leaf
 
     @staticmethod
     def _pca_coords(
@@ -382,11 +447,15 @@ def greedy_fast(
     fanout_bits: int = 3,
     seed: int = 0,
     num_threads: int | None = 1,
+    run_slots: int | None = None,
 ) -> torch.LongTensor:
     """Greedy k-center on CPU ``features [N, D]`` (already projected), identical to
     :func:`greedy_reference` but pruned with a ball tree (see the module docstring).
 
     Builds a slot-ordered copy of ``features`` (O(N*D) extra memory, freed on return).
+    ``run_slots``: steps whose candidate leaves hold more slots than this read contiguous
+    runs of leaves instead of gathering rows (default ``max(8192, slots // 32)``; a knob for
+    tests, it never changes the result).
     ``num_threads``: torch intra-op threads for the selection loop (restored afterwards; None
     keeps the current setting).  The loop issues many small ops, and with more than one thread
     each waits on a thread barrier; on a busy machine that costs up to a scheduler tick per op
@@ -408,7 +477,7 @@ def greedy_fast(
         tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        return _greedy_loop(tree, n, start, progress)
+        return _greedy_loop(tree, n, start, progress, run_slots)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -432,14 +501,13 @@ def _greedy_loop(
     total = m * L
     s2o, dead = tree.slot2orig, tree.dead
     o2s = tree.orig2slot.tolist()
-    G, P, fan = tree.centroid, tree.radius, tree.fan
+    G, P, CH = tree.centroid, tree.radius, tree.children
     nlev = len(G)
     dxg = tree.dxg.view(m, L)
     dxk = (tree.dxg * _KAPPA).view(m, L)
     low = (N - 1) - s2o  # low 32 bits of a slot's key: larger for a lower row index
     low[dead] = 0
     low = low.view(m, L)
-    aranges = [torch.arange(f, dtype=torch.long) for f in fan]
     arL = torch.arange(L, dtype=torch.long)
     # Steps whose candidate leaves hold more than `big` slots evaluate bounds and distances on
     # contiguous runs of leaves instead of gathering rows.
@@ -462,11 +530,26 @@ def _greedy_loop(
     av = assign.view(m, L)
     cent = torch.empty(n, xs.shape[1])
     cent[0] = xs[o2s[start]]
-    nmax: list[torch.Tensor] = [torch.empty(0)] * nlev  # per level: max r of each node
-    nmax[-1] = rv.amax(1)
+    # nmax[lv]: max r over each node of level lv (top-down), plus a sentinel entry -inf that
+    # the children tables use as padding.
+    nmax: list[torch.Tensor] = [torch.empty(0)] * nlev
+    nmax[-1] = torch.cat([rv.amax(1), torch.full((1,), -math.inf)])
     for lv in range(nlev - 2, -1, -1):
-        nmax[lv] = nmax[lv + 1].view(-1, fan[lv]).amax(1)
+        ch = CH[lv + 1]
+        up = nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1)
+        nmax[lv] = torch.cat([up, torch.full((1,), -math.inf)])
     leafkey = keys(rv, low)
+
+    def refresh_all() -> None:
+        nmax[-1][:m] = rv.amax(1)
+        for lv in range(nlev - 2, -1, -1):
+            ch = CH[lv + 1]
+            nmax[lv][:-1] = nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1)
+        leafkey.copy_(keys(rv, low))
+
+    # Dense mode: after `streak` consecutive steps whose bounds failed for nearly every slot,
+    # the next 64 steps skip the tree and make one pass over all points (as the brute force).
+    dense_until, streak = 0, 0
 
     sel = [start]
     mask32 = (1 << 32) - 1
@@ -494,6 +577,12 @@ def _greedy_loop(
             c = xs[cs : cs + 1]
             cent[t] = c[0]
             r[cs] = -1.0
+            if t < dense_until:
+                dd = _dist(xs, c).view(m, L)
+                av.masked_fill_(dd < rv, t)
+                torch.minimum(rv, dd, out=rv)
+                refresh_all()
+                continue
 
             # 1. Descend the tree: keep nodes whose ball may hold a point closer to c than
             #    the node's largest min-distance (d(x, c) >= d(c, g) - rho for x in the node).
@@ -503,7 +592,7 @@ def _greedy_loop(
             dc = d.index_select(0, cand)
             cands = [cand]
             for lv in range(1, nlev):
-                ids = (cand[:, None] * fan[lv - 1] + aranges[lv - 1]).view(-1)
+                ids = CH[lv].index_select(0, cand).view(-1)
                 d = _dist(G[lv].index_select(0, ids), c)
                 kk = torch.nonzero(d * _KAPPA - P[lv].index_select(0, ids) <= nmax[lv].index_select(0, ids))[:, 0]
                 cand = ids.index_select(0, kk)
@@ -533,6 +622,9 @@ def _greedy_loop(
                         use_low_from = t + 32
                 flat = torch.nonzero(ok.view(-1))[:, 0]
                 if flat.numel() * 4 > nk:
+                    streak = streak + 1 if nk * 10 >= 9 * m * L else 0
+                    if streak >= 4:
+                        dense_until, streak = t + 64, 0
                     dd = torch.cat([_dist(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
                     imp = dd < rr
                     rr = torch.where(imp, dd, rr)
@@ -541,10 +633,10 @@ def _greedy_loop(
                     flat = None
                     done = True
                 else:
-                    done = False
+                    done, streak = False, 0
             else:
                 flat = torch.nonzero(ok.view(-1))[:, 0]
-                done = False
+                done, streak = False, 0
             if not done:
                 if flat.numel():
                     slots = ((cand * L)[:, None] + arL).view(-1).index_select(0, flat)
@@ -578,7 +670,8 @@ def _greedy_loop(
             leafkey.index_copy_(0, cand, keys(rr, low.index_select(0, cand)))
             for lv in range(nlev - 2, -1, -1):
                 cl_ = cands[lv]
-                nmax[lv].index_copy_(0, cl_, nmax[lv + 1].view(-1, fan[lv]).index_select(0, cl_).amax(1))
+                ch = CH[lv + 1].index_select(0, cl_)
+                nmax[lv].index_copy_(0, cl_, nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1))
     return torch.tensor(sel, dtype=torch.long)
 
 

@@ -1,0 +1,163 @@
+"""Greedy k-center coreset: the pruned sampler must select exactly what the brute force selects."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from patchbank.greedy import (
+    GreedySampler,
+    NaiveGreedySampler,
+    coreset_size,
+    covering_radius,
+    greedy_fast,
+    greedy_reference,
+)
+
+
+def _clustered(n: int, d: int, k: int, seed: int, rank: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, d, generator=g) * 5
+    lab = torch.randint(k, (n,), generator=g)
+    axes = torch.randn(k, rank, d, generator=g) / math.sqrt(d)
+    z = torch.randn(n, 1, rank, generator=g)
+    return means[lab] + (z @ axes[lab])[:, 0] + 0.05 * torch.randn(n, d, generator=g)
+
+
+def _datasets():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(700, 12, generator=g)
+    dup = torch.randn(150, 6, generator=g)
+    dup = torch.cat([dup, dup[:100], dup[:40]])[torch.randperm(290, generator=g)]
+    grid = torch.stack(torch.meshgrid(torch.arange(15.0), torch.arange(15.0), indexing="ij"), -1).view(-1, 2)
+    grid = grid[torch.randperm(225, generator=g)]  # many exactly tied distances
+    return {
+        "gauss": gauss,
+        "clustered": _clustered(900, 10, 12, 1),
+        "clustered_lowdim_bound": _clustered(800, 64, 9, 2),  # D >= 64: PCA lower bound active
+        "duplicates": dup,
+        "grid_ties": grid,
+        "constant": torch.ones(50, 4),
+        "offset": _clustered(400, 8, 5, 3) + 1000.0,
+    }
+
+
+@pytest.mark.parametrize("name", list(_datasets()))
+@pytest.mark.parametrize("variant", ["default", "small_leaves", "runs"])
+def test_fast_matches_reference(name, variant):
+    x = _datasets()[name].float().contiguous()
+    n = x.shape[0] if name in ("duplicates", "grid_ties", "constant") else x.shape[0] // 3
+    start = 5
+    kw = {"default": {}, "small_leaves": {"leaf_size": 8}, "runs": {"leaf_size": 8, "run_slots": 0}}[variant]
+    ref = greedy_reference(x, n, start)
+    got = greedy_fast(x, n, start, **kw)
+    assert torch.equal(got, ref)
+    assert len(set(got.tolist())) == n  # never the same row twice
+
+
+def test_sampler_matches_naive_with_projection():
+    x = _clustered(1500, 40, 20, 4)
+    for proxy_dim in (16, None, 64):
+        a = GreedySampler(0.1, proxy_dim=proxy_dim, seed=3).run(x)
+        b = NaiveGreedySampler(0.1, proxy_dim=proxy_dim, seed=3).run(x)
+        assert torch.equal(a, b)
+        assert a.dtype == torch.long and a.numel() == 150
+
+
+def test_count_rule():
+    assert coreset_size(100, 0.1) == 10
+    assert coreset_size(100, 0.001) == 1  # at least one
+    assert coreset_size(7, 1.0) == 7
+    assert coreset_size(100, 0.29) == 28  # int() truncates 28.999..., as PatchCore does
+    assert coreset_size(600_000, 0.01) == 6000
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            coreset_size(10, bad)
+    x = torch.randn(57, 5)
+    assert GreedySampler(0.1, proxy_dim=None).run(x).numel() == 5
+
+
+def test_single_point_and_full_ratio():
+    one = torch.randn(1, 7)
+    assert GreedySampler(0.5).run(one).tolist() == [0]
+    assert GreedySampler(1.0).run(one).tolist() == [0]
+    x = _datasets()["duplicates"]
+    full = GreedySampler(1.0, proxy_dim=None, seed=1).run(x)
+    assert sorted(full.tolist()) == list(range(x.shape[0]))  # a permutation
+    assert torch.equal(full, NaiveGreedySampler(1.0, proxy_dim=None, seed=1).run(x))
+
+
+def test_seed_determinism():
+    x = _clustered(800, 20, 10, 5)
+    a = GreedySampler(0.05, proxy_dim=8, seed=11).run(x)
+    b = GreedySampler(0.05, proxy_dim=8, seed=11).run(x)
+    assert torch.equal(a, b)
+    others = [GreedySampler(0.05, proxy_dim=8, seed=s).run(x) for s in (12, 13, 14)]
+    assert any(not torch.equal(a, o) for o in others)
+
+
+def test_covering_radius_equals_reference():
+    x = _clustered(1200, 16, 15, 6)
+    n, start = 60, 17
+    fast = greedy_fast(x, n, start)
+    ref = greedy_reference(x, n, start)
+    assert covering_radius(x, fast) == covering_radius(x, ref)
+    assert covering_radius(x, fast, block=5000) == covering_radius(x, fast)  # blocked
+    # and it is the k-center 2-approximation: no worse than a random subset of the same size
+    rand = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    assert covering_radius(x, fast) <= covering_radius(x, rand)
+
+
+def test_large_n_is_linear_memory():
+    # An N x N float32 matrix here would be 160 GB; this must finish in seconds.
+    x = _clustered(200_000, 8, 50, 7)
+    sel = greedy_fast(x, 200, 0)
+    assert sel.numel() == 200 and len(set(sel.tolist())) == 200
+    assert torch.equal(sel[:40], greedy_reference(x, 40, 0))
+
+
+def test_thread_setting_restored():
+    before = torch.get_num_threads()
+    greedy_fast(torch.randn(300, 4), 30, 0, num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_progress_bar(capsys):
+    GreedySampler(0.1, proxy_dim=None, progress=True).run(torch.randn(200, 3))
+    assert "greedy coreset" in capsys.readouterr().err
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        GreedySampler(0.1).run(torch.randn(10))
+    x = torch.randn(10, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError):
+        GreedySampler(0.1).run(x)
+    with pytest.raises(ValueError):
+        GreedySampler(0.1).run(torch.full((5, 2), 1e20))
+    with pytest.raises(ValueError):
+        GreedySampler(0.1, proxy_dim=0)
+    with pytest.raises(ValueError):
+        greedy_fast(torch.randn(10, 3), 11, 0)
+    with pytest.raises(ValueError):
+        greedy_reference(torch.randn(10, 3), 3, 10)
+
+
+def test_float64_and_noncontiguous_input():
+    x = _clustered(300, 6, 4, 8).double()
+    a = GreedySampler(0.2, proxy_dim=None).run(x)
+    b = GreedySampler(0.2, proxy_dim=None).run(x.float())
+    assert torch.equal(a, b)
+    xt = torch.randn(6, 300).T  # non-contiguous view
+    assert torch.equal(GreedySampler(0.1, proxy_dim=None).run(xt), NaiveGreedySampler(0.1, proxy_dim=None).run(xt))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dense_loop():
+    x = _clustered(3000, 32, 10, 9)
+    gpu = GreedySampler(0.05, proxy_dim=16).run(x.cuda())
+    cpu = GreedySampler(0.05, proxy_dim=16).run(x)
+    assert gpu.device.type == "cpu" and gpu.numel() == cpu.numel()
+    assert len(set(gpu.tolist())) == gpu.numel()
