@@ -69,13 +69,13 @@ def test_count_rule():
     assert coreset_size(100, 0.1) == 10
     assert coreset_size(100, 0.001) == 1  # at least one
     assert coreset_size(7, 1.0) == 7
-    assert coreset_size(100, 0.29) == 28  # int() truncates 28.999..., as PatchCore does
+    assert coreset_size(100, 0.29) == 29  # rounds (PatchCore's int() would truncate 28.999... to 28)
     assert coreset_size(600_000, 0.01) == 6000
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError):
             coreset_size(10, bad)
     x = torch.randn(57, 5)
-    assert GreedySampler(0.1, proxy_dim=None).run(x).numel() == 5
+    assert GreedySampler(0.1, proxy_dim=None).run(x).numel() == 6  # round(5.7)
 
 
 def test_single_point_and_full_ratio():

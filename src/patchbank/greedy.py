@@ -16,9 +16,8 @@ of the mean distance to 10 unseeded ones; a Gaussian rather than ``nn.Linear``-i
 projection; already selected points are never selected again (PatchCore can re-pick a
 duplicate once every remaining distance is 0), so the result is always distinct indices.
 
-Sizes: ``n = coreset_size(N, ratio) = min(N, max(1, int(N * ratio)))`` -- PatchCore's
-``int(len(features) * percentage)`` rule, clipped to at least one and at most N points (so
-``int`` truncates: ``int(100 * 0.29) == 28`` because ``100 * 0.29`` is ``28.999...``).
+Sizes: ``n = patchbank.samplers.coreset_size(N, ratio) = min(N, max(1, round(N * ratio)))``,
+the rule every sampler shares (PatchCore's ``int(N * ratio)`` would give 28 for 100 * 0.29).
 
 Distances are ``torch.cdist(..., compute_mode="donot_use_mm_for_euclid_dist")`` in float32,
 i.e. ``sqrt(sum((x - c) ** 2))`` evaluated pair by pair; that kernel's value for a pair does
@@ -68,6 +67,8 @@ import math
 
 import torch
 
+from patchbank.samplers import coreset_size
+
 __all__ = [
     "GreedySampler",
     "NaiveGreedySampler",
@@ -82,15 +83,6 @@ __all__ = [
 # carry a relative error of ~1e-6; 2**-10 (~1e-3) keeps the pruning safe by a wide margin.
 _SLACK = 2.0**-10  # kappa = (1 - s) / (1 + s) ~ 1 - 2**-9
 _KAPPA = (1.0 - _SLACK) / (1.0 + _SLACK)
-
-
-def coreset_size(n_points: int, ratio: float) -> int:
-    """Number of centres selected from ``n_points`` at ``ratio``: ``min(N, max(1, int(N*ratio)))``."""
-    if not (0.0 < ratio <= 1.0):
-        raise ValueError(f"ratio: expected 0 < ratio <= 1, got {ratio!r}")
-    if n_points < 1:
-        raise ValueError(f"n_points: expected at least one point, got {n_points}")
-    return min(n_points, max(1, int(n_points * ratio)))
 
 
 def _dist(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

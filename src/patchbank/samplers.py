@@ -15,7 +15,11 @@ import torch
 
 
 def coreset_size(n: int, ratio: float) -> int:
-    """Rows kept from ``n``: round(ratio * n), at least 1 (and at most n)."""
+    """Rows kept from ``n``: round(ratio * n), at least 1 and at most n (every sampler's rule)."""
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"ratio: expected 0 < ratio <= 1, got {ratio!r}")
+    if n < 1:
+        raise ValueError(f"n: expected at least one row, got {n}")
     return min(n, max(1, int(round(ratio * n))))
 
 
