@@ -82,15 +82,24 @@ def main() -> None:
         else:
             x = make_gaussian(args.n_points, args.dim, args.seed)
         print(f"\n[{kind}] generated in {time.perf_counter() - t0:.1f} s")
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)  # as greedy_fast does by default
         t0 = time.perf_counter()
         _BallTree(x, leaf_size=args.leaf_size, fanout_bits=args.fanout_bits)
-        print(f"  tree build alone: {time.perf_counter() - t0:.2f} s")
+        print(f"  tree build alone (part of every run below): {time.perf_counter() - t0:.2f} s")
+        torch.set_num_threads(prev)
         if args.naive_steps:
             k = min(args.naive_steps, args.n_points)
-            t0 = time.perf_counter()
-            greedy_reference(x, k, 0)
-            per = (time.perf_counter() - t0) / k
-            print(f"  brute force: {per * 1e3:.1f} ms/step ({k} steps timed)")
+            per = math.inf
+            prev = torch.get_num_threads()
+            for th in sorted({1, prev}):  # the brute force at its better thread count
+                torch.set_num_threads(th)
+                t0 = time.perf_counter()
+                greedy_reference(x, k, 0)
+                p = (time.perf_counter() - t0) / k
+                print(f"  brute force, {th} thread(s): {p * 1e3:.1f} ms/step ({k} steps timed)")
+                per = min(per, p)
+            torch.set_num_threads(prev)
         else:
             per = math.nan
         for ratio in args.ratio:

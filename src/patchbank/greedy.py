@@ -51,7 +51,8 @@ not have changed its min-distance: the result equals the brute force's, index fo
 
 Memory: O(N*D) -- a slot-ordered copy of the (projected) features, their 32-d PCA coordinates
 and a few length-N arrays; no N x N (or N x n) matrix is ever formed.  The selection loop runs
-single-threaded (see ``num_threads`` in :func:`greedy_fast`).
+single-threaded by default, except its dense passes (see ``num_threads`` in
+:func:`greedy_fast`).
 
 Speed depends on the data.  On clustered data (what CNN patch features look like) most steps
 touch a few hundred to a few thousand points.  On isotropic Gaussian noise in 128 dimensions
@@ -311,6 +312,27 @@ class _BallTree:
             rad.mul_(1.0 + 2.0**-12)  # rounding of the sum above; stay conservative
             self.centroid.append(torch.cat([g, torch.zeros(1, D)]))
             self.radius.append(torch.cat([rad, torch.zeros(1)]))
+        # The same in the low-dim coordinates (for the cheap first test of a node).
+        self.centroid_low: list[torch.Tensor] = []
+        self.radius_low: list[torch.Tensor] = []
+        if self.ys is not None:
+            zl = self.ys.view(m, L, k)
+            gl0 = zl.mean(1)
+            rl0 = (zl - gl0[:, None, :]).norm(dim=2).amax(1)
+            self.centroid_low.append(torch.cat([gl0, torch.zeros(1, k)]))
+            self.radius_low.append(torch.cat([rl0, torch.zeros(1)]) * (1.0 + 2.0**-12))
+            for lv in range(1, nlev):
+                nn_ = level_lo[lv].numel()
+                width = level_hi[lv] - level_lo[lv]
+                node_of_leaf = torch.repeat_interleave(torch.arange(nn_), width)
+                g = torch.zeros(nn_, k, dtype=torch.float64).index_add_(0, node_of_leaf, gl0.double())
+                g = (g / width.double()[:, None]).float()
+                dl = (gl0 - g.index_select(0, node_of_leaf)).norm(dim=1) + rl0
+                rad = torch.zeros(nn_).scatter_reduce_(0, node_of_leaf, dl, "amax", include_self=False)
+                self.centroid_low.append(torch.cat([g, torch.zeros(1, k)]))
+                self.radius_low.append(torch.cat([rad, torch.zeros(1)]) * (1.0 + 2.0**-12))
+            self.centroid_low.reverse()
+            self.radius_low.reverse()
         # the search walks top-down
         self.centroid.reverse()
         self.radius.reverse()
@@ -448,11 +470,11 @@ def greedy_fast(
     ``run_slots``: steps whose candidate leaves hold more slots than this read contiguous
     runs of leaves instead of gathering rows (default ``max(8192, slots // 32)``; a knob for
     tests, it never changes the result).
-    ``num_threads``: torch intra-op threads for the selection loop (restored afterwards; None
-    keeps the current setting).  The loop issues many small ops, and with more than one thread
-    each waits on a thread barrier; on a busy machine that costs up to a scheduler tick per op
-    (measured 10x slower with 2 threads on a loaded 2-core box), while the large passes it does
-    are memory-bound and gain little from a second thread.
+    ``num_threads``: torch intra-op threads for the tree build and the selection loop
+    (restored afterwards; None keeps the current setting).  The loop issues many small ops, and
+    with more than one thread each waits on a thread barrier; on a busy machine that costs up
+    to a scheduler tick per op (measured 10x slower with 2 threads on a loaded 2-core box).
+    Distance passes over >= 65536 rows (dense steps) use the caller's thread count.
     """
     x = features
     if x.is_cuda or x.dtype != torch.float32 or x.ndim != 2 or not x.is_contiguous():
@@ -466,10 +488,10 @@ def greedy_fast(
         return torch.tensor([start], dtype=torch.long)
     prev_threads = torch.get_num_threads()
     try:
-        tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        return _greedy_loop(tree, n, start, progress, run_slots)
+        tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
+        return _greedy_loop(tree, n, start, progress, run_slots, prev_threads)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -486,7 +508,7 @@ def _runs(leaves: list[int]) -> list[tuple[int, int]]:
 
 
 def _greedy_loop(
-    tree: _BallTree, n: int, start: int, progress: bool, big: int | None = None
+    tree: _BallTree, n: int, start: int, progress: bool, big: int | None = None, wide_threads: int = 1
 ) -> torch.LongTensor:
     N, m, L = tree.N, tree.m, tree.L
     xs, ys, low_tol = tree.xs, tree.ys, tree.low_tol
@@ -494,6 +516,7 @@ def _greedy_loop(
     s2o, dead = tree.slot2orig, tree.dead
     o2s = tree.orig2slot.tolist()
     G, P, CH = tree.centroid, tree.radius, tree.children
+    GL, PL = tree.centroid_low, tree.radius_low
     nlev = len(G)
     dxg = tree.dxg.view(m, L)
     dxk = (tree.dxg * _KAPPA).view(m, L)
@@ -506,6 +529,17 @@ def _greedy_loop(
     if big is None:
         big = max(8192, total // 32)
     use_low_from = 0  # the low-dim bound is paused until this step when it stops paying
+    loop_threads = torch.get_num_threads()
+
+    def dist_wide(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        # Passes over many rows run with the caller's thread count (no barrier cost to fear).
+        if a.shape[0] < 65536 or wide_threads == loop_threads:
+            return _dist(a, c)
+        torch.set_num_threads(wide_threads)
+        try:
+            return _dist(a, c)
+        finally:
+            torch.set_num_threads(loop_threads)
 
     def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
         # Per-row max of (r, -index) packed in an int64: the float32 bits of r >= 0 order like
@@ -514,7 +548,7 @@ def _greedy_loop(
 
     # r: min-distance per slot (-1 for selected and padding slots); assign: position in `sel`
     # of the slot's nearest centre; cent: the centres' coordinates by position.
-    r = _dist(xs, xs[o2s[start] : o2s[start] + 1])
+    r = dist_wide(xs, xs[o2s[start] : o2s[start] + 1])
     r[dead] = -1.0
     r[o2s[start]] = -1.0
     rv = r.view(m, L)
@@ -570,7 +604,7 @@ def _greedy_loop(
             cent[t] = c[0]
             r[cs] = -1.0
             if t < dense_until:
-                dd = _dist(xs, c).view(m, L)
+                dd = dist_wide(xs, c).view(m, L)
                 av.masked_fill_(dd < rv, t)
                 torch.minimum(rv, dd, out=rv)
                 refresh_all()
@@ -579,16 +613,32 @@ def _greedy_loop(
             # 1. Descend the tree: keep nodes whose ball may hold a point closer to c than
             #    the node's largest min-distance (d(x, c) >= d(c, g) - rho for x in the node).
             #    (index_select/index_copy_ throughout: several times faster than t[idx].)
-            d = _dist(G[0], c)
-            cand = torch.nonzero(d * _KAPPA - P[0] <= nmax[0])[:, 0]
-            dc = d.index_select(0, cand)
-            cands = [cand]
-            for lv in range(1, nlev):
-                ids = CH[lv].index_select(0, cand).view(-1)
-                d = _dist(G[lv].index_select(0, ids), c)
-                kk = torch.nonzero(d * _KAPPA - P[lv].index_select(0, ids) <= nmax[lv].index_select(0, ids))[:, 0]
-                cand = ids.index_select(0, kk)
-                dc = d.index_select(0, kk)
+            #    With PCA coordinates, a node is first tested in them (4x cheaper):
+            #    d(x, c) >= ||V^T (x - c)|| >= d_low(c, g_low) - rho_low.
+            yc = ys[cs : cs + 1] if ys is not None else None
+            cands = []
+            for lv in range(nlev):
+                if lv == 0:
+                    ids = None
+                    nm = nmax[0]
+                else:
+                    ids = CH[lv].index_select(0, cand).view(-1)
+                    nm = nmax[lv].index_select(0, ids)
+                if yc is not None:
+                    gl = GL[lv] if ids is None else GL[lv].index_select(0, ids)
+                    pl = PL[lv] if ids is None else PL[lv].index_select(0, ids)
+                    kk = torch.nonzero(_dist(gl, yc) * _KAPPA - low_tol - pl <= nm)[:, 0]
+                    ids = kk if ids is None else ids.index_select(0, kk)
+                    nm = nm.index_select(0, kk)
+                if ids is None:  # top level, no PCA coordinates
+                    d = _dist(G[0], c)
+                    cand = torch.nonzero(d * _KAPPA - P[0] <= nm)[:, 0]
+                    dc = d.index_select(0, cand)
+                else:
+                    d = _dist(G[lv].index_select(0, ids), c)
+                    kk = torch.nonzero(d * _KAPPA - P[lv].index_select(0, ids) <= nm)[:, 0]
+                    cand = ids.index_select(0, kk)
+                    dc = d.index_select(0, kk)
                 cands.append(cand)
 
             # 2. Points of the candidate leaves.  Pivot bound: d(x, c) >= |d(c,g) - d(x,g)|.
@@ -606,8 +656,7 @@ def _greedy_loop(
                 # 3a. Many candidates, in long runs of leaves: low-dim bound on every slot
                 #     of the runs, then exact distances on the runs or on the survivors.
                 if use_low:
-                    yc = ys[cs : cs + 1]
-                    dl = torch.cat([_dist(ys[a * L : b * L], yc) for a, b in runs]).view(-1, L)
+                    dl = torch.cat([dist_wide(ys[a * L : b * L], yc) for a, b in runs]).view(-1, L)
                     before = int(ok.sum())
                     ok &= dl * _KAPPA - low_tol <= rr
                     if int(ok.sum()) * 4 > before * 3:  # pruned < 25%: pause it
@@ -617,7 +666,7 @@ def _greedy_loop(
                     streak = streak + 1 if nk * 10 >= 9 * m * L else 0
                     if streak >= 4:
                         dense_until, streak = t + 64, 0
-                    dd = torch.cat([_dist(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
+                    dd = torch.cat([dist_wide(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
                     imp = dd < rr
                     rr = torch.where(imp, dd, rr)
                     rv.index_copy_(0, cand, rr)
@@ -646,7 +695,7 @@ def _greedy_loop(
                         slots, rf = slots.index_select(0, kk), rf.index_select(0, kk)
                         if use_low and slots.numel() > 64:
                             # 3c. Low-dim bound on the gathered survivors.
-                            dl = _dist(ys.index_select(0, slots), ys[cs : cs + 1])
+                            dl = _dist(ys.index_select(0, slots), yc)
                             kk = torch.nonzero(dl * _KAPPA - low_tol <= rf)[:, 0]
                             if slots.numel() > 1024 and kk.numel() * 4 > slots.numel() * 3:
                                 use_low_from = t + 32
