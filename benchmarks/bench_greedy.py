@@ -82,12 +82,9 @@ def main() -> None:
         else:
             x = make_gaussian(args.n_points, args.dim, args.seed)
         print(f"\n[{kind}] generated in {time.perf_counter() - t0:.1f} s")
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)  # as greedy_fast does by default
         t0 = time.perf_counter()
         _BallTree(x, leaf_size=args.leaf_size, fanout_bits=args.fanout_bits)
         print(f"  tree build alone (part of every run below): {time.perf_counter() - t0:.2f} s")
-        torch.set_num_threads(prev)
         if args.naive_steps:
             k = min(args.naive_steps, args.n_points)
             per = math.inf

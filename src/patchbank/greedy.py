@@ -44,13 +44,13 @@ computes exact distances only for the rest:
 * when the bounds fail for nearly all points for a few steps in a row (e.g. isotropic noise),
   the next 64 steps skip the tree and do one dense pass each, like the brute force.
 
-The farthest point is the maximum of a per-leaf int64 key that packs ``(r, -row)``, which also
-settles ties by lowest row.  Every bound is applied with a relative slack of ``2**-9`` (float32
+The farthest point comes from the per-leaf maxima (ties: every leaf and slot holding the
+maximum is looked at, and the lowest row wins).  Every bound is applied with a relative slack of ``2**-9`` (float32
 distance rounding is ~1e-6 relative), so a point is skipped only when its exact distance could
 not have changed its min-distance: the result equals the brute force's, index for index.
 
-Memory: O(N*D) -- a slot-ordered copy of the (projected) features, their 32-d PCA coordinates
-and a few length-N arrays; no N x N (or N x n) matrix is ever formed.  The selection loop runs
+Memory: O(N*D) -- a leaf-ordered copy of the (projected) features, their 32-d PCA coordinates
+and a few arrays of ~1.5 N slots; no N x N (or N x n) matrix is ever formed.  The selection loop runs
 single-threaded by default, except its dense passes (see ``num_threads`` in
 :func:`greedy_fast`).
 
@@ -214,10 +214,12 @@ class _BallTree:
     bisection keeps nodes from straddling gaps in the data, which matters far more for
     pruning than balance.
 
-    Storage: leaf ``i`` owns slots ``i*L .. i*L+L-1`` (``L = leaf_size``); ``slot2orig`` maps a
-    slot to its row and ``xs = x[slot2orig]`` is the copy the search reads.  Unused slots of a
-    leaf are flagged in ``dead`` and copy the leaf's first row, so they never widen a ball; the
-    search never selects or updates them.  The shape of the tree affects only speed.
+    Storage: ``xs`` is a copy of ``x`` with every leaf's rows contiguous, in leaf order (and
+    ``ys`` the same for the PCA coordinates).  The per-point state lives in slots: leaf ``i``
+    owns slots ``i*L .. i*L+L-1`` (``L = leaf_size``); ``slot2c`` / ``slot2orig`` map a slot to
+    its row of ``xs`` / ``x``.  Unused slots are flagged in ``dead`` and point at their leaf's
+    first row, so they never widen a ball; the search never selects or updates them.  The
+    shape of the tree affects only speed.
 
     Every node has a centroid and a radius (max distance of its slots to the centroid), and
     ``dxg`` holds each slot's distance to its leaf centroid.
@@ -241,18 +243,22 @@ class _BallTree:
         j = torch.arange(L)
         live = j[None, :] < llen[:, None]  # [m, L]
         offs = torch.where(live, j[None, :], torch.zeros_like(j)[None, :])
-        self.slot2orig = order.index_select(0, (lstart[:, None] + offs).reshape(-1)).contiguous()
+        # Compact storage: row p of xs is row order[p] of x; leaf i holds xs[lstart[i] : + llen[i]].
+        # slot2c maps a slot to its compact row (a dead slot to its leaf's first row).
+        self.slot2c = (lstart[:, None] + offs).reshape(-1).contiguous()
+        self.lstart = torch.cat([lstart, torch.tensor([N])])
+        self.slot2orig = order.index_select(0, self.slot2c)
         self.dead = (~live).reshape(-1).contiguous()
         live_slots = torch.nonzero(~self.dead)[:, 0]
         self.orig2slot = torch.empty(N, dtype=torch.long)
         self.orig2slot[self.slot2orig.index_select(0, live_slots)] = live_slots
-        self.xs = x.index_select(0, self.slot2orig)  # [m*L, D]
+        self.xs = x.index_select(0, order)  # [N, D], leaves contiguous
         # Low-dimensional bound: ||V^T (x - c)|| <= ||x - c|| for the orthonormal PCA basis V.
         # Only worth it when k is well below D.  y is float32-rounded from float64, so the
         # computed low-dim distance is off by at most 2*sqrt(k)*2**-24*max||x - mu||; low_tol
         # is 6x that.
         if 2 * k <= D:
-            self.ys = y.index_select(0, self.slot2orig)
+            self.ys = y.index_select(0, order)
             self.low_tol = 4e-6 * ynorm
         else:
             self.ys = None
@@ -289,14 +295,15 @@ class _BallTree:
         # leaves of d(node centroid, leaf centroid) + leaf radius (a valid, cheap bound).
         self.centroid: list[torch.Tensor] = []
         self.radius: list[torch.Tensor] = []
-        z = self.xs.view(m, L, D)
-        g0 = z.mean(1)
+        g0 = torch.empty(m, D)
         dz = torch.empty(m, L)
         step = max(1, (1 << 22) // (L * D))
         for a0 in range(0, m, step):
-            dz[a0 : a0 + step] = torch.cdist(
-                z[a0 : a0 + step], g0[a0 : a0 + step, None, :], compute_mode="donot_use_mm_for_euclid_dist"
-            )[..., 0]
+            b0 = min(m, a0 + step)
+            z = self.xs.index_select(0, self.slot2c[a0 * L : b0 * L]).view(b0 - a0, L, D)
+            w = live[a0:b0, :, None]
+            g0[a0:b0] = (z * w).sum(1) / llen[a0:b0, None]  # mean of the live rows
+            dz[a0:b0] = torch.cdist(z, g0[a0:b0, None, :], compute_mode="donot_use_mm_for_euclid_dist")[..., 0]
         self.dxg = dz.reshape(-1)
         rad0 = dz.amax(1)
         self.centroid.append(torch.cat([g0, torch.zeros(1, D)]))
@@ -316,9 +323,10 @@ class _BallTree:
         self.centroid_low: list[torch.Tensor] = []
         self.radius_low: list[torch.Tensor] = []
         if self.ys is not None:
-            zl = self.ys.view(m, L, k)
-            gl0 = zl.mean(1)
+            zl = self.ys.index_select(0, self.slot2c).view(m, L, k)
+            gl0 = (zl * live[:, :, None]).sum(1) / llen[:, None]
             rl0 = (zl - gl0[:, None, :]).norm(dim=2).amax(1)
+            del zl
             self.centroid_low.append(torch.cat([gl0, torch.zeros(1, k)]))
             self.radius_low.append(torch.cat([rl0, torch.zeros(1)]) * (1.0 + 2.0**-12))
             for lv in range(1, nlev):
@@ -470,11 +478,11 @@ def greedy_fast(
     ``run_slots``: steps whose candidate leaves hold more slots than this read contiguous
     runs of leaves instead of gathering rows (default ``max(8192, slots // 32)``; a knob for
     tests, it never changes the result).
-    ``num_threads``: torch intra-op threads for the tree build and the selection loop
-    (restored afterwards; None keeps the current setting).  The loop issues many small ops, and
-    with more than one thread each waits on a thread barrier; on a busy machine that costs up
-    to a scheduler tick per op (measured 10x slower with 2 threads on a loaded 2-core box).
-    Distance passes over >= 65536 rows (dense steps) use the caller's thread count.
+    ``num_threads``: torch intra-op threads for the selection loop (restored afterwards; None
+    keeps the current setting).  The loop issues many small ops, and with more than one thread
+    each waits on a thread barrier; on a busy machine that costs up to a scheduler tick per op
+    (measured 10x slower with 2 threads on a loaded 2-core box).  The tree build and distance
+    passes over >= 65536 rows (dense steps) use the caller's thread count.
     """
     x = features
     if x.is_cuda or x.dtype != torch.float32 or x.ndim != 2 or not x.is_contiguous():
@@ -488,9 +496,9 @@ def greedy_fast(
         return torch.tensor([start], dtype=torch.long)
     prev_threads = torch.get_num_threads()
     try:
+        tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        tree = _BallTree(x, leaf_size=leaf_size, fanout_bits=fanout_bits, seed=seed)
         return _greedy_loop(tree, n, start, progress, run_slots, prev_threads)
     finally:
         torch.set_num_threads(prev_threads)
@@ -513,16 +521,14 @@ def _greedy_loop(
     N, m, L = tree.N, tree.m, tree.L
     xs, ys, low_tol = tree.xs, tree.ys, tree.low_tol
     total = m * L
-    s2o, dead = tree.slot2orig, tree.dead
+    s2o, s2c, dead = tree.slot2orig, tree.slot2c, tree.dead
     o2s = tree.orig2slot.tolist()
+    ls = tree.lstart.tolist()  # compact row where each leaf starts (+ N at the end)
     G, P, CH = tree.centroid, tree.radius, tree.children
     GL, PL = tree.centroid_low, tree.radius_low
     nlev = len(G)
     dxg = tree.dxg.view(m, L)
     dxk = (tree.dxg * _KAPPA).view(m, L)
-    low = (N - 1) - s2o  # low 32 bits of a slot's key: larger for a lower row index
-    low[dead] = 0
-    low = low.view(m, L)
     arL = torch.arange(L, dtype=torch.long)
     # Steps whose candidate leaves hold more than `big` slots evaluate bounds and distances on
     # contiguous runs of leaves instead of gathering rows.
@@ -541,49 +547,49 @@ def _greedy_loop(
         finally:
             torch.set_num_threads(loop_threads)
 
-    def keys(rows: torch.Tensor, lows: torch.Tensor) -> torch.Tensor:
-        # Per-row max of (r, -index) packed in an int64: the float32 bits of r >= 0 order like
-        # r; selected and padding slots have r = -1 and a negative key.
-        return ((rows.view(torch.int32).long() << 32) | lows).amax(1)
+    def dist_runs(rows: torch.Tensor, c: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
+        # Distances for every slot of the leaf runs, [leaves, L]; a dead slot gets its leaf's
+        # first row's distance (harmless: its r is -1).
+        parts = [
+            dist_wide(rows[ls[a] : ls[b]], c).index_select(0, s2c[a * L : b * L] - ls[a]) for a, b in runs
+        ]
+        return torch.cat(parts).view(-1, L)
 
     # r: min-distance per slot (-1 for selected and padding slots); assign: position in `sel`
     # of the slot's nearest centre; cent: the centres' coordinates by position.
-    r = dist_wide(xs, xs[o2s[start] : o2s[start] + 1])
+    c0 = int(s2c[o2s[start]])
+    r = dist_wide(xs, xs[c0 : c0 + 1]).index_select(0, s2c)
     r[dead] = -1.0
     r[o2s[start]] = -1.0
     rv = r.view(m, L)
-    assign = torch.zeros(total, dtype=torch.long)
+    assign = torch.zeros(total, dtype=torch.int32)
     av = assign.view(m, L)
     cent = torch.empty(n, xs.shape[1])
-    cent[0] = xs[o2s[start]]
+    cent[0] = xs[c0]
     # nmax[lv]: max r over each node of level lv (top-down), plus a sentinel entry -inf that
     # the children tables use as padding.
     nmax: list[torch.Tensor] = [torch.empty(0)] * nlev
     nmax[-1] = torch.cat([rv.amax(1), torch.full((1,), -math.inf)])
-    for lv in range(nlev - 2, -1, -1):
-        ch = CH[lv + 1]
-        up = nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1)
-        nmax[lv] = torch.cat([up, torch.full((1,), -math.inf)])
-    leafkey = keys(rv, low)
 
-    def refresh_all() -> None:
-        nmax[-1][:m] = rv.amax(1)
+    def refresh_upper() -> None:
         for lv in range(nlev - 2, -1, -1):
             ch = CH[lv + 1]
-            nmax[lv][:-1] = nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1)
-        leafkey.copy_(keys(rv, low))
+            up = nmax[lv + 1].index_select(0, ch.view(-1)).view(ch.shape).amax(1)
+            nmax[lv] = torch.cat([up, torch.full((1,), -math.inf)])
 
-    # Dense mode: after `streak` consecutive steps whose bounds failed for nearly every slot,
-    # the next 64 steps skip the tree and make one pass over all points (as the brute force).
+    refresh_upper()
+    # Dense mode: after 4 consecutive steps whose bounds failed for nearly every slot, the
+    # next 64 steps skip the tree and make one pass over all points (as the brute force).
     dense_until, streak = 0, 0
 
     sel = [start]
-    mask32 = (1 << 32) - 1
     with _progress(n, progress, "greedy coreset") as bar:
         bar.update(1)
         while len(sel) < n:
-            kv = int(leafkey.max())
-            if kv >> 32 == 0:
+            # The farthest point: max r over the leaves, ties by lowest row.
+            lm = nmax[-1]
+            M = float(lm.max())
+            if M <= 0.0:
                 # Every unselected point is at distance 0 from the centres: the rest of the
                 # order is simply the unselected rows by increasing index.
                 r_orig = torch.empty(N)
@@ -593,21 +599,26 @@ def _greedy_loop(
                 sel.extend(rest.tolist())
                 bar.update(rest.numel())
                 break
-            ci = N - 1 - (kv & mask32)
+            tied = torch.nonzero(lm == M)[:, 0]
+            flat = torch.nonzero(rv.index_select(0, tied).view(-1) == M)[:, 0]
+            slots = ((tied * L)[:, None] + arL).view(-1).index_select(0, flat)
+            ci = int(s2o.index_select(0, slots).min())
             t = len(sel)
             sel.append(ci)
             bar.update(1)
             if t + 1 == n:
                 break
             cs = o2s[ci]
-            c = xs[cs : cs + 1]
+            cc = int(s2c[cs])
+            c = xs[cc : cc + 1]
             cent[t] = c[0]
             r[cs] = -1.0
             if t < dense_until:
-                dd = dist_wide(xs, c).view(m, L)
+                dd = dist_wide(xs, c).index_select(0, s2c).view(m, L)
                 av.masked_fill_(dd < rv, t)
                 torch.minimum(rv, dd, out=rv)
-                refresh_all()
+                nmax[-1][:m] = rv.amax(1)
+                refresh_upper()
                 continue
 
             # 1. Descend the tree: keep nodes whose ball may hold a point closer to c than
@@ -615,7 +626,7 @@ def _greedy_loop(
             #    (index_select/index_copy_ throughout: several times faster than t[idx].)
             #    With PCA coordinates, a node is first tested in them (4x cheaper):
             #    d(x, c) >= ||V^T (x - c)|| >= d_low(c, g_low) - rho_low.
-            yc = ys[cs : cs + 1] if ys is not None else None
+            yc = ys[cc : cc + 1] if ys is not None else None
             cands = []
             for lv in range(nlev):
                 if lv == 0:
@@ -656,7 +667,7 @@ def _greedy_loop(
                 # 3a. Many candidates, in long runs of leaves: low-dim bound on every slot
                 #     of the runs, then exact distances on the runs or on the survivors.
                 if use_low:
-                    dl = torch.cat([dist_wide(ys[a * L : b * L], yc) for a, b in runs]).view(-1, L)
+                    dl = dist_runs(ys, yc, runs)
                     before = int(ok.sum())
                     ok &= dl * _KAPPA - low_tol <= rr
                     if int(ok.sum()) * 4 > before * 3:  # pruned < 25%: pause it
@@ -666,7 +677,7 @@ def _greedy_loop(
                     streak = streak + 1 if nk * 10 >= 9 * m * L else 0
                     if streak >= 4:
                         dense_until, streak = t + 64, 0
-                    dd = torch.cat([dist_wide(xs[a * L : b * L], c) for a, b in runs]).view(-1, L)
+                    dd = dist_runs(xs, c, runs)
                     imp = dd < rr
                     rr = torch.where(imp, dd, rr)
                     rv.index_copy_(0, cand, rr)
@@ -688,27 +699,28 @@ def _greedy_loop(
                         af = assign.index_select(0, slots)
                         if slots.numel() > 8 * t:
                             dca = _dist(cent[:t], c).index_select(0, af)
-                        else:
-                            u, inv = torch.unique(af, return_inverse=True)
-                            dca = _dist(cent.index_select(0, u), c).index_select(0, inv)
+                        else:  # distances to the distinct centres only (a flag table, no sort)
+                            mark = torch.zeros(t, dtype=torch.bool).index_fill_(0, af.long(), True)
+                            u = torch.nonzero(mark)[:, 0]
+                            pos = torch.empty(t, dtype=torch.long).index_copy_(0, u, torch.arange(u.numel()))
+                            dca = _dist(cent.index_select(0, u), c).index_select(0, pos.index_select(0, af))
                         kk = torch.nonzero(dca * _KAPPA <= 2.0 * rf)[:, 0]
                         slots, rf = slots.index_select(0, kk), rf.index_select(0, kk)
                         if use_low and slots.numel() > 64:
                             # 3c. Low-dim bound on the gathered survivors.
-                            dl = _dist(ys.index_select(0, slots), yc)
+                            dl = _dist(ys.index_select(0, s2c.index_select(0, slots)), yc)
                             kk = torch.nonzero(dl * _KAPPA - low_tol <= rf)[:, 0]
                             if slots.numel() > 1024 and kk.numel() * 4 > slots.numel() * 3:
                                 use_low_from = t + 32
                             slots, rf = slots.index_select(0, kk), rf.index_select(0, kk)
                     # 4. Exact distances for the rest.
-                    dd = _dist(xs.index_select(0, slots), c)
+                    dd = _dist(xs.index_select(0, s2c.index_select(0, slots)), c)
                     kk = torch.nonzero(dd < rf)[:, 0]
                     slots = slots.index_select(0, kk)
                     r.index_copy_(0, slots, dd.index_select(0, kk))
                     assign.index_fill_(0, slots, t)
                 rr = rv.index_select(0, cand)
             nmax[-1].index_copy_(0, cand, rr.amax(1))
-            leafkey.index_copy_(0, cand, keys(rr, low.index_select(0, cand)))
             for lv in range(nlev - 2, -1, -1):
                 cl_ = cands[lv]
                 ch = CH[lv + 1].index_select(0, cl_)
