@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from patchbank.errors import PatchbankError
-from patchbank.structure import (COMPONENTS, DISTANCES, StructStats, bank_local_density, descriptor,
+from patchbank.structure import (COMPONENTS, DISTANCES, StructStats, bank_local_radius, descriptor,
                                  hybrid, lambda_auto, local_density_calibration)
 
 
@@ -189,45 +189,44 @@ def test_lambda_auto_and_hybrid():
     assert out.tolist() == [6.0, 0.0]
 
 
-def test_bank_local_density_by_hand():
+def test_bank_local_radius_by_hand():
     # bank on a line: 0, 1, 3, 7.  k = 2 nearest other entries:
     # 0 -> {1, 3}: (1 + 3)/2 = 2;  1 -> {0, 3}: (1 + 2)/2 = 1.5;
     # 3 -> {1, 0}: (2 + 3)/2 = 2.5;  7 -> {3, 1}: (4 + 6)/2 = 5
     bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]], dtype=torch.float64)
     spread = torch.tensor([2.0, 1.5, 2.5, 5.0], dtype=torch.float64)
     for chunk in (None, 1, 3):
-        dens = bank_local_density(bank, k=2, chunk=chunk, eps=0.0)
-        assert torch.allclose(dens, 1 / spread)
+        assert torch.allclose(bank_local_radius(bank, k=2, chunk=chunk), spread)
     # k = 1: nearest other entry; k larger than N - 1 is clipped to 3
     k1 = torch.tensor([1.0, 1, 2, 4], dtype=torch.float64)
-    assert torch.allclose(bank_local_density(bank, k=1, eps=0.0), 1 / k1)
-    assert torch.allclose(bank_local_density(bank.numpy(), k=10, eps=0.0),
-                          1 / torch.tensor([11 / 3, 9 / 3, 9 / 3, 17 / 3]).double())
+    assert torch.allclose(bank_local_radius(bank, k=1), k1)
+    assert torch.allclose(bank_local_radius(bank.numpy(), k=10),
+                          torch.tensor([11 / 3, 9 / 3, 9 / 3, 17 / 3]).double())
     # duplicates count at distance 0 (the entry itself is excluded by index)
     dup = torch.tensor([[1.0], [1.0], [4.0]])
-    assert bank_local_density(dup, k=1, eps=0.0)[:2].isinf().all()
+    assert (bank_local_radius(dup, k=1)[:2] == 0).all()
     with pytest.raises(PatchbankError):
-        bank_local_density(torch.zeros(1, 3))
+        bank_local_radius(torch.zeros(1, 3))
 
 
-def test_bank_local_density_matches_brute_force():
+def test_bank_local_radius_matches_brute_force():
     g = torch.Generator().manual_seed(3)
     bank = torch.randn(300, 8, generator=g, dtype=torch.float64)
     full = torch.cdist(bank, bank)
     full.fill_diagonal_(math.inf)
     ref = full.topk(5, dim=1, largest=False).values.mean(1)
-    assert torch.allclose(1 / bank_local_density(bank, k=5, chunk=64, eps=0.0), ref, rtol=1e-9)
+    assert torch.allclose(bank_local_radius(bank, k=5, chunk=64), ref, rtol=1e-9)
 
 
-def test_local_density_calibration_multiplies_by_spread():
+def test_local_density_calibration_divides_by_radius():
     bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]], dtype=torch.float64)
-    dens = bank_local_density(bank, k=2, eps=0.0)          # spreads 2, 1.5, 2.5, 5
-    nn_dist = torch.tensor([[1.0, 2.0], [0.5, 4.0]], dtype=torch.float64)
+    radius = bank_local_radius(bank, k=2)          # 2, 1.5, 2.5, 5
+    nn_dist = torch.tensor([[1.0, 3.0], [0.5, 4.0]], dtype=torch.float64)
     nn_index = torch.tensor([[0, 1], [2, 3]])
-    out = local_density_calibration(nn_dist, nn_index, dens)
+    out = local_density_calibration(nn_dist, nn_index, radius, eps=0.0)
     assert out.shape == (2, 2)
-    assert torch.allclose(out, torch.tensor([[2.0, 3.0], [1.25, 20.0]], dtype=torch.float64))
-    out_np = local_density_calibration(nn_dist.numpy(), nn_index.numpy(), dens.numpy())
+    assert torch.allclose(out, torch.tensor([[0.5, 2.0], [0.2, 0.8]], dtype=torch.float64))
+    out_np = local_density_calibration(nn_dist.numpy(), nn_index.numpy(), radius.numpy(), eps=0.0)
     assert torch.allclose(out_np, out)
     with pytest.raises(PatchbankError):
-        local_density_calibration(nn_dist, nn_index[0], dens)
+        local_density_calibration(nn_dist, nn_index[0], radius)

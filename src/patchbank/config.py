@@ -12,7 +12,9 @@ the offending field.  Presets:
                k=1, re-weighted max.
 ``structcore`` StructCore's base detector: DINOv2 ViT-B/14 skip layers (-1,-3,-6,-9,-12) with
                per-layer L2 normalisation, projection to 512, greedy coreset 1%, k=5 mean squared
-               distance (Eq. 5), resize 448 / crop 392, max pooling.
+               distance (Eq. 5), resize 448 / crop 392; image score = max pooling plus
+               lambda_auto times the diagonal Mahalanobis distance of the map descriptor
+               [std, top-1% mean, total variation] (Eqs. 7-12).
 
 The paper backbones for LMF-Core and PatchCore are WideResNet-50; their presets default to
 ``efficientnet_lite2`` because those are the only ImageNet weights that install offline.  Pass
@@ -30,7 +32,10 @@ SAMPLERS = ("uniform", "greedy", "none")
 SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf")
 DISTANCES = ("euclidean", "squared")
 KNN_REDUCES = ("min", "mean")
-IMAGE_SCORES = ("max", "reweighted_max", "topk_mean")
+BASE_SCORES = ("max", "reweighted_max", "topk_mean")
+IMAGE_SCORES = BASE_SCORES + ("struct", "hybrid")
+STRUCT_COMPONENTS = ("std", "topk_mean", "tv")
+STRUCT_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "chebyshev", "cosine")
 BANK_DTYPES = ("float32", "float16")
 
 
@@ -80,9 +85,17 @@ class Config:
     ivf_probe: int = 8                    # inverted lists visited per query (faiss-ivf)
     ivf_min_bank: int = 20000             # smallest bank that "auto" searches with IVF
     blur_sigma: float = 4.0
-    image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean"
+    image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean" | "struct" | "hybrid"
+    base_score: str = "max"               # pooling S_base that "hybrid" adds the structural term to
     reweight_neighbors: int = 9           # b of PatchCore's re-weighting
     topk_ratio: float = 0.05              # share of patches averaged by "topk_mean"
+    # --- StructCore structure-aware score (image_score "struct" / "hybrid") ----------------
+    struct_components: tuple[str, ...] = STRUCT_COMPONENTS  # any subset of std, topk_mean, tv
+    struct_distance: str = "mahalanobis"  # D_struct (Eq. 10) or a Table 6 alternative
+    struct_topk_ratio: float = 0.01       # r of the descriptor's tail mass (Eq. 8)
+    hybrid_lambda: float | None = None    # lambda of Eq. 12; None = lambda_auto (Eq. 11)
+    local_density: bool = False           # LMF-Core's rejected calibration: distance / local bank radius
+    density_neighbors: int = 5            # k of the local radius (mean distance to k nearest entries)
     # --- calibration ----------------------------------------------------------------------
     calibration_fraction: float = 0.10    # share of train images held out of the bank at scoring time
     calibration_max_images: int = 100
@@ -97,9 +110,19 @@ class Config:
         set_(self, "crop_size", _size_pair(self.crop_size, "crop_size"))
         if self.layers is not None:
             set_(self, "layers", tuple(self.layers))
+        comps = self.struct_components
+        if isinstance(comps, str):
+            comps = [c.strip() for c in comps.split(",") if c.strip()]
+        comps = tuple(comps)
+        set_(self, "struct_components", comps)
+        bad = [c for c in comps if c not in STRUCT_COMPONENTS]
+        if not comps or bad or len(set(comps)) != len(comps):
+            raise ValueError(f"struct_components: expected a non-empty subset of "
+                             f"{', '.join(STRUCT_COMPONENTS)} without repeats, got {comps!r}")
         choices = {"fusion": FUSIONS, "sampler": SAMPLERS, "search": SEARCHES,
                    "distance": DISTANCES, "knn_reduce": KNN_REDUCES,
-                   "image_score": IMAGE_SCORES, "bank_dtype": BANK_DTYPES}
+                   "image_score": IMAGE_SCORES, "bank_dtype": BANK_DTYPES,
+                   "base_score": BASE_SCORES, "struct_distance": STRUCT_DISTANCES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -111,10 +134,14 @@ class Config:
             raise ValueError(f"calibration_fraction: must be in (0, 1), got {self.calibration_fraction}")
         if not 0 < self.topk_ratio <= 1:
             raise ValueError(f"topk_ratio: must be in (0, 1], got {self.topk_ratio}")
+        if not 0 < self.struct_topk_ratio <= 1:
+            raise ValueError(f"struct_topk_ratio: must be in (0, 1], got {self.struct_topk_ratio}")
+        if self.hybrid_lambda is not None and not self.hybrid_lambda >= 0:
+            raise ValueError(f"hybrid_lambda: must be >= 0 or None (auto), got {self.hybrid_lambda}")
         if not 0 < self.target_fpr < 1:
             raise ValueError(f"target_fpr: must be in (0, 1), got {self.target_fpr}")
         for name in ("k", "patch_size", "batch_size", "greedy_proxy_dim", "reweight_neighbors",
-                     "calibration_max_images", "ivf_probe", "ivf_min_bank"):
+                     "calibration_max_images", "ivf_probe", "ivf_min_bank", "density_neighbors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.projection_dim is not None and self.projection_dim < 1:
@@ -142,7 +169,7 @@ class Config:
     # --- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("image_size", "crop_size", "layers"):
+        for key in ("image_size", "crop_size", "layers", "struct_components"):
             if d[key] is not None:
                 d[key] = list(d[key])
         return d
@@ -171,5 +198,5 @@ PRESETS: dict[str, Config] = {
     "structcore": Config(backbone="dinov2_vitb14", image_size=(448, 448), crop_size=(392, 392),
                          patch_size=1, fusion="l2", kappa=1.0, projection_dim=512,
                          sampler="greedy", coreset_ratio=0.01, k=5, distance="squared",
-                         knn_reduce="mean", image_score="max"),
+                         knn_reduce="mean", image_score="hybrid", base_score="max"),
 }

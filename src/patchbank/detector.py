@@ -44,6 +44,7 @@ from patchbank.projection import GaussianProjection
 from patchbank.samplers import make_sampler
 from patchbank.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
 from patchbank.search import make_search, resolve_search
+from patchbank.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
 
 @dataclass
@@ -51,10 +52,15 @@ class Prediction:
     """The result for one image."""
 
     path: str | None
-    score: float              # raw image score a_hat
+    score: float              # raw image score a_hat (the config's image_score)
     normalized_score: float   # a = (a_hat - mu) / sigma
     is_anomalous: bool        # a > threshold
     anomaly_map: np.ndarray   # float32 [H, W] at config.input_size
+    base_score: float = math.nan     # the pooled score S_base (image_score, or base_score for struct/hybrid)
+    struct_score: float = math.nan   # D_struct of the map (StructCore Eq. 10)
+    hybrid_score: float = math.nan   # S_base + lambda * D_struct (Eq. 12)
+    descriptor: np.ndarray | None = None  # phi(S) = [std, top-1% mean, TV] (Eq. 7)
+    category: str | None = None      # set by a multi-category model
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -184,6 +190,10 @@ class Detector:
         self.grid_ = grid
         self.n_train_images_ = n
 
+        self.radius_ = None
+        if cfg.local_density:
+            self.radius_ = bank_local_radius(self.bank_, cfg.density_neighbors)
+
         # --- calibration on held-out images (see module docstring)
         held_out = torch.from_numpy(is_cal).to(self.device)[source]
         sub_bank = self.bank_[~held_out]
@@ -192,35 +202,75 @@ class Detector:
                                  "calibration images; add images or raise coreset_ratio")
         self.search_ = make_search(self.bank_, cfg)
         sub_search = self.search_.subset(~held_out)
-        cal_scores = []
+        sub_radius = self.radius_[~held_out] if self.radius_ is not None else None
+        base, phi = [], []
         for start in range(0, len(cal_rows), cfg.batch_size):
             chunk = cal_rows[start:start + cfg.batch_size]
             emb = self._embed([torch.cat(layer) for layer in zip(*chunk)])
-            score, _ = self._score_batch(emb.view(len(chunk), n_patches, -1), sub_bank, sub_search)
-            cal_scores.extend(score.double().cpu().tolist())
-        self.calibration_scores_ = np.asarray(cal_scores)
-        self.stats_ = NormalStats().fit(self.calibration_scores_, cfg.target_fpr)
-        self.threshold_ = self.stats_.threshold_
+            b_score, scores = self._score_batch(emb.view(len(chunk), n_patches, -1), sub_bank,
+                                                sub_search, sub_radius)
+            base.append(b_score)
+            phi.append(self._maps(scores)[1])
+        self._calibrate(np.concatenate(base), np.concatenate(phi))
         self.backbone_sha256_ = self.backbone.weights_sha256
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _score_batch(self, emb: torch.Tensor, bank: torch.Tensor, search) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, P, d] embeddings -> (image scores [B], patch scores [B, P])."""
+    @property
+    def base_pooling(self) -> str:
+        """The pooling that gives S_base: image_score itself, or base_score for struct/hybrid."""
+        cfg = self.config
+        return cfg.base_score if cfg.image_score in ("struct", "hybrid") else cfg.image_score
+
+    def _score_batch(self, emb: torch.Tensor, bank: torch.Tensor, search, radius=None):
+        """[B, P, d] embeddings -> (base scores [B] float64 numpy, patch scores [B, P])."""
         cfg = self.config
         b, p, d = emb.shape
-        need_k = cfg.k
-        sq, idx = search.search(emb.reshape(-1, d), need_k)
-        scores = patch_scores(sq, cfg.distance, cfg.knn_reduce).view(b, p)
-        if cfg.image_score == "reweighted_max":
+        sq, idx = search.search(emb.reshape(-1, d), cfg.k)
+        scores = patch_scores(sq, cfg.distance, cfg.knn_reduce)
+        if radius is not None:   # LMF-Core Sec. 6.2's rejected calibration (off by default)
+            scores = scores / (radius[idx[:, 0]] + 1e-12)
+        scores = scores.view(b, p)
+        pooling = self.base_pooling
+        if pooling == "reweighted_max":
             image = reweighted_max(scores, emb, idx[:, 0].view(b, p), bank, search,
                                    min(cfg.reweight_neighbors, bank.shape[0]))
-        elif cfg.image_score == "topk_mean":
+        elif pooling == "topk_mean":
             image = topk_mean(scores, cfg.topk_ratio)
         else:
             image = scores.max(1).values
-        return image, scores
+        return image.double().cpu().numpy(), scores
+
+    def _maps(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """[B, P] patch scores -> (anomaly maps [B, H, W], descriptors [B, 3] float64).
+
+        The maps are the localisation output; the descriptor phi(S) (StructCore Eq. 7) is
+        computed on exactly these maps and never changes them."""
+        cfg = self.config
+        maps = anomaly_maps(scores.view(scores.shape[0], *self.grid_), cfg.input_size, cfg.blur_sigma)
+        return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio).cpu().numpy()
+
+    def _calibrate(self, base: np.ndarray, phi: np.ndarray) -> None:
+        """Fit the structure scorer and the normal-score statistics on held-out train-good
+        images (base scores and descriptors scored without self-matching)."""
+        cfg = self.config
+        self.calibration_base_scores_ = np.asarray(base, dtype=np.float64)
+        self.calibration_descriptors_ = np.asarray(phi, dtype=np.float64).reshape(-1, len(COMPONENTS))
+        self.struct_ = StructScorer(cfg.struct_components, cfg.struct_distance,
+                                    cfg.hybrid_lambda).fit(self.calibration_descriptors_,
+                                                           self.calibration_base_scores_)
+        self.calibration_scores_ = self._final_scores(self.calibration_base_scores_,
+                                                      self.calibration_descriptors_)[0]
+        self.stats_ = NormalStats().fit(self.calibration_scores_, cfg.target_fpr)
+        self.threshold_ = self.stats_.threshold_
+
+    def _final_scores(self, base: np.ndarray, phi: np.ndarray):
+        """(final image score per config.image_score, D_struct, hybrid), all float64 [B]."""
+        d_struct = self.struct_.struct(phi).numpy()
+        hyb = base + self.struct_.lambda_ * d_struct
+        final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
+        return final, d_struct, hyb
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "bank_"):
@@ -247,13 +297,11 @@ class Detector:
             emb = self._embed(layers)
             t2 = time.perf_counter()
             b = x.shape[0]
-            image, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_, self.search_)
+            base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_,
+                                             self.search_, self.radius_)
             t3 = time.perf_counter()
-            maps = anomaly_maps(scores.view(b, *grid), cfg.input_size, cfg.blur_sigma).cpu().numpy()
-            image = image.double().cpu().numpy()
-            norm = self.stats_.normalize(image)
-            for name, s, a, m in zip(names, image, norm, maps):
-                out.append(Prediction(name, float(s), float(a), bool(a > self.threshold_), m))
+            maps, phi = self._maps(scores)
+            out.extend(self._predictions(names, base, maps, phi))
             t4 = time.perf_counter()
             for key, dt in zip(timings, (t1 - t, t2 - t1, t3 - t2, t4 - t3)):
                 timings[key] += dt
@@ -262,11 +310,23 @@ class Detector:
         self.last_timings_ = timings
         return out
 
+    def _predictions(self, names, base, maps, phi, category: str | None = None) -> list[Prediction]:
+        final, d_struct, hyb = self._final_scores(base, phi)
+        norm = self.stats_.normalize(final)
+        maps = maps.cpu().numpy()
+        return [Prediction(name, float(final[i]), float(norm[i]), bool(norm[i] > self.threshold_),
+                           maps[i], float(base[i]), float(d_struct[i]), float(hyb[i]), phi[i],
+                           category)
+                for i, name in enumerate(names)]
+
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         dtype = torch.float16 if self.config.bank_dtype == "float16" else torch.float32
         tensors = {"bank": self.bank_.to(dtype),
-                   "calibration_scores": torch.from_numpy(self.calibration_scores_)}
+                   "calibration_base_scores": torch.from_numpy(self.calibration_base_scores_),
+                   "calibration_descriptors": torch.from_numpy(self.calibration_descriptors_)}
+        if self.radius_ is not None:
+            tensors["bank_radius"] = self.radius_.float().cpu()
         tensors.update(self.fusion_.state())
         if self.projection_ is not None:
             tensors.update(self.projection_.state())
@@ -288,6 +348,7 @@ class Detector:
             "patch_grid": list(self.grid_),
             "n_train_images": self.n_train_images_,
             "n_calibration_images": int(self.calibration_scores_.size),
+            "structure_lambda": self.struct_.lambda_,
             "score_mean": self.stats_.mean_,
             "score_std": self.stats_.std_,
             "threshold": self.threshold_,
@@ -316,13 +377,14 @@ class Detector:
             if "projection.matrix" in tensors:
                 det.projection_ = GaussianProjection(config.projection_dim, config.seed).load_state(tensors)
             det.bank_ = tensors["bank"].float().to(det.device)
-            det.calibration_scores_ = tensors["calibration_scores"].double().numpy()
+            base = tensors["calibration_base_scores"].double().numpy()
+            phi = tensors["calibration_descriptors"].double().numpy()
+            det.radius_ = tensors["bank_radius"].float().to(det.device) if config.local_density else None
             det.grid_ = tuple(meta["patch_grid"])
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{path} is missing or has invalid model state ({exc})") from None
-        det.stats_ = NormalStats().fit(det.calibration_scores_, config.target_fpr)
-        det.threshold_ = det.stats_.threshold_
+        det._calibrate(base, phi)
         det.search_ = make_search(det.bank_, config)
         return det

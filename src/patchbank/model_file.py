@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from patchbank.errors import PatchbankError
 
 FORMAT_NAME = "patchbank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
 
 
 def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],

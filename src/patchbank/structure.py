@@ -20,7 +20,7 @@ touches patch scores or localisation.
   with ddof=0 as above (the ratio does not depend on ddof when eps is negligible).
 * hybrid (Eq. 12): S_hyb = S_base + lambda * D_struct.
 * local-density calibration (LMF-Core Sec. 6.2, reported there as a negative result): see
-  :func:`bank_local_density` and :func:`local_density_calibration`.
+  :func:`bank_local_radius` and :func:`local_density_calibration`.
 
 All statistics are computed in float64; descriptors and distances are returned as float64.
 """
@@ -198,16 +198,14 @@ def hybrid(base, d_struct, lam: float) -> torch.Tensor:
     return _tensor(base) + float(lam) * _tensor(d_struct)
 
 
-def bank_local_density(bank, k: int = 5, chunk: int | None = None,
-                       eps: float = 1e-12) -> torch.Tensor:
-    """[N, d] bank -> [N] local density of each entry.
+def bank_local_radius(bank, k: int = 5, chunk: int | None = None) -> torch.Tensor:
+    """[N, d] bank -> [N] local radius of each entry: the mean Euclidean distance to its k nearest
+    *other* entries (n itself is excluded by index; exact duplicates count at distance 0; k is
+    clipped to N - 1).  Small in dense regions of the bank, large at its sparse boundary.
 
-    spread_n = mean Euclidean distance from entry n to its k nearest *other* entries (n itself is
-    excluded by index; exact duplicates count at distance 0; k is clipped to N - 1), and
-    density_n = 1 / (spread_n + eps).  Dense regions (small spread) have a high density.
     The kNN runs as a chunked matrix product ||a||^2 - 2 a.b + ||b||^2 over ``chunk`` rows at a
     time (default: about 2^24 distances per chunk), never an N x N matrix.  Computed in the
-    bank's floating dtype (float32 for integer / numpy-integer input), on the bank's device.
+    bank's floating dtype (float32 for integer input), on the bank's device.
     """
     bank = bank if isinstance(bank, torch.Tensor) else torch.as_tensor(np.asarray(bank))
     if not bank.is_floating_point():
@@ -220,7 +218,7 @@ def bank_local_density(bank, k: int = 5, chunk: int | None = None,
     k = min(int(k), n - 1)
     chunk = chunk or max(1, (1 << 24) // n)
     sq = (bank * bank).sum(1)
-    spread = torch.empty(n, dtype=bank.dtype, device=bank.device)
+    radius = torch.empty(n, dtype=bank.dtype, device=bank.device)
     for start in range(0, n, chunk):
         rows = bank[start:start + chunk]
         m = rows.shape[0]
@@ -228,25 +226,73 @@ def bank_local_density(bank, k: int = 5, chunk: int | None = None,
         rows_at = torch.arange(m, device=bank.device)
         d2[rows_at, rows_at + start] = math.inf          # exclude the entry itself
         nearest = d2.topk(k, dim=1, largest=False).values.clamp_min_(0.0).sqrt_()
-        spread[start:start + m] = nearest.mean(1)
-    return 1.0 / (spread + eps)
+        radius[start:start + m] = nearest.mean(1)
+    return radius
 
 
-def local_density_calibration(nn_dist, nn_index, bank_density) -> torch.Tensor:
-    """LMF-Core Sec. 6.2 (rejected variant): score = nn_dist / density[nn_index].
+def local_density_calibration(nn_dist, nn_index, bank_radius, eps: float = 1e-12) -> torch.Tensor:
+    """LMF-Core Sec. 6.2 (its rejected variant): the nearest-neighbour distance divided by the
+    local density term of the matched bank entry, score = nn_dist / (radius[nn_index] + eps).
 
-    With density = 1 / (spread + eps) from :func:`bank_local_density` this is
-    nn_dist * (spread + eps): the nearest-neighbour distance multiplied by the local spread of the
-    bank around the matched entry.  ``nn_dist`` and ``nn_index`` have any common shape; the result
-    has that shape, dtype of ``nn_dist`` promoted with the density's.
+    The paper says it "divides the nearest-neighbour distance by the density of the bank around
+    the matched element" and explains the failure as anomalies matching "the sparse boundary of
+    the normal manifold", where the division "suppresses their score".  Only a density term that
+    is *large* at a sparse boundary suppresses scores there, i.e. a local scale such as the mean
+    distance to the k nearest entries (:func:`bank_local_radius`); dividing by an inverse
+    distance would instead amplify them.  We therefore divide by the local radius (a LOF-style
+    normalisation), the reading under which the paper's explanation holds.
+
+    ``nn_dist`` and ``nn_index`` have any common shape; the result has that shape.
     """
     dist = nn_dist if isinstance(nn_dist, torch.Tensor) else torch.as_tensor(np.asarray(nn_dist))
     index = nn_index if isinstance(nn_index, torch.Tensor) \
         else torch.as_tensor(np.asarray(nn_index))
-    density = bank_density if isinstance(bank_density, torch.Tensor) \
-        else torch.as_tensor(np.asarray(bank_density))
+    radius = bank_radius if isinstance(bank_radius, torch.Tensor) \
+        else torch.as_tensor(np.asarray(bank_radius))
     if dist.shape != index.shape:
         raise PatchbankError(f"nn_dist {tuple(dist.shape)} and nn_index {tuple(index.shape)} "
                              f"differ in shape")
-    density = density.to(dist.device)
-    return dist / density[index.to(dist.device).long()]
+    radius = radius.to(dist.device)
+    return dist / (radius[index.to(dist.device).long()] + eps)
+
+
+class StructScorer:
+    """StructCore's image score from a map descriptor, fitted on train-good data (Eqs. 10-12).
+
+    Works on the full descriptor [B, 3] (columns :data:`COMPONENTS`) and uses the ``components``
+    subset, so one stored descriptor serves every subset (Tables 5 and 7).  ``fit`` takes the
+    train-good descriptors and base scores (held-out calibration images, no self-matching):
+    ``stats_`` (mu, sigma of Eq. 10) and ``lambda_`` (``lam`` if given, else Eq. 11).
+    """
+
+    def __init__(self, components=COMPONENTS, distance: str = "mahalanobis",
+                 lam: float | None = None):
+        self.components = _check_components(components)
+        if distance not in DISTANCES:
+            raise PatchbankError(f"unknown structure distance {distance!r}; choose from {DISTANCES}")
+        self.distance = distance
+        self.lam = lam
+        self._cols = [COMPONENTS.index(c) for c in self.components]
+
+    def _select(self, phi_full) -> torch.Tensor:
+        phi = _tensor(phi_full)
+        if phi.dim() == 1:
+            phi = phi.unsqueeze(0)
+        if phi.dim() != 2 or phi.shape[1] != len(COMPONENTS):
+            raise PatchbankError(f"expected full descriptors [B, {len(COMPONENTS)}], "
+                                 f"got {tuple(phi.shape)}")
+        return phi[:, self._cols]
+
+    def fit(self, phi_full_train, base_train) -> "StructScorer":
+        self.stats_ = StructStats().fit(self._select(phi_full_train))
+        d = self.stats_.distance(self._select(phi_full_train), self.distance)
+        self.lambda_ = float(self.lam) if self.lam is not None else lambda_auto(base_train, d)
+        return self
+
+    def struct(self, phi_full) -> torch.Tensor:
+        """[B] D_struct (Eq. 10 or the chosen Table 6 distance)."""
+        return self.stats_.distance(self._select(phi_full), self.distance)
+
+    def hybrid(self, base, phi_full) -> torch.Tensor:
+        """[B] S_hyb = S_base + lambda * D_struct (Eq. 12)."""
+        return hybrid(base, self.struct(phi_full), self.lambda_)
