@@ -43,6 +43,7 @@ from patchbank.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.projection import GaussianProjection
 from patchbank.samplers import make_sampler
 from patchbank.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
+from patchbank.routing import routing_embedding
 from patchbank.search import make_search, resolve_search
 from patchbank.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
@@ -128,8 +129,13 @@ class Detector:
         return np.sort(rng.choice(n, size=n_cal, replace=False))
 
     @torch.inference_mode()
-    def fit(self, images: Any) -> "Detector":
-        """Build the memory bank and calibration from normal images (a folder or a list)."""
+    def fit(self, images: Any, routing_sample: int = 0) -> "Detector":
+        """Build the memory bank and calibration from normal images (a folder or a list).
+
+        ``routing_sample`` > 0 also keeps a seeded uniform sample of that many routing
+        embeddings (:func:`patchbank.routing.routing_embedding`) in ``routing_sample_``, for a
+        multi-category model's routing bank (read in the same pass over the images).
+        """
         cfg = self.config
         items = as_items(images)
         n = len(items)
@@ -149,6 +155,7 @@ class Detector:
         kept_src: list[torch.Tensor] = []     # their source image ids
         cal_rows: list[list[torch.Tensor]] = []
         keep_idx = None
+        route_idx, route_rows = None, []
         n_patches = 0
         bar = tqdm(total=n, desc="fit: features", unit="img", disable=not self.progress)
         offset = 0
@@ -165,6 +172,15 @@ class Detector:
                 local = keep_idx[(keep_idx >= lo) & (keep_idx < hi)] - lo
             else:
                 local = torch.arange(b * n_patches, device=self.device)
+            if routing_sample > 0:
+                if route_idx is None:
+                    g = torch.Generator().manual_seed(cfg.seed + 2)
+                    total = n * n_patches
+                    route_idx = torch.randperm(total, generator=g)[:routing_sample].sort().values
+                    route_idx = route_idx.to(self.device)
+                lo, hi = offset * n_patches, (offset + b) * n_patches
+                pick = route_idx[(route_idx >= lo) & (route_idx < hi)] - lo
+                route_rows.append(routing_embedding([layer[pick] for layer in layers]).cpu())
             kept.append([layer[local].clone() for layer in layers])
             kept_src.append(local // n_patches + offset)
             for j in np.nonzero(is_cal[offset:offset + b])[0]:
@@ -173,6 +189,8 @@ class Detector:
             bar.update(b)
         bar.close()
 
+        if routing_sample > 0:
+            self.routing_sample_ = torch.cat(route_rows)
         self.fusion_ = fusion.fit(moments)
         raw = [torch.cat([chunk[i] for chunk in kept]) for i in range(len(kept[0]))]
         del kept
@@ -294,21 +312,27 @@ class Detector:
                 break
             t1 = time.perf_counter()
             layers, grid = self._layers(x)
-            emb = self._embed(layers)
-            t2 = time.perf_counter()
-            b = x.shape[0]
-            base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_,
-                                             self.search_, self.radius_)
-            t3 = time.perf_counter()
-            maps, phi = self._maps(scores)
-            out.extend(self._predictions(names, base, maps, phi))
+            preds, (t2, t3) = self._predict_layers(layers, x.shape[0], names)
+            out.extend(preds)
             t4 = time.perf_counter()
             for key, dt in zip(timings, (t1 - t, t2 - t1, t3 - t2, t4 - t3)):
                 timings[key] += dt
-            bar.update(b)
+            bar.update(x.shape[0])
         bar.close()
         self.last_timings_ = timings
         return out
+
+    def _predict_layers(self, layers: list[torch.Tensor], b: int, names,
+                        category: str | None = None) -> tuple[list[Prediction], tuple[float, float]]:
+        """Per-layer patch rows of ``b`` images -> their predictions, and the clock after the
+        embedding and after the search (for the timing split)."""
+        emb = self._embed(layers)
+        t2 = time.perf_counter()
+        base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_,
+                                         self.search_, self.radius_)
+        t3 = time.perf_counter()
+        maps, phi = self._maps(scores)
+        return self._predictions(names, base, maps, phi, category), (t2, t3)
 
     def _predictions(self, names, base, maps, phi, category: str | None = None) -> list[Prediction]:
         final, d_struct, hyb = self._final_scores(base, phi)
@@ -367,6 +391,18 @@ class Detector:
              weights: str | None = None) -> "Detector":
         """Load a model file; ``weights`` points at the backbone weights file if it moved."""
         tensors, meta = load_model(path)
+        if meta.get("kind") == "multi":
+            names = ", ".join(meta.get("category_order", []))
+            raise PatchbankError(f"{path} is a multi-category model ({names}); load it with "
+                                 f"patchbank.multi.MultiDetector.load")
+        return cls._from_state(tensors, meta, str(path), device=device, progress=progress,
+                               weights=weights)
+
+    @classmethod
+    def _from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
+                    device: str | torch.device = "cpu", progress: bool = True,
+                    weights: str | None = None) -> "Detector":
+        """Rebuild a fitted detector from its saved tensors and :meth:`info` metadata."""
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
@@ -384,7 +420,7 @@ class Detector:
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
         except (KeyError, TypeError, ValueError) as exc:
-            raise PatchbankError(f"{path} is missing or has invalid model state ({exc})") from None
+            raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det._calibrate(base, phi)
         det.search_ = make_search(det.bank_, config)
         return det

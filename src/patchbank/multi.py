@@ -1,0 +1,244 @@
+"""One model for many product categories: per-category detectors plus a router (StructCore Sec. 3.4).
+
+A :class:`MultiDetector` holds, for every category, a fitted :class:`~patchbank.detector.Detector`
+(its own scoring bank, fusion statistics, calibration and structure statistics) and a routing
+bank of K prototypes (:class:`~patchbank.routing.Router`).  All categories share one
+configuration, hence one backbone and one image preprocessing, so an image is read and passed
+through the backbone once; routing (Eqs. 3-4) then picks the one bank it is scored against.  The
+category may also be given, which skips routing (the "oracle" system of an evaluation).
+
+Model file: one ``.patchbank`` safetensors file; the tensors of category ``c`` are stored under
+``c/<name>`` (``c/bank``, ``c/routing_prototypes``, ...), the JSON metadata has ``kind: multi``,
+the shared config, the category order and each category's :meth:`Detector.info`.  Adding a
+category (:meth:`MultiDetector.add`, ``patchbank fit --add``) fits only the new one; the other
+categories' tensors are written back exactly as they were read, byte for byte.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from patchbank import __version__
+from patchbank.config import Config
+from patchbank.detector import Detector, Prediction, _device
+from patchbank.errors import PatchbankError
+from patchbank.images import as_items
+from patchbank.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.routing import Router, routing_embedding
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+ROUTING_SAMPLE = 20000   # patches per category from which the K prototypes are clustered
+
+
+def check_category_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PatchbankError(f"invalid category name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+class MultiDetector:
+    """Several categories in one model, routed per image (StructCore Eqs. 3-4)."""
+
+    def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
+                 progress: bool = True, n_prototypes: int = 64):
+        self.config = config if config is not None else Config()
+        self.device = _device(device)
+        self.progress = progress
+        self.n_prototypes = n_prototypes
+
+    @classmethod
+    def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
+                    n_prototypes: int = 64, **overrides: Any) -> "MultiDetector":
+        try:
+            config = Config.preset(name, **overrides)
+        except ValueError as exc:
+            raise PatchbankError(str(exc)) from None
+        return cls(config, device=device, progress=progress, n_prototypes=n_prototypes)
+
+    # ------------------------------------------------------------------ fit
+    @property
+    def categories(self) -> list[str]:
+        self._check_fitted()
+        return list(self.router_.names_)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "detectors_"):
+            raise PatchbankError("this multi-category model is not fitted: call fit() or load()")
+
+    def _new_detector(self) -> Detector:
+        det = Detector(self.config, device=self.device, progress=self.progress)
+        shared = getattr(self, "_backbone", None)
+        if shared is not None:
+            det._backbone = shared
+        return det
+
+    def fit(self, categories: Mapping[str, Any]) -> "MultiDetector":
+        """Fit every category from its normal images ({name: folder or list of images})."""
+        if not categories:
+            raise PatchbankError("no categories to fit")
+        self.detectors_: dict[str, Detector] = {}
+        self.router_ = Router(self.n_prototypes, seed=self.config.seed)
+        self._raw_tensors: dict[str, dict[str, torch.Tensor]] = {}
+        self._infos: dict[str, dict[str, Any]] = {}
+        for name, images in categories.items():
+            self.add(name, images)
+        return self
+
+    def add(self, name: str, images: Any) -> "MultiDetector":
+        """Fit one more category; the others are left exactly as they are."""
+        check_category_name(name)
+        if not hasattr(self, "detectors_"):
+            return self.fit({name: images})
+        if name in self.detectors_:
+            raise PatchbankError(f"category {name!r} is already in this model")
+        t0 = time.perf_counter()
+        det = self._new_detector()
+        det.fit(images, routing_sample=ROUTING_SAMPLE)
+        self._backbone = det.backbone
+        self.router_.add(name, det.routing_sample_)
+        del det.routing_sample_
+        det.fit_seconds_ = time.perf_counter() - t0
+        self.detectors_[name] = det
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _resolve(self, category: str | None) -> str | None:
+        if category is not None and category not in self.detectors_:
+            raise PatchbankError(f"unknown category {category!r}; this model has "
+                                 f"{', '.join(self.router_.names_)}")
+        return category
+
+    @torch.inference_mode()
+    def predict(self, images: Any, category: str | None = None,
+                batch_size: int | None = None) -> list[Prediction]:
+        """Route each image to a category (or use ``category``) and score it against that
+        category's bank only.  Each :class:`Prediction` carries the ``category`` used."""
+        self._check_fitted()
+        category = self._resolve(category)
+        items = as_items(images)
+        first = self.detectors_[self.router_.names_[0]]
+        out: list[Prediction | None] = [None] * len(items)
+        timings = {"read": 0.0, "extract": 0.0, "route": 0.0, "search": 0.0, "post": 0.0}
+        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress)
+        stream = iter(first._stream(items, batch_size))
+        pos = 0
+        while True:
+            t = time.perf_counter()
+            try:
+                x, names = next(stream)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            layers, _ = first._layers(x)
+            b = x.shape[0]
+            t2 = time.perf_counter()
+            if category is None:
+                z = routing_embedding(layers).view(b, -1, self.router_.dim)
+                chosen = self.router_.route(z)
+            else:
+                chosen = [category] * b
+            t3 = time.perf_counter()
+            timings["read"] += t1 - t
+            timings["extract"] += t2 - t1
+            timings["route"] += t3 - t2
+            for name in dict.fromkeys(chosen):
+                sel = [i for i, c in enumerate(chosen) if c == name]
+                idx = torch.tensor(sel, device=layers[0].device)
+                sub = [layer.view(b, -1, layer.shape[1]).index_select(0, idx).reshape(-1, layer.shape[1])
+                       for layer in layers]
+                ts = time.perf_counter()
+                preds, (te, tq) = self.detectors_[name]._predict_layers(
+                    sub, len(sel), [names[i] for i in sel], category=name)
+                tp = time.perf_counter()
+                timings["extract"] += te - ts
+                timings["search"] += tq - te
+                timings["post"] += tp - tq
+                for i, p in zip(sel, preds):
+                    out[pos + i] = p
+            pos += b
+            bar.update(b)
+        bar.close()
+        self.last_timings_ = timings
+        return out  # type: ignore[return-value]
+
+    def route(self, images: Any, batch_size: int | None = None) -> list[str]:
+        """Only the routing decision (Eq. 4) for each image."""
+        self._check_fitted()
+        first = self.detectors_[self.router_.names_[0]]
+        out: list[str] = []
+        with torch.inference_mode():
+            for x, _ in first._stream(as_items(images), batch_size):
+                layers, _ = first._layers(x)
+                out.extend(self.router_.route(routing_embedding(layers).view(x.shape[0], -1, self.router_.dim)))
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def info(self) -> dict[str, Any]:
+        self._check_fitted()
+        cats = {}
+        for name in self.router_.names_:
+            cats[name] = self._infos[name] if name in self._infos else self.detectors_[name].info()
+        return {"patchbank_version": __version__, "format_version": FORMAT_VERSION, "kind": "multi",
+                "config": self.config.to_dict(), "category_order": list(self.router_.names_),
+                "routing_prototypes": self.n_prototypes, "categories": cats,
+                "bank_bytes": int(sum(c["bank_bytes"] for c in cats.values()))}
+
+    def save(self, path: str | Path, overwrite: bool = False) -> int:
+        """Write one model file; categories read from a file are written back unchanged."""
+        self._check_fitted()
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.router_.names_:
+            state = self._raw_tensors.get(name)
+            if state is None:
+                state = dict(self.detectors_[name]._state_tensors())
+                state["routing_prototypes"] = self.router_.prototypes_[name]
+            for key, value in state.items():
+                tensors[f"{name}/{key}"] = value
+        return save_model(path, tensors, self.info(), overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
+             weights: str | None = None) -> "MultiDetector":
+        tensors, meta = load_model(path)
+        if meta.get("kind") != "multi":
+            raise PatchbankError(f"{path} is a single-category model; load it with Detector.load")
+        try:
+            config = Config.from_dict(meta["config"])
+            if weights is not None:
+                config = config.replace(weights=weights)
+            order = list(meta["category_order"])
+            infos = meta["categories"]
+            n_proto = int(meta["routing_prototypes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PatchbankError(f"{path} has an invalid multi-category header ({exc})") from None
+        self = cls(config, device=device, progress=progress, n_prototypes=n_proto)
+        self.detectors_, self._raw_tensors, self._infos = {}, {}, {}
+        self.router_ = Router(n_proto, seed=config.seed)
+        for name in order:
+            prefix = f"{name}/"
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if "routing_prototypes" not in state:
+                raise PatchbankError(f"{path}: category {name!r} has no routing prototypes")
+            det = Detector._from_state(state, {**infos[name], "config": meta["config"]},
+                                       f"{path} [{name}]", device=device, progress=progress,
+                                       weights=weights)
+            if getattr(self, "_backbone", None) is not None:
+                det._backbone = self._backbone
+            else:
+                self._backbone = det.backbone
+            self.detectors_[name] = det
+            self.router_.set(name, state["routing_prototypes"])
+            self._raw_tensors[name] = state
+            self._infos[name] = infos[name]
+        return self
+
+
+def load_any(path: str | Path, **kwargs: Any) -> Detector | MultiDetector:
+    """Load a single- or multi-category model file, whichever ``path`` holds."""
+    _, meta = load_model(path)
+    return (MultiDetector if meta.get("kind") == "multi" else Detector).load(path, **kwargs)

@@ -1,0 +1,142 @@
+"""Multi-category models: routing (StructCore Eqs. 3-4), oracle equality, --add byte-identity."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import FAST, split_items
+from patchbank.detector import Detector
+from patchbank.errors import PatchbankError
+from patchbank.multi import MultiDetector, load_any
+from patchbank.routing import Router, routing_embedding, spherical_kmeans
+
+
+def _stripes(folder, n, seed, size=96, period=8):
+    """A second 'product': tilted stripes with noise, a texture unlike the synthetic part."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    paths = []
+    for i in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period + phase)
+        v = v + rng.normal(0, 0.03, v.shape)
+        img = (np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1) * 255).astype(np.uint8)
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def two_categories(synthetic_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stripes")
+    train = _stripes(root / "train", 12, seed=1)
+    test = _stripes(root / "test", 4, seed=2)
+    return {"part": synthetic_root / "train" / "good", "stripes": train}, test
+
+
+@pytest.fixture(scope="module")
+def multi(two_categories):
+    cats, _ = two_categories
+    return MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=16, **FAST).fit(cats)
+
+
+def test_routing_picks_the_right_category_and_matches_oracle(multi, two_categories, synthetic_root):
+    _, stripes_test = two_categories
+    part_test, _ = split_items(synthetic_root)
+    items = part_test[:5] + stripes_test
+    truth = ["part"] * 5 + ["stripes"] * len(stripes_test)
+    routed = multi.predict(items)
+    assert [p.category for p in routed] == truth
+    assert multi.route(items) == truth
+    # the routed system's outputs equal the oracle's (category given) outputs
+    for name in ("part", "stripes"):
+        sel = [i for i, t in enumerate(truth) if t == name]
+        oracle = multi.predict([items[i] for i in sel], category=name)
+        for i, o in zip(sel, oracle):
+            assert routed[i].score == pytest.approx(o.score, rel=1e-6)
+            assert np.allclose(routed[i].anomaly_map, o.anomaly_map, rtol=1e-6)
+    # and equal a single-category detector fitted alone on the same images
+    alone = Detector.from_preset("lmf-core", progress=False, **FAST).fit(synthetic_root / "train" / "good")
+    for p, a in zip(routed[:5], alone.predict(items[:5])):
+        assert p.score == pytest.approx(a.score, rel=1e-5)
+
+
+def test_route_scores_match_eq3_by_hand():
+    g = torch.Generator().manual_seed(0)
+    router = Router(n_prototypes=3)
+    a = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(2, 4, generator=g), dim=1)
+    router.set("a", a)
+    router.set("b", b)
+    z = torch.nn.functional.normalize(torch.randn(2, 5, 4, generator=g), dim=2)
+    ref = torch.stack([torch.stack([torch.cdist(z[i], protos).pow(2).min(1).values.mean()
+                                    for protos in (a, b)]) for i in range(2)])
+    assert torch.allclose(router.scores(z), ref, atol=1e-5)
+    assert router.route(z) == [["a", "b"][j] for j in ref.argmin(1).tolist()]
+
+
+def test_spherical_kmeans_finds_separated_clusters():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.eye(4)
+    x = torch.nn.functional.normalize(centres.repeat_interleave(50, 0) + 0.05 * torch.randn(200, 4, generator=g), dim=1)
+    protos = spherical_kmeans(x, 4, seed=0)
+    assert protos.shape == (4, 4)
+    assert torch.allclose(protos.norm(dim=1), torch.ones(4), atol=1e-5)
+    # every true centre has a prototype within a small angle
+    assert (protos @ centres.T).max(0).values.min() > 0.99
+    assert torch.equal(protos, spherical_kmeans(x, 4, seed=0))       # deterministic
+    assert spherical_kmeans(x[:3], 10).shape == (3, 4)                 # k clipped to n
+
+
+def test_routing_embedding_is_unit_norm_and_layer_balanced():
+    a, b = torch.randn(7, 3) * 100, torch.randn(7, 5) * 0.01
+    z = routing_embedding([a, b])
+    assert torch.allclose(z.norm(dim=1), torch.ones(7), atol=1e-6)
+    # each layer contributes half the squared norm after per-layer normalisation
+    assert torch.allclose(z[:, :3].pow(2).sum(1), torch.full((7,), 0.5), atol=1e-5)
+
+
+def test_save_load_and_add_keeps_other_categories_byte_identical(multi, two_categories, synthetic_root, tmp_path):
+    cats, stripes_test = two_categories
+    path = tmp_path / "two.patchbank"
+    multi.save(path)
+    loaded = load_any(path, progress=False)
+    assert isinstance(loaded, MultiDetector) and loaded.categories == ["part", "stripes"]
+    items = stripes_test[:2]
+    assert [p.score for p in loaded.predict(items)] == pytest.approx([p.score for p in multi.predict(items)], rel=1e-6)
+    # add a third category (the stripes at another period) and save to a new file
+    third = _stripes(tmp_path / "fine", 8, seed=5, period=3)
+    loaded.add("fine", third)
+    path2 = tmp_path / "three.patchbank"
+    loaded.save(path2)
+    with safe_open(str(path), "pt") as f1, safe_open(str(path2), "pt") as f2:
+        old_keys = set(f1.keys())
+        assert old_keys < set(f2.keys())
+        assert any(k.startswith("fine/") for k in f2.keys())
+        for key in old_keys:
+            t1, t2 = f1.get_tensor(key), f2.get_tensor(key)
+            assert t1.dtype == t2.dtype and t1.shape == t2.shape
+            assert t1.numpy().tobytes() == t2.numpy().tobytes(), key
+    three = MultiDetector.load(path2, progress=False)
+    assert three.route(third[:2]) == ["fine", "fine"]
+    with pytest.raises(PatchbankError, match="already exists"):
+        three.save(path2)
+
+
+def test_clear_errors(multi, tmp_path, two_categories):
+    _, stripes_test = two_categories
+    with pytest.raises(PatchbankError, match="unknown category 'bottle'.*part, stripes"):
+        multi.predict(stripes_test[:1], category="bottle")
+    with pytest.raises(PatchbankError, match="already in this model"):
+        multi.add("part", stripes_test)
+    with pytest.raises(PatchbankError, match="invalid category name"):
+        multi.add("a/b", stripes_test)
+    path = tmp_path / "m.patchbank"
+    multi.save(path)
+    with pytest.raises(PatchbankError, match="multi-category model"):
+        Detector.load(path)
+    with pytest.raises(PatchbankError, match="not fitted"):
+        MultiDetector().predict(stripes_test)
