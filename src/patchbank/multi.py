@@ -206,7 +206,8 @@ class MultiDetector:
              weights: str | None = None) -> "MultiDetector":
         tensors, meta = load_model(path)
         if meta.get("kind") != "multi":
-            raise PatchbankError(f"{path} is a single-category model; load it with Detector.load")
+            raise PatchbankError(f"{path} is a single-category model, not a multi-category one "
+                                 f"(load it with Detector.load; fit with --multi to route)")
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:

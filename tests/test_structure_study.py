@@ -1,0 +1,114 @@
+"""The StructCore study tables (structure_study) and the routed-vs-oracle evaluation (routing_eval)."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FAST
+from patchbank.structure_study import fig2_counts, study, subsets, variants
+
+SMALL = {k: v for k, v in FAST.items()}
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return {"labels": [0, 0, 0, 1, 1], "base": [1.0, 1.2, 0.9, 1.1, 2.0],
+            "descriptors": rng.uniform(0, 1, (5, 3)).tolist(),
+            "cal_base": [1.0, 1.1, 0.95, 1.05], "cal_descriptors": rng.uniform(0, 1, (4, 3)).tolist()}
+
+
+def test_variants_match_numpy_by_hand():
+    d = _data()
+    v = variants(d)
+    assert len(subsets()) == 7 and ("std", "topk_mean", "tv") in subsets()
+    phi, cal = np.array(d["descriptors"]), np.array(d["cal_descriptors"])
+    mu, sd = cal.mean(0), cal.std(0)
+    dist = lambda p: np.sqrt((((p - mu) / (sd + 1e-6)) ** 2).sum(1))  # noqa: E731
+    lam = np.std(d["cal_base"]) / (dist(cal).std() + 1e-12)
+    assert v["struct"] == pytest.approx(dist(phi), rel=1e-9)
+    assert v["hybrid"] == pytest.approx(np.array(d["base"]) + lam * dist(phi), rel=1e-9)
+    assert v["base"].tolist() == d["base"]
+    # a single-component subset: |phi - mu| / (sd + eps) of that column
+    tv = np.abs(phi[:, 2] - mu[2]) / (sd[2] + 1e-6)
+    assert v["struct[tv]"] == pytest.approx(tv, rel=1e-9)
+    # the Chebyshev distance on standardised deviations
+    z = (phi - mu) / (sd + 1e-6)
+    lam_c = np.std(d["cal_base"]) / (np.abs((cal - mu) / (sd + 1e-6)).max(1).std() + 1e-12)
+    assert v["hybrid{chebyshev_std}"] == pytest.approx(np.array(d["base"]) + lam_c * np.abs(z).max(1), rel=1e-9)
+    # fixed lambda 0: the hybrid is the base
+    assert variants(d, lam=0.0)["hybrid"] == pytest.approx(d["base"])
+
+
+def test_fig2_counts_by_hand():
+    d = _data()
+    res = fig2_counts(d, lam=0.0, quantile=1.0)   # lambda 0: hybrid == base; thresholds = max train-good
+    assert res["base_threshold"] == res["hybrid_threshold"] == 1.1
+    # test scores 1.0 1.2 0.9 (good) 1.1 2.0 (defective): > 1.1 flags 1.2 and 2.0
+    assert res["counts"]["good"] == {"both_flag": 1, "only_base_flags": 0, "only_hybrid_flags": 0, "neither": 2}
+    assert res["counts"]["defective"] == {"both_flag": 1, "only_base_flags": 0, "only_hybrid_flags": 0,
+                                          "neither": 1}
+
+
+def test_study_end_to_end_and_resume(synthetic_root, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "part").symlink_to(synthetic_root, target_is_directory=True)
+    out = tmp_path / "out"
+    table = study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False)
+    assert set(table["variants"]) >= {"base", "struct", "hybrid", "hybrid{cosine}", "struct[std+tv]"}
+    run = json.loads((out / "runs" / "part__seed0.json").read_text())["data"]
+    # the table's base AUROC is that of the stored base scores
+    from sklearn.metrics import roc_auc_score
+    assert table["variants"]["base"]["part"]["image_auroc"][0] == pytest.approx(
+        roc_auc_score(run["labels"], run["base"]))
+    assert (out / "fig2_part.png").stat().st_size > 1000
+    assert "hybrid[std+topk_mean+tv]" in (out / "structure.md").read_text()
+    # resume: the run file is reused, not recomputed
+    mtime = (out / "runs" / "part__seed0.json").stat().st_mtime_ns
+    study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False, plot=False)
+    assert (out / "runs" / "part__seed0.json").stat().st_mtime_ns == mtime
+
+
+def _stripes_category(root, seed=0, size=96):
+    """An MVTec-layout category of tilted stripes; defects are a dark square (with masks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+
+    def img():
+        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / 8 + rng.uniform(0, 6.28)) + rng.normal(0, 0.03, (size, size))
+        return np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1)
+
+    for split, n in (("train/good", 12), ("test/good", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((img() * 255).astype(np.uint8)).save(root / split / f"{i:03d}.png")
+    (root / "test/square").mkdir(parents=True)
+    (root / "ground_truth/square").mkdir(parents=True)
+    for i in range(4):
+        a = img()
+        y, x = rng.integers(10, size - 30, 2)
+        a[y:y + 16, x:x + 16] = 0.05
+        m = np.zeros((size, size), np.uint8)
+        m[y:y + 16, x:x + 16] = 255
+        Image.fromarray((a * 255).astype(np.uint8)).save(root / "test/square" / f"{i:03d}.png")
+        Image.fromarray(m).save(root / "ground_truth/square" / f"{i:03d}_mask.png")
+
+
+def test_route_eval_on_two_synthetic_products(synthetic_root, tmp_path):
+    from patchbank.routing_eval import evaluate_routing
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "part").symlink_to(synthetic_root, target_is_directory=True)
+    _stripes_category(root / "stripes")
+    res = evaluate_routing([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=tmp_path / "r",
+                           progress=False, n_prototypes=16)
+    run = res["runs"][0]
+    assert run["routing_accuracy"] == 1.0
+    assert run["confusion"]["stripes"] == {"part": 0, "stripes": 8}
+    for name in ("part", "stripes"):
+        cat = run["categories"][name]
+        assert cat["identical_scores"]
+        assert cat["routed"] == cat["oracle"]
+    assert "routing accuracy" in (tmp_path / "r" / "routing.md").read_text()
