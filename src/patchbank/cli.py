@@ -1,4 +1,4 @@
-"""Command line: ``patchbank fit | predict | info | demo``.
+"""Command line: ``patchbank fit | predict | info | demo | evaluate | ablate | sweep``.
 
 Every :class:`~patchbank.errors.PatchbankError` and every usage error (bad option value,
 missing argument) is printed as ONE line ``error: <message>`` on stderr with exit status 2;
@@ -86,6 +86,10 @@ def cli() -> None:
     patchbank predict model.patchbank test/ -o out   score images, write CSV/JSON (+ --heatmaps)
     patchbank info model.patchbank                   what is in a model file
     patchbank demo                                   synthetic end-to-end run, no network needed
+    patchbank evaluate DATA -o results/              metrics per category, mean ± std over seeds
+    patchbank ablate DATA -o ablation/               LMF-Core Table 5: add one module at a time
+    patchbank sweep DATA --param kappa=0.25,0.5,1 -o sweep/
+                                                     one Config field's values: table + PNG plot
     """
 
 
@@ -745,6 +749,36 @@ def _seed_list(ctx, param, value):
     return seeds
 
 
+def _command_line(name: str, data_root: Path, out_dir: Path, head: list[str], kind: str,
+                  categories: list[str] | None, seeds: list[int], overrides: dict[str, Any],
+                  no_resume: bool) -> str:
+    """The command as it would be typed again (stored in every run's JSON)."""
+    import shlex
+
+    args = [str(data_root), "-o", str(out_dir), *head, "--dataset", kind]
+    if categories:
+        args += ["--categories", ",".join(categories)]
+    args += ["--seeds", ",".join(map(str, seeds))]
+    for field, value in overrides.items():
+        args += [option_name(field), _format_value(value, "size" if field.endswith("_size") else "")]
+    if no_resume:
+        args.append("--no-resume")
+    return f"patchbank {name} " + " ".join(shlex.quote(a) for a in args)
+
+
+def _run_setup(ctx: click.Context, preset: str, data_root: Path, seeds: list[int] | None,
+               config_params: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Overrides given on the command line (checked against ``preset``) and the seed list."""
+    overrides = given_overrides(ctx, config_params)
+    build_config(preset, overrides)  # option errors now, before any data is read
+    if not data_root.exists():
+        raise PatchbankError(f"dataset root not found: {data_root}")
+    if seeds is None:
+        seeds = [overrides["seed"]] if "seed" in overrides else [0]
+    overrides.pop("seed", None)
+    return overrides, seeds
+
+
 @cli.command(context_settings={"max_content_width": 110},
              epilog="Config options override single fields of the preset (as for 'fit'); --seeds "
                     "sets Config.seed per run.")
@@ -767,24 +801,9 @@ def evaluate(ctx: click.Context, data_root: Path, out_dir: Path, preset: str, ki
              threads: int | None, quiet: bool, **config_params: Any) -> None:
     """Benchmark a preset on DATA_ROOT (MVTec AD, MPDD, BTAD or VisA layout): fit per category
     and seed, report image and pixel metrics, bank size and timings as mean ± std over seeds."""
-    import shlex
-
-    overrides = given_overrides(ctx, config_params)
-    build_config(preset, overrides)  # option errors now, before any data is read
-    if not data_root.exists():
-        raise PatchbankError(f"dataset root not found: {data_root}")
-    if seeds is None:
-        seeds = [overrides["seed"]] if "seed" in overrides else [0]
-    overrides.pop("seed", None)
-    args = [str(data_root), "-o", str(out_dir), "--preset", preset, "--dataset", kind]
-    if categories:
-        args += ["--categories", ",".join(categories)]
-    args += ["--seeds", ",".join(map(str, seeds))]
-    for name, value in overrides.items():
-        args += [option_name(name), _format_value(value, "size" if name.endswith("_size") else "")]
-    if no_resume:
-        args.append("--no-resume")
-    command = "patchbank evaluate " + " ".join(shlex.quote(a) for a in args)
+    overrides, seeds = _run_setup(ctx, preset, data_root, seeds, config_params)
+    command = _command_line("evaluate", data_root, out_dir, ["--preset", preset], kind, categories,
+                            seeds, overrides, no_resume)
     _setup_threads(threads)
     from patchbank.evaluate import evaluate as run_evaluation
 
@@ -803,6 +822,156 @@ def evaluate(ctx: click.Context, data_root: Path, out_dir: Path, preset: str, ki
 
 
 _with_config_options(evaluate)
+
+
+def _study_options(f):
+    """Options shared by ablate and sweep (as for evaluate)."""
+    f = click.option("--no-resume", is_flag=True, help="Recompute runs whose results already exist.")(f)
+    f = click.option("--seeds", callback=_seed_list, default=None, metavar="0,1,2",
+                     help="Seeds; one fit per category and seed [--seed, else 0].")(f)
+    f = click.option("--categories", callback=_comma_list, default=None, metavar="A,B,...",
+                     help="Categories to evaluate [all].")(f)
+    f = click.option("--dataset", "kind", type=click.Choice(["auto", "mvtec", "btad", "visa", "mpdd"]),
+                     default="auto", show_default=True, help="Dataset layout.")(f)
+    return f
+
+
+def _print_study(result: dict[str, Any], what: str, seconds: float) -> None:
+    click.echo(f"{what} in {seconds:.1f} s")
+    click.echo("")
+    click.echo(result["markdown"])
+    click.echo("")
+    click.echo("wrote " + ", ".join(str(p) for p in result["files"].values()))
+
+
+# ------------------------------------------------------------------------------------------------
+# ablate
+# ------------------------------------------------------------------------------------------------
+
+@cli.command(context_settings={"max_content_width": 110},
+             epilog="Config options apply to every step, except the fields the steps set "
+                    "(fusion, kappa, sampler). Steps: patchbank/ablation.py (STEPS).")
+@click.argument("data_root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for one evaluate folder per step and ablation.csv/.json/.md.")
+@_study_options
+@_common_run_options
+@click.pass_context
+def ablate(ctx: click.Context, data_root: Path, out_dir: Path, kind: str, categories: list[str] | None,
+           seeds: list[int] | None, no_resume: bool, device: str, threads: int | None, quiet: bool,
+           **config_params: Any) -> None:
+    """LMF-Core's module ablation (Table 5) on DATA_ROOT: equal-weight features + greedy coreset
+    (PatchCore-like), + VG-Fusion, + RP-Coreset (= lmf-core); one evaluate run per step."""
+    from patchbank.ablation import BASE_PRESET, STEPS, step_fields
+
+    overrides, seeds = _run_setup(ctx, BASE_PRESET, data_root, seeds, config_params)
+    clash = sorted(step_fields(STEPS) & set(overrides))
+    if clash:
+        raise click.UsageError(f"{', '.join(option_name(c) for c in clash)}: set by the ablation "
+                               f"steps themselves, cannot be given")
+    command = _command_line("ablate", data_root, out_dir, [], kind, categories, seeds, overrides,
+                            no_resume)
+    _setup_threads(threads)
+    from patchbank.ablation import ablate as run_ablation
+
+    t0 = time.perf_counter()
+    result = run_ablation(data_root, overrides, categories=categories, seeds=seeds, out_dir=out_dir,
+                          resume=not no_resume, progress=not quiet, kind=kind, device=device,
+                          command=command)
+    _print_study(result, f"ablation: {len(STEPS)} steps x {len(seeds)} seed(s)",
+                 time.perf_counter() - t0)
+
+
+_with_config_options(ablate)
+
+
+# ------------------------------------------------------------------------------------------------
+# sweep
+# ------------------------------------------------------------------------------------------------
+
+def parse_param(ctx, param, value) -> tuple[str, list[Any]]:
+    """``--param FIELD=V1,V2,...`` -> (field, [parsed values]).
+
+    Values are parsed like the field's own option (``none``, ``320x768``, ``true``); for list
+    fields (``layers``) the values are separated by ``;`` since each one holds commas.
+    """
+    if value is None:
+        raise click.BadParameter("expected FIELD=V1,V2,... (e.g. kappa=0.25,0.5,1.0)")
+    name, eq, rest = value.partition("=")
+    name = name.strip().replace("-", "_")
+    if not eq or not name or not rest.strip():
+        raise click.BadParameter(f"expected FIELD=V1,V2,... (e.g. kappa=0.25,0.5,1.0), got {value!r}")
+    hints = typing.get_type_hints(Config)
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if name not in fields:
+        raise click.BadParameter(f"unknown config field {name!r}; choose one of {', '.join(fields)}")
+    if name == "seed":
+        raise click.BadParameter("seed is not swept; use --seeds")
+    ptype = ConfigValue(name, hints.get(name, str), fields[name].default)
+    texts = [t.strip() for t in rest.split(";" if ptype.kind == "list" else ",")]
+    if any(not t for t in texts):
+        raise click.BadParameter(f"empty value in {value!r}")
+    values = []
+    for text in texts:
+        try:
+            v = ptype.convert(text, None, None)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{name}={text}: {exc.message}") from None
+        if ptype.choices and v is not None and v not in ptype.choices:
+            raise click.BadParameter(f"{name}={text}: not one of {', '.join(ptype.choices)}")
+        values.append(v)
+    return name, values
+
+
+@cli.command(context_settings={"max_content_width": 110},
+             epilog="Config options override fields of the preset for every value (as for "
+                    "'evaluate'), but not the swept field. Examples: --param kappa=0.25,0.5,1.0; "
+                    "--param projection_dim=64,128,256; --param coreset_ratio=0.01,0.1,0.25; "
+                    "--param image_size=256,320x768; --param 'layers=2,3;1,2,3'.")
+@click.argument("data_root", type=click.Path(path_type=Path))
+@click.option("--param", "param_spec", required=True, callback=parse_param, metavar="FIELD=V1,V2,...",
+              help="The Config field to sweep and its values (list fields: values separated by ';').")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for one evaluate folder per value and sweep.csv/.json/.md/.png.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Method configuration to start from.")
+@_study_options
+@_common_run_options
+@click.pass_context
+def sweep(ctx: click.Context, data_root: Path, param_spec: tuple[str, list[Any]], out_dir: Path,
+          preset: str, kind: str, categories: list[str] | None, seeds: list[int] | None,
+          no_resume: bool, device: str, threads: int | None, quiet: bool, **config_params: Any) -> None:
+    """Sensitivity of a preset to one Config field on DATA_ROOT (LMF-Core Table 6, Figures 2-3):
+    one evaluate run per value, a table (mean ± std over seeds) and a PNG plot of image AUROC,
+    pixel AUROC and AUPRO against the value."""
+    param, values = param_spec
+    overrides, seeds = _run_setup(ctx, preset, data_root, seeds, config_params)
+    if param in overrides:
+        raise click.UsageError(f"{option_name(param)} is swept by --param; do not give it too")
+    for v in values:  # range checks, one line naming the value
+        try:
+            Config.preset(preset, **{**overrides, param: v})
+        except ValueError as exc:
+            text = _format_value(v, "size" if param.endswith("_size") else "")
+            reason = re.sub(rf"^{param}:\s*", "", str(exc))
+            raise click.BadParameter(f"{param}={text}: {reason}", param_hint="'--param'") from None
+    spec_sep = ";" if isinstance(values[0], tuple) and not param.endswith("_size") else ","
+    spec = f"{param}=" + spec_sep.join(_format_value(v, "size" if param.endswith("_size") else "")
+                                       for v in values)
+    command = _command_line("sweep", data_root, out_dir, ["--param", spec, "--preset", preset], kind,
+                            categories, seeds, overrides, no_resume)
+    _setup_threads(threads)
+    from patchbank.sweep import sweep as run_sweep
+
+    t0 = time.perf_counter()
+    result = run_sweep(data_root, param, values, preset=preset, overrides=overrides,
+                       categories=categories, seeds=seeds, out_dir=out_dir, resume=not no_resume,
+                       progress=not quiet, kind=kind, device=device, command=command)
+    _print_study(result, f"sweep of {param}: {len(values)} values x {len(seeds)} seed(s)",
+                 time.perf_counter() - t0)
+
+
+_with_config_options(sweep)
 
 
 if __name__ == "__main__":  # pragma: no cover

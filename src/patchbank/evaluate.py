@@ -338,3 +338,52 @@ def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[
         fh.write(md + "\n")
     return {"results_csv": results_csv, "summary_csv": summary_csv, "summary_json": summary_json,
             "summary_md": summary_md, "runs_dir": out / "runs", "_markdown": md}
+
+
+# ------------------------------------------------------------------------------------------------
+# comparison tables (ablation steps, sweep values): one row per evaluated configuration
+# ------------------------------------------------------------------------------------------------
+
+def write_comparison(out: Path, stem: str, first_column: str, rows: list[dict[str, Any]],
+                     meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``<stem>.csv``, ``<stem>.json`` and ``<stem>.md`` in ``out``: one row per configuration.
+
+    Each entry of ``rows`` has ``label`` (first column), ``detail`` (text for a second
+    ``overrides`` column, or None), ``dir`` (the configuration's evaluate folder), ``overrides``,
+    ``config`` (seed 0's, or the first seed's) and ``summary`` (what :func:`evaluate` returned as
+    ``summary``).  The cells are the ``mean`` row of each summary: the mean over categories of the
+    per-category means over seeds, ± the std over seeds of the per-seed mean over categories
+    (with one category: that category's mean ± std over seeds).
+    """
+    show_detail = any(r.get("detail") for r in rows)
+    head = [first_column] + (["overrides"] if show_detail else []) + [LABELS[m] for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + ("---|" if show_detail else "") + "---:|" * len(METRICS)]
+    for r in rows:
+        mean = r["summary"]["mean"]
+        cells = [r["label"]] + ([f"`{r['detail']}`" if r.get("detail") else "–"] if show_detail else [])
+        cells += [_cell(mean[m], m) for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    md = "\n".join(lines)
+
+    csv_path = out / f"{stem}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([first_column, "overrides", "dir", "n_categories", "n_seeds",
+                    *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
+        for r in rows:
+            mean = r["summary"]["mean"]
+            w.writerow([r["label"], r.get("detail") or "", r["dir"], len(r["summary"]["categories"]),
+                        len(r["summary"]["seeds"]),
+                        *(_num(mean[m][s]) for m in METRICS for s in ("mean", "std"))])
+    json_path = out / f"{stem}.json"
+    _write_json(json_path, {
+        **meta, "metrics": list(METRICS),
+        "std": "population (ddof=0) over seeds of the per-seed mean over categories",
+        "rows": [{first_column: r["label"], "overrides": r["overrides"], "dir": r["dir"],
+                  "config": r["config"], "categories": list(r["summary"]["categories"]),
+                  "seeds": r["summary"]["seeds"], "mean": r["summary"]["mean"]} for r in rows],
+    })
+    md_path = out / f"{stem}.md"
+    with open(md_path, "w", encoding="utf-8") as fh:
+        fh.write(md + "\n")
+    return {"csv": csv_path, "json": json_path, "md": md_path, "markdown": md}
