@@ -140,3 +140,50 @@ def test_clear_errors(multi, tmp_path, two_categories):
         Detector.load(path)
     with pytest.raises(PatchbankError, match="not fitted"):
         MultiDetector().predict(stripes_test)
+
+
+def test_cli_fit_several_categories_add_and_predict(two_categories, synthetic_root, tmp_path):
+    import csv
+
+    from test_cli import SMALL, assert_one_line_error, run
+
+    cats, stripes_test = two_categories
+    stripes_dir = stripes_test[0].parent.parent / "train"
+    model = tmp_path / "m.patchbank"
+    r = run("fit", f"part={cats['part']}", "--quiet", "-o", model, *SMALL)
+    assert r.exit_code == 0, r.output
+    assert_one_line_error(run("fit", "--add", f"part={stripes_dir}", "-o", model, "--quiet"),
+                          "multi-category")          # a single-category model cannot take --add
+    r = run("fit", f"part={cats['part']}", "--multi", "--quiet", "-o", model, "--overwrite", *SMALL,
+            "--image-score", "hybrid")
+    assert r.exit_code == 0, r.output
+    before = model.read_bytes()
+    assert_one_line_error(run("fit", "--add", f"stripes={stripes_dir}", "-o", model, "--kappa", "1.0"),
+                          "--kappa")
+    assert_one_line_error(run("fit", "--add", f"part={stripes_dir}", "-o", model), "already has", "part")
+    assert model.read_bytes() == before                 # refused commands leave the file alone
+    r = run("fit", "--add", f"stripes={stripes_dir}", "-o", model, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "2 categories" in r.output
+    out = tmp_path / "pred"
+    r = run("predict", model, stripes_test[0].parent, synthetic_root / "test" / "good", "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [row["category"] for row in rows] == ["stripes"] * len(stripes_test) + ["part"] * 6
+    assert all(row["routed"] == "1" for row in rows)
+    r = run("predict", model, stripes_test[0], "-o", tmp_path / "p2", "--category", "part", "--quiet")
+    rows = list(csv.DictReader(open(tmp_path / "p2" / "predictions.csv")))
+    assert rows[0]["category"] == "part" and rows[0]["routed"] == "0"
+    assert_one_line_error(run("predict", model, stripes_test[0], "-o", tmp_path / "p3", "--category", "nut"),
+                          "unknown category 'nut'")
+    r = run("info", model)
+    assert "part, stripes" in r.output and "[stripes]" in r.output
+
+
+def test_package_exports_the_estimators():
+    import patchbank
+
+    assert patchbank.Detector is Detector and patchbank.MultiDetector is MultiDetector
+    assert patchbank.load_any is load_any
+    with pytest.raises(AttributeError):
+        patchbank.NoSuchThing

@@ -7,4 +7,15 @@ from patchbank.errors import PatchbankError
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "PRESETS", "PatchbankError", "__version__"]
+__all__ = ["Config", "PRESETS", "PatchbankError", "Detector", "MultiDetector", "load_any", "__version__"]
+
+
+def __getattr__(name: str):
+    # Detector and friends import torch; load them on first use so `import patchbank` stays light.
+    if name == "Detector":
+        from patchbank.detector import Detector
+        return Detector
+    if name in ("MultiDetector", "load_any"):
+        from patchbank import multi
+        return getattr(multi, name)
+    raise AttributeError(f"module 'patchbank' has no attribute {name!r}")

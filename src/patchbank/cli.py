@@ -400,7 +400,8 @@ def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
 
 
 def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, overwrite: bool,
-                    batch_size: int | None, quiet: bool, model_path: str | None = None) -> tuple[dict[str, Any], list]:
+                    batch_size: int | None, quiet: bool, model_path: str | None = None,
+                    category: str | None = None) -> tuple[dict[str, Any], list]:
     """Predict, write ``predictions.csv`` / ``predictions.json`` (and heatmaps).
 
     Returns ``(the JSON dict, the Prediction list)``.
@@ -419,12 +420,23 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
     if out_dir.exists() and not out_dir.is_dir():
         raise PatchbankError(f"output path is not a folder: {out_dir}")
 
-    preds = det.predict([str(p) for p in paths], batch_size=batch_size)
-    threshold = float(det.threshold_)
+    multi = hasattr(det, "router_")
+    if multi:
+        preds = det.predict([str(p) for p in paths], category=category, batch_size=batch_size)
+    else:
+        preds = det.predict([str(p) for p in paths], batch_size=batch_size)
+
+    def threshold_of(pr) -> float:
+        return float(det.detectors_[pr.category].threshold_ if multi else det.threshold_)
+
+    threshold = None if multi else float(det.threshold_)
     records = []
     for i, (p, pr) in enumerate(zip(paths, preds)):
         rec = {"path": str(p), "score": float(pr.score), "normalized_score": float(pr.normalized_score),
-               "is_anomalous": bool(pr.is_anomalous), "threshold": threshold}
+               "is_anomalous": bool(pr.is_anomalous), "threshold": threshold_of(pr)}
+        if multi:
+            rec["category"] = pr.category
+            rec["routed"] = category is None
         if heatmaps:
             rec["heatmap"] = str(heat_dir / names[i])
         records.append(rec)
@@ -442,7 +454,8 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
             save_overlay(heat_dir / n, prepare_view(str(p), det.config), pr.anomaly_map, vmin, vmax,
                          overwrite=overwrite)
 
-    fields = ["path", "score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else [])
+    fields = (["path"] + (["category", "routed"] if multi else [])
+              + ["score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else []))
     with open(csv_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -450,11 +463,13 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
             writer.writerow({**rec, "score": f"{rec['score']:.6g}",
                              "normalized_score": f"{rec['normalized_score']:.6g}",
                              "threshold": f"{rec['threshold']:.6g}",
-                             "is_anomalous": int(rec["is_anomalous"])})
+                             "is_anomalous": int(rec["is_anomalous"]),
+                             **({"routed": int(rec["routed"])} if multi else {})})
     result = {
         "model": model_path,
         "threshold": threshold,
         "threshold_applies_to": "normalized_score",
+        **({"categories": det.categories, "routing": "given" if category else "routed"} if multi else {}),
         "n_images": len(records),
         "n_flagged": sum(r["is_anomalous"] for r in records),
         "heatmaps": ({"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
@@ -475,33 +490,71 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
              epilog="Config options override single fields of the preset; only options you give "
                     "override. Values: 'none' for optional fields, N or HxW for sizes (320x768), "
                     "comma lists for tuples (--layers 2,4).")
-@click.argument("train_dir", type=click.Path(path_type=Path))
+@click.argument("train_dirs", nargs=-1, required=True, metavar="TRAIN_DIR...")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Model file to write (e.g. model.patchbank).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
               help="Method configuration to start from.")
+@click.option("--multi", is_flag=True,
+              help="Write a multi-category (routed) model even for a single category.")
+@click.option("--add", "add", is_flag=True,
+              help="Add the given categories to the existing multi-category model OUTPUT; its "
+                   "other categories are kept byte for byte (its configuration is used).")
 @_common_run_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
 @click.pass_context
-def fit(ctx: click.Context, train_dir: Path, output: Path, preset: str, device: str,
-        threads: int | None, quiet: bool, overwrite: bool, **config_params: Any) -> None:
-    """Build a model from the defect-free images in TRAIN_DIR."""
-    config = build_config(preset, given_overrides(ctx, config_params))
-    if not train_dir.exists():
-        raise PatchbankError(f"training folder not found: {train_dir}")
-    if not train_dir.is_dir():
-        raise PatchbankError(f"not a folder: {train_dir}")
-    if output.exists() and not overwrite:
-        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it")
+def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: str, multi: bool,
+        add: bool, device: str, threads: int | None, quiet: bool, overwrite: bool,
+        **config_params: Any) -> None:
+    """Build a model from defect-free images.
+
+    One TRAIN_DIR of images gives a single-category model.  Several categories give one routed
+    multi-category model (StructCore Sec. 3.4): give several image folders, NAME=FOLDER pairs,
+    or dataset roots in the MVTec layout (every category's train/good is used).
+    """
+    overrides = given_overrides(ctx, config_params)
     if output.exists() and output.is_dir():
         raise PatchbankError(f"{output} is a folder; give a model file name")
-    from patchbank.images import list_images
-
-    images = list_images(train_dir)
+    if add:
+        if not output.is_file():
+            raise PatchbankError(f"--add needs an existing model file: {output} not found")
+        if overrides:
+            raise PatchbankError("--add uses the model's configuration; config options "
+                                 f"({', '.join('--' + option_name(k) for k in overrides)}) cannot be changed")
+    elif output.exists() and not overwrite:
+        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
+    config = None if add else build_config(preset, overrides)
+    categories = _training_categories(train_dirs)
     _setup_threads(threads)
+    t0 = time.perf_counter()
+    if add or multi or len(categories) > 1:
+        from patchbank.multi import MultiDetector
+
+        if add:
+            model = MultiDetector.load(output, device=device, progress=not quiet)
+            clash = [n for n in categories if n in model.detectors_]
+            if clash:
+                raise PatchbankError(f"{output} already has categor{'y' if len(clash) == 1 else 'ies'} "
+                                     f"{', '.join(clash)}")
+            for name, images in categories.items():
+                model.add(name, [str(p) for p in images])
+        else:
+            model = MultiDetector(config, device=device, progress=not quiet)
+            model.fit({name: [str(p) for p in images] for name, images in categories.items()})
+        fit_s = time.perf_counter() - t0
+        output.parent.mkdir(parents=True, exist_ok=True)
+        model.save(output, overwrite=True if add else overwrite)
+        info = model.info()
+        verb = "added" if add else "fitted"
+        click.echo(f"{verb} {', '.join(categories)} in {fit_s:.1f} s; model holds "
+                   f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
+                   f"banks {_fmt_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
+                   f"prototypes each")
+        click.echo(f"wrote {output}")
+        return
+    (name, images), = categories.items()
     from patchbank.detector import Detector
 
-    t0 = time.perf_counter()
     det = Detector(config, device=device, progress=not quiet)
     det.fit([str(p) for p in images])
     fit_s = time.perf_counter() - t0
@@ -512,6 +565,44 @@ def fit(ctx: click.Context, train_dir: Path, output: Path, preset: str, device: 
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{_fmt_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
     click.echo(f"wrote {output}")
+
+
+def _training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
+    """TRAIN_DIR arguments -> {category name: training images}.
+
+    ``NAME=FOLDER`` names a folder of images; a folder holding images directly is named after
+    itself; any other folder is read as a dataset root (MVTec / BTAD / VisA layouts) whose
+    categories' training images are used.
+    """
+    from patchbank.datasets import read_dataset
+    from patchbank.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.multi import check_category_name
+
+    out: dict[str, list[Path]] = {}
+
+    def put(name: str, images: list[Path]) -> None:
+        check_category_name(name)
+        if name in out:
+            raise PatchbankError(f"category {name!r} is given twice; name them with NAME=FOLDER")
+        out[name] = images
+
+    for arg in args:
+        name, sep, folder = arg.partition("=")
+        if sep:
+            path = Path(folder)
+        else:
+            name, path = "", Path(arg)
+        if not path.exists():
+            raise PatchbankError(f"training folder not found: {path}")
+        if not path.is_dir():
+            raise PatchbankError(f"not a folder: {path}")
+        has_images = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+        if has_images or sep or not any(p.is_dir() for p in path.iterdir()):
+            put(name or path.name, list_images(path))   # (list_images names an empty folder)
+        else:
+            for cat in read_dataset(path):
+                put(cat.name, list(cat.train))
+    return out
 
 
 _with_config_options(fit)
@@ -531,10 +622,12 @@ _with_config_options(fit)
                    "for the whole run: min..max of its anomaly maps).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass [the model's batch_size].")
+@click.option("--category", default=None,
+              help="Multi-category model: score against this category, skipping routing.")
 @_common_run_options
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
-            device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+            category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
     """Score INPUT images (files or folders) with MODEL.
 
     A folder contributes its images; a folder holding only sub-folders (like MVTec's test/)
@@ -546,20 +639,31 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
         _refuse_existing([out_dir / "predictions.csv", out_dir / "predictions.json"], overwrite)
     paths = _expand_inputs(inputs)
     _setup_threads(threads)
-    from patchbank.detector import Detector
+    from patchbank.multi import MultiDetector, load_any
 
-    det = Detector.load(model, device=device, progress=not quiet)
+    det = load_any(model, device=device, progress=not quiet)
+    if category is not None and not isinstance(det, MultiDetector):
+        raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
     t0 = time.perf_counter()
     result, _ = run_predictions(det, paths, out_dir, heatmaps=heatmaps, overwrite=overwrite,
-                             batch_size=batch_size, quiet=quiet, model_path=str(model))
+                             batch_size=batch_size, quiet=quiet, model_path=str(model),
+                             category=category)
     dt = time.perf_counter() - t0
     _print_predict_summary(result, out_dir, dt)
 
 
 def _print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float) -> None:
     n, flagged = result["n_images"], result["n_flagged"]
-    click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous "
-               f"(normalised score > {result['threshold']:.3f})")
+    if result["threshold"] is None:   # multi-category: one threshold per category
+        counts = {}
+        for rec in result["predictions"]:
+            counts[rec["category"]] = counts.get(rec["category"], 0) + 1
+        how = "given" if result.get("routing") == "given" else "routed"
+        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous (per-category "
+                   f"thresholds); {how}: " + ", ".join(f"{c} {k}" for c, k in counts.items()))
+    else:
+        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous "
+                   f"(normalised score > {result['threshold']:.3f})")
     click.echo(f"wrote {out_dir / 'predictions.csv'} and {out_dir / 'predictions.json'}")
     if result["heatmaps"]:
         h = result["heatmaps"]
@@ -642,12 +746,22 @@ def info(model: Path, as_json: bool) -> None:
     """Describe a model file: bank size, configuration, threshold, calibration."""
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
-    from patchbank.detector import Detector
+    from patchbank.model_file import load_model
 
-    det = Detector.load(model, device="cpu", progress=False)
-    data = det.info()
+    _, data = load_model(model)   # the header holds the whole info; no backbone is needed
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif data.get("kind") == "multi":
+        cats = data.pop("categories")
+        head = {k: v for k, v in data.items() if k not in ("category_order", "bank_bytes")}
+        head["categories"] = ", ".join(data["category_order"])
+        head["banks total"] = _fmt_bytes(data.get("bank_bytes"))
+        parts = [format_info(head, str(model))]
+        for name in data["category_order"]:
+            sub = {k: v for k, v in cats[name].items() if k not in ("config", "format_version",
+                                                                    "patchbank_version")}
+            parts.append(f"\n[{name}]\n" + format_info(sub))
+        click.echo("\n".join(parts))
     else:
         click.echo(format_info(data, str(model)))
 
@@ -972,6 +1086,87 @@ def sweep(ctx: click.Context, data_root: Path, param_spec: tuple[str, list[Any]]
 
 
 _with_config_options(sweep)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# StructCore studies: structure-aware scoring tables, routed multi-category evaluation
+# ------------------------------------------------------------------------------------------------
+
+@cli.command("structure", context_settings={"max_content_width": 110},
+             epilog="One fit per category and seed; every score variant is computed from it.")
+@click.argument("data_roots", nargs=-1, required=True, metavar="DATA_ROOT...")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for runs/*.json, structure.csv/.json/.md and fig2_<category>.png.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="structcore", show_default=True,
+              help="Method configuration to start from.")
+@click.option("--categories", callback=_comma_list, default=None, metavar="A,B,...",
+              help="Categories to use [all].")
+@click.option("--seeds", callback=_seed_list, default=None, metavar="0,1,2",
+              help="Seeds; one fit per category and seed [--seed, else 0].")
+@click.option("--no-resume", is_flag=True, help="Recompute runs whose results already exist.")
+@_common_run_options
+@click.pass_context
+def structure_cmd(ctx: click.Context, data_roots: tuple[str, ...], out_dir: Path, preset: str,
+                  categories: list[str] | None, seeds: list[int] | None, no_resume: bool, device: str,
+                  threads: int | None, quiet: bool, **config_params: Any) -> None:
+    """StructCore tables: base vs struct vs hybrid image scores, descriptor subsets (Tables 5, 7),
+    structural distances (Table 6) and the Fig. 2 scatter, on one or more dataset roots."""
+    roots = [Path(r) for r in data_roots]
+    overrides, seeds = _run_setup(ctx, preset, roots[0], seeds, config_params)
+    for r in roots:
+        if not r.exists():
+            raise PatchbankError(f"dataset root not found: {r}")
+    _setup_threads(threads)
+    from patchbank.structure_study import study
+
+    t0 = time.perf_counter()
+    study(roots, preset=preset, overrides=overrides, categories=categories, seeds=seeds,
+          out_dir=out_dir, resume=not no_resume, progress=not quiet, device=device)
+    click.echo(f"structure study in {time.perf_counter() - t0:.1f} s")
+    click.echo((out_dir / "structure.md").read_text())
+    click.echo(f"wrote {out_dir / 'structure.md'}, structure.csv, structure.json and fig2_*.png")
+
+
+_with_config_options(structure_cmd)
+
+
+@cli.command("route-eval", context_settings={"max_content_width": 110})
+@click.argument("data_roots", nargs=-1, required=True, metavar="DATA_ROOT...")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for routing.json and routing.md.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Method configuration to start from.")
+@click.option("--categories", callback=_comma_list, default=None, metavar="A,B,...",
+              help="Categories to use [all of every root].")
+@click.option("--seeds", callback=_seed_list, default=None, metavar="0,1,2",
+              help="Seeds; one multi-category fit per seed [--seed, else 0].")
+@click.option("--prototypes", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Routing prototypes per category (K of StructCore Eq. 3).")
+@_common_run_options
+@click.pass_context
+def route_eval(ctx: click.Context, data_roots: tuple[str, ...], out_dir: Path, preset: str,
+               categories: list[str] | None, seeds: list[int] | None, prototypes: int, device: str,
+               threads: int | None, quiet: bool, **config_params: Any) -> None:
+    """Fit one routed model over all categories of DATA_ROOTs; report routing accuracy and the
+    routed system's metrics next to the oracle (category given) system's."""
+    roots = [Path(r) for r in data_roots]
+    overrides, seeds = _run_setup(ctx, preset, roots[0], seeds, config_params)
+    for r in roots:
+        if not r.exists():
+            raise PatchbankError(f"dataset root not found: {r}")
+    _setup_threads(threads)
+    from patchbank.routing_eval import evaluate_routing
+
+    t0 = time.perf_counter()
+    res = evaluate_routing(roots, preset=preset, overrides=overrides, categories=categories,
+                           seeds=seeds, out_dir=out_dir, progress=not quiet, device=device,
+                           n_prototypes=prototypes)
+    click.echo(f"routing evaluation of {len(res['categories'])} categories in {time.perf_counter() - t0:.1f} s")
+    click.echo((out_dir / "routing.md").read_text())
+
+
+_with_config_options(route_eval)
 
 
 if __name__ == "__main__":  # pragma: no cover
