@@ -56,12 +56,13 @@ def test_routing_picks_the_right_category_and_matches_oracle(multi, two_categori
         sel = [i for i, t in enumerate(truth) if t == name]
         oracle = multi.predict([items[i] for i in sel], category=name)
         for i, o in zip(sel, oracle):
-            assert routed[i].score == pytest.approx(o.score, rel=1e-6)
-            assert np.allclose(routed[i].anomaly_map, o.anomaly_map, rtol=1e-6)
+            # (equal up to float rounding: the backbone sees batches of other sizes)
+            assert routed[i].score == pytest.approx(o.score, rel=1e-4)
+            assert np.allclose(routed[i].anomaly_map, o.anomaly_map, rtol=1e-4, atol=1e-5)
     # and equal a single-category detector fitted alone on the same images
     alone = Detector.from_preset("lmf-core", progress=False, **FAST).fit(synthetic_root / "train" / "good")
     for p, a in zip(routed[:5], alone.predict(items[:5])):
-        assert p.score == pytest.approx(a.score, rel=1e-5)
+        assert p.score == pytest.approx(a.score, rel=1e-4)
 
 
 def test_route_scores_match_eq3_by_hand():

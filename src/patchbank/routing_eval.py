@@ -91,7 +91,10 @@ def evaluate_routing(roots: Sequence[str | Path], preset: str = "lmf-core",
                 "routing_accuracy": confusion[c.name][c.name] / len(c.test),
                 "routed": _metrics(c, r_preds, cfg),
                 "oracle": _metrics(c, o_preds, cfg),
-                "identical_scores": all(a.score == b.score for a, b in zip(r_preds, o_preds)),
+                # routed and oracle batches differ in size, so the backbone's float rounding
+                # differs: report the largest relative score difference, not bit equality
+                "max_score_rel_diff": max(abs(a.score - b.score) / max(abs(b.score), 1e-12)
+                                          for a, b in zip(r_preds, o_preds)),
             }
         runs.append({"seed": int(seed), "fit_s": fit_s,
                      "routing_accuracy": float(np.mean([t == c for t, c in zip(truth, chosen)])),
