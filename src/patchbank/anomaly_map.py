@@ -43,9 +43,42 @@ def _symmetric_pad(x: torch.Tensor, r: int) -> torch.Tensor:
     return x
 
 
-def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """[B, h, w] patch scores -> [B, H, W] smoothed pixel maps at the network input size."""
+_OPERATORS: dict = {}
+
+
+def map_operator(n: int, size: int, sigma: float, device, dtype=torch.float32) -> torch.Tensor:
+    """The [size, n] matrix of "bilinear upsampling n -> size, then Gaussian blur" along one axis.
+
+    Both steps are linear and separable, so ``anomaly_maps`` is ``A_h @ S @ A_w^T``: two small
+    matrix products instead of a 33-tap convolution over every output pixel (same result up to
+    float rounding).  Built by pushing the unit vectors through the reference ops; cached.
+    """
+    key = (n, size, float(sigma), str(device), dtype)
+    op = _OPERATORS.get(key)
+    if op is None:
+        eye = torch.eye(n, dtype=torch.float64).view(n, 1, n, 1)
+        up = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False).squeeze(1)
+        # blurring the size-1 axis with symmetric padding is the identity (the kernel sums to 1)
+        op = gaussian_blur(up, sigma).squeeze(-1).T.contiguous()          # [size, n]
+        op = op.to(device=device, dtype=dtype)
+        if len(_OPERATORS) > 32:
+            _OPERATORS.clear()
+        _OPERATORS[key] = op
+    return op
+
+
+def anomaly_maps_reference(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """The definition: bilinear upsampling, then the separable Gaussian blur (slow on CPU)."""
     up = F.interpolate(patch_scores.unsqueeze(1).float(), size=size, mode="bilinear",
                        align_corners=False).squeeze(1)
     return gaussian_blur(up, sigma)
 
+
+def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """[B, h, w] patch scores -> [B, H, W] smoothed pixel maps at the network input size
+    (:func:`anomaly_maps_reference` computed as ``A_h @ S @ A_w^T``, see :func:`map_operator`)."""
+    s = patch_scores.float()
+    h, w = s.shape[-2:]
+    a_h = map_operator(h, size[0], sigma, s.device)
+    a_w = map_operator(w, size[1], sigma, s.device)
+    return torch.matmul(torch.matmul(a_h, s), a_w.T)

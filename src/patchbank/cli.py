@@ -313,21 +313,19 @@ def _check_device(device: str) -> str:
 
 
 def _setup_threads(threads: int | None) -> None:
-    """``--threads N``: torch.set_num_threads(N), and the OpenMP/MKL env when torch is not loaded yet."""
+    """``--threads N``: the same N threads for torch, FAISS and numpy's BLAS (no oversubscription;
+    see :mod:`patchbank.threads`), and the OpenMP/MKL/OpenBLAS env when torch is not loaded yet."""
     if threads is None:
         return
-    if "torch" not in sys.modules:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
-    import torch
+    from patchbank.threads import set_threads
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 def _common_run_options(f):
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for torch (torch.set_num_threads).")(f)
+                     help="CPU threads for torch, FAISS and numpy's BLAS [all cores].")(f)
     f = click.option("--device", default="cpu", show_default=True,
                      callback=lambda ctx, p, v: _check_device(v),
                      help="Torch device: cpu, cuda, cuda:N.")(f)
@@ -1167,6 +1165,74 @@ def route_eval(ctx: click.Context, data_roots: tuple[str, ...], out_dir: Path, p
 
 
 _with_config_options(route_eval)
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmark
+# ------------------------------------------------------------------------------------------------
+
+def _float_list(ctx, param, value):
+    items = _comma_list(ctx, param, value)
+    if items is None:
+        return None
+    try:
+        out = [float(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0.01,0.1, got {value!r}") from None
+    if any(not 0 < v <= 1 for v in out):
+        raise click.BadParameter(f"ratios must be in (0, 1], got {value!r}")
+    return out
+
+
+def _int_list(ctx, param, value):
+    items = _comma_list(ctx, param, value)
+    if items is None:
+        return None
+    if not all(_INT_RE.match(v) and int(v) >= 1 for v in items):
+        raise click.BadParameter(f"expected comma-separated positive integers like 1,16, got {value!r}")
+    return [int(v) for v in items]
+
+
+@cli.command(context_settings={"max_content_width": 110},
+             epilog="The floor = read + resize + backbone forward with the detector's own loader "
+                    "and forward, same threads and batch size; see patchbank.benchmark.")
+@click.argument("data")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="JSON file for the results (with the machine description).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="Method configuration to start from.")
+@click.option("--ratios", callback=_float_list, default=None, metavar="R1,R2,...",
+              help="Coreset ratios to fit, one fit each [the preset's].")
+@click.option("--batch-sizes", callback=_int_list, default="1,16", show_default=True, metavar="B1,B2,...",
+              help="Predict batch sizes.")
+@click.option("--max-test", type=click.IntRange(min=1), default=None,
+              help="Predict on at most this many test images (evenly spaced) [all].")
+@_common_run_options
+@click.pass_context
+def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, batch_sizes,
+              max_test: int | None, device: str, threads: int | None, quiet: bool,
+              **config_params: Any) -> None:
+    """Fit and predict timings of a preset on DATA (a category folder with train/good and test/,
+    or a category name under ../shared/data) against the floor: fit / floor, predict / floor per
+    batch size, the read / extract / search / post split, images/s, peak memory, bank MB."""
+    import shlex
+
+    overrides = given_overrides(ctx, config_params)
+    build_config(preset, overrides)
+    _setup_threads(threads)
+    from patchbank.benchmark import run_benchmark, summary_lines, write_json
+
+    command = "patchbank benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+    result = run_benchmark(data, preset=preset, overrides=overrides, ratios=ratios,
+                           batch_sizes=batch_sizes, device=device, max_test=max_test,
+                           progress=not quiet, command=command)
+    write_json(result, output)
+    for line in summary_lines(result):
+        click.echo(line)
+    click.echo(f"wrote {output}")
+
+
+_with_config_options(benchmark)
 
 
 if __name__ == "__main__":  # pragma: no cover

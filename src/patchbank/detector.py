@@ -48,6 +48,9 @@ from patchbank.search import make_search, resolve_search
 from patchbank.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
 
+CPU_MICRO_BATCH = 4   # images per backbone call on CPU (see Detector.forward)
+
+
 @dataclass
 class Prediction:
     """The result for one image."""
@@ -110,9 +113,28 @@ class Detector:
                            pin=self.device.type == "cuda")
 
     @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's forward pass, run the fastest way we measured (the benchmark floor uses
+        this too): on CPU, CNNs run in channels-last memory format and in micro-batches of
+        ``CPU_MICRO_BATCH`` images (2.5x faster for EfficientNet-Lite2 on a 2-core EPYC than one
+        NCHW batch of 16: activations stay in cache).  Outputs are the same up to float rounding."""
+        bb = self.backbone
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type != "cpu" or bb.kind != "cnn":
+            return bb(x)
+        if not getattr(self, "_channels_last", False):
+            bb.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[0] <= CPU_MICRO_BATCH:
+            return bb(x)
+        parts = [bb(chunk) for chunk in x.split(CPU_MICRO_BATCH)]
+        return [torch.cat(maps) for maps in zip(*parts)]
+
+    @torch.inference_mode()
     def _layers(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Images -> per-layer patch rows [B*h*w, C_l] and the patch grid (h, w)."""
-        maps = aggregate(self.backbone(x.to(self.device, non_blocking=True)), self.config.patch_size)
+        maps = aggregate(self.forward(x), self.config.patch_size)
         return to_patches(maps), tuple(maps[0].shape[-2:])
 
     def _embed(self, layers: list[torch.Tensor]) -> torch.Tensor:

@@ -4,8 +4,10 @@
 ||q||^2 - 2 q.m + ||m||^2 (as anomalib does), never materialising more than
 ``query_chunk x bank_chunk`` distances, and merges per-chunk top-k.  It runs wherever the bank
 tensor lives (CPU or CUDA) and is exact up to float32 rounding.
-:class:`FaissSearch` wraps FAISS (optional dependency): ``flat`` (exact) or ``ivf`` (inverted
-lists, approximate; for large banks).  Both return squared Euclidean distances.
+:class:`FaissSearch` wraps FAISS (optional dependency): ``flat`` (exact), ``ivf`` (inverted
+lists, approximate; for large banks) or ``ivfpq`` (inverted lists over 4-bit product-quantizer
+codes, re-ranked exactly; for banks over a million entries).  All return squared Euclidean
+distances.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import math
 import torch
 
 from patchbank.errors import PatchbankError
+from patchbank.threads import sync_faiss
 
 
 class ExactSearch:
@@ -58,29 +61,53 @@ class ExactSearch:
         return torch.cat(dists), torch.cat(idxs)
 
 
+def ivf_nlist(n: int) -> int:
+    """4 sqrt(n) inverted lists, at least 39 training points each (FAISS's minimum)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """Sub-quantizers of the 4-bit IVF-PQ codes: one per 2 dimensions (dim / 2 bytes a vector)."""
+    return dim // 2 if dim % 2 == 0 and dim >= 2 else dim
+
+
 class FaissSearch:
-    """FAISS index over the bank: ``flat`` (exact) or ``ivf`` (IVF-Flat, nprobe lists searched)."""
+    """FAISS index over the bank.
+
+    ``flat``  exact (IndexFlatL2).
+    ``ivf``   IVF-Flat: 4 sqrt(n) lists, ``nprobe`` searched; the stored vectors are exact.
+    ``ivfpq`` IVF-PQ for very large banks: the same lists, vectors stored as 4-bit product-quantizer
+              codes (one sub-quantizer per 2 dimensions: 16x smaller than float32) scanned with
+              FAISS's SIMD "fast scan" kernels; the ``refine`` x k best candidates by code distance
+              are re-ranked with exact distances to the bank rows, so returned distances are exact.
+
+    FAISS's OpenMP runtime is given torch's thread count before every call (no oversubscription,
+    :mod:`patchbank.threads`).
+    """
 
     def __init__(self, bank: torch.Tensor, kind: str = "flat", nlist: int | None = None,
-                 nprobe: int = 8, seed: int = 0, trained=None):
+                 nprobe: int = 8, seed: int = 0, trained=None, refine: int = 8):
         try:
             import faiss
         except ImportError:
             raise PatchbankError("FAISS search needs faiss: pip install faiss-cpu") from None
         self.faiss = faiss
-        faiss.omp_set_num_threads(torch.get_num_threads())
+        sync_faiss()
         data = bank.detach().float().cpu().contiguous().numpy()
         self.n, dim = data.shape
-        self.kind, self.nprobe, self.seed = kind, nprobe, seed
+        self.kind, self.nprobe, self.seed, self.refine = kind, nprobe, seed, refine
         if trained is not None:          # reuse a trained (coarse quantizer) index, empty it
             index = faiss.clone_index(trained)
             index.reset()
-        elif kind == "ivf":
-            # 4 sqrt(n) lists (>= 39 training points each, FAISS's minimum); 5 k-means
-            # iterations: measured on MTD's lmf-core bank, recall@1 0.82 at nprobe 8 vs 0.82
-            # with 10 iterations, at half the build time (benchmarks/bench_search.py)
-            nlist = nlist or max(1, min(int(4 * math.sqrt(self.n)), self.n // 39 or 1))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+        elif kind in ("ivf", "ivfpq"):
+            # 5 k-means iterations: measured on MTD's lmf-core bank, recall@1 0.82 at nprobe 8
+            # vs 0.82 with 10 iterations, at half the build time
+            nlist = nlist or ivf_nlist(self.n)
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+            else:
+                index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist,
+                                                 pq_subquantizers(dim), 4)
             index.cp.seed = seed
             index.cp.niter = 5
             index.cp.max_points_per_centroid = 64
@@ -95,29 +122,51 @@ class FaissSearch:
     def subset(self, keep: torch.Tensor) -> "FaissSearch":
         """A search over the rows ``keep`` (bool mask), reusing this index's trained quantizer."""
         return FaissSearch(self.bank[keep], self.kind, nprobe=self.nprobe, seed=self.seed,
-                           trained=self.index)
+                           trained=self.index, refine=self.refine)
 
     def __len__(self) -> int:
         return self.n
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         device = queries.device
-        q = queries.detach().float().cpu().contiguous().numpy()
-        d, i = self.index.search(q, min(k, self.n))
-        # IVF may return -1 when fewer than k candidates were probed
-        return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
+        sync_faiss()
+        k = min(k, self.n)
+        q = queries.detach().float().cpu().contiguous()
+        if self.kind != "ivfpq":
+            d, i = self.index.search(q.numpy(), k)
+            # IVF may return -1 when fewer than k candidates were probed
+            return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
+        _, cand = self.index.search(q.numpy(), min(k * self.refine, self.n))
+        return _rerank(q, torch.from_numpy(cand).long(), self.bank.detach().float().cpu(), k, device)
+
+
+def _rerank(q: torch.Tensor, cand: torch.Tensor, bank: torch.Tensor, k: int, device,
+            chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact squared distances of each query to its candidate rows (-1 = none), best k kept."""
+    dists, idxs = [], []
+    for qs, cs in zip(q.split(chunk), cand.split(chunk)):
+        valid = cs >= 0
+        rows = bank[cs.clamp_min(0)]                                 # [c, m, d]
+        d = (rows - qs.unsqueeze(1)).pow_(2).sum(2)
+        d = d.masked_fill_(~valid, float("inf"))
+        best, pos = d.topk(k, dim=1, largest=False)
+        idx = cs.gather(1, pos).masked_fill_(~torch.isfinite(best), -1)
+        dists.append(best)
+        idxs.append(idx)
+    return torch.cat(dists).to(device), torch.cat(idxs).to(device)
 
 
 def resolve_search(config, bank_size: int) -> str:
-    """The search kind "auto" stands for: IVF for big banks when FAISS is installed, else exact."""
+    """The search kind "auto" stands for: with FAISS installed, IVF-PQ for banks of at least
+    ``ivfpq_min_bank`` entries, IVF-Flat from ``ivf_min_bank``; exact otherwise."""
     if config.search != "auto":
         return config.search
     if bank_size >= config.ivf_min_bank:
         try:
             import faiss  # noqa: F401
-            return "faiss-ivf"
         except ImportError:
-            pass
+            return "exact"
+        return "faiss-ivfpq" if bank_size >= config.ivfpq_min_bank else "faiss-ivf"
     return "exact"
 
 
@@ -125,5 +174,5 @@ def make_search(bank: torch.Tensor, config):
     kind = resolve_search(config, bank.shape[0])
     if kind == "exact":
         return ExactSearch(bank)
-    return FaissSearch(bank, "ivf" if kind == "faiss-ivf" else "flat", nprobe=config.ivf_probe,
-                       seed=config.seed)
+    return FaissSearch(bank, kind.removeprefix("faiss-"), nprobe=config.ivf_probe,
+                       seed=config.seed, refine=config.pq_refine)

@@ -1,0 +1,282 @@
+"""Speed of a preset against the backbone floor: ``patchbank benchmark`` and ``benchmarks/``.
+
+**The floor** is what every memory-bank detector must do: read, resize and crop the images and
+run the backbone's forward pass on them, nothing else.  It uses the detector's own loader
+(:class:`~patchbank.images.ImageStream`, same decoder, same background decoding) and its own
+forward (:meth:`Detector.forward`: channels-last micro-batches on CPU, the fastest way we found),
+the same thread count and the same batch size, so a ratio measures only what the detector adds
+(aggregation, fusion, projection, bank building, search, maps).  Each floor is measured just
+before and just after the run it is compared with and the two are averaged (the machine may be
+shared).
+
+:func:`run_benchmark` reports, per coreset ratio: fit time and fit / floor, peak memory of the fit
+(RSS; CUDA max allocated on a GPU), bank entries x dim and MB (entries x dim x bytes per value);
+per predict batch size: ms per image, images/s, the read / extract / search / post split
+(``Detector.last_timings_``), the floor per image and predict / floor, peak memory.  The result
+carries :func:`machine` (CPU model, cores, library versions, thread counts of every runtime).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from patchbank.config import Config
+from patchbank.errors import PatchbankError
+from patchbank.images import list_images
+from patchbank.threads import thread_report
+
+
+# ------------------------------------------------------------------------------ machine, memory
+def machine() -> dict[str, Any]:
+    """CPU model, cores, library versions and thread counts, for every benchmark JSON."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version(), "torch": torch.__version__,
+                           "numpy": np.__version__, "threads": torch.get_num_threads(),
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        import faiss
+
+        out["faiss"] = faiss.__version__
+    except ImportError:
+        out["faiss"] = None
+    try:
+        out["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    out["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    out["thread_pools"] = thread_report()
+    return out
+
+
+def _status_kb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory (MB) since the last :func:`reset_peak_rss` (else since start)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+    return kb / 1024.0
+
+
+class PeakMemory:
+    """Context manager: peak RSS (MB) and, on CUDA, max allocated (MB) inside the block."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+
+    def __enter__(self) -> "PeakMemory":
+        self.resettable = reset_peak_rss()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.rss_mb = peak_rss_mb()
+        self.cuda_mb = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                        if self.device.type == "cuda" else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peak_rss_mb": self.rss_mb, "peak_rss_since": "phase" if self.resettable else "process",
+                "cuda_max_allocated_mb": self.cuda_mb}
+
+
+# ------------------------------------------------------------------------------ the floor
+def _sync(det) -> None:
+    if det.device.type == "cuda":
+        torch.cuda.synchronize(det.device)
+
+
+@torch.inference_mode()
+def floor_seconds(det, items: Sequence[Any], batch_size: int | None = None) -> float:
+    """Read + resize + crop + backbone forward over ``items``: the detector's loader and forward,
+    nothing else (see the module docstring)."""
+    t0 = time.perf_counter()
+    for x, _ in det._stream(list(items), batch_size):
+        det.forward(x)
+    _sync(det)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------ data
+def resolve_category(data: str | os.PathLike) -> Path:
+    """A category folder (``train/good`` inside), or a category name under ``$PATCHBANK_DATA``
+    or ``../shared/data``."""
+    path = Path(data)
+    if (path / "train" / "good").is_dir():
+        return path
+    roots = [os.environ.get("PATCHBANK_DATA"), "../shared/data", "shared/data"]
+    for root in roots:
+        if root and (Path(root) / str(data) / "train" / "good").is_dir():
+            return Path(root) / str(data)
+    raise PatchbankError(f"{data} is not an MVTec-layout category folder (no train/good inside) "
+                         f"nor a category under $PATCHBANK_DATA or ../shared/data")
+
+
+def test_images(root: Path) -> tuple[list[Path], np.ndarray]:
+    """Images under ``root/test/<kind>/`` and their labels (0 for ``good``)."""
+    items, labels = [], []
+    test = root / "test"
+    if not test.is_dir():
+        return items, np.zeros(0, dtype=int)
+    for folder in sorted(p for p in test.iterdir() if p.is_dir()):
+        for path in list_images(folder):
+            items.append(path)
+            labels.append(0 if folder.name == "good" else 1)
+    return items, np.asarray(labels)
+
+
+# ------------------------------------------------------------------------------ the benchmark
+def bank_bytes_per_value(config: Config) -> int:
+    return 2 if config.bank_dtype == "float16" else 4
+
+
+def time_predict(det, items: Sequence[Any], batch_size: int) -> dict[str, Any]:
+    """Predict ``items`` once at ``batch_size`` between two floor measurements."""
+    n = len(items)
+    floor_before = floor_seconds(det, items, batch_size)
+    with PeakMemory(det.device) as mem:
+        t0 = time.perf_counter()
+        preds = det.predict(list(items), batch_size=batch_size)
+        _sync(det)
+        total = time.perf_counter() - t0
+    floor_after = floor_seconds(det, items, batch_size)
+    floor = (floor_before + floor_after) / 2
+    split = {k: v / n * 1000 for k, v in det.last_timings_.items()}
+    row = {"batch_size": batch_size, "images": n, "total_s": total,
+           "ms_per_image": total / n * 1000, "images_per_s": n / total,
+           "split_ms_per_image": split, "split_sum_ms_per_image": sum(split.values()),
+           "floor_s": [floor_before, floor_after], "floor_ms_per_image": floor / n * 1000,
+           "predict_ratio": total / floor}
+    row.update(mem.as_dict())
+    return row, preds
+
+
+def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: dict | None = None,
+                  ratios: Iterable[float] | None = None, batch_sizes: Iterable[int] = (1, 16),
+                  device: str = "cpu", max_test: int | None = None, progress: bool = False,
+                  command: str | None = None) -> dict[str, Any]:
+    """Fit and predict timings of ``preset`` on one category against the floor (module docstring).
+
+    ``ratios``: coreset ratios to fit (None: the preset's); ``batch_sizes``: predict batch sizes;
+    ``max_test``: predict on at most this many test images (None: all; train images if the
+    category has no test/ folder).
+    """
+    from patchbank.detector import Detector
+    from patchbank.metrics import image_metrics
+
+    root = resolve_category(data)
+    overrides = dict(overrides or {})
+    base = Config.preset(preset, **overrides)
+    ratio_list = [base.coreset_ratio] if ratios is None else [float(r) for r in ratios]
+    batch_list = [int(b) for b in batch_sizes]
+    train = list_images(root / "train" / "good")
+    test, labels = test_images(root)
+    if not test:
+        test, labels = list(train), np.zeros(0, dtype=int)
+    if max_test is not None and len(test) > max_test:
+        pick = np.linspace(0, len(test) - 1, max_test).round().astype(int)
+        test = [test[i] for i in pick]
+        labels = labels[pick] if labels.size else labels
+    result: dict[str, Any] = {"data": str(root), "preset": preset, "overrides": overrides,
+                              "device": str(device), "n_train": len(train), "n_test": len(test),
+                              "batch_sizes": batch_list, "ratios": ratio_list, "runs": []}
+    probe = Detector(base, device=device, progress=False)
+    floor_seconds(probe, train[:base.batch_size], base.batch_size)        # warm-up (load, convert)
+    for ratio in ratio_list:
+        config = base.replace(coreset_ratio=ratio)
+        det = Detector(config, device=device, progress=progress)
+        det._backbone = probe.backbone                                    # loaded and warm
+        det._channels_last = getattr(probe, "_channels_last", False)
+        floor_before = floor_seconds(det, train, config.batch_size)
+        with PeakMemory(det.device) as mem:
+            t0 = time.perf_counter()
+            det.fit(train)
+            _sync(det)
+            fit_s = time.perf_counter() - t0
+        floor_after = floor_seconds(det, train, config.batch_size)
+        floor_fit = (floor_before + floor_after) / 2
+        info = det.info()
+        elem = bank_bytes_per_value(config)
+        run: dict[str, Any] = {
+            "coreset_ratio": ratio, "config": config.to_dict(),
+            "fit": {"fit_s": fit_s, "floor_s": [floor_before, floor_after],
+                    "floor_ms_per_image": floor_fit / len(train) * 1000,
+                    "fit_ratio": fit_s / floor_fit, **mem.as_dict()},
+            "bank": {"entries": info["bank_entries"], "dim": info["bank_dim"],
+                     "bytes_per_value": elem, "dtype": config.bank_dtype,
+                     "mb": info["bank_entries"] * info["bank_dim"] * elem / 1e6,
+                     "search": info["search"]},
+            "predict": [],
+        }
+        for bs in batch_list:
+            row, preds = time_predict(det, test, bs)
+            if labels.size and 0 < labels.sum() < labels.size:
+                row.update(image_metrics(labels, np.array([p.score for p in preds])))
+            run["predict"].append(row)
+        result["runs"].append(run)
+        del det
+    result["machine"] = machine()
+    result["command"] = command
+    return result
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A short human-readable table of :func:`run_benchmark`'s result."""
+    lines = [f"{result['preset']} on {result['data']} ({result['n_train']} train, "
+             f"{result['n_test']} test images), {result['device']}, "
+             f"{result['machine']['threads']} threads, {result['machine']['cpu']}"]
+    for run in result["runs"]:
+        f, b = run["fit"], run["bank"]
+        lines.append(f"ratio {run['coreset_ratio']:g}: bank {b['entries']:,} x {b['dim']} = "
+                     f"{b['mb']:.2f} MB ({b['search']}); fit {f['fit_s']:.2f} s, floor "
+                     f"{np.mean(f['floor_s']):.2f} s, ratio {f['fit_ratio']:.3f}; "
+                     f"peak RSS {f['peak_rss_mb']:.0f} MB")
+        for p in run["predict"]:
+            split = " ".join(f"{k} {v:.2f}" for k, v in p["split_ms_per_image"].items())
+            lines.append(f"  batch {p['batch_size']:>3}: {p['ms_per_image']:.2f} ms/img "
+                         f"({p['images_per_s']:.1f} img/s), floor {p['floor_ms_per_image']:.2f} "
+                         f"ms/img, ratio {p['predict_ratio']:.3f}; split ms/img: {split}")
+    return lines
+
+
+def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+

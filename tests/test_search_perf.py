@@ -1,0 +1,66 @@
+"""IVF-PQ search, the "auto" rule, and the matrix form of the anomaly maps."""
+import pytest
+import torch
+
+from patchbank.anomaly_map import anomaly_maps, anomaly_maps_reference
+from patchbank.config import Config
+from patchbank.search import ExactSearch, FaissSearch, make_search, pq_subquantizers, resolve_search
+
+
+@pytest.mark.parametrize("shape,size,sigma", [((4, 28, 28), (224, 224), 4.0), ((2, 14, 20), (100, 140), 2.0),
+                                              ((1, 3, 5), (40, 60), 4.0), ((2, 28, 28), (224, 224), 0.0)])
+def test_anomaly_maps_matrix_form_equals_reference(shape, size, sigma):
+    torch.manual_seed(0)
+    s = torch.rand(shape) * 5
+    a, b = anomaly_maps(s, size, sigma), anomaly_maps_reference(s, size, sigma)
+    assert a.shape == b.shape == (shape[0], *size)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_ivfpq_returns_exact_distances_of_good_neighbours():
+    pytest.importorskip("faiss")
+    torch.manual_seed(0)
+    centers = torch.randn(50, 32) * 4
+    bank = centers[torch.randint(0, 50, (8000,))] + torch.randn(8000, 32)
+    queries = centers[torch.randint(0, 50, (300,))] + torch.randn(300, 32)
+    s = FaissSearch(bank, "ivfpq", nprobe=8, refine=8)
+    d, i = s.search(queries, 3)
+    assert d.shape == i.shape == (300, 3) and (i >= 0).all()
+    exact_d = ((queries[:, None] - bank[i]) ** 2).sum(2)
+    assert torch.allclose(d, exact_d, rtol=1e-4, atol=1e-3)            # re-ranked exactly
+    assert (d[:, 1:] >= d[:, :-1] - 1e-4).all()
+    ref_d, ref_i = ExactSearch(bank).search(queries, 1)
+    assert (i[:, 0] == ref_i[:, 0]).float().mean() > 0.4                # recall@1 (isotropic blobs: hard)
+    assert d[:, 0].sqrt().mean() / ref_d[:, 0].sqrt().mean() < 1.05     # near-neighbour distances
+    sub = s.subset(torch.arange(8000) % 2 == 0)
+    assert len(sub) == 4000
+    d2, i2 = sub.search(queries, 1)
+    assert (i2 >= 0).all() and (i2 < 4000).all()
+
+
+def test_pq_subquantizers():
+    assert pq_subquantizers(128) == 64 and pq_subquantizers(84) == 42 and pq_subquantizers(7) == 7
+
+
+def test_auto_rule_picks_ivfpq_for_huge_banks():
+    pytest.importorskip("faiss")
+    cfg = Config()
+    assert resolve_search(cfg, 100) == "exact"
+    assert resolve_search(cfg, cfg.ivf_min_bank) == "faiss-ivf"
+    assert resolve_search(cfg, cfg.ivfpq_min_bank) == "faiss-ivfpq"
+    assert resolve_search(cfg.replace(search="faiss-ivfpq"), 10) == "faiss-ivfpq"
+    s = make_search(torch.randn(3000, 16), cfg.replace(search="faiss-ivfpq", ivf_probe=4))
+    assert isinstance(s, FaissSearch) and s.kind == "ivfpq"
+
+
+def test_detector_with_ivfpq(synthetic_root):
+    pytest.importorskip("faiss")
+    from conftest import FAST, split_items
+    from patchbank.detector import Detector
+
+    det = Detector.from_preset("lmf-core", progress=False, search="faiss-ivfpq", **FAST)
+    det.fit(synthetic_root / "train" / "good")
+    assert det.info()["search"] == "faiss-ivfpq"
+    items, _ = split_items(synthetic_root)
+    preds = det.predict(items)
+    assert len(preds) == len(items) and all(p.anomaly_map.shape == (96, 96) for p in preds)
