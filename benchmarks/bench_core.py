@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,24 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from patchbank.benchmark import floor_seconds, machine  # the floor lives in the package
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.images import crop_mask, list_images
 from patchbank.metrics import PixelMetrics, image_metrics
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def parse_value(text: str):
@@ -70,17 +55,6 @@ def test_split(root: Path):
     return items, np.array(labels), masks
 
 
-@torch.inference_mode()
-def floor_seconds(det: Detector, items, batch_size: int) -> float:
-    """Read + resize + backbone forward over ``items``, nothing else."""
-    t0 = time.perf_counter()
-    for x, _ in det._stream(items, batch_size):
-        det.backbone(x.to(det.device))
-    if det.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="one MVTec-layout category folder")
@@ -96,7 +70,9 @@ def main(argv=None) -> dict:
                     help="save the model and predict with the reloaded file (e.g. to test bank_dtype=float16)")
     args = ap.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from patchbank.threads import set_threads
+
+        set_threads(args.threads)
     if not (args.root / "train" / "good").is_dir():
         sys.exit(f"error: {args.root} is not an MVTec-layout category (no train/good); "
                  "the real datasets live in ../shared/data/")

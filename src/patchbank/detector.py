@@ -211,6 +211,7 @@ class Detector:
             bar.update(b)
         bar.close()
 
+        t_features = time.perf_counter()
         if routing_sample > 0:
             self.routing_sample_ = torch.cat(route_rows)
         self.fusion_ = fusion.fit(moments)
@@ -240,8 +241,10 @@ class Detector:
         if sub_bank.shape[0] == 0:
             raise PatchbankError("too few training images: the bank has no entry outside the "
                                  "calibration images; add images or raise coreset_ratio")
+        t_bank = time.perf_counter()
         self.search_ = make_search(self.bank_, cfg)
         sub_search = self.search_.subset(~held_out)
+        t_index = time.perf_counter()
         sub_radius = self.radius_[~held_out] if self.radius_ is not None else None
         base, phi = [], []
         for start in range(0, len(cal_rows), cfg.batch_size):
@@ -254,6 +257,10 @@ class Detector:
         self._calibrate(np.concatenate(base), np.concatenate(phi))
         self.backbone_sha256_ = self.backbone.weights_sha256
         self.fit_seconds_ = time.perf_counter() - t0
+        # the fit's time split: streaming pass (read + forward + moments + kept rows), bank
+        # (fusion, projection, sampler), search index (both indexes), calibration
+        self.fit_timings_ = {"features": t_features - t0, "bank": t_bank - t_features,
+                             "index": t_index - t_bank, "calibration": time.perf_counter() - t_index}
         return self
 
     # ------------------------------------------------------------------ scoring

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from patchbank.errors import PatchbankError
@@ -86,7 +87,7 @@ class FaissSearch:
     """
 
     def __init__(self, bank: torch.Tensor, kind: str = "flat", nlist: int | None = None,
-                 nprobe: int = 8, seed: int = 0, trained=None, refine: int = 8):
+                 nprobe: int = 8, seed: int = 0, trained=None, refine: int = 8, assign=None):
         try:
             import faiss
         except ImportError:
@@ -115,14 +116,26 @@ class FaissSearch:
             index.nprobe = min(nprobe, nlist)
         else:
             index = faiss.IndexFlatL2(dim)
-        index.add(data)
+        self.assign = None
+        if kind == "ivf":
+            # assign once; the calibration subset (subset()) reuses these list numbers instead of
+            # searching the coarse quantizer again (same lists as index.add would choose)
+            from faiss.contrib.ivf_tools import add_preassigned
+
+            if assign is None:
+                assign = index.quantizer.search(data, 1)[1][:, 0]
+            self.assign = np.ascontiguousarray(assign, dtype=np.int64)
+            add_preassigned(index, data, self.assign)
+        else:
+            index.add(data)
         self.index = index
         self.bank = bank
 
     def subset(self, keep: torch.Tensor) -> "FaissSearch":
         """A search over the rows ``keep`` (bool mask), reusing this index's trained quantizer."""
+        assign = None if self.assign is None else self.assign[keep.cpu().numpy()]
         return FaissSearch(self.bank[keep], self.kind, nprobe=self.nprobe, seed=self.seed,
-                           trained=self.index, refine=self.refine)
+                           trained=self.index, refine=self.refine, assign=assign)
 
     def __len__(self) -> int:
         return self.n
