@@ -20,9 +20,9 @@ def test_anomaly_maps_matrix_form_equals_reference(shape, size, sigma):
 def test_ivfpq_returns_exact_distances_of_good_neighbours():
     pytest.importorskip("faiss")
     torch.manual_seed(0)
-    centers = torch.randn(50, 32) * 4
-    bank = centers[torch.randint(0, 50, (8000,))] + torch.randn(8000, 32)
-    queries = centers[torch.randint(0, 50, (300,))] + torch.randn(300, 32)
+    lift = torch.randn(6, 32)                 # patch features have a low intrinsic dimension
+    bank = torch.randn(8000, 6) @ lift + 0.05 * torch.randn(8000, 32)
+    queries = torch.randn(300, 6) @ lift + 0.05 * torch.randn(300, 32)
     s = FaissSearch(bank, "ivfpq", nprobe=8, refine=8)
     d, i = s.search(queries, 3)
     assert d.shape == i.shape == (300, 3) and (i >= 0).all()
@@ -30,7 +30,7 @@ def test_ivfpq_returns_exact_distances_of_good_neighbours():
     assert torch.allclose(d, exact_d, rtol=1e-4, atol=1e-3)            # re-ranked exactly
     assert (d[:, 1:] >= d[:, :-1] - 1e-4).all()
     ref_d, ref_i = ExactSearch(bank).search(queries, 1)
-    assert (i[:, 0] == ref_i[:, 0]).float().mean() > 0.4                # recall@1 (isotropic blobs: hard)
+    assert (i[:, 0] == ref_i[:, 0]).float().mean() > 0.3                # recall@1
     assert d[:, 0].sqrt().mean() / ref_d[:, 0].sqrt().mean() < 1.05     # near-neighbour distances
     sub = s.subset(torch.arange(8000) % 2 == 0)
     assert len(sub) == 4000
@@ -39,7 +39,8 @@ def test_ivfpq_returns_exact_distances_of_good_neighbours():
 
 
 def test_pq_subquantizers():
-    assert pq_subquantizers(128) == 64 and pq_subquantizers(84) == 42 and pq_subquantizers(7) == 7
+    assert pq_subquantizers(128) == 32 and pq_subquantizers(84) == 21 and pq_subquantizers(6) == 3
+    assert pq_subquantizers(7) == 7
 
 
 def test_auto_rule_picks_ivfpq_for_huge_banks():
@@ -64,3 +65,11 @@ def test_detector_with_ivfpq(synthetic_root):
     items, _ = split_items(synthetic_root)
     preds = det.predict(items)
     assert len(preds) == len(items) and all(p.anomaly_map.shape == (96, 96) for p in preds)
+
+
+def test_auto_is_exact_torch_search_on_gpu():
+    """On a CUDA device "auto" searches exactly with torch on the device (FAISS here is CPU-only)."""
+    cfg = Config()
+    assert resolve_search(cfg, 5_000_000, "cuda") == "exact"
+    assert resolve_search(cfg, 5_000_000, "cuda:0") == "exact"
+    assert resolve_search(cfg.replace(search="faiss-ivf"), 5_000_000, "cuda") == "faiss-ivf"

@@ -397,7 +397,7 @@ class Detector:
             "bank_entries": int(entries),
             "bank_dim": int(dim),
             "bank_bytes": int(entries * dim * elem),
-            "search": resolve_search(self.config, int(entries)),
+            "search": resolve_search(self.config, int(entries), self.device),
             "patch_grid": list(self.grid_),
             "n_train_images": self.n_train_images_,
             "n_calibration_images": int(self.calibration_scores_.size),

@@ -68,8 +68,14 @@ def ivf_nlist(n: int) -> int:
 
 
 def pq_subquantizers(dim: int) -> int:
-    """Sub-quantizers of the 4-bit IVF-PQ codes: one per 2 dimensions (dim / 2 bytes a vector)."""
-    return dim // 2 if dim % 2 == 0 and dim >= 2 else dim
+    """Sub-quantizers of the 4-bit IVF-PQ codes: one per 4 dimensions (dim / 8 bytes a vector,
+    32x smaller than float32; measured on MTD's lmf-core bank: with the exact re-rank of 8
+    candidates the seven metrics stay within 0.002 of IVF-Flat at about half its search time),
+    else one per 2 dimensions, else one per dimension."""
+    for per in (4, 2):
+        if dim % per == 0 and dim >= per:
+            return dim // per
+    return dim
 
 
 class FaissSearch:
@@ -78,7 +84,7 @@ class FaissSearch:
     ``flat``  exact (IndexFlatL2).
     ``ivf``   IVF-Flat: 4 sqrt(n) lists, ``nprobe`` searched; the stored vectors are exact.
     ``ivfpq`` IVF-PQ for very large banks: the same lists, vectors stored as 4-bit product-quantizer
-              codes (one sub-quantizer per 2 dimensions: 16x smaller than float32) scanned with
+              codes (one sub-quantizer per 4 dimensions: 32x smaller than float32) scanned with
               FAISS's SIMD "fast scan" kernels; the ``refine`` x k best candidates by code distance
               are re-ranked with exact distances to the bank rows, so returned distances are exact.
 
@@ -169,11 +175,14 @@ def _rerank(q: torch.Tensor, cand: torch.Tensor, bank: torch.Tensor, k: int, dev
     return torch.cat(dists).to(device), torch.cat(idxs).to(device)
 
 
-def resolve_search(config, bank_size: int) -> str:
-    """The search kind "auto" stands for: with FAISS installed, IVF-PQ for banks of at least
-    ``ivfpq_min_bank`` entries, IVF-Flat from ``ivf_min_bank``; exact otherwise."""
+def resolve_search(config, bank_size: int, device: str | torch.device = "cpu") -> str:
+    """The search kind "auto" stands for: on a GPU, the exact torch search on the device (one
+    matrix product; FAISS here is CPU-only); on CPU with FAISS installed, IVF-PQ for banks of at
+    least ``ivfpq_min_bank`` entries, IVF-Flat from ``ivf_min_bank``; exact otherwise."""
     if config.search != "auto":
         return config.search
+    if torch.device(device).type == "cuda":
+        return "exact"
     if bank_size >= config.ivf_min_bank:
         try:
             import faiss  # noqa: F401
@@ -184,7 +193,7 @@ def resolve_search(config, bank_size: int) -> str:
 
 
 def make_search(bank: torch.Tensor, config):
-    kind = resolve_search(config, bank.shape[0])
+    kind = resolve_search(config, bank.shape[0], bank.device)
     if kind == "exact":
         return ExactSearch(bank)
     return FaissSearch(bank, kind.removeprefix("faiss-"), nprobe=config.ivf_probe,
