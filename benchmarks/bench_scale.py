@@ -34,7 +34,8 @@ def one(args) -> dict:
     test = list_images(data / "test" / "good")[:args.test]
     config = Config.preset(args.preset)
     det = Detector(config, progress=False)
-    floor_seconds(det, train[:config.batch_size], config.batch_size)          # load + warm up
+    floor_seconds(det, train, config.batch_size)          # load, warm up, read every file once
+    floor_seconds(det, test, 16)
     reset_peak_rss()
     baseline = peak_rss_mb()
     floor_before = floor_seconds(det, train, config.batch_size)

@@ -7,7 +7,7 @@ forward (:meth:`Detector.forward`: channels-last micro-batches on CPU, the faste
 the same thread count and the same batch size, so a ratio measures only what the detector adds
 (aggregation, fusion, projection, bank building, search, maps).  Each floor is measured just
 before and just after the run it is compared with and the two are averaged (the machine may be
-shared).
+shared); an untimed pass over all images first warms the file cache.
 
 :func:`run_benchmark` reports, per coreset ratio: fit time and fit / floor, peak memory of the fit
 (RSS; CUDA max allocated on a GPU), bank entries x dim and MB (entries x dim x bytes per value);
@@ -214,7 +214,10 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
                               "device": str(device), "n_train": len(train), "n_test": len(test),
                               "batch_sizes": batch_list, "ratios": ratio_list, "runs": []}
     probe = Detector(base, device=device, progress=False)
-    floor_seconds(probe, train[:base.batch_size], base.batch_size)        # warm-up (load, convert)
+    # warm-up: load and convert the backbone, and read every file once, so that no timed pass
+    # pays for cold files (the first pass over a folder can be far slower than the next ones)
+    floor_seconds(probe, train, base.batch_size)
+    floor_seconds(probe, test, max(batch_list))
     for ratio in ratio_list:
         config = base.replace(coreset_ratio=ratio)
         det = Detector(config, device=device, progress=progress)
