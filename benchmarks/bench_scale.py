@@ -1,7 +1,7 @@
 """Scale study: fit time, bank size, peak memory and per-image latency vs the number of training images.
 
 Training images are SYNTHETIC (``patchbank.synthetic``, 256 x 256 woven-mesh PNGs, generated
-once into ``--data``; image i depends only on the seed and i, so every size uses a prefix of the
+once into ``--data``, test images with another seed into ``--test-data``; image i depends only on the seed and i, so every size uses a prefix of the
 same images).  Each size runs in a fresh process, so its peak RSS (Linux VmHWM) is its own:
 
     python benchmarks/bench_scale.py                       # 100 300 1000 3000 10000, lmf-core
@@ -31,7 +31,7 @@ def one(args) -> dict:
     set_threads(args.threads)
     data = Path(args.data)
     train = list_images(data / "train" / "good")[:args.one]
-    test = list_images(data / "test" / "good")[:args.test]
+    test = list_images(Path(args.test_data) / "test" / "good")[:args.test]
     config = Config.preset(args.preset)
     det = Detector(config, progress=False)
     floor_seconds(det, train, config.batch_size)          # load, warm up, read every file once
@@ -106,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--preset", default="lmf-core")
     ap.add_argument("--data", default="/tmp/patchbank-scale-data", help="where the synthetic images go")
     ap.add_argument("--test", type=int, default=32, help="synthetic test images for the latency")
+    ap.add_argument("--test-data", default="/tmp/patchbank-scale-test", help="where the synthetic test images go")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--plot", type=Path, default=Path("docs/scale.png"))
@@ -122,11 +123,18 @@ def main(argv=None):
 
         print(f"writing {max(sizes)} synthetic training images to {data} ...", file=sys.stderr)
         make_dataset(data, n_train=max(sizes), n_test_good=args.test, n_test_defect=1, size=256, seed=0)
+    test_dir = Path(args.test_data) / "test" / "good"
+    if not test_dir.is_dir() or len(list(test_dir.glob("*.png"))) < args.test:
+        from patchbank.synthetic import make_dataset
+
+        make_dataset(args.test_data, n_train=1, n_test_good=args.test, n_test_defect=1, size=256, seed=1)
     rows = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--data", str(data), "--preset", args.preset,
-               "--test", str(args.test)] + (["--threads", str(args.threads)] if args.threads else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+               "--test", str(args.test), "--test-data", str(args.test_data)] + (["--threads", str(args.threads)] if args.threads else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"size {n} failed:\n{out.stderr}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{n}: fit {r['fit_s']:.1f}s (ratio {r['fit_ratio']:.2f}), bank {r['bank_mb']:.1f} MB, "
