@@ -110,6 +110,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--plot", type=Path, default=Path("docs/scale.png"))
+    ap.add_argument("--append", action="store_true",
+                    help="merge these sizes into an existing result file (rows of other sizes kept)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one is not None:
@@ -140,11 +142,16 @@ def main(argv=None):
         print(f"{n}: fit {r['fit_s']:.1f}s (ratio {r['fit_ratio']:.2f}), bank {r['bank_mb']:.1f} MB, "
               f"peak RSS {r['peak_rss_fit_mb']:.0f} MB, b1 {r['predict_ms_b1']:.1f} ms, "
               f"b16 {r['predict_ms_b16']:.1f} ms", file=sys.stderr, flush=True)
+    out_file = args.out / f"scale_{args.preset}.json"
+    if args.append and out_file.is_file():
+        done = {r["n_train"] for r in rows}
+        rows = sorted([r for r in json.loads(out_file.read_text())["rows"] if r["n_train"] not in done] + rows,
+                      key=lambda r: r["n_train"])
     result = {"preset": args.preset, "data": "synthetic (patchbank.synthetic, 256 px, seed 0)",
               "rows": rows, "machine": rows[-1]["machine"],
               "command": "python benchmarks/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"scale_{args.preset}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.plot)
     print(table(rows))
 
