@@ -9,6 +9,10 @@ import torch
 from patchbank.greedy import (
     GreedySampler,
     NaiveGreedySampler,
+    _Coords,
+    _dist,
+    _lower_all,
+    _pair_dist,
     coreset_size,
     covering_radius,
     greedy_fast,
@@ -40,20 +44,69 @@ def _datasets():
         "grid_ties": grid,
         "constant": torch.ones(50, 4),
         "offset": _clustered(400, 8, 5, 3) + 1000.0,
+        # tiny spread far from the origin: distances ~1e-2 next to norms ~1e4
+        "far_tiny": _clustered(300, 16, 4, 10) * 1e-3 + 1e4,
+        # +-3 e_i and copies: every pairwise distance is 3*sqrt(2), 6 or 0 -- ties everywhere,
+        # including at the pool threshold
+        "axis_ties": torch.cat([torch.eye(16) * 3, -torch.eye(16) * 3] * 3),
     }
 
 
+# Knobs of greedy_fast that must never change the result: tiny pools force hundreds of
+# batches (and pools made of ties), low_dim=1 makes the first filter weak, tiny tiles give
+# many row blocks, two workers split the update pass.
+VARIANTS = {
+    "default": {},
+    "pool1": {"pool": 1},
+    "pool7_low1": {"pool": 7, "low_dim": 1, "cells": 64},
+    "pool64_tiles_workers": {"pool": 64, "cells": 256, "workers": 2},
+    "low_full_dim": {"pool": 33, "low_dim": 128},
+}
+
+
 @pytest.mark.parametrize("name", list(_datasets()))
-@pytest.mark.parametrize("variant", ["default", "small_leaves", "runs"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_fast_matches_reference(name, variant):
     x = _datasets()[name].float().contiguous()
-    n = x.shape[0] if name in ("duplicates", "grid_ties", "constant") else x.shape[0] // 3
+    n = x.shape[0] if name in ("duplicates", "grid_ties", "constant", "axis_ties") else x.shape[0] // 3
     start = 5
-    kw = {"default": {}, "small_leaves": {"leaf_size": 8}, "runs": {"leaf_size": 8, "run_slots": 0}}[variant]
     ref = greedy_reference(x, n, start)
-    got = greedy_fast(x, n, start, **kw)
+    got = greedy_fast(x, n, start, **VARIANTS[variant])
     assert torch.equal(got, ref)
     assert len(set(got.tolist())) == n  # never the same row twice
+
+
+def test_exact_kernel_is_call_independent():
+    # The fast sampler computes exact distances in three call shapes; the brute force in one.
+    # Equal selections rely on the kernel giving a pair the same bits in all of them.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 128, generator=g) * 4 + 2
+    c = x[17:18]
+    ref = _dist(x, c)
+    rows = torch.randint(3000, (500,), generator=g)
+    assert torch.equal(_dist(x[rows], c), ref[rows])
+    assert torch.equal(_pair_dist(x[rows], c.expand(500, -1)), ref[rows])
+    cent = torch.randint(3000, (500,), generator=g)
+    full = torch.cdist(x, x[cent], compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.equal(_pair_dist(x[rows], x[cent]), full[rows, torch.arange(500)])
+
+
+@pytest.mark.parametrize("low_dim", [1, 8, 128])
+def test_update_pass_keeps_boundary_pairs(low_dim):
+    # r set exactly at, one ulp above and one ulp below the exact distance to a centre: the
+    # filters must pass every pair whose exact distance is below r, and r must end up equal
+    # to the brute-force minimum bit for bit.
+    x = _clustered(4000, 128, 30, 11) + 3.0
+    co = _Coords(x, low_dim)
+    cent = torch.tensor([3, 500, 1200, 3999])
+    d = torch.cdist(x, x[cent], compute_mode="donot_use_mm_for_euclid_dist")
+    dmin = d.amin(1)
+    for r0 in (dmin, torch.nextafter(dmin, torch.full_like(dmin, math.inf)),
+               torch.nextafter(dmin, torch.zeros_like(dmin)), dmin * 1.5):
+        for workers, cells in ((1, 1 << 18), (2, 64)):
+            r = r0.clone()
+            _lower_all(x, co, r, cent, workers, cells)
+            assert torch.equal(r, torch.minimum(r0, dmin))
 
 
 def test_sampler_matches_naive_with_projection():
@@ -119,7 +172,7 @@ def test_large_n_is_linear_memory():
 
 def test_thread_setting_restored():
     before = torch.get_num_threads()
-    greedy_fast(torch.randn(300, 4), 30, 0, num_threads=1)
+    greedy_fast(torch.randn(300, 4), 30, 0, workers=2)
     assert torch.get_num_threads() == before
 
 
