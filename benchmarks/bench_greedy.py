@@ -140,6 +140,8 @@ def main() -> None:
                     help="compare the first K selected rows with the brute force (K steps of it)")
     ap.add_argument("--pool", type=int, default=None, help="candidate pool rows (default: greedy_fast's)")
     ap.add_argument("--low-dim", type=int, default=32)
+    ap.add_argument("--freeze", type=float, default=0.9,
+                    help="lazy-update factor beta of greedy_fast (0: no lazy updates)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result file")
@@ -182,10 +184,11 @@ def main() -> None:
         for ratio in args.ratio:
             n = coreset_size(N, ratio)
             t0 = time.perf_counter()
-            sel = greedy_fast(x, n, start, progress=args.progress, pool=args.pool, low_dim=args.low_dim)
+            sel = greedy_fast(x, n, start, progress=args.progress, pool=args.pool, low_dim=args.low_dim,
+                              freeze=args.freeze or None)
             dt = time.perf_counter() - t0
             rss = peak_rss_mb()
-            run = {"features": kind, "N": N, "D": D, "ratio": ratio, "n": n, "seconds": round(dt, 2),
+            run = {"features": kind, "N": N, "D": D, "ratio": ratio, "freeze": args.freeze or None, "n": n, "seconds": round(dt, 2),
                    "ms_per_centre": round(dt / n * 1e3, 3), "peak_rss_mb": round(rss),
                    "peak_rss_before_mb": round(base_rss), "brute_force_extrapolated_s": round(per * n, 1)}
             print(f"  ratio {ratio:g}: {n} centres in {dt:.1f} s ({dt / n * 1e3:.2f} ms/centre); "

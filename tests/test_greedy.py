@@ -61,6 +61,9 @@ VARIANTS = {
     "pool7_low1": {"pool": 7, "low_dim": 1, "cells": 64},
     "pool64_tiles_workers": {"pool": 64, "cells": 256, "workers": 2},
     "low_full_dim": {"pool": 33, "low_dim": 128},
+    "no_lazy": {"pool": 16, "freeze": None},
+    "lazy_tight": {"pool": 5, "freeze": 0.99, "workers": 2, "cells": 128},
+    "lazy_loose": {"pool": 9, "freeze": 0.3},
 }
 
 
@@ -74,6 +77,17 @@ def test_fast_matches_reference(name, variant):
     got = greedy_fast(x, n, start, **VARIANTS[variant])
     assert torch.equal(got, ref)
     assert len(set(got.tolist())) == n  # never the same row twice
+
+
+def test_fast_under_inference_mode_with_worker_threads():
+    # Detector.fit runs under torch.inference_mode, which is thread-local: the update pass's
+    # worker threads must still be allowed to update r in place (lazy and eager paths)
+    x = _clustered(3000, 16, 20, 4)
+    ref = greedy_reference(x, 300, 7)
+    for freeze in (0.9, None):
+        with torch.inference_mode():
+            got = greedy_fast(x.clone(), 300, 7, pool=32, cells=256, workers=2, freeze=freeze)
+        assert torch.equal(got, ref)
 
 
 def test_exact_kernel_is_call_independent():

@@ -50,10 +50,19 @@ batches the sequential selection without changing it:
   really lower ``r``) get the exact distance.  Every test carries a rounding slack (see
   ``_S_REL`` / ``_E_REL``), so a pair is skipped only when its exact distance cannot lower
   ``r``.
+* **Lazy rows.**  A batch needs exact ``r`` only for rows that can enter its pool.  Rows with
+  ``r < beta * tau`` (``freeze``, default 0.9) are frozen: the update passes skip them, and
+  their stored ``r`` (an upper bound, r only decreases) stays below a threshold ``theta <=
+  tau``.  When ``tau`` falls below ``theta``, frozen rows whose stored ``r >= beta * tau`` get
+  every centre selected since they froze, and ``theta`` drops to ``beta * tau``
+  (:class:`_Lazy`).  Rows that end far below the final threshold are never touched again.
 * **Exactness.**  Every ``r`` that changes is set from the exact kernel (the same
   ``cdist`` as the brute force, whose value for a pair does not depend on the other rows), so
-  ``r`` is bit-identical to the brute force's after every batch, and the selections are equal
-  index for index (ties: lowest row).
+  every row that can enter a pool has the brute force's ``r``, bit for bit, and the
+  selections are equal index for index (ties: lowest row).
+* **Isotropic data.**  Where the low-dimensional bound passes over a quarter of the pairs
+  (e.g. i.i.d. Gaussian noise), filter 1 is skipped and the pass is one 128-d product per
+  block: the brute force's work, as matrix products.
 
 Cost: about N * n * (low_dim + 1) multiply-adds in float32 matrix products, plus a pool pass
 per selected centre.  The update pass runs in ``torch.get_num_threads()`` Python threads over
@@ -248,15 +257,16 @@ class _Coords:
             self.sq[i : i + chunk] = (y * y).sum(1)
 
 
-def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, lo: int, hi: int,
-                cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
-    """``r[i] = min(r[i], d(x[i], c))`` for rows ``lo <= i < hi`` and every centre ``c`` (row
-    indices ``cent``), with exact distances, computing them only for pairs that pass two filters:
+def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tensor | None, lo: int,
+                hi: int, cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
+    """``r[i] = min(r[i], d(x[i], c))`` for every centre ``c`` (row indices ``cent``) and the
+    rows ``rows[lo:hi]`` (``rows`` None: rows ``lo <= i < hi``), with exact distances,
+    computed only for pairs that pass two filters:
 
     1. the lower bound ``|low(x) - low(c)|`` for every pair, one matrix product per row block
        (``-2 low(x) . low(c) + |c|^2`` compared with ``r^2 - |x|^2`` plus the slack);
-    2. the full-dimensional estimate for the survivors: gathered from rows of the block (in
-       cache) when they are few, else for the whole block by two more products.
+    2. the full-dimensional estimate for the survivors: gathered row by row when they are
+       few, else for the whole block by two more products.
 
     ``dense`` skips filter 1 (when it lets most pairs through, e.g. isotropic data).
     ``counts`` gets the pairs seen and the pairs that passed filter 1 added.
@@ -270,51 +280,61 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, lo: int, hi: int,
     seen = passed = 0
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
-        rb, qb = r[b0:b1], co.sq[b0:b1]
+        if rows is None:
+            ib = None
+            rb, qb, lb = r[b0:b1], co.sq[b0:b1], co.low[b0:b1]
+        else:
+            ib = rows[b0:b1]
+            rb, qb, lb = r.index_select(0, ib), co.sq.index_select(0, ib), co.low.index_select(0, ib)
         r2s = rb.clamp_min(0.0).square() * (1.0 + _S_REL)
         # pair (i, j) passes iff |c|^2 (1 - E) - 2 u_i . u_j < r_i^2 (1 + S) - |x_i|^2 (1 - E),
         # u = low (filter 1) or the full coordinates (filter 2, dense form)
         t = (r2s - qb * (1.0 - _E_REL))[:, None]
         seen += (b1 - b0) * m
         if not dense:
-            w = torch.addmm(cterm[None, :], co.low[b0:b1], cl.T, alpha=-2.0)
+            w = torch.addmm(cterm[None, :], lb, cl.T, alpha=-2.0)
             pr = torch.nonzero(w < t)
             passed += pr.shape[0]
             if pr.shape[0] == 0:
                 continue
         if dense or pr.shape[0] * 16 > w.numel():
-            w = torch.addmm(cterm[None, :], co.low[b0:b1, :k], clk.T, alpha=-2.0)
-            w.addmm_(co.rest[b0:b1], cr.T, alpha=-2.0)
+            rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
+            w = torch.addmm(cterm[None, :], lb[:, :k], clk.T, alpha=-2.0)
+            w.addmm_(rs, cr.T, alpha=-2.0)
             pr = torch.nonzero(w < t)
             if dense:
                 passed += pr.shape[0]
             i, j = pr[:, 0], pr[:, 1]
         else:
             i, j = pr[:, 0], pr[:, 1]
-            lb, rs = co.low[b0:b1], co.rest[b0:b1]
+            rs = co.rest[b0:b1].index_select(0, i) if ib is None else co.rest.index_select(0, ib.index_select(0, i))
             dot = (lb[:, :k].index_select(0, i) * clk.index_select(0, j)).sum(1)
-            dot += (rs.index_select(0, i) * cr.index_select(0, j)).sum(1)
+            dot += (rs * cr.index_select(0, j)).sum(1)
             qi, qj = qb.index_select(0, i), cq.index_select(0, j)
             keep = torch.nonzero(qi + qj - 2.0 * dot < r2s.index_select(0, i) + _E_REL * (qi + qj))[:, 0]
             i, j = i.index_select(0, keep), j.index_select(0, keep)
         if i.numel() == 0:
             continue
-        exact = _pair_dist(x[b0:b1].index_select(0, i), cx.index_select(0, j))
-        rb.scatter_reduce_(0, i, exact, "amin")
+        xi = x[b0:b1].index_select(0, i) if ib is None else x.index_select(0, ib.index_select(0, i))
+        rb.scatter_reduce_(0, i, _pair_dist(xi, cx.index_select(0, j)), "amin")
+        if ib is not None:
+            r.index_copy_(0, ib, rb)
     counts[0] += seen
     counts[1] += passed
 
 
 def _lower_all(x: torch.Tensor, co: _Coords, r: torch.Tensor, cent: torch.Tensor, workers: int,
-               cells: int, dense: bool = False) -> float:
-    """:func:`_lower_rows` over all rows, split into ``workers`` row ranges run in parallel
-    threads (each torch op single-threaded; they release the GIL).  Returns the fraction of
-    pairs that passed filter 1."""
-    N = x.shape[0]
+               cells: int, dense: bool = False, rows: torch.Tensor | None = None) -> float:
+    """:func:`_lower_rows` over all rows (or ``rows``), split into ``workers`` ranges run in
+    parallel threads (each torch op single-threaded; they release the GIL).  Returns the
+    fraction of pairs that passed filter 1."""
+    N = x.shape[0] if rows is None else rows.numel()
     block = max(32, min(8192, cells // max(1, cent.numel())))
     counts = [0, 0]
+    if N == 0 or cent.numel() == 0:
+        return 0.0
     if workers <= 1 or N < 4 * block:
-        _lower_rows(x, co, r, 0, N, cent, block, dense, counts)
+        _lower_rows(x, co, r, rows, 0, N, cent, block, dense, counts)
     else:
         import threading
 
@@ -324,7 +344,10 @@ def _lower_all(x: torch.Tensor, co: _Coords, r: torch.Tensor, cent: torch.Tensor
 
         def work(q: int) -> None:
             try:
-                _lower_rows(x, co, r, edges[q], edges[q + 1], cent, block, dense, parts[q])
+                # inference mode is thread-local: in-place updates of ``r`` (an inference tensor
+                # when the caller runs under torch.inference_mode, as Detector.fit does) need it
+                with torch.inference_mode():
+                    _lower_rows(x, co, r, rows, edges[q], edges[q + 1], cent, block, dense, parts[q])
             except BaseException as exc:  # re-raised in the caller
                 errors.append(exc)
 
@@ -350,6 +373,7 @@ def greedy_fast(
     cells: int = 1 << 18,
     seed: int = 0,
     workers: int | None = None,
+    freeze: float | None = 0.9,
 ) -> torch.LongTensor:
     """Greedy k-center on CPU ``features [N, D]`` (already projected), index for index the
     selection of :func:`greedy_reference`, in batches (see the module docstring).
@@ -359,7 +383,8 @@ def greedy_fast(
     used by the first filter.  ``cells``: size of the row-block x batch score tile of the update
     pass.  ``workers``: threads of the update pass (default: ``torch.get_num_threads()``);
     everything else runs single-threaded, and the torch thread count is restored on return.
-    ``seed``: row sample for the principal axes.  None of these changes the result.
+    ``seed``: row sample for the principal axes.  ``freeze``: factor beta of the lazy updates
+    (None: update every row after every batch).  None of these changes the result.
     """
     x = features
     if x.is_cuda or x.dtype != torch.float32 or x.ndim != 2 or not x.is_contiguous():
@@ -373,6 +398,8 @@ def greedy_fast(
         pool = max(256, min(16384, N // 16))
     if pool < 1:
         raise ValueError(f"pool: expected a positive integer, got {pool}")
+    if freeze is not None and not (0.0 < freeze < 1.0):
+        raise ValueError(f"freeze: expected None or 0 < freeze < 1, got {freeze!r}")
     prev_threads = torch.get_num_threads()
     workers = prev_threads if workers is None else max(1, int(workers))
     sel = [start]
@@ -384,10 +411,12 @@ def greedy_fast(
         r = _dist(x, x[start : start + 1])
         r[start] = -1.0
         torch.set_num_threads(1)
+        lazy = _Lazy(N, freeze)
         pass_rate, batches = 0.0, 0
         try:
             while len(sel) < n:
-                new = _batch(x, co, r, n - len(sel), pool, bar)
+                tau = lazy.settle(x, co, r, sel, pool, workers, cells)
+                new = _batch(x, co, r, tau, n - len(sel), bar)
                 if new is None:  # every unselected row is at distance 0: index order
                     rest = torch.nonzero(r == 0)[:, 0][: n - len(sel)]
                     sel.extend(rest.tolist())
@@ -400,7 +429,7 @@ def greedy_fast(
                     # filter 1 is skipped while it passes over a quarter of the pairs (probed
                     # again every 8th batch)
                     dense = pass_rate > 0.25 and batches % 8 != 7
-                    rate = _lower_all(x, co, r, cent, workers, cells, dense)
+                    rate = _lower_all(x, co, r, cent, workers, cells, dense, lazy.active)
                     pass_rate = rate if not dense else pass_rate
                     batches += 1
         finally:
@@ -408,18 +437,81 @@ def greedy_fast(
     return torch.tensor(sel, dtype=torch.long)
 
 
-def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, limit: int, pool: int, bar) -> list[int] | None:
+class _Lazy:
+    """Lazy updates: rows far below the selection threshold are frozen and skipped.
+
+    A batch needs exact ``r`` only for rows that can enter its pool, i.e. rows with
+    ``r >= tau``.  Rows with ``r < beta * tau`` (``beta = freeze``) are *frozen*: they keep
+    their ``r`` (an upper bound of the true one, since r only decreases) and the number of
+    centres applied to them, and the update passes skip them.  Invariant: every frozen row
+    has stored ``r < theta <= tau``.  When ``tau`` (computed over all stored r) falls below
+    ``theta``, the frozen rows whose stored ``r >= beta * tau`` get every centre selected since
+    they froze (the same filtered exact update), then ``theta = beta * tau`` and the loop
+    repeats; so the pool is always built from exact values.  Rows whose min-distance ends far
+    below the final threshold are never touched again.
+    """
+
+    def __init__(self, N: int, beta: float | None):
+        self.N, self.beta = N, beta
+        self.active: torch.Tensor | None = None  # sorted active rows; None: all rows
+        self.groups: list[tuple[torch.Tensor, int]] = []  # (frozen rows, centres applied)
+        self.theta = 0.0
+
+    def _freeze(self, r: torch.Tensor, below: float, version: int) -> None:
+        act = self.active if self.active is not None else torch.arange(self.N)
+        low = r.index_select(0, act) < below
+        cnt = int(low.sum())
+        if cnt == 0:
+            return
+        self.groups.append((act[low], version))
+        self.active = act[~low]
+        self.theta = max(self.theta, below)
+
+    def settle(self, x, co, r, sel: list[int], pool: int, workers: int, cells: int) -> float:
+        """Thaw what the next pool needs, freeze what it cannot need; return ``tau``."""
+        N = self.N
+        while True:
+            tau = float(torch.topk(r, min(pool, N), sorted=False).values.min())
+            if self.beta is None:
+                return tau
+            if self.groups and tau < self.theta:
+                theta = self.beta * tau if tau > 0 else 0.0
+                keep, thawed = [], []
+                for rows, version in self.groups:
+                    up = r.index_select(0, rows) >= theta
+                    if bool(up.any()):
+                        t_rows = rows[up]
+                        cent = torch.tensor(sel[version:], dtype=torch.long)
+                        _lower_all(x, co, r, cent, workers, cells, rows=t_rows)
+                        thawed.append(t_rows)
+                        rows = rows[~up]
+                    if rows.numel():
+                        keep.append((rows, version))
+                self.groups = keep
+                self.theta = theta
+                if thawed:
+                    self.active = torch.sort(torch.cat([self.active, *thawed])).values
+                continue  # thawed rows may have lowered tau
+            act_n = N if self.active is None else self.active.numel()
+            below = self.beta * tau
+            if below > 0:
+                act = self.active if self.active is not None else None
+                rr = r if act is None else r.index_select(0, act)
+                if int((rr < below).sum()) * 4 > act_n:
+                    self._freeze(r, below, len(sel))
+            return tau
+
+
+def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int, bar) -> list[int] | None:
     """Select the next centres (at most ``limit``) from the candidate pool; None when every
     unselected row has min-distance 0.
 
-    The pool holds every row with ``r >= tau``, ``tau`` the ``pool``-th largest r (ties
+    The pool holds every row with ``r >= tau`` (``tau``: the pool size-th largest r, ties
     included); rows outside it have ``r < tau`` and r never grows, so while the pool's largest
     r is ``>= tau`` the global farthest row (lowest index among ties) is in the pool.  Only the
     pool's r are lowered here; :func:`_lower_all` then applies the batch's centres to all rows.
     When ``tau`` is 0 the pool is the rows with ``r > 0`` and the batch runs while one is left.
     """
-    N = r.shape[0]
-    tau = float(torch.topk(r, min(pool, N), sorted=False).values.min())
     idx = torch.nonzero(r >= tau if tau > 0 else r > 0)[:, 0]  # ascending row order
     if idx.numel() == 0:
         return None
