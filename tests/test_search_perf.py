@@ -33,9 +33,42 @@ def test_ivfpq_returns_exact_distances_of_good_neighbours():
     assert (i[:, 0] == ref_i[:, 0]).float().mean() > 0.3                # recall@1
     assert d[:, 0].sqrt().mean() / ref_d[:, 0].sqrt().mean() < 1.05     # near-neighbour distances
     sub = s.subset(torch.arange(8000) % 2 == 0)
-    assert len(sub) == 4000
-    d2, i2 = sub.search(queries, 1)
-    assert (i2 >= 0).all() and (i2 < 4000).all()
+    assert len(sub) == 4000 and len(s) == 8000
+    d2, i2 = sub.search(queries, 3)
+    assert (i2 >= 0).all() and (i2 % 2 == 0).all()                      # kept rows, whole-bank ids
+    assert torch.allclose(d2, ((queries[:, None] - bank[i2]) ** 2).sum(2), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["exact", "flat", "ivf", "ivfpq"])
+def test_subset_is_the_search_over_the_kept_rows(kind):
+    """subset(keep) shares the index (no copy) and must return what a search over bank[keep]
+    returns, with indices into the whole bank.  IVF kinds probe every list here, so the
+    reference is the exact search over the kept rows."""
+    if kind != "exact":
+        pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(1)
+    bank = torch.randn(3000, 16, generator=g)
+    queries = torch.randn(200, 16, generator=g)
+    keep = torch.rand(3000, generator=g) > 0.4
+    ids = torch.nonzero(keep)[:, 0]
+    if kind == "exact":
+        s = ExactSearch(bank)
+    else:
+        s = FaissSearch(bank, kind, nlist=20, nprobe=20, refine=512)  # ivfpq: re-rank every row
+    before = s.search(queries, 2)
+    sub = s.subset(keep)
+    assert len(sub) == int(keep.sum()) and len(s) == 3000
+    ref_d, ref_i = ExactSearch(bank[keep]).search(queries, 4)
+    d, i = sub.search(queries, 4)
+    assert torch.equal(i, ids[ref_i])
+    assert torch.allclose(d, ref_d, rtol=1e-4, atol=1e-4)
+    # the full search is unaffected by its subset
+    after = s.search(queries, 2)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    # k larger than the kept rows: only kept rows come back
+    few = s.subset(torch.arange(3000) < 3)
+    d3, i3 = few.search(queries[:5], 10)
+    assert i3.shape == (5, 3) and set(i3.flatten().tolist()) <= {0, 1, 2}
 
 
 def test_pq_subquantizers():

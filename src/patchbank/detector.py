@@ -142,6 +142,16 @@ class Detector:
         f = self.fusion_.transform(layers)
         return self.projection_.transform(f) if self.projection_ is not None else f
 
+    def _embed_rows(self, layers: list[torch.Tensor], chunk: int = 65536) -> torch.Tensor:
+        """:meth:`_embed` of many rows, ``chunk`` rows at a time, into one preallocated tensor."""
+        rows = layers[0].shape[0]
+        first = self._embed([layer[:min(rows, chunk)] for layer in layers])
+        out = torch.empty(rows, first.shape[1], dtype=first.dtype, device=first.device)
+        out[:first.shape[0]] = first
+        for start in range(first.shape[0], rows, chunk):
+            out[start:start + chunk] = self._embed([layer[start:start + chunk] for layer in layers])
+        return out
+
     # ------------------------------------------------------------------ fit
     def _calibration_ids(self, n: int) -> np.ndarray:
         cfg = self.config
@@ -173,8 +183,11 @@ class Detector:
         is_cal = np.zeros(n, dtype=bool)
         is_cal[cal_ids] = True
 
-        kept: list[list[torch.Tensor]] = []   # raw per-layer rows kept for the bank
-        kept_src: list[torch.Tensor] = []     # their source image ids
+        # raw per-layer rows kept for the bank, written into buffers allocated once (their row
+        # count is known after the first batch), and the source image of each row
+        kept: list[torch.Tensor] | None = None
+        kept_src: torch.Tensor | None = None
+        n_kept = 0
         cal_rows: list[list[torch.Tensor]] = []
         keep_idx = None
         route_idx, route_rows = None, []
@@ -187,9 +200,14 @@ class Detector:
             n_patches = grid[0] * grid[1]
             if moments is not None:
                 moments.update(layers)
-            if streams:
-                if keep_idx is None:
+            if kept is None:
+                if streams:
                     keep_idx = sampler.indices(n * n_patches).to(self.device)
+                rows = keep_idx.numel() if streams else n * n_patches
+                kept = [torch.empty(rows, layer.shape[1], dtype=layer.dtype, device=layer.device)
+                        for layer in layers]
+                kept_src = torch.empty(rows, dtype=torch.long, device=self.device)
+            if streams:
                 lo, hi = offset * n_patches, (offset + b) * n_patches
                 local = keep_idx[(keep_idx >= lo) & (keep_idx < hi)] - lo
             else:
@@ -203,31 +221,37 @@ class Detector:
                 lo, hi = offset * n_patches, (offset + b) * n_patches
                 pick = route_idx[(route_idx >= lo) & (route_idx < hi)] - lo
                 route_rows.append(routing_embedding([layer[pick] for layer in layers]).cpu())
-            kept.append([layer[local].clone() for layer in layers])
-            kept_src.append(local // n_patches + offset)
+            m = local.numel()
+            for buf, layer in zip(kept, layers):
+                torch.index_select(layer, 0, local, out=buf[n_kept:n_kept + m])
+            kept_src[n_kept:n_kept + m] = local // n_patches + offset
+            n_kept += m
             for j in np.nonzero(is_cal[offset:offset + b])[0]:
+                # a slice of the batch's rows is a view: clone it so the batch can be freed
                 cal_rows.append([layer[j * n_patches:(j + 1) * n_patches].clone() for layer in layers])
             offset += b
             bar.update(b)
         bar.close()
+        if n_kept != kept_src.numel():   # cannot happen unless the stream lost images
+            raise PatchbankError(f"fit read {offset} of {n} images; expected every one")
 
         t_features = time.perf_counter()
         if routing_sample > 0:
             self.routing_sample_ = torch.cat(route_rows)
         self.fusion_ = fusion.fit(moments)
-        raw = [torch.cat([chunk[i] for chunk in kept]) for i in range(len(kept[0]))]
-        del kept
-        fused = self.fusion_.transform(raw)
-        del raw
         self.projection_ = None
         if cfg.projection_dim is not None:
-            self.projection_ = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused.shape[1])
-            fused = self.projection_.transform(fused)
-        source = torch.cat(kept_src)
+            fused_dim = self.fusion_.transform([buf[:1] for buf in kept]).shape[1]
+            self.projection_ = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused_dim)
+        # fusion + projection in row chunks straight into the bank: at no point is more than
+        # the raw rows plus the bank in memory (the fused rows exist one chunk at a time)
+        bank = self._embed_rows(kept)
+        del kept
+        source = kept_src
         if not streams:
-            sel = sampler.run(fused)
-            fused, source = fused[sel], source[sel]
-        self.bank_ = fused.contiguous()
+            sel = sampler.run(bank)
+            bank, source = bank[sel], source[sel]
+        self.bank_ = bank
         self.grid_ = grid
         self.n_train_images_ = n
 
@@ -235,17 +259,17 @@ class Detector:
         if cfg.local_density:
             self.radius_ = bank_local_radius(self.bank_, cfg.density_neighbors)
 
-        # --- calibration on held-out images (see module docstring)
+        # --- calibration on held-out images (see module docstring): the search skips every bank
+        # row taken from a held-out image (a mask over the one index, no second copy of the bank)
         held_out = torch.from_numpy(is_cal).to(self.device)[source]
-        sub_bank = self.bank_[~held_out]
-        if sub_bank.shape[0] == 0:
+        if bool(held_out.all()):
             raise PatchbankError("too few training images: the bank has no entry outside the "
                                  "calibration images; add images or raise coreset_ratio")
         t_bank = time.perf_counter()
         self.search_ = make_search(self.bank_, cfg)
         sub_search = self.search_.subset(~held_out)
         t_index = time.perf_counter()
-        sub_radius = self.radius_[~held_out] if self.radius_ is not None else None
+        sub_bank, sub_radius = self.bank_, self.radius_
         base, phi = [], []
         for start in range(0, len(cal_rows), cfg.batch_size):
             chunk = cal_rows[start:start + cfg.batch_size]

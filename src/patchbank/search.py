@@ -26,13 +26,21 @@ class ExactSearch:
         self.bank_sqnorm = (self.bank * self.bank).sum(1)
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
+        self.count = self.bank.shape[0]
 
     def __len__(self) -> int:
-        return self.bank.shape[0]
+        return self.count
 
     def subset(self, keep: torch.Tensor) -> "ExactSearch":
-        """A search over the rows ``keep`` (bool mask) of this bank."""
-        return ExactSearch(self.bank[keep], self.query_chunk, self.bank_chunk)
+        """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the
+        whole bank.  Shares the bank (no copy): excluded rows get an infinite squared norm, so
+        their distance is +inf and they are never among the ``k <= len`` nearest."""
+        keep = keep.to(self.bank.device)
+        out = object.__new__(ExactSearch)
+        out.bank, out.query_chunk, out.bank_chunk = self.bank, self.query_chunk, self.bank_chunk
+        out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
+        out.count = int(keep.sum())
+        return out
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
@@ -93,7 +101,7 @@ class FaissSearch:
     """
 
     def __init__(self, bank: torch.Tensor, kind: str = "flat", nlist: int | None = None,
-                 nprobe: int = 8, seed: int = 0, trained=None, refine: int = 8, assign=None):
+                 nprobe: int = 8, seed: int = 0, refine: int = 8):
         try:
             import faiss
         except ImportError:
@@ -103,10 +111,7 @@ class FaissSearch:
         data = bank.detach().float().cpu().contiguous().numpy()
         self.n, dim = data.shape
         self.kind, self.nprobe, self.seed, self.refine = kind, nprobe, seed, refine
-        if trained is not None:          # reuse a trained (coarse quantizer) index, empty it
-            index = faiss.clone_index(trained)
-            index.reset()
-        elif kind in ("ivf", "ivfpq"):
+        if kind in ("ivf", "ivfpq"):
             # 5 k-means iterations: measured on MTD's lmf-core bank, recall@1 0.82 at nprobe 8
             # vs 0.82 with 10 iterations, at half the build time
             nlist = nlist or ivf_nlist(self.n)
@@ -122,26 +127,27 @@ class FaissSearch:
             index.nprobe = min(nprobe, nlist)
         else:
             index = faiss.IndexFlatL2(dim)
-        self.assign = None
-        if kind == "ivf":
-            # assign once; the calibration subset (subset()) reuses these list numbers instead of
-            # searching the coarse quantizer again (same lists as index.add would choose)
-            from faiss.contrib.ivf_tools import add_preassigned
-
-            if assign is None:
-                assign = index.quantizer.search(data, 1)[1][:, 0]
-            self.assign = np.ascontiguousarray(assign, dtype=np.int64)
-            add_preassigned(index, data, self.assign)
-        else:
-            index.add(data)
+        index.add(data)
         self.index = index
         self.bank = bank
+        self.params = None      # FAISS search parameters (an ID selector: see subset)
 
     def subset(self, keep: torch.Tensor) -> "FaissSearch":
-        """A search over the rows ``keep`` (bool mask), reusing this index's trained quantizer."""
-        assign = None if self.assign is None else self.assign[keep.cpu().numpy()]
-        return FaissSearch(self.bank[keep], self.kind, nprobe=self.nprobe, seed=self.seed,
-                           trained=self.index, refine=self.refine, assign=assign)
+        """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the
+        whole bank: the same index searched with an ID selector (a bitmap), so the same lists are
+        probed and scanned, minus the excluded rows; no second index, no copy of the bank."""
+        faiss = self.faiss
+        mask = keep.detach().cpu().numpy().astype(bool)
+        out = object.__new__(FaissSearch)
+        out.__dict__.update(self.__dict__)
+        out.bitmap = np.packbits(mask, bitorder="little")   # kept alive: FAISS holds a pointer
+        out.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(out.bitmap))
+        if self.kind in ("ivf", "ivfpq"):
+            out.params = faiss.SearchParametersIVF(sel=out.selector, nprobe=self.index.nprobe)
+        else:
+            out.params = faiss.SearchParameters(sel=out.selector)
+        out.n = int(mask.sum())
+        return out
 
     def __len__(self) -> int:
         return self.n
@@ -152,10 +158,10 @@ class FaissSearch:
         k = min(k, self.n)
         q = queries.detach().float().cpu().contiguous()
         if self.kind != "ivfpq":
-            d, i = self.index.search(q.numpy(), k)
+            d, i = self.index.search(q.numpy(), k, params=self.params)
             # IVF may return -1 when fewer than k candidates were probed
             return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
-        _, cand = self.index.search(q.numpy(), min(k * self.refine, self.n))
+        _, cand = self.index.search(q.numpy(), min(k * self.refine, self.n), params=self.params)
         return _rerank(q, torch.from_numpy(cand).long(), self.bank.detach().float().cpu(), k, device)
 
 
