@@ -26,8 +26,10 @@ def one(args) -> dict:
     from patchbank.config import Config
     from patchbank.detector import Detector
     from patchbank.images import list_images
+    from patchbank.memory import tune_malloc
     from patchbank.threads import set_threads
 
+    tune_malloc()                                          # as the patchbank command does
     set_threads(args.threads)
     data = Path(args.data)
     train = list_images(data / "train" / "good")[:args.one]

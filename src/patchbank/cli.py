@@ -95,6 +95,9 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point (``patchbank``)."""
+    from patchbank.memory import tune_malloc
+
+    tune_malloc()   # freed feature batches go back to the OS (see patchbank.memory)
     cli.main(prog_name="patchbank")
 
 

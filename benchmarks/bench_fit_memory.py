@@ -1,0 +1,115 @@
+"""Peak memory of an ``lmf-core`` fit, phase by phase, above the warm baseline.
+
+    python benchmarks/bench_fit_memory.py --images 1000 3000            # with patchbank.memory.tune_malloc
+    python benchmarks/bench_fit_memory.py --images 1000 3000 --no-tune  # glibc defaults
+
+Training images are the synthetic ones of ``bench_scale.py`` (generated there into ``--data``).
+Each size runs in a fresh process: the detector is built and warmed up (a floor pass over 200
+images), then RSS (``/proc/self/status`` VmRSS) is sampled every 20 ms during ``fit`` and the
+largest value above the baseline is kept per phase: ``stream`` (read + forward + moments +
+kept raw rows), ``embed`` (fusion + projection into the bank), ``index`` (search index build),
+``calib`` (calibration), ``done`` (after fit).  Writes ``--out`` JSON with the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one(n: int, data: Path, tune: bool, threads: int) -> dict:
+    if tune:
+        from patchbank.memory import tune_malloc
+
+        tune_malloc()
+    import torch
+
+    import patchbank.detector as D
+    from patchbank.benchmark import floor_seconds
+    from patchbank.config import Config
+    from patchbank.images import list_images
+
+    torch.set_num_threads(threads)
+    train = list_images(data / "train" / "good")[:n]
+    det = D.Detector(Config.preset("lmf-core"), progress=False)
+    floor_seconds(det, train[:200])
+    base = _rss_mb()
+    stage, peaks, stop = ["stream"], {}, []
+
+    def monitor():
+        while not stop:
+            r = _rss_mb() - base
+            peaks[stage[0]] = max(peaks.get(stage[0], r), r)
+            time.sleep(0.02)
+
+    embed_rows, make_search = D.Detector._embed_rows, D.make_search
+
+    def embed(self, *a, **k):
+        stage[0] = "embed"
+        return embed_rows(self, *a, **k)
+
+    def search(*a, **k):
+        stage[0] = "index"
+        out = make_search(*a, **k)
+        stage[0] = "calib"
+        return out
+
+    D.Detector._embed_rows, D.make_search = embed, search
+    t = threading.Thread(target=monitor, daemon=True)
+    t.start()
+    det.fit(train)
+    stage[0] = "done"
+    time.sleep(0.1)
+    stop.append(1)
+    t.join()
+    bank_mb = det.bank_.numel() * det.bank_.element_size() / 1e6
+    return {"n_train": n, "tune_malloc": tune, "baseline_rss_mb": round(base, 1), "bank_mb": round(bank_mb, 1),
+            "above_baseline_mb": {k: round(v, 1) for k, v in peaks.items()},
+            "peak_above_baseline_mb": round(max(peaks.values()), 1),
+            "peak_over_bank": round(max(peaks.values()) / bank_mb, 2)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, nargs="+", default=[1000, 3000])
+    ap.add_argument("--data", type=Path, default=Path("/tmp/patchbank-scale-data"))
+    ap.add_argument("--no-tune", action="store_true", help="leave glibc malloc at its defaults")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.data, not args.no_tune, args.threads)))
+        return
+    if not (args.data / "train" / "good").is_dir():
+        sys.exit(f"no synthetic data in {args.data}: run benchmarks/bench_scale.py first (it writes them)")
+    rows = []
+    for n in args.images:
+        cmd = [sys.executable, __file__, "--one", str(n), "--data", str(args.data), "--threads", str(args.threads)]
+        out = subprocess.run(cmd + (["--no-tune"] if args.no_tune else []), capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"size {n} failed:\n{out.stderr}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        from patchbank.benchmark import machine
+
+        args.out.write_text(json.dumps({"rows": rows, "machine": machine(),
+                                        "command": "python benchmarks/bench_fit_memory.py " + " ".join(sys.argv[1:])},
+                                       indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
