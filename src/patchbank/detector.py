@@ -232,8 +232,6 @@ class Detector:
             offset += b
             bar.update(b)
         bar.close()
-        if n_kept != kept_src.numel():   # cannot happen unless the stream lost images
-            raise PatchbankError(f"fit read {offset} of {n} images; expected every one")
 
         t_features = time.perf_counter()
         if routing_sample > 0:
@@ -269,13 +267,12 @@ class Detector:
         self.search_ = make_search(self.bank_, cfg)
         sub_search = self.search_.subset(~held_out)
         t_index = time.perf_counter()
-        sub_bank, sub_radius = self.bank_, self.radius_
         base, phi = [], []
         for start in range(0, len(cal_rows), cfg.batch_size):
             chunk = cal_rows[start:start + cfg.batch_size]
             emb = self._embed([torch.cat(layer) for layer in zip(*chunk)])
-            b_score, scores = self._score_batch(emb.view(len(chunk), n_patches, -1), sub_bank,
-                                                sub_search, sub_radius)
+            b_score, scores = self._score_batch(emb.view(len(chunk), n_patches, -1), self.bank_,
+                                                sub_search, self.radius_)
             base.append(b_score)
             phi.append(self._maps(scores)[1])
         self._calibrate(np.concatenate(base), np.concatenate(phi))

@@ -457,16 +457,6 @@ class _Lazy:
         self.groups: list[tuple[torch.Tensor, int]] = []  # (frozen rows, centres applied)
         self.theta = 0.0
 
-    def _freeze(self, r: torch.Tensor, below: float, version: int) -> None:
-        act = self.active if self.active is not None else torch.arange(self.N)
-        low = r.index_select(0, act) < below
-        cnt = int(low.sum())
-        if cnt == 0:
-            return
-        self.groups.append((act[low], version))
-        self.active = act[~low]
-        self.theta = max(self.theta, below)
-
     def settle(self, x, co, r, sel: list[int], pool: int, workers: int, cells: int) -> float:
         """Thaw what the next pool needs, freeze what it cannot need; return ``tau``."""
         N = self.N
@@ -492,13 +482,14 @@ class _Lazy:
                 if thawed:
                     self.active = torch.sort(torch.cat([self.active, *thawed])).values
                 continue  # thawed rows may have lowered tau
-            act_n = N if self.active is None else self.active.numel()
             below = self.beta * tau
             if below > 0:
-                act = self.active if self.active is not None else None
-                rr = r if act is None else r.index_select(0, act)
-                if int((rr < below).sum()) * 4 > act_n:
-                    self._freeze(r, below, len(sel))
+                low = (r if self.active is None else r.index_select(0, self.active)) < below
+                if int(low.sum()) * 4 > low.numel():   # freeze when over a quarter can go
+                    act = self.active if self.active is not None else torch.arange(N)
+                    self.groups.append((act[low], len(sel)))
+                    self.active = act[~low]
+                    self.theta = max(self.theta, below)
             return tau
 
 

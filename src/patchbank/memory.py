@@ -7,10 +7,10 @@ free, so later large tensors come from the heap and their freed pages stay resid
 ``benchmarks/bench_fit_memory.py`` (see docs/performance.md "Fit memory"): most of the peak
 memory above the bank in a fit was arenas of the decoding threads.
 
-:func:`tune_malloc` limits glibc to two arenas (``mallopt(M_ARENA_MAX, 2)``; optionally a fixed
-mmap threshold, off by default: it returns large blocks at once but costs a syscall and fresh
-zeroed pages per batch).  The ``patchbank`` command calls it at start-up (before any thread
-starts), as do the benchmarks; library users may call it once before fitting.  It does
+:func:`tune_malloc` limits glibc to two arenas (``mallopt(M_ARENA_MAX, 2)``).  A fixed mmap
+threshold was tried as well and not kept: it did not lower the peak further and costs a syscall
+and fresh zeroed pages per batch.  The ``patchbank`` command calls it at start-up (before any
+thread starts), as do the benchmarks; library users may call it once before fitting.  It does
 nothing where the C library is not glibc.
 """
 from __future__ import annotations
@@ -18,12 +18,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-_M_MMAP_THRESHOLD = -3   # glibc <malloc.h>
-_M_ARENA_MAX = -8
+_M_ARENA_MAX = -8   # glibc <malloc.h>
 _done: bool | None = None
 
 
-def tune_malloc(arenas: int = 2, mmap_threshold: int = 0) -> bool:
+def tune_malloc(arenas: int = 2) -> bool:
     """Apply the malloc settings (once per process); True where glibc accepted them."""
     global _done
     if _done is not None:
@@ -35,17 +34,6 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 0) -> bool:
         _done = False
         return _done
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = bool(mallopt(_M_ARENA_MAX, int(arenas)))
-    if mmap_threshold:
-        ok = ok and bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
-    _done = ok
+    _done = bool(mallopt(_M_ARENA_MAX, int(arenas)))
     return _done
 
-
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the OS (``malloc_trim(0)``); True if any were."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False

@@ -11,6 +11,7 @@ distances.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -36,8 +37,7 @@ class ExactSearch:
         whole bank.  Shares the bank (no copy): excluded rows get an infinite squared norm, so
         their distance is +inf and they are never among the ``k <= len`` nearest."""
         keep = keep.to(self.bank.device)
-        out = object.__new__(ExactSearch)
-        out.bank, out.query_chunk, out.bank_chunk = self.bank, self.query_chunk, self.bank_chunk
+        out = copy.copy(self)
         out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
         out.count = int(keep.sum())
         return out
@@ -138,8 +138,7 @@ class FaissSearch:
         probed and scanned, minus the excluded rows; no second index, no copy of the bank."""
         faiss = self.faiss
         mask = keep.detach().cpu().numpy().astype(bool)
-        out = object.__new__(FaissSearch)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)
         out.bitmap = np.packbits(mask, bitorder="little")   # kept alive: FAISS holds a pointer
         out.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(out.bitmap))
         if self.kind in ("ivf", "ivfpq"):
