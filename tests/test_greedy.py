@@ -208,6 +208,9 @@ def test_bad_inputs():
         GreedySampler(0.1, proxy_dim=0)
     with pytest.raises(ValueError):
         greedy_fast(torch.randn(10, 3), 11, 0)
+    for freeze in (0.0, 1.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="freeze"):
+            greedy_fast(torch.randn(10, 3), 3, 0, freeze=freeze)
     with pytest.raises(ValueError):
         greedy_reference(torch.randn(10, 3), 3, 10)
 
