@@ -1210,10 +1210,13 @@ def _int_list(ctx, param, value):
               help="Predict batch sizes.")
 @click.option("--max-test", type=click.IntRange(min=1), default=None,
               help="Predict on at most this many test images (evenly spaced) [all].")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed fits / predicts per setting, interleaved with floors; ratios are "
+                   "fastest run / fastest floor.")
 @_common_run_options
 @click.pass_context
 def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, batch_sizes,
-              max_test: int | None, device: str, threads: int | None, quiet: bool,
+              max_test: int | None, repeats: int, device: str, threads: int | None, quiet: bool,
               **config_params: Any) -> None:
     """Fit and predict timings of a preset on DATA (a category folder with train/good and test/,
     or a category name under ../shared/data) against the floor: fit / floor, predict / floor per
@@ -1228,7 +1231,7 @@ def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, 
     command = "patchbank benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
     result = run_benchmark(data, preset=preset, overrides=overrides, ratios=ratios,
                            batch_sizes=batch_sizes, device=device, max_test=max_test,
-                           progress=not quiet, command=command)
+                           progress=not quiet, command=command, repeats=repeats)
     write_json(result, output)
     for line in summary_lines(result):
         click.echo(line)
