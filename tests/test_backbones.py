@@ -85,8 +85,10 @@ def test_lite2_taps_equal_full_model_intermediates(lite2, full_lite2):
     strides = [64 // t.shape[-1] for t in inter]
     assert strides == [2, 4, 8, 16, 16, 32, 32]  # blocks[2] ends stride 8, blocks[4] is the last stride 16
     assert len(got) == 2
-    torch.testing.assert_close(got[0], inter[2], rtol=0, atol=0)
-    torch.testing.assert_close(got[1], inter[4], rtol=0, atol=0)
+    # equal up to float rounding: the backbone's batch norms are folded into its convolutions
+    assert lite2.folded_batchnorms > 0
+    for a, b in ((got[0], inter[2]), (got[1], inter[4])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
     assert len(lite2.stages) == 5  # blocks 5 and 6 are not even kept
 
 

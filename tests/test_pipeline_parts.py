@@ -124,7 +124,7 @@ def test_reweighted_max_by_hand():
     search = ExactSearch(bank)
     sq, idx = search.search(queries[0], 1)
     scores = sq[:, 0].sqrt().view(1, 2)
-    out = reweighted_max(scores, queries, idx[:, 0].view(1, 2), bank, search, b=2)
+    out = reweighted_max(scores, queries, idx[:, 0].view(1, 2), search, b=2)
     # m* = bank[0]; N_2(m*) = {bank[0], bank[1]}; distances from (0,2): 2 and sqrt(5)
     d = np.array([2.0, math.sqrt(5.0)])
     w = 1 - np.exp(d[0]) / np.exp(d).sum()

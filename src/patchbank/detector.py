@@ -44,11 +44,32 @@ from patchbank.projection import GaussianProjection
 from patchbank.samplers import make_sampler
 from patchbank.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
 from patchbank.routing import routing_embedding
-from patchbank.search import make_search, resolve_search
+from patchbank.search import (ivf_nlist, ivf_train_ids, make_search, make_search_from_chunks,
+                              resolve_search)
 from patchbank.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
 
 CPU_MICRO_BATCH = 4   # images per backbone call on CPU (see Detector.forward)
+RAW_CHUNK_ROWS = 65536  # fit keeps raw rows in chunks of this many rows, freed as they are embedded
+
+
+def _alloc_chunks(rows: int, widths: list[int], like: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Empty per-layer buffers for ``rows`` raw rows, in chunks of ``RAW_CHUNK_ROWS`` rows."""
+    return [[torch.empty(min(RAW_CHUNK_ROWS, rows - start), w, dtype=like.dtype, device=like.device)
+             for w in widths] for start in range(0, rows, RAW_CHUNK_ROWS)]
+
+
+def _write_rows(chunks: list[list[torch.Tensor]], start: int, layers: list[torch.Tensor],
+                local: torch.Tensor) -> None:
+    """Write rows ``local`` of each layer to chunked buffers from global row ``start`` on."""
+    m, done = local.numel(), 0
+    while done < m:
+        ci, off = divmod(start + done, RAW_CHUNK_ROWS)
+        take = min(m - done, chunks[ci][0].shape[0] - off)
+        sel = local[done:done + take]
+        for buf, layer in zip(chunks[ci], layers):
+            torch.index_select(layer, 0, sel, out=buf[off:off + take])
+        done += take
 
 
 @dataclass
@@ -142,15 +163,36 @@ class Detector:
         f = self.fusion_.transform(layers)
         return self.projection_.transform(f) if self.projection_ is not None else f
 
-    def _embed_rows(self, layers: list[torch.Tensor], chunk: int = 65536) -> torch.Tensor:
-        """:meth:`_embed` of many rows, ``chunk`` rows at a time, into one preallocated tensor."""
-        rows = layers[0].shape[0]
-        first = self._embed([layer[:min(rows, chunk)] for layer in layers])
-        out = torch.empty(rows, first.shape[1], dtype=first.dtype, device=first.device)
-        out[:first.shape[0]] = first
-        for start in range(first.shape[0], rows, chunk):
-            out[start:start + chunk] = self._embed([layer[start:start + chunk] for layer in layers])
+    def _embedded_chunks(self, chunks: list[list[torch.Tensor]]):
+        """:meth:`_embed` of each raw chunk in turn; each raw chunk is dropped from ``chunks``
+        (and so freed) when its embedding is handed out."""
+        while chunks:
+            raw = chunks.pop(0)
+            out = self._embed(raw)
+            del raw
+            yield out
+
+    def _embed_all(self, chunks: list[list[torch.Tensor]], rows: int) -> torch.Tensor:
+        """All chunks embedded into one preallocated tensor, raw chunks freed on the way: at no
+        point is more than the raw rows plus the bank in memory."""
+        out, start = None, 0
+        for emb in self._embedded_chunks(chunks):
+            if out is None:
+                out = torch.empty(rows, emb.shape[1], dtype=emb.dtype, device=emb.device)
+            out[start:start + emb.shape[0]] = emb
+            start += emb.shape[0]
         return out
+
+    def _embed_sample(self, chunks: list[list[torch.Tensor]], ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the raw rows ``ids`` (sorted global row numbers) of chunked buffers."""
+        out, lo = [], 0
+        for chunk in chunks:
+            hi = lo + chunk[0].shape[0]
+            sel = ids[(ids >= lo) & (ids < hi)] - lo
+            if sel.numel():
+                out.append(self._embed([layer[sel.to(layer.device)] for layer in chunk]))
+            lo = hi
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ fit
     def _calibration_ids(self, n: int) -> np.ndarray:
@@ -204,8 +246,7 @@ class Detector:
                 if streams:
                     keep_idx = sampler.indices(n * n_patches).to(self.device)
                 rows = keep_idx.numel() if streams else n * n_patches
-                kept = [torch.empty(rows, layer.shape[1], dtype=layer.dtype, device=layer.device)
-                        for layer in layers]
+                kept = _alloc_chunks(rows, [layer.shape[1] for layer in layers], layers[0])
                 kept_src = torch.empty(rows, dtype=torch.long, device=self.device)
             if streams:
                 lo, hi = offset * n_patches, (offset + b) * n_patches
@@ -222,8 +263,7 @@ class Detector:
                 pick = route_idx[(route_idx >= lo) & (route_idx < hi)] - lo
                 route_rows.append(routing_embedding([layer[pick] for layer in layers]).cpu())
             m = local.numel()
-            for buf, layer in zip(kept, layers):
-                torch.index_select(layer, 0, local, out=buf[n_kept:n_kept + m])
+            _write_rows(kept, n_kept, layers, local)
             kept_src[n_kept:n_kept + m] = local // n_patches + offset
             n_kept += m
             for j in np.nonzero(is_cal[offset:offset + b])[0]:
@@ -239,50 +279,77 @@ class Detector:
         self.fusion_ = fusion.fit(moments)
         self.projection_ = None
         if cfg.projection_dim is not None:
-            fused_dim = self.fusion_.transform([buf[:1] for buf in kept]).shape[1]
+            fused_dim = self.fusion_.transform([buf[:1] for buf in kept[0]]).shape[1]
             self.projection_ = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused_dim)
-        # fusion + projection in row chunks straight into the bank: at no point is more than
-        # the raw rows plus the bank in memory (the fused rows exist one chunk at a time)
-        bank = self._embed_rows(kept)
-        del kept
-        source = kept_src
-        if not streams:
-            sel = sampler.run(bank)
-            bank, source = bank[sel], source[sel]
-        self.bank_ = bank
         self.grid_ = grid
         self.n_train_images_ = n
-
         self.radius_ = None
-        if cfg.local_density:
-            self.radius_ = bank_local_radius(self.bank_, cfg.density_neighbors)
+        source = kept_src
+        is_cal_t = torch.from_numpy(is_cal).to(self.device)
 
-        # --- calibration on held-out images (see module docstring): the search skips every bank
-        # row taken from a held-out image (a mask over the one index, no second copy of the bank)
-        held_out = torch.from_numpy(is_cal).to(self.device)[source]
-        if bool(held_out.all()):
-            raise PatchbankError("too few training images: the bank has no entry outside the "
-                                 "calibration images; add images or raise coreset_ratio")
-        t_bank = time.perf_counter()
-        self.search_ = make_search(self.bank_, cfg)
+        def held_out_rows(src: torch.Tensor) -> torch.Tensor:
+            """Bank rows taken from a held-out calibration image: calibration searches the one
+            index with them masked (see module docstring), no second copy of the bank."""
+            held = is_cal_t[src]
+            if bool(held.all()):
+                raise PatchbankError("too few training images: the bank has no entry outside the "
+                                     "calibration images; add images or raise coreset_ratio")
+            return held
+
+        sample = ivf_train_ids(n_kept, ivf_nlist(n_kept), cfg.seed)
+        if (streams and not cfg.local_density and sample is not None
+                and resolve_search(cfg, n_kept, self.device) == "faiss-ivf"):
+            # large streamed bank: the IVF lists are trained on their sample of the rows (the
+            # same rows an index rebuilt from the saved bank uses), then the raw chunks are
+            # embedded and added to the index one at a time and freed: the bank only ever
+            # exists inside the index
+            held_out = held_out_rows(source)
+            train = self._embed_sample(kept, sample)
+            dim = train.shape[1]
+            t_bank = time.perf_counter()
+            self.search_ = make_search_from_chunks(self._embedded_chunks(kept), n_kept, dim,
+                                                   train, cfg)
+            del train
+        else:
+            # fusion + projection in row chunks straight into the bank, raw chunks freed on the way
+            bank = self._embed_all(kept, n_kept)
+            if not streams:
+                sel = sampler.run(bank)
+                bank, source = bank[sel], source[sel]
+            if cfg.local_density:
+                self.radius_ = bank_local_radius(bank, cfg.density_neighbors)
+            held_out = held_out_rows(source)
+            t_bank = time.perf_counter()
+            self.search_ = make_search(bank, cfg)      # holds the only copy of the bank
+            del bank
+        del kept
         sub_search = self.search_.subset(~held_out)
         t_index = time.perf_counter()
         base, phi = [], []
         for start in range(0, len(cal_rows), cfg.batch_size):
             chunk = cal_rows[start:start + cfg.batch_size]
             emb = self._embed([torch.cat(layer) for layer in zip(*chunk)])
-            b_score, scores = self._score_batch(emb.view(len(chunk), n_patches, -1), self.bank_,
-                                                sub_search, self.radius_)
+            b_score, scores = self._score_batch(emb.view(len(chunk), n_patches, -1), sub_search,
+                                                self.radius_)
             base.append(b_score)
             phi.append(self._maps(scores)[1])
         self._calibrate(np.concatenate(base), np.concatenate(phi))
         self.backbone_sha256_ = self.backbone.weights_sha256
         self.fit_seconds_ = time.perf_counter() - t0
         # the fit's time split: streaming pass (read + forward + moments + kept rows), bank
-        # (fusion, projection, sampler), search index (both indexes), calibration
+        # (fusion, projection, sampler; for a large streamed IVF bank only the training sample:
+        # its chunks are embedded while they are added), search index, calibration
         self.fit_timings_ = {"features": t_features - t0, "bank": t_bank - t_features,
                              "index": t_index - t_bank, "calibration": time.perf_counter() - t_index}
         return self
+
+    @property
+    def bank_(self) -> torch.Tensor:
+        """The memory bank [entries, dim], float32.  The search index holds the only copy (for
+        exact and IVF-Flat search the vectors are stored exactly): for FAISS this reads a fresh
+        copy out of the index on every access, so the scoring path never uses it (it reads the
+        few rows it needs through ``search_.rows``)."""
+        return self.search_.all_rows().to(self.device)
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -291,7 +358,7 @@ class Detector:
         cfg = self.config
         return cfg.base_score if cfg.image_score in ("struct", "hybrid") else cfg.image_score
 
-    def _score_batch(self, emb: torch.Tensor, bank: torch.Tensor, search, radius=None):
+    def _score_batch(self, emb: torch.Tensor, search, radius=None):
         """[B, P, d] embeddings -> (base scores [B] float64 numpy, patch scores [B, P])."""
         cfg = self.config
         b, p, d = emb.shape
@@ -302,8 +369,8 @@ class Detector:
         scores = scores.view(b, p)
         pooling = self.base_pooling
         if pooling == "reweighted_max":
-            image = reweighted_max(scores, emb, idx[:, 0].view(b, p), bank, search,
-                                   min(cfg.reweight_neighbors, bank.shape[0]))
+            image = reweighted_max(scores, emb, idx[:, 0].view(b, p), search,
+                                   min(cfg.reweight_neighbors, search.shape[0]))
         elif pooling == "topk_mean":
             image = topk_mean(scores, cfg.topk_ratio)
         else:
@@ -341,7 +408,7 @@ class Detector:
         return final, d_struct, hyb
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "bank_"):
+        if not hasattr(self, "search_"):
             raise PatchbankError("this detector is not fitted: call fit() or Detector.load() first")
 
     @torch.inference_mode()
@@ -378,8 +445,7 @@ class Detector:
         embedding and after the search (for the timing split)."""
         emb = self._embed(layers)
         t2 = time.perf_counter()
-        base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.bank_,
-                                         self.search_, self.radius_)
+        base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.search_, self.radius_)
         t3 = time.perf_counter()
         maps, phi = self._maps(scores)
         return self._predictions(names, base, maps, phi, category), (t2, t3)
@@ -410,7 +476,7 @@ class Detector:
         """A JSON-able summary: configuration, bank size, calibration."""
         self._check_fitted()
         elem = 2 if self.config.bank_dtype == "float16" else 4
-        entries, dim = self.bank_.shape
+        entries, dim = self.search_.shape
         return {
             "patchbank_version": __version__,
             "format_version": FORMAT_VERSION,
@@ -462,7 +528,7 @@ class Detector:
             det.projection_ = None
             if "projection.matrix" in tensors:
                 det.projection_ = GaussianProjection(config.projection_dim, config.seed).load_state(tensors)
-            det.bank_ = tensors["bank"].float().to(det.device)
+            bank = tensors["bank"].float().to(det.device)
             base = tensors["calibration_base_scores"].double().numpy()
             phi = tensors["calibration_descriptors"].double().numpy()
             det.radius_ = tensors["bank_radius"].float().to(det.device) if config.local_density else None
@@ -472,5 +538,5 @@ class Detector:
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det._calibrate(base, phi)
-        det.search_ = make_search(det.bank_, config)
+        det.search_ = make_search(bank, config)
         return det

@@ -27,19 +27,20 @@ def patch_scores(sq_dists: torch.Tensor, distance: str, knn_reduce: str) -> torc
 
 
 def reweighted_max(scores: torch.Tensor, queries: torch.Tensor, nn_index: torch.Tensor,
-                   bank: torch.Tensor, search, b: int) -> torch.Tensor:
+                   search, b: int) -> torch.Tensor:
     """PatchCore's re-weighted max for each image.
 
     scores [B, P] patch scores, queries [B, P, d] patch features, nn_index [B, P] nearest bank
-    row of each patch, ``search`` over ``bank``; returns [B] image scores.
+    row of each patch, ``search`` over the bank (its ``rows(ids)`` reads bank rows back);
+    returns [B] image scores.
     """
     top = scores.argmax(1)
     rows = torch.arange(scores.shape[0], device=scores.device)
     s_star = scores[rows, top]
     q_star = queries[rows, top]                        # m_t*
-    m_star = bank[nn_index[rows, top]]                 # m*
+    m_star = search.rows(nn_index[rows, top])          # m*
     _, support = search.search(m_star, b)              # N_b(m*), m* first
-    dist = (q_star.unsqueeze(1) - bank[support]).norm(dim=2)
+    dist = (q_star.unsqueeze(1) - search.rows(support).to(q_star.device)).norm(dim=2)
     weight = 1.0 - torch.softmax(dist.double(), dim=1)[:, 0].to(scores.dtype)
     return weight * s_star
 
