@@ -131,36 +131,3 @@ def test_chunked_fit_and_its_reloaded_model_probe_the_same_lists(synthetic_root,
     assert [p.score for p in pa] == [p.score for p in pb]
     for x, y in zip(pa, pb):
         np.testing.assert_array_equal(x.anomaly_map, y.anomaly_map)
-
-
-def test_hnsw_search_rows_subset_and_exactness_at_large_ef():
-    bank = _bank(2000, 16)
-    q = _bank(100, 16, seed=5)
-    s = FaissSearch(bank, "hnsw", ef=400)
-    assert s.bank is None and torch.equal(s.all_rows(), bank)
-    assert torch.equal(s.rows(torch.tensor([4, 1999])), bank[[4, 1999]])
-    ed, ei = ExactSearch(bank).search(q, 1)
-    d, i = s.search(q, 1)
-    assert (i == ei).float().mean() >= 0.99                    # ef 400 of 2,000: exact in practice
-    keep = torch.arange(2000) % 3 != 0
-    sub_d, sub_i = s.subset(keep).search(q, 4)
-    assert bool(keep[sub_i.reshape(-1)].all())                 # masked rows are never returned
-    ref_d, ref_i = ExactSearch(bank).subset(keep).search(q, 1)
-    assert (sub_i[:, 0] == ref_i[:, 0]).float().mean() >= 0.99
-    with pytest.raises(ValueError, match="hnsw_ef"):
-        from patchbank.config import Config
-        Config.preset("lmf-core", hnsw_ef=0)
-
-
-def test_detector_with_hnsw_search(synthetic_root, tmp_path):
-    det = Detector.from_preset("lmf-core", progress=False, search="faiss-hnsw", **FAST)
-    det.fit(synthetic_root / "train" / "good")
-    assert det.search_.kind == "hnsw" and det.info()["search"] == "faiss-hnsw"
-    items, labels = split_items(synthetic_root)
-    preds = det.predict(items)
-    det.save(tmp_path / "h.patchbank")
-    again = Detector.load(tmp_path / "h.patchbank", progress=False).predict(items)
-    assert [p.score for p in preds] == [p.score for p in again]
-    # the synthetic defects are easy: every defective image outscores every good one
-    good = max(p.score for p, y in zip(preds, labels) if y == 0)
-    assert min(p.score for p, y in zip(preds, labels) if y == 1) > good

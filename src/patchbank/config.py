@@ -29,7 +29,7 @@ from typing import Any
 
 FUSIONS = ("equal", "vg", "l2")
 SAMPLERS = ("uniform", "greedy", "none")
-SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
+SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
 DISTANCES = ("euclidean", "squared")
 KNN_REDUCES = ("min", "mean")
 BASE_SCORES = ("max", "reweighted_max", "topk_mean")
@@ -86,7 +86,6 @@ class Config:
     ivf_min_bank: int = 20000             # smallest bank that "auto" searches with IVF
     ivfpq_min_bank: int = 1000000         # smallest bank that "auto" searches with IVF-PQ (4-bit codes, exact re-rank)
     pq_refine: int = 8                    # faiss-ivfpq: candidates re-ranked exactly per neighbour wanted
-    hnsw_ef: int = 16                     # faiss-hnsw: candidate list size of the graph search (efSearch)
     blur_sigma: float = 4.0
     image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean" | "struct" | "hybrid"
     base_score: str = "max"               # pooling S_base that "hybrid" adds the structural term to
@@ -144,7 +143,7 @@ class Config:
         if not 0 < self.target_fpr < 1:
             raise ValueError(f"target_fpr: must be in (0, 1), got {self.target_fpr}")
         for name in ("k", "patch_size", "batch_size", "greedy_proxy_dim", "reweight_neighbors",
-                     "calibration_max_images", "ivf_probe", "ivf_min_bank", "ivfpq_min_bank", "pq_refine", "hnsw_ef", "density_neighbors"):
+                     "calibration_max_images", "ivf_probe", "ivf_min_bank", "ivfpq_min_bank", "pq_refine", "density_neighbors"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.projection_dim is not None and self.projection_dim < 1:

@@ -120,10 +120,6 @@ class FaissSearch:
 
     ``flat``  exact (IndexFlatL2).
     ``ivf``   IVF-Flat: 4 sqrt(n) lists, ``nprobe`` searched; the stored vectors are exact.
-    ``hnsw``  HNSW-Flat graph (32 links per vector, efConstruction 40, ``ef`` candidates at search
-              time); vectors stored exactly.  Measured on MTD's lmf-core bank (bench_search.py):
-              recall@1 0.91 at ef 16 against IVF's 0.84, at IVF's batch-16 search time and 30%
-              less at batch 1, but ~5x IVF's build time (seconds); an option, not "auto"'s pick.
     ``ivfpq`` IVF-PQ for very large banks: the same lists, vectors stored as 4-bit product-quantizer
               codes (one sub-quantizer per 4 dimensions: 32x smaller than float32) scanned with
               FAISS's SIMD "fast scan" kernels; the ``refine`` x k best candidates by code distance
@@ -139,8 +135,8 @@ class FaissSearch:
     """
 
     def __init__(self, bank: torch.Tensor | None, kind: str = "flat", nlist: int | None = None,
-                 nprobe: int = 8, seed: int = 0, refine: int = 8, ef: int = 16, *,
-                 _dim: int | None = None, _n: int | None = None):
+                 nprobe: int = 8, seed: int = 0, refine: int = 8, *, _dim: int | None = None,
+                 _n: int | None = None):
         try:
             import faiss
         except ImportError:
@@ -163,10 +159,6 @@ class FaissSearch:
             index.cp.niter = 5
             index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST   # the sample is ivf_train_ids'
             index.nprobe = min(nprobe, nlist)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, 16)
-            index.hnsw.efConstruction = 40
-            index.hnsw.efSearch = ef
         else:
             index = faiss.IndexFlatL2(dim)
         self.index = index
@@ -204,7 +196,7 @@ class FaissSearch:
         return (self.total, self.dim)
 
     def _ensure_direct_map(self) -> None:
-        if self.kind in ("ivf", "ivfpq") and not self._direct:
+        if self.kind != "flat" and not self._direct:
             self.index.make_direct_map()
             self._direct = True
 
@@ -235,8 +227,6 @@ class FaissSearch:
         out.selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(out.bitmap))
         if self.kind in ("ivf", "ivfpq"):
             out.params = faiss.SearchParametersIVF(sel=out.selector, nprobe=self.index.nprobe)
-        elif self.kind == "hnsw":
-            out.params = faiss.SearchParametersHNSW(sel=out.selector, efSearch=self.index.hnsw.efSearch)
         else:
             out.params = faiss.SearchParameters(sel=out.selector)
         out.n = int(mask.sum())
@@ -302,4 +292,4 @@ def make_search(bank: torch.Tensor, config):
     if kind == "exact":
         return ExactSearch(bank)
     return FaissSearch(bank, kind.removeprefix("faiss-"), nprobe=config.ivf_probe,
-                       seed=config.seed, refine=config.pq_refine, ef=config.hnsw_ef)
+                       seed=config.seed, refine=config.pq_refine)
