@@ -170,19 +170,19 @@ def time_predict(det, items: Sequence[Any], batch_size: int, repeats: int = 1) -
     """Predict ``items`` ``repeats`` times at ``batch_size``, interleaved with ``repeats + 1``
     floor measurements; times and split of the fastest predict, ratio fastest / fastest floor."""
     n = len(items)
-    floors, totals, splits = [floor_seconds(det, items, batch_size)], [], []
-    peak = None
-    for _ in range(repeats):
-        with PeakMemory(det.device) as mem:
-            t0 = time.perf_counter()
-            preds = det.predict(list(items), batch_size=batch_size)
-            _sync(det)
-            totals.append(time.perf_counter() - t0)
-        splits.append({k: v / n * 1000 for k, v in det.last_timings_.items()})
-        peak = _max_memory(peak, mem.as_dict())
-        floors.append(floor_seconds(det, items, batch_size))
+    last: list = []                      # the latest predictions (one set kept at a time)
+
+    def run():
+        preds = det.predict(list(items), batch_size=batch_size)
+        _sync(det)
+        last[:] = [preds]
+        return {k: v / n * 1000 for k, v in det.last_timings_.items()}
+
+    totals, splits, floors, peak = _interleaved(run, lambda: floor_seconds(det, items, batch_size),
+                                                repeats, det.device)
     best = int(np.argmin(totals))
     total, floor = totals[best], min(floors)
+    preds = last[0]
     row = {"batch_size": batch_size, "images": n, "total_s": total, "total_s_all": totals,
            "ms_per_image": total / n * 1000, "images_per_s": n / total,
            "split_ms_per_image": splits[best], "split_sum_ms_per_image": sum(splits[best].values()),
@@ -190,6 +190,24 @@ def time_predict(det, items: Sequence[Any], batch_size: int, repeats: int = 1) -
            "predict_ratio": total / floor}
     row.update(peak)
     return row, preds
+
+
+def _interleaved(run, floor, repeats: int, device,
+                 before=None) -> tuple[list[float], list, list[float], dict]:
+    """``floor(), run(), floor(), ..., run(), floor()``: the ``repeats`` run times, what each run
+    returned, the ``repeats + 1`` floor times, and the runs' peak memory (per-field maximum).
+    ``before()``, if given, runs untimed just before each run."""
+    floors, times, outs, peak = [floor()], [], [], None
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            outs.append(run())
+            times.append(time.perf_counter() - t0)
+        peak = _max_memory(peak, mem.as_dict())
+        floors.append(floor())
+    return times, outs, floors, peak
 
 
 def _max_memory(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
@@ -240,21 +258,23 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
     floor_seconds(probe, test, max(batch_list))
     for ratio in ratio_list:
         config = base.replace(coreset_ratio=ratio)
-        floors, fits, fit_splits, peak = [floor_seconds(probe, train, config.batch_size)], [], [], None
-        for _ in range(repeats):
+        last: list = []                  # the latest fitted detector (only one bank alive at a time)
+
+        def fit():
             det = Detector(config, device=device, progress=progress)
             det._backbone = probe.backbone                                # loaded and warm
             det._channels_last = getattr(probe, "_channels_last", False)
-            with PeakMemory(det.device) as mem:
-                t0 = time.perf_counter()
-                det.fit(train)
-                _sync(det)
-                fits.append(time.perf_counter() - t0)
-            fit_splits.append(dict(getattr(det, "fit_timings_", {})))
-            peak = _max_memory(peak, mem.as_dict())
-            floors.append(floor_seconds(det, train, config.batch_size))
+            det.fit(train)
+            _sync(det)
+            last.append(det)
+            return dict(getattr(det, "fit_timings_", {}))
+
+        fits, fit_splits, floors, peak = _interleaved(
+            fit, lambda: floor_seconds(probe, train, config.batch_size), repeats, probe.device,
+            before=last.clear)          # the previous fit is freed outside the timer
         best = int(np.argmin(fits))
         fit_s, floor_fit = fits[best], min(floors)
+        det = last[0]
         info = det.info()
         elem = bank_bytes_per_value(config)
         run: dict[str, Any] = {

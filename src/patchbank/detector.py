@@ -299,9 +299,10 @@ class Detector:
                                      "calibration images; add images or raise coreset_ratio")
             return held
 
-        sample = ivf_train_ids(n_kept, ivf_nlist(n_kept), cfg.seed)
-        if (streams and not cfg.local_density and sample is not None
-                and resolve_search(cfg, n_kept, self.device) == "faiss-ivf"):
+        sample = None
+        if streams and not cfg.local_density and resolve_search(cfg, n_kept, self.device) == "faiss-ivf":
+            sample = ivf_train_ids(n_kept, ivf_nlist(n_kept), cfg.seed)
+        if sample is not None:
             # large streamed bank: the IVF lists are trained on their sample of the rows (the
             # same rows an index rebuilt from the saved bank uses), then the raw chunks are
             # embedded and added to the index one at a time and freed: the bank only ever

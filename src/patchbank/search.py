@@ -166,11 +166,23 @@ class FaissSearch:
         self.params = None      # FAISS search parameters (an ID selector: see subset)
         self._direct = False    # IVF direct map (id -> list position) built for rows()
         if bank is not None:
-            data = bank.detach().float().cpu().contiguous().numpy()
+            train = None
             if kind in ("ivf", "ivfpq"):
                 ids = ivf_train_ids(n, index.nlist, seed)
-                index.train(data if ids is None else data[ids.numpy()])
-            index.add(data)
+                train = bank if ids is None else bank[ids.to(bank.device)]
+            self._fill(train, [bank])
+
+    def _fill(self, train: torch.Tensor | None, chunks) -> None:
+        """Train the inverted lists on ``train`` (IVF kinds), then add the bank ``chunks`` in
+        order; every chunk may be freed once added."""
+        if self.kind in ("ivf", "ivfpq"):
+            self.index.train(_float32_numpy(train))
+        added = 0
+        for chunk in chunks:
+            self.index.add(_float32_numpy(chunk))
+            added += chunk.shape[0]
+        if added != self.total:
+            raise PatchbankError(f"internal error: {added} bank rows added, expected {self.total}")
 
     @classmethod
     def from_chunks(cls, chunks, n: int, dim: int, train: torch.Tensor, nlist: int | None = None,
@@ -179,15 +191,7 @@ class FaissSearch:
         order; each chunk may be freed once added), its lists trained on ``train``: the rows
         :func:`ivf_train_ids` picks (then the index equals ``FaissSearch(bank, "ivf")``)."""
         out = cls(None, "ivf", nlist=nlist, nprobe=nprobe, seed=seed, _dim=dim, _n=n)
-        out.index.cp.max_points_per_centroid = max(IVF_TRAIN_PER_LIST,
-                                                   math.ceil(train.shape[0] / out.index.nlist))
-        out.index.train(train.detach().float().cpu().contiguous().numpy())
-        added = 0
-        for chunk in chunks:
-            out.index.add(chunk.detach().float().cpu().contiguous().numpy())
-            added += chunk.shape[0]
-        if added != n:
-            raise PatchbankError(f"internal error: {added} bank rows added, expected {n}")
+        out._fill(train, chunks)
         return out
 
     @property
@@ -246,6 +250,11 @@ class FaissSearch:
             return (torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device))
         _, cand = self.index.search(q.numpy(), min(k * self.refine, self.n), params=self.params)
         return _rerank(q, torch.from_numpy(cand).long(), self.bank.detach().float().cpu(), k, device)
+
+
+def _float32_numpy(t: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 CPU array of ``t`` (no copy when it already is one)."""
+    return t.detach().float().cpu().contiguous().numpy()
 
 
 def make_search_from_chunks(chunks, n: int, dim: int, train: torch.Tensor, config) -> FaissSearch:
