@@ -127,3 +127,11 @@ def test_forward_matches_plain_backbone():
     for a, b in zip(out, ref):
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_run_benchmark_rejects_zero_repeats(synthetic_root):
+    from patchbank.benchmark import run_benchmark
+    from patchbank.errors import PatchbankError
+
+    with pytest.raises(PatchbankError, match="repeats must be at least 1, got 0"):
+        run_benchmark(synthetic_root, overrides=FAST, repeats=0)
