@@ -71,6 +71,34 @@ def test_subset_is_the_search_over_the_kept_rows(kind):
     assert i3.shape == (5, 3) and set(i3.flatten().tolist()) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_small_calls_probe_the_same_lists_as_faiss(kind):
+    """A call of fewer than SMALL_CALL queries finds its inverted lists with torch (_coarse) and
+    scans them with search_preassigned; one big call goes through FAISS's own search.  With
+    nprobe < nlist both must probe the same lists, so return the same neighbours, for the whole
+    index and for a subset (ID selector), and leave the index's parallel mode as it was."""
+    pytest.importorskip("faiss")
+    from patchbank import search as S
+
+    g = torch.Generator().manual_seed(2)
+    lift = torch.randn(6, 32, generator=g)
+    bank = torch.randn(9000, 6, generator=g) @ lift + 0.05 * torch.randn(9000, 32, generator=g)
+    queries = torch.randn(S.SMALL_CALL + 400, 6, generator=g) @ lift
+    s = FaissSearch(bank, kind, nlist=60, nprobe=5, refine=4)
+    mode = s.index.parallel_mode
+    for search in (s, s.subset(torch.rand(9000, generator=g) > 0.3)):
+        big_d, big_i = search.search(queries, 2)                 # FAISS's search
+        parts = [search.search(q, 2) for q in queries.split(300)]  # torch lists + preassigned
+        assert torch.equal(torch.cat([p[1] for p in parts]), big_i)
+        assert torch.allclose(torch.cat([p[0] for p in parts]), big_d, rtol=1e-5, atol=1e-5)
+    assert s.index.parallel_mode == mode
+    # the lists _coarse picks are the quantizer's nprobe nearest
+    q = queries[:50].contiguous()
+    dq, iq = s._coarse(q)
+    ref_d, ref_i = s.faiss.downcast_index(s.index.quantizer).search(q.numpy(), 5)
+    assert (iq == ref_i).all() and abs(dq - ref_d).max() < 1e-3
+
+
 def test_pq_subquantizers():
     assert pq_subquantizers(128) == 32 and pq_subquantizers(84) == 21 and pq_subquantizers(6) == 3
     assert pq_subquantizers(7) == 7
