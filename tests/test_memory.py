@@ -42,3 +42,31 @@ os.remove(path)
         counts[mode] = int(out.stdout.strip())
     assert counts["tune"] <= 2
     assert counts["default"] > counts["tune"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_trim_malloc_returns_free_pages_in_the_middle_of_the_heap():
+    # 200 MB in 64 KiB blocks (below the mmap threshold: they live in the heap), then every block
+    # freed but the last one, which pins the heap's top: glibc keeps the freed pages resident
+    # until trim_malloc (malloc_trim(0)) hands them back.
+    code = r'''
+import ctypes
+from patchbank.memory import trim_malloc
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+blocks = [libc.malloc(65536) for _ in range(3200)]
+for b in blocks:
+    libc.memset(b, 1, 65536)
+for b in blocks[:-1]:
+    libc.free(b)
+before = rss()
+trim_malloc()
+print(before - rss())
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 150          # MB given back of the ~200 MB freed

@@ -12,6 +12,9 @@ threshold was tried as well and not kept: it did not lower the peak further and 
 and fresh zeroed pages per batch.  The ``patchbank`` command calls it at start-up (before any
 thread starts), as do the benchmarks; library users may call it once before fitting.  It does
 nothing where the C library is not glibc.
+
+:func:`trim_malloc` (glibc ``malloc_trim(0)``) gives the heap's free pages back to the system;
+the fit calls it after each raw chunk of the bank is embedded and freed.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import ctypes.util
 
 _M_ARENA_MAX = -8   # glibc <malloc.h>
 _done: bool | None = None
+_trim = None   # glibc malloc_trim, False where there is none
 
 
 def tune_malloc(arenas: int = 2) -> bool:
@@ -36,4 +40,20 @@ def tune_malloc(arenas: int = 2) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_ARENA_MAX, int(arenas)))
     return _done
+
+
+def trim_malloc() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
+    releases free pages in the middle of the heap, not only at its top).  Called by a fit where
+    a phase has freed large buffers: the batch-by-batch temporaries of the streaming pass, then
+    each raw chunk once it is embedded.  Does nothing where the C library is not glibc."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
 
