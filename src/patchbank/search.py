@@ -263,10 +263,11 @@ class FaissSearch:
     def _ivf_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """IVF search of ``q`` (float32 [n, dim]).  Calls of fewer than ``SMALL_CALL`` queries
         (one image at a time, say) find their lists with :meth:`_coarse` and scan them with
-        FAISS's ``search_preassigned``, in parallel over the queries: for MTD's 784 queries an
-        image this takes about 9 instead of 11-13 ms at 2 threads, with identical results
-        (``benchmarks/bench_search.py``); larger calls go through FAISS's own ``search``,
-        which is as fast there."""
+        FAISS's ``search_preassigned``, in parallel over the queries: FAISS's own coarse step
+        is slow for a few hundred queries (on MTD's bank, 784 queries an image, 2 threads:
+        7.9 ms/img at batch 1 against 12.1 before; ``search_mtd_lmf-core_s5.json`` vs
+        ``search_grid_mtd.json``), with identical results.  Larger calls go through FAISS's
+        own ``search``, which is as fast there."""
         if q.shape[0] >= SMALL_CALL:
             return self.index.search(q, k, params=self.params)
         dq, iq = self._coarse(torch.from_numpy(q))
