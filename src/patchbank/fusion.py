@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 
 class Moments:
-    """Streaming per-channel mean and variance of each layer (float64, shifted sums)."""
+    """Streaming per-channel mean and variance of each layer from shifted sums: the first row
+    seen is the shift (so the sums do not cancel), each batch's sums are taken in float32 (torch
+    sums a batch's column in cascade, relative error ~1e-7: the precision of the float32
+    features themselves) and accumulated across batches in float64.  Summing in float64
+    throughout costs 3.4x the time (15.9 vs 4.6 ms per batch of 16 images at 2 threads: ~0.5 s
+    of a 761-image fit) for no precision the float32 features carry."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -31,12 +36,13 @@ class Moments:
     def update(self, layers: list[torch.Tensor]) -> None:
         if not self.shift:
             self.shift = [x[0].double().clone() for x in layers]
+            self._shift32 = [s.float() for s in self.shift]      # exact: the rows are float32
             self.sum = [torch.zeros_like(s) for s in self.shift]
             self.sumsq = [torch.zeros_like(s) for s in self.shift]
         for i, x in enumerate(layers):
-            d = x.double() - self.shift[i]
-            self.sum[i] += d.sum(0)
-            self.sumsq[i] += (d * d).sum(0)
+            d = x.float() - self._shift32[i].to(x.device)
+            self.sum[i] += d.sum(0).double()
+            self.sumsq[i] += (d * d).sum(0).double()
         self.count += layers[0].shape[0]
 
     def mean(self) -> list[torch.Tensor]:
