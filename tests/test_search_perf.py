@@ -1,10 +1,15 @@
 """IVF-PQ search, the "auto" rule, and the matrix form of the anomaly maps."""
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
 from patchbank.anomaly_map import anomaly_maps, anomaly_maps_reference
 from patchbank.config import Config
-from patchbank.search import ExactSearch, FaissSearch, make_search, pq_subquantizers, resolve_search
+from patchbank.search import (ExactSearch, FaissSearch, ivf_train_ids, make_search, pq_subquantizers,
+                              resolve_search)
 
 
 @pytest.mark.parametrize("shape,size,sigma", [((4, 28, 28), (224, 224), 4.0), ((2, 14, 20), (100, 140), 2.0),
@@ -134,3 +139,53 @@ def test_auto_is_exact_torch_search_on_gpu():
     assert resolve_search(cfg, 5_000_000, "cuda") == "exact"
     assert resolve_search(cfg, 5_000_000, "cuda:0") == "exact"
     assert resolve_search(cfg.replace(search="faiss-ivf"), 5_000_000, "cuda") == "faiss-ivf"
+
+
+def test_ivf_lists_sized_exactly_hold_what_faiss_add_gives():
+    """FaissSearch(bank, "ivf") adds through _add_exact_lists (lists allocated at their final
+    size, add_core with FAISS's own assignment): the lists must hold the same ids and vectors, in
+    the same order, as FAISS's plain add, and search the same."""
+    faiss = pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(3)
+    bank = torch.randn(6000, 16, generator=g)
+    s = FaissSearch(bank, "ivf", nlist=30, nprobe=4)
+    ref = faiss.IndexIVFFlat(faiss.IndexFlatL2(16), 16, 30)
+    ref.cp.seed, ref.cp.niter, ref.cp.max_points_per_centroid = 0, 5, 40
+    ref.train(bank[ivf_train_ids(6000, 30, 0)].numpy())     # the sample FaissSearch trains on
+    ref.add(bank.numpy())
+    ref.nprobe = 4
+    a, b = (faiss.downcast_InvertedLists(i.invlists) for i in (s.index, ref))
+    assert s.index.ntotal == ref.ntotal == 6000
+    for list_no in range(30):
+        n = a.list_size(list_no)
+        assert n == b.list_size(list_no)
+        ids = (faiss.rev_swig_ptr(x.get_ids(list_no), n).copy() for x in (a, b))
+        assert np.array_equal(*ids)
+        codes = (faiss.rev_swig_ptr(x.get_codes(list_no), n * 64).copy() for x in (a, b))
+        assert np.array_equal(*codes)
+    q = torch.randn(500, 16, generator=g)
+    d, i = s.search(q, 3)
+    rd, ri = ref.search(q.numpy(), 3)
+    assert np.array_equal(i.numpy(), ri) and np.allclose(d.numpy(), rd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ivf_index_memory_is_the_bank_not_a_doubled_copy():
+    # a 131,072 x 128 float32 bank is 64 MiB; FAISS's plain add grows each list by doubling
+    # (~1.3x the vectors, benchmarks/bench_index_memory.py); lists sized up front hold ~1.0x
+    pytest.importorskip("faiss")
+    code = r'''
+import sys, numpy as np, torch
+from patchbank.memory import trim_malloc
+from patchbank.search import FaissSearch
+def rss():
+    trim_malloc()                       # freed temporaries (the k-means sample) do not count
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+bank = torch.from_numpy(np.random.default_rng(0).standard_normal((131072, 128), dtype=np.float32))
+train = FaissSearch(bank[:4000], "ivf", nlist=100)            # warm up FAISS / BLAS
+before = rss()
+s = FaissSearch(bank, "ivf")
+print(rss() - before)
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 1.18 * 64
