@@ -11,7 +11,7 @@ Fitting streams the training images once (LMF-Core Algorithm 1, setup):
    draws its row indices up front, so only ~r of the raw rows are ever held; the greedy
    sampler must see every row and keeps them all;
 4. after the pass: fusion statistics -> fused features -> projection -> (greedy selection) -> bank,
-   one 65,536-row chunk of raw rows at a time (each freed once embedded).  The search index holds
+   one ``RAW_CHUNK_ROWS`` chunk of raw rows at a time (each freed once embedded).  The search index holds
    the only copy of the bank (``bank_`` reads it back); a large streamed IVF bank goes into the
    index chunk by chunk, so it never exists twice.
 

@@ -44,9 +44,9 @@ def tune_malloc(arenas: int = 2) -> bool:
 
 def trim_malloc() -> None:
     """Hand the C heap's free pages back to the system (glibc ``malloc_trim(0)``, which also
-    releases free pages in the middle of the heap, not only at its top).  Called by a fit where
-    a phase has freed large buffers: the batch-by-batch temporaries of the streaming pass, then
-    each raw chunk once it is embedded.  Does nothing where the C library is not glibc."""
+    releases free pages in the middle of the heap, not only at its top).  The fit calls it after
+    each raw chunk of the bank is embedded and freed.  Does nothing where the C library is not
+    glibc."""
     global _trim
     if _trim is None:
         try:
@@ -56,4 +56,3 @@ def trim_malloc() -> None:
             _trim = False
     if _trim:
         _trim(0)
-
