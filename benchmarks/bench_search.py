@@ -78,6 +78,8 @@ def main(argv=None) -> dict:
                          "hnsw:M:EF_SEARCH (FAISS HNSW-Flat, not a patchbank option)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     set_threads(args.threads)
     if args.model:
         det = Detector.load(args.model, progress=False)

@@ -35,18 +35,17 @@ class Moments:
 
     def update(self, layers: list[torch.Tensor]) -> None:
         if not self.shift:
-            self.shift = [x[0].double().clone() for x in layers]
-            self._shift32 = [s.float() for s in self.shift]      # exact: the rows are float32
-            self.sum = [torch.zeros_like(s) for s in self.shift]
-            self.sumsq = [torch.zeros_like(s) for s in self.shift]
+            self.shift = [x[0].float().clone() for x in layers]
+            self.sum = [torch.zeros_like(s, dtype=torch.float64) for s in self.shift]
+            self.sumsq = [torch.zeros_like(s, dtype=torch.float64) for s in self.shift]
         for i, x in enumerate(layers):
-            d = x.float() - self._shift32[i].to(x.device)
+            d = x.float() - self.shift[i]
             self.sum[i] += d.sum(0).double()
             self.sumsq[i] += (d * d).sum(0).double()
         self.count += layers[0].shape[0]
 
     def mean(self) -> list[torch.Tensor]:
-        return [sh + s / self.count for sh, s in zip(self.shift, self.sum)]
+        return [sh.double() + s / self.count for sh, s in zip(self.shift, self.sum)]
 
     def var(self) -> list[torch.Tensor]:
         """Population variance per channel (divides by the count)."""

@@ -26,19 +26,23 @@ _done: bool | None = None
 _trim = None   # glibc malloc_trim, False where there is none
 
 
+def _glibc(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
+    """The C library's function ``name`` with its argument types set (int result), or None
+    where there is no such function (not glibc)."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 def tune_malloc(arenas: int = 2) -> bool:
     """Apply the malloc settings (once per process); True where glibc accepted them."""
     global _done
-    if _done is not None:
-        return _done
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        _done = False
-        return _done
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(_M_ARENA_MAX, int(arenas)))
+    if _done is None:
+        mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+        _done = mallopt is not None and bool(mallopt(_M_ARENA_MAX, int(arenas)))
     return _done
 
 
@@ -49,10 +53,6 @@ def trim_malloc() -> None:
     glibc."""
     global _trim
     if _trim is None:
-        try:
-            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):
-            _trim = False
+        _trim = _glibc("malloc_trim", [ctypes.c_size_t]) or False
     if _trim:
         _trim(0)

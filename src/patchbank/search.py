@@ -173,14 +173,15 @@ class FaissSearch:
             if kind in ("ivf", "ivfpq"):
                 ids = ivf_train_ids(n, index.nlist, seed)
                 train = bank if ids is None else bank[ids.to(bank.device)]
-            self._fill(train, [bank])
+            self._fill(train, [bank], whole=True)
 
-    def _fill(self, train: torch.Tensor | None, chunks) -> None:
+    def _fill(self, train: torch.Tensor | None, chunks, whole: bool = False) -> None:
         """Train the inverted lists on ``train`` (IVF kinds), then add the bank ``chunks`` in
-        order; every chunk may be freed once added."""
+        order: ``whole`` when they are all in memory (IVF-Flat lists are then sized exactly,
+        :meth:`_add_exact_lists`), else one at a time, each may be freed once added."""
         if self.kind in ("ivf", "ivfpq"):
             self.index.train(_float32_numpy(train))
-        if self.kind == "ivf" and isinstance(chunks, list):
+        if self.kind == "ivf" and whole:
             self._add_exact_lists([_float32_numpy(c) for c in chunks])
         else:
             for chunk in chunks:
