@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from patchbank.benchmark import floor_seconds, machine  # the floor lives in the package
+from patchbank.studies.speed import floor_seconds, machine  # the floor lives in the package
 from patchbank.config import Config
 from patchbank.detector import Detector
-from patchbank.images import crop_mask, list_images
-from patchbank.metrics import PixelMetrics, image_metrics
+from patchbank.io.images import crop_mask, list_images
+from patchbank.evaluation.metrics import PixelMetrics, image_metrics
 
 
 def parse_value(text: str):
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
                     help="save the model and predict with the reloaded file (e.g. to test bank_dtype=float16)")
     args = ap.parse_args(argv)
     if args.threads:
-        from patchbank.threads import set_threads
+        from patchbank.runtime.threads import set_threads
 
         set_threads(args.threads)
     if not (args.root / "train" / "good").is_dir():

@@ -1,6 +1,6 @@
 """Peak memory of an ``lmf-core`` fit, phase by phase, above the warm baseline.
 
-    python benchmarks/bench_fit_memory.py --images 1000 3000            # with patchbank.memory.tune_malloc
+    python benchmarks/bench_fit_memory.py --images 1000 3000            # with patchbank.runtime.malloc.tune_malloc
     python benchmarks/bench_fit_memory.py --images 1000 3000 --no-tune  # glibc defaults
 
 Each size runs ``--repeats`` times (default 3), each in a fresh process; the row of a size is the
@@ -36,15 +36,15 @@ def _rss_mb() -> float:
 
 def one(n: int, data: Path, tune: bool, threads: int) -> dict:
     if tune:
-        from patchbank.memory import tune_malloc
+        from patchbank.runtime.malloc import tune_malloc
 
         tune_malloc()
     import torch
 
     import patchbank.detector as D
-    from patchbank.benchmark import floor_seconds
+    from patchbank.studies.speed import floor_seconds
     from patchbank.config import Config
-    from patchbank.images import list_images
+    from patchbank.io.images import list_images
 
     torch.set_num_threads(threads)
     train = list_images(data / "train" / "good")[:n]
@@ -129,7 +129,7 @@ def main(argv=None):
         row["runs"] = runs
         rows.append(row)
     if args.out:
-        from patchbank.benchmark import machine
+        from patchbank.studies.speed import machine
 
         args.out.write_text(json.dumps({"rows": rows, "machine": machine(),
                                         "command": "python benchmarks/bench_fit_memory.py " + " ".join(sys.argv[1:])},

@@ -1,4 +1,4 @@
-"""Backbone forward with batch norm folded into the convolutions (patchbank.fold) vs unfolded.
+"""Backbone forward with batch norm folded into the convolutions (patchbank.backbones.batchnorm_folding) vs unfolded.
 
 Builds the backbone twice (folded: what ``create_backbone`` returns; unfolded: the same weights
 with folding switched off), checks their outputs agree, and times the CPU forward the detector
@@ -26,10 +26,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    import patchbank.backbones as backbones
-    from patchbank.benchmark import machine
+    import patchbank.backbones.factory as backbones
+    from patchbank.studies.speed import machine
     from patchbank.detector import CPU_MICRO_BATCH
-    from patchbank.threads import set_threads
+    from patchbank.runtime.threads import set_threads
 
     set_threads(args.threads)
     folded = backbones.create_backbone(args.backbone)

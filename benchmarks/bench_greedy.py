@@ -1,4 +1,4 @@
-"""Benchmark the greedy k-center coreset sampler (patchbank.greedy) on real or synthetic features.
+"""Benchmark the greedy k-center coreset sampler (patchbank.sampling.greedy) on real or synthetic features.
 
     python benchmarks/bench_greedy.py --features mtd --check-steps 300      # MTD patches, 1% and 10%
     python benchmarks/bench_greedy.py                                       # synthetic, N=600k, D=128
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchbank.greedy import GreedySampler, coreset_size, greedy_fast, greedy_reference
+from patchbank.sampling.greedy import GreedySampler, coreset_size, greedy_fast, greedy_reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,9 +74,9 @@ def preset_features(root: Path, preset: str, cache_dir: Path, progress: bool) ->
     """The rows ``preset``'s greedy sampler sees when fitting on ``root``/train/good, already in
     its proxy space, and its start row; cached as .npy + .json in ``cache_dir``."""
     from patchbank.detector import Detector
-    from patchbank.fusion import Moments, make_fusion
-    from patchbank.images import list_images
-    from patchbank.projection import GaussianProjection
+    from patchbank.pipeline.fusion import Moments, make_fusion
+    from patchbank.io.images import list_images
+    from patchbank.pipeline.projection import GaussianProjection
 
     det = Detector.from_preset(preset, progress=progress)
     cfg = det.config
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = ap.parse_args()
     if args.threads:
-        from patchbank.threads import set_threads
+        from patchbank.runtime.threads import set_threads
 
         set_threads(args.threads)
     runs = []
@@ -203,7 +203,7 @@ def main() -> None:
                 print(f"    brute force, first {k} steps ({time.perf_counter() - t0:.1f} s): identical: {same}")
             runs.append(run)
     if args.out:
-        from patchbank.benchmark import machine
+        from patchbank.studies.speed import machine
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python benchmarks/bench_greedy.py " + " ".join(

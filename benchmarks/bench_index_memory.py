@@ -19,9 +19,9 @@ from pathlib import Path
 _ONE = r'''
 import json, sys, time
 import numpy as np, torch
-from patchbank.memory import trim_malloc
+from patchbank.runtime.malloc import trim_malloc
 from patchbank.search import FaissSearch
-from patchbank.threads import set_threads
+from patchbank.runtime.threads import set_threads
 n, mode = int(sys.argv[1]), sys.argv[2]
 set_threads(2)
 if mode == "plain":
@@ -56,7 +56,7 @@ def main(argv=None):
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        from patchbank.benchmark import machine
+        from patchbank.studies.speed import machine
 
         args.out.write_text(json.dumps({"rows": rows, "machine": machine(),
                                         "command": "python benchmarks/bench_index_memory.py " + " ".join(argv or sys.argv[1:])},

@@ -1,6 +1,6 @@
 """Scale study: fit time, bank size, peak memory and per-image latency vs the number of training images.
 
-Training images are SYNTHETIC (``patchbank.synthetic``, 256 x 256 woven-mesh PNGs, generated
+Training images are SYNTHETIC (``patchbank.io.synthetic``, 256 x 256 woven-mesh PNGs, generated
 once into ``--data``, test images with another seed into ``--test-data``; image i depends only on the seed and i, so every size uses a prefix of the
 same images).  Each size runs in a fresh process, so its peak RSS (Linux VmHWM) is its own:
 
@@ -22,12 +22,12 @@ from pathlib import Path
 
 
 def one(args) -> dict:
-    from patchbank.benchmark import PeakMemory, floor_seconds, machine, peak_rss_mb, reset_peak_rss
+    from patchbank.studies.speed import PeakMemory, floor_seconds, machine, peak_rss_mb, reset_peak_rss
     from patchbank.config import Config
     from patchbank.detector import Detector
-    from patchbank.images import list_images
-    from patchbank.memory import tune_malloc
-    from patchbank.threads import set_threads
+    from patchbank.io.images import list_images
+    from patchbank.runtime.malloc import tune_malloc
+    from patchbank.runtime.threads import set_threads
 
     tune_malloc()                                          # as the patchbank command does
     set_threads(args.threads)
@@ -123,13 +123,13 @@ def main(argv=None):
     data = Path(args.data)
     have = len(list((data / "train" / "good").glob("*.png"))) if (data / "train" / "good").is_dir() else 0
     if have < max(sizes):
-        from patchbank.synthetic import make_dataset
+        from patchbank.io.synthetic import make_dataset
 
         print(f"writing {max(sizes)} synthetic training images to {data} ...", file=sys.stderr)
         make_dataset(data, n_train=max(sizes), n_test_good=args.test, n_test_defect=1, size=256, seed=0)
     test_dir = Path(args.test_data) / "test" / "good"
     if not test_dir.is_dir() or len(list(test_dir.glob("*.png"))) < args.test:
-        from patchbank.synthetic import make_dataset
+        from patchbank.io.synthetic import make_dataset
 
         make_dataset(args.test_data, n_train=1, n_test_good=args.test, n_test_defect=1, size=256, seed=1)
     rows = []
@@ -149,7 +149,7 @@ def main(argv=None):
         done = {r["n_train"] for r in rows}
         rows = sorted([r for r in json.loads(out_file.read_text())["rows"] if r["n_train"] not in done] + rows,
                       key=lambda r: r["n_train"])
-    result = {"preset": args.preset, "data": "synthetic (patchbank.synthetic, 256 px, seed 0)",
+    result = {"preset": args.preset, "data": "synthetic (patchbank.io.synthetic, 256 px, seed 0)",
               "rows": rows, "machine": rows[-1]["machine"],
               "command": "python benchmarks/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)

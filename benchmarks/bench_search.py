@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchbank.benchmark import machine, test_images
+from patchbank.studies.speed import machine, test_images
 from patchbank.config import Config
 from patchbank.detector import Detector
-from patchbank.images import list_images
+from patchbank.io.images import list_images
 from patchbank.search import ExactSearch, FaissSearch, ivf_nlist
-from patchbank.threads import set_threads
+from patchbank.runtime.threads import set_threads
 
 
 class _Hnsw:

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from patchbank.config import Config
-from patchbank.datasets import read_dataset
+from patchbank.io.datasets import read_dataset
 from patchbank.multi import MultiDetector
-from patchbank.structure import COMPONENTS, descriptor
+from patchbank.pipeline.structure import COMPONENTS, descriptor
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"

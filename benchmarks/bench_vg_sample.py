@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchbank.benchmark import machine
+from patchbank.studies.speed import machine
 from patchbank.config import Config
 from patchbank.detector import Detector
-from patchbank.fusion import VGFusion
-from patchbank.images import list_images
-from patchbank.threads import set_threads
+from patchbank.pipeline.fusion import VGFusion
+from patchbank.io.images import list_images
+from patchbank.runtime.threads import set_threads
 
 
 class _Pooled:

@@ -15,7 +15,7 @@ FAST = dict(backbone="efficientnet_lite0", image_size=96, crop_size=None, batch_
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
-    from patchbank.synthetic import make_dataset
+    from patchbank.io.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("synth"), n_train=16, n_test_good=6,
                         n_test_defect=4, size=96, seed=0)

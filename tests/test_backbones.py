@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-from patchbank import backbones as bb
-from patchbank.backbones import BACKBONES, create_backbone
+from patchbank.backbones import factory as bb
+from patchbank.backbones.factory import BACKBONES, create_backbone
 from patchbank.errors import PatchbankError
 
 LITE2_SHA = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"

@@ -46,7 +46,7 @@ def _check_result(r, ratios, batch_sizes):
 
 
 def test_run_benchmark_structure(synthetic_root):
-    from patchbank.benchmark import run_benchmark
+    from patchbank.studies.speed import run_benchmark
 
     r = run_benchmark(synthetic_root, overrides=FAST, ratios=[0.1, 0.5], batch_sizes=[1, 4], repeats=2)
     assert r["repeats"] == 2
@@ -57,7 +57,7 @@ def test_run_benchmark_structure(synthetic_root):
 
 
 def test_run_benchmark_float16_bank(synthetic_root):
-    from patchbank.benchmark import run_benchmark
+    from patchbank.studies.speed import run_benchmark
 
     r = run_benchmark(synthetic_root, overrides={**FAST, "bank_dtype": "float16"}, batch_sizes=[2],
                       max_test=4)
@@ -67,7 +67,7 @@ def test_run_benchmark_float16_bank(synthetic_root):
 
 
 def test_cli_benchmark_writes_json(synthetic_root, tmp_path):
-    from patchbank.cli import cli
+    from patchbank.cli.main import cli
 
     out = tmp_path / "b.json"
     code = cli.main(["benchmark", str(synthetic_root), "-o", str(out), "--ratios", "0.1",
@@ -82,7 +82,7 @@ def test_cli_benchmark_writes_json(synthetic_root, tmp_path):
 
 
 def test_cli_benchmark_bad_lists(synthetic_root, tmp_path, capsys):
-    from patchbank.cli import cli
+    from patchbank.cli.main import cli
 
     for bad in (["--ratios", "0,0.1"], ["--batch-sizes", "1,x"], ["--ratios", "a"], ["--repeats", "0"]):
         code = cli.main(["benchmark", str(synthetic_root), "-o", str(tmp_path / "x.json"), *bad],
@@ -92,7 +92,7 @@ def test_cli_benchmark_bad_lists(synthetic_root, tmp_path, capsys):
 
 
 def test_resolve_category_errors(tmp_path):
-    from patchbank.benchmark import resolve_category
+    from patchbank.studies.speed import resolve_category
     from patchbank.errors import PatchbankError
 
     with pytest.raises(PatchbankError, match="train/good"):
@@ -101,9 +101,9 @@ def test_resolve_category_errors(tmp_path):
 
 def test_floor_uses_detector_forward(synthetic_root):
     """The floor calls the detector's own forward (same fast path as fit and predict)."""
-    from patchbank.benchmark import floor_seconds
+    from patchbank.studies.speed import floor_seconds
     from patchbank.detector import Detector
-    from patchbank.images import list_images
+    from patchbank.io.images import list_images
 
     det = Detector.from_preset("lmf-core", progress=False, **FAST)
     calls = []
@@ -130,7 +130,7 @@ def test_forward_matches_plain_backbone():
 
 
 def test_run_benchmark_rejects_zero_repeats(synthetic_root):
-    from patchbank.benchmark import run_benchmark
+    from patchbank.studies.speed import run_benchmark
     from patchbank.errors import PatchbankError
 
     with pytest.raises(PatchbankError, match="repeats must be at least 1, got 0"):

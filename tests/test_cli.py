@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from patchbank import __version__
-from patchbank.cli import ConfigValue, build_config, cli, config_field_options, fit, given_overrides, heatmap_names, option_name
+from patchbank.cli.main import ConfigValue, build_config, cli, config_field_options, fit, given_overrides, heatmap_names, option_name
 from patchbank.config import PRESETS, Config
-from patchbank.synthetic import make_dataset
+from patchbank.io.synthetic import make_dataset
 
 SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
 
@@ -228,7 +228,7 @@ def test_predict_heatmaps_info(fitted):
 
 def test_demo(tmp_path):
     """The real demo: synthetic data, lmf-core with the packaged efficientnet_lite2 weights."""
-    pytest.importorskip("patchbank.metrics")
+    pytest.importorskip("patchbank.evaluation.metrics")
     out = tmp_path / "demo"
     r = run("demo", "-o", out, "--quiet")
     assert r.exit_code == 0, r.output

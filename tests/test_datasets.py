@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchbank.datasets import (Category, detect_kind, load_mask, read_btad, read_dataset,
+from patchbank.io.datasets import (Category, detect_kind, load_mask, read_btad, read_dataset,
                                 read_generic, read_mvtec, read_visa)
 from patchbank.errors import PatchbankError
 

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from conftest import FAST, split_items
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
-from patchbank.metrics import auroc
-from patchbank.model_file import load_model
-from patchbank.samplers import coreset_size
+from patchbank.evaluation.metrics import auroc
+from patchbank.io.model_file import load_model
+from patchbank.sampling import coreset_size
 
 
 def test_fit_predict_separates_synthetic_defects(fitted, synthetic_root):
@@ -133,7 +133,7 @@ def test_from_preset_rejects_bad_override():
 
 
 def test_patchcore_preset_uses_greedy_coreset_on_all_patches(synthetic_root):
-    from patchbank.greedy import NaiveGreedySampler
+    from patchbank.sampling.greedy import NaiveGreedySampler
 
     det = Detector.from_preset("patchcore", progress=False, **FAST).fit(synthetic_root / "train" / "good")
     n_patches = det.grid_[0] * det.grid_[1]

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from patchbank.cli import cli
+from patchbank.cli.main import cli
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
-from patchbank.evaluate import METRICS, evaluate
-from patchbank.synthetic import make_dataset
+from patchbank.evaluation.runner import METRICS, evaluate
+from patchbank.io.synthetic import make_dataset
 
 FAST = dict(backbone="efficientnet_lite0", image_size=64, crop_size=None)
 FAST_ARGS = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--crop-size", "none"]
@@ -169,7 +169,7 @@ def test_cli_evaluate_errors_are_one_line(data_root, tmp_path, args, needle):
 
 
 def test_generic_category_without_masks(tmp_path, data_root):
-    from patchbank.datasets import read_generic
+    from patchbank.io.datasets import read_generic
 
     src = data_root / "alpha"
     cat = read_generic(src / "test" / "good", [src / "test" / "spot"], train_dir=src / "train" / "good",

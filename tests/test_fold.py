@@ -1,9 +1,9 @@
-"""Batch-norm folding (patchbank.fold): same outputs, no batch norm left, unsafe pairs refused."""
+"""Batch-norm folding (patchbank.backbones.batchnorm_folding): same outputs, no batch norm left, unsafe pairs refused."""
 import torch
 from torch import nn
 
-from patchbank.backbones import create_backbone
-from patchbank.fold import fold_batchnorm
+from patchbank.backbones.factory import create_backbone
+from patchbank.backbones.batchnorm_folding import fold_batchnorm
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -67,7 +67,7 @@ def test_backbones_fold_every_batchnorm_and_keep_their_outputs():
         bb = create_backbone(name, "random")
         assert bb.folded_batchnorms > 0 and _n_bn(bb) == 0, name
     # against an unfolded copy with non-trivial statistics (timm's BatchNormAct2d keeps its ReLU6)
-    import patchbank.backbones as backbones
+    import patchbank.backbones.factory as backbones
     real = backbones.fold_batchnorm
     try:
         backbones.fold_batchnorm = lambda m, p: (m, 0)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from patchbank.greedy import (
+from patchbank.sampling.greedy import (
     GreedySampler,
     NaiveGreedySampler,
     _Coords,

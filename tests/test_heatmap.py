@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from patchbank.errors import PatchbankError
-from patchbank.heatmap import colorize, jet, overlay, save_overlay
+from patchbank.io.heatmap import colorize, jet, overlay, save_overlay
 
 
 def test_colormap_endpoints_and_middle():

@@ -1,4 +1,4 @@
-"""patchbank.memory: glibc malloc settings for lean fits."""
+"""patchbank.runtime.malloc: glibc malloc settings for lean fits."""
 import subprocess
 import sys
 
@@ -11,7 +11,7 @@ def test_tune_malloc_limits_arenas_in_a_fresh_process():
     # its own arena; after tune_malloc(arenas=2) at most two arenas exist (malloc_info lists them).
     code = r'''
 import ctypes, sys, threading
-from patchbank.memory import tune_malloc
+from patchbank.runtime.malloc import tune_malloc
 if sys.argv[1] == "tune":
     assert tune_malloc(arenas=2) is True
     assert tune_malloc() is True          # idempotent
@@ -51,7 +51,7 @@ def test_trim_malloc_returns_free_pages_in_the_middle_of_the_heap():
     # until trim_malloc (malloc_trim(0)) hands them back.
     code = r'''
 import ctypes
-from patchbank.memory import trim_malloc
+from patchbank.runtime.malloc import trim_malloc
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]

@@ -1,4 +1,4 @@
-"""Tests of patchbank.metrics: image/pixel AUROC, AP, F1-max against scikit-learn, AUPRO by hand."""
+"""Tests of patchbank.evaluation.metrics: image/pixel AUROC, AP, F1-max against scikit-learn, AUPRO by hand."""
 import os
 
 import numpy as np
@@ -8,7 +8,7 @@ from scipy import ndimage
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from patchbank.errors import PatchbankError  # noqa: E402
-from patchbank.metrics import (  # noqa: E402
+from patchbank.evaluation.metrics import (  # noqa: E402
     ImageMetrics,
     PixelMetrics,
     aupro,

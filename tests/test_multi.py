@@ -9,7 +9,7 @@ from conftest import FAST, split_items
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.multi import MultiDetector, load_any
-from patchbank.routing import Router, routing_embedding, spherical_kmeans
+from patchbank.pipeline.routing import Router, routing_embedding, spherical_kmeans
 
 
 def _stripes(folder, n, seed, size=96, period=8):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from scipy import ndimage
 
-from patchbank.anomaly_map import anomaly_maps, gaussian_blur
-from patchbank.features import aggregate, to_patches
-from patchbank.fusion import EqualFusion, L2Fusion, Moments, VGFusion
-from patchbank.projection import GaussianProjection
-from patchbank.samplers import NoSampler, UniformSampler, coreset_size
-from patchbank.scoring import NormalStats, patch_scores, reweighted_max
+from patchbank.pipeline.anomaly_map import anomaly_maps, gaussian_blur
+from patchbank.pipeline.features import aggregate, to_patches
+from patchbank.pipeline.fusion import EqualFusion, L2Fusion, Moments, VGFusion
+from patchbank.pipeline.projection import GaussianProjection
+from patchbank.sampling import NoSampler, UniformSampler, coreset_size
+from patchbank.pipeline.scoring import NormalStats, patch_scores, reweighted_max
 from patchbank.search import ExactSearch, FaissSearch
 
 

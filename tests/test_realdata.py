@@ -4,8 +4,8 @@ import pytest
 
 from conftest import SHARED_DATA
 from patchbank.detector import Detector
-from patchbank.images import list_images
-from patchbank.metrics import auroc
+from patchbank.io.images import list_images
+from patchbank.evaluation.metrics import auroc
 
 MTD = SHARED_DATA / "mtd"
 pytestmark = pytest.mark.skipif(not (MTD / "train" / "good").is_dir(),

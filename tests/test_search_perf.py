@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchbank.anomaly_map import anomaly_maps, anomaly_maps_reference
+from patchbank.pipeline.anomaly_map import anomaly_maps, anomaly_maps_reference
 from patchbank.config import Config
 from patchbank.search import (ExactSearch, FaissSearch, ivf_train_ids, make_search, pq_subquantizers,
                               resolve_search)
@@ -83,7 +83,7 @@ def test_small_calls_probe_the_same_lists_as_faiss(kind):
     nprobe < nlist both must probe the same lists, so return the same neighbours, for the whole
     index and for a subset (ID selector), and leave the index's parallel mode as it was."""
     pytest.importorskip("faiss")
-    from patchbank import search as S
+    from patchbank.search import faiss as S
 
     g = torch.Generator().manual_seed(2)
     lift = torch.randn(6, 32, generator=g)
@@ -116,7 +116,7 @@ def test_auto_rule_picks_ivfpq_for_huge_banks():
     assert resolve_search(cfg, cfg.ivf_min_bank) == "faiss-ivf"
     assert resolve_search(cfg, cfg.ivfpq_min_bank) == "faiss-ivfpq"
     assert resolve_search(cfg.replace(search="faiss-ivfpq"), 10) == "faiss-ivfpq"
-    s = make_search(torch.randn(3000, 16), cfg.replace(search="faiss-ivfpq", ivf_probe=4))
+    s = make_search(torch.randn(3000, 16), cfg.replace(search="faiss-ivfpq", ivf_probe=4), "faiss-ivfpq")
     assert isinstance(s, FaissSearch) and s.kind == "ivfpq"
 
 
@@ -176,7 +176,7 @@ def test_ivf_index_memory_is_the_bank_not_a_doubled_copy():
     pytest.importorskip("faiss")
     code = r'''
 import sys, numpy as np, torch
-from patchbank.memory import trim_malloc
+from patchbank.runtime.malloc import trim_malloc
 from patchbank.search import FaissSearch
 def rss():
     trim_malloc()                       # freed temporaries (the k-means sample) do not count

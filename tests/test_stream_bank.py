@@ -13,7 +13,7 @@ from conftest import FAST, split_items
 faiss = pytest.importorskip("faiss")
 
 from patchbank import detector as detector_mod  # noqa: E402
-from patchbank import search as search_mod  # noqa: E402
+from patchbank.search import faiss as search_mod  # noqa: E402
 from patchbank.detector import Detector, _alloc_chunks, _write_rows  # noqa: E402
 from patchbank.search import ExactSearch, FaissSearch, ivf_nlist, ivf_train_ids  # noqa: E402
 

@@ -7,7 +7,7 @@ from conftest import FAST, split_items
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
-from patchbank.structure import bank_local_radius, descriptor
+from patchbank.pipeline.structure import bank_local_radius, descriptor
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_local_density_divides_by_matched_entry_radius(fitted, synthetic_root):
     items, _ = split_items(synthetic_root)
     x = det.predict(items[:2])
     # by hand for one image: nearest-neighbour distance / radius of the matched entry
-    from patchbank.images import as_items
+    from patchbank.io.images import as_items
     xb, _ = next(iter(det._stream(as_items(items[:1]))))
     emb = det._embed(det._layers(xb)[0])
     d2 = torch.cdist(emb, det.bank_)

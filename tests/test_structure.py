@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from patchbank.errors import PatchbankError
-from patchbank.structure import (COMPONENTS, DISTANCES, StructStats, bank_local_radius, descriptor,
+from patchbank.pipeline.structure import (COMPONENTS, DISTANCES, StructStats, bank_local_radius, descriptor,
                                  hybrid, lambda_auto, local_density_calibration)
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import FAST
-from patchbank.structure_study import fig2_counts, study, subsets, variants
+from patchbank.studies.structure import fig2_counts, study, subsets, variants
 
 SMALL = {k: v for k, v in FAST.items()}
 
@@ -96,7 +96,7 @@ def _stripes_category(root, seed=0, size=96):
 
 
 def test_route_eval_on_two_synthetic_products(synthetic_root, tmp_path):
-    from patchbank.routing_eval import evaluate_routing
+    from patchbank.studies.routing import evaluate_routing
 
     root = tmp_path / "data"
     root.mkdir()

@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from patchbank.ablation import STEPS, ablate, step_dir
-from patchbank.cli import cli
+from patchbank.studies.ablation import STEPS, ablate, step_dir
+from patchbank.cli.main import cli
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
-from patchbank.evaluate import METRICS
-from patchbank.sweep import plot_sweep, value_dir, value_text
-from patchbank.synthetic import make_dataset
+from patchbank.evaluation.runner import METRICS
+from patchbank.studies.sweep import plot_sweep, value_dir, value_text
+from patchbank.io.synthetic import make_dataset
 
 FAST = dict(backbone="efficientnet_lite0", image_size=96, crop_size=None, batch_size=8)
 FAST_ARGS = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none",

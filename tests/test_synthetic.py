@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from patchbank.errors import PatchbankError
-from patchbank.synthetic import DEFECT_TYPES, make_dataset, render, render_parts
+from patchbank.io.synthetic import DEFECT_TYPES, make_dataset, render, render_parts
 
 
 def _digest(root):

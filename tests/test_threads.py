@@ -18,7 +18,7 @@ def test_set_threads_limits_every_runtime():
     out = _run("""
         import numpy, faiss, torch
         from threadpoolctl import threadpool_info
-        from patchbank.threads import set_threads
+        from patchbank.runtime.threads import set_threads
         set_threads(1)
         pools = sorted({(i["user_api"], i["num_threads"]) for i in threadpool_info()})
         print(torch.get_num_threads(), faiss.omp_get_max_threads(), pools)
@@ -47,12 +47,12 @@ def test_cli_threads_flag(tmp_path):
     """`patchbank ... --threads 1` sets the environment before torch loads and limits torch and FAISS."""
     out = _run("""
         import os, sys
-        from patchbank.cli import _setup_threads
+        from patchbank.cli.main import _setup_threads
         assert "torch" not in sys.modules
         _setup_threads(1)
         import torch, faiss
         print(os.environ["OMP_NUM_THREADS"], os.environ["OPENBLAS_NUM_THREADS"], torch.get_num_threads())
-        from patchbank.threads import sync_faiss
+        from patchbank.runtime.threads import sync_faiss
         sync_faiss()
         print(faiss.omp_get_max_threads())
     """)
@@ -60,7 +60,7 @@ def test_cli_threads_flag(tmp_path):
 
 
 def test_set_threads_rejects_zero():
-    from patchbank.threads import set_threads
+    from patchbank.runtime.threads import set_threads
 
     with pytest.raises(ValueError):
         set_threads(0)

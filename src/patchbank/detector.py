@@ -36,21 +36,21 @@ import torch
 from tqdm.auto import tqdm
 
 from patchbank import __version__
-from patchbank.anomaly_map import anomaly_maps
+from patchbank.pipeline.anomaly_map import anomaly_maps
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.features import aggregate, to_patches
-from patchbank.fusion import Moments, make_fusion
-from patchbank.images import ImageStream, as_items
-from patchbank.memory import trim_malloc
-from patchbank.model_file import FORMAT_VERSION, load_model, save_model
-from patchbank.projection import GaussianProjection
-from patchbank.samplers import make_sampler
-from patchbank.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
-from patchbank.routing import routing_embedding
+from patchbank.pipeline.features import aggregate, to_patches
+from patchbank.pipeline.fusion import Moments, make_fusion
+from patchbank.io.images import ImageStream, as_items
+from patchbank.runtime.malloc import trim_malloc
+from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.pipeline.projection import GaussianProjection
+from patchbank.sampling import StreamingSampler, make_sampler
+from patchbank.pipeline.scoring import NormalStats, patch_scores, reweighted_max, topk_mean
+from patchbank.pipeline.routing import routing_embedding
 from patchbank.search import (ivf_nlist, ivf_train_ids, make_search, make_search_from_chunks,
                               resolve_search)
-from patchbank.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
+from patchbank.pipeline.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
 
 CPU_MICRO_BATCH = 4   # images per backbone call on CPU (see Detector.forward)
@@ -124,7 +124,7 @@ class Detector:
     @property
     def backbone(self):
         if getattr(self, "_backbone", None) is None:
-            from patchbank.backbones import create_backbone
+            from patchbank.backbones.factory import create_backbone
 
             cfg = self.config
             self._backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
@@ -215,7 +215,7 @@ class Detector:
         """Build the memory bank and calibration from normal images (a folder or a list).
 
         ``routing_sample`` > 0 also keeps a seeded uniform sample of that many routing
-        embeddings (:func:`patchbank.routing.routing_embedding`) in ``routing_sample_``, for a
+        embeddings (:func:`patchbank.pipeline.routing.routing_embedding`) in ``routing_sample_``, for a
         multi-category model's routing bank (read in the same pass over the images).
         """
         cfg = self.config
@@ -228,7 +228,7 @@ class Detector:
         moments = Moments() if fusion.needs_moments else None
         sampler = make_sampler(cfg, progress=self.progress)
         # samplers that choose rows without looking at them (uniform, none) expose indices(n)
-        streams = hasattr(sampler, "indices")
+        streams = isinstance(sampler, StreamingSampler)
         cal_ids = self._calibration_ids(n)
         is_cal = np.zeros(n, dtype=bool)
         is_cal[cal_ids] = True
@@ -321,6 +321,7 @@ class Detector:
             train = self._embed_sample(kept, sample)
             dim = train.shape[1]
             t_bank = time.perf_counter()
+            self.search_kind_ = "faiss-ivf"
             self.search_ = make_search_from_chunks(self._embedded_chunks(kept), n_kept, dim,
                                                    train, cfg)
             del train
@@ -334,7 +335,8 @@ class Detector:
                 self.radius_ = bank_local_radius(bank, cfg.density_neighbors)
             held_out = held_out_rows(source)
             t_bank = time.perf_counter()
-            self.search_ = make_search(bank, cfg)      # holds the only copy of the bank
+            self.search_kind_ = resolve_search(cfg, bank.shape[0], bank.device)
+            self.search_ = make_search(bank, cfg, self.search_kind_)      # holds the only copy of the bank
             del bank
         del kept
         sub_search = self.search_.subset(~held_out)
@@ -498,7 +500,7 @@ class Detector:
             "bank_entries": int(entries),
             "bank_dim": int(dim),
             "bank_bytes": int(entries * dim * elem),
-            "search": resolve_search(self.config, int(entries), self.device),
+            "search": self.search_kind_,
             "patch_grid": list(self.grid_),
             "n_train_images": self.n_train_images_,
             "n_calibration_images": int(self.calibration_scores_.size),
@@ -552,5 +554,6 @@ class Detector:
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det._calibrate(base, phi)
-        det.search_ = make_search(bank, config)
+        det.search_kind_ = meta.get("search") or resolve_search(config, bank.shape[0], det.device)
+        det.search_ = make_search(bank, config, det.search_kind_)
         return det

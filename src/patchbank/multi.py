@@ -2,7 +2,7 @@
 
 A :class:`MultiDetector` holds, for every category, a fitted :class:`~patchbank.detector.Detector`
 (its own scoring bank, fusion statistics, calibration and structure statistics) and a routing
-bank of K prototypes (:class:`~patchbank.routing.Router`).  All categories share one
+bank of K prototypes (:class:`~patchbank.pipeline.routing.Router`).  All categories share one
 configuration, hence one backbone and one image preprocessing, so an image is read and passed
 through the backbone once; routing (Eqs. 3-4) then picks the one bank it is scored against.  The
 category may also be given, which skips routing (the "oracle" system of an evaluation).
@@ -27,9 +27,9 @@ from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction, _device
 from patchbank.errors import PatchbankError
-from patchbank.images import as_items
-from patchbank.model_file import FORMAT_VERSION, load_model, save_model
-from patchbank.routing import Router, routing_embedding
+from patchbank.io.images import as_items
+from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.pipeline.routing import Router, routing_embedding
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 ROUTING_SAMPLE = 20000   # patches per category from which the K prototypes are clustered

@@ -1,6 +1,6 @@
 """One-factor sensitivity sweeps (LMF-Core Table 6, Figures 2-3): evaluate per value of one field.
 
-:func:`sweep` runs :func:`~patchbank.evaluate.evaluate` once per value of one Config field (on
+:func:`sweep` runs :func:`~patchbank.evaluation.runner.evaluate` once per value of one Config field (on
 top of a preset and fixed overrides) into ``out_dir/<field>-<value>/`` (resumable like
 evaluate), then writes ``sweep.csv``, ``sweep.json``, ``sweep.md`` (one row per value, the
 mean-over-categories cells as mean ± std over seeds) and ``sweep.png``: image AUROC, pixel AUROC
@@ -56,7 +56,7 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
     Every configuration is validated before the first fit.  Returns ``{"rows", "markdown",
     "files"}`` (files: csv, json, md and, with ``plot``, png).
     """
-    from patchbank.evaluate import evaluate, write_comparison
+    from patchbank.evaluation.runner import evaluate, write_comparison
 
     overrides = dict(overrides or {})
     values = list(values)
@@ -85,7 +85,7 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
         raise PatchbankError(f"output path is not a folder: {out}")
     out.mkdir(parents=True, exist_ok=True)
     if command is None:
-        command = (f"patchbank.sweep.sweep({str(root)!r}, {param!r}, {values!r}, preset={preset!r}, "
+        command = (f"patchbank.studies.sweep.sweep({str(root)!r}, {param!r}, {values!r}, preset={preset!r}, "
                    f"overrides={overrides!r}, categories={categories!r}, seeds={tuple(seeds)!r}, "
                    f"out_dir={str(out)!r})")
     rows = []
@@ -127,7 +127,7 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: str | os.PathLike, 
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the environment
         raise PatchbankError("the sweep plot needs matplotlib: pip install 'patchbank[plot]'") from None
-    from patchbank.evaluate import LABELS
+    from patchbank.evaluation.runner import LABELS
 
     values = [r["value"] for r in rows]
     numeric = all(_is_number(v) for v in values)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from patchbank.errors import PatchbankError
-from patchbank.fold import fold_batchnorm
+from patchbank.backbones.batchnorm_folding import fold_batchnorm
 
 BACKBONES = ("efficientnet_lite2", "efficientnet_lite0", "wide_resnet50_2", "resnet18",
              "dinov2_vits14", "dinov2_vitb14")
@@ -171,7 +171,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
         backbone = _build_resnet(name, weights, layers)
     if backbone.kind == "cnn":
         # batch norm folded into the convolutions: same outputs up to float rounding, one pass
-        # over every activation map less (patchbank.fold; checked on a probe input there)
+        # over every activation map less (patchbank.backbones.batchnorm_folding; checked on a probe input there)
         backbone, backbone.folded_batchnorms = fold_batchnorm(backbone, torch.rand(2, 3, 64, 64))
     try:
         return backbone.to(torch.device(device))

@@ -1,9 +1,5 @@
-"""Nearest-neighbour search of patch features against the memory bank.
+"""FAISS searches of the memory bank (optional dependency faiss-cpu).
 
-:class:`ExactSearch` computes squared distances as a chunked matrix product,
-||q||^2 - 2 q.m + ||m||^2 (as anomalib does), never materialising more than
-``query_chunk x bank_chunk`` distances, and merges per-chunk top-k.  It runs wherever the bank
-tensor lives (CPU or CUDA) and is exact up to float32 rounding.
 :class:`FaissSearch` wraps FAISS (optional dependency): ``flat`` (exact), ``ivf`` (inverted
 lists, approximate; for large banks) or ``ivfpq`` (inverted lists over 4-bit product-quantizer
 codes, re-ranked exactly; for banks over a million entries).  All return squared Euclidean
@@ -18,69 +14,8 @@ import numpy as np
 import torch
 
 from patchbank.errors import PatchbankError
-from patchbank.threads import sync_faiss
-
-
-class ExactSearch:
-    def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
-        self.bank = bank.float().contiguous()
-        self.bank_sqnorm = (self.bank * self.bank).sum(1)
-        self.query_chunk = query_chunk
-        self.bank_chunk = bank_chunk
-        self.count = self.bank.shape[0]
-
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(entries, dim) of the whole bank (a subset's too)."""
-        return tuple(self.bank.shape)
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Bank rows ``ids`` (float32, on the bank's device)."""
-        return self.bank[ids.to(self.bank.device)]
-
-    def all_rows(self) -> torch.Tensor:
-        """The whole bank (no copy)."""
-        return self.bank
-
-    def subset(self, keep: torch.Tensor) -> "ExactSearch":
-        """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the
-        whole bank.  Shares the bank (no copy): excluded rows get an infinite squared norm, so
-        their distance is +inf and they are never among the ``k <= len`` nearest."""
-        keep = keep.to(self.bank.device)
-        out = copy.copy(self)
-        out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
-        out.count = int(keep.sum())
-        return out
-
-    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (squared distances [n, k] ascending, bank indices [n, k])."""
-        queries = queries.to(self.bank.device, torch.float32)
-        k = min(k, len(self))
-        dists, idxs = [], []
-        for q in queries.split(self.query_chunk):
-            q_sq = (q * q).sum(1, keepdim=True)
-            best_d = best_i = None
-            for start in range(0, len(self), self.bank_chunk):
-                m = self.bank[start:start + self.bank_chunk]
-                d = torch.addmm(self.bank_sqnorm[start:start + m.shape[0]], q, m.T, alpha=-2.0)
-                d.add_(q_sq)
-                if k == 1:
-                    dv, di = d.min(1, keepdim=True)
-                else:
-                    dv, di = d.topk(k, dim=1, largest=False)
-                di = di + start
-                if best_d is None:
-                    best_d, best_i = dv, di
-                else:
-                    cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
-                    best_d, pos = cat_d.topk(k, dim=1, largest=False)
-                    best_i = cat_i.gather(1, pos)
-            dists.append(best_d.clamp_min_(0.0))
-            idxs.append(best_i)
-        return torch.cat(dists), torch.cat(idxs)
+from patchbank.search.base import Search, register_search
+from patchbank.runtime.threads import sync_faiss
 
 
 IVF_TRAIN_PER_LIST = 40   # IVF k-means sees at most this many bank rows per list
@@ -117,7 +52,7 @@ def pq_subquantizers(dim: int) -> int:
     return dim
 
 
-class FaissSearch:
+class FaissSearch(Search):
     """FAISS index over the bank.
 
     ``flat``  exact (IndexFlatL2).
@@ -128,7 +63,7 @@ class FaissSearch:
               are re-ranked with exact distances to the bank rows, so returned distances are exact.
 
     FAISS's OpenMP runtime is given torch's thread count before every call (no oversubscription,
-    :mod:`patchbank.threads`).
+    :mod:`patchbank.runtime.threads`).
 
     ``flat`` and ``ivf`` store the vectors exactly, so the index is the only copy of the bank:
     :meth:`rows` / :meth:`all_rows` read them back (bit-exact).  ``ivfpq`` keeps the float32 bank
@@ -354,26 +289,12 @@ def _rerank(q: torch.Tensor, cand: torch.Tensor, bank: torch.Tensor, k: int, dev
     return torch.cat(dists).to(device), torch.cat(idxs).to(device)
 
 
-def resolve_search(config, bank_size: int, device: str | torch.device = "cpu") -> str:
-    """The search kind "auto" stands for: on a GPU, the exact torch search on the device (one
-    matrix product; FAISS here is CPU-only); on CPU with FAISS installed, IVF-PQ for banks of at
-    least ``ivfpq_min_bank`` entries, IVF-Flat from ``ivf_min_bank``; exact otherwise."""
-    if config.search != "auto":
-        return config.search
-    if torch.device(device).type == "cuda":
-        return "exact"
-    if bank_size >= config.ivf_min_bank:
-        try:
-            import faiss  # noqa: F401
-        except ImportError:
-            return "exact"
-        return "faiss-ivfpq" if bank_size >= config.ivfpq_min_bank else "faiss-ivf"
-    return "exact"
+def _from_config(kind: str):
+    """The factory of :func:`patchbank.search.base.make_search` for FAISS index ``kind``."""
+    def build(bank: torch.Tensor, config) -> FaissSearch:
+        return FaissSearch(bank, kind, nprobe=config.ivf_probe, seed=config.seed, refine=config.pq_refine)
+    return build
 
 
-def make_search(bank: torch.Tensor, config):
-    kind = resolve_search(config, bank.shape[0], bank.device)
-    if kind == "exact":
-        return ExactSearch(bank)
-    return FaissSearch(bank, kind.removeprefix("faiss-"), nprobe=config.ivf_probe,
-                       seed=config.seed, refine=config.pq_refine)
+for _kind in ("flat", "ivf", "ivfpq"):
+    register_search(f"faiss-{_kind}", _from_config(_kind))

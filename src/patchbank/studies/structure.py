@@ -4,7 +4,7 @@ style), descriptor subsets (Tables 5 and 7), distances (Table 6) and the Fig. 2 
 The structural score never changes the anomaly map, so every variant shares one fit and one
 pass over the test images: the run keeps, per test image, the base score S_base and the full
 descriptor phi(S) (Eq. 7), and per held-out train-good image the same two values; each variant
-is then a :class:`~patchbank.structure.StructScorer` fitted on the train-good values.  Pixel
+is then a :class:`~patchbank.pipeline.structure.StructScorer` fitted on the train-good values.  Pixel
 metrics are computed once per run and are the same for every variant by construction.
 
 Outputs in ``out_dir``: ``runs/<category>__seed<seed>.json`` (resumable, like ``evaluate``),
@@ -25,10 +25,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from patchbank.config import STRUCT_COMPONENTS, STRUCT_DISTANCES, Config
-from patchbank.datasets import Category, read_dataset
+from patchbank.io.datasets import Category, read_dataset
 from patchbank.errors import PatchbankError
-from patchbank.metrics import image_metrics
-from patchbank.structure import StructScorer
+from patchbank.evaluation.metrics import image_metrics
+from patchbank.pipeline.structure import StructScorer
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 RUN_FORMAT = 1
@@ -66,9 +66,9 @@ def variants(data: dict[str, Any], lam: float | None = None) -> dict[str, np.nda
 
 def _run_category(category: Category, config: Config, device: str, progress: bool) -> dict[str, Any]:
     from patchbank.detector import Detector
-    from patchbank.images import crop_mask
-    from patchbank.datasets import load_mask
-    from patchbank.metrics import PixelMetrics
+    from patchbank.io.images import crop_mask
+    from patchbank.io.datasets import load_mask
+    from patchbank.evaluation.metrics import PixelMetrics
 
     if len(set(category.labels)) < 2:
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "

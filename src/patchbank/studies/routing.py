@@ -20,15 +20,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from patchbank.config import Config
-from patchbank.datasets import Category, load_mask, read_dataset
+from patchbank.io.datasets import Category, load_mask, read_dataset
 from patchbank.errors import PatchbankError
-from patchbank.metrics import PixelMetrics, image_metrics
+from patchbank.evaluation.metrics import PixelMetrics, image_metrics
 
 KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
 
 
 def _metrics(cat: Category, preds, config: Config) -> dict[str, float | None]:
-    from patchbank.images import crop_mask
+    from patchbank.io.images import crop_mask
 
     out: dict[str, float | None] = dict.fromkeys(KEYS)
     out.update({k: float(v) for k, v in image_metrics(cat.labels, [p.score for p in preds]).items()})

@@ -3,7 +3,7 @@
 For each category and seed: fit a :class:`~patchbank.detector.Detector` on the training images
 (``Config.seed`` = the seed), predict the test images, compute the image metrics (AUROC, AP,
 F1-max) and the pixel metrics (AUROC, AP, F1-max, AUPRO; masks resized and cropped like the
-images with :func:`~patchbank.images.crop_mask` to ``config.input_size``, good images count with
+images with :func:`~patchbank.io.images.crop_mask` to ``config.input_size``, good images count with
 all-zero masks), plus the bank size in MB, the fit time in seconds (backbone loading excluded) and
 the test time in ms per image (reading included).
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from patchbank import __version__
 from patchbank.config import Config
-from patchbank.datasets import Category, load_mask, read_dataset
+from patchbank.io.datasets import Category, load_mask, read_dataset
 from patchbank.errors import PatchbankError
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
@@ -124,8 +124,8 @@ def evaluate_category(category: Category, config: Config, *, device: str = "cpu"
                       progress: bool = True, backbones: _BackboneCache | None = None) -> dict[str, Any]:
     """Fit on ``category.train``, score ``category.test``; returns the metrics dict of one run."""
     from patchbank.detector import Detector
-    from patchbank.images import crop_mask
-    from patchbank.metrics import PixelMetrics, image_metrics
+    from patchbank.io.images import crop_mask
+    from patchbank.evaluation.metrics import PixelMetrics, image_metrics
 
     if len(set(category.labels)) < 2:
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
@@ -171,8 +171,8 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
              kind: str = "auto", device: str = "cpu", command: str | None = None) -> dict[str, Any]:
     """Evaluate ``preset`` (+ ``overrides``) on a dataset; see the module docstring.
 
-    ``root`` is a dataset folder (read with :func:`~patchbank.datasets.read_dataset`, layout
-    ``kind``) or :class:`~patchbank.datasets.Category` records (e.g. from ``read_generic``).
+    ``root`` is a dataset folder (read with :func:`~patchbank.io.datasets.read_dataset`, layout
+    ``kind``) or :class:`~patchbank.io.datasets.Category` records (e.g. from ``read_generic``).
 
     Returns ``{"runs": [run dicts], "summary": summary dict, "markdown": str, "files": {...}}``.
     """
@@ -205,7 +205,7 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     if command is None:
-        command = (f"patchbank.evaluate.evaluate({str(root)!r}, preset={preset!r}, overrides={overrides!r}, "
+        command = (f"patchbank.evaluation.runner.evaluate({str(root)!r}, preset={preset!r}, overrides={overrides!r}, "
                    f"categories={categories!r}, seeds={tuple(seeds)!r}, out_dir={str(out)!r}, "
                    f"resume={resume!r}, kind={kind!r})")
 

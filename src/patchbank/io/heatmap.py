@@ -1,7 +1,7 @@
 """Anomaly maps as colour images: a jet colormap in numpy and overlays on the input view.
 
 The map and the image must have the same height and width: use the view the detector saw
-(``patchbank.images.prepare_view``), whose size is ``config.input_size``.
+(``patchbank.io.images.prepare_view``), whose size is ``config.input_size``.
 
 Colours are on an absolute scale given by ``vmin``/``vmax`` (values at or below ``vmin`` are
 dark blue, at or above ``vmax`` dark red), so overlays drawn with the same range are
@@ -94,7 +94,7 @@ def overlay(image: Any, anomaly_map: Any, vmin: float, vmax: float, alpha: float
     if img.shape[:2] != m.shape:
         raise PatchbankError(
             f"image shape {tuple(img.shape)} does not match anomaly map shape {tuple(m.shape)}; "
-            "use the view the map was computed on (patchbank.images.prepare_view)")
+            "use the view the map was computed on (patchbank.io.images.prepare_view)")
     try:
         alpha = float(alpha)
     except (TypeError, ValueError):

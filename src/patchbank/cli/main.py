@@ -95,9 +95,9 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point (``patchbank``)."""
-    from patchbank.memory import tune_malloc
+    from patchbank.runtime.malloc import tune_malloc
 
-    tune_malloc()   # freed feature batches go back to the OS (see patchbank.memory)
+    tune_malloc()   # freed feature batches go back to the OS (see patchbank.runtime.malloc)
     cli.main(prog_name="patchbank")
 
 
@@ -317,10 +317,10 @@ def _check_device(device: str) -> str:
 
 def _setup_threads(threads: int | None) -> None:
     """``--threads N``: the same N threads for torch, FAISS and numpy's BLAS (no oversubscription;
-    see :mod:`patchbank.threads`), and the OpenMP/MKL/OpenBLAS env when torch is not loaded yet."""
+    see :mod:`patchbank.runtime.threads`), and the OpenMP/MKL/OpenBLAS env when torch is not loaded yet."""
     if threads is None:
         return
-    from patchbank.threads import set_threads
+    from patchbank.runtime.threads import set_threads
 
     set_threads(threads)
 
@@ -344,7 +344,7 @@ def _fmt_bytes(n: int | float | None) -> str:
 def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
     sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively."""
-    from patchbank.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
 
     paths: list[Path] = []
     for raw in inputs:
@@ -411,8 +411,8 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
     of all the run's anomaly maps, so colours are comparable between the run's images (not
     between runs).
     """
-    from patchbank.heatmap import save_overlay
-    from patchbank.images import prepare_view
+    from patchbank.io.heatmap import save_overlay
+    from patchbank.io.images import prepare_view
 
     csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
     heat_dir = out_dir / "heatmaps"
@@ -575,8 +575,8 @@ def _training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
     itself; any other folder is read as a dataset root (MVTec / BTAD / VisA layouts) whose
     categories' training images are used.
     """
-    from patchbank.datasets import read_dataset
-    from patchbank.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.io.datasets import read_dataset
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
     from patchbank.multi import check_category_name
 
     out: dict[str, list[Path]] = {}
@@ -747,7 +747,7 @@ def info(model: Path, as_json: bool) -> None:
     """Describe a model file: bank size, configuration, threshold, calibration."""
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
-    from patchbank.model_file import load_model
+    from patchbank.io.model_file import load_model
 
     _, data = load_model(model)   # the header holds the whole info; no backbone is needed
     if as_json:
@@ -782,7 +782,7 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     Writes OUT/data (MVTec layout), OUT/model.patchbank and OUT/predictions (CSV, JSON and
     heatmaps/).
     """
-    from patchbank.synthetic import DEFECT_TYPES, make_dataset
+    from patchbank.io.synthetic import DEFECT_TYPES, make_dataset
 
     data_dir, model_path, pred_dir = out_dir / "data", out_dir / "model.patchbank", out_dir / "predictions"
     _refuse_existing([model_path, pred_dir / "predictions.csv", pred_dir / "predictions.json"], overwrite)
@@ -793,7 +793,7 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
         click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
 
     from patchbank.detector import Detector
-    from patchbank.images import list_images
+    from patchbank.io.images import list_images
 
     det = Detector.from_preset("lmf-core", device=device, progress=not quiet)
     t0 = time.perf_counter()
@@ -812,8 +812,8 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     import numpy as np
     from PIL import Image
 
-    from patchbank.images import crop_mask
-    from patchbank.metrics import auroc, pixel_metrics
+    from patchbank.io.images import crop_mask
+    from patchbank.evaluation.metrics import auroc, pixel_metrics
 
     labels = [0 if p.parent.name == "good" else 1 for p in paths]
     image_auroc = float(auroc(labels, [pr.score for pr in preds]))
@@ -920,7 +920,7 @@ def evaluate(ctx: click.Context, data_root: Path, out_dir: Path, preset: str, ki
     command = _command_line("evaluate", data_root, out_dir, ["--preset", preset], kind, categories,
                             seeds, overrides, no_resume)
     _setup_threads(threads)
-    from patchbank.evaluate import evaluate as run_evaluation
+    from patchbank.evaluation.runner import evaluate as run_evaluation
 
     t0 = time.perf_counter()
     result = run_evaluation(data_root, preset=preset, overrides=overrides, categories=categories,
@@ -977,7 +977,7 @@ def ablate(ctx: click.Context, data_root: Path, out_dir: Path, kind: str, catego
            **config_params: Any) -> None:
     """LMF-Core's module ablation (Table 5) on DATA_ROOT: equal-weight features + greedy coreset
     (PatchCore-like), + VG-Fusion, + RP-Coreset (= lmf-core); one evaluate run per step."""
-    from patchbank.ablation import BASE_PRESET, STEPS, step_fields
+    from patchbank.studies.ablation import BASE_PRESET, STEPS, step_fields
 
     overrides, seeds = _run_setup(ctx, BASE_PRESET, data_root, seeds, config_params)
     clash = sorted(step_fields(STEPS) & set(overrides))
@@ -987,7 +987,7 @@ def ablate(ctx: click.Context, data_root: Path, out_dir: Path, kind: str, catego
     command = _command_line("ablate", data_root, out_dir, [], kind, categories, seeds, overrides,
                             no_resume)
     _setup_threads(threads)
-    from patchbank.ablation import ablate as run_ablation
+    from patchbank.studies.ablation import ablate as run_ablation
 
     t0 = time.perf_counter()
     result = run_ablation(data_root, overrides, categories=categories, seeds=seeds, out_dir=out_dir,
@@ -1076,7 +1076,7 @@ def sweep(ctx: click.Context, data_root: Path, param_spec: tuple[str, list[Any]]
     command = _command_line("sweep", data_root, out_dir, ["--param", spec, "--preset", preset], kind,
                             categories, seeds, overrides, no_resume)
     _setup_threads(threads)
-    from patchbank.sweep import sweep as run_sweep
+    from patchbank.studies.sweep import sweep as run_sweep
 
     t0 = time.perf_counter()
     result = run_sweep(data_root, param, values, preset=preset, overrides=overrides,
@@ -1119,7 +1119,7 @@ def structure_cmd(ctx: click.Context, data_roots: tuple[str, ...], out_dir: Path
         if not r.exists():
             raise PatchbankError(f"dataset root not found: {r}")
     _setup_threads(threads)
-    from patchbank.structure_study import study
+    from patchbank.studies.structure import study
 
     t0 = time.perf_counter()
     study(roots, preset=preset, overrides=overrides, categories=categories, seeds=seeds,
@@ -1157,7 +1157,7 @@ def route_eval(ctx: click.Context, data_roots: tuple[str, ...], out_dir: Path, p
         if not r.exists():
             raise PatchbankError(f"dataset root not found: {r}")
     _setup_threads(threads)
-    from patchbank.routing_eval import evaluate_routing
+    from patchbank.studies.routing import evaluate_routing
 
     t0 = time.perf_counter()
     res = evaluate_routing(roots, preset=preset, overrides=overrides, categories=categories,
@@ -1198,7 +1198,7 @@ def _int_list(ctx, param, value):
 
 @cli.command(context_settings={"max_content_width": 110},
              epilog="The floor = read + resize + backbone forward with the detector's own loader "
-                    "and forward, same threads and batch size; see patchbank.benchmark.")
+                    "and forward, same threads and batch size; see patchbank.studies.speed.")
 @click.argument("data")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="JSON file for the results (with the machine description).")
@@ -1226,7 +1226,7 @@ def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, 
     overrides = given_overrides(ctx, config_params)
     build_config(preset, overrides)
     _setup_threads(threads)
-    from patchbank.benchmark import run_benchmark, summary_lines, write_json
+    from patchbank.studies.speed import run_benchmark, summary_lines, write_json
 
     command = "patchbank benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
     result = run_benchmark(data, preset=preset, overrides=overrides, ratios=ratios,

@@ -2,7 +2,7 @@
 
 **The floor** is what every memory-bank detector must do: read, resize and crop the images and
 run the backbone's forward pass on them, nothing else.  It uses the detector's own loader
-(:class:`~patchbank.images.ImageStream`, same decoder, same background decoding) and its own
+(:class:`~patchbank.io.images.ImageStream`, same decoder, same background decoding) and its own
 forward (:meth:`Detector.forward`: channels-last micro-batches on CPU, the fastest way we found),
 the same thread count and the same batch size, so a ratio measures only what the detector adds
 (aggregation, fusion, projection, bank building, search, maps).  Timings on a shared or
@@ -32,8 +32,8 @@ import torch
 
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.images import list_images
-from patchbank.threads import thread_report
+from patchbank.io.images import list_images
+from patchbank.runtime.threads import thread_report
 
 
 # ------------------------------------------------------------------------------ machine, memory
@@ -232,7 +232,7 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
     if repeats < 1:
         raise PatchbankError(f"repeats must be at least 1, got {repeats}")
     from patchbank.detector import Detector
-    from patchbank.metrics import image_metrics
+    from patchbank.evaluation.metrics import image_metrics
 
     root = resolve_category(data)
     overrides = dict(overrides or {})

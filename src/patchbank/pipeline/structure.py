@@ -7,7 +7,7 @@ touches patch scores or localisation.
   - ``std``: sigma_s, the *population* standard deviation of s (divide by HW, ddof=0): the map
     is the whole population, not a sample;
   - ``topk_mean``: mean of the k = max(1, ceil(HW * r)) largest values of s (Eq. 8; a 1e-9 slack
-    inside ceil so that e.g. 0.07 * 100 gives 7, as :func:`patchbank.scoring.topk_mean`);
+    inside ceil so that e.g. 0.07 * 100 gives 7, as :func:`patchbank.pipeline.scoring.topk_mean`);
   - ``tv``: total variation (Eq. 9) with forward differences,
     TV(S) = (1/HW) * [ sum_{i<H-1, j} |S[i+1,j] - S[i,j]| + sum_{i, j<W-1} |S[i,j+1] - S[i,j]| ],
     i.e. a difference whose second pixel falls outside the map is omitted (no padding, no wrap).

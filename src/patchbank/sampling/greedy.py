@@ -16,7 +16,7 @@ of the mean distance to 10 unseeded ones; a Gaussian rather than ``nn.Linear``-i
 projection; already selected points are never selected again (PatchCore can re-pick a
 duplicate once every remaining distance is 0), so the result is always distinct indices.
 
-Sizes: ``n = patchbank.samplers.coreset_size(N, ratio) = min(N, max(1, round(N * ratio)))``,
+Sizes: ``n = patchbank.sampling.uniform.coreset_size(N, ratio) = min(N, max(1, round(N * ratio)))``,
 the rule every sampler shares (PatchCore's ``int(N * ratio)`` would give 28 for 100 * 0.29).
 
 Distances are ``torch.cdist(..., compute_mode="donot_use_mm_for_euclid_dist")`` in float32,
@@ -80,7 +80,7 @@ import math
 
 import torch
 
-from patchbank.samplers import coreset_size
+from patchbank.sampling.base import Sampler, coreset_size, register_sampler
 
 __all__ = [
     "GreedySampler",
@@ -550,7 +550,7 @@ def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int
 # --------------------------------------------------------------------------------------------
 
 
-class GreedySampler:
+class GreedySampler(Sampler):
     """Greedy k-center (farthest-point) coreset, PatchCore's sampler.
 
     ``run(features)`` returns ``coreset_size(N, ratio)`` row indices in selection order.  The
@@ -592,3 +592,7 @@ class NaiveGreedySampler(GreedySampler):
     def run(self, features: torch.Tensor) -> torch.LongTensor:
         proxy, n, start = self._prepare(features)
         return greedy_reference(proxy, n, start, self.progress)
+
+
+register_sampler("greedy", lambda config, progress=False: GreedySampler(
+    config.coreset_ratio, proxy_dim=config.greedy_proxy_dim, seed=config.seed, progress=progress))

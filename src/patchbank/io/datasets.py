@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from patchbank.errors import PatchbankError
-from patchbank.images import IMAGE_EXTENSIONS
+from patchbank.io.images import IMAGE_EXTENSIONS
 
 KINDS = ("auto", "mvtec", "btad", "visa", "mpdd")
 _MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")

@@ -58,14 +58,14 @@ def ablate(root: str | os.PathLike, overrides: dict[str, Any] | None = None,
            out_dir: str | os.PathLike = "ablation", resume: bool = True, progress: bool = True, *,
            steps: Sequence[tuple[str, dict[str, Any]]] = STEPS, kind: str = "auto",
            device: str = "cpu", command: str | None = None) -> dict[str, Any]:
-    """Run :func:`~patchbank.evaluate.evaluate` once per step into ``out_dir/<step_dir>``.
+    """Run :func:`~patchbank.evaluation.runner.evaluate` once per step into ``out_dir/<step_dir>``.
 
     ``overrides`` apply to every step (backbone, image size, ...); they may not touch a field a
     step sets.  Runs already stored with the same config are loaded (``resume``).  Writes
     ``ablation.csv``, ``ablation.json`` and ``ablation.md`` in ``out_dir`` (see
-    :func:`~patchbank.evaluate.write_comparison`) and returns ``{"rows", "markdown", "files"}``.
+    :func:`~patchbank.evaluation.runner.write_comparison`) and returns ``{"rows", "markdown", "files"}``.
     """
-    from patchbank.evaluate import evaluate, write_comparison
+    from patchbank.evaluation.runner import evaluate, write_comparison
 
     overrides = dict(overrides or {})
     clash = sorted(step_fields(steps) & set(overrides))
@@ -83,7 +83,7 @@ def ablate(root: str | os.PathLike, overrides: dict[str, Any] | None = None,
         raise PatchbankError(f"output path is not a folder: {out}")
     out.mkdir(parents=True, exist_ok=True)
     if command is None:
-        command = (f"patchbank.ablation.ablate({str(root)!r}, overrides={overrides!r}, "
+        command = (f"patchbank.studies.ablation.ablate({str(root)!r}, overrides={overrides!r}, "
                    f"categories={categories!r}, seeds={tuple(seeds)!r}, out_dir={str(out)!r})")
     rows = []
     for i, (name, step) in enumerate(steps, start=1):

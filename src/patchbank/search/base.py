@@ -1,0 +1,81 @@
+"""The Search protocol, its registry, and the choice that ``search="auto"`` stands for.
+
+A search holds the memory bank (it is the only copy: see :class:`Search`) and answers k-nearest
+neighbour queries with squared Euclidean distances.  Implementations register a factory under
+their config name with :func:`register_search`; :func:`make_search` builds the one a config asks
+for.  Adding a search is one module with one registered class (plus its name in
+``patchbank.config.SEARCHES``).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from patchbank.errors import PatchbankError
+
+
+class Search(ABC):
+    """Nearest-neighbour search over a bank of [entries, dim] float32 rows.
+
+    ``search(queries [n, dim], k) -> (squared distances [n, k] ascending, bank row ids [n, k])``.
+    ``subset(keep)`` is a search over the rows ``keep`` (bool mask) returning ids into the whole
+    bank, sharing its storage.  ``rows(ids)`` / ``all_rows()`` read bank rows back (exactly).
+    ``len(search)`` counts the searchable rows (a subset's kept rows); ``shape`` is the whole
+    bank's (entries, dim).
+    """
+
+    @property
+    @abstractmethod
+    def shape(self) -> tuple[int, int]: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def rows(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def all_rows(self) -> torch.Tensor: ...
+
+    @abstractmethod
+    def subset(self, keep: torch.Tensor) -> "Search": ...
+
+
+SearchFactory = Callable[[torch.Tensor, object], Search]   # (bank, config) -> Search
+SEARCHES: dict[str, SearchFactory] = {}
+
+
+def register_search(name: str, factory: SearchFactory) -> None:
+    """Make ``name`` (a ``Config.search`` value) build its search with ``factory(bank, config)``."""
+    SEARCHES[name] = factory
+
+
+def resolve_search(config, bank_size: int, device: str | torch.device = "cpu") -> str:
+    """The search kind "auto" stands for: on a GPU, the exact torch search on the device (one
+    matrix product; FAISS here is CPU-only); on CPU with FAISS installed, IVF-PQ for banks of at
+    least ``ivfpq_min_bank`` entries, IVF-Flat from ``ivf_min_bank``; exact otherwise."""
+    if config.search != "auto":
+        return config.search
+    if torch.device(device).type == "cuda":
+        return "exact"
+    if bank_size >= config.ivf_min_bank:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            return "exact"
+        return "faiss-ivfpq" if bank_size >= config.ivfpq_min_bank else "faiss-ivf"
+    return "exact"
+
+
+def make_search(bank: torch.Tensor, config, kind: str) -> Search:
+    """The registered search ``kind`` (already resolved: never "auto") over ``bank``."""
+    try:
+        factory = SEARCHES[kind]
+    except KeyError:
+        raise PatchbankError(f"unknown search {kind!r}; choose one of {', '.join(sorted(SEARCHES))}") from None
+    return factory(bank, config)

@@ -1,0 +1,80 @@
+"""Exact nearest-neighbour search in torch: the bank as one tensor, distances as a matrix product.
+
+Squared distances are ``||q||^2 - 2 q.m + ||m||^2`` (:func:`patchbank.linalg.sq_dists_addmm`),
+computed in ``query_chunk x bank_chunk`` blocks whose top-k are merged, so no more than one block
+of distances exists at a time.  It runs wherever the bank tensor lives (CPU or CUDA) and is exact
+up to float32 rounding.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from patchbank.search.base import Search, register_search
+
+
+class ExactSearch(Search):
+    def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
+        self.bank = bank.float().contiguous()
+        self.bank_sqnorm = (self.bank * self.bank).sum(1)
+        self.query_chunk = query_chunk
+        self.bank_chunk = bank_chunk
+        self.count = self.bank.shape[0]
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(entries, dim) of the whole bank (a subset's too)."""
+        return tuple(self.bank.shape)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bank rows ``ids`` (float32, on the bank's device)."""
+        return self.bank[ids.to(self.bank.device)]
+
+    def all_rows(self) -> torch.Tensor:
+        """The whole bank (no copy)."""
+        return self.bank
+
+    def subset(self, keep: torch.Tensor) -> "ExactSearch":
+        """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the
+        whole bank.  Shares the bank (no copy): excluded rows get an infinite squared norm, so
+        their distance is +inf and they are never among the ``k <= len`` nearest."""
+        keep = keep.to(self.bank.device)
+        out = copy.copy(self)
+        out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
+        out.count = int(keep.sum())
+        return out
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (squared distances [n, k] ascending, bank indices [n, k])."""
+        queries = queries.to(self.bank.device, torch.float32)
+        k = min(k, len(self))
+        dists, idxs = [], []
+        for q in queries.split(self.query_chunk):
+            q_sq = (q * q).sum(1, keepdim=True)
+            best_d = best_i = None
+            for start in range(0, len(self), self.bank_chunk):
+                m = self.bank[start:start + self.bank_chunk]
+                d = torch.addmm(self.bank_sqnorm[start:start + m.shape[0]], q, m.T, alpha=-2.0)
+                d.add_(q_sq)
+                if k == 1:
+                    dv, di = d.min(1, keepdim=True)
+                else:
+                    dv, di = d.topk(k, dim=1, largest=False)
+                di = di + start
+                if best_d is None:
+                    best_d, best_i = dv, di
+                else:
+                    cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
+                    best_d, pos = cat_d.topk(k, dim=1, largest=False)
+                    best_i = cat_i.gather(1, pos)
+            dists.append(best_d.clamp_min_(0.0))
+            idxs.append(best_i)
+        return torch.cat(dists), torch.cat(idxs)
+
+
+register_search("exact", lambda bank, config: ExactSearch(bank))
