@@ -28,7 +28,7 @@ def main(argv=None) -> dict:
 
     import patchbank.backbones.factory as backbones
     from patchbank.studies.speed import machine
-    from patchbank.detector import CPU_MICRO_BATCH
+    from patchbank.pipeline.features import CPU_MICRO_BATCH
     from patchbank.runtime.threads import set_threads
 
     set_threads(args.threads)

@@ -96,8 +96,8 @@ def preset_features(root: Path, preset: str, cache_dir: Path, progress: bool) ->
     moments = Moments() if fusion.needs_moments else None
     raw: list[list[torch.Tensor]] = []
     with torch.inference_mode():
-        for x, _ in det._stream(items):
-            layers, _grid = det._layers(x)
+        for x, _ in det.stream(items):
+            layers, _grid = det.extractor(x)
             if moments is not None:
                 moments.update(layers)
             raw.append([layer.clone() for layer in layers])

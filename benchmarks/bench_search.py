@@ -89,9 +89,9 @@ def main(argv=None) -> dict:
     pick = np.linspace(0, len(items) - 1, min(args.images, len(items))).round().astype(int)
     embs = []
     with torch.inference_mode():
-        for x, _ in det._stream([items[i] for i in pick], 16):
-            layers, _ = det._layers(x)
-            embs.append(det._embed(layers))
+        for x, _ in det.stream([items[i] for i in pick], 16):
+            layers, _ = det.extractor(x)
+            embs.append(det.embed(layers))
     q = torch.cat(embs)
     per_image = q.shape[0] // len(pick)
     bank = det.bank_

@@ -56,8 +56,8 @@ def main(argv=None) -> dict:
         det = Detector(cfg, progress=False)
         sums, sqsums, counts = None, None, []
         with torch.inference_mode():
-            for x, _ in det._stream(list_images(root / "train" / "good"), 16):
-                layers, grid = det._layers(x)
+            for x, _ in det.stream(list_images(root / "train" / "good"), 16):
+                layers, grid = det.extractor(x)
                 per = grid[0] * grid[1]
                 if sums is None:
                     sums, sqsums = [[] for _ in layers], [[] for _ in layers]

@@ -107,8 +107,8 @@ def test_floor_uses_detector_forward(synthetic_root):
 
     det = Detector.from_preset("lmf-core", progress=False, **FAST)
     calls = []
-    original = det.forward
-    det.forward = lambda x: calls.append(x.shape[0]) or original(x)
+    original = det.extractor.maps
+    det.extractor.maps = lambda x: calls.append(x.shape[0]) or original(x)
     items = list_images(synthetic_root / "train" / "good")
     assert floor_seconds(det, items, 8) > 0
     assert calls == [8, 8]
@@ -116,13 +116,14 @@ def test_floor_uses_detector_forward(synthetic_root):
 
 def test_forward_matches_plain_backbone():
     """Channels-last micro-batches give the plain NCHW forward's maps up to float rounding."""
-    from patchbank.detector import CPU_MICRO_BATCH, Detector
+    from patchbank.detector import Detector
+    from patchbank.pipeline.features import CPU_MICRO_BATCH
 
     det = Detector.from_preset("lmf-core", progress=False, **FAST)
     x = torch.randn(CPU_MICRO_BATCH * 2 + 1, 3, 96, 96)
     with torch.inference_mode():
         ref = [m.clone() for m in det.backbone(x.contiguous())]
-        out = det.forward(x)
+        out = det.extractor.maps(x)
     assert len(out) == len(ref)
     for a, b in zip(out, ref):
         assert a.shape == b.shape

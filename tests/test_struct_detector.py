@@ -86,8 +86,8 @@ def test_local_density_divides_by_matched_entry_radius(fitted, synthetic_root):
     x = det.predict(items[:2])
     # by hand for one image: nearest-neighbour distance / radius of the matched entry
     from patchbank.io.images import as_items
-    xb, _ = next(iter(det._stream(as_items(items[:1]))))
-    emb = det._embed(det._layers(xb)[0])
+    xb, _ = next(iter(det.stream(as_items(items[:1]))))
+    emb = det.embed(det.extractor(xb)[0])
     d2 = torch.cdist(emb, det.bank_)
     dist, idx = d2.min(1)
     ref = (dist / (det.radius_[idx] + 1e-12)).max()

@@ -39,7 +39,9 @@ from patchbank import __version__
 from patchbank.pipeline.anomaly_map import anomaly_maps
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.pipeline.features import aggregate, to_patches
+from patchbank.backbones import Backbone, create_backbone
+from patchbank.pipeline.features import FeatureExtractor
+from patchbank.runtime.devices import resolve_device
 from patchbank.pipeline.fusion import Moments, make_fusion
 from patchbank.io.images import ImageStream, as_items
 from patchbank.runtime.malloc import trim_malloc
@@ -53,7 +55,6 @@ from patchbank.search import (ivf_nlist, ivf_train_ids, make_search, make_search
 from patchbank.pipeline.structure import COMPONENTS, StructScorer, bank_local_radius, descriptor
 
 
-CPU_MICRO_BATCH = 4   # images per backbone call on CPU (see Detector.forward)
 # fit keeps raw rows in chunks of this many rows, each freed (and trimmed from the C heap) once it
 # is embedded; 16,384 rather than 65,536: the embedding temporaries of one chunk set the peak while
 # the bank is built (bench_fit_memory.py, 3,000 images: 280-324 vs 361-412 MB above baseline)
@@ -95,21 +96,16 @@ class Prediction:
     category: str | None = None      # set by a multi-category model
 
 
-def _device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PatchbankError("device 'cuda' requested but CUDA is not available here")
-    return dev
-
-
 class Detector:
     """Memory-bank anomaly detector; LMF-Core, PatchCore and StructCore are configurations of it."""
 
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
-                 progress: bool = True):
+                 progress: bool = True, backbone: Backbone | None = None):
         self.config = config if config is not None else Config()
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.progress = progress
+        self._shared_backbone = backbone   # a loaded backbone to share (same name/weights/layers/device)
+        self._extractor: FeatureExtractor | None = None
 
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
@@ -122,50 +118,33 @@ class Detector:
 
     # ------------------------------------------------------------------ feature pipeline
     @property
-    def backbone(self):
-        if getattr(self, "_backbone", None) is None:
-            from patchbank.backbones.factory import create_backbone
+    def backbone(self) -> Backbone:
+        """The frozen backbone (loaded on first use, or the one given to the constructor)."""
+        return self.extractor.backbone
 
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """Images -> per-layer patch rows (:class:`~patchbank.pipeline.features.FeatureExtractor`)."""
+        if self._extractor is None:
             cfg = self.config
-            self._backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
+            bb = self._shared_backbone
+            if bb is None:
+                bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
             expected = getattr(self, "backbone_sha256_", None)
-            if expected is not None and self._backbone.weights_sha256 != expected:
+            if expected is not None and bb.weights_sha256 != expected:
                 raise PatchbankError(
                     f"backbone weights differ from the ones this model was fit with "
-                    f"(sha256 {self._backbone.weights_sha256} != {expected})")
-        return self._backbone
+                    f"(sha256 {bb.weights_sha256} != {expected})")
+            self._extractor = FeatureExtractor(bb, cfg.patch_size, self.device)
+        return self._extractor
 
-    def _stream(self, items: list, batch_size: int | None = None) -> ImageStream:
+    def stream(self, items: list, batch_size: int | None = None) -> ImageStream:
+        """Batches ``(x [B, 3, H, W], names)`` of ``items``, read and preprocessed for the backbone."""
         bb = self.backbone
         return ImageStream(items, self.config, bb.mean, bb.std, batch_size,
                            pin=self.device.type == "cuda")
 
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The backbone's forward pass, run the fastest way we measured (the benchmark floor uses
-        this too): on CPU, CNNs run in channels-last memory format and in micro-batches of
-        ``CPU_MICRO_BATCH`` images (2.5x faster for EfficientNet-Lite2 on a 2-core EPYC than one
-        NCHW batch of 16: activations stay in cache).  Outputs are the same up to float rounding."""
-        bb = self.backbone
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type != "cpu" or bb.kind != "cnn":
-            return bb(x)
-        if not getattr(self, "_channels_last", False):
-            bb.to(memory_format=torch.channels_last)
-            self._channels_last = True
-        x = x.contiguous(memory_format=torch.channels_last)
-        if x.shape[0] <= CPU_MICRO_BATCH:
-            return bb(x)
-        parts = [bb(chunk) for chunk in x.split(CPU_MICRO_BATCH)]
-        return [torch.cat(maps) for maps in zip(*parts)]
-
-    @torch.inference_mode()
-    def _layers(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """Images -> per-layer patch rows [B*h*w, C_l] and the patch grid (h, w)."""
-        maps = aggregate(self.forward(x), self.config.patch_size)
-        return to_patches(maps), tuple(maps[0].shape[-2:])
-
-    def _embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
+    def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Fusion then projection: per-layer rows -> bank-space rows."""
         f = self.fusion_.transform(layers)
         return self.projection_.transform(f) if self.projection_ is not None else f
@@ -175,7 +154,7 @@ class Detector:
         (and so freed) when its embedding is handed out."""
         while chunks:
             raw = chunks.pop(0)
-            out = self._embed(raw)
+            out = self.embed(raw)
             del raw
             trim_malloc()
             yield out
@@ -198,7 +177,7 @@ class Detector:
             hi = lo + chunk[0].shape[0]
             sel = ids[(ids >= lo) & (ids < hi)] - lo
             if sel.numel():
-                out.append(self._embed([layer[sel.to(layer.device)] for layer in chunk]))
+                out.append(self.embed([layer[sel.to(layer.device)] for layer in chunk]))
             lo = hi
         return torch.cat(out)
 
@@ -245,8 +224,8 @@ class Detector:
         n_patches = 0
         bar = tqdm(total=n, desc="fit: features", unit="img", disable=not self.progress)
         offset = 0
-        for x, _ in self._stream(items):
-            layers, grid = self._layers(x)
+        for x, _ in self.stream(items):
+            layers, grid = self.extractor(x)
             b = x.shape[0]
             n_patches = grid[0] * grid[1]
             if moments is not None:
@@ -345,7 +324,7 @@ class Detector:
         for start in range(0, n_cal, cfg.batch_size):
             m = min(cfg.batch_size, n_cal - start)
             rows = slice(start * n_patches, (start + m) * n_patches)
-            emb = self._embed([buf[rows] for buf in cal_rows])
+            emb = self.embed([buf[rows] for buf in cal_rows])
             b_score, scores = self._score_batch(emb.view(m, n_patches, -1), sub_search, self.radius_)
             base.append(b_score)
             phi.append(self._maps(scores)[1])
@@ -436,7 +415,7 @@ class Detector:
         out: list[Prediction] = []
         timings = {"read": 0.0, "extract": 0.0, "search": 0.0, "post": 0.0}
         bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress)
-        stream = iter(self._stream(items, batch_size))
+        stream = iter(self.stream(items, batch_size))
         while True:
             t = time.perf_counter()
             try:
@@ -444,7 +423,7 @@ class Detector:
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            layers, grid = self._layers(x)
+            layers, grid = self.extractor(x)
             preds, (t2, t3) = self._predict_layers(layers, x.shape[0], names)
             out.extend(preds)
             t4 = time.perf_counter()
@@ -459,7 +438,7 @@ class Detector:
                         category: str | None = None) -> tuple[list[Prediction], tuple[float, float]]:
         """Per-layer patch rows of ``b`` images -> their predictions, and the clock after the
         embedding and after the search (for the timing split)."""
-        emb = self._embed(layers)
+        emb = self.embed(layers)
         t2 = time.perf_counter()
         base, scores = self._score_batch(emb.view(b, -1, emb.shape[1]), self.search_, self.radius_)
         t3 = time.perf_counter()
@@ -527,19 +506,19 @@ class Detector:
             names = ", ".join(meta.get("category_order", []))
             raise PatchbankError(f"{path} is a multi-category model ({names}); load it with "
                                  f"patchbank.multi.MultiDetector.load")
-        return cls._from_state(tensors, meta, str(path), device=device, progress=progress,
+        return cls.from_state(tensors, meta, str(path), device=device, progress=progress,
                                weights=weights)
 
     @classmethod
-    def _from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
                     device: str | torch.device = "cpu", progress: bool = True,
-                    weights: str | None = None) -> "Detector":
+                    weights: str | None = None, backbone: Backbone | None = None) -> "Detector":
         """Rebuild a fitted detector from its saved tensors and :meth:`info` metadata."""
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
                 config = config.replace(weights=weights)
-            det = cls(config, device=device, progress=progress)
+            det = cls(config, device=device, progress=progress, backbone=backbone)
             det.fusion_ = make_fusion(config).load_state(tensors)
             det.projection_ = None
             if "projection.matrix" in tensors:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from patchbank import __version__
 from patchbank.config import Config
-from patchbank.detector import Detector, Prediction, _device
+from patchbank.detector import Detector, Prediction
+from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
@@ -47,9 +48,10 @@ class MultiDetector:
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
                  progress: bool = True, n_prototypes: int = 64):
         self.config = config if config is not None else Config()
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.progress = progress
         self.n_prototypes = n_prototypes
+        self._backbone = None   # loaded once, shared by every category's detector
 
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
@@ -71,11 +73,8 @@ class MultiDetector:
             raise PatchbankError("this multi-category model is not fitted: call fit() or load()")
 
     def _new_detector(self) -> Detector:
-        det = Detector(self.config, device=self.device, progress=self.progress)
-        shared = getattr(self, "_backbone", None)
-        if shared is not None:
-            det._backbone = shared
-        return det
+        return Detector(self.config, device=self.device, progress=self.progress,
+                        backbone=self._backbone)
 
     def fit(self, categories: Mapping[str, Any]) -> "MultiDetector":
         """Fit every category from its normal images ({name: folder or list of images})."""
@@ -125,7 +124,7 @@ class MultiDetector:
         out: list[Prediction | None] = [None] * len(items)
         timings = {"read": 0.0, "extract": 0.0, "route": 0.0, "search": 0.0, "post": 0.0}
         bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress)
-        stream = iter(first._stream(items, batch_size))
+        stream = iter(first.stream(items, batch_size))
         pos = 0
         while True:
             t = time.perf_counter()
@@ -134,7 +133,7 @@ class MultiDetector:
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            layers, _ = first._layers(x)
+            layers, _ = first.extractor(x)
             b = x.shape[0]
             t2 = time.perf_counter()
             if category is None:
@@ -172,8 +171,8 @@ class MultiDetector:
         first = self.detectors_[self.router_.names_[0]]
         out: list[str] = []
         with torch.inference_mode():
-            for x, _ in first._stream(as_items(images), batch_size):
-                layers, _ = first._layers(x)
+            for x, _ in first.stream(as_items(images), batch_size):
+                layers, _ = first.extractor(x)
                 out.extend(self.router_.route(routing_embedding(layers).view(x.shape[0], -1, self.router_.dim)))
         return out
 
@@ -225,13 +224,10 @@ class MultiDetector:
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if "routing_prototypes" not in state:
                 raise PatchbankError(f"{path}: category {name!r} has no routing prototypes")
-            det = Detector._from_state(state, {**infos[name], "config": meta["config"]},
-                                       f"{path} [{name}]", device=device, progress=progress,
-                                       weights=weights)
-            if getattr(self, "_backbone", None) is not None:
-                det._backbone = self._backbone
-            else:
-                self._backbone = det.backbone
+            det = Detector.from_state(state, {**infos[name], "config": meta["config"]},
+                                      f"{path} [{name}]", device=device, progress=progress,
+                                      weights=weights, backbone=self._backbone)
+            self._backbone = det.backbone
             self.detectors_[name] = det
             self.router_.set(name, state["routing_prototypes"])
             self._raw_tensors[name] = state

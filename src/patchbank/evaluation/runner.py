@@ -90,13 +90,15 @@ class _BackboneCache:
     def __init__(self):
         self.key, self.backbone = None, None
 
-    def attach(self, det) -> None:
-        cfg = det.config
-        key = (cfg.backbone, cfg.weights, cfg.layers, str(det.device))
-        if key == self.key:
-            det._backbone = self.backbone
-        else:
-            self.key, self.backbone = key, det.backbone  # loads it
+    def detector(self, config: Config, device: str, progress: bool):
+        """A new detector for ``config``, sharing the cached backbone when it fits."""
+        from patchbank.detector import Detector
+
+        key = (config.backbone, config.weights, config.layers, str(device))
+        det = Detector(config, device=device, progress=progress,
+                       backbone=self.backbone if key == self.key else None)
+        self.key, self.backbone = key, det.backbone  # loads it when not shared
+        return det
 
 
 def _check_mask_sizes(category: Category) -> None:
@@ -131,8 +133,7 @@ def evaluate_category(category: Category, config: Config, *, device: str = "cpu"
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
                              f"defective images to compute the metrics")
     _check_mask_sizes(category)  # before the (long) fit
-    det = Detector(config, device=device, progress=progress)
-    (backbones or _BackboneCache()).attach(det)
+    det = (backbones or _BackboneCache()).detector(config, device, progress)
     t0 = time.perf_counter()
     det.fit([str(p) for p in category.train])
     fit_s = time.perf_counter() - t0

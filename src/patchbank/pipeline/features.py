@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def aggregate(maps: list[torch.Tensor], patch_size: int) -> list[torch.Tensor]:
@@ -30,3 +31,44 @@ def aggregate(maps: list[torch.Tensor], patch_size: int) -> list[torch.Tensor]:
 def to_patches(maps: list[torch.Tensor]) -> list[torch.Tensor]:
     """[B, C, h, w] maps -> [B*h*w, C] rows, row order (image, y, x)."""
     return [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in maps]
+
+
+CPU_MICRO_BATCH = 4   # images per backbone call on CPU (see FeatureExtractor.maps)
+
+
+class FeatureExtractor(nn.Module):
+    """Images -> per-layer patch rows: the frozen backbone, p x p aggregation, alignment.
+
+    ``forward(x [B, 3, H, W]) -> (rows, (h, w))``: ``rows[l]`` is layer l's [B*h*w, C_l] patch
+    features in row order (image, y, x), ``(h, w)`` the patch grid of the first tapped layer.
+    """
+
+    def __init__(self, backbone: nn.Module, patch_size: int, device: torch.device):
+        super().__init__()
+        self.backbone = backbone
+        self.patch_size = patch_size
+        self.device = torch.device(device)
+        # on CPU, CNNs run in channels-last memory format and in micro-batches of CPU_MICRO_BATCH
+        # images (docs/performance.md: activations stay in cache); outputs equal up to rounding
+        self.cpu_fast_path = self.device.type == "cpu" and backbone.kind == "cnn"
+        self._channels_last = False   # converted on the first call, inside inference mode
+
+    @torch.inference_mode()
+    def maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's tapped feature maps of ``x`` (the benchmark floor times exactly this)."""
+        x = x.to(self.device, non_blocking=True)
+        if not self.cpu_fast_path:
+            return self.backbone(x)
+        if not self._channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[0] <= CPU_MICRO_BATCH:
+            return self.backbone(x)
+        parts = [self.backbone(chunk) for chunk in x.split(CPU_MICRO_BATCH)]
+        return [torch.cat(maps) for maps in zip(*parts)]
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        maps = aggregate(self.maps(x), self.patch_size)
+        return to_patches(maps), tuple(maps[0].shape[-2:])

@@ -3,7 +3,7 @@
 **The floor** is what every memory-bank detector must do: read, resize and crop the images and
 run the backbone's forward pass on them, nothing else.  It uses the detector's own loader
 (:class:`~patchbank.io.images.ImageStream`, same decoder, same background decoding) and its own
-forward (:meth:`Detector.forward`: channels-last micro-batches on CPU, the fastest way we found),
+forward (:meth:`FeatureExtractor.maps`: channels-last micro-batches on CPU, the fastest way we found),
 the same thread count and the same batch size, so a ratio measures only what the detector adds
 (aggregation, fusion, projection, bank building, search, maps).  Timings on a shared or
 throttled machine swing by tens of percent from one pass to the next, so each run is repeated
@@ -127,8 +127,8 @@ def floor_seconds(det, items: Sequence[Any], batch_size: int | None = None) -> f
     """Read + resize + crop + backbone forward over ``items``: the detector's loader and forward,
     nothing else (see the module docstring)."""
     t0 = time.perf_counter()
-    for x, _ in det._stream(list(items), batch_size):
-        det.forward(x)
+    for x, _ in det.stream(list(items), batch_size):
+        det.extractor.maps(x)
     _sync(det)
     return time.perf_counter() - t0
 
@@ -261,9 +261,8 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
         last: list = []                  # the latest fitted detector (only one bank alive at a time)
 
         def fit():
-            det = Detector(config, device=device, progress=progress)
-            det._backbone = probe.backbone                                # loaded and warm
-            det._channels_last = getattr(probe, "_channels_last", False)
+            det = Detector(config, device=device, progress=progress,
+                           backbone=probe.backbone)                      # loaded and warm
             det.fit(train)
             _sync(det)
             last.append(det)

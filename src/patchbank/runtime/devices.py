@@ -1,0 +1,17 @@
+"""The torch device a user asked for, refused in one line where it does not exist here."""
+from __future__ import annotations
+
+import torch
+
+from patchbank.errors import PatchbankError
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`; a CUDA device where CUDA is unavailable is refused."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PatchbankError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PatchbankError("device 'cuda' requested but CUDA is not available here")
+    return dev
