@@ -1,12 +1,15 @@
-# Writes a model file and its predictions with the pre-refactor code (run with PYTHONPATH=/tmp/base/src)
+"""Writes tests/data/legacy_*.patchbank and legacy_predictions.json with the pre-refactor code:
+run at commit 6850f23 as `PYTHONPATH=<checkout of 6850f23>/src python tests/data/make_legacy.py`
+(the import paths below are that commit's)."""
 import json, sys
 from pathlib import Path
+import torch
 import patchbank
-assert patchbank.__file__.startswith("/tmp/base"), patchbank.__file__
-from patchbank.io.synthetic import make_dataset
+torch.set_num_threads(1)   # as tests/conftest.py
+from patchbank.synthetic import make_dataset
 from patchbank.detector import Detector
 from patchbank.multi import MultiDetector
-from patchbank.io.images import list_images
+from patchbank.images import list_images
 root = make_dataset("/tmp/legacy_data", n_train=12, n_test_good=2, n_test_defect=2, size=96, seed=0)
 out = Path("/work/main/tests/data")
 imgs = sorted(list_images(root / "test" / "good")) + sorted(list_images(root / "test" / "scratch"))
@@ -16,6 +19,7 @@ for name, kw in {"lmf_core": dict(preset="lmf-core"), "patchcore": dict(preset="
     preset = kw.pop("preset")
     det = Detector.from_preset(preset, backbone="efficientnet_lite0", image_size=96, crop_size=80, progress=False, **kw).fit(root / "train" / "good")
     det.save(out / f"legacy_{name}.patchbank", overwrite=True)
+    det = Detector.load(out / f"legacy_{name}.patchbank", progress=False)   # what a user of the file gets
     res[name] = [{"file": Path(p.path).relative_to(root).as_posix(), "score": p.score, "normalized_score": p.normalized_score,
                   "is_anomalous": p.is_anomalous, "map_sum": float(p.anomaly_map.astype("float64").sum()),
                   "map_max": float(p.anomaly_map.max()), "struct_score": p.struct_score} for p in det.predict(imgs)]

@@ -6,15 +6,11 @@ E||z||^2 = ||f||^2, so distances keep their scale and pairwise distances are pre
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from patchbank.linalg import gaussian_matrix, seeded
 
-def gaussian_matrix(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
-    """The D x d' matrix R / sqrt(d'), reproducible from ``seed``."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(in_dim, out_dim, generator=gen, dtype=torch.float32) / math.sqrt(out_dim)
+
 
 
 class GaussianProjection:
@@ -23,7 +19,7 @@ class GaussianProjection:
         self.seed = seed
 
     def fit(self, in_dim: int) -> "GaussianProjection":
-        self.matrix_ = gaussian_matrix(in_dim, self.out_dim, self.seed)
+        self.matrix_ = gaussian_matrix(in_dim, self.out_dim, seeded(self.seed))
         return self
 
     def transform(self, f: torch.Tensor) -> torch.Tensor:

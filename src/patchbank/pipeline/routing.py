@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from patchbank.errors import PatchbankError
+from patchbank.linalg import sq_dists, sq_norms
 
 
 def routing_embedding(layers: list[torch.Tensor]) -> torch.Tensor:
@@ -27,8 +28,7 @@ def routing_embedding(layers: list[torch.Tensor]) -> torch.Tensor:
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [n, m] as a matrix product (non-negative)."""
-    d = torch.addmm((c * c).sum(1), x, c.T, alpha=-2.0).add_((x * x).sum(1, keepdim=True))
-    return d.clamp_min_(0.0)
+    return sq_dists(x, c, sq_norms(c), sq_norms(x)).clamp_min_(0.0)
 
 
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Tensor:

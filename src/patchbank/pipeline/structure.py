@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from patchbank.errors import PatchbankError
+from patchbank.linalg import sq_dists, sq_norms
 
 COMPONENTS = ("std", "topk_mean", "tv")
 DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "chebyshev", "cosine")
@@ -217,12 +218,12 @@ def bank_local_radius(bank, k: int = 5, chunk: int | None = None) -> torch.Tenso
     n = bank.shape[0]
     k = min(int(k), n - 1)
     chunk = chunk or max(1, (1 << 24) // n)
-    sq = (bank * bank).sum(1)
+    sq = sq_norms(bank)
     radius = torch.empty(n, dtype=bank.dtype, device=bank.device)
     for start in range(0, n, chunk):
         rows = bank[start:start + chunk]
         m = rows.shape[0]
-        d2 = torch.addmm(sq, rows, bank.T, alpha=-2.0).add_(sq[start:start + m, None])
+        d2 = sq_dists(rows, bank, sq, sq[start:start + m])
         rows_at = torch.arange(m, device=bank.device)
         d2[rows_at, rows_at + start] = math.inf          # exclude the entry itself
         nearest = d2.topk(k, dim=1, largest=False).values.clamp_min_(0.0).sqrt_()

@@ -80,6 +80,7 @@ import math
 
 import torch
 
+from patchbank.linalg import gaussian_matrix
 from patchbank.sampling.base import Sampler, coreset_size, register_sampler
 
 __all__ = [
@@ -116,8 +117,7 @@ def random_projection(
         return features
     if proxy_dim < 1:
         raise ValueError(f"proxy_dim: expected a positive integer or None, got {proxy_dim!r}")
-    w = torch.randn(d, proxy_dim, generator=generator, dtype=torch.float32) / math.sqrt(proxy_dim)
-    w = w.to(features.device)
+    w = gaussian_matrix(d, proxy_dim, generator).to(features.device)
     out = torch.empty(n, proxy_dim, dtype=torch.float32, device=features.device)
     for i in range(0, n, chunk):
         torch.matmul(features[i : i + chunk].float(), w, out=out[i : i + chunk])

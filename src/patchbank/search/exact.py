@@ -12,13 +12,14 @@ import math
 
 import torch
 
+from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search.base import Search, register_search
 
 
 class ExactSearch(Search):
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
         self.bank = bank.float().contiguous()
-        self.bank_sqnorm = (self.bank * self.bank).sum(1)
+        self.bank_sqnorm = sq_norms(self.bank)
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
         self.count = self.bank.shape[0]
@@ -55,12 +56,11 @@ class ExactSearch(Search):
         k = min(k, len(self))
         dists, idxs = [], []
         for q in queries.split(self.query_chunk):
-            q_sq = (q * q).sum(1, keepdim=True)
+            q_sq = sq_norms(q)
             best_d = best_i = None
             for start in range(0, len(self), self.bank_chunk):
                 m = self.bank[start:start + self.bank_chunk]
-                d = torch.addmm(self.bank_sqnorm[start:start + m.shape[0]], q, m.T, alpha=-2.0)
-                d.add_(q_sq)
+                d = sq_dists(q, m, self.bank_sqnorm[start:start + m.shape[0]], q_sq)
                 if k == 1:
                     dv, di = d.min(1, keepdim=True)
                 else:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from patchbank.errors import PatchbankError
+from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search.base import Search, register_search
 from patchbank.runtime.threads import sync_faiss
 
@@ -212,14 +213,16 @@ class FaissSearch(Search):
         if self._centroids is None:
             quantizer = self.faiss.downcast_index(self.index.quantizer)
             c = torch.from_numpy(quantizer.reconstruct_n(0, self.index.nlist))
-            self._centroids = (c.T.contiguous(), (c * c).sum(1))
-        c_t, c_sq = self._centroids
+            # the centroids are kept transposed and contiguous ([dim, nlist]): sq_dists
+            # multiplies by c.T, which is then that contiguous block
+            self._centroids = (c.T.contiguous().T, sq_norms(c))
+        c, c_sq = self._centroids
         nprobe = min(self.index.nprobe, self.index.nlist)
         dist, ids = [], []
         for block in q.split(COARSE_BLOCK):
-            d = torch.addmm(c_sq.unsqueeze(0), block, c_t, alpha=-2.0)
+            d = sq_dists(block, c, c_sq)          # ||q||^2 added to the kept values only
             v, i = d.topk(nprobe, dim=1, largest=False)
-            dist.append(v.add_((block * block).sum(1, keepdim=True)))
+            dist.append(v.add_(sq_norms(block).unsqueeze(1)))
             ids.append(i)
         return torch.cat(dist).numpy(), torch.cat(ids).numpy().astype(np.int64)
 
