@@ -26,19 +26,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    import patchbank.backbones.factory as backbones
+    import patchbank.backbones.registry as registry
+    from patchbank.backbones import create_backbone
     from patchbank.studies.speed import machine
     from patchbank.pipeline.features import CPU_MICRO_BATCH
     from patchbank.runtime.threads import set_threads
 
     set_threads(args.threads)
-    folded = backbones.create_backbone(args.backbone)
-    real = backbones.fold_batchnorm
-    backbones.fold_batchnorm = lambda module, probe: (module, 0)
+    folded = create_backbone(args.backbone)
+    real = registry.fold_batchnorm       # create_backbone folds through this name
+    registry.fold_batchnorm = lambda module, probe: (module, 0)
     try:
-        plain = backbones.create_backbone(args.backbone)
+        plain = create_backbone(args.backbone)
     finally:
-        backbones.fold_batchnorm = real
+        registry.fold_batchnorm = real
     models = {"folded": folded.to(memory_format=torch.channels_last),
               "unfolded": plain.to(memory_format=torch.channels_last)}
     x = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -9,8 +9,9 @@ import pytest
 import timm
 import torch
 
-from patchbank.backbones import factory as bb
-from patchbank.backbones.factory import BACKBONES, create_backbone
+from patchbank.backbones import BACKBONES, create_backbone, dinov2, efficientnet_lite
+from patchbank.backbones import weights as weight_files
+from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from patchbank.errors import PatchbankError
 
 LITE2_SHA = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
@@ -35,9 +36,10 @@ def lite2():
 def full_lite2():
     """The complete timm model (head included) with the packaged weights."""
     name = "efficientnet_lite2"
-    path = bb._packaged_lite_file(name)
-    return bb._instantiate(lambda: timm.create_model(bb._LITE[name][0]), bb._read_state_dict(path),
-                           path, name, bb._pair_lite_keys).eval()
+    path = efficientnet_lite.packaged_lite_file(name)
+    return weight_files.instantiate(lambda: timm.create_model(efficientnet_lite.LITE[name].arch),
+                                    weight_files.read_state_dict(path), path, name,
+                                    efficientnet_lite.pair_lite_keys).eval()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def _check_shapes(backbone, size=None):
 
 def test_lite2_loads_packaged_weights_strictly(lite2):
     assert lite2.name == "efficientnet_lite2" and lite2.kind == "cnn"
-    assert lite2.weights_sha256 == LITE2_SHA == bb._LITE["efficientnet_lite2"][4]
+    assert lite2.weights_sha256 == LITE2_SHA == efficientnet_lite.LITE["efficientnet_lite2"].sha256
     assert lite2.mean == lite2.std == (0.5, 0.5, 0.5)
     assert lite2.layers == (2, 4) and lite2.channels == (48, 120) and lite2.strides == (8, 16)
     assert not lite2.training and not any(p.requires_grad for p in lite2.parameters())
@@ -74,7 +76,7 @@ def test_lite2_loads_packaged_weights_strictly(lite2):
 
 def test_lite2_taps_equal_full_model_intermediates(lite2, full_lite2):
     full = full_lite2
-    assert len(full.blocks) == bb._DEPTH["efficientnet_lite2"]
+    assert len(full.blocks) == efficientnet_lite.DEPTH
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         h, inter = full.bn1(full.conv_stem(x)), []
@@ -106,7 +108,7 @@ def test_lite_weights_give_a_sensible_imagenet_prediction(full_lite2):
 
 def test_lite0_and_layer_override():
     lite0 = create_backbone("efficientnet_lite0", layers=(1, 3, -1))
-    assert lite0.weights_sha256 == bb._LITE["efficientnet_lite0"][4]
+    assert lite0.weights_sha256 == efficientnet_lite.LITE["efficientnet_lite0"].sha256
     assert lite0.layers == (1, 3, 6) and lite0.strides == (4, 16, 32)
     _check_shapes(lite0)
 
@@ -155,7 +157,7 @@ def test_resnet_stops_after_deepest_tap():
 def test_dinov2_default_taps(vits14):
     assert vits14.kind == "vit" and vits14.layers == (0, 3, 6, 9, 11)
     assert vits14.channels == (384,) * 5 and vits14.strides == (14,) * 5
-    assert vits14.mean == bb.IMAGENET_MEAN and vits14.std == bb.IMAGENET_STD
+    assert vits14.mean == IMAGENET_MEAN and vits14.std == IMAGENET_STD
     _check_shapes(vits14)
     with pytest.raises(PatchbankError, match="multiple of the patch size 14"):
         _forward(vits14, 100)
@@ -172,8 +174,8 @@ def test_dinov2_user_files(tmp_path, vits14):
     want = _forward(vits14, 56, batch=1)
     for file in ("model.safetensors", "dinov2_vits14_pretrain.pth"):
         backbone = create_backbone("dinov2_vits14", weights=tmp_path / file)
-        assert backbone.weights_sha256 == bb._sha256(str(tmp_path / file))
-        assert len(backbone.model.blocks) == bb._DEPTH["dinov2_vits14"]
+        assert backbone.weights_sha256 == weight_files.sha256(str(tmp_path / file))
+        assert len(backbone.model.blocks) == dinov2.DEPTH
         for got, exp in zip(_forward(backbone, 56, batch=1), want):
             torch.testing.assert_close(got, exp)
 

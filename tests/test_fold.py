@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from patchbank.backbones.factory import create_backbone
+from patchbank.backbones import create_backbone
 from patchbank.backbones.batchnorm_folding import fold_batchnorm
 
 
@@ -67,13 +67,13 @@ def test_backbones_fold_every_batchnorm_and_keep_their_outputs():
         bb = create_backbone(name, "random")
         assert bb.folded_batchnorms > 0 and _n_bn(bb) == 0, name
     # against an unfolded copy with non-trivial statistics (timm's BatchNormAct2d keeps its ReLU6)
-    import patchbank.backbones.factory as backbones
-    real = backbones.fold_batchnorm
+    import patchbank.backbones.registry as registry
+    real = registry.fold_batchnorm
     try:
-        backbones.fold_batchnorm = lambda m, p: (m, 0)
+        registry.fold_batchnorm = lambda m, p: (m, 0)
         plain = create_backbone("efficientnet_lite0", "random")
     finally:
-        backbones.fold_batchnorm = real
+        registry.fold_batchnorm = real
     _randomise_bn(plain, seed=3)
     folded, n = fold_batchnorm(plain, x)
     assert n == _n_bn(plain) > 0

@@ -1,0 +1,68 @@
+"""The backbone registry: names -> builders, and :func:`create_backbone`.
+
+A family module registers each of its names with :func:`register_backbone`; its builder is
+called as ``builder(name, weights, layers)`` with ``weights`` None (packaged file or download
+cache), a path string, or ``"random"``, and returns an unfolded :class:`Backbone` on the CPU.
+:func:`create_backbone` adds what every backbone gets: batch-norm folding for CNNs
+(:mod:`patchbank.backbones.batchnorm_folding`) and the move to the device.  Names are listed in
+registration order (:func:`backbone_names`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from patchbank.backbones.base import Backbone
+from patchbank.backbones.batchnorm_folding import fold_batchnorm
+from patchbank.backbones.weights import RANDOM, first_line
+from patchbank.errors import PatchbankError
+
+Builder = Callable[[str, "str | None", "Sequence[Any] | None"], Backbone]
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_backbone(name: str, builder: Builder) -> Builder:
+    """Make ``create_backbone(name, ...)`` call ``builder(name, weights, layers)``.
+
+    Registering a name again replaces its builder only when the new one is the same function
+    (a module reload); a different builder under a taken name is a ValueError (a bug).
+    """
+    old = _BUILDERS.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (builder.__module__, builder.__qualname__):
+        raise ValueError(f"backbone {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+    _BUILDERS[name] = builder
+    return builder
+
+
+def backbone_names() -> tuple[str, ...]:
+    """The registered backbone names, in registration order."""
+    return tuple(_BUILDERS)
+
+
+def create_backbone(name: str, weights: str | os.PathLike | None = None,
+                    layers: Sequence[Any] | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """Build the frozen backbone ``name`` (one of :func:`backbone_names`), moved to ``device``.
+
+    ``weights``: None (packaged file or download cache), a file path, or ``"random"`` (tests only).
+    ``layers``: block indices for EfficientNet-Lite (0-6) and DINOv2 (negative counts from the
+    end), ``"layer1"``..``"layer4"`` (or 1-4) for ResNets; None = the family's default taps.
+    Unknown names, bad layers, unusable files and devices raise a one-line PatchbankError.
+    """
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise PatchbankError(f"unknown backbone {name!r}; choose one of {', '.join(_BUILDERS)}")
+    if weights is not None and weights != RANDOM:
+        weights = os.fspath(weights)
+    backbone = builder(name, weights, layers)
+    if backbone.kind == "cnn":
+        # batch norm folded into the convolutions: same outputs up to float rounding, one pass
+        # over every activation map less (checked on this probe input in fold_batchnorm)
+        backbone, backbone.folded_batchnorms = fold_batchnorm(backbone, torch.rand(2, 3, 64, 64))
+    try:
+        return backbone.to(torch.device(device))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise PatchbankError(f"cannot use device {device!r}: {first_line(e)}") from None
