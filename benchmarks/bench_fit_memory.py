@@ -42,6 +42,7 @@ def one(n: int, data: Path, tune: bool, threads: int) -> dict:
     import torch
 
     import patchbank.detector as D
+    import patchbank.pipeline.bank as B
     from patchbank.studies.speed import floor_seconds
     from patchbank.config import Config
     from patchbank.io.images import list_images
@@ -59,8 +60,8 @@ def one(n: int, data: Path, tune: bool, threads: int) -> dict:
             peaks[stage[0]] = max(peaks.get(stage[0], r), r)
             time.sleep(0.02)
 
-    real = {"_embed_all": D.Detector._embed_all, "_embed_sample": D.Detector._embed_sample,
-            "make_search": D.make_search, "make_search_from_chunks": D.make_search_from_chunks}
+    real = {"embed_all": B.RawRows.embed_all, "embed_rows": B.RawRows.embed_rows,
+            "make_search": B.make_search, "make_search_from_chunks": B.make_search_from_chunks}
 
     def embed_hook(name):
         def hook(self, *a, **k):
@@ -77,8 +78,8 @@ def one(n: int, data: Path, tune: bool, threads: int) -> dict:
             return out
         return hook
 
-    D.Detector._embed_all, D.Detector._embed_sample = embed_hook("_embed_all"), embed_hook("_embed_sample")
-    D.make_search, D.make_search_from_chunks = search_hook("make_search"), search_hook("make_search_from_chunks")
+    B.RawRows.embed_all, B.RawRows.embed_rows = embed_hook("embed_all"), embed_hook("embed_rows")
+    B.make_search, B.make_search_from_chunks = search_hook("make_search"), search_hook("make_search_from_chunks")
     t = threading.Thread(target=monitor, daemon=True)
     t.start()
     det.fit(train)
@@ -86,7 +87,7 @@ def one(n: int, data: Path, tune: bool, threads: int) -> dict:
     time.sleep(0.1)
     stop.append(1)
     t.join()
-    entries, dim = det.search_.shape
+    entries, dim = det.scorer_.search.shape
     bank_mb = entries * dim * 4 / 1e6                           # float32
     return {"n_train": n, "tune_malloc": tune, "baseline_rss_mb": round(base, 1), "bank_mb": round(bank_mb, 1),
             "above_baseline_mb": {k: round(v, 1) for k, v in peaks.items()},

@@ -21,7 +21,7 @@ def test_fit_predict_separates_synthetic_defects(fitted, synthetic_root):
     assert auroc(labels, scores) > 0.9
     for p in preds:
         assert p.anomaly_map.shape == (96, 96) and p.anomaly_map.dtype == np.float32
-        assert p.normalized_score == pytest.approx((p.score - fitted.stats_.mean_) / fitted.stats_.std_)
+        assert p.normalized_score == pytest.approx((p.score - fitted.calibration_.stats_.mean_) / fitted.calibration_.stats_.std_)
         assert p.is_anomalous == (p.normalized_score > fitted.threshold_)
     # the defect pixels are hotter than the rest of the same image
     mask_dir = synthetic_root / "ground_truth"
@@ -41,8 +41,8 @@ def test_calibration_is_not_biased_by_self_matching(fitted, synthetic_root):
     train = sorted((synthetic_root / "train" / "good").glob("*.png"))
     full = Detector.from_preset("lmf-core", progress=False, sampler="none", **FAST).fit(train)
     self_scores = np.array([p.score for p in full.predict(train)])
-    assert full.stats_.mean_ > 3 * self_scores.mean()
-    assert fitted.calibration_scores_.size == 5
+    assert full.calibration_.stats_.mean_ > 3 * self_scores.mean()
+    assert fitted.calibration_.scores_.size == 5
 
 
 def test_save_load_round_trip_is_bit_exact(fitted, synthetic_root, tmp_path):
@@ -51,7 +51,7 @@ def test_save_load_round_trip_is_bit_exact(fitted, synthetic_root, tmp_path):
     assert size == path.stat().st_size > fitted.bank_.numel() * 4
     loaded = Detector.load(path, progress=False)
     assert torch.equal(loaded.bank_, fitted.bank_)
-    assert torch.equal(loaded.projection_.matrix_, fitted.projection_.matrix_)
+    assert torch.equal(loaded.scorer_.embedding.projection_.matrix_, fitted.scorer_.embedding.projection_.matrix_)
     assert loaded.threshold_ == fitted.threshold_ and loaded.config == fitted.config
     items, _ = split_items(synthetic_root)
     a, b = fitted.predict(items[:3]), loaded.predict(items[:3])
@@ -137,7 +137,7 @@ def test_patchcore_preset_uses_greedy_coreset_on_all_patches(synthetic_root):
 
     det = Detector.from_preset("patchcore", progress=False, **FAST).fit(synthetic_root / "train" / "good")
     n_patches = det.grid_[0] * det.grid_[1]
-    assert det.projection_ is None
+    assert det.scorer_.embedding.projection_ is None
     assert det.bank_.shape[1] == sum(det.backbone.channels)       # equal-weight, full dimension
     # the bank is exactly the greedy selection over all streamed patches
     items, labels = split_items(synthetic_root)

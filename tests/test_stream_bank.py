@@ -12,9 +12,10 @@ from conftest import FAST, split_items
 
 faiss = pytest.importorskip("faiss")
 
-from patchbank import detector as detector_mod  # noqa: E402
+from patchbank.pipeline import bank as bank_mod  # noqa: E402
 from patchbank.search import faiss as search_mod  # noqa: E402
-from patchbank.detector import Detector, _alloc_chunks, _write_rows  # noqa: E402
+from patchbank.detector import Detector  # noqa: E402
+from patchbank.pipeline.bank import RawRows  # noqa: E402
 from patchbank.search import ExactSearch, FaissSearch, ivf_nlist, ivf_train_ids  # noqa: E402
 
 
@@ -74,28 +75,31 @@ def test_ivf_train_ids_sample_large_banks_only():
 
 
 def test_write_rows_across_chunk_boundaries(monkeypatch):
-    monkeypatch.setattr(detector_mod, "RAW_CHUNK_ROWS", 7)
+    monkeypatch.setattr(bank_mod, "RAW_CHUNK_ROWS", 7)
     layers = [torch.arange(40.0).view(20, 2), torch.arange(60.0).view(20, 3)]
-    chunks = _alloc_chunks(20, [2, 3], layers[0])
+    raw = RawRows(20, [2, 3], layers[0])
+    chunks = raw.chunks
     assert [c[0].shape[0] for c in chunks] == [7, 7, 6]
     local = torch.arange(20).flip(0)
-    _write_rows(chunks, 0, layers, local[:9])               # spans chunks 0-1
-    _write_rows(chunks, 9, layers, local[9:])               # spans chunks 1-2
+    raw.append(layers, local[:9], first_image=3, n_patches=4)     # spans chunks 0-1
+    raw.append(layers, local[9:], first_image=3, n_patches=4)     # spans chunks 1-2
+    assert raw.count == 20
     for li, layer in enumerate(layers):
         got = torch.cat([c[li] for c in chunks])
         assert torch.equal(got, layer[local])
+    assert torch.equal(raw.source, local // 4 + 3)           # source image of each kept row
 
 
 def _fit(root, monkeypatch, chunked: bool, **over):
     calls = []
-    real = detector_mod.make_search_from_chunks
+    real = bank_mod.make_search_from_chunks
 
     def spy(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(detector_mod, "make_search_from_chunks", spy)
-    monkeypatch.setattr(detector_mod, "RAW_CHUNK_ROWS", 37)
+    monkeypatch.setattr(bank_mod, "make_search_from_chunks", spy)
+    monkeypatch.setattr(bank_mod, "RAW_CHUNK_ROWS", 37)
     monkeypatch.setattr(search_mod, "IVF_TRAIN_PER_LIST", 8 if chunked else 10 ** 9)
     det = Detector.from_preset("lmf-core", progress=False, **{**FAST, **over})
     det.fit(root / "train" / "good")
@@ -108,10 +112,10 @@ def test_chunked_streamed_fit_equals_one_piece_fit(synthetic_root, monkeypatch):
     over = dict(coreset_ratio=0.5, ivf_min_bank=50, ivf_probe=10 ** 6)
     a = _fit(synthetic_root, monkeypatch, chunked=True, **over)
     b = _fit(synthetic_root, monkeypatch, chunked=False, **over)
-    assert isinstance(a.search_, FaissSearch) and a.search_.kind == "ivf" and a.search_.bank is None
+    assert isinstance(a.scorer_.search, FaissSearch) and a.scorer_.search.kind == "ivf" and a.scorer_.search.bank is None
     assert a.bank_.shape == b.bank_.shape and a.bank_.shape[0] > 37 * 3     # several raw chunks
     torch.testing.assert_close(a.bank_, b.bank_, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(a.calibration_base_scores_, b.calibration_base_scores_, rtol=1e-4)
+    np.testing.assert_allclose(a.calibration_.base_scores_, b.calibration_.base_scores_, rtol=1e-4)
     items, _ = split_items(synthetic_root)
     pa, pb = a.predict(items), b.predict(items)
     np.testing.assert_allclose([p.score for p in pa], [p.score for p in pb], rtol=1e-4)
@@ -125,7 +129,7 @@ def test_chunked_fit_and_its_reloaded_model_probe_the_same_lists(synthetic_root,
     a = _fit(synthetic_root, monkeypatch, chunked=True, **over)
     a.save(tmp_path / "m.patchbank")
     b = Detector.load(tmp_path / "m.patchbank", progress=False)
-    assert b.search_.bank is None and torch.equal(a.bank_, b.bank_)
+    assert b.scorer_.search.bank is None and torch.equal(a.bank_, b.bank_)
     items, _ = split_items(synthetic_root)
     pa, pb = a.predict(items), b.predict(items)
     assert [p.score for p in pa] == [p.score for p in pb]

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction
+from patchbank.pipeline.inference import predict_batches
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items
@@ -33,6 +33,7 @@ from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.routing import Router, routing_embedding
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+MULTI_STEPS = ("read", "extract", "route", "search", "post")   # predict's timing split
 ROUTING_SAMPLE = 20000   # patches per category from which the K prototypes are clustered
 
 
@@ -116,54 +117,38 @@ class MultiDetector:
     def predict(self, images: Any, category: str | None = None,
                 batch_size: int | None = None) -> list[Prediction]:
         """Route each image to a category (or use ``category``) and score it against that
-        category's bank only.  Each :class:`Prediction` carries the ``category`` used."""
+        category's bank only.  Each :class:`Prediction` carries the ``category`` used; results
+        are in the order of ``images``; the time per step is left in ``last_timings_``."""
         self._check_fitted()
         category = self._resolve(category)
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]
-        out: list[Prediction | None] = [None] * len(items)
-        timings = {"read": 0.0, "extract": 0.0, "route": 0.0, "search": 0.0, "post": 0.0}
-        bar = tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress)
-        stream = iter(first.stream(items, batch_size))
-        pos = 0
-        while True:
-            t = time.perf_counter()
-            try:
-                x, names = next(stream)
-            except StopIteration:
-                break
-            t1 = time.perf_counter()
+
+        def handle(x, names, clock):
             layers, _ = first.extractor(x)
             b = x.shape[0]
-            t2 = time.perf_counter()
-            if category is None:
-                z = routing_embedding(layers).view(b, -1, self.router_.dim)
-                chosen = self.router_.route(z)
-            else:
-                chosen = [category] * b
-            t3 = time.perf_counter()
-            timings["read"] += t1 - t
-            timings["extract"] += t2 - t1
-            timings["route"] += t3 - t2
+            clock.lap("extract")
+            chosen = self._route_layers(layers, b) if category is None else [category] * b
+            clock.lap("route")
+            out: list[Prediction | None] = [None] * b
             for name in dict.fromkeys(chosen):
                 sel = [i for i, c in enumerate(chosen) if c == name]
                 idx = torch.tensor(sel, device=layers[0].device)
                 sub = [layer.view(b, -1, layer.shape[1]).index_select(0, idx).reshape(-1, layer.shape[1])
                        for layer in layers]
-                ts = time.perf_counter()
-                preds, (te, tq) = self.detectors_[name]._predict_layers(
-                    sub, len(sel), [names[i] for i in sel], category=name)
-                tp = time.perf_counter()
-                timings["extract"] += te - ts
-                timings["search"] += tq - te
-                timings["post"] += tp - tq
-                for i, p in zip(sel, preds):
-                    out[pos + i] = p
-            pos += b
-            bar.update(b)
-        bar.close()
-        self.last_timings_ = timings
-        return out  # type: ignore[return-value]
+                batch = self.detectors_[name].model_.score_layers(sub, len(sel), clock)
+                for i, p in zip(sel, batch.predictions([names[i] for i in sel], category=name)):
+                    out[i] = p
+                clock.lap("post")
+            return out
+
+        out, self.last_timings_ = predict_batches(first.stream(items, batch_size), len(items),
+                                                  self.progress, MULTI_STEPS, handle)
+        return out
+
+    def _route_layers(self, layers: list[torch.Tensor], b: int) -> list[str]:
+        """The routing decision (Eq. 4) for ``b`` images' per-layer rows."""
+        return self.router_.route(routing_embedding(layers).view(b, -1, self.router_.dim))
 
     def route(self, images: Any, batch_size: int | None = None) -> list[str]:
         """Only the routing decision (Eq. 4) for each image."""
@@ -172,8 +157,7 @@ class MultiDetector:
         out: list[str] = []
         with torch.inference_mode():
             for x, _ in first.stream(as_items(images), batch_size):
-                layers, _ = first.extractor(x)
-                out.extend(self.router_.route(routing_embedding(layers).view(x.shape[0], -1, self.router_.dim)))
+                out.extend(self._route_layers(first.extractor(x)[0], x.shape[0]))
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -194,7 +178,7 @@ class MultiDetector:
         for name in self.router_.names_:
             state = self._raw_tensors.get(name)
             if state is None:
-                state = dict(self.detectors_[name]._state_tensors())
+                state = dict(self.detectors_[name].state_tensors())
                 state["routing_prototypes"] = self.router_.prototypes_[name]
             for key, value in state.items():
                 tensors[f"{name}/{key}"] = value

@@ -9,23 +9,29 @@
 * :class:`L2Fusion`     - StructCore Eq. 1: L2-normalise each layer's patch vector, concatenate.
 
 Statistics come from normal (training) patches only and are accumulated in one streaming pass
-(:class:`Moments`, float64 sums), so fitting never needs all patches in memory.
+(:class:`Moments`), so fitting never needs all patches in memory.  Every fusion is a
+:class:`Fusion`: ``fit(moments)`` (``moments`` is None for those whose ``needs_moments`` is
+False), ``transform(layers)``, ``state()`` / ``load_state(tensors)``; :func:`make_fusion` builds
+the one registered under ``config.fusion`` (:func:`register_fusion`).
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from patchbank.errors import PatchbankError
 
 
 class Moments:
     """Streaming per-channel mean and variance of each layer from shifted sums: the first row
     seen is the shift (so the sums do not cancel), each batch's sums are taken in float32 (torch
     sums a batch's column in cascade, relative error ~1e-7: the precision of the float32
-    features themselves) and accumulated across batches in float64.  Summing in float64
-    throughout costs 3.4x the time (15.9 vs 4.6 ms per batch of 16 images at 2 threads: ~0.5 s
-    of a 761-image fit) for no precision the float32 features carry."""
+    features themselves) and accumulated across batches in float64 (docs/performance.md,
+    "Fusion moments", for why not float64 throughout)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -53,22 +59,36 @@ class Moments:
                 for s, q in zip(self.sum, self.sumsq)]
 
 
-class EqualFusion:
-    """PatchCore's equal-weight concatenation (stateless)."""
+class Fusion(ABC):
+    """Per-layer patch rows [n, C_l] -> one fused row [n, D] per patch."""
 
-    needs_moments = False
+    needs_moments: bool = False   # True: fit needs the per-channel Moments of the normal patches
+
+    @abstractmethod
+    def fit(self, moments: Moments | None) -> "Fusion":
+        """Learn the fusion's statistics (if any) from ``moments``; returns self."""
+
+    @abstractmethod
+    def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Fuse per-layer rows [n, C_l] into [n, D]."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors saved with the model (names prefixed ``fusion.``)."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> "Fusion":
+        """Restore what :meth:`state` saved; returns self."""
+        return self
+
+
+class EqualFusion(Fusion):
+    """PatchCore's equal-weight concatenation (stateless)."""
 
     def fit(self, moments: Moments | None = None) -> "EqualFusion":
         return self
 
     def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(layers, dim=1)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> "EqualFusion":
-        return self
 
 
 class L2Fusion(EqualFusion):
@@ -78,7 +98,7 @@ class L2Fusion(EqualFusion):
         return torch.cat([F.normalize(x, dim=1) for x in layers], dim=1)
 
 
-class VGFusion:
+class VGFusion(Fusion):
     """Variance-Guided Fusion (LMF-Core Eq. 1 and channel pruning).
 
     State after :meth:`fit`: per layer the kept channel indices ``keep_[l]``, their mean
@@ -130,9 +150,24 @@ class VGFusion:
         return self
 
 
-def make_fusion(config):
-    if config.fusion == "vg":
-        return VGFusion(config.kappa)
-    if config.fusion == "l2":
-        return L2Fusion()
-    return EqualFusion()
+FUSIONS: dict[str, Callable[..., Fusion]] = {}
+
+
+def register_fusion(name: str, factory: Callable[..., Fusion]) -> None:
+    """Make ``name`` (a ``Config.fusion`` value) build its fusion with ``factory(config)``."""
+    FUSIONS[name] = factory
+
+
+register_fusion("equal", lambda config: EqualFusion())
+register_fusion("vg", lambda config: VGFusion(config.kappa))
+register_fusion("l2", lambda config: L2Fusion())
+
+
+def make_fusion(config) -> Fusion:
+    """The registered fusion ``config.fusion``, unfitted."""
+    try:
+        factory = FUSIONS[config.fusion]
+    except KeyError:
+        raise PatchbankError(f"unknown fusion {config.fusion!r}; choose one of "
+                             f"{', '.join(sorted(FUSIONS))}") from None
+    return factory(config)

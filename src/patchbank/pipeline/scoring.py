@@ -8,9 +8,10 @@
   the b nearest bank entries of m* (m* included).
 * ``topk_mean``: the mean of the top ceil(r * P) patch scores (StructCore Eq. 8's tail mass,
   used alone as a pooling operator); less sensitive to one spurious peak than the max.
-* normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma with mu, sigma the mean and
-  standard deviation (ddof=1) of held-out normal image scores; the decision threshold is the
-  (1 - fpr) empirical quantile (linear interpolation) of the held-out normalised scores.
+* :class:`PatchScorer`: the fitted scoring stage of one bank, built from these: embedding ->
+  nearest neighbours -> patch scores -> image score (pooling) and anomaly map + descriptor.
+
+Calibration of the image score (normalisation, threshold) is :mod:`patchbank.pipeline.calibration`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ import math
 
 import numpy as np
 import torch
+
+from patchbank.pipeline.anomaly_map import anomaly_maps
+from patchbank.pipeline.embedding import Embedding
+from patchbank.pipeline.structure import COMPONENTS, descriptor
+from patchbank.search import Search
 
 
 def patch_scores(sq_dists: torch.Tensor, distance: str, knn_reduce: str) -> torch.Tensor:
@@ -51,18 +57,55 @@ def topk_mean(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return scores.topk(k, dim=1).values.mean(1)
 
 
-class NormalStats:
-    """Mean/std of held-out normal image scores and the threshold on the normalised score."""
+def base_pooling(config) -> str:
+    """The pooling that gives S_base: ``image_score`` itself, or ``base_score`` when the image
+    score is StructCore's ``struct`` / ``hybrid``."""
+    return config.base_score if config.image_score in ("struct", "hybrid") else config.image_score
 
-    def fit(self, scores: np.ndarray, target_fpr: float) -> "NormalStats":
-        scores = np.asarray(scores, dtype=np.float64)
-        self.mean_ = float(scores.mean())
-        self.std_ = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
-        if not self.std_ > 0:
-            self.std_ = max(abs(self.mean_) * 1e-6, 1e-12)
-        self.threshold_ = float(np.quantile(self.normalize(scores), 1.0 - target_fpr))
-        self.n_ = int(scores.size)
-        return self
 
-    def normalize(self, scores):
-        return (np.asarray(scores, dtype=np.float64) - self.mean_) / self.std_
+class PatchScorer:
+    """The scoring stage of one fitted bank.
+
+    ``embed(layers)``: per-layer rows -> bank-space rows (:class:`Embedding`).
+    ``score(emb [B, P, d], search=None) -> (S_base [B] float64 numpy, patch scores [B, P])``:
+    k nearest bank entries (``search``, default the bank's own), patch score (LMF-Core Eq. 2 /
+    StructCore Eq. 5, divided by the matched entry's local radius when ``radius`` is given),
+    then the configured pooling (max, PatchCore's re-weighted max, top-k mean).
+    ``anomaly_map(scores) -> (maps [B, H, W] at config.input_size, descriptors [B, 3] float64)``:
+    bilinear upsampling + Gaussian blur, and StructCore's phi(S) (Eq. 7) of exactly those maps.
+    """
+
+    def __init__(self, config, embedding: Embedding, search: Search, grid: tuple[int, int],
+                 radius: torch.Tensor | None = None):
+        self.config = config
+        self.embedding = embedding
+        self.search = search
+        self.grid = tuple(grid)
+        self.radius = radius
+
+    def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        return self.embedding.transform(layers)
+
+    def score(self, emb: torch.Tensor, search: Search | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        cfg = self.config
+        search = self.search if search is None else search
+        b, p, d = emb.shape
+        sq, idx = search.search(emb.reshape(-1, d), cfg.k)
+        scores = patch_scores(sq, cfg.distance, cfg.knn_reduce)
+        if self.radius is not None:   # LMF-Core Sec. 6.2's rejected calibration (off by default)
+            scores = scores / (self.radius[idx[:, 0]] + 1e-12)
+        scores = scores.view(b, p)
+        pooling = base_pooling(cfg)
+        if pooling == "reweighted_max":
+            image = reweighted_max(scores, emb, idx[:, 0].view(b, p), search,
+                                   min(cfg.reweight_neighbors, search.shape[0]))
+        elif pooling == "topk_mean":
+            image = topk_mean(scores, cfg.topk_ratio)
+        else:
+            image = scores.max(1).values
+        return image.double().cpu().numpy(), scores
+
+    def anomaly_map(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        cfg = self.config
+        maps = anomaly_maps(scores.view(scores.shape[0], *self.grid), cfg.input_size, cfg.blur_sigma)
+        return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio).cpu().numpy()

@@ -1,0 +1,222 @@
+"""Building the memory bank from a stream of images (LMF-Core Algorithm 1, set-up).
+
+One pass over the training images (:func:`stream_features`):
+
+1. backbone -> p x p aggregated, aligned layer maps -> per-layer patch rows;
+2. per-channel moments are accumulated for the fusion's statistics (all patches);
+3. rows are kept for the bank on the fly: a :class:`~patchbank.sampling.StreamingSampler`
+   (uniform RP-Coreset, keep-all) draws its row ids up front, so only ~r of the raw rows are
+   ever held; any other sampler (greedy) must see every row and all are kept;
+4. the held-out calibration images' rows and (for a multi-category model) a seeded sample of
+   routing embeddings are kept beside them.
+
+Then :func:`build_bank`: raw rows -> fused, projected rows (-> sampler selection) -> the search
+index, one ``RAW_CHUNK_ROWS`` chunk of raw rows at a time, each freed once embedded.  The search
+index holds the only copy of the bank; a large streamed IVF bank goes into the index chunk by
+chunk, so it never exists twice.  Every bank row remembers its source image, so calibration can
+mask out the rows of the held-out images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from patchbank.errors import PatchbankError
+from patchbank.pipeline.fusion import Moments
+from patchbank.pipeline.routing import routing_embedding
+from patchbank.pipeline.structure import bank_local_radius
+from patchbank.runtime.clock import StepClock
+from patchbank.runtime.malloc import trim_malloc
+from patchbank.sampling import Sampler, StreamingSampler
+from patchbank.search import (Search, ivf_nlist, ivf_train_ids, make_search, make_search_from_chunks,
+                              resolve_search)
+
+# raw rows are kept in chunks of this many rows, each freed (and trimmed from the C heap) once it
+# is embedded; the chunk's embedding temporaries set the fit's peak memory while the bank is
+# built (docs/performance.md, "Fit memory")
+RAW_CHUNK_ROWS = 16384
+
+Embed = Callable[[list[torch.Tensor]], torch.Tensor]   # per-layer raw rows -> bank-space rows
+
+
+class RawRows:
+    """Raw per-layer rows kept for the bank, in buffers allocated once (``RAW_CHUNK_ROWS`` rows a
+    chunk), and the source image of each row (``source``)."""
+
+    def __init__(self, rows: int, widths: list[int], like: torch.Tensor):
+        self.chunks = [[torch.empty(min(RAW_CHUNK_ROWS, rows - start), w, dtype=like.dtype,
+                                    device=like.device) for w in widths]
+                       for start in range(0, rows, RAW_CHUNK_ROWS)]
+        self.source = torch.empty(rows, dtype=torch.long, device=like.device)
+        self.count = 0
+
+    def append(self, layers: list[torch.Tensor], local: torch.Tensor, first_image: int,
+               n_patches: int) -> None:
+        """Keep rows ``local`` of a batch's per-layer rows (its first image is ``first_image``)."""
+        m, done, start = local.numel(), 0, self.count
+        while done < m:
+            ci, off = divmod(start + done, RAW_CHUNK_ROWS)
+            take = min(m - done, self.chunks[ci][0].shape[0] - off)
+            sel = local[done:done + take]
+            for buf, layer in zip(self.chunks[ci], layers):
+                torch.index_select(layer, 0, sel, out=buf[off:off + take])
+            done += take
+        self.source[start:start + m] = local // n_patches + first_image
+        self.count += m
+
+    def sample_row(self) -> list[torch.Tensor]:
+        """One raw row per layer (to learn the fused width)."""
+        return [buf[:1] for buf in self.chunks[0]]
+
+    def embedded_chunks(self, embed: Embed) -> Iterator[torch.Tensor]:
+        """``embed`` of each chunk in turn; each raw chunk is dropped (and so freed) when its
+        embedding is handed out."""
+        while self.chunks:
+            raw = self.chunks.pop(0)
+            out = embed(raw)
+            del raw
+            trim_malloc()
+            yield out
+
+    def embed_all(self, embed: Embed) -> torch.Tensor:
+        """Every chunk embedded into one preallocated tensor, raw chunks freed on the way: at no
+        point is more than the raw rows plus the bank in memory."""
+        out, start = None, 0
+        for emb in self.embedded_chunks(embed):
+            if out is None:
+                out = torch.empty(self.count, emb.shape[1], dtype=emb.dtype, device=emb.device)
+            out[start:start + emb.shape[0]] = emb
+            start += emb.shape[0]
+        return out
+
+    def embed_rows(self, embed: Embed, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the rows ``ids`` (sorted row numbers)."""
+        out, lo = [], 0
+        for chunk in self.chunks:
+            hi = lo + chunk[0].shape[0]
+            sel = ids[(ids >= lo) & (ids < hi)] - lo
+            if sel.numel():
+                out.append(embed([layer[sel.to(layer.device)] for layer in chunk]))
+            lo = hi
+        return torch.cat(out)
+
+
+@dataclass
+class StreamedFeatures:
+    """What one pass over the training images keeps (see the module docstring)."""
+
+    raw: RawRows
+    calibration_rows: list[torch.Tensor]   # held-out images' rows, per layer
+    n_calibration: int
+    moments: Moments | None
+    grid: tuple[int, int]
+    routing_rows: torch.Tensor | None      # [routing_sample, sum C_l] routing embeddings
+
+
+def _in_batch(ids: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The sorted global ``ids`` that fall in [lo, hi), as batch-local row numbers."""
+    return ids[(ids >= lo) & (ids < hi)] - lo
+
+
+def routing_ids(total: int, count: int, seed: int) -> torch.Tensor:
+    """Sorted ids of ``count`` rows out of ``total`` for the routing sample (seeded)."""
+    g = torch.Generator().manual_seed(seed + 2)
+    return torch.randperm(total, generator=g)[:count].sort().values
+
+
+@torch.inference_mode()
+def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sampler,
+                    held_out: np.ndarray, with_moments: bool, routing_sample: int, seed: int,
+                    progress: bool) -> StreamedFeatures:
+    """The one pass over ``batches`` (``(x, names)`` of ``n_images`` images, in order); the
+    images flagged in ``held_out`` [n_images] bool keep their rows for calibration."""
+    moments = Moments() if with_moments else None
+    raw = cal = keep = route = None
+    route_rows, n_cal, offset = [], 0, 0
+    bar = tqdm(total=n_images, desc="fit: features", unit="img", disable=not progress)
+    for x, _ in batches:
+        layers, grid = extractor(x)
+        b, n_patches = x.shape[0], grid[0] * grid[1]
+        if moments is not None:
+            moments.update(layers)
+        if raw is None:   # sizes are known from the first batch: allocate every buffer once
+            if isinstance(sampler, StreamingSampler):
+                keep = sampler.indices(n_images * n_patches).to(layers[0].device)
+            rows = keep.numel() if keep is not None else n_images * n_patches
+            raw = RawRows(rows, [layer.shape[1] for layer in layers], layers[0])
+            cal = [layer.new_empty(int(held_out.sum()) * n_patches, layer.shape[1]) for layer in layers]
+            if routing_sample > 0:
+                route = routing_ids(n_images * n_patches, routing_sample, seed).to(layers[0].device)
+        lo, hi = offset * n_patches, (offset + b) * n_patches
+        local = _in_batch(keep, lo, hi) if keep is not None else torch.arange(b * n_patches, device=layers[0].device)
+        if route is not None:
+            route_rows.append(routing_embedding([layer[_in_batch(route, lo, hi)] for layer in layers]).cpu())
+        raw.append(layers, local, offset, n_patches)
+        for j in np.nonzero(held_out[offset:offset + b])[0]:
+            for buf, layer in zip(cal, layers):
+                buf[n_cal * n_patches:(n_cal + 1) * n_patches] = layer[j * n_patches:(j + 1) * n_patches]
+            n_cal += 1
+        offset += b
+        bar.update(b)
+    bar.close()
+    return StreamedFeatures(raw, cal, n_cal, moments, grid, torch.cat(route_rows) if route_rows else None)
+
+
+@dataclass
+class Bank:
+    """The built bank: its search (the only copy of the rows), the search kind it resolved to,
+    the local radius of each entry (local-density calibration only) and which entries come from
+    the held-out calibration images."""
+
+    search: Search
+    kind: str
+    radius: torch.Tensor | None
+    held_out: torch.Tensor
+
+
+def _held_out_rows(source: torch.Tensor, held_out_images: torch.Tensor) -> torch.Tensor:
+    held = held_out_images[source]
+    if bool(held.all()):
+        raise PatchbankError("too few training images: the bank has no entry outside the "
+                             "calibration images; add images or raise coreset_ratio")
+    return held
+
+
+@torch.inference_mode()
+def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, held_out: np.ndarray, config,
+               device: torch.device, clock: StepClock) -> Bank:
+    """Embed the raw rows (freeing them), select the bank, build its search; laps ``clock`` at
+    "bank" (rows embedded and selected) and "index" (search built)."""
+    streams = isinstance(sampler, StreamingSampler)
+    held_images = torch.from_numpy(held_out).to(device)
+    source, radius, sample = raw.source, None, None
+    if streams and not config.local_density and \
+            resolve_search(config, raw.count, device) == "faiss-ivf":
+        sample = ivf_train_ids(raw.count, ivf_nlist(raw.count), config.seed)   # None: small bank
+    if sample is not None:
+        # large streamed bank: the IVF lists are trained on their sample of the rows (the same
+        # rows an index rebuilt from the saved bank uses), then the raw chunks are embedded and
+        # added one at a time and freed: the bank only ever exists inside the index
+        held = _held_out_rows(source, held_images)
+        train = raw.embed_rows(embed, sample)
+        clock.lap("bank")
+        search = make_search_from_chunks(raw.embedded_chunks(embed), raw.count, train.shape[1], train, config)
+        kind = "faiss-ivf"
+    else:
+        bank = raw.embed_all(embed)
+        if not streams:
+            sel = sampler.run(bank)
+            bank, source = bank[sel], source[sel]
+        if config.local_density:
+            radius = bank_local_radius(bank, config.density_neighbors)
+        held = _held_out_rows(source, held_images)
+        clock.lap("bank")
+        kind = resolve_search(config, bank.shape[0], bank.device)
+        search = make_search(bank, config, kind)   # holds the only copy of the bank
+        del bank
+    clock.lap("index")
+    return Bank(search, kind, radius, held)

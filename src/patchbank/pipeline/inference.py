@@ -1,0 +1,115 @@
+"""The inference path: one ``torch.nn.Module`` from images to decisions, and its per-image result.
+
+:class:`InferenceModel` composes the fitted stages and its ``forward`` reads as the data flow:
+``extract`` (backbone -> aggregated, aligned patch rows) -> ``embed`` (fusion, projection) ->
+``score`` (nearest bank entries -> patch scores -> pooled image score) -> ``map`` (anomaly map and
+its structure descriptor) -> ``decide`` (final score, normalisation, threshold).  The search is a
+pluggable part of the scorer (exact torch search, or a FAISS index outside torch).  ``predict``
+of a single- and a multi-category model, and every other consumer, call this path; nothing else
+re-implements it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
+from patchbank.pipeline.features import FeatureExtractor
+from patchbank.pipeline.scoring import PatchScorer
+from patchbank.runtime.clock import StepClock
+
+PREDICT_STEPS = ("read", "extract", "search", "post")
+
+
+@dataclass
+class Prediction:
+    """The result for one image."""
+
+    path: str | None
+    score: float              # raw image score a_hat (the config's image_score)
+    normalized_score: float   # a = (a_hat - mu) / sigma
+    is_anomalous: bool        # not (a <= threshold): a NaN score is anomalous
+    anomaly_map: np.ndarray   # float32 [H, W] at config.input_size
+    base_score: float = math.nan     # the pooled score S_base (image_score, or base_score for struct/hybrid)
+    struct_score: float = math.nan   # D_struct of the map (StructCore Eq. 10)
+    hybrid_score: float = math.nan   # S_base + lambda * D_struct (Eq. 12)
+    descriptor: np.ndarray | None = None  # phi(S) = [std, top-1% mean, TV] (Eq. 7)
+    category: str | None = None      # set by a multi-category model
+
+
+@dataclass
+class ScoredBatch:
+    """A batch's output of :class:`InferenceModel`: image scores, maps [B, H, W], descriptors [B, 3]."""
+
+    scores: ImageScores
+    maps: torch.Tensor
+    descriptors: np.ndarray
+
+    def predictions(self, names: list, category: str | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per image, named ``names[i]``."""
+        s, maps = self.scores, self.maps.cpu().numpy()
+        return [Prediction(name, float(s.final[i]), float(s.normalized[i]), bool(s.anomalous[i]),
+                           maps[i], float(s.base[i]), float(s.struct[i]), float(s.hybrid[i]),
+                           self.descriptors[i], category)
+                for i, name in enumerate(names)]
+
+
+class InferenceModel(nn.Module):
+    """Images [B, 3, H, W] -> :class:`ScoredBatch`; the fitted extractor, scorer and calibration."""
+
+    def __init__(self, extractor: FeatureExtractor, scorer: PatchScorer, calibration: ScoreCalibration):
+        super().__init__()
+        self.extractor = extractor
+        self.scorer = scorer
+        self.calibration = calibration
+
+    def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer patch rows of ``x``."""
+        return self.extractor(x)[0]
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, clock: StepClock | None = None) -> ScoredBatch:
+        return self.score_layers(self.extract(x), x.shape[0], clock)
+
+    @torch.inference_mode()
+    def score_layers(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None) -> ScoredBatch:
+        """The path after extraction, for ``b`` images' per-layer rows (a multi-category model
+        extracts once, then scores each image against its category's model).  ``clock`` laps
+        "extract" after the embedding and "search" after the scoring."""
+        emb = self.scorer.embed(layers)
+        _lap(clock, "extract")
+        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]))
+        _lap(clock, "search")
+        maps, phi = self.scorer.anomaly_map(patch)
+        return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi)
+
+
+def _lap(clock: StepClock | None, step: str) -> None:
+    if clock is not None:
+        clock.lap(step)
+
+
+def predict_batches(batches: Iterable, n_images: int, progress: bool, steps: tuple[str, ...],
+                    handle: Callable[[torch.Tensor, list, StepClock], list]) -> tuple[list, dict[str, float]]:
+    """Run ``handle(x, names, clock)`` over ``batches`` with a progress bar; returns the
+    concatenated results and the time per step (``read`` is timed here, the rest by ``handle``)."""
+    clock, out = StepClock(steps), []
+    bar = tqdm(total=n_images, desc="predict", unit="img", disable=not progress)
+    it = iter(batches)
+    while True:
+        clock.restart()
+        try:
+            x, names = next(it)
+        except StopIteration:
+            break
+        clock.lap("read")
+        out.extend(handle(x, names, clock))
+        bar.update(x.shape[0])
+    bar.close()
+    return out, clock.totals
