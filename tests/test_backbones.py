@@ -275,3 +275,30 @@ def test_dinov2_offline_without_weights(monkeypatch):
 def test_bad_device():
     with pytest.raises(PatchbankError, match="device"):
         create_backbone("resnet18", weights="random", device="nonsense")
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+def test_registry_lists_families_in_order_and_takes_a_new_backbone(monkeypatch):
+    from patchbank.backbones import backbone_names, register_backbone, registry
+    from patchbank.backbones.base import CnnBackbone, TF_LITE_MEAN, TF_LITE_STD
+
+    assert BACKBONES == backbone_names() == ("efficientnet_lite2", "efficientnet_lite0", "wide_resnet50_2",
+                                             "resnet18", "dinov2_vits14", "dinov2_vitb14")
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
+
+    def build_tiny(name, weights, layers):
+        stages = [torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4))
+                  for _ in range(3)]
+        backbone = CnnBackbone(torch.nn.Conv2d(3, 4, 1), stages, [0, 2])
+        backbone.describe(name, "cnn", (0, 2), TF_LITE_MEAN, TF_LITE_STD, None, probe=64)
+        return backbone
+
+    register_backbone("tiny", build_tiny)
+    import patchbank.backbones as package
+    assert package.BACKBONES[-1] == "tiny"           # read from the registry, not a frozen tuple
+    tiny = create_backbone("tiny", weights="random")
+    assert tiny.channels == (4, 4) and tiny.strides == (2, 8) and tiny.folded_batchnorms == 3
+    register_backbone("tiny", build_tiny)            # the same builder again (a reload): fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("resnet18", build_tiny)

@@ -15,6 +15,7 @@ def _run(code: str) -> str:
 
 def test_set_threads_limits_every_runtime():
     pytest.importorskip("threadpoolctl")
+    pytest.importorskip("faiss")
     out = _run("""
         import numpy, faiss, torch
         from threadpoolctl import threadpool_info
@@ -45,11 +46,12 @@ def test_faiss_follows_torch_set_num_threads():
 
 def test_cli_threads_flag(tmp_path):
     """`patchbank ... --threads 1` sets the environment before torch loads and limits torch and FAISS."""
+    pytest.importorskip("faiss")
     out = _run("""
         import os, sys
-        from patchbank.cli.main import _setup_threads
+        from patchbank.cli.options import setup_threads
         assert "torch" not in sys.modules
-        _setup_threads(1)
+        setup_threads(1)
         import torch, faiss
         print(os.environ["OMP_NUM_THREADS"], os.environ["OPENBLAS_NUM_THREADS"], torch.get_num_threads())
         from patchbank.runtime.threads import sync_faiss

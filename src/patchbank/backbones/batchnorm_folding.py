@@ -4,8 +4,8 @@ A frozen BatchNorm after a convolution is an affine map per output channel,
 ``y = gamma (conv(x) - mu) / sqrt(var + eps) + beta``, so it can be absorbed into the
 convolution's weights and bias: ``W' = W s``, ``b' = (b - mu) s + beta`` with
 ``s = gamma / sqrt(var + eps)``.  The backbone then skips one full pass over every activation
-map (batch norm was 1.5 of 6.7 s in the forward of an EfficientNet-Lite2 fit on a 2-core CPU).
-Outputs are the same up to float rounding.
+map (timings: docs/performance.md, "patchbank.backbones.batchnorm_folding").  Outputs are the
+same up to float rounding.
 
 Pairs are found structurally: inside one module, a ``BatchNorm2d`` child registered directly
 after a ``Conv2d`` child with as many output channels (timm's EfficientNet blocks, torchvision's
@@ -40,6 +40,8 @@ def _after_norm(bn: nn.BatchNorm2d) -> nn.Module | None:
 
 
 def _fold_children(module: nn.Module) -> int:
+    """Fold every conv -> batch-norm pair of consecutively registered children, recursively, in
+    place; returns the number of pairs folded."""
     folded = 0
     prev = None
     for name, child in list(module.named_children()):

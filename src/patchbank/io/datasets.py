@@ -63,6 +63,7 @@ class Category:
 
     @property
     def n_defective(self) -> int:
+        """The number of defective test images."""
         return int(sum(self.labels))
 
 

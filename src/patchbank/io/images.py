@@ -64,6 +64,7 @@ def as_items(images: Any) -> list[Any]:
 
 
 def item_name(item: Any) -> str | None:
+    """The name an input is reported under: its path as a string, None for in-memory images."""
     return str(item) if isinstance(item, (str, os.PathLike)) else None
 
 
@@ -96,6 +97,9 @@ def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Imag
 
 
 def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """The centred ``crop`` (H, W) window of ``arr`` (a view; ``arr`` itself when the sizes are
+    equal).  The top / left offset is ``round((h - ch) / 2)`` with Python's round-half-to-even,
+    so an odd excess of 3 starts at 2 but one of 5 starts at 2 as well (not 3)."""
     h, w = arr.shape[:2]
     ch, cw = crop
     if (ch, cw) == (h, w):
@@ -105,9 +109,9 @@ def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
 
 
 def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray:
-    """Resize to ``image_size`` (stretching, or with ``keep_aspect`` scaling to cover it and
-    centre-cropping the excess, like torchvision's Resize(int) + CenterCrop), then centre-crop
-    to ``crop_size``."""
+    """Resize to ``config.image_size`` (H, W) (stretching, or with ``config.keep_aspect`` scaling
+    by ``max(H / height, W / width)`` to cover it and centre-cropping the excess, like
+    torchvision's Resize(int) + CenterCrop), then centre-crop to ``config.crop_size`` if set."""
     h, w = config.image_size
     target = (w, h)
     if config.keep_aspect:
@@ -154,6 +158,7 @@ class ImageStream:
         self.pin = pin
 
     def __len__(self) -> int:
+        """The number of batches."""
         return (len(self.items) + self.batch_size - 1) // self.batch_size
 
     def _load(self, chunk: Sequence[Any], pool: ThreadPoolExecutor) -> torch.Tensor:
@@ -162,6 +167,7 @@ class ImageStream:
         return batch.pin_memory() if self.pin else batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str | None]]]:
+        """``(batch [B, 3, H, W], names)`` in input order; decoding errors surface here."""
         chunks = [self.items[i:i + self.batch_size] for i in range(0, len(self.items), self.batch_size)]
         if not chunks:
             return

@@ -25,7 +25,9 @@ FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
 
 def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                overwrite: bool = False) -> int:
-    """Write atomically; refuse to replace an existing file unless ``overwrite``. Returns bytes."""
+    """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically (a temporary
+    file in the same folder, then a rename); refuse to replace an existing file unless
+    ``overwrite``, and a missing folder.  Returns the size written in bytes."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise PatchbankError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -46,6 +48,9 @@ def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_model`: ``(tensors, meta)``.  A missing file, a file of
+    another format version and anything that is not a readable patchbank model are refused
+    with a one-line :class:`PatchbankError`; no code is executed on load."""
     path = Path(path)
     if not path.is_file():
         raise PatchbankError(f"model file not found: {path}")

@@ -1,0 +1,3 @@
+"""Process-level tuning and environment: thread counts of every CPU runtime (``threads``), glibc
+malloc settings (``malloc``), the torch device a user asked for (``devices``) and wall-clock
+times of named steps (``clock``)."""

@@ -3,15 +3,13 @@
 Fitting decodes images in worker threads and allocates and frees large feature tensors batch
 after batch.  With glibc's defaults every decoding thread gets its own malloc arena (up to 8 per
 core), each keeping the blocks freed into it, and the mmap threshold rises after the first large
-free, so later large tensors come from the heap and their freed pages stay resident.  Measured with
-``benchmarks/bench_fit_memory.py`` (see docs/performance.md "Fit memory"): most of the peak
-memory above the bank in a fit was arenas of the decoding threads.
+free, so later large tensors come from the heap and their freed pages stay resident
+(measurements and the alternatives tried: docs/performance.md, "patchbank.runtime.malloc").
 
-:func:`tune_malloc` limits glibc to two arenas (``mallopt(M_ARENA_MAX, 2)``).  A fixed mmap
-threshold was tried as well and not kept: it did not lower the peak further and costs a syscall
-and fresh zeroed pages per batch.  The ``patchbank`` command calls it at start-up (before any
-thread starts), as do the benchmarks; library users may call it once before fitting.  It does
-nothing where the C library is not glibc.
+:func:`tune_malloc` limits glibc to two arenas (``mallopt(M_ARENA_MAX, 2)``).  The
+``patchbank`` command calls it at start-up (before any thread starts), as do the benchmarks;
+library users may call it once before fitting.  It does nothing where the C library is not
+glibc.
 
 :func:`trim_malloc` (glibc ``malloc_trim(0)``) gives the heap's free pages back to the system;
 the fit calls it after each raw chunk of the bank is embedded and freed.
@@ -38,7 +36,8 @@ def _glibc(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
 
 
 def tune_malloc(arenas: int = 2) -> bool:
-    """Apply the malloc settings (once per process); True where glibc accepted them."""
+    """Limit glibc to ``arenas`` malloc arenas, once per process (later calls return the first
+    call's result whatever ``arenas``); True where glibc accepted the setting, False elsewhere."""
     global _done
     if _done is None:
         mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
