@@ -88,7 +88,7 @@ class ScoreCalibration:
 
     def _final(self, base: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d_struct = self.struct_.struct(phi).numpy()
-        hyb = base + self.struct_.lambda_ * d_struct
+        hyb = base + self.struct_.lambda_ * d_struct                 # Eq. 12
         final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
         return final, d_struct, hyb
 

@@ -16,13 +16,14 @@ Calibration of the image score (normalisation, threshold) is :mod:`patchbank.pip
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
 from patchbank.pipeline.anomaly_map import anomaly_maps
 from patchbank.pipeline.embedding import Embedding
-from patchbank.pipeline.structure import COMPONENTS, descriptor
+from patchbank.pipeline.structure import COMPONENTS, descriptor, local_density_calibration
 from patchbank.search import Search
 
 
@@ -55,6 +56,22 @@ def topk_mean(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """[B, P] patch scores -> [B] mean of the top max(1, ceil(ratio * P)) scores (StructCore Eq. 8)."""
     k = max(1, math.ceil(ratio * scores.shape[1] - 1e-9))
     return scores.topk(k, dim=1).values.mean(1)
+
+
+Pooling = Callable[..., torch.Tensor]   # (scores [B, P], emb [B, P, d], nn [B, P], search, config) -> [B]
+POOLINGS: dict[str, Pooling] = {}
+
+
+def register_pooling(name: str, pooling: Pooling) -> None:
+    """Make ``name`` (a ``Config.image_score`` / ``base_score`` value) pool patch scores with
+    ``pooling(scores, emb, nn_index, search, config)``."""
+    POOLINGS[name] = pooling
+
+
+register_pooling("max", lambda scores, emb, nn, search, config: scores.max(1).values)
+register_pooling("topk_mean", lambda scores, emb, nn, search, config: topk_mean(scores, config.topk_ratio))
+register_pooling("reweighted_max", lambda scores, emb, nn, search, config: reweighted_max(
+    scores, emb, nn, search, min(config.reweight_neighbors, search.shape[0])))
 
 
 def base_pooling(config) -> str:
@@ -93,16 +110,9 @@ class PatchScorer:
         sq, idx = search.search(emb.reshape(-1, d), cfg.k)
         scores = patch_scores(sq, cfg.distance, cfg.knn_reduce)
         if self.radius is not None:   # LMF-Core Sec. 6.2's rejected calibration (off by default)
-            scores = scores / (self.radius[idx[:, 0]] + 1e-12)
+            scores = local_density_calibration(scores, idx[:, 0], self.radius)
         scores = scores.view(b, p)
-        pooling = base_pooling(cfg)
-        if pooling == "reweighted_max":
-            image = reweighted_max(scores, emb, idx[:, 0].view(b, p), search,
-                                   min(cfg.reweight_neighbors, search.shape[0]))
-        elif pooling == "topk_mean":
-            image = topk_mean(scores, cfg.topk_ratio)
-        else:
-            image = scores.max(1).values
+        image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
         return image.double().cpu().numpy(), scores
 
     def anomaly_map(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:

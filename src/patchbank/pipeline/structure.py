@@ -18,7 +18,7 @@ touches patch scores or localisation.
   alternatives (standardised L1 / Chebyshev, raw L1 / L2 / Chebyshev, cosine distance to mu).
 * lambda_auto (Eq. 11) = std(S_base) / (std(D_struct) + eps) over train-good samples, both stds
   with ddof=0 as above (the ratio does not depend on ddof when eps is negligible).
-* hybrid (Eq. 12): S_hyb = S_base + lambda * D_struct.
+* hybrid (Eq. 12): S_hyb = S_base + lambda * D_struct (:class:`patchbank.pipeline.calibration.ScoreCalibration`).
 * local-density calibration (LMF-Core Sec. 6.2, reported there as a negative result): see
   :func:`bank_local_radius` and :func:`local_density_calibration`.
 
@@ -131,7 +131,7 @@ class StructStats:
 
     def _phi(self, phi) -> torch.Tensor:
         if self.mean_ is None:
-            raise PatchbankError("structure statistics are not fitted (call fit or load_state)")
+            raise PatchbankError("structure statistics are not fitted (call fit first)")
         phi = _tensor(phi).to(self.mean_.device)
         if phi.dim() == 1:
             phi = phi.unsqueeze(0)
@@ -164,26 +164,6 @@ class StructStats:
                 "chebyshev_std": math.inf, "chebyshev": math.inf}[kind]
         return torch.linalg.vector_norm(dev, ord=norm, dim=1)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """Tensors for safetensors storage: ``mean`` [d], ``std`` [d], ``eps`` [1] (float64)."""
-        if self.mean_ is None:
-            raise PatchbankError("structure statistics are not fitted (call fit or load_state)")
-        return {"mean": self.mean_.detach().cpu().contiguous(),
-                "std": self.std_.detach().cpu().contiguous(),
-                "eps": torch.tensor([self.eps], dtype=torch.float64)}
-
-    def load_state(self, tensors: dict) -> "StructStats":
-        """Inverse of :meth:`state`; returns self."""
-        try:
-            mean, std, eps = (_tensor(tensors[k]) for k in ("mean", "std", "eps"))
-        except KeyError as e:
-            raise PatchbankError(f"structure statistics lack the tensor {e.args[0]!r}") from None
-        if mean.dim() != 1 or mean.shape != std.shape:
-            raise PatchbankError(f"structure statistics have mismatched shapes "
-                                 f"{tuple(mean.shape)} and {tuple(std.shape)}")
-        self.mean_, self.std_, self.eps = mean, std, float(eps.reshape(-1)[0])
-        return self
-
 
 def lambda_auto(base_scores_train, d_struct_train, eps: float = 1e-12) -> float:
     """Eq. 11: std(S_base) / (std(D_struct) + eps) over train-good samples (ddof=0 stds)."""
@@ -192,11 +172,6 @@ def lambda_auto(base_scores_train, d_struct_train, eps: float = 1e-12) -> float:
     if base.numel() < 1 or d.numel() < 1:
         raise PatchbankError("lambda_auto needs at least one train-good score")
     return float(base.std(unbiased=False) / (d.std(unbiased=False) + eps))
-
-
-def hybrid(base, d_struct, lam: float) -> torch.Tensor:
-    """Eq. 12: S_hyb = S_base + lambda * D_struct (float64)."""
-    return _tensor(base) + float(lam) * _tensor(d_struct)
 
 
 def bank_local_radius(bank, k: int = 5, chunk: int | None = None) -> torch.Tensor:
@@ -293,7 +268,3 @@ class StructScorer:
     def struct(self, phi_full) -> torch.Tensor:
         """[B] D_struct (Eq. 10 or the chosen Table 6 distance)."""
         return self.stats_.distance(self._select(phi_full), self.distance)
-
-    def hybrid(self, base, phi_full) -> torch.Tensor:
-        """[B] S_hyb = S_base + lambda * D_struct (Eq. 12)."""
-        return hybrid(base, self.struct(phi_full), self.lambda_)

@@ -27,11 +27,10 @@ index sequence (the tests check this).
 
 The fast sampler (CPU)
 ----------------------
-A brute-force step reads all N points (600k x 128 float32 = 300 MB, ~50 ms with that kernel
-here), so 60,000 steps take close to an hour.  Bounds that skip whole regions (ball trees,
-Voronoi cells of the centres) barely prune on CNN patch features: in the 128-d projection of
-MTD's patches the median min-distance is ~85% of the largest one and pairwise distances
-concentrate (ball trees of 700-point leaves have radii above the covering radius).
+A brute-force step reads all N points, so a 10% coreset of a few hundred thousand patches
+takes on the order of an hour.  Bounds that skip whole regions (ball trees, Voronoi cells of
+the centres) barely prune on CNN patch features, whose pairwise distances concentrate
+(docs/performance.md, "Greedy coreset design measurements").
 :func:`greedy_fast` therefore keeps the O(N * n) work but moves it into matrix products and
 batches the sequential selection without changing it:
 
@@ -41,11 +40,11 @@ batches the sequential selection without changing it:
   row is in the pool (and so is every row tied with it).  The greedy loop runs on the pool
   alone -- lowering only the pool's ``r`` after each selection -- until its largest ``r``
   drops below ``tau``; then the batch's centres are applied to all N rows at once.  Batches
-  grow from ~60 to ~9,000 centres over a 10% run on MTD.
+  grow as the run goes on (the covering radius flattens).
 * **Filters.**  Applying m centres to N rows is a matrix product: in centred principal-axes
   coordinates, ``|x - c|^2 >= |low(x) - low(c)|^2`` where ``low`` is the top-``low_dim``
   (default 32) coordinates plus the norm of the remaining ones, and that bound costs one
-  ``[B, 33] x [33, m]`` product per row block.  Only pairs it cannot rule out (~0.3-1%) get a
+  ``[B, 33] x [33, m]`` product per row block.  Only pairs it cannot rule out get a
   full 128-d estimate, and only pairs that estimate cannot rule out (about the pairs that
   really lower ``r``) get the exact distance.  Every test carries a rounding slack (see
   ``_S_REL`` / ``_E_REL``), so a pair is skipped only when its exact distance cannot lower
@@ -257,6 +256,8 @@ class _Coords:
             self.sq[i : i + chunk] = (y * y).sum(1)
 
 
+# long: the three filter stages of one row block share their tiles and counters; split apart
+# they would pass a dozen temporaries between functions on the hottest path of the sampler
 def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tensor | None, lo: int,
                 hi: int, cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
     """``r[i] = min(r[i], d(x[i], c))`` for every centre ``c`` (row indices ``cent``) and the

@@ -22,10 +22,10 @@ class ExactSearch(Search):
         self.bank_sqnorm = sq_norms(self.bank)
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
-        self.count = self.bank.shape[0]
+        self.n = self.bank.shape[0]   # searchable rows (a subset: its kept rows)
 
     def __len__(self) -> int:
-        return self.count
+        return self.n
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,7 +47,7 @@ class ExactSearch(Search):
         keep = keep.to(self.bank.device)
         out = copy.copy(self)
         out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
-        out.count = int(keep.sum())
+        out.n = int(keep.sum())
         return out
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

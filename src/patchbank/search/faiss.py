@@ -28,9 +28,8 @@ def ivf_train_ids(n: int, nlist: int, seed: int) -> torch.Tensor | None:
     """Sorted ids of the bank rows the IVF lists are trained on: a seeded uniform sample of
     ``IVF_TRAIN_PER_LIST`` rows per list, or None (every row) for smaller banks.  The same rule
     serves a fit that streams its bank into the index and an index rebuilt from a saved bank,
-    so both get the same lists.  40 rows per list (FAISS asks for at least 39): measured on MTD's
-    lmf-core bank (977 lists, 8 probed), recall@1 0.841 vs 0.842 with FAISS's default cap of 64,
-    at 0.47 instead of 0.72 s of k-means."""
+    so both get the same lists.  40 rows per list: FAISS asks for at least 39 (the choice is
+    measured in docs/performance.md, "Search design measurements")."""
     if n <= IVF_TRAIN_PER_LIST * nlist:
         return None
     g = torch.Generator().manual_seed(seed + 3)
@@ -44,9 +43,8 @@ def ivf_nlist(n: int) -> int:
 
 def pq_subquantizers(dim: int) -> int:
     """Sub-quantizers of the 4-bit IVF-PQ codes: one per 4 dimensions (dim / 8 bytes a vector,
-    32x smaller than float32; measured on MTD's lmf-core bank: with the exact re-rank of 8
-    candidates the seven metrics stay within 0.002 of IVF-Flat at about half its search time),
-    else one per 2 dimensions, else one per dimension."""
+    1/32 of float32), else one per 2 dimensions, else one per dimension (accuracy and speed of
+    the choice: docs/performance.md, "Search design measurements")."""
     for per in (4, 2):
         if dim % per == 0 and dim >= per:
             return dim // per
@@ -85,8 +83,7 @@ class FaissSearch(Search):
         self.kind, self.nprobe, self.seed, self.refine = kind, nprobe, seed, refine
         self.dim, self.total, self.n = dim, n, n
         if kind in ("ivf", "ivfpq"):
-            # 5 k-means iterations: measured on MTD's lmf-core bank, recall@1 0.82 at nprobe 8
-            # vs 0.82 with 10 iterations, at half the build time
+            # 5 k-means iterations (docs/performance.md, "Search design measurements")
             nlist = nlist or ivf_nlist(n)
             if kind == "ivf":
                 index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
@@ -128,9 +125,9 @@ class FaissSearch(Search):
 
     def _add_exact_lists(self, chunks: list[np.ndarray]) -> None:
         """Add the bank to an IVF-Flat index with every inverted list allocated at its final
-        size.  FAISS's ``add`` appends entry by entry and each list's vector grows by doubling:
-        the index takes 1.26-1.38x the bank's bytes (65,536-784,000 x 128 banks), against
-        1.03-1.14x this way (``benchmarks/bench_index_memory.py``).  Here the lists are
+        size.  FAISS's ``add`` appends entry by entry and each list's vector grows by doubling, so
+        the index outgrows the bank (``benchmarks/bench_index_memory.py``; docs/performance.md,
+        "Search design measurements").  Here the lists are
         assigned first (FAISS's own quantizer, as ``add`` does), each list is sized to its count
         (a vector keeps its capacity when shrunk back to 0), and the rows are added with those
         assignments (``add_core``): the same lists, in the same order, ~1.0x the vectors.  Used
@@ -229,11 +226,9 @@ class FaissSearch(Search):
     def _ivf_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """IVF search of ``q`` (float32 [n, dim]).  Calls of fewer than ``SMALL_CALL`` queries
         (one image at a time, say) find their lists with :meth:`_coarse` and scan them with
-        FAISS's ``search_preassigned``, in parallel over the queries: FAISS's own coarse step
-        is slow for a few hundred queries (on MTD's bank, 784 queries an image, 2 threads:
-        7.9 ms/img at batch 1 against 12.1 before; ``search_mtd_lmf-core_s5.json`` vs
-        ``search_grid_mtd.json``), with identical results.  Larger calls go through FAISS's
-        own ``search``, which is as fast there."""
+        FAISS's ``search_preassigned``, in parallel over the queries (FAISS's own coarse step
+        is slow for a few hundred queries: docs/performance.md, "Search design measurements"),
+        with identical results.  Larger calls go through FAISS's own ``search``."""
         if q.shape[0] >= SMALL_CALL:
             return self.index.search(q, k, params=self.params)
         dq, iq = self._coarse(torch.from_numpy(q))
