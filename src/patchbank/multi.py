@@ -38,6 +38,7 @@ ROUTING_SAMPLE = 20000   # patches per category from which the K prototypes are 
 
 
 def check_category_name(name: str) -> str:
+    """``name`` if it is a valid category name (letters, digits, '_', '.', '-'), else a one-line error."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise PatchbankError(f"invalid category name {name!r}: use letters, digits, '_', '.', '-'")
     return name
@@ -57,6 +58,7 @@ class MultiDetector:
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
                     n_prototypes: int = 64, **overrides: Any) -> "MultiDetector":
+        """A multi-category model configured by preset ``name`` with Config fields overridden."""
         try:
             config = Config.preset(name, **overrides)
         except ValueError as exc:
@@ -66,6 +68,7 @@ class MultiDetector:
     # ------------------------------------------------------------------ fit
     @property
     def categories(self) -> list[str]:
+        """The category names, in the model's order."""
         self._check_fitted()
         return list(self.router_.names_)
 
@@ -162,6 +165,7 @@ class MultiDetector:
 
     # ------------------------------------------------------------------ persistence
     def info(self) -> dict[str, Any]:
+        """A JSON-able summary: shared config, category order, each category's Detector.info."""
         self._check_fitted()
         cats = {}
         for name in self.router_.names_:
@@ -187,6 +191,7 @@ class MultiDetector:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
              weights: str | None = None) -> "MultiDetector":
+        """Load a multi-category model file (one backbone shared by every category)."""
         tensors, meta = load_model(path)
         if meta.get("kind") != "multi":
             raise PatchbankError(f"{path} is a single-category model, not a multi-category one "

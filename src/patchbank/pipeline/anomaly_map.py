@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps of radius int(truncate * sigma + 0.5) (scipy's rule), float32."""
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)

@@ -40,6 +40,8 @@ class NormalStats:
     """Mean/std of held-out normal image scores and the threshold on the normalised score."""
 
     def fit(self, scores: np.ndarray, target_fpr: float) -> "NormalStats":
+        """mu, sigma (ddof=1; a tiny positive floor when the scores are constant) and the
+        (1 - target_fpr) quantile of the normalised ``scores``; returns self."""
         scores = np.asarray(scores, dtype=np.float64)
         self.mean_ = float(scores.mean())
         self.std_ = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
@@ -76,6 +78,8 @@ class ScoreCalibration:
         self.config = config
 
     def fit(self, base: np.ndarray, phi: np.ndarray) -> "ScoreCalibration":
+        """Fit on the held-out images' base scores [n] and full descriptors [n, 3]: the structure
+        scorer (Eqs. 10-11), the final calibration scores, their statistics and the threshold."""
         cfg = self.config
         self.base_scores_ = np.asarray(base, dtype=np.float64)
         self.descriptors_ = np.asarray(phi, dtype=np.float64).reshape(-1, len(COMPONENTS))
@@ -93,6 +97,7 @@ class ScoreCalibration:
         return final, d_struct, hyb
 
     def image_scores(self, base: np.ndarray, phi: np.ndarray) -> ImageScores:
+        """A batch's base scores [B] and descriptors [B, 3] -> its :class:`ImageScores`."""
         final, d_struct, hyb = self._final(base, phi)
         norm = self.stats_.normalize(final)
         return ImageScores(final, base, d_struct, hyb, norm, ~(norm <= self.threshold_))

@@ -24,10 +24,12 @@ class Embedding:
 
     @classmethod
     def from_config(cls, config) -> "Embedding":
+        """The unfitted embedding ``config`` asks for (fusion, projection_dim, seed)."""
         return cls(make_fusion(config), config.projection_dim, config.seed)
 
     @property
     def needs_moments(self) -> bool:
+        """Whether :meth:`fit` needs the streamed Moments (the fusion's statistics)."""
         return self.fusion.needs_moments
 
     def fit(self, moments: Moments | None, sample: list[torch.Tensor]) -> "Embedding":

@@ -70,5 +70,6 @@ class FeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Images -> (per-layer patch rows, patch grid (h, w)); see the class docstring."""
         maps = aggregate(self.maps(x), self.patch_size)
         return to_patches(maps), tuple(maps[0].shape[-2:])

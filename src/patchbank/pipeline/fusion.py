@@ -40,6 +40,7 @@ class Moments:
         self.sumsq: list[torch.Tensor] = []
 
     def update(self, layers: list[torch.Tensor]) -> None:
+        """Add a batch of per-layer rows [n, C_l]."""
         if not self.shift:
             self.shift = [x[0].float().clone() for x in layers]
             self.sum = [torch.zeros_like(s, dtype=torch.float64) for s in self.shift]
@@ -51,6 +52,7 @@ class Moments:
         self.count += layers[0].shape[0]
 
     def mean(self) -> list[torch.Tensor]:
+        """Per-channel mean of each layer, float64."""
         return [sh.double() + s / self.count for sh, s in zip(self.shift, self.sum)]
 
     def var(self) -> list[torch.Tensor]:
@@ -113,6 +115,8 @@ class VGFusion(Fusion):
         self.eps = eps
 
     def fit(self, moments: Moments) -> "VGFusion":
+        """Eq. 1 from the moments: layer weights w_l, the top-kappa channels by std, their mean
+        and scale w_l / sigma_c."""
         means, variances = moments.mean(), moments.var()
         inv_v = [1.0 / (v.mean().item() + self.eps) for v in variances]          # 1 / v_l
         self.layer_weights_ = [iv / sum(inv_v) for iv in inv_v]                   # Eq. (1)

@@ -14,6 +14,9 @@ from patchbank.linalg import gaussian_matrix, seeded
 
 
 class GaussianProjection:
+    """z = f R / sqrt(d'): ``fit(in_dim)`` draws R from the seed, ``transform`` applies it;
+    ``state`` / ``load_state`` save and restore R (``projection.matrix``)."""
+
     def __init__(self, out_dim: int, seed: int = 0):
         self.out_dim = out_dim
         self.seed = seed

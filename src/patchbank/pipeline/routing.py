@@ -102,6 +102,7 @@ class Router:
 
     @property
     def dim(self) -> int:
+        """Width of the routing embeddings (of the prototypes)."""
         return next(iter(self.prototypes_.values())).shape[1]
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:

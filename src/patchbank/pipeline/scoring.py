@@ -101,9 +101,11 @@ class PatchScorer:
         self.radius = radius
 
     def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Per-layer rows -> bank-space rows."""
         return self.embedding.transform(layers)
 
     def score(self, emb: torch.Tensor, search: Search | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """[B, P, d] embeddings -> (S_base [B] float64, patch scores [B, P]); see the class."""
         cfg = self.config
         search = self.search if search is None else search
         b, p, d = emb.shape
@@ -116,6 +118,7 @@ class PatchScorer:
         return image.double().cpu().numpy(), scores
 
     def anomaly_map(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """[B, P] patch scores -> (maps [B, H, W], descriptors [B, 3]); see the class."""
         cfg = self.config
         maps = anomaly_maps(scores.view(scores.shape[0], *self.grid), cfg.input_size, cfg.blur_sigma)
         return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio).cpu().numpy()

@@ -260,6 +260,7 @@ class StructScorer:
         return phi[:, self._cols]
 
     def fit(self, phi_full_train, base_train) -> "StructScorer":
+        """mu, sigma of the train-good descriptors (Eq. 10) and lambda (given, or Eq. 11)."""
         self.stats_ = StructStats().fit(self._select(phi_full_train))
         d = self.stats_.distance(self._select(phi_full_train), self.distance)
         self.lambda_ = float(self.lam) if self.lam is not None else lambda_auto(base_train, d)

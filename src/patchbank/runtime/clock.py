@@ -20,10 +20,12 @@ class StepClock:
         self._mark = time.perf_counter()
 
     def lap(self, step: str) -> None:
+        """Add the time since the previous lap to ``totals[step]``."""
         now = time.perf_counter()
         self.totals[step] += now - self._mark
         self._mark = now
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the clock was made."""
         return time.perf_counter() - self._start

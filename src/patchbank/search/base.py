@@ -28,22 +28,28 @@ class Search(ABC):
 
     @property
     @abstractmethod
-    def shape(self) -> tuple[int, int]: ...
+    def shape(self) -> tuple[int, int]:
+        """(entries, dim) of the whole bank (a subset's too)."""
 
     @abstractmethod
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Searchable rows (a subset's kept rows)."""
 
     @abstractmethod
-    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances [n, k] ascending, bank row ids [n, k]) of ``queries`` [n, dim]."""
 
     @abstractmethod
-    def rows(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bank rows ``ids`` (any shape) as float32 [*ids.shape, dim], exact."""
 
     @abstractmethod
-    def all_rows(self) -> torch.Tensor: ...
+    def all_rows(self) -> torch.Tensor:
+        """The whole bank [entries, dim], float32."""
 
     @abstractmethod
-    def subset(self, keep: torch.Tensor) -> "Search": ...
+    def subset(self, keep: torch.Tensor) -> "Search":
+        """A search over the rows ``keep`` (bool mask [entries]) returning whole-bank ids."""
 
 
 SearchFactory = Callable[[torch.Tensor, object], Search]   # (bank, config) -> Search
