@@ -32,12 +32,17 @@ def test_aggregate_is_local_mean_and_aligns_grids():
 def test_moments_match_numpy():
     # float32 rows: per-batch sums in float32, accumulated in float64; the shift (the first row)
     # keeps a large offset from cancelling the small variances (0.01^2 on top of 10,000)
-    x = torch.randn(1000, 4) * torch.tensor([1.0, 5.0, 0.1, 0.01]) + torch.tensor([100.0, 100.0, 100.0, 1e4])
+    std = torch.tensor([1.0, 5.0, 0.1, 0.01])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 4, generator=g) * std + torch.tensor([100.0, 100.0, 100.0, 1e4])
     m = Moments()
     for chunk in x.split(77):
         m.update([chunk])
     ref = x.double().numpy()
-    assert np.allclose(m.mean()[0].numpy(), ref.mean(0), rtol=1e-9)
+    # the mean's error is float32 rounding of the batch sums of deviations from the shift: a
+    # fraction of the channel's std (6e-8 of it at worst over 300 seeds), not of the offset
+    err = np.abs(m.mean()[0].numpy() - ref.mean(0))
+    assert np.all(err <= 1e-6 * std.double().numpy())
     assert np.allclose(m.var()[0].numpy(), ref.var(0), rtol=1e-5, atol=0)
 
 
