@@ -256,8 +256,9 @@ class _Coords:
             self.sq[i : i + chunk] = (y * y).sum(1)
 
 
-# long: the three filter stages of one row block share their tiles and counters; split apart
-# they would pass a dozen temporaries between functions on the hottest path of the sampler
+# The three filter stages of one row block share their tiles and counters: split apart, they
+# would pass a dozen temporaries between functions on the sampler's hottest path.
+# long: see above
 def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tensor | None, lo: int,
                 hi: int, cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
     """``r[i] = min(r[i], d(x[i], c))`` for every centre ``c`` (row indices ``cent``) and the
