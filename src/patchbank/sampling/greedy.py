@@ -364,6 +364,9 @@ def _lower_all(x: torch.Tensor, co: _Coords, r: torch.Tensor, cent: torch.Tensor
     return counts[1] / max(1, counts[0])
 
 
+# One linear driver (validate, rotate, then the batch loop with its lazy catch-up), read top to
+# bottom against the module docstring's steps.
+# long: see above
 @torch.no_grad()
 def greedy_fast(
     features: torch.Tensor,
