@@ -23,17 +23,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from patchbank.studies.speed import floor_seconds, machine  # the floor lives in the package
 from patchbank.config import Config
 from patchbank.detector import Detector
-from patchbank.io.images import crop_mask, list_images
-from patchbank.evaluation.metrics import PixelMetrics, image_metrics
+from patchbank.evaluation.scoring import score_category
+from patchbank.io.datasets import read_dataset
+from patchbank.io.images import list_images
+from patchbank.studies.speed import floor_seconds, machine  # the floor lives in the package
+
+KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
 def parse_value(text: str):
+    """A ``--set`` value: bool, int, float, None (``none``) or the text itself."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for cast in (int, float):
@@ -44,18 +46,8 @@ def parse_value(text: str):
     return None if text.lower() == "none" else text
 
 
-def test_split(root: Path):
-    items, labels, masks = [], [], []
-    for folder in sorted((root / "test").iterdir()):
-        for path in list_images(folder):
-            items.append(path)
-            labels.append(0 if folder.name == "good" else 1)
-            masks.append(None if folder.name == "good"
-                         else root / "ground_truth" / folder.name / f"{path.stem}_mask.png")
-    return items, np.array(labels), masks
-
-
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="one MVTec-layout category folder")
     ap.add_argument("--preset", default="lmf-core")
@@ -68,20 +60,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-timing", action="store_true", help="skip the floor measurements (accuracy only)")
     ap.add_argument("--roundtrip", action="store_true",
                     help="save the model and predict with the reloaded file (e.g. to test bank_dtype=float16)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        from patchbank.runtime.threads import set_threads
+    return ap.parse_args(argv)
 
-        set_threads(args.threads)
-    if not (args.root / "train" / "good").is_dir():
-        sys.exit(f"error: {args.root} is not an MVTec-layout category (no train/good); "
-                 "the real datasets live in ../shared/data/")
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    config = Config.preset(args.preset, **{k: parse_value(v) for k, v in overrides.items()})
-    det = Detector(config, device=args.device, progress=False)
-    train = list_images(args.root / "train" / "good")
-    items, labels, mask_paths = test_split(args.root)
 
+def timed_fit_predict(det: Detector, train: list, items: list, args) -> tuple[Detector, list, dict]:
+    """Fit and predict between floor measurements; the (possibly reloaded) detector, the
+    predictions and the timing fields of the result."""
+    config = det.config
     floor = (lambda *a: float("nan")) if args.no_timing else floor_seconds
     floor_seconds(det, train[:config.batch_size], config.batch_size)          # warm-up
     floor_fit = floor(det, train, config.batch_size)
@@ -89,7 +74,6 @@ def main(argv=None) -> dict:
     det.fit(train)
     fit_s = time.perf_counter() - t0
     floor_fit_after = floor(det, train, config.batch_size)
-
     if args.roundtrip:
         import tempfile
 
@@ -101,41 +85,52 @@ def main(argv=None) -> dict:
     preds = det.predict(items, batch_size=args.batch_size)
     predict_s = time.perf_counter() - t0
     floor_test_after = floor(det, items, args.batch_size)
-    split = {k: v / len(items) * 1000 for k, v in det.last_timings_.items()}
+    n = len(items)
+    return det, preds, {
+        "fit_s": fit_s, "floor_fit_s": [floor_fit, floor_fit_after],
+        "fit_ratio": fit_s / ((floor_fit + floor_fit_after) / 2),
+        "predict_ms_per_image": predict_s / n * 1000,
+        "floor_ms_per_image": [floor_test / n * 1000, floor_test_after / n * 1000],
+        "predict_ratio": predict_s / ((floor_test + floor_test_after) / 2), "predict_batch_size": args.batch_size,
+        "predict_split_ms": {k: v / n * 1000 for k, v in det.last_timings_.items()},
+    }
 
-    scores = np.array([p.score for p in preds])
+
+def main(argv=None) -> dict:
+    """Run the benchmark, write ``<tag>.json`` and print a summary; returns the result."""
+    args = parse_args(argv)
+    if args.threads:
+        from patchbank.runtime.threads import set_threads
+
+        set_threads(args.threads)
+    if not (args.root / "train" / "good").is_dir():
+        sys.exit(f"error: {args.root} is not an MVTec-layout category (no train/good); "
+                 "the real datasets live in ../shared/data/")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    config = Config.preset(args.preset, **{k: parse_value(v) for k, v in overrides.items()})
+    det = Detector(config, device=args.device, progress=False)
+    train = list_images(args.root / "train" / "good")
+    category, = read_dataset(args.root)
+    items = [str(p) for p in category.test]
+    det, preds, timing = timed_fit_predict(det, train, items, args)
+
     result = {"root": str(args.root), "preset": args.preset, "overrides": overrides,
               "config": config.to_dict(), "n_train": len(train), "n_test": len(items)}
-    result.update(image_metrics(labels, scores))
-    pixel = PixelMetrics()
-    for pred, mpath in zip(preds, mask_paths):
-        shape = pred.anomaly_map.shape
-        mask = np.zeros(shape, bool) if mpath is None else crop_mask(np.array(Image.open(mpath)), config)
-        pixel.update(pred.anomaly_map, mask)
-    result.update(pixel.compute())
+    result.update(score_category(category, preds, config))
     info = det.info()
-    floor_fit_mean = (floor_fit + floor_fit_after) / 2
-    floor_test_mean = (floor_test + floor_test_after) / 2
-    result.update({
-        "bank_entries": info["bank_entries"], "bank_dim": info["bank_dim"],
-        "bank_mb": info["bank_bytes"] / 1e6, "search": info["search"],
-        "fit_s": fit_s, "floor_fit_s": [floor_fit, floor_fit_after],
-        "fit_ratio": fit_s / floor_fit_mean,
-        "predict_ms_per_image": predict_s / len(items) * 1000,
-        "floor_ms_per_image": [floor_test / len(items) * 1000, floor_test_after / len(items) * 1000],
-        "predict_ratio": predict_s / floor_test_mean, "predict_batch_size": args.batch_size,
-        "predict_split_ms": split, "machine": machine(),
-        "command": "python benchmarks/bench_core.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    })
+    result.update({"bank_entries": info["bank_entries"], "bank_dim": info["bank_dim"],
+                   "bank_mb": info["bank_bytes"] / 1e6, "search": info["search"], **timing,
+                   "machine": machine(),
+                   "command": "python benchmarks/bench_core.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     args.out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"core_{args.root.name}_{args.preset}"
     (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
-    keys = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
-    print(" ".join(f"{k}={result[k]:.4f}" for k in keys))
+    print(" ".join(f"{k}={result[k]:.4f}" for k in KEYS))
     print(f"bank {result['bank_entries']}x{result['bank_dim']} = {result['bank_mb']:.2f} MB ({result['search']}); "
-          f"fit {fit_s:.1f}s / floor {floor_fit_mean:.1f}s = {result['fit_ratio']:.2f}; "
+          f"fit {result['fit_s']:.1f}s / floor {np.mean(result['floor_fit_s']):.1f}s = {result['fit_ratio']:.2f}; "
           f"predict {result['predict_ms_per_image']:.1f} ms/img / floor {np.mean(result['floor_ms_per_image']):.1f} "
-          f"= {result['predict_ratio']:.2f}; split ms/img {json.dumps({k: round(v, 1) for k, v in split.items()})}")
+          f"= {result['predict_ratio']:.2f}; split ms/img "
+          f"{json.dumps({k: round(v, 1) for k, v in result['predict_split_ms'].items()})}")
     return result
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 
 def one(args) -> dict:
+    """One size, in this process: fit on the first ``args.one`` images, predict at batch 1 and 16;
+    the row (timings against the floor, bank, peak RSS, machine)."""
     from patchbank.studies.speed import PeakMemory, floor_seconds, machine, peak_rss_mb, reset_peak_rss
     from patchbank.config import Config
     from patchbank.detector import Detector
@@ -68,13 +70,11 @@ def one(args) -> dict:
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Log-log PNG of fit time, bank MB, fit memory and latency against the training images."""
+    from patchbank.evaluation import plots
 
     n = [r["n_train"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plots.new_axes(figsize=(6.4, 4.4), dpi=110)
     ax.loglog(n, [r["fit_s"] for r in rows], "o-", label="fit time (s)")
     ax.loglog(n, [r["bank_mb"] for r in rows], "s-", label="bank (MB)")
     ax.loglog(n, [r["fit_memory_above_baseline_mb"] for r in rows], "^-", label="fit peak RSS above baseline (MB)")
@@ -84,12 +84,12 @@ def plot(rows, path: Path) -> None:
     ax.set_title("patchbank lmf-core: growth with the training set")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    plots.save(fig, path)
 
 
 def table(rows) -> str:
+    """The rows as a Markdown table (as in docs/performance.md, Scale)."""
     lines = ["| train images | fit | floor (fit) | fit / floor | bank | bank MB | peak RSS in fit | above baseline "
              "| search | predict ms/img b1 (floor) | b16 (floor) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -103,6 +103,7 @@ def table(rows) -> str:
 
 
 def main(argv=None):
+    """Generate the data if needed, run every size in a fresh process, write JSON, PNG and table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100,300,1000,3000,10000")
     ap.add_argument("--preset", default="lmf-core")

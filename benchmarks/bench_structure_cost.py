@@ -20,33 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from patchbank.config import Config
-from patchbank.io.datasets import read_dataset
+from patchbank.evaluation.inputs import load_categories
 from patchbank.multi import MultiDetector
 from patchbank.pipeline.structure import COMPONENTS, descriptor
+from patchbank.studies.speed import machine
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 
 
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-
-
 def main() -> None:
+    """Fit the routed model, time the predict passes, print and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--roots", nargs="+", default=[str(SHARED / "mtd"), str(SHARED / "ksdd")])
     ap.add_argument("--preset", default="lmf-core")
@@ -56,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = Config.preset(args.preset, image_score="hybrid")
-    cats = [c for r in args.roots for c in read_dataset(r)]
+    cats = load_categories(list(args.roots))
     model = MultiDetector(cfg, progress=False)
     t0 = time.perf_counter()
     model.fit({c.name: [str(p) for p in c.train] for c in cats})
@@ -70,7 +61,7 @@ def main() -> None:
         preds = model.predict(test, batch_size=args.batch_size)
         total = time.perf_counter() - t0
         route = model.last_timings_["route"]
-        maps = torch.from_numpy(__import__("numpy").stack([p.anomaly_map for p in preds]))
+        maps = torch.from_numpy(np.stack([p.anomaly_map for p in preds]))
         t0 = time.perf_counter()
         for chunk in maps.split(args.batch_size):
             descriptor(chunk, COMPONENTS, cfg.struct_topk_ratio)

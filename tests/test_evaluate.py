@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,49 @@ def test_generic_category_without_masks(tmp_path, data_root):
     assert last.startswith("| **mean** |") and "–" in last
     with pytest.raises(PatchbankError, match="no categories selected"):
         evaluate(data_root, categories=[], out_dir=tmp_path / "o", progress=False)
+
+
+def test_written_metrics_equal_scikit_learn_on_the_same_predictions(data_root, tmp_path, monkeypatch):
+    """The run file's metrics are the scikit-learn (and brute-force AUPRO) values of the very
+    predictions evaluate made: a negated or shuffled score would fail here, not only range checks."""
+    sk = pytest.importorskip("sklearn.metrics")
+    from test_metrics import reference_aupro, sk_f1_max
+
+    captured = []
+    real_predict = Detector.predict
+
+    def recording_predict(self, images, batch_size=None):
+        preds = real_predict(self, images, batch_size=batch_size)
+        captured.append((list(images), preds))
+        return preds
+
+    monkeypatch.setattr(Detector, "predict", recording_predict)
+    result = evaluate(data_root, "lmf-core", FAST, categories=["beta"], seeds=(0,), out_dir=tmp_path / "o",
+                      progress=False)
+    (items, preds), = captured
+    written = json.loads((tmp_path / "o" / "runs" / "beta__seed0.json").read_text())["metrics"]
+    assert written == result["runs"][0]["metrics"]
+
+    labels = [0 if "/good/" in p.replace("\\", "/") else 1 for p in items]
+    scores = [p.score for p in preds]
+    assert 0 < sum(labels) < len(labels)
+    assert written["image_auroc"] == pytest.approx(sk.roc_auc_score(labels, scores), rel=1e-12, abs=1e-12)
+    assert written["image_ap"] == pytest.approx(sk.average_precision_score(labels, scores), rel=1e-12, abs=1e-12)
+    assert written["image_f1_max"] == pytest.approx(sk_f1_max(labels, scores), rel=1e-12, abs=1e-12)
+
+    maps, masks = [], []
+    for path, pred in zip(items, preds):
+        path = Path(path)
+        mask_path = data_root / "beta" / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+        # image_size 64 = the data's size and no crop: the mask is used as it is
+        mask = (np.asarray(Image.open(mask_path).convert("L")) > 0 if labels[len(maps)]
+                else np.zeros(pred.anomaly_map.shape, bool))
+        assert mask.shape == pred.anomaly_map.shape
+        maps.append(pred.anomaly_map)
+        masks.append(mask)
+    flat_y = np.concatenate([m.ravel() for m in masks])
+    flat_s = np.concatenate([a.ravel() for a in maps]).astype(np.float32)
+    assert written["pixel_auroc"] == pytest.approx(sk.roc_auc_score(flat_y, flat_s), rel=1e-9)
+    assert written["pixel_ap"] == pytest.approx(sk.average_precision_score(flat_y, flat_s), rel=1e-9)
+    assert written["pixel_f1_max"] == pytest.approx(sk_f1_max(flat_y, flat_s), rel=1e-9)
+    assert written["aupro"] == pytest.approx(reference_aupro(maps, masks), rel=1e-9)

@@ -162,6 +162,8 @@ class _CurveIntegrator:
         self._finished = False
 
     def feed(self, tie: np.ndarray, pos: np.ndarray, neg: np.ndarray, pro: np.ndarray | None = None):
+        """Add entries in descending score order: ``tie`` (equal values = one threshold), positive
+        and negative counts, and (for AUPRO) the PRO weight of each entry."""
         if len(tie) == 0:
             return
         tp = self._tp + np.cumsum(pos, dtype=np.int64)
@@ -213,6 +215,7 @@ class _CurveIntegrator:
         self._prev_tp, self._prev_fp, self._prev_pro = int(tp[-1]), int(fp[-1]), float(pro[-1])
 
     def finish(self) -> dict:
+        """Close the last threshold group; ``{"auroc", "ap", "f1_max", "aupro"}`` (idempotent)."""
         if not self._finished:
             if self._pending is not None:
                 _, ptp, pfp, ppro = self._pending
@@ -322,6 +325,7 @@ class ImageMetrics:
         return sum(len(y) for y in self._labels)
 
     def compute(self) -> dict[str, float]:
+        """:func:`image_metrics` of every sample added so far."""
         if not self._labels:
             raise PatchbankError("no samples to evaluate (ImageMetrics.update was never called)")
         return image_metrics(np.concatenate(self._labels), np.concatenate(self._scores))
@@ -348,6 +352,8 @@ def _rle_desc(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sorted_keys[starts][::-1], counts[::-1]
 
 
+# The bound search, the over-full-key case and the slice loading share the per-run ``end`` bounds
+# long: that shrink as the merge goes down; split up, each piece would hand that state back and forth.
 def _merge_runs(data: np.ndarray, lengths: list[int], limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield all keys of ``data`` -- consecutive ascending runs of the given lengths -- as
     (distinct keys, counts), in descending order overall.
@@ -468,14 +474,17 @@ class PixelMetrics:
     # -- bookkeeping ------------------------------------------------------------------------
     @property
     def n_images(self) -> int:
+        """Images added so far."""
         return self._n_images
 
     @property
     def n_pixels(self) -> int:
+        """Pixels added so far."""
         return self._n_pixels
 
     @property
     def n_regions(self) -> int:
+        """Ground-truth regions (8-connected components of the masks) added so far."""
         return self._n_regions
 
     @property

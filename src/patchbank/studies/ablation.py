@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from pathlib import Path
 from typing import Any, Sequence
 
-from patchbank.config import Config
 from patchbank.errors import PatchbankError
+from patchbank.evaluation.inputs import out_folder, preset_config, say
+from patchbank.evaluation.runner import evaluate
+from patchbank.evaluation.reports import write_comparison
 
 BASE_PRESET = "lmf-core"
 
@@ -50,6 +50,7 @@ def step_dir(index: int, name: str) -> str:
 
 
 def _text(overrides: dict[str, Any]) -> str:
+    """``field=value`` pairs of a step, or ``(preset)`` for none."""
     return " ".join(f"{k}={v}" for k, v in overrides.items()) or "(preset)"
 
 
@@ -63,10 +64,8 @@ def ablate(root: str | os.PathLike, overrides: dict[str, Any] | None = None,
     ``overrides`` apply to every step (backbone, image size, ...); they may not touch a field a
     step sets.  Runs already stored with the same config are loaded (``resume``).  Writes
     ``ablation.csv``, ``ablation.json`` and ``ablation.md`` in ``out_dir`` (see
-    :func:`~patchbank.evaluation.runner.write_comparison`) and returns ``{"rows", "markdown", "files"}``.
+    :func:`~patchbank.evaluation.reports.write_comparison`) and returns ``{"rows", "markdown", "files"}``.
     """
-    from patchbank.evaluation.runner import evaluate, write_comparison
-
     overrides = dict(overrides or {})
     clash = sorted(step_fields(steps) & set(overrides))
     if clash:
@@ -74,21 +73,14 @@ def ablate(root: str | os.PathLike, overrides: dict[str, Any] | None = None,
                              f"do not override {'it' if len(clash) == 1 else 'them'}")
     seeds = [int(s) for s in seeds]
     for _, step in steps:  # every step's config is valid before the first (long) fit
-        try:
-            Config.preset(BASE_PRESET, **{**overrides, **step})
-        except ValueError as exc:
-            raise PatchbankError(str(exc)) from None
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PatchbankError(f"output path is not a folder: {out}")
-    out.mkdir(parents=True, exist_ok=True)
+        preset_config(BASE_PRESET, {**overrides, **step})
+    out = out_folder(out_dir)
     if command is None:
         command = (f"patchbank.studies.ablation.ablate({str(root)!r}, overrides={overrides!r}, "
                    f"categories={categories!r}, seeds={tuple(seeds)!r}, out_dir={str(out)!r})")
     rows = []
     for i, (name, step) in enumerate(steps, start=1):
-        if progress:
-            print(f"[ablation {i}/{len(steps)}] {name}: {_text(step)}", file=sys.stderr, flush=True)
+        say(progress, f"[ablation {i}/{len(steps)}] {name}: {_text(step)}")
         sub = step_dir(i, name)
         res = evaluate(root, BASE_PRESET, {**overrides, **step}, categories=categories, seeds=seeds,
                        out_dir=out / sub, resume=resume, progress=progress, kind=kind,

@@ -3,14 +3,13 @@
 **The floor** is what every memory-bank detector must do: read, resize and crop the images and
 run the backbone's forward pass on them, nothing else.  It uses the detector's own loader
 (:class:`~patchbank.io.images.ImageStream`, same decoder, same background decoding) and its own
-forward (:meth:`FeatureExtractor.maps`: channels-last micro-batches on CPU, the fastest way we found),
-the same thread count and the same batch size, so a ratio measures only what the detector adds
-(aggregation, fusion, projection, bank building, search, maps).  Timings on a shared or
-throttled machine swing by tens of percent from one pass to the next, so each run is repeated
-``repeats`` times interleaved with the floor (floor, run, floor, run, ..., floor) and a ratio is
-the fastest run over the fastest floor (the usual ``timeit`` estimator: noise only ever adds
-time); every single time is kept in the result.  An untimed pass over all images first warms the
-file cache.
+forward (:meth:`FeatureExtractor.maps`), the same thread count and the same batch size, so a ratio
+measures only what the detector adds (aggregation, fusion, projection, bank building, search,
+maps).  Each run is repeated ``repeats`` times interleaved with the floor (floor, run, floor, run,
+..., floor) and a ratio is the fastest run over the fastest floor (the usual ``timeit``
+estimator: noise only ever adds time); every single time is kept in the result.  An untimed pass
+over all images first warms the file cache.  Why it is measured this way: docs/performance.md,
+"Speed study (patchbank.studies.speed)".
 
 :func:`run_benchmark` reports, per coreset ratio: fit time and fit / floor, peak memory of the fit
 (RSS; CUDA max allocated on a GPU), bank entries x dim and MB (entries x dim x bytes per value);
@@ -112,6 +111,7 @@ class PeakMemory:
                         if self.device.type == "cuda" else None)
 
     def as_dict(self) -> dict[str, Any]:
+        """``peak_rss_mb``, ``peak_rss_since`` (``phase`` or ``process``), ``cuda_max_allocated_mb``."""
         return {"peak_rss_mb": self.rss_mb, "peak_rss_since": "phase" if self.resettable else "process",
                 "cuda_max_allocated_mb": self.cuda_mb}
 
@@ -163,6 +163,7 @@ def test_images(root: Path) -> tuple[list[Path], np.ndarray]:
 
 # ------------------------------------------------------------------------------ the benchmark
 def bank_bytes_per_value(config: Config) -> int:
+    """Bytes per stored bank value: 2 for ``bank_dtype`` float16, else 4."""
     return 2 if config.bank_dtype == "float16" else 4
 
 
@@ -218,6 +219,55 @@ def _max_memory(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
                 else b[k]) for k in b}
 
 
+def _benchmark_images(root: Path, max_test: int | None) -> tuple[list[Path], list[Path], np.ndarray]:
+    """Train images, test images (at most ``max_test``, evenly spaced) and their labels; the
+    train images stand in for the test set when the category has no test/ folder."""
+    train = list_images(root / "train" / "good")
+    test, labels = test_images(root)
+    if not test:
+        test, labels = list(train), np.zeros(0, dtype=int)
+    if max_test is not None and len(test) > max_test:
+        pick = np.linspace(0, len(test) - 1, max_test).round().astype(int)
+        test = [test[i] for i in pick]
+        labels = labels[pick] if labels.size else labels
+    return train, test, labels
+
+
+def _time_fits(probe, config: Config, train: list[Path], device: str, progress: bool,
+               repeats: int) -> tuple[Any, dict[str, Any]]:
+    """``repeats`` timed fits of ``config`` interleaved with floors; the last fitted detector and
+    the ``fit`` entry of a run (fastest fit, all times, floors, ratio, split, peak memory)."""
+    from patchbank.detector import Detector
+
+    last: list = []                  # the latest fitted detector (only one bank alive at a time)
+
+    def fit():
+        det = Detector(config, device=device, progress=progress,
+                       backbone=probe.backbone)                      # loaded and warm
+        det.fit(train)
+        _sync(det)
+        last.append(det)
+        return dict(getattr(det, "fit_timings_", {}))
+
+    fits, fit_splits, floors, peak = _interleaved(
+        fit, lambda: floor_seconds(probe, train, config.batch_size), repeats, probe.device,
+        before=last.clear)          # the previous fit is freed outside the timer
+    best = int(np.argmin(fits))
+    fit_s, floor_fit = fits[best], min(floors)
+    return last[0], {"fit_s": fit_s, "fit_s_all": fits, "floor_s": floors,
+                     "floor_ms_per_image": floor_fit / len(train) * 1000,
+                     "fit_ratio": fit_s / floor_fit, "split_s": fit_splits[best], **peak}
+
+
+def _bank_entry(det, config: Config) -> dict[str, Any]:
+    """Entries, dim, bytes per value, dtype, MB and search kind of a fitted detector's bank."""
+    info = det.info()
+    elem = bank_bytes_per_value(config)
+    return {"entries": info["bank_entries"], "dim": info["bank_dim"], "bytes_per_value": elem,
+            "dtype": config.bank_dtype, "mb": info["bank_entries"] * info["bank_dim"] * elem / 1e6,
+            "search": info["search"]}
+
+
 def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: dict | None = None,
                   ratios: Iterable[float] | None = None, batch_sizes: Iterable[int] = (1, 16),
                   device: str = "cpu", max_test: int | None = None, progress: bool = False,
@@ -239,14 +289,7 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
     base = Config.preset(preset, **overrides)
     ratio_list = [base.coreset_ratio] if ratios is None else [float(r) for r in ratios]
     batch_list = [int(b) for b in batch_sizes]
-    train = list_images(root / "train" / "good")
-    test, labels = test_images(root)
-    if not test:
-        test, labels = list(train), np.zeros(0, dtype=int)
-    if max_test is not None and len(test) > max_test:
-        pick = np.linspace(0, len(test) - 1, max_test).round().astype(int)
-        test = [test[i] for i in pick]
-        labels = labels[pick] if labels.size else labels
+    train, test, labels = _benchmark_images(root, max_test)
     result: dict[str, Any] = {"data": str(root), "preset": preset, "overrides": overrides,
                               "device": str(device), "n_train": len(train), "n_test": len(test),
                               "batch_sizes": batch_list, "ratios": ratio_list, "repeats": repeats,
@@ -258,36 +301,9 @@ def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: 
     floor_seconds(probe, test, max(batch_list))
     for ratio in ratio_list:
         config = base.replace(coreset_ratio=ratio)
-        last: list = []                  # the latest fitted detector (only one bank alive at a time)
-
-        def fit():
-            det = Detector(config, device=device, progress=progress,
-                           backbone=probe.backbone)                      # loaded and warm
-            det.fit(train)
-            _sync(det)
-            last.append(det)
-            return dict(getattr(det, "fit_timings_", {}))
-
-        fits, fit_splits, floors, peak = _interleaved(
-            fit, lambda: floor_seconds(probe, train, config.batch_size), repeats, probe.device,
-            before=last.clear)          # the previous fit is freed outside the timer
-        best = int(np.argmin(fits))
-        fit_s, floor_fit = fits[best], min(floors)
-        det = last[0]
-        info = det.info()
-        elem = bank_bytes_per_value(config)
-        run: dict[str, Any] = {
-            "coreset_ratio": ratio, "config": config.to_dict(),
-            "fit": {"fit_s": fit_s, "fit_s_all": fits, "floor_s": floors,
-                    "floor_ms_per_image": floor_fit / len(train) * 1000,
-                    "fit_ratio": fit_s / floor_fit,
-                    "split_s": fit_splits[best], **peak},
-            "bank": {"entries": info["bank_entries"], "dim": info["bank_dim"],
-                     "bytes_per_value": elem, "dtype": config.bank_dtype,
-                     "mb": info["bank_entries"] * info["bank_dim"] * elem / 1e6,
-                     "search": info["search"]},
-            "predict": [],
-        }
+        det, fit_entry = _time_fits(probe, config, train, device, progress, repeats)
+        run: dict[str, Any] = {"coreset_ratio": ratio, "config": config.to_dict(), "fit": fit_entry,
+                               "bank": _bank_entry(det, config), "predict": []}
         for bs in batch_list:
             row, preds = time_predict(det, test, bs, repeats)
             if labels.size and 0 < labels.sum() < labels.size:
@@ -320,10 +336,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    import json
+    """Write :func:`run_benchmark`'s result as indented JSON (parent folders created); returns the path."""
+    from patchbank.evaluation.reports import write_json as write_json_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return path
+    return write_json_file(path, result, default=str)
 

@@ -7,17 +7,15 @@ descriptor phi(S) (Eq. 7), and per held-out train-good image the same two values
 is then a :class:`~patchbank.pipeline.structure.StructScorer` fitted on the train-good values.  Pixel
 metrics are computed once per run and are the same for every variant by construction.
 
-Outputs in ``out_dir``: ``runs/<category>__seed<seed>.json`` (resumable, like ``evaluate``),
+Outputs in ``out_dir``: ``runs/<category>__seed<seed>.json`` (resumable, like ``evaluate``:
+:class:`~patchbank.evaluation.run_store.RunStore`, payload ``data``, one compact line),
 ``structure.csv`` / ``structure.json`` / ``structure.md`` (mean ± std over seeds of image AUROC,
 AP and F1-max per variant, per category and over categories), and ``fig2_<category>.png``.
 """
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,14 +23,23 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from patchbank.config import STRUCT_COMPONENTS, STRUCT_DISTANCES, Config
-from patchbank.io.datasets import Category, read_dataset
 from patchbank.errors import PatchbankError
+from patchbank.evaluation import plots
+from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.metrics import image_metrics
+from patchbank.evaluation.reports import format_mean_std, mean_std, pipe_table, write_csv, write_json, write_text
+from patchbank.evaluation.run_store import RUN_FORMAT, RunStore
+from patchbank.evaluation.scoring import PIXEL_KEYS, pixel_scores
+from patchbank.io.datasets import Category
 from patchbank.pipeline.structure import StructScorer
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
-RUN_FORMAT = 1
 FIG2_QUANTILE = 0.995   # StructCore Fig. 2: thresholds at the 99.5% quantile of train-good scores
+
+
+def _hybrid(scorer: StructScorer, base, phi) -> np.ndarray:
+    """Eq. 12 with a fitted scorer: S_hyb = S_base + lambda * D_struct (float64)."""
+    return np.asarray(base, dtype=np.float64) + scorer.lambda_ * scorer.struct(phi).numpy()
 
 
 def subsets() -> list[tuple[str, ...]]:
@@ -55,20 +62,18 @@ def variants(data: dict[str, Any], lam: float | None = None) -> dict[str, np.nda
         sc = StructScorer(comps, "mahalanobis", lam).fit(cal_phi, cal_base)
         tag = "+".join(comps)
         out[f"struct[{tag}]"] = sc.struct(phi).numpy()
-        out[f"hybrid[{tag}]"] = sc.hybrid(base, phi).numpy()
+        out[f"hybrid[{tag}]"] = _hybrid(sc, base, phi)
     full = "+".join(STRUCT_COMPONENTS)
     out["struct"], out["hybrid"] = out[f"struct[{full}]"], out[f"hybrid[{full}]"]
     for dist in STRUCT_DISTANCES:
         sc = StructScorer(STRUCT_COMPONENTS, dist, lam).fit(cal_phi, cal_base)
-        out[f"hybrid{{{dist}}}"] = sc.hybrid(base, phi).numpy()
+        out[f"hybrid{{{dist}}}"] = _hybrid(sc, base, phi)
     return out
 
 
 def _run_category(category: Category, config: Config, device: str, progress: bool) -> dict[str, Any]:
+    """Fit once, predict the test images once; the per-image values every variant is scored from."""
     from patchbank.detector import Detector
-    from patchbank.io.images import crop_mask
-    from patchbank.io.datasets import load_mask
-    from patchbank.evaluation.metrics import PixelMetrics
 
     if len(set(category.labels)) < 2:
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
@@ -80,65 +85,57 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
     t0 = time.perf_counter()
     preds = det.predict([str(p) for p in category.test])
     ms = 1000 * (time.perf_counter() - t0) / len(preds)
-    pixel = None
-    if category.has_masks:
-        with PixelMetrics() as pm:
-            for img, mask_path, pred in zip(category.test, category.masks, preds):
-                mask = (np.zeros(config.input_size, dtype=bool) if mask_path is None
-                        else crop_mask(load_mask(mask_path, img), config))
-                pm.update(pred.anomaly_map, mask)
-            pixel = {k: float(v) for k, v in pm.compute().items()}
+    pixel = pixel_scores(category, [p.anomaly_map for p in preds], config) if category.has_masks else None
+    state = det.state_tensors()   # the held-out train-good values, as a model file stores them
     return {"labels": [int(v) for v in category.labels],
             "base": [p.base_score for p in preds],
             "descriptors": [p.descriptor.tolist() for p in preds],
-            "cal_base": det.calibration_base_scores_.tolist(),
-            "cal_descriptors": det.calibration_descriptors_.tolist(),
-            "lambda_auto": det.struct_.lambda_ if config.hybrid_lambda is None else None,
+            "cal_base": state["calibration_base_scores"].numpy().tolist(),
+            "cal_descriptors": state["calibration_descriptors"].numpy().tolist(),
+            "lambda_auto": det.info()["structure_lambda"] if config.hybrid_lambda is None else None,
             "pixel": pixel, "fit_s": fit_s, "ms_per_img": ms}
+
+
+def _stored_or_new(store: RunStore, cat: Category, seed: int, config: Config, resume: bool,
+                   device: str, progress: bool) -> dict[str, Any]:
+    """The stored values of ``cat`` x ``seed`` (with ``resume``), else a new run, saved."""
+    old = store.load(cat.name, seed, config, "data") if resume else None
+    if old is not None:
+        return old["data"]
+    say(progress, f"[structure] {cat.name} seed {seed}")
+    data = _run_category(cat, config, device, progress)
+    store.save(cat.name, seed, {"format": RUN_FORMAT, "config": config.to_dict(), "data": data}, indent=None)
+    return data
 
 
 def study(roots: Sequence[str | Path], preset: str = "structcore", overrides: dict[str, Any] | None = None,
           categories: Iterable[str] | None = None, seeds: Sequence[int] = (0,),
           out_dir: str | Path = "structure", resume: bool = True, progress: bool = True,
           device: str = "cpu", plot: bool = True) -> dict[str, Any]:
-    """Fit and test every category x seed once, then score all variants; write the tables."""
-    base_cfg = Config.preset(preset, **(overrides or {}))
-    cats: list[Category] = []
-    wanted = list(categories) if categories else None
-    for root in roots:
-        cats.extend(read_dataset(root))
-    if wanted:
-        missing = sorted(set(wanted) - {c.name for c in cats})
-        if missing:
-            raise PatchbankError(f"unknown categor{'y' if len(missing) == 1 else 'ies'} "
-                                 f"{', '.join(missing)}; available: {', '.join(c.name for c in cats)}")
-        cats = [c for c in cats if c.name in wanted]
-    out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
-    for cat in cats:
-        for seed in seeds:
-            cfg = base_cfg.replace(seed=int(seed))
-            path = out / "runs" / f"{cat.name}__seed{seed}.json"
-            data = None
-            if resume and path.is_file():
-                old = json.loads(path.read_text())
-                if old.get("config") == cfg.to_dict() and old.get("format") == RUN_FORMAT:
-                    data = old["data"]
-            if data is None:
-                if progress:
-                    print(f"[structure] {cat.name} seed {seed}", file=sys.stderr, flush=True)
-                data = _run_category(cat, cfg, device, progress)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"format": RUN_FORMAT, "config": cfg.to_dict(), "data": data}))
-                tmp.replace(path)
-            runs[(cat.name, int(seed))] = data
+    """Fit and test every category x seed once, then score all variants; write the tables.
+
+    ``roots``: dataset roots (every category of each, then ``categories`` selected).  Returns
+    the table of :func:`summarize`; writes the files of the module docstring in ``out_dir``.
+    """
+    base_cfg = preset_config(preset, overrides)
+    cats = load_categories(list(roots), categories)
+    out = out_folder(out_dir, "runs")
+    store = RunStore(out / "runs")
+    runs = {(cat.name, int(seed)): _stored_or_new(store, cat, int(seed), base_cfg.replace(seed=int(seed)),
+                                                  resume, device, progress)
+            for cat in cats for seed in seeds}
     table = summarize(runs, [c.name for c in cats], [int(s) for s in seeds], base_cfg.hybrid_lambda)
     write_tables(out, table)
     if plot:
         for cat in cats:
             fig2(runs[(cat.name, int(seeds[0]))], out / f"fig2_{cat.name}.png", title=cat.name)
     return table
+
+
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, population std) of ``values``."""
+    m = mean_std(values)
+    return (m["mean"], m["std"])
 
 
 def summarize(runs: dict[tuple[str, int], dict[str, Any]], categories: Sequence[str],
@@ -155,7 +152,7 @@ def summarize(runs: dict[tuple[str, int], dict[str, Any]], categories: Sequence[
     for name, cats in per.items():
         row = {}
         for cat in categories:
-            row[cat] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in cats[cat].items()}
+            row[cat] = {k: _pair(v) for k, v in cats[cat].items()}
         # mean row: mean over categories; std over seeds of the per-seed category mean
         row["mean"] = {}
         for k in IMAGE_METRICS:
@@ -166,27 +163,20 @@ def summarize(runs: dict[tuple[str, int], dict[str, Any]], categories: Sequence[
     for cat in categories:
         vals = [runs[(cat, s)]["pixel"] for s in seeds if runs[(cat, s)]["pixel"] is not None]
         if vals:
-            pixel[cat] = {k: (float(np.mean([v[k] for v in vals])), float(np.std([v[k] for v in vals])))
-                          for k in vals[0]}
+            pixel[cat] = {k: _pair([v[k] for v in vals]) for k in vals[0]}
     table["pixel"] = pixel
     table["lambda_auto"] = {cat: float(np.mean([runs[(cat, s)]["lambda_auto"] or math.nan for s in seeds]))
                             for cat in categories}
     return table
 
 
-def _fmt(cell: tuple[float, float]) -> str:
-    return f"{cell[0]:.3f} ± {cell[1]:.3f}"
+def _variant_cell(cell: dict[str, tuple[float, float]]) -> str:
+    """``AUROC / AP / F1-max (±std of AUROC)`` of one variant and category."""
+    return " / ".join(f"{cell[k][0]:.3f}" for k in IMAGE_METRICS) + f" (±{cell['image_auroc'][1]:.3f})"
 
 
-def write_tables(out: Path, table: dict[str, Any]) -> None:
-    cols = table["categories"] + (["mean"] if len(table["categories"]) > 1 else [])
-    (out / "structure.json").write_text(json.dumps(table, indent=1))
-    with open(out / "structure.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["variant", "category", *[f"{k}_{s}" for k in IMAGE_METRICS for s in ("mean", "std")]])
-        for name, row in table["variants"].items():
-            for c in cols:
-                w.writerow([name, c, *[f"{v:.6f}" for k in IMAGE_METRICS for v in row[c][k]]])
+def _markdown(table: dict[str, Any], cols: list[str]) -> list[str]:
+    """structure.md: one table per group of variants, the pixel metrics, lambda_auto."""
     groups = [("Scores (Eqs. 6, 10, 12)", ["base", "struct", "hybrid"]),
               ("Descriptor subsets, hybrid (Tables 5 and 7)",
                [f"hybrid[{'+'.join(s)}]" for s in subsets()]),
@@ -196,23 +186,25 @@ def write_tables(out: Path, table: dict[str, Any]) -> None:
     lines = [f"seeds {', '.join(map(str, table['seeds']))}; cells mean ± std over seeds "
              f"(image AUROC / AP / F1-max)", ""]
     for title, names in groups:
-        lines += [f"**{title}**", "", "| variant | " + " | ".join(cols) + " |",
-                  "|---|" + "---|" * len(cols)]
-        for n in names:
-            row = table["variants"][n]
-            lines.append(f"| {n} | " + " | ".join(
-                " / ".join(f"{row[c][k][0]:.3f}" for k in IMAGE_METRICS) + f" (±{row[c]['image_auroc'][1]:.3f})"
-                for c in cols) + " |")
-        lines.append("")
+        rows = [[n] + [_variant_cell(table["variants"][n][c]) for c in cols] for n in names]
+        lines += [f"**{title}**", ""] + pipe_table(["variant"] + cols, rows) + [""]
     if table["pixel"]:
-        lines += ["**Pixel metrics** (one per run, identical for every variant)", "",
-                  "| category | pixel AUROC | pixel AP | pixel F1-max | AUPRO |", "|---|---|---|---|---|"]
-        for c, v in table["pixel"].items():
-            lines.append(f"| {c} | " + " | ".join(_fmt(v[k]) for k in
-                                                   ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")) + " |")
-        lines.append("")
+        rows = [[c] + [format_mean_std(*v[k]) for k in PIXEL_KEYS] for c, v in table["pixel"].items()]
+        lines += ["**Pixel metrics** (one per run, identical for every variant)", ""]
+        lines += pipe_table(["category", "pixel AUROC", "pixel AP", "pixel F1-max", "AUPRO"], rows) + [""]
     lines.append("lambda_auto (mean over seeds): " + ", ".join(f"{c} {v:.4g}" for c, v in table["lambda_auto"].items()))
-    (out / "structure.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def write_tables(out: Path, table: dict[str, Any]) -> None:
+    """Write ``structure.json``, ``structure.csv`` and ``structure.md`` of :func:`summarize`'s table."""
+    cols = table["categories"] + (["mean"] if len(table["categories"]) > 1 else [])
+    write_json(out / "structure.json", table, indent=1, newline=False)
+    write_csv(out / "structure.csv",
+              ["variant", "category", *[f"{k}_{s}" for k in IMAGE_METRICS for s in ("mean", "std")]],
+              ([name, c, *[f"{v:.6f}" for k in IMAGE_METRICS for v in row[c][k]]]
+               for name, row in table["variants"].items() for c in cols))
+    write_text(out / "structure.md", "\n".join(_markdown(table, cols)) + "\n")
 
 
 def fig2_counts(data: dict[str, Any], lam: float | None = None,
@@ -221,10 +213,10 @@ def fig2_counts(data: dict[str, Any], lam: float | None = None,
     the four cross-over regions per label (StructCore Fig. 2)."""
     sc = StructScorer(STRUCT_COMPONENTS, "mahalanobis", lam).fit(data["cal_descriptors"], data["cal_base"])
     cal_base = np.asarray(data["cal_base"])
-    cal_hyb = sc.hybrid(cal_base, data["cal_descriptors"]).numpy()
+    cal_hyb = _hybrid(sc, cal_base, data["cal_descriptors"])
     tb, th = float(np.quantile(cal_base, quantile)), float(np.quantile(cal_hyb, quantile))
     base = np.asarray(data["base"])
-    hyb = sc.hybrid(base, data["descriptors"]).numpy()
+    hyb = _hybrid(sc, base, data["descriptors"])
     labels = np.asarray(data["labels"])
     counts = {}
     for lab, name in ((1, "defective"), (0, "good")):
@@ -238,16 +230,10 @@ def fig2_counts(data: dict[str, Any], lam: float | None = None,
 def fig2(data: dict[str, Any], path: str | Path, title: str = "", lam: float | None = None) -> dict[str, Any]:
     """Scatter base (x) vs hybrid (y) score per test image, coloured by label, with both
     thresholds; returns :func:`fig2_counts`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     res = fig2_counts(data, lam)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
-    for lab, colour, name in ((0, "tab:blue", "good"), (1, "tab:red", "defective")):
-        m = res["labels"] == lab
-        ax.scatter(res["base"][m], res["hybrid"][m], s=10, c=colour, alpha=0.6, label=name)
+    fig, ax = plots.new_axes(figsize=(5.5, 4.5), dpi=110)
+    plots.labelled_scatter(ax, res["base"], res["hybrid"], res["labels"],
+                           ((0, "tab:blue", "good"), (1, "tab:red", "defective")))
     ax.axvline(res["base_threshold"], color="gray", ls="--", lw=1)
     ax.axhline(res["hybrid_threshold"], color="black", ls=":", lw=1)
     c = res["counts"]
@@ -258,7 +244,5 @@ def fig2(data: dict[str, Any], path: str | Path, title: str = "", lam: float | N
     ax.set_xlabel("base score (max)")
     ax.set_ylabel(f"hybrid score (lambda {res['lambda']:.3g})")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plots.save(fig, path)
     return res

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
+from patchbank.evaluation import plots
+from patchbank.evaluation.inputs import out_folder, preset_config, say
+from patchbank.evaluation.reports import LABELS, write_comparison
+from patchbank.evaluation.runner import evaluate
 
 PLOT_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+_MARKERS = {"image_auroc": "o", "pixel_auroc": "s", "aupro": "^"}
 
 
 def value_text(value: Any) -> str:
@@ -46,6 +50,29 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _json_value(v: Any) -> Any:
+    """A Config value as JSON has it (tuples become lists)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _swept_values(param: str, values: list[Any], preset: str, overrides: dict[str, Any]) -> list[Any]:
+    """The values as Config stores them (sizes become ``(h, w)``), every configuration validated."""
+    if param not in Config.__dataclass_fields__:
+        raise PatchbankError(f"unknown config field {param!r} to sweep")
+    if param == "seed":
+        raise PatchbankError("seed is not swept; use --seeds")
+    if param in overrides:
+        raise PatchbankError(f"{param} is both swept and overridden; give it only once")
+    if not values:
+        raise PatchbankError(f"no values to sweep for {param}")
+    stored = [getattr(preset_config(preset, {**overrides, param: v}, context=f"{param}={value_text(v)}: "), param)
+              for v in values]
+    dup = sorted({value_text(v) for i, v in enumerate(stored) if v in stored[:i]})
+    if dup:
+        raise PatchbankError(f"duplicate values for {param}: {', '.join(dup)}")
+    return stored
+
+
 def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: str = "lmf-core",
           overrides: dict[str, Any] | None = None, categories: Sequence[str] | None = None,
           seeds: Sequence[int] = (0,), out_dir: str | os.PathLike = "sweep", resume: bool = True,
@@ -56,55 +83,29 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
     Every configuration is validated before the first fit.  Returns ``{"rows", "markdown",
     "files"}`` (files: csv, json, md and, with ``plot``, png).
     """
-    from patchbank.evaluation.runner import evaluate, write_comparison
-
     overrides = dict(overrides or {})
     values = list(values)
-    fields = Config.__dataclass_fields__
-    if param not in fields:
-        raise PatchbankError(f"unknown config field {param!r} to sweep")
-    if param == "seed":
-        raise PatchbankError("seed is not swept; use --seeds")
-    if param in overrides:
-        raise PatchbankError(f"{param} is both swept and overridden; give it only once")
-    if not values:
-        raise PatchbankError(f"no values to sweep for {param}")
-    configs = []
-    for v in values:
-        try:
-            configs.append(Config.preset(preset, **{**overrides, param: v}))
-        except ValueError as exc:
-            raise PatchbankError(f"{param}={value_text(v)}: {exc}") from None
-    stored = [getattr(c, param) for c in configs]  # normalised (sizes become (h, w))
-    dup = sorted({value_text(v) for i, v in enumerate(stored) if v in stored[:i]})
-    if dup:
-        raise PatchbankError(f"duplicate values for {param}: {', '.join(dup)}")
+    stored = _swept_values(param, values, preset, overrides)
     seeds = [int(s) for s in seeds]
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PatchbankError(f"output path is not a folder: {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_folder(out_dir)
     if command is None:
         command = (f"patchbank.studies.sweep.sweep({str(root)!r}, {param!r}, {values!r}, preset={preset!r}, "
                    f"overrides={overrides!r}, categories={categories!r}, seeds={tuple(seeds)!r}, "
                    f"out_dir={str(out)!r})")
     rows = []
     for i, v in enumerate(stored, start=1):
-        if progress:
-            print(f"[sweep {i}/{len(stored)}] {param}={value_text(v)}", file=sys.stderr, flush=True)
+        say(progress, f"[sweep {i}/{len(stored)}] {param}={value_text(v)}")
         sub = value_dir(param, v)
         res = evaluate(root, preset, {**overrides, param: v}, categories=categories, seeds=seeds,
                        out_dir=out / sub, resume=resume, progress=progress, kind=kind,
                        device=device, command=command)
         rows.append({"label": value_text(v), "detail": None, "dir": sub,
-                     "overrides": {param: list(v) if isinstance(v, tuple) else v},
-                     "value": list(v) if isinstance(v, tuple) else v,
+                     "overrides": {param: _json_value(v)}, "value": _json_value(v),
                      "config": res["summary"]["config"], "summary": res["summary"]})
     default = getattr(Config.preset(preset, **overrides), param)
     meta = {"kind": "sweep", "param": param, "values": [r["value"] for r in rows], "preset": preset,
-            "preset_value": list(default) if isinstance(default, tuple) else default,
-            "common_overrides": overrides, "seeds": seeds, "command": command,
-            "dataset_root": str(root)}
+            "preset_value": _json_value(default), "common_overrides": overrides, "seeds": seeds,
+            "command": command, "dataset_root": str(root)}
     files = write_comparison(out, "sweep", param, rows, meta)
     markdown = files.pop("markdown")
     if plot:
@@ -120,40 +121,24 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: str | os.PathLike, 
                default: Any = None, metrics: Sequence[str] = PLOT_METRICS) -> Path:
     """PNG of ``metrics`` (mean ± std error bars) against the swept value; returns its path.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    Numeric values on a numeric axis (logarithmic when all are positive and span a factor of 10
+    or more), others at even positions; ``default`` (the preset's value) as a dashed red line.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise PatchbankError("the sweep plot needs matplotlib: pip install 'patchbank[plot]'") from None
-    from patchbank.evaluation.runner import LABELS
-
     values = [r["value"] for r in rows]
     numeric = all(_is_number(v) for v in values)
     xs = [float(v) for v in values] if numeric else list(range(len(values)))
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    markers = {"image_auroc": "o", "pixel_auroc": "s", "aupro": "^"}
-    for m in metrics:
-        pts = [(x, r["summary"]["mean"][m]["mean"], r["summary"]["mean"][m]["std"])
-               for x, r in zip(xs, rows) if r["summary"]["mean"][m]["mean"] is not None]
-        if not pts:
-            continue
-        px, py, pe = zip(*pts)
-        ax.errorbar(px, py, yerr=pe, marker=markers.get(m, "o"), capsize=3, label=LABELS[m])
+    fig, ax = plots.new_axes()
+    series = {LABELS[m]: [(r["summary"]["mean"][m]["mean"], r["summary"]["mean"][m]["std"]) for r in rows]
+              for m in metrics}
+    plots.errorbar_lines(ax, xs, series, {LABELS[m]: _MARKERS.get(m, "o") for m in metrics})
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([value_text(v) for v in values])
     if numeric:
-        ax.set_xticks(xs)
-        ax.set_xticklabels([value_text(v) for v in values])
         ax.minorticks_off()
-    else:
-        ax.set_xticks(xs)
-        ax.set_xticklabels([value_text(v) for v in values])
     if default is not None:
-        x0 = float(default) if numeric else values.index(list(default) if isinstance(default, tuple) else default)
+        x0 = float(default) if numeric else values.index(_json_value(default))
         ax.axvline(x0, color="tab:red", linestyle="--", linewidth=1, label="preset value")
     ax.set_xlabel(param)
     ax.set_ylabel("metric (mean ± std over seeds)")
@@ -161,7 +146,4 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: str | os.PathLike, 
         ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return plots.save(fig, path)
