@@ -11,7 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from patchbank import __version__
-from patchbank.cli.main import ConfigValue, build_config, cli, config_field_options, fit, given_overrides, heatmap_names, option_name
+from patchbank.cli import cli
+from patchbank.cli.config_options import ConfigValue, build_config, config_field_options, given_overrides, option_name
+from patchbank.cli.model import fit
+from patchbank.cli.predictions import heatmap_names
 from patchbank.config import PRESETS, Config
 from patchbank.io.synthetic import make_dataset
 

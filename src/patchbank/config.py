@@ -1,8 +1,14 @@
 """Configuration: one frozen dataclass, presets named after the methods.
 
 A :class:`Config` holds only choices, never learned state.  ``Config.preset(name, **overrides)``
-returns a preset with any field replaced; unknown fields or values raise ``ValueError`` naming
-the offending field.  Presets:
+returns a preset with any field replaced; unknown fields or values raise
+:class:`~patchbank.errors.ConfigError` (a ``ValueError``) naming the offending field.
+
+Each field carries its own description in ``dataclasses.field(metadata=...)``: ``help`` (one
+line), ``choices`` (allowed strings; for a tuple field, the allowed members of a non-empty subset)
+and ``interval`` (an :class:`Interval`).  :data:`FIELD_SPECS` turns that metadata and the field's
+annotation into one :class:`FieldSpec` per field; ``Config.__post_init__`` validates every field
+with it in one loop, and the CLI builds one option per field from the same specs.  Presets:
 
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
@@ -23,9 +29,13 @@ The paper backbones for LMF-Core and PatchCore are WideResNet-50; their presets 
 from __future__ import annotations
 
 import dataclasses
-import json
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from patchbank.errors import ConfigError
 
 FUSIONS = ("equal", "vg", "l2")
 SAMPLERS = ("uniform", "greedy", "none")
@@ -39,8 +49,55 @@ STRUCT_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "cheby
 BANK_DTYPES = ("float32", "float16")
 
 
-def _size_pair(value: Any, name: str) -> tuple[int, int] | None:
-    """Accept 224, (h, w), [h, w] or "320x768" and return (h, w)."""
+@dataclass(frozen=True)
+class Interval:
+    """A numeric range a field's value must lie in.
+
+    ``low`` / ``high`` of None mean unbounded on that side; ``closed`` says which finite bounds
+    belong to the range: ``"both"``, ``"left"``, ``"right"`` or ``"neither"``.
+    ``Interval(0, 1, "right")`` is (0, 1]; ``Interval(1)`` is >= 1.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"
+
+    def __contains__(self, value: Any) -> bool:
+        """True when the number ``value`` lies in the range (NaN never does)."""
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.low is not None and not (value >= self.low if left else value > self.low):
+            return False
+        if self.high is not None and not (value <= self.high if right else value < self.high):
+            return False
+        return value == value  # NaN
+
+    def describe(self) -> str:
+        """``"in (0, 1]"``, ``">= 1"``, ``"> 0"`` or ``"<= 1"``: the phrase after "must be"."""
+        left = self.closed in ("both", "left")
+        right = self.closed in ("both", "right")
+        if self.low is not None and self.high is not None:
+            return f"in {'[' if left else '('}{self.low:g}, {self.high:g}{']' if right else ')'}"
+        if self.low is not None:
+            return f"{'>=' if left else '>'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<=' if right else '<'} {self.high:g}"
+        return "a number"
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+             interval: Interval | None = None) -> Any:
+    """A dataclass field whose metadata describes it (see the module docstring)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "interval": interval})
+
+
+def parse_size(value: Any, name: str) -> tuple[int, int] | None:
+    """Accept 224, (h, w), [h, w] or "320x768" and return (h, w); None stays None.
+
+    Raises:
+        ConfigError: (field ``name``) for text that is not ``N`` or ``HxW``, or a size that is not
+            two positive integers.
+    """
     if value is None:
         return None
     if isinstance(value, str):
@@ -48,149 +105,272 @@ def _size_pair(value: Any, name: str) -> tuple[int, int] | None:
         try:
             nums = [int(p) for p in parts if p.strip()]
         except ValueError:
-            raise ValueError(f"{name}: expected N or HxW, got {value!r}") from None
+            raise ConfigError(name, f"expected N or HxW, got {value!r}") from None
         value = nums[0] if len(nums) == 1 else tuple(nums)
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value, value)
-    value = tuple(int(v) for v in value)
+    try:
+        value = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"expected N or HxW, got {value!r}") from None
     if len(value) != 2 or min(value) <= 0:
-        raise ValueError(f"{name}: expected a positive size N or HxW, got {value!r}")
+        raise ConfigError(name, f"expected a positive size N or HxW, got {value!r}")
     return value
+
+
+def value_kind(tp: Any) -> tuple[str, bool]:
+    """``(kind, optional)`` of a field annotation.
+
+    kind is ``"bool"``, ``"int"``, ``"float"``, ``"str"``, ``"size"`` (``tuple[int, int]``) or
+    ``"list"`` (any other tuple); optional is True when the annotation admits None.  Anything else
+    counts as ``"str"``.
+    """
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp, optional = (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    args = typing.get_args(tp)
+    if tp in (bool, int, float, str):
+        return tp.__name__, optional
+    if typing.get_origin(tp) is tuple:
+        return ("size" if len(args) == 2 and all(a is int for a in args) else "list"), optional
+    return "str", optional
+
+
+def _as_int(spec: "FieldSpec", value: Any) -> Any:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return value
+    raise ConfigError(spec.name, f"expected an integer, got {value!r}")
+
+
+def _as_float(spec: "FieldSpec", value: Any) -> Any:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return value
+    raise ConfigError(spec.name, f"expected a number, got {value!r}")
+
+
+def _as_bool(spec: "FieldSpec", value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(spec.name, f"expected true or false, got {value!r}")
+
+
+def _as_str(spec: "FieldSpec", value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(spec.name, f"expected a string, got {value!r}")
+
+
+def _as_list(spec: "FieldSpec", value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(spec.name, f"expected a list, got {value!r}") from None
+
+
+_NORMALISE = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str,
+              "list": _as_list, "size": lambda spec, value: parse_size(value, spec.name)}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Everything known about one Config field: its metadata plus what its annotation says.
+
+    Attributes:
+        name: the field name (``coreset_ratio``).
+        default: the dataclass default (the ``lmf-core`` value).
+        help: one line describing the field.
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"size"`` or ``"list"``
+            (see :func:`value_kind`).
+        optional: None is an accepted value.
+        choices: the allowed strings (a ``"str"`` field takes one, a ``"list"`` field a non-empty
+            subset without repeats), or None for free values.
+        interval: the numeric range of an ``"int"`` / ``"float"`` field, or None.
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: str
+    optional: bool
+    choices: tuple[str, ...] | None = None
+    interval: Interval | None = None
+
+    def check(self, value: Any) -> Any:
+        """The value normalised (sizes to ``(h, w)``, lists to tuples), or :class:`ConfigError`."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ConfigError(self.name, "must not be None")
+        value = _NORMALISE[self.kind](self, value)
+        if self.choices is not None and self.kind == "list":
+            if not value or len(set(value)) != len(value) or any(v not in self.choices for v in value):
+                raise ConfigError(self.name, f"expected a non-empty subset of "
+                                             f"{', '.join(self.choices)} without repeats, got {value!r}")
+        elif self.choices is not None and value not in self.choices:
+            raise ConfigError(self.name, f"{value!r} is not one of {', '.join(self.choices)}")
+        if self.interval is not None and value not in self.interval:
+            none = " or None" if self.optional else ""
+            raise ConfigError(self.name, f"must be {self.interval.describe()}{none}, got {value}")
+        return value
+
+
+_POSITIVE = Interval(1)            # integers >= 1
+_FRACTION = Interval(0, 1, "right")   # (0, 1]
+_OPEN_UNIT = Interval(0, 1, "neither")  # (0, 1)
+_NON_NEGATIVE = Interval(0)
 
 
 @dataclass(frozen=True)
 class Config:
+    """Every choice of a detector (never learned state); frozen, validated on construction.
+
+    Build one with :meth:`preset` (a named method plus overrides) or directly with keyword
+    arguments; the defaults are the ``lmf-core`` preset.  Each field's help, choices and range
+    are in its metadata (:data:`FIELD_SPECS`).  Sizes accept ``224``, ``(h, w)`` or ``"HxW"``
+    and are stored as ``(h, w)``; tuple fields accept lists (and comma-separated text for
+    ``struct_components``).
+
+    Raises:
+        ConfigError: a value of the wrong type, outside its range or choices, or a crop larger
+            than the resize.
+    """
+
     # --- images and backbone -------------------------------------------------------------
-    backbone: str = "efficientnet_lite2"
-    weights: str | None = None            # local weight file; None = packaged / downloaded
-    layers: tuple[Any, ...] | None = None  # None = the backbone's default taps
-    image_size: tuple[int, int] = (256, 256)  # resize (H, W)
-    keep_aspect: bool = False             # True: scale to cover image_size, centre-crop the excess
-    crop_size: tuple[int, int] | None = (224, 224)  # centre crop (H, W); None = no crop
+    backbone: str = _setting("efficientnet_lite2", "Backbone network (see patchbank.backbones).")
+    weights: str | None = _setting(None, "Local weight file; None = packaged / downloaded.")
+    layers: tuple[Any, ...] | None = _setting(None, "Feature taps; None = the backbone's default taps.")
+    image_size: tuple[int, int] = _setting((256, 256), "Resize (H, W).")
+    keep_aspect: bool = _setting(False, "True: scale to cover image_size, centre-crop the excess.")
+    crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
     # --- patch features and fusion --------------------------------------------------------
-    patch_size: int = 3                   # p x p local average aggregation (PatchCore)
-    fusion: str = "vg"                    # "equal" | "vg" (LMF-Core Eq. 1) | "l2" (StructCore)
-    kappa: float = 0.5                    # fraction of channels kept per layer (VG-Fusion)
-    projection_dim: int | None = 128      # d' of the Gaussian JL projection; None = no projection
+    patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_POSITIVE)
+    fusion: str = _setting("vg", "Layer fusion: equal weights, vg (LMF-Core Eq. 1) or l2 (StructCore).",
+                           choices=FUSIONS)
+    kappa: float = _setting(0.5, "Fraction of channels kept per layer (VG-Fusion).", interval=_FRACTION)
+    projection_dim: int | None = _setting(128, "d' of the Gaussian JL projection; None = no projection.",
+                                          interval=_POSITIVE)
     # --- memory bank ----------------------------------------------------------------------
-    sampler: str = "uniform"              # "uniform" | "greedy" | "none"
-    coreset_ratio: float = 0.10           # r
-    greedy_proxy_dim: int = 128           # projection used for greedy selection distances
-    bank_dtype: str = "float32"
+    sampler: str = _setting("uniform", "Coreset sampler of the memory bank (none = keep every patch).",
+                            choices=SAMPLERS)
+    coreset_ratio: float = _setting(0.10, "Share r of the patches kept in the bank.", interval=_FRACTION)
+    greedy_proxy_dim: int = _setting(128, "Projection used for greedy selection distances.",
+                                     interval=_POSITIVE)
+    bank_dtype: str = _setting("float32", "Storage type of the bank (search runs in float32).",
+                               choices=BANK_DTYPES)
     # --- scoring --------------------------------------------------------------------------
-    k: int = 1
-    distance: str = "euclidean"           # "euclidean" | "squared"
-    knn_reduce: str = "min"               # "min" (LMF-Core Eq. 2) | "mean" (StructCore Eq. 5)
-    search: str = "auto"                  # "auto": faiss-ivf for banks >= ivf_min_bank if faiss is installed, else exact
-    ivf_probe: int = 8                    # inverted lists visited per query (faiss-ivf)
-    ivf_min_bank: int = 20000             # smallest bank that "auto" searches with IVF
-    ivfpq_min_bank: int = 1000000         # smallest bank that "auto" searches with IVF-PQ (4-bit codes, exact re-rank)
-    pq_refine: int = 8                    # faiss-ivfpq: candidates re-ranked exactly per neighbour wanted
-    blur_sigma: float = 4.0
-    image_score: str = "reweighted_max"   # "max" | "reweighted_max" | "topk_mean" | "struct" | "hybrid"
-    base_score: str = "max"               # pooling S_base that "hybrid" adds the structural term to
-    reweight_neighbors: int = 9           # b of PatchCore's re-weighting
-    topk_ratio: float = 0.05              # share of patches averaged by "topk_mean"
+    k: int = _setting(1, "Nearest neighbours per patch.", interval=_POSITIVE)
+    distance: str = _setting("euclidean", "Patch distance: euclidean or squared euclidean.",
+                             choices=DISTANCES)
+    knn_reduce: str = _setting("min", "Reduction over the k neighbours: min (LMF-Core Eq. 2) or "
+                               "mean (StructCore Eq. 5).", choices=KNN_REDUCES)
+    search: str = _setting("auto", "Nearest-neighbour search; auto: faiss-ivf for banks >= ivf_min_bank "
+                           "(faiss-ivfpq >= ivfpq_min_bank) if faiss is installed, else exact.",
+                           choices=SEARCHES)
+    ivf_probe: int = _setting(8, "Inverted lists visited per query (faiss-ivf).", interval=_POSITIVE)
+    ivf_min_bank: int = _setting(20000, "Smallest bank that auto searches with IVF.", interval=_POSITIVE)
+    ivfpq_min_bank: int = _setting(1000000, "Smallest bank that auto searches with IVF-PQ (4-bit codes, "
+                                   "exact re-rank).", interval=_POSITIVE)
+    pq_refine: int = _setting(8, "faiss-ivfpq: candidates re-ranked exactly per neighbour wanted.",
+                              interval=_POSITIVE)
+    blur_sigma: float = _setting(4.0, "Gaussian blur sigma of the anomaly map (0 = no blur).",
+                                 interval=_NON_NEGATIVE)
+    image_score: str = _setting("reweighted_max", "Image score pooled from the patch scores.",
+                                choices=IMAGE_SCORES)
+    base_score: str = _setting("max", "Pooling S_base that hybrid adds the structural term to.",
+                               choices=BASE_SCORES)
+    reweight_neighbors: int = _setting(9, "b of PatchCore's re-weighting.", interval=_POSITIVE)
+    topk_ratio: float = _setting(0.05, "Share of patches averaged by topk_mean.", interval=_FRACTION)
     # --- StructCore structure-aware score (image_score "struct" / "hybrid") ----------------
-    struct_components: tuple[str, ...] = STRUCT_COMPONENTS  # any subset of std, topk_mean, tv
-    struct_distance: str = "mahalanobis"  # D_struct (Eq. 10) or a Table 6 alternative
-    struct_topk_ratio: float = 0.01       # r of the descriptor's tail mass (Eq. 8)
-    hybrid_lambda: float | None = None    # lambda of Eq. 12; None = lambda_auto (Eq. 11)
-    local_density: bool = False           # LMF-Core's rejected calibration: distance / local bank radius
-    density_neighbors: int = 5            # k of the local radius (mean distance to k nearest entries)
+    struct_components: tuple[str, ...] = _setting(STRUCT_COMPONENTS, "Map descriptor: any subset of "
+                                                  "std, topk_mean, tv.", choices=STRUCT_COMPONENTS)
+    struct_distance: str = _setting("mahalanobis", "D_struct (Eq. 10) or a Table 6 alternative.",
+                                    choices=STRUCT_DISTANCES)
+    struct_topk_ratio: float = _setting(0.01, "r of the descriptor's tail mass (Eq. 8).",
+                                        interval=_FRACTION)
+    hybrid_lambda: float | None = _setting(None, "lambda of Eq. 12; None = lambda_auto (Eq. 11).",
+                                           interval=_NON_NEGATIVE)
+    local_density: bool = _setting(False, "LMF-Core's rejected calibration: distance / local bank radius.")
+    density_neighbors: int = _setting(5, "k of the local radius (mean distance to k nearest entries).",
+                                      interval=_POSITIVE)
     # --- calibration ----------------------------------------------------------------------
-    calibration_fraction: float = 0.10    # share of train images held out of the bank at scoring time
-    calibration_max_images: int = 100
-    target_fpr: float = 0.01              # threshold = (1 - fpr) quantile of held-out normal scores
+    calibration_fraction: float = _setting(0.10, "Share of train images held out of the bank at "
+                                           "scoring time.", interval=_OPEN_UNIT)
+    calibration_max_images: int = _setting(100, "At most this many held-out calibration images.",
+                                           interval=_POSITIVE)
+    target_fpr: float = _setting(0.01, "Threshold = (1 - fpr) quantile of held-out normal scores.",
+                                 interval=_OPEN_UNIT)
     # --- run ------------------------------------------------------------------------------
-    seed: int = 0
-    batch_size: int = 16
+    seed: int = _setting(0, "Random seed (sampler, projections, calibration split).")
+    batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "image_size", _size_pair(self.image_size, "image_size"))
-        set_(self, "crop_size", _size_pair(self.crop_size, "crop_size"))
-        if self.layers is not None:
-            set_(self, "layers", tuple(self.layers))
-        comps = self.struct_components
-        if isinstance(comps, str):
-            comps = [c.strip() for c in comps.split(",") if c.strip()]
-        comps = tuple(comps)
-        set_(self, "struct_components", comps)
-        bad = [c for c in comps if c not in STRUCT_COMPONENTS]
-        if not comps or bad or len(set(comps)) != len(comps):
-            raise ValueError(f"struct_components: expected a non-empty subset of "
-                             f"{', '.join(STRUCT_COMPONENTS)} without repeats, got {comps!r}")
-        choices = {"fusion": FUSIONS, "sampler": SAMPLERS, "search": SEARCHES,
-                   "distance": DISTANCES, "knn_reduce": KNN_REDUCES,
-                   "image_score": IMAGE_SCORES, "bank_dtype": BANK_DTYPES,
-                   "base_score": BASE_SCORES, "struct_distance": STRUCT_DISTANCES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        if not 0 < self.kappa <= 1:
-            raise ValueError(f"kappa: must be in (0, 1], got {self.kappa}")
-        if not 0 < self.coreset_ratio <= 1:
-            raise ValueError(f"coreset_ratio: must be in (0, 1], got {self.coreset_ratio}")
-        if not 0 < self.calibration_fraction < 1:
-            raise ValueError(f"calibration_fraction: must be in (0, 1), got {self.calibration_fraction}")
-        if not 0 < self.topk_ratio <= 1:
-            raise ValueError(f"topk_ratio: must be in (0, 1], got {self.topk_ratio}")
-        if not 0 < self.struct_topk_ratio <= 1:
-            raise ValueError(f"struct_topk_ratio: must be in (0, 1], got {self.struct_topk_ratio}")
-        if self.hybrid_lambda is not None and not self.hybrid_lambda >= 0:
-            raise ValueError(f"hybrid_lambda: must be >= 0 or None (auto), got {self.hybrid_lambda}")
-        if not 0 < self.target_fpr < 1:
-            raise ValueError(f"target_fpr: must be in (0, 1), got {self.target_fpr}")
-        for name in ("k", "patch_size", "batch_size", "greedy_proxy_dim", "reweight_neighbors",
-                     "calibration_max_images", "ivf_probe", "ivf_min_bank", "ivfpq_min_bank", "pq_refine", "density_neighbors"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ValueError(f"projection_dim: must be >= 1 or None, got {self.projection_dim}")
-        if self.blur_sigma < 0:
-            raise ValueError(f"blur_sigma: must be >= 0, got {self.blur_sigma}")
-        if self.crop_size is not None and (self.crop_size[0] > self.image_size[0]
-                                           or self.crop_size[1] > self.image_size[1]):
-            raise ValueError(f"crop_size {self.crop_size} is larger than image_size {self.image_size}")
+        for spec in FIELD_SPECS.values():   # one generic check per field, from its metadata
+            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+        crop, size = self.crop_size, self.image_size
+        if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
+            raise ConfigError("crop_size", f"{crop} is larger than image_size {size}",
+                              related=("image_size",))
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "Config":
+        """The named preset (see the module docstring) with ``overrides`` replacing fields.
+
+        Raises:
+            ConfigError: an unknown preset (field ``"preset"``), field or value.
+        """
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise ConfigError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name].replace(**overrides)
 
     def replace(self, **overrides: Any) -> "Config":
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        """A copy with ``overrides`` replacing fields (validated); ConfigError for unknown fields."""
+        _check_known(overrides)
         return dataclasses.replace(self, **overrides)
 
     # --- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Field -> value, JSON-ready (tuples as lists); :meth:`from_dict` reads it back."""
         d = dataclasses.asdict(self)
-        for key in ("image_size", "crop_size", "layers", "struct_components"):
-            if d[key] is not None:
-                d[key] = list(d[key])
+        for spec in FIELD_SPECS.values():
+            if spec.kind in ("size", "list") and d[spec.name] is not None:
+                d[spec.name] = list(d[spec.name])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        """The Config a :meth:`to_dict` dict describes; ConfigError for unknown fields or values."""
+        _check_known(d)
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the tensor the backbone sees: the crop if any, else the resize."""
         return self.crop_size or self.image_size
+
+
+def _check_known(names: Any) -> None:
+    unknown = sorted(set(names) - set(FIELD_SPECS))
+    if unknown:
+        also = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+        raise ConfigError(unknown[0], f"unknown config field{also}")
+
+
+def _field_specs() -> types.MappingProxyType:
+    hints = typing.get_type_hints(Config)
+    specs = {}
+    for f in dataclasses.fields(Config):
+        kind, optional = value_kind(hints[f.name])
+        specs[f.name] = FieldSpec(f.name, f.default, f.metadata["help"], kind, optional,
+                                  f.metadata["choices"], f.metadata["interval"])
+    return types.MappingProxyType(specs)
+
+
+FIELD_SPECS: typing.Mapping[str, FieldSpec] = _field_specs()
+"""Field name -> :class:`FieldSpec`, in field order; the one source for validation and the CLI."""
 
 
 PRESETS: dict[str, Config] = {

@@ -1,0 +1,118 @@
+"""``patchbank info``: describe a model file (bank, threshold, calibration, configuration)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchbank.cli.config_options import DEFAULT_PRESET, field_kind, format_value
+from patchbank.config import PRESETS
+from patchbank.errors import PatchbankError
+
+
+def format_bytes(n: int | float | None) -> str:
+    """``"1.23 MB (1,234,567 bytes)"``; ``"?"`` for None."""
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.2f} MB ({int(n):,} bytes)"
+
+
+def closest_preset(cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """The preset differing from the config dict ``cfg`` in the fewest fields, and those fields."""
+    best, best_diff = DEFAULT_PRESET, None
+    for name, preset in PRESETS.items():
+        ref = preset.to_dict()
+        diff = [k for k in ref if k in cfg and _as_list(cfg[k]) != _as_list(ref[k])]
+        if best_diff is None or len(diff) < len(best_diff):
+            best, best_diff = name, diff
+    return best, best_diff or []
+
+
+def _as_list(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def format_info(info: dict[str, Any], path: str | None = None) -> str:
+    """Human-readable text for a model's info dict (:meth:`Detector.info`, a model file header):
+    one aligned row per item, then the configuration marked against the closest preset."""
+    info = dict(info)
+    lines: list[str] = []
+
+    def row(label: str, value: Any) -> None:
+        lines.append(f"{label:<18} {value}")
+
+    if path:
+        row("model", path)
+    if "format_version" in info:
+        row("format version", info.pop("format_version"))
+    cfg = info.pop("config", None) or {}
+    _bank_and_calibration_rows(info, cfg, row)
+    for key in sorted(info):
+        value = info[key]
+        row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else value)
+    if cfg:
+        name, diff = closest_preset(cfg)
+        lines.append("")
+        lines.append(f"config (closest preset: {name}"
+                     + (f"; differs in {', '.join(diff)})" if diff else ", unchanged)"))
+        for key, value in cfg.items():
+            mark = "*" if key in diff else " "
+            lines.append(f" {mark} {key:<24} {format_value(value, field_kind(key))}")
+    return "\n".join(lines)
+
+
+def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -> None:
+    """Rows for the bank, threshold, calibration, train images and backbone; pops their keys."""
+    entries, dim, nbytes = info.pop("bank_entries", None), info.pop("bank_dim", None), info.pop("bank_bytes", None)
+    if entries is not None or nbytes is not None:
+        shape = f"{entries:,} entries x {dim} dims" if isinstance(entries, int) else f"{entries} x {dim}"
+        dtype = cfg.get("bank_dtype")
+        row("memory bank", f"{shape}, {format_bytes(nbytes)}" + (f", {dtype}" if dtype else ""))
+    if "threshold" in info:
+        thr = info.pop("threshold")
+        fpr = cfg.get("target_fpr")
+        row("threshold", f"{float(thr):.4f} on the normalised score"
+            + (f" (target FPR {fpr:g} on held-out normal images)" if fpr is not None else ""))
+    mean, std = info.pop("score_mean", None), info.pop("score_std", None)
+    n_cal = info.pop("n_calibration_images", None)
+    info.pop("target_fpr", None)  # shown with the threshold and in the config
+    if mean is not None or std is not None:
+        row("calibration", f"raw image score mean {float(mean):.4g}, std {float(std):.4g}"
+            + (f" over {n_cal} held-out normal images" if n_cal is not None else ""))
+    if "n_train_images" in info:
+        row("train images", info.pop("n_train_images"))
+    backbone = cfg.get("backbone")
+    sha = info.pop("backbone_sha256", None)
+    if backbone:
+        row("backbone", backbone + (f" (weights sha256 {str(sha)[:16]}...)" if sha else ""))
+    elif sha:
+        row("backbone sha256", sha)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the info dict as JSON.")
+def info(model: Path, as_json: bool) -> None:
+    """Describe a model file: bank size, configuration, threshold, calibration."""
+    if not model.is_file():
+        raise PatchbankError(f"model file not found: {model}")
+    from patchbank.io.model_file import load_model
+
+    _, data = load_model(model)   # the header holds the whole info; no backbone is needed
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif data.get("kind") == "multi":
+        cats = data.pop("categories")
+        head = {k: v for k, v in data.items() if k not in ("category_order", "bank_bytes")}
+        head["categories"] = ", ".join(data["category_order"])
+        head["banks total"] = format_bytes(data.get("bank_bytes"))
+        parts = [format_info(head, str(model))]
+        for name in data["category_order"]:
+            sub = {k: v for k, v in cats[name].items() if k not in ("config", "format_version",
+                                                                    "patchbank_version")}
+            parts.append(f"\n[{name}]\n" + format_info(sub))
+        click.echo("\n".join(parts))
+    else:
+        click.echo(format_info(data, str(model)))

@@ -1,0 +1,190 @@
+"""``patchbank fit`` and ``patchbank predict``: build a model file, score images with it."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchbank.cli.config_options import build_config, given_overrides, option_name, with_config_options
+from patchbank.cli.info import format_bytes
+from patchbank.cli.options import overwrite_option, preset_option, run_options, setup_threads
+from patchbank.cli.predictions import expand_inputs, print_predict_summary, refuse_existing, run_predictions
+from patchbank.config import Config
+from patchbank.errors import PatchbankError
+
+
+@click.command(context_settings={"max_content_width": 110},
+               epilog="Config options override single fields of the preset; only options you give "
+                      "override. Values: 'none' for optional fields, N or HxW for sizes (320x768), "
+                      "comma lists for tuples (--layers 2,4).")
+@click.argument("train_dirs", nargs=-1, required=True, metavar="TRAIN_DIR...")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Model file to write (e.g. model.patchbank).")
+@preset_option()
+@click.option("--multi", is_flag=True,
+              help="Write a multi-category (routed) model even for a single category.")
+@click.option("--add", "add", is_flag=True,
+              help="Add the given categories to the existing multi-category model OUTPUT; its "
+                   "other categories are kept byte for byte (its configuration is used).")
+@run_options
+@overwrite_option("Replace an existing model file.")
+@click.pass_context
+def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: str, multi: bool,
+        add: bool, device: str, threads: int | None, quiet: bool, overwrite: bool,
+        **config_params: Any) -> None:
+    """Build a model from defect-free images.
+
+    One TRAIN_DIR of images gives a single-category model.  Several categories give one routed
+    multi-category model (StructCore Sec. 3.4): give several image folders, NAME=FOLDER pairs,
+    or dataset roots in the MVTec layout (every category's train/good is used).
+    """
+    overrides = given_overrides(ctx, config_params)
+    if output.exists() and output.is_dir():
+        raise PatchbankError(f"{output} is a folder; give a model file name")
+    if add:
+        if not output.is_file():
+            raise PatchbankError(f"--add needs an existing model file: {output} not found")
+        if overrides:
+            raise PatchbankError("--add uses the model's configuration; config options "
+                                 f"({', '.join(option_name(k) for k in overrides)}) cannot be changed")
+    elif output.exists() and not overwrite:
+        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
+    config = None if add else build_config(preset, overrides)
+    categories = training_categories(train_dirs)
+    setup_threads(threads)
+    if add or multi or len(categories) > 1:
+        _fit_multi(categories, output, config, add=add, device=device, quiet=quiet, overwrite=overwrite)
+    else:
+        _fit_single(categories, output, config, preset, device=device, quiet=quiet, overwrite=overwrite)
+
+
+with_config_options(fit)
+
+
+def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config, preset: str, *,
+                device: str, quiet: bool, overwrite: bool) -> None:
+    from patchbank.detector import Detector
+
+    (_, images), = categories.items()
+    t0 = time.perf_counter()
+    det = Detector(config, device=device, progress=not quiet)
+    det.fit([str(p) for p in images])
+    fit_s = time.perf_counter() - t0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    det.save(output, overwrite=overwrite)
+    info = det.info()
+    click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
+    click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
+               f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
+    click.echo(f"wrote {output}")
+
+
+def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config | None, *, add: bool,
+               device: str, quiet: bool, overwrite: bool) -> None:
+    """A routed multi-category model: fitted from ``categories``, or (``add``) the model file
+    ``output`` with ``categories`` added."""
+    from patchbank.multi import MultiDetector
+
+    t0 = time.perf_counter()
+    if add:
+        model = MultiDetector.load(output, device=device, progress=not quiet)
+        clash = [n for n in categories if n in model.detectors_]
+        if clash:
+            raise PatchbankError(f"{output} already has categor{'y' if len(clash) == 1 else 'ies'} "
+                                 f"{', '.join(clash)}")
+        for name, images in categories.items():
+            model.add(name, [str(p) for p in images])
+    else:
+        model = MultiDetector(config, device=device, progress=not quiet)
+        model.fit({name: [str(p) for p in images] for name, images in categories.items()})
+    fit_s = time.perf_counter() - t0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output, overwrite=True if add else overwrite)
+    info = model.info()
+    verb = "added" if add else "fitted"
+    click.echo(f"{verb} {', '.join(categories)} in {fit_s:.1f} s; model holds "
+               f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
+               f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
+               f"prototypes each")
+    click.echo(f"wrote {output}")
+
+
+def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
+    """TRAIN_DIR arguments -> {category name: training images}.
+
+    ``NAME=FOLDER`` names a folder of images; a folder holding images directly is named after
+    itself; any other folder is read as a dataset root (MVTec / BTAD / VisA layouts) whose
+    categories' training images are used.
+
+    Raises:
+        PatchbankError: a missing folder, a file, a bad or repeated category name.
+    """
+    from patchbank.io.datasets import read_dataset
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.multi import check_category_name
+
+    out: dict[str, list[Path]] = {}
+
+    def put(name: str, images: list[Path]) -> None:
+        check_category_name(name)
+        if name in out:
+            raise PatchbankError(f"category {name!r} is given twice; name them with NAME=FOLDER")
+        out[name] = images
+
+    for arg in args:
+        name, sep, folder = arg.partition("=")
+        if sep:
+            path = Path(folder)
+        else:
+            name, path = "", Path(arg)
+        if not path.exists():
+            raise PatchbankError(f"training folder not found: {path}")
+        if not path.is_dir():
+            raise PatchbankError(f"not a folder: {path}")
+        has_images = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+        if has_images or sep or not any(p.is_dir() for p in path.iterdir()):
+            put(name or path.name, list_images(path))   # (list_images names an empty folder)
+        else:
+            for cat in read_dataset(path):
+                put(cat.name, list(cat.train))
+    return out
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for predictions.csv, predictions.json and heatmaps/.")
+@click.option("--heatmaps", is_flag=True,
+              help="Write a PNG overlay per image to OUT_DIR/heatmaps/<stem>.png (one colour range "
+                   "for the whole run: min..max of its anomaly maps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass [the model's batch_size].")
+@click.option("--category", default=None,
+              help="Multi-category model: score against this category, skipping routing.")
+@run_options
+@overwrite_option("Replace existing output files.")
+def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
+            category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+    """Score INPUT images (files or folders) with MODEL.
+
+    A folder contributes its images; a folder holding only sub-folders (like MVTec's test/)
+    contributes the images of all its sub-folders.
+    """
+    if not model.is_file():
+        raise PatchbankError(f"model file not found: {model}")
+    refuse_existing([out_dir / "predictions.csv", out_dir / "predictions.json"], overwrite)
+    paths = expand_inputs(inputs)
+    setup_threads(threads)
+    from patchbank.multi import MultiDetector, load_any
+
+    det = load_any(model, device=device, progress=not quiet)
+    if category is not None and not isinstance(det, MultiDetector):
+        raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
+    t0 = time.perf_counter()
+    result, _ = run_predictions(det, paths, out_dir, heatmaps=heatmaps, overwrite=overwrite,
+                                batch_size=batch_size, quiet=quiet, model_path=str(model),
+                                category=category)
+    print_predict_summary(result, out_dir, time.perf_counter() - t0)

@@ -1,0 +1,134 @@
+"""Option decorators and value callbacks shared by several commands.
+
+:func:`run_options` (``--device``, ``--threads``, ``--quiet``), :func:`overwrite_option`,
+:func:`preset_option`, :func:`study_options` (``--dataset``, ``--categories``, ``--seeds``,
+``--no-resume``), the comma-list callbacks, and :func:`setup_threads`, which applies
+``--threads`` before torch starts its thread pools.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import click
+
+from patchbank.cli.config_options import DEFAULT_PRESET, is_int_text
+from patchbank.config import PRESETS
+
+DATASET_LAYOUTS = ["auto", "mvtec", "btad", "visa", "mpdd"]
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is cpu, cuda, cuda:N or mps; a BadParameter naming --device otherwise."""
+    if not _DEVICE_RE.match(device):
+        raise click.BadParameter(f"expected cpu, cuda, cuda:N or mps, got {device!r}",
+                                 param_hint="'--device'")
+    return device
+
+
+def setup_threads(threads: int | None) -> None:
+    """``--threads N``: the same N threads for torch, FAISS and numpy's BLAS (no oversubscription;
+    see :mod:`patchbank.runtime.threads`), and the OpenMP/MKL/OpenBLAS env when torch is not
+    loaded yet.  None leaves everything as it is."""
+    if threads is None:
+        return
+    from patchbank.runtime.threads import set_threads
+
+    set_threads(threads)
+
+
+def run_options(f: Callable) -> Callable:
+    """Add ``--device``, ``--threads`` and ``--quiet`` / ``-q`` (parameters device, threads, quiet)."""
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch, FAISS and numpy's BLAS [all cores].")(f)
+    f = click.option("--device", default="cpu", show_default=True,
+                     callback=lambda ctx, p, v: check_device(v),
+                     help="Torch device: cpu, cuda, cuda:N.")(f)
+    return f
+
+
+def overwrite_option(help: str) -> Callable:
+    """``--overwrite`` (parameter overwrite) with the command's own help text."""
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def preset_option(default: str = DEFAULT_PRESET) -> Callable:
+    """``--preset NAME`` (one of the presets) with the given default."""
+    return click.option("--preset", type=click.Choice(list(PRESETS)), default=default,
+                        show_default=True, help="Method configuration to start from.")
+
+
+def comma_list(ctx: Any, param: Any, value: str | None) -> list[str] | None:
+    """Click callback: ``"a,b"`` -> ``["a", "b"]``; None stays None; empty items are refused."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise click.BadParameter(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+def seed_list(ctx: Any, param: Any, value: str | None) -> list[int] | None:
+    """Click callback: ``"0,1,2"`` -> ``[0, 1, 2]``; integers only, no duplicates."""
+    items = comma_list(ctx, param, value)
+    if items is None:
+        return None
+    if not all(is_int_text(v) for v in items):
+        raise click.BadParameter(f"expected comma-separated integers like 0,1,2, got {value!r}")
+    seeds = [int(v) for v in items]
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"duplicate seeds in {value!r}")
+    return seeds
+
+
+def ratio_list(ctx: Any, param: Any, value: str | None) -> list[float] | None:
+    """Click callback: ``"0.01,0.1"`` -> ``[0.01, 0.1]``; each in (0, 1]."""
+    items = comma_list(ctx, param, value)
+    if items is None:
+        return None
+    try:
+        out = [float(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0.01,0.1, got {value!r}") from None
+    if any(not 0 < v <= 1 for v in out):
+        raise click.BadParameter(f"ratios must be in (0, 1], got {value!r}")
+    return out
+
+
+def positive_int_list(ctx: Any, param: Any, value: str | None) -> list[int] | None:
+    """Click callback: ``"1,16"`` -> ``[1, 16]``; each an integer >= 1."""
+    items = comma_list(ctx, param, value)
+    if items is None:
+        return None
+    if not all(is_int_text(v) and int(v) >= 1 for v in items):
+        raise click.BadParameter(f"expected comma-separated positive integers like 1,16, got {value!r}")
+    return [int(v) for v in items]
+
+
+def categories_option(help: str) -> Callable:
+    """``--categories A,B,...`` (parameter categories: a list, or None for all)."""
+    return click.option("--categories", callback=comma_list, default=None, metavar="A,B,...", help=help)
+
+
+def seeds_option(help: str = "Seeds; one fit per category and seed [--seed, else 0].") -> Callable:
+    """``--seeds 0,1,2`` (parameter seeds: a list, or None for the --seed option's value)."""
+    return click.option("--seeds", callback=seed_list, default=None, metavar="0,1,2", help=help)
+
+
+def no_resume_option(f: Callable) -> Callable:
+    """``--no-resume`` (parameter no_resume)."""
+    return click.option("--no-resume", is_flag=True,
+                        help="Recompute runs whose results already exist.")(f)
+
+
+def study_options(f: Callable) -> Callable:
+    """Options of the evaluate-like commands: ``--dataset`` (parameter kind), ``--categories``,
+    ``--seeds``, ``--no-resume``."""
+    f = no_resume_option(f)
+    f = seeds_option()(f)
+    f = categories_option("Categories to evaluate [all].")(f)
+    f = click.option("--dataset", "kind", type=click.Choice(DATASET_LAYOUTS), default="auto",
+                     show_default=True, help="Dataset layout.")(f)
+    return f

@@ -1,0 +1,200 @@
+"""Scoring images into files: input expansion, heatmap names, predictions.csv / .json / heatmaps.
+
+Shared by ``predict`` and ``demo``.  Nothing is overwritten without ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchbank.errors import PatchbankError
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files as given; folders -> their images (sorted), or, for a folder holding only
+    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively.
+
+    Duplicates (same resolved path) are dropped, first occurrence kept.
+
+    Raises:
+        PatchbankError: a missing input, or a folder without images.
+    """
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
+
+    paths: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            direct = [c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
+            if direct:
+                paths.extend(list_images(p))
+            else:
+                nested = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+                if not nested:
+                    raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
+                paths.extend(nested)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise PatchbankError(f"file or folder not found: {p}")
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def heatmap_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per image; where stems collide (``test/good/000.png`` and
+    ``test/spot/000.png``) the parent folder names are prefixed: ``good_000.png``, ``spot_000.png``."""
+    stems = [p.stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
+             for p, s in zip(paths, stems)]
+    used: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = used.get(n, 0)
+        used[n] = k + 1
+        out.append(f"{n}.png" if k == 0 else f"{n}_{k}.png")
+    return out
+
+
+def refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Raise PatchbankError naming the first of ``paths`` that exists, unless ``overwrite``."""
+    if overwrite:
+        return
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PatchbankError(f"{existing[0]} already exists{more}; pass --overwrite to replace")
+
+
+def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, overwrite: bool,
+                    batch_size: int | None, quiet: bool, model_path: str | None = None,
+                    category: str | None = None) -> tuple[dict[str, Any], list]:
+    """Predict ``paths`` with ``det`` (a Detector or MultiDetector); write ``predictions.csv``,
+    ``predictions.json`` and, with ``heatmaps``, ``heatmaps/<name>.png`` under ``out_dir``.
+
+    Returns ``(the JSON dict, the Prediction list)``.  ``category`` (multi-category models only)
+    skips routing.
+
+    Heatmap colours use ONE range for the whole run: ``vmin``/``vmax`` = the minimum and maximum
+    of all the run's anomaly maps, so colours are comparable between the run's images (not
+    between runs).
+
+    Raises:
+        PatchbankError: an output file exists and not ``overwrite``, or ``out_dir`` is a file.
+    """
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    heat_dir = out_dir / "heatmaps"
+    names = heatmap_names(paths) if heatmaps else []
+    refuse_existing([csv_path, json_path] + [heat_dir / n for n in names], overwrite)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PatchbankError(f"output path is not a folder: {out_dir}")
+
+    from patchbank.multi import MultiDetector   # det exists, so torch is loaded already
+
+    multi = isinstance(det, MultiDetector)
+    if multi:
+        preds = det.predict([str(p) for p in paths], category=category, batch_size=batch_size)
+    else:
+        preds = det.predict([str(p) for p in paths], batch_size=batch_size)
+    records = _records(det, paths, preds, multi, category, [heat_dir / n for n in names])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vmin = vmax = None
+    if heatmaps and preds:
+        vmin, vmax = _write_heatmaps(det, paths, preds, [heat_dir / n for n in names], quiet, overwrite)
+    _write_csv(csv_path, records, multi, heatmaps)
+    result = {
+        "model": model_path,
+        "threshold": None if multi else float(det.threshold_),
+        "threshold_applies_to": "normalized_score",
+        **({"categories": det.categories, "routing": "given" if category else "routed"} if multi else {}),
+        "n_images": len(records),
+        "n_flagged": sum(r["is_anomalous"] for r in records),
+        "heatmaps": ({"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
+                      "colormap": "jet", "range": "min..max of this run's maps"} if heatmaps else None),
+        "predictions": records,
+    }
+    with open(json_path, "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=2)
+        fh.write("\n")
+    return result, preds
+
+
+def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: list[Path]) -> list[dict]:
+    """One JSON record per prediction (threshold per record: multi models have one per category)."""
+    records = []
+    for i, (p, pr) in enumerate(zip(paths, preds)):
+        threshold = det.detectors_[pr.category].threshold_ if multi else det.threshold_
+        rec = {"path": str(p), "score": float(pr.score), "normalized_score": float(pr.normalized_score),
+               "is_anomalous": bool(pr.is_anomalous), "threshold": float(threshold)}
+        if multi:
+            rec["category"] = pr.category
+            rec["routed"] = category is None
+        if heat_paths:
+            rec["heatmap"] = str(heat_paths[i])
+        records.append(rec)
+    return records
+
+
+def _write_heatmaps(det, paths, preds, heat_paths: list[Path], quiet: bool,
+                    overwrite: bool) -> tuple[float, float]:
+    """Overlay PNGs with one colour range for the run; returns (vmin, vmax)."""
+    from tqdm import tqdm
+
+    from patchbank.io.heatmap import save_overlay
+    from patchbank.io.images import prepare_view
+
+    vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
+    vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
+    heat_paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for p, pr, target in tqdm(list(zip(paths, preds, heat_paths)), desc="heatmaps", unit="img",
+                              disable=quiet, file=sys.stderr, leave=False):
+        save_overlay(target, prepare_view(str(p), det.config), pr.anomaly_map, vmin, vmax,
+                     overwrite=overwrite)
+    return vmin, vmax
+
+
+def _write_csv(path: Path, records: list[dict], multi: bool, heatmaps: bool) -> None:
+    fields = (["path"] + (["category", "routed"] if multi else [])
+              + ["score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else []))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({**rec, "score": f"{rec['score']:.6g}",
+                             "normalized_score": f"{rec['normalized_score']:.6g}",
+                             "threshold": f"{rec['threshold']:.6g}",
+                             "is_anomalous": int(rec["is_anomalous"]),
+                             **({"routed": int(rec["routed"])} if multi else {})})
+
+
+def print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float) -> None:
+    """The ``predict`` summary on stdout: counts, threshold or per-category counts, files written."""
+    n, flagged = result["n_images"], result["n_flagged"]
+    if result["threshold"] is None:   # multi-category: one threshold per category
+        counts: dict[str, int] = {}
+        for rec in result["predictions"]:
+            counts[rec["category"]] = counts.get(rec["category"], 0) + 1
+        how = "given" if result.get("routing") == "given" else "routed"
+        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous (per-category "
+                   f"thresholds); {how}: " + ", ".join(f"{c} {k}" for c, k in counts.items()))
+    else:
+        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous "
+                   f"(normalised score > {result['threshold']:.3f})")
+    click.echo(f"wrote {out_dir / 'predictions.csv'} and {out_dir / 'predictions.json'}")
+    if result["heatmaps"]:
+        h = result["heatmaps"]
+        click.echo(f"heatmaps in {h['folder']} (colour range {h['vmin']:.4g}..{h['vmax']:.4g})")
