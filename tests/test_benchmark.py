@@ -67,7 +67,7 @@ def test_run_benchmark_float16_bank(synthetic_root):
 
 
 def test_cli_benchmark_writes_json(synthetic_root, tmp_path):
-    from patchbank.cli.main import cli
+    from patchbank.cli import cli
 
     out = tmp_path / "b.json"
     code = cli.main(["benchmark", str(synthetic_root), "-o", str(out), "--ratios", "0.1",
@@ -82,7 +82,7 @@ def test_cli_benchmark_writes_json(synthetic_root, tmp_path):
 
 
 def test_cli_benchmark_bad_lists(synthetic_root, tmp_path, capsys):
-    from patchbank.cli.main import cli
+    from patchbank.cli import cli
 
     for bad in (["--ratios", "0,0.1"], ["--batch-sizes", "1,x"], ["--ratios", "a"], ["--repeats", "0"]):
         code = cli.main(["benchmark", str(synthetic_root), "-o", str(tmp_path / "x.json"), *bad],

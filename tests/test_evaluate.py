@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from patchbank.cli.main import cli
+from patchbank.cli import cli
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.runner import METRICS, evaluate

@@ -291,19 +291,9 @@ def long_functions(root: Path, package: str = PACKAGE, limit: int = MAX_FUNCTION
     return found
 
 
-# --- violations in files being reshaped by their owners right now (issue 13) -------------------
-
-# Subpackages whose reshaping is finished: any violation there fails.  Violations elsewhere are
-# an expected failure (xfail, listed in the reason) until issue 13 closes; then drop this split.
-FINISHED = ("patchbank/backbones/", "patchbank/io/", "patchbank/runtime/")
-
-
 def _check(found: list[str], what: str) -> None:
-    """Fail on violations in FINISHED files; xfail listing the others; pass when none."""
-    finished = [f for f in found if f.replace(os.sep, "/").startswith(FINISHED)]
-    assert not finished, f"{what}:\n" + "\n".join(finished)
-    if found:
-        pytest.xfail(f"{len(found)} {what} in files being reshaped under issue 13:\n" + "\n".join(found))
+    """Fail listing every violation."""
+    assert not found, f"{len(found)} {what}:\n" + "\n".join(found)
 
 
 # --- the real tree ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from patchbank.studies.ablation import STEPS, ablate, step_dir
-from patchbank.cli.main import cli
+from patchbank.cli import cli
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError

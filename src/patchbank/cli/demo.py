@@ -32,6 +32,8 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
         click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
 
     from patchbank.detector import Detector
+    from patchbank.evaluation.scoring import score_category
+    from patchbank.io.datasets import read_dataset
     from patchbank.io.images import list_images
 
     det = Detector.from_preset("lmf-core", device=device, progress=not quiet)
@@ -40,43 +42,22 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     fit_s = time.perf_counter() - t0
     det.save(model_path, overwrite=True)
 
-    test_dirs = [data_dir / "test" / "good"] + [data_dir / "test" / d for d in DEFECT_TYPES]
-    paths = [p for d in test_dirs for p in list_images(d)]
+    (category,) = read_dataset(data_dir)
+    paths = list(category.test)
     t0 = time.perf_counter()
     result, preds = run_predictions(det, paths, pred_dir, heatmaps=True, overwrite=overwrite,
                                     batch_size=None, quiet=quiet, model_path=str(model_path))
     pred_s = time.perf_counter() - t0
-    labels = [0 if p.parent.name == "good" else 1 for p in paths]
-    image_auroc, pixel = _metrics(det, data_dir, paths, preds, labels)
-    n_bad = sum(labels)
+    metrics = score_category(category, preds, det.config)
+    n_bad = category.n_defective
     click.echo(f"fit lmf-core ({det.config.backbone}) on {len(list_images(data_dir / 'train' / 'good'))} "
                f"images in {fit_s:.1f} s; predicted {len(paths)} test images in {pred_s:.1f} s")
-    click.echo(f"image AUROC: {image_auroc:.3f}  ({len(paths) - n_bad} good, {n_bad} defective; "
+    click.echo(f"image AUROC: {metrics['image_auroc']:.3f}  ({len(paths) - n_bad} good, {n_bad} defective; "
                f"{result['n_flagged']} flagged at the calibrated threshold)")
-    click.echo(f"pixel AUROC: {pixel['pixel_auroc']:.3f}, AUPRO: {pixel['aupro']:.3f}")
+    click.echo(f"pixel AUROC: {metrics['pixel_auroc']:.3f}, AUPRO: {metrics['aupro']:.3f}")
     click.echo(f"data:        {data_dir}")
     click.echo(f"model:       {model_path}")
     click.echo(f"predictions: {pred_dir / 'predictions.csv'}, {pred_dir / 'predictions.json'}")
     click.echo(f"heatmaps:    {pred_dir / 'heatmaps'}")
     click.echo(f"total {time.perf_counter() - t_start:.1f} s")
 
-
-def _metrics(det, data_dir: Path, paths: list[Path], preds: list, labels: list[int]) -> tuple[float, dict]:
-    """Image AUROC from the folder labels (good = 0) and pixel metrics against the masks in
-    ``ground_truth/`` (empty for good images)."""
-    import numpy as np
-    from PIL import Image
-
-    from patchbank.evaluation.metrics import auroc, pixel_metrics
-    from patchbank.io.images import crop_mask
-
-    image_auroc = float(auroc(labels, [pr.score for pr in preds]))
-    masks = []
-    for p, pr in zip(paths, preds):
-        gt = data_dir / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
-        if p.parent.name == "good" or not gt.is_file():
-            masks.append(np.zeros(pr.anomaly_map.shape, dtype=bool))
-        else:
-            with Image.open(gt) as im:
-                masks.append(crop_mask(np.asarray(im.convert("L")), det.config))
-    return image_auroc, pixel_metrics([pr.anomaly_map for pr in preds], masks)

@@ -24,13 +24,9 @@ from patchbank.cli.demo import demo
 from patchbank.cli.evaluation import ablate, evaluate, sweep
 from patchbank.cli.info import info
 from patchbank.cli.model import fit, predict
-from patchbank.cli.options import setup_threads
 from patchbank.cli.speed import benchmark
 from patchbank.cli.structcore import route_eval, structure_cmd
 from patchbank.errors import PatchbankError
-
-_setup_threads = setup_threads   # the old name; tests/test_threads.py imports it from here
-
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
