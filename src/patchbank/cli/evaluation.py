@@ -15,7 +15,7 @@ import click
 from patchbank.cli.config_options import (build_config, field_kind, field_value_type,
                                           format_value, given_overrides, option_name,
                                           with_config_options)
-from patchbank.cli.options import preset_option, run_options, setup_threads, study_options
+from patchbank.cli.options import output_option, preset_option, run_options, setup_threads, study_options
 from patchbank.config import FIELD_SPECS, Config
 from patchbank.errors import ConfigError, PatchbankError
 
@@ -67,8 +67,7 @@ def print_study(result: dict[str, Any], what: str, seconds: float) -> None:
                epilog="Config options override single fields of the preset (as for 'fit'); --seeds "
                       "sets Config.seed per run.")
 @click.argument("data_root", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for runs/*.json, results.csv, summary.csv/.json/.md.")
+@output_option("Folder for runs/*.json, results.csv, summary.csv/.json/.md.")
 @preset_option()
 @study_options
 @run_options
@@ -105,8 +104,7 @@ with_config_options(evaluate)
                epilog="Config options apply to every step, except the fields the steps set "
                       "(fusion, kappa, sampler). Steps: patchbank/ablation.py (STEPS).")
 @click.argument("data_root", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for one evaluate folder per step and ablation.csv/.json/.md.")
+@output_option("Folder for one evaluate folder per step and ablation.csv/.json/.md.")
 @study_options
 @run_options
 @click.pass_context
@@ -190,8 +188,7 @@ def _check_sweep_values(preset: str, overrides: dict[str, Any], param: str, valu
 @click.argument("data_root", type=click.Path(path_type=Path))
 @click.option("--param", "param_spec", required=True, callback=parse_param, metavar="FIELD=V1,V2,...",
               help="The Config field to sweep and its values (list fields: values separated by ';').")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for one evaluate folder per value and sweep.csv/.json/.md/.png.")
+@output_option("Folder for one evaluate folder per value and sweep.csv/.json/.md/.png.")
 @preset_option()
 @study_options
 @run_options

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -70,41 +71,49 @@ def comma_list(ctx: Any, param: Any, value: str | None) -> list[str] | None:
     return items
 
 
-def seed_list(ctx: Any, param: Any, value: str | None) -> list[int] | None:
-    """Click callback: ``"0,1,2"`` -> ``[0, 1, 2]``; integers only, no duplicates."""
-    items = comma_list(ctx, param, value)
+def _parsed_list(value: str | None, convert: Callable[[str], Any], expected: str) -> list | None:
+    """``comma_list`` of ``value`` with each item converted; an item ``convert`` rejects
+    (ValueError) is a usage error saying what was ``expected``."""
+    items = comma_list(None, None, value)
     if items is None:
         return None
-    if not all(is_int_text(v) for v in items):
-        raise click.BadParameter(f"expected comma-separated integers like 0,1,2, got {value!r}")
-    seeds = [int(v) for v in items]
-    if len(set(seeds)) != len(seeds):
+    try:
+        return [convert(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"expected {expected}, got {value!r}") from None
+
+
+def _int(text: str, minimum: int | None = None) -> int:
+    if not is_int_text(text) or (minimum is not None and int(text) < minimum):
+        raise ValueError(text)
+    return int(text)
+
+
+def seed_list(ctx: Any, param: Any, value: str | None) -> list[int] | None:
+    """Click callback: ``"0,1,2"`` -> ``[0, 1, 2]``; integers only, no duplicates."""
+    seeds = _parsed_list(value, _int, "comma-separated integers like 0,1,2")
+    if seeds is not None and len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"duplicate seeds in {value!r}")
     return seeds
 
 
 def ratio_list(ctx: Any, param: Any, value: str | None) -> list[float] | None:
     """Click callback: ``"0.01,0.1"`` -> ``[0.01, 0.1]``; each in (0, 1]."""
-    items = comma_list(ctx, param, value)
-    if items is None:
-        return None
-    try:
-        out = [float(v) for v in items]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 0.01,0.1, got {value!r}") from None
-    if any(not 0 < v <= 1 for v in out):
+    out = _parsed_list(value, float, "comma-separated numbers like 0.01,0.1")
+    if out is not None and any(not 0 < v <= 1 for v in out):
         raise click.BadParameter(f"ratios must be in (0, 1], got {value!r}")
     return out
 
 
 def positive_int_list(ctx: Any, param: Any, value: str | None) -> list[int] | None:
     """Click callback: ``"1,16"`` -> ``[1, 16]``; each an integer >= 1."""
-    items = comma_list(ctx, param, value)
-    if items is None:
-        return None
-    if not all(is_int_text(v) and int(v) >= 1 for v in items):
-        raise click.BadParameter(f"expected comma-separated positive integers like 1,16, got {value!r}")
-    return [int(v) for v in items]
+    return _parsed_list(value, lambda v: _int(v, 1), "comma-separated positive integers like 1,16")
+
+
+def output_option(help: str) -> Callable:
+    """``-o/--output DIR`` (parameter out_dir, required): where a study writes its files."""
+    return click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+                        help=help)
 
 
 def categories_option(help: str) -> Callable:

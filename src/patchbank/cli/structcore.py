@@ -9,7 +9,7 @@ import click
 
 from patchbank.cli.config_options import with_config_options
 from patchbank.cli.evaluation import run_setup
-from patchbank.cli.options import (categories_option, no_resume_option, preset_option, run_options,
+from patchbank.cli.options import (categories_option, no_resume_option, output_option, preset_option, run_options,
                                    seeds_option, setup_threads)
 from patchbank.errors import PatchbankError
 
@@ -25,8 +25,7 @@ def _roots(data_roots: tuple[str, ...]) -> list[Path]:
 @click.command("structure", context_settings={"max_content_width": 110},
                epilog="One fit per category and seed; every score variant is computed from it.")
 @click.argument("data_roots", nargs=-1, required=True, metavar="DATA_ROOT...")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for runs/*.json, structure.csv/.json/.md and fig2_<category>.png.")
+@output_option("Folder for runs/*.json, structure.csv/.json/.md and fig2_<category>.png.")
 @preset_option("structcore")
 @categories_option("Categories to use [all].")
 @seeds_option()
@@ -56,8 +55,7 @@ with_config_options(structure_cmd)
 
 @click.command("route-eval", context_settings={"max_content_width": 110})
 @click.argument("data_roots", nargs=-1, required=True, metavar="DATA_ROOT...")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for routing.json and routing.md.")
+@output_option("Folder for routing.json and routing.md.")
 @preset_option()
 @categories_option("Categories to use [all of every root].")
 @seeds_option("Seeds; one multi-category fit per seed [--seed, else 0].")
