@@ -28,6 +28,7 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import ImageStream, as_items
+from patchbank.io.model_checks import check_model_state
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.bank import build_bank, stream_features
 from patchbank.pipeline.calibration import ScoreCalibration, calibrate, calibration_images
@@ -229,6 +230,7 @@ class Detector:
                    weights: str | None = None, backbone: Backbone | None = None) -> "Detector":
         """Rebuild a fitted detector from :meth:`state_tensors` and :meth:`info` metadata
         (``where`` names the source in error messages)."""
+        check_model_state(tensors, meta, where)
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
