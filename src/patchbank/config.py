@@ -47,6 +47,10 @@ IMAGE_SCORES = BASE_SCORES + ("struct", "hybrid")
 STRUCT_COMPONENTS = ("std", "topk_mean", "tv")
 STRUCT_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "chebyshev", "cosine")
 BANK_DTYPES = ("float32", "float16")
+# pixel budget of the resized image the backbone's input is cut from (2048 x 2048): the feature
+# maps of one such image already take hundreds of MB; larger sizes are refused before anything
+# is allocated (docs/reliability.md)
+MAX_INPUT_PIXELS = 2048 * 2048
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ _POSITIVE = Interval(1)            # integers >= 1
 _FRACTION = Interval(0, 1, "right")   # (0, 1]
 _OPEN_UNIT = Interval(0, 1, "neither")  # (0, 1)
 _NON_NEGATIVE = Interval(0)
+_PATCH = Interval(1, 15)           # the p x p average stays local (PatchCore uses 3)
+_WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 4096 values
 
 
 @dataclass(frozen=True)
@@ -246,18 +252,18 @@ class Config:
     keep_aspect: bool = _setting(False, "True: scale to cover image_size, centre-crop the excess.")
     crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
     # --- patch features and fusion --------------------------------------------------------
-    patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_POSITIVE)
+    patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_PATCH)
     fusion: str = _setting("vg", "Layer fusion: equal weights, vg (LMF-Core Eq. 1) or l2 (StructCore).",
                            choices=FUSIONS)
     kappa: float = _setting(0.5, "Fraction of channels kept per layer (VG-Fusion).", interval=_FRACTION)
     projection_dim: int | None = _setting(128, "d' of the Gaussian JL projection; None = no projection.",
-                                          interval=_POSITIVE)
+                                          interval=_WIDTH)
     # --- memory bank ----------------------------------------------------------------------
     sampler: str = _setting("uniform", "Coreset sampler of the memory bank (none = keep every patch).",
                             choices=SAMPLERS)
     coreset_ratio: float = _setting(0.10, "Share r of the patches kept in the bank.", interval=_FRACTION)
     greedy_proxy_dim: int = _setting(128, "Projection used for greedy selection distances.",
-                                     interval=_POSITIVE)
+                                     interval=_WIDTH)
     bank_dtype: str = _setting("float32", "Storage type of the bank (search runs in float32).",
                                choices=BANK_DTYPES)
     # --- scoring --------------------------------------------------------------------------
@@ -310,6 +316,9 @@ class Config:
         for spec in FIELD_SPECS.values():   # one generic check per field, from its metadata
             object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
         crop, size = self.crop_size, self.image_size
+        if size[0] * size[1] > MAX_INPUT_PIXELS:
+            raise ConfigError("image_size", f"{size[0]}x{size[1]} is over the input budget of "
+                              f"{MAX_INPUT_PIXELS:,} pixels (2048 x 2048)")
         if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
             raise ConfigError("crop_size", f"{crop} is larger than image_size {size}",
                               related=("image_size",))

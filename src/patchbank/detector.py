@@ -34,7 +34,8 @@ from patchbank.pipeline.bank import build_bank, stream_features
 from patchbank.pipeline.calibration import ScoreCalibration, calibrate, calibration_images
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor
-from patchbank.pipeline.inference import PREDICT_STEPS, InferenceModel, Prediction, predict_batches
+from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Prediction, check_batch_size,
+                                          predict_batches)
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
 from patchbank.runtime.devices import resolve_device
@@ -119,13 +120,11 @@ class Detector:
         same pass over the images.
         """
         cfg, items = self.config, as_items(images)
-        if len(items) < 2:
-            raise PatchbankError(f"need at least 2 training images, got {len(items)}")
+        held_out = np.zeros(len(items), dtype=bool)
+        held_out[calibration_images(len(items), cfg)] = True      # refuses too few images
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)
         embedding = Embedding.from_config(cfg)
-        held_out = np.zeros(len(items), dtype=bool)
-        held_out[calibration_images(len(items), cfg)] = True
         feats = stream_features(self.stream(items), len(items), self.extractor, sampler, held_out,
                                 embedding.needs_moments, routing_sample, cfg.seed, self.progress)
         clock.lap("features")
@@ -166,6 +165,7 @@ class Detector:
     def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:
         """Score images: raw and normalised image score, decision, and anomaly map each.
         The time per step of the call is left in ``last_timings_``."""
+        check_batch_size(batch_size)
         model, items = self.model_, as_items(images)
 
         def handle(x, names, clock):

@@ -25,7 +25,7 @@ import torch
 from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction
-from patchbank.pipeline.inference import predict_batches
+from patchbank.pipeline.inference import check_batch_size, predict_batches
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items
@@ -123,6 +123,7 @@ class MultiDetector:
         category's bank only.  Each :class:`Prediction` carries the ``category`` used; results
         are in the order of ``images``; the time per step is left in ``last_timings_``."""
         self._check_fitted()
+        check_batch_size(batch_size)
         category = self._resolve(category)
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]

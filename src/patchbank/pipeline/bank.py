@@ -80,6 +80,9 @@ class RawRows:
             out = embed(raw)
             del raw
             trim_malloc()
+            if not bool(torch.isfinite(out).all()):
+                raise PatchbankError("the training images gave non-finite (NaN or inf) features: "
+                                     "check the images and the backbone weights")
             yield out
 
     def embed_all(self, embed: Embed) -> torch.Tensor:
@@ -219,4 +222,8 @@ def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, held_out: np.ndarra
         search = make_search(bank, config, kind)   # holds the only copy of the bank
         del bank
     clock.lap("index")
+    outside = int((~held).sum())
+    if config.k > outside:
+        raise PatchbankError(f"k = {config.k} nearest neighbours, but the bank has only {outside} "
+                             f"entries outside the calibration images; use a smaller k or more images")
     return Bank(search, kind, radius, held)

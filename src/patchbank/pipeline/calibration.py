@@ -19,19 +19,36 @@ slightly conservative (higher-score) estimate.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from patchbank.errors import PatchbankError
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.pipeline.structure import COMPONENTS, StructScorer
 
 
+MIN_TRAIN_IMAGES = 5         # 4 held out to calibrate + at least 1 more for the bank
+FEW_CALIBRATION_IMAGES = 10  # below this a fit warns that its threshold is a rough estimate
+
+
 def calibration_images(n: int, config) -> np.ndarray:
-    """Sorted indices of the training images held out for calibration, out of ``n`` (>= 2)."""
+    """Sorted indices of the training images held out for calibration, out of ``n``.
+
+    Refuses fewer than ``MIN_TRAIN_IMAGES`` images (one line) and warns (UserWarning) when fewer
+    than ``FEW_CALIBRATION_IMAGES`` are held out: the threshold is then a quantile of a handful
+    of scores."""
+    if n < MIN_TRAIN_IMAGES:
+        raise PatchbankError(f"need at least {MIN_TRAIN_IMAGES} training images (4 are held out to "
+                             f"calibrate the threshold), got {n}")
     n_cal = max(math.ceil(config.calibration_fraction * n), min(5, n - 1))
     n_cal = min(n_cal, config.calibration_max_images, n - 1)
+    if n_cal < FEW_CALIBRATION_IMAGES:
+        warnings.warn(f"the threshold is calibrated on only {n_cal} held-out normal images "
+                      f"({n} training images); use {math.ceil(FEW_CALIBRATION_IMAGES / config.calibration_fraction)} "
+                      f"or more for a stable false-positive rate", UserWarning, stacklevel=3)
     rng = np.random.default_rng(config.seed + 1)
     return np.sort(rng.choice(n, size=n_cal, replace=False))
 

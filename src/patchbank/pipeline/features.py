@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from patchbank.errors import PatchbankError
+
 
 def aggregate(maps: list[torch.Tensor], patch_size: int) -> list[torch.Tensor]:
     """p x p local average of each map, then bilinear resize to the first map's (h, w)."""
@@ -71,5 +73,11 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Images -> (per-layer patch rows, patch grid (h, w)); see the class docstring."""
-        maps = aggregate(self.maps(x), self.patch_size)
+        raw = self.maps(x)
+        h, w = raw[0].shape[-2:]
+        if self.patch_size > min(h, w):
+            raise PatchbankError(f"patch_size {self.patch_size} is larger than the backbone's feature "
+                                 f"map ({h} x {w} for a {x.shape[-2]} x {x.shape[-1]} input): use a "
+                                 f"smaller patch_size or a larger image_size")
+        maps = aggregate(raw, self.patch_size)
         return to_patches(maps), tuple(maps[0].shape[-2:])

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from patchbank.errors import PatchbankError
 from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
@@ -88,6 +89,14 @@ class InferenceModel(nn.Module):
         _lap(clock, "search")
         maps, phi = self.scorer.anomaly_map(patch)
         return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi)
+
+
+def check_batch_size(batch_size) -> None:
+    """Refuse a predict ``batch_size`` that is not None or an integer >= 1 (one line)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise PatchbankError(f"batch_size must be an integer >= 1 (or None for the config's), "
+                             f"got {batch_size!r}")
 
 
 def _lap(clock: StepClock | None, step: str) -> None:

@@ -1,0 +1,122 @@
+"""Bad fit / predict settings give one-line errors before work is wasted (issue 15 items 3, 4, 10
+and 12): too few training images, a threshold calibrated on few images (warned), batch sizes,
+k larger than the bank, patch sizes larger than the feature map, out-of-budget input sizes,
+unsupported devices, non-finite features."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST
+from patchbank.config import MAX_INPUT_PIXELS, Config
+from patchbank.detector import Detector
+from patchbank.errors import ConfigError, PatchbankError
+from patchbank.pipeline.calibration import FEW_CALIBRATION_IMAGES, MIN_TRAIN_IMAGES
+
+
+def _train(root, n=None):
+    return sorted((root / "train" / "good").glob("*.png"))[:n]
+
+
+@pytest.mark.parametrize("n", [1, 2, MIN_TRAIN_IMAGES - 1])
+def test_too_few_training_images(synthetic_root, n):
+    det = Detector.from_preset("lmf-core", progress=False, **FAST)
+    with pytest.raises(PatchbankError, match=f"need at least {MIN_TRAIN_IMAGES} training images .*got {n}$"):
+        det.fit(_train(synthetic_root, n))
+
+
+def test_few_calibration_images_warn(synthetic_root):
+    det = Detector.from_preset("lmf-core", progress=False, **FAST)
+    with pytest.warns(UserWarning, match="calibrated on only 5 held-out normal images"):
+        det.fit(_train(synthetic_root, 8))
+    assert det.calibration_.scores_.size == 5 < FEW_CALIBRATION_IMAGES
+
+
+def test_enough_calibration_images_do_not_warn(synthetic_root):
+    cfg = dict(FAST, calibration_fraction=0.7)      # 16 images -> 12 held out
+    det = Detector.from_preset("lmf-core", progress=False, **cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det.fit(_train(synthetic_root))
+    assert det.calibration_.scores_.size >= FEW_CALIBRATION_IMAGES
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "4", True])
+def test_predict_batch_size(fitted, synthetic_root, batch_size):
+    with pytest.raises(PatchbankError, match="batch_size must be an integer >= 1"):
+        fitted.predict(_train(synthetic_root, 2), batch_size=batch_size)
+
+
+def test_predict_batch_size_one_and_none_agree(fitted, synthetic_root):
+    items = _train(synthetic_root, 3)
+    a = [p.score for p in fitted.predict(items, batch_size=1)]
+    b = [p.score for p in fitted.predict(items)]
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_k_larger_than_the_bank(synthetic_root):
+    det = Detector.from_preset("lmf-core", progress=False, **{**FAST, "k": 100000})
+    with pytest.raises(PatchbankError, match=r"k = 100000 nearest neighbours, but the bank has only \d+ entries"):
+        det.fit(_train(synthetic_root))
+
+
+def test_patch_size_larger_than_the_feature_map(synthetic_root):
+    det = Detector.from_preset("lmf-core", progress=False, **{**FAST, "patch_size": 15})
+    with pytest.raises(PatchbankError, match="patch_size 15 is larger than the backbone's feature map"):
+        det.fit(_train(synthetic_root))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("patch_size", 1000, "patch_size: must be in [1, 15], got 1000"),
+    ("projection_dim", 100000, "projection_dim: must be in [1, 4096] or None, got 100000"),
+    ("greedy_proxy_dim", 5000, "greedy_proxy_dim: must be in [1, 4096], got 5000"),
+])
+def test_config_bounds(field, value, message):
+    with pytest.raises(ConfigError) as info:
+        Config(**{field: value})
+    assert str(info.value) == message and info.value.field == field
+
+
+def test_input_pixel_budget():
+    with pytest.raises(ConfigError, match="image_size: 100000x100000 is over the input budget"):
+        Config(image_size=100000, crop_size=None)
+    side = int(MAX_INPUT_PIXELS ** 0.5)
+    assert Config(image_size=side, crop_size=None).image_size == (side, side)
+    with pytest.raises(ConfigError):
+        Config(image_size=(side + 1, side), crop_size=None)
+
+
+@pytest.mark.parametrize("device", ["mps", "xla", "meta", "nonsense"])
+def test_unsupported_devices(device):
+    with pytest.raises(PatchbankError, match="not supported|unknown device"):
+        Detector(device=device)
+
+
+def test_non_finite_features_are_refused(synthetic_root, monkeypatch):
+    from patchbank.pipeline.features import FeatureExtractor
+
+    real = FeatureExtractor.maps
+
+    def nan_maps(self, x):
+        return [m * float("nan") for m in real(self, x)]
+
+    monkeypatch.setattr(FeatureExtractor, "maps", nan_maps)
+    det = Detector.from_preset("lmf-core", progress=False, **FAST)
+    with pytest.raises(PatchbankError, match="non-finite"):
+        det.fit(_train(synthetic_root))
+
+
+def test_nan_scores_are_anomalous_end_to_end(fitted, synthetic_root, monkeypatch):
+    # a NaN image score (whatever its cause) never passes as normal
+    from patchbank.pipeline.scoring import PatchScorer
+
+    real = PatchScorer.score
+
+    def nan_score(self, emb, search=None):
+        base, scores = real(self, emb, search)
+        return base * np.nan, scores
+
+    monkeypatch.setattr(PatchScorer, "score", nan_score)
+    preds = fitted.predict(_train(synthetic_root, 2))
+    assert all(np.isnan(p.score) and p.is_anomalous for p in preds)
