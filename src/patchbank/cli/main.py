@@ -84,11 +84,20 @@ for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cm
     cli.add_command(_command)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: <message>`` on one stderr line
+    (no source path and line, which mean nothing to a user of the command)."""
+    click.echo(f"warning: {_one_line(message)}", err=True)
+
+
 def main() -> None:
-    """Console-script entry point (``patchbank``): tune malloc, run :data:`cli`, exit."""
+    """Console-script entry point (``patchbank``): tune malloc, one-line warnings, run :data:`cli`."""
+    import warnings
+
     from patchbank.runtime.malloc import tune_malloc
 
     tune_malloc()   # freed feature batches go back to the OS (see patchbank.runtime.malloc)
+    warnings.showwarning = _one_line_warning
     cli.main(prog_name="patchbank")
 
 
