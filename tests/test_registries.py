@@ -62,3 +62,22 @@ def test_register_fusion(monkeypatch):
     object.__setattr__(c, "fusion", "first-layer")
     f = make_fusion(c).fit(None)
     assert torch.equal(f.transform([torch.ones(2, 3), torch.zeros(2, 5)]), torch.ones(2, 3))
+
+
+def test_auto_search_without_faiss_warns(monkeypatch):
+    import builtins
+
+    from patchbank.search import resolve_search
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("no faiss here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    cfg = Config()
+    with pytest.warns(UserWarning, match="faiss is not installed: the bank of 50,000 entries"):
+        assert resolve_search(cfg, 50_000) == "exact"
+    assert resolve_search(cfg, 100) == "exact"          # small banks: exact is the choice anyway

@@ -8,6 +8,7 @@ for.  Adding a search is one module with one registered class (plus its name in
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -73,6 +74,9 @@ def resolve_search(config, bank_size: int, device: str | torch.device = "cpu") -
         try:
             import faiss  # noqa: F401
         except ImportError:
+            warnings.warn(f"faiss is not installed: the bank of {bank_size:,} entries is searched "
+                          f"exactly, much slower than with FAISS's IVF index "
+                          f"(pip install faiss-cpu)", UserWarning, stacklevel=2)
             return "exact"
         return "faiss-ivfpq" if bank_size >= config.ivfpq_min_bank else "faiss-ivf"
     return "exact"
