@@ -30,6 +30,13 @@ def closest_preset(cfg: dict[str, Any]) -> tuple[str, list[str]]:
     return best, best_diff or []
 
 
+def _number(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec`` if it is a number, else ``"?"``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?"
+
+
 def _as_list(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -73,13 +80,13 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
     if "threshold" in info:
         thr = info.pop("threshold")
         fpr = cfg.get("target_fpr")
-        row("threshold", f"{float(thr):.4f} on the normalised score"
+        row("threshold", f"{_number(thr, '.4f')} on the normalised score"
             + (f" (target FPR {fpr:g} on held-out normal images)" if fpr is not None else ""))
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config
     if mean is not None or std is not None:
-        row("calibration", f"raw image score mean {float(mean):.4g}, std {float(std):.4g}"
+        row("calibration", f"raw image score mean {_number(mean, '.4g')}, std {_number(std, '.4g')}"
             + (f" over {n_cal} held-out normal images" if n_cal is not None else ""))
     if "n_train_images" in info:
         row("train images", info.pop("n_train_images"))
@@ -95,24 +102,43 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the info dict as JSON.")
 def info(model: Path, as_json: bool) -> None:
-    """Describe a model file: bank size, configuration, threshold, calibration."""
+    """Describe a model file: bank size, configuration, threshold, calibration.
+
+    The file is checked as a load would check it (every tensor against the header), except that
+    a model fit with its own weights file is described, not refused; a file that does not load
+    is a one-line error, never a partial description."""
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
+    from patchbank.io.model_checks import check_model_state, check_multi_header
     from patchbank.io.model_file import load_model
 
-    _, data = load_model(model)   # the header holds the whole info; no backbone is needed
+    tensors, data = load_model(model)   # the header holds the whole info; no backbone is needed
+    if data.get("kind") == "multi":
+        for name, (state, meta) in check_multi_header(tensors, data, str(model)).items():
+            check_model_state(state, meta, f"{model} [{name}]", weights_given=True)
+    elif "kind" in data:
+        raise PatchbankError(f"{model}: kind must be 'multi' or absent, got {data['kind']!r}")
+    else:
+        check_model_state(tensors, data, str(model), weights_given=True)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif data.get("kind") == "multi":
-        cats = data.pop("categories")
-        head = {k: v for k, v in data.items() if k not in ("category_order", "bank_bytes")}
-        head["categories"] = ", ".join(data["category_order"])
-        head["banks total"] = format_bytes(data.get("bank_bytes"))
-        parts = [format_info(head, str(model))]
-        for name in data["category_order"]:
-            sub = {k: v for k, v in cats[name].items() if k not in ("config", "format_version",
-                                                                    "patchbank_version")}
-            parts.append(f"\n[{name}]\n" + format_info(sub))
-        click.echo("\n".join(parts))
+        click.echo(format_multi_info(data, str(model)))
     else:
         click.echo(format_info(data, str(model)))
+
+
+def format_multi_info(data: dict[str, Any], path: str) -> str:
+    """Text for a multi-category header (checked by ``check_multi_header``): the shared part,
+    then one block per category."""
+    data = dict(data)
+    cats = data.pop("categories")
+    head = {k: v for k, v in data.items() if k not in ("category_order", "bank_bytes")}
+    head["categories"] = ", ".join(data["category_order"])
+    head["banks total"] = format_bytes(data.get("bank_bytes") if isinstance(data.get("bank_bytes"), int) else None)
+    parts = [format_info(head, path)]
+    for name in data["category_order"]:
+        sub = {k: v for k, v in cats[name].items() if k not in ("config", "format_version",
+                                                                "patchbank_version")}
+        parts.append(f"\n[{name}]\n" + format_info(sub))
+    return "\n".join(parts)

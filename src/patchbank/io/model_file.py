@@ -7,6 +7,7 @@ file that is not a patchbank model, is refused with a one-line error.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -26,25 +27,77 @@ FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
 def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                overwrite: bool = False) -> int:
     """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically (a temporary
-    file in the same folder, then a rename); refuse to replace an existing file unless
-    ``overwrite``, and a missing folder.  Returns the size written in bytes."""
+    file in the same folder, then a rename); returns the size written in bytes.
+
+    The file gets the mode a new file gets under the current umask (``0666 & ~umask``), like any
+    file the user writes.  Without ``overwrite`` an existing file is never replaced, not even one
+    that appears while this file is written (the final name is created exclusively: two
+    processes saving to the same new path cannot both succeed).  A missing or unwritable folder
+    is a one-line :class:`PatchbankError`."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise PatchbankError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    if path.parent and not path.parent.exists():
-        raise PatchbankError(f"folder for the model file does not exist: {path.parent}")
+        raise _exists(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PatchbankError(f"folder for the model file does not exist: {folder}")
     header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
               "patchbank": json.dumps(meta, sort_keys=True)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".patchbank-", dir=path.parent or ".")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".patchbank-", dir=folder)
+        os.close(fd)
         save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp made it 0600
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _create_exclusively(tmp, path)
+    except OSError as exc:
+        raise PatchbankError(f"cannot write model file {path}: {exc.strerror or exc}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path.stat().st_size
+
+
+def _exists(path: Path) -> PatchbankError:
+    return PatchbankError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+
+
+def _create_exclusively(tmp: str, path: Path) -> None:
+    """Give the finished file ``tmp`` the name ``path`` unless ``path`` exists, atomically: a
+    hard link fails if the name is taken; where hard links are unsupported, the name is
+    reserved with ``O_CREAT | O_EXCL`` and then replaced by the finished file."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK,
+                             errno.ENOSYS, errno.EACCES):
+            raise
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise _exists(path) from None
+    os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it back is not
+    thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -70,6 +123,13 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         raise PatchbankError(f"{path} is not a readable patchbank model file ({type(exc).__name__})") from None
     try:
         meta = json.loads(header["patchbank"])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):   # JSONDecodeError is a ValueError; absurdly deep nesting
         raise PatchbankError(f"{path} has a corrupt patchbank header") from None
+    if not isinstance(meta, dict) or not meta:
+        raise PatchbankError(f"{path} has an empty or invalid patchbank header "
+                             f"(a JSON object is expected, got {_describe(meta)})")
     return tensors, meta
+
+
+def _describe(value: Any) -> str:
+    return "an empty object" if value == {} else type(value).__name__
