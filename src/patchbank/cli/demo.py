@@ -7,7 +7,11 @@ from pathlib import Path
 import click
 
 from patchbank.cli.options import overwrite_option, run_options, setup_threads
-from patchbank.cli.predictions import refuse_existing, run_predictions
+from patchbank.cli.predictions import PredictionOutputs, refuse_existing, run_predictions
+from patchbank.io.output_files import check_output_folder
+
+DEMO_BYTES = 64 * 2**20
+"""Free space the demo asks for before it starts (data, model and heatmaps take about 10 MB)."""
 
 
 @click.command()
@@ -19,38 +23,48 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     """Synthetic end-to-end run (no network): make data, fit lmf-core, predict, report AUROC.
 
     Writes OUT/data (MVTec layout), OUT/model.patchbank and OUT/predictions (CSV, JSON and
-    heatmaps/).
+    heatmaps/).  The output folder is checked (writable, :data:`DEMO_BYTES` free) and the
+    prediction files are claimed before the fit starts.
     """
+    from patchbank.io.datasets import read_dataset
     from patchbank.io.synthetic import DEFECT_TYPES, make_dataset
 
     data_dir, model_path, pred_dir = out_dir / "data", out_dir / "model.patchbank", out_dir / "predictions"
+    check_output_folder(out_dir, need_bytes=DEMO_BYTES)
     refuse_existing([model_path, pred_dir / "predictions.csv", pred_dir / "predictions.json"], overwrite)
     setup_threads(threads)
     t_start = time.perf_counter()
     make_dataset(data_dir)
     if not quiet:
         click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
+    (category,) = read_dataset(data_dir)
+    with PredictionOutputs(pred_dir, list(category.test), heatmaps=True, overwrite=overwrite) as outputs:
+        _fit_and_predict(category, data_dir, model_path, outputs, device=device, quiet=quiet,
+                         overwrite=overwrite)
+    click.echo(f"total {time.perf_counter() - t_start:.1f} s")
 
+
+def _fit_and_predict(category, data_dir: Path, model_path: Path, outputs: PredictionOutputs, *,
+                     device: str, quiet: bool, overwrite: bool) -> None:
+    """Fit lmf-core on the demo's train/good, save it, predict the test split, print the metrics."""
     from patchbank.detector import Detector
     from patchbank.evaluation.scoring import score_category
-    from patchbank.io.datasets import read_dataset
-    from patchbank.io.images import list_images
 
     det = Detector.from_preset("lmf-core", device=device, progress=not quiet)
     t0 = time.perf_counter()
     det.fit(data_dir / "train" / "good")
     fit_s = time.perf_counter() - t0
-    det.save(model_path, overwrite=True)
+    det.save(model_path, overwrite=overwrite)
 
-    (category,) = read_dataset(data_dir)
     paths = list(category.test)
     t0 = time.perf_counter()
-    result, preds = run_predictions(det, paths, pred_dir, heatmaps=True, overwrite=overwrite,
-                                    batch_size=None, quiet=quiet, model_path=str(model_path))
+    result, preds = run_predictions(det, paths, outputs, batch_size=None, quiet=quiet,
+                                    model_path=str(model_path))
     pred_s = time.perf_counter() - t0
     metrics = score_category(category, preds, det.config)
     n_bad = category.n_defective
-    click.echo(f"fit lmf-core ({det.config.backbone}) on {len(list_images(data_dir / 'train' / 'good'))} "
+    pred_dir = outputs.out_dir
+    click.echo(f"fit lmf-core ({det.config.backbone}) on {len(category.train)} "
                f"images in {fit_s:.1f} s; predicted {len(paths)} test images in {pred_s:.1f} s")
     click.echo(f"image AUROC: {metrics['image_auroc']:.3f}  ({len(paths) - n_bad} good, {n_bad} defective; "
                f"{result['n_flagged']} flagged at the calibrated threshold)")
@@ -59,5 +73,3 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     click.echo(f"model:       {model_path}")
     click.echo(f"predictions: {pred_dir / 'predictions.csv'}, {pred_dir / 'predictions.json'}")
     click.echo(f"heatmaps:    {pred_dir / 'heatmaps'}")
-    click.echo(f"total {time.perf_counter() - t_start:.1f} s")
-

@@ -10,9 +10,10 @@ import click
 from patchbank.cli.config_options import build_config, given_overrides, option_name, with_config_options
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import overwrite_option, preset_option, run_options, setup_threads
-from patchbank.cli.predictions import expand_inputs, print_predict_summary, refuse_existing, run_predictions
+from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
 
 
 @click.command(context_settings={"max_content_width": 110},
@@ -27,7 +28,8 @@ from patchbank.errors import PatchbankError
               help="Write a multi-category (routed) model even for a single category.")
 @click.option("--add", "add", is_flag=True,
               help="Add the given categories to the existing multi-category model OUTPUT; its "
-                   "other categories are kept byte for byte (its configuration is used).")
+                   "other categories are kept byte for byte (its configuration is used). "
+                   "Concurrent --add runs on one model take turns (lock file OUTPUT.lock).")
 @run_options
 @overwrite_option("Replace an existing model file.")
 @click.pass_context
@@ -53,14 +55,30 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
         raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
     config = None if add else build_config(preset, overrides)
     categories = training_categories(train_dirs)
+    check_output_file(output, need_bytes=_expected_bytes(output))   # before the (long) fit
     setup_threads(threads)
-    if add or multi or len(categories) > 1:
-        _fit_multi(categories, output, config, add=add, device=device, quiet=quiet, overwrite=overwrite)
+    if add:
+        _add_categories(categories, output, device=device, quiet=quiet)
+    elif multi or len(categories) > 1:
+        _fit_multi(categories, output, config, device=device, quiet=quiet, overwrite=overwrite)
     else:
         _fit_single(categories, output, config, preset, device=device, quiet=quiet, overwrite=overwrite)
 
 
 with_config_options(fit)
+
+
+def _expected_bytes(output: Path) -> int:
+    """Free space a fit into ``output`` asks for: :data:`MIN_FREE_BYTES` plus the size of the
+    model file it replaces or extends (the new file is written beside it, then renamed)."""
+    return MIN_FREE_BYTES + (output.stat().st_size if output.is_file() else 0)
+
+
+def _save(model, output: Path, overwrite: bool) -> None:
+    """Save under the model's lock (``<output>.lock``), so a replacing fit waits for an ``--add``."""
+    make_folder(output.parent)
+    with file_lock(lock_path_for(output), what=str(output)):
+        model.save(output, overwrite=overwrite)
 
 
 def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config, preset: str, *,
@@ -72,8 +90,7 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     det = Detector(config, device=device, progress=not quiet)
     det.fit([str(p) for p in images])
     fit_s = time.perf_counter() - t0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    det.save(output, overwrite=overwrite)
+    _save(det, output, overwrite)
     info = det.info()
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
@@ -81,14 +98,28 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"wrote {output}")
 
 
-def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config | None, *, add: bool,
-               device: str, quiet: bool, overwrite: bool) -> None:
-    """A routed multi-category model: fitted from ``categories``, or (``add``) the model file
-    ``output`` with ``categories`` added."""
+def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, *, device: str,
+               quiet: bool, overwrite: bool) -> None:
+    """A routed multi-category model fitted from ``categories``."""
     from patchbank.multi import MultiDetector
 
     t0 = time.perf_counter()
-    if add:
+    model = MultiDetector(config, device=device, progress=not quiet)
+    model.fit({name: [str(p) for p in images] for name, images in categories.items()})
+    _save(model, output, overwrite)
+    _print_multi(model, "fitted", categories, output, time.perf_counter() - t0)
+
+
+def _add_categories(categories: dict[str, list[Path]], output: Path, *, device: str, quiet: bool) -> None:
+    """Add ``categories`` to the multi-category model file ``output``: read, add, write back,
+    all under the model's lock (``<output>.lock``), so a concurrent ``--add`` waits and then
+    reads the file this one wrote (nothing is lost)."""
+    from patchbank.multi import MultiDetector
+
+    t0 = time.perf_counter()
+    with file_lock(lock_path_for(output), what=str(output)):
+        if not output.is_file():
+            raise PatchbankError(f"--add needs an existing model file: {output} not found")
         model = MultiDetector.load(output, device=device, progress=not quiet)
         clash = [n for n in categories if n in model.detectors_]
         if clash:
@@ -96,15 +127,13 @@ def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config |
                                  f"{', '.join(clash)}")
         for name, images in categories.items():
             model.add(name, [str(p) for p in images])
-    else:
-        model = MultiDetector(config, device=device, progress=not quiet)
-        model.fit({name: [str(p) for p in images] for name, images in categories.items()})
-    fit_s = time.perf_counter() - t0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output, overwrite=True if add else overwrite)
+        model.save(output, overwrite=True)
+    _print_multi(model, "added", categories, output, time.perf_counter() - t0)
+
+
+def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Path, seconds: float) -> None:
     info = model.info()
-    verb = "added" if add else "fitted"
-    click.echo(f"{verb} {', '.join(categories)} in {fit_s:.1f} s; model holds "
+    click.echo(f"{verb} {', '.join(categories)} in {seconds:.1f} s; model holds "
                f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
@@ -175,16 +204,15 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
     """
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
-    refuse_existing([out_dir / "predictions.csv", out_dir / "predictions.json"], overwrite)
     paths = expand_inputs(inputs)
-    setup_threads(threads)
-    from patchbank.multi import MultiDetector, load_any
+    with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite) as outputs:
+        setup_threads(threads)
+        from patchbank.multi import MultiDetector, load_any
 
-    det = load_any(model, device=device, progress=not quiet)
-    if category is not None and not isinstance(det, MultiDetector):
-        raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
-    t0 = time.perf_counter()
-    result, _ = run_predictions(det, paths, out_dir, heatmaps=heatmaps, overwrite=overwrite,
-                                batch_size=batch_size, quiet=quiet, model_path=str(model),
-                                category=category)
+        det = load_any(model, device=device, progress=not quiet)
+        if category is not None and not isinstance(det, MultiDetector):
+            raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
+        t0 = time.perf_counter()
+        result, _ = run_predictions(det, paths, outputs, batch_size=batch_size, quiet=quiet,
+                                    model_path=str(model), category=category)
     print_predict_summary(result, out_dir, time.perf_counter() - t0)

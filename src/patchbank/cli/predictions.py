@@ -1,6 +1,8 @@
 """Scoring images into files: input expansion, heatmap names, predictions.csv / .json / heatmaps.
 
-Shared by ``predict`` and ``demo``.  Nothing is overwritten without ``overwrite=True``.
+Shared by ``predict`` and ``demo``.  Nothing is overwritten without ``overwrite=True``: the
+outputs are claimed exclusively before the model runs (:class:`PredictionOutputs`, on
+:mod:`patchbank.io.output_files`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 import click
 
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
+                                       commit_file, file_lock, make_folder, release_file, reserve_file)
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
@@ -80,11 +84,82 @@ def refuse_existing(paths: list[Path], overwrite: bool) -> None:
         raise PatchbankError(f"{existing[0]} already exists{more}; pass --overwrite to replace")
 
 
-def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, overwrite: bool,
-                    batch_size: int | None, quiet: bool, model_path: str | None = None,
+HEATMAP_BYTES_PER_PIXEL = 1
+"""Free space asked for per heatmap pixel (PNG overlays compress to well under 3 bytes/pixel)."""
+
+
+class PredictionOutputs:
+    """The files of one prediction run under ``out_dir``, claimed BEFORE the model is run.
+
+    :meth:`open` checks the folder (writable, not a file, :data:`MIN_FREE_BYTES` free) and, without
+    ``overwrite``, creates ``predictions.csv``, ``predictions.json`` and every heatmap PNG
+    exclusively as empty placeholders (the CSV and JSON keep a lock while the run lives), so a
+    second run into the same folder fails at once naming the file.  :meth:`write` writes every
+    file through a temporary file renamed over its placeholder, holding a lock on ``out_dir``, so
+    two ``--overwrite`` runs never interleave (the later one replaces the whole set).  Used as a
+    context manager, placeholders of a run that fails are removed.
+    """
+
+    def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool):
+        self.out_dir, self.overwrite, self.heatmaps = Path(out_dir), overwrite, heatmaps
+        self.csv_path, self.json_path = self.out_dir / "predictions.csv", self.out_dir / "predictions.json"
+        self.heat_dir = self.out_dir / "heatmaps"
+        self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []
+        self.reserved: dict[Path, Reservation] = {}
+
+    def open(self) -> "PredictionOutputs":
+        """Check and claim the outputs (see the class docstring); returns self."""
+        check_output_folder(self.out_dir, need_bytes=MIN_FREE_BYTES)
+        if self.heatmaps:
+            check_output_folder(self.heat_dir)
+        make_folder(self.out_dir)
+        if self.heatmaps:
+            make_folder(self.heat_dir)
+        if self.overwrite:
+            return self
+        try:
+            for path in (self.csv_path, self.json_path):
+                self.reserved[path] = reserve_file(path, hold_lock=True)
+            for path in self.heat_paths:  # no other live run: we hold the CSV/JSON locks
+                self.reserved[path] = reserve_file(path)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def check_space(self, input_size: tuple[int, int] | None) -> None:
+        """Ask for room for the heatmaps (``HEATMAP_BYTES_PER_PIXEL`` per pixel of
+        ``input_size`` per image) on top of :data:`MIN_FREE_BYTES`."""
+        if self.heat_paths and input_size:
+            need = MIN_FREE_BYTES + len(self.heat_paths) * HEATMAP_BYTES_PER_PIXEL * input_size[0] * input_size[1]
+            check_free_space(self.heat_dir, need, self.heat_dir)
+
+    def write(self, path: Path, write: Any) -> None:
+        """Write one output through a temporary file renamed over its placeholder."""
+        commit_file(path, write, self.reserved.get(path))
+
+    def lock(self):
+        """The lock on ``out_dir`` held while the files are written."""
+        return file_lock(self.out_dir, what=f"the predictions in {self.out_dir}", quiet=True)
+
+    def release(self) -> None:
+        """Remove the placeholders not written (a failed run leaves nothing behind)."""
+        for res in self.reserved.values():
+            release_file(res)
+
+    def __enter__(self) -> "PredictionOutputs":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch_size: int | None,
+                    quiet: bool, model_path: str | None = None,
                     category: str | None = None) -> tuple[dict[str, Any], list]:
     """Predict ``paths`` with ``det`` (a Detector or MultiDetector); write ``predictions.csv``,
-    ``predictions.json`` and, with ``heatmaps``, ``heatmaps/<name>.png`` under ``out_dir``.
+    ``predictions.json`` and, with heatmaps, ``heatmaps/<name>.png`` under the opened
+    ``outputs`` (:class:`PredictionOutputs`, which refuses existing files without overwrite).
 
     Returns ``(the JSON dict, the Prediction list)``.  ``category`` (multi-category models only)
     skips routing.
@@ -92,30 +167,18 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
     Heatmap colours use ONE range for the whole run: ``vmin``/``vmax`` = the minimum and maximum
     of all the run's anomaly maps, so colours are comparable between the run's images (not
     between runs).
-
-    Raises:
-        PatchbankError: an output file exists and not ``overwrite``, or ``out_dir`` is a file.
     """
-    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
-    heat_dir = out_dir / "heatmaps"
-    names = heatmap_names(paths) if heatmaps else []
-    refuse_existing([csv_path, json_path] + [heat_dir / n for n in names], overwrite)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PatchbankError(f"output path is not a folder: {out_dir}")
-
     from patchbank.multi import MultiDetector   # det exists, so torch is loaded already
 
     multi = isinstance(det, MultiDetector)
+    outputs.check_space(getattr(det.config, "input_size", None))
     if multi:
         preds = det.predict([str(p) for p in paths], category=category, batch_size=batch_size)
     else:
         preds = det.predict([str(p) for p in paths], batch_size=batch_size)
-    records = _records(det, paths, preds, multi, category, [heat_dir / n for n in names])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    records = _records(det, paths, preds, multi, category, outputs.heat_paths)
     vmin = vmax = None
-    if heatmaps and preds:
-        vmin, vmax = _write_heatmaps(det, paths, preds, [heat_dir / n for n in names], quiet, overwrite)
-    _write_csv(csv_path, records, multi, heatmaps)
+    heat_dir = outputs.heat_dir
     result = {
         "model": model_path,
         "threshold": None if multi else float(det.threshold_),
@@ -123,14 +186,24 @@ def run_predictions(det, paths: list[Path], out_dir: Path, *, heatmaps: bool, ov
         **({"categories": det.categories, "routing": "given" if category else "routed"} if multi else {}),
         "n_images": len(records),
         "n_flagged": sum(r["is_anomalous"] for r in records),
-        "heatmaps": ({"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
-                      "colormap": "jet", "range": "min..max of this run's maps"} if heatmaps else None),
+        "heatmaps": None,
         "predictions": records,
     }
-    with open(json_path, "w", encoding="utf-8") as fh:
+    with outputs.lock():
+        if outputs.heatmaps and preds:
+            vmin, vmax = _write_heatmaps(det, paths, preds, outputs, quiet)
+        if outputs.heatmaps:
+            result["heatmaps"] = {"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
+                                  "colormap": "jet", "range": "min..max of this run's maps"}
+        outputs.write(outputs.csv_path, lambda tmp: _write_csv(tmp, records, multi, outputs.heatmaps))
+        outputs.write(outputs.json_path, lambda tmp: _write_json(tmp, result))
+    return result, preds
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
         json.dump(result, fh, indent=2)
         fh.write("\n")
-    return result, preds
 
 
 def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: list[Path]) -> list[dict]:
@@ -149,8 +222,7 @@ def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: l
     return records
 
 
-def _write_heatmaps(det, paths, preds, heat_paths: list[Path], quiet: bool,
-                    overwrite: bool) -> tuple[float, float]:
+def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool) -> tuple[float, float]:
     """Overlay PNGs with one colour range for the run; returns (vmin, vmax)."""
     from tqdm import tqdm
 
@@ -159,11 +231,10 @@ def _write_heatmaps(det, paths, preds, heat_paths: list[Path], quiet: bool,
 
     vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
     vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
-    heat_paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for p, pr, target in tqdm(list(zip(paths, preds, heat_paths)), desc="heatmaps", unit="img",
+    for p, pr, target in tqdm(list(zip(paths, preds, outputs.heat_paths)), desc="heatmaps", unit="img",
                               disable=quiet, file=sys.stderr, leave=False):
-        save_overlay(target, prepare_view(str(p), det.config), pr.anomaly_map, vmin, vmax,
-                     overwrite=overwrite)
+        view = prepare_view(str(p), det.config)
+        outputs.write(target, lambda tmp: save_overlay(tmp, view, pr.anomaly_map, vmin, vmax, overwrite=True))
     return vmin, vmax
 
 

@@ -7,9 +7,16 @@ caller records.  :meth:`RunStore.load` returns a stored run only when it is read
 format, was made with the same config and holds its payload as an object; anything else is
 recomputed.  :meth:`RunStore.save` writes atomically (temporary file, then rename), so an
 interrupted run never leaves a half-written file that a resume would trust.
+
+Runs also record the data they were computed on, ``"data_fingerprint"``
+(:func:`data_fingerprint`: a hash of the category's train, test and mask files -- paths relative
+to the category's folder, sizes, mtimes, labels -- plus the counts).  :meth:`RunStore.lookup`
+given a fingerprint reuses a run only when config AND fingerprint match; a run file without a
+fingerprint (written before fingerprints existed) does not match and is recomputed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +25,7 @@ from typing import Any
 
 from patchbank.config import Config
 from patchbank.evaluation.reports import write_json
+from patchbank.io.datasets import Category
 
 RUN_FORMAT = 1
 
@@ -25,6 +33,37 @@ RUN_FORMAT = 1
 def run_file_name(category: str, seed: int) -> str:
     """``<category>__seed<seed>.json``, characters other than ``A-Za-z0-9_.-`` replaced by ``_``."""
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', category)}__seed{seed}.json"
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def data_fingerprint(category: Category) -> dict[str, Any]:
+    """What a run's metrics depend on in the data, cheaply (file metadata, not contents).
+
+    Every train image, test image (with its label) and mask is listed as ``kind, path relative
+    to the category's folder (the deepest folder holding them all), label, size, mtime_ns``;
+    the sorted list is hashed.  Moving the whole dataset keeps the fingerprint; adding,
+    removing, renaming, relabelling or rewriting a file changes it.
+
+    Returns ``{"sha256", "n_train", "n_test", "n_defective", "n_masks"}``.
+    """
+    items = ([("train", p, "") for p in category.train]
+             + [("test", p, str(y)) for p, y in zip(category.test, category.labels)]
+             + [("mask", m, "") for m in category.masks if m is not None])
+    absolute = [os.path.abspath(p) for _, p, _ in items]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else ""
+    lines = sorted("\t".join([kind, os.path.relpath(a, root), label, *map(str, _stat(a))])
+                   for (kind, _, label), a in zip(items, absolute))
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    return {"sha256": digest, "n_train": len(category.train), "n_test": len(category.test),
+            "n_defective": category.n_defective,
+            "n_masks": sum(m is not None for m in category.masks)}
 
 
 class RunStore:
@@ -37,21 +76,42 @@ class RunStore:
         """The file of one category and seed."""
         return self.folder / run_file_name(category, seed)
 
-    def load(self, category: str, seed: int, config: Config, payload: str) -> dict[str, Any] | None:
-        """The stored run if it is complete and was made with ``config``; else None.
+    def load(self, category: str, seed: int, config: Config, payload: str,
+             fingerprint: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The stored run if it is complete and was made with ``config`` (and, when given, on the
+        data of ``fingerprint``); else None.
 
         Args:
             payload: the key that must hold an object (``"metrics"``, ``"data"``).
         """
+        return self.lookup(category, seed, config, payload, fingerprint)[0]
+
+    def lookup(self, category: str, seed: int, config: Config, payload: str,
+               fingerprint: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+        """``(run, "")`` for a usable stored run, else ``(None, why)`` with ``why`` one of
+        ``"missing"``, ``"unreadable"`` (not this format, or no ``payload`` object), ``"config"``
+        (another configuration), ``"no fingerprint"`` (an old run file, when ``fingerprint`` is
+        given) or ``"data changed"`` (another fingerprint)."""
+        path = self.path(category, seed)
+        if not path.exists():
+            return None, "missing"
         try:
-            with open(self.path(category, seed), encoding="utf-8") as fh:
+            with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
         except (OSError, ValueError):
-            return None
+            return None, "unreadable"
         if not isinstance(data, dict) or data.get("format") != RUN_FORMAT \
-                or data.get("config") != config.to_dict() or not isinstance(data.get(payload), dict):
-            return None
-        return data
+                or not isinstance(data.get(payload), dict):
+            return None, "unreadable"
+        if data.get("config") != config.to_dict():
+            return None, "config"
+        if fingerprint is not None:
+            stored = data.get("data_fingerprint")
+            if not isinstance(stored, dict):
+                return None, "no fingerprint"
+            if stored != fingerprint:
+                return None, "data changed"
+        return data, ""
 
     def save(self, category: str, seed: int, run: dict[str, Any], *, indent: int | None = 2) -> Path:
         """Write ``run`` (which must carry ``format`` and ``config``) atomically; returns the path.

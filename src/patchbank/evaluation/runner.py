@@ -9,15 +9,23 @@ the test time in ms per image (reading included).
 
 Outputs in ``out_dir``:
 
-* ``runs/<category>__seed<seed>.json``: one run (config, command, metrics).  This is the resume
-  unit (:class:`~patchbank.evaluation.run_store.RunStore`): with ``resume=True`` a run whose file
-  exists with the same config is loaded, not recomputed.  Files are written atomically.
+* ``runs/<category>__seed<seed>.json``: one run (config, command, data fingerprint, metrics).
+  This is the resume unit (:class:`~patchbank.evaluation.run_store.RunStore`): with
+  ``resume=True`` a run whose file exists with the same config AND the same data fingerprint
+  (:func:`~patchbank.evaluation.run_store.data_fingerprint`: file list, sizes, mtimes, labels)
+  is loaded, not recomputed.  One line on stderr says how many runs are reused and from where
+  (``reusing N stored runs from DIR``), and one line per run recomputed because its data changed
+  or its file has no fingerprint (older run files are never trusted): both even without
+  ``progress``.  Files are written atomically.
 * ``results.csv``: one row per category x seed.
 * ``summary.csv`` / ``summary.json``: mean and std over seeds per category, and a ``mean`` row.
   Std is the population std (numpy's default, ddof=0).  The ``mean`` row's mean is the mean over
   categories of the per-category means; its std is the std over seeds of the per-seed mean over
   categories.
 * ``summary.md``: a Markdown table of ``mean ± std`` cells with the ``mean`` row last.
+
+The output folder is checked before the first fit (not a file, writable,
+:data:`~patchbank.io.output_files.MIN_FREE_BYTES` free).
 
 Metrics that cannot be computed (pixel metrics of a category without masks) are ``None`` in
 JSON, empty in CSV and ``–`` in Markdown, and are left out of the means.  The tables are
@@ -26,6 +34,7 @@ written by :mod:`patchbank.evaluation.reports`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,9 +46,10 @@ from patchbank.evaluation.inputs import (load_categories, out_folder, preset_con
                                          source_text)
 from patchbank.evaluation.reports import (LABELS, METRICS, markdown_table, summarize,  # noqa: F401
                                           write_comparison, write_outputs)
-from patchbank.evaluation.run_store import RUN_FORMAT, RunStore
+from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
 from patchbank.evaluation.scoring import check_mask_sizes, score_category
 from patchbank.io.datasets import Category
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder
 
 __all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "markdown_table",
            "summarize", "write_comparison", "write_outputs"]
@@ -106,17 +116,40 @@ def _run_record(cat: Category, seed: int, config: Config, metrics: dict[str, Any
         "overrides": context["overrides"], "config": config.to_dict(), "command": context["command"],
         "patchbank_version": __version__, "device": context["device"],
         "n_train": len(cat.train), "n_test": len(cat.test), "n_defective": cat.n_defective,
+        "data_fingerprint": context["fingerprints"][cat.name],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": metrics,
     }
 
 
-def _one_run(cat: Category, seed: int, config: Config, store: RunStore, resume: bool, *, device: str,
-             progress: bool, backbones: _BackboneCache, context: dict[str, Any]) -> dict[str, Any]:
-    """The stored run of ``cat`` x ``seed`` (with ``resume``), else a new one, saved."""
-    run = store.load(cat.name, seed, config, "metrics") if resume else None
-    if run is not None:
+_WHY = {"data changed": "was computed on different data (files, sizes or dates changed)",
+        "no fingerprint": "records no data fingerprint (an older run file)"}
+
+
+def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[int, Config],
+                 store: RunStore, resume: bool, fingerprints: dict[str, Any]) -> dict[tuple[str, int], Any]:
+    """The reusable stored run per (category, seed) (None where it must be computed).  Prints
+    ``reusing N stored runs from DIR`` and each run recomputed because of its data on stderr."""
+    stored: dict[tuple[str, int], Any] = {}
+    for cat in cats:
+        for seed in seeds:
+            run, why = (store.lookup(cat.name, seed, configs[seed], "metrics", fingerprints[cat.name])
+                        if resume else (None, "no resume"))
+            stored[cat.name, seed] = run
+            if why in _WHY:
+                print(f"{cat.name} seed {seed}: stored run {store.path(cat.name, seed)} {_WHY[why]}; "
+                      f"recomputing", file=sys.stderr, flush=True)
+    n = sum(run is not None for run in stored.values())
+    if n:
+        print(f"reusing {n} stored run{'s' if n != 1 else ''} from {store.folder}", file=sys.stderr, flush=True)
+    return stored
+
+
+def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: dict[str, Any] | None, *,
+             device: str, progress: bool, backbones: _BackboneCache, context: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` (the reusable stored run of ``cat`` x ``seed``) if any, else a new run, saved."""
+    if stored is not None:
         say(progress, f"{cat.name} seed {seed}: loaded {store.path(cat.name, seed)}")
-        return run
+        return stored
     say(progress, f"{cat.name} seed {seed}: fit on {len(cat.train)} images, test on {len(cat.test)}")
     try:
         metrics = evaluate_category(cat, config, device=device, progress=progress, backbones=backbones)
@@ -147,17 +180,20 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     if isinstance(categories, str):
         categories = [c for c in categories.split(",") if c.strip()]
     cats = load_categories(root, categories, kind)
+    check_output_folder(out_dir, need_bytes=MIN_FREE_BYTES)
     out = out_folder(out_dir, "runs")
     if command is None:
         command = (f"patchbank.evaluation.runner.evaluate({source_text(root)!r}, preset={preset!r}, "
                    f"overrides={overrides!r}, categories={categories!r}, seeds={tuple(seeds)!r}, "
                    f"out_dir={str(out)!r}, resume={resume!r}, kind={kind!r})")
+    fingerprints = {cat.name: data_fingerprint(cat) for cat in cats}
     context = {"dataset_root": source_text(root), "preset": preset, "command": command,
-               "device": str(device),
+               "device": str(device), "fingerprints": fingerprints,
                "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}}
     store, backbones = RunStore(out / "runs"), _BackboneCache()
-    runs = [_one_run(cat, seed, configs[seed], store, resume, device=device, progress=progress,
-                     backbones=backbones, context=context)
+    stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints)
+    runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
+                     progress=progress, backbones=backbones, context=context)
             for cat in cats for seed in seeds]
 
     summary = summarize(runs, [c.name for c in cats], seeds)
