@@ -202,3 +202,111 @@ def test_load_mask_size_check(tmp_path):
     bad = mask(tmp_path / "b_mask.png", size=(20, 10))
     with pytest.raises(PatchbankError, match=r"b_mask\.png is 20x10 .*a\.png is 16x12"):
         load_mask(bad, image)
+
+
+# ------------------------------------------------------------------ masks: the > 0 rule and bad masks
+
+def _save_mask(path, arr, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path)
+    return path
+
+
+def test_all_zero_mask_of_a_defective_image_is_refused(tmp_path):
+    image = img(tmp_path / "a.png")
+    zero = _save_mask(tmp_path / "a_mask.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(PatchbankError, match=r"^mask .*a_mask\.png of defective image .*a\.png has no "
+                                             r"defect pixel \(all zero\)") as info:
+        load_mask(zero, image)
+    assert "\n" not in str(info.value)
+    with pytest.raises(PatchbankError, match=r"mask .*a_mask\.png has no defect pixel"):
+        load_mask(zero)
+    assert not load_mask(zero, image, defective=False).any()
+
+
+def test_all_zero_mask_is_refused_when_evaluating_a_category(tmp_path):
+    from patchbank.config import Config
+    from patchbank.evaluation.scoring import category_masks
+
+    root = mvtec_category(tmp_path / "bottle", defects=("crack",))
+    _save_mask(root / "ground_truth" / "crack" / "000_mask.png", np.zeros((16, 16), np.uint8))
+    (cat,) = read_mvtec(root)
+    with pytest.raises(PatchbankError, match=r"crack/000_mask\.png of defective image .*has no defect pixel"):
+        list(category_masks(cat, Config(image_size=16, crop_size=None)))
+
+
+@pytest.mark.parametrize("arr, mode, expected", [
+    # the > 0 rule: 0 / 1 masks, several levels, JPEG-like noise all count where nonzero
+    (np.array([[0, 1, 1, 0]], np.uint8), "L", [0, 1, 1, 0]),
+    (np.array([[0, 128, 255, 3]], np.uint8), "L", [0, 1, 1, 1]),
+    (np.array([[0, 1, 300, 65535]], np.uint16), None, [0, 1, 1, 1]),            # 16-bit mask
+    (np.array([[0, 0.5, 1.0, 0.01]], np.float32), None, [0, 1, 1, 1]),           # float mask (0.5 was lost)
+    (np.array([[[0, 0, 0], [0, 0, 1], [255, 0, 0], [0, 0, 0]]], np.uint8), "RGB", [0, 1, 1, 0]),  # any channel
+    (np.array([[[0, 0, 0, 255], [9, 9, 9, 0], [0, 0, 0, 0], [0, 0, 0, 255]]], np.uint8), "RGBA",
+     [0, 1, 0, 0]),                                                               # alpha ignored
+    (np.array([[255, 255, 255, 255]], np.uint8), "L", [1, 1, 1, 1]),             # all defective: kept
+])
+def test_mask_pixels_are_defective_when_greater_than_zero(tmp_path, arr, mode, expected):
+    path = _save_mask(tmp_path / ("m.tif" if arr.dtype != np.uint8 else "m.png"), arr, mode)
+    np.testing.assert_array_equal(load_mask(path)[0], np.array(expected, bool))
+
+
+def test_palette_and_bilevel_masks(tmp_path):
+    p = Image.new("P", (3, 1))
+    p.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 0] + [0] * 759)   # index 2 is black too
+    p.putdata([0, 1, 2])
+    p.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "p.png")[0], [False, True, False])
+    b = Image.new("1", (3, 1))
+    b.putdata([0, 1, 0])
+    b.save(tmp_path / "b.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "b.png")[0], [False, True, False])
+
+
+def test_bad_mask_files_give_one_line_errors(tmp_path):
+    image = img(tmp_path / "a.png")
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not a mask")
+    good = mask(tmp_path / "good.png")
+    (tmp_path / "trunc.png").write_bytes(good.read_bytes()[:60])
+    nan = _save_mask(tmp_path / "nan.tif", np.array([[0, np.nan]], np.float32))
+    for path, match in [(tmp_path / "missing.png", r"mask not found: .*missing\.png"),
+                        (tmp_path / "zero.png", r"cannot read mask .*zero\.png: the file is empty"),
+                        (tmp_path / "text.png", r"cannot read mask .*text\.png: not an image format"),
+                        (tmp_path / "trunc.png", r"cannot read mask .*trunc\.png"),
+                        (nan, r"mask .*nan\.tif: the mask has NaN or infinite values")]:
+        with pytest.raises(PatchbankError, match=match) as info:
+            load_mask(path, image)
+        assert "\n" not in str(info.value)
+    (tmp_path / "bad_image.png").write_bytes(b"")
+    with pytest.raises(PatchbankError, match=r"cannot read image .*bad_image\.png: the file is empty"):
+        load_mask(good, tmp_path / "bad_image.png")
+
+
+# ------------------------------------------------------------------ folders with other files
+
+def test_non_image_files_in_dataset_folders_are_named_in_a_warning(tmp_path):
+    root = mvtec_category(tmp_path / "bottle", defects=("crack",))
+    (root / "train" / "good" / "Thumbs.db").write_bytes(b"\x00")
+    (root / "test" / "crack" / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning) as record:
+        (cat,) = read_mvtec(root)
+    messages = [str(w.message) for w in record]
+    assert any("good: skipped 1 entry that is not an image: Thumbs.db" in m for m in messages)
+    assert any("crack: skipped 1 entry that is not an image: notes.txt" in m for m in messages)
+    assert len(cat.train) == 3 and cat.labels == [0, 0, 1]
+
+
+def test_gif_training_images_are_used(tmp_path):
+    root = mvtec_category(tmp_path / "bottle", defects=("crack",))
+    Image.fromarray(np.full((16, 16), 50, np.uint8)).save(root / "train" / "good" / "003.gif")
+    (cat,) = read_mvtec(root)
+    assert [p.name for p in cat.train] == ["000.png", "001.png", "002.png", "003.gif"]
+
+
+def test_train_folder_of_only_other_files_is_an_error(tmp_path):
+    root = mvtec_category(tmp_path / "bottle", n_train=0)
+    (root / "train" / "good").mkdir(parents=True)
+    (root / "train" / "good" / "Thumbs.db").write_bytes(b"\x00")
+    with pytest.warns(UserWarning, match="Thumbs.db"), pytest.raises(PatchbankError, match="holds no images"):
+        read_mvtec(root)

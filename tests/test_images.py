@@ -138,3 +138,24 @@ def test_image_and_mask_align_to_a_pixel_at_non_integer_scales():
         cropped = crop_mask(mask, config)
         assert _box(bright) == _box(cropped)
         assert (bright != cropped).sum() <= 4
+
+
+def test_sixteen_bit_view_equals_the_eight_bit_view(tmp_path):
+    """A 16-bit copy (value x 257) of an 8-bit image gives the same resized view (issue 15)."""
+    from PIL import Image
+
+    gray = np.random.default_rng(4).integers(0, 256, size=(30, 40), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    config = Config(image_size=(24, 32), crop_size=(20, 30))
+    view8 = prepare_view(tmp_path / "g8.png", config)
+    np.testing.assert_array_equal(prepare_view(tmp_path / "g16.png", config), view8)
+    np.testing.assert_array_equal(prepare_view(str(tmp_path / "g8.png"), config),
+                                  _resize_like_before(tmp_path / "g8.png", config))
+
+
+def _resize_like_before(path, config):
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB").resize(config.image_size[::-1], Image.BILINEAR)
+    return _centre_crop(np.asarray(im), config.crop_size)

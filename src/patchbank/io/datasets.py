@@ -15,9 +15,23 @@ Layouts
   relative to ``root``; label ``normal`` / ``anomaly``).
 * **generic**: :func:`read_generic` with explicit folders.
 
+Image folders are listed with :func:`~patchbank.io.images.image_files`: files that are not
+images are skipped with a ``UserWarning`` naming them, never silently.
+
 Problems are reported as one-line :class:`~patchbank.errors.PatchbankError`: a defective image
 without a mask (named), a missing or empty training folder, an unknown category (the available
-ones are listed).  :func:`load_mask` checks, when evaluating, that a mask has its image's size.
+ones are listed).
+
+Masks
+-----
+:func:`load_mask` reads a mask when evaluating.  A pixel is defective when its value is **> 0**
+(the MVTec AD convention): 0 / 255, 0 / 1 and anti-aliased or JPEG-noisy masks all work, and any
+nonzero value counts, however small.  Grayscale, bilevel, 16-bit and float masks are read by
+their values; colour and palette masks by their colours (a pixel is defective when any colour
+channel is > 0; alpha is ignored).  Refused with a one-line error naming the mask: a mask of a
+defective image with no defect pixel at all (a defect without pixels cannot be scored: fix the
+mask or move the image to the good folder), NaN values in a float mask, and a mask whose size is
+not its image's.  An all-defective mask is accepted (a defect may cover the whole image).
 """
 from __future__ import annotations
 
@@ -31,10 +45,10 @@ import numpy as np
 from PIL import Image
 
 from patchbank.errors import PatchbankError
-from patchbank.io.images import IMAGE_EXTENSIONS
+from patchbank.io.images import IMAGE_EXTENSIONS, decoded_image, image_files, open_image
 
 KINDS = ("auto", "mvtec", "btad", "visa", "mpdd")
-_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".gif")
 
 
 @dataclass
@@ -72,10 +86,11 @@ class Category:
 # ------------------------------------------------------------------------------------------------
 
 def _images_in(folder: Path) -> list[Path]:
-    """Sorted image files directly inside ``folder`` (no error when there are none)."""
+    """Sorted image files directly inside ``folder`` (no error when there are none; other files
+    are skipped with a ``UserWarning`` naming them)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return image_files(folder)
 
 
 def _train_images(folder: Path, category: str) -> list[Path]:
@@ -329,26 +344,40 @@ def read_dataset(root: str | os.PathLike, kind: str = "auto",
 # masks
 # ------------------------------------------------------------------------------------------------
 
-def load_mask(mask: str | os.PathLike, image: str | os.PathLike | None = None) -> np.ndarray:
-    """A ground-truth mask as bool [H, W] (nonzero = defective); with ``image`` given, checks
-    that both have the same size."""
-    mask = Path(mask)
-    try:
-        with Image.open(mask) as im:
-            arr = np.asarray(im.convert("L")) > 0
-    except FileNotFoundError:
-        raise PatchbankError(f"mask not found: {mask}") from None
-    except (OSError, ValueError) as exc:
-        raise PatchbankError(f"cannot read mask {mask}: {exc}") from None
-    if image is not None:
+def _mask_pixels(im: Image.Image, name: str) -> np.ndarray:
+    """bool [H, W]: value > 0 (grayscale, bilevel, 16-bit, float), any colour channel > 0 else."""
+    if im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16"):
+        arr = np.asarray(im)
+    else:
         try:
-            with Image.open(image) as im:
-                w, h = im.size
-        except FileNotFoundError:
-            raise PatchbankError(f"image not found: {image}") from None
-        except (OSError, ValueError) as exc:
-            raise PatchbankError(f"cannot read image {image}: {exc}") from None
+            arr = np.asarray(im.convert("RGB"))
+        except ValueError:
+            raise PatchbankError(f"{name}: masks of mode {im.mode} are not supported (save it as "
+                                 f"8-bit grayscale, 0 / 255)") from None
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise PatchbankError(f"{name}: the mask has NaN or infinite values")
+    arr = arr > 0
+    return arr if arr.ndim == 2 else arr.any(axis=2)
+
+
+def load_mask(mask: str | os.PathLike, image: str | os.PathLike | None = None, *,
+              defective: bool = True) -> np.ndarray:
+    """A ground-truth mask as bool [H, W] (value > 0 = defective, see the module docstring).
+
+    With ``image`` given, checks that both have the same size.  ``defective`` (the default: a
+    mask belongs to a defective image) refuses a mask without any defect pixel.
+    """
+    mask = Path(mask)
+    with decoded_image(mask, "mask") as im:
+        arr = _mask_pixels(im, f"mask {mask}")
+    if image is not None:
+        with open_image(image, "image") as im:
+            w, h = im.size
         if arr.shape != (h, w):
             raise PatchbankError(f"mask {mask} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image "
                                  f"{image} is {w}x{h}")
+    if defective and not arr.any():
+        of = f" of defective image {image}" if image is not None else ""
+        raise PatchbankError(f"mask {mask}{of} has no defect pixel (all zero): a defect without pixels "
+                             f"cannot be scored; fix the mask or move the image to the good images")
     return arr

@@ -2,14 +2,47 @@
 
 Preprocessing follows the PatchCore / LMF-Core protocol: resize to ``config.image_size`` (bilinear,
 antialiased), centre-crop to ``config.crop_size``, scale to [0, 1], normalise with the backbone's
-mean and std.  Grayscale and palette images are converted to RGB; a file that cannot be decoded
-raises :class:`PatchbankError` naming it.  Decoding runs in a small thread pool one batch ahead
-of the consumer (PIL releases the GIL while decoding and resizing).
+mean and std.  Decoding runs in a small thread pool one batch ahead of the consumer (PIL releases
+the GIL while decoding and resizing).
+
+What is read, and how (every input becomes 8-bit RGB before resizing)
+---------------------------------------------------------------------
+* **Files** with an extension in :data:`IMAGE_EXTENSIONS` (PNG, JPEG, BMP, TIFF, WebP, GIF,
+  PBM/PGM/PPM/PNM).  A multi-frame GIF or TIFF is read at its first frame.  EXIF orientation and
+  ICC profiles are not applied: pixels are used as stored (as the masks are).
+* **8-bit modes**: ``RGB`` as is; ``L`` (grayscale) and ``1`` (bilevel: 0 / 255) repeated into
+  the three channels; palette ``P`` by its palette colours; ``RGBA``, ``LA``, ``PA``: the alpha
+  channel is dropped (transparent pixels keep their stored colour, nothing is composited);
+  ``CMYK``, ``YCbCr``, ``HSV``, ``LAB`` with PIL's conversion (no colour profile).  A 48-bit RGB
+  PNG is read by PIL as 8-bit RGB (high byte).
+* **16-bit grayscale** (``I;16``, ``I;16B``, ...): scaled by the type's full range,
+  ``round(value / 257)`` (65535 -> 255, 257 -> 1).  12-bit camera data stored in 16 bits
+  (0-4095) therefore comes out dark (0-16): multiply it by 16 first.
+* **32-bit integer** (``I``; PIL also uses it as the container of 16-bit data): values must lie
+  in 0-65535 and are scaled like 16-bit; any value outside is refused (save the image as 16-bit
+  or 8-bit, or as float in [0, 1]).
+* **Float** (``F``): every value must be finite and in [0, 1] and is scaled by 255; NaN or
+  infinite pixels and values outside [0, 1] are refused, the message says the range found.
+* **In-memory inputs** (see :func:`as_items`): a PIL image (same rules as a file), or a numpy array
+  HxW, HxWx1, HxWx3 or HxWx4 (the 4th channel is dropped) of dtype ``uint8`` (as is), ``uint16``
+  (like 16-bit files) or float (like ``F`` files).  Other dtypes (bool, signed or 32/64-bit
+  integers, complex, object) are refused: the scale of such an array is a guess.
+* **Size**: a side of 0 pixels is refused; so is an image over :data:`MAX_IMAGE_PIXELS`, read
+  from the file's header before any pixel is decoded.
+* **Folders** (:func:`list_images`): every file with an image extension is used (sorted by name);
+  anything else in the folder (``Thumbs.db``, ``notes.txt``, a sub-folder) is skipped with one
+  ``UserWarning`` naming how many entries and the first few; a folder without images is an error.
+  A file with an image extension that cannot be decoded is an error when it is read, never skipped.
+
+Every problem is a one-line :class:`PatchbankError` naming the file (or the in-memory input) and
+what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p).convert("RGB")``.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,27 +52,86 @@ from PIL import Image, UnidentifiedImageError
 
 from patchbank.errors import PatchbankError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                    ".pbm", ".pgm", ".ppm", ".pnm")
+
+#: The pixel budget: an image whose header claims more pixels (width x height) is refused before
+#: decoding.  89,478,485 (about 89 megapixels, e.g. 9500 x 9400) is PIL's own decompression-bomb
+#: threshold (``1024**3 // 4 // 3``), so no image accepted here makes PIL warn, and at twice it
+#: PIL refuses to open the file at all.  It is above the common industrial area-scan sensors
+#: (5-65 MP); decoded as 8-bit RGB such an image takes 268 MB, and a 16-bit or float one about
+#: 1 GB of working copies while it is scaled, per decoding thread.  The model resizes every image
+#: to ``config.image_size`` anyway: downscale larger frames (or tiles of a line-scan strip)
+#: first, or raise this value together with ``PIL.Image.MAX_IMAGE_PIXELS``.
+MAX_IMAGE_PIXELS = 89_478_485
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_NAMED_SKIPPED = 5   # how many skipped entries a warning names
+
+
+def one_line(text: Any) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+# ------------------------------------------------------------------------------------------------
+# folders and inputs
+# ------------------------------------------------------------------------------------------------
+
+def _scan(folder: Path) -> tuple[list[Path], list[str]]:
+    """(image files, names of the other entries: ``sub/`` for a folder), both sorted."""
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    used = set(files)
+    skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in used]
+    return files, skipped
+
+
+def _skipped_text(skipped: Sequence[str]) -> str:
+    n = len(skipped)
+    names = ", ".join(skipped[:_NAMED_SKIPPED]) + (", ..." if n > _NAMED_SKIPPED else "")
+    return f"{n} entr{'y' if n == 1 else 'ies'} that {'is' if n == 1 else 'are'} not an image: {names}"
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Sorted image files directly inside an existing ``folder`` (possibly none); every other
+    entry is skipped with one ``UserWarning`` naming how many and the first few."""
+    folder = Path(folder)
+    files, skipped = _scan(folder)
+    _warn_skipped(folder, skipped)
+    return files
+
+
+def _warn_skipped(folder: Path, skipped: Sequence[str]) -> None:
+    if skipped:
+        warnings.warn(f"{folder}: skipped {_skipped_text(skipped)} "
+                      f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})", UserWarning, stacklevel=3)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files directly inside ``folder``; an error if it is missing or holds none."""
+    """Sorted image files directly inside ``folder``; an error if it is missing or holds none.
+
+    Other entries are skipped with a ``UserWarning`` (see :func:`image_files`)."""
     folder = Path(folder)
     if not folder.exists():
         raise PatchbankError(f"folder not found: {folder}")
     if not folder.is_dir():
         raise PatchbankError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files, skipped = _scan(folder)
     if not files:
-        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+        others = f"; it holds {_skipped_text(skipped)}" if skipped else ""
+        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}{others}")
+    _warn_skipped(folder, skipped)
     return files
 
 
 def as_items(images: Any) -> list[Any]:
     """Normalise the user's ``images`` argument to a list of paths / PIL images / arrays.
 
-    Accepts a folder, a single file, a PIL image, an HxW(x3) array, or a sequence of those
-    (folders inside a sequence are expanded).
+    Accepts a folder, a single file, a PIL image, an HxW(xC) array, or a sequence of those
+    (folders inside a sequence are expanded).  Every input is kept, in the order given, even the
+    same file twice or a link and its target: one prediction per input.  In-memory inputs are
+    checked here (shape, dtype, size; pixel values when decoded) and named by their position.
     """
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
@@ -49,15 +141,21 @@ def as_items(images: Any) -> list[Any]:
             raise PatchbankError(f"file or folder not found: {path}")
         return [path]
     if isinstance(images, (Image.Image, np.ndarray)):
-        return [images]
+        images = [images]
+    try:
+        sequence = list(images)
+    except TypeError:
+        raise PatchbankError(f"images must be a folder, a file, a PIL image, an array or a list "
+                             f"of those, got {type(images).__name__}") from None
     items: list[Any] = []
-    for item in images:
+    for i, item in enumerate(sequence):
         if isinstance(item, (str, os.PathLike)):
             items.extend(as_items(item))
         elif isinstance(item, (Image.Image, np.ndarray)):
+            _check_in_memory(item, f"image input #{i}")
             items.append(item)
         else:
-            raise PatchbankError(f"unsupported image input of type {type(item).__name__}")
+            raise PatchbankError(f"unsupported image input #{i} of type {type(item).__name__}")
     if not items:
         raise PatchbankError("no images given")
     return items
@@ -68,32 +166,160 @@ def item_name(item: Any) -> str | None:
     return str(item) if isinstance(item, (str, os.PathLike)) else None
 
 
-def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode one input to an RGB PIL image; grayscale is converted, failures name the file."""
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
+# ------------------------------------------------------------------------------------------------
+# checks and pixel scaling
+# ------------------------------------------------------------------------------------------------
+
+def check_size(size: tuple[int, int], name: str) -> None:
+    """Refuse a (width, height) with a 0-pixel side or over :data:`MAX_IMAGE_PIXELS`."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise PatchbankError(f"{name}: the image has a 0-pixel side ({w}x{h}, WxH)")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise PatchbankError(f"{name}: {w}x{h} (WxH) is {w * h / 1e6:.1f} megapixels, over the pixel "
+                             f"budget of {MAX_IMAGE_PIXELS / 1e6:.1f} (patchbank.io.images.MAX_IMAGE_PIXELS): "
+                             f"downscale it first")
+
+
+def _check_array(arr: np.ndarray, name: str) -> None:
+    """Shape and dtype of an in-memory image array (its values are checked by :func:`_to_uint8`)."""
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise PatchbankError(f"{name}: an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape "
+                             f"{arr.shape} (pass a list of arrays, not one batch array)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise PatchbankError(f"{name}: the image array has a 0-pixel side (shape {arr.shape})")
+    kind = arr.dtype.kind
+    if not (arr.dtype == np.uint8 or (kind == "u" and arr.dtype.itemsize == 2) or kind == "f"):
+        raise PatchbankError(f"{name}: image arrays of dtype {arr.dtype} are not supported: use uint8 "
+                             f"(0-255), uint16 (0-65535) or float in [0, 1] (e.g. arr.astype(np.uint8))")
+
+
+def _check_in_memory(item: Image.Image | np.ndarray, name: str) -> None:
     if isinstance(item, np.ndarray):
-        arr = item
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-            raise PatchbankError(f"image array must be HxW or HxWx3, got shape {item.shape}")
-        if arr.shape[2] == 1:
-            arr = np.repeat(arr, 3, axis=2)
-        if arr.dtype != np.uint8:
-            raise PatchbankError(f"image array must be uint8, got {arr.dtype}")
-        return Image.fromarray(arr[..., :3])
-    path = Path(item)
+        _check_array(item, name)
+    else:
+        check_size(item.size, name)
+
+
+def _to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """uint8 pixels from uint8, 16-bit unsigned or float pixels (the module's scaling rule)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise PatchbankError(f"{name}: {int(bad.sum())} pixel(s) are NaN or infinite")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise PatchbankError(f"{name}: float pixel values span [{lo:.6g}, {hi:.6g}], outside [0, 1]: "
+                                 f"divide by the largest value the camera can give (or save as 8- or "
+                                 f"16-bit integers)")
+        wide = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)   # float16 -> float32
+        return np.rint(wide * 255.0).astype(np.uint8)
+    # 16-bit: round(v / 257) in integer arithmetic (65535 -> 255)
+    return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _high_range_to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """RGB from a 16-bit, 32-bit integer or float grayscale image (see the module docstring)."""
+    arr = np.asarray(im)
+    if im.mode == "I":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise PatchbankError(f"{name}: 32-bit integer pixel values span [{lo}, {hi}], outside "
+                                 f"0-65535: save the image as 16-bit or 8-bit, or as float in [0, 1]")
+        arr = arr.astype(np.uint16)
+    return Image.fromarray(_to_uint8(arr, name), "L").convert("RGB")
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """A decoded image of any supported mode as an 8-bit RGB image."""
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
+        return _high_range_to_rgb(im, name)
     try:
-        with Image.open(path) as im:
-            if draft_size is not None and im.format == "JPEG":
-                # JPEG can decode at 1/2, 1/4, 1/8 scale: never below the requested size.
-                im.draft("RGB", (draft_size[1], draft_size[0]))
-            return im.convert("RGB")
+        return im.convert("RGB")
+    except ValueError:
+        raise PatchbankError(f"{name}: images of mode {im.mode} are not supported (convert it to "
+                             f"RGB, L, 16-bit or float)") from None
+
+
+def _array_to_rgb(arr: np.ndarray, name: str) -> Image.Image:
+    _check_array(arr, name)
+    arr = _to_uint8(arr, name)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return Image.fromarray(arr[..., :3])
+
+
+# ------------------------------------------------------------------------------------------------
+# decoding
+# ------------------------------------------------------------------------------------------------
+
+def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open a file and read its header only (no pixel is decoded); use it as a context manager.
+
+    Raises:
+        PatchbankError: the file is missing, empty, not an image PIL recognises, or its size is
+            refused by :func:`check_size` (``what`` names the file's role: "image", "mask").
+    """
+    path = Path(path)
+    try:
+        im = Image.open(path)
     except FileNotFoundError:
-        raise PatchbankError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PatchbankError(f"cannot read image {path}: {exc}") from None
+        raise PatchbankError(f"{what} not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise PatchbankError(f"{what} {path}: refused before decoding, over the pixel budget of "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels ({one_line(exc)})") from None
+    except UnidentifiedImageError:
+        problem = "the file is empty (0 bytes)" if path.stat().st_size == 0 else \
+            "not an image format PIL recognises (or a corrupt header)"
+        raise PatchbankError(f"cannot read {what} {path}: {problem}") from None
+    except (OSError, ValueError) as exc:
+        raise PatchbankError(f"cannot read {what} {path}: {one_line(exc)}") from None
+    try:
+        check_size(im.size, f"{what} {path}")
+    except PatchbankError:
+        im.close()
+        raise
+    return im
+
+
+def _load(im: Image.Image, name: str) -> None:
+    """Decode the pixels; anything PIL raises on a file's bytes is an unreadable file."""
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, EOFError, struct.error... on bad bytes
+        raise PatchbankError(f"cannot read {name}: {one_line(exc) or type(exc).__name__}") from None
+
+
+@contextmanager
+def decoded_image(path: str | os.PathLike, what: str = "image",
+                  draft_size: tuple[int, int] | None = None) -> Iterator[Image.Image]:
+    """The decoded image of a file in its own mode (``with decoded_image(p) as im: ...``);
+    errors as :func:`open_image`, and a one-line error for truncated or corrupt pixel data.
+    ``draft_size`` (H, W) lets a JPEG decode at a reduced scale, never below that size."""
+    with open_image(path, what) as im:
+        if draft_size is not None and im.format == "JPEG":
+            im.draft("RGB", (draft_size[1], draft_size[0]))
+        _load(im, f"{what} {path}")
+        yield im
+
+
+def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode one input (path, PIL image or array) to an 8-bit RGB PIL image by the rules of the
+    module docstring; failures are one-line :class:`PatchbankError` naming the input."""
+    if isinstance(item, Image.Image):
+        check_size(item.size, "PIL image")
+        _load(item, "PIL image")
+        return _to_rgb(item, "PIL image")
+    if isinstance(item, np.ndarray):
+        return _array_to_rgb(item, "image array")
+    with decoded_image(item, "image", draft_size) as im:
+        return _to_rgb(im, f"image {item}")
 
 
 def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
