@@ -358,17 +358,12 @@ def test_check_backbone_fit_and_patch_grid():
         check_patch_grid([12, 12], (32, 32), "m")
 
 
-NEEDS_DETECTOR = "Detector must call check_patch_grid / check_backbone_fit at first use (detector.py)"
-
-
-@pytest.mark.xfail(strict=True, reason=NEEDS_DETECTOR)
 def test_image_size_edit_refused_at_predict(model, tmp_path):
     """config.image_size edited (bank and grid untouched): the backbone's grid no longer fits."""
     meta = edited_meta(model, config__image_size=[256, 256])
     assert outcome(model, write(tmp_path / "e.patchbank", model.tensors, meta)) == "error"
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_DETECTOR)
 def test_out_of_range_channel_refused_at_predict(model, tmp_path):
     t = dict(model.tensors)
     t["fusion.keep.1"] = t["fusion.keep.1"] + 10000

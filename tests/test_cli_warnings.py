@@ -16,3 +16,17 @@ def test_fit_on_few_images_warns_in_one_line(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines == ["warning: the threshold is calibrated on only 5 held-out normal images "
                      "(6 training images); use 100 or more for a stable false-positive rate"]
+
+
+def test_duplicate_predict_inputs_are_predicted_once_with_a_warning(tmp_path):
+    import pytest
+
+    from patchbank.cli.predictions import expand_inputs
+
+    root = make_dataset(tmp_path / "d", n_train=1, n_test_good=2, n_test_defect=0, size=32)
+    a = root / "test" / "good" / "000.png"
+    link = tmp_path / "link.png"
+    link.symlink_to(a)
+    with pytest.warns(UserWarning, match="2 of 4 inputs name an image given already"):
+        got = expand_inputs((str(a), str(link), str(a), str(root / "test" / "good" / "001.png")))
+    assert [p.name for p in got] == ["000.png", "001.png"]

@@ -165,3 +165,19 @@ def test_mean_std_and_tables(tmp_path):
         "| x | a | b |", "|---|---:|---:|", "| r | 1 | 2 |"]
     path = write_json(tmp_path / "t.json", {"a": (1, 2)}, indent=None, newline=False)
     assert path.read_text() == '{"a": [1, 2]}' and not list(tmp_path.glob("*.tmp"))
+
+
+def test_empty_mask_is_refused_before_the_fit(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from patchbank.detector import Detector
+    from patchbank.errors import PatchbankError
+    from patchbank.evaluation.runner import evaluate
+    from patchbank.io.synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "cat", n_train=6, n_test_good=1, n_test_defect=1, size=64)
+    Image.fromarray(np.zeros((64, 64), np.uint8), "L").save(root / "ground_truth" / "spot" / "000_mask.png")
+    monkeypatch.setattr(Detector, "fit", lambda *a, **k: pytest.fail("fit ran before the mask check"))
+    with pytest.raises(PatchbankError, match=r"000_mask\.png of defective image .*000\.png has no defect pixel"):
+        evaluate(root, "lmf-core", {"backbone": "efficientnet_lite0"}, out_dir=tmp_path / "out", progress=False)

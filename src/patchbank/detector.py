@@ -28,12 +28,13 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import ImageStream, as_items
-from patchbank.io.model_checks import check_model_state
+from patchbank.io.model_checks import check_backbone_fit, check_model_state, check_patch_grid
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.bank import build_bank, stream_features
 from patchbank.pipeline.calibration import ScoreCalibration, calibrate, calibration_images
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor
+from patchbank.pipeline.fusion import VGFusion
 from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Prediction, check_batch_size,
                                           predict_batches)
 from patchbank.pipeline.scoring import PatchScorer
@@ -65,6 +66,7 @@ class Detector:
         self.progress = progress
         self._shared_backbone = backbone
         self._extractor: FeatureExtractor | None = None
+        self._source = "this model"     # a loaded model's file, named in error messages
         self._model: InferenceModel | None = None
 
     @classmethod
@@ -91,13 +93,26 @@ class Detector:
             bb = self._shared_backbone
             if bb is None:
                 bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
-            expected = getattr(self, "backbone_sha256_", None)
-            if expected is not None and bb.weights_sha256 != expected:
-                raise PatchbankError(
-                    f"backbone weights differ from the ones this model was fit with "
-                    f"(sha256 {bb.weights_sha256} != {expected})")
-            self._extractor = FeatureExtractor(bb, cfg.patch_size, self.device)
+            extractor = FeatureExtractor(bb, cfg.patch_size, self.device)
+            if hasattr(self, "backbone_sha256_"):      # fitted or loaded: the backbone must fit
+                self._check_backbone(extractor)
+            self._extractor = extractor
         return self._extractor
+
+    def _check_backbone(self, extractor: FeatureExtractor) -> None:
+        """The backbone about to run must be the one the model was fit with: same weights
+        (sha256), channels that fit the fusion and projection, the fitted patch grid."""
+        where, bb = self._source, extractor.backbone
+        if bb.weights_sha256 != self.backbone_sha256_:
+            raise PatchbankError(f"{where}: backbone weights differ from the ones this model was fit "
+                                 f"with (sha256 {bb.weights_sha256} != {self.backbone_sha256_})")
+        emb = self.scorer_.embedding
+        keep = emb.fusion_.keep_ if isinstance(emb.fusion_, VGFusion) else None
+        in_dim = emb.projection_.matrix_.shape[0] if emb.projection_ is not None else self.scorer_.search.shape[1]
+        check_backbone_fit(bb.channels, keep, in_dim, where)
+        with torch.inference_mode():
+            _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
+        check_patch_grid(self.grid_, grid, where)
 
     def stream(self, items: list, batch_size: int | None = None) -> ImageStream:
         """Batches ``(x [B, 3, H, W], names)`` of ``items``, read and preprocessed for the backbone."""
@@ -230,12 +245,13 @@ class Detector:
                    weights: str | None = None, backbone: Backbone | None = None) -> "Detector":
         """Rebuild a fitted detector from :meth:`state_tensors` and :meth:`info` metadata
         (``where`` names the source in error messages)."""
-        check_model_state(tensors, meta, where)
+        check_model_state(tensors, meta, where, weights_given=weights is not None)
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
                 config = config.replace(weights=weights)
             det = cls(config, device=device, progress=progress, backbone=backbone)
+            det._source = where
             embedding = Embedding.from_config(config).load_state(tensors)
             bank = tensors["bank"].float().to(det.device)
             radius = tensors["bank_radius"].float().to(det.device) if config.local_density else None

@@ -29,6 +29,7 @@ from patchbank.pipeline.inference import check_batch_size, predict_batches
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items
+from patchbank.io.model_checks import check_multi_header
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.routing import Router, routing_embedding
 
@@ -197,31 +198,22 @@ class MultiDetector:
         if meta.get("kind") != "multi":
             raise PatchbankError(f"{path} is a single-category model, not a multi-category one "
                                  f"(load it with Detector.load; fit with --multi to route)")
-        try:
-            config = Config.from_dict(meta["config"])
-            if weights is not None:
-                config = config.replace(weights=weights)
-            order = list(meta["category_order"])
-            infos = meta["categories"]
-            n_proto = int(meta["routing_prototypes"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PatchbankError(f"{path} has an invalid multi-category header ({exc})") from None
+        states = check_multi_header(tensors, meta, str(path))     # {name: (tensors, meta)}, in order
+        config = Config.from_dict(meta["config"])
+        if weights is not None:
+            config = config.replace(weights=weights)
+        n_proto = int(meta["routing_prototypes"])
         self = cls(config, device=device, progress=progress, n_prototypes=n_proto)
         self.detectors_, self._raw_tensors, self._infos = {}, {}, {}
         self.router_ = Router(n_proto, seed=config.seed)
-        for name in order:
-            prefix = f"{name}/"
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if "routing_prototypes" not in state:
-                raise PatchbankError(f"{path}: category {name!r} has no routing prototypes")
-            det = Detector.from_state(state, {**infos[name], "config": meta["config"]},
-                                      f"{path} [{name}]", device=device, progress=progress,
-                                      weights=weights, backbone=self._backbone)
+        for name, (state, info) in states.items():
+            det = Detector.from_state(state, info, f"{path} [{name}]", device=device,
+                                      progress=progress, weights=weights, backbone=self._backbone)
             self._backbone = det.backbone
             self.detectors_[name] = det
             self.router_.set(name, state["routing_prototypes"])
             self._raw_tensors[name] = state
-            self._infos[name] = infos[name]
+            self._infos[name] = meta["categories"][name]
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
     sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively.
 
-    Duplicates (same resolved path) are dropped, first occurrence kept.
+    Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
+    how many.
 
     Raises:
         PatchbankError: a missing input, or a folder without images.
@@ -53,6 +55,10 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
         if key not in seen:
             seen.add(key)
             unique.append(p)
+    if len(unique) < len(paths):
+        warnings.warn(f"{len(paths) - len(unique)} of {len(paths)} inputs name an image given "
+                      f"already (the same file, or a link to it); each image is predicted once",
+                      UserWarning, stacklevel=2)
     return unique
 
 

@@ -25,8 +25,8 @@ PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
 def check_mask_sizes(category: Category) -> None:
-    """Raise :class:`PatchbankError` unless every mask has its image's size (reads headers only,
-    so it can run before a long fit)."""
+    """Raise :class:`PatchbankError` unless every mask has its image's size and at least one
+    defect pixel (run before a long fit)."""
     from PIL import Image
 
     for img, mask in zip(category.test, category.masks):
@@ -44,6 +44,7 @@ def check_mask_sizes(category: Category) -> None:
         if sizes[0] != sizes[1]:
             (mw, mh), (iw, ih) = sizes
             raise PatchbankError(f"mask {mask} is {mw}x{mh} (WxH) but its image {img} is {iw}x{ih}")
+        load_mask(mask, img)     # refuses, before any fit, a mask without a defect pixel
 
 
 def category_masks(category: Category, config: Config) -> Iterator[np.ndarray]:
