@@ -70,6 +70,26 @@ def test_study_end_to_end_and_resume(synthetic_root, tmp_path):
     assert (out / "runs" / "part__seed0.json").stat().st_mtime_ns == mtime
 
 
+def test_study_recomputes_a_run_of_other_data(synthetic_root, tmp_path, capsys):
+    # another dataset written to the same -o: the stored run is not reused (data fingerprint)
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root / "part")
+    out = tmp_path / "out"
+    study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False, plot=False)
+    run_file = out / "runs" / "part__seed0.json"
+    first = json.loads(run_file.read_text())
+    assert "data_fingerprint" in first
+    study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False, plot=False)
+    assert "reusing stored run" in capsys.readouterr().err
+    (root / "part" / "test" / "good" / "000.png").unlink()
+    study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False, plot=False)
+    assert "data changed; recomputing" in capsys.readouterr().err
+    second = json.loads(run_file.read_text())
+    assert len(second["data"]["labels"]) == len(first["data"]["labels"]) - 1
+
+
 def _stripes_category(root, seed=0, size=96):
     """An MVTec-layout category of tilted stripes; defects are a dark square (with masks)."""
     rng = np.random.default_rng(seed)

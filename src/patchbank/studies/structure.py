@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,7 +29,7 @@ from patchbank.evaluation import plots
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.reports import format_mean_std, mean_std, pipe_table, write_csv, write_json, write_text
-from patchbank.evaluation.run_store import RUN_FORMAT, RunStore
+from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
 from patchbank.evaluation.scoring import PIXEL_KEYS, pixel_scores
 from patchbank.io.datasets import Category
 from patchbank.pipeline.structure import StructScorer
@@ -98,13 +99,20 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
 
 def _stored_or_new(store: RunStore, cat: Category, seed: int, config: Config, resume: bool,
                    device: str, progress: bool) -> dict[str, Any]:
-    """The stored values of ``cat`` x ``seed`` (with ``resume``), else a new run, saved."""
-    old = store.load(cat.name, seed, config, "data") if resume else None
+    """The stored values of ``cat`` x ``seed`` (with ``resume``, when config and data match),
+    else a new run, saved with its data fingerprint.  Reuse is said on stderr even when quiet."""
+    fingerprint = data_fingerprint(cat)
+    old, why = store.lookup(cat.name, seed, config, "data", fingerprint) if resume else (None, "")
     if old is not None:
+        print(f"[structure] reusing stored run {store.path(cat.name, seed)}", file=sys.stderr, flush=True)
         return old["data"]
+    if why in ("data changed", "no fingerprint"):
+        print(f"[structure] stored run {store.path(cat.name, seed)}: {why}; recomputing",
+              file=sys.stderr, flush=True)
     say(progress, f"[structure] {cat.name} seed {seed}")
     data = _run_category(cat, config, device, progress)
-    store.save(cat.name, seed, {"format": RUN_FORMAT, "config": config.to_dict(), "data": data}, indent=None)
+    store.save(cat.name, seed, {"format": RUN_FORMAT, "config": config.to_dict(),
+                                "data_fingerprint": fingerprint, "data": data}, indent=None)
     return data
 
 
