@@ -10,6 +10,7 @@ import click
 
 from patchbank.cli.config_options import build_config, given_overrides, with_config_options
 from patchbank.cli.options import positive_int_list, preset_option, ratio_list, run_options, setup_threads
+from patchbank.io.output_files import check_output_file
 
 
 @click.command(context_settings={"max_content_width": 110},
@@ -38,6 +39,7 @@ def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, 
     batch size, the read / extract / search / post split, images/s, peak memory, bank MB."""
     overrides = given_overrides(ctx, config_params)
     build_config(preset, overrides)
+    check_output_file(output)            # before minutes of timing, not after
     setup_threads(threads)
     from patchbank.studies.speed import run_benchmark, summary_lines, write_json
 

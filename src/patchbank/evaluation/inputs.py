@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.datasets import Category, read_dataset
+from patchbank.io.output_files import check_output_folder
 
 
 def say(progress: bool, text: str) -> None:
@@ -40,10 +41,9 @@ def seed_list(seeds: Iterable[int]) -> list[int]:
 
 
 def out_folder(path: str | os.PathLike, *subfolders: str) -> Path:
-    """``path`` as an output folder, created with ``subfolders`` inside; error if it is a file."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise PatchbankError(f"output path is not a folder: {out}")
+    """``path`` as an output folder, created with ``subfolders`` inside; checked first (one-line
+    error if it, or a folder on the way, is a file, or it cannot be written)."""
+    out = check_output_folder(path)
     out.mkdir(parents=True, exist_ok=True)
     for sub in subfolders:
         (out / sub).mkdir(exist_ok=True)
