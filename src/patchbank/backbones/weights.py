@@ -102,7 +102,8 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise PatchbankError(f"cannot read weights file {path}: {first_line(e)}") from None
+        raise PatchbankError(f"cannot read weights file {path}: not a safetensors file or a torch "
+                             f"state dict saved with torch.save ({type(e).__name__}: {first_line(e)})") from None
     for key in ("state_dict", "model"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
