@@ -352,6 +352,8 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         """The Config a :meth:`to_dict` dict describes; ConfigError for unknown fields or values."""
+        if not isinstance(d, dict):
+            raise ConfigError("config", f"expected a dict of fields, got {type(d).__name__}")
         _check_known(d)
         return cls(**d)
 

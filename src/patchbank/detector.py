@@ -61,6 +61,9 @@ class Detector:
 
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
                  progress: bool = True, backbone: Backbone | None = None):
+        if config is not None and not isinstance(config, Config):
+            raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
+                                 f"{type(config).__name__}")
         self.config = config if config is not None else Config()
         self.device = resolve_device(device)
         self.progress = progress

@@ -134,6 +134,8 @@ def as_items(images: Any) -> list[Any]:
     checked here (shape, dtype, size; pixel values when decoded) and named by their position.
     """
     if isinstance(images, (str, os.PathLike)):
+        if not os.fspath(images):
+            raise PatchbankError("an image path is empty (\"\"): give a file or a folder")
         path = Path(images)
         if path.is_dir():
             return list(list_images(path))

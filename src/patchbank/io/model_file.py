@@ -24,6 +24,13 @@ FORMAT_NAME = "patchbank"
 FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
 
 
+def model_path(path: Any) -> Path:
+    """``path`` as a :class:`Path`; anything but a non-empty str / PathLike is a one-line error."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise PatchbankError(f"a model file path must be a non-empty str or path, got {path!r}")
+    return Path(path)
+
+
 def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                overwrite: bool = False) -> int:
     """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically (a temporary
@@ -34,7 +41,9 @@ def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
     that appears while this file is written (the final name is created exclusively: two
     processes saving to the same new path cannot both succeed).  A missing or unwritable folder
     is a one-line :class:`PatchbankError`."""
-    path = Path(path)
+    path = model_path(path)
+    if path.is_dir():
+        raise PatchbankError(f"{path} is a folder; give a model file name")
     if path.exists() and not overwrite:
         raise _exists(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -104,7 +113,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     """Read a file written by :func:`save_model`: ``(tensors, meta)``.  A missing file, a file of
     another format version and anything that is not a readable patchbank model are refused
     with a one-line :class:`PatchbankError`; no code is executed on load."""
-    path = Path(path)
+    path = model_path(path)
     if not path.is_file():
         raise PatchbankError(f"model file not found: {path}")
     try:
