@@ -31,9 +31,26 @@ def test_fit_predict_separates_synthetic_defects(fitted, synthetic_root):
     assert p.anomaly_map[mask].mean() > p.anomaly_map[~mask].mean()
 
 
-def test_bank_is_uniform_subsample_of_streamed_patches(fitted):
-    n_patches = fitted.grid_[0] * fitted.grid_[1]
-    assert fitted.bank_.shape == (coreset_size(16 * n_patches, 0.10), 128)
+def _all_patch_rows(det, root):
+    """Every training patch's per-layer rows, streamed the way the fit streams them."""
+    layers = []
+    with torch.inference_mode():
+        for x, _ in det.stream(sorted((root / "train" / "good").glob("*.png"))):
+            layers.append(det.extractor(x)[0])
+    return [torch.cat(parts) for parts in zip(*layers)]
+
+
+def test_bank_is_uniform_subsample_of_streamed_patches(fitted, synthetic_root):
+    from patchbank.sampling import UniformSampler
+
+    rows = _all_patch_rows(fitted, synthetic_root)
+    n = rows[0].shape[0]
+    assert n == 16 * fitted.grid_[0] * fitted.grid_[1]
+    keep = UniformSampler(0.10, seed=0).indices(n)          # RP-Coreset: the seeded uniform draw
+    assert keep.numel() == coreset_size(n, 0.10)
+    want = fitted.embed([layer[keep] for layer in rows])
+    assert fitted.bank_.shape == (keep.numel(), 128)
+    torch.testing.assert_close(fitted.bank_, want, rtol=1e-5, atol=1e-5)
 
 
 def test_calibration_is_not_biased_by_self_matching(fitted, synthetic_root):
@@ -136,9 +153,11 @@ def test_patchcore_preset_uses_greedy_coreset_on_all_patches(synthetic_root):
     n_patches = det.grid_[0] * det.grid_[1]
     assert det.scorer_.embedding.projection_ is None
     assert det.bank_.shape[1] == sum(det.backbone.channels)       # equal-weight, full dimension
-    # the bank is exactly the greedy selection over all streamed patches
     items, labels = split_items(synthetic_root)
     scores = np.array([p.score for p in det.predict(items)])
     assert auroc(labels, scores) > 0.9
-    assert det.bank_.shape[0] == len(NaiveGreedySampler(0.10, proxy_dim=128, seed=0).run(
-        torch.zeros(16 * n_patches, 1)))
+    # the bank is the brute-force greedy selection over all streamed patches, in its order
+    rows = torch.cat(_all_patch_rows(det, synthetic_root), dim=1)     # equal fusion = concatenation
+    assert rows.shape[0] == 16 * n_patches
+    sel = NaiveGreedySampler(0.10, proxy_dim=128, seed=0).run(rows)
+    assert torch.equal(det.bank_, rows[sel])

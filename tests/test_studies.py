@@ -191,8 +191,12 @@ def test_sweep_table_matches_runs(swept):
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 10
 
 
-def test_sweep_resume_and_new_value(swept, data_root, monkeypatch):
-    out, _ = swept
+def test_sweep_resume_and_new_value(swept, data_root, monkeypatch, tmp_path):
+    # a copy of the shared sweep folder: this test rewrites sweep.csv, the others read it
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(swept[0], out, copy_function=shutil.copy2)
     files = sorted(out.glob("*/runs/*.json"))
     mtimes = [p.stat().st_mtime_ns for p in files]
     before = read_csv(out / "sweep.csv")
