@@ -13,12 +13,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _seeded_random_draws():
-    """Every test starts from the same global random state (torch, numpy, random), whatever
-    ran before it (the suite runs in random order): an unseeded draw inside a test is seeded."""
+def _isolated_global_state():
+    """Every test starts from the same global state whatever ran before it (the suite runs in
+    random order): the random generators (torch, numpy, random) seeded, so an unseeded draw in a
+    test is reproducible, and torch's thread count restored afterwards (a CLI test run with
+    --threads 2 in-process would otherwise change float rounding for every later fit)."""
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 # Small, fast settings shared by detector-level tests.
 FAST = dict(backbone="efficientnet_lite0", image_size=96, crop_size=None, batch_size=8)

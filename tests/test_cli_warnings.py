@@ -3,9 +3,12 @@ warning with a source path."""
 import subprocess
 import sys
 
+import pytest
+
 from patchbank.io.synthetic import make_dataset
 
 
+@pytest.mark.slow
 def test_fit_on_few_images_warns_in_one_line(tmp_path):
     root = make_dataset(tmp_path / "d", n_train=6, n_test_good=1, n_test_defect=1, size=64)
     out = subprocess.run(
@@ -19,8 +22,6 @@ def test_fit_on_few_images_warns_in_one_line(tmp_path):
 
 
 def test_duplicate_predict_inputs_are_predicted_once_with_a_warning(tmp_path):
-    import pytest
-
     from patchbank.cli.predictions import expand_inputs
 
     root = make_dataset(tmp_path / "d", n_train=1, n_test_good=2, n_test_defect=0, size=32)

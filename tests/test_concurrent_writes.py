@@ -27,6 +27,8 @@ from patchbank.cli.predictions import PredictionOutputs
 from patchbank.io.output_files import file_lock, lock_path_for
 from patchbank.io.synthetic import make_dataset
 
+pytestmark = pytest.mark.slow   # real processes racing: seconds each
+
 SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--crop-size", "none"]
 QUIET = ["--threads", "1", "-q"]
 TIMEOUT = 300

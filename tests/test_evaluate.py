@@ -82,8 +82,13 @@ def test_outputs_and_aggregation(evaluated):
     assert set(run["metrics"]) == set(METRICS)
 
 
-def test_resume_loads_and_no_resume_recomputes(evaluated, data_root, monkeypatch):
-    out, first = evaluated
+def test_resume_loads_and_no_resume_recomputes(evaluated, data_root, monkeypatch, tmp_path):
+    # a copy of the shared results folder: this test rewrites it, others read it
+    import shutil
+
+    first = evaluated[1]
+    out = tmp_path / "results"
+    shutil.copytree(evaluated[0], out, copy_function=shutil.copy2)
     files = sorted((out / "runs").glob("*.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in files}
 
