@@ -49,3 +49,31 @@ def split_items(root):
     good = sorted((root / "test" / "good").glob("*.png"))
     bad = sorted(p for d in ("scratch", "spot") for p in (root / "test" / d).glob("*.png"))
     return good + bad, [0] * len(good) + [1] * len(bad)
+
+
+def assert_one_line_error(exit_code: int, stderr: str, *needles) -> str:
+    """A command's failure as the CLI promises it: exit status 2 and one stderr line
+    ``error: ...`` containing every needle; returns that line."""
+    assert exit_code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for needle in needles:
+        assert str(needle) in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def recorded_predictions(monkeypatch):
+    """``[(images, predictions), ...]`` of every ``Detector.predict`` call during the test."""
+    from patchbank.detector import Detector
+
+    captured = []
+    real = Detector.predict
+
+    def recording(self, images, batch_size=None):
+        preds = real(self, images, batch_size=batch_size)
+        captured.append((list(images), preds))
+        return preds
+
+    monkeypatch.setattr(Detector, "predict", recording)
+    return captured

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
+from conftest import assert_one_line_error
 from patchbank.cli import cli
 from patchbank.cli.predictions import PredictionOutputs
 from patchbank.io.output_files import file_lock, lock_path_for
@@ -56,13 +57,9 @@ def categories_of(model: Path) -> list[str]:
     return sorted(meta["category_order"])
 
 
-def assert_one_line_error(proc, *needles) -> str:
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert str(needle) in lines[0], lines[0]
-    return lines[0]
+def one_line_error_of(proc, *needles) -> str:
+    """:func:`conftest.assert_one_line_error` of a finished process."""
+    return assert_one_line_error(proc.returncode, proc.stderr, *needles)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +150,7 @@ def test_two_predicts_into_one_folder_one_fails_at_once(datasets, single_model, 
     ok = [p for p in procs if p.returncode == 0]
     failed = [p for p in procs if p.returncode != 0]
     assert len(ok) == 1 and len(failed) == 1, [(p.returncode, p.stderr) for p in procs]
-    assert_one_line_error(failed[0], "predictions.")
+    one_line_error_of(failed[0], "predictions.")
     rows, result = _read_outputs(out)
     winner = "b" if procs[0] is ok[0] else "c"
     assert result["n_images"] == len(rows) == 3
@@ -168,7 +165,7 @@ def test_predict_while_another_run_holds_the_folder(datasets, single_model, tmp_
     with PredictionOutputs(out, paths, heatmaps=False, overwrite=False):   # run A in progress
         proc = subprocess.run(cli_args("predict", single_model, datasets["b"] / "test", "-o", out, *QUIET),
                               capture_output=True, text=True, timeout=TIMEOUT)
-        assert_one_line_error(proc, out / "predictions.csv", "being written by another")
+        one_line_error_of(proc, out / "predictions.csv", "being written by another")
     # A failed (the context ended without writing): nothing of either run is left
     assert list(out.iterdir()) == []
 

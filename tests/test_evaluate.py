@@ -190,21 +190,13 @@ def test_generic_category_without_masks(tmp_path, data_root):
         evaluate(data_root, categories=[], out_dir=tmp_path / "o", progress=False)
 
 
-def test_written_metrics_equal_scikit_learn_on_the_same_predictions(data_root, tmp_path, monkeypatch):
+def test_written_metrics_equal_scikit_learn_on_the_same_predictions(data_root, tmp_path, recorded_predictions):
     """The run file's metrics are the scikit-learn (and brute-force AUPRO) values of the very
     predictions evaluate made: a negated or shuffled score would fail here, not only range checks."""
     sk = pytest.importorskip("sklearn.metrics")
     from test_metrics import reference_aupro, sk_f1_max
 
-    captured = []
-    real_predict = Detector.predict
-
-    def recording_predict(self, images, batch_size=None):
-        preds = real_predict(self, images, batch_size=batch_size)
-        captured.append((list(images), preds))
-        return preds
-
-    monkeypatch.setattr(Detector, "predict", recording_predict)
+    captured = recorded_predictions
     result = evaluate(data_root, "lmf-core", FAST, categories=["beta"], seeds=(0,), out_dir=tmp_path / "o",
                       progress=False)
     (items, preds), = captured

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from conftest import FAST
-from patchbank.detector import Detector
 from patchbank.evaluation.runner import evaluate
 from patchbank.io.synthetic import make_dataset
 
@@ -30,18 +29,10 @@ def _oracle_mask(mask: np.ndarray, image_size, crop, keep_aspect) -> np.ndarray:
 
 
 @pytest.mark.parametrize("keep_aspect", [False, True])
-def test_evaluate_with_centre_crop_aligns_masks(tmp_path, monkeypatch, keep_aspect):
+def test_evaluate_with_centre_crop_aligns_masks(tmp_path, recorded_predictions, keep_aspect):
     root = make_dataset(tmp_path / "part", n_train=8, n_test_good=2, n_test_defect=2, size=64, seed=4)
     over = {**FAST, "image_size": (80, 72), "crop_size": (64, 56), "keep_aspect": keep_aspect}
-    captured = []
-    real_predict = Detector.predict
-
-    def recording_predict(self, images, batch_size=None):
-        preds = real_predict(self, images, batch_size=batch_size)
-        captured.append((list(images), preds))
-        return preds
-
-    monkeypatch.setattr(Detector, "predict", recording_predict)
+    captured = recorded_predictions
     evaluate(root, "lmf-core", over, seeds=(0,), out_dir=tmp_path / "o", progress=False)
     (items, preds), = captured
     written = json.loads((tmp_path / "o" / "runs" / "part__seed0.json").read_text())["metrics"]

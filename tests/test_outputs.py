@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 import patchbank.io.output_files as output_files
+from conftest import assert_one_line_error
 from patchbank.cli import cli
 from patchbank.cli.predictions import PredictionOutputs
 from patchbank.errors import PatchbankError
@@ -38,12 +39,8 @@ def run(*args, env=None):
 
 
 def one_line_error(result, *needles) -> str:
-    assert result.exit_code == 2, (result.output, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert str(needle) in lines[0], lines[0]
-    return lines[0]
+    """:func:`conftest.assert_one_line_error` of a CliRunner result."""
+    return assert_one_line_error(result.exit_code, result.stderr, *needles)
 
 
 @pytest.fixture(scope="module")
