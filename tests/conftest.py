@@ -7,24 +7,29 @@ import pytest
 import torch
 
 # Two threads fighting over two cores (pytest + BLAS) is slower than one.
-torch.set_num_threads(int(os.environ.get("PATCHBANK_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("PATCHBANK_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of a test is set up (module and session fixtures included): the test
+    thread count, whatever an earlier test or fixture set (an in-process CLI run with --threads 2
+    would change float rounding for every later fit)."""
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_global_state():
-    """Every test starts from the same global state whatever ran before it (the suite runs in
-    random order): the random generators (torch, numpy, random) seeded, so an unseeded draw in a
-    test is reproducible, and torch's thread count restored afterwards (a CLI test run with
-    --threads 2 in-process would otherwise change float rounding for every later fit)."""
-    threads = torch.get_num_threads()
+def _seeded_random_state():
+    """Every test starts from the same random state whatever ran before it (the suite runs in
+    random order): torch, numpy and random seeded, so an unseeded draw in a test is reproducible
+    (the thread count is reset by ``pytest_runtest_setup``)."""
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    yield
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 # Small, fast settings shared by detector-level tests.
 FAST = dict(backbone="efficientnet_lite0", image_size=96, crop_size=None, batch_size=8)
