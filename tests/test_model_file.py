@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 import patchbank.io.model_file as model_file
 from patchbank.cli import cli
 from patchbank.errors import PatchbankError
-from patchbank.io.model_file import current_umask, load_model, save_model
+from patchbank.io.model_file import load_model, save_model
+from patchbank.io.output_files import current_umask
 
 LEGACY = Path(__file__).parent / "data" / "legacy_lmf_core.patchbank"
 

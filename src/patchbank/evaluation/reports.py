@@ -22,6 +22,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from patchbank.io.output_files import commit_file
+
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
            "aupro", "bank_mb", "fit_s", "ms_per_img")
 LABELS = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1_max": "image F1-max",
@@ -88,19 +90,16 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2, newline: bool = True,
                default: Any = None) -> Path:
-    """Write ``data`` as JSON atomically (temporary file, then rename); returns the path.
+    """Write ``data`` as JSON atomically (:func:`patchbank.io.output_files.commit_file`: a
+    temporary file of its own, then a rename); returns the path.
 
     Args:
         indent: ``json.dumps`` indent (None: one line).
         newline: end the file with a newline.
         default: ``json.dumps``'s ``default`` (e.g. ``str`` for paths).
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=indent, default=default) + ("\n" if newline else ""))
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(data, indent=indent, default=default) + ("\n" if newline else "")
+    return commit_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import current_umask
 
 FORMAT_NAME = "patchbank"
 FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
@@ -92,21 +93,6 @@ def _create_exclusively(tmp: str, path: Path) -> None:
     except FileExistsError:
         raise _exists(path) from None
     os.replace(tmp, path)
-
-
-def current_umask() -> int:
-    """The process's umask (read from /proc where possible: setting it to read it back is not
-    thread-safe)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -319,7 +319,7 @@ def commit_file(path: str | os.PathLike, write: Callable[[Path], None],
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         if reservation is not None and not reservation.is_current():
             kept = path.with_name(f"{path.name}.{os.getpid()}")
             os.replace(tmp, kept)
@@ -337,7 +337,16 @@ def commit_file(path: str | os.PathLike, write: Callable[[Path], None],
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it back is not
+    thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
