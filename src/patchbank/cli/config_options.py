@@ -6,6 +6,10 @@ Option defaults are None, meaning "keep the preset's value": only options given 
 line override the preset (:func:`given_overrides`).  Range and cross-field checks are Config's;
 :func:`build_config` reports its :class:`~patchbank.errors.ConfigError` against the option
 named by ``ConfigError.field``.
+
+The word ``none`` (any case) means what the field's metadata says (:func:`none_meaning`): the
+string choice ``"none"`` where the field has one (``--sampler none``: keep every patch), None where
+the field is optional (``--crop-size none``), and a usage error naming the option otherwise.
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 _METAVARS = {"bool": "BOOL", "int": "INT", "float": "FLOAT", "str": "TEXT", "size": "N|HxW",
              "list": "A,B,..."}
+_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text",
+             "size": "N or HxW", "list": "a comma-separated list"}
+NONE_WORD = "none"
+NONE_CHOICE, NONE_IS_NULL, NONE_REFUSED = "choice", "null", "refused"
 
 
 def option_name(field_name: str) -> str:
@@ -58,6 +66,22 @@ def format_value(value: Any, kind: str = "") -> str:
     return str(value)
 
 
+def none_meaning(optional: bool, choices: tuple[str, ...] | None) -> str:
+    """What the command-line word ``none`` (any case) means for a field, from its metadata only
+    (:class:`~patchbank.config.FieldSpec` ``optional`` and ``choices``); the one place this is decided.
+
+    Returns:
+        :data:`NONE_CHOICE` where ``"none"`` is one of the field's choices: the word is that string
+        (``sampler="none"``, keep every patch; for a list field, the one-member subset).  A choice
+        wins over None, so a field that had both would reach None only from Python.
+        :data:`NONE_IS_NULL` where the field is optional (``X | None``): the word is None.
+        :data:`NONE_REFUSED` otherwise: the word is a usage error naming the option.
+    """
+    if choices and NONE_WORD in choices:
+        return NONE_CHOICE
+    return NONE_IS_NULL if optional else NONE_REFUSED
+
+
 def field_kind(field_name: str) -> str:
     """The :attr:`~patchbank.config.FieldSpec.kind` of a Config field, ``""`` for unknown names."""
     spec = FIELD_SPECS.get(field_name)
@@ -72,7 +96,8 @@ class ConfigValue(click.ParamType):
         tp: the field's annotation; gives the kind (see :func:`patchbank.config.value_kind`).
         default: unused, kept for callers that pass the dataclass default.
 
-    ``none`` (any case) gives None for optional fields; int / float / bool / str by the kind;
+    ``none`` (any case) is read by :func:`none_meaning`: the choice ``"none"`` where the field has
+    one, None for optional fields, refused otherwise; int / float / bool / str by the kind;
     ``size`` fields are ``N`` or ``HxW``; ``list`` fields are comma lists whose items are ints
     where they look like ints.  A ``str`` field with choices accepts only those.  Ranges and
     cross-field rules are left to :class:`~patchbank.config.Config` (see :func:`build_config`).
@@ -88,20 +113,31 @@ class ConfigValue(click.ParamType):
     def get_metavar(self, param, ctx=None) -> str:  # noqa: D401 - click API
         """The value's shape for --help: the choices, or INT / FLOAT / N|HxW ... (``|none``)."""
         text = "|".join(self.choices) if self.choices else _METAVARS[self.kind]
-        return f"{text}|none" if self.optional else text
+        return f"{text}|none" if none_meaning(self.optional, self.choices) == NONE_IS_NULL else text
 
     def convert(self, value: Any, param, ctx) -> Any:
         """The parsed value; ``self.fail`` (a one-line BadParameter) for text that does not parse."""
         if not isinstance(value, str):
             return value  # already converted (defaults, programmatic calls)
         text = value.strip()
-        if text.lower() == "none":
-            if self.optional:
+        if text.lower() == NONE_WORD:
+            meaning = none_meaning(self.optional, self.choices)
+            if meaning == NONE_IS_NULL:
                 return None
-            self.fail(f"{value!r}: this setting cannot be none", param, ctx)
+            if meaning == NONE_REFUSED:
+                self.fail(f"{value!r}: this setting cannot be none; expected {self._expected()}",
+                          param, ctx)
+            text = NONE_WORD   # the choice, spelled as the choices spell it
         if not text:
             self.fail("empty value", param, ctx)
         return getattr(self, f"_parse_{self.kind}")(text, value, param, ctx)
+
+    def _expected(self) -> str:
+        """What the field takes, for error messages: ``one of a, b`` or ``an integer`` ..."""
+        if self.choices:
+            what = "a comma list of" if self.kind == "list" else "one of"
+            return f"{what} {', '.join(self.choices)}"
+        return _EXPECTED[self.kind]
 
     def _parse_int(self, text, value, param, ctx):
         if not is_int_text(text):
