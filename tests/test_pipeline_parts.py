@@ -29,6 +29,18 @@ def test_aggregate_is_local_mean_and_aligns_grids():
     assert rows[0].shape == (16, 1) and rows[0][5, 0] == out[0][0, 0, 1, 1]
 
 
+def test_aggregate_zero_border_counts_the_padding():
+    a = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4) + 1.0
+    out = aggregate([a], 3, border="zero")[0]
+    # corner: the 4 existing neighbours summed, divided by all 9 window positions (zeros count)
+    assert out[0, 0, 0, 0].item() == pytest.approx(a[0, 0, 0:2, 0:2].sum().item() / 9)
+    assert out[0, 0, 0, 1].item() == pytest.approx(a[0, 0, 0:2, 0:3].sum().item() / 9)
+    # interior positions do not depend on the border rule
+    valid = aggregate([a], 3, border="valid")[0]
+    assert out[0, 0, 1, 1].item() == valid[0, 0, 1, 1].item()
+    assert out[0, 0, 0, 0].item() < valid[0, 0, 0, 0].item()
+
+
 def test_moments_match_numpy():
     # float32 rows: per-batch sums in float32, accumulated in float64; the shift (the first row)
     # keeps a large offset from cancelling the small variances (0.01^2 on top of 10,000)
@@ -157,3 +169,15 @@ def test_anomaly_map_upsamples_and_blurs_like_scipy():
     x = np.random.default_rng(0).random((3, 30, 20)).astype(np.float32)
     ref = np.stack([ndimage.gaussian_filter(a, 4.0, mode="reflect", truncate=4.0) for a in x])
     assert np.abs(gaussian_blur(torch.from_numpy(x), 4.0).numpy() - ref).max() < 1e-5
+
+
+def test_anomaly_map_nearest_upsampling_is_blocky_before_the_blur():
+    grid = torch.arange(12, dtype=torch.float32).view(1, 3, 4)
+    maps = anomaly_maps(grid, (6, 8), 0.0, mode="nearest")
+    # each patch score fills its own 2 x 2 pixel block
+    assert torch.equal(maps[0], grid[0].repeat_interleave(2, 0).repeat_interleave(2, 1))
+    blurred = anomaly_maps(grid, (6, 8), 1.0, mode="nearest")
+    block = grid[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
+    ref = ndimage.gaussian_filter(block, 1.0, mode="reflect", truncate=4.0)
+    assert np.abs(blurred[0].numpy() - ref).max() < 1e-5
+    assert not torch.allclose(anomaly_maps(grid, (6, 8), 0.0), maps)

@@ -37,6 +37,31 @@ def test_detector_maps_are_blurred_patch_scores(synthetic_root, sigma):
     assert not np.allclose(pred.anomaly_map, up.numpy(), atol=1e-3)     # the blur did something
 
 
+@pytest.mark.parametrize("border,upsample", [("zero", "nearest"), ("valid", "nearest"), ("zero", "bilinear")])
+def test_detector_follows_patch_border_and_map_upsample(synthetic_root, border, upsample):
+    """The fitted detector's patch rows are the backbone maps averaged with the configured border
+    rule (F.avg_pool2d directly) and its map is the configured upsampling, blurred (scipy)."""
+    det = Detector.from_preset("lmf-core", progress=False,
+                               **{**FAST, "patch_border": border, "map_upsample": upsample})
+    det.fit(synthetic_root / "train" / "good")
+    items, _ = split_items(synthetic_root)
+    x, _ = next(iter(det.stream([items[-1]])))
+    with torch.inference_mode():
+        raw = det.extractor.maps(x)
+        rows, _ = det.extractor(x)
+    want = F.avg_pool2d(raw[0], 3, stride=1, padding=1, count_include_pad=border == "zero")
+    torch.testing.assert_close(rows[0], want.permute(0, 2, 3, 1).reshape(-1, raw[0].shape[1]))
+    pred = det.predict([items[-1]])[0]
+    with torch.inference_mode():
+        emb = det.embed(rows)
+        _, scores = det.scorer_.score(emb.view(1, -1, emb.shape[1]))
+    grid = scores.view(1, 1, *det.grid_).float()
+    kw = {"mode": "nearest"} if upsample == "nearest" else {"mode": "bilinear", "align_corners": False}
+    up = F.interpolate(grid, size=det.config.input_size, **kw)[0, 0]
+    want_map = gaussian_filter(up.double().numpy(), det.config.blur_sigma, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(pred.anomaly_map, want_map, rtol=1e-4, atol=1e-4 * float(np.abs(want_map).max()))
+
+
 def test_reweighting_uses_the_matched_entrys_neighbourhood():
     # bank: A (0,0) is the test patch's nearest entry; A's 3 nearest entries are A, B, C, the
     # test patch's are A, D, B: Eq. 7 sums over N_b(m*) = {A, B, C}

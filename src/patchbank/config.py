@@ -38,6 +38,8 @@ from typing import Any
 from patchbank.errors import ConfigError
 
 FUSIONS = ("equal", "vg", "l2")
+PATCH_BORDERS = ("valid", "zero")
+MAP_UPSAMPLES = ("bilinear", "nearest")
 SAMPLERS = ("uniform", "greedy", "none")
 SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
 DISTANCES = ("euclidean", "squared")
@@ -253,6 +255,9 @@ class Config:
     crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
     # --- patch features and fusion --------------------------------------------------------
     patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_PATCH)
+    patch_border: str = _setting("valid", "Border of the p x p average: valid (only existing neighbours) "
+                                 "or zero (zero padding counts, as PatchCore and anomalib).",
+                                 choices=PATCH_BORDERS)
     fusion: str = _setting("vg", "Layer fusion: equal weights, vg (LMF-Core Eq. 1) or l2 (StructCore).",
                            choices=FUSIONS)
     kappa: float = _setting(0.5, "Fraction of channels kept per layer (VG-Fusion).", interval=_FRACTION)
@@ -281,6 +286,8 @@ class Config:
                                    "exact re-rank).", interval=_POSITIVE)
     pq_refine: int = _setting(8, "faiss-ivfpq: candidates re-ranked exactly per neighbour wanted.",
                               interval=_POSITIVE)
+    map_upsample: str = _setting("bilinear", "Patch grid -> pixel map: bilinear (official PatchCore) or "
+                                 "nearest (anomalib).", choices=MAP_UPSAMPLES)
     blur_sigma: float = _setting(4.0, "Gaussian blur sigma of the anomaly map (0 = no blur).",
                                  interval=_NON_NEGATIVE)
     image_score: str = _setting("reweighted_max", "Image score pooled from the patch scores.",

@@ -96,7 +96,7 @@ class Detector:
             bb = self._shared_backbone
             if bb is None:
                 bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
-            extractor = FeatureExtractor(bb, cfg.patch_size, self.device)
+            extractor = FeatureExtractor(bb, cfg.patch_size, self.device, cfg.patch_border)
             if hasattr(self, "backbone_sha256_"):      # fitted or loaded: the backbone must fit
                 self._check_backbone(extractor)
             self._extractor = extractor

@@ -1,4 +1,7 @@
-"""Patch-score grid -> pixel anomaly map: bilinear upsampling to the input size, Gaussian blur.
+"""Patch-score grid -> pixel anomaly map: upsampling to the input size, Gaussian blur.
+
+Upsampling is bilinear (``align_corners=False``, the official PatchCore code) or nearest
+(anomalib's ``F.interpolate`` default).
 
 PatchCore / LMF-Core Sec. 4.5 / StructCore Sec. 3.5: sigma = 4 px.  The blur is a separable
 Gaussian truncated at 4 sigma with reflected borders, the same as
@@ -47,18 +50,19 @@ def _symmetric_pad(x: torch.Tensor, r: int) -> torch.Tensor:
 _OPERATORS: dict = {}
 
 
-def map_operator(n: int, size: int, sigma: float, device, dtype=torch.float32) -> torch.Tensor:
-    """The [size, n] matrix of "bilinear upsampling n -> size, then Gaussian blur" along one axis.
+def map_operator(n: int, size: int, sigma: float, device, dtype=torch.float32,
+                 mode: str = "bilinear") -> torch.Tensor:
+    """The [size, n] matrix of "upsampling n -> size (``mode``), then Gaussian blur" along one axis.
 
     Both steps are linear and separable, so ``anomaly_maps`` is ``A_h @ S @ A_w^T``: two small
     matrix products instead of a 33-tap convolution over every output pixel (same result up to
     float rounding).  Built by pushing the unit vectors through the reference ops; cached.
     """
-    key = (n, size, float(sigma), str(device), dtype)
+    key = (n, size, float(sigma), str(device), dtype, mode)
     op = _OPERATORS.get(key)
     if op is None:
         eye = torch.eye(n, dtype=torch.float64).view(n, 1, n, 1)
-        up = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False).squeeze(1)
+        up = _upsample(eye, (size, 1), mode).squeeze(1)
         # blurring the size-1 axis with symmetric padding is the identity (the kernel sums to 1)
         op = gaussian_blur(up, sigma).squeeze(-1).T.contiguous()          # [size, n]
         op = op.to(device=device, dtype=dtype)
@@ -68,18 +72,25 @@ def map_operator(n: int, size: int, sigma: float, device, dtype=torch.float32) -
     return op
 
 
-def anomaly_maps_reference(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """The definition: bilinear upsampling, then the separable Gaussian blur (slow on CPU)."""
-    up = F.interpolate(patch_scores.unsqueeze(1).float(), size=size, mode="bilinear",
-                       align_corners=False).squeeze(1)
+def _upsample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def anomaly_maps_reference(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float,
+                           mode: str = "bilinear") -> torch.Tensor:
+    """The definition: upsampling (``mode``), then the separable Gaussian blur (slow on CPU)."""
+    up = _upsample(patch_scores.unsqueeze(1).float(), size, mode).squeeze(1)
     return gaussian_blur(up, sigma)
 
 
-def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float,
+                 mode: str = "bilinear") -> torch.Tensor:
     """[B, h, w] patch scores -> [B, H, W] smoothed pixel maps at the network input size
     (:func:`anomaly_maps_reference` computed as ``A_h @ S @ A_w^T``, see :func:`map_operator`)."""
     s = patch_scores.float()
     h, w = s.shape[-2:]
-    a_h = map_operator(h, size[0], sigma, s.device)
-    a_w = map_operator(w, size[1], sigma, s.device)
+    a_h = map_operator(h, size[0], sigma, s.device, mode=mode)
+    a_w = map_operator(w, size[1], sigma, s.device, mode=mode)
     return torch.matmul(torch.matmul(a_h, s), a_w.T)

@@ -2,8 +2,10 @@
 
 LMF-Core Sec. 4.2 / PatchCore: every layer's map is averaged over each position's p x p
 neighbourhood (stride 1), then deeper (coarser) maps are bilinearly resized to the first
-(finest) map's grid so patch positions align.  Border positions average only the neighbours
-that exist (``count_include_pad=False``), so the image edge does not read as dark padding.
+(finest) map's grid so patch positions align.  ``border="valid"``: border positions average only
+the neighbours that exist (``count_include_pad=False``), so the image edge does not read as dark
+padding; ``border="zero"``: the zero padding counts (``AvgPool2d(p, 1, p // 2)``, as the official
+PatchCore code and anomalib do).
 """
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ from torch import nn
 from patchbank.errors import PatchbankError
 
 
-def aggregate(maps: list[torch.Tensor], patch_size: int) -> list[torch.Tensor]:
-    """p x p local average of each map, then bilinear resize to the first map's (h, w)."""
+def aggregate(maps: list[torch.Tensor], patch_size: int, border: str = "valid") -> list[torch.Tensor]:
+    """p x p local average of each map (``border`` "valid" or "zero", see the module docstring),
+    then bilinear resize to the first map's (h, w)."""
     h, w = maps[0].shape[-2:]
     out = []
     for fmap in maps:
         if patch_size > 1:
             fmap = F.avg_pool2d(fmap, patch_size, stride=1, padding=patch_size // 2,
-                                count_include_pad=False)
+                                count_include_pad=border == "zero")
             if fmap.shape[-2:] != maps[0].shape[-2:] and patch_size % 2 == 0:
                 fmap = fmap[..., :-1, :-1]
         if fmap.shape[-2:] != (h, w):
@@ -45,10 +48,12 @@ class FeatureExtractor(nn.Module):
     features in row order (image, y, x), ``(h, w)`` the patch grid of the first tapped layer.
     """
 
-    def __init__(self, backbone: nn.Module, patch_size: int, device: torch.device):
+    def __init__(self, backbone: nn.Module, patch_size: int, device: torch.device,
+                 border: str = "valid"):
         super().__init__()
         self.backbone = backbone
         self.patch_size = patch_size
+        self.border = border
         self.device = torch.device(device)
         # on CPU, CNNs run in channels-last memory format and in micro-batches of CPU_MICRO_BATCH
         # images (docs/performance.md: activations stay in cache); outputs equal up to rounding
@@ -79,5 +84,5 @@ class FeatureExtractor(nn.Module):
             raise PatchbankError(f"patch_size {self.patch_size} is larger than the backbone's feature "
                                  f"map ({h} x {w} for a {x.shape[-2]} x {x.shape[-1]} input): use a "
                                  f"smaller patch_size or a larger image_size")
-        maps = aggregate(raw, self.patch_size)
+        maps = aggregate(raw, self.patch_size, self.border)
         return to_patches(maps), tuple(maps[0].shape[-2:])

@@ -120,5 +120,6 @@ class PatchScorer:
     def anomaly_map(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """[B, P] patch scores -> (maps [B, H, W], descriptors [B, 3]); see the class."""
         cfg = self.config
-        maps = anomaly_maps(scores.view(scores.shape[0], *self.grid), cfg.input_size, cfg.blur_sigma)
+        maps = anomaly_maps(scores.view(scores.shape[0], *self.grid), cfg.input_size, cfg.blur_sigma,
+                            cfg.map_upsample)
         return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio).cpu().numpy()
