@@ -22,9 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 
-from patchbank.config import Config
+from patchbank.cli.config_options import field_value_type
+from patchbank.config import FIELD_SPECS, Config
 from patchbank.detector import Detector
 from patchbank.evaluation.scoring import score_category
 from patchbank.io.datasets import read_dataset
@@ -34,16 +36,15 @@ from patchbank.studies.speed import floor_seconds, machine  # the floor lives in
 KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
-def parse_value(text: str):
-    """A ``--set`` value: bool, int, float, None (``none``) or the text itself."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return None if text.lower() == "none" else text
+def parse_value(field: str, text: str):
+    """A ``--set`` value, read as the CLI reads ``--<field>`` (``none`` means what the field's
+    metadata says: the choice "none" or None)."""
+    if field not in FIELD_SPECS:
+        raise SystemExit(f"--set: unknown config field {field!r}")
+    try:
+        return field_value_type(field).convert(text, None, None)
+    except click.BadParameter as exc:
+        raise SystemExit(f"--set {field}={text}: {exc.message}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {args.root} is not an MVTec-layout category (no train/good); "
                  "the real datasets live in ../shared/data/")
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    config = Config.preset(args.preset, **{k: parse_value(v) for k, v in overrides.items()})
+    config = Config.preset(args.preset, **{k: parse_value(k, v) for k, v in overrides.items()})
     det = Detector(config, device=args.device, progress=False)
     train = list_images(args.root / "train" / "good")
     category, = read_dataset(args.root)
