@@ -231,3 +231,76 @@ def test_cuda_dense_loop():
     cpu = GreedySampler(0.05, proxy_dim=16).run(x)
     assert gpu.device.type == "cpu" and gpu.numel() == cpu.numel()
     assert len(set(gpu.tolist())) == gpu.numel()
+
+
+def _simplex_copies(copies: int) -> torch.Tensor:
+    # the origin and 3 * e_i (i < 64), each `copies` times: from row 0 every other point is at
+    # distance 3 (one tie), and after those 64 are selected every remaining row is a duplicate
+    base = torch.cat([torch.zeros(1, 64), 3.0 * torch.eye(64)])
+    return base.repeat(copies, 1).contiguous()
+
+
+@pytest.mark.parametrize("pool", [None, 5000])
+def test_batch_ending_at_compaction_step_regression(pool):
+    # Issue 14: _batch compacts its pool (> 1024 rows) after every 64th selection to the rows
+    # still >= tau.  When the batch was over exactly then -- here after 64 selections every
+    # pool row is a duplicate of a centre, r = 0 -- the compacted pool was empty and the next
+    # argmax raised IndexError.  pool=None: the 1280 tied rows form one pool with tau = 3 > 0;
+    # pool=5000 >= N: tau <= 0, the pool is the rows with r > 0.
+    x = _simplex_copies(20)
+    n = x.shape[0]
+    got = greedy_fast(x, n, 0, pool=pool)
+    assert torch.equal(got, greedy_reference(x, n, 0))
+
+
+def test_batch_ending_at_compaction_step_without_duplicates():
+    # The same crash with tau > 0 and distinct rows: 64 anchors at 10.5 e_i, 1036 satellites
+    # within ~0.1 of 10 e_i and 100 rows near the start.  The 1100-row pool's batch selects the
+    # 64 anchors, after which every satellite is far below tau.
+    g = torch.Generator().manual_seed(0)
+    sat = 10.0 * torch.eye(64)[torch.arange(1036) % 64] + 0.01 * torch.randn(1036, 64, generator=g)
+    x = torch.cat([0.01 * torch.randn(100, 64, generator=g), 10.5 * torch.eye(64), sat]).contiguous()
+    for kw in ({"pool": 1100}, {"pool": 1100, "freeze": None}):
+        assert torch.equal(greedy_fast(x, 300, 0, **kw), greedy_reference(x, 300, 0))
+
+
+@pytest.mark.parametrize("scale_exp", [-70, -75, -80])
+def test_subnormal_squared_distances(scale_exp):
+    # Coordinates k * 2**-75 (|k| <= 8): squared differences are float32 subnormals (or round
+    # to 0) in the exact kernel and in the filters' estimates, where purely relative rounding
+    # slack does not hold; the filters' absolute floor must keep every pair that lowers r.
+    g = torch.Generator().manual_seed(4)
+    for d in (4, 16, 64):
+        x = (torch.randint(-8, 9, (300, d), generator=g).float() * 2.0**scale_exp).contiguous()
+        ref = greedy_reference(x, 100, 0)
+        for kw in ({}, {"pool": 7}, {"pool": 7, "freeze": None}):
+            assert torch.equal(greedy_fast(x, 100, 0, **kw), ref)
+
+
+def test_fast_rejects_rows_whose_squares_overflow():
+    for v in (float("nan"), float("inf"), -2.0**61 * 1.01):
+        x = torch.randn(10, 3)
+        x[3, 1] = v
+        with pytest.raises(ValueError, match="norm"):
+            greedy_fast(x, 3, 0)
+    x = torch.randn(10, 3)
+    x[3, 1] = -2.0**61  # the largest accepted row norm (1e37 squared distances)
+    x[5, 0] = 2.0**60
+    assert torch.equal(greedy_fast(x, 10, 0), greedy_reference(x, 10, 0))
+
+
+@pytest.mark.parametrize("pool", [5, 16])
+def test_lazy_thaw_when_tau_drops_below_zero_regression(pool):
+    # Once fewer unselected rows are left than the pool size, tau (the pool-th largest r) is
+    # -1, a selected row's.  The lazy updates had frozen selected rows with the others, so the
+    # thaw at tau <= 0 (theta = 0, thaw rows with r >= 0) always left a group behind, tau <
+    # theta stayed true and _Lazy.settle looped forever -- e.g. GreedySampler(1.0) on Gaussian
+    # rows.  Selected rows are no longer frozen; the thaw empties every group.
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy_fast(x, 40, 0, pool=pool), greedy_reference(x, 40, 0))
+
+
+def test_full_ratio_on_distinct_rows():
+    x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    got = GreedySampler(1.0, proxy_dim=None).run(x)
+    assert torch.equal(got, NaiveGreedySampler(1.0, proxy_dim=None).run(x))

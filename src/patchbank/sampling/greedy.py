@@ -47,8 +47,8 @@ batches the sequential selection without changing it:
   ``[B, 33] x [33, m]`` product per row block.  Only pairs it cannot rule out get a
   full 128-d estimate, and only pairs that estimate cannot rule out (about the pairs that
   really lower ``r``) get the exact distance.  Every test carries a rounding slack (see
-  ``_S_REL`` / ``_E_REL``), so a pair is skipped only when its exact distance cannot lower
-  ``r``.
+  ``_S_REL`` / ``_E_REL``, and an absolute floor for float32 underflow), so a pair is skipped
+  only when its exact distance cannot lower ``r``.
 * **Lazy rows.**  A batch needs exact ``r`` only for rows that can enter its pool.  Rows with
   ``r < beta * tau`` (``freeze``, default 0.9) are frozen: the update passes skip them, and
   their stored ``r`` (an upper bound, r only decreases) stays below a threshold ``theta <=
@@ -92,10 +92,11 @@ __all__ = [
     "covering_radius",
 ]
 
-# Relative slack applied to every triangle-inequality bound.  float32 distances from cdist
-# carry a relative error of ~1e-6; 2**-10 (~1e-3) keeps the pruning safe by a wide margin.
-_SLACK = 2.0**-10  # kappa = (1 - s) / (1 + s) ~ 1 - 2**-9
-_KAPPA = (1.0 - _SLACK) / (1.0 + _SLACK)
+# Largest |value| GreedySampler accepts (before its projection).
+_MAX_ABS = 1e15
+# Largest row norm greedy_fast accepts: centred rows then have norm <= 2**62, so squared
+# distances and the filters' sums of squared norms stay below float32's maximum (~2**128).
+_MAX_NORM = 2.0**61
 
 
 def _dist(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,7 @@ def _check_features(features: torch.Tensor) -> torch.Tensor:
     peak = float(features.abs().max())
     if not math.isfinite(peak):
         raise ValueError("features: contains NaN or infinite values")
-    if peak > 1e15:  # squared distances would overflow float32
+    if peak > _MAX_ABS:  # squared distances would overflow float32
         raise ValueError(f"features: values up to {peak:.3g} are too large for float32 distances")
     return features.contiguous()
 
@@ -208,19 +209,47 @@ def covering_radius(features: torch.Tensor, selected: torch.Tensor, block: int =
 
 # Every filter below keeps a pair (x, c) unless it has proved ``d(x, c) >= r(x)``.  A pair is
 # dropped only when its float32 squared-distance estimate q satisfies
-#     q >= r(x)^2 * (1 + _S_REL) + _E_REL * (|x|^2 + |c|^2)       (norms of the centred rows).
+#     q >= r(x)^2 * (1 + _S_REL) + _E_REL * (|x|^2 + |c|^2) + floor   (norms of the centred rows).
 # Rounding: the estimates are sums of <= D + 3 float32 products (error <= (D + 3) * 2**-24 *
 # (|x|^2 + |c|^2) each, ~8e-6 for D = 128) of coordinates rounded once from float64 (another
 # ~2e-7); the exact kernel's value differs from the true distance by ~1e-5 relative.  _E_REL
-# (6e-5) and _S_REL (1e-3) cover these with a wide margin, so no pair that could lower r(x) is
-# ever dropped.
+# (6e-5) and _S_REL (1e-3) cover these with a wide margin.
+# Underflow: those relative bounds fail where squares fall into float32's subnormal range
+# (coordinate differences below ~1e-19): every rounded coordinate, product, square and r^2 then
+# also carries an absolute error of up to 2**-150 -- in the exact kernel too, whose squared terms
+# can round to 0 -- and the relative slack terms themselves underflow to 0.  ``floor``
+# (:func:`_underflow_floor`, a few hundred times 2**-149) covers the D + O(1) such errors of one
+# comparison; for D below ~2e6 it is below every normal float32, so it changes no test on
+# normal-range data.
+# Together no pair whose exact distance could lower r(x) is ever dropped.
 _S_REL = 2.0**-10
 _E_REL = 2.0**-14
+
+
+def _underflow_floor(dim: int) -> float:
+    """Absolute slack covering the underflow errors of one filter comparison in ``dim``
+    dimensions (see the comment above): ``(4 * dim + 64) * 2**-149``, exact in float32."""
+    return (4 * dim + 64) * 2.0**-149
 
 
 def _pair_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact distances between row i of ``a`` and row i of ``b`` (the kernel of :func:`_dist`)."""
     return torch.cdist(a[:, None, :], b[:, None, :], compute_mode="donot_use_mm_for_euclid_dist")[:, 0, 0]
+
+
+def _principal_axes(sub: torch.Tensor) -> torch.Tensor:
+    """Orthonormal ``[D, D]`` float64 basis, columns by decreasing variance of the centred rows
+    ``sub`` (scaled in place); the identity when the eigensolver fails.  Any orthonormal basis
+    keeps the filters exact (only their pruning depends on it)."""
+    d = sub.shape[1]
+    peak = float(sub.abs().max())
+    if not 0.0 < peak < math.inf:
+        return torch.eye(d, dtype=torch.float64)
+    sub /= peak  # the eigenvectors do not depend on the scale; the Gram matrix stays in range
+    try:
+        return torch.linalg.eigh(sub.T @ sub).eigenvectors.flip(1).contiguous()
+    except torch.linalg.LinAlgError:
+        return torch.eye(d, dtype=torch.float64)
 
 
 class _Coords:
@@ -232,6 +261,7 @@ class _Coords:
     rounded once to float32.  Distances are invariant under the centring and rotation, and
     ``|low(x) - low(c)|`` is a lower bound of ``|x - c|``: it is the distance in the top-k
     coordinates combined with ``| |rest(x)| - |rest(c)| |`` (reverse triangle inequality).
+    ``floor``: the filters' absolute slack for ``D`` dimensions (:func:`_underflow_floor`).
     """
 
     def __init__(self, x: torch.Tensor, k: int, seed: int = 0, sample: int = 65536, chunk: int = 32768):
@@ -242,9 +272,10 @@ class _Coords:
         sub = x[rows].double()
         mu = sub.mean(0)
         sub -= mu
-        axes = torch.linalg.eigh(sub.T @ sub).eigenvectors.flip(1).contiguous()
+        axes = _principal_axes(sub)
         del sub
         self.k = k
+        self.floor = _underflow_floor(D)
         self.low = torch.empty(N, k + 1)
         self.rest = torch.empty(N, D - k)
         self.sq = torch.empty(N)
@@ -288,8 +319,8 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
         else:
             ib = rows[b0:b1]
             rb, qb, lb = r.index_select(0, ib), co.sq.index_select(0, ib), co.low.index_select(0, ib)
-        r2s = rb.clamp_min(0.0).square() * (1.0 + _S_REL)
-        # pair (i, j) passes iff |c|^2 (1 - E) - 2 u_i . u_j < r_i^2 (1 + S) - |x_i|^2 (1 - E),
+        r2s = rb.clamp_min(0.0).square().mul_(1.0 + _S_REL).add_(co.floor)
+        # pair (i, j) passes iff |c|^2 (1 - E) - 2 u_i . u_j < r_i^2 (1 + S) + floor - |x_i|^2 (1 - E),
         # u = low (filter 1) or the full coordinates (filter 2, dense form)
         t = (r2s - qb * (1.0 - _E_REL))[:, None]
         seen += (b1 - b0) * m
@@ -390,6 +421,12 @@ def greedy_fast(
     everything else runs single-threaded, and the torch thread count is restored on return.
     ``seed``: row sample for the principal axes.  ``freeze``: factor beta of the lazy updates
     (None: update every row after every batch).  None of these changes the result.
+
+    Raises ValueError for arguments out of range and for features that are not finite or have
+    a row norm over ``2**61`` (~2.3e18; beyond it squared distances can overflow float32 --
+    :class:`GreedySampler` accepts values up to 1e15, whose projections stay far below); for
+    every other input -- duplicates, ties, ``n == N``, values down to float32's subnormal
+    range -- it returns the reference's selection.
     """
     x = features
     if x.is_cuda or x.dtype != torch.float32 or x.ndim != 2 or not x.is_contiguous():
@@ -399,6 +436,9 @@ def greedy_fast(
         raise ValueError(f"n: expected 1 <= n <= {N}, got {n}")
     if not (0 <= start < N):
         raise ValueError(f"start: expected 0 <= start < {N}, got {start}")
+    top = float(torch.linalg.vector_norm(x, dim=1).max())
+    if not top <= _MAX_NORM:  # also NaN
+        raise ValueError(f"features: expected finite rows of norm <= {_MAX_NORM:.3g}, got {top:.3g}")
     if pool is None:
         pool = max(256, min(16384, N // 16))
     if pool < 1:
@@ -449,11 +489,13 @@ class _Lazy:
     ``r >= tau``.  Rows with ``r < beta * tau`` (``beta = freeze``) are *frozen*: they keep
     their ``r`` (an upper bound of the true one, since r only decreases) and the number of
     centres applied to them, and the update passes skip them.  Invariant: every frozen row
-    has stored ``r < theta <= tau``.  When ``tau`` (computed over all stored r) falls below
-    ``theta``, the frozen rows whose stored ``r >= beta * tau`` get every centre selected since
-    they froze (the same filtered exact update), then ``theta = beta * tau`` and the loop
-    repeats; so the pool is always built from exact values.  Rows whose min-distance ends far
-    below the final threshold are never touched again.
+    has stored ``0 <= r < theta <= tau`` (selected rows, ``r = -1``, are dropped at a freeze,
+    never frozen).  When ``tau`` (computed over all stored r) falls below ``theta``, the frozen
+    rows whose stored ``r >= beta * tau`` get every centre selected since they froze (the same
+    filtered exact update), then ``theta = beta * tau`` and the loop repeats; so the pool is
+    always built from exact values.  When ``tau <= 0`` (fewer unselected rows with ``r > 0``
+    than the pool size) every frozen row thaws and ``theta = 0``, which ends the loop.  Rows
+    whose min-distance ends far below the final threshold are never touched again.
     """
 
     def __init__(self, N: int, beta: float | None):
@@ -489,10 +531,13 @@ class _Lazy:
                 continue  # thawed rows may have lowered tau
             below = self.beta * tau
             if below > 0:
-                low = (r if self.active is None else r.index_select(0, self.active)) < below
+                ra = r if self.active is None else r.index_select(0, self.active)
+                low = ra < below
                 if int(low.sum()) * 4 > low.numel():   # freeze when over a quarter can go
                     act = self.active if self.active is not None else torch.arange(N)
-                    self.groups.append((act[low], len(sel)))
+                    # selected rows (r = -1) leave the active set without being frozen: no
+                    # update concerns them and no thaw must wait for them
+                    self.groups.append((act[low & (ra >= 0)], len(sel)))
                     self.active = act[~low]
                     self.theta = max(self.theta, below)
             return tau
@@ -506,16 +551,20 @@ def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int
     included); rows outside it have ``r < tau`` and r never grows, so while the pool's largest
     r is ``>= tau`` the global farthest row (lowest index among ties) is in the pool.  Only the
     pool's r are lowered here; :func:`_lower_all` then applies the batch's centres to all rows.
-    When ``tau`` is 0 the pool is the rows with ``r > 0`` and the batch runs while one is left.
+    When ``tau <= 0`` the pool is the rows with ``r > 0`` and the batch runs while one is left.
+    The batch ends at the first selection whose candidate is below ``tau`` (or ``<= 0``), at
+    ``limit``, or when no pool row is left that could still be selected; it never returns an
+    empty list.
     """
     idx = torch.nonzero(r >= tau if tau > 0 else r > 0)[:, 0]  # ascending row order
     if idx.numel() == 0:
         return None
     k = co.k
-    # the pool's rows: low / rest coordinates, squared norms, features, r and r^2
+    # the pool's rows: low / rest coordinates, squared norms, features, r and the filters' r^2
     pl, prest, pq, px, pr = (co.low.index_select(0, idx), co.rest.index_select(0, idx),
                              co.sq.index_select(0, idx), x.index_select(0, idx), r.index_select(0, idx))
-    p2 = pr.clamp_min(0.0).square()
+    ps = pr.clamp_min(0.0).square().mul_(1.0 + _S_REL).add_(co.floor)  # r^2 (1 + S) + floor
+    e_rel = torch.tensor(_E_REL)
     new: list[int] = []
     while len(new) < limit:
         i = int(torch.argmax(pr))  # first maximum: the lowest row index among ties
@@ -526,16 +575,17 @@ def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int
         new.append(ci)
         bar.update(1)
         pr[i] = -1.0
-        p2[i] = 0.0
+        ps[i] = 0.0
         if len(new) == limit:
             break
         # lower the pool's r with the new centre: both filters, then the exact kernel
         cl, cq = co.low[ci], co.sq[ci]
-        thr = torch.addcmul(p2 * (1.0 + _S_REL), pq + cq, torch.tensor(_E_REL))
-        cand = torch.nonzero(torch.addmv(pq + cq, pl, cl, alpha=-2.0) < thr)[:, 0]
+        qq = pq + cq
+        thr = torch.addcmul(ps, qq, e_rel)
+        cand = torch.nonzero(torch.addmv(qq, pl, cl, alpha=-2.0) < thr)[:, 0]
         if cand.numel() * 8 > pr.numel():  # most pass: full estimate for the whole pool
             dot = pl[:, :k] @ cl[:k] + prest @ co.rest[ci]
-            cand = torch.nonzero(pq + cq - 2.0 * dot < thr)[:, 0]
+            cand = torch.nonzero(qq - 2.0 * dot < thr)[:, 0]
         elif cand.numel():
             dot = pl[:, :k].index_select(0, cand) @ cl[:k] + prest.index_select(0, cand) @ co.rest[ci]
             d2 = pq.index_select(0, cand) + cq - 2.0 * dot
@@ -543,12 +593,15 @@ def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int
         if cand.numel():
             nv = torch.minimum(pr.index_select(0, cand), _dist(px.index_select(0, cand), x[ci : ci + 1]))
             pr.index_copy_(0, cand, nv)
-            p2.index_copy_(0, cand, nv.clamp_min(0.0).square())
-        # rows that dropped below tau can no longer be selected in this batch: drop them
+            ps.index_copy_(0, cand, nv.clamp_min(0.0).square().mul_(1.0 + _S_REL).add_(co.floor))
+        # rows that dropped below tau can no longer be selected in this batch: drop them.  When
+        # none is left the batch is over (the stop test above needs a non-empty pool).
         if pr.numel() > 1024 and len(new) % 64 == 0:
             keep = torch.nonzero(pr >= tau if tau > 0 else pr > 0)[:, 0]
+            if keep.numel() == 0:
+                break
             if keep.numel() * 2 < pr.numel():
-                idx, pl, prest, pq, px, pr, p2 = (t.index_select(0, keep) for t in (idx, pl, prest, pq, px, pr, p2))
+                idx, pl, prest, pq, px, pr, ps = (t.index_select(0, keep) for t in (idx, pl, prest, pq, px, pr, ps))
     return new
 # --------------------------------------------------------------------------------------------
 # Public samplers
