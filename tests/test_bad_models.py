@@ -229,7 +229,8 @@ def test_calibration_checks(model, tmp_path):
     refused(model, tmp_path, _with(t, calibration_base_scores=nan), model.meta, "'calibration_base_scores'", "NaN")
     refused(model, tmp_path, t, edited_meta(model, n_calibration_images=4), "'calibration_base_scores'")
     refused(model, tmp_path, t, edited_meta(model, n_calibration_images=0), "n_calibration_images")
-    refused(model, tmp_path, t, edited_meta(model, n_calibration_images=12), "n_calibration_images")
+    # every training image calibrates (12 of 12): more than n_train_images is refused
+    refused(model, tmp_path, t, edited_meta(model, n_calibration_images=13), "n_calibration_images")
 
 
 def test_radius_only_with_local_density(model, tmp_path):

@@ -126,8 +126,8 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     """The header's scalar fields; returns (n_train_images, n_calibration_images, patch_grid)."""
     n_train = _int_field(meta, "n_train_images", where, 2)
     n_cal = _int_field(meta, "n_calibration_images", where, 1)
-    if n_cal >= n_train:
-        raise _fail(where, "n_calibration_images", f"({n_cal}) must be below n_train_images ({n_train})")
+    if n_cal > n_train:
+        raise _fail(where, "n_calibration_images", f"({n_cal}) must be at most n_train_images ({n_train})")
     grid = meta.get("patch_grid")
     size = cfg.input_size
     if (not isinstance(grid, list) or len(grid) != 2 or not all(_is_int(g) and g >= 1 for g in grid)
