@@ -27,19 +27,28 @@ def test_too_few_training_images(synthetic_root, n):
 
 
 def test_few_calibration_images_warn(synthetic_root):
-    det = Detector.from_preset("lmf-core", progress=False, **FAST)
-    with pytest.warns(UserWarning, match="calibrated on only 5 held-out normal images"):
+    # every training image is a calibration image (leave-one-image-out): 8 < 10 warns
+    det = Detector.from_preset("lmf-core", progress=False, **{**FAST, "target_fpr": 0.25})
+    with pytest.warns(UserWarning, match="calibrated on only 8 normal training images .*use 10 or more"):
         det.fit(_train(synthetic_root, 8))
-    assert det.calibration_.scores_.size == 5 < FEW_CALIBRATION_IMAGES
+    assert det.calibration_.scores_.size == 8 < FEW_CALIBRATION_IMAGES
+
+
+def test_few_images_for_the_target_fpr_warn(synthetic_root):
+    # 16 images at target_fpr 0.01: fewer than 1 / 0.01 = 100 calibration scores
+    det = Detector.from_preset("lmf-core", progress=False, **FAST)
+    with pytest.warns(UserWarning, match="calibrated on only 16 normal training images .*use 100 or "
+                                         "more .* at target_fpr 0.01"):
+        det.fit(_train(synthetic_root))
 
 
 def test_enough_calibration_images_do_not_warn(synthetic_root):
-    cfg = dict(FAST, calibration_fraction=0.7)      # 16 images -> 12 held out
+    cfg = dict(FAST, target_fpr=0.1)                # 16 images >= max(10, 1 / 0.1)
     det = Detector.from_preset("lmf-core", progress=False, **cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         det.fit(_train(synthetic_root))
-    assert det.calibration_.scores_.size >= FEW_CALIBRATION_IMAGES
+    assert det.calibration_.scores_.size == 16 >= FEW_CALIBRATION_IMAGES
 
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, "4", True])

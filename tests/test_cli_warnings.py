@@ -17,8 +17,9 @@ def test_fit_on_few_images_warns_in_one_line(tmp_path):
          "--crop-size", "none", "-q", "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert lines == ["warning: the threshold is calibrated on only 5 held-out normal images "
-                     "(6 training images); use 100 or more for a stable false-positive rate"]
+    assert lines == ["warning: the threshold is calibrated on only 6 normal training images (each "
+                     "scored without its own patches); use 100 or more for a stable false-positive "
+                     "rate at target_fpr 0.01"]
 
 
 def test_duplicate_predict_inputs_are_predicted_once_with_a_warning(tmp_path):

@@ -7,42 +7,58 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from patchbank.pipeline.calibration import NormalStats, calibration_images
+from patchbank.errors import PatchbankError
+from patchbank.pipeline.calibration import (CALIBRATION_MAX_MB, CALIBRATION_MIN_SUBSET, NormalStats,
+                                            calibration_images, check_training_images,
+                                            enough_calibration_images)
 
 
 def _cfg(**kw):
-    base = dict(calibration_fraction=0.1, calibration_max_images=100, seed=0)
+    base = dict(target_fpr=0.1, seed=0)
     base.update(kw)
     return SimpleNamespace(**base)
 
 
-def test_ten_held_out_images_do_not_warn_nine_do():
-    # 100 images x 0.1 = exactly 10 held out: the documented limit, no warning
+def test_ten_calibration_images_do_not_warn_nine_do():
+    # every training image is scored (leave-one-image-out): 10 is the documented limit
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        idx = calibration_images(100, _cfg())
-    assert idx.size == 10
-    # 90 images -> 9 held out: warns, and names the 100 images that would be enough (10 / 0.1)
-    with pytest.warns(UserWarning, match=r"only 9 held-out normal images \(90 training images\); use 100 "):
-        assert calibration_images(90, _cfg()).size == 9
+        check_training_images(10, _cfg())
+    with pytest.warns(UserWarning, match=r"only 9 normal training images \(each scored without its "
+                                         r"own patches\); use 10 or more .* at target_fpr 0.1$"):
+        check_training_images(9, _cfg())
 
 
-@pytest.mark.parametrize("n, expected", [(5, 4), (6, 5), (7, 5), (60, 6), (200, 20)])
-def test_held_out_count_by_hand(n, expected):
-    # max(ceil(0.1 n), min(5, n - 1)), capped at 100 and at n - 1 (one image left for the bank)
+def test_the_warning_limit_is_one_over_target_fpr_when_larger():
+    assert enough_calibration_images(0.1) == 10
+    assert enough_calibration_images(0.25) == 10
+    assert enough_calibration_images(0.01) == 100          # 1 / 0.01, not 101 from rounding
+    assert enough_calibration_images(0.03) == 34
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_training_images(100, _cfg(target_fpr=0.01))
+    with pytest.warns(UserWarning, match="only 99 normal training images .*use 100 or more"):
+        check_training_images(99, _cfg(target_fpr=0.01))
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_fewer_than_five_images_are_refused(n):
+    with pytest.raises(PatchbankError, match=f"need at least 5 training images .*got {n}$"):
+        check_training_images(n, _cfg())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        idx = calibration_images(n, _cfg())
-    assert idx.size == expected
-    assert np.all(np.diff(idx) > 0) and idx.min() >= 0 and idx.max() < n
+        check_training_images(5, _cfg())                  # five is enough (warned only)
 
 
-def test_held_out_count_is_capped_at_n_minus_one_and_at_the_maximum():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert calibration_images(20, _cfg(calibration_fraction=1.0)).size == 19
-        assert calibration_images(20, _cfg(calibration_fraction=1.0, calibration_max_images=7)).size == 7
-        assert calibration_images(1000, _cfg(calibration_fraction=0.5)).size == 100
+def test_every_image_exactly_at_the_budget_one_byte_over_is_a_subset():
+    budget = int(CALIBRATION_MAX_MB * 2**20)
+    assert calibration_images(200, budget // 200, _cfg()).size == 200
+    over = calibration_images(200, budget // 200 + 1, _cfg())
+    assert over.size == max(budget // (budget // 200 + 1), CALIBRATION_MIN_SUBSET) == 199
+    assert np.all(np.diff(over) > 0) and over.min() >= 0 and over.max() < 200
+    # the subset is the seeded draw (seed + 1)
+    expected = np.sort(np.random.default_rng(1).choice(200, size=199, replace=False))
+    assert np.array_equal(over, expected)
 
 
 def test_normal_stats_of_two_scores_use_the_sample_std():

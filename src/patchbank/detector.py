@@ -6,8 +6,8 @@ state (attributes ending in ``_``), resolving every "auto" choice once (``search
 InferenceModel` (``model_``).  The stages live in :mod:`patchbank.pipeline`: the fit streams the
 images once (:func:`~patchbank.pipeline.bank.stream_features`), fits the embedding (fusion,
 projection), builds the bank and its search (:func:`~patchbank.pipeline.bank.build_bank`) and
-calibrates on held-out normal images without self-matching
-(:func:`~patchbank.pipeline.calibration.calibrate`).
+calibrates on the training images, each scored without its own bank entries
+(leave-one-image-out, :func:`~patchbank.pipeline.calibration.calibrate`).
 
 Fitted state: ``scorer_`` (:class:`~patchbank.pipeline.scoring.PatchScorer`: embedding, search
 over the bank, patch grid, optional local radius), ``calibration_``
@@ -17,10 +17,10 @@ statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from patchbank import __version__
@@ -31,7 +31,8 @@ from patchbank.io.images import ImageStream, as_items
 from patchbank.io.model_checks import check_backbone_fit, check_model_state, check_patch_grid
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.bank import build_bank, stream_features
-from patchbank.pipeline.calibration import ScoreCalibration, calibrate, calibration_images
+from patchbank.pipeline.calibration import (ScoreCalibration, calibrate, calibration_images,
+                                            check_training_images)
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.fusion import VGFusion
@@ -138,18 +139,19 @@ class Detector:
         same pass over the images.
         """
         cfg, items = self.config, as_items(images)
-        held_out = np.zeros(len(items), dtype=bool)
-        held_out[calibration_images(len(items), cfg)] = True      # refuses too few images
+        check_training_images(len(items), cfg)     # refuses too few images, warns on few
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)
         embedding = Embedding.from_config(cfg)
-        feats = stream_features(self.stream(items), len(items), self.extractor, sampler, held_out,
+        feats = stream_features(self.stream(items), len(items), self.extractor, sampler,
+                                partial(calibration_images, len(items), config=cfg),
                                 embedding.needs_moments, routing_sample, cfg.seed, self.progress)
         clock.lap("features")
         embedding.fit(feats.moments, feats.raw.sample_row())
-        bank = build_bank(feats.raw, sampler, embedding.transform, held_out, cfg, self.device, clock)
+        bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
+                          clock)
         self.scorer_ = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius)
-        self.calibration_ = calibrate(self.scorer_, feats.calibration_rows, feats.n_calibration, bank.held_out)
+        self.calibration_ = calibrate(self.scorer_, feats.calibration, bank.source)
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)

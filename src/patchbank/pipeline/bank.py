@@ -7,8 +7,11 @@ One pass over the training images (:func:`stream_features`):
 3. rows are kept for the bank on the fly: a :class:`~patchbank.sampling.StreamingSampler`
    (uniform RP-Coreset, keep-all) draws its row ids up front, so only ~r of the raw rows are
    ever held; any other sampler (greedy) must see every row and all are kept;
-4. the held-out calibration images' rows and (for a multi-category model) a seeded sample of
-   routing embeddings are kept beside them.
+4. the calibration images' raw rows (every image's, within the calibration budget:
+   :func:`~patchbank.pipeline.calibration.calibration_images`) and, for a multi-category model,
+   a seeded sample of routing embeddings are kept beside them.  A sampler that must see every
+   row (greedy) needs no second copy: calibration reads the embedded rows :func:`build_bank`
+   holds for the selection.
 
 Then :func:`build_bank`: raw rows -> fused, projected rows (-> sampler selection) -> the search
 index, one ``RAW_CHUNK_ROWS`` chunk of raw rows at a time, each freed once embedded.  The search
@@ -26,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
+from patchbank.pipeline.calibration import CalibrationRows
 from patchbank.pipeline.fusion import Moments
 from patchbank.pipeline.routing import routing_embedding
 from patchbank.pipeline.structure import bank_local_radius
@@ -113,8 +117,7 @@ class StreamedFeatures:
     """What one pass over the training images keeps (see the module docstring)."""
 
     raw: RawRows
-    calibration_rows: list[torch.Tensor]   # held-out images' rows, per layer
-    n_calibration: int
+    calibration: CalibrationRows           # the calibration images and their rows
     moments: Moments | None
     grid: tuple[int, int]
     routing_rows: torch.Tensor | None      # [routing_sample, sum C_l] routing embeddings
@@ -133,10 +136,13 @@ def routing_ids(total: int, count: int, seed: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sampler,
-                    held_out: np.ndarray, with_moments: bool, routing_sample: int, seed: int,
-                    progress: bool) -> StreamedFeatures:
-    """The one pass over ``batches`` (``(x, names)`` of ``n_images`` images, in order); the
-    images flagged in ``held_out`` [n_images] bool keep their rows for calibration."""
+                    calibration_images: Callable[[int], np.ndarray], with_moments: bool,
+                    routing_sample: int, seed: int, progress: bool) -> StreamedFeatures:
+    """The one pass over ``batches`` (``(x, names)`` of ``n_images`` images, in order).
+
+    ``calibration_images(image_bytes)`` names the images whose rows are kept for calibration,
+    given the raw bytes one image's rows take (0 when the sampler keeps every row anyway: the
+    bank builder then hands calibration the embedded rows)."""
     moments = Moments() if with_moments else None
     raw = cal = keep = route = None
     route_rows, n_cal, offset = [], 0, 0
@@ -151,7 +157,9 @@ def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sample
                 keep = sampler.indices(n_images * n_patches).to(layers[0].device)
             rows = keep.numel() if keep is not None else n_images * n_patches
             raw = RawRows(rows, [layer.shape[1] for layer in layers], layers[0])
-            cal = [layer.new_empty(int(held_out.sum()) * n_patches, layer.shape[1]) for layer in layers]
+            image_bytes = n_patches * sum(layer.shape[1] for layer in layers) * layers[0].element_size()
+            cal = _calibration_buffers(calibration_images(image_bytes if keep is not None else 0),
+                                       n_images, n_patches, layers, keep is not None)
             if routing_sample > 0:
                 route = routing_ids(n_images * n_patches, routing_sample, seed).to(layers[0].device)
         lo, hi = offset * n_patches, (offset + b) * n_patches
@@ -159,43 +167,61 @@ def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sample
         if route is not None:
             route_rows.append(routing_embedding([layer[_in_batch(route, lo, hi)] for layer in layers]).cpu())
         raw.append(layers, local, offset, n_patches)
-        for j in np.nonzero(held_out[offset:offset + b])[0]:
-            for buf, layer in zip(cal, layers):
-                buf[n_cal * n_patches:(n_cal + 1) * n_patches] = layer[j * n_patches:(j + 1) * n_patches]
-            n_cal += 1
+        if cal.raw is not None:
+            for j in cal.images[(cal.images >= offset) & (cal.images < offset + b)] - offset:
+                for buf, layer in zip(cal.raw, layers):
+                    buf[n_cal * n_patches:(n_cal + 1) * n_patches] = layer[j * n_patches:(j + 1) * n_patches]
+                n_cal += 1
         offset += b
         bar.update(b)
     bar.close()
-    return StreamedFeatures(raw, cal, n_cal, moments, grid, torch.cat(route_rows) if route_rows else None)
+    return StreamedFeatures(raw, cal, moments, grid, torch.cat(route_rows) if route_rows else None)
+
+
+def _calibration_buffers(images: np.ndarray, n_images: int, n_patches: int,
+                         layers: list[torch.Tensor], keep_raw: bool) -> CalibrationRows:
+    """The calibration images' rows, one buffer per layer allocated once (``keep_raw``), or none:
+    every image then, its rows embedded by :func:`build_bank`."""
+    if not keep_raw:
+        return CalibrationRows(np.arange(n_images), n_patches)
+    bufs = [layer.new_empty(len(images) * n_patches, layer.shape[1]) for layer in layers]
+    return CalibrationRows(images, n_patches, bufs)
 
 
 @dataclass
 class Bank:
     """The built bank: its search (the only copy of the rows), the search kind it resolved to,
-    the local radius of each entry (local-density calibration only) and which entries come from
-    the held-out calibration images."""
+    the local radius of each entry (local-density calibration only) and the training image each
+    entry comes from (``source`` [entries])."""
 
     search: Search
     kind: str
     radius: torch.Tensor | None
-    held_out: torch.Tensor
+    source: torch.Tensor
 
 
-def _held_out_rows(source: torch.Tensor, held_out_images: torch.Tensor) -> torch.Tensor:
-    held = held_out_images[source]
-    if bool(held.all()):
-        raise PatchbankError("too few training images: the bank has no entry outside the "
-                             "calibration images; add images or raise coreset_ratio")
-    return held
+def _check_outside_images(source: torch.Tensor, k: int) -> None:
+    """Every training image must leave at least ``k`` bank entries from the other images (each
+    is scored without its own entries)."""
+    largest = int(torch.unique(source, return_counts=True)[1].max())
+    outside = source.numel() - largest
+    if outside == 0:
+        raise PatchbankError("too few training images: the bank has entries from one image only; "
+                             "add images or raise coreset_ratio")
+    if k > outside:
+        raise PatchbankError(f"k = {k} nearest neighbours, but the bank has only {outside} entries "
+                             f"outside the training image with the most entries; use a smaller k "
+                             f"or more images")
 
 
 @torch.inference_mode()
-def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, held_out: np.ndarray, config,
+def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, calibration: CalibrationRows, config,
                device: torch.device, clock: StepClock) -> Bank:
     """Embed the raw rows (freeing them), select the bank, build its search; laps ``clock`` at
-    "bank" (rows embedded and selected) and "index" (search built)."""
+    "bank" (rows embedded and selected) and "index" (search built).  A sampler that sees every
+    row (not streaming) leaves them embedded in ``calibration.embedded`` (image-major) for the
+    calibration, which then needs no raw copy."""
     streams = isinstance(sampler, StreamingSampler)
-    held_images = torch.from_numpy(held_out).to(device)
     source, radius, sample = raw.source, None, None
     if streams and not config.local_density and \
             resolve_search(config, raw.count, device) == "faiss-ivf":
@@ -204,7 +230,7 @@ def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, held_out: np.ndarra
         # large streamed bank: the IVF lists are trained on their sample of the rows (the same
         # rows an index rebuilt from the saved bank uses), then the raw chunks are embedded and
         # added one at a time and freed: the bank only ever exists inside the index
-        held = _held_out_rows(source, held_images)
+        _check_outside_images(source, config.k)
         train = raw.embed_rows(embed, sample)
         clock.lap("bank")
         search = make_search_from_chunks(raw.embedded_chunks(embed), raw.count, train.shape[1], train, config)
@@ -212,18 +238,15 @@ def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, held_out: np.ndarra
     else:
         bank = raw.embed_all(embed)
         if not streams:
+            calibration.embedded = bank        # every image's rows, in image order
             sel = sampler.run(bank)
             bank, source = bank[sel], source[sel]
         if config.local_density:
             radius = bank_local_radius(bank, config.density_neighbors)
-        held = _held_out_rows(source, held_images)
+        _check_outside_images(source, config.k)
         clock.lap("bank")
         kind = resolve_search(config, bank.shape[0], bank.device)
         search = make_search(bank, config, kind)   # holds the only copy of the bank
         del bank
     clock.lap("index")
-    outside = int((~held).sum())
-    if config.k > outside:
-        raise PatchbankError(f"k = {config.k} nearest neighbours, but the bank has only {outside} "
-                             f"entries outside the calibration images; use a smaller k or more images")
-    return Bank(search, kind, radius, held)
+    return Bank(search, kind, radius, source)

@@ -1,26 +1,35 @@
-"""Calibration on held-out normal images: which images are held out, the structure scorer, the
-normal-score statistics and the decision threshold.
+"""Calibration on the training images, leave-one-image-out: which images are scored, the
+structure scorer, the normal-score statistics and the decision threshold.
 
-Scoring training images against a bank that contains their own patches would give near-zero
-distances and a badly biased mean/std.  A seeded subset of the training images
-(:func:`calibration_images`: ``calibration_fraction``, at least 5 when possible, at most
-``calibration_max_images``) is scored against the bank *without any entry taken from a held-out
-image* (:func:`calibrate`: the one search, with those rows masked).  Their rows stay in the
-deployed bank, so the statistics come from a bank about 10% smaller than the deployed one: a
-slightly conservative (higher-score) estimate.
+Scoring a training image against a bank that contains its own patches would give near-zero
+distances and a badly biased mean/std.  Every training image is therefore scored against the
+deployed bank *without the entries taken from that image* (leave-one-image-out,
+:func:`calibrate`): the same bank and search as prediction, each image blind to its own rows
+(:class:`~patchbank.search.LeaveGroupOut`: ``k + LOO_EXTRA`` neighbours, the image's own rows
+dropped, a masked search for the rare patches left with fewer than ``k``).  The statistics
+come from all N training images, each scored against a bank that lacks only its own share of
+the entries (about 1/N of them).
+
+Which images (:func:`calibration_images`): their raw patch rows are kept from the one pass over
+the images until the bank is built (the fusion's statistics are only known after the pass).  All
+N images are scored when their raw rows fit in ``calibration_max_mb`` (or when the sampler holds
+every row anyway, as greedy does); otherwise a seeded uniform subset of as many images as fit,
+never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
 
 * normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma, mu and sigma the mean and
-  standard deviation (ddof=1) of the held-out normal image scores;
-* threshold: the (1 - target_fpr) empirical quantile (linear interpolation) of the held-out
-  normalised scores; an image is anomalous unless a <= threshold (a NaN score is anomalous);
+  standard deviation (ddof=1) of the calibration images' scores;
+* threshold: the (1 - target_fpr) empirical quantile (linear interpolation) of the calibration
+  images' normalised scores; an image is anomalous unless a <= threshold (a NaN score is
+  anomalous);
 * StructCore (Eqs. 10-12): D_struct's train-good statistics and lambda_auto come from the same
-  held-out images' map descriptors and base scores.
+  images' map descriptors and base scores.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,33 +37,65 @@ import torch
 from patchbank.errors import PatchbankError
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.pipeline.structure import COMPONENTS, StructScorer
+from patchbank.search import LeaveGroupOut
 
 
-MIN_TRAIN_IMAGES = 5         # 4 held out to calibrate + at least 1 more for the bank
-FEW_CALIBRATION_IMAGES = 10  # below this a fit warns that its threshold is a rough estimate
+MIN_TRAIN_IMAGES = 5         # each scored against the bank entries of at least 4 others
+FEW_CALIBRATION_IMAGES = 10  # below this (or 1 / target_fpr) a fit warns: a rough threshold
+# Raw rows of the calibration images kept at most (MB), while Config has no
+# ``calibration_max_mb`` field; beyond it a seeded subset of the images is scored.
+CALIBRATION_MAX_MB = 512.0
+CALIBRATION_MIN_SUBSET = 100  # a subset (over the budget) still has at least this many images
+# Neighbours asked for beyond k before an image's own rows are dropped (LeaveGroupOut); a patch
+# left with fewer than k falls back to a search with its image masked out.
+LOO_EXTRA = 16
 
 
-def calibration_images(n: int, config) -> np.ndarray:
-    """Sorted indices of the training images held out for calibration, out of ``n``.
+def enough_calibration_images(target_fpr: float) -> int:
+    """Calibration images below which a fit warns: ``FEW_CALIBRATION_IMAGES``, and at least
+    1 / target_fpr (fewer, and less than one normal image is expected above the (1 - target_fpr)
+    quantile: the threshold is an extrapolation from the top few scores)."""
+    return max(FEW_CALIBRATION_IMAGES, math.ceil(1.0 / target_fpr - 1e-9))
 
-    Refuses fewer than ``MIN_TRAIN_IMAGES`` images (one line) and warns (UserWarning) when fewer
-    than ``FEW_CALIBRATION_IMAGES`` are held out: the threshold is then a quantile of a handful
-    of scores."""
+
+def check_training_images(n: int, config) -> None:
+    """Refuse fewer than ``MIN_TRAIN_IMAGES`` training images (one line); warn (UserWarning)
+    when fewer than :func:`enough_calibration_images`: the threshold is then a quantile of a
+    handful of scores."""
     if n < MIN_TRAIN_IMAGES:
-        raise PatchbankError(f"need at least {MIN_TRAIN_IMAGES} training images (4 are held out to "
-                             f"calibrate the threshold), got {n}")
-    n_cal = max(math.ceil(config.calibration_fraction * n), min(5, n - 1))
-    n_cal = min(n_cal, config.calibration_max_images, n - 1)
-    if n_cal < FEW_CALIBRATION_IMAGES:
-        warnings.warn(f"the threshold is calibrated on only {n_cal} held-out normal images "
-                      f"({n} training images); use {math.ceil(FEW_CALIBRATION_IMAGES / config.calibration_fraction)} "
-                      f"or more for a stable false-positive rate", UserWarning, stacklevel=3)
+        raise PatchbankError(f"need at least {MIN_TRAIN_IMAGES} training images (each is scored "
+                             f"against the others' patches to calibrate the threshold), got {n}")
+    need = enough_calibration_images(config.target_fpr)
+    if n < need:
+        warnings.warn(f"the threshold is calibrated on only {n} normal training images (each "
+                      f"scored without its own patches); use {need} or more for a stable "
+                      f"false-positive rate at target_fpr {config.target_fpr:g}",
+                      UserWarning, stacklevel=4)   # the caller of Detector.fit
+
+
+def calibration_budget_bytes(config) -> int:
+    """The raw-row budget of the calibration images in bytes: ``config.calibration_max_mb``
+    (``CALIBRATION_MAX_MB`` while Config has no such field) x 2**20."""
+    return int(getattr(config, "calibration_max_mb", CALIBRATION_MAX_MB) * 2**20)
+
+
+def calibration_images(n: int, image_bytes: int, config) -> np.ndarray:
+    """Sorted indices of the training images scored for calibration, out of ``n``.
+
+    ``image_bytes``: the raw rows one image adds to the fit's memory when kept for calibration
+    (0 when the fit holds every image's rows anyway).  All ``n`` when ``n * image_bytes`` fits
+    in :func:`calibration_budget_bytes`; otherwise a seeded uniform subset (``config.seed + 1``)
+    of ``max(budget // image_bytes, min(n, CALIBRATION_MIN_SUBSET))`` images."""
+    budget = calibration_budget_bytes(config)
+    if n * image_bytes <= budget:
+        return np.arange(n)
+    count = min(n, max(budget // image_bytes, CALIBRATION_MIN_SUBSET))
     rng = np.random.default_rng(config.seed + 1)
-    return np.sort(rng.choice(n, size=n_cal, replace=False))
+    return np.sort(rng.choice(n, size=count, replace=False))
 
 
 class NormalStats:
-    """Mean/std of held-out normal image scores and the threshold on the normalised score."""
+    """Mean/std of the calibration images' scores and the threshold on the normalised score."""
 
     def fit(self, scores: np.ndarray, target_fpr: float) -> "NormalStats":
         """mu, sigma (ddof=1; a tiny positive floor when the scores are constant) and the
@@ -88,15 +129,16 @@ class ImageScores:
 
 
 class ScoreCalibration:
-    """Fitted on the held-out images' base scores [n] and map descriptors [n, 3]; then turns any
-    batch's base scores and descriptors into :class:`ImageScores` (:meth:`image_scores`)."""
+    """Fitted on the calibration images' base scores [n] and map descriptors [n, 3]; then turns
+    any batch's base scores and descriptors into :class:`ImageScores` (:meth:`image_scores`)."""
 
     def __init__(self, config):
         self.config = config
 
     def fit(self, base: np.ndarray, phi: np.ndarray) -> "ScoreCalibration":
-        """Fit on the held-out images' base scores [n] and full descriptors [n, 3]: the structure
-        scorer (Eqs. 10-11), the final calibration scores, their statistics and the threshold."""
+        """Fit on the calibration images' base scores [n] and full descriptors [n, 3] (each
+        image scored without its own bank entries): the structure scorer (Eqs. 10-11), the final
+        calibration scores, their statistics and the threshold."""
         cfg = self.config
         self.base_scores_ = np.asarray(base, dtype=np.float64)
         self.descriptors_ = np.asarray(phi, dtype=np.float64).reshape(-1, len(COMPONENTS))
@@ -120,21 +162,50 @@ class ScoreCalibration:
         return ImageScores(final, base, d_struct, hyb, norm, ~(norm <= self.threshold_))
 
 
+class CalibrationRows:
+    """The patch rows of the calibration images, image-major (``n_patches`` rows per image).
+
+    ``images``: their sorted training-image indices.  The rows are either ``raw`` (per-layer
+    raw rows kept in the pass over the images, embedded a batch of images at a time) or
+    ``embedded`` (bank-space rows the fit holds anyway: set by the bank builder when its sampler
+    embedded every row)."""
+
+    def __init__(self, images: np.ndarray, n_patches: int, raw: list[torch.Tensor] | None = None):
+        self.images = np.asarray(images, dtype=np.int64)
+        self.n_patches = n_patches
+        self.raw = raw
+        self.embedded: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.size)
+
+    def batch(self, start: int, stop: int,
+              embed: Callable[[list[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        """Bank-space rows [(stop - start) * n_patches, d] of calibration images start..stop-1."""
+        part = slice(start * self.n_patches, stop * self.n_patches)
+        if self.embedded is not None:
+            return self.embedded[part]
+        return embed([buf[part] for buf in self.raw])
+
+
 @torch.inference_mode()
-def calibrate(scorer: PatchScorer, rows: list[torch.Tensor], n_images: int,
-              held_out: torch.Tensor) -> ScoreCalibration:
-    """Score the held-out images (their raw per-layer rows ``rows``, ``n_images`` images of the
-    scorer's grid) against the bank without the entries ``held_out`` (bool mask, taken from those
-    images), and fit the calibration on their base scores and descriptors."""
+def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> ScoreCalibration:
+    """Leave-one-image-out calibration: score each calibration image (``rows``) against the
+    scorer's bank without the entries taken from that image (``bank_source`` [entries]: the
+    training image of each bank entry), and fit the calibration on the base scores and
+    descriptors.  Each image's score is what :meth:`PatchScorer.score` gives against
+    ``search.subset(bank_source != image)``: patch scores (LMF-Core Eq. 2 / StructCore Eq. 5)
+    and the pooling, PatchCore's re-weighting neighbourhood included, see no entry of the image."""
     cfg = scorer.config
-    sub = scorer.search.subset(~held_out)
+    loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
+    images = torch.from_numpy(rows.images)
     n_patches = scorer.grid[0] * scorer.grid[1]
     base, phi = [], []
-    for start in range(0, n_images, cfg.batch_size):
-        m = min(cfg.batch_size, n_images - start)
-        part = slice(start * n_patches, (start + m) * n_patches)
-        emb = scorer.embed([buf[part] for buf in rows])
-        b_score, scores = scorer.score(emb.view(m, n_patches, -1), sub)
+    for start in range(0, len(rows), cfg.batch_size):
+        stop = min(start + cfg.batch_size, len(rows))
+        emb = rows.batch(start, stop, scorer.embed)
+        b_score, scores = scorer.score(emb.view(stop - start, n_patches, -1),
+                                       loo.for_queries(images[start:stop]))
         base.append(b_score)
         phi.append(scorer.anomaly_map(scores)[1])
     return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi))
