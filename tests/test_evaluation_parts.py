@@ -113,13 +113,14 @@ def test_run_store_reads_existing_format_1_files(folder, category, payload):
     if not path.is_file():
         pytest.skip(f"{path} not in this checkout")
     stored = json.loads(path.read_text())
-    # the structure files predate two Config fields (pq_refine, ivfpq_min_bank), so today's
-    # Config never matches them (the old code recomputed them too): stand in the stored config
-    same_config = SimpleNamespace(to_dict=lambda: stored["config"])
-    run = RunStore(path.parent).load(category, 0, same_config, payload)
+    # the files predate Config fields (pq_refine, ivfpq_min_bank, patch_border, map_upsample):
+    # a field added later takes its default, the behaviour the run had, so today's Config resumes
+    assert not {"patch_border", "map_upsample"} & set(stored["config"])
+    run = RunStore(path.parent).load(category, 0, Config.from_dict(stored["config"]), payload)
     assert run is not None and run[payload] == stored[payload]
-    if payload == "metrics":   # the evaluate files resume with today's Config
-        assert RunStore(path.parent).load(category, 0, Config.from_dict(stored["config"]), payload) == stored
+    # a stored field that differs from the asked config is another run
+    other = Config.from_dict(stored["config"]).replace(patch_border="zero")
+    assert RunStore(path.parent).load(category, 0, other, payload) is None
 
 
 # ------------------------------------------------------------------ categories

@@ -4,8 +4,9 @@ A run file ``<runs dir>/<category>__seed<seed>.json`` is a JSON object with ``"f
 run's ``"config"`` (:meth:`Config.to_dict`) and a payload under a key the caller names
 (``"metrics"`` for ``evaluate``, ``"data"`` for the structure study), plus whatever else the
 caller records.  :meth:`RunStore.load` returns a stored run only when it is readable, has this
-format, was made with the same config and holds its payload as an object; anything else is
-recomputed.  :meth:`RunStore.save` writes atomically (temporary file, then rename), so an
+format, was made with the same config (read with :meth:`Config.from_dict`: a field added to
+Config after the run was written takes its default, which by convention is the behaviour from
+before the field existed) and holds its payload as an object; anything else is recomputed.  :meth:`RunStore.save` writes atomically (temporary file, then rename), so an
 interrupted run never leaves a half-written file that a resume would trust.
 
 Runs also record the data they were computed on, ``"data_fingerprint"``
@@ -86,6 +87,15 @@ class RunStore:
         """
         return self.lookup(category, seed, config, payload, fingerprint)[0]
 
+    @staticmethod
+    def _same_config(stored, config: Config) -> bool:
+        """A stored config dict describes ``config``: fields added to Config after the run was
+        written take their defaults (the behaviour the run had); unreadable dicts never match."""
+        try:
+            return Config.from_dict(stored) == config
+        except ValueError:
+            return False
+
     def lookup(self, category: str, seed: int, config: Config, payload: str,
                fingerprint: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
         """``(run, "")`` for a usable stored run, else ``(None, why)`` with ``why`` one of
@@ -103,7 +113,7 @@ class RunStore:
         if not isinstance(data, dict) or data.get("format") != RUN_FORMAT \
                 or not isinstance(data.get(payload), dict):
             return None, "unreadable"
-        if data.get("config") != config.to_dict():
+        if not self._same_config(data.get("config"), config):
             return None, "config"
         if fingerprint is not None:
             stored = data.get("data_fingerprint")
