@@ -4,7 +4,7 @@ For each fit-level configuration (``--fit NAME:FIELD=V,FIELD=V`` on top of ``--p
 seed, the detector is fitted once; the test images are embedded once; then every scoring
 variant is a :class:`~patchbank.pipeline.scoring.PatchScorer` over the *same* bank with a config
 that differs only in scoring fields (``image_score`` from ``--poolings``, ``map_upsample`` from
-``--upsamples``), so image metrics are reported per pooling and pixel metrics per upsampling
+``--upsamples``) and, with ``--searches``, another search over the same rows, so image metrics are reported per pooling and pixel metrics per upsampling
 without refitting.  The prediction path of the library is unchanged: this script only builds
 scorers the way the detector does and calls ``score`` / ``anomaly_map``.
 
@@ -35,6 +35,7 @@ from patchbank.io.datasets import read_dataset
 from patchbank.io.images import list_images
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.threads import set_threads
+from patchbank.search import make_search
 from patchbank.studies.speed import machine
 
 
@@ -57,25 +58,30 @@ def embed_test(det: Detector, items: list[str]) -> torch.Tensor:
 
 @torch.inference_mode()
 def variants(det: Detector, emb: torch.Tensor, poolings: list[str], upsamples: list[str],
-             category, batch: int = 16) -> dict:
-    """Image metrics per pooling and pixel metrics per upsampling, over one fitted bank."""
+             searches: list[str], category, batch: int = 16) -> dict:
+    """Image metrics per pooling and pixel metrics per upsampling, over one fitted bank, searched
+    by the fitted search and by each other kind in ``searches`` (built over the same rows)."""
     base = det.scorer_
     labels = np.asarray(category.labels)
     out = {}
-    for pooling in poolings:
-        cfg = det.config.replace(image_score=pooling)
-        scorer = PatchScorer(cfg, base.embedding, base.search, base.grid, base.radius)
-        scores = np.concatenate([scorer.score(emb[i:i + batch])[0] for i in range(0, len(emb), batch)])
-        out[f"image:{pooling}"] = image_metrics(labels, scores)
-    if category.has_masks:
-        for mode in upsamples:
-            cfg = det.config.replace(map_upsample=mode)
-            scorer = PatchScorer(cfg, base.embedding, base.search, base.grid, base.radius)
-            maps = []
-            for i in range(0, len(emb), batch):
-                _, patch = scorer.score(emb[i:i + batch])
-                maps.extend(m.numpy() for m in scorer.anomaly_map(patch)[0])
-            out[f"pixel:{mode}"] = pixel_scores(category, maps, cfg)
+    for kind in [det.search_kind_] + [k for k in searches if k and k != det.search_kind_]:
+        search = base.search if kind == det.search_kind_ else make_search(
+            det.bank_, det.config.replace(search=kind), kind)
+        tag = "" if kind == det.search_kind_ else f"@{kind}"
+        for pooling in poolings:
+            cfg = det.config.replace(image_score=pooling)
+            scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
+            scores = np.concatenate([scorer.score(emb[i:i + batch])[0] for i in range(0, len(emb), batch)])
+            out[f"image:{pooling}{tag}"] = image_metrics(labels, scores)
+        if category.has_masks:
+            for mode in upsamples:
+                cfg = det.config.replace(map_upsample=mode)
+                scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
+                maps = []
+                for i in range(0, len(emb), batch):
+                    _, patch = scorer.score(emb[i:i + batch])
+                    maps.extend(m.numpy() for m in scorer.anomaly_map(patch)[0])
+                out[f"pixel:{mode}{tag}"] = pixel_scores(category, maps, cfg)
     return out
 
 
@@ -89,6 +95,7 @@ def main(argv=None) -> dict:
                     help="a fit-level configuration (repeatable)")
     ap.add_argument("--poolings", default="reweighted_max,max,topk_mean")
     ap.add_argument("--upsamples", default="nearest,bilinear")
+    ap.add_argument("--searches", default="", help="other search kinds to score with over the same bank")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", required=True)
@@ -110,7 +117,8 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             det.fit(train)
             fit_s = time.perf_counter() - t0
-            res = variants(det, embed_test(det, items), poolings, upsamples, category)
+            res = variants(det, embed_test(det, items), poolings, upsamples,
+                           args.searches.split(","), category)
             rows.append({"fit": name, "overrides": {k: str(v) for k, v in overrides.items()},
                          "seed": seed, "fit_s": fit_s, "bank_entries": int(det.scorer_.search.shape[0]),
                          "results": res})
