@@ -45,7 +45,7 @@ def test_every_field_has_an_option_and_vice_versa(name):
 def test_help_comes_from_field_metadata():
     options = _config_options(cli.commands["fit"])
     kappa = options["kappa"]
-    assert kappa.help == f"{FIELD_SPECS['kappa'].help} [{DEFAULT_PRESET}: 0.5]"
+    assert kappa.help == f"{FIELD_SPECS['kappa'].help} [{DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].kappa}]"
     for field, opt in options.items():
         default = format_value(getattr(PRESETS[DEFAULT_PRESET], field), FIELD_SPECS[field].kind)
         assert opt.help == f"{FIELD_SPECS[field].help} [{DEFAULT_PRESET}: {default}]"

@@ -388,10 +388,17 @@ def _field_specs() -> types.MappingProxyType:
 
 
 FIELD_SPECS: typing.Mapping[str, FieldSpec] = _field_specs()
+DEFAULT_PRESET = "patchbank"
+"""The preset of ``Detector()``, ``patchbank fit`` / ``evaluate`` / ``benchmark`` without ``--preset``
+(chosen by the protocol in docs/default_preset.md); ``Config()`` itself holds the field defaults,
+which are the ``lmf-core`` preset and the behaviour of model files written before a field existed."""
 """Field name -> :class:`FieldSpec`, in field order; the one source for validation and the CLI."""
 
 
 PRESETS: dict[str, Config] = {
+    "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
+                        coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
+                        crop_size=(288, 288), image_score="topk_mean", ivf_min_bank=2048),
     "lmf-core": Config(),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10),

@@ -25,7 +25,7 @@ import torch
 
 from patchbank import __version__
 from patchbank.backbones import Backbone, create_backbone
-from patchbank.config import Config
+from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.model_checks import check_backbone_fit, check_model_state, check_patch_grid
@@ -53,7 +53,8 @@ class Detector:
     """Memory-bank anomaly detector; LMF-Core, PatchCore and StructCore are configurations of it.
 
     Args:
-        config: the method's configuration (default: the ``lmf-core`` preset).
+        config: the method's configuration (default: the :data:`~patchbank.config.DEFAULT_PRESET`
+            preset).
         device: torch device for the backbone and the exact search.
         progress: show progress bars.
         backbone: an already loaded backbone to share (same name, weights, layers and device as
@@ -65,7 +66,7 @@ class Detector:
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
-        self.config = config if config is not None else Config()
+        self.config = config if config is not None else Config.preset(DEFAULT_PRESET)
         self.device = resolve_device(device)
         self.progress = progress
         self._shared_backbone = backbone

@@ -22,10 +22,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from patchbank.config import FIELD_SPECS, PRESETS, Config, parse_size, value_kind
+from patchbank.config import DEFAULT_PRESET, FIELD_SPECS, PRESETS, Config, parse_size, value_kind
 from patchbank.errors import ConfigError
 
-DEFAULT_PRESET = "lmf-core"
 CFG_PREFIX = "cfg_"   # click parameter names of config options: cfg_<field>
 
 _INT_RE = re.compile(r"^[+-]?\d+$")

@@ -8,7 +8,9 @@ import click
 
 from patchbank.cli.options import overwrite_option, run_options, setup_threads
 from patchbank.cli.predictions import PredictionOutputs, refuse_existing, run_predictions
+from patchbank.config import DEFAULT_PRESET
 from patchbank.io.output_files import check_output_folder
+
 
 DEMO_BYTES = 64 * 2**20
 """Free space the demo asks for before it starts (data, model and heatmaps take about 10 MB)."""
@@ -20,7 +22,7 @@ DEMO_BYTES = 64 * 2**20
 @run_options
 @overwrite_option("Replace the outputs of an earlier demo run.")
 def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
-    """Synthetic end-to-end run (no network): make data, fit lmf-core, predict, report AUROC.
+    """Synthetic end-to-end run (no network): make data, fit the default preset, predict, report AUROC.
 
     Writes OUT/data (MVTec layout), OUT/model.patchbank and OUT/predictions (CSV, JSON and
     heatmaps/).  The output folder is checked (writable, :data:`DEMO_BYTES` free) and the
@@ -46,11 +48,11 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
 
 def _fit_and_predict(category, data_dir: Path, model_path: Path, outputs: PredictionOutputs, *,
                      device: str, quiet: bool, overwrite: bool) -> None:
-    """Fit lmf-core on the demo's train/good, save it, predict the test split, print the metrics."""
+    """Fit the default preset on the demo's train/good, save it, predict the test split, print the metrics."""
     from patchbank.detector import Detector
     from patchbank.evaluation.scoring import score_category
 
-    det = Detector.from_preset("lmf-core", device=device, progress=not quiet)
+    det = Detector.from_preset(DEFAULT_PRESET, device=device, progress=not quiet)
     t0 = time.perf_counter()
     det.fit(data_dir / "train" / "good")
     fit_s = time.perf_counter() - t0
@@ -64,7 +66,7 @@ def _fit_and_predict(category, data_dir: Path, model_path: Path, outputs: Predic
     metrics = score_category(category, preds, det.config)
     n_bad = category.n_defective
     pred_dir = outputs.out_dir
-    click.echo(f"fit lmf-core ({det.config.backbone}) on {len(category.train)} "
+    click.echo(f"fit {DEFAULT_PRESET} ({det.config.backbone}) on {len(category.train)} "
                f"images in {fit_s:.1f} s; predicted {len(paths)} test images in {pred_s:.1f} s")
     click.echo(f"image AUROC: {metrics['image_auroc']:.3f}  ({len(paths) - n_bad} good, {n_bad} defective; "
                f"{result['n_flagged']} flagged at the calibrated threshold)")

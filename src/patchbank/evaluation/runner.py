@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from patchbank import __version__
-from patchbank.config import Config
+from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.inputs import (load_categories, out_folder, preset_config, say, seed_list,
                                          source_text)
@@ -161,7 +161,7 @@ def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: 
     return run
 
 
-def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: str = "lmf-core",
+def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: str = DEFAULT_PRESET,
              overrides: dict[str, Any] | None = None, categories: Iterable[str] | None = None,
              seeds: Sequence[int] = (0,), out_dir: str | os.PathLike = "results", resume: bool = True,
              progress: bool = True, *, kind: str = "auto", device: str = "cpu",

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from patchbank.config import Config
+from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import list_images
 from patchbank.runtime.threads import thread_report
@@ -268,7 +268,7 @@ def _bank_entry(det, config: Config) -> dict[str, Any]:
             "search": info["search"]}
 
 
-def run_benchmark(data: str | os.PathLike, preset: str = "lmf-core", overrides: dict | None = None,
+def run_benchmark(data: str | os.PathLike, preset: str = DEFAULT_PRESET, overrides: dict | None = None,
                   ratios: Iterable[float] | None = None, batch_sizes: Iterable[int] = (1, 16),
                   device: str = "cpu", max_test: int | None = None, progress: bool = False,
                   command: str | None = None, repeats: int = 3) -> dict[str, Any]:

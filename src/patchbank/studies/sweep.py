@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from patchbank.config import Config
+from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation import plots
 from patchbank.evaluation.inputs import out_folder, preset_config, say
@@ -73,7 +73,7 @@ def _swept_values(param: str, values: list[Any], preset: str, overrides: dict[st
     return stored
 
 
-def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: str = "lmf-core",
+def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: str = DEFAULT_PRESET,
           overrides: dict[str, Any] | None = None, categories: Sequence[str] | None = None,
           seeds: Sequence[int] = (0,), out_dir: str | os.PathLike = "sweep", resume: bool = True,
           progress: bool = True, *, plot: bool = True, kind: str = "auto", device: str = "cpu",
