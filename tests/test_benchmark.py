@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from conftest import FAST
+from patchbank.config import DEFAULT_PRESET
 
 FAST_CLI = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none",
             "--batch-size", "8"]
 
 
 def _check_result(r, ratios, batch_sizes):
-    assert r["preset"] == "lmf-core" and r["n_train"] == 16 and r["n_test"] == 14
+    assert r["preset"] == DEFAULT_PRESET and r["n_train"] == 16 and r["n_test"] == 14
     m = r["machine"]
     for key in ("cpu", "cores", "torch", "faiss", "threads", "numpy", "python", "thread_pools"):
         assert key in m

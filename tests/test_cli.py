@@ -15,7 +15,7 @@ from patchbank.cli import cli
 from patchbank.cli.config_options import ConfigValue, build_config, config_field_options, given_overrides, option_name
 from patchbank.cli.model import fit
 from patchbank.cli.predictions import heatmap_names
-from patchbank.config import PRESETS, Config
+from patchbank.config import DEFAULT_PRESET, PRESETS, Config
 from patchbank.io.synthetic import make_dataset
 
 SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
@@ -98,7 +98,7 @@ def test_config_value_type_dispatch():
     (["--fusion", "max"], ["--fusion", "max"]),
     (["--image-size", "12xq"], ["--image-size"]),
     (["--layers", "2,,4"], ["--layers"]),
-    (["--crop-size", "300"], ["--crop-size", "--image-size"]),
+    (["--crop-size", "400"], ["--crop-size", "--image-size"]),
     (["--threads", "0"], ["--threads"]),
     (["--device", "gpu"], ["--device"]),
 ])
@@ -163,7 +163,7 @@ def fitted(tmp_path_factory):
 def test_fit_writes_model(fitted):
     root, data, model, r = fitted
     assert model.is_file() and model.stat().st_size > 0
-    assert "fitted lmf-core" in r.stdout and str(model) in r.stdout
+    assert f"fitted {DEFAULT_PRESET}" in r.stdout and str(model) in r.stdout
     assert r.stderr == ""  # --quiet: no progress bars
     assert r.threads_after == 2
     # refuses to overwrite an existing model

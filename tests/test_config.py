@@ -42,3 +42,23 @@ def test_dict_round_trip_and_frozen():
         assert Config.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(Exception):
         PRESETS["lmf-core"].kappa = 1.0
+
+
+def test_default_preset_is_the_api_and_cli_default_and_paper_presets_are_unchanged():
+    from patchbank.cli.config_options import build_config
+    from patchbank.config import DEFAULT_PRESET
+    from patchbank.detector import Detector
+
+    assert DEFAULT_PRESET == "patchbank" and DEFAULT_PRESET in PRESETS
+    assert Detector(progress=False).config == PRESETS[DEFAULT_PRESET]
+    assert build_config(DEFAULT_PRESET, {}) == PRESETS[DEFAULT_PRESET]
+    # the paper presets are what the papers define; Config() is still lmf-core (old model files)
+    assert PRESETS["lmf-core"] == Config()
+    pc = PRESETS["patchcore"]
+    assert (pc.fusion, pc.projection_dim, pc.sampler, pc.coreset_ratio, pc.patch_border,
+            pc.image_size, pc.crop_size, pc.image_score) == (
+        "equal", None, "greedy", 0.10, "valid", (256, 256), (224, 224), "reweighted_max")
+    d = PRESETS[DEFAULT_PRESET]
+    assert (d.fusion, d.projection_dim, d.sampler, d.coreset_ratio, d.patch_border, d.image_size,
+            d.crop_size, d.image_score, d.ivf_min_bank) == (
+        "equal", None, "greedy", 0.01, "zero", (320, 320), (288, 288), "topk_mean", 2048)

@@ -156,7 +156,7 @@ def test_ablate_api_refuses_step_fields(data_root, tmp_path):
 def swept(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     result = invoke("sweep", data_root, "--param", "kappa=0.25,0.5,1.0", "-o", out, "--seeds", "0,1",
-                    "-q", *FAST_ARGS)
+                    "--preset", "lmf-core", "-q", *FAST_ARGS)   # kappa acts through VG-Fusion
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -203,7 +203,7 @@ def test_sweep_resume_and_new_value(swept, data_root, monkeypatch, tmp_path):
     with monkeypatch.context() as m:
         forbid_fit(m)
         result = invoke("sweep", data_root, "--param", "kappa=0.25,0.5,1.0", "-o", out,
-                        "--seeds", "0,1", "-q", *FAST_ARGS)
+                        "--seeds", "0,1", "--preset", "lmf-core", "-q", *FAST_ARGS)
         assert result.exit_code == 0, result.output
     assert [p.stat().st_mtime_ns for p in files] == mtimes
     assert read_csv(out / "sweep.csv") == before
@@ -218,7 +218,7 @@ def test_sweep_resume_and_new_value(swept, data_root, monkeypatch, tmp_path):
 
     monkeypatch.setattr(Detector, "fit", counting_fit)
     result = invoke("sweep", data_root, "--param", "kappa=0.5,0.75", "-o", out, "--seeds", "0,1",
-                    "-q", *FAST_ARGS)
+                    "--preset", "lmf-core", "-q", *FAST_ARGS)
     assert result.exit_code == 0, result.output
     assert seen == [(0.75, 0), (0.75, 1)]
     rows = read_csv(out / "sweep.csv")
@@ -252,8 +252,8 @@ def test_sweep_non_numeric_values(data_root, tmp_path):
     ("seed=1,2", "use --seeds"),
     ("projection_dim=64,1.5", "projection_dim=1.5: expected an integer"),
     ("kappa=0.5,0.50", "duplicate values for kappa: 0.5"),
-    ("image_size=256,256x256", "duplicate values for image_size: 256"),
-    ("crop_size=300", "crop_size=300: crop_size (300, 300) is larger than image_size (256, 256)"),
+    ("image_size=320,320x320", "duplicate values for image_size: 320"),
+    ("crop_size=400", "crop_size=400: crop_size (400, 400) is larger than image_size (320, 320)"),
     ("coreset_ratio=0.1,0", "coreset_ratio=0.0: must be in (0, 1]"),
 ])
 def test_sweep_bad_param_is_one_line(data_root, tmp_path, spec, needle):
