@@ -226,3 +226,21 @@ def test_written_metrics_equal_scikit_learn_on_the_same_predictions(data_root, t
     assert written["pixel_ap"] == pytest.approx(sk.average_precision_score(flat_y, flat_s), rel=1e-9)
     assert written["pixel_f1_max"] == pytest.approx(sk_f1_max(flat_y, flat_s), rel=1e-9)
     assert written["aupro"] == pytest.approx(reference_aupro(maps, masks), rel=1e-9)
+
+
+def test_flagged_shares_are_the_decisions_on_good_and_defective_images(data_root, recorded_predictions):
+    from patchbank.evaluation.runner import evaluate_category
+    from patchbank.io.datasets import read_dataset
+
+    category = read_dataset(data_root, categories=["alpha"])[0]
+    # a threshold quantile of 0.5 flags some good images too, so both shares are informative
+    from patchbank.config import Config
+
+    config = Config.preset("lmf-core", **FAST, target_fpr=0.5)
+    metrics = evaluate_category(category, config, progress=False)
+    (images, preds), = recorded_predictions
+    assert images == [str(p) for p in category.test]
+    labels = np.asarray(category.labels)
+    flagged = np.array([p.is_anomalous for p in preds])
+    assert metrics["good_fpr"] == pytest.approx(flagged[labels == 0].sum() / (labels == 0).sum())
+    assert metrics["defect_tpr"] == pytest.approx(flagged[labels == 1].sum() / (labels == 1).sum())

@@ -25,10 +25,11 @@ import numpy as np
 from patchbank.io.output_files import commit_file
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
-           "aupro", "bank_mb", "fit_s", "ms_per_img")
+           "aupro", "good_fpr", "defect_tpr", "bank_mb", "fit_s", "ms_per_img")
 LABELS = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1_max": "image F1-max",
           "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "pixel F1-max",
-          "aupro": "AUPRO", "bank_mb": "bank MB", "fit_s": "fit s", "ms_per_img": "ms/img"}
+          "aupro": "AUPRO", "good_fpr": "good flagged", "defect_tpr": "defects flagged",
+          "bank_mb": "bank MB", "fit_s": "fit s", "ms_per_img": "ms/img"}
 DECIMALS = {"bank_mb": 2, "fit_s": 2, "ms_per_img": 1}   # Markdown decimals; 3 for the others
 MISSING = "–"
 

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from patchbank import __version__
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
@@ -80,8 +82,10 @@ def evaluate_category(category: Category, config: Config, *, device: str = "cpu"
                       progress: bool = True, backbones: _BackboneCache | None = None) -> dict[str, Any]:
     """Fit on ``category.train``, score ``category.test``; returns the metrics dict of one run.
 
-    Keys: :data:`METRICS` (floats; pixel metrics None without masks).  ``fit_s`` excludes
-    loading the backbone; ``ms_per_img`` includes reading the test images.
+    Keys: :data:`METRICS` (floats; pixel metrics None without masks).  ``good_fpr`` /
+    ``defect_tpr``: the share of good / defective test images flagged anomalous at the calibrated
+    threshold (the decision a line sees; compare ``good_fpr`` with ``config.target_fpr``).
+    ``fit_s`` excludes loading the backbone; ``ms_per_img`` includes reading the test images.
     """
     if len(set(category.labels)) < 2:
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
@@ -97,6 +101,10 @@ def evaluate_category(category: Category, config: Config, *, device: str = "cpu"
 
     metrics: dict[str, Any] = dict.fromkeys(METRICS)
     metrics.update(score_category(category, preds, config))
+    flagged = np.array([p.is_anomalous for p in preds], dtype=bool)
+    labels = np.asarray(category.labels)
+    metrics["good_fpr"] = flagged[labels == 0].mean()
+    metrics["defect_tpr"] = flagged[labels == 1].mean()
     metrics["bank_mb"] = det.info()["bank_bytes"] / 1e6
     metrics["fit_s"] = fit_s
     metrics["ms_per_img"] = 1000.0 * pred_s / max(1, len(category.test))
