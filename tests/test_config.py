@@ -60,5 +60,5 @@ def test_default_preset_is_the_api_and_cli_default_and_paper_presets_are_unchang
         "equal", None, "greedy", 0.10, "valid", (256, 256), (224, 224), "reweighted_max")
     d = PRESETS[DEFAULT_PRESET]
     assert (d.fusion, d.projection_dim, d.sampler, d.coreset_ratio, d.patch_border, d.image_size,
-            d.crop_size, d.image_score, d.ivf_min_bank) == (
-        "equal", None, "greedy", 0.01, "zero", (320, 320), (288, 288), "topk_mean", 2048)
+            d.crop_size, d.image_score, d.search) == (
+        "equal", None, "greedy", 0.01, "zero", (320, 320), (288, 288), "topk_mean", "auto")

@@ -398,7 +398,7 @@ which are the ``lmf-core`` preset and the behaviour of model files written befor
 PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
-                        crop_size=(288, 288), image_score="topk_mean", ivf_min_bank=2048),
+                        crop_size=(288, 288), image_score="topk_mean"),
     "lmf-core": Config(),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10),
