@@ -217,12 +217,12 @@ def test_leave_group_out_caps_k_at_the_rows_outside_the_largest_group():
 # ------------------------------------------------------------------ which images
 def _cfg(**kw):
     from types import SimpleNamespace
-    return SimpleNamespace(**{"seed": 0, **kw})
+    return SimpleNamespace(**{"seed": 0, "calibration_max_mb": Config().calibration_max_mb, **kw})
 
 
 def test_every_image_within_the_budget_and_a_seeded_subset_beyond():
     mb = 2**20
-    budget = int(cal_mod.CALIBRATION_MAX_MB * mb)
+    budget = int(Config().calibration_max_mb * mb)
     assert calibration_images(761, 527 * 1024, _cfg()).tolist() == list(range(761))   # MTD
     assert calibration_images(5000, 0, _cfg()).size == 5000       # rows held anyway (greedy)
     n, per = 3000, budget // 1000                                   # 1000 images fit
@@ -233,7 +233,7 @@ def test_every_image_within_the_budget_and_a_seeded_subset_beyond():
     # never fewer than CALIBRATION_MIN_SUBSET images (or all of them)
     assert calibration_images(3000, budget, _cfg()).size == CALIBRATION_MIN_SUBSET
     assert calibration_images(60, budget, _cfg()).size == 60
-    # a Config field calibration_max_mb, once it exists, is the budget
+    # the Config field calibration_max_mb is the budget
     assert calibration_images(100, mb, _cfg(calibration_max_mb=50.0)).size == 100
     assert calibration_images(200, mb, _cfg(calibration_max_mb=150.0)).size == 150
 
@@ -241,9 +241,6 @@ def test_every_image_within_the_budget_and_a_seeded_subset_beyond():
 def test_a_fit_over_the_budget_calibrates_on_a_subset_leave_one_image_out(product, monkeypatch):
     monkeypatch.setattr(cal_mod, "CALIBRATION_MIN_SUBSET", 7)
     budget = {"calibration_max_mb": 1e-6}
-    if "calibration_max_mb" not in Config.__dataclass_fields__:
-        monkeypatch.setattr(cal_mod, "CALIBRATION_MAX_MB", 1e-6)
-        budget = {}
     det = Detector.from_preset("lmf-core", progress=False,
                                **{**FAST, "search": "exact", "image_score": "max", **budget})
     items = list_images(product / "train" / "good")

@@ -7,14 +7,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from patchbank.config import FIELD_SPECS
 from patchbank.errors import PatchbankError
-from patchbank.pipeline.calibration import (CALIBRATION_MAX_MB, CALIBRATION_MIN_SUBSET, NormalStats,
+from patchbank.pipeline.calibration import (CALIBRATION_MIN_SUBSET, NormalStats,
                                             calibration_images, check_training_images,
                                             enough_calibration_images)
 
 
+CALIBRATION_MAX_MB = FIELD_SPECS["calibration_max_mb"].default
+
+
 def _cfg(**kw):
-    base = dict(target_fpr=0.1, seed=0)
+    base = dict(target_fpr=0.1, seed=0, calibration_max_mb=CALIBRATION_MAX_MB)
     base.update(kw)
     return SimpleNamespace(**base)
 

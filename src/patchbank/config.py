@@ -227,6 +227,7 @@ _POSITIVE = Interval(1)            # integers >= 1
 _FRACTION = Interval(0, 1, "right")   # (0, 1]
 _OPEN_UNIT = Interval(0, 1, "neither")  # (0, 1)
 _NON_NEGATIVE = Interval(0)
+_POSITIVE_REAL = Interval(0, None, "neither")   # > 0
 _PATCH = Interval(1, 15)           # the p x p average stays local (PatchCore uses 3)
 _WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 4096 values
 
@@ -309,14 +310,17 @@ class Config:
     density_neighbors: int = _setting(5, "k of the local radius (mean distance to k nearest entries).",
                                       interval=_POSITIVE)
     # --- calibration ----------------------------------------------------------------------
-    calibration_fraction: float = _setting(0.10, "Share of train images held out of the bank at "
-                                           "scoring time.", interval=_OPEN_UNIT)
-    calibration_max_images: int = _setting(100, "At most this many held-out calibration images.",
-                                           interval=_POSITIVE)
-    target_fpr: float = _setting(0.01, "Threshold = (1 - fpr) quantile of held-out normal scores.",
-                                 interval=_OPEN_UNIT)
+    calibration_max_mb: float = _setting(512.0, "Raw patch rows of the calibration images kept at most "
+                                         "(MB): every training image is scored leave-one-image-out "
+                                         "while they fit, else a seeded subset.", interval=_POSITIVE_REAL)
+    calibration_fraction: float = _setting(0.10, "Ignored (read by models fit before calibration "
+                                           "scored every training image).", interval=_OPEN_UNIT)
+    calibration_max_images: int = _setting(100, "Ignored (read by models fit before calibration "
+                                           "scored every training image).", interval=_POSITIVE)
+    target_fpr: float = _setting(0.01, "Threshold = (1 - fpr) quantile of the training images' "
+                                 "leave-one-image-out scores.", interval=_OPEN_UNIT)
     # --- run ------------------------------------------------------------------------------
-    seed: int = _setting(0, "Random seed (sampler, projections, calibration split).")
+    seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
 
     def __post_init__(self) -> None:

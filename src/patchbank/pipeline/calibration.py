@@ -44,7 +44,6 @@ MIN_TRAIN_IMAGES = 5         # each scored against the bank entries of at least 
 FEW_CALIBRATION_IMAGES = 10  # below this (or 1 / target_fpr) a fit warns: a rough threshold
 # Raw rows of the calibration images kept at most (MB), while Config has no
 # ``calibration_max_mb`` field; beyond it a seeded subset of the images is scored.
-CALIBRATION_MAX_MB = 512.0
 CALIBRATION_MIN_SUBSET = 100  # a subset (over the budget) still has at least this many images
 # Neighbours asked for beyond k before an image's own rows are dropped (LeaveGroupOut); a patch
 # left with fewer than k falls back to a search with its image masked out.
@@ -74,9 +73,8 @@ def check_training_images(n: int, config) -> None:
 
 
 def calibration_budget_bytes(config) -> int:
-    """The raw-row budget of the calibration images in bytes: ``config.calibration_max_mb``
-    (``CALIBRATION_MAX_MB`` while Config has no such field) x 2**20."""
-    return int(getattr(config, "calibration_max_mb", CALIBRATION_MAX_MB) * 2**20)
+    """The raw-row budget of the calibration images in bytes: ``config.calibration_max_mb`` x 2**20."""
+    return int(config.calibration_max_mb * 2**20)
 
 
 def calibration_images(n: int, image_bytes: int, config) -> np.ndarray:
