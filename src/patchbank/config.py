@@ -12,7 +12,7 @@ with it in one loop, and the CLI builds one option per field from the same specs
 
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
-               re-weighted max normalised by held-out normal statistics.
+               re-weighted max normalised by the training images' leave-one-image-out statistics.
 ``patchcore``  PatchCore (Roth et al.): equal-weight concatenation, no projection of the stored
                features, greedy k-center coreset 10% selected in a 128-d random projection,
                k=1, re-weighted max.

@@ -81,13 +81,13 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
         thr = info.pop("threshold")
         fpr = cfg.get("target_fpr")
         row("threshold", f"{_number(thr, '.4f')} on the normalised score"
-            + (f" (target FPR {fpr:g} on held-out normal images)" if fpr is not None else ""))
+            + (f" (target FPR {fpr:g} on the training images, leave-one-image-out)" if fpr is not None else ""))
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config
     if mean is not None or std is not None:
         row("calibration", f"raw image score mean {_number(mean, '.4g')}, std {_number(std, '.4g')}"
-            + (f" over {n_cal} held-out normal images" if n_cal is not None else ""))
+            + (f" over {n_cal} training images (each without its own bank entries)" if n_cal is not None else ""))
     if "n_train_images" in info:
         row("train images", info.pop("n_train_images"))
     backbone = cfg.get("backbone")

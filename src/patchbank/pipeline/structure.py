@@ -237,7 +237,7 @@ class StructScorer:
 
     Works on the full descriptor [B, 3] (columns :data:`COMPONENTS`) and uses the ``components``
     subset, so one stored descriptor serves every subset (Tables 5 and 7).  ``fit`` takes the
-    train-good descriptors and base scores (held-out calibration images, no self-matching):
+    train-good descriptors and base scores (the calibration images, each scored without its own bank entries):
     ``stats_`` (mu, sigma of Eq. 10) and ``lambda_`` (``lam`` if given, else Eq. 11).
     """
 

@@ -3,7 +3,7 @@ style), descriptor subsets (Tables 5 and 7), distances (Table 6) and the Fig. 2 
 
 The structural score never changes the anomaly map, so every variant shares one fit and one
 pass over the test images: the run keeps, per test image, the base score S_base and the full
-descriptor phi(S) (Eq. 7), and per held-out train-good image the same two values; each variant
+descriptor phi(S) (Eq. 7), and per calibration (train-good) image the same two values; each variant
 is then a :class:`~patchbank.pipeline.structure.StructScorer` fitted on the train-good values.  Pixel
 metrics are computed once per run and are the same for every variant by construction.
 
@@ -87,7 +87,7 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
     preds = det.predict([str(p) for p in category.test])
     ms = 1000 * (time.perf_counter() - t0) / len(preds)
     pixel = pixel_scores(category, [p.anomaly_map for p in preds], config) if category.has_masks else None
-    state = det.state_tensors()   # the held-out train-good values, as a model file stores them
+    state = det.state_tensors()   # the calibration images' values, as a model file stores them
     return {"labels": [int(v) for v in category.labels],
             "base": [p.base_score for p in preds],
             "descriptors": [p.descriptor.tolist() for p in preds],
