@@ -18,8 +18,8 @@ from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lo
 
 @click.command(context_settings={"max_content_width": 110},
                epilog="Config options override single fields of the preset; only options you give "
-                      "override. Values: 'none' for optional fields, N or HxW for sizes (320x768), "
-                      "comma lists for tuples (--layers 2,4).")
+                      "override. Values: 'none' for optional fields (--sampler none keeps every "
+                      "patch), N or HxW for sizes (320x768), comma lists for tuples (--layers 2,4).")
 @click.argument("train_dirs", nargs=-1, required=True, metavar="TRAIN_DIR...")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Model file to write (e.g. model.patchbank).")
