@@ -36,8 +36,8 @@ from patchbank.pipeline.structure import bank_local_radius
 from patchbank.runtime.clock import StepClock
 from patchbank.runtime.malloc import trim_malloc
 from patchbank.sampling import Sampler, StreamingSampler
-from patchbank.search import (Search, ivf_nlist, ivf_train_ids, make_search, make_search_from_chunks,
-                              resolve_search)
+from patchbank.search import (Search, ivf_nlist, ivf_train_ids, largest_group, make_search,
+                              make_search_from_chunks, resolve_search)
 
 # raw rows are kept in chunks of this many rows, each freed (and trimmed from the C heap) once it
 # is embedded; the chunk's embedding temporaries set the fit's peak memory while the bank is
@@ -203,8 +203,7 @@ class Bank:
 def _check_outside_images(source: torch.Tensor, k: int) -> None:
     """Every training image must leave at least ``k`` bank entries from the other images (each
     is scored without its own entries)."""
-    largest = int(torch.unique(source, return_counts=True)[1].max())
-    outside = source.numel() - largest
+    outside = source.numel() - largest_group(source)
     if outside == 0:
         raise PatchbankError("too few training images: the bank has entries from one image only; "
                              "add images or raise coreset_ratio")

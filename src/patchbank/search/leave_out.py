@@ -26,6 +26,12 @@ from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search.base import Search
 
 
+def largest_group(groups: torch.Tensor) -> int:
+    """Rows of the most frequent value of ``groups`` (0 when empty): a leave-one-group-out query
+    of that group sees all rows but these."""
+    return int(torch.unique(groups, return_counts=True)[1].max()) if groups.numel() else 0
+
+
 class LeaveGroupOut(Search):
     """A view of ``search`` in which each query excludes the bank rows of its own group.
 
@@ -49,8 +55,7 @@ class LeaveGroupOut(Search):
         self.extra = int(extra)
         self.keep = keep          # bool mask [entries] of a subset view, None: every row
         groups = bank_groups if keep is None else bank_groups[keep]
-        largest = int(torch.unique(groups, return_counts=True)[1].max()) if groups.numel() else 0
-        self.n = len(search) - largest
+        self.n = len(search) - largest_group(groups)
         self.query_groups = torch.zeros(0, dtype=bank_groups.dtype)
         self.n_fallback = 0
         if query_groups is not None:
