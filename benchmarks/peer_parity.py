@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
             if runs[0]["metrics"][k] is not None}
     std = {k: float(np.std([r["metrics"][k] for r in runs], ddof=1)) if len(runs) > 1 else 0.0 for k in mean}
     result = {"root": str(args.root), "peer": str(args.peer), "preset": args.preset,
-              "overrides": {k: str(v) for k, v in overrides.items()}, "config": runs[0] and config.to_dict(),
+              "overrides": {k: str(v) for k, v in overrides.items()},
+              "config": Config.preset(args.preset, **overrides).to_dict(),
               "peer_metrics": peer_metrics, "peer_fit_s": peer["timing"]["fit_wall_s"],
               "peer_defect_ranks": defect_ranks(labels, theirs).round(4).tolist(),
               "mean": mean, "std": std, "runs": runs, "machine": machine(),
