@@ -39,6 +39,7 @@ what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p)
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -286,6 +287,34 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
         im.close()
         raise
     return im
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file's bytes (an upload) to an 8-bit RGB PIL image by the rules of the
+    module docstring, refusing an image over ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`)
+    from its header, before any pixel is decoded.  ``name`` names the input in the one-line
+    :class:`PatchbankError` raised for empty, unrecognised, truncated or oversized data."""
+    if not data:
+        raise PatchbankError(f"cannot read image {name}: it is empty (0 bytes)")
+    budget = MAX_IMAGE_PIXELS if max_pixels is None else min(int(max_pixels), MAX_IMAGE_PIXELS)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PatchbankError(f"image {name}: refused before decoding, over the pixel budget "
+                             f"({one_line(exc)})") from None
+    except UnidentifiedImageError:
+        raise PatchbankError(f"cannot read image {name}: not an image format PIL recognises "
+                             f"(or a corrupt header)") from None
+    except (OSError, ValueError) as exc:
+        raise PatchbankError(f"cannot read image {name}: {one_line(exc)}") from None
+    with im:
+        w, h = im.size
+        if w * h > budget:
+            raise PatchbankError(f"image {name}: {w}x{h} (WxH) is {w * h:,} pixels, over the limit "
+                                 f"of {budget:,}")
+        check_size(im.size, f"image {name}")
+        _load(im, f"image {name}")
+        return _to_rgb(im, f"image {name}")
 
 
 def _load(im: Image.Image, name: str) -> None:
