@@ -9,7 +9,10 @@ the test time in ms per image (reading included).
 
 Outputs in ``out_dir``:
 
-* ``runs/<category>__seed<seed>.json``: one run (config, command, data fingerprint, metrics).
+* ``runs/<category>__seed<seed>.json``: one run (config, command, data fingerprint, metrics,
+  and under ``images`` one record per test image: path, label, score, normalised score,
+  decision and the run's threshold -- what ``patchbank report`` draws its curves from; run
+  files written before ``images`` existed load and resume without it).
   This is the resume unit (:class:`~patchbank.evaluation.run_store.RunStore`): with
   ``resume=True`` a run whose file exists with the same config AND the same data fingerprint
   (:func:`~patchbank.evaluation.run_store.data_fingerprint`: file list, sizes, mtimes, labels)
@@ -53,8 +56,8 @@ from patchbank.evaluation.scoring import check_mask_sizes, score_category
 from patchbank.io.datasets import Category
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder
 
-__all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "markdown_table",
-           "summarize", "write_comparison", "write_outputs"]
+__all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "image_records",
+           "markdown_table", "run_category", "summarize", "write_comparison", "write_outputs"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,14 +81,19 @@ class _BackboneCache:
         return det
 
 
-def evaluate_category(category: Category, config: Config, *, device: str = "cpu",
-                      progress: bool = True, backbones: _BackboneCache | None = None) -> dict[str, Any]:
-    """Fit on ``category.train``, score ``category.test``; returns the metrics dict of one run.
+def run_category(category: Category, config: Config, *, device: str = "cpu", progress: bool = True,
+                 backbones: _BackboneCache | None = None) -> dict[str, Any]:
+    """Fit on ``category.train``, score ``category.test``; returns ``{"metrics", "images"}``.
 
-    Keys: :data:`METRICS` (floats; pixel metrics None without masks).  ``good_fpr`` /
+    ``metrics``: keys :data:`METRICS` (floats; pixel metrics None without masks).  ``good_fpr`` /
     ``defect_tpr``: the share of good / defective test images flagged anomalous at the calibrated
     threshold (the decision a line sees; compare ``good_fpr`` with ``config.target_fpr``).
     ``fit_s`` excludes loading the backbone; ``ms_per_img`` includes reading the test images.
+
+    ``images``: one record per test image, in ``category.test`` order: ``path`` (as the category
+    gives it), ``label`` (0 good, 1 defective), ``score`` (raw, the one the image metrics rank),
+    ``normalized_score``, ``is_anomalous`` (the decision: normalised score above the threshold)
+    and ``threshold`` (the run's, on the normalised score).
     """
     if len(set(category.labels)) < 2:
         raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
@@ -108,16 +116,32 @@ def evaluate_category(category: Category, config: Config, *, device: str = "cpu"
     metrics["bank_mb"] = det.info()["bank_bytes"] / 1e6
     metrics["fit_s"] = fit_s
     metrics["ms_per_img"] = 1000.0 * pred_s / max(1, len(category.test))
-    return {k: (None if metrics[k] is None else float(metrics[k])) for k in METRICS}
+    return {"metrics": {k: (None if metrics[k] is None else float(metrics[k])) for k in METRICS},
+            "images": image_records(category, preds, float(det.threshold_))}
+
+
+def image_records(category: Category, predictions: Sequence[Any], threshold: float) -> list[dict[str, Any]]:
+    """One JSON record per test image (see :func:`run_category`), in ``category.test`` order."""
+    return [{"path": str(path), "label": int(label), "score": float(p.score),
+             "normalized_score": float(p.normalized_score), "is_anomalous": bool(p.is_anomalous),
+             "threshold": threshold}
+            for path, label, p in zip(category.test, category.labels, predictions)]
+
+
+def evaluate_category(category: Category, config: Config, *, device: str = "cpu",
+                      progress: bool = True, backbones: _BackboneCache | None = None) -> dict[str, Any]:
+    """The metrics dict of one run: :func:`run_category`'s ``metrics``."""
+    return run_category(category, config, device=device, progress=progress, backbones=backbones)["metrics"]
 
 
 # ------------------------------------------------------------------------------------------------
 # the benchmark
 # ------------------------------------------------------------------------------------------------
 
-def _run_record(cat: Category, seed: int, config: Config, metrics: dict[str, Any],
+def _run_record(cat: Category, seed: int, config: Config, result: dict[str, Any],
                 context: dict[str, Any]) -> dict[str, Any]:
-    """The JSON record of one run (keys in the order of format 1)."""
+    """The JSON record of one run (keys in the order of format 1, then ``images``);
+    ``result`` is :func:`run_category`'s."""
     return {
         "format": RUN_FORMAT, "category": cat.name, "seed": seed,
         "dataset_root": context["dataset_root"], "preset": context["preset"],
@@ -125,7 +149,8 @@ def _run_record(cat: Category, seed: int, config: Config, metrics: dict[str, Any
         "patchbank_version": __version__, "device": context["device"],
         "n_train": len(cat.train), "n_test": len(cat.test), "n_defective": cat.n_defective,
         "data_fingerprint": context["fingerprints"][cat.name],
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": metrics,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": result["metrics"],
+        "images": result["images"],
     }
 
 
@@ -160,11 +185,11 @@ def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: 
         return stored
     say(progress, f"{cat.name} seed {seed}: fit on {len(cat.train)} images, test on {len(cat.test)}")
     try:
-        metrics = evaluate_category(cat, config, device=device, progress=progress, backbones=backbones)
+        result = run_category(cat, config, device=device, progress=progress, backbones=backbones)
     except PatchbankError as exc:
         msg = str(exc)
         raise PatchbankError(msg if cat.name in msg else f"category {cat.name!r}: {msg}") from None
-    run = _run_record(cat, seed, config, metrics, context)
+    run = _run_record(cat, seed, config, result, context)
     store.save(cat.name, seed, run)
     return run
 
