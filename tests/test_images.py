@@ -7,7 +7,20 @@ import pytest
 import torch
 
 from patchbank.config import Config
-from patchbank.io.images import _centre_crop, crop_mask, prepare_view
+from types import SimpleNamespace
+
+from patchbank.io.image_coords import view_window
+from patchbank.io.images import crop_mask, prepare_view
+
+
+def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """The centre crop window that preprocessing takes (view_window's offset, no resize)."""
+    h, w = arr.shape[:2]
+    cfg = SimpleNamespace(image_size=(h, w), keep_aspect=False, crop_size=tuple(crop), input_size=tuple(crop))
+    win = view_window((h, w), cfg)
+    assert win.resized == (h, w)
+    (top, left), (ch, cw) = win.offset, win.size
+    return arr[top:top + ch, left:left + cw]
 
 
 def _grid(h: int, w: int) -> np.ndarray:
@@ -28,10 +41,9 @@ def test_centre_crop_offsets(h, ch, top, w, cw, left):
     np.testing.assert_array_equal(got, tv.center_crop(torch.from_numpy(arr)[None], [ch, cw])[0].numpy())
 
 
-def test_centre_crop_keeps_channels_and_returns_the_same_array_when_sizes_match():
+def test_centre_crop_keeps_channels():
     arr = np.stack([_grid(7, 9)] * 3, axis=-1)
     np.testing.assert_array_equal(_centre_crop(arr, (4, 4)), arr[2:6, 2:6, :])
-    assert _centre_crop(arr, (7, 9)) is arr
 
 
 def _mask(h: int, w: int, seed: int = 0) -> np.ndarray:

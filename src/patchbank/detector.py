@@ -198,6 +198,37 @@ class Detector:
                                                   self.progress, PREDICT_STEPS, handle)
         return out
 
+    # ------------------------------------------------------------------ operating point
+    @property
+    def calibrated_threshold_(self) -> float:
+        """The threshold calibrated at fit (the (1 - target_fpr) quantile of the training
+        images' normalised scores), whatever :meth:`set_threshold` moved ``threshold_`` to."""
+        self._check_fitted()
+        return self.calibration_.stats_.threshold_
+
+    def set_threshold(self, threshold: float | None) -> "Detector":
+        """Move the operating point without refitting: images are anomalous unless their
+        normalised score is <= ``threshold``; None goes back to the calibrated threshold.
+        :meth:`save` records a moved threshold (``threshold_override``) and :meth:`load`
+        applies it."""
+        self._check_fitted()
+        self.calibration_.set_threshold(threshold)
+        self.threshold_ = self.calibration_.threshold_
+        return self
+
+    def map_level(self, threshold: float | None = None) -> float:
+        """The map value above which a pixel is in the anomalous region at ``threshold``
+        (default the current one); :meth:`ScoreCalibration.map_level
+        <patchbank.pipeline.calibration.ScoreCalibration.map_level>`."""
+        self._check_fitted()
+        return self.calibration_.map_level(threshold)
+
+    def heatmap_range(self) -> tuple[float, float]:
+        """One colour range for every heatmap of this model: 0 to twice the region level at the
+        calibrated threshold, so that level sits mid-scale and colours compare across images
+        and requests (a moved threshold does not change them)."""
+        return 0.0, 2.0 * self.map_level(self.calibrated_threshold_)
+
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors of a saved model: bank, calibration inputs, fusion/projection state."""
@@ -226,6 +257,8 @@ class Detector:
             "n_calibration_images": int(cal.scores_.size), "structure_lambda": cal.struct_.lambda_,
             "score_mean": cal.stats_.mean_, "score_std": cal.stats_.std_,
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
+            "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
+                                   else self.threshold_),
             "backbone_sha256": self.backbone_sha256_,
         }
 
@@ -270,6 +303,7 @@ class Detector:
             det.search_kind_ = meta["search"]
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
+        det.calibration_.set_threshold(meta.get("threshold_override"))
         det.threshold_ = det.calibration_.threshold_
         det.scorer_ = PatchScorer(config, embedding, make_search(bank, config, det.search_kind_),
                                   det.grid_, radius)

@@ -174,7 +174,12 @@ class MultiDetector:
         self._check_fitted()
         cats = {}
         for name in self.router_.names_:
-            cats[name] = self._infos[name] if name in self._infos else self.detectors_[name].info()
+            det = self.detectors_[name]
+            if name in self._infos:   # read from a file: as read, with the current operating point
+                cats[name] = {**self._infos[name], "threshold": det.threshold_,
+                              "threshold_override": det.info()["threshold_override"]}
+            else:
+                cats[name] = det.info()
         return {"patchbank_version": __version__, "format_version": FORMAT_VERSION, "kind": "multi",
                 "config": self.config.to_dict(), "category_order": list(self.router_.names_),
                 "routing_prototypes": self.n_prototypes, "categories": cats,

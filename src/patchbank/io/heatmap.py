@@ -1,7 +1,11 @@
 """Anomaly maps as colour images: a jet colormap in numpy and overlays on the input view.
 
-The map and the image must have the same height and width: use the view the detector saw
-(``patchbank.io.images.prepare_view``), whose size is ``config.input_size``.
+The map and the image must have the same height and width: either the view the detector saw
+(``patchbank.io.images.prepare_view``, size ``config.input_size``) with the map as predicted, or
+-- what a person should be shown -- the original image with the map mapped back onto it
+(:func:`patchbank.io.image_coords.to_original`).  NaN map values mark pixels that were not
+inspected (cut off by the crop): overlays draw them as the image in dimmed grey, not as a
+colour, and :func:`heatmap_rgba` makes them transparent.
 
 Colours are on an absolute scale given by ``vmin``/``vmax`` (values at or below ``vmin`` are
 dark blue, at or above ``vmax`` dark red), so overlays drawn with the same range are
@@ -9,6 +13,7 @@ comparable across images.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from PIL import Image
 
 from patchbank.errors import PatchbankError
 
-__all__ = ["colorize", "overlay", "save_overlay", "jet"]
+__all__ = ["colorize", "overlay", "save_overlay", "jet", "heatmap_rgba", "png_bytes"]
 
 
 def jet(x: np.ndarray) -> np.ndarray:
@@ -103,7 +108,33 @@ def overlay(image: Any, anomaly_map: Any, vmin: float, vmax: float, alpha: float
         raise PatchbankError(f"alpha must be in [0, 1], got {alpha}")
     colours = colorize(m, vmin, vmax).astype(np.float32)
     out = (1.0 - alpha) * img.astype(np.float32) + alpha * colours
+    skipped = np.isnan(m)
+    if skipped.any():   # not inspected: the image in dimmed grey
+        grey = img.astype(np.float32).mean(axis=2, keepdims=True) * 0.45 + 40.0
+        out = np.where(skipped[..., None], grey, out)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def heatmap_rgba(anomaly_map: Any, vmin: float, vmax: float) -> np.ndarray:
+    """The colorized map as uint8 RGBA [H, W, 4]: opaque jet colours, transparent (alpha 0)
+    where the map is NaN (not inspected)."""
+    m = _as_map(anomaly_map)
+    alpha = np.where(np.isnan(m), 0, 255).astype(np.uint8)
+    return np.concatenate([colorize(m, vmin, vmax), alpha[..., None]], axis=2)
+
+
+def png_bytes(array: Any) -> bytes:
+    """A uint8 image array ([H, W] grey or binary, [H, W, 3] RGB, [H, W, 4] RGBA; bool is
+    written as 0 / 255) encoded as PNG."""
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise PatchbankError(f"png_bytes needs uint8 [H, W], [H, W, 3] or [H, W, 4], got "
+                             f"{arr.dtype} {tuple(arr.shape)}")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def save_overlay(path: str | Path, image: Any, anomaly_map: Any, vmin: float, vmax: float,

@@ -52,6 +52,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from patchbank.errors import PatchbankError
+from patchbank.io.image_coords import view_window
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                     ".pbm", ".pgm", ".ppm", ".pnm")
@@ -353,31 +354,19 @@ def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Imag
         return _to_rgb(im, f"image {item}")
 
 
-def _centre_crop(arr: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """The centred ``crop`` (H, W) window of ``arr`` (a view; ``arr`` itself when the sizes are
-    equal).  The top / left offset is ``round((h - ch) / 2)`` with Python's round-half-to-even,
-    so an odd excess of 3 starts at 2 but one of 5 starts at 2 as well (not 3)."""
-    h, w = arr.shape[:2]
-    ch, cw = crop
-    if (ch, cw) == (h, w):
-        return arr
-    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    return arr[top:top + ch, left:left + cw]
-
-
 def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray:
     """Resize to ``config.image_size`` (H, W) (stretching, or with ``config.keep_aspect`` scaling
     by ``max(H / height, W / width)`` to cover it and centre-cropping the excess, like
-    torchvision's Resize(int) + CenterCrop), then centre-crop to ``config.crop_size`` if set."""
-    h, w = config.image_size
-    target = (w, h)
-    if config.keep_aspect:
-        scale = max(h / im.height, w / im.width)
-        target = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+    torchvision's Resize(int) + CenterCrop), then centre-crop to ``config.crop_size`` if set.
+    The sizes and offsets are :func:`patchbank.io.image_coords.view_window`'s, the one
+    statement of where the view lies that maps are mapped back with."""
+    win = view_window((im.height, im.width), config)
+    target = (win.resized[1], win.resized[0])
     if im.size != target:
         im = im.resize(target, resample)
-    arr = _centre_crop(np.asarray(im), (h, w))
-    return _centre_crop(arr, config.crop_size) if config.crop_size is not None else arr
+    (top, left), (h, w) = win.offset, win.size
+    arr = np.asarray(im)
+    return arr if (top, left, h, w) == (0, 0, *arr.shape[:2]) else arr[top:top + h, left:left + w]
 
 
 def prepare_view(item: Any, config) -> np.ndarray:

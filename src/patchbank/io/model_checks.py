@@ -35,7 +35,7 @@ _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "bank_radius",
                   "projection.matrix", "routing_prototypes")
-_INFO_NUMBERS = ("threshold", "score_mean", "score_std", "structure_lambda")
+_INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda")
 
 
 # ---------------------------------------------------------------------------------- small helpers

@@ -147,6 +147,31 @@ class ScoreCalibration:
         self.threshold_ = self.stats_.threshold_
         return self
 
+    def set_threshold(self, threshold: float | None) -> None:
+        """Move the decision threshold (on the normalised score) to ``threshold``, a finite
+        number; None restores the calibrated one (``stats_.threshold_``)."""
+        if threshold is None:
+            self.threshold_ = self.stats_.threshold_
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+                or not math.isfinite(threshold):
+            raise PatchbankError(f"threshold must be a finite number (on the normalised score), "
+                                 f"got {threshold!r}")
+        self.threshold_ = float(threshold)
+
+    def map_level(self, threshold: float | None = None) -> float:
+        """The anomaly-map value above which a pixel belongs to the anomalous region, for a
+        decision ``threshold`` on the normalised score (default the current one).
+
+        With q the share of calibration images whose normalised score is at or below the
+        threshold, the level is the q-quantile (linear interpolation) of the calibration images'
+        top-1% map means (the descriptor's ``topk_mean``, StructCore Eq. 8): only about 1 - q of
+        normal images have their hottest 1% of pixels above it.  It is on the map's own scale
+        whatever the image score is, and it rises with the threshold."""
+        t = self.threshold_ if threshold is None else threshold
+        q = float(np.mean(self.stats_.normalize(self.scores_) <= t))
+        return float(np.quantile(self.descriptors_[:, COMPONENTS.index("topk_mean")], q))
+
     def _final(self, base: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d_struct = self.struct_.struct(phi).numpy()
         hyb = base + self.struct_.lambda_ * d_struct                 # Eq. 12

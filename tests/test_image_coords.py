@@ -1,0 +1,193 @@
+"""Maps back in the original image's coordinates (io/image_coords.py), heatmap PNGs, and the
+operating point (Detector.set_threshold / map_level / heatmap_range, saved and loaded).
+
+The inverse mapping is checked three ways: against torch's bilinear ``F.interpolate``
+(``align_corners=False``, an independent implementation) where there is no crop; exactly, on a
+map that is linear in the view's coordinates (bilinear interpolation reproduces it, so every
+offset and scale shows); and end to end, a bright spot in an original image found again at its
+place after the view is taken and mapped back.
+"""
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from patchbank.config import Config
+from patchbank.detector import Detector
+from patchbank.errors import PatchbankError
+from patchbank.io.heatmap import heatmap_rgba, overlay, png_bytes
+from patchbank.io.image_coords import inspected, region_mask, region_polygons, to_original, view_window
+from patchbank.io.images import prepare_view
+
+
+def _cfg(image_size, crop_size=None, keep_aspect=False):
+    return SimpleNamespace(image_size=image_size, crop_size=crop_size, keep_aspect=keep_aspect,
+                           input_size=crop_size or image_size)
+
+
+@pytest.mark.parametrize("original", [(37, 53), (200, 120), (64, 64)])
+def test_without_crop_equals_torch_bilinear(original):
+    cfg = _cfg((32, 48))
+    m = np.random.default_rng(0).random((32, 48)).astype(np.float32)
+    want = F.interpolate(torch.from_numpy(m)[None, None], size=original, mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
+    got = to_original(m, original, cfg)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert inspected(original, cfg).all()
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True])
+@pytest.mark.parametrize("original, image_size, crop", [((90, 130), (40, 40), (32, 30)),
+                                                         ((75, 41), (33, 20), (25, 17)),
+                                                         ((60, 60), (30, 30), None)])
+def test_linear_map_comes_back_exactly(original, image_size, crop, keep_aspect):
+    cfg = _cfg(image_size, crop, keep_aspect)
+    win = view_window(original, cfg)
+    h, w = cfg.input_size
+    rows = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    cols = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    for m, dim in ((rows, 0), (cols, 1)):
+        back = to_original(m, original, cfg)
+        n, size = original[dim], win.resized[dim]
+        centre = (np.arange(n) + 0.5) * size / n       # continuous coordinate in the resized image
+        expect = np.clip(centre - 0.5 - win.offset[dim], 0, cfg.input_size[dim] - 1)
+        inside = (centre >= win.offset[dim]) & (centre < win.offset[dim] + cfg.input_size[dim])
+        line = back[:, np.argmax(inspected(original, cfg).any(0))] if dim == 0 else \
+            back[np.argmax(inspected(original, cfg).any(1)), :]
+        np.testing.assert_allclose(line[inside], expect[inside], atol=1e-4)
+        assert np.isnan(line[~inside]).all()
+    # the not-inspected band is the part the crop cut off: as wide as the box says (+- 1 pixel)
+    top, left, bh, bw = win.box
+    ins = inspected(original, cfg)
+    assert abs(ins.any(1).sum() - bh) <= 1 and abs(ins.any(0).sum() - bw) <= 1
+    assert abs(np.argmax(ins.any(1)) - top) <= 1 and abs(np.argmax(ins.any(0)) - left) <= 1
+
+
+def test_window_matches_the_preprocessing_offsets(tmp_path):
+    """A view taken by prepare_view is the original's box, resized: an image whose pixel value
+    encodes its column shows the box's first column in the view's first column."""
+    cfg = Config(image_size=(64, 96), crop_size=(48, 64), keep_aspect=True)
+    W, H = 300, 150
+    arr = np.repeat(np.repeat((np.arange(W) * 255 // (W - 1)).astype(np.uint8)[None, :, None], H, 0), 3, 2)
+    view = prepare_view(arr, cfg)
+    top, left, bh, bw = view_window((H, W), cfg).box
+    expect_first = left * 255 / (W - 1)
+    assert abs(float(view[:, 0, 0].mean()) - expect_first) < 3.0
+    assert abs(float(view[:, -1, 0].mean()) - (left + bw) * 255 / (W - 1)) < 3.0
+
+
+def test_a_spot_is_found_at_its_place_in_the_original():
+    cfg = Config(image_size=(80, 80), crop_size=(64, 64))
+    H, W = 240, 360
+    img = np.zeros((H, W, 3), np.uint8)
+    img[150:170, 200:220] = 255                      # a bright spot inside the inspected box
+    view = prepare_view(img, cfg).astype(np.float32).mean(2)
+    back = to_original(view, (H, W), cfg)
+    y, x = np.unravel_index(np.nanargmax(back), back.shape)
+    assert 145 <= y <= 175 and 195 <= x <= 225
+    mask = region_mask(back, 128.0)
+    ys, xs = np.nonzero(mask)
+    assert 145 <= ys.min() and ys.max() <= 175 and 195 <= xs.min() and xs.max() <= 225
+
+
+def test_region_mask_never_includes_uninspected_pixels():
+    m = np.array([[np.nan, 5.0], [1.0, np.inf]], np.float32)
+    np.testing.assert_array_equal(region_mask(m, 0.5), [[False, True], [True, True]])
+
+
+def test_polygons_outline_each_region_largest_first():
+    mask = np.zeros((40, 50), bool)
+    mask[5:15, 10:30] = True         # 200 px
+    mask[8:12, 15:20] = False        # a hole: filled in the outline
+    mask[25:30, 40:45] = True        # 25 px
+    polys = region_polygons(mask)
+    assert len(polys) == 2
+    big, small = (np.array(p) for p in polys)
+    assert big[0].tolist() == big[-1].tolist()                 # closed
+    # the outline runs half a pixel outside the region's pixel centres (within the 0.5 tolerance)
+    assert 9.5 <= big[:, 0].min() <= 10 and 29 <= big[:, 0].max() <= 29.5
+    assert 4.5 <= big[:, 1].min() <= 5 and 14 <= big[:, 1].max() <= 14.5
+    assert 39.5 <= small[:, 0].min() <= 40 and 29 <= small[:, 1].max() <= 29.5
+    from matplotlib.path import Path as PolyPath    # every region pixel inside, no other pixel
+    ys, xs = np.mgrid[0:40, 0:50]
+    pts = np.c_[xs.ravel(), ys.ravel()]
+    inside = PolyPath(big).contains_points(pts) | PolyPath(small).contains_points(pts)
+    filled = mask.copy()
+    filled[8:12, 15:20] = True
+    np.testing.assert_array_equal(inside.reshape(40, 50), filled)
+    assert region_polygons(np.zeros((4, 4), bool)) == []
+    assert len(region_polygons(mask, max_regions=1)) == 1
+
+
+def test_map_of_the_wrong_size_is_refused():
+    with pytest.raises(PatchbankError, match="input size"):
+        to_original(np.zeros((10, 10)), (50, 50), _cfg((12, 12)))
+
+
+def test_heatmap_png_is_transparent_where_not_inspected():
+    m = np.array([[0.0, 1.0], [np.nan, 0.5]], np.float32)
+    rgba = heatmap_rgba(m, 0.0, 1.0)
+    assert rgba.shape == (2, 2, 4) and rgba[1, 0, 3] == 0 and (rgba[0, :, 3] == 255).all()
+    back = np.asarray(Image.open(io.BytesIO(png_bytes(rgba))))
+    np.testing.assert_array_equal(back, rgba)
+    mask = np.asarray(Image.open(io.BytesIO(png_bytes(np.array([[True, False]])))))
+    np.testing.assert_array_equal(mask, [[255, 0]])
+    img = np.full((2, 2, 3), 200, np.uint8)
+    ov = overlay(img, m, 0.0, 1.0)
+    assert (ov[1, 0] == ov[1, 0, 0]).all()          # grey where not inspected
+    assert not (ov[0, 1] == ov[0, 1, 0]).all()      # coloured elsewhere
+
+
+# ------------------------------------------------------------------------------ operating point
+def test_set_threshold_moves_decisions_and_survives_save_and_load(fitted, synthetic_root, tmp_path):
+    det = Detector.load(_saved(fitted, tmp_path / "a.patchbank"), progress=False)
+    images = sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]
+    calibrated = det.calibrated_threshold_
+    assert det.threshold_ == calibrated and det.info()["threshold_override"] is None
+    norm = [p.normalized_score for p in det.predict(images)]
+    det.set_threshold(min(norm) - 1.0)
+    assert all(p.is_anomalous for p in det.predict(images))
+    det.set_threshold(max(norm) + 1.0)
+    assert not any(p.is_anomalous for p in det.predict(images))
+    assert det.calibrated_threshold_ == calibrated
+    det.save(tmp_path / "b.patchbank")
+    again = Detector.load(tmp_path / "b.patchbank", progress=False)
+    assert again.threshold_ == max(norm) + 1.0 and again.calibrated_threshold_ == calibrated
+    again.set_threshold(None)
+    assert again.threshold_ == calibrated and again.info()["threshold_override"] is None
+    for bad in (float("nan"), float("inf"), "1", True):
+        with pytest.raises(PatchbankError, match="threshold must be a finite number"):
+            det.set_threshold(bad)
+
+
+def test_map_level_rises_with_the_threshold_and_sets_the_colour_range(fitted):
+    cal = fitted.calibration_
+    norm = cal.stats_.normalize(cal.scores_)
+    top1 = cal.descriptors_[:, 1]
+    levels = [fitted.map_level(t) for t in (norm.min() - 1, np.median(norm), norm.max() + 1)]
+    assert levels[0] == pytest.approx(top1.min()) and levels[2] == pytest.approx(top1.max())
+    assert levels[0] <= levels[1] <= levels[2]
+    q = np.mean(norm <= np.median(norm))
+    assert levels[1] == pytest.approx(np.quantile(top1, q))
+    lo, hi = fitted.heatmap_range()
+    assert lo == 0.0 and hi == pytest.approx(2 * fitted.map_level(fitted.calibrated_threshold_))
+
+
+def test_a_model_file_with_a_bad_threshold_override_is_refused(fitted, tmp_path):
+    from patchbank.io.model_file import load_model, save_model
+
+    tensors, meta = load_model(_saved(fitted, tmp_path / "c.patchbank"))
+    save_model(tmp_path / "d.patchbank", tensors, {**meta, "threshold_override": "0; import os"})
+    with pytest.raises(PatchbankError, match="threshold_override"):
+        Detector.load(tmp_path / "d.patchbank")
+
+
+def _saved(det, path):
+    det.save(path)
+    return path
