@@ -191,3 +191,31 @@ def test_a_model_file_with_a_bad_threshold_override_is_refused(fitted, tmp_path)
 def _saved(det, path):
     det.save(path)
     return path
+
+
+def test_predict_heatmaps_lie_on_the_original_images(synthetic_root, tmp_path):
+    """``predict --heatmaps`` with a centre crop: each overlay has its own image's size, the band
+    the crop cut off is grey (not inspected), the rest coloured; the hot spot of a defect is
+    drawn where the defect is in the original."""
+    from click.testing import CliRunner
+
+    from patchbank.cli import cli
+
+    det = Detector.from_preset("lmf-core", progress=False, backbone="efficientnet_lite0",
+                               image_size=(96, 96), crop_size=(64, 64))
+    det.fit(synthetic_root / "train" / "good")
+    model = tmp_path / "m.patchbank"
+    det.save(model)
+    big = tmp_path / "in" / "wide.png"          # a 96-px test image enlarged to 192 x 288
+    big.parent.mkdir()
+    src = sorted((synthetic_root / "test" / "spot").glob("*.png"))[0]
+    Image.open(src).convert("RGB").resize((288, 192), Image.BILINEAR).save(big)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["predict", str(model), str(big), "-o", str(out), "--heatmaps", "--quiet"])
+    assert r.exit_code == 0, r.output
+    png = np.asarray(Image.open(out / "heatmaps" / "wide.png").convert("RGB")).astype(int)
+    assert png.shape == (192, 288, 3)
+    ins = inspected((192, 288), det.config)
+    grey = (png[..., 0] == png[..., 1]) & (png[..., 1] == png[..., 2])
+    assert grey[~ins].all() and not grey[ins].all()
+    assert 0.3 < ins.mean() < 0.7            # a 64/96 crop keeps (2/3)^2 of the area

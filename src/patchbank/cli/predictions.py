@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
@@ -229,18 +230,22 @@ def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: l
 
 
 def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool) -> tuple[float, float]:
-    """Overlay PNGs with one colour range for the run; returns (vmin, vmax)."""
+    """Overlay PNGs on the ORIGINAL images (each map mapped back through the resize and crop;
+    the band the crop cut off drawn grey, not inspected), one colour range for the run;
+    returns (vmin, vmax)."""
     from tqdm import tqdm
 
     from patchbank.io.heatmap import save_overlay
-    from patchbank.io.images import prepare_view
+    from patchbank.io.image_coords import to_original
+    from patchbank.io.images import open_rgb
 
     vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
     vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
     for p, pr, target in tqdm(list(zip(paths, preds, outputs.heat_paths)), desc="heatmaps", unit="img",
                               disable=quiet, file=sys.stderr, leave=False):
-        view = prepare_view(str(p), det.config)
-        outputs.write(target, lambda tmp: save_overlay(tmp, view, pr.anomaly_map, vmin, vmax, overwrite=True))
+        image = np.asarray(open_rgb(str(p)))
+        amap = to_original(pr.anomaly_map, image.shape[:2], det.config)
+        outputs.write(target, lambda tmp: save_overlay(tmp, image, amap, vmin, vmax, overwrite=True))
     return vmin, vmax
 
 
