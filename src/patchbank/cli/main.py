@@ -24,6 +24,7 @@ from patchbank.cli.demo import demo
 from patchbank.cli.evaluation import ablate, evaluate, sweep
 from patchbank.cli.info import info
 from patchbank.cli.model import fit, predict
+from patchbank.cli.report import report
 from patchbank.cli.speed import benchmark
 from patchbank.cli.structcore import route_eval, structure_cmd
 from patchbank.errors import PatchbankError
@@ -77,10 +78,11 @@ def cli() -> None:
     patchbank ablate DATA -o ablation/               LMF-Core Table 5: add one module at a time
     patchbank sweep DATA --param kappa=0.25,0.5,1 -o sweep/
                                                      one Config field's values: table + PNG plot
+    patchbank report RESULTS_DIR                     one HTML page of a predict/evaluate folder
     """
 
 
-for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark):
+for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark, report):
     cli.add_command(_command)
 
 
