@@ -24,6 +24,7 @@ from patchbank.cli.demo import demo
 from patchbank.cli.evaluation import ablate, evaluate, sweep
 from patchbank.cli.info import info
 from patchbank.cli.model import fit, predict
+from patchbank.cli.serve import serve
 from patchbank.cli.report import report
 from patchbank.cli.speed import benchmark
 from patchbank.cli.structcore import route_eval, structure_cmd
@@ -79,10 +80,11 @@ def cli() -> None:
     patchbank sweep DATA --param kappa=0.25,0.5,1 -o sweep/
                                                      one Config field's values: table + PNG plot
     patchbank report RESULTS_DIR                     one HTML page of a predict/evaluate folder
+    patchbank serve model.patchbank                  HTTP inference service (API docs at /docs)
     """
 
 
-for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark, report):
+for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark, report, serve):
     cli.add_command(_command)
 
 

@@ -1,0 +1,64 @@
+"""``patchbank serve``: the HTTP inference service (FastAPI on uvicorn), with dynamic batching."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from patchbank.cli.options import run_options, setup_threads
+from patchbank.errors import PatchbankError
+from patchbank.io.images import MAX_IMAGE_PIXELS
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes; each loads every model.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most images in one model call.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a request waits for others to share its model call (0: no batching).")
+@click.option("--no-batching", is_flag=True, help="Each request runs alone (as --max-wait-ms 0).")
+@click.option("--max-request-mb", type=click.FloatRange(min=0, min_open=True), default=32.0,
+              show_default=True, help="Request body limit in MB (413 above it).")
+@click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most images in one request.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
+              help="Most pixels (width x height) of one image, read from its header before decoding.")
+@run_options
+def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
+          max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
+          max_pixels: int, device: str, threads: int | None, quiet: bool) -> None:
+    """Serve MODEL files over HTTP: POST images to /v2/models/NAME/infer, docs at /docs.
+
+    A MODEL is a model file (named after its stem: line.patchbank -> line) or NAME=FILE.
+    Every file is loaded and checked before the server starts.  Requests for the same model
+    arriving within --max-wait-ms are scored in one batch (one inference thread per model).
+    """
+    from patchbank.service.settings import SETTINGS_ENV, ServeSettings, parse_model_arg
+
+    if max_pixels > MAX_IMAGE_PIXELS:
+        raise PatchbankError(f"--max-pixels {max_pixels} is over the decoder's budget of "
+                             f"{MAX_IMAGE_PIXELS} (patchbank.io.images.MAX_IMAGE_PIXELS)")
+    settings = ServeSettings(
+        models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
+        max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
+        max_images=max_images, max_pixels=max_pixels, device=device, threads=threads)
+    setup_threads(threads)
+    import uvicorn
+
+    from patchbank.service.app import create_app
+    from patchbank.service.registry import ModelRegistry
+
+    registry = ModelRegistry(settings).load()   # a bad file stops here: one line, exit 2
+    log_level = "warning" if quiet else "info"
+    if workers > 1:
+        del registry   # each worker process loads its own copy
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        uvicorn.run("patchbank.service.app:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level)
+    else:
+        uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level)

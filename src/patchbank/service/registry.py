@@ -1,0 +1,240 @@
+"""The served models: load, warm up, describe, predict, move or persist the threshold.
+
+Every model file is loaded with :func:`patchbank.multi.load_any` (a ``Detector`` or a
+``MultiDetector``) and scored only through its ``predict``: nothing here computes a score.  Each
+model has one lock, held while it predicts and while its threshold moves or is written, so a
+response always reports the threshold its decision was made with.
+
+Thresholds are on the normalised score.  A multi-category model has one per category; a PUT
+without a category moves every category's.  ``persist`` writes the model file again (atomically,
+under ``<file>.lock``, the lock ``patchbank fit --add`` takes) with the moved threshold recorded
+in its header; without it the file is never touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from patchbank.detector import Detector, Prediction
+from patchbank.errors import PatchbankError
+from patchbank.io.model_file import load_model
+from patchbank.io.output_files import file_lock, lock_path_for
+from patchbank.multi import MultiDetector, load_any
+from patchbank.service.errors import ServiceError, bad_request, not_found, not_ready
+from patchbank.service.settings import ModelSpec, ServeSettings
+
+__all__ = ["ModelRegistry", "Served", "Scored", "file_sha256"]
+
+PERSIST_LOCK_TIMEOUT_S = 10.0   # a PUT waits this long for a concurrent fit --add, then 503
+
+
+@dataclass
+class Scored:
+    """One image's prediction and the threshold its decision was made with."""
+
+    prediction: Prediction
+    threshold: float
+    done: float        # time.perf_counter() when its model call returned
+
+
+@dataclass
+class Served:
+    """A loaded model and what is known of its file."""
+
+    spec: ModelSpec
+    model: Detector | MultiDetector
+    sha256: str
+    header: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def multi(self) -> bool:
+        """True for a multi-category (routed) model."""
+        return isinstance(self.model, MultiDetector)
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories of a multi-category model ([] for a single one)."""
+        return self.model.categories if isinstance(self.model, MultiDetector) else []
+
+    def detector(self, category: str | None) -> Detector:
+        """The detector that scores ``category`` (None for a single-category model)."""
+        if isinstance(self.model, MultiDetector):
+            return self.model.detectors_[self.check_category(category)]
+        return self.model
+
+    def check_category(self, category: str | None) -> str | None:
+        """``category`` if this model has it (None: route); 404 for an unknown one, 400 for
+        any category on a single-category model."""
+        if category is None:
+            return None
+        if not self.multi:
+            raise bad_request(f"model {self.spec.name!r} has one category; 'category' is only "
+                              f"for multi-category models")
+        if category not in self.categories:
+            raise not_found(f"model {self.spec.name!r} has no category {category!r} "
+                            f"(it has {', '.join(self.categories)})")
+        return category
+
+    def detectors_for(self, category: str | None) -> list[Detector]:
+        """The detectors a threshold change applies to: the category's, or every one."""
+        if isinstance(self.model, MultiDetector) and category is None:
+            return [self.model.detectors_[c] for c in self.categories]
+        return [self.detector(self.check_category(category))]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_served(spec: ModelSpec, device: str = "cpu") -> Served:
+    """Load one model file (one-line :class:`PatchbankError` if it is missing or unloadable)."""
+    path = Path(spec.path)
+    if not path.is_file():
+        raise PatchbankError(f"model {spec.name!r}: file not found: {path}")
+    model = load_any(path, device=device, progress=False)
+    _, header = load_model(path)
+    return Served(spec, model, file_sha256(path), header)
+
+
+class ModelRegistry:
+    """The models of one server process, by name; ``ready`` once all are loaded and warmed up."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.models: dict[str, Served] = {}
+        self.ready = False
+        self.failure: str | None = None   # why loading failed (the server then stays unready)
+
+    @property
+    def names(self) -> list[str]:
+        """The model names, in the order given."""
+        return [m.name for m in self.settings.models]
+
+    def load(self) -> "ModelRegistry":
+        """Load every model file not loaded yet; raises a one-line PatchbankError for a bad one."""
+        for spec in self.settings.models:
+            if spec.name not in self.models:
+                self.models[spec.name] = load_served(spec, self.settings.device)
+        return self
+
+    def warm_up(self) -> "ModelRegistry":
+        """One prediction per model on a synthetic grey image (first-call costs paid now),
+        then ``ready``."""
+        for served in self.models.values():
+            h, w = served.model.config.image_size
+            with served.lock:
+                served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
+        self.ready = len(self.models) == len(self.settings.models)
+        return self
+
+    def start(self) -> None:
+        """:meth:`load` then :meth:`warm_up`, recording a failure in ``failure`` instead of
+        raising (for a worker process loading in the background)."""
+        try:
+            self.load().warm_up()
+        except Exception as exc:   # the server stays up, unready, and says why
+            self.failure = " ".join(str(exc).split()) or type(exc).__name__
+            raise
+
+    def get(self, name: str) -> Served:
+        """The loaded model ``name``: 404 if there is none, 503 while it loads."""
+        if name not in self.names:
+            raise not_found(f"no model {name!r}; this server has {', '.join(self.names)}")
+        if not self.ready or name not in self.models:
+            raise not_ready(f"model {name!r} is not ready: "
+                            f"{self.failure and 'loading failed: ' + self.failure or 'still loading'}")
+        return self.models[name]
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, name: str, category: str | None, images: list[Image.Image]) -> list[Scored]:
+        """Score decoded images with model ``name`` (routed, or against ``category``) in one
+        ``predict`` call: the batcher's ``run``."""
+        served = self.get(name)
+        with served.lock:
+            if isinstance(served.model, MultiDetector):
+                preds = served.model.predict(images, category=category, batch_size=len(images))
+            else:
+                preds = served.model.predict(images, batch_size=len(images))
+            thresholds = {p.category: float(served.detector(p.category).threshold_) for p in preds}
+        done = time.perf_counter()
+        return [Scored(p, thresholds[p.category], done) for p in preds]
+
+    # ------------------------------------------------------------------ threshold
+    def set_threshold(self, name: str, threshold: float | None, category: str | None = None,
+                      persist: bool = False) -> None:
+        """Move the threshold of model ``name`` (of ``category``, or of every category) to
+        ``threshold``; None goes back to the calibrated one.  ``persist`` writes the model file
+        (atomically, under its lock); if that fails, the threshold is left as it was."""
+        served = self.get(name)
+        detectors = served.detectors_for(category)
+        with served.lock:
+            before = [d.threshold_ for d in detectors]
+            try:
+                for d in detectors:
+                    d.set_threshold(threshold)
+                if persist:
+                    self._persist(served)
+            except BaseException:
+                for d, t in zip(detectors, before):
+                    d.set_threshold(None if t == d.calibrated_threshold_ else t)
+                raise
+
+    def _persist(self, served: Served) -> None:
+        """Write the model to its file with the current thresholds; refresh sha256 and header."""
+        path = Path(served.spec.path)
+        try:
+            with file_lock(lock_path_for(path), timeout=PERSIST_LOCK_TIMEOUT_S, what=str(path), quiet=True):
+                served.model.save(path, overwrite=True)
+        except PatchbankError as exc:
+            raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {exc}") from None
+        _, served.header = load_model(path)
+        served.sha256 = file_sha256(path)
+
+    # ------------------------------------------------------------------ describe
+    def describe(self, name: str) -> dict[str, Any]:
+        """What ``GET /v2/models/{name}`` answers: the model, its file and its operating point."""
+        served = self.get(name)
+        cfg, header = served.model.config, served.header
+        with served.lock:
+            info = served.model.info()
+            cats = [_category_entry(c, served.detector(c), info["categories"][c])
+                    for c in served.categories]
+            single = None if served.multi else _category_entry(None, served.model, info)
+        out = {
+            "name": name, "kind": "multi" if served.multi else "single",
+            "backbone": cfg.backbone, "preset": header.get("preset"),
+            "input_size": list(cfg.input_size), "image_size": list(cfg.image_size),
+            "crop_size": None if cfg.crop_size is None else list(cfg.crop_size),
+            "keep_aspect": cfg.keep_aspect, "target_fpr": cfg.target_fpr,
+            "bank_entries": sum(c["bank_entries"] for c in cats) if cats else single["bank_entries"],
+            "bank_dim": cats[0]["bank_dim"] if cats else single["bank_dim"],
+            "bank_bytes": int(info["bank_bytes"]),
+            "threshold": None if cats else single["threshold"],
+            "calibrated_threshold": None if cats else single["calibrated_threshold"],
+            "categories": cats if cats else None,
+            "path": str(served.spec.path), "sha256": served.sha256,
+            "format_version": header.get("format_version"),
+            "patchbank_version": header.get("patchbank_version"),
+            "device": str(self.settings.device),
+        }
+        return out
+
+
+def _category_entry(name: str | None, det: Detector, info: dict[str, Any]) -> dict[str, Any]:
+    """One category's (or a single model's) bank and operating point."""
+    return {"name": name, "threshold": float(det.threshold_),
+            "calibrated_threshold": float(det.calibrated_threshold_),
+            "bank_entries": int(info["bank_entries"]), "bank_dim": int(info["bank_dim"]),
+            "bank_bytes": int(info["bank_bytes"])}

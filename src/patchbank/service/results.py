@@ -1,0 +1,76 @@
+"""Writing an infer response: one JSON object per image, in its own image's pixel coordinates.
+
+Per image: ``name``, ``score`` (the raw image score), ``normalized_score``, ``is_anomalous``
+(``not (normalized_score <= threshold)``: a NaN score is anomalous), ``threshold`` (the one the
+decision used: the request's, else the model's current one for the image's category),
+``category`` (routed or given; null for a single-category model), ``routed``, ``time_ms``
+(from the request's arrival to its model call's return), ``width`` / ``height`` (the original
+image's), and on request:
+
+* ``heatmap_png`` (base64 PNG, RGBA at the original size, transparent where the centre crop cut
+  the image off: not inspected) and ``heatmap_range`` ``[vmin, vmax]`` (the model's fixed colour
+  range, ``Detector.heatmap_range``);
+* ``mask_png`` (base64 PNG, 0 / 255 at the original size) or ``polygons`` (``[[x, y], ...]``
+  outlines in original pixels): the region whose map value is above ``Detector.map_level`` at the
+  threshold used.
+
+JSON has no NaN: a non-finite number is written as null.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+
+from patchbank.io.heatmap import heatmap_rgba, png_bytes
+from patchbank.io.image_coords import region_mask, region_polygons, to_original
+from patchbank.service.codec import InferOptions
+from patchbank.service.registry import Scored, Served
+
+__all__ = ["image_result", "finite"]
+
+
+def finite(value: float) -> float | None:
+    """``value`` as a float, or None when it is NaN or infinite (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Scored,
+                 options: InferOptions, t0: float) -> dict[str, Any]:
+    """The response entry of one image of original size ``size_hw`` (H, W); ``t0`` is the
+    request's arrival (``time.perf_counter()``)."""
+    p = scored.prediction
+    if options.threshold is None:
+        threshold, anomalous = scored.threshold, bool(p.is_anomalous)
+    else:
+        threshold = options.threshold
+        anomalous = not (p.normalized_score <= threshold)
+    h, w = size_hw
+    out: dict[str, Any] = {
+        "name": name, "score": finite(p.score), "normalized_score": finite(p.normalized_score),
+        "is_anomalous": anomalous, "threshold": finite(threshold), "category": p.category,
+        "routed": served.multi and options.category is None,
+        "time_ms": round((scored.done - t0) * 1000.0, 3), "width": int(w), "height": int(h),
+    }
+    if not options.heatmap and options.mask == "none":
+        return out
+    detector = served.detector(p.category)
+    original = to_original(p.anomaly_map, (h, w), served.model.config)
+    if options.heatmap:
+        vmin, vmax = detector.heatmap_range()
+        out["heatmap_png"] = _b64_png(heatmap_rgba(original, vmin, vmax))
+        out["heatmap_range"] = [finite(vmin), finite(vmax)]
+    if options.mask != "none":
+        mask = region_mask(original, detector.map_level(threshold))
+        if options.mask == "png":
+            out["mask_png"] = _b64_png(mask)
+        else:
+            out["polygons"] = region_polygons(mask)
+    return out
+
+
+def _b64_png(array: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(array)).decode("ascii")

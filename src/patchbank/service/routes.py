@@ -1,0 +1,143 @@
+"""The v2 endpoints (KServe v2 / OpenVINO Model Server style paths).
+
+* ``GET /v2/health/live`` -- 200 once the process answers.
+* ``GET /v2/health/ready`` -- 200 once every model is loaded and warmed up, else 503.
+* ``GET /v2/models`` -- the served models (name, kind, file, ready).
+* ``GET /v2/models/{name}`` -- one model: configuration, bank, operating point, file, batching.
+* ``POST /v2/models/{name}/infer`` -- score images (:mod:`~patchbank.service.codec` reads the
+  request, :mod:`~patchbank.service.results` writes each image's entry).
+* ``PUT /v2/models/{name}/threshold`` -- move the operating point (``{"threshold": null}``:
+  back to the calibrated one); ``persist: true`` writes it into the model file.
+* ``DELETE /v2/models/{name}/threshold`` -- back to the calibrated threshold.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from patchbank.service.batching import DynamicBatcher
+from patchbank.service.codec import MASK_KINDS, decode_uploads, parse_options, read_images
+from patchbank.service.registry import ModelRegistry
+from patchbank.service.results import image_result
+from patchbank.service.settings import ServeSettings
+
+__all__ = ["ServiceState", "build_router", "ThresholdUpdate"]
+
+
+@dataclass
+class ServiceState:
+    """What the endpoints share: settings, models, and the batcher (made at startup)."""
+
+    settings: ServeSettings
+    registry: ModelRegistry
+    batcher: DynamicBatcher | None = None
+
+
+class ThresholdUpdate(BaseModel):
+    """Body of ``PUT /v2/models/{name}/threshold``."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float | None   # on the normalised score; null = back to the calibrated one
+    category: str | None = None   # multi-category models: this category only (default: all)
+    persist: bool = False         # also write it into the model file
+
+
+_OPTION_DOCS = {
+    "threshold": "Normalised-score threshold for this request (decision: not score <= threshold).",
+    "category": "Multi-category models: score against this category, skipping routing.",
+    "heatmap": "true: return heatmap_png (base64 RGBA PNG at the original size) and heatmap_range.",
+    "mask": f"Anomalous region: {' | '.join(MASK_KINDS)} (polygons: [[x, y], ...] in original pixels).",
+}
+_IMAGES_JSON = {
+    "type": "object", "required": ["images"],
+    "properties": {
+        "images": {"type": "array", "items": {
+            "type": "object", "required": ["data"],
+            "properties": {"name": {"type": "string"},
+                           "data": {"type": "string", "description": "base64 image file"}}}},
+        "threshold": {"type": "number"}, "category": {"type": "string"},
+        "heatmap": {"type": "boolean"}, "mask": {"type": "string", "enum": list(MASK_KINDS)}}}
+_IMAGES_FORM = {"type": "object", "properties": {
+    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+INFER_DOC = {
+    "parameters": [{"name": n, "in": "query", "required": False, "description": d,
+                    "schema": {"type": "string"}} for n, d in _OPTION_DOCS.items()],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": _IMAGES_FORM},
+        "application/json": {"schema": _IMAGES_JSON}}},
+}
+
+
+def build_router(state: ServiceState) -> APIRouter:
+    """The v2 routes, bound to ``state``."""
+    router = APIRouter(prefix="/v2")
+    registry, settings = state.registry, state.settings
+
+    @router.get("/health/live", summary="The process answers")
+    def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @router.get("/health/ready", summary="Every model is loaded and warmed up (else 503)")
+    def ready() -> Any:
+        if registry.ready:
+            return {"ready": True}
+        reason = f"loading failed: {registry.failure}" if registry.failure else "models are loading"
+        return JSONResponse({"ready": False, "error": reason}, status_code=503)
+
+    @router.get("/models", summary="The served models")
+    def models() -> dict[str, Any]:
+        return {"models": [{"name": m.name, "path": m.path, "ready": m.name in registry.models
+                            and registry.ready} for m in settings.models]}
+
+    @router.get("/models/{name}", summary="One model: configuration, bank, threshold, file")
+    def model(name: str) -> dict[str, Any]:
+        return _describe(state, name)
+
+    @router.post("/models/{name}/infer", summary="Score images", openapi_extra=INFER_DOC)
+    async def infer(name: str, request: Request) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        served = registry.get(name)
+        uploads, fields = await read_images(request, settings.max_images)
+        options = parse_options(request.query_params, fields)
+        served.check_category(options.category)
+        images = await asyncio.to_thread(decode_uploads, uploads, settings.max_pixels)
+        scored = await state.batcher.submit_all((name, options.category), images)
+
+        def encode() -> list[dict[str, Any]]:
+            return [image_result(served, u.name, (im.height, im.width), s, options, t0)
+                    for u, im, s in zip(uploads, images, scored)]
+
+        results = await asyncio.to_thread(encode)
+        return {"model": name, "n_images": len(results),
+                "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
+
+    @router.put("/models/{name}/threshold", summary="Move the threshold (persist: write the file)")
+    def put_threshold(name: str, update: ThresholdUpdate) -> dict[str, Any]:
+        registry.set_threshold(name, update.threshold, update.category, update.persist)
+        return _describe(state, name)
+
+    @router.delete("/models/{name}/threshold", summary="Back to the calibrated threshold")
+    def reset_threshold(name: str, category: str | None = Query(None),
+                        persist: bool = Query(False)) -> dict[str, Any]:
+        registry.set_threshold(name, None, category, persist)
+        return _describe(state, name)
+
+    return router
+
+
+def _describe(state: ServiceState, name: str) -> dict[str, Any]:
+    """The model's description plus its batching settings and counters."""
+    out = state.registry.describe(name)
+    stats = state.batcher.stats(name) if state.batcher is not None else None
+    out["batching"] = {"enabled": state.settings.max_wait_ms > 0,
+                       "max_batch": state.settings.max_batch,
+                       "max_wait_ms": state.settings.max_wait_ms,
+                       "calls": stats.calls if stats else 0, "images": stats.items if stats else 0,
+                       "largest_call": stats.largest_call if stats else 0}
+    return out
