@@ -153,8 +153,8 @@ class ModelRegistry:
         if name not in self.names:
             raise not_found(f"no model {name!r}; this server has {', '.join(self.names)}")
         if not self.ready or name not in self.models:
-            raise not_ready(f"model {name!r} is not ready: "
-                            f"{self.failure and 'loading failed: ' + self.failure or 'still loading'}")
+            why = f"loading failed: {self.failure}" if self.failure else "still loading"
+            raise not_ready(f"model {name!r} is not ready: {why}")
         return self.models[name]
 
     # ------------------------------------------------------------------ predict

@@ -1,0 +1,444 @@
+"""``patchbank serve``: a real uvicorn process (``python -m patchbank.cli serve``) on a free
+127.0.0.1 port, talked to with httpx.
+
+Its answers are compared with the library's (``Detector.predict`` / ``MultiDetector.predict``
+on the same decoded images); every bad request must be a 4xx with a one-line JSON ``error``,
+after which the server still answers.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import assert_one_line_error, split_items
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from patchbank.cli import cli   # noqa: E402
+from patchbank.detector import Detector   # noqa: E402
+from patchbank.errors import PatchbankError   # noqa: E402
+from patchbank.io.image_coords import region_mask, to_original   # noqa: E402
+from patchbank.io.images import decode_bytes   # noqa: E402
+from patchbank.multi import MultiDetector   # noqa: E402
+from patchbank.service.errors import ServiceError   # noqa: E402
+from patchbank.service.registry import ModelRegistry, file_sha256   # noqa: E402
+from patchbank.service.results import finite   # noqa: E402
+from patchbank.service.settings import ModelSpec, ServeSettings, parse_model_arg   # noqa: E402
+
+SMALL = dict(backbone="efficientnet_lite0", image_size=(96, 96), crop_size=(80, 80), batch_size=8)
+MAX_IMAGES = 6
+MAX_PIXELS = 200_000
+REL = 1e-5
+pytestmark = pytest.mark.filterwarnings("ignore:the threshold is calibrated on only")
+
+
+def _stripes(folder, n, seed, size=96, period=8):
+    """A second 'product': tilted stripes (as in test_multi)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    paths = []
+    for i in range(n):
+        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period + rng.uniform(0, 2 * np.pi))
+        v = v + rng.normal(0, 0.03, v.shape)
+        img = (np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+        paths.append(folder / f"{i:03d}.png")
+    return paths
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(synthetic_root, tmp_path_factory):
+    """The model files served (single, multi, and a copy of single that PUT may rewrite) and
+    the test images as PNG bytes."""
+    tmp = tmp_path_factory.mktemp("serve")
+    single = Detector.from_preset("lmf-core", progress=False, **SMALL).fit(synthetic_root / "train" / "good")
+    single.save(tmp / "single.patchbank")
+    shutil.copy(tmp / "single.patchbank", tmp / "scratch.patchbank")
+    stripes_train = _stripes(tmp / "stripes" / "train", 12, seed=1)
+    stripes_test = _stripes(tmp / "stripes" / "test", 3, seed=2)
+    multi = MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=16, **SMALL)
+    multi.fit({"part": synthetic_root / "train" / "good", "stripes": stripes_train})
+    multi.save(tmp / "line.patchbank")
+    items, _ = split_items(synthetic_root)
+    part = {p.name: p.read_bytes() for p in items[:3] + items[-2:]}
+    wide = Image.open(items[-1]).convert("RGB").resize((180, 120), Image.BILINEAR)
+    return {"tmp": tmp, "single": tmp / "single.patchbank", "scratch": tmp / "scratch.patchbank",
+            "line": tmp / "line.patchbank", "part": part, "wide": _png(wide),
+            "stripes": {f"stripe{i}.png": p.read_bytes() for i, p in enumerate(stripes_test)}}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    from patchbank.service.process import ServerProcess
+
+    models = [f"single={files['single']}", f"line={files['line']}", files["scratch"]]
+    args = ["--quiet", "--threads", "1", "--max-request-mb", "1", "--max-images", str(MAX_IMAGES),
+            "--max-pixels", str(MAX_PIXELS), "--max-wait-ms", "50"]
+    log = files["tmp"] / "server.log"
+    proc = ServerProcess(models, args, log=log, timeout=120)
+    try:
+        proc.start()
+        with httpx.Client(base_url=proc.url, timeout=60) as client:
+            yield client
+    finally:
+        proc.stop()
+    text = log.read_text(errors="replace")   # no request reached a 500 (it would log a traceback)
+    assert "Traceback" not in text and "Exception in ASGI" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    """The library's own models, loaded from the same files."""
+    return Detector.load(files["single"], progress=False), MultiDetector.load(files["line"], progress=False)
+
+
+def _expected(model, named: dict[str, bytes], **kw):
+    return model.predict([decode_bytes(data, name) for name, data in named.items()], **kw)
+
+
+def _multipart(named: dict[str, bytes], part: str = "files"):
+    return [(part, (name, data, "image/png")) for name, data in named.items()]
+
+
+def _assert_same(got: dict, want, threshold: float):
+    assert got["score"] == pytest.approx(want.score, rel=REL)
+    assert got["normalized_score"] == pytest.approx(want.normalized_score, rel=REL, abs=1e-6)
+    assert got["is_anomalous"] == want.is_anomalous
+    assert got["threshold"] == pytest.approx(threshold, rel=1e-12)
+    assert got["category"] == want.category
+
+
+def _assert_error(response, *statuses, needle=""):
+    """A 4xx (one of ``statuses``) whose body is exactly ``{"error": <one line>}``."""
+    assert response.status_code in statuses, (response.status_code, response.text)
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"]
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]
+    assert needle in body["error"], body["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# health, listing, description, docs, page
+
+def test_health_listing_and_docs(server):
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/v2/health/ready").json() == {"ready": True}
+    listed = server.get("/v2/models").json()["models"]
+    assert [m["name"] for m in listed] == ["single", "line", "scratch"] and all(m["ready"] for m in listed)
+    assert server.get("/docs").status_code == 200
+    paths = server.get("/openapi.json").json()["paths"]
+    assert {"/v2/models/{name}/infer", "/v2/models/{name}/threshold", "/v2/health/ready"} <= set(paths)
+    page = server.get("/")
+    if page.headers["content-type"].startswith("text/html"):
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    else:
+        _assert_error(page, 404, needle="index.html")
+
+
+def test_model_descriptions(server, files, reference):
+    det, multi = reference
+    d = server.get("/v2/models/single").json()
+    assert (d["name"], d["kind"], d["backbone"]) == ("single", "single", "efficientnet_lite0")
+    assert d["input_size"] == [80, 80] and d["image_size"] == [96, 96] and d["crop_size"] == [80, 80]
+    assert d["threshold"] == d["calibrated_threshold"] == pytest.approx(det.threshold_, rel=1e-12)
+    assert d["bank_entries"] == det.info()["bank_entries"] and d["bank_dim"] == det.info()["bank_dim"]
+    assert d["sha256"] == file_sha256(files["single"]) and d["path"] == str(files["single"])
+    assert d["format_version"] == det.info()["format_version"] and d["patchbank_version"]
+    assert d["target_fpr"] == det.config.target_fpr and d["categories"] is None
+    assert d["batching"]["enabled"] and d["batching"]["max_wait_ms"] == 50
+    m = server.get("/v2/models/line").json()
+    assert m["kind"] == "multi" and [c["name"] for c in m["categories"]] == ["part", "stripes"]
+    for c in m["categories"]:
+        assert c["threshold"] == pytest.approx(multi.detectors_[c["name"]].threshold_, rel=1e-12)
+    assert m["bank_entries"] == sum(c["bank_entries"] for c in m["categories"])
+    assert server.get("/v2/models/scratch").json()["name"] == "scratch"   # named after the file
+    _assert_error(server.get("/v2/models/nope"), 404, needle="nope")
+
+
+# --------------------------------------------------------------------------------------------
+# infer: equal to the library
+
+def test_multipart_and_json_give_the_librarys_results(server, files, reference):
+    det, _ = reference
+    named = dict(list(files["part"].items())[:3])
+    want = _expected(det, named)
+    r = server.post("/v2/models/single/infer", files=_multipart(named))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "single" and body["n_images"] == 3 and body["time_ms"] > 0
+    for name, got, w in zip(named, body["results"], want):
+        assert got["name"] == name and (got["width"], got["height"]) == (96, 96)
+        assert got["routed"] is False and got["time_ms"] > 0
+        assert "heatmap_png" not in got and "mask_png" not in got and "polygons" not in got
+        _assert_same(got, w, det.threshold_)
+    payload = {"images": [{"name": n, "data": base64.b64encode(d).decode()} for n, d in named.items()]}
+    as_json = server.post("/v2/models/single/infer", json=payload).json()["results"]
+    for got, w in zip(as_json, want):
+        _assert_same(got, w, det.threshold_)
+    one = server.post("/v2/models/single/infer", files=[("file", ("x.png", named[next(iter(named))]))])
+    _assert_same(one.json()["results"][0], want[0], det.threshold_)
+
+
+def test_multi_category_routing_and_a_given_category(server, files, reference):
+    _, multi = reference
+    named = {**dict(list(files["part"].items())[:2]), **files["stripes"]}
+    want = _expected(multi, named)
+    assert [w.category for w in want] == ["part"] * 2 + ["stripes"] * 3
+    got = server.post("/v2/models/line/infer", files=_multipart(named)).json()["results"]
+    for g, w in zip(got, want):
+        assert g["routed"] is True
+        _assert_same(g, w, multi.detectors_[w.category].threshold_)
+    given = server.post("/v2/models/line/infer", params={"category": "stripes"},
+                        files=_multipart(named)).json()["results"]
+    want_given = _expected(multi, named, category="stripes")
+    for g, w in zip(given, want_given):
+        assert g["routed"] is False and g["category"] == "stripes"
+        _assert_same(g, w, multi.detectors_["stripes"].threshold_)
+    _assert_error(server.post("/v2/models/line/infer", params={"category": "nope"},
+                              files=_multipart(named)), 404, needle="nope")
+    _assert_error(server.post("/v2/models/single/infer", params={"category": "part"},
+                              files=_multipart(named)), 400, needle="one category")
+
+
+def test_a_per_request_threshold_moves_only_that_requests_decision(server, files, reference):
+    det, _ = reference
+    named = dict(list(files["part"].items())[:1])
+    (want,) = _expected(det, named)
+    for t, anomalous in ((want.normalized_score - 1.0, True), (want.normalized_score + 1.0, False)):
+        (got,) = server.post("/v2/models/single/infer", params={"threshold": t},
+                             files=_multipart(named)).json()["results"]
+        assert got["is_anomalous"] is anomalous and got["threshold"] == pytest.approx(t)
+        payload = {"images": [{"data": base64.b64encode(named[next(iter(named))]).decode()}], "threshold": t}
+        (as_json,) = server.post("/v2/models/single/infer", json=payload).json()["results"]
+        assert as_json["is_anomalous"] is anomalous and as_json["name"] == "image0"
+    (after,) = server.post("/v2/models/single/infer", files=_multipart(named)).json()["results"]
+    _assert_same(after, want, det.threshold_)
+
+
+def test_heatmap_mask_and_polygons_are_in_the_original_images_pixels(server, files, reference):
+    det, _ = reference
+    named = {"wide.png": files["wide"]}
+    (want,) = _expected(det, named)
+    low = want.normalized_score - 0.5     # a threshold that makes the image anomalous
+    r = server.post("/v2/models/single/infer", params={"heatmap": "true", "mask": "png", "threshold": low},
+                    files=_multipart(named))
+    (got,) = r.json()["results"]
+    assert (got["width"], got["height"]) == (180, 120)
+    heat = Image.open(io.BytesIO(base64.b64decode(got["heatmap_png"])))
+    assert heat.size == (180, 120) and heat.mode == "RGBA"
+    alpha = np.asarray(heat)[..., 3]
+    # the 80 x 80 centre crop of the 96 x 96 resize: the outer 8/96 on each side is not inspected
+    assert (alpha[:, :5] == 0).all() and (alpha[:5, :] == 0).all() and (alpha[20:100, 25:155] == 255).all()
+    assert got["heatmap_range"] == pytest.approx(list(det.heatmap_range()), rel=1e-6)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["mask_png"]))))
+    assert mask.shape == (120, 180) and set(np.unique(mask)) <= {0, 255}
+    local = region_mask(to_original(want.anomaly_map, (120, 180), det.config), det.map_level(low))
+    assert ((mask > 0) == local).mean() > 0.995 and local.any()
+    r = server.post("/v2/models/single/infer", params={"mask": "polygons", "threshold": low},
+                    files=_multipart(named))
+    (got,) = r.json()["results"]
+    assert "mask_png" not in got and "heatmap_png" not in got and got["polygons"]
+    pts = np.array([p for poly in got["polygons"] for p in poly])
+    assert (pts[:, 0] >= -0.5).all() and (pts[:, 0] <= 179.5).all()
+    assert (pts[:, 1] >= -0.5).all() and (pts[:, 1] <= 119.5).all()
+    ys, xs = np.nonzero(local)     # the outlines surround the mask's pixels
+    assert pts[:, 0].min() <= xs.min() and pts[:, 0].max() >= xs.max()
+    assert pts[:, 1].min() <= ys.min() and pts[:, 1].max() >= ys.max()
+
+
+# --------------------------------------------------------------------------------------------
+# moving the threshold
+
+def test_put_threshold_moves_the_operating_point_without_touching_the_file(server, files, reference):
+    det, _ = reference
+    named = dict(list(files["part"].items())[:1])
+    (want,) = _expected(det, named)
+    before = files["single"].read_bytes()
+    moved = want.normalized_score - 1.0
+    try:
+        d = server.put("/v2/models/single/threshold", json={"threshold": moved}).json()
+        assert d["threshold"] == pytest.approx(moved) and d["calibrated_threshold"] == pytest.approx(det.threshold_)
+        (got,) = server.post("/v2/models/single/infer", files=_multipart(named)).json()["results"]
+        assert got["is_anomalous"] is True and got["threshold"] == pytest.approx(moved)
+        assert files["single"].read_bytes() == before
+        _assert_error(server.put("/v2/models/single/threshold", json={"threshold": 1, "category": "x"}), 400)
+    finally:
+        reset = server.delete("/v2/models/single/threshold").json()
+    assert reset["threshold"] == pytest.approx(det.threshold_)
+    (got,) = server.post("/v2/models/single/infer", files=_multipart(named)).json()["results"]
+    _assert_same(got, want, det.threshold_)
+    assert files["single"].read_bytes() == before
+
+
+def test_put_threshold_with_persist_rewrites_the_model_file(server, files, reference):
+    det, _ = reference
+    path = files["scratch"]
+    try:
+        d = server.put("/v2/models/scratch/threshold", json={"threshold": 7.25, "persist": True}).json()
+        assert d["threshold"] == 7.25 and d["sha256"] == file_sha256(path)
+        assert Detector.load(path, progress=False).threshold_ == 7.25
+    finally:
+        d = server.put("/v2/models/scratch/threshold", json={"threshold": None, "persist": True}).json()
+    assert d["threshold"] == pytest.approx(det.threshold_)
+    assert Detector.load(path, progress=False).threshold_ == pytest.approx(det.threshold_)
+
+
+def test_put_threshold_of_a_multi_category_model(server, files, reference):
+    _, multi = reference
+    cal = {n: multi.detectors_[n].threshold_ for n in ("part", "stripes")}
+    try:
+        m = server.put("/v2/models/line/threshold", json={"threshold": -3.0, "category": "stripes"}).json()
+        got = {c["name"]: c["threshold"] for c in m["categories"]}
+        assert got["stripes"] == -3.0 and got["part"] == pytest.approx(cal["part"])
+        (r,) = server.post("/v2/models/line/infer", params={"category": "stripes"},
+                           files=_multipart(dict(list(files["stripes"].items())[:1]))).json()["results"]
+        assert r["threshold"] == -3.0 and r["is_anomalous"] is True
+        m = server.put("/v2/models/line/threshold", json={"threshold": 4.0}).json()   # every category
+        assert all(c["threshold"] == 4.0 for c in m["categories"])
+        _assert_error(server.put("/v2/models/line/threshold", json={"threshold": 1, "category": "x"}), 404)
+    finally:
+        m = server.delete("/v2/models/line/threshold").json()
+    assert {c["name"]: c["threshold"] for c in m["categories"]} == pytest.approx(cal)
+
+
+# --------------------------------------------------------------------------------------------
+# bad requests: one-line 4xx, and the server goes on
+
+def _truncated(files):
+    data = next(iter(files["part"].values()))
+    return data[: len(data) // 2]
+
+
+BAD = {
+    "garbage bytes": (400, lambda f: dict(files=[("file", ("g.png", b"not an image at all"))])),
+    "empty file": (400, lambda f: dict(files=[("file", ("e.png", b""))])),
+    "truncated png": (400, lambda f: dict(files=[("file", ("t.png", _truncated(f)))])),
+    "bad base64": (400, lambda f: dict(json={"images": [{"name": "b", "data": "@@@not base64@@@"}]})),
+    "malformed json": (400, lambda f: dict(content=b'{"images": [', headers={"content-type": "application/json"})),
+    "json not an object": (422, lambda f: dict(json=[1, 2])),
+    "json images not a list": (422, lambda f: dict(json={"images": "x"})),
+    "json image without data": (422, lambda f: dict(json={"images": [{"name": "x"}]})),
+    "no images": (400, lambda f: dict(json={"images": []})),
+    "wrong content type": (415, lambda f: dict(content=b"hello", headers={"content-type": "text/plain"})),
+    "no content type": (415, lambda f: dict(content=b"hello")),
+    "too many pixels": (400, lambda f: dict(files=[("file", ("big.png", _png(Image.new("RGB", (600, 400)))))])),
+    "too many images": (413, lambda f: dict(files=_multipart({f"{i}.png": next(iter(f["part"].values()))
+                                                              for i in range(MAX_IMAGES + 1)}))),
+    "body over the limit": (413, lambda f: dict(files=[("file", ("x.png", b"\0" * (2 << 20)))])),
+    "chunked body over the limit": (413, lambda f: dict(content=iter([b"{" + b" " * (1 << 16)] * 40),
+                                                         headers={"content-type": "application/json"})),
+    "wrong part name": (400, lambda f: dict(files=[("image", ("x.png", next(iter(f["part"].values()))))])),
+    "bad mask option": (400, lambda f: dict(params={"mask": "jpeg"}, files=_multipart(dict(list(f["part"].items())[:1])))),
+    "bad threshold option": (400, lambda f: dict(params={"threshold": "abc"}, files=_multipart(dict(list(f["part"].items())[:1])))),
+    "nan threshold option": (400, lambda f: dict(params={"threshold": "nan"}, files=_multipart(dict(list(f["part"].items())[:1])))),
+    "bad heatmap option": (400, lambda f: dict(json={"images": [{"data": base64.b64encode(next(iter(f["part"].values()))).decode()}],
+                                                     "heatmap": "maybe"})),
+    "unknown option": (400, lambda f: dict(params={"treshold": "1"}, files=_multipart(dict(list(f["part"].items())[:1])))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_infer_request_is_a_one_line_4xx_and_the_server_goes_on(server, files, case):
+    status, kwargs = BAD[case]
+    _assert_error(server.post("/v2/models/single/infer", **kwargs(files)), status)
+    assert server.get("/v2/health/live").status_code == 200
+    ok = server.post("/v2/models/single/infer", files=_multipart(dict(list(files["part"].items())[:1])))
+    assert ok.status_code == 200
+
+
+def test_other_bad_requests_are_one_line_4xx(server, files):
+    img = _multipart(dict(list(files["part"].items())[:1]))
+    _assert_error(server.post("/v2/models/nope/infer", files=img), 404, needle="nope")
+    _assert_error(server.get("/v2/nothing/here"), 404)
+    _assert_error(server.get("/v2/models/single/infer"), 405)
+    _assert_error(server.put("/v2/models/single/threshold", content=b"{oops",
+                             headers={"content-type": "application/json"}), 400, needle="JSON")
+    _assert_error(server.put("/v2/models/single/threshold", json={"threshold": "abc"}), 422, needle="threshold")
+    _assert_error(server.put("/v2/models/single/threshold", json={"thresh": 1}), 422)
+    _assert_error(server.put("/v2/models/single/threshold", content=b'{"threshold": NaN}',
+                             headers={"content-type": "application/json"}), 400, needle="finite")
+    _assert_error(server.put("/v2/models/nope/threshold", json={"threshold": 1}), 404)
+    assert server.get("/v2/models/single").json()["threshold"] == server.get(
+        "/v2/models/single").json()["calibrated_threshold"]
+    assert server.get("/v2/health/ready").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# batching
+
+def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(server, files):
+    named = list(files["part"].items()) + list(files["stripes"].items())
+    calls_before = server.get("/v2/models/single").json()["batching"]["calls"]
+
+    def one(item):
+        name, data = item
+        r = server.post("/v2/models/single/infer", files=_multipart({name: data}))
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]
+
+    sequential = [one(item) for item in named]
+    calls_mid = server.get("/v2/models/single").json()["batching"]["calls"]
+    assert calls_mid - calls_before == len(named)          # one call each when alone
+    with ThreadPoolExecutor(len(named)) as pool:
+        concurrent = list(pool.map(one, named))
+    batching = server.get("/v2/models/single").json()["batching"]
+    assert batching["calls"] - calls_mid < len(named) and batching["largest_call"] > 1
+    for c, s in zip(concurrent, sequential):
+        assert c["name"] == s["name"] and c["is_anomalous"] == s["is_anomalous"]
+        assert c["score"] == pytest.approx(s["score"], rel=REL)
+        assert c["normalized_score"] == pytest.approx(s["normalized_score"], rel=REL, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# without a server: the command's checks, settings, registry
+
+def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
+    bogus = tmp_path / "bogus.patchbank"
+    bogus.write_bytes(b"not a model")
+    for args, needle in ((["serve", str(tmp_path / "missing.patchbank")], "missing.patchbank"),
+                         (["serve", str(bogus)], "bogus.patchbank"),
+                         (["serve", f"bad/name={bogus}"], "invalid model name"),
+                         (["serve", f"a={bogus}", f"a={bogus}"], "given twice"),
+                         (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels")):
+        result = CliRunner().invoke(cli, args)
+        assert_one_line_error(result.exit_code, result.stderr, needle)
+
+
+def test_settings_round_trip_and_model_names(tmp_path):
+    s = ServeSettings(models=(ModelSpec("a", "/x/a.patchbank"),), max_wait_ms=0, threads=2)
+    assert ServeSettings.from_json(s.to_json()) == s
+    assert parse_model_arg("/x/line.patchbank") == ModelSpec("line", "/x/line.patchbank")
+    assert parse_model_arg("cam1=/x/m.patchbank") == ModelSpec("cam1", "/x/m.patchbank")
+    odd = tmp_path / "a=b.patchbank"
+    odd.write_bytes(b"")
+    with pytest.raises(PatchbankError, match="invalid model name 'a=b'"):   # a path, badly named
+        parse_model_arg(str(odd))
+    assert parse_model_arg(f"x={odd}") == ModelSpec("x", str(odd))
+
+
+def test_registry_is_unready_until_loaded_and_json_has_no_nan():
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("a", "/nonexistent.patchbank"),)))
+    with pytest.raises(ServiceError) as info:
+        registry.get("a")
+    assert info.value.status == 503 and "still loading" in str(info.value)
+    with pytest.raises(ServiceError) as info:
+        registry.get("b")
+    assert info.value.status == 404
+    assert finite(float("nan")) is None and finite(float("inf")) is None and finite(1.5) == 1.5
