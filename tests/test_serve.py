@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -375,6 +376,10 @@ def test_other_bad_requests_are_one_line_4xx(server, files):
     _assert_error(server.put("/v2/models/single/threshold", content=b'{"threshold": NaN}',
                              headers={"content-type": "application/json"}), 400, needle="finite")
     _assert_error(server.put("/v2/models/nope/threshold", json={"threshold": 1}), 404)
+    _assert_error(server.put("/v2/models/single/threshold", content=iter([b" " * (1 << 16)] * 40),
+                             headers={"content-type": "application/json"}), 413)   # chunked, no length
+    _assert_error(server.put("/v2/models/single/threshold", content=b" " * (2 << 20),
+                             headers={"content-type": "application/json"}), 413)
     assert server.get("/v2/models/single").json()["threshold"] == server.get(
         "/v2/models/single").json()["calibrated_threshold"]
     assert server.get("/v2/health/ready").status_code == 200
@@ -404,6 +409,31 @@ def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(server, f
         assert c["name"] == s["name"] and c["is_anomalous"] == s["is_anomalous"]
         assert c["score"] == pytest.approx(s["score"], rel=REL)
         assert c["normalized_score"] == pytest.approx(s["normalized_score"], rel=REL, abs=1e-6)
+
+
+def test_two_worker_processes_without_batching_give_the_librarys_results(files, reference):
+    """--workers 2: each worker builds the app from the environment (app_from_env) and loads
+    the model itself; --no-batching runs each request alone."""
+    from patchbank.service.process import ServerProcess
+
+    det, _ = reference
+    named = dict(list(files["part"].items())[:2])
+    want = _expected(det, named)
+    log = files["tmp"] / "workers.log"
+    with ServerProcess([f"single={files['single']}"], ["--quiet", "--threads", "1", "--workers", "2",
+                                                      "--no-batching"], log=log, timeout=120) as proc:
+        with httpx.Client(base_url=proc.url, timeout=60) as client:
+            for _ in range(4):   # requests land on either worker; both must answer alike
+                for _ in range(100):   # the other worker may still be loading (503)
+                    r = client.post("/v2/models/single/infer", files=_multipart(named))
+                    if r.status_code != 503:
+                        break
+                    time.sleep(0.1)
+                assert r.status_code == 200, r.text
+                for got, w in zip(r.json()["results"], want):
+                    _assert_same(got, w, det.threshold_)
+            assert client.get("/v2/models/single").json()["batching"]["enabled"] is False
+    assert "Traceback" not in log.read_text(errors="replace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,3 +472,19 @@ def test_registry_is_unready_until_loaded_and_json_has_no_nan():
         registry.get("b")
     assert info.value.status == 404
     assert finite(float("nan")) is None and finite(float("inf")) is None and finite(1.5) == 1.5
+
+
+def test_persisting_a_multi_category_models_threshold_keeps_the_other_category(files, tmp_path):
+    path = tmp_path / "line.patchbank"
+    shutil.copy(files["line"], path)
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("line", str(path)),))).load().warm_up()
+    before = MultiDetector.load(path, progress=False)
+    registry.set_threshold("line", 3.5, "stripes", persist=True)
+    after = MultiDetector.load(path, progress=False)
+    assert after.detectors_["stripes"].threshold_ == 3.5
+    assert after.detectors_["part"].threshold_ == before.detectors_["part"].threshold_
+    assert registry.describe("line")["sha256"] == file_sha256(path)
+    with pytest.raises(PatchbankError, match="finite"):   # a refused value changes nothing
+        registry.set_threshold("line", float("nan"), None, persist=True)
+    assert MultiDetector.load(path, progress=False).detectors_["stripes"].threshold_ == 3.5
+    assert registry.models["line"].detector("part").threshold_ == before.detectors_["part"].threshold_

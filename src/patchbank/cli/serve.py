@@ -7,7 +7,6 @@ import click
 
 from patchbank.cli.options import run_options, setup_threads
 from patchbank.errors import PatchbankError
-from patchbank.io.images import MAX_IMAGE_PIXELS
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -26,20 +25,24 @@ from patchbank.io.images import MAX_IMAGE_PIXELS
               show_default=True, help="Request body limit in MB (413 above it).")
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most images in one request.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_IMAGE_PIXELS, show_default=True,
-              help="Most pixels (width x height) of one image, read from its header before decoding.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Most pixels (width x height) of one image, read from its header before decoding "
+                   "[the decoder's budget, patchbank.io.images.MAX_IMAGE_PIXELS].")
 @run_options
 def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
-          max_pixels: int, device: str, threads: int | None, quiet: bool) -> None:
+          max_pixels: int | None, device: str, threads: int | None, quiet: bool) -> None:
     """Serve MODEL files over HTTP: POST images to /v2/models/NAME/infer, docs at /docs.
 
     A MODEL is a model file (named after its stem: line.patchbank -> line) or NAME=FILE.
     Every file is loaded and checked before the server starts.  Requests for the same model
     arriving within --max-wait-ms are scored in one batch (one inference thread per model).
     """
+    setup_threads(threads)   # before torch is imported (the imports below import it)
+    from patchbank.io.images import MAX_IMAGE_PIXELS
     from patchbank.service.settings import SETTINGS_ENV, ServeSettings, parse_model_arg
 
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if max_pixels > MAX_IMAGE_PIXELS:
         raise PatchbankError(f"--max-pixels {max_pixels} is over the decoder's budget of "
                              f"{MAX_IMAGE_PIXELS} (patchbank.io.images.MAX_IMAGE_PIXELS)")
@@ -47,7 +50,6 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
         models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
         max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
         max_images=max_images, max_pixels=max_pixels, device=device, threads=threads)
-    setup_threads(threads)
     import uvicorn
 
     from patchbank.service.app import create_app

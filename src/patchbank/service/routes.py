@@ -40,9 +40,10 @@ class ServiceState:
 
 
 class ThresholdUpdate(BaseModel):
-    """Body of ``PUT /v2/models/{name}/threshold``."""
+    """Body of ``PUT /v2/models/{name}/threshold`` (JSON types strictly: no "1" or true for
+    a number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     threshold: float | None   # on the normalised score; null = back to the calibrated one
     category: str | None = None   # multi-category models: this category only (default: all)
     persist: bool = False         # also write it into the model file
