@@ -85,7 +85,8 @@ def evaluate_html(evaluate_dir):
 # ------------------------------------------------------------------------------------------------
 
 class Elements(HTMLParser):
-    """Every start tag of a document as ``(tag, attrs)``, and each element's direct text by index."""
+    """Every start tag of a document as ``(tag, attrs)``, and each element's text (its children's
+    included) by index."""
 
     def __init__(self, text: str):
         super().__init__()
@@ -106,8 +107,8 @@ class Elements(HTMLParser):
                 break
 
     def handle_data(self, data):
-        if self._open:
-            self.text[self._open[-1]] = self.text.get(self._open[-1], "") + data
+        for i in self._open:   # every open element's text includes its children's
+            self.text[i] = self.text.get(i, "") + data
 
     def find(self, tag: str, cls: str | None = None, **attrs) -> list[dict[str, str]]:
         """Attributes of every ``tag`` whose class list holds ``cls`` and whose attributes equal ``attrs``."""
@@ -130,7 +131,7 @@ class Elements(HTMLParser):
         return cells
 
     def texts(self, tag: str, cls: str) -> list[str]:
-        """The direct text of every ``tag`` of class ``cls``."""
+        """The text of every ``tag`` of class ``cls``."""
         return [self.text.get(i, "").strip() for i, (t, a) in enumerate(self.items)
                 if t == tag and cls in a.get("class", "").split()]
 

@@ -137,7 +137,7 @@ def curve_svg(x, y, *, kind: str, title: str, area: str,
     step curve whose area is the average precision) chart of points ``x``, ``y`` in [0, 1].
 
     ``area`` is printed in the chart (``"AUROC 0.973"``); ``marker`` ``(x, y, text)`` is the
-    operating point, drawn as a dot with ``text`` as its tooltip and caption.
+    operating point, drawn as a dot captioned "threshold" with ``text`` as its tooltip.
     """
     f = _Frame(CURVE_SIZE, (0.0, 1.0), (0.0, 1.02))
     ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -160,9 +160,8 @@ def curve_svg(x, y, *, kind: str, title: str, area: str,
         mx, my, text = marker
         body.append(f'<circle class="op" cx="{f.x(mx):.2f}" cy="{f.y(my):.2f}" r="5" data-x="{mx:.10g}" '
                     f'data-y="{my:.10g}"><title>{escape(text)}</title></circle>')
-        anchor = "start" if mx < 0.6 else "end"
-        dx = 8 if mx < 0.6 else -8
+        anchor, dx = ("start", 8) if mx < 0.75 else ("end", -8)
         ty = f.y(my) + (16 if my > 0.85 else -8)
         body.append(f'<text class="op-label" x="{f.x(mx) + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">'
-                    f'{escape(text)}</text>')
+                    f'threshold</text>')
     return f.svg(f"curve {kind}", title, body)
