@@ -406,6 +406,8 @@ def test_never_overwrites_without_overwrite(predict_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]   # no temporary file left
+    res = CliRunner().invoke(cli, ["report", str(predict_dir), "-o", str(tmp_path / "new" / "r.html"), "-q"])
+    assert res.exit_code == 0 and (tmp_path / "new" / "r.html").is_file(), res.output
 
 
 # ------------------------------------------------------------------------------------------------

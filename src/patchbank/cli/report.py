@@ -28,7 +28,8 @@ def report(results_dir: Path, output: Path | None, overwrite: bool, quiet: bool)
     Images are embedded as downscaled JPEG thumbnails; charts are inline SVG; the page needs
     no network.  An existing file is never replaced without --overwrite.
     """
+    from patchbank.io.output_files import format_size
     from patchbank.report import write_report
 
     out = write_report(results_dir, output, overwrite=overwrite, progress=not quiet)
-    click.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    click.echo(f"wrote {out} ({format_size(out.stat().st_size)})")

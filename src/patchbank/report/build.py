@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, commit_file, release_file, reserve_file
+from patchbank.io.output_files import (MIN_FREE_BYTES, check_output_file, commit_file, make_folder, release_file,
+                                       reserve_file)
 from patchbank.report.evaluate_page import evaluate_page
 from patchbank.report.predict_page import predict_page
 from patchbank.report.render import render_page
@@ -49,6 +50,7 @@ def write_report(results_dir: str | os.PathLike, output: str | os.PathLike | Non
     out = Path(output) if output is not None else Path(results_dir) / REPORT_NAME
     results = read_results(results_dir)
     check_output_file(out, need_bytes=MIN_FREE_BYTES)
+    make_folder(out.parent)
     reservation = None if overwrite else reserve_file(out, hold_lock=True)
     try:
         html = report_html(results, progress=progress)
