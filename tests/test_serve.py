@@ -345,6 +345,10 @@ BAD = {
     "body over the limit": (413, lambda f: dict(files=[("file", ("x.png", b"\0" * (2 << 20)))])),
     "chunked body over the limit": (413, lambda f: dict(content=iter([b"{" + b" " * (1 << 16)] * 40),
                                                          headers={"content-type": "application/json"})),
+    "chunked multipart over the limit": (413, lambda f: dict(
+        content=iter([b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n\r\n"]
+                     + [b"\0" * (1 << 16)] * 40),
+        headers={"content-type": "multipart/form-data; boundary=b"})),
     "wrong part name": (400, lambda f: dict(files=[("image", ("x.png", next(iter(f["part"].values()))))])),
     "bad mask option": (400, lambda f: dict(params={"mask": "jpeg"}, files=_multipart(dict(list(f["part"].items())[:1])))),
     "bad threshold option": (400, lambda f: dict(params={"threshold": "abc"}, files=_multipart(dict(list(f["part"].items())[:1])))),
@@ -488,3 +492,25 @@ def test_persisting_a_multi_category_models_threshold_keeps_the_other_category(f
         registry.set_threshold("line", float("nan"), None, persist=True)
     assert MultiDetector.load(path, progress=False).detectors_["stripes"].threshold_ == 3.5
     assert registry.models["line"].detector("part").threshold_ == before.detectors_["part"].threshold_
+
+
+def test_an_unexpected_error_is_a_one_line_500_and_the_server_goes_on(files, monkeypatch):
+    """The last-resort handler (in process, with Starlette's TestClient): a bug in the model
+    call answers 500 with one line, never a traceback, and the next request is served."""
+    from fastapi.testclient import TestClient
+
+    from patchbank.service.app import create_app
+
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("single", str(files["single"])),))).load()
+    app = create_app(registry.settings, registry)
+    img = _multipart(dict(list(files["part"].items())[:1]))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(100):
+            if client.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        real = registry.predict
+        monkeypatch.setattr(registry, "predict", lambda *a: 1 / 0)
+        _assert_error(client.post("/v2/models/single/infer", files=img), 500, needle="ZeroDivisionError")
+        monkeypatch.setattr(registry, "predict", real)
+        assert client.post("/v2/models/single/infer", files=img).status_code == 200
