@@ -450,9 +450,21 @@ def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
                          (["serve", str(bogus)], "bogus.patchbank"),
                          (["serve", f"bad/name={bogus}"], "invalid model name"),
                          (["serve", f"a={bogus}", f"a={bogus}"], "given twice"),
-                         (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels")):
-        result = CliRunner().invoke(cli, args)
+                         (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels"),
+                         (["serve", str(bogus), "--host", "256.1.1.1"], "cannot listen on 256.1.1.1")):
+        result = CliRunner().invoke(cli, args + ["--port", "0"])   # (8000 may be taken here)
         assert_one_line_error(result.exit_code, result.stderr, needle)
+
+
+def test_serve_refuses_a_port_in_use_before_loading(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", str(tmp_path / "m.patchbank"), "--port", str(port)])
+    assert_one_line_error(result.exit_code, result.stderr, f"cannot listen on 127.0.0.1:{port}")
 
 
 def test_settings_round_trip_and_model_names(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import click
 
@@ -50,6 +51,7 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
         models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
         max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
         max_images=max_images, max_pixels=max_pixels, device=device, threads=threads)
+    check_listen(host, port)
     import uvicorn
 
     from patchbank.service.app import create_app
@@ -64,3 +66,16 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
                     workers=workers, log_level=log_level)
     else:
         uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level)
+
+
+def check_listen(host: str, port: int) -> None:
+    """A one-line error now, before the models load, if ``host:port`` cannot be listened on
+    (port taken, unknown address); uvicorn would otherwise log it and exit 1."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+            sock.bind(address)
+    except OSError as exc:
+        raise PatchbankError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
