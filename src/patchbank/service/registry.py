@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from patchbank.detector import Detector, Prediction
 from patchbank.errors import PatchbankError
+from patchbank.io.heatmap import png_bytes
+from patchbank.io.image_coords import region_polygons
 from patchbank.io.model_file import load_model
 from patchbank.io.output_files import file_lock, lock_path_for
 from patchbank.multi import MultiDetector, load_any
@@ -136,6 +139,7 @@ class ModelRegistry:
             h, w = served.model.config.image_size
             with served.lock:
                 served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
+        png_bytes(region_polygons(np.eye(3, dtype=bool)) and np.zeros((2, 2), np.uint8))  # the outputs' imports
         self.ready = len(self.models) == len(self.settings.models)
         return self
 
