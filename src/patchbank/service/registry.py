@@ -29,6 +29,7 @@ from patchbank.io.image_coords import region_polygons
 from patchbank.io.model_file import load_model
 from patchbank.io.output_files import file_lock, lock_path_for
 from patchbank.multi import MultiDetector, load_any
+from patchbank.runtime.malloc import trim_malloc
 from patchbank.service.errors import ServiceError, bad_request, not_found, not_ready
 from patchbank.service.settings import ModelSpec, ServeSettings
 
@@ -173,6 +174,7 @@ class ModelRegistry:
                 preds = served.model.predict(images, batch_size=len(images))
             thresholds = {p.category: float(served.detector(p.category).threshold_) for p in preds}
         done = time.perf_counter()
+        trim_malloc()   # a batch's freed activations go back to the system: RSS stays flat
         return [Scored(p, thresholds[p.category], done) for p in preds]
 
     # ------------------------------------------------------------------ threshold
