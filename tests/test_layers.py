@@ -30,8 +30,8 @@ MAX_FUNCTION_LINES = 60
 # top to bottom; a module's layer is that of its first two name components ("patchbank.io")
 LAYERS = {
     9: ("cli",),
-    8: ("studies", "service", "report"),
-    7: ("evaluation",),
+    8: ("studies", "service", "report", "distributed"),
+    7: ("evaluation", "export"),
     6: ("multi",),
     5: ("detector",),
     4: ("pipeline",),
