@@ -93,4 +93,10 @@ def anomaly_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float
     h, w = s.shape[-2:]
     a_h = map_operator(h, size[0], sigma, s.device, mode=mode)
     a_w = map_operator(w, size[1], sigma, s.device, mode=mode)
-    return torch.matmul(torch.matmul(a_h, s), a_w.T)
+    return apply_map_operators(s, a_h, a_w)
+
+
+def apply_map_operators(patch_scores: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] patch scores -> [B, H, W] maps ``A_h @ S @ A_w^T`` with the operators of
+    :func:`map_operator` (an exported graph holds them as constants and runs exactly this)."""
+    return torch.matmul(torch.matmul(a_h, patch_scores.float()), a_w.T)

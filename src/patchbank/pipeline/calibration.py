@@ -173,16 +173,32 @@ class ScoreCalibration:
         return float(np.quantile(self.descriptors_[:, COMPONENTS.index("topk_mean")], q))
 
     def _final(self, base: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        d_struct = self.struct_.struct(phi).numpy()
+        final, d_struct, hyb = self.final_tensors(torch.as_tensor(np.asarray(base, dtype=np.float64)),
+                                                  torch.as_tensor(np.asarray(phi, dtype=np.float64)))
+        return final.numpy(), d_struct.numpy(), hyb.numpy()
+
+    def final_tensors(self, base: torch.Tensor, phi: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Base scores [B] and full descriptors [B, 3] -> (final score, D_struct, hybrid), float64
+        tensors (Eqs. 10-12; the final score is the config's image_score)."""
+        base = base.double()
+        d_struct = self.struct_.struct(phi)
         hyb = base + self.struct_.lambda_ * d_struct                 # Eq. 12
         final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
         return final, d_struct, hyb
 
-    def image_scores(self, base: np.ndarray, phi: np.ndarray) -> ImageScores:
-        """A batch's base scores [B] and descriptors [B, 3] -> its :class:`ImageScores`."""
-        final, d_struct, hyb = self._final(base, phi)
-        norm = self.stats_.normalize(final)
-        return ImageScores(final, base, d_struct, hyb, norm, ~(norm <= self.threshold_))
+    def score_tensors(self, base: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`image_scores` in torch ops only (float64): (final, base, D_struct, hybrid,
+        normalised, anomalous); an exported graph runs exactly this, the calibration's numbers
+        as constants."""
+        final, d_struct, hyb = self.final_tensors(base, phi)
+        norm = (final - self.stats_.mean_) / self.stats_.std_
+        return final, base.double(), d_struct, hyb, norm, ~(norm <= self.threshold_)
+
+    def image_scores(self, base, phi) -> ImageScores:
+        """A batch's base scores [B] and descriptors [B, 3] (numpy or torch) -> its :class:`ImageScores`."""
+        as_t = lambda a: a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+        return ImageScores(*(t.numpy() for t in self.score_tensors(as_t(base), as_t(phi))))
 
 
 class CalibrationRows:

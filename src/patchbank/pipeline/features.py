@@ -78,11 +78,16 @@ class FeatureExtractor(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Images -> (per-layer patch rows, patch grid (h, w)); see the class docstring."""
-        raw = self.maps(x)
+        return self.rows(self.maps(x), x.shape)
+
+    def rows(self, raw: list[torch.Tensor], x_shape) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """The backbone's tapped maps ``raw`` of an input of shape ``x_shape`` -> (per-layer patch
+        rows, patch grid): p x p aggregation, alignment, rows.  Plain torch ops on the maps (no
+        inference-mode switch), so an exported graph runs exactly this after the backbone."""
         h, w = raw[0].shape[-2:]
         if self.patch_size > min(h, w):
             raise PatchbankError(f"patch_size {self.patch_size} is larger than the backbone's feature "
-                                 f"map ({h} x {w} for a {x.shape[-2]} x {x.shape[-1]} input): use a "
+                                 f"map ({h} x {w} for a {x_shape[-2]} x {x_shape[-1]} input): use a "
                                  f"smaller patch_size or a larger image_size")
         maps = aggregate(raw, self.patch_size, self.border)
         return to_patches(maps), tuple(maps[0].shape[-2:])

@@ -83,12 +83,22 @@ class InferenceModel(nn.Module):
         """The path after extraction, for ``b`` images' per-layer rows (a multi-category model
         extracts once, then scores each image against its category's model).  ``clock`` laps
         "extract" after the embedding and "search" after the scoring."""
+        maps, phi, *scores = self.score_tensors(layers, b, clock)
+        scores = [t.cpu().numpy() for t in scores]
+        return ScoredBatch(ImageScores(*scores), maps, phi.cpu().numpy())
+
+    def score_tensors(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
+                      search=None, map_operators=None) -> tuple[torch.Tensor, ...]:
+        """:meth:`score_layers` in torch ops only: (maps [B, H, W], descriptors [B, 3], final,
+        base, D_struct, hybrid, normalised score, anomalous [B]).  An exported graph
+        (:mod:`patchbank.export.graph`) runs exactly this with the bank as a constant
+        (``search``) and the map operators as constants (``map_operators``)."""
         emb = self.scorer.embed(layers)
         _lap(clock, "extract")
-        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]))
+        base, patch = self.scorer.score_tensors(emb.view(b, -1, emb.shape[1]), search)
         _lap(clock, "search")
-        maps, phi = self.scorer.anomaly_map(patch)
-        return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi)
+        maps, phi = self.scorer.map_tensors(patch, map_operators)
+        return (maps, phi) + tuple(self.calibration.score_tensors(base, phi))
 
 
 def check_batch_size(batch_size) -> None:

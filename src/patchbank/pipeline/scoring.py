@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from patchbank.pipeline.anomaly_map import anomaly_maps
+from patchbank.pipeline.anomaly_map import apply_map_operators, map_operator
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.structure import COMPONENTS, descriptor, local_density_calibration
 from patchbank.search import Search
@@ -106,6 +106,13 @@ class PatchScorer:
 
     def score(self, emb: torch.Tensor, search: Search | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """[B, P, d] embeddings -> (S_base [B] float64, patch scores [B, P]); see the class."""
+        image, scores = self.score_tensors(emb, search)
+        return image.double().cpu().numpy(), scores
+
+    def score_tensors(self, emb: torch.Tensor, search=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`score` in torch ops only: (S_base [B] float64 tensor, patch scores [B, P]).
+        ``search`` is anything with the Search protocol's ``search`` / ``rows`` / ``shape``
+        (an exported graph passes the bank it holds as a constant)."""
         cfg = self.config
         search = self.search if search is None else search
         b, p, d = emb.shape
@@ -115,11 +122,27 @@ class PatchScorer:
             scores = local_density_calibration(scores, idx[:, 0], self.radius)
         scores = scores.view(b, p)
         image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
-        return image.double().cpu().numpy(), scores
+        return image.double(), scores
+
+    def map_operators(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (A_h [H, h], A_w [W, w]) operators of :meth:`anomaly_map` (upsampling + blur)."""
+        cfg, (h, w) = self.config, self.grid
+        device = device if device is not None else torch.device("cpu")
+        return (map_operator(h, cfg.input_size[0], cfg.blur_sigma, device, mode=cfg.map_upsample),
+                map_operator(w, cfg.input_size[1], cfg.blur_sigma, device, mode=cfg.map_upsample))
+
+    def map_tensors(self, scores: torch.Tensor, operators: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, P] patch scores -> (maps [B, H, W], descriptors [B, 3] float64 tensor), with
+        ``operators`` (:meth:`map_operators`) or the cached ones for the scores' device."""
+        cfg = self.config
+        grid = scores.view(scores.shape[0], *self.grid)
+        if operators is None:
+            operators = self.map_operators(scores.device)
+        maps = apply_map_operators(grid, *operators)
+        return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio)
 
     def anomaly_map(self, scores: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """[B, P] patch scores -> (maps [B, H, W], descriptors [B, 3]); see the class."""
-        cfg = self.config
-        maps = anomaly_maps(scores.view(scores.shape[0], *self.grid), cfg.input_size, cfg.blur_sigma,
-                            cfg.map_upsample)
-        return maps, descriptor(maps, COMPONENTS, cfg.struct_topk_ratio).cpu().numpy()
+        maps, phi = self.map_tensors(scores)
+        return maps, phi.cpu().numpy()

@@ -56,27 +56,36 @@ class ExactSearch(Search):
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
-        dists, idxs = [], []
-        for q in queries.split(self.query_chunk):
-            q_sq = sq_norms(q)
-            best_d = best_i = None
-            for start in range(0, len(self), self.bank_chunk):
-                m = self.bank[start:start + self.bank_chunk]
-                d = sq_dists(q, m, self.bank_sqnorm[start:start + m.shape[0]], q_sq)
-                if k == 1:
-                    dv, di = d.min(1, keepdim=True)
-                else:
-                    dv, di = d.topk(k, dim=1, largest=False)
-                di = di + start
-                if best_d is None:
-                    best_d, best_i = dv, di
-                else:
-                    cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
-                    best_d, pos = cat_d.topk(k, dim=1, largest=False)
-                    best_i = cat_i.gather(1, pos)
-            dists.append(best_d.clamp_min_(0.0))
-            idxs.append(best_i)
-        return torch.cat(dists), torch.cat(idxs)
+        found = [nearest_rows(q, self.bank, self.bank_sqnorm, k, self.bank_chunk, len(self))
+                 for q in queries.split(self.query_chunk)]
+        return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
+
+
+def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
+                 bank_chunk: int, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest bank rows of queries ``q`` [n, d]: (squared distances [n, k] ascending,
+    clamped at 0, row ids [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks
+    a row out) is read ``bank_chunk`` rows at a time from row 0 up to ``stop`` (default m), each
+    block's top-k merged into the running best, so no more than one [n, bank_chunk] block of
+    distances exists.  Plain torch ops with a fixed number of blocks: :class:`ExactSearch` runs it
+    per query chunk and an exported graph runs it on the whole batch (same results)."""
+    best_d = best_i = None
+    q_sq = sq_norms(q)
+    for start in range(0, bank.shape[0] if stop is None else stop, bank_chunk):
+        m = bank[start:start + bank_chunk]
+        d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]], q_sq)
+        if k == 1:
+            dv, di = d.min(1, keepdim=True)
+        else:
+            dv, di = d.topk(k, dim=1, largest=False)
+        di = di + start
+        if best_d is None:
+            best_d, best_i = dv, di
+        else:
+            cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
+            best_d, pos = cat_d.topk(k, dim=1, largest=False)
+            best_i = cat_i.gather(1, pos)
+    return best_d.clamp_min(0.0), best_i
 
 
 register_search("exact", lambda bank, config: ExactSearch(bank))
