@@ -1,0 +1,112 @@
+"""``export_model``: a fitted model -> an export folder (graph files + JSON sidecar).
+
+The folder holds, per format asked for, the graph of :class:`~patchbank.export.graph.ExportGraph`
+(``model.onnx`` [+ ``model.onnx.data``] for ``onnx``; ``model.xml`` + ``model.bin`` for
+``openvino``) and ``patchbank_export.json`` (:mod:`patchbank.export.sidecar`), written last, so a
+folder with a sidecar is complete.  Files are written in a temporary folder inside the target
+and renamed into place; existing export files are never replaced without ``overwrite``.
+
+A multi-category model is refused (one line) unless ``category`` names the one category to
+export: its graph is that category's single-category path (no router).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from patchbank import __version__
+from patchbank.detector import Detector
+from patchbank.errors import PatchbankError
+from patchbank.export.graph import CHUNK_BYTES, OUTPUTS, ExportGraph, search_note
+from patchbank.export.onnx_writer import PROTOBUF_LIMIT, export_program, save_program
+from patchbank.export.openvino_writer import write_openvino
+from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, SIDECAR_NAME, build_sidecar,
+                                      write_sidecar)
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, make_folder
+from patchbank.multi import MultiDetector
+
+FORMATS = tuple(GRAPH_FILES)
+
+
+def export_files(formats) -> list[str]:
+    """Every file name an export of ``formats`` may write (graphs, data files, sidecar)."""
+    return [name for f in formats for name in (GRAPH_FILES[f], DATA_FILES[f])] + [SIDECAR_NAME]
+
+
+def single_detector(model, category: str | None) -> Detector:
+    """The single-category detector to export from ``model`` (see the module docstring)."""
+    if isinstance(model, MultiDetector):
+        if category is None:
+            raise PatchbankError(f"exporting a multi-category model as one routed graph is not "
+                                 f"supported (categories: {', '.join(model.categories)}); export "
+                                 f"one category at a time with --category NAME")
+        if category not in model.detectors_:
+            raise PatchbankError(f"unknown category {category!r}; this model has "
+                                 f"{', '.join(model.categories)}")
+        return model.detectors_[category]
+    if category is not None:
+        raise PatchbankError("--category needs a multi-category model; this model has one category")
+    if not isinstance(model, Detector):
+        raise PatchbankError(f"cannot export a {type(model).__name__}; give a fitted Detector")
+    if not hasattr(model, "scorer_"):
+        raise PatchbankError("this detector is not fitted: call fit() or Detector.load() first")
+    return model
+
+
+def check_target(folder: Path, formats, overwrite: bool) -> None:
+    """Refuse a folder holding export files unless ``overwrite`` (one line)."""
+    check_output_folder(folder, need_bytes=MIN_FREE_BYTES)
+    existing = [folder / n for n in export_files(FORMATS) if (folder / n).exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PatchbankError(f"{existing[0]} already exists{more}; pass --overwrite to replace the export")
+
+
+def export_model(model, folder: str | Path, formats=("onnx",), *, category: str | None = None,
+                 overwrite: bool = False, bank_dtype: str | None = None,
+                 external_over: int = PROTOBUF_LIMIT, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+    """Export ``model`` (a fitted Detector, or one ``category`` of a MultiDetector) to
+    ``folder`` in ``formats`` (``onnx``, ``openvino``); returns the sidecar written.
+
+    ``bank_dtype`` stores the bank as float32 or float16 (default: the model's ``bank_dtype``);
+    ``external_over``: initializer bytes above which ONNX weights go to external data;
+    ``chunk_bytes``: distance bytes per image per bank block (see :mod:`patchbank.export.graph`).
+    """
+    formats = list(dict.fromkeys(formats))
+    if not formats or any(f not in FORMATS for f in formats):
+        raise PatchbankError(f"formats must be some of {', '.join(FORMATS)}, got {formats!r}")
+    det = single_detector(model, category)
+    folder = Path(folder)
+    check_target(folder, formats, overwrite)
+    graph = ExportGraph(det, bank_dtype, chunk_bytes)
+    program = export_program(graph, torch.zeros(2, 3, *det.config.input_size))
+    make_folder(folder)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        external = save_program(program, tmp / GRAPH_FILES["onnx"], external_over)
+        if "openvino" in formats:
+            write_openvino(tmp / GRAPH_FILES["onnx"], tmp / GRAPH_FILES["openvino"])
+        if "onnx" not in formats:
+            for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
+                (tmp / name).unlink(missing_ok=True)
+        for name in export_files(FORMATS):
+            (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
+        files = {}
+        for path in sorted(tmp.iterdir()):
+            files[path.name] = path.stat().st_size
+            shutil.move(str(path), folder / path.name)
+    notes = [n for n in (search_note(det),) if n]
+    entries, dim = graph.search.shape
+    bank = {"entries": int(entries), "dim": int(dim), "dtype": graph.bank_dtype,
+            "bytes": int(graph.search.bank.numel() * graph.search.bank.element_size()),
+            "block_rows": graph.search.bank_chunk}
+    data = build_sidecar(det, version=__version__, outputs=OUTPUTS, formats=formats, bank=bank,
+                         external_data=external and "onnx" in formats, notes=notes)
+    data["files"] = files
+    data["category"] = category
+    write_sidecar(folder, data)
+    return data

@@ -1,0 +1,188 @@
+"""Running an export folder: one small protocol, one class per runtime, chosen from a registry.
+
+A :class:`Runtime` is built from an export folder and its checked sidecar and runs the graph:
+``run(x [B, 3, H, W] float32) -> the graph's outputs`` (numpy, in the sidecar's output order).
+:data:`RUNTIMES` maps a name to its class (:func:`register_runtime`); :class:`ExportedModel` is
+the one user of it and gives :meth:`Detector.predict <patchbank.detector.Detector.predict>`'s
+results: the images are read and preprocessed by the torch path's own
+:class:`~patchbank.io.images.ImageStream` (the sidecar's config, mean and std), the outputs
+become the same :class:`~patchbank.pipeline.inference.Prediction` objects through
+:class:`~patchbank.pipeline.inference.ScoredBatch`.
+
+* ``onnx``: ONNX Runtime's CPU provider, every graph optimisation (``ORT_ENABLE_ALL``),
+  ``threads`` intra-op threads (default: the runtime's, one per core).
+* ``openvino``: the CPU plugin on ``model.xml`` (or ``model.onnx`` when only ONNX was
+  exported), float32 inference precision (never the bf16 default of CPUs that have it, which
+  would change the scores), ``hint`` LATENCY (default) or THROUGHPUT, ``threads`` threads.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from patchbank.errors import PatchbankError
+from patchbank.export.graph import OUTPUTS
+from patchbank.export.openvino_writer import import_openvino
+from patchbank.export.sidecar import GRAPH_FILES, read_sidecar, sidecar_config
+from patchbank.io.images import ImageStream, as_items
+from patchbank.pipeline.calibration import ImageScores
+from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
+                                          predict_batches)
+
+HINTS = ("LATENCY", "THROUGHPUT")
+
+
+class Runtime(ABC):
+    """An exported graph loaded in one runtime: built as ``cls(folder, sidecar, threads=, hint=)``,
+    ``run(x [B, 3, H, W] float32)`` -> the outputs in :data:`OUTPUTS` order."""
+
+    name = ""
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for one batch."""
+
+
+RUNTIMES: dict[str, Callable[..., Runtime]] = {}
+
+
+def register_runtime(name: str, cls: Callable[..., Runtime]) -> None:
+    """Make ``name`` (``predict --runtime NAME``) run export folders with ``cls``."""
+    RUNTIMES[name] = cls
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime, CPU execution provider (see the module docstring)."""
+
+    name = "onnx"
+
+    def __init__(self, folder: Path, sidecar: dict[str, Any], threads: int | None = None,
+                 hint: str | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise PatchbankError("ONNX Runtime is not installed: pip install 'patchbank[export]'") from None
+        if "onnx" not in sidecar["formats"]:
+            raise PatchbankError(f"{folder} has no ONNX graph (formats: {', '.join(sidecar['formats'])}); "
+                                 f"export with --format onnx or use --runtime openvino")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(folder / GRAPH_FILES["onnx"]), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:   # onnxruntime raises its own Fail/InvalidGraph types
+            raise PatchbankError(f"ONNX Runtime cannot load {folder / GRAPH_FILES['onnx']} "
+                                 f"({' '.join(str(exc).split())[:300]})") from None
+        names = [o.name for o in self.session.get_outputs()]
+        check_outputs(names, folder)
+        self.input = sidecar["input"]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input: x})
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO's CPU plugin (see the module docstring)."""
+
+    name = "openvino"
+
+    def __init__(self, folder: Path, sidecar: dict[str, Any], threads: int | None = None,
+                 hint: str | None = None):
+        ov = import_openvino()
+        hint = (hint or "LATENCY").upper()
+        if hint not in HINTS:
+            raise PatchbankError(f"OpenVINO performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
+        fmt = "openvino" if "openvino" in sidecar["formats"] else "onnx"
+        path = folder / GRAPH_FILES[fmt]
+        props = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            props["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", props)
+        except Exception as exc:   # OpenVINO raises RuntimeError with multi-line messages
+            raise PatchbankError(f"OpenVINO cannot load {path} ({' '.join(str(exc).split())[:300]})") from None
+        self.outputs = list(self.compiled.outputs)
+        check_outputs([_ov_name(o, OUTPUTS) for o in self.outputs], folder)
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        result = self.request.infer({0: x})
+        return [np.array(result[o]) for o in self.outputs]
+
+
+def _ov_name(output, wanted: tuple[str, ...]) -> str:
+    """The name of an OpenVINO output among ``wanted`` (a tensor may carry several names)."""
+    names = output.get_names()
+    return next((n for n in wanted if n in names), output.get_any_name())
+
+
+def check_outputs(names: list[str], folder: Path) -> None:
+    """Refuse a graph whose outputs are not :data:`OUTPUTS` in order (one line)."""
+    if list(names) != list(OUTPUTS):
+        raise PatchbankError(f"{folder}: the graph's outputs {names} are not the ones this patchbank "
+                             f"reads ({', '.join(OUTPUTS)}); export again")
+
+
+register_runtime("onnx", OnnxRuntime)
+register_runtime("openvino", OpenVinoRuntime)
+
+
+class ExportedModel:
+    """An export folder run by one runtime, predicting like a :class:`Detector`.
+
+    ``config`` (the model's configuration, from the sidecar), ``threshold_``, ``sidecar``,
+    ``runtime``; :meth:`predict` returns the :class:`Prediction` list ``Detector.predict`` would
+    (up to the runtime's float rounding), with ``last_timings_`` per step.
+    """
+
+    def __init__(self, folder: str | Path, runtime: str = "onnx", *, threads: int | None = None,
+                 hint: str | None = None, progress: bool = True):
+        self.folder = Path(folder)
+        self.sidecar = read_sidecar(self.folder)
+        self.config = sidecar_config(self.sidecar)
+        self.threshold_ = float(self.sidecar["threshold"])
+        self.progress = progress
+        try:
+            factory = RUNTIMES[runtime]
+        except KeyError:
+            raise PatchbankError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(RUNTIMES))}") from None
+        self.runtime = factory(self.folder, self.sidecar, threads=threads, hint=hint)
+
+    def stream(self, items: list, batch_size: int | None = None) -> ImageStream:
+        """Batches ``(x, names)`` preprocessed exactly as the torch path does."""
+        return ImageStream(items, self.config, self.sidecar["mean"], self.sidecar["std"], batch_size)
+
+    def run_batch(self, x: torch.Tensor) -> ScoredBatch:
+        """One preprocessed batch -> its :class:`ScoredBatch` (the graph's outputs)."""
+        final, norm, anomalous, maps, base, struct, hybrid, phi = self.runtime.run(
+            np.ascontiguousarray(x.numpy(), dtype=np.float32))
+        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+        scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm),
+                             np.asarray(anomalous, dtype=bool))
+        return ScoredBatch(scores, torch.from_numpy(np.asarray(maps, dtype=np.float32)), f64(phi))
+
+    def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:
+        """Score images as :meth:`Detector.predict <patchbank.detector.Detector.predict>` does."""
+        check_batch_size(batch_size)
+        items = as_items(images)
+
+        def handle(x, names, clock):
+            batch = self.run_batch(x)
+            clock.lap("search")
+            preds = batch.predictions(names)
+            clock.lap("post")
+            return preds
+
+        out, self.last_timings_ = predict_batches(self.stream(items, batch_size), len(items),
+                                                  self.progress, PREDICT_STEPS, handle)
+        return out

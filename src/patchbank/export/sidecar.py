@@ -1,0 +1,132 @@
+"""The JSON sidecar of an export folder: what the graph expects and what it stands for.
+
+``patchbank_export.json`` holds data only: the format name and version (checked on load), the
+patchbank version, the model's configuration (preprocessing: resize, aspect, crop; everything
+else for reference), the backbone's input normalisation (mean, std), the input and output names,
+the threshold and calibration statistics, the bank (entries, dim, stored dtype, bytes, block
+rows), which graph files exist per format and whether the ONNX weights are external data, and
+any note on how the graph differs from the torch path (``notes``).
+
+Loading (:func:`read_sidecar`) never runs anything the file names: the file names must be plain
+names inside the folder, each format's files come from a fixed table (:data:`GRAPH_FILES`), and
+the runtime is chosen by the caller from a registry.  Anything else is a one-line
+:class:`~patchbank.errors.PatchbankError`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from patchbank.config import Config
+from patchbank.errors import ConfigError, PatchbankError
+
+SIDECAR_NAME = "patchbank_export.json"
+FORMAT_NAME = "patchbank-export"
+FORMAT_VERSION = 1
+#: the graph files of each format, relative to the export folder (data files beside them)
+GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+DATA_FILES = {"onnx": "model.onnx.data", "openvino": "model.bin"}
+INPUT_NAME = "images"
+
+_REQUIRED = {"format": str, "format_version": int, "patchbank_version": str, "config": dict,
+             "mean": list, "std": list, "input": str, "outputs": list, "threshold": float,
+             "score_mean": float, "score_std": float, "formats": list, "bank": dict,
+             "external_data": bool, "notes": list}
+
+
+def sidecar_path(folder: str | Path) -> Path:
+    """Where an export folder's sidecar lives."""
+    return Path(folder) / SIDECAR_NAME
+
+
+def write_sidecar(folder: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` (see :func:`build_sidecar`) as the folder's sidecar; returns its path."""
+    path = sidecar_path(folder)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: list[str],
+                  bank: dict[str, Any], external_data: bool, notes: list[str]) -> dict[str, Any]:
+    """The sidecar dict of ``detector``'s export (the caller adds file sizes)."""
+    cal, bb = detector.calibration_, detector.backbone
+    return {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "patchbank_version": version,
+        "config": detector.config.to_dict(), "mean": [float(v) for v in bb.mean],
+        "std": [float(v) for v in bb.std], "input": INPUT_NAME, "input_layout": "NCHW float32",
+        "input_size": list(detector.config.input_size), "outputs": list(outputs),
+        "threshold": float(detector.threshold_), "calibrated_threshold": float(cal.stats_.threshold_),
+        "score_mean": float(cal.stats_.mean_), "score_std": float(cal.stats_.std_),
+        "target_fpr": float(detector.config.target_fpr), "formats": list(formats), "bank": bank,
+        "external_data": bool(external_data), "notes": list(notes),
+        "backbone_sha256": detector.backbone_sha256_, "patch_grid": list(detector.grid_),
+        "search": "exact",
+    }
+
+
+def read_sidecar(folder: str | Path) -> dict[str, Any]:
+    """The checked sidecar of the export folder ``folder`` (see the module docstring).
+
+    Raises:
+        PatchbankError: not a folder, no sidecar, not JSON, another format or version, a
+            missing or mistyped field, an unknown format, or a graph file that is missing.
+    """
+    folder = Path(folder)
+    path = sidecar_path(folder)
+    if not folder.is_dir():
+        raise PatchbankError(f"{folder} is not an export folder (run 'patchbank export MODEL -o DIR' "
+                             f"to make one)")
+    if not path.is_file():
+        raise PatchbankError(f"{folder} is not an export folder: {SIDECAR_NAME} not found (run "
+                             f"'patchbank export MODEL -o DIR' to make one)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PatchbankError(f"{path}: not a readable JSON sidecar ({' '.join(str(exc).split())})") from None
+    _check_fields(data, path)
+    for fmt in data["formats"]:
+        graph = folder / GRAPH_FILES[fmt]
+        if not graph.is_file():
+            raise PatchbankError(f"{path}: lists format {fmt} but {graph.name} is missing")
+    return data
+
+
+def _check_fields(data: Any, path: Path) -> None:
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise PatchbankError(f"{path}: not a patchbank export sidecar (format must be {FORMAT_NAME!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise PatchbankError(f"{path}: export format version {data.get('format_version')!r} is not "
+                             f"supported (this patchbank reads version {FORMAT_VERSION}); export again")
+    for key, kind in _REQUIRED.items():
+        if not _is(data.get(key), kind):
+            raise PatchbankError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    if not data["formats"] or any(f not in GRAPH_FILES for f in data["formats"]):
+        raise PatchbankError(f"{path}: formats must be a non-empty list of {', '.join(GRAPH_FILES)}, "
+                             f"got {data['formats']!r}")
+    for key in ("mean", "std"):
+        if len(data[key]) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and math.isfinite(v) and (key == "mean" or v > 0)
+                                          for v in data[key]):
+            raise PatchbankError(f"{path}: {key} must be 3 finite numbers")
+    try:
+        Config.from_dict(data["config"])
+    except (ConfigError, TypeError) as exc:
+        raise PatchbankError(f"{path}: invalid config ({' '.join(str(exc).split())})") from None
+
+
+def _is(value: Any, kind: type) -> bool:
+    """``value`` is of JSON type ``kind`` (a float field takes any finite number; no bool is a number)."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def sidecar_config(data: dict[str, Any]) -> Config:
+    """The model configuration a checked sidecar records (preprocessing, input size)."""
+    return Config.from_dict(data["config"])
