@@ -62,3 +62,11 @@ def test_default_preset_is_the_api_and_cli_default_and_paper_presets_are_unchang
     assert (d.fusion, d.projection_dim, d.sampler, d.coreset_ratio, d.patch_border, d.image_size,
             d.crop_size, d.image_score, d.search) == (
         "equal", None, "greedy", 0.01, "zero", (320, 320), (288, 288), "topk_mean", "auto")
+
+
+def test_preset_name_names_a_preset_whatever_its_seed_and_nothing_else():
+    from patchbank.config import PRESETS
+
+    for name in PRESETS:
+        assert Config.preset(name, seed=7).preset_name() == name
+    assert Config.preset("patchbank", coreset_ratio=0.05).preset_name() is None

@@ -351,6 +351,11 @@ class Config:
         _check_known(overrides)
         return dataclasses.replace(self, **overrides)
 
+    def preset_name(self) -> str | None:
+        """The preset this configuration is, whatever its seed (None: a preset with overrides,
+        or no preset)."""
+        return next((name for name, cfg in PRESETS.items() if cfg.replace(seed=self.seed) == self), None)
+
     # --- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Field -> value, JSON-ready (tuples as lists); :meth:`from_dict` reads it back."""

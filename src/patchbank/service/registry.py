@@ -220,7 +220,7 @@ class ModelRegistry:
             single = None if served.multi else _category_entry(None, served.model, info)
         out = {
             "name": name, "kind": "multi" if served.multi else "single",
-            "backbone": cfg.backbone, "preset": header.get("preset"),
+            "backbone": cfg.backbone, "preset": cfg.preset_name(),
             "input_size": list(cfg.input_size), "image_size": list(cfg.image_size),
             "crop_size": None if cfg.crop_size is None else list(cfg.crop_size),
             "keep_aspect": cfg.keep_aspect, "target_fpr": cfg.target_fpr,
