@@ -22,6 +22,7 @@ import click
 from patchbank import __version__
 from patchbank.cli.demo import demo
 from patchbank.cli.evaluation import ablate, evaluate, sweep
+from patchbank.cli.export import export
 from patchbank.cli.info import info
 from patchbank.cli.model import fit, predict
 from patchbank.cli.serve import serve
@@ -81,10 +82,11 @@ def cli() -> None:
                                                      one Config field's values: table + PNG plot
     patchbank report RESULTS_DIR                     one HTML page of a predict/evaluate folder
     patchbank serve model.patchbank                  HTTP inference service (API docs at /docs)
+    patchbank export model.patchbank -o DIR          one ONNX / OpenVINO graph (predict --runtime)
     """
 
 
-for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark, report, serve):
+for _command in (fit, predict, info, demo, evaluate, ablate, sweep, structure_cmd, route_eval, benchmark, report, serve, export):
     cli.add_command(_command)
 
 

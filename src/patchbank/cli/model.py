@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import build_config, given_overrides, option_name, with_config_options
+from patchbank.cli.export import RUNTIME_CHOICES, load_for_runtime
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import overwrite_option, preset_option, run_options, setup_threads
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
@@ -193,23 +194,26 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
               help="Images per forward pass [the model's batch_size].")
 @click.option("--category", default=None,
               help="Multi-category model: score against this category, skipping routing.")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
+              help="torch: MODEL is a model file; onnx / openvino: MODEL is a 'patchbank export' folder.")
 @run_options
 @overwrite_option("Replace existing output files.")
 def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
-            category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+            category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool,
+            runtime: str = "torch") -> None:
     """Score INPUT images (files or folders) with MODEL.
 
     A folder contributes its images; a folder holding only sub-folders (like MVTec's test/)
     contributes the images of all its sub-folders.
     """
-    if not model.is_file():
+    if runtime == "torch" and not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
     paths = expand_inputs(inputs)
     with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite) as outputs:
         setup_threads(threads)
-        from patchbank.multi import MultiDetector, load_any
+        from patchbank.multi import MultiDetector
 
-        det = load_any(model, device=device, progress=not quiet)
+        det = load_for_runtime(model, runtime, device=device, threads=threads, quiet=quiet)
         if category is not None and not isinstance(det, MultiDetector):
             raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
         t0 = time.perf_counter()
