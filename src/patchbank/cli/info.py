@@ -102,11 +102,17 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the info dict as JSON.")
 def info(model: Path, as_json: bool) -> None:
-    """Describe a model file: bank size, configuration, threshold, calibration.
+    """Describe a model file (or an export folder): bank size, configuration, threshold, calibration.
 
     The file is checked as a load would check it (every tensor against the header), except that
     a model fit with its own weights file is described, not refused; a file that does not load
     is a one-line error, never a partial description."""
+    if model.is_dir():
+        from patchbank.cli.export import export_info
+
+        data = export_info(model)
+        click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else format_export_info(data, str(model)))
+        return
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
     from patchbank.io.model_checks import check_model_state, check_multi_header
@@ -142,3 +148,20 @@ def format_multi_info(data: dict[str, Any], path: str) -> str:
                                                                 "patchbank_version")}
         parts.append(f"\n[{name}]\n" + format_info(sub))
     return "\n".join(parts)
+
+
+def format_export_info(data: dict[str, Any], path: str) -> str:
+    """Text for an export folder's checked sidecar: formats, files and their sizes, the bank in
+    the graph, then the rows of :func:`format_info` (threshold, calibration, configuration)."""
+    bank, files = data["bank"], data.get("files") or {}
+    cfg = dict(data["config"], bank_dtype=bank.get("dtype", data["config"].get("bank_dtype")))
+    head = [f"{'export':<18} {path}", f"{'formats':<18} {', '.join(data['formats'])}"
+            + (" (ONNX weights as external data)" if data["external_data"] else ""),
+            f"{'graph files':<18} " + ", ".join(f"{n} {format_bytes(b)}" for n, b in sorted(files.items()))
+            + f"; total {format_bytes(sum(files.values()))}"]
+    head += [f"{'note':<18} {note}" for note in data["notes"]]
+    info = {"format_version": data["format_version"], "patchbank_version": data["patchbank_version"],
+            "bank_entries": bank.get("entries"), "bank_dim": bank.get("dim"), "bank_bytes": bank.get("bytes"),
+            "threshold": data["threshold"], "score_mean": data["score_mean"], "score_std": data["score_std"],
+            "input_size": data.get("input_size"), "category": data.get("category"), "config": cfg}
+    return "\n".join(head) + "\n" + format_info({k: v for k, v in info.items() if v is not None})
