@@ -1,0 +1,216 @@
+"""Export (issue #17): the exported graph gives the torch path's answers on ONNX Runtime and OpenVINO.
+
+Parity is the feature: every image score within 1e-4 relative, the same decisions, and maps
+within 1e-3 of their range, at batch 1 and batch 8, for a small lmf-core model (VG-Fusion,
+projection, re-weighted max), a model with a centre crop, StructCore's hybrid score over a
+top-k mean with k = 3 mean squared distances and a float16 bank stored as ONNX external data,
+one category of a multi-category model, the CLI (export, then predict --runtime) and, when
+../shared/data is present, an MTD subset with the default preset.  Loading is safe: a tampered
+or foreign sidecar is refused in one line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+pytest.importorskip("onnxscript")
+
+from conftest import FAST, SHARED_DATA, split_items  # noqa: E402
+from patchbank.cli import cli  # noqa: E402
+from patchbank.detector import Detector  # noqa: E402
+from patchbank.errors import PatchbankError  # noqa: E402
+from patchbank.export.exporter import export_model  # noqa: E402
+from patchbank.export.runtimes import ExportedModel  # noqa: E402
+from patchbank.export.sidecar import SIDECAR_NAME, read_sidecar  # noqa: E402
+
+RUNTIMES = ("onnx", "openvino")
+MTD = SHARED_DATA / "mtd"
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def assert_parity(preds, ref):
+    """Scores within 1e-4 relative, same decisions, maps within 1e-3 of their range; returns
+    (max relative score difference, max map difference / range)."""
+    assert [p.path for p in preds] == [r.path for r in ref]
+    rel = max(abs(p.score - r.score) / max(abs(r.score), 1e-12) for p, r in zip(preds, ref))
+    assert rel <= 1e-4, rel
+    assert [p.is_anomalous for p in preds] == [r.is_anomalous for r in ref]
+    for p, r in zip(preds, ref):
+        assert p.normalized_score == pytest.approx(r.normalized_score, rel=1e-4, abs=1e-4)
+        for name in ("base_score", "struct_score", "hybrid_score"):
+            assert getattr(p, name) == pytest.approx(getattr(r, name), rel=1e-4, abs=1e-6), name
+        np.testing.assert_allclose(p.descriptor, r.descriptor, rtol=1e-4, atol=1e-6)
+        assert p.anomaly_map.shape == r.anomaly_map.shape and p.anomaly_map.dtype == np.float32
+    span = max(float(r.anomaly_map.max() - r.anomaly_map.min()) for r in ref)
+    diff = max(float(np.abs(p.anomaly_map - r.anomaly_map).max()) for p, r in zip(preds, ref))
+    assert diff <= 1e-3 * span, (diff, span)
+    return rel, diff / span
+
+
+def check_all(folder, items, ref, batches=(1, 8), runtimes=RUNTIMES):
+    for runtime in runtimes:
+        model = ExportedModel(folder, runtime, progress=False)
+        for bs in batches:
+            assert_parity(model.predict(items, batch_size=bs), ref)
+
+
+@pytest.fixture(scope="module")
+def cli_export(fitted, tmp_path_factory):
+    """The session's small lmf-core model saved, then exported by the CLI in both formats."""
+    tmp = tmp_path_factory.mktemp("export")
+    fitted.save(tmp / "m.patchbank")
+    result = run("export", tmp / "m.patchbank", "-o", tmp / "ex", "--format", "onnx",
+                 "--format", "openvino", "-q")
+    assert result.exit_code == 0, result.output
+    return tmp, result.stdout
+
+
+def test_lmf_core_parity_both_runtimes_batch_1_and_8(cli_export, fitted, synthetic_root):
+    tmp, _ = cli_export
+    items, _ = split_items(synthetic_root)
+    ref = Detector.load(tmp / "m.patchbank", progress=False).predict(items, batch_size=8)
+    check_all(tmp / "ex", items, ref)
+
+
+def test_cli_export_then_predict_runtime_equals_torch(cli_export, synthetic_root):
+    tmp, stdout = cli_export
+    assert "dynamic batch" in stdout and "bank in the graph" in stdout and "wrote" in stdout
+    test_dir = synthetic_root / "test"
+    assert run("predict", tmp / "m.patchbank", test_dir, "-o", tmp / "p_torch", "-q", "--heatmaps").exit_code == 0
+    rows = {}
+    for runtime in RUNTIMES:
+        out = tmp / f"p_{runtime}"
+        result = run("predict", tmp / "ex", test_dir, "-o", out, "-q", "--heatmaps", "--runtime", runtime)
+        assert result.exit_code == 0, result.output
+        rows[runtime] = list(csv.DictReader(open(out / "predictions.csv")))
+        assert len(list((out / "heatmaps").glob("*.png"))) == len(rows[runtime])
+    torch_rows = list(csv.DictReader(open(tmp / "p_torch" / "predictions.csv")))
+    for runtime, got in rows.items():
+        assert [r["path"] for r in got] == [r["path"] for r in torch_rows]
+        assert [r["is_anomalous"] for r in got] == [r["is_anomalous"] for r in torch_rows]
+        assert [r["threshold"] for r in got] == [r["threshold"] for r in torch_rows]
+        for g, t in zip(got, torch_rows):
+            assert float(g["score"]) == pytest.approx(float(t["score"]), rel=1e-4)
+    info = run("info", tmp / "ex")
+    assert info.exit_code == 0 and "graph files" in info.stdout and "memory bank" in info.stdout
+    # never overwritten without --overwrite; the runtime of a model file / a non-export folder
+    again = run("export", tmp / "m.patchbank", "-o", tmp / "ex")
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    wrong = run("predict", tmp / "m.patchbank", test_dir, "-o", tmp / "p_x", "--runtime", "onnx")
+    assert wrong.exit_code == 2 and "patchbank export" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    empty = tmp / "not_an_export"
+    empty.mkdir()
+    bad = run("predict", empty, test_dir, "-o", tmp / "p_y", "--runtime", "openvino")
+    assert bad.exit_code == 2 and "not an export folder" in bad.stderr
+
+
+def test_crop_hybrid_topk_fp16_bank_external_data(synthetic_root, tmp_path):
+    """Centre crop, StructCore hybrid over top-k mean with k=3 mean squared distances, a float16
+    bank (the model file's, so the torch path uses the same rounded rows) stored as ONNX
+    external data (forced by a tiny threshold)."""
+    cfg = dict(FAST, image_size=112, crop_size=96, image_score="hybrid", base_score="topk_mean",
+               k=3, distance="squared", knn_reduce="mean", bank_dtype="float16")
+    det = Detector.from_preset("lmf-core", progress=False, **cfg).fit(synthetic_root / "train" / "good")
+    det.save(tmp_path / "m.patchbank")
+    det = Detector.load(tmp_path / "m.patchbank", progress=False)
+    data = export_model(det, tmp_path / "ex", ["onnx", "openvino"], external_over=1)
+    assert data["external_data"] and (tmp_path / "ex" / "model.onnx.data").is_file()
+    assert data["bank"]["dtype"] == "float16"
+    assert data["bank"]["bytes"] == data["bank"]["entries"] * data["bank"]["dim"] * 2
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "ex" / "model.onnx"), load_external_data=False).graph
+    halves = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert any(list(t.dims) == [data["bank"]["entries"], data["bank"]["dim"]] for t in halves)
+    items, _ = split_items(synthetic_root)
+    check_all(tmp_path / "ex", items, det.predict(items, batch_size=8))
+
+
+def test_multi_category_refused_or_one_category_exported(synthetic_root, tmp_path):
+    from patchbank.multi import MultiDetector
+
+    train = sorted((synthetic_root / "train" / "good").glob("*.png"))
+    multi = MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=4, **FAST).fit(
+        {"a": train[:8], "b": train[8:]})
+    with pytest.raises(PatchbankError, match="not supported.*--category"):
+        export_model(multi, tmp_path / "ex")
+    with pytest.raises(PatchbankError, match="unknown category"):
+        export_model(multi, tmp_path / "ex", category="c")
+    data = export_model(multi, tmp_path / "ex", ["onnx"], category="b")
+    assert data["category"] == "b" and data["formats"] == ["onnx"]
+    items, _ = split_items(synthetic_root)
+    ref = multi.predict(items, category="b", batch_size=8)
+    check_all(tmp_path / "ex", items, ref, batches=(8,))
+    # an ONNX-only export still runs on OpenVINO (it reads the ONNX file)
+    check_all(tmp_path / "ex", items[:3], ref[:3], batches=(1,), runtimes=("openvino",))
+
+
+def _sidecar_folder(cli_export, tmp_path):
+    src = cli_export[0] / "ex"
+    dst = tmp_path / "ex"
+    shutil.copytree(src, dst)
+    return dst, json.loads((dst / SIDECAR_NAME).read_text())
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(format_version=99), "format version 99"),
+    (lambda d: d.update(format="pickle"), "not a patchbank export sidecar"),
+    (lambda d: d.update(formats=["../../x"]), "formats must be"),
+    (lambda d: d.update(threshold="0.5"), "'threshold'"),
+    (lambda d: d.update(mean=[0, 0]), "mean must be 3"),
+    (lambda d: d["config"].update(image_size=-3), "invalid config"),
+    (lambda d: d.pop("outputs"), "'outputs'"),
+])
+def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
+    folder, data = _sidecar_folder(cli_export, tmp_path)
+    change(data)
+    (folder / SIDECAR_NAME).write_text(json.dumps(data))
+    with pytest.raises(PatchbankError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        read_sidecar(folder)
+
+
+def test_sidecar_naming_a_missing_graph_or_not_json_is_refused(cli_export, tmp_path):
+    folder, _ = _sidecar_folder(cli_export, tmp_path)
+    (folder / "model.xml").unlink()
+    with pytest.raises(PatchbankError, match="model.xml is missing"):
+        ExportedModel(folder, "openvino")
+    (folder / SIDECAR_NAME).write_text("{not json")
+    with pytest.raises(PatchbankError, match="not a readable JSON sidecar"):
+        ExportedModel(folder, "onnx")
+    with pytest.raises(PatchbankError, match="unknown runtime"):
+        folder2, _ = _sidecar_folder(cli_export, tmp_path / "b")
+        ExportedModel(folder2, "tensorrt")
+
+
+def test_missing_extra_is_one_line():
+    from patchbank.cli.export import check_extra
+
+    with pytest.raises(PatchbankError, match=r"pip install 'patchbank\[export\]'"):
+        check_extra(["no_such_module_patchbank_test"])
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (MTD / "train" / "good").is_dir(), reason=f"real data not found at {MTD}")
+def test_mtd_subset_default_preset_parity(tmp_path):
+    from patchbank.io.images import list_images
+
+    train = list_images(MTD / "train" / "good")[::19][:40]
+    test = (list_images(MTD / "test" / "good")[::40][:8] + list_images(MTD / "test" / "blowhole")[::10][:4]
+            + list_images(MTD / "test" / "crack")[::10][:4])
+    det = Detector.from_preset("patchbank", progress=False).fit(train)
+    export_model(det, tmp_path / "ex", ["onnx", "openvino"])
+    check_all(tmp_path / "ex", test, det.predict(test, batch_size=8))
