@@ -1,6 +1,7 @@
 """Scoring images into files: input expansion, heatmap names, predictions.csv / .json / heatmaps.
 
-Shared by ``predict`` and ``demo``.  Nothing is overwritten without ``overwrite=True``: the
+Shared by ``predict`` and ``demo``; the input expansion, heatmap names, records and CSV cells
+are :mod:`patchbank.io.prediction_files`'s (shared with the Ray engine).  Nothing is overwritten without ``overwrite=True``: the
 outputs are claimed exclusively before the model runs (:class:`PredictionOutputs`, on
 :mod:`patchbank.io.output_files`).
 """
@@ -9,76 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
                                        commit_file, file_lock, make_folder, release_file, reserve_file)
-
-
-def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
-    """Files as given; folders -> their images (sorted), or, for a folder holding only
-    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively.
-
-    Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
-    how many.
-
-    Raises:
-        PatchbankError: a missing input, or a folder without images.
-    """
-    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
-
-    paths: list[Path] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            direct = [c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
-            if direct:
-                paths.extend(list_images(p))
-            else:
-                nested = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
-                if not nested:
-                    raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
-                paths.extend(nested)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise PatchbankError(f"file or folder not found: {p}")
-    seen: set[Path] = set()
-    unique = []
-    for p in paths:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    if len(unique) < len(paths):
-        warnings.warn(f"{len(paths) - len(unique)} of {len(paths)} inputs name an image given "
-                      f"already (the same file, or a link to it); each image is predicted once",
-                      UserWarning, stacklevel=2)
-    return unique
-
-
-def heatmap_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` per image; where stems collide (``test/good/000.png`` and
-    ``test/spot/000.png``) the parent folder names are prefixed: ``good_000.png``, ``spot_000.png``."""
-    stems = [p.stem for p in paths]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    names = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
-             for p, s in zip(paths, stems)]
-    used: dict[str, int] = {}
-    out = []
-    for n in names:
-        k = used.get(n, 0)
-        used[n] = k + 1
-        out.append(f"{n}.png" if k == 0 else f"{n}_{k}.png")
-    return out
+from patchbank.io.prediction_files import (csv_fields, csv_row, expand_inputs, heatmap_names,  # noqa: F401
+                                           overlay_writer, prediction_record)
 
 
 def refuse_existing(paths: list[Path], overwrite: bool) -> None:
@@ -215,18 +156,10 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
 
 def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: list[Path]) -> list[dict]:
     """One JSON record per prediction (threshold per record: multi models have one per category)."""
-    records = []
-    for i, (p, pr) in enumerate(zip(paths, preds)):
-        threshold = det.detectors_[pr.category].threshold_ if multi else det.threshold_
-        rec = {"path": str(p), "score": float(pr.score), "normalized_score": float(pr.normalized_score),
-               "is_anomalous": bool(pr.is_anomalous), "threshold": float(threshold)}
-        if multi:
-            rec["category"] = pr.category
-            rec["routed"] = category is None
-        if heat_paths:
-            rec["heatmap"] = str(heat_paths[i])
-        records.append(rec)
-    return records
+    return [prediction_record(p, pr, det.detectors_[pr.category].threshold_ if multi else det.threshold_,
+                              routed=(category is None) if multi else None,
+                              heatmap=heat_paths[i] if heat_paths else None)
+            for i, (p, pr) in enumerate(zip(paths, preds))]
 
 
 def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool) -> tuple[float, float]:
@@ -235,32 +168,20 @@ def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool) 
     returns (vmin, vmax)."""
     from tqdm import tqdm
 
-    from patchbank.io.heatmap import save_overlay
-    from patchbank.io.image_coords import to_original
-    from patchbank.io.images import open_rgb
-
     vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
     vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
     for p, pr, target in tqdm(list(zip(paths, preds, outputs.heat_paths)), desc="heatmaps", unit="img",
                               disable=quiet, file=sys.stderr, leave=False):
-        image = np.asarray(open_rgb(str(p)))
-        amap = to_original(pr.anomaly_map, image.shape[:2], det.config)
-        outputs.write(target, lambda tmp: save_overlay(tmp, image, amap, vmin, vmax, overwrite=True))
+        outputs.write(target, overlay_writer(p, pr.anomaly_map, det.config, vmin, vmax))
     return vmin, vmax
 
 
 def _write_csv(path: Path, records: list[dict], multi: bool, heatmaps: bool) -> None:
-    fields = (["path"] + (["category", "routed"] if multi else [])
-              + ["score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else []))
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=csv_fields(multi, heatmaps))
         writer.writeheader()
         for rec in records:
-            writer.writerow({**rec, "score": f"{rec['score']:.6g}",
-                             "normalized_score": f"{rec['normalized_score']:.6g}",
-                             "threshold": f"{rec['threshold']:.6g}",
-                             "is_anomalous": int(rec["is_anomalous"]),
-                             **({"routed": int(rec["routed"])} if multi else {})})
+            writer.writerow(csv_row(rec))
 
 
 def print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float) -> None:

@@ -1,0 +1,130 @@
+"""The files of a prediction run, shared by every engine that writes them: which images a
+``predict`` input names, heatmap file names, one record per prediction, the CSV columns and
+cells, and one heatmap overlay.
+
+The local ``patchbank predict`` (:mod:`patchbank.cli.predictions`) and the Ray engine
+(:mod:`patchbank.distributed`) both build their outputs from these functions, so the two write
+the same columns with the same formatting.
+
+Record keys (``predictions.json`` / Parquet columns): ``path``, ``score``, ``normalized_score``,
+``is_anomalous``, ``threshold`` (on the normalised score); a multi-category model adds
+``category`` and ``routed``; a run with heatmaps adds ``heatmap``.  The CSV orders them
+:func:`csv_fields` and formats floats with 6 significant digits and booleans as 0 / 1.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from patchbank.errors import PatchbankError
+
+
+def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
+    """Files as given; folders -> their images (sorted), or, for a folder holding only
+    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively.
+
+    Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
+    how many.
+
+    Raises:
+        PatchbankError: a missing input, or a folder without images.
+    """
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
+
+    paths: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            direct = [c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
+            if direct:
+                paths.extend(list_images(p))
+            else:
+                nested = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+                if not nested:
+                    raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
+                paths.extend(nested)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise PatchbankError(f"file or folder not found: {p}")
+    return unique_paths(paths)
+
+
+def unique_paths(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of the same resolved file (first occurrence kept), with one
+    warning saying how many were dropped."""
+    seen: set[Path] = set()
+    unique = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    if len(unique) < len(paths):
+        warnings.warn(f"{len(paths) - len(unique)} of {len(paths)} inputs name an image given "
+                      f"already (the same file, or a link to it); each image is predicted once",
+                      UserWarning, stacklevel=3)
+    return unique
+
+
+def heatmap_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per image; where stems collide (``test/good/000.png`` and
+    ``test/spot/000.png``) the parent folder names are prefixed: ``good_000.png``, ``spot_000.png``."""
+    stems = [p.stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    names = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
+             for p, s in zip(paths, stems)]
+    used: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = used.get(n, 0)
+        used[n] = k + 1
+        out.append(f"{n}.png" if k == 0 else f"{n}_{k}.png")
+    return out
+
+
+def prediction_record(path: Any, prediction: Any, threshold: float, *, routed: bool | None = None,
+                      heatmap: Any = None) -> dict[str, Any]:
+    """One record of a prediction (see the module docstring); ``routed`` is given for a
+    multi-category model (None: single-category), ``heatmap`` for a run with heatmaps."""
+    rec = {"path": str(path), "score": float(prediction.score),
+           "normalized_score": float(prediction.normalized_score),
+           "is_anomalous": bool(prediction.is_anomalous), "threshold": float(threshold)}
+    if routed is not None:
+        rec["category"] = prediction.category
+        rec["routed"] = bool(routed)
+    if heatmap is not None:
+        rec["heatmap"] = str(heatmap)
+    return rec
+
+
+def csv_fields(multi: bool, heatmaps: bool) -> list[str]:
+    """The CSV's columns, in order."""
+    return (["path"] + (["category", "routed"] if multi else [])
+            + ["score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else []))
+
+
+def csv_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record's CSV cells: floats with 6 significant digits, booleans as 0 / 1."""
+    return {**rec, "score": f"{rec['score']:.6g}", "normalized_score": f"{rec['normalized_score']:.6g}",
+            "threshold": f"{rec['threshold']:.6g}", "is_anomalous": int(rec["is_anomalous"]),
+            **({"routed": int(rec["routed"])} if "routed" in rec else {})}
+
+
+def overlay_writer(image_path: Any, anomaly_map: np.ndarray, config: Any, vmin: float,
+                   vmax: float) -> Callable[[Path], None]:
+    """A function writing the heatmap overlay PNG of one prediction to a given path: the map
+    mapped back onto the ORIGINAL image (through the resize and crop; the band the crop cut off
+    drawn grey, not inspected), coloured on ``vmin``..``vmax``."""
+    from patchbank.io.heatmap import save_overlay
+    from patchbank.io.image_coords import to_original
+    from patchbank.io.images import open_rgb
+
+    image = np.asarray(open_rgb(str(image_path)))
+    amap = to_original(anomaly_map, image.shape[:2], config)
+    return lambda tmp: save_overlay(tmp, image, amap, vmin, vmax, overwrite=True)
