@@ -91,13 +91,3 @@ def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | N
 
     return ExportedModel(model, runtime, threads=threads, progress=not quiet)
 
-
-def export_info(folder: Path) -> dict:
-    """The checked sidecar of an export folder (``patchbank info DIR``), with the sizes of the
-    files as they are now."""
-    from patchbank.export.sidecar import read_sidecar
-
-    data = read_sidecar(folder)
-    data["files"] = {name: (folder / name).stat().st_size for name in sorted(data.get("files") or {})
-                     if (folder / name).is_file()}
-    return data

@@ -108,8 +108,6 @@ def info(model: Path, as_json: bool) -> None:
     a model fit with its own weights file is described, not refused; a file that does not load
     is a one-line error, never a partial description."""
     if model.is_dir():
-        from patchbank.cli.export import export_info
-
         data = export_info(model)
         click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else format_export_info(data, str(model)))
         return
@@ -148,6 +146,17 @@ def format_multi_info(data: dict[str, Any], path: str) -> str:
                                                                 "patchbank_version")}
         parts.append(f"\n[{name}]\n" + format_info(sub))
     return "\n".join(parts)
+
+
+def export_info(folder: Path) -> dict[str, Any]:
+    """The checked sidecar of an export folder (``patchbank info DIR``), with the sizes of its
+    files as they are now."""
+    from patchbank.export.sidecar import read_sidecar
+
+    data = read_sidecar(folder)
+    data["files"] = {name: (folder / name).stat().st_size for name in sorted(data.get("files") or {})
+                     if (folder / name).is_file()}
+    return data
 
 
 def format_export_info(data: dict[str, Any], path: str) -> str:
