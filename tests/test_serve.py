@@ -343,6 +343,10 @@ BAD = {
     "too many images": (413, lambda f: dict(files=_multipart({f"{i}.png": next(iter(f["part"].values()))
                                                               for i in range(MAX_IMAGES + 1)}))),
     "body over the limit": (413, lambda f: dict(files=[("file", ("x.png", b"\0" * (2 << 20)))])),
+    # larger than the loopback socket buffers: read and dropped, so the client reads the 413
+    "streamed body at 3.75x the limit": (413, lambda f: dict(
+        content=iter([b"\0" * (1 << 16)] * 60),
+        headers={"content-type": "application/json", "content-length": str(60 << 16)})),
     "chunked body over the limit": (413, lambda f: dict(content=iter([b"{" + b" " * (1 << 16)] * 40),
                                                          headers={"content-type": "application/json"})),
     "chunked multipart over the limit": (413, lambda f: dict(

@@ -1,7 +1,10 @@
 """The request body limit, as ASGI middleware: checked from ``Content-Length`` and while reading.
 
-A request whose ``Content-Length`` is over the limit is answered 413 before its body is read
-(a malformed ``Content-Length`` is 400).  A body that turns out longer while it is read (chunked
+A request whose ``Content-Length`` is over the limit is answered 413 without passing its body
+to the application (a malformed ``Content-Length`` is 400).  Up to :data:`DRAIN_FACTOR` times the
+limit the body is read and dropped first, so that a client that sends its whole body before
+reading the answer gets the 413 instead of a reset connection; a larger body is answered at once
+and the connection closed.  A body that turns out longer while it is read (chunked
 transfer, or a lying header) raises :class:`~patchbank.service.errors.ServiceError` 413 from
 ``receive``, at the first chunk past the limit; the application's error handlers answer it.
 """
@@ -12,7 +15,9 @@ from typing import Any, Callable
 
 from patchbank.service.errors import too_large
 
-__all__ = ["BodyLimit"]
+__all__ = ["BodyLimit", "DRAIN_FACTOR"]
+
+DRAIN_FACTOR = 4   # bodies up to 4x the limit are read (and dropped) before the 413
 
 
 class BodyLimit:
@@ -37,6 +42,8 @@ class BodyLimit:
                 await _answer(send, 400, f"malformed Content-Length header {text!r}")
                 return
             if int(text) > self.max_bytes:
+                if int(text) <= DRAIN_FACTOR * self.max_bytes:
+                    await _drain(receive)
                 await _answer(send, 413, self._message())
                 return
         seen = 0
@@ -51,6 +58,14 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def _drain(receive: Callable) -> None:
+    """Read the request body to its end (or the client's disconnect), keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _answer(send: Callable, status: int, message: str) -> None:
