@@ -15,6 +15,7 @@ import click
 from patchbank.cli.config_options import (build_config, field_kind, field_value_type,
                                           format_value, given_overrides, option_name,
                                           with_config_options)
+from patchbank.cli.engine_options import check_engine, engine_options, ray_map_runs
 from patchbank.cli.options import output_option, preset_option, run_options, setup_threads, study_options
 from patchbank.config import FIELD_SPECS, Config
 from patchbank.errors import ConfigError, PatchbankError
@@ -71,22 +72,27 @@ def print_study(result: dict[str, Any], what: str, seconds: float) -> None:
 @preset_option()
 @study_options
 @run_options
+@engine_options("the most runs computed at once [as many as the cluster's CPUs hold].")
 @click.pass_context
 def evaluate(ctx: click.Context, data_root: Path, out_dir: Path, preset: str, kind: str,
              categories: list[str] | None, seeds: list[int] | None, no_resume: bool, device: str,
-             threads: int | None, quiet: bool, **config_params: Any) -> None:
+             threads: int | None, quiet: bool, engine: str = "local", address: str | None = None,
+             actors: int | None = None, **config_params: Any) -> None:
     """Benchmark a preset on DATA_ROOT (MVTec AD, MPDD, BTAD or VisA layout): fit per category
     and seed, report image and pixel metrics, bank size and timings as mean ± std over seeds."""
+    check_engine(engine, address=address, actors=actors)
     overrides, seeds = run_setup(ctx, preset, data_root, seeds, config_params)
     command = command_line("evaluate", data_root, out_dir, ["--preset", preset], kind, categories,
                            seeds, overrides, no_resume)
-    setup_threads(threads)
+    map_runs = ray_map_runs(engine, address=address, actors=actors, device=device, threads=threads)
+    if map_runs is None:
+        setup_threads(threads)
     from patchbank.evaluation.runner import evaluate as run_evaluation
 
     t0 = time.perf_counter()
     result = run_evaluation(data_root, preset=preset, overrides=overrides, categories=categories,
                             seeds=seeds, out_dir=out_dir, resume=not no_resume, progress=not quiet,
-                            kind=kind, device=device, command=command)
+                            kind=kind, device=device, command=command, map_runs=map_runs)
     n_cat = len(result["summary"]["categories"])
     click.echo(f"{preset}: {n_cat} categor{'y' if n_cat == 1 else 'ies'} x {len(seeds)} seed(s) "
                f"in {time.perf_counter() - t0:.1f} s")

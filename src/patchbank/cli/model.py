@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import build_config, given_overrides, option_name, with_config_options
+from patchbank.cli.engine_options import (check_engine, engine_options, fit_on_ray, path_column_option,
+                                          per_category_option, predict_on_ray)
 from patchbank.cli.export import RUNTIME_CHOICES, load_for_runtime
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import overwrite_option, preset_option, run_options, setup_threads
@@ -33,10 +35,13 @@ from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lo
                    "Concurrent --add runs on one model take turns (lock file OUTPUT.lock).")
 @run_options
 @overwrite_option("Replace an existing model file.")
+@engine_options("the most categories fitted at once [as many as the cluster's CPUs hold].")
+@per_category_option
 @click.pass_context
 def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: str, multi: bool,
         add: bool, device: str, threads: int | None, quiet: bool, overwrite: bool,
-        **config_params: Any) -> None:
+        engine: str = "local", address: str | None = None, actors: int | None = None,
+        per_category: bool = False, **config_params: Any) -> None:
     """Build a model from defect-free images.
 
     One TRAIN_DIR of images gives a single-category model.  Several categories give one routed
@@ -44,6 +49,14 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
     or dataset roots in the MVTec layout (every category's train/good is used).
     """
     overrides = given_overrides(ctx, config_params)
+    check_engine(engine, address=address, actors=actors, per_category=per_category)
+    ray_args = dict(device=device, threads=threads, overwrite=overwrite, address=address, actors=actors,
+                    save=_save)
+    if engine == "ray" and add:
+        raise PatchbankError("--add runs with the local engine; drop --engine ray")
+    if per_category:
+        return fit_on_ray(training_categories(train_dirs), output, build_config(preset, overrides),
+                          multi=multi, per_category=True, **ray_args)
     if output.exists() and output.is_dir():
         raise PatchbankError(f"{output} is a folder; give a model file name")
     if add:
@@ -57,6 +70,8 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
     config = None if add else build_config(preset, overrides)
     categories = training_categories(train_dirs)
     check_output_file(output, need_bytes=_expected_bytes(output))   # before the (long) fit
+    if engine == "ray":
+        return fit_on_ray(categories, output, config, multi=multi, per_category=False, **ray_args)
     setup_threads(threads)
     if add:
         _add_categories(categories, output, device=device, quiet=quiet)
@@ -198,14 +213,24 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
               help="torch: MODEL is a model file; onnx / openvino: MODEL is a 'patchbank export' folder.")
 @run_options
 @overwrite_option("Replace existing output files.")
+@engine_options("scoring actors, each holding the model [1].")
+@path_column_option
 def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
             category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool,
-            runtime: str = "torch") -> None:
+            runtime: str = "torch", engine: str = "local", address: str | None = None,
+            actors: int | None = None, path_column: str | None = None) -> None:
     """Score INPUT images (files or folders) with MODEL.
 
     A folder contributes its images; a folder holding only sub-folders (like MVTec's test/)
     contributes the images of all its sub-folders.
     """
+    check_engine(engine, address=address, actors=actors, path_column=path_column)
+    if engine == "ray":
+        if runtime != "torch":
+            raise PatchbankError(f"--runtime {runtime} runs with the local engine; drop --engine ray")
+        return predict_on_ray(model, inputs, out_dir, heatmaps=heatmaps, batch_size=batch_size,
+                              category=category, device=device, threads=threads, quiet=quiet,
+                              overwrite=overwrite, address=address, actors=actors, path_column=path_column)
     if runtime == "torch" and not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
     paths = expand_inputs(inputs)

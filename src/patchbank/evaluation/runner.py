@@ -40,7 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -178,14 +178,17 @@ def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[i
 
 
 def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: dict[str, Any] | None, *,
-             device: str, progress: bool, backbones: _BackboneCache, context: dict[str, Any]) -> dict[str, Any]:
-    """``stored`` (the reusable stored run of ``cat`` x ``seed``) if any, else a new run, saved."""
+             device: str, progress: bool, backbones: _BackboneCache, context: dict[str, Any],
+             computed: Iterator[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``stored`` (the reusable stored run of ``cat`` x ``seed``) if any, else a new run, saved
+    (the next of ``computed``, the ``map_runs`` results, when given)."""
     if stored is not None:
         say(progress, f"{cat.name} seed {seed}: loaded {store.path(cat.name, seed)}")
         return stored
     say(progress, f"{cat.name} seed {seed}: fit on {len(cat.train)} images, test on {len(cat.test)}")
     try:
-        result = run_category(cat, config, device=device, progress=progress, backbones=backbones)
+        result = (next(computed) if computed is not None else
+                  run_category(cat, config, device=device, progress=progress, backbones=backbones))
     except PatchbankError as exc:
         msg = str(exc)
         raise PatchbankError(msg if cat.name in msg else f"category {cat.name!r}: {msg}") from None
@@ -198,8 +201,14 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
              overrides: dict[str, Any] | None = None, categories: Iterable[str] | None = None,
              seeds: Sequence[int] = (0,), out_dir: str | os.PathLike = "results", resume: bool = True,
              progress: bool = True, *, kind: str = "auto", device: str = "cpu",
-             command: str | None = None) -> dict[str, Any]:
+             command: str | None = None, map_runs: Callable[[list[tuple[Category, Config]]],
+                                                            Iterable[dict[str, Any]]] | None = None
+             ) -> dict[str, Any]:
     """Evaluate ``preset`` (+ ``overrides``) on a dataset; see the module docstring.
+
+    ``map_runs`` computes the runs that are not reused elsewhere (e.g. as Ray tasks,
+    :func:`patchbank.distributed.run_map`): it gets ``[(category, config), ...]`` in run order
+    and yields :func:`run_category`'s result for each, in that order; each is stored as it arrives.
 
     ``root`` is a dataset folder (read with :func:`~patchbank.io.datasets.read_dataset`, layout
     ``kind``) or :class:`~patchbank.io.datasets.Category` records (e.g. from ``read_generic``);
@@ -225,8 +234,10 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
                "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}}
     store, backbones = RunStore(out / "runs"), _BackboneCache()
     stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints)
+    todo = [(cat, configs[seed]) for cat in cats for seed in seeds if stored[cat.name, seed] is None]
+    computed = iter(map_runs(todo)) if map_runs is not None else None
     runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
-                     progress=progress, backbones=backbones, context=context)
+                     progress=progress, backbones=backbones, context=context, computed=computed)
             for cat in cats for seed in seeds]
 
     summary = summarize(runs, [c.name for c in cats], seeds)

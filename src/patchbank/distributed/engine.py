@@ -1,0 +1,86 @@
+"""Ray itself: imported lazily, connected to (or started) for one run, its errors made one line.
+
+:func:`ray_session` uses a Ray that is already initialised as it is (a test fixture, a job
+submitted with ``ray job submit``); otherwise it starts a local Ray (``address=None``) or
+connects to a cluster (``address="auto"`` or ``HOST:PORT``) and shuts it down afterwards.
+:func:`reraise` turns a failure inside a Ray task or actor into the
+:class:`~patchbank.errors.PatchbankError` it carried (one line), and re-raises anything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from patchbank.errors import PatchbankError
+
+INSTALL_HINT = "pip install 'patchbank[ray]'"
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a one-line error naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise PatchbankError(f"--engine ray needs Ray and Ray Data: {INSTALL_HINT}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[Any]:
+    """The ``ray`` module, initialised for the ``with`` block (see the module docstring)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise PatchbankError(f"cannot start or reach {where}: {' '.join(str(exc).split())}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cluster_cpus(ray: Any) -> float:
+    """The CPUs the connected Ray cluster has in all."""
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def carried_error(exc: BaseException) -> PatchbankError | None:
+    """The PatchbankError a Ray task/actor failure carries (its cause chain), if any."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, PatchbankError):
+            return PatchbankError(str(e))
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = str(exc)
+    marker = "PatchbankError: "
+    if marker in text:   # a cause Ray could not hand back as an object: its text
+        line = text[text.rindex(marker) + len(marker):].strip().splitlines()
+        return PatchbankError(line[0] if line else text)
+    return None
+
+
+@contextlib.contextmanager
+def reraise() -> Iterator[None]:
+    """Within the block, a Ray failure carrying a PatchbankError is raised as that error."""
+    try:
+        yield
+    except PatchbankError:
+        raise
+    except Exception as exc:
+        err = carried_error(exc)
+        if err is None:
+            raise
+        raise err from None

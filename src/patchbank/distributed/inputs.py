@@ -1,0 +1,107 @@
+"""What a distributed ``predict`` scores: its inputs -> one list of image paths, on the driver.
+
+Each input is one of
+
+* a **folder** or an **image file**: as the local ``predict`` reads them
+  (:func:`patchbank.io.prediction_files.expand_inputs`: a folder of images, or a folder of
+  folders such as MVTec's ``test/``);
+* a **glob** (``'archive/2024-*/**/*.png'``, quoted so the shell leaves it alone; ``**``
+  descends into sub-folders): the matching files with an image extension, sorted;
+* a **list file** (``.txt`` or ``.lst``): one path per line; blank lines and lines starting
+  with ``#`` are skipped;
+* a **table** (``.parquet`` or ``.csv``): the paths in its column ``column`` (default ``path``;
+  a ``predictions.parquet`` of an earlier run works as is).
+
+Relative paths inside a list file or table are taken relative to that file's folder.  The same
+image named twice is scored once (one warning).  Every listed file must exist: the first
+missing one is a one-line :class:`~patchbank.errors.PatchbankError` with the count of missing
+files; so are an empty input, a glob matching nothing and a table without the column.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+from pathlib import Path
+from typing import Sequence
+
+from patchbank.errors import PatchbankError
+from patchbank.io.images import IMAGE_EXTENSIONS
+from patchbank.io.prediction_files import expand_inputs, unique_paths
+
+LIST_SUFFIXES = (".txt", ".lst")
+TABLE_SUFFIXES = (".parquet", ".csv")
+_GLOB_CHARS = set("*?[")
+
+
+def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
+    """The image paths named by ``inputs`` (see the module docstring), in the order given."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [str(inputs)]
+    if not inputs:
+        raise PatchbankError("no inputs given")
+    paths: list[Path] = []
+    for raw in map(str, inputs):
+        p = Path(raw)
+        if not p.exists() and _GLOB_CHARS & set(raw):
+            paths += _globbed(raw)
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            paths += _listed(p, _list_lines(p))
+        elif p.is_file() and p.suffix.lower() in TABLE_SUFFIXES:
+            paths += _listed(p, _table_column(p, column))
+        else:
+            paths += expand_inputs([raw])
+    return unique_paths(paths)
+
+
+def _globbed(pattern: str) -> list[Path]:
+    found = sorted(Path(m) for m in glob.glob(pattern, recursive=True)
+                   if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) match {pattern}")
+    return found
+
+
+def _list_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PatchbankError(f"cannot read the list file {path}: {exc}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _table_column(path: Path, column: str) -> list[str]:
+    """The non-empty cells of ``column`` of a Parquet or CSV table."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            if column not in names:
+                raise PatchbankError(f"{path} has no column {column!r} (columns: {', '.join(names)}); "
+                                     f"name the path column with --path-column")
+            cells = pq.read_table(path, columns=[column]).column(column).to_pylist()
+        else:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if column not in (reader.fieldnames or []):
+                    raise PatchbankError(f"{path} has no column {column!r} (columns: "
+                                         f"{', '.join(reader.fieldnames or [])}); name the path "
+                                         f"column with --path-column")
+                cells = [row[column] for row in reader]
+    except PatchbankError:
+        raise
+    except Exception as exc:   # pyarrow's and csv's own errors on a corrupt table
+        raise PatchbankError(f"cannot read the table {path}: {' '.join(str(exc).split())}") from None
+    return [str(c).strip() for c in cells if c is not None and str(c).strip()]
+
+
+def _listed(source: Path, entries: list[str]) -> list[Path]:
+    """The files ``entries`` of a list file or table, relative ones taken from its folder."""
+    if not entries:
+        raise PatchbankError(f"{source} lists no images")
+    paths = [e if e.is_absolute() else source.parent / e for e in map(Path, entries)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PatchbankError(f"{source} lists {missing[0]}, which is not a file{more}")
+    return paths

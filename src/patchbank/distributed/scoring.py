@@ -1,0 +1,226 @@
+"""Distributed batch scoring: a Ray Data pipeline whose actors hold the model.
+
+The pipeline (:func:`predict`):
+
+1. the driver lists the inputs (:func:`~patchbank.distributed.inputs.read_inputs`) and reads the
+   model file once; the file's bytes go to Ray's object store, so workers need no shared copy of
+   the model (they do need to read the images at the paths given);
+2. Ray tasks (:func:`decode_batch`, see :data:`DECODE_CPUS`) decode each image with the project's decoder,
+   :func:`patchbank.io.images.open_rgb` with the same JPEG draft size as the local path;
+3. a pool of ``actors`` :class:`ScoringActor` s (one model load each, ``threads`` torch threads,
+   one GPU each with ``device="cuda"``) calls the model's own ``predict`` on each batch of decoded
+   images -- resize, crop, normalisation, backbone, (routing,) scoring: the local inference path
+   unchanged, so a score equals the local ``predict``'s bit for bit at the same thread count
+   (``docs/scaling.md`` says what was checked);
+4. the driver collects one record per image, checks every image came back exactly once, and
+   writes the local ``predict``'s columns (:mod:`~patchbank.distributed.outputs`).
+
+An actor that dies is restarted and its unfinished batches are given to a live actor (Ray
+Data's actor pool: ``max_restarts=-1``, ``max_task_retries=-1``); the output holds each image
+once whatever happened.  With ``heatmaps`` each actor writes the overlay PNGs itself (the folder
+must be on storage every worker reaches), coloured on the model's fixed range
+(``Detector.heatmap_range``: the local run's min..max would need every map first).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from patchbank.errors import PatchbankError
+
+DECODE_CPUS = 0
+"""CPUs Ray reserves per decoding task: none.  Decoding is a few ms per image against the
+backbone's tens, so the decoding tasks share the actors' cores (at most one per actor runs at a
+time) instead of holding cores of their own that would sit idle most of the time."""
+
+
+def decode_batch(batch: dict[str, np.ndarray], image_size: tuple[int, int]) -> dict[str, Any]:
+    """Ray Data UDF: add column ``image`` (decoded 8-bit RGB arrays, HxWx3) for column ``path``."""
+    from patchbank.io.images import open_rgb
+
+    images = [np.asarray(open_rgb(str(p), tuple(image_size))) for p in batch["path"]]
+    return {**batch, "image": images}
+
+
+def load_model_bytes(data: bytes, device: str) -> Any:
+    """A Detector or MultiDetector from a model file's bytes (written to a private temp file)."""
+    from patchbank.multi import load_any
+
+    fd, name = tempfile.mkstemp(suffix=".patchbank")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return load_any(name, device=device, progress=False)
+    finally:
+        os.unlink(name)
+
+
+class ScoringActor:
+    """Ray Data actor UDF: holds one loaded model; scores batches of decoded images into records.
+
+    Args:
+        model_bytes: the model file's content, or an object-store reference to it.
+        device: torch device of the model ("cpu", "cuda").
+        threads: torch / FAISS / BLAS threads of this actor.
+        category: a multi-category model's category (skips routing); None routes.
+        heatmaps: write each image's overlay to the path in its ``heatmap`` column.
+    """
+
+    def __init__(self, model_bytes: bytes, device: str, threads: int, category: str | None,
+                 heatmaps: bool):
+        from patchbank.multi import MultiDetector
+        from patchbank.runtime.threads import set_threads
+
+        set_threads(threads)
+        if not isinstance(model_bytes, bytes):   # an object-store reference
+            import ray
+
+            model_bytes = ray.get(model_bytes)
+        self.model = load_model_bytes(model_bytes, device)
+        self.multi = isinstance(self.model, MultiDetector)
+        self.category, self.heatmaps = category, heatmaps
+
+    def _detector(self, prediction: Any) -> Any:
+        return self.model.detectors_[prediction.category] if self.multi else self.model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from patchbank.io.output_files import commit_file
+        from patchbank.io.prediction_files import overlay_writer, prediction_record
+
+        images = list(batch["image"])
+        kwargs = {"category": self.category} if self.multi else {}
+        preds = self.model.predict(images, batch_size=len(images), **kwargs)
+        heat = list(batch["heatmap"]) if self.heatmaps else [None] * len(images)
+        records = []
+        for path, pred, target in zip(batch["path"], preds, heat):
+            det = self._detector(pred)
+            if target is not None:
+                lo, hi = det.heatmap_range()
+                commit_file(target, overlay_writer(path, pred.anomaly_map, det.config, lo, hi))
+            records.append(prediction_record(path, pred, det.threshold_,
+                                             routed=(self.category is None) if self.multi else None,
+                                             heatmap=target))
+        return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}
+
+
+def _rows_per_block(n: int, batch_size: int) -> int:
+    """Input rows per Ray Data block: one batch (so batches spread over every actor), or more
+    where that would make over ~2,000 blocks."""
+    per = max(batch_size, math.ceil(n / 2000))
+    return batch_size * math.ceil(per / batch_size)
+
+
+def _resources(ray: Any, actors: int, threads: int, device: str) -> dict[str, Any]:
+    """Ray resources per actor; a one-line error when the cluster cannot hold the pool."""
+    from patchbank.distributed.engine import cluster_cpus
+
+    cpus = cluster_cpus(ray)
+    if actors * threads > cpus:
+        raise PatchbankError(f"{actors} actor(s) x {threads} thread(s) need {actors * threads} CPUs; "
+                             f"the Ray cluster has {cpus:g} (fewer --actors or --threads)")
+    if device.startswith("cuda"):
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if gpus < actors:
+            raise PatchbankError(f"--device {device}: {actors} actor(s) need one GPU each; the Ray "
+                                 f"cluster has {gpus:g}")
+        return {"num_cpus": threads, "num_gpus": 1}
+    return {"num_cpus": threads}
+
+
+def _model_summary(model: Path, category: str | None) -> tuple[dict[str, Any], Any]:
+    """(the JSON fields the local predict writes about the model, its Config)."""
+    from patchbank.config import Config
+    from patchbank.io.model_file import load_model
+
+    _, meta = load_model(model)
+    config = Config.from_dict(meta["config"])
+    if meta.get("kind") != "multi":
+        if category is not None:
+            raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
+        return {"model": str(model), "threshold": float(meta["threshold"]),
+                "threshold_applies_to": "normalized_score"}, config
+    names = list(meta["category_order"])
+    if category is not None and category not in names:
+        raise PatchbankError(f"unknown category {category!r}; this model has {', '.join(names)}")
+    return {"model": str(model), "threshold": None, "threshold_applies_to": "normalized_score",
+            "categories": names, "routing": "given" if category else "routed"}, config
+
+
+def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str | os.PathLike, *,
+            actors: int = 1, batch_size: int | None = None, threads: int = 1,
+            category: str | None = None, heatmaps: bool = False, device: str = "cpu",
+            address: str | None = None, overwrite: bool = False, path_column: str = "path",
+            progress: bool = False, actor_class: type = ScoringActor) -> dict[str, Any]:
+    """Score every image ``inputs`` name with ``model`` on Ray (see the module docstring) and write
+    ``out_dir/predictions.parquet``, ``.csv``, ``.json`` (and ``heatmaps/`` with ``heatmaps``).
+
+    Returns the JSON dict written (records under ``predictions``, in input order).  ``actors``
+    actors of ``threads`` threads each; ``batch_size`` images per model call (default: the
+    model's); ``address`` None starts a local Ray unless one is running, ``"auto"`` or
+    ``HOST:PORT`` joins a cluster.  ``actor_class`` is :class:`ScoringActor` or a subclass.
+
+    Raises:
+        PatchbankError: a bad input, model or option, an existing output without
+            ``overwrite``, an image that cannot be decoded, a cluster too small for the pool.
+    """
+    from patchbank.distributed.engine import ray_session, reraise
+    from patchbank.distributed.inputs import read_inputs
+    from patchbank.distributed.outputs import ResultFiles
+    from patchbank.io.prediction_files import heatmap_names
+
+    for name, value in (("actors", actors), ("threads", threads), ("batch_size", batch_size or 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PatchbankError(f"{name} must be an integer >= 1, got {value!r}")
+    model = Path(model)
+    summary, config = _model_summary(model, category)
+    batch_size = batch_size or config.batch_size
+    paths = read_inputs(inputs, path_column)
+    heat_paths = ([Path(out_dir) / "heatmaps" / n for n in heatmap_names(paths)] if heatmaps else [])
+    t0 = time.perf_counter()
+    with ResultFiles(out_dir, heat_paths, overwrite=overwrite) as files, ray_session(address) as ray, reraise():
+        resources = _resources(ray, actors, threads, device)
+        rows = [{"index": i, "path": str(p), **({"heatmap": str(heat_paths[i])} if heatmaps else {})}
+                for i, p in enumerate(paths)]
+        _quiet_ray_data(ray, progress)
+        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size)))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": tuple(config.image_size)},
+                            batch_size=batch_size, num_cpus=DECODE_CPUS,
+                            compute=ray.data.TaskPoolStrategy(size=actors))
+        ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors),
+                            fn_constructor_kwargs={"model_bytes": ray.put(model.read_bytes()),
+                                                   "device": device, "threads": threads,
+                                                   "category": category, "heatmaps": heatmaps},
+                            **resources)
+        batches = ({k: v.tolist() for k, v in b.items()}
+                   for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+        records = files.collect(batches, len(paths))
+        summary.update({"n_images": len(records), "n_flagged": sum(r["is_anomalous"] for r in records),
+                        "heatmaps": _heatmap_note(heat_paths),
+                        "engine": {"name": "ray", "actors": actors, "threads_per_actor": threads,
+                                   "batch_size": batch_size, "device": device,
+                                   "seconds": time.perf_counter() - t0}})
+        files.write(records, summary)
+    return {**summary, "predictions": records}
+
+
+def _heatmap_note(heat_paths: list[Path]) -> dict[str, Any] | None:
+    if not heat_paths:
+        return None
+    return {"folder": str(heat_paths[0].parent), "vmin": None, "vmax": None, "colormap": "jet",
+            "range": "the model's fixed range per category (Detector.heatmap_range)"}
+
+
+def _quiet_ray_data(ray: Any, progress: bool) -> None:
+    """Ray Data's progress bars only with ``progress``; its INFO log lines never on the console."""
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -1,0 +1,263 @@
+"""The Ray engine (``patchbank.distributed``, ``--engine ray``) against the local path.
+
+One local Ray for the whole file (``ray.init(num_cpus=2)``, a session fixture).  Scores are
+compared bit for bit with the local ``predict`` at the same thread count (1: conftest's, and
+one thread per actor), with 1 and 2 actors and different batch sizes; an actor killed mid-run
+is restarted and no image is lost or scored twice; fits and evaluation runs as Ray tasks equal
+the local ones.
+"""
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FAST
+from patchbank.errors import PatchbankError
+
+ray = pytest.importorskip("ray")
+
+from patchbank.distributed.inputs import read_inputs  # noqa: E402
+from patchbank.distributed.scoring import ScoringActor, predict  # noqa: E402
+
+SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs) for every test here; shut down at the end."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from patchbank.cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _one_line(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def two_root(tmp_path_factory):
+    """A dataset root with two synthetic categories (different seeds and sizes of test split)."""
+    from patchbank.io.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("two")
+    make_dataset(root / "a", n_train=16, n_test_good=3, n_test_defect=2, size=96, seed=0)
+    make_dataset(root / "b", n_train=16, n_test_good=2, n_test_defect=2, size=96, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_model(fitted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "single.patchbank"
+    fitted.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def multi_model(two_root, tmp_path_factory):
+    from patchbank.multi import MultiDetector
+
+    path = tmp_path_factory.mktemp("m") / "multi.patchbank"
+    cats = {c: two_root / c / "train" / "good" for c in ("a", "b")}
+    MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=16, **FAST).fit(cats).save(path)
+    return path
+
+
+def _test_images(root):
+    return sorted(str(p) for p in Path(root).rglob("test/*/*.png"))
+
+
+def _key(rec):
+    return (rec["path"], rec["score"], rec["normalized_score"], rec["is_anomalous"], rec["threshold"],
+            rec.get("category"), rec.get("routed"))
+
+
+# ------------------------------------------------------------------ scoring == local
+def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthetic_root, tmp_path):
+    """predict --engine ray (1 actor, batch 3) writes the local predict's CSV byte for byte, the
+    same records in its JSON, and a Parquet table of the same rows."""
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert _cli("predict", single_model, synthetic_root / "test", "-o", local, "-q").exit_code == 0
+    r = _cli("predict", single_model, synthetic_root / "test", "-o", remote, "-q", "--engine", "ray",
+             "--actors", "1", "--batch-size", "3")
+    assert r.exit_code == 0, r.output
+    assert "predictions.parquet" in r.output
+    assert (remote / "predictions.csv").read_bytes() == (local / "predictions.csv").read_bytes()
+    import json
+
+    lj, rj = (json.loads((d / "predictions.json").read_text()) for d in (local, remote))
+    assert lj["predictions"] == rj["predictions"] and lj["threshold"] == rj["threshold"]
+    table = pq.read_table(remote / "predictions.parquet").to_pylist()
+    assert table == lj["predictions"]
+    assert pq.read_schema(remote / "predictions.parquet").names == list(lj["predictions"][0])
+    # an existing output is refused, one line, without --overwrite
+    _one_line(_cli("predict", single_model, synthetic_root / "test", "-o", remote, "--engine", "ray"),
+              "already exists")
+
+
+def test_multi_routed_two_actors_equals_local(ray_local, multi_model, two_root, tmp_path):
+    """A multi-category model: 2 actors, batch 2, routed and with a given category, heatmaps;
+    every record equals the local MultiDetector.predict's."""
+    from patchbank.multi import load_any
+
+    images = _test_images(two_root)
+    model = load_any(multi_model, progress=False)
+    local = model.predict(images)
+    got = predict(multi_model, [str(two_root / "a" / "test"), str(two_root / "b" / "test")],
+                  tmp_path / "routed", actors=2, batch_size=2, heatmaps=True)
+    recs = got["predictions"]
+    assert [r["path"] for r in recs] == images
+    assert [(r["score"], r["normalized_score"], r["is_anomalous"], r["category"], r["routed"])
+            for r in recs] == [(p.score, p.normalized_score, p.is_anomalous, p.category, True) for p in local]
+    assert {r["category"] for r in recs} == {"a", "b"}
+    assert all(Path(r["heatmap"]).stat().st_size > 0 for r in recs)
+    given = predict(multi_model, images, tmp_path / "given", actors=2, batch_size=5, category="b")
+    local_b = model.predict(images, category="b")
+    assert [r["score"] for r in given["predictions"]] == [p.score for p in local_b]
+    assert {r["category"] for r in given["predictions"]} == {"b"} and given["routing"] == "given"
+
+
+def test_every_input_kind(ray_local, single_model, synthetic_root, tmp_path):
+    """Folder, glob, list file, Parquet and CSV with a path column name the same images; a
+    Parquet input scored on Ray gives the local scores."""
+    from patchbank.detector import Detector
+
+    images = _test_images(synthetic_root)
+    lst = tmp_path / "list.txt"
+    lst.write_text("# archive\n" + "\n".join(os.path.relpath(p, tmp_path) for p in images) + "\n\n")
+    pq.write_table(pa.table({"file": images, "x": list(range(len(images)))}), tmp_path / "t.parquet")
+    with open(tmp_path / "t.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path"]] + [[p] for p in images])
+    want = [Path(p) for p in images]
+    assert read_inputs([str(synthetic_root / "test")]) == want
+    assert read_inputs([str(synthetic_root / "test" / "*" / "*.png")]) == want
+    assert read_inputs([str(synthetic_root / "**" / "test" / "**" / "*.png")]) == want
+    assert [p.resolve() for p in read_inputs([str(lst)])] == want
+    assert read_inputs([str(tmp_path / "t.parquet")], column="file") == want
+    assert read_inputs([str(tmp_path / "t.csv")]) == want
+    for bad, needle in (([str(tmp_path / "t.parquet")], "no column 'path'"),
+                        ([str(tmp_path / "nothing*.png")], "no images"),
+                        ([str(tmp_path / "missing.png")], "not found")):
+        with pytest.raises(PatchbankError, match=needle):
+            read_inputs(bad)
+    (tmp_path / "bad.txt").write_text("nope.png\n")
+    with pytest.raises(PatchbankError, match="not a file"):
+        read_inputs([str(tmp_path / "bad.txt")])
+    det = Detector.load(single_model, progress=False)
+    got = predict(single_model, [str(tmp_path / "t.parquet")], tmp_path / "out", actors=2, batch_size=4,
+                  path_column="file")
+    assert [r["score"] for r in got["predictions"]] == [p.score for p in det.predict(images)]
+
+
+def test_killed_actor_is_replaced_and_no_image_is_lost_or_doubled(ray_local, single_model,
+                                                                 synthetic_root, tmp_path):
+    """An actor exits its process on its 2nd batch (first life only): the run still returns
+    every image exactly once, with the local scores."""
+    from patchbank.detector import Detector
+
+    marker = tmp_path / "died"
+
+    class DyingActor(ScoringActor):
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            if self.calls == 2 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().__call__(batch)
+
+    images = _test_images(synthetic_root)
+    got = predict(single_model, images, tmp_path / "out", actors=2, batch_size=2, actor_class=DyingActor)
+    assert marker.exists()
+    det = Detector.load(single_model, progress=False)
+    assert [r["path"] for r in got["predictions"]] == images
+    assert [r["score"] for r in got["predictions"]] == [p.score for p in det.predict(images)]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert [r["path"] for r in rows] == images
+
+
+def test_one_line_errors(ray_local, single_model, synthetic_root, tmp_path, monkeypatch):
+    test = synthetic_root / "test"
+    _one_line(_cli("predict", single_model, test, "-o", tmp_path / "a", "--actors", "2"),
+              "--actors needs --engine ray")
+    _one_line(_cli("predict", single_model, test, "-o", tmp_path / "b", "--engine", "ray", "--actors", "3"),
+              "3 actor(s)", "has 2")
+    _one_line(_cli("predict", single_model, test, "-o", tmp_path / "c", "--engine", "ray",
+                   "--category", "x"), "--category needs a multi-category model")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    _one_line(_cli("predict", single_model, bad, "-o", tmp_path / "d", "--engine", "ray"),
+              "cannot read image", "bad.png")
+    assert not (tmp_path / "d" / "predictions.csv").exists()
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "ray" else real(name, *a, **k))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    _one_line(_cli("predict", single_model, test, "-o", tmp_path / "e", "--engine", "ray"),
+              "pip install 'patchbank[ray]'")
+
+
+# ------------------------------------------------------------------ fits and evaluation as tasks
+def test_fit_ray_equals_local(ray_local, two_root, tmp_path):
+    """fit ROOT --engine ray: the multi-category model file holds the local fit's tensors and
+    thresholds; --per-category writes each category's single model, equal to a local fit."""
+    from patchbank.io.model_file import load_model
+
+    local, remote = tmp_path / "local.patchbank", tmp_path / "ray.patchbank"
+    assert _cli("fit", two_root, "-o", local, "--preset", "lmf-core", "-q", *SMALL).exit_code == 0
+    r = _cli("fit", two_root, "-o", remote, "--preset", "lmf-core", "-q", *SMALL, "--engine", "ray")
+    assert r.exit_code == 0, r.output
+    (lt, lm), (rt, rm) = load_model(local), load_model(remote)
+    assert sorted(lt) == sorted(rt) and all(np.array_equal(lt[k].numpy(), rt[k].numpy()) for k in lt)
+    assert lm["category_order"] == rm["category_order"] == ["a", "b"]
+    for c in ("a", "b"):
+        assert lm["categories"][c]["threshold"] == rm["categories"][c]["threshold"]
+    folder = tmp_path / "per"
+    r = _cli("fit", two_root, "-o", folder, "--preset", "lmf-core", "-q", *SMALL, "--engine", "ray",
+             "--per-category", "--actors", "1")
+    assert r.exit_code == 0, r.output
+    one = tmp_path / "a_local.patchbank"
+    assert _cli("fit", two_root / "a" / "train" / "good", "-o", one, "--preset", "lmf-core", "-q",
+                *SMALL).exit_code == 0
+    (ot, om), (pt, pm) = load_model(one), load_model(folder / "a.patchbank")
+    assert np.array_equal(ot["bank"].numpy(), pt["bank"].numpy()) and om["threshold"] == pm["threshold"]
+    _one_line(_cli("fit", two_root, "-o", folder, "--per-category", "--engine", "ray", *SMALL),
+              "already exists")
+    _one_line(_cli("fit", two_root, "-o", remote, "--per-category", *SMALL), "--per-category needs --engine ray")
+
+
+def test_evaluate_ray_equals_local(ray_local, two_root, tmp_path):
+    """evaluate --engine ray: the same metrics (timings aside) and per-image records per run."""
+    import json
+
+    args = [two_root, "--preset", "lmf-core", "-q", *SMALL]
+    assert _cli("evaluate", *args, "-o", tmp_path / "local").exit_code == 0
+    r = _cli("evaluate", *args, "-o", tmp_path / "ray", "--engine", "ray", "--actors", "2")
+    assert r.exit_code == 0, r.output
+    for c in ("a", "b"):
+        lr, rr = (json.loads((tmp_path / d / "runs" / f"{c}__seed0.json").read_text()) for d in ("local", "ray"))
+        timing = {"fit_s", "ms_per_img"}
+        assert {k: v for k, v in lr["metrics"].items() if k not in timing} == \
+               {k: v for k, v in rr["metrics"].items() if k not in timing}
+        assert lr["images"] == rr["images"]
