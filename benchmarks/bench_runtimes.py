@@ -147,7 +147,8 @@ def speed(args) -> dict:
                 print(f"rep {rep} {key}: predict {1000 * pred / n:.1f} ms/img, floor {1000 * floor / n:.1f}",
                       flush=True)
     table = {k: {"predict_ms": min(v["predict_ms"]), "floor_ms": min(v["floor_ms"]),
-                 "ratio": min(v["predict_ms"]) / min(v["floor_ms"]), **v} for k, v in runs.items()}
+                 "ratio": min(v["predict_ms"]) / min(v["floor_ms"]),
+                 "predict_ms_all": v["predict_ms"], "floor_ms_all": v["floor_ms"]} for k, v in runs.items()}
     for bs in batches:
         base = table[f"torch_b{bs}"]["predict_ms"]
         for k in table:

@@ -67,13 +67,13 @@ def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor,
     clamped at 0, row ids [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks
     a row out) is read ``bank_chunk`` rows at a time from row 0 up to ``stop`` (default m), each
     block's top-k merged into the running best, so no more than one [n, bank_chunk] block of
-    distances exists.  Plain torch ops with a fixed number of blocks: :class:`ExactSearch` runs it
-    per query chunk and an exported graph runs it on the whole batch (same results)."""
+    distances exists, read once (||q||^2 is added after the selection).  Plain torch ops with a
+    fixed number of blocks: :class:`ExactSearch` runs it per query chunk and an exported graph
+    runs it on the whole batch (same results)."""
     best_d = best_i = None
-    q_sq = sq_norms(q)
     for start in range(0, bank.shape[0] if stop is None else stop, bank_chunk):
         m = bank[start:start + bank_chunk]
-        d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]], q_sq)
+        d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]])    # without ||q||^2 (see below)
         if k == 1:
             dv, di = d.min(1, keepdim=True)
         else:
@@ -85,7 +85,10 @@ def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor,
             cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
             best_d, pos = cat_d.topk(k, dim=1, largest=False)
             best_i = cat_i.gather(1, pos)
-    return best_d.clamp_min(0.0), best_i
+    # ||q||^2 is added to the k kept values only, not to every distance: x -> fl(x + c) never
+    # reverses an order, so the values are bitwise those of adding it first (an index can differ
+    # only between entries whose distances round to the same float)
+    return (best_d + sq_norms(q).unsqueeze(1)).clamp_min(0.0), best_i
 
 
 register_search("exact", lambda bank, config: ExactSearch(bank))
