@@ -85,6 +85,18 @@ def test_lmf_core_parity_both_runtimes_batch_1_and_8(cli_export, fitted, synthet
     check_all(tmp / "ex", items, ref)
 
 
+def test_openvino_throughput_hint_splits_the_batch_over_its_requests(cli_export, synthetic_root):
+    tmp, _ = cli_export
+    items, _ = split_items(synthetic_root)
+    ref = Detector.load(tmp / "m.patchbank", progress=False).predict(items, batch_size=8)
+    model = ExportedModel(tmp / "ex", "openvino", hint="throughput", progress=False)
+    assert len(model.runtime.requests) >= 1
+    for bs in (1, 3, 8):
+        assert_parity(model.predict(items, batch_size=bs), ref)
+    with pytest.raises(PatchbankError, match="hint must be one of"):
+        ExportedModel(tmp / "ex", "openvino", hint="fastest")
+
+
 def test_cli_export_then_predict_runtime_equals_torch(cli_export, synthetic_root):
     tmp, stdout = cli_export
     assert "dynamic batch" in stdout and "bank in the graph" in stdout and "wrote" in stdout
