@@ -193,7 +193,7 @@ def main(argv=None) -> None:
     set_threads(args.threads)
     result = speed(args) if args.mode == "speed" else metrics(args)
     result.update(mode=args.mode, root=str(args.root), preset=args.preset, threads=args.threads,
-                  machine=machine(), onnxruntime=_version("onnxruntime"), openvino=_version("openvino"))
+                  machine=machine(), versions={m: _version(m) for m in ("onnxruntime", "openvino", "onnx")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
