@@ -8,6 +8,9 @@ once and kept in ``--work`` (``model.patchbank``, export folders beside it):
   forward in that runtime: torch's ``FeatureExtractor.maps``, or a backbone-only graph exported
   the same way); ``--repeats`` interleaved passes over every ``--stride``-th test image, the
   fastest kept and every pass recorded.
+* ``settings``: the exported graph alone (random input, no image reading) under ONNX Runtime's
+  optimisation levels and OpenVINO's LATENCY hint, at 1 and ``--threads`` threads, ms per image
+  at batch 1 and 16, ``--repeats`` passes each.
 * ``metrics``: the seven metrics of torch, ONNX Runtime and OpenVINO predictions (batch 16) on
   the whole test set, and of an export with a float16 bank (``--fp16``), plus the parity numbers
   (max relative score difference, max map difference / map range, decisions that differ).
@@ -43,7 +46,7 @@ KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "p
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=("speed", "metrics"))
+    ap.add_argument("mode", choices=("speed", "metrics", "settings"))
     ap.add_argument("root", type=Path, help="one MVTec-layout category folder")
     ap.add_argument("--work", type=Path, required=True, help="folder for the model and its exports")
     ap.add_argument("--preset", default="patchbank")
@@ -157,6 +160,40 @@ def speed(args) -> dict:
     return {"n_images": n, "stride": args.stride, "repeats": args.repeats, "runs": table}
 
 
+def settings(args) -> dict:
+    """ms per image of the exported graph under each runtime setting (see the module docstring)."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    _, _, folder = prepare(args)
+    xs = {bs: np.random.RandomState(0).randn(bs, 3, *json.loads(
+        (folder / "patchbank_export.json").read_text())["input_size"]).astype(np.float32) for bs in (1, 16)}
+    runners = {}
+    for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
+        for th in sorted({1, args.threads}):
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+            opts.intra_op_num_threads, opts.inter_op_num_threads = th, 1
+            sess = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            runners[f"onnx {level} t{th}"] = lambda x, s=sess: s.run(None, {"images": x})
+    core = ov.Core()
+    for th in sorted({1, args.threads}):
+        req = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU",
+                                 {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                  "INFERENCE_NUM_THREADS": th}).create_infer_request()
+        runners[f"openvino LATENCY t{th}"] = lambda x, r=req: r.infer({0: x})
+    out: dict[str, dict[str, list[float]]] = {}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            for bs, x in xs.items():
+                n = 20 if bs == 1 else 2
+                run(x)
+                t = timed(lambda: [run(x) for _ in range(n)])
+                out.setdefault(name, {}).setdefault(f"b{bs}_ms", []).append(1000 * t / n / bs)
+        print({k: {b: [round(v, 1) for v in vs] for b, vs in d.items()} for k, d in out.items()}, flush=True)
+    return {"settings": out}
+
+
 def parity(preds, ref) -> dict:
     rel = max(abs(p.score - r.score) / max(abs(r.score), 1e-12) for p, r in zip(preds, ref))
     maps = max(float(np.abs(p.anomaly_map - r.anomaly_map).max())
@@ -191,7 +228,7 @@ def metrics(args) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
-    result = speed(args) if args.mode == "speed" else metrics(args)
+    result = {"speed": speed, "metrics": metrics, "settings": settings}[args.mode](args)
     result.update(mode=args.mode, root=str(args.root), preset=args.preset, threads=args.threads,
                   machine=machine(), versions={m: _version(m) for m in ("onnxruntime", "openvino", "onnx")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
