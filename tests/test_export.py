@@ -226,3 +226,13 @@ def test_mtd_subset_default_preset_parity(tmp_path):
     det = Detector.from_preset("patchbank", progress=False).fit(train)
     export_model(det, tmp_path / "ex", ["onnx", "openvino"])
     check_all(tmp_path / "ex", test, det.predict(test, batch_size=8))
+
+
+def test_a_faiss_model_is_exported_with_the_exact_search_and_says_so(fitted):
+    from types import SimpleNamespace
+
+    from patchbank.export.graph import search_note
+
+    assert search_note(fitted) is None          # exact: the graph computes what torch computes
+    note = search_note(SimpleNamespace(search_kind_="faiss-ivf"))
+    assert "faiss-ivf" in note and "exactly" in note
