@@ -245,6 +245,6 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
         emb = rows.batch(start, stop, scorer.embed)
         b_score, scores = scorer.score(emb.view(stop - start, n_patches, -1),
                                        loo.for_queries(images[start:stop]))
-        base.append(b_score)
+        base.append(b_score.cpu().numpy())
         phi.append(scorer.anomaly_map(scores)[1])
     return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi))

@@ -95,7 +95,7 @@ class InferenceModel(nn.Module):
         (``search``) and the map operators as constants (``map_operators``)."""
         emb = self.scorer.embed(layers)
         _lap(clock, "extract")
-        base, patch = self.scorer.score_tensors(emb.view(b, -1, emb.shape[1]), search)
+        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]), search)
         _lap(clock, "search")
         maps, phi = self.scorer.map_tensors(patch, map_operators)
         return (maps, phi) + tuple(self.calibration.score_tensors(base, phi))

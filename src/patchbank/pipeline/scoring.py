@@ -84,7 +84,7 @@ class PatchScorer:
     """The scoring stage of one fitted bank.
 
     ``embed(layers)``: per-layer rows -> bank-space rows (:class:`Embedding`).
-    ``score(emb [B, P, d], search=None) -> (S_base [B] float64 numpy, patch scores [B, P])``:
+    ``score(emb [B, P, d], search=None) -> (S_base [B] float64 tensor, patch scores [B, P])``:
     k nearest bank entries (``search``, default the bank's own), patch score (LMF-Core Eq. 2 /
     StructCore Eq. 5, divided by the matched entry's local radius when ``radius`` is given),
     then the configured pooling (max, PatchCore's re-weighted max, top-k mean).
@@ -104,15 +104,10 @@ class PatchScorer:
         """Per-layer rows -> bank-space rows."""
         return self.embedding.transform(layers)
 
-    def score(self, emb: torch.Tensor, search: Search | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """[B, P, d] embeddings -> (S_base [B] float64, patch scores [B, P]); see the class."""
-        image, scores = self.score_tensors(emb, search)
-        return image.double().cpu().numpy(), scores
-
-    def score_tensors(self, emb: torch.Tensor, search=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`score` in torch ops only: (S_base [B] float64 tensor, patch scores [B, P]).
-        ``search`` is anything with the Search protocol's ``search`` / ``rows`` / ``shape``
-        (an exported graph passes the bank it holds as a constant)."""
+    def score(self, emb: torch.Tensor, search=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, P, d] embeddings -> (S_base [B] float64 tensor, patch scores [B, P]); see the
+        class.  Torch ops only: ``search`` is anything with the Search protocol's ``search`` /
+        ``rows`` / ``shape`` (an exported graph passes the bank it holds as a constant)."""
         cfg = self.config
         search = self.search if search is None else search
         b, p, d = emb.shape
