@@ -224,10 +224,11 @@ class Detector:
         return self.calibration_.map_level(threshold)
 
     def heatmap_range(self) -> tuple[float, float]:
-        """One colour range for every heatmap of this model: 0 to twice the region level at the
-        calibrated threshold, so that level sits mid-scale and colours compare across images
-        and requests (a moved threshold does not change them)."""
-        return 0.0, 2.0 * self.map_level(self.calibrated_threshold_)
+        """One colour range for every heatmap of this model (fixed by the calibration, whatever
+        the threshold): :meth:`ScoreCalibration.heatmap_range
+        <patchbank.pipeline.calibration.ScoreCalibration.heatmap_range>`."""
+        self._check_fitted()
+        return self.calibration_.heatmap_range()
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -172,6 +172,12 @@ class ScoreCalibration:
         q = float(np.mean(self.stats_.normalize(self.scores_) <= t))
         return float(np.quantile(self.descriptors_[:, COMPONENTS.index("topk_mean")], q))
 
+    def heatmap_range(self) -> tuple[float, float]:
+        """One colour range for every heatmap of this model: 0 to twice the region level at the
+        calibrated threshold, so that level sits mid-scale and colours compare across images
+        and requests (a moved threshold does not change them)."""
+        return 0.0, 2.0 * self.map_level(self.stats_.threshold_)
+
     def _final(self, base: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         final, d_struct, hyb = self.final_tensors(torch.as_tensor(np.asarray(base, dtype=np.float64)),
                                                   torch.as_tensor(np.asarray(phi, dtype=np.float64)))
