@@ -7,7 +7,13 @@ the one user of it and gives :meth:`Detector.predict <patchbank.detector.Detecto
 results: the images are read and preprocessed by the torch path's own
 :class:`~patchbank.io.images.ImageStream` (the sidecar's config, mean and std), the outputs
 become the same :class:`~patchbank.pipeline.inference.Prediction` objects through
-:class:`~patchbank.pipeline.inference.ScoredBatch`.
+:class:`~patchbank.pipeline.inference.ScoredBatch`.  Its operating point is a
+:class:`~patchbank.pipeline.calibration.ScoreCalibration` refitted from the sidecar's
+calibration arrays (:func:`~patchbank.export.sidecar.sidecar_calibration`): ``threshold_``,
+``calibrated_threshold_``, :meth:`~ExportedModel.set_threshold`, :meth:`~ExportedModel.map_level`
+and :meth:`~ExportedModel.heatmap_range` are the Detector's, and the decision is made from the
+graph's normalised score at the current threshold (the graph's own ``is_anomalous`` holds the
+threshold it was exported with).
 
 * ``onnx``: ONNX Runtime's CPU provider, every graph optimisation (``ORT_ENABLE_ALL``),
   ``threads`` intra-op threads (default: the runtime's, one per core).
@@ -28,7 +34,8 @@ import torch
 from patchbank.errors import PatchbankError
 from patchbank.export.graph import OUTPUTS
 from patchbank.export.openvino_writer import import_openvino
-from patchbank.export.sidecar import GRAPH_FILES, read_sidecar, sidecar_config
+from patchbank.export.sidecar import (GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
+                                      sidecar_path, write_threshold_override)
 from patchbank.io.images import ImageStream, as_items
 from patchbank.pipeline.calibration import ImageScores
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
@@ -151,9 +158,11 @@ register_runtime("openvino", OpenVinoRuntime)
 class ExportedModel:
     """An export folder run by one runtime, predicting like a :class:`Detector`.
 
-    ``config`` (the model's configuration, from the sidecar), ``threshold_``, ``sidecar``,
-    ``runtime``; :meth:`predict` returns the :class:`Prediction` list ``Detector.predict`` would
-    (up to the runtime's float rounding), with ``last_timings_`` per step.
+    ``config`` (the model's configuration, from the sidecar), ``sidecar``, ``runtime``,
+    ``calibration_`` and the Detector's operating-point API (``threshold_``,
+    ``calibrated_threshold_``, :meth:`set_threshold`, :meth:`map_level`, :meth:`heatmap_range`);
+    :meth:`predict` returns the :class:`Prediction` list ``Detector.predict`` would (up to the
+    runtime's float rounding), with ``last_timings_`` per step.
     """
 
     def __init__(self, folder: str | Path, runtime: str = "onnx", *, threads: int | None = None,
@@ -161,7 +170,7 @@ class ExportedModel:
         self.folder = Path(folder)
         self.sidecar = read_sidecar(self.folder)
         self.config = sidecar_config(self.sidecar)
-        self.threshold_ = float(self.sidecar["threshold"])
+        self.calibration_ = sidecar_calibration(self.sidecar, sidecar_path(self.folder))
         self.progress = progress
         try:
             factory = RUNTIMES[runtime]
@@ -169,17 +178,69 @@ class ExportedModel:
             raise PatchbankError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(RUNTIMES))}") from None
         self.runtime = factory(self.folder, self.sidecar, threads=threads, hint=hint)
 
+    # ------------------------------------------------------------------ operating point
+    @property
+    def threshold_(self) -> float:
+        """The current threshold on the normalised score (the sidecar's ``threshold_override``,
+        else the calibrated one, until :meth:`set_threshold`)."""
+        return self.calibration_.threshold_
+
+    @property
+    def calibrated_threshold_(self) -> float:
+        """The threshold calibrated at fit, whatever :meth:`set_threshold` moved ``threshold_`` to."""
+        return self.calibration_.stats_.threshold_
+
+    def set_threshold(self, threshold: float | None) -> "ExportedModel":
+        """Move the operating point (None: the calibrated one); :meth:`Detector.set_threshold
+        <patchbank.detector.Detector.set_threshold>`.  :meth:`save_threshold` records it."""
+        self.calibration_.set_threshold(threshold)
+        return self
+
+    def map_level(self, threshold: float | None = None) -> float:
+        """:meth:`ScoreCalibration.map_level <patchbank.pipeline.calibration.ScoreCalibration.map_level>`."""
+        return self.calibration_.map_level(threshold)
+
+    def heatmap_range(self) -> tuple[float, float]:
+        """:meth:`ScoreCalibration.heatmap_range <patchbank.pipeline.calibration.ScoreCalibration.heatmap_range>`."""
+        return self.calibration_.heatmap_range()
+
+    def save_threshold(self) -> Path:
+        """Write the current threshold into the sidecar as ``threshold_override`` (null at the
+        calibrated one), atomically; the caller holds the sidecar's lock
+        (:func:`~patchbank.export.sidecar.write_threshold_override`).  Returns the sidecar's path."""
+        moved = None if self.threshold_ == self.calibrated_threshold_ else float(self.threshold_)
+        path = write_threshold_override(self.folder, self.sidecar, moved)
+        self.sidecar = dict(self.sidecar, threshold_override=moved)
+        return path
+
+    def info(self) -> dict[str, Any]:
+        """The keys of :meth:`Detector.info <patchbank.detector.Detector.info>` an export knows
+        (from its sidecar; the bank as stored in the graph), at the current threshold."""
+        sc, bank = self.sidecar, self.sidecar["bank"]
+        return {
+            "patchbank_version": sc["patchbank_version"], "format_version": sc["format_version"],
+            "config": sc["config"], "bank_entries": int(bank["entries"]), "bank_dim": int(bank["dim"]),
+            "bank_bytes": int(bank["bytes"]), "search": sc.get("search", "exact"),
+            "patch_grid": sc.get("patch_grid"), "n_calibration_images": int(self.calibration_.scores_.size),
+            "structure_lambda": self.calibration_.struct_.lambda_, "score_mean": sc["score_mean"],
+            "score_std": sc["score_std"], "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
+            "threshold_override": sc.get("threshold_override"), "backbone_sha256": sc.get("backbone_sha256"),
+        }
+
+    # ------------------------------------------------------------------ predict
     def stream(self, items: list, batch_size: int | None = None) -> ImageStream:
         """Batches ``(x, names)`` preprocessed exactly as the torch path does."""
         return ImageStream(items, self.config, self.sidecar["mean"], self.sidecar["std"], batch_size)
 
     def run_batch(self, x: torch.Tensor) -> ScoredBatch:
-        """One preprocessed batch -> its :class:`ScoredBatch` (the graph's outputs)."""
-        final, norm, anomalous, maps, base, struct, hybrid, phi = self.runtime.run(
+        """One preprocessed batch -> its :class:`ScoredBatch`: the graph's outputs, decided at
+        the current threshold (``not (normalized_score <= threshold_)``, the graph's own
+        ``is_anomalous`` while the threshold is the exported one)."""
+        final, norm, _, maps, base, struct, hybrid, phi = self.runtime.run(
             np.ascontiguousarray(x.numpy(), dtype=np.float32))
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm),
-                             np.asarray(anomalous, dtype=bool))
+                             ~(f64(norm) <= self.threshold_))
         return ScoredBatch(scores, torch.from_numpy(np.asarray(maps, dtype=np.float32)), f64(phi))
 
     def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:

@@ -7,6 +7,18 @@ the threshold and calibration statistics, the bank (entries, dim, stored dtype, 
 rows), which graph files exist per format and whether the ONNX weights are external data, and
 any note on how the graph differs from the torch path (``notes``).
 
+The operating point (format version 2): ``calibration_base_scores`` [n] and
+``calibration_descriptors`` [n, 3] are the calibration images' S_base and map descriptors, the
+arrays a model file keeps; :func:`sidecar_calibration` refits the
+:class:`~patchbank.pipeline.calibration.ScoreCalibration` from them (and checks it gives the
+sidecar's mean, std and calibrated threshold), so an export moves its threshold and draws its
+region and heatmap colours with the torch model's own maths.  ``threshold`` is the threshold
+baked into the graph (its ``is_anomalous`` output); ``threshold_override`` is the operating
+point in use, null for the calibrated one (as in a model file's header): written by
+``patchbank export`` from the model and by ``PUT /v2/models/NAME/threshold`` with
+``persist: true`` (:func:`write_threshold_override`).  A version 1 sidecar (no arrays) is
+refused with "export again".
+
 Loading (:func:`read_sidecar`) never runs anything the file names: the file names must be plain
 names inside the folder, each format's files come from a fixed table (:data:`GRAPH_FILES`), and
 the runtime is chosen by the caller from a registry.  Anything else is a one-line
@@ -19,12 +31,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from patchbank.config import Config
 from patchbank.errors import ConfigError, PatchbankError
+from patchbank.pipeline.calibration import ScoreCalibration
+from patchbank.pipeline.structure import COMPONENTS
 
 SIDECAR_NAME = "patchbank_export.json"
 FORMAT_NAME = "patchbank-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: the graph files of each format, relative to the export folder (data files beside them)
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 DATA_FILES = {"onnx": "model.onnx.data", "openvino": "model.bin"}
@@ -32,8 +48,11 @@ INPUT_NAME = "images"
 
 _REQUIRED = {"format": str, "format_version": int, "patchbank_version": str, "config": dict,
              "mean": list, "std": list, "input": str, "outputs": list, "threshold": float,
-             "score_mean": float, "score_std": float, "formats": list, "bank": dict,
-             "external_data": bool, "notes": list}
+             "calibrated_threshold": float, "score_mean": float, "score_std": float,
+             "formats": list, "bank": dict, "external_data": bool, "notes": list,
+             "calibration_base_scores": list, "calibration_descriptors": list}
+#: relative tolerance of the refitted calibration's mean, std and threshold against the sidecar's
+CALIBRATION_RTOL = 1e-9
 
 
 def sidecar_path(folder: str | Path) -> Path:
@@ -64,7 +83,9 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         "target_fpr": float(detector.config.target_fpr), "formats": list(formats), "bank": bank,
         "external_data": bool(external_data), "notes": list(notes),
         "backbone_sha256": detector.backbone_sha256_, "patch_grid": list(detector.grid_),
-        "search": "exact",
+        "search": "exact", "threshold_override": detector.info()["threshold_override"],
+        "calibration_base_scores": [float(v) for v in cal.base_scores_],
+        "calibration_descriptors": [[float(v) for v in row] for row in cal.descriptors_],
     }
 
 
@@ -112,10 +133,26 @@ def _check_fields(data: Any, path: Path) -> None:
                                           and math.isfinite(v) and (key == "mean" or v > 0)
                                           for v in data[key]):
             raise PatchbankError(f"{path}: {key} must be 3 finite numbers")
+    _check_operating_point(data, path)
     try:
         Config.from_dict(data["config"])
     except (ConfigError, TypeError) as exc:
         raise PatchbankError(f"{path}: invalid config ({' '.join(str(exc).split())})") from None
+
+
+def _check_operating_point(data: dict[str, Any], path: Path) -> None:
+    """``threshold_override`` a finite number or null; the calibration arrays [n] and [n, 3] of
+    finite numbers."""
+    if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
+        raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
+                             f"got {data['threshold_override']!r}")
+    base, phi = data["calibration_base_scores"], data["calibration_descriptors"]
+    if not base or not all(_is(v, float) for v in base):
+        raise PatchbankError(f"{path}: calibration_base_scores must be a non-empty list of finite numbers")
+    if len(phi) != len(base) or not all(isinstance(row, list) and len(row) == len(COMPONENTS)
+                                        and all(_is(v, float) for v in row) for row in phi):
+        raise PatchbankError(f"{path}: calibration_descriptors must be {len(base)} rows of "
+                             f"{len(COMPONENTS)} finite numbers (one per calibration base score)")
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -130,3 +167,42 @@ def _is(value: Any, kind: type) -> bool:
 def sidecar_config(data: dict[str, Any]) -> Config:
     """The model configuration a checked sidecar records (preprocessing, input size)."""
     return Config.from_dict(data["config"])
+
+
+def sidecar_calibration(data: dict[str, Any], path: str | Path) -> ScoreCalibration:
+    """The :class:`ScoreCalibration` of a checked sidecar, refitted from its calibration arrays
+    and set to its operating point (``threshold_override``).
+
+    Raises:
+        PatchbankError: the refitted mean, std or calibrated threshold is not the sidecar's (the
+            arrays do not belong to this export).
+    """
+    cal = ScoreCalibration(sidecar_config(data)).fit(np.asarray(data["calibration_base_scores"], np.float64),
+                                                     np.asarray(data["calibration_descriptors"], np.float64))
+    got = {"score_mean": cal.stats_.mean_, "score_std": cal.stats_.std_,
+           "calibrated_threshold": cal.stats_.threshold_}
+    for key, value in got.items():
+        if not math.isclose(value, data[key], rel_tol=CALIBRATION_RTOL, abs_tol=1e-12):
+            raise PatchbankError(f"{path}: the calibration arrays give {key} {value!r}, the sidecar "
+                                 f"says {data[key]!r}; export again")
+    cal.set_threshold(data.get("threshold_override"))
+    return cal
+
+
+def write_threshold_override(folder: str | Path, loaded: dict[str, Any], threshold: float | None) -> Path:
+    """Record ``threshold`` (None: the calibrated one) as the export's ``threshold_override``,
+    writing the sidecar atomically (:func:`write_sidecar`); the caller holds the sidecar's lock
+    (``patchbank.io.output_files.file_lock``).  ``loaded`` is the sidecar the caller runs: if
+    the file on disk now differs from it in anything but the override (the folder was exported
+    again), nothing is written.
+
+    Raises:
+        PatchbankError: the sidecar changed or no longer reads (one line).
+    """
+    current = read_sidecar(folder)
+    others = lambda d: {k: v for k, v in d.items() if k != "threshold_override"}  # noqa: E731
+    if others(current) != others(loaded):
+        raise PatchbankError(f"{sidecar_path(folder)} changed since it was loaded (exported again?); "
+                             f"restart to serve the new export")
+    current["threshold_override"] = threshold
+    return write_sidecar(Path(folder), current)
