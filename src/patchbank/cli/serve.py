@@ -6,6 +6,7 @@ import socket
 
 import click
 
+from patchbank.cli.export import RUNTIME_CHOICES
 from patchbank.cli.options import run_options, setup_threads
 from patchbank.errors import PatchbankError
 
@@ -29,15 +30,20 @@ from patchbank.errors import PatchbankError
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Most pixels (width x height) of one image, read from its header before decoding "
                    "[the decoder's budget, patchbank.io.images.MAX_IMAGE_PIXELS].")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
+              help="torch: each MODEL is a model file; onnx / openvino: each MODEL is a "
+                   "'patchbank export' folder (--threads goes to the runtime).")
 @run_options
 def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
-          max_pixels: int | None, device: str, threads: int | None, quiet: bool) -> None:
-    """Serve MODEL files over HTTP: POST images to /v2/models/NAME/infer, docs at /docs.
+          max_pixels: int | None, runtime: str, device: str, threads: int | None, quiet: bool) -> None:
+    """Serve MODEL files (or export folders) over HTTP: POST images to /v2/models/NAME/infer,
+    docs at /docs.
 
-    A MODEL is a model file (named after its stem: line.patchbank -> line) or NAME=FILE.
-    Every file is loaded and checked before the server starts.  Requests for the same model
-    arriving within --max-wait-ms are scored in one batch (one inference thread per model).
+    A MODEL is a model file (named after its stem: line.patchbank -> line), with --runtime
+    onnx|openvino an export folder (named after the folder), or NAME=PATH.  Every model is
+    loaded and checked before the server starts.  Requests for the same model arriving within
+    --max-wait-ms are scored in one batch (one inference thread per model).
     """
     setup_threads(threads)   # before torch is imported (the imports below import it)
     from patchbank.io.images import MAX_IMAGE_PIXELS
@@ -50,7 +56,7 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
     settings = ServeSettings(
         models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
         max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
-        max_images=max_images, max_pixels=max_pixels, device=device, threads=threads)
+        max_images=max_images, max_pixels=max_pixels, device=device, threads=threads, runtime=runtime)
     check_listen(host, port)
     import uvicorn
 

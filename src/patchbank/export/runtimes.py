@@ -34,7 +34,7 @@ import torch
 from patchbank.errors import PatchbankError
 from patchbank.export.graph import OUTPUTS
 from patchbank.export.openvino_writer import import_openvino
-from patchbank.export.sidecar import (GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
+from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
                                       sidecar_path, write_threshold_override)
 from patchbank.io.images import ImageStream, as_items
 from patchbank.pipeline.calibration import ImageScores
@@ -46,9 +46,11 @@ HINTS = ("LATENCY", "THROUGHPUT")
 
 class Runtime(ABC):
     """An exported graph loaded in one runtime: built as ``cls(folder, sidecar, threads=, hint=)``,
-    ``run(x [B, 3, H, W] float32)`` -> the outputs in :data:`OUTPUTS` order."""
+    ``run(x [B, 3, H, W] float32)`` -> the outputs in :data:`OUTPUTS` order; ``graph_format``:
+    the format of the graph file it read (a key of ``GRAPH_FILES``)."""
 
     name = ""
+    graph_format = ""
 
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -93,6 +95,7 @@ class OnnxRuntime(Runtime):
         names = [o.name for o in self.session.get_outputs()]
         check_outputs(names, folder)
         self.input = sidecar["input"]
+        self.graph_format = "onnx"
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input: x})
@@ -109,7 +112,7 @@ class OpenVinoRuntime(Runtime):
         hint = (hint or "LATENCY").upper()
         if hint not in HINTS:
             raise PatchbankError(f"OpenVINO performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
-        fmt = "openvino" if "openvino" in sidecar["formats"] else "onnx"
+        fmt = self.graph_format = "openvino" if "openvino" in sidecar["formats"] else "onnx"
         path = folder / GRAPH_FILES[fmt]
         props = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
@@ -212,6 +215,11 @@ class ExportedModel:
         path = write_threshold_override(self.folder, self.sidecar, moved)
         self.sidecar = dict(self.sidecar, threshold_override=moved)
         return path
+
+    def graph_files(self) -> list[Path]:
+        """The files the runtime reads: its graph and, when there is one, the graph's data file."""
+        fmt = self.runtime.graph_format
+        return [p for p in (self.folder / GRAPH_FILES[fmt], self.folder / DATA_FILES[fmt]) if p.is_file()]
 
     def info(self) -> dict[str, Any]:
         """The keys of :meth:`Detector.info <patchbank.detector.Detector.info>` an export knows

@@ -1,14 +1,22 @@
 """The served models: load, warm up, describe, predict, move or persist the threshold.
 
-Every model file is loaded with :func:`patchbank.multi.load_any` (a ``Detector`` or a
-``MultiDetector``) and scored only through its ``predict``: nothing here computes a score.  Each
-model has one lock, held while it predicts and while its threshold moves or is written, so a
-response always reports the threshold its decision was made with.
+A served model comes from one of two sources, decided in one place (:func:`model_source`, by
+the server's ``runtime``): a model file (:class:`ModelFile`, runtime ``torch``: loaded with
+:func:`patchbank.multi.load_any`, a ``Detector`` or a ``MultiDetector``) or an export folder
+(:class:`ExportFolder`, runtime ``onnx`` / ``openvino``: an
+:class:`~patchbank.export.runtimes.ExportedModel`).  All three have the same predict and
+operating-point methods (``predict``, ``threshold_``, ``calibrated_threshold_``,
+``set_threshold``, ``map_level``, ``heatmap_range``, ``info``), and every model is scored only
+through its ``predict``: nothing here computes a score.  Each model has one lock, held while it
+predicts and while its threshold moves or is written, so a response always reports the
+threshold its decision was made with.
 
 Thresholds are on the normalised score.  A multi-category model has one per category; a PUT
-without a category moves every category's.  ``persist`` writes the model file again (atomically,
-under ``<file>.lock``, the lock ``patchbank fit --add`` takes) with the moved threshold recorded
-in its header; without it the file is never touched.
+without a category moves every category's.  ``persist`` writes the source again, atomically and
+under ``<file>.lock``: a model file is saved whole (the lock ``patchbank fit --add`` takes) with
+the moved threshold in its header; an export folder's sidecar gets the moved threshold as
+``threshold_override`` (the graph files are never touched).  Without ``persist`` nothing is
+written.
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from PIL import Image
 
 from patchbank.detector import Detector, Prediction
 from patchbank.errors import PatchbankError
+from patchbank.export.runtimes import ExportedModel
+from patchbank.export.sidecar import read_sidecar, sidecar_path
 from patchbank.io.heatmap import png_bytes
 from patchbank.io.image_coords import region_polygons
 from patchbank.io.model_file import load_model
@@ -33,7 +43,7 @@ from patchbank.runtime.malloc import trim_malloc
 from patchbank.service.errors import ServiceError, bad_request, not_found, not_ready
 from patchbank.service.settings import ModelSpec, ServeSettings
 
-__all__ = ["ModelRegistry", "Served", "Scored", "file_sha256"]
+__all__ = ["ModelRegistry", "Served", "Scored", "ModelFile", "ExportFolder", "model_source", "file_sha256"]
 
 PERSIST_LOCK_TIMEOUT_S = 10.0   # a PUT waits this long for a concurrent fit --add, then 503
 
@@ -47,14 +57,94 @@ class Scored:
     done: float        # time.perf_counter() when its model call returned
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A ``.patchbank`` model file, run by torch: the file is what persist writes and hashes."""
+
+    path: Path
+    runtime: str = "torch"
+
+    @property
+    def main(self) -> Path:
+        """The file whose sha256 is reported and that ``persist`` rewrites (under its lock)."""
+        return self.path
+
+    def load(self, settings: ServeSettings) -> Detector | MultiDetector:
+        """The model (a Detector or a MultiDetector)."""
+        return load_any(self.path, device=settings.device, progress=False)
+
+    def header(self) -> dict[str, Any]:
+        """The model file's JSON header."""
+        return load_model(self.path)[1]
+
+    def write(self, model: Detector | MultiDetector) -> None:
+        """Save ``model`` (its thresholds included) over the file."""
+        model.save(self.path, overwrite=True)
+
+    def graph_files(self, model) -> list[Path]:
+        """No graph files: the model file holds everything."""
+        return []
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """A ``patchbank export`` folder, run by ONNX Runtime or OpenVINO: persist writes its
+    sidecar's ``threshold_override`` (the graph files are read only)."""
+
+    path: Path
+    runtime: str
+
+    @property
+    def main(self) -> Path:
+        """The sidecar: its sha256 is reported and ``persist`` rewrites it (under its lock)."""
+        return sidecar_path(self.path)
+
+    def load(self, settings: ServeSettings) -> ExportedModel:
+        """The export in the server's runtime, with its ``--threads``."""
+        return ExportedModel(self.path, self.runtime, threads=settings.threads, progress=False)
+
+    def header(self) -> dict[str, Any]:
+        """The checked sidecar."""
+        return read_sidecar(self.path)
+
+    def write(self, model: ExportedModel) -> None:
+        """Record the model's current threshold in the sidecar."""
+        model.save_threshold()
+
+    def graph_files(self, model: ExportedModel) -> list[Path]:
+        """The graph (and weights) files the runtime reads."""
+        return model.graph_files()
+
+
+def model_source(spec: ModelSpec, runtime: str) -> ModelFile | ExportFolder:
+    """Where ``spec`` is served from under ``runtime``: the one place that tells a model file
+    from an export folder.  One-line :class:`PatchbankError` for a missing path, a model file
+    with runtime onnx / openvino, or an export folder with runtime torch."""
+    path = Path(spec.path)
+    if path.is_dir():
+        if runtime == "torch":
+            raise PatchbankError(f"model {spec.name!r}: {path} is an export folder; serve it with "
+                                 f"--runtime onnx or --runtime openvino (torch serves .patchbank model files)")
+        return ExportFolder(path, runtime)
+    if not path.is_file():
+        raise PatchbankError(f"model {spec.name!r}: file not found: {path}")
+    if runtime != "torch":
+        raise PatchbankError(f"model {spec.name!r}: --runtime {runtime} serves export folders and {path} "
+                             f"is a model file: run 'patchbank export {path} -o DIR' and serve DIR, "
+                             f"or drop --runtime to serve the file with torch")
+    return ModelFile(path)
+
+
 @dataclass
 class Served:
-    """A loaded model and what is known of its file."""
+    """A loaded model, where it came from (``source``) and what is known of its files."""
 
     spec: ModelSpec
-    model: Detector | MultiDetector
+    model: Detector | MultiDetector | ExportedModel
+    source: ModelFile | ExportFolder
     sha256: str
     header: dict[str, Any]
+    graph_sha256: dict[str, str] = field(default_factory=dict)   # an export's graph files, by name
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -67,7 +157,7 @@ class Served:
         """The categories of a multi-category model ([] for a single one)."""
         return self.model.categories if isinstance(self.model, MultiDetector) else []
 
-    def detector(self, category: str | None) -> Detector:
+    def detector(self, category: str | None) -> Detector | ExportedModel:
         """The detector that scores ``category`` (None for a single-category model)."""
         if isinstance(self.model, MultiDetector):
             return self.model.detectors_[self.check_category(category)]
@@ -86,7 +176,7 @@ class Served:
                             f"(it has {', '.join(self.categories)})")
         return category
 
-    def detectors_for(self, category: str | None) -> list[Detector]:
+    def detectors_for(self, category: str | None) -> list[Detector | ExportedModel]:
         """The detectors a threshold change applies to: the category's, or every one."""
         if isinstance(self.model, MultiDetector) and category is None:
             return [self.model.detectors_[c] for c in self.categories]
@@ -102,14 +192,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_served(spec: ModelSpec, device: str = "cpu") -> Served:
-    """Load one model file (one-line :class:`PatchbankError` if it is missing or unloadable)."""
-    path = Path(spec.path)
-    if not path.is_file():
-        raise PatchbankError(f"model {spec.name!r}: file not found: {path}")
-    model = load_any(path, device=device, progress=False)
-    _, header = load_model(path)
-    return Served(spec, model, file_sha256(path), header)
+def load_served(spec: ModelSpec, settings: ServeSettings) -> Served:
+    """Load one model file or export folder (one-line :class:`PatchbankError` if it is missing,
+    of the wrong kind for the runtime, or unloadable)."""
+    source = model_source(spec, settings.runtime)
+    model = source.load(settings)
+    graphs = {p.name: file_sha256(p) for p in source.graph_files(model)}
+    return Served(spec, model, source, file_sha256(source.main), source.header(), graphs)
 
 
 class ModelRegistry:
@@ -127,10 +216,13 @@ class ModelRegistry:
         return [m.name for m in self.settings.models]
 
     def load(self) -> "ModelRegistry":
-        """Load every model file not loaded yet; raises a one-line PatchbankError for a bad one."""
+        """Load every model not loaded yet; raises a one-line PatchbankError for a bad one (a
+        path of the wrong kind for the runtime before anything loads)."""
+        for spec in self.settings.models:
+            model_source(spec, self.settings.runtime)
         for spec in self.settings.models:
             if spec.name not in self.models:
-                self.models[spec.name] = load_served(spec, self.settings.device)
+                self.models[spec.name] = load_served(spec, self.settings)
         return self
 
     def warm_up(self) -> "ModelRegistry":
@@ -198,14 +290,15 @@ class ModelRegistry:
                 raise
 
     def _persist(self, served: Served) -> None:
-        """Write the model to its file with the current thresholds; refresh sha256 and header."""
-        path = Path(served.spec.path)
+        """Write the current thresholds into the model's source (its model file, or its export's
+        sidecar) under the file's lock; refresh sha256 and header."""
+        path = served.source.main
         try:
             with file_lock(lock_path_for(path), timeout=PERSIST_LOCK_TIMEOUT_S, what=str(path), quiet=True):
-                served.model.save(path, overwrite=True)
+                served.source.write(served.model)
         except PatchbankError as exc:
             raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {exc}") from None
-        _, served.header = load_model(path)
+        served.header = served.source.header()
         served.sha256 = file_sha256(path)
 
     # ------------------------------------------------------------------ describe
@@ -230,7 +323,9 @@ class ModelRegistry:
             "threshold": None if cats else single["threshold"],
             "calibrated_threshold": None if cats else single["calibrated_threshold"],
             "categories": cats if cats else None,
-            "path": str(served.spec.path), "sha256": served.sha256,
+            "path": str(served.spec.path), "runtime": served.source.runtime,
+            "sha256": served.sha256, "sha256_file": served.source.main.name,
+            "graph_sha256": served.graph_sha256 or None,
             "format_version": header.get("format_version"),
             "patchbank_version": header.get("patchbank_version"),
             "device": str(self.settings.device),
@@ -238,7 +333,7 @@ class ModelRegistry:
         return out
 
 
-def _category_entry(name: str | None, det: Detector, info: dict[str, Any]) -> dict[str, Any]:
+def _category_entry(name: str | None, det: Detector | ExportedModel, info: dict[str, Any]) -> dict[str, Any]:
     """One category's (or a single model's) bank and operating point."""
     return {"name": name, "threshold": float(det.threshold_),
             "calibrated_threshold": float(det.calibrated_threshold_),

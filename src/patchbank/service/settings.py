@@ -1,4 +1,4 @@
-"""The server's settings: which models, the request limits, batching, device and threads.
+"""The server's settings: which models, the request limits, batching, runtime, device and threads.
 
 One frozen dataclass, :class:`ServeSettings`, built by ``patchbank serve`` and handed to
 :func:`patchbank.service.app.create_app`; with several uvicorn workers it travels to each worker
@@ -16,9 +16,11 @@ from pathlib import Path
 from patchbank.errors import PatchbankError
 from patchbank.io.images import MAX_IMAGE_PIXELS
 
-__all__ = ["ServeSettings", "ModelSpec", "SETTINGS_ENV", "parse_model_arg", "check_model_name"]
+__all__ = ["ServeSettings", "ModelSpec", "SETTINGS_ENV", "SERVE_RUNTIMES", "parse_model_arg", "check_model_name"]
 
 SETTINGS_ENV = "PATCHBANK_SERVE_SETTINGS"
+#: what runs the models: torch (model files) or an export runtime (``patchbank export`` folders)
+SERVE_RUNTIMES = ("torch", "onnx", "openvino")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -41,13 +43,19 @@ class ServeSettings:
     max_images: int = 64              # images per request
     max_pixels: int = MAX_IMAGE_PIXELS   # per image, from its header before decoding
     device: str = "cpu"
-    threads: int | None = None        # torch / BLAS threads (None: as they are)
+    threads: int | None = None        # torch / BLAS threads, an export runtime's threads (None: as they are)
+    runtime: str = "torch"            # torch: model files; onnx / openvino: export folders
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_images < 1 or self.max_pixels < 1:
             raise PatchbankError("max_batch, max_images and max_pixels must be >= 1")
         if not self.max_wait_ms >= 0 or not self.max_request_mb > 0:
             raise PatchbankError("max_wait_ms must be >= 0 and max_request_mb > 0")
+        if self.runtime not in SERVE_RUNTIMES:
+            raise PatchbankError(f"runtime must be one of {', '.join(SERVE_RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime != "torch" and self.device != "cpu":
+            raise PatchbankError(f"--runtime {self.runtime} runs on the CPU; drop --device {self.device} "
+                                 f"(or serve the model file with --runtime torch)")
         names = [m.name for m in self.models]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -90,11 +98,12 @@ def check_model_name(name: str) -> str:
 
 
 def parse_model_arg(arg: str) -> ModelSpec:
-    """A command-line model: ``PATH`` (named after the file's stem) or ``NAME=PATH``.  An
-    existing file whose name holds '=' is read as a path."""
+    """A command-line model: ``PATH`` (a model file, named after its stem; an export folder,
+    named after the folder) or ``NAME=PATH``.  An existing path whose name holds '=' is read as
+    a path."""
     name, sep, path = arg.partition("=")
-    if not sep or Path(arg).is_file():
-        name, path = Path(arg).stem, arg
+    if not sep or Path(arg).exists():
+        name, path = (Path(arg).name if Path(arg).is_dir() else Path(arg).stem), arg
     if not path:
         raise PatchbankError(f"model {arg!r}: no file after '='")
     return ModelSpec(check_model_name(name), path)
