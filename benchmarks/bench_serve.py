@@ -180,7 +180,7 @@ def fit_model(folder: Path, out: Path, preset: str) -> Path:
 
 def markdown(results: dict) -> str:
     lines = [f"# patchbank serve: {results['kind']}", "",
-             f"Model `{results['model']}`, images from `{results['images']}`; machine: {results['machine']}.",
+             f"Model `{results['model']}` (runtime {results.get('runtime', 'torch')}), images from `{results['images']}`; machine: {results['machine']}.",
              f"Command: `{results['command']}`", ""]
     lines += ["| mode | clients | req/s | p50 ms | p95 ms | p99 ms | errors | bad requests (all 4xx) | 5xx | RSS MB start / max / end | RSS drift 2nd half |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--bad-share", type=float, default=0.2)
     ap.add_argument("--max-request-mb", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtime", default="torch", choices=("torch", "onnx", "openvino"),
+                    help="passed to patchbank serve: onnx / openvino serve an export folder (--model DIR)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.seconds > 600 or args.soak_minutes > 60:
@@ -219,10 +221,11 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     results = {"kind": "soak" if soak else "load", "model": str(model), "images": str(args.images),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"threads {args.threads}",
+                          f"threads {args.threads}", "runtime": args.runtime,
                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "modes": {}}
     for mode in args.modes.split(","):
-        extra = ["--threads", str(args.threads), "--max-request-mb", str(args.max_request_mb)]
+        extra = ["--threads", str(args.threads), "--max-request-mb", str(args.max_request_mb),
+                 "--runtime", args.runtime]
         extra += ["--no-batching"] if mode == "no-batching" else []
         with ServerProcess([model], ["--quiet", *extra], log=args.out / f"server_{mode}.log") as server:
             name = server.models()[0]["name"]
