@@ -261,3 +261,20 @@ def test_evaluate_ray_equals_local(ray_local, two_root, tmp_path):
         assert {k: v for k, v in lr["metrics"].items() if k not in timing} == \
                {k: v for k, v in rr["metrics"].items() if k not in timing}
         assert lr["images"] == rr["images"]
+
+
+def test_actors_that_always_die_end_the_run_with_one_line(ray_local, single_model, synthetic_root, tmp_path):
+    """A crash on every batch (e.g. out of memory) is retried a bounded number of times, then the
+    run stops with a one-line error instead of retrying forever; nothing is written."""
+    from patchbank.errors import PatchbankError
+
+    class AlwaysDies(ScoringActor):
+        def __call__(self, batch):
+            os._exit(1)
+
+    with pytest.raises(Exception) as info:
+        predict(single_model, _test_images(synthetic_root), tmp_path / "out", actors=1, batch_size=4,
+                actor_class=AlwaysDies)
+    assert isinstance(info.value, PatchbankError) and "\n" not in str(info.value)
+    assert "kept dying" in str(info.value)
+    assert not (tmp_path / "out" / "predictions.csv").exists()

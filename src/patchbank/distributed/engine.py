@@ -72,15 +72,36 @@ def carried_error(exc: BaseException) -> PatchbankError | None:
     return None
 
 
+ACTOR_RETRIES = 3   # restarts of an actor, and retries of a batch whose actor died
+
+
 @contextlib.contextmanager
 def reraise() -> Iterator[None]:
-    """Within the block, a Ray failure carrying a PatchbankError is raised as that error."""
+    """Within the block, a Ray failure carrying a PatchbankError is raised as that error, and
+    actors that kept dying (past :data:`ACTOR_RETRIES`) as a one-line PatchbankError."""
     try:
         yield
     except PatchbankError:
         raise
     except Exception as exc:
         err = carried_error(exc)
+        if err is None and _actor_died(exc):
+            err = PatchbankError(f"the scoring actors kept dying ({ACTOR_RETRIES} restarts and "
+                                 f"{ACTOR_RETRIES} retries of a batch): the run stopped and wrote "
+                                 f"nothing; look at the workers' memory and logs (ray logs)")
         if err is None:
             raise
         raise err from None
+
+
+def _actor_died(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was caused by) Ray's "actor died" error."""
+    from ray.exceptions import RayActorError
+
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, RayActorError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -15,9 +15,10 @@ The pipeline (:func:`predict`):
 4. the driver collects one record per image, checks every image came back exactly once, and
    writes the local ``predict``'s columns (:mod:`~patchbank.distributed.outputs`).
 
-An actor that dies is restarted and its unfinished batches are given to a live actor (Ray
-Data's actor pool: ``max_restarts=-1``, ``max_task_retries=-1``); the output holds each image
-once whatever happened.  With ``heatmaps`` each actor writes the overlay PNGs itself (the folder
+An actor that dies is restarted and its unfinished batches are given to a live actor, at most
+:data:`~patchbank.distributed.engine.ACTOR_RETRIES` times each (Ray's ``max_restarts`` / ``max_task_retries``; Ray Data's
+default, -1, would retry a crash that happens on every batch forever); the output holds each
+image once whatever happened, and a run whose actors keep dying fails with one line.  With ``heatmaps`` each actor writes the overlay PNGs itself (the folder
 must be on storage every worker reaches), coloured on the model's fixed range
 (``Detector.heatmap_range``: the local run's min..max would need every map first).
 """
@@ -117,7 +118,8 @@ def _rows_per_block(n: int, batch_size: int) -> int:
 
 
 def _resources(ray: Any, actors: int, threads: int, device: str) -> dict[str, Any]:
-    """Ray resources per actor; a one-line error when the cluster cannot hold the pool."""
+    """Ray resources and retry limits per actor; a one-line error when the cluster cannot
+    hold the pool."""
     from patchbank.distributed.engine import cluster_cpus
 
     cpus = cluster_cpus(ray)
@@ -129,8 +131,14 @@ def _resources(ray: Any, actors: int, threads: int, device: str) -> dict[str, An
         if gpus < actors:
             raise PatchbankError(f"--device {device}: {actors} actor(s) need one GPU each; the Ray "
                                  f"cluster has {gpus:g}")
-        return {"num_cpus": threads, "num_gpus": 1}
-    return {"num_cpus": threads}
+        return {"num_cpus": threads, "num_gpus": 1, **_retries()}
+    return {"num_cpus": threads, **_retries()}
+
+
+def _retries() -> dict[str, int]:
+    from patchbank.distributed.engine import ACTOR_RETRIES
+
+    return {"max_restarts": ACTOR_RETRIES, "max_task_retries": ACTOR_RETRIES}
 
 
 def _model_summary(model: Path, category: str | None) -> tuple[dict[str, Any], Any]:
