@@ -219,3 +219,26 @@ def test_predict_heatmaps_lie_on_the_original_images(synthetic_root, tmp_path):
     grey = (png[..., 0] == png[..., 1]) & (png[..., 1] == png[..., 2])
     assert grey[~ins].all() and not grey[ins].all()
     assert 0.3 < ins.mean() < 0.7            # a 64/96 crop keeps (2/3)^2 of the area
+
+
+def test_heatmap_colours_are_the_models_fixed_range_in_every_run(fitted, synthetic_root, tmp_path):
+    """Two predict runs over different images colour their overlays on the same range, the
+    model's (Detector.heatmap_range), recorded in predictions.json."""
+    import json
+
+    from click.testing import CliRunner
+
+    from patchbank.cli import cli
+
+    model = tmp_path / "m.patchbank"
+    fitted.save(model)
+    docs = []
+    for i, folder in enumerate(("good", "spot")):
+        out = tmp_path / f"out{i}"
+        r = CliRunner().invoke(cli, ["predict", str(model), str(synthetic_root / "test" / folder), "-o",
+                                     str(out), "--heatmaps", "--quiet"])
+        assert r.exit_code == 0, r.output
+        docs.append(json.loads((out / "predictions.json").read_text())["heatmaps"])
+    lo, hi = fitted.heatmap_range()
+    assert [(d["vmin"], d["vmax"]) for d in docs] == [(lo, hi), (lo, hi)]
+    assert "fixed range" in docs[0]["range"]

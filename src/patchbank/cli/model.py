@@ -203,8 +203,8 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for predictions.csv, predictions.json and heatmaps/.")
 @click.option("--heatmaps", is_flag=True,
-              help="Write a PNG overlay per image to OUT_DIR/heatmaps/<stem>.png (one colour range "
-                   "for the whole run: min..max of its anomaly maps).")
+              help="Write a PNG overlay per image to OUT_DIR/heatmaps/<stem>.png, on the original "
+                   "image (the crop's cut-off band grey), coloured on the model's fixed range.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass [the model's batch_size].")
 @click.option("--category", default=None,

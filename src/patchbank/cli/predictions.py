@@ -19,7 +19,7 @@ from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
                                        commit_file, file_lock, make_folder, release_file, reserve_file)
 from patchbank.io.prediction_files import (csv_fields, csv_row, expand_inputs, heatmap_names,  # noqa: F401
-                                           overlay_writer, prediction_record)
+                                           heatmap_note, overlay_writer, prediction_record)
 
 
 def refuse_existing(paths: list[Path], overwrite: bool) -> None:
@@ -112,9 +112,8 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
     Returns ``(the JSON dict, the Prediction list)``.  ``category`` (multi-category models only)
     skips routing.
 
-    Heatmap colours use ONE range for the whole run: ``vmin``/``vmax`` = the minimum and maximum
-    of all the run's anomaly maps, so colours are comparable between the run's images (not
-    between runs).
+    Heatmap colours use the model's fixed range (per category of a multi-category model:
+    :func:`~patchbank.io.prediction_files.heatmap_note`), so they compare across runs too.
     """
     from patchbank.multi import MultiDetector   # det exists, so torch is loaded already
 
@@ -125,7 +124,6 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
     else:
         preds = det.predict([str(p) for p in paths], batch_size=batch_size)
     records = _records(det, paths, preds, multi, category, outputs.heat_paths)
-    vmin = vmax = None
     heat_dir = outputs.heat_dir
     result = {
         "model": model_path,
@@ -138,11 +136,8 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
         "predictions": records,
     }
     with outputs.lock():
-        if outputs.heatmaps and preds:
-            vmin, vmax = _write_heatmaps(det, paths, preds, outputs, quiet)
         if outputs.heatmaps:
-            result["heatmaps"] = {"folder": str(heat_dir), "vmin": vmin, "vmax": vmax,
-                                  "colormap": "jet", "range": "min..max of this run's maps"}
+            result["heatmaps"] = heatmap_note(heat_dir, _write_heatmaps(det, paths, preds, outputs, quiet, multi))
         outputs.write(outputs.csv_path, lambda tmp: _write_csv(tmp, records, multi, outputs.heatmaps))
         outputs.write(outputs.json_path, lambda tmp: _write_json(tmp, result))
     return result, preds
@@ -162,18 +157,21 @@ def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: l
             for i, (p, pr) in enumerate(zip(paths, preds))]
 
 
-def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool) -> tuple[float, float]:
+def _write_heatmaps(det, paths, preds, outputs: PredictionOutputs, quiet: bool,
+                    multi: bool) -> dict[str | None, tuple[float, float]]:
     """Overlay PNGs on the ORIGINAL images (each map mapped back through the resize and crop;
-    the band the crop cut off drawn grey, not inspected), one colour range for the run;
-    returns (vmin, vmax)."""
+    the band the crop cut off drawn grey, not inspected), coloured on the model's fixed range
+    (its category's); returns the ranges used, by category (None for a single model)."""
     from tqdm import tqdm
 
-    vmin = float(min(float(pr.anomaly_map.min()) for pr in preds))
-    vmax = float(max(float(pr.anomaly_map.max()) for pr in preds))
+    ranges: dict[str | None, tuple[float, float]] = {}
     for p, pr, target in tqdm(list(zip(paths, preds, outputs.heat_paths)), desc="heatmaps", unit="img",
                               disable=quiet, file=sys.stderr, leave=False):
-        outputs.write(target, overlay_writer(p, pr.anomaly_map, det.config, vmin, vmax))
-    return vmin, vmax
+        key = pr.category if multi else None
+        if key not in ranges:
+            ranges[key] = (det.detectors_[key] if multi else det).heatmap_range()
+        outputs.write(target, overlay_writer(p, pr.anomaly_map, det.config, *ranges[key]))
+    return ranges
 
 
 def _write_csv(path: Path, records: list[dict], multi: bool, heatmaps: bool) -> None:
@@ -200,4 +198,6 @@ def print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float)
     click.echo(f"wrote {out_dir / 'predictions.csv'} and {out_dir / 'predictions.json'}")
     if result["heatmaps"]:
         h = result["heatmaps"]
-        click.echo(f"heatmaps in {h['folder']} (colour range {h['vmin']:.4g}..{h['vmax']:.4g})")
+        span = (f"colour range {h['vmin']:.4g}..{h['vmax']:.4g}" if h["vmin"] is not None
+                else "colour range per category")
+        click.echo(f"heatmaps in {h['folder']} ({span}, the model's fixed range)")

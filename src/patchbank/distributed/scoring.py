@@ -20,7 +20,7 @@ An actor that dies is restarted and its unfinished batches are given to a live a
 default, -1, would retry a crash that happens on every batch forever); the output holds each
 image once whatever happened, and a run whose actors keep dying fails with one line.  With ``heatmaps`` each actor writes the overlay PNGs itself (the folder
 must be on storage every worker reaches), coloured on the model's fixed range
-(``Detector.heatmap_range``: the local run's min..max would need every map first).
+(``Detector.heatmap_range``), as the local ``predict`` and the service colour them.
 """
 from __future__ import annotations
 
@@ -219,10 +219,9 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
 
 
 def _heatmap_note(heat_paths: list[Path]) -> dict[str, Any] | None:
-    if not heat_paths:
-        return None
-    return {"folder": str(heat_paths[0].parent), "vmin": None, "vmax": None, "colormap": "jet",
-            "range": "the model's fixed range per category (Detector.heatmap_range)"}
+    from patchbank.io.prediction_files import heatmap_note
+
+    return heatmap_note(heat_paths[0].parent, None) if heat_paths else None
 
 
 def _quiet_ray_data(ray: Any, progress: bool) -> None:

@@ -1,6 +1,11 @@
 """The files of a prediction run, shared by every engine that writes them: which images a
 ``predict`` input names, heatmap file names, one record per prediction, the CSV columns and
-cells, and one heatmap overlay.
+cells, one heatmap overlay, and the description of the run's heatmaps.
+
+Heatmap colours (every engine, and the service): the model's fixed range, ``0`` to twice the
+region level at the calibrated threshold (``Detector.heatmap_range``; one range per category of a
+multi-category model), so colours compare across images, runs, engines and the service's
+heatmaps.
 
 The local ``patchbank predict`` (:mod:`patchbank.cli.predictions`) and the Ray engine
 (:mod:`patchbank.distributed`) both build their outputs from these functions, so the two write
@@ -128,3 +133,19 @@ def overlay_writer(image_path: Any, anomaly_map: np.ndarray, config: Any, vmin: 
     image = np.asarray(open_rgb(str(image_path)))
     amap = to_original(anomaly_map, image.shape[:2], config)
     return lambda tmp: save_overlay(tmp, image, amap, vmin, vmax, overwrite=True)
+
+
+HEATMAP_RANGE_TEXT = ("the model's fixed range per category: 0 to twice the region level at the "
+                      "calibrated threshold (Detector.heatmap_range); the same in every run")
+
+
+def heatmap_note(folder: Path, ranges: dict[str | None, tuple[float, float]] | None) -> dict[str, Any]:
+    """The ``heatmaps`` entry of ``predictions.json``: the folder, the colormap and the colour
+    ranges (``ranges``: category -> (vmin, vmax), None as the key of a single-category model;
+    None when the writer does not know them).  ``vmin`` / ``vmax`` are set when there is one range."""
+    one = next(iter(ranges.values())) if ranges and len(ranges) == 1 else (None, None)
+    note: dict[str, Any] = {"folder": str(folder), "colormap": "jet", "range": HEATMAP_RANGE_TEXT,
+                            "vmin": one[0], "vmax": one[1]}
+    if ranges and None not in ranges:
+        note["ranges"] = {c: [lo, hi] for c, (lo, hi) in ranges.items()}
+    return note
