@@ -186,6 +186,14 @@ def _sidecar_folder(cli_export, tmp_path):
     (lambda d: d.update(mean=[0, 0]), "mean must be 3"),
     (lambda d: d["config"].update(image_size=-3), "invalid config"),
     (lambda d: d.pop("outputs"), "'outputs'"),
+    (lambda d: d.update(format_version=1), "format version 1"),
+    (lambda d: d.update(threshold_override="2.0"), "threshold_override must be a finite number or null"),
+    (lambda d: d.update(threshold_override=float("inf")), "threshold_override must be"),
+    (lambda d: d.update(calibration_base_scores=[]), "calibration_base_scores must be"),
+    (lambda d: d["calibration_base_scores"].__setitem__(0, float("nan")), "calibration_base_scores must be"),
+    (lambda d: d["calibration_descriptors"].pop(), "calibration_descriptors must be"),
+    (lambda d: d["calibration_descriptors"][0].append(1.0), "calibration_descriptors must be"),
+    (lambda d: d.pop("calibrated_threshold"), "'calibrated_threshold'"),
 ])
 def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
     folder, data = _sidecar_folder(cli_export, tmp_path)
@@ -236,3 +244,29 @@ def test_a_faiss_model_is_exported_with_the_exact_search_and_says_so(fitted):
     assert search_note(fitted) is None          # exact: the graph computes what torch computes
     note = search_note(SimpleNamespace(search_kind_="faiss-ivf"))
     assert "faiss-ivf" in note and "exactly" in note
+
+
+def test_operating_point_is_the_detectors(cli_export, fitted, synthetic_root, tmp_path):
+    """The sidecar's calibration arrays rebuild the Detector's operating point: thresholds, region
+    level, heatmap range; a moved threshold decides like the Detector's, and an export of a
+    moved detector (or a persisted override) starts at that threshold."""
+    tmp, _ = cli_export
+    det = Detector.load(tmp / "m.patchbank", progress=False)
+    model = ExportedModel(tmp / "ex", "onnx", progress=False)
+    assert model.threshold_ == model.calibrated_threshold_ == det.calibrated_threshold_
+    assert model.sidecar["threshold_override"] is None
+    for t in (None, -1.0, 0.5, 3.0):
+        assert model.map_level(t) == det.map_level(t)
+    assert model.heatmap_range() == det.heatmap_range()
+    items, _ = split_items(synthetic_root)
+    ref = det.predict(items, batch_size=8)
+    t = float(np.median([r.normalized_score for r in ref]))
+    det.set_threshold(t)
+    model.set_threshold(t)
+    assert model.map_level() == det.map_level() and model.threshold_ == t
+    assert_parity(model.predict(items, batch_size=8), det.predict(items, batch_size=8))
+    with pytest.raises(PatchbankError, match="finite number"):
+        model.set_threshold(float("nan"))
+    data = export_model(det, tmp_path / "moved", ["onnx"])
+    assert data["threshold_override"] == t and data["threshold"] == t
+    assert ExportedModel(tmp_path / "moved", "onnx", progress=False).threshold_ == t
