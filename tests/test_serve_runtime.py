@@ -212,6 +212,16 @@ def test_put_and_delete_threshold_and_persist_into_the_sidecar(server, models, t
     assert json.loads(sidecar.read_text())["threshold_override"] is None
     assert file_sha256(sidecar) == before                       # the sidecar as exported
     _same_scores(_infer(server, named, model="scratch"), answer(named))
+    # a sidecar changed on disk since the server loaded it (exported again) is never overwritten
+    original = sidecar.read_text()
+    sidecar.write_text(json.dumps(dict(json.loads(original), notes=["exported again"])))
+    try:
+        r = server.put("/v2/models/scratch/threshold", json={"threshold": t, "persist": True})
+        assert r.status_code == 503 and "changed since it was loaded" in r.json()["error"]
+        assert json.loads(sidecar.read_text())["threshold_override"] is None
+        assert server.get("/v2/models/scratch").json()["threshold"] == d["calibrated_threshold"]
+    finally:
+        sidecar.write_text(original)
 
 
 def test_openvino_server_gives_the_same_answers(models, torch_side):
