@@ -81,3 +81,10 @@ def test_auto_search_without_faiss_warns(monkeypatch):
     with pytest.warns(UserWarning, match="faiss is not installed: the bank of 50,000 entries"):
         assert resolve_search(cfg, 50_000) == "exact"
     assert resolve_search(cfg, 100) == "exact"          # small banks: exact is the choice anyway
+
+
+def test_runtime_names_match_the_export_runtimes_registry():
+    pytest.importorskip("onnxruntime")
+    from patchbank.export.runtimes import RUNTIMES
+
+    assert set(cfg_mod.RUNTIMES) == {"torch"} | set(RUNTIMES)

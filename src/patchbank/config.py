@@ -42,6 +42,7 @@ PATCH_BORDERS = ("valid", "zero")
 MAP_UPSAMPLES = ("bilinear", "nearest")
 SAMPLERS = ("uniform", "greedy", "none")
 SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
+RUNTIMES = ("torch", "onnx", "openvino")   # torch: a model file; the others run an export folder
 DISTANCES = ("euclidean", "squared")
 KNN_REDUCES = ("min", "mean")
 BASE_SCORES = ("max", "reweighted_max", "topk_mean")

@@ -15,10 +15,11 @@ import click
 
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import overwrite_option, run_options, setup_threads
+from patchbank.config import RUNTIMES
 from patchbank.errors import PatchbankError
 
 EXPORT_FORMATS = ("onnx", "openvino")
-RUNTIME_CHOICES = ("torch", "onnx", "openvino")
+RUNTIME_CHOICES = RUNTIMES
 _NEEDS = {"onnx": ("onnx", "onnxscript"), "openvino": ("onnx", "onnxscript", "openvino")}
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from patchbank.config import RUNTIMES
 from patchbank.errors import PatchbankError
 from patchbank.io.images import MAX_IMAGE_PIXELS
 
@@ -20,7 +21,7 @@ __all__ = ["ServeSettings", "ModelSpec", "SETTINGS_ENV", "SERVE_RUNTIMES", "pars
 
 SETTINGS_ENV = "PATCHBANK_SERVE_SETTINGS"
 #: what runs the models: torch (model files) or an export runtime (``patchbank export`` folders)
-SERVE_RUNTIMES = ("torch", "onnx", "openvino")
+SERVE_RUNTIMES = RUNTIMES
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
