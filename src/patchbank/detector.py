@@ -27,7 +27,7 @@ from patchbank import __version__
 from patchbank.backbones import Backbone, create_backbone
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
-from patchbank.io.images import ImageStream, as_items
+from patchbank.io.images import ImageStream, as_items, check_views, view_batches
 from patchbank.io.model_checks import check_backbone_fit, check_model_state, check_patch_grid
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.bank import build_bank, stream_features
@@ -187,15 +187,31 @@ class Detector:
         """Score images: raw and normalised image score, decision, and anomaly map each.
         The time per step of the call is left in ``last_timings_``."""
         check_batch_size(batch_size)
-        model, items = self.model_, as_items(images)
+        items = as_items(images)
+        return self._predict_batches(self.stream(items, batch_size), len(items))
+
+    @torch.inference_mode()
+    def predict_views(self, views: list, names: list | None = None,
+                      batch_size: int | None = None) -> list[Prediction]:
+        """:meth:`predict` for images already read, resized and cropped by
+        :func:`patchbank.io.images.prepare_view` elsewhere (e.g. in a distributed engine's
+        decoding tasks): the same normalisation and inference path, so the same results."""
+        check_batch_size(batch_size)
+        views = check_views(views, self.config.input_size)
+        names = list(names) if names is not None else [None] * len(views)
+        bb = self.backbone
+        return self._predict_batches(view_batches(views, names, bb.mean, bb.std,
+                                                  batch_size or self.config.batch_size), len(views))
+
+    def _predict_batches(self, batches, n: int) -> list[Prediction]:
+        model = self.model_
 
         def handle(x, names, clock):
             preds = model(x, clock).predictions(names)
             clock.lap("post")
             return preds
 
-        out, self.last_timings_ = predict_batches(self.stream(items, batch_size), len(items),
-                                                  self.progress, PREDICT_STEPS, handle)
+        out, self.last_timings_ = predict_batches(batches, n, self.progress, PREDICT_STEPS, handle)
         return out
 
     # ------------------------------------------------------------------ operating point

@@ -28,7 +28,7 @@ from patchbank.detector import Detector, Prediction
 from patchbank.pipeline.inference import check_batch_size, predict_batches
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
-from patchbank.io.images import as_items
+from patchbank.io.images import as_items, check_views, view_batches
 from patchbank.io.model_checks import check_multi_header
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.routing import Router, routing_embedding
@@ -131,6 +131,24 @@ class MultiDetector:
         category = self._resolve(category)
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]
+        return self._predict_batches(first.stream(items, batch_size), len(items), category)
+
+    @torch.inference_mode()
+    def predict_views(self, views: list, names: list | None = None, category: str | None = None,
+                      batch_size: int | None = None) -> list[Prediction]:
+        """:meth:`predict` for images already read, resized and cropped by
+        :func:`patchbank.io.images.prepare_view` (see :meth:`Detector.predict_views`)."""
+        self._check_fitted()
+        check_batch_size(batch_size)
+        category = self._resolve(category)
+        views = check_views(views, self.config.input_size)
+        names = list(names) if names is not None else [None] * len(views)
+        bb = self.detectors_[self.router_.names_[0]].backbone
+        return self._predict_batches(view_batches(views, names, bb.mean, bb.std,
+                                                  batch_size or self.config.batch_size), len(views), category)
+
+    def _predict_batches(self, batches, n: int, category: str | None) -> list[Prediction]:
+        first = self.detectors_[self.router_.names_[0]]
 
         def handle(x, names, clock):
             layers, _ = first.extractor(x)
@@ -150,8 +168,7 @@ class MultiDetector:
                 clock.lap("post")
             return out
 
-        out, self.last_timings_ = predict_batches(first.stream(items, batch_size), len(items),
-                                                  self.progress, MULTI_STEPS, handle)
+        out, self.last_timings_ = predict_batches(batches, n, self.progress, MULTI_STEPS, handle)
         return out
 
     def _route_layers(self, layers: list[torch.Tensor], b: int) -> list[str]:

@@ -5,13 +5,14 @@ The pipeline (:func:`predict`):
 1. the driver lists the inputs (:func:`~patchbank.distributed.inputs.read_inputs`) and reads the
    model file once; the file's bytes go to Ray's object store, so workers need no shared copy of
    the model (they do need to read the images at the paths given);
-2. Ray tasks (:func:`decode_batch`, see :data:`DECODE_CPUS`) decode each image with the project's decoder,
-   :func:`patchbank.io.images.open_rgb` with the same JPEG draft size as the local path;
+2. Ray tasks (:func:`decode_batch`, see :data:`DECODE_CPUS`) read, resize and centre-crop each
+   image with the local path's own preprocessing (:func:`patchbank.io.images.prepare_view`), so
+   only the model-sized views travel to the actors;
 3. a pool of ``actors`` :class:`ScoringActor` s (one model load each, ``threads`` torch threads,
-   one GPU each with ``device="cuda"``) calls the model's own ``predict`` on each batch of decoded
-   images -- resize, crop, normalisation, backbone, (routing,) scoring: the local inference path
-   unchanged, so a score equals the local ``predict``'s bit for bit at the same thread count
-   (``docs/scaling.md`` says what was checked);
+   one GPU each with ``device="cuda"``) calls the model's own ``predict_views`` on each batch of
+   views -- normalisation, backbone, (routing,) scoring: the local inference path unchanged, so a
+   score equals the local ``predict``'s bit for bit at the same thread count (``docs/scaling.md``
+   says what was checked);
 4. the driver collects one record per image, checks every image came back exactly once, and
    writes the local ``predict``'s columns (:mod:`~patchbank.distributed.outputs`).
 
@@ -41,12 +42,13 @@ backbone's tens, so the decoding tasks share the actors' cores (at most one per 
 time) instead of holding cores of their own that would sit idle most of the time."""
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: tuple[int, int]) -> dict[str, Any]:
-    """Ray Data UDF: add column ``image`` (decoded 8-bit RGB arrays, HxWx3) for column ``path``."""
-    from patchbank.io.images import open_rgb
+def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
+    """Ray Data UDF: add column ``image`` for column ``path``: each image read, resized and
+    centre-cropped to the model's input (:func:`patchbank.io.images.prepare_view`, the local
+    path's own preprocessing; uint8 HxWx3 at ``config.input_size``)."""
+    from patchbank.io.images import prepare_view
 
-    images = [np.asarray(open_rgb(str(p), tuple(image_size))) for p in batch["path"]]
-    return {**batch, "image": images}
+    return {**batch, "image": [prepare_view(str(p), config) for p in batch["path"]]}
 
 
 def load_model_bytes(data: bytes, device: str) -> Any:
@@ -96,7 +98,7 @@ class ScoringActor:
 
         images = list(batch["image"])
         kwargs = {"category": self.category} if self.multi else {}
-        preds = self.model.predict(images, batch_size=len(images), **kwargs)
+        preds = self.model.predict_views(images, batch_size=len(images), **kwargs)
         heat = list(batch["heatmap"]) if self.heatmaps else [None] * len(images)
         records = []
         for path, pred, target in zip(batch["path"], preds, heat):
@@ -197,7 +199,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                 for i, p in enumerate(paths)]
         _quiet_ray_data(ray, progress)
         ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size)))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"image_size": tuple(config.image_size)},
+        ds = ds.map_batches(decode_batch, fn_kwargs={"config": config},
                             batch_size=batch_size, num_cpus=DECODE_CPUS,
                             compute=ray.data.TaskPoolStrategy(size=actors))
         ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",

@@ -388,6 +388,30 @@ def to_tensor(batch: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[
     return x.sub_(m).div_(s)
 
 
+def check_views(views: Sequence[Any], input_size: tuple[int, int]) -> list[np.ndarray]:
+    """``views`` as a list of prepared views (:func:`prepare_view`'s uint8 HxWx3 arrays of
+    ``input_size``); a one-line PatchbankError naming the first that is not one."""
+    out = []
+    for i, v in enumerate(views):
+        arr = np.asarray(v)
+        if arr.dtype != np.uint8 or arr.shape != (*tuple(input_size), 3):
+            raise PatchbankError(f"view #{i}: expected a prepared view, uint8 of shape "
+                                 f"{(*tuple(input_size), 3)} (patchbank.io.images.prepare_view), got "
+                                 f"{arr.dtype} {arr.shape}")
+        out.append(arr)
+    if not out:
+        raise PatchbankError("no images given")
+    return out
+
+
+def view_batches(views: Sequence[np.ndarray], names: Sequence[Any], mean: Sequence[float],
+                 std: Sequence[float], batch_size: int) -> Iterator[tuple[torch.Tensor, list]]:
+    """``(tensor [B, 3, H, W], names)`` batches of prepared views, normalised exactly as
+    :class:`ImageStream` normalises the views it prepares itself."""
+    for i in range(0, len(views), batch_size):
+        yield to_tensor(views[i:i + batch_size], mean, std), list(names[i:i + batch_size])
+
+
 class ImageStream:
     """Iterate over inputs as normalised tensor batches, decoding the next batch in the background.
 
