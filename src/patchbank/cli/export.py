@@ -78,17 +78,14 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
 def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | None, quiet: bool):
     """``predict``'s model: a Detector / MultiDetector from a model file for ``torch``, an
     :class:`~patchbank.export.runtimes.ExportedModel` from an export folder otherwise."""
-    if runtime == "torch":
-        if not model.is_file():
-            raise PatchbankError(f"model file not found: {model}")
+    if runtime != "torch":
+        check_extra(("onnxruntime",) if runtime == "onnx" else ("openvino",))
+    from patchbank.export.runtimes import ExportedModel, check_model_path
+
+    if not check_model_path(model, runtime):
         from patchbank.multi import load_any
 
         return load_any(model, device=device, progress=not quiet)
-    if model.is_file():
-        raise PatchbankError(f"--runtime {runtime} runs an export folder, and {model} is a model file: "
-                             f"run 'patchbank export {model} -o DIR' first")
-    check_extra(("onnxruntime",) if runtime == "onnx" else ("openvino",))
-    from patchbank.export.runtimes import ExportedModel
 
     return ExportedModel(model, runtime, threads=threads, progress=not quiet)
 

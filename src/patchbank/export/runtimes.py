@@ -158,6 +158,26 @@ register_runtime("onnx", OnnxRuntime)
 register_runtime("openvino", OpenVinoRuntime)
 
 
+def check_model_path(path: Path, runtime: str, what: str = "") -> bool:
+    """Whether ``path`` is an export folder (True) or a model file (False) that ``runtime`` can
+    run: torch runs ``.patchbank`` model files, onnx / openvino run export folders.  One-line
+    :class:`PatchbankError` (prefixed ``what``) for a missing path or the wrong kind, saying what
+    to do instead."""
+    path = Path(path)
+    if path.is_dir():
+        if runtime == "torch":
+            raise PatchbankError(f"{what}{path} is an export folder; run it with --runtime onnx or "
+                                 f"--runtime openvino (torch runs .patchbank model files)")
+        return True
+    if not path.is_file():
+        raise PatchbankError(f"{what}model file not found: {path}")
+    if runtime != "torch":
+        raise PatchbankError(f"{what}--runtime {runtime} runs an export folder, and {path} is a model "
+                             f"file: run 'patchbank export {path} -o DIR' first and give DIR, or drop "
+                             f"--runtime to run the file with torch")
+    return False
+
+
 class ExportedModel:
     """An export folder run by one runtime, predicting like a :class:`Detector`.
 

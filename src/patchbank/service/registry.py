@@ -32,7 +32,7 @@ from PIL import Image
 
 from patchbank.detector import Detector, Prediction
 from patchbank.errors import PatchbankError
-from patchbank.export.runtimes import ExportedModel
+from patchbank.export.runtimes import ExportedModel, check_model_path
 from patchbank.export.sidecar import read_sidecar, sidecar_path
 from patchbank.io.heatmap import png_bytes
 from patchbank.io.image_coords import region_polygons
@@ -117,21 +117,11 @@ class ExportFolder:
 
 
 def model_source(spec: ModelSpec, runtime: str) -> ModelFile | ExportFolder:
-    """Where ``spec`` is served from under ``runtime``: the one place that tells a model file
-    from an export folder.  One-line :class:`PatchbankError` for a missing path, a model file
-    with runtime onnx / openvino, or an export folder with runtime torch."""
+    """Where ``spec`` is served from under ``runtime``: a model file or an export folder
+    (:func:`patchbank.export.runtimes.check_model_path` decides, with its one-line errors)."""
     path = Path(spec.path)
-    if path.is_dir():
-        if runtime == "torch":
-            raise PatchbankError(f"model {spec.name!r}: {path} is an export folder; serve it with "
-                                 f"--runtime onnx or --runtime openvino (torch serves .patchbank model files)")
+    if check_model_path(path, runtime, what=f"model {spec.name!r}: "):
         return ExportFolder(path, runtime)
-    if not path.is_file():
-        raise PatchbankError(f"model {spec.name!r}: file not found: {path}")
-    if runtime != "torch":
-        raise PatchbankError(f"model {spec.name!r}: --runtime {runtime} serves export folders and {path} "
-                             f"is a model file: run 'patchbank export {path} -o DIR' and serve DIR, "
-                             f"or drop --runtime to serve the file with torch")
     return ModelFile(path)
 
 
