@@ -4,8 +4,9 @@ The conventions are those of :mod:`patchbank.evaluation.metrics` (which computes
 keeps no curve): higher score = more anomalous, label 1 = defective, every distinct score ``t``
 is one threshold and an image counts as flagged at ``t`` iff ``score >= t`` (ties merged).  The
 points are therefore those of scikit-learn's ``roc_curve(..., drop_intermediate=False)`` and
-``precision_recall_curve`` (without its appended ``(recall 0, precision 1)`` end point), and the
-areas (:attr:`Curves.auroc`, :attr:`Curves.ap`) equal ``image_auroc`` and ``image_ap``.
+``precision_recall_curve`` (without its appended ``(recall 0, precision 1)`` end point); their
+areas are the run's ``image_auroc`` and ``image_ap``, which the page shows as the metric code
+computed them.
 """
 from __future__ import annotations
 
@@ -47,17 +48,6 @@ class Curves:
     def precision(self) -> np.ndarray:
         """PR y: ``TP_k / (TP_k + FP_k)``."""
         return self.tp / (self.tp + self.fp)
-
-    @property
-    def auroc(self) -> float:
-        """Trapezoidal area under (fpr, tpr)."""
-        x, y = self.fpr, self.tpr
-        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
-
-    @property
-    def ap(self) -> float:
-        """Step-wise average precision ``sum_k (R_k - R_{k-1}) Prec_k``."""
-        return float(np.sum(np.diff(np.concatenate(([0.0], self.recall))) * self.precision))
 
 
 def image_curves(labels, scores) -> Curves:

@@ -20,6 +20,7 @@ from patchbank.report.charts import Series, curve_svg, histogram_svg
 from patchbank.report.curves import Curves, OperatingPoint, image_curves, operating_point
 from patchbank.report.predict_page import SCORE_AXIS
 from patchbank.report.results import EvaluateResults, EvaluateRun
+from patchbank.report.render import num
 
 WORST_N = 6
 """Images shown per run in each of the worst-good and worst-defective strips."""
@@ -36,6 +37,8 @@ class RunView:
     threshold: float | None = None
     curves: Curves | None = None
     op: OperatingPoint | None = None
+    auroc: float | None = None   # the run's image_auroc / image_ap (evaluation.metrics)
+    ap: float | None = None
     charts: list[str] = field(default_factory=list)
     histogram: str = ""
     worst_good: list[ImageCard] = field(default_factory=list)
@@ -55,14 +58,15 @@ def metric_table(summary: dict[str, Any]) -> dict[str, Any]:
     return {"header": [LABELS.get(m, m) for m in metrics], "rows": rows}
 
 
-def _charts(curves: Curves, op: OperatingPoint, title: str) -> list[str]:
-    """The ROC and PR charts of one run with its operating point."""
-    roc = curve_svg(curves.fpr, curves.tpr, kind="roc", title=f"ROC {title}", area=f"AUROC {curves.auroc:.3f}",
+def _charts(view: "RunView", title: str) -> list[str]:
+    """The ROC and PR charts of one run with its operating point and the run's areas."""
+    curves, op = view.curves, view.op
+    roc = curve_svg(curves.fpr, curves.tpr, kind="roc", title=f"ROC {title}", area=f"AUROC {num(view.auroc)}",
                     marker=(op.fpr, op.tpr, f"threshold: FPR {op.fpr:.3f}, TPR {op.tpr:.3f}"))
     pr_marker = None if op.precision is None else (
         op.tpr, op.precision, f"threshold: recall {op.tpr:.3f}, precision {op.precision:.3f}")
     pr = curve_svg(curves.recall, curves.precision, kind="pr", title=f"PR {title}",
-                   area=f"AP {curves.ap:.3f}", marker=pr_marker)
+                   area=f"AP {num(view.ap)}", marker=pr_marker)
     return [roc, pr]
 
 
@@ -82,7 +86,9 @@ def run_view(run: EvaluateRun, bar: Any) -> RunView:
     view.op = operating_point(labels, [r["is_anomalous"] for r in images])
     view.threshold = images[0]["threshold"]
     title = f"{run.category}, seed {run.seed}"
-    view.charts = _charts(view.curves, view.op, title)
+    metrics = run.run["metrics"]
+    view.auroc, view.ap = metrics.get("image_auroc"), metrics.get("image_ap")
+    view.charts = _charts(view, title)
     good = [r for r in images if r["label"] == 0]
     bad = [r for r in images if r["label"] == 1]
     view.histogram = histogram_svg(
