@@ -56,6 +56,39 @@ def split_items(root):
     return good + bad, [0] * len(good) + [1] * len(bad)
 
 
+def stripes_images(folder, n, seed, size=96, period=8):
+    """A second synthetic 'product': ``n`` PNGs of tilted stripes with noise (a texture unlike
+    the synthetic part) written to ``folder``; returns their paths."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    paths = []
+    for i in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period + phase)
+        v = v + rng.normal(0, 0.03, v.shape)
+        img = (np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1) * 255).astype(np.uint8)
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def invoke_cli(*args):
+    """Run the ``patchbank`` command in-process (click's runner); a bug's exception is raised,
+    not hidden in the result."""
+    from click.testing import CliRunner
+
+    from patchbank.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
 def assert_one_line_error(exit_code: int, stderr: str, *needles) -> str:
     """A command's failure as the CLI promises it: exit status 2 and one stderr line
     ``error: ...`` containing every needle; returns that line."""

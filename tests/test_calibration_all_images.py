@@ -73,17 +73,24 @@ def _brute_force_base_scores(det, emb, source):
     return np.array(out)
 
 
+def _fit_quietly(product, **overrides):
+    """An lmf-core detector (FAST sizes + ``overrides``) fit on the product's training images
+    (the few-images warning silenced); returns (detector, the training image paths)."""
+    det = Detector.from_preset("lmf-core", progress=False, **{**FAST, **overrides})
+    items = list_images(product / "train" / "good")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det.fit(items)
+    return det, items
+
+
 @pytest.mark.parametrize("overrides", [
     dict(image_score="max"),
     dict(image_score="reweighted_max"),
     dict(image_score="max", k=3, distance="squared", knn_reduce="mean"),
 ])
 def test_leave_one_image_out_scores_equal_brute_force(product, overrides):
-    det = Detector.from_preset("lmf-core", progress=False, **{**FAST, "search": "exact", **overrides})
-    items = list_images(product / "train" / "good")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit(items)
+    det, items = _fit_quietly(product, search="exact", **overrides)
     emb = _embedded_images(det, items)
     source = _bank_sources(det, len(items))
     assert source.numel() == det.bank_.shape[0]
@@ -107,12 +114,7 @@ def test_leave_one_image_out_scores_equal_brute_force(product, overrides):
 def test_no_self_match_when_every_patch_is_in_the_bank(product):
     # sampler "none": every patch of every training image is a bank row, so scoring a training
     # image against the whole bank matches each patch with itself (score ~0)
-    det = Detector.from_preset("lmf-core", progress=False,
-                               **{**FAST, "sampler": "none", "search": "exact", "image_score": "max"})
-    items = list_images(product / "train" / "good")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit(items)
+    det, items = _fit_quietly(product, sampler="none", search="exact", image_score="max")
     own = np.array([p.score for p in det.predict(items)])
     assert own.max() < 1e-2                                   # self-matched: near zero
     cal = det.calibration_.base_scores_
@@ -126,10 +128,7 @@ def test_no_self_match_when_every_patch_is_in_the_bank(product):
 
 
 def test_a_model_calibrated_on_every_image_saves_and_loads(product, tmp_path):
-    det = Detector.from_preset("lmf-core", progress=False, **FAST)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit(product / "train" / "good")
+    det, _ = _fit_quietly(product)
     assert det.info()["n_calibration_images"] == det.n_train_images_ == N_TRAIN
     det.save(tmp_path / "m.patchbank")
     back = Detector.load(tmp_path / "m.patchbank", progress=False)
@@ -139,12 +138,7 @@ def test_a_model_calibrated_on_every_image_saves_and_loads(product, tmp_path):
 
 
 def test_greedy_bank_calibrates_on_every_image_from_its_embedded_rows(product):
-    det = Detector.from_preset("lmf-core", progress=False,
-                               **{**FAST, "sampler": "greedy", "search": "exact", "image_score": "max"})
-    items = list_images(product / "train" / "good")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit(items)
+    det, items = _fit_quietly(product, sampler="greedy", search="exact", image_score="max")
     emb = _embedded_images(det, items)
     # greedy keeps bank rows bit-exactly: their source is the image whose row they equal
     p = emb.shape[1]
@@ -240,12 +234,7 @@ def test_every_image_within_the_budget_and_a_seeded_subset_beyond():
 def test_a_fit_over_the_budget_calibrates_on_a_subset_leave_one_image_out(product, monkeypatch):
     monkeypatch.setattr(cal_mod, "CALIBRATION_MIN_SUBSET", 7)
     budget = {"calibration_max_mb": 1e-6}
-    det = Detector.from_preset("lmf-core", progress=False,
-                               **{**FAST, "search": "exact", "image_score": "max", **budget})
-    items = list_images(product / "train" / "good")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit(items)
+    det, items = _fit_quietly(product, search="exact", image_score="max", **budget)
     chosen = np.sort(np.random.default_rng(det.config.seed + 1).choice(N_TRAIN, 7, replace=False))
     emb = _embedded_images(det, items)
     expected = _brute_force_base_scores(det, emb, _bank_sources(det, N_TRAIN))[chosen]

@@ -7,25 +7,21 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from patchbank import __version__
-from patchbank.cli import cli
 from patchbank.cli.config_options import ConfigValue, build_config, config_field_options, given_overrides, option_name
 from patchbank.cli.model import fit
 from patchbank.cli.predictions import heatmap_names
 from patchbank.config import DEFAULT_PRESET, PRESETS, Config
 from patchbank.io.synthetic import make_dataset
 
+from conftest import invoke_cli
+
 SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
 
 
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+run = invoke_cli
 
 
 def assert_one_line_error(result, *needles):

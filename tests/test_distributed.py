@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAST
+from conftest import FAST, assert_one_line_error
+from conftest import invoke_cli as _cli
 from patchbank.errors import PatchbankError
 
 ray = pytest.importorskip("ray")
@@ -34,23 +35,8 @@ def ray_local():
     ray.shutdown()
 
 
-def _cli(*args):
-    from click.testing import CliRunner
-
-    from patchbank.cli.main import cli
-
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
 def _one_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+    assert_one_line_error(result.exit_code, result.stderr, *needles)
 
 
 @pytest.fixture(scope="module")

@@ -2,38 +2,20 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
-from conftest import FAST, split_items
+from conftest import FAST, split_items, stripes_images
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.multi import MultiDetector, load_any
 from patchbank.pipeline.routing import Router, routing_embedding, spherical_kmeans
 
 
-def _stripes(folder, n, seed, size=96, period=8):
-    """A second 'product': tilted stripes with noise, a texture unlike the synthetic part."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    paths = []
-    for i in range(n):
-        phase = rng.uniform(0, 2 * np.pi)
-        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period + phase)
-        v = v + rng.normal(0, 0.03, v.shape)
-        img = (np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1) * 255).astype(np.uint8)
-        p = folder / f"{i:03d}.png"
-        Image.fromarray(img).save(p)
-        paths.append(p)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def two_categories(synthetic_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("stripes")
-    train = _stripes(root / "train", 12, seed=1)
-    test = _stripes(root / "test", 4, seed=2)
+    train = stripes_images(root / "train", 12, seed=1)
+    test = stripes_images(root / "test", 4, seed=2)
     return {"part": synthetic_root / "train" / "good", "stripes": train}, test
 
 
@@ -109,7 +91,7 @@ def test_save_load_and_add_keeps_other_categories_byte_identical(multi, two_cate
     items = stripes_test[:2]
     assert [p.score for p in loaded.predict(items)] == pytest.approx([p.score for p in multi.predict(items)], rel=1e-6)
     # add a third category (the stripes at another period) and save to a new file
-    third = _stripes(tmp_path / "fine", 8, seed=5, period=3)
+    third = stripes_images(tmp_path / "fine", 8, seed=5, period=3)
     loaded.add("fine", third)
     path2 = tmp_path / "three.patchbank"
     loaded.save(path2)

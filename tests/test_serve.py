@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import assert_one_line_error, split_items
+from conftest import assert_one_line_error, split_items, stripes_images
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -43,21 +42,6 @@ REL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:the threshold is calibrated on only")
 
 
-def _stripes(folder, n, seed, size=96, period=8):
-    """A second 'product': tilted stripes (as in test_multi)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    paths = []
-    for i in range(n):
-        v = 0.5 + 0.4 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period + rng.uniform(0, 2 * np.pi))
-        v = v + rng.normal(0, 0.03, v.shape)
-        img = (np.clip(np.stack([v, v * 0.8, v * 0.3], -1), 0, 1) * 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"{i:03d}.png")
-        paths.append(folder / f"{i:03d}.png")
-    return paths
-
-
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
@@ -72,8 +56,8 @@ def files(synthetic_root, tmp_path_factory):
     single = Detector.from_preset("lmf-core", progress=False, **SMALL).fit(synthetic_root / "train" / "good")
     single.save(tmp / "single.patchbank")
     shutil.copy(tmp / "single.patchbank", tmp / "scratch.patchbank")
-    stripes_train = _stripes(tmp / "stripes" / "train", 12, seed=1)
-    stripes_test = _stripes(tmp / "stripes" / "test", 3, seed=2)
+    stripes_train = stripes_images(tmp / "stripes" / "train", 12, seed=1)
+    stripes_test = stripes_images(tmp / "stripes" / "test", 3, seed=2)
     multi = MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=16, **SMALL)
     multi.fit({"part": synthetic_root / "train" / "good", "stripes": stripes_train})
     multi.save(tmp / "line.patchbank")

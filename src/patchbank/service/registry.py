@@ -222,7 +222,9 @@ class ModelRegistry:
             h, w = served.model.config.image_size
             with served.lock:
                 served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
-        png_bytes(region_polygons(np.eye(3, dtype=bool)) and np.zeros((2, 2), np.uint8))  # the outputs' imports
+        # the response outputs' first-use costs (scikit-image's import, the PNG encoder)
+        region_polygons(np.eye(3, dtype=bool))
+        png_bytes(np.zeros((2, 2), np.uint8))
         self.ready = len(self.models) == len(self.settings.models)
         return self
 
