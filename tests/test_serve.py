@@ -31,7 +31,8 @@ from patchbank.io.image_coords import region_mask, to_original   # noqa: E402
 from patchbank.io.images import decode_bytes   # noqa: E402
 from patchbank.multi import MultiDetector   # noqa: E402
 from patchbank.service.errors import ServiceError   # noqa: E402
-from patchbank.service.registry import ModelRegistry, file_sha256   # noqa: E402
+from patchbank.io.model_file import file_sha256  # noqa: E402
+from patchbank.service.registry import ModelRegistry  # noqa: E402
 from patchbank.service.results import finite   # noqa: E402
 from patchbank.service.settings import ModelSpec, ServeSettings, parse_model_arg   # noqa: E402
 

@@ -42,7 +42,8 @@ from patchbank.io.heatmap import png_bytes   # noqa: E402
 from patchbank.io.images import decode_bytes   # noqa: E402
 from patchbank.service.codec import InferOptions   # noqa: E402
 from patchbank.service.process import ServerProcess   # noqa: E402
-from patchbank.service.registry import ModelRegistry, file_sha256   # noqa: E402
+from patchbank.io.model_file import file_sha256  # noqa: E402
+from patchbank.service.registry import ModelRegistry  # noqa: E402
 from patchbank.service.results import image_result   # noqa: E402
 from patchbank.service.settings import ModelSpec, ServeSettings, parse_model_arg   # noqa: E402
 

@@ -11,7 +11,6 @@ unpickling).  :func:`instantiate` builds a model and loads a state dict strictly
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from patchbank.errors import PatchbankError
+from patchbank.io.model_file import file_sha256
 
 RANDOM = "random"  # weights="random": random initialisation, for tests only
 
@@ -157,9 +157,5 @@ def sha256(path: str) -> str:
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]

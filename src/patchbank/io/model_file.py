@@ -8,6 +8,7 @@ file that is not a patchbank model, is refused with a one-line error.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,15 @@ from patchbank.io.output_files import current_umask
 
 FORMAT_NAME = "patchbank"
 FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def model_path(path: Any) -> Path:

@@ -20,7 +20,6 @@ written.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,14 +35,14 @@ from patchbank.export.runtimes import ExportedModel, check_model_path
 from patchbank.export.sidecar import read_sidecar, sidecar_path
 from patchbank.io.heatmap import png_bytes
 from patchbank.io.image_coords import region_polygons
-from patchbank.io.model_file import load_model
+from patchbank.io.model_file import file_sha256, load_model
 from patchbank.io.output_files import file_lock, lock_path_for
 from patchbank.multi import MultiDetector, load_any
 from patchbank.runtime.malloc import trim_malloc
 from patchbank.service.errors import ServiceError, bad_request, not_found, not_ready
 from patchbank.service.settings import ModelSpec, ServeSettings
 
-__all__ = ["ModelRegistry", "Served", "Scored", "ModelFile", "ExportFolder", "model_source", "file_sha256"]
+__all__ = ["ModelRegistry", "Served", "Scored", "ModelFile", "ExportFolder", "model_source"]
 
 PERSIST_LOCK_TIMEOUT_S = 10.0   # a PUT waits this long for a concurrent fit --add, then 503
 
@@ -171,15 +170,6 @@ class Served:
         if isinstance(self.model, MultiDetector) and category is None:
             return [self.model.detectors_[c] for c in self.categories]
         return [self.detector(self.check_category(category))]
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_served(spec: ModelSpec, settings: ServeSettings) -> Served:
