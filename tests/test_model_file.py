@@ -221,3 +221,22 @@ def test_info_tampered_tensor(state, tmp_path):
     tensors, meta = state
     path = write_raw(tmp_path / "t.patchbank", {**tensors, "bank": tensors["bank"].T.contiguous()}, meta)
     assert_one_line_error(run_info(path), str(path), "'bank'")
+
+
+def test_read_header_is_load_models_header_without_the_tensors(state, tmp_path):
+    """The header alone (what the service, load_any and the Ray driver need), checked as
+    load_model checks it: the same meta, and the same one-line refusals."""
+    from patchbank.io.model_file import read_header
+
+    assert read_header(LEGACY) == state[1]
+    bad = tmp_path / "notes.patchbank"
+    bad.write_text("not a model")
+    for path, message in ((bad, "is not a readable patchbank model file"),
+                          (tmp_path / "missing.patchbank", "model file not found")):
+        with pytest.raises(PatchbankError, match=message):
+            read_header(path)
+        with pytest.raises(PatchbankError, match=message):
+            load_model(path)
+    corrupt = write_raw(tmp_path / "c.patchbank", state[0], "{not json")
+    with pytest.raises(PatchbankError, match="corrupt patchbank header"):
+        read_header(corrupt)

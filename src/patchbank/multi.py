@@ -30,7 +30,7 @@ from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items, check_views, view_batches
 from patchbank.io.model_checks import check_multi_header
-from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.io.model_file import FORMAT_VERSION, load_model, read_header, save_model
 from patchbank.pipeline.routing import Router, routing_embedding
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -244,5 +244,5 @@ class MultiDetector:
 
 def load_any(path: str | Path, **kwargs: Any) -> Detector | MultiDetector:
     """Load a single- or multi-category model file, whichever ``path`` holds."""
-    _, meta = load_model(path)
+    meta = read_header(path)
     return (MultiDetector if meta.get("kind") == "multi" else Detector).load(path, **kwargs)

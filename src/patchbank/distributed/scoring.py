@@ -146,9 +146,9 @@ def _retries() -> dict[str, int]:
 def _model_summary(model: Path, category: str | None) -> tuple[dict[str, Any], Any]:
     """(the JSON fields the local predict writes about the model, its Config)."""
     from patchbank.config import Config
-    from patchbank.io.model_file import load_model
+    from patchbank.io.model_file import read_header
 
-    _, meta = load_model(model)
+    meta = read_header(model)
     config = Config.from_dict(meta["config"])
     if meta.get("kind") != "multi":
         if category is not None:

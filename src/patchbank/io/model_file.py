@@ -109,6 +109,16 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     """Read a file written by :func:`save_model`: ``(tensors, meta)``.  A missing file, a file of
     another format version and anything that is not a readable patchbank model are refused
     with a one-line :class:`PatchbankError`; no code is executed on load."""
+    return _read(path, with_tensors=True)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header (``meta``) of a model file, checked as :func:`load_model` checks it,
+    without reading any tensor."""
+    return _read(path, with_tensors=False)[1]
+
+
+def _read(path: str | os.PathLike, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = model_path(path)
     if not path.is_file():
         raise PatchbankError(f"model file not found: {path}")
@@ -121,7 +131,7 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             if version != str(FORMAT_VERSION):
                 raise PatchbankError(f"{path} has model format version {version}; this patchbank "
                                      f"reads version {FORMAT_VERSION} (refit or use a matching release)")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except PatchbankError:
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt headers

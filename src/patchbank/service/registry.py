@@ -35,7 +35,7 @@ from patchbank.export.runtimes import ExportedModel, check_model_path
 from patchbank.export.sidecar import read_sidecar, sidecar_path
 from patchbank.io.heatmap import png_bytes
 from patchbank.io.image_coords import region_polygons
-from patchbank.io.model_file import file_sha256, load_model
+from patchbank.io.model_file import file_sha256, read_header
 from patchbank.io.output_files import file_lock, lock_path_for
 from patchbank.multi import MultiDetector, load_any
 from patchbank.runtime.malloc import trim_malloc
@@ -74,7 +74,7 @@ class ModelFile:
 
     def header(self) -> dict[str, Any]:
         """The model file's JSON header."""
-        return load_model(self.path)[1]
+        return read_header(self.path)
 
     def write(self, model: Detector | MultiDetector) -> None:
         """Save ``model`` (its thresholds included) over the file."""
