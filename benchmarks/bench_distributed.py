@@ -13,6 +13,12 @@ day from the measured per-image CPU cost.
 
     python benchmarks/bench_distributed.py --data ../shared/data/mtd --n-test 200 --n-train 60 \
         -o benchmarks/results/distributed
+
+On a GPU machine (one GPU actor; ``--decoders`` tries several decoding-task counts; the local
+path's batch-1 and batch-B latency are the per-image GPU figures of the projection):
+
+    python benchmarks/bench_distributed.py --data DATA --device cuda --threads 4 --actors 1 \
+        --decoders 1,4 --skip-fit -o OUT
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def _images(root: Path, split: str, n: int) -> list[str]:
@@ -39,6 +47,12 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="torch device of both paths (cpu, cuda)")
+    ap.add_argument("--weights", default=None, help="backbone weights (a file, or random: timing only)")
+    ap.add_argument("--actors", default="1,2", help="actor counts to run, comma-separated")
+    ap.add_argument("--decoders", default="", help="decoding-task counts to try, comma-separated "
+                    "[the engine's default]")
+    ap.add_argument("--skip-fit", action="store_true", help="skip the fit-as-tasks timing")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
     import ray
@@ -53,55 +67,93 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     T = args.threads
     set_threads(T)
+    dev = args.device
     res: dict = {"machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()}", "threads": T,
-                 "torch": torch.__version__, "ray": ray.__version__, "batch_size": args.batch_size}
-    cfg = Config.preset("patchbank")
+                 "torch": torch.__version__, "ray": ray.__version__, "batch_size": args.batch_size,
+                 "device": dev, "gpu": torch.cuda.get_device_name() if dev.startswith("cuda") else None,
+                 "weights": args.weights or "packaged"}
+    cfg = Config.preset("patchbank").replace(weights=args.weights)
     root = args.data[0]
     tmp = Path(tempfile.mkdtemp())
     model = tmp / "m.patchbank"
-    Detector(cfg, progress=False).fit(_images(root, "train", args.n_train)).save(model)
+    t0 = time.perf_counter()
+    Detector(cfg, device=dev, progress=False).fit(_images(root, "train", args.n_train)).save(model)
+    res["fit_s"] = time.perf_counter() - t0
     test = _images(root, "test", args.n_test)
-    det = Detector.load(model, progress=False)
-    det.predict(test[:8], batch_size=args.batch_size)     # warm
+    t0 = time.perf_counter()
+    det = Detector.load(model, device=dev, progress=False, weights=args.weights)
+    det.predict(test[:8], batch_size=args.batch_size)     # warm: builds the backbone
+    res["local_load_and_first_batch_s"] = time.perf_counter() - t0
+    for b in (1, args.batch_size):   # per-image latency of one model call, reading included
+        n = min(len(test), 64)
+        det.predict(test[:4], batch_size=b)   # warm this batch shape (cuDNN picks its kernels)
+        t0 = time.perf_counter()
+        det.predict(test[:n], batch_size=b)
+        res[f"local_ms_per_img_batch{b}"] = 1000 * (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     local = det.predict(test, batch_size=args.batch_size)
     res["local_img_s"] = len(test) / (time.perf_counter() - t0)
+    if dev != "cpu":   # the same model on the CPU: how far the device's scores are from it
+        n = min(len(test), 64)
+        on_cpu = Detector.load(model, progress=False, weights=args.weights).predict(test[:n])
+        cpu = np.array([p.score for p in on_cpu])
+        dscores = np.array([p.score for p in local[:n]])
+        res["max_rel_score_diff_device_vs_cpu"] = float(np.max(np.abs(dscores - cpu) / np.abs(cpu)))
+        res["same_decisions_device_vs_cpu"] = ([p.is_anomalous for p in local[:n]]
+                                               == [p.is_anomalous for p in on_cpu])
     ray.init(num_cpus=T, include_dashboard=False, log_to_driver=False, configure_logging=False)
     small = test[: max(8, len(test) // 5)]
-    for actors in (1, 2):
+    decoder_counts = [int(d) for d in args.decoders.split(",") if d] or [None]
+    for actors in (int(a) for a in args.actors.split(",")):
         th = max(1, T // actors)
-        times = {}
-        for name, imgs in (("small", small), ("full", test)):   # a fresh actor pool per run
-            out = tmp / f"ray{actors}_{name}"
-            t0 = time.perf_counter()
-            got = predict(model, imgs, out, actors=actors, threads=th, batch_size=args.batch_size)
-            times[name] = time.perf_counter() - t0
-        steady = (len(test) - len(small)) / (times["full"] - times["small"])
-        res[f"ray_{actors}x{th}"] = {
-            "img_s_whole_run": len(test) / times["full"],
-            "img_s_steady": steady,   # the difference of a run of len(test) and one of len(small)
-            "fixed_start_s": times["full"] - len(test) / steady,
-            "equal_scores_as_local": [r["score"] for r in got["predictions"]] == [p.score for p in local]}
+        for decoders in decoder_counts:
+            times = {}
+            for name, imgs in (("small", small), ("full", test)):   # a fresh actor pool per run
+                out = tmp / f"ray{actors}_{decoders}_{name}"
+                t0 = time.perf_counter()
+                got = predict(model, imgs, out, actors=actors, threads=th, batch_size=args.batch_size,
+                              device=dev, decoders=decoders, weights=args.weights)
+                times[name] = time.perf_counter() - t0
+            steady = (len(test) - len(small)) / (times["full"] - times["small"])
+            ray_scores = np.array([r["score"] for r in got["predictions"]])
+            local_scores = np.array([p.score for p in local])
+            res[f"ray_{actors}x{th}" + (f"_decoders{decoders}" if decoders else "")] = {
+                "decoders": got["engine"]["decoders"],
+                "img_s_whole_run": len(test) / times["full"],
+                "overhead_whole_run": 1 - len(test) / times["full"] / res["local_img_s"],
+                "img_s_steady": steady,   # the difference of a run of len(test) and one of len(small)
+                "fixed_start_s": times["full"] - len(test) / steady,
+                "equal_scores_as_local": bool(np.array_equal(ray_scores, local_scores)),
+                "equal_decisions_as_local": [r["is_anomalous"] for r in got["predictions"]]
+                == [p.is_anomalous for p in local],
+                "max_rel_score_diff": float(np.max(np.abs(ray_scores - local_scores) / np.abs(local_scores)))}
     noop = ray.remote(num_cpus=1)(lambda: None)
     ray.get([noop.remote() for _ in range(10)])
     t0 = time.perf_counter()
     for _ in range(100):
         ray.get(noop.remote())
     res["ray_task_roundtrip_ms"] = (time.perf_counter() - t0) * 10
-    cats = {r.name: _images(r, "train", args.n_train) for r in args.data}
-    t0 = time.perf_counter()
-    MultiDetector(cfg, progress=False).fit(cats)
-    res["fit_local_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fit_categories(cats, cfg, threads=1)
-    res["fit_ray_tasks_s"] = time.perf_counter() - t0
-    res["fit_categories"] = {k: len(v) for k, v in cats.items()}
+    if not args.skip_fit:
+        cats = {r.name: _images(r, "train", args.n_train) for r in args.data}
+        t0 = time.perf_counter()
+        MultiDetector(cfg, device=dev, progress=False).fit(cats)
+        res["fit_local_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fit_categories(cats, cfg, threads=1, device=dev)
+        res["fit_ray_tasks_s"] = time.perf_counter() - t0
+        res["fit_categories"] = {k: len(v) for k, v in cats.items()}
     ray.shutdown()
-    per_img_core_s = T / res["local_img_s"]
-    res["projection"] = {f"{n:.0e}_per_day": {
-        "core_seconds": n * per_img_core_s,
-        "machines_16_cores_at_70pct": math.ceil(n * per_img_core_s / (16 * 86400 * 0.7))}
-        for n in (1e6, 1e7)}
+    if dev.startswith("cuda"):   # one GPU (with T CPU threads feeding it) per machine
+        res["projection"] = {f"{n:.0e}_per_day": {
+            "gpu_seconds": n / res["local_img_s"],
+            "machines_1_gpu_at_70pct": math.ceil(n / res["local_img_s"] / (86400 * 0.7))}
+            for n in (1e6, 1e7)}
+    else:
+        per_img_core_s = T / res["local_img_s"]
+        res["projection"] = {f"{n:.0e}_per_day": {
+            "core_seconds": n * per_img_core_s,
+            "machines_16_cores_at_70pct": math.ceil(n * per_img_core_s / (16 * 86400 * 0.7))}
+            for n in (1e6, 1e7)}
     (args.out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     shutil.rmtree(tmp)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import FAST, assert_one_line_error
 from conftest import invoke_cli as _cli
@@ -119,6 +120,32 @@ def test_multi_routed_two_actors_equals_local(ray_local, multi_model, two_root, 
     local_b = model.predict(images, category="b")
     assert [r["score"] for r in given["predictions"]] == [p.score for p in local_b]
     assert {r["category"] for r in given["predictions"]} == {"b"} and given["routing"] == "given"
+
+
+def test_a_model_with_its_own_weights_scores_with_weights_given(ray_local, synthetic_root, tmp_path):
+    """A model fitted with its own backbone weights file: the actors load it with the file the
+    caller names (--weights), scores equal the local ones; without it, one line."""
+    import timm
+    from safetensors.torch import save_file
+
+    from patchbank.detector import Detector
+
+    torch.manual_seed(0)
+    weights = str(tmp_path / "w.safetensors")
+    save_file({k: v.contiguous() for k, v in
+               timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict().items()}, weights)
+    model = tmp_path / "own.patchbank"
+    Detector.from_preset("lmf-core", progress=False, weights=weights, **FAST).fit(
+        synthetic_root / "train" / "good").save(model)
+    images = _test_images(synthetic_root)
+    local = Detector.load(model, weights=weights, progress=False).predict(images)
+    got = predict(model, images, tmp_path / "out", weights=weights, batch_size=4)
+    assert [r["score"] for r in got["predictions"]] == [p.score for p in local]
+    _one_line(_cli("predict", model, images[0], "-o", tmp_path / "cli", "--engine", "ray", "-q"),
+              "may not choose")
+    r = _cli("predict", model, images[0], "-o", tmp_path / "cli", "--engine", "ray", "-q",
+             "--weights", weights)
+    assert r.exit_code == 0, r.output
 
 
 def test_every_input_kind(ray_local, single_model, synthetic_root, tmp_path):

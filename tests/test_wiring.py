@@ -86,6 +86,22 @@ def test_nan_score_is_anomalous():
     assert out.anomalous.tolist() == [False, True, True]
 
 
+@pytest.mark.parametrize("image_score", ["max", "hybrid", "struct"])
+def test_image_scores_stay_on_the_device_of_the_base_scores(image_score):
+    """The descriptor statistics live on the CPU; a batch scored on a GPU keeps its base scores
+    there.  The 'meta' device stands in for a GPU (mixing it with CPU tensors raises, as cuda
+    does); the descriptors stay on the CPU here because a meta tensor cannot be copied to it."""
+    rng = np.random.default_rng(0)
+    cal = ScoreCalibration(Config(image_score=image_score)).fit(rng.normal(5, 1, 20),
+                                                                np.abs(rng.normal(1, 0.1, (20, 3))))
+    base = torch.tensor([5.0, 6.0], dtype=torch.float64)
+    phi = torch.ones(2, 3, dtype=torch.float64)
+    on_device = cal.score_tensors(base.to("meta"), phi)
+    assert all(t.device.type == "meta" for t in on_device)
+    on_cpu = cal.score_tensors(base, phi)
+    assert [tuple(t.shape) for t in on_device] == [tuple(t.shape) for t in on_cpu]
+
+
 @pytest.mark.parametrize("keep_aspect", [False, True])
 def test_fit_predict_with_centre_crop(synthetic_root, keep_aspect):
     det = Detector.from_preset("lmf-core", progress=False, backbone="efficientnet_lite0",

@@ -60,7 +60,7 @@ def check_engine(engine: str, **ray_only: Any) -> None:
 def predict_on_ray(model: Path, inputs: tuple[str, ...], out_dir: Path, *, heatmaps: bool,
                    batch_size: int | None, category: str | None, device: str, threads: int | None,
                    quiet: bool, overwrite: bool, address: str | None, actors: int | None,
-                   path_column: str | None) -> None:
+                   path_column: str | None, weights: str | None = None) -> None:
     """``predict --engine ray``: :func:`patchbank.distributed.scoring.predict` and the summary."""
     from patchbank.cli.predictions import print_predict_summary
     from patchbank.distributed.scoring import predict
@@ -71,7 +71,7 @@ def predict_on_ray(model: Path, inputs: tuple[str, ...], out_dir: Path, *, heatm
     result = predict(model, list(inputs), out_dir, actors=actors or 1, batch_size=batch_size,
                      threads=threads or 1, category=category, heatmaps=heatmaps, device=device,
                      address=address, overwrite=overwrite, path_column=path_column or "path",
-                     progress=not quiet)
+                     progress=not quiet, weights=weights)
     print_predict_summary(result, out_dir, time.perf_counter() - t0)
     click.echo(f"wrote {out_dir / 'predictions.parquet'} ({result['engine']['actors']} Ray actor(s))")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from patchbank.cli.info import format_bytes
-from patchbank.cli.options import overwrite_option, run_options, setup_threads
+from patchbank.cli.options import model_weights_option, overwrite_option, run_options, setup_threads
 from patchbank.config import RUNTIMES
 from patchbank.errors import PatchbankError
 
@@ -41,10 +41,12 @@ def check_extra(modules) -> None:
               help="Multi-category model: export this category (a routed graph is not supported).")
 @click.option("--bank-dtype", type=click.Choice(["float32", "float16"]), default=None,
               help="Storage of the bank in the graph [the model's bank_dtype]; the search runs in float32.")
+@model_weights_option
 @run_options
 @overwrite_option("Replace the files of an existing export in OUTPUT.")
 def export(model: Path, output: Path, formats: tuple[str, ...], category: str | None,
-           bank_dtype: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:
+           bank_dtype: str | None, weights: str | None, device: str, threads: int | None, quiet: bool,
+           overwrite: bool) -> None:
     """Export MODEL's whole scoring path as one ONNX / OpenVINO graph with a JSON sidecar.
 
     Run it with 'patchbank predict OUTPUT IMAGES --runtime onnx|openvino -o out/'.
@@ -58,7 +60,7 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
     from patchbank.export.exporter import export_model
     from patchbank.multi import load_any
 
-    det = load_any(model, progress=not quiet)
+    det = load_any(model, progress=not quiet, weights=weights)
     data = export_model(det, output, formats, category=category, overwrite=overwrite,
                         bank_dtype=bank_dtype)
     bank = data["bank"]
@@ -75,17 +77,22 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
     click.echo(f"wrote {output}")
 
 
-def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | None, quiet: bool):
-    """``predict``'s model: a Detector / MultiDetector from a model file for ``torch``, an
-    :class:`~patchbank.export.runtimes.ExportedModel` from an export folder otherwise."""
+def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | None, quiet: bool,
+                     weights: str | None = None):
+    """``predict``'s model: a Detector / MultiDetector from a model file for ``torch`` (with the
+    backbone ``weights`` file, if given), an :class:`~patchbank.export.runtimes.ExportedModel`
+    from an export folder otherwise."""
     if runtime != "torch":
+        if weights is not None:
+            raise PatchbankError(f"--weights applies to model files; an export folder carries its "
+                                 f"backbone in its graph (drop --weights with --runtime {runtime})")
         check_extra(("onnxruntime",) if runtime == "onnx" else ("openvino",))
     from patchbank.export.runtimes import ExportedModel, check_model_path
 
     if not check_model_path(model, runtime):
         from patchbank.multi import load_any
 
-        return load_any(model, device=device, progress=not quiet)
+        return load_any(model, device=device, progress=not quiet, weights=weights)
 
     return ExportedModel(model, runtime, threads=threads, progress=not quiet)
 

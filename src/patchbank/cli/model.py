@@ -12,7 +12,8 @@ from patchbank.cli.engine_options import (check_engine, engine_options, fit_on_r
                                           per_category_option, predict_on_ray)
 from patchbank.cli.export import RUNTIME_CHOICES, load_for_runtime
 from patchbank.cli.info import format_bytes
-from patchbank.cli.options import overwrite_option, preset_option, run_options, setup_threads
+from patchbank.cli.options import (model_weights_option, overwrite_option, preset_option, run_options,
+                                   setup_threads)
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
@@ -211,13 +212,14 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
               help="Multi-category model: score against this category, skipping routing.")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
               help="torch: MODEL is a model file; onnx / openvino: MODEL is a 'patchbank export' folder.")
+@model_weights_option
 @run_options
 @overwrite_option("Replace existing output files.")
 @engine_options("scoring actors, each holding the model [1].")
 @path_column_option
 def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool, batch_size: int | None,
             category: str | None, device: str, threads: int | None, quiet: bool, overwrite: bool,
-            runtime: str = "torch", engine: str = "local", address: str | None = None,
+            weights: str | None = None, runtime: str = "torch", engine: str = "local", address: str | None = None,
             actors: int | None = None, path_column: str | None = None) -> None:
     """Score INPUT images (files or folders) with MODEL.
 
@@ -230,7 +232,8 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
             raise PatchbankError(f"--runtime {runtime} runs with the local engine; drop --engine ray")
         return predict_on_ray(model, inputs, out_dir, heatmaps=heatmaps, batch_size=batch_size,
                               category=category, device=device, threads=threads, quiet=quiet,
-                              overwrite=overwrite, address=address, actors=actors, path_column=path_column)
+                              overwrite=overwrite, address=address, actors=actors, path_column=path_column,
+                              weights=weights)
     if runtime == "torch" and not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
     paths = expand_inputs(inputs)
@@ -238,7 +241,8 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
         setup_threads(threads)
         from patchbank.multi import MultiDetector
 
-        det = load_for_runtime(model, runtime, device=device, threads=threads, quiet=quiet)
+        det = load_for_runtime(model, runtime, device=device, threads=threads, quiet=quiet,
+                               weights=weights)
         if category is not None and not isinstance(det, MultiDetector):
             raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
         t0 = time.perf_counter()

@@ -50,6 +50,16 @@ def run_options(f: Callable) -> Callable:
     return f
 
 
+def model_weights_option(f: Callable) -> Callable:
+    """``--weights FILE`` (parameter weights): the backbone weights of a model fitted with its own
+    weights file.  A model file never chooses its weights; the file given here is checked against
+    the sha256 the model recorded at fit time."""
+    return click.option("--weights", default=None, metavar="FILE",
+                        type=click.Path(dir_okay=False, path_type=str),
+                        help="Backbone weights file of a model fitted with --weights FILE (checked "
+                             "against the sha256 the model recorded) [the packaged weights].")(f)
+
+
 def overwrite_option(help: str) -> Callable:
     """``--overwrite`` (parameter overwrite) with the command's own help text."""
     return click.option("--overwrite", is_flag=True, help=help)

@@ -7,7 +7,7 @@ import socket
 import click
 
 from patchbank.cli.export import RUNTIME_CHOICES
-from patchbank.cli.options import run_options, setup_threads
+from patchbank.cli.options import model_weights_option, run_options, setup_threads
 from patchbank.errors import PatchbankError
 
 
@@ -33,10 +33,12 @@ from patchbank.errors import PatchbankError
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
               help="torch: each MODEL is a model file; onnx / openvino: each MODEL is a "
                    "'patchbank export' folder (--threads goes to the runtime).")
+@model_weights_option
 @run_options
 def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
-          max_pixels: int | None, runtime: str, device: str, threads: int | None, quiet: bool) -> None:
+          max_pixels: int | None, runtime: str, weights: str | None, device: str, threads: int | None,
+          quiet: bool) -> None:
     """Serve MODEL files (or export folders) over HTTP: POST images to /v2/models/NAME/infer,
     docs at /docs.
 
@@ -56,7 +58,8 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
     settings = ServeSettings(
         models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
         max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
-        max_images=max_images, max_pixels=max_pixels, device=device, threads=threads, runtime=runtime)
+        max_images=max_images, max_pixels=max_pixels, device=device, threads=threads, runtime=runtime,
+        weights=weights)
     check_listen(host, port)
     import uvicorn
 

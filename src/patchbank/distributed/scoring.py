@@ -38,8 +38,16 @@ from patchbank.errors import PatchbankError
 
 DECODE_CPUS = 0
 """CPUs Ray reserves per decoding task: none.  Decoding is a few ms per image against the
-backbone's tens, so the decoding tasks share the actors' cores (at most one per actor runs at a
-time) instead of holding cores of their own that would sit idle most of the time."""
+backbone's tens, so the decoding tasks share the actors' cores (see :func:`decode_tasks`)
+instead of holding cores of their own that would sit idle most of the time."""
+
+
+def decode_tasks(actors: int, threads: int, device: str) -> int:
+    """Decoding tasks that run at once by default: one per actor on the CPU (the backbone keeps
+    the actor's cores busy), two per actor thread on a GPU (the actor's cores mostly wait for
+    the GPU, and one task decodes far more slowly than a GPU scores; docs/scaling.md has the
+    measurement)."""
+    return actors * (2 * threads if device.startswith("cuda") else 1)
 
 
 def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
@@ -51,15 +59,16 @@ def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
     return {**batch, "image": [prepare_view(str(p), config) for p in batch["path"]]}
 
 
-def load_model_bytes(data: bytes, device: str) -> Any:
-    """A Detector or MultiDetector from a model file's bytes (written to a private temp file)."""
+def load_model_bytes(data: bytes, device: str, weights: str | None = None) -> Any:
+    """A Detector or MultiDetector from a model file's bytes (written to a private temp file),
+    with the backbone ``weights`` file if given (see ``Detector.load``)."""
     from patchbank.multi import load_any
 
     fd, name = tempfile.mkstemp(suffix=".patchbank")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return load_any(name, device=device, progress=False)
+        return load_any(name, device=device, progress=False, weights=weights)
     finally:
         os.unlink(name)
 
@@ -73,10 +82,12 @@ class ScoringActor:
         threads: torch / FAISS / BLAS threads of this actor.
         category: a multi-category model's category (skips routing); None routes.
         heatmaps: write each image's overlay to the path in its ``heatmap`` column.
+        weights: the backbone weights file of a model fitted with its own (a path every worker
+            reads); None: the packaged weights.
     """
 
     def __init__(self, model_bytes: bytes, device: str, threads: int, category: str | None,
-                 heatmaps: bool):
+                 heatmaps: bool, weights: str | None = None):
         from patchbank.multi import MultiDetector
         from patchbank.runtime.threads import set_threads
 
@@ -85,7 +96,7 @@ class ScoringActor:
             import ray
 
             model_bytes = ray.get(model_bytes)
-        self.model = load_model_bytes(model_bytes, device)
+        self.model = load_model_bytes(model_bytes, device, weights)
         self.multi = isinstance(self.model, MultiDetector)
         self.category, self.heatmaps = category, heatmaps
 
@@ -166,7 +177,8 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
             actors: int = 1, batch_size: int | None = None, threads: int = 1,
             category: str | None = None, heatmaps: bool = False, device: str = "cpu",
             address: str | None = None, overwrite: bool = False, path_column: str = "path",
-            progress: bool = False, actor_class: type = ScoringActor) -> dict[str, Any]:
+            progress: bool = False, actor_class: type = ScoringActor,
+            decoders: int | None = None, weights: str | None = None) -> dict[str, Any]:
     """Score every image ``inputs`` name with ``model`` on Ray (see the module docstring) and write
     ``out_dir/predictions.parquet``, ``.csv``, ``.json`` (and ``heatmaps/`` with ``heatmaps``).
 
@@ -174,6 +186,8 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     actors of ``threads`` threads each; ``batch_size`` images per model call (default: the
     model's); ``address`` None starts a local Ray unless one is running, ``"auto"`` or
     ``HOST:PORT`` joins a cluster.  ``actor_class`` is :class:`ScoringActor` or a subclass.
+    ``decoders``: decoding tasks at once (default :func:`decode_tasks`).  ``weights``: the
+    backbone weights file of a model fitted with its own, at a path every worker reads.
 
     Raises:
         PatchbankError: a bad input, model or option, an existing output without
@@ -184,7 +198,9 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     from patchbank.distributed.outputs import ResultFiles
     from patchbank.io.prediction_files import heatmap_names
 
-    for name, value in (("actors", actors), ("threads", threads), ("batch_size", batch_size or 1)):
+    decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
+    for name, value in (("actors", actors), ("threads", threads), ("batch_size", batch_size or 1),
+                        ("decoders", decoders)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PatchbankError(f"{name} must be an integer >= 1, got {value!r}")
     model = Path(model)
@@ -201,12 +217,13 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
         ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"config": config},
                             batch_size=batch_size, num_cpus=DECODE_CPUS,
-                            compute=ray.data.TaskPoolStrategy(size=actors))
+                            compute=ray.data.TaskPoolStrategy(size=decoders))
         ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             fn_constructor_kwargs={"model_bytes": ray.put(model.read_bytes()),
                                                    "device": device, "threads": threads,
-                                                   "category": category, "heatmaps": heatmaps},
+                                                   "category": category, "heatmaps": heatmaps,
+                                                   "weights": weights},
                             **resources)
         batches = ({k: v.tolist() for k, v in b.items()}
                    for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
@@ -214,7 +231,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
         summary.update({"n_images": len(records), "n_flagged": sum(r["is_anomalous"] for r in records),
                         "heatmaps": _heatmap_note(heat_paths),
                         "engine": {"name": "ray", "actors": actors, "threads_per_actor": threads,
-                                   "batch_size": batch_size, "device": device,
+                                   "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
     return {**summary, "predictions": records}

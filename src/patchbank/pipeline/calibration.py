@@ -186,9 +186,10 @@ class ScoreCalibration:
     def final_tensors(self, base: torch.Tensor, phi: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Base scores [B] and full descriptors [B, 3] -> (final score, D_struct, hybrid), float64
-        tensors (Eqs. 10-12; the final score is the config's image_score)."""
+        tensors on ``base``'s device (Eqs. 10-12; the final score is the config's image_score;
+        the descriptor statistics live on the CPU, D_struct is moved to ``base``)."""
         base = base.double()
-        d_struct = self.struct_.struct(phi)
+        d_struct = self.struct_.struct(phi).to(base.device)
         hyb = base + self.struct_.lambda_ * d_struct                 # Eq. 12
         final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
         return final, d_struct, hyb

@@ -70,7 +70,7 @@ class ModelFile:
 
     def load(self, settings: ServeSettings) -> Detector | MultiDetector:
         """The model (a Detector or a MultiDetector)."""
-        return load_any(self.path, device=settings.device, progress=False)
+        return load_any(self.path, device=settings.device, progress=False, weights=settings.weights)
 
     def header(self) -> dict[str, Any]:
         """The model file's JSON header."""

@@ -46,6 +46,7 @@ class ServeSettings:
     device: str = "cpu"
     threads: int | None = None        # torch / BLAS threads, an export runtime's threads (None: as they are)
     runtime: str = "torch"            # torch: model files; onnx / openvino: export folders
+    weights: str | None = None        # backbone weights file of models fitted with their own
 
     def __post_init__(self):
         if self.max_batch < 1 or self.max_images < 1 or self.max_pixels < 1:
@@ -57,6 +58,9 @@ class ServeSettings:
         if self.runtime != "torch" and self.device != "cpu":
             raise PatchbankError(f"--runtime {self.runtime} runs on the CPU; drop --device {self.device} "
                                  f"(or serve the model file with --runtime torch)")
+        if self.runtime != "torch" and self.weights is not None:
+            raise PatchbankError(f"--weights applies to model files; an export folder carries its backbone "
+                                 f"in its graph (drop --weights with --runtime {self.runtime})")
         names = [m.name for m in self.models]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

@@ -1,0 +1,111 @@
+"""``--weights FILE`` where a fitted model is used: predict (local), export and serve.
+
+A model fitted with its own backbone weights file records the file's sha256 and never chooses
+the file itself; every command that loads it takes the file from the user (``--weights``) and
+checks it against that sha256.  (The Ray engine's ``--weights``: ``tests/test_distributed.py``.)
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import assert_one_line_error, invoke_cli
+from patchbank.detector import Detector
+from patchbank.errors import PatchbankError
+
+SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
+
+
+def _weights_file(path, seed):
+    """A seeded random state dict of efficientnet_lite0's architecture (timm keys)."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory, synthetic_root):
+    """(model file fitted with its own weights file, that file, a different weights file)."""
+    tmp = tmp_path_factory.mktemp("own_weights")
+    weights = _weights_file(tmp / "mine.safetensors", 0)
+    other = _weights_file(tmp / "other.safetensors", 1)
+    model = tmp / "own.patchbank"
+    result = invoke_cli("fit", str(synthetic_root / "train" / "good"), "-o", str(model), *SMALL,
+                        "--preset", "lmf-core", "--weights", weights, "-q")
+    assert result.exit_code == 0, result.stderr
+    return model, weights, other
+
+
+def _scores(out_dir):
+    return [r["score"] for r in json.loads((out_dir / "predictions.json").read_text())["predictions"]]
+
+
+def test_predict_with_the_fit_weights_equals_the_api(own, synthetic_root, tmp_path):
+    model, weights, _ = own
+    images = sorted((synthetic_root / "test" / "good").glob("*.png"))
+    result = invoke_cli("predict", str(model), *map(str, images), "-o", str(tmp_path / "out"),
+                        "--weights", weights, "-q")
+    assert result.exit_code == 0, result.stderr
+    want = [p.score for p in Detector.load(model, weights=weights, progress=False).predict(images)]
+    np.testing.assert_array_equal(_scores(tmp_path / "out"), want)
+
+
+def test_predict_without_or_with_other_weights_is_one_line(own, synthetic_root, tmp_path):
+    model, _, other = own
+    image = str(sorted((synthetic_root / "test" / "good").glob("*.png"))[0])
+    result = invoke_cli("predict", str(model), image, "-o", str(tmp_path / "a"))
+    assert_one_line_error(result.exit_code, result.stderr, "may not choose", "--weights FILE")
+    result = invoke_cli("predict", str(model), image, "-o", str(tmp_path / "b"), "--weights", other)
+    assert_one_line_error(result.exit_code, result.stderr, "backbone weights differ")
+    result = invoke_cli("predict", str(model), image, "-o", str(tmp_path / "c"), "--weights",
+                        str(tmp_path / "missing.safetensors"))
+    assert result.exit_code == 2 and "missing.safetensors" in result.stderr
+
+
+def test_an_export_folder_takes_no_weights(own, synthetic_root, tmp_path):
+    model, weights, _ = own
+    image = str(sorted((synthetic_root / "test" / "good").glob("*.png"))[0])
+    result = invoke_cli("predict", str(tmp_path), image, "-o", str(tmp_path / "out"),
+                        "--runtime", "onnx", "--weights", weights)
+    assert_one_line_error(result.exit_code, result.stderr, "--weights applies to model files")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs patchbank[export]")
+def test_export_with_the_fit_weights_scores_like_torch(own, synthetic_root, tmp_path):
+    model, weights, _ = own
+    out = tmp_path / "exported"
+    result = invoke_cli("export", str(model), "-o", str(out), "--format", "onnx", "--weights", weights, "-q")
+    assert result.exit_code == 0, result.stderr
+    images = sorted((synthetic_root / "test" / "good").glob("*.png"))
+    result = invoke_cli("predict", str(out), *map(str, images), "-o", str(tmp_path / "p"),
+                        "--runtime", "onnx", "-q")
+    assert result.exit_code == 0, result.stderr
+    want = [p.score for p in Detector.load(model, weights=weights, progress=False).predict(images)]
+    np.testing.assert_allclose(_scores(tmp_path / "p"), want, rtol=1e-5)
+    result = invoke_cli("export", str(model), "-o", str(tmp_path / "refused"), "--format", "onnx")
+    assert_one_line_error(result.exit_code, result.stderr, "may not choose")
+
+
+def test_serve_settings_and_registry_take_the_weights(own):
+    pytest.importorskip("fastapi")
+    from patchbank.service.registry import ModelRegistry
+    from patchbank.service.settings import ModelSpec, ServeSettings
+
+    model, weights, other = own
+    spec = (ModelSpec("own", str(model)),)
+    registry = ModelRegistry(ServeSettings(models=spec, weights=weights)).load().warm_up()
+    assert registry.ready and registry.models["own"].model.config.weights == weights
+    with pytest.raises(PatchbankError, match="may not choose"):
+        ModelRegistry(ServeSettings(models=spec)).load()
+    with pytest.raises(PatchbankError, match="backbone weights differ"):
+        ModelRegistry(ServeSettings(models=spec, weights=other)).load().warm_up()
+    with pytest.raises(PatchbankError, match="--weights applies to model files"):
+        ServeSettings(models=spec, runtime="onnx", weights=weights)
