@@ -58,9 +58,10 @@ def embed_test(det: Detector, items: list[str]) -> torch.Tensor:
 
 @torch.inference_mode()
 def variants(det: Detector, emb: torch.Tensor, poolings: list[str], upsamples: list[str],
-             searches: list[str], category, batch: int = 16) -> dict:
-    """Image metrics per pooling and pixel metrics per upsampling, over one fitted bank, searched
-    by the fitted search and by each other kind in ``searches`` (built over the same rows)."""
+             searches: list[str], category, batch: int = 16, blurs: list[float] | None = None) -> dict:
+    """Image metrics per pooling and pixel metrics per upsampling (and per map blur sigma in
+    ``blurs``, the fitted config's when None), over one fitted bank, searched by the fitted search
+    and by each other kind in ``searches`` (built over the same rows)."""
     base = det.scorer_
     labels = np.asarray(category.labels)
     out = {}
@@ -75,13 +76,15 @@ def variants(det: Detector, emb: torch.Tensor, poolings: list[str], upsamples: l
             out[f"image:{pooling}{tag}"] = image_metrics(labels, scores)
         if category.has_masks:
             for mode in upsamples:
-                cfg = det.config.replace(map_upsample=mode)
-                scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
-                maps = []
-                for i in range(0, len(emb), batch):
-                    _, patch = scorer.score(emb[i:i + batch])
-                    maps.extend(m.numpy() for m in scorer.anomaly_map(patch)[0])
-                out[f"pixel:{mode}{tag}"] = pixel_scores(category, maps, cfg)
+                for sigma in blurs or [det.config.blur_sigma]:
+                    cfg = det.config.replace(map_upsample=mode, blur_sigma=sigma)
+                    scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
+                    maps = []
+                    for i in range(0, len(emb), batch):
+                        _, patch = scorer.score(emb[i:i + batch])
+                        maps.extend(m.numpy() for m in scorer.anomaly_map(patch)[0])
+                    blur = "" if sigma == det.config.blur_sigma else f":blur{sigma:g}"
+                    out[f"pixel:{mode}{blur}{tag}"] = pixel_scores(category, maps, cfg)
     return out
 
 
@@ -96,6 +99,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--poolings", default="reweighted_max,max,topk_mean")
     ap.add_argument("--upsamples", default="nearest,bilinear")
     ap.add_argument("--searches", default="", help="other search kinds to score with over the same bank")
+    ap.add_argument("--blurs", default="", help="map blur sigmas to score pixel metrics with [the config's]")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", required=True)
@@ -118,7 +122,8 @@ def main(argv=None) -> dict:
             det.fit(train)
             fit_s = time.perf_counter() - t0
             res = variants(det, embed_test(det, items), poolings, upsamples,
-                           args.searches.split(","), category)
+                           args.searches.split(","), category,
+                           blurs=[float(b) for b in args.blurs.split(",") if b] or None)
             rows.append({"fit": name, "overrides": {k: str(v) for k, v in overrides.items()},
                          "seed": seed, "fit_s": fit_s, "bank_entries": int(det.scorer_.search.shape[0]),
                          "results": res})

@@ -45,14 +45,16 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from patchbank.errors import PatchbankError
 from patchbank.io.image_coords import view_window
+
+if TYPE_CHECKING:   # torch is imported where tensors are made: decoding alone (a Ray decoding
+    import torch    # task) does not pay for importing it
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                     ".pbm", ".pgm", ".ppm", ".pnm")
@@ -382,6 +384,8 @@ def crop_mask(mask: np.ndarray, config) -> np.ndarray:
 
 def to_tensor(batch: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 HxWx3 arrays -> float32 [B, 3, H, W] normalised with ``mean``/``std``."""
+    import torch
+
     x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
