@@ -40,6 +40,18 @@ def _images(root: Path, split: str, n: int) -> list[str]:
     return files[::step][:n]
 
 
+def busy_cpu_s() -> float | None:
+    """CPU-seconds the whole machine has spent busy since boot (all processes, /proc/stat:
+    user + nice + system + irq + softirq + steal), None where there is no /proc/stat; the
+    difference over a run is the CPU it cost, Ray's own processes included."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, nargs="+", required=True, help="dataset roots (MVTec layout)")
@@ -90,9 +102,18 @@ def main() -> None:
         t0 = time.perf_counter()
         det.predict(test[:n], batch_size=b)
         res[f"local_ms_per_img_batch{b}"] = 1000 * (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    local = det.predict(test, batch_size=args.batch_size)
-    res["local_img_s"] = len(test) / (time.perf_counter() - t0)
+    def local_run() -> list:
+        """One timed local predict of every test image, appended to the local records."""
+        t0, c0 = time.perf_counter(), busy_cpu_s()
+        preds = det.predict(test, batch_size=args.batch_size)
+        res["local_runs"].append({"img_s": len(test) / (time.perf_counter() - t0), "cpu_ms_per_img":
+                                  None if c0 is None else 1000 * (busy_cpu_s() - c0) / len(test)})
+        return preds
+
+    # the local path is timed before the first Ray configuration and after each one, so every
+    # Ray run is compared with the local runs just before and after it (this VM's speed drifts)
+    res["local_runs"] = []
+    local = local_run()
     if dev != "cpu":   # the same model on the CPU: how far the device's scores are from it
         n = min(len(test), 64)
         on_cpu = Detector.load(model, progress=False, weights=args.weights).predict(test[:n])
@@ -107,22 +128,31 @@ def main() -> None:
     for actors in (int(a) for a in args.actors.split(",")):
         th = max(1, T // actors)
         for decoders in decoder_counts:
-            times = {}
+            times, cpu = {}, {}
             for name, imgs in (("small", small), ("full", test)):   # a fresh actor pool per run
                 out = tmp / f"ray{actors}_{decoders}_{name}"
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), busy_cpu_s()
                 got = predict(model, imgs, out, actors=actors, threads=th, batch_size=args.batch_size,
                               device=dev, decoders=decoders, weights=args.weights)
                 times[name] = time.perf_counter() - t0
+                cpu[name] = None if c0 is None else busy_cpu_s() - c0
+            local_run()
+            around = np.mean([r["img_s"] for r in res["local_runs"][-2:]])
             steady = (len(test) - len(small)) / (times["full"] - times["small"])
             ray_scores = np.array([r["score"] for r in got["predictions"]])
             local_scores = np.array([p.score for p in local])
             res[f"ray_{actors}x{th}" + (f"_decoders{decoders}" if decoders else "")] = {
                 "decoders": got["engine"]["decoders"],
                 "img_s_whole_run": len(test) / times["full"],
-                "overhead_whole_run": 1 - len(test) / times["full"] / res["local_img_s"],
+                "local_img_s_around": around,   # mean of the local runs before and after
+                "overhead_whole_run": 1 - len(test) / times["full"] / around,
                 "img_s_steady": steady,   # the difference of a run of len(test) and one of len(small)
                 "fixed_start_s": times["full"] - len(test) / steady,
+                # machine-wide CPU of the whole run, and per image in the steady part (the
+                # difference of the two runs), Ray's processes (driver, raylet, GCS) included
+                "cpu_ms_per_img_whole_run": None if cpu["full"] is None else 1000 * cpu["full"] / len(test),
+                "cpu_ms_per_img_steady": None if cpu["full"] is None
+                else 1000 * (cpu["full"] - cpu["small"]) / (len(test) - len(small)),
                 "equal_scores_as_local": bool(np.array_equal(ray_scores, local_scores)),
                 "equal_decisions_as_local": [r["is_anomalous"] for r in got["predictions"]]
                 == [p.is_anomalous for p in local],
@@ -143,6 +173,7 @@ def main() -> None:
         res["fit_ray_tasks_s"] = time.perf_counter() - t0
         res["fit_categories"] = {k: len(v) for k, v in cats.items()}
     ray.shutdown()
+    res["local_img_s"] = float(np.median([r["img_s"] for r in res["local_runs"]]))
     if dev.startswith("cuda"):   # one GPU (with T CPU threads feeding it) per machine
         res["projection"] = {f"{n:.0e}_per_day": {
             "gpu_seconds": n / res["local_img_s"],

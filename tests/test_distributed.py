@@ -221,6 +221,10 @@ def test_one_line_errors(ray_local, single_model, synthetic_root, tmp_path, monk
     _one_line(_cli("predict", single_model, bad, "-o", tmp_path / "d", "--engine", "ray"),
               "cannot read image", "bad.png")
     assert not (tmp_path / "d" / "predictions.csv").exists()
+    for bad_count in ({"decoders": 0}, {"actors": True}, {"threads": 1.5}):
+        with pytest.raises(PatchbankError, match=f"{next(iter(bad_count))} must be an integer >= 1"):
+            predict(single_model, str(test), tmp_path / "f", **bad_count)
+    assert not (tmp_path / "f").exists()
     import builtins
 
     real = builtins.__import__

@@ -199,10 +199,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     from patchbank.io.prediction_files import heatmap_names
 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
-    for name, value in (("actors", actors), ("threads", threads), ("batch_size", batch_size or 1),
-                        ("decoders", decoders)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PatchbankError(f"{name} must be an integer >= 1, got {value!r}")
+    _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
     model = Path(model)
     summary, config = _model_summary(model, category)
     batch_size = batch_size or config.batch_size
@@ -235,6 +232,13 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
     return {**summary, "predictions": records}
+
+
+def _check_counts(**counts: Any) -> None:
+    """Each of ``counts`` must be an integer >= 1 (a one-line error naming the first that is not)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PatchbankError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _heatmap_note(heat_paths: list[Path]) -> dict[str, Any] | None:
