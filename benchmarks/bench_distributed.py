@@ -98,7 +98,7 @@ def main() -> None:
     res["local_load_and_first_batch_s"] = time.perf_counter() - t0
     for b in (1, args.batch_size):   # per-image latency of one model call, reading included
         n = min(len(test), 64)
-        det.predict(test[:4], batch_size=b)   # warm this batch shape (cuDNN picks its kernels)
+        det.predict(test[:b], batch_size=b)   # warm this batch shape (cuDNN picks its kernels)
         t0 = time.perf_counter()
         det.predict(test[:n], batch_size=b)
         res[f"local_ms_per_img_batch{b}"] = 1000 * (time.perf_counter() - t0) / n
