@@ -115,3 +115,15 @@ def recorded_predictions(monkeypatch):
 
     monkeypatch.setattr(Detector, "predict", recording)
     return captured
+
+
+def seeded_weights_file(path, seed=0):
+    """A seeded random state dict of efficientnet_lite0's architecture (timm keys) written as
+    safetensors to ``path``: a backbone weights file of one's own, for ``--weights FILE``."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)

@@ -14,9 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from conftest import FAST, assert_one_line_error
+from conftest import FAST, assert_one_line_error, seeded_weights_file
 from conftest import invoke_cli as _cli
 from patchbank.errors import PatchbankError
 
@@ -125,15 +124,9 @@ def test_multi_routed_two_actors_equals_local(ray_local, multi_model, two_root, 
 def test_a_model_with_its_own_weights_scores_with_weights_given(ray_local, synthetic_root, tmp_path):
     """A model fitted with its own backbone weights file: the actors load it with the file the
     caller names (--weights), scores equal the local ones; without it, one line."""
-    import timm
-    from safetensors.torch import save_file
-
     from patchbank.detector import Detector
 
-    torch.manual_seed(0)
-    weights = str(tmp_path / "w.safetensors")
-    save_file({k: v.contiguous() for k, v in
-               timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict().items()}, weights)
+    weights = seeded_weights_file(tmp_path / "w.safetensors")
     model = tmp_path / "own.patchbank"
     Detector.from_preset("lmf-core", progress=False, weights=weights, **FAST).fit(
         synthetic_root / "train" / "good").save(model)

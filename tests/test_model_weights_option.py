@@ -11,32 +11,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from conftest import assert_one_line_error, invoke_cli
+from conftest import assert_one_line_error, invoke_cli, seeded_weights_file
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 
 SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none"]
 
 
-def _weights_file(path, seed):
-    """A seeded random state dict of efficientnet_lite0's architecture (timm keys)."""
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def own(tmp_path_factory, synthetic_root):
     """(model file fitted with its own weights file, that file, a different weights file)."""
     tmp = tmp_path_factory.mktemp("own_weights")
-    weights = _weights_file(tmp / "mine.safetensors", 0)
-    other = _weights_file(tmp / "other.safetensors", 1)
+    weights = seeded_weights_file(tmp / "mine.safetensors", 0)
+    other = seeded_weights_file(tmp / "other.safetensors", 1)
     model = tmp / "own.patchbank"
     result = invoke_cli("fit", str(synthetic_root / "train" / "good"), "-o", str(model), *SMALL,
                         "--preset", "lmf-core", "--weights", weights, "-q")
@@ -70,12 +58,16 @@ def test_predict_without_or_with_other_weights_is_one_line(own, synthetic_root, 
     assert result.exit_code == 2 and "missing.safetensors" in result.stderr
 
 
-def test_an_export_folder_takes_no_weights(own, synthetic_root, tmp_path):
+def test_an_export_folder_takes_no_weights_and_runs_on_the_cpu(own, synthetic_root, tmp_path):
+    """What an export runtime cannot honour is refused in one line, not silently ignored."""
     model, weights, _ = own
     image = str(sorted((synthetic_root / "test" / "good").glob("*.png"))[0])
     result = invoke_cli("predict", str(tmp_path), image, "-o", str(tmp_path / "out"),
                         "--runtime", "onnx", "--weights", weights)
     assert_one_line_error(result.exit_code, result.stderr, "--weights applies to model files")
+    result = invoke_cli("predict", str(tmp_path), image, "-o", str(tmp_path / "out2"),
+                        "--runtime", "openvino", "--device", "cuda")
+    assert_one_line_error(result.exit_code, result.stderr, "runs on the CPU", "drop --device cuda")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs patchbank[export]")

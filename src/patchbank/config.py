@@ -35,7 +35,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from patchbank.errors import ConfigError
+from patchbank.errors import ConfigError, PatchbankError
 
 FUSIONS = ("equal", "vg", "l2")
 PATCH_BORDERS = ("valid", "zero")
@@ -54,6 +54,20 @@ BANK_DTYPES = ("float32", "float16")
 # maps of one such image already take hundreds of MB; larger sizes are refused before anything
 # is allocated (docs/reliability.md)
 MAX_INPUT_PIXELS = 2048 * 2048
+
+
+def check_runtime_options(runtime: str, device: str, weights: str | None) -> None:
+    """The options an export runtime (onnx / openvino) cannot honour: it runs on the CPU and
+    carries its backbone in its graph, so ``device`` must be cpu and ``weights`` None there; a
+    one-line :class:`~patchbank.errors.PatchbankError` saying what to drop.  torch takes both."""
+    if runtime == "torch":
+        return
+    if device != "cpu":
+        raise PatchbankError(f"--runtime {runtime} runs on the CPU; drop --device {device} "
+                             f"(or run the model file with --runtime torch)")
+    if weights is not None:
+        raise PatchbankError(f"--weights applies to model files; an export folder carries its backbone "
+                             f"in its graph (drop --weights with --runtime {runtime})")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import click
 
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import model_weights_option, overwrite_option, run_options, setup_threads
-from patchbank.config import RUNTIMES
+from patchbank.config import RUNTIMES, check_runtime_options
 from patchbank.errors import PatchbankError
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -82,10 +82,8 @@ def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | N
     """``predict``'s model: a Detector / MultiDetector from a model file for ``torch`` (with the
     backbone ``weights`` file, if given), an :class:`~patchbank.export.runtimes.ExportedModel`
     from an export folder otherwise."""
+    check_runtime_options(runtime, device, weights)
     if runtime != "torch":
-        if weights is not None:
-            raise PatchbankError(f"--weights applies to model files; an export folder carries its "
-                                 f"backbone in its graph (drop --weights with --runtime {runtime})")
         check_extra(("onnxruntime",) if runtime == "onnx" else ("openvino",))
     from patchbank.export.runtimes import ExportedModel, check_model_path
 

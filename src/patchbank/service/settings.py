@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from patchbank.config import RUNTIMES
+from patchbank.config import RUNTIMES, check_runtime_options
 from patchbank.errors import PatchbankError
 from patchbank.io.images import MAX_IMAGE_PIXELS
 
@@ -55,12 +55,7 @@ class ServeSettings:
             raise PatchbankError("max_wait_ms must be >= 0 and max_request_mb > 0")
         if self.runtime not in SERVE_RUNTIMES:
             raise PatchbankError(f"runtime must be one of {', '.join(SERVE_RUNTIMES)}, got {self.runtime!r}")
-        if self.runtime != "torch" and self.device != "cpu":
-            raise PatchbankError(f"--runtime {self.runtime} runs on the CPU; drop --device {self.device} "
-                                 f"(or serve the model file with --runtime torch)")
-        if self.runtime != "torch" and self.weights is not None:
-            raise PatchbankError(f"--weights applies to model files; an export folder carries its backbone "
-                                 f"in its graph (drop --weights with --runtime {self.runtime})")
+        check_runtime_options(self.runtime, self.device, self.weights)
         names = [m.name for m in self.models]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
