@@ -121,7 +121,8 @@ def test_multi_routed_two_actors_equals_local(ray_local, multi_model, two_root, 
     assert {r["category"] for r in given["predictions"]} == {"b"} and given["routing"] == "given"
 
 
-def test_a_model_with_its_own_weights_scores_with_weights_given(ray_local, synthetic_root, tmp_path):
+def test_a_model_with_its_own_weights_scores_with_weights_given(ray_local, synthetic_root, multi_model,
+                                                                tmp_path):
     """A model fitted with its own backbone weights file: the actors load it with the file the
     caller names (--weights), scores equal the local ones; without it, one line."""
     from patchbank.detector import Detector
@@ -139,6 +140,12 @@ def test_a_model_with_its_own_weights_scores_with_weights_given(ray_local, synth
     r = _cli("predict", model, images[0], "-o", tmp_path / "cli", "--engine", "ray", "-q",
              "--weights", weights)
     assert r.exit_code == 0, r.output
+    # a missing or other weights file: refused by the driver before any actor starts
+    with pytest.raises(PatchbankError, match="weights file not found"):
+        predict(model, images, tmp_path / "missing", weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(PatchbankError, match="backbone weights differ"):
+        predict(multi_model, images, tmp_path / "other", weights=weights)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "other").exists()
 
 
 def test_every_input_kind(ray_local, single_model, synthetic_root, tmp_path):

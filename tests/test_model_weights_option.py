@@ -99,5 +99,10 @@ def test_serve_settings_and_registry_take_the_weights(own):
         ModelRegistry(ServeSettings(models=spec)).load()
     with pytest.raises(PatchbankError, match="backbone weights differ"):
         ModelRegistry(ServeSettings(models=spec, weights=other)).load().warm_up()
+    # refused when the model loads (serve stops before listening), not in the warm-up
+    with pytest.raises(PatchbankError, match="backbone weights differ"):
+        ModelRegistry(ServeSettings(models=spec, weights=other)).load()
+    with pytest.raises(PatchbankError, match="weights file not found"):
+        ModelRegistry(ServeSettings(models=spec, weights=str(model) + ".missing")).load()
     with pytest.raises(PatchbankError, match="--weights applies to model files"):
         ServeSettings(models=spec, runtime="onnx", weights=weights)

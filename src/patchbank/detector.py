@@ -25,6 +25,7 @@ import torch
 
 from patchbank import __version__
 from patchbank.backbones import Backbone, create_backbone
+from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import ImageStream, as_items, check_views, view_batches
@@ -108,9 +109,7 @@ class Detector:
         """The backbone about to run must be the one the model was fit with: same weights
         (sha256), channels that fit the fusion and projection, the fitted patch grid."""
         where, bb = self._source, extractor.backbone
-        if bb.weights_sha256 != self.backbone_sha256_:
-            raise PatchbankError(f"{where}: backbone weights differ from the ones this model was fit "
-                                 f"with (sha256 {bb.weights_sha256} != {self.backbone_sha256_})")
+        check_weights_sha(bb.weights_sha256, self.backbone_sha256_, where)
         emb = self.scorer_.embedding
         keep = emb.fusion_.keep_ if isinstance(emb.fusion_, VGFusion) else None
         in_dim = emb.projection_.matrix_.shape[0] if emb.projection_ is not None else self.scorer_.search.shape[1]
@@ -286,12 +285,16 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
              weights: str | None = None) -> "Detector":
-        """Load a model file; ``weights`` points at the backbone weights file if it moved."""
+        """Load a model file; ``weights`` points at the backbone weights file if it moved (or the
+        model was fit with its own): a missing file or one with another sha256 than the model
+        recorded is refused here, not at the first prediction."""
         tensors, meta = load_model(path)
         if meta.get("kind") == "multi":
             names = ", ".join(meta.get("category_order", []))
             raise PatchbankError(f"{path} is a multi-category model ({names}); load it with "
                                  f"patchbank.multi.MultiDetector.load")
+        if weights is not None:
+            check_given_weights(weights, meta.get("backbone_sha256"), str(path))
         return cls.from_state(tensors, meta, str(path), device=device, progress=progress,
                               weights=weights)
 
@@ -325,3 +328,18 @@ class Detector:
         det.scorer_ = PatchScorer(config, embedding, make_search(bank, config, det.search_kind_),
                                   det.grid_, radius)
         return det
+
+
+def check_given_weights(weights: str, fitted: str | None, where: str) -> None:
+    """A weights file given for a fitted model (``"random"``: random init) must be the one it was
+    fit with (sha256 ``fitted``): a one-line error for a missing file or another one, before
+    anything is built."""
+    check_weights_sha(None if weights == RANDOM else weights_sha256(weights), fitted, where)
+
+
+def check_weights_sha(got: str | None, fitted: str | None, where: str) -> None:
+    """The backbone weights about to be used (sha256 ``got``) must be those the model was fit
+    with (``fitted``); a one-line error naming ``where`` otherwise."""
+    if got != fitted:
+        raise PatchbankError(f"{where}: backbone weights differ from the ones this model was fit "
+                             f"with (sha256 {got} != {fitted})")

@@ -154,12 +154,17 @@ def _retries() -> dict[str, int]:
     return {"max_restarts": ACTOR_RETRIES, "max_task_retries": ACTOR_RETRIES}
 
 
-def _model_summary(model: Path, category: str | None) -> tuple[dict[str, Any], Any]:
-    """(the JSON fields the local predict writes about the model, its Config)."""
+def _model_summary(model: Path, category: str | None, weights: str | None) -> tuple[dict[str, Any], Any]:
+    """(the JSON fields the local predict writes about the model, its Config); a given backbone
+    ``weights`` file is checked against the model's here, once, not in every actor."""
     from patchbank.config import Config
+    from patchbank.detector import check_given_weights
     from patchbank.io.model_file import read_header
 
     meta = read_header(model)
+    if weights is not None:   # every category of a multi-category model shares one backbone
+        info = next(iter(meta["categories"].values())) if meta.get("kind") == "multi" else meta
+        check_given_weights(weights, info.get("backbone_sha256"), str(model))
     config = Config.from_dict(meta["config"])
     if meta.get("kind") != "multi":
         if category is not None:
@@ -201,7 +206,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
     _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
     model = Path(model)
-    summary, config = _model_summary(model, category)
+    summary, config = _model_summary(model, category, weights)
     batch_size = batch_size or config.batch_size
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / "heatmaps" / n for n in heatmap_names(paths)] if heatmaps else [])
