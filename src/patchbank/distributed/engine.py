@@ -9,6 +9,7 @@ connects to a cluster (``address="auto"`` or ``HOST:PORT``) and shuts it down af
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any, Iterator
 
@@ -35,12 +36,19 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         yield ray
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # a local Ray started here turns token authentication on and says so on the console: not
+    # something a user of this one run can act on (Ray's own setting, RAY_AUTH_MODE, still applies)
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise PatchbankError(f"cannot start or reach {where}: {' '.join(str(exc).split())}") from None
+    finally:
+        notice.setLevel(level)
     try:
         yield ray
     finally:

@@ -25,12 +25,14 @@ must be on storage every worker reaches), coloured on the model's fixed range
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -220,13 +222,14 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
         ds = ds.map_batches(decode_batch, fn_kwargs={"config": config},
                             batch_size=batch_size, num_cpus=DECODE_CPUS,
                             compute=ray.data.TaskPoolStrategy(size=decoders))
-        ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors),
-                            fn_constructor_kwargs={"model_bytes": ray.put(model.read_bytes()),
-                                                   "device": device, "threads": threads,
-                                                   "category": category, "heatmaps": heatmaps,
-                                                   "weights": weights},
-                            **resources)
+        with _retry_limits_accepted():
+            ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=actors),
+                                fn_constructor_kwargs={"model_bytes": ray.put(model.read_bytes()),
+                                                       "device": device, "threads": threads,
+                                                       "category": category, "heatmaps": heatmaps,
+                                                       "weights": weights},
+                                **resources)
         batches = ({k: v.tolist() for k, v in b.items()}
                    for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
         records = files.collect(batches, len(paths))
@@ -253,9 +256,21 @@ def _heatmap_note(heat_paths: list[Path]) -> dict[str, Any] | None:
 
 
 def _quiet_ray_data(ray: Any, progress: bool) -> None:
-    """Ray Data's progress bars only with ``progress``; its INFO log lines never on the console."""
+    """Ray Data's progress bars only with ``progress`` (and without them, not its warning that
+    they are off); its INFO log lines never on the console."""
     import logging
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.WARNING if progress else logging.ERROR)
+
+
+@contextlib.contextmanager
+def _retry_limits_accepted() -> Iterator[None]:
+    """A context in which Ray Data's deprecation warning for ``ray_remote_args`` is not shown:
+    Ray 2.60 has no named parameter for an actor pool's ``max_restarts`` /
+    ``max_task_retries``, and the retry limits are deliberate (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        yield
