@@ -479,6 +479,33 @@ def test_registry_is_unready_until_loaded_and_json_has_no_nan():
     assert finite(float("nan")) is None and finite(float("inf")) is None and finite(1.5) == 1.5
 
 
+@pytest.mark.parametrize("error,traceback", [(PatchbankError("weights file w.pt is corrupt"), False),
+                                             (OSError("No such file"), False), (ZeroDivisionError("bug"), True)])
+def test_a_failed_warm_up_is_logged_in_one_line_unless_it_is_a_bug(files, monkeypatch, caplog, error, traceback):
+    """A model that loads but fails its warm-up (a weights file broken after the check, a file
+    gone, memory) is logged as one line without a traceback, and the server stays unready saying
+    why; an unexpected exception (a bug) keeps its traceback in the log."""
+    import asyncio
+    import logging
+
+    from patchbank.service.app import _load
+
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("single", str(files["single"])),)))
+
+    def fail(*_):
+        raise error
+
+    monkeypatch.setattr(registry, "warm_up", fail)
+    with caplog.at_level(logging.ERROR, logger="patchbank.service"):
+        asyncio.run(_load(registry))
+    (record,) = [r for r in caplog.records if r.name == "patchbank.service"]
+    assert str(error) in record.getMessage() and "\n" not in record.getMessage()
+    assert (record.exc_info is not None) == traceback
+    with pytest.raises(ServiceError) as info:
+        registry.get("single")
+    assert info.value.status == 503 and str(error) in str(info.value)
+
+
 def test_persisting_a_multi_category_models_threshold_keeps_the_other_category(files, tmp_path):
     path = tmp_path / "line.patchbank"
     shutil.copy(files["line"], path)

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
 
 from patchbank import __version__
+from patchbank.errors import PatchbankError
 from patchbank.service.batching import DynamicBatcher
 from patchbank.service.handlers import error_response, install_error_handlers
 from patchbank.service.limits import BodyLimit
@@ -61,12 +62,21 @@ def create_app(settings: ServeSettings, registry: ModelRegistry | None = None) -
     return app
 
 
+LOAD_PROBLEMS = (PatchbankError, OSError, MemoryError)
+"""Failures of loading or warming up that are the input's or the machine's (a bad model or
+weights file, a file gone, out of memory), logged in one line; anything else is a bug and is
+logged with its traceback."""
+
+
 async def _load(registry: ModelRegistry) -> None:
-    """Load and warm up every model in a thread; a failure leaves the server unready, saying why."""
+    """Load and warm up every model in a thread; a failure leaves the server unready, saying why
+    (in the log, and in every 503 until a restart)."""
     try:
         await asyncio.to_thread(registry.start)
-    except Exception:
-        log.exception("loading the models failed; /v2/health/ready answers 503")
+    except LOAD_PROBLEMS as exc:
+        log.error("loading the models failed: %s; /v2/health/ready answers 503", registry.failure or exc)
+    except Exception as exc:
+        log.exception("loading the models failed: %s; /v2/health/ready answers 503", registry.failure or exc)
 
 
 def _index() -> Response:
