@@ -40,8 +40,15 @@ from patchbank.studies.speed import machine
 
 
 def parse_fields(text: str) -> dict:
-    """``FIELD=V,FIELD=V`` (or space-separated pairs) -> overrides, values read as the CLI does."""
-    pairs = [kv for kv in text.replace(" ", ",").split(",") if kv]
+    """``FIELD=V,FIELD=V`` (or space-separated pairs) -> overrides, values read as the CLI does;
+    a comma-separated value (``layers=2,3,4``) keeps its commas: a piece without ``=`` continues
+    the value before it."""
+    pairs: list[str] = []
+    for piece in (p for p in text.replace(" ", ",").split(",") if p):
+        if "=" in piece or not pairs:
+            pairs.append(piece)
+        else:
+            pairs[-1] += "," + piece
     return {k: parse_value(k, v) for k, v in (kv.split("=", 1) for kv in pairs)}
 
 

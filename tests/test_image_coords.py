@@ -242,3 +242,35 @@ def test_heatmap_colours_are_the_models_fixed_range_in_every_run(fitted, synthet
     lo, hi = fitted.heatmap_range()
     assert [(d["vmin"], d["vmax"]) for d in docs] == [(lo, hi), (lo, hi)]
     assert "fixed range" in docs[0]["range"]
+
+
+def test_api_predictions_carry_their_map_on_the_original_image(synthetic_root, tmp_path):
+    """``Detector.predict`` (paths, arrays, PIL images, a JPEG decoded at a reduced scale) and
+    ``MultiDetector.predict``: each prediction knows its original size, and ``image_map`` is
+    ``anomaly_map`` mapped back onto it (NaN exactly where the crop cut it off); a defect's hot
+    spot lies where the defect is in the original.  ``predict_views`` has no original image."""
+    from patchbank.multi import MultiDetector
+
+    kw = dict(progress=False, backbone="efficientnet_lite0", image_size=(96, 96), crop_size=(64, 64))
+    det = Detector.from_preset("lmf-core", **kw).fit(synthetic_root / "train" / "good")
+    src = sorted((synthetic_root / "test" / "spot").glob("*.png"))[0]
+    wide = Image.open(src).convert("RGB").resize((288, 192), Image.BILINEAR)
+    jpeg = tmp_path / "big.jpg"   # 4x the model's size: decoded at a reduced scale (JPEG draft)
+    Image.open(src).convert("RGB").resize((384, 384), Image.BILINEAR).save(jpeg, quality=95)
+    items = [src, np.asarray(wide), wide, jpeg]
+    sizes = [(96, 96), (192, 288), (192, 288), (384, 384)]
+    for pred, size in zip(det.predict(items), sizes):
+        assert pred.image_size == size and pred.image_map.shape == size
+        np.testing.assert_array_equal(pred.image_map, to_original(pred.anomaly_map, size, det.config))
+        np.testing.assert_array_equal(np.isnan(pred.image_map), ~inspected(size, det.config))
+    spot = det.predict([src])[0].image_map
+    r, c = np.unravel_index(np.nanargmax(spot), spot.shape)
+    hot = det.predict([wide])[0].image_map
+    r2, c2 = np.unravel_index(np.nanargmax(hot), hot.shape)
+    assert abs(r2 / 2 - r) <= 6 and abs(c2 / 3 - c) <= 6      # the same place, in each image's pixels
+    multi = MultiDetector.from_preset("lmf-core", n_prototypes=8, **kw).fit(
+        {"a": synthetic_root / "train" / "good"})
+    (m,) = multi.predict([wide])
+    assert m.image_size == (192, 288) and m.image_map.shape == (192, 288)
+    (v,) = det.predict_views([prepare_view(src, det.config)])
+    assert v.window is None and v.image_map is None and v.image_size is None

@@ -38,7 +38,7 @@ from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.fusion import VGFusion
 from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Prediction, check_batch_size,
-                                          predict_batches)
+                                          predict_batches, set_windows)
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
 from patchbank.runtime.devices import resolve_device
@@ -187,7 +187,8 @@ class Detector:
         The time per step of the call is left in ``last_timings_``."""
         check_batch_size(batch_size)
         items = as_items(images)
-        return self._predict_batches(self.stream(items, batch_size), len(items))
+        stream = self.stream(items, batch_size)
+        return set_windows(self._predict_batches(stream, len(items)), stream.original_sizes, self.config)
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None,

@@ -25,7 +25,7 @@ import torch
 from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction
-from patchbank.pipeline.inference import check_batch_size, predict_batches
+from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items, check_views, view_batches
@@ -131,7 +131,9 @@ class MultiDetector:
         category = self._resolve(category)
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]
-        return self._predict_batches(first.stream(items, batch_size), len(items), category)
+        stream = first.stream(items, batch_size)
+        return set_windows(self._predict_batches(stream, len(items), category), stream.original_sizes,
+                           first.config)
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None, category: str | None = None,

@@ -39,7 +39,7 @@ from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sid
 from patchbank.io.images import ImageStream, as_items
 from patchbank.pipeline.calibration import ImageScores
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
-                                          predict_batches)
+                                          predict_batches, set_windows)
 
 HINTS = ("LATENCY", "THROUGHPUT")
 
@@ -283,6 +283,6 @@ class ExportedModel:
             clock.lap("post")
             return preds
 
-        out, self.last_timings_ = predict_batches(self.stream(items, batch_size), len(items),
-                                                  self.progress, PREDICT_STEPS, handle)
-        return out
+        stream = self.stream(items, batch_size)
+        out, self.last_timings_ = predict_batches(stream, len(items), self.progress, PREDICT_STEPS, handle)
+        return set_windows(out, stream.original_sizes, self.config)

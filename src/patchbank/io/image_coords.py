@@ -58,6 +58,21 @@ class Window:
         inside = (resized >= self.offset[dim]) & (resized < self.offset[dim] + self.size[dim])
         return resized - 0.5 - self.offset[dim], inside
 
+    def map_back(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The map [H, W] on the view's grid (``size``) resampled onto the original image:
+        float32 [H0, W0], bilinear between the view's pixel centres, NaN where the crop cut
+        the image off (not inspected)."""
+        m = np.asarray(anomaly_map, dtype=np.float32)
+        if m.ndim != 2 or tuple(m.shape) != tuple(self.size):
+            raise PatchbankError(f"anomaly map must be [H, W] = {tuple(self.size)} (the model's "
+                                 f"input size), got shape {tuple(m.shape)}")
+        rows, row_in = self.axis(0)
+        cols, col_in = self.axis(1)
+        out = _interp_axis(_interp_axis(m, rows, 0), cols, 1).astype(np.float32)
+        out[~row_in, :] = np.nan
+        out[:, ~col_in] = np.nan
+        return out
+
 
 def _centre_offset(have: int, want: int) -> int:
     """The top / left offset of a centred crop (as :func:`patchbank.io.images._resize_crop`
@@ -99,20 +114,9 @@ def _interp_axis(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarra
 
 
 def to_original(anomaly_map: np.ndarray, original_hw: tuple[int, int], config) -> np.ndarray:
-    """The map [H, W] on ``config.input_size`` resampled onto the original image: float32
-    [H0, W0], bilinear between the view's pixel centres, NaN where the crop cut the image off
-    (not inspected)."""
-    m = np.asarray(anomaly_map, dtype=np.float32)
-    if m.ndim != 2 or tuple(m.shape) != tuple(config.input_size):
-        raise PatchbankError(f"anomaly map must be [H, W] = {tuple(config.input_size)} (the model's "
-                             f"input size), got shape {tuple(m.shape)}")
-    win = view_window(original_hw, config)
-    rows, row_in = win.axis(0)
-    cols, col_in = win.axis(1)
-    out = _interp_axis(_interp_axis(m, rows, 0), cols, 1).astype(np.float32)
-    out[~row_in, :] = np.nan
-    out[:, ~col_in] = np.nan
-    return out
+    """The map [H, W] on ``config.input_size`` resampled onto an ``original_hw`` image
+    (:meth:`Window.map_back` of its :func:`view_window`)."""
+    return view_window(original_hw, config).map_back(anomaly_map)
 
 
 def inspected(original_hw: tuple[int, int], config) -> np.ndarray:

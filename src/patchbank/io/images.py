@@ -330,6 +330,10 @@ def _load(im: Image.Image, name: str) -> None:
         raise PatchbankError(f"cannot read {name}: {one_line(exc) or type(exc).__name__}") from None
 
 
+FULL_SIZE = "patchbank_full_size"
+"""Key of a drafted JPEG's full (W, H) in its PIL ``info`` (``convert`` keeps ``info``)."""
+
+
 @contextmanager
 def decoded_image(path: str | os.PathLike, what: str = "image",
                   draft_size: tuple[int, int] | None = None) -> Iterator[Image.Image]:
@@ -338,6 +342,7 @@ def decoded_image(path: str | os.PathLike, what: str = "image",
     ``draft_size`` (H, W) lets a JPEG decode at a reduced scale, never below that size."""
     with open_image(path, what) as im:
         if draft_size is not None and im.format == "JPEG":
+            im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
             im.draft("RGB", (draft_size[1], draft_size[0]))
         _load(im, f"{what} {path}")
         yield im
@@ -373,7 +378,15 @@ def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray
 
 def prepare_view(item: Any, config) -> np.ndarray:
     """The resized and centre-cropped RGB view (uint8, HxWx3) that an anomaly map aligns with."""
-    return _resize_crop(open_rgb(item, config.image_size), config)
+    return read_view(item, config)[0]
+
+
+def read_view(item: Any, config) -> tuple[np.ndarray, tuple[int, int]]:
+    """(:func:`prepare_view`'s view, the original image's (H, W): its full size, also when a
+    JPEG was decoded at a reduced scale)."""
+    im = open_rgb(item, config.image_size)
+    w, h = im.info.get(FULL_SIZE, im.size)
+    return _resize_crop(im, config), (int(h), int(w))
 
 
 def crop_mask(mask: np.ndarray, config) -> np.ndarray:
@@ -420,6 +433,7 @@ class ImageStream:
     """Iterate over inputs as normalised tensor batches, decoding the next batch in the background.
 
     Yields ``(tensor [B,3,H,W], names list)``; only two batches are in memory at any time.
+    ``original_sizes`` lists the (H, W) of every image decoded so far, in input order.
     """
 
     def __init__(self, items: Sequence[Any], config, mean: Sequence[float], std: Sequence[float],
@@ -430,15 +444,16 @@ class ImageStream:
         self.batch_size = batch_size or config.batch_size
         self.workers = max(1, workers)
         self.pin = pin
+        self.original_sizes: list[tuple[int, int]] = []
 
     def __len__(self) -> int:
         """The number of batches."""
         return (len(self.items) + self.batch_size - 1) // self.batch_size
 
-    def _load(self, chunk: Sequence[Any], pool: ThreadPoolExecutor) -> torch.Tensor:
-        arrays = list(pool.map(lambda it: prepare_view(it, self.config), chunk))
-        batch = to_tensor(arrays, self.mean, self.std)
-        return batch.pin_memory() if self.pin else batch
+    def _load(self, chunk: Sequence[Any], pool: ThreadPoolExecutor) -> tuple[torch.Tensor, list]:
+        views = list(pool.map(lambda it: read_view(it, self.config), chunk))
+        batch = to_tensor([v for v, _ in views], self.mean, self.std)
+        return (batch.pin_memory() if self.pin else batch), [size for _, size in views]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str | None]]]:
         """``(batch [B, 3, H, W], names)`` in input order; decoding errors surface here."""
@@ -448,7 +463,8 @@ class ImageStream:
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as ahead:
             future = ahead.submit(self._load, chunks[0], pool)
             for i, chunk in enumerate(chunks):
-                batch = future.result()
+                batch, sizes = future.result()
+                self.original_sizes += sizes
                 if i + 1 < len(chunks):
                     future = ahead.submit(self._load, chunks[i + 1], pool)
                 yield batch, [item_name(it) for it in chunk]

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
+from patchbank.io.image_coords import Window, view_window
 from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
@@ -30,7 +31,14 @@ PREDICT_STEPS = ("read", "extract", "search", "post")
 
 @dataclass
 class Prediction:
-    """The result for one image."""
+    """The result for one image.
+
+    ``anomaly_map`` lies on the network's view of the image (``config.input_size``, after the
+    resize and crops).  :attr:`image_map` is the same map on the original image, NaN where the
+    crop cut it off (not inspected): what a person should be shown.  ``window`` (where the view
+    lies in the original image) is set by ``predict``; ``predict_views`` is given views only,
+    so its predictions have none.
+    """
 
     path: str | None
     score: float              # raw image score a_hat (the config's image_score)
@@ -42,6 +50,27 @@ class Prediction:
     hybrid_score: float = math.nan   # S_base + lambda * D_struct (Eq. 12)
     descriptor: np.ndarray | None = None  # phi(S) = [std, top-1% mean, TV] (Eq. 7)
     category: str | None = None      # set by a multi-category model
+    window: Window | None = None     # the view inside the original image (set by predict)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """The original image's (H, W), if known."""
+        return None if self.window is None else self.window.original
+
+    @property
+    def image_map(self) -> np.ndarray | None:
+        """``anomaly_map`` on the original image: float32 [H0, W0], NaN where not inspected
+        (:meth:`Window.map_back <patchbank.io.image_coords.Window.map_back>`); None without a
+        ``window``."""
+        return None if self.window is None else self.window.map_back(self.anomaly_map)
+
+
+def set_windows(predictions: list[Prediction], sizes: list[tuple[int, int]], config) -> list[Prediction]:
+    """Give each prediction the window of its original image of size ``sizes[i]`` (H, W) under
+    ``config``'s resize and crops; returns ``predictions``."""
+    for p, size in zip(predictions, sizes, strict=True):
+        p.window = view_window(size, config)
+    return predictions
 
 
 @dataclass
