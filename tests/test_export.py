@@ -54,6 +54,7 @@ def assert_parity(preds, ref):
             assert getattr(p, name) == pytest.approx(getattr(r, name), rel=1e-4, abs=1e-6), name
         np.testing.assert_allclose(p.descriptor, r.descriptor, rtol=1e-4, atol=1e-6)
         assert p.anomaly_map.shape == r.anomaly_map.shape and p.anomaly_map.dtype == np.float32
+        assert p.window == r.window and p.image_map.shape == r.image_map.shape   # original image's grid
     span = max(float(r.anomaly_map.max() - r.anomaly_map.min()) for r in ref)
     diff = max(float(np.abs(p.anomaly_map - r.anomaly_map).max()) for p, r in zip(preds, ref))
     assert diff <= 1e-3 * span, (diff, span)
