@@ -79,7 +79,7 @@ class DepthwiseSeparable(nn.Module):
         super().__init__()
         self.conv_dw = SameConv2d(cin, cin, kernel, stride, groups=cin)
         self.bn1 = _norm(cin)
-        self.act = nn.ReLU6()
+        self.act = nn.ReLU6(inplace=True)
         self.conv_pw = SameConv2d(cin, cout, 1)
         self.bn2 = _norm(cout)
         self.has_skip = stride == 1 and cin == cout
@@ -98,10 +98,10 @@ class InvertedResidual(nn.Module):
         mid = cin * expansion
         self.conv_pw = SameConv2d(cin, mid, 1)
         self.bn1 = _norm(mid)
-        self.act1 = nn.ReLU6()
+        self.act1 = nn.ReLU6(inplace=True)
         self.conv_dw = SameConv2d(mid, mid, kernel, stride, groups=mid)
         self.bn2 = _norm(mid)
-        self.act2 = nn.ReLU6()
+        self.act2 = nn.ReLU6(inplace=True)
         self.conv_pwl = SameConv2d(mid, cout, 1)
         self.bn3 = _norm(cout)
         self.has_skip = stride == 1 and cin == cout
@@ -139,7 +139,7 @@ class EfficientNetLite(nn.Module):
 
     def stem(self) -> nn.Sequential:
         """conv_stem -> bn1 -> ReLU6, sharing this network's modules."""
-        return nn.Sequential(self.conv_stem, self.bn1, nn.ReLU6())
+        return nn.Sequential(self.conv_stem, self.bn1, nn.ReLU6(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
         """ImageNet logits (the features path is :meth:`stem` and ``blocks``)."""
