@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from patchbank.io.heatmap import heatmap_rgba, png_bytes
-from patchbank.io.image_coords import region_mask, region_polygons, to_original
+from patchbank.io.image_coords import region_mask, region_polygons
 from patchbank.service.codec import InferOptions
 from patchbank.service.registry import Scored, Served
 
@@ -58,7 +58,7 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
     if not options.heatmap and options.mask == "none":
         return out
     detector = served.detector(p.category)
-    original = to_original(p.anomaly_map, (h, w), served.model.config)
+    original = p.image_map            # the map on the uploaded image (its own coordinates)
     if options.heatmap:
         vmin, vmax = detector.heatmap_range()
         out["heatmap_png"] = _b64_png(heatmap_rgba(original, vmin, vmax))
