@@ -125,11 +125,16 @@ class ScoringActor:
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}
 
 
-def _rows_per_block(n: int, batch_size: int) -> int:
-    """Input rows per Ray Data block: one batch (so batches spread over every actor), or more
-    where that would make over ~2,000 blocks."""
-    per = max(batch_size, math.ceil(n / 2000))
+def _rows_per_block(n: int, batch_size: int, actors: int) -> int:
+    """Input rows per Ray Data block, a multiple of ``batch_size`` (so the actors' batches are
+    the local path's): about :data:`BLOCK_ROWS`, so that Ray's per-task costs (the driver's
+    scheduling, the object transfers, Ray Data's bookkeeping) are shared by many images, but
+    small enough that every actor gets several blocks, and never more than ~2,000 blocks."""
+    per = max(batch_size, min(BLOCK_ROWS, math.ceil(n / (4 * actors))), math.ceil(n / 2000))
     return batch_size * math.ceil(per / batch_size)
+
+
+BLOCK_ROWS = 64
 
 
 def _resources(ray: Any, actors: int, threads: int, device: str) -> dict[str, Any]:
@@ -218,7 +223,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
         rows = [{"index": i, "path": str(p), **({"heatmap": str(heat_paths[i])} if heatmaps else {})}
                 for i, p in enumerate(paths)]
         _quiet_ray_data(ray, progress)
-        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size)))
+        ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size, actors)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"config": config},
                             batch_size=batch_size, num_cpus=DECODE_CPUS,
                             compute=ray.data.TaskPoolStrategy(size=decoders))
