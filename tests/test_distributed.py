@@ -7,6 +7,7 @@ is restarted and no image is lost or scored twice; fits and evaluation runs as R
 the local ones.
 """
 import csv
+import math
 import os
 from pathlib import Path
 
@@ -97,6 +98,18 @@ def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthet
     # an existing output is refused, one line, without --overwrite
     _one_line(_cli("predict", single_model, synthetic_root / "test", "-o", remote, "--engine", "ray"),
               "already exists")
+
+
+@pytest.mark.parametrize("n,batch,actors,want", [(2895, 16, 1, 64), (2895, 16, 2, 64), (2895, 48, 1, 96),
+                                                  (10, 3, 2, 3), (40, 4, 2, 8), (10**6, 16, 4, 512)])
+def test_blocks_hold_whole_batches_and_spread_over_the_actors(n, batch, actors, want):
+    """Blocks of about BLOCK_ROWS rows, always whole batches (the actors' model calls are the
+    local path's batches), at least ~4 per actor, at most ~2,000 in all."""
+    from patchbank.distributed.scoring import _rows_per_block
+
+    rows = _rows_per_block(n, batch, actors)
+    assert rows == want and rows % batch == 0
+    assert math.ceil(n / rows) <= 2000
 
 
 def test_no_ray_deprecation_warning_reaches_the_user(ray_local, single_model, synthetic_root, tmp_path):
