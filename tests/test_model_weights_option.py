@@ -106,3 +106,22 @@ def test_serve_settings_and_registry_take_the_weights(own):
         ModelRegistry(ServeSettings(models=spec, weights=str(model) + ".missing")).load()
     with pytest.raises(PatchbankError, match="--weights applies to model files"):
         ServeSettings(models=spec, runtime="onnx", weights=weights)
+
+
+def test_a_multi_category_model_checks_the_given_weights_when_it_loads(own, synthetic_root, tmp_path):
+    """MultiDetector.load refuses a weights file other than the fit's before building anything
+    (as Detector.load does), and loads with the right one."""
+    from patchbank.config import Config
+    from patchbank.multi import MultiDetector
+
+    _, weights, other = own
+    path = tmp_path / "multi.patchbank"
+    cfg = Config.preset("lmf-core").replace(backbone="efficientnet_lite0", image_size=(96, 96), crop_size=None,
+                                            weights=weights)
+    MultiDetector(cfg, progress=False, n_prototypes=8).fit({"a": synthetic_root / "train" / "good"}).save(path)
+    with pytest.raises(PatchbankError, match="backbone weights differ") as err:
+        MultiDetector.load(path, progress=False, weights=other)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PatchbankError, match="backbone weights differ"):
+        MultiDetector.load(path, progress=False, weights="random")
+    assert MultiDetector.load(path, progress=False, weights=weights).detectors_["a"].backbone_sha256_

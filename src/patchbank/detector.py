@@ -188,7 +188,7 @@ class Detector:
         check_batch_size(batch_size)
         items = as_items(images)
         stream = self.stream(items, batch_size)
-        return set_windows(self._predict_batches(stream, len(items)), stream.original_sizes, self.config)
+        return set_windows(self._predict_batches(stream, len(items)), stream.windows)
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None,
@@ -294,8 +294,7 @@ class Detector:
             names = ", ".join(meta.get("category_order", []))
             raise PatchbankError(f"{path} is a multi-category model ({names}); load it with "
                                  f"patchbank.multi.MultiDetector.load")
-        if weights is not None:
-            check_given_weights(weights, meta.get("backbone_sha256"), str(path))
+        check_header_weights(meta, weights, str(path))
         return cls.from_state(tensors, meta, str(path), device=device, progress=progress,
                               weights=weights)
 
@@ -329,6 +328,16 @@ class Detector:
         det.scorer_ = PatchScorer(config, embedding, make_search(bank, config, det.search_kind_),
                                   det.grid_, radius)
         return det
+
+
+def check_header_weights(meta: dict[str, Any], weights: str | None, where: str) -> None:
+    """A weights file given for the model whose header is ``meta`` (single- or multi-category:
+    every category shares one backbone) must be the one it was fit with; see
+    :func:`check_given_weights`.  Nothing to check without ``weights``."""
+    if weights is None:
+        return
+    info = next(iter(meta["categories"].values())) if meta.get("kind") == "multi" else meta
+    check_given_weights(weights, info.get("backbone_sha256"), where)
 
 
 def check_given_weights(weights: str, fitted: str | None, where: str) -> None:

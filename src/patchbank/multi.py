@@ -24,7 +24,7 @@ import torch
 
 from patchbank import __version__
 from patchbank.config import Config
-from patchbank.detector import Detector, Prediction
+from patchbank.detector import Detector, Prediction, check_header_weights
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
@@ -226,6 +226,7 @@ class MultiDetector:
             raise PatchbankError(f"{path} is a single-category model, not a multi-category one "
                                  f"(load it with Detector.load; fit with --multi to route)")
         states = check_multi_header(tensors, meta, str(path))     # {name: (tensors, meta)}, in order
+        check_header_weights(meta, weights, str(path))
         config = Config.from_dict(meta["config"])
         if weights is not None:
             config = config.replace(weights=weights)

@@ -125,6 +125,10 @@ class ScoringActor:
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}
 
 
+BLOCK_ROWS = 64
+"""Input rows a Ray Data block aims at (see :func:`_rows_per_block`)."""
+
+
 def _rows_per_block(n: int, batch_size: int, actors: int) -> int:
     """Input rows per Ray Data block, a multiple of ``batch_size`` (so the actors' batches are
     the local path's): about :data:`BLOCK_ROWS`, so that Ray's per-task costs (the driver's
@@ -132,9 +136,6 @@ def _rows_per_block(n: int, batch_size: int, actors: int) -> int:
     small enough that every actor gets several blocks, and never more than ~2,000 blocks."""
     per = max(batch_size, min(BLOCK_ROWS, math.ceil(n / (4 * actors))), math.ceil(n / 2000))
     return batch_size * math.ceil(per / batch_size)
-
-
-BLOCK_ROWS = 64
 
 
 def _resources(ray: Any, actors: int, threads: int, device: str) -> dict[str, Any]:
@@ -165,13 +166,11 @@ def _model_summary(model: Path, category: str | None, weights: str | None) -> tu
     """(the JSON fields the local predict writes about the model, its Config); a given backbone
     ``weights`` file is checked against the model's here, once, not in every actor."""
     from patchbank.config import Config
-    from patchbank.detector import check_given_weights
+    from patchbank.detector import check_header_weights
     from patchbank.io.model_file import read_header
 
     meta = read_header(model)
-    if weights is not None:   # every category of a multi-category model shares one backbone
-        info = next(iter(meta["categories"].values())) if meta.get("kind") == "multi" else meta
-        check_given_weights(weights, info.get("backbone_sha256"), str(model))
+    check_header_weights(meta, weights, str(model))
     config = Config.from_dict(meta["config"])
     if meta.get("kind") != "multi":
         if category is not None:
