@@ -132,8 +132,7 @@ class MultiDetector:
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]
         stream = first.stream(items, batch_size)
-        return set_windows(self._predict_batches(stream, len(items), category), stream.original_sizes,
-                           first.config)
+        return set_windows(self._predict_batches(stream, len(items), category), stream.windows)
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None, category: str | None = None,

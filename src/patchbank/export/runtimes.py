@@ -285,4 +285,4 @@ class ExportedModel:
 
         stream = self.stream(items, batch_size)
         out, self.last_timings_ = predict_batches(stream, len(items), self.progress, PREDICT_STEPS, handle)
-        return set_windows(out, stream.original_sizes, self.config)
+        return set_windows(out, stream.windows)

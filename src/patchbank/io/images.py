@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from patchbank.errors import PatchbankError
-from patchbank.io.image_coords import view_window
+from patchbank.io.image_coords import Window, view_window
 
 if TYPE_CHECKING:   # torch is imported where tensors are made: decoding alone (a Ray decoding
     import torch    # task) does not pay for importing it
@@ -381,12 +381,12 @@ def prepare_view(item: Any, config) -> np.ndarray:
     return read_view(item, config)[0]
 
 
-def read_view(item: Any, config) -> tuple[np.ndarray, tuple[int, int]]:
-    """(:func:`prepare_view`'s view, the original image's (H, W): its full size, also when a
-    JPEG was decoded at a reduced scale)."""
+def read_view(item: Any, config) -> tuple[np.ndarray, Window]:
+    """(:func:`prepare_view`'s view, where it lies in the original image: the window of the
+    image's full size, also when a JPEG was decoded at a reduced scale)."""
     im = open_rgb(item, config.image_size)
     w, h = im.info.get(FULL_SIZE, im.size)
-    return _resize_crop(im, config), (int(h), int(w))
+    return _resize_crop(im, config), view_window((int(h), int(w)), config)
 
 
 def crop_mask(mask: np.ndarray, config) -> np.ndarray:
@@ -433,7 +433,8 @@ class ImageStream:
     """Iterate over inputs as normalised tensor batches, decoding the next batch in the background.
 
     Yields ``(tensor [B,3,H,W], names list)``; only two batches are in memory at any time.
-    ``original_sizes`` lists the (H, W) of every image decoded so far, in input order.
+    ``windows`` lists where the view of every image decoded so far lies in the original image
+    (:class:`~patchbank.io.image_coords.Window`), in input order.
     """
 
     def __init__(self, items: Sequence[Any], config, mean: Sequence[float], std: Sequence[float],
@@ -444,7 +445,7 @@ class ImageStream:
         self.batch_size = batch_size or config.batch_size
         self.workers = max(1, workers)
         self.pin = pin
-        self.original_sizes: list[tuple[int, int]] = []
+        self.windows: list[Window] = []
 
     def __len__(self) -> int:
         """The number of batches."""
@@ -453,7 +454,7 @@ class ImageStream:
     def _load(self, chunk: Sequence[Any], pool: ThreadPoolExecutor) -> tuple[torch.Tensor, list]:
         views = list(pool.map(lambda it: read_view(it, self.config), chunk))
         batch = to_tensor([v for v, _ in views], self.mean, self.std)
-        return (batch.pin_memory() if self.pin else batch), [size for _, size in views]
+        return (batch.pin_memory() if self.pin else batch), [window for _, window in views]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str | None]]]:
         """``(batch [B, 3, H, W], names)`` in input order; decoding errors surface here."""
@@ -463,8 +464,8 @@ class ImageStream:
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as ahead:
             future = ahead.submit(self._load, chunks[0], pool)
             for i, chunk in enumerate(chunks):
-                batch, sizes = future.result()
-                self.original_sizes += sizes
+                batch, windows = future.result()
+                self.windows += windows
                 if i + 1 < len(chunks):
                     future = ahead.submit(self._load, chunks[i + 1], pool)
                 yield batch, [item_name(it) for it in chunk]

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
-from patchbank.io.image_coords import Window, view_window
+from patchbank.io.image_coords import Window
 from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
@@ -65,11 +65,11 @@ class Prediction:
         return None if self.window is None else self.window.map_back(self.anomaly_map)
 
 
-def set_windows(predictions: list[Prediction], sizes: list[tuple[int, int]], config) -> list[Prediction]:
-    """Give each prediction the window of its original image of size ``sizes[i]`` (H, W) under
-    ``config``'s resize and crops; returns ``predictions``."""
-    for p, size in zip(predictions, sizes, strict=True):
-        p.window = view_window(size, config)
+def set_windows(predictions: list[Prediction], windows: list[Window]) -> list[Prediction]:
+    """Give each prediction the window of its image (``ImageStream.windows``, in the same
+    order); returns ``predictions``."""
+    for p, window in zip(predictions, windows, strict=True):
+        p.window = window
     return predictions
 
 
