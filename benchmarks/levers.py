@@ -74,18 +74,18 @@ def variants(det: Detector, emb: torch.Tensor, poolings: list[str], upsamples: l
     out = {}
     for kind in [det.search_kind_] + [k for k in searches if k and k != det.search_kind_]:
         search = base.search if kind == det.search_kind_ else make_search(
-            det.bank_, det.config.replace(search=kind), kind)
+            base.search.all_rows(), det.config.replace(search=kind), kind)
         tag = "" if kind == det.search_kind_ else f"@{kind}"
         for pooling in poolings:
             cfg = det.config.replace(image_score=pooling)
-            scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
+            scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius, base.context)
             scores = np.concatenate([scorer.score(emb[i:i + batch])[0] for i in range(0, len(emb), batch)])
             out[f"image:{pooling}{tag}"] = image_metrics(labels, scores)
         if category.has_masks:
             for mode in upsamples:
                 for sigma in blurs or [det.config.blur_sigma]:
                     cfg = det.config.replace(map_upsample=mode, blur_sigma=sigma)
-                    scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius)
+                    scorer = PatchScorer(cfg, base.embedding, search, base.grid, base.radius, base.context)
                     maps = []
                     for i in range(0, len(emb), batch):
                         _, patch = scorer.score(emb[i:i + batch])

@@ -287,7 +287,7 @@ def test_registry_lists_families_in_order_and_takes_a_new_backbone(monkeypatch):
                                              "resnet18", "dinov2_vits14", "dinov2_vitb14")
     monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
 
-    def build_tiny(name, weights, layers):
+    def build_tiny(name, weights, layers, context=0):
         stages = [torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4))
                   for _ in range(3)]
         backbone = CnnBackbone(torch.nn.Conv2d(3, 4, 1), stages, [0, 2])

@@ -122,8 +122,8 @@ def test_nan_scores_are_anomalous_end_to_end(fitted, synthetic_root, monkeypatch
 
     real = PatchScorer.score
 
-    def nan_score(self, emb, search=None):
-        base, scores = real(self, emb, search)
+    def nan_score(self, emb, search=None, context=None):
+        base, scores = real(self, emb, search, context)
         return base * np.nan, scores
 
     monkeypatch.setattr(PatchScorer, "score", nan_score)

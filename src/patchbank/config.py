@@ -247,6 +247,17 @@ _PATCH = Interval(1, 15)           # the p x p average stays local (PatchCore us
 _WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 4096 values
 
 
+CONTEXT_NEEDS = (
+    # (field, holds(config), what context_taps > 0 needs): the image score measures the top
+    # patches again on the bank's columns of every tap, so each tap must keep its own columns
+    ("fusion", lambda c: c.fusion in ("equal", "l2"), "a fusion that concatenates the taps (equal or l2)"),
+    ("projection_dim", lambda c: c.projection_dim is None, "projection_dim none"),
+    ("image_score", lambda c: (c.base_score if c.image_score in ("struct", "hybrid") else c.image_score)
+     == "topk_mean", "topk_mean pooling (image_score, or base_score under struct / hybrid)"),
+    ("local_density", lambda c: not c.local_density, "local_density false"),
+)
+
+
 @dataclass(frozen=True)
 class Config:
     """Every choice of a detector (never learned state); frozen, validated on construction.
@@ -266,6 +277,9 @@ class Config:
     backbone: str = _setting("efficientnet_lite2", "Backbone network (see patchbank.backbones).")
     weights: str | None = _setting(None, "Local weight file; None = packaged / downloaded.")
     layers: tuple[Any, ...] | None = _setting(None, "Feature taps; None = the backbone's default taps.")
+    context_taps: int = _setting(0, "Backbone blocks after the deepest tap added to the image score only: "
+                                 "the top patches by map score are measured again with them.",
+                                 interval=_NON_NEGATIVE)
     image_size: tuple[int, int] = _setting((256, 256), "Resize (H, W).")
     keep_aspect: bool = _setting(False, "True: scale to cover image_size, centre-crop the excess.")
     crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
@@ -348,6 +362,11 @@ class Config:
         if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
             raise ConfigError("crop_size", f"{crop} is larger than image_size {size}",
                               related=("image_size",))
+        if self.context_taps:
+            for name, holds, need in CONTEXT_NEEDS:
+                if not holds(self):
+                    raise ConfigError("context_taps", f"{self.context_taps} needs {need} (got "
+                                      f"{name}={getattr(self, name)!r})", related=(name,))
 
     # --- construction -----------------------------------------------------------------------
     @classmethod

@@ -29,9 +29,10 @@ from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import ImageStream, as_items, check_views, view_batches
-from patchbank.io.model_checks import check_backbone_fit, check_model_state, check_patch_grid
+from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
+                                       check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
-from patchbank.pipeline.bank import build_bank, stream_features
+from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
 from patchbank.pipeline.calibration import (ScoreCalibration, calibrate, calibration_images,
                                             check_training_images)
 from patchbank.pipeline.embedding import Embedding
@@ -98,7 +99,7 @@ class Detector:
             cfg = self.config
             bb = self._shared_backbone
             if bb is None:
-                bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device)
+                bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device, cfg.context_taps)
             extractor = FeatureExtractor(bb, cfg.patch_size, self.device, cfg.patch_border)
             if hasattr(self, "backbone_sha256_"):      # fitted or loaded: the backbone must fit
                 self._check_backbone(extractor)
@@ -112,8 +113,10 @@ class Detector:
         check_weights_sha(bb.weights_sha256, self.backbone_sha256_, where)
         emb = self.scorer_.embedding
         keep = emb.fusion_.keep_ if isinstance(emb.fusion_, VGFusion) else None
-        in_dim = emb.projection_.matrix_.shape[0] if emb.projection_ is not None else self.scorer_.search.shape[1]
+        in_dim = emb.projection_.matrix_.shape[0] if emb.projection_ is not None else self.scorer_.bank_search.shape[1]
         check_backbone_fit(bb.channels, keep, in_dim, where)
+        if self.scorer_.context is not None:
+            check_map_columns(bb.channels[:bb.map_taps], self.scorer_.search.shape[1], where)
         with torch.inference_mode():
             _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
         check_patch_grid(self.grid_, grid, where)
@@ -149,8 +152,8 @@ class Detector:
         clock.lap("features")
         embedding.fit(feats.moments, feats.raw.sample_row())
         bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
-                          clock)
-        self.scorer_ = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius)
+                          clock, map_columns(self.backbone, cfg))
+        self.scorer_ = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
         self.calibration_ = calibrate(self.scorer_, feats.calibration, bank.source)
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
@@ -166,7 +169,7 @@ class Detector:
     def bank_(self) -> torch.Tensor:
         """The memory bank [entries, dim], float32, read back from the search index (for FAISS a
         fresh copy on every access: the scoring path never uses it)."""
-        return self.scorer_.search.all_rows().to(self.device)
+        return self.scorer_.bank_search.all_rows().to(self.device)
 
     # ------------------------------------------------------------------ predict
     @property
@@ -264,8 +267,9 @@ class Detector:
         """A JSON-able summary: configuration, bank size, calibration (the model file's header)."""
         self._check_fitted()
         elem = 2 if self.config.bank_dtype == "float16" else 4
-        entries, dim = self.scorer_.search.shape
+        entries, dim = self.scorer_.bank_search.shape
         cal = self.calibration_
+        context = {} if self.scorer_.context is None else {"bank_map_dim": int(self.scorer_.search.shape[1])}
         return {
             "patchbank_version": __version__, "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(), "bank_entries": int(entries), "bank_dim": int(dim),
@@ -276,7 +280,7 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
-            "backbone_sha256": self.backbone_sha256_,
+            "backbone_sha256": self.backbone_sha256_, **context,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
@@ -325,9 +329,15 @@ class Detector:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det.calibration_.set_threshold(meta.get("threshold_override"))
         det.threshold_ = det.calibration_.threshold_
-        det.scorer_ = PatchScorer(config, embedding, make_search(bank, config, det.search_kind_),
-                                  det.grid_, radius)
+        search, context = bank_searches(bank, config, det.search_kind_, meta.get("bank_map_dim"))
+        det.scorer_ = PatchScorer(config, embedding, search, det.grid_, radius, context)
         return det
+
+
+def map_columns(backbone: Backbone, config: Config) -> int | None:
+    """The bank columns of the map's taps with context taps (the first ones: the fusion
+    concatenates the taps, ``Config.context_taps``' constraint), else None (every column)."""
+    return sum(backbone.channels[:backbone.map_taps]) if config.context_taps else None
 
 
 def check_header_weights(meta: dict[str, Any], weights: str | None, where: str) -> None:

@@ -26,7 +26,8 @@ class Backbone(nn.Module):
     """A frozen feature extractor; see the module docstring.
 
     Attributes: ``name``, ``kind`` ("cnn" or "vit"), ``layers`` (the resolved taps, shallow to
-    deep), ``channels`` / ``strides`` (of each returned map), ``mean`` / ``std`` (the input
+    deep), ``map_taps`` (how many of them, the first, draw the anomaly map; the rest are the image
+    score's context taps, ``Config.context_taps``), ``channels`` / ``strides`` (of each returned map), ``mean`` / ``std`` (the input
     normalisation the caller applies), ``weights_sha256`` (of the file loaded; None = random)
     and, for CNNs, ``folded_batchnorms`` (conv -> batch-norm pairs folded by
     :func:`patchbank.backbones.create_backbone`).
@@ -35,6 +36,7 @@ class Backbone(nn.Module):
     name: str
     kind: str
     layers: tuple
+    map_taps: int
     channels: tuple[int, ...]
     strides: tuple[int, ...]
     mean: tuple[float, float, float]
@@ -47,6 +49,7 @@ class Backbone(nn.Module):
         """Set the metadata, freeze the module; channels and strides are read off a probe
         forward of a zero ``[1, 3, probe, probe]`` input."""
         self.name, self.kind, self.layers = name, kind, tuple(layers)
+        self.map_taps = len(self.layers)   # create_backbone lowers it by the context taps
         self.mean, self.std, self.weights_sha256 = tuple(mean), tuple(std), weights_sha256
         self.eval().requires_grad_(False)
         with torch.inference_mode():
@@ -125,3 +128,14 @@ def block_taps(name: str, layers: Sequence[Any] | None, default: Sequence[int], 
     if not taps:
         raise PatchbankError(f"layers: empty for {name}")
     return sorted(taps)
+
+
+def with_context(name: str, taps: list[int], context: int, depth: int) -> list[int]:
+    """Sorted block indices ``taps`` of a backbone with ``depth`` blocks, followed by the
+    ``context`` blocks right after the deepest one (``Config.context_taps``); a one-line error
+    when there are not that many."""
+    last = max(taps)
+    if last + context >= depth:
+        raise PatchbankError(f"context_taps: {name} has {depth - 1 - last} block(s) after its deepest "
+                             f"tap; use context_taps <= {depth - 1 - last}")
+    return taps + list(range(last + 1, last + 1 + context))

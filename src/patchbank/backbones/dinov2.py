@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, VitBackbone, block_taps
+from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, VitBackbone, block_taps, with_context
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import RANDOM, first_line, hf_hub_file, instantiate, read_state_dict, sha256
 from patchbank.errors import PatchbankError
@@ -37,11 +37,12 @@ DEFAULT_TAPS = (-1, -3, -6, -9, -12)
 DEPTH = 12  # blocks of both variants
 
 
-def build_dinov2(name: str, weights: str | None, layers: Sequence[Any] | None) -> Backbone:
+def build_dinov2(name: str, weights: str | None, layers: Sequence[Any] | None,
+                 context: int = 0) -> Backbone:
     """The registry builder for the names in :data:`DINO` (see the module docstring)."""
     import timm
 
-    taps = block_taps(name, layers, DEFAULT_TAPS, DEPTH)
+    taps = with_context(name, block_taps(name, layers, DEFAULT_TAPS, DEPTH), context, DEPTH)
     path = sha = state = None
     if weights != RANDOM:
         path = weights if weights is not None else hf_hub_file(name, DINO[name].repo, DINO[name].original)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from patchbank.backbones.base import TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps
+from patchbank.backbones.base import TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps, with_context
 from patchbank.backbones.efficientnet_lite_net import EfficientNetLite
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import RANDOM, instantiate, packaged_file, read_state_dict, sha256
@@ -44,9 +44,10 @@ DEFAULT_TAPS = (2, 4)
 DEPTH = 7  # blocks of every Lite variant
 
 
-def build_efficientnet_lite(name: str, weights: str | None, layers: Sequence[Any] | None) -> Backbone:
+def build_efficientnet_lite(name: str, weights: str | None, layers: Sequence[Any] | None,
+                            context: int = 0) -> Backbone:
     """The registry builder for the names in :data:`LITE` (see the module docstring)."""
-    taps = block_taps(name, layers, DEFAULT_TAPS, DEPTH)
+    taps = with_context(name, block_taps(name, layers, DEFAULT_TAPS, DEPTH), context, DEPTH)
     path = sha = state = None
     if weights != RANDOM:  # file problems are reported before the model is built
         path = weights if weights is not None else packaged_lite_file(name)

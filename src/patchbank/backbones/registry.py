@@ -1,8 +1,10 @@
 """The backbone registry: names -> builders, and :func:`create_backbone`.
 
 A family module registers each of its names with :func:`register_backbone`; its builder is
-called as ``builder(name, weights, layers)`` with ``weights`` None (packaged file or download
-cache), a path string, or ``"random"``, and returns an unfolded :class:`Backbone` on the CPU.
+called as ``builder(name, weights, layers, context)`` with ``weights`` None (packaged file or
+download cache), a path string, or ``"random"``, and ``context`` the number of blocks after the
+deepest of ``layers`` also tapped (:func:`patchbank.backbones.base.with_context`); it returns an
+unfolded :class:`Backbone` on the CPU.
 :func:`create_backbone` adds what every backbone gets: batch-norm folding for CNNs
 (:mod:`patchbank.backbones.batchnorm_folding`) and the move to the device.  Names are listed in
 registration order (:func:`backbone_names`).
@@ -20,13 +22,13 @@ from patchbank.backbones.batchnorm_folding import fold_batchnorm
 from patchbank.backbones.weights import RANDOM, first_line
 from patchbank.errors import PatchbankError
 
-Builder = Callable[[str, "str | None", "Sequence[Any] | None"], Backbone]
+Builder = Callable[[str, "str | None", "Sequence[Any] | None", int], Backbone]
 
 _BUILDERS: dict[str, Builder] = {}
 
 
 def register_backbone(name: str, builder: Builder) -> Builder:
-    """Make ``create_backbone(name, ...)`` call ``builder(name, weights, layers)``.
+    """Make ``create_backbone(name, ...)`` call ``builder(name, weights, layers, context)``.
 
     Registering a name again replaces its builder only when the new one is the same function
     (a module reload); a different builder under a taken name is a ValueError (a bug).
@@ -44,12 +46,15 @@ def backbone_names() -> tuple[str, ...]:
 
 
 def create_backbone(name: str, weights: str | os.PathLike | None = None,
-                    layers: Sequence[Any] | None = None, device: str | torch.device = "cpu") -> Backbone:
+                    layers: Sequence[Any] | None = None, device: str | torch.device = "cpu",
+                    context: int = 0) -> Backbone:
     """Build the frozen backbone ``name`` (one of :func:`backbone_names`), moved to ``device``.
 
     ``weights``: None (packaged file or download cache), a file path, or ``"random"`` (tests only).
     ``layers``: block indices for EfficientNet-Lite (0-6) and DINOv2 (negative counts from the
     end), ``"layer1"``..``"layer4"`` (or 1-4) for ResNets; None = the family's default taps.
+    ``context``: blocks after the deepest of ``layers`` also tapped, for the image score only
+    (``Config.context_taps``); they come last in ``layers`` and are not in ``map_taps``.
     Unknown names, bad layers, unusable files and devices raise a one-line PatchbankError.
     """
     builder = _BUILDERS.get(name)
@@ -57,7 +62,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
         raise PatchbankError(f"unknown backbone {name!r}; choose one of {', '.join(_BUILDERS)}")
     if weights is not None and weights != RANDOM:
         weights = os.fspath(weights)
-    backbone = builder(name, weights, layers)
+    backbone = builder(name, weights, layers, context)
+    backbone.map_taps = len(backbone.layers) - context
     if backbone.kind == "cnn":
         # batch norm folded into the convolutions: same outputs up to float rounding, one pass
         # over every activation map less (checked on this probe input in fold_batchnorm)

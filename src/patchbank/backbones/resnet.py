@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, CnnBackbone
+from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, CnnBackbone, with_context
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import (RANDOM, instantiate, read_state_dict, sha256,
                                          torchvision_cache_file, torchvision_hash_prefix)
@@ -21,11 +21,12 @@ RESNETS = ("wide_resnet50_2", "resnet18")
 DEFAULT_LAYERS = ("layer2", "layer3")
 
 
-def build_resnet(name: str, weights: str | None, layers: Sequence[Any] | None) -> Backbone:
+def build_resnet(name: str, weights: str | None, layers: Sequence[Any] | None,
+                 context: int = 0) -> Backbone:
     """The registry builder for the names in :data:`RESNETS` (see the module docstring)."""
     import torchvision
 
-    taps = resnet_taps(name, layers)
+    taps = with_context(name, resnet_taps(name, layers), context, 4)
     path = sha = state = None
     if weights != RANDOM:
         path = weights if weights is not None else torchvision_cache_file(name)

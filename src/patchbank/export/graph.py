@@ -12,7 +12,8 @@ torch path's own code, with three things held as constants of the graph:
 
 * the bank (:class:`BankSearch`, float32 or float16 storage; the search always runs in float32),
   searched exactly by :func:`patchbank.search.exact.nearest_rows` over the whole batch in blocks
-  of ``bank_chunk`` rows, so no distance block is larger than [B * P, bank_chunk];
+  of ``bank_chunk`` rows, so no distance block is larger than [B * P, bank_chunk]; with context
+  taps, the map's columns of the bank and the whole rows, each a :class:`BankSearch`;
 * the map operators A_h, A_w (upsampling + blur, :meth:`PatchScorer.map_operators`);
 * the calibration's numbers (mean, std, threshold, structure statistics, lambda).
 
@@ -97,10 +98,12 @@ class ExportGraph(nn.Module):
         model = detector.model_
         with torch.inference_mode(False):
             self.inference = model
-            entries = detector.scorer_.search.shape[0]
-            n_patches = math.prod(detector.grid_)
-            self.search = BankSearch(detector.scorer_.search.all_rows().cpu().clone(), BANK_DTYPES[bank_dtype],
-                                     bank_chunk_rows(n_patches, entries, chunk_bytes))
+            scorer = detector.scorer_
+            entries = scorer.search.shape[0]
+            chunk = bank_chunk_rows(math.prod(detector.grid_), entries, chunk_bytes)
+            self.search = BankSearch(scorer.search.all_rows().cpu().clone(), BANK_DTYPES[bank_dtype], chunk)
+            self.context = None if scorer.context is None else BankSearch(
+                scorer.context.all_rows().cpu().clone(), BANK_DTYPES[bank_dtype], chunk)
             a_h, a_w = detector.scorer_.map_operators(torch.device("cpu"))
             self.register_buffer("map_h", a_h.clone())
             self.register_buffer("map_w", a_w.clone())
@@ -112,5 +115,5 @@ class ExportGraph(nn.Module):
         extractor = self.inference.extractor
         layers, _ = extractor.rows(extractor.backbone(x), x.shape)
         maps, phi, final, base, struct, hybrid, norm, anomalous = self.inference.score_tensors(
-            layers, x.shape[0], None, self.search, (self.map_h, self.map_w))
+            layers, x.shape[0], None, self.search, (self.map_h, self.map_w), self.context)
         return final, norm, anomalous, maps, base, struct, hybrid, phi

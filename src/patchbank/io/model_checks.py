@@ -162,6 +162,13 @@ def _check_bank(tensors: dict, meta: dict, cfg: Config, where: str, n_rows: int)
         raise _fail(where, "bank_bytes", f"({meta['bank_bytes']!r}) does not match the bank {entries} x {dim}")
     if cfg.projection_dim is not None and dim != cfg.projection_dim:
         raise _fail(where, "bank_dim", f"({dim}) must equal config.projection_dim ({cfg.projection_dim})")
+    if cfg.context_taps:
+        map_dim = _int_field(meta, "bank_map_dim", where, 1)
+        if map_dim >= dim:
+            raise _fail(where, "bank_map_dim", f"({map_dim}) must be below bank_dim ({dim}): the context "
+                        f"taps' columns follow the map's")
+    elif "bank_map_dim" in meta:
+        raise _fail(where, "bank_map_dim", "is present but config.context_taps is 0")
     if "bank_radius" in tensors or cfg.local_density:
         if not cfg.local_density:
             raise _fail(where, "tensor 'bank_radius'", "is present but config.local_density is false")
@@ -329,6 +336,14 @@ def check_backbone_fit(channels: Sequence[int], keep: Sequence[torch.Tensor] | N
         width = sum(int(k.numel()) for k in keep)
     if width != in_dim:
         raise _fail(where, "feature width", f"{in_dim} of the model differs from the backbone's fused width {width}")
+
+
+def check_map_columns(map_channels: Sequence[int], map_dim: int, where: str) -> None:
+    """Once the backbone is known, with context taps: the model's map columns (``bank_map_dim``)
+    must be the map taps' fused width, ``sum(map_channels)``."""
+    if sum(int(c) for c in map_channels) != map_dim:
+        raise _fail(where, "bank_map_dim", f"({map_dim}) differs from the backbone's map taps' width "
+                    f"{sum(int(c) for c in map_channels)}")
 
 
 def check_patch_grid(model_grid: Sequence[int], grid: Sequence[int], where: str) -> None:

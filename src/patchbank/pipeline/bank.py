@@ -18,6 +18,10 @@ index, one ``RAW_CHUNK_ROWS`` chunk of raw rows at a time, each freed once embed
 index holds the only copy of the bank; a large streamed IVF bank goes into the index chunk by
 chunk, so it never exists twice.  Every bank row remembers its source image, so calibration can
 mask out the rows of the held-out images.
+
+With context taps (``Config.context_taps``) a row holds the map's columns first, then the
+context taps' columns: the sampler chooses on the map's columns, the map's search covers them
+(any kind), and an exact search over every column (``Bank.context``) serves the image score.
 """
 from __future__ import annotations
 
@@ -191,13 +195,15 @@ def _calibration_buffers(images: np.ndarray, n_images: int, n_patches: int,
 @dataclass
 class Bank:
     """The built bank: its search (the only copy of the rows), the search kind it resolved to,
-    the local radius of each entry (local-density calibration only) and the training image each
-    entry comes from (``source`` [entries])."""
+    the local radius of each entry (local-density calibration only), the training image each
+    entry comes from (``source`` [entries]) and, with context taps, the exact search over every
+    column (``context``; ``search`` then covers the map's columns)."""
 
     search: Search
     kind: str
     radius: torch.Tensor | None
     source: torch.Tensor
+    context: Search | None = None
 
 
 def _check_outside_images(source: torch.Tensor, k: int) -> None:
@@ -215,14 +221,15 @@ def _check_outside_images(source: torch.Tensor, k: int) -> None:
 
 @torch.inference_mode()
 def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, calibration: CalibrationRows, config,
-               device: torch.device, clock: StepClock) -> Bank:
+               device: torch.device, clock: StepClock, map_dim: int | None = None) -> Bank:
     """Embed the raw rows (freeing them), select the bank, build its search; laps ``clock`` at
     "bank" (rows embedded and selected) and "index" (search built).  A sampler that sees every
     row (not streaming) leaves them embedded in ``calibration.embedded`` (image-major) for the
-    calibration, which then needs no raw copy."""
+    calibration, which then needs no raw copy.  ``map_dim``: the map's columns (the first ones)
+    when the rows also hold context taps' columns (see the module docstring)."""
     streams = isinstance(sampler, StreamingSampler)
     source, radius, sample = raw.source, None, None
-    if streams and not config.local_density and \
+    if streams and not config.local_density and map_dim is None and \
             resolve_search(config, raw.count, device) == "faiss-ivf":
         sample = ivf_train_ids(raw.count, ivf_nlist(raw.count), config.seed)   # None: small bank
     if sample is not None:
@@ -233,19 +240,28 @@ def build_bank(raw: RawRows, sampler: Sampler, embed: Embed, calibration: Calibr
         train = raw.embed_rows(embed, sample)
         clock.lap("bank")
         search = make_search_from_chunks(raw.embedded_chunks(embed), raw.count, train.shape[1], train, config)
-        kind = "faiss-ivf"
+        kind, context = "faiss-ivf", None
     else:
         bank = raw.embed_all(embed)
         if not streams:
             calibration.embedded = bank        # every image's rows, in image order
-            sel = sampler.run(bank)
+            sel = sampler.run(bank if map_dim is None else bank[:, :map_dim])
             bank, source = bank[sel], source[sel]
         if config.local_density:
             radius = bank_local_radius(bank, config.density_neighbors)
         _check_outside_images(source, config.k)
         clock.lap("bank")
         kind = resolve_search(config, bank.shape[0], bank.device)
-        search = make_search(bank, config, kind)   # holds the only copy of the bank
+        search, context = bank_searches(bank, config, kind, map_dim)
         del bank
     clock.lap("index")
-    return Bank(search, kind, radius, source)
+    return Bank(search, kind, radius, source, context)
+
+
+def bank_searches(bank: torch.Tensor, config, kind: str, map_dim: int | None) -> tuple[Search, Search | None]:
+    """(the map's search of ``kind``, the exact search over every column or None) of the bank
+    rows ``bank`` [entries, D]; the map covers the first ``map_dim`` columns (None: all of them,
+    and there is no context search).  A fit and a loaded model build their searches here."""
+    if map_dim is None:
+        return make_search(bank, config, kind), None    # holds the only copy of the bank
+    return make_search(bank[:, :map_dim].contiguous(), config, kind), make_search(bank, config, "exact")

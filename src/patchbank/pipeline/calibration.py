@@ -241,17 +241,20 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
     training image of each bank entry), and fit the calibration on the base scores and
     descriptors.  Each image's score is what :meth:`PatchScorer.score` gives against
     ``search.subset(bank_source != image)``: patch scores (LMF-Core Eq. 2 / StructCore Eq. 5)
-    and the pooling, PatchCore's re-weighting neighbourhood included, see no entry of the image."""
+    and the pooling, PatchCore's re-weighting neighbourhood and the context taps' search
+    included, see no entry of the image."""
     cfg = scorer.config
     loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
+    context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, LOO_EXTRA)
     images = torch.from_numpy(rows.images)
     n_patches = scorer.grid[0] * scorer.grid[1]
     base, phi = [], []
     for start in range(0, len(rows), cfg.batch_size):
         stop = min(start + cfg.batch_size, len(rows))
         emb = rows.batch(start, stop, scorer.embed)
-        b_score, scores = scorer.score(emb.view(stop - start, n_patches, -1),
-                                       loo.for_queries(images[start:stop]))
+        groups = images[start:stop]
+        b_score, scores = scorer.score(emb.view(stop - start, n_patches, -1), loo.for_queries(groups),
+                                       None if context is None else context.for_queries(groups))
         base.append(b_score.cpu().numpy())
         phi.append(scorer.anomaly_map(scores)[1])
     return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi))

@@ -117,14 +117,15 @@ class InferenceModel(nn.Module):
         return ScoredBatch(ImageScores(*scores), maps, phi.cpu().numpy())
 
     def score_tensors(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
-                      search=None, map_operators=None) -> tuple[torch.Tensor, ...]:
+                      search=None, map_operators=None, context=None) -> tuple[torch.Tensor, ...]:
         """:meth:`score_layers` in torch ops only: (maps [B, H, W], descriptors [B, 3], final,
         base, D_struct, hybrid, normalised score, anomalous [B]).  An exported graph
         (:mod:`patchbank.export.graph`) runs exactly this with the bank as a constant
-        (``search``) and the map operators as constants (``map_operators``)."""
+        (``search``, and ``context`` with context taps) and the map operators as constants
+        (``map_operators``)."""
         emb = self.scorer.embed(layers)
         _lap(clock, "extract")
-        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]), search)
+        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]), search, context)
         _lap(clock, "search")
         maps, phi = self.scorer.map_tensors(patch, map_operators)
         return (maps, phi) + tuple(self.calibration.score_tensors(base, phi))

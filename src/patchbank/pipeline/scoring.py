@@ -8,6 +8,10 @@
   the b nearest bank entries of m* (m* included).
 * ``topk_mean``: the mean of the top ceil(r * P) patch scores (StructCore Eq. 8's tail mass,
   used alone as a pooling operator); less sensitive to one spurious peak than the max.
+* context taps (``Config.context_taps``): the bank rows also hold the columns of deeper taps that
+  the map does not use.  The top ceil(r * P) patches by map score are measured again against the
+  bank on every column (:func:`context_topk_mean`), and their mean is the image score: the map
+  keeps the fine taps' resolution, the decision also sees the deeper context.
 * :class:`PatchScorer`: the fitted scoring stage of one bank, built from these: embedding ->
   nearest neighbours -> patch scores -> image score (pooling) and anomaly map + descriptor.
 
@@ -52,10 +56,26 @@ def reweighted_max(scores: torch.Tensor, queries: torch.Tensor, nn_index: torch.
     return weight * s_star
 
 
+def topk_count(n_patches: int, ratio: float) -> int:
+    """How many of ``n_patches`` patch scores the top-k mean averages: max(1, ceil(ratio * P))."""
+    return max(1, math.ceil(ratio * n_patches - 1e-9))
+
+
 def topk_mean(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """[B, P] patch scores -> [B] mean of the top max(1, ceil(ratio * P)) scores (StructCore Eq. 8)."""
-    k = max(1, math.ceil(ratio * scores.shape[1] - 1e-9))
-    return scores.topk(k, dim=1).values.mean(1)
+    return scores.topk(topk_count(scores.shape[1], ratio), dim=1).values.mean(1)
+
+
+def context_topk_mean(scores: torch.Tensor, emb: torch.Tensor, context, config) -> torch.Tensor:
+    """[B, P] map patch scores, [B, P, D] patch rows on every column (map and context taps),
+    ``context`` a search over the bank's rows on every column -> [B] image scores: the top
+    ``topk_count(P, topk_ratio)`` patches by map score, each scored again against ``context``
+    (the same patch score: ``k`` neighbours, ``distance``, ``knn_reduce``), averaged."""
+    b, p, d = emb.shape
+    top = scores.topk(topk_count(p, config.topk_ratio), dim=1).indices
+    queries = emb.gather(1, top.unsqueeze(2).expand(-1, -1, d)).reshape(-1, d)
+    sq, _ = context.search(queries, config.k)
+    return patch_scores(sq, config.distance, config.knn_reduce).view(b, -1).mean(1)
 
 
 Pooling = Callable[..., torch.Tensor]   # (scores [B, P], emb [B, P, d], nn [B, P], search, config) -> [B]
@@ -84,39 +104,55 @@ class PatchScorer:
     """The scoring stage of one fitted bank.
 
     ``embed(layers)``: per-layer rows -> bank-space rows (:class:`Embedding`).
-    ``score(emb [B, P, d], search=None) -> (S_base [B] float64 tensor, patch scores [B, P])``:
-    k nearest bank entries (``search``, default the bank's own), patch score (LMF-Core Eq. 2 /
-    StructCore Eq. 5, divided by the matched entry's local radius when ``radius`` is given),
-    then the configured pooling (max, PatchCore's re-weighted max, top-k mean).
+    ``score(emb [B, P, d], search=None, context=None) -> (S_base [B] float64 tensor, patch
+    scores [B, P])``: k nearest bank entries (``search``, default the bank's own), patch score
+    (LMF-Core Eq. 2 / StructCore Eq. 5, divided by the matched entry's local radius when
+    ``radius`` is given), then the configured pooling (max, PatchCore's re-weighted max, top-k
+    mean).  With context taps, ``search`` covers the map's first ``search.shape[1]`` columns and
+    ``context`` (default the scorer's own) every column; S_base is :func:`context_topk_mean`.
     ``anomaly_map(scores) -> (maps [B, H, W] at config.input_size, descriptors [B, 3] float64)``:
     bilinear upsampling + Gaussian blur, and StructCore's phi(S) (Eq. 7) of exactly those maps.
     """
 
     def __init__(self, config, embedding: Embedding, search: Search, grid: tuple[int, int],
-                 radius: torch.Tensor | None = None):
+                 radius: torch.Tensor | None = None, context: Search | None = None):
         self.config = config
         self.embedding = embedding
         self.search = search
         self.grid = tuple(grid)
         self.radius = radius
+        self.context = context   # the bank on every column (context taps), None without them
+
+    @property
+    def bank_search(self) -> Search:
+        """The search over the bank's whole rows: ``context`` with context taps, else ``search``."""
+        return self.search if self.context is None else self.context
 
     def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Per-layer rows -> bank-space rows."""
         return self.embedding.transform(layers)
 
-    def score(self, emb: torch.Tensor, search=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, emb: torch.Tensor, search=None, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, P, d] embeddings -> (S_base [B] float64 tensor, patch scores [B, P]); see the
-        class.  Torch ops only: ``search`` is anything with the Search protocol's ``search`` /
-        ``rows`` / ``shape`` (an exported graph passes the bank it holds as a constant)."""
+        class.  Torch ops only: ``search`` and ``context`` are anything with the Search
+        protocol's ``search`` / ``rows`` / ``shape`` (an exported graph passes the banks it holds
+        as constants)."""
         cfg = self.config
         search = self.search if search is None else search
+        context = self.context if context is None else context
         b, p, d = emb.shape
-        sq, idx = search.search(emb.reshape(-1, d), cfg.k)
+        rows = emb.reshape(-1, d)
+        if context is not None:        # the map's columns come first
+            rows = rows[:, :search.shape[1]].contiguous()
+        sq, idx = search.search(rows, cfg.k)
         scores = patch_scores(sq, cfg.distance, cfg.knn_reduce)
         if self.radius is not None:   # LMF-Core Sec. 6.2's rejected calibration (off by default)
             scores = local_density_calibration(scores, idx[:, 0], self.radius)
         scores = scores.view(b, p)
-        image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
+        if context is not None:
+            image = context_topk_mean(scores, emb, context, cfg)
+        else:
+            image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
         return image.double(), scores
 
     def map_operators(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:

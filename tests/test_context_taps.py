@@ -1,0 +1,179 @@
+"""Context taps (issue #14, ``Config.context_taps``): the map from the fine taps, the image score
+from the top patches by map score measured again with deeper taps.
+
+Checked: the configuration's constraints (one-line errors), the backbone's extra taps, the
+pooling against a brute-force computation, the leave-one-image-out calibration against a search
+of each image without its bank rows, a fitted model (the same bank rows and maps as without the
+context taps, image scores equal to a brute-force recomputation), its model file (round trip,
+the header's map width checked) and its exported graph.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import FAST, split_items
+from patchbank.backbones import create_backbone
+from patchbank.config import Config
+from patchbank.detector import Detector
+from patchbank.errors import ConfigError, PatchbankError
+from patchbank.io.model_file import load_model
+from patchbank.pipeline.calibration import CalibrationRows, calibrate
+from patchbank.pipeline.scoring import PatchScorer, context_topk_mean, topk_count
+from patchbank.search.exact import ExactSearch
+
+CONTEXT = dict(FAST, context_taps=1)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(fusion="vg"), "fusion"),
+    (dict(projection_dim=64), "projection_dim"),
+    (dict(image_score="max"), "image_score"),
+    (dict(image_score="hybrid", base_score="max"), "image_score"),
+    (dict(local_density=True), "local_density"),
+])
+def test_config_refuses_context_taps_without_what_they_need(overrides, field):
+    with pytest.raises(ConfigError) as info:
+        Config.preset("patchbank", context_taps=1, **overrides)
+    assert info.value.field == "context_taps" and field in info.value.related
+    assert "\n" not in str(info.value) and field in str(info.value)
+    Config.preset("patchbank", context_taps=1, image_score="hybrid", base_score="topk_mean")   # allowed
+
+
+def test_backbone_taps_the_blocks_after_the_deepest_map_tap():
+    bb = create_backbone("efficientnet_lite0", "random", None, "cpu", context=1)
+    plain = create_backbone("efficientnet_lite0", "random", None, "cpu")
+    assert bb.layers == plain.layers + (max(plain.layers) + 1,) and bb.map_taps == len(plain.layers)
+    assert bb.channels[:bb.map_taps] == plain.channels
+    assert plain.map_taps == len(plain.layers)
+    res = create_backbone("resnet18", "random", None, "cpu", context=1)
+    assert res.layers == ("layer2", "layer3", "layer4") and res.map_taps == 2
+    with pytest.raises(PatchbankError, match="context_taps <= 2") as info:
+        create_backbone("efficientnet_lite0", "random", None, "cpu", context=3)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("k, distance, reduce", [(1, "euclidean", "min"), (3, "squared", "mean")])
+def test_context_topk_mean_against_brute_force(k, distance, reduce):
+    g = torch.Generator().manual_seed(0)
+    emb, bank = torch.randn(3, 40, 6, generator=g), torch.randn(25, 6, generator=g)
+    scores = torch.rand(3, 40, generator=g)
+    cfg = Config.preset("patchbank", context_taps=1, k=k, distance=distance, knn_reduce=reduce,
+                        topk_ratio=0.1)
+    got = context_topk_mean(scores, emb, ExactSearch(bank), cfg)
+    n = topk_count(40, 0.1)
+    for i in range(3):
+        top = torch.argsort(scores[i], descending=True)[:n]
+        d2 = torch.cdist(emb[i, top].double(), bank.double()).pow(2).sort(1).values[:, :k]
+        d = d2 if distance == "squared" else d2.sqrt()
+        expected = (d[:, 0] if reduce == "min" else d.mean(1)).mean()
+        assert float(got[i]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_calibration_scores_each_image_without_its_bank_rows():
+    """Leave-one-image-out with context taps: each training image's S_base is what the scorer
+    gives against both searches restricted to the other images' rows."""
+    g = torch.Generator().manual_seed(1)
+    n_img, grid, map_dim, dim = 5, (4, 4), 3, 7
+    rows = torch.randn(n_img * 16, dim, generator=g)
+    pick = torch.randperm(rows.shape[0], generator=g)[:30]
+    bank, source = rows[pick], pick // 16
+    cfg = Config.preset("patchbank", context_taps=1, topk_ratio=0.2, batch_size=2)
+    scorer = PatchScorer(cfg, None, ExactSearch(bank[:, :map_dim].contiguous()), grid, None,
+                         ExactSearch(bank))
+    cal_rows = CalibrationRows(np.arange(n_img), 16)
+    cal_rows.embedded = rows
+    got = calibrate(scorer, cal_rows, source).base_scores_
+    for i in range(n_img):
+        keep = source != i
+        expected, _ = scorer.score(rows[i * 16:(i + 1) * 16].view(1, 16, dim),
+                                   scorer.search.subset(keep), scorer.context.subset(keep))
+        assert got[i] == pytest.approx(float(expected[0]), rel=1e-6)
+    # the leave-out matters: scored against the whole bank, an image finds its own rows
+    whole, _ = scorer.score(rows[:16].view(1, 16, dim))
+    assert float(whole[0]) < got[0]
+
+
+@pytest.fixture(scope="module")
+def pair(synthetic_root):
+    train = synthetic_root / "train" / "good"
+    ctx = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(train)
+    plain = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
+    return ctx, plain
+
+
+def test_fit_keeps_the_plain_bank_and_maps_and_rescores_the_top_patches(pair, synthetic_root):
+    ctx, plain = pair
+    map_dim = sum(ctx.backbone.channels[:ctx.backbone.map_taps])
+    assert ctx.scorer_.search.shape == plain.scorer_.search.shape == (plain.bank_.shape[0], map_dim)
+    assert ctx.bank_.shape == (plain.bank_.shape[0], sum(ctx.backbone.channels))
+    assert torch.equal(ctx.bank_[:, :map_dim], plain.bank_)     # chosen on the map's columns
+    items, _ = split_items(synthetic_root)
+    got, ref = ctx.predict(items), plain.predict(items)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
+    assert [a.score for a in got] != pytest.approx([b.score for b in ref])
+    # brute force: the top patches by map score, nearest whole bank row, mean distance
+    bank = ctx.bank_.double()
+    for x, names in ctx.stream(items):
+        layers, _ = ctx.extractor(x)
+        emb = torch.cat(layers, 1).view(x.shape[0], -1, bank.shape[1]).double()
+        for e, name in zip(emb, names):
+            patch = torch.cdist(e[:, :map_dim], bank[:, :map_dim]).min(1).values
+            top = torch.argsort(patch, descending=True)[:topk_count(len(patch), ctx.config.topk_ratio)]
+            expected = torch.cdist(e[top], bank).min(1).values.mean()
+            score = next(p.score for p in got if p.path == name)
+            assert score == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_path):
+    ctx, _ = pair
+    path = tmp_path / "m.patchbank"
+    ctx.save(path)
+    tensors, meta = load_model(path)
+    assert meta["bank_map_dim"] == ctx.scorer_.search.shape[1] and meta["bank_dim"] == ctx.bank_.shape[1]
+    items, _ = split_items(synthetic_root)
+    again = Detector.load(path, progress=False).predict(items)
+    for a, b in zip(again, ctx.predict(items)):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    for value, needle in [(None, "bank_map_dim"), (meta["bank_dim"], "below bank_dim"), (5, "map taps' width")]:
+        edited = dict(meta, bank_map_dim=value) if value is not None else {
+            k: v for k, v in meta.items() if k != "bank_map_dim"}
+        bad = tmp_path / f"bad_{value}.patchbank"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad),
+                  metadata={"format": "patchbank", "format_version": "2", "patchbank": json.dumps(edited)})
+        with pytest.raises(PatchbankError, match=needle) as info:
+            Detector.load(bad, progress=False).predict(items[:1])
+        assert "\n" not in str(info.value)
+    # a header naming a map width without context taps is refused too
+    plain_meta = dict(meta, config=dict(meta["config"], context_taps=0))
+    bad = tmp_path / "plain.patchbank"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad),
+              metadata={"format": "patchbank", "format_version": "2", "patchbank": json.dumps(plain_meta)})
+    with pytest.raises(PatchbankError, match="bank_map_dim"):
+        Detector.load(bad, progress=False)
+
+
+def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from patchbank.export.exporter import export_model
+    from patchbank.export.runtimes import ExportedModel
+
+    ctx, _ = pair
+    data = export_model(ctx, tmp_path / "ex", ["onnx"])
+    assert data["bank"]["dim"] == ctx.bank_.shape[1]
+    entries = ctx.bank_.shape[0]
+    assert data["bank"]["bytes"] == entries * (ctx.bank_.shape[1] + ctx.scorer_.search.shape[1]) * 4
+    items, _ = split_items(synthetic_root)
+    ref = ctx.predict(items)
+    got = ExportedModel(tmp_path / "ex", "onnx", progress=False).predict(items, batch_size=4)
+    assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
+    for a, b in zip(got, ref):
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+        assert math.isclose(float(np.abs(a.anomaly_map - b.anomaly_map).max()), 0.0, abs_tol=1e-3 * float(b.anomaly_map.max()))
