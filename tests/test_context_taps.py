@@ -24,17 +24,17 @@ from patchbank.detector import Detector
 from patchbank.errors import ConfigError, PatchbankError
 from patchbank.io.model_file import load_model
 from patchbank.pipeline.calibration import CalibrationRows, calibrate
-from patchbank.pipeline.scoring import PatchScorer, context_topk_mean, topk_count
+from patchbank.pipeline.scoring import PatchScorer, context_pool, topk_count
 from patchbank.search.exact import ExactSearch
 
-CONTEXT = dict(FAST, context_taps=1)
+CONTEXT = dict(FAST, context_taps=1)   # the default preset's, spelt out
 
 
 @pytest.mark.parametrize("overrides, field", [
     (dict(fusion="vg"), "fusion"),
     (dict(projection_dim=64), "projection_dim"),
-    (dict(image_score="max"), "image_score"),
-    (dict(image_score="hybrid", base_score="max"), "image_score"),
+    (dict(image_score="reweighted_max"), "image_score"),
+    (dict(image_score="hybrid", base_score="reweighted_max"), "image_score"),
     (dict(local_density=True), "local_density"),
 ])
 def test_config_refuses_context_taps_without_what_they_need(overrides, field):
@@ -42,7 +42,8 @@ def test_config_refuses_context_taps_without_what_they_need(overrides, field):
         Config.preset("patchbank", context_taps=1, **overrides)
     assert info.value.field == "context_taps" and field in info.value.related
     assert "\n" not in str(info.value) and field in str(info.value)
-    Config.preset("patchbank", context_taps=1, image_score="hybrid", base_score="topk_mean")   # allowed
+    assert "context_taps 0" in str(info.value)     # the way out
+    Config.preset("patchbank", context_taps=1, image_score="hybrid", base_score="max")   # allowed
 
 
 def test_backbone_taps_the_blocks_after_the_deepest_map_tap():
@@ -58,15 +59,17 @@ def test_backbone_taps_the_blocks_after_the_deepest_map_tap():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("k, distance, reduce", [(1, "euclidean", "min"), (3, "squared", "mean")])
-def test_context_topk_mean_against_brute_force(k, distance, reduce):
+@pytest.mark.parametrize("k, distance, reduce, pooling", [(1, "euclidean", "min", "topk_mean"),
+                                                          (3, "squared", "mean", "topk_mean"),
+                                                          (1, "euclidean", "min", "max")])
+def test_context_pool_against_brute_force(k, distance, reduce, pooling):
     g = torch.Generator().manual_seed(0)
     emb, bank = torch.randn(3, 40, 6, generator=g), torch.randn(25, 6, generator=g)
     scores = torch.rand(3, 40, generator=g)
     cfg = Config.preset("patchbank", context_taps=1, k=k, distance=distance, knn_reduce=reduce,
-                        topk_ratio=0.1)
-    got = context_topk_mean(scores, emb, ExactSearch(bank), cfg)
-    n = topk_count(40, 0.1)
+                        topk_ratio=0.1, image_score=pooling)
+    got = context_pool(scores, emb, ExactSearch(bank), cfg)
+    n = topk_count(40, 0.1) if pooling == "topk_mean" else 1
     for i in range(3):
         top = torch.argsort(scores[i], descending=True)[:n]
         d2 = torch.cdist(emb[i, top].double(), bank.double()).pow(2).sort(1).values[:, :k]
@@ -103,7 +106,7 @@ def test_calibration_scores_each_image_without_its_bank_rows():
 def pair(synthetic_root):
     train = synthetic_root / "train" / "good"
     ctx = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(train)
-    plain = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
+    plain = Detector.from_preset("patchbank", progress=False, **dict(FAST, context_taps=0)).fit(train)
     return ctx, plain
 
 
@@ -177,3 +180,22 @@ def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path):
     for a, b in zip(got, ref):
         assert a.score == pytest.approx(b.score, rel=1e-4)
         assert math.isclose(float(np.abs(a.anomaly_map - b.anomaly_map).max()), 0.0, abs_tol=1e-3 * float(b.anomaly_map.max()))
+
+
+def test_multi_category_model_with_context_taps(pair, synthetic_root, tmp_path):
+    """Every category of a multi-category model shares the backbone with its context taps; a
+    category's scores equal its single-category model's, also after a save and load."""
+    from conftest import stripes_images
+    from patchbank.multi import MultiDetector
+
+    stripes = stripes_images(tmp_path / "stripes", 12, seed=1)
+    multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=8, **CONTEXT).fit(
+        {"part": synthetic_root / "train" / "good", "stripes": stripes})
+    items, _ = split_items(synthetic_root)
+    ctx, _ = pair
+    ref = ctx.predict(items)
+    got = multi.predict(items, category="part")
+    assert [p.score for p in got] == pytest.approx([p.score for p in ref], rel=1e-5)
+    multi.save(tmp_path / "multi.patchbank")
+    again = MultiDetector.load(tmp_path / "multi.patchbank", progress=False).predict(items, category="part")
+    assert [p.score for p in again] == [p.score for p in got]

@@ -253,7 +253,7 @@ CONTEXT_NEEDS = (
     ("fusion", lambda c: c.fusion in ("equal", "l2"), "a fusion that concatenates the taps (equal or l2)"),
     ("projection_dim", lambda c: c.projection_dim is None, "projection_dim none"),
     ("image_score", lambda c: (c.base_score if c.image_score in ("struct", "hybrid") else c.image_score)
-     == "topk_mean", "topk_mean pooling (image_score, or base_score under struct / hybrid)"),
+     in ("max", "topk_mean"), "max or topk_mean pooling (image_score, or base_score under struct / hybrid)"),
     ("local_density", lambda c: not c.local_density, "local_density false"),
 )
 
@@ -366,7 +366,8 @@ class Config:
             for name, holds, need in CONTEXT_NEEDS:
                 if not holds(self):
                     raise ConfigError("context_taps", f"{self.context_taps} needs {need} (got "
-                                      f"{name}={getattr(self, name)!r})", related=(name,))
+                                      f"{name}={getattr(self, name)!r}); or set context_taps 0",
+                                      related=(name,))
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -441,7 +442,7 @@ which are the ``lmf-core`` preset and the behaviour of model files written befor
 PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
-                        crop_size=(288, 288), image_score="topk_mean"),
+                        crop_size=(288, 288), image_score="topk_mean", context_taps=1),
     "lmf-core": Config(),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10),

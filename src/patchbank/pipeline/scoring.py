@@ -9,9 +9,10 @@
 * ``topk_mean``: the mean of the top ceil(r * P) patch scores (StructCore Eq. 8's tail mass,
   used alone as a pooling operator); less sensitive to one spurious peak than the max.
 * context taps (``Config.context_taps``): the bank rows also hold the columns of deeper taps that
-  the map does not use.  The top ceil(r * P) patches by map score are measured again against the
-  bank on every column (:func:`context_topk_mean`), and their mean is the image score: the map
-  keeps the fine taps' resolution, the decision also sees the deeper context.
+  the map does not use.  The patches the pooling reads (the top ceil(r * P) by map score for
+  ``topk_mean``, the top one for ``max``) are measured again against the bank on every column
+  (:func:`context_pool`), and their mean is the image score: the map keeps the fine taps'
+  resolution, the decision also sees the deeper context.
 * :class:`PatchScorer`: the fitted scoring stage of one bank, built from these: embedding ->
   nearest neighbours -> patch scores -> image score (pooling) and anomaly map + descriptor.
 
@@ -66,13 +67,15 @@ def topk_mean(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     return scores.topk(topk_count(scores.shape[1], ratio), dim=1).values.mean(1)
 
 
-def context_topk_mean(scores: torch.Tensor, emb: torch.Tensor, context, config) -> torch.Tensor:
+def context_pool(scores: torch.Tensor, emb: torch.Tensor, context, config) -> torch.Tensor:
     """[B, P] map patch scores, [B, P, D] patch rows on every column (map and context taps),
     ``context`` a search over the bank's rows on every column -> [B] image scores: the top
-    ``topk_count(P, topk_ratio)`` patches by map score, each scored again against ``context``
-    (the same patch score: ``k`` neighbours, ``distance``, ``knn_reduce``), averaged."""
+    ``topk_count(P, topk_ratio)`` patches by map score (pooling ``topk_mean``; the top one for
+    ``max``), each scored again against ``context`` (the same patch score: ``k`` neighbours,
+    ``distance``, ``knn_reduce``), averaged."""
     b, p, d = emb.shape
-    top = scores.topk(topk_count(p, config.topk_ratio), dim=1).indices
+    n = 1 if base_pooling(config) == "max" else topk_count(p, config.topk_ratio)
+    top = scores.topk(n, dim=1).indices
     queries = emb.gather(1, top.unsqueeze(2).expand(-1, -1, d)).reshape(-1, d)
     sq, _ = context.search(queries, config.k)
     return patch_scores(sq, config.distance, config.knn_reduce).view(b, -1).mean(1)
@@ -109,7 +112,7 @@ class PatchScorer:
     (LMF-Core Eq. 2 / StructCore Eq. 5, divided by the matched entry's local radius when
     ``radius`` is given), then the configured pooling (max, PatchCore's re-weighted max, top-k
     mean).  With context taps, ``search`` covers the map's first ``search.shape[1]`` columns and
-    ``context`` (default the scorer's own) every column; S_base is :func:`context_topk_mean`.
+    ``context`` (default the scorer's own) every column; S_base is :func:`context_pool`.
     ``anomaly_map(scores) -> (maps [B, H, W] at config.input_size, descriptors [B, 3] float64)``:
     bilinear upsampling + Gaussian blur, and StructCore's phi(S) (Eq. 7) of exactly those maps.
     """
@@ -150,7 +153,7 @@ class PatchScorer:
             scores = local_density_calibration(scores, idx[:, 0], self.radius)
         scores = scores.view(b, p)
         if context is not None:
-            image = context_topk_mean(scores, emb, context, cfg)
+            image = context_pool(scores, emb, context, cfg)
         else:
             image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
         return image.double(), scores
