@@ -162,20 +162,22 @@ def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_pa
         Detector.load(bad, progress=False)
 
 
-def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path):
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path, runtime):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    pytest.importorskip(runtime if runtime == "openvino" else "onnx")
     from patchbank.export.exporter import export_model
     from patchbank.export.runtimes import ExportedModel
 
     ctx, _ = pair
-    data = export_model(ctx, tmp_path / "ex", ["onnx"])
+    data = export_model(ctx, tmp_path / "ex", [runtime])
     assert data["bank"]["dim"] == ctx.bank_.shape[1]
     entries = ctx.bank_.shape[0]
     assert data["bank"]["bytes"] == entries * (ctx.bank_.shape[1] + ctx.scorer_.search.shape[1]) * 4
     items, _ = split_items(synthetic_root)
     ref = ctx.predict(items)
-    got = ExportedModel(tmp_path / "ex", "onnx", progress=False).predict(items, batch_size=4)
+    got = ExportedModel(tmp_path / "ex", runtime, progress=False).predict(items, batch_size=4)
     assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
     for a, b in zip(got, ref):
         assert a.score == pytest.approx(b.score, rel=1e-4)
