@@ -144,7 +144,8 @@ def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_pa
     again = Detector.load(path, progress=False).predict(items)
     for a, b in zip(again, ctx.predict(items)):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
-    for value, needle in [(None, "bank_map_dim"), (meta["bank_dim"], "below bank_dim"), (5, "map taps' width")]:
+    cases = [(None, "bank_map_dim"), (meta["bank_dim"], "below bank_dim"), (5, "map taps' width")]
+    for value, needle in cases:
         edited = dict(meta, bank_map_dim=value) if value is not None else {
             k: v for k, v in meta.items() if k != "bank_map_dim"}
         bad = tmp_path / f"bad_{value}.patchbank"
@@ -181,7 +182,8 @@ def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path, 
     assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
     for a, b in zip(got, ref):
         assert a.score == pytest.approx(b.score, rel=1e-4)
-        assert math.isclose(float(np.abs(a.anomaly_map - b.anomaly_map).max()), 0.0, abs_tol=1e-3 * float(b.anomaly_map.max()))
+        span = float(b.anomaly_map.max())
+        assert math.isclose(float(np.abs(a.anomaly_map - b.anomaly_map).max()), 0.0, abs_tol=1e-3 * span)
 
 
 def test_multi_category_model_with_context_taps(pair, synthetic_root, tmp_path):

@@ -113,7 +113,8 @@ class Detector:
         check_weights_sha(bb.weights_sha256, self.backbone_sha256_, where)
         emb = self.scorer_.embedding
         keep = emb.fusion_.keep_ if isinstance(emb.fusion_, VGFusion) else None
-        in_dim = emb.projection_.matrix_.shape[0] if emb.projection_ is not None else self.scorer_.bank_search.shape[1]
+        in_dim = (emb.projection_.matrix_.shape[0] if emb.projection_ is not None
+                  else self.scorer_.bank_search.shape[1])
         check_backbone_fit(bb.channels, keep, in_dim, where)
         if self.scorer_.context is not None:
             check_map_columns(bb.channels[:bb.map_taps], self.scorer_.search.shape[1], where)

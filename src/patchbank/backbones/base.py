@@ -27,8 +27,8 @@ class Backbone(nn.Module):
 
     Attributes: ``name``, ``kind`` ("cnn" or "vit"), ``layers`` (the resolved taps, shallow to
     deep), ``map_taps`` (how many of them, the first, draw the anomaly map; the rest are the image
-    score's context taps, ``Config.context_taps``), ``channels`` / ``strides`` (of each returned map), ``mean`` / ``std`` (the input
-    normalisation the caller applies), ``weights_sha256`` (of the file loaded; None = random)
+    score's context taps, ``Config.context_taps``), ``channels`` / ``strides`` (of each returned
+    map), ``mean`` / ``std`` (the input normalisation the caller applies), ``weights_sha256`` (of the file loaded; None = random)
     and, for CNNs, ``folded_batchnorms`` (conv -> batch-norm pairs folded by
     :func:`patchbank.backbones.create_backbone`).
     """

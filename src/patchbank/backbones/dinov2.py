@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, VitBackbone, block_taps, with_context
+from patchbank.backbones.base import (IMAGENET_MEAN, IMAGENET_STD, Backbone, VitBackbone, block_taps,
+                                      with_context)
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import RANDOM, first_line, hf_hub_file, instantiate, read_state_dict, sha256
 from patchbank.errors import PatchbankError

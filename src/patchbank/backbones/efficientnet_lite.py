@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from patchbank.backbones.base import TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps, with_context
+from patchbank.backbones.base import (TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps,
+                                      with_context)
 from patchbank.backbones.efficientnet_lite_net import EfficientNetLite
 from patchbank.backbones.registry import register_backbone
 from patchbank.backbones.weights import RANDOM, instantiate, packaged_file, read_state_dict, sha256
