@@ -8,8 +8,12 @@ Each field carries its own description in ``dataclasses.field(metadata=...)``: `
 line), ``choices`` (allowed strings; for a tuple field, the allowed members of a non-empty subset)
 and ``interval`` (an :class:`Interval`).  :data:`FIELD_SPECS` turns that metadata and the field's
 annotation into one :class:`FieldSpec` per field; ``Config.__post_init__`` validates every field
-with it in one loop, and the CLI builds one option per field from the same specs.  Presets:
+with it in one loop, and the CLI builds one option per field from the same specs; cross-field
+rules are data too (:data:`CONTEXT_NEEDS`).  Presets:
 
+``patchbank``  the default (docs/default_preset.md): PatchCore features at resize 320 / crop 288
+               with zero-padded 3 x 3 averaging, greedy coreset 1%, the mean of the top 5% patch
+               scores, those patches measured again with the next backbone block (context taps).
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
                re-weighted max normalised by the training images' leave-one-image-out statistics.
