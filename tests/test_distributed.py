@@ -100,6 +100,23 @@ def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthet
               "already exists")
 
 
+def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, synthetic_root, tmp_path):
+    """A default-preset model (its context taps: two searches per image) scores the same on Ray
+    actors as locally: the CSV byte for byte."""
+    from patchbank.detector import Detector
+
+    model = tmp_path / "default.patchbank"
+    det = Detector.from_preset("patchbank", progress=False, **FAST).fit(synthetic_root / "train" / "good")
+    assert det.config.context_taps == 1 and det.scorer_.context is not None
+    det.save(model)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert _cli("predict", model, synthetic_root / "test", "-o", local, "-q").exit_code == 0
+    r = _cli("predict", model, synthetic_root / "test", "-o", remote, "-q", "--engine", "ray",
+             "--actors", "1", "--batch-size", "3")
+    assert r.exit_code == 0, r.output
+    assert (remote / "predictions.csv").read_bytes() == (local / "predictions.csv").read_bytes()
+
+
 @pytest.mark.parametrize("n,batch,actors,want", [(2895, 16, 1, 64), (2895, 16, 2, 64), (2895, 48, 1, 96),
                                                   (10, 3, 2, 3), (40, 4, 2, 8), (10**6, 16, 4, 512)])
 def test_blocks_hold_whole_batches_and_spread_over_the_actors(n, batch, actors, want):
