@@ -125,6 +125,10 @@ def random_projection(
 
 
 def _check_features(features: torch.Tensor) -> torch.Tensor:
+    """``features`` [N, D] as float32, refused (ValueError) when empty, not floating point, not
+    finite or too large for float32 distances.  No copy of float32 input, a column slice
+    included (a model with context taps selects on its map's columns): the projection reads it in
+    row chunks and its result is made contiguous."""
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         raise ValueError("features: expected a 2-D tensor [N, D]")
     if features.shape[0] < 1 or features.shape[1] < 1:
@@ -134,12 +138,13 @@ def _check_features(features: torch.Tensor) -> torch.Tensor:
     features = features.detach()
     if features.dtype != torch.float32:
         features = features.float()
-    peak = float(features.abs().max())
+    low, high = torch.aminmax(features)       # no [N, D] temporary, unlike abs().max()
+    peak = max(-float(low), float(high))
     if not math.isfinite(peak):
         raise ValueError("features: contains NaN or infinite values")
     if peak > _MAX_ABS:  # squared distances would overflow float32
         raise ValueError(f"features: values up to {peak:.3g} are too large for float32 distances")
-    return features.contiguous()
+    return features
 
 
 def _progress(total: int, enabled: bool, desc: str):
