@@ -4,7 +4,8 @@
 patchbank version, the model's configuration (preprocessing: resize, aspect, crop; everything
 else for reference), the backbone's input normalisation (mean, std), the input and output names,
 the threshold and calibration statistics, the bank (entries, dim, stored dtype, bytes, block
-rows), which graph files exist per format and whether the ONNX weights are external data, and
+rows; with context taps ``dim`` is the whole rows' and ``bytes`` counts both stored copies, the
+map's columns and the whole rows), which graph files exist per format and whether the ONNX weights are external data, and
 any note on how the graph differs from the torch path (``notes``).
 
 The operating point (format version 2): ``calibration_base_scores`` [n] and
