@@ -57,6 +57,8 @@ def test_backbone_taps_the_blocks_after_the_deepest_map_tap():
     with pytest.raises(PatchbankError, match="context_taps <= 2") as info:
         create_backbone("efficientnet_lite0", "random", None, "cpu", context=3)
     assert "\n" not in str(info.value)
+    with pytest.raises(PatchbankError, match="after its deepest tap .block 6 of 0..6.; set context_taps 0"):
+        create_backbone("efficientnet_lite0", "random", (2, 6), "cpu", context=1)
 
 
 @pytest.mark.parametrize("k, distance, reduce, pooling", [(1, "euclidean", "min", "topk_mean"),

@@ -136,6 +136,8 @@ def with_context(name: str, taps: list[int], context: int, depth: int) -> list[i
     when there are not that many."""
     last = max(taps)
     if last + context >= depth:
-        raise PatchbankError(f"context_taps: {name} has {depth - 1 - last} block(s) after its deepest "
-                             f"tap; use context_taps <= {depth - 1 - last}")
+        left = depth - 1 - last
+        fix = "set context_taps 0" if left == 0 else f"use context_taps <= {left}"
+        raise PatchbankError(f"context_taps: {name} has {left} block(s) after its deepest tap "
+                             f"(block {last} of 0..{depth - 1}); {fix}")
     return taps + list(range(last + 1, last + 1 + context))
