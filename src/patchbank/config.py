@@ -254,7 +254,7 @@ _WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 409
 CONTEXT_NEEDS = (
     # (field, holds(config), what context_taps > 0 needs): the image score measures the top
     # patches again on the bank's columns of every tap, so each tap must keep its own columns
-    ("fusion", lambda c: c.fusion in ("equal", "l2"), "a fusion that concatenates the taps (equal or l2)"),
+    # (every fusion concatenates; a projection mixes them)
     ("projection_dim", lambda c: c.projection_dim is None, "projection_dim none"),
     ("image_score", lambda c: (c.base_score if c.image_score in ("struct", "hybrid") else c.image_score)
      in ("max", "topk_mean"), "max or topk_mean pooling (image_score, or base_score under struct / hybrid)"),

@@ -117,7 +117,8 @@ class Detector:
                   else self.scorer_.bank_search.shape[1])
         check_backbone_fit(bb.channels, keep, in_dim, where)
         if self.scorer_.context is not None:
-            check_map_columns(bb.channels[:bb.map_taps], self.scorer_.search.shape[1], where)
+            check_map_columns(emb.fusion_.widths(bb.channels)[:bb.map_taps], self.scorer_.search.shape[1],
+                              where)
         with torch.inference_mode():
             _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
         check_patch_grid(self.grid_, grid, where)
@@ -153,7 +154,7 @@ class Detector:
         clock.lap("features")
         embedding.fit(feats.moments, feats.raw.sample_row())
         bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
-                          clock, map_columns(self.backbone, cfg))
+                          clock, map_columns(self.backbone, embedding, cfg))
         self.scorer_ = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
         self.calibration_ = calibrate(self.scorer_, feats.calibration, bank.source)
         clock.lap("calibration")
@@ -335,10 +336,13 @@ class Detector:
         return det
 
 
-def map_columns(backbone: Backbone, config: Config) -> int | None:
-    """The bank columns of the map's taps with context taps (the first ones: the fusion
-    concatenates the taps, ``Config.context_taps``' constraint), else None (every column)."""
-    return sum(backbone.channels[:backbone.map_taps]) if config.context_taps else None
+def map_columns(backbone: Backbone, embedding: Embedding, config: Config) -> int | None:
+    """The bank columns of the map's taps with context taps (the first ones: the fitted fusion
+    keeps each tap's columns together, and there is no projection, ``Config.context_taps``'
+    constraint), else None (every column)."""
+    if not config.context_taps:
+        return None
+    return sum(embedding.fusion_.widths(backbone.channels)[:backbone.map_taps])
 
 
 def check_header_weights(meta: dict[str, Any], weights: str | None, where: str) -> None:

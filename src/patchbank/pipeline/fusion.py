@@ -74,6 +74,11 @@ class Fusion(ABC):
     def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Fuse per-layer rows [n, C_l] into [n, D]."""
 
+    @abstractmethod
+    def widths(self, channels: list[int]) -> list[int]:
+        """The fused row's columns per layer, in order, for layers of ``channels`` channels
+        (every fusion here keeps each layer's columns together: concatenation)."""
+
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors saved with the model (names prefixed ``fusion.``)."""
         return {}
@@ -91,6 +96,9 @@ class EqualFusion(Fusion):
 
     def transform(self, layers: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(layers, dim=1)
+
+    def widths(self, channels: list[int]) -> list[int]:
+        return [int(c) for c in channels]
 
 
 class L2Fusion(EqualFusion):
@@ -137,6 +145,10 @@ class VGFusion(Fusion):
         parts = [(x[:, k.to(dev)] - m.to(dev)) * s.to(dev)
                  for x, k, m, s in zip(layers, self.keep_, self.mean_, self.scale_)]
         return torch.cat(parts, dim=1)
+
+    def widths(self, channels: list[int]) -> list[int]:
+        """The kept channels of each layer (``channels`` is not needed once fitted)."""
+        return [int(k.numel()) for k in self.keep_]
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {}
