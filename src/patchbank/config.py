@@ -256,8 +256,8 @@ CONTEXT_NEEDS = (
     # patches again on the bank's columns of every tap, so each tap must keep its own columns
     # (every fusion concatenates; a projection mixes them)
     ("projection_dim", lambda c: c.projection_dim is None, "projection_dim none"),
-    ("image_score", lambda c: (c.base_score if c.image_score in ("struct", "hybrid") else c.image_score)
-     in ("max", "topk_mean"), "max or topk_mean pooling (image_score, or base_score under struct / hybrid)"),
+    ("image_score", lambda c: c.base_pooling in ("max", "topk_mean"),
+     "max or topk_mean pooling (image_score, or base_score under struct / hybrid)"),
     ("local_density", lambda c: not c.local_density, "local_density false"),
 )
 
@@ -416,6 +416,12 @@ class Config:
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the tensor the backbone sees: the crop if any, else the resize."""
         return self.crop_size or self.image_size
+
+    @property
+    def base_pooling(self) -> str:
+        """The pooling that gives S_base: ``image_score`` itself, or ``base_score`` when the image
+        score is StructCore's ``struct`` / ``hybrid``."""
+        return self.base_score if self.image_score in ("struct", "hybrid") else self.image_score
 
 
 def _check_known(names: Any) -> None:

@@ -117,8 +117,7 @@ class Detector:
                   else self.scorer_.bank_search.shape[1])
         check_backbone_fit(bb.channels, keep, in_dim, where)
         if self.scorer_.context is not None:
-            check_map_columns(emb.fusion_.widths(bb.channels)[:bb.map_taps], self.scorer_.search.shape[1],
-                              where)
+            check_map_columns(map_columns(bb, emb, self.config), self.scorer_.search.shape[1], where)
         with torch.inference_mode():
             _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
         check_patch_grid(self.grid_, grid, where)

@@ -338,12 +338,11 @@ def check_backbone_fit(channels: Sequence[int], keep: Sequence[torch.Tensor] | N
         raise _fail(where, "feature width", f"{in_dim} of the model differs from the backbone's fused width {width}")
 
 
-def check_map_columns(map_widths: Sequence[int], map_dim: int, where: str) -> None:
+def check_map_columns(width: int, map_dim: int, where: str) -> None:
     """Once the backbone is known, with context taps: the model's map columns (``bank_map_dim``)
-    must be the map taps' fused width, ``sum(map_widths)`` (their columns per tap)."""
-    if sum(int(c) for c in map_widths) != map_dim:
-        raise _fail(where, "bank_map_dim", f"({map_dim}) differs from the backbone's map taps' width "
-                    f"{sum(int(c) for c in map_widths)}")
+    must be the map taps' fused ``width`` (:func:`patchbank.detector.map_columns`)."""
+    if width != map_dim:
+        raise _fail(where, "bank_map_dim", f"({map_dim}) differs from the backbone's map taps' width {width}")
 
 
 def check_patch_grid(model_grid: Sequence[int], grid: Sequence[int], where: str) -> None:

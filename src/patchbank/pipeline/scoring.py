@@ -74,7 +74,7 @@ def context_pool(scores: torch.Tensor, emb: torch.Tensor, context, config) -> to
     ``max``), each scored again against ``context`` (the same patch score: ``k`` neighbours,
     ``distance``, ``knn_reduce``), averaged."""
     b, p, d = emb.shape
-    n = 1 if base_pooling(config) == "max" else topk_count(p, config.topk_ratio)
+    n = 1 if config.base_pooling == "max" else topk_count(p, config.topk_ratio)
     top = scores.topk(n, dim=1).indices
     queries = emb.gather(1, top.unsqueeze(2).expand(-1, -1, d)).reshape(-1, d)
     sq, _ = context.search(queries, config.k)
@@ -95,12 +95,6 @@ register_pooling("max", lambda scores, emb, nn, search, config: scores.max(1).va
 register_pooling("topk_mean", lambda scores, emb, nn, search, config: topk_mean(scores, config.topk_ratio))
 register_pooling("reweighted_max", lambda scores, emb, nn, search, config: reweighted_max(
     scores, emb, nn, search, min(config.reweight_neighbors, search.shape[0])))
-
-
-def base_pooling(config) -> str:
-    """The pooling that gives S_base: ``image_score`` itself, or ``base_score`` when the image
-    score is StructCore's ``struct`` / ``hybrid``."""
-    return config.base_score if config.image_score in ("struct", "hybrid") else config.image_score
 
 
 class PatchScorer:
@@ -155,7 +149,7 @@ class PatchScorer:
         if context is not None:
             image = context_pool(scores, emb, context, cfg)
         else:
-            image = POOLINGS[base_pooling(cfg)](scores, emb, idx[:, 0].view(b, p), search, cfg)
+            image = POOLINGS[cfg.base_pooling](scores, emb, idx[:, 0].view(b, p), search, cfg)
         return image.double(), scores
 
     def map_operators(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
