@@ -223,3 +223,18 @@ def test_vg_fusion_with_context_taps(synthetic_root, tmp_path):
     assert [a.score for a in again] == [b.score for b in ref]
     good, bad = ref[:6], ref[6:]
     assert max(p.score for p in good) < max(p.score for p in bad)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--context-taps", "-1"], ["--context-taps", ">= 0"]),
+    (["--context-taps", "two"], ["--context-taps", "integer"]),
+    (["--projection-dim", "64"], ["--context-taps", "projection_dim none", "context_taps 0"]),
+    (["--image-score", "reweighted_max"], ["--context-taps", "pooling", "context_taps 0"]),
+])
+def test_cli_refuses_bad_context_taps_in_one_line(synthetic_root, tmp_path, args, needles):
+    from conftest import assert_one_line_error, invoke_cli
+
+    r = invoke_cli("fit", synthetic_root / "train" / "good", "-o", tmp_path / "m.patchbank", "-q",
+                   "--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none", *args)
+    assert_one_line_error(r.exit_code, r.stderr, *needles)
+    assert not (tmp_path / "m.patchbank").exists()
