@@ -164,6 +164,44 @@ def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_pa
         Detector.load(bad, progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_context_search_on_cuda_gives_the_cpu_answers(pair, synthetic_root, tmp_path):
+    # The GPU path of both searches: a CPU-fitted model predicted on cuda, and a model fitted on
+    # cuda (its leave-one-image-out calibration runs the context search on the GPU), whose image
+    # scores are checked against a brute-force recomputation from its own bank.
+    ctx, _ = pair
+    path = tmp_path / "cpu.patchbank"
+    ctx.save(path)
+    gpu = Detector.load(path, device="cuda", progress=False)
+    assert gpu.scorer_.context is not None
+    items, _ = split_items(synthetic_root)
+    x, _ = next(iter(ctx.stream(items[:4])))
+    for f_cpu, f_gpu in zip(ctx.extractor(x)[0], gpu.extractor(x.cuda())[0]):
+        torch.testing.assert_close(f_gpu.cpu(), f_cpu, rtol=1e-4, atol=1e-4)
+    assert torch.backends.cudnn.allow_tf32 is False     # full float32 convolutions on the GPU
+    ref = ctx.predict(items)
+    for a, b in zip(gpu.predict(items), ref):
+        assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-5)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4)
+    fitted = Detector.from_preset("patchbank", device="cuda", progress=False,
+                                  **CONTEXT).fit(synthetic_root / "train" / "good")
+    bank = fitted.bank_.double().cpu()
+    map_dim = fitted.scorer_.search.shape[1]
+    assert bank.shape == ctx.bank_.shape
+    got = fitted.predict(items)
+    for x, names in fitted.stream(items):
+        layers, _ = fitted.extractor(x)
+        emb = torch.cat(layers, 1).view(x.shape[0], -1, bank.shape[1]).double().cpu()
+        for e, name in zip(emb, names):
+            patch = torch.cdist(e[:, :map_dim], bank[:, :map_dim]).min(1).values
+            top = torch.argsort(patch, descending=True)[:topk_count(len(patch), fitted.config.topk_ratio)]
+            expected = torch.cdist(e[top], bank).min(1).values.mean()
+            assert next(p.score for p in got if p.path == name) == pytest.approx(float(expected), rel=1e-3)
+    # the calibration statistics agree with the CPU fit's where the two banks agree
+    if torch.equal(fitted.bank_.cpu(), ctx.bank_):
+        assert fitted.threshold_ == pytest.approx(ctx.threshold_, rel=1e-3, abs=1e-4)
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path, runtime):
     pytest.importorskip("onnxruntime")

@@ -80,3 +80,24 @@ def test_backbones_fold_every_batchnorm_and_keep_their_outputs():
     with torch.inference_mode():
         for a, b in zip(folded(x), plain(x)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_folded_parameters_are_ordinary_tensors_usable_outside_inference_mode():
+    # Parameters made inside inference mode and then moved to a GPU outside it keep no version
+    # counter; cuDNN's convolution then raised "Inference tensors do not track version counter"
+    # (a backbone built on cuda outside inference mode, found on an H200).  The fold makes them
+    # under no_grad, so the copy runs in and out of inference mode, on any device.
+    bb = create_backbone("efficientnet_lite0", "random", context=1)
+    assert bb.folded_batchnorms > 0
+    assert not any(t.is_inference() for t in list(bb.parameters()) + list(bb.buffers()))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = bb(x)
+    with torch.inference_mode():
+        inference = bb(x)
+    for a, b in zip(plain, inference):
+        assert torch.equal(a, b)
+    if torch.cuda.is_available():
+        gpu = create_backbone("efficientnet_lite0", "random", device="cuda")
+        with torch.inference_mode():
+            gpu(x.cuda())

@@ -60,11 +60,16 @@ def _fold_children(module: nn.Module) -> int:
     return folded
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def fold_batchnorm(module: nn.Module, probe: torch.Tensor, rtol: float = 1e-3) -> tuple[nn.Module, int]:
     """A copy of eval-mode ``module`` with every conv -> batch-norm pair folded, and the number of
     pairs folded.  ``probe`` is an input the copy must map to the same outputs as ``module``
-    (each output within ``rtol`` of its largest magnitude); otherwise ``(module, 0)`` comes back."""
+    (each output within ``rtol`` of its largest magnitude); otherwise ``(module, 0)`` comes back.
+
+    The folded parameters are ordinary tensors (made under ``no_grad``, not ``inference_mode``):
+    an inference-tensor parameter moved to a GPU outside inference mode keeps no version
+    counter, and cuDNN's convolution then fails with "Inference tensors do not track version
+    counter" (found on an H200: a backbone built on cuda outside inference mode)."""
     folded = copy.deepcopy(module)
     n = _fold_children(folded)
     if n == 0:
