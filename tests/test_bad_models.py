@@ -348,12 +348,15 @@ def test_multi_header_checks(model):
 # ---------------------------------------------------------------------------- at first use
 def test_check_backbone_fit_and_patch_grid():
     keep = [torch.tensor([0, 3]), torch.tensor([1, 2, 5])]
-    check_backbone_fit([4, 6], keep, 5, "m")
-    check_backbone_fit([4, 6], None, 10, "m")
-    for channels, k, width, needle in [([4, 5], keep, 5, "fusion.keep.1"), ([4], keep, 5, "layers"),
-                                       ([4, 6], keep, 6, "width"), ([4, 6], None, 12, "width")]:
+    kept = [int(k.numel()) for k in keep]          # what VGFusion.widths gives
+    check_backbone_fit([4, 6], keep, kept, 5, "m")
+    check_backbone_fit([4, 6], None, [4, 6], 10, "m")
+    for channels, k, widths, width, needle in [([4, 5], keep, kept, 5, "fusion.keep.1"),
+                                               ([4], keep, kept, 5, "layers"),
+                                               ([4, 6], keep, kept, 6, "width"),
+                                               ([4, 6], None, [4, 6], 12, "width")]:
         with pytest.raises(PatchbankError, match=needle):
-            check_backbone_fit(channels, k, width, "m")
+            check_backbone_fit(channels, k, widths, width, "m")
     check_patch_grid([12, 12], (12, 12), "m")
     with pytest.raises(PatchbankError, match="patch_grid"):
         check_patch_grid([12, 12], (32, 32), "m")

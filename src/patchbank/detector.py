@@ -115,7 +115,7 @@ class Detector:
         keep = emb.fusion_.keep_ if isinstance(emb.fusion_, VGFusion) else None
         in_dim = (emb.projection_.matrix_.shape[0] if emb.projection_ is not None
                   else self.scorer_.bank_search.shape[1])
-        check_backbone_fit(bb.channels, keep, in_dim, where)
+        check_backbone_fit(bb.channels, keep, emb.fusion_.widths(bb.channels), in_dim, where)
         if self.scorer_.context is not None:
             check_map_columns(map_columns(bb, emb, self.config), self.scorer_.search.shape[1], where)
         with torch.inference_mode():

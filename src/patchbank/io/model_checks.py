@@ -315,25 +315,24 @@ def check_multi_header(tensors: dict[str, torch.Tensor], meta: dict[str, Any], w
 
 # ---------------------------------------------------------------------------------- at first use
 def check_backbone_fit(channels: Sequence[int], keep: Sequence[torch.Tensor] | None,
-                       in_dim: int, where: str) -> None:
+                       widths: Sequence[int], in_dim: int, where: str) -> None:
     """Once the backbone is known: the model's features must fit its per-layer ``channels``.
 
-    ``keep``: VG-Fusion's kept channel indices per layer (None for the equal / L2 fusions, whose
-    fused width is ``sum(channels)``); ``in_dim``: the width the projection takes (its matrix's
-    rows), or the bank width without a projection.  Refused: another number of layers, a kept
-    index outside its layer, a fused width other than ``in_dim``.
+    ``keep``: VG-Fusion's kept channel indices per layer (None for the equal / L2 fusions);
+    ``widths``: the fitted fusion's columns per layer for these channels
+    (:meth:`patchbank.pipeline.fusion.Fusion.widths`); ``in_dim``: the width the projection takes
+    (its matrix's rows), or the bank width without a projection.  Refused: another number of
+    layers, a kept index outside its layer, a fused width other than ``in_dim``.
     """
     channels = [int(c) for c in channels]
-    if keep is None:
-        width = sum(channels)
-    else:
+    if keep is not None:
         if len(keep) != len(channels):
             raise _fail(where, "fusion tensors", f"cover {len(keep)} layers; the backbone taps {len(channels)}")
         for i, (k, c) in enumerate(zip(keep, channels)):
             if k.numel() and int(k.max()) >= c:
                 raise _fail(where, f"tensor 'fusion.keep.{i}'",
                             f"indexes channel {int(k.max())}; the backbone's layer {i} has {c} channels")
-        width = sum(int(k.numel()) for k in keep)
+    width = sum(int(w) for w in widths)
     if width != in_dim:
         raise _fail(where, "feature width", f"{in_dim} of the model differs from the backbone's fused width {width}")
 
