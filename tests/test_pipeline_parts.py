@@ -11,7 +11,7 @@ from patchbank.pipeline.features import aggregate, to_patches
 from patchbank.pipeline.fusion import EqualFusion, L2Fusion, Moments, VGFusion
 from patchbank.pipeline.projection import GaussianProjection
 from patchbank.sampling import NoSampler, UniformSampler, coreset_size
-from patchbank.pipeline.calibration import NormalStats
+from patchbank.pipeline.calibration import NormalStats, conformal_rank, conformal_threshold
 from patchbank.pipeline.scoring import patch_scores, reweighted_max
 from patchbank.search import ExactSearch, FaissSearch
 
@@ -152,12 +152,38 @@ def test_reweighted_max_by_hand():
     assert out.item() == pytest.approx(w * 2.0, rel=1e-6)
 
 
-def test_normal_stats_threshold_is_quantile():
-    scores = np.arange(1, 101, dtype=float)
+def test_normal_stats_threshold_is_the_conformal_rank():
+    scores = np.arange(1, 101, dtype=float)[::-1].copy()       # any order
     st = NormalStats().fit(scores, target_fpr=0.05)
     z = (scores - scores.mean()) / scores.std(ddof=1)
-    assert st.threshold_ == pytest.approx(np.quantile(z, 0.95))
-    assert np.mean(st.normalize(scores) > st.threshold_) == pytest.approx(0.05)
+    # by hand: ceil(101 * 0.95) = ceil(95.95) = 96 -> the 96th smallest score, 96
+    assert st.threshold_ == pytest.approx((96 - scores.mean()) / scores.std(ddof=1))
+    assert np.mean(st.normalize(scores) > st.threshold_) == pytest.approx(0.04)
+    assert st.threshold_ > np.quantile(z, 0.95)               # the plain quantile sits lower
+    # (n + 1)(1 - a) an integer (99 * (1 - 1/99) = 98: no rounding up past it), the cap at n
+    # (61 * 0.99 = 60.39 -> 61 > 60), and the floor at 1
+    assert conformal_rank(98, 1 / 99) == 98 and conformal_rank(99, 0.01) == 99
+    assert conformal_rank(261, 0.01) == 260 and conformal_rank(60, 0.01) == 60
+    assert conformal_rank(5, 0.99) == 1
+    assert conformal_threshold([3.0, 1.0, 2.0], 0.01) == 3.0   # rank beyond n: the largest
+
+
+@pytest.mark.parametrize("n, target", [(40, 0.1), (261, 0.01), (19, 0.05)])
+def test_conformal_threshold_keeps_its_false_positive_promise(n, target):
+    # Monte Carlo over exchangeable normal scores: n calibration scores and one new score per
+    # trial.  The rate of new > threshold is (n + 1 - rank) / (n + 1): at most target, and above
+    # target - 1 / (n + 1).  The plain linearly interpolated quantile exceeds the target.
+    rng = np.random.default_rng(0)
+    trials = 200_000
+    cal = rng.standard_normal((trials, n))
+    new = rng.standard_normal(trials)
+    k = conformal_rank(n, target)
+    rate = np.mean(new > np.sort(cal, axis=1)[:, k - 1])
+    exact = (n + 1 - k) / (n + 1)
+    assert rate == pytest.approx(exact, abs=4 * np.sqrt(exact * (1 - exact) / trials))
+    assert exact <= target + 1e-12 and exact > target - 1 / (n + 1)
+    plain = np.mean(new > np.quantile(cal, 1 - target, axis=1))
+    assert plain > target
 
 
 def test_anomaly_map_upsamples_and_blurs_like_scipy():

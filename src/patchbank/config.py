@@ -350,8 +350,9 @@ class Config:
                                            "scored every training image).", interval=_OPEN_UNIT)
     calibration_max_images: int = _setting(100, "Ignored (read by models fit before calibration "
                                            "scored every training image).", interval=_POSITIVE)
-    target_fpr: float = _setting(0.01, "Threshold = (1 - fpr) quantile of the training images' "
-                                 "leave-one-image-out scores.", interval=_OPEN_UNIT)
+    target_fpr: float = _setting(0.01, "Threshold = the ceil((n + 1)(1 - fpr))-th smallest of the n "
+                                 "training images' leave-one-image-out scores (at most fpr of new "
+                                 "normal images above it).", interval=_OPEN_UNIT)
     # --- run ------------------------------------------------------------------------------
     seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)

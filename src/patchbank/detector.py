@@ -221,8 +221,9 @@ class Detector:
     # ------------------------------------------------------------------ operating point
     @property
     def calibrated_threshold_(self) -> float:
-        """The threshold calibrated at fit (the (1 - target_fpr) quantile of the training
-        images' normalised scores), whatever :meth:`set_threshold` moved ``threshold_`` to."""
+        """The threshold calibrated at fit (the split-conformal (1 - target_fpr) rank of the
+        training images' normalised scores, :func:`patchbank.pipeline.calibration.conformal_threshold`),
+        whatever :meth:`set_threshold` moved ``threshold_`` to."""
         self._check_fitted()
         return self.calibration_.stats_.threshold_
 
