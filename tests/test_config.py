@@ -53,7 +53,10 @@ def test_default_preset_is_the_api_and_cli_default_and_paper_presets_are_unchang
     assert Detector(progress=False).config == PRESETS[DEFAULT_PRESET]
     assert build_config(DEFAULT_PRESET, {}) == PRESETS[DEFAULT_PRESET]
     # the paper presets are what the papers define; Config() is still lmf-core (old model files)
-    assert PRESETS["lmf-core"] == Config()
+    # apart from the threshold rule, which every preset sets and old files lack
+    assert PRESETS["lmf-core"] == Config(threshold_rule="conformal")
+    assert Config().threshold_rule == "quantile"
+    assert {p.threshold_rule for p in PRESETS.values()} == {"conformal"}
     pc = PRESETS["patchcore"]
     assert (pc.fusion, pc.projection_dim, pc.sampler, pc.coreset_ratio, pc.patch_border,
             pc.image_size, pc.crop_size, pc.image_score) == (

@@ -55,3 +55,27 @@ def test_legacy_predictions_separate_defects():
     for name in ("lmf_core", "patchcore", "hybrid"):
         scores = [w["score"] for w in EXPECTED[name]]
         assert min(scores[2:]) > max(scores[:2])
+
+
+def test_threshold_rule_of_old_files_is_kept_and_new_fits_are_conformal(fitted, tmp_path):
+    # Config.threshold_rule: a header written before the field existed has no such key and keeps
+    # the interpolated quantile it was calibrated with; every preset fits with the conformal rank.
+    from patchbank.io.model_file import load_model
+    from patchbank.pipeline.calibration import conformal_threshold
+    from safetensors.torch import save_file
+
+    assert fitted.config.threshold_rule == "conformal"
+    path = tmp_path / "new.patchbank"
+    fitted.save(path)
+    z = fitted.calibration_.stats_.normalize(fitted.calibration_.scores_)
+    again = Detector.load(path, progress=False)
+    assert again.threshold_ == fitted.threshold_ == conformal_threshold(z, fitted.config.target_fpr)
+    tensors, meta = load_model(path)
+    old = dict(meta, config={k: v for k, v in meta["config"].items() if k != "threshold_rule"})
+    old_path = tmp_path / "old.patchbank"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(old_path),
+              metadata={"format": "patchbank", "format_version": "2", "patchbank": json.dumps(old)})
+    legacy = Detector.load(old_path, progress=False)
+    assert legacy.config.threshold_rule == "quantile"
+    assert legacy.threshold_ == pytest.approx(float(np.quantile(z, 1 - fitted.config.target_fpr)), rel=1e-12)
+    assert legacy.threshold_ != again.threshold_

@@ -54,6 +54,7 @@ IMAGE_SCORES = BASE_SCORES + ("struct", "hybrid")
 STRUCT_COMPONENTS = ("std", "topk_mean", "tv")
 STRUCT_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "chebyshev", "cosine")
 BANK_DTYPES = ("float32", "float16")
+THRESHOLD_RULES = ("conformal", "quantile")   # pipeline.calibration.threshold_at
 # pixel budget of the resized image the backbone's input is cut from (2048 x 2048): the feature
 # maps of one such image already take hundreds of MB; larger sizes are refused before anything
 # is allocated (docs/reliability.md)
@@ -350,9 +351,14 @@ class Config:
                                            "scored every training image).", interval=_OPEN_UNIT)
     calibration_max_images: int = _setting(100, "Ignored (read by models fit before calibration "
                                            "scored every training image).", interval=_POSITIVE)
-    target_fpr: float = _setting(0.01, "Threshold = the ceil((n + 1)(1 - fpr))-th smallest of the n "
-                                 "training images' leave-one-image-out scores (at most fpr of new "
-                                 "normal images above it).", interval=_OPEN_UNIT)
+    target_fpr: float = _setting(0.01, "False-positive rate the threshold is set for, on the training "
+                                 "images' leave-one-image-out scores (see threshold_rule).",
+                                 interval=_OPEN_UNIT)
+    threshold_rule: str = _setting("quantile", "conformal: the ceil((n + 1)(1 - target_fpr))-th "
+                                   "smallest of the n scores (at most target_fpr of new normal "
+                                   "images above it; every preset); quantile: the interpolated "
+                                   "(1 - target_fpr) quantile (models fit before session 12).",
+                                   choices=THRESHOLD_RULES)
     # --- run ------------------------------------------------------------------------------
     seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
@@ -446,19 +452,22 @@ FIELD_SPECS: typing.Mapping[str, FieldSpec] = _field_specs()
 DEFAULT_PRESET = "patchbank"
 """The preset of ``Detector()``, ``patchbank fit`` / ``evaluate`` / ``benchmark`` without ``--preset``
 (chosen by the protocol in docs/default_preset.md); ``Config()`` itself holds the field defaults,
-which are the ``lmf-core`` preset and the behaviour of model files written before a field existed."""
+which are the behaviour of model files written before a field existed, and apart from
+``threshold_rule`` the ``lmf-core`` preset."""
 """Field name -> :class:`FieldSpec`, in field order; the one source for validation and the CLI."""
 
 
 PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
-                        crop_size=(288, 288), image_score="topk_mean", context_taps=1),
-    "lmf-core": Config(),
+                        crop_size=(288, 288), image_score="topk_mean", context_taps=1,
+                        threshold_rule="conformal"),
+    "lmf-core": Config(threshold_rule="conformal"),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
-                        coreset_ratio=0.10),
+                        coreset_ratio=0.10, threshold_rule="conformal"),
     "structcore": Config(backbone="dinov2_vitb14", image_size=(448, 448), crop_size=(392, 392),
                          patch_size=1, fusion="l2", kappa=1.0, projection_dim=512,
                          sampler="greedy", coreset_ratio=0.01, k=5, distance="squared",
-                         knn_reduce="mean", image_score="hybrid", base_score="max"),
+                         knn_reduce="mean", image_score="hybrid", base_score="max",
+                         threshold_rule="conformal"),
 }

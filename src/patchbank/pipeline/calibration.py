@@ -18,7 +18,9 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
 
 * normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma, mu and sigma the mean and
   standard deviation (ddof=1) of the calibration images' scores;
-* threshold (:func:`conformal_threshold`): the ceil((n + 1)(1 - target_fpr))-th smallest of the
+* threshold (:func:`threshold_at`; ``Config.threshold_rule`` ``conformal`` in every preset, the
+  interpolated quantile for model files written before the rule existed), conformal: the
+  ceil((n + 1)(1 - target_fpr))-th smallest of the
   n calibration images' normalised scores, the split-conformal rank: a new normal image whose
   score is exchangeable with theirs exceeds it with probability at most target_fpr (and at least
   target_fpr - 1 / (n + 1)).  The plain (1 - target_fpr) quantile does not keep that promise
@@ -110,18 +112,27 @@ def conformal_threshold(scores: np.ndarray, target_fpr: float) -> float:
     return float(scores[conformal_rank(scores.size, target_fpr) - 1])
 
 
+def threshold_at(scores: np.ndarray, target_fpr: float, rule: str) -> float:
+    """The threshold on ``scores`` for ``target_fpr`` by ``Config.threshold_rule``: ``conformal``
+    (:func:`conformal_threshold`, every preset) or ``quantile`` (the interpolated
+    (1 - target_fpr) quantile, which model files written before the rule existed keep)."""
+    if rule == "conformal":
+        return conformal_threshold(scores, target_fpr)
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - target_fpr))
+
+
 class NormalStats:
     """Mean/std of the calibration images' scores and the threshold on the normalised score."""
 
-    def fit(self, scores: np.ndarray, target_fpr: float) -> "NormalStats":
+    def fit(self, scores: np.ndarray, target_fpr: float, rule: str = "conformal") -> "NormalStats":
         """mu, sigma (ddof=1; a tiny positive floor when the scores are constant) and the
-        :func:`conformal_threshold` of the normalised ``scores``; returns self."""
+        threshold (:func:`threshold_at` by ``rule``) of the normalised ``scores``; returns self."""
         scores = np.asarray(scores, dtype=np.float64)
         self.mean_ = float(scores.mean())
         self.std_ = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
         if not self.std_ > 0:
             self.std_ = max(abs(self.mean_) * 1e-6, 1e-12)
-        self.threshold_ = conformal_threshold(self.normalize(scores), target_fpr)
+        self.threshold_ = threshold_at(self.normalize(scores), target_fpr, rule)
         self.n_ = int(scores.size)
         return self
 
@@ -161,7 +172,7 @@ class ScoreCalibration:
         self.struct_ = StructScorer(cfg.struct_components, cfg.struct_distance,
                                     cfg.hybrid_lambda).fit(self.descriptors_, self.base_scores_)
         self.scores_ = self._final(self.base_scores_, self.descriptors_)[0]
-        self.stats_ = NormalStats().fit(self.scores_, cfg.target_fpr)
+        self.stats_ = NormalStats().fit(self.scores_, cfg.target_fpr, cfg.threshold_rule)
         self.threshold_ = self.stats_.threshold_
         return self
 
