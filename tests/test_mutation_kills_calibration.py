@@ -69,8 +69,11 @@ def test_normal_stats_of_two_scores_use_the_sample_std():
     st = NormalStats().fit(np.array([1.0, 3.0]), target_fpr=0.5)
     assert st.mean_ == 2.0 and st.std_ == pytest.approx(np.sqrt(2.0))   # ddof=1
     assert st.n_ == 2
-    # median of the normalised scores (-1/sqrt2, 1/sqrt2)
-    assert st.threshold_ == pytest.approx(0.0, abs=1e-12)
+    # normalised scores (-1/sqrt2, 1/sqrt2): the conformal rank ceil(3 * 0.5) = 2 is the larger
+    assert st.threshold_ == pytest.approx(1 / np.sqrt(2.0), rel=1e-12)
+    # the interpolated quantile (old model files) is their median
+    old = NormalStats().fit(np.array([1.0, 3.0]), target_fpr=0.5, rule="quantile")
+    assert old.threshold_ == pytest.approx(0.0, abs=1e-12)
 
 
 def test_normal_stats_of_one_score_use_the_tiny_floor():
