@@ -170,6 +170,12 @@ def multi_state(state, cats=("a", "b")):
 def test_info_valid_single_and_multi(state, tmp_path):
     r = run_info(write_raw(tmp_path / "s.patchbank", *state))
     assert r.exit_code == 0 and "memory bank" in r.output and "120 entries x 128 dims" in r.output
+    # the threshold's rule: this stored model predates the field, so it was calibrated with the
+    # interpolated quantile; a header naming the conformal rule says so
+    assert "threshold_rule" not in state[1]["config"] and "interpolated quantile" in r.output
+    new = dict(state[1], config=dict(state[1]["config"], threshold_rule="conformal"))
+    r = run_info(write_raw(tmp_path / "new.patchbank", state[0], new))
+    assert r.exit_code == 0 and "conformal rank" in r.output, r.output
     r = run_info(write_raw(tmp_path / "m.patchbank", *multi_state(state)))
     assert r.exit_code == 0 and "[a]" in r.output and "[b]" in r.output, r.output
     r = run_info(tmp_path / "m.patchbank", "--json")

@@ -79,9 +79,11 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
         row("memory bank", f"{shape}, {format_bytes(nbytes)}" + (f", {dtype}" if dtype else ""))
     if "threshold" in info:
         thr = info.pop("threshold")
-        fpr = cfg.get("target_fpr")
+        fpr, rule = cfg.get("target_fpr"), cfg.get("threshold_rule", "quantile")
+        how = "conformal rank" if rule == "conformal" else "interpolated quantile"
         row("threshold", f"{_number(thr, '.4f')} on the normalised score"
-            + (f" (target FPR {fpr:g} on the training images, leave-one-image-out)" if fpr is not None else ""))
+            + (f" (target FPR {fpr:g}, {how} of the training images' leave-one-image-out scores)"
+               if fpr is not None else ""))
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config
