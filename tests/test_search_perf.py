@@ -44,20 +44,22 @@ def test_ivfpq_returns_exact_distances_of_good_neighbours():
     assert torch.allclose(d2, ((queries[:, None] - bank[i2]) ** 2).sum(2), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["exact", "flat", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["exact", "exact-blocks", "flat", "ivf", "ivfpq"])
 def test_subset_is_the_search_over_the_kept_rows(kind):
     """subset(keep) shares the index (no copy) and must return what a search over bank[keep]
     returns, with indices into the whole bank.  IVF kinds probe every list here, so the
-    reference is the exact search over the kept rows."""
-    if kind != "exact":
+    reference is the exact search over the kept rows.  ``exact-blocks`` reads the bank in
+    blocks of 256 rows: a subset once read only the blocks starting below its number of kept
+    rows (1,800 of 3,000 here), missing the kept rows after them."""
+    if not kind.startswith("exact"):
         pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(1)
     bank = torch.randn(3000, 16, generator=g)
     queries = torch.randn(200, 16, generator=g)
     keep = torch.rand(3000, generator=g) > 0.4
     ids = torch.nonzero(keep)[:, 0]
-    if kind == "exact":
-        s = ExactSearch(bank)
+    if kind.startswith("exact"):
+        s = ExactSearch(bank, bank_chunk=256 if kind == "exact-blocks" else 131072)
     else:
         s = FaissSearch(bank, kind, nlist=20, nprobe=20, refine=512)  # ivfpq: re-rank every row
     before = s.search(queries, 2)

@@ -56,22 +56,22 @@ class ExactSearch(Search):
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
-        found = [nearest_rows(q, self.bank, self.bank_sqnorm, k, self.bank_chunk, len(self))
+        found = [nearest_rows(q, self.bank, self.bank_sqnorm, k, self.bank_chunk)
                  for q in queries.split(self.query_chunk)]
         return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
 
 
 def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
-                 bank_chunk: int, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest bank rows of queries ``q`` [n, d]: (squared distances [n, k] ascending,
     clamped at 0, row ids [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks
-    a row out) is read ``bank_chunk`` rows at a time from row 0 up to ``stop`` (default m), each
-    block's top-k merged into the running best, so no more than one [n, bank_chunk] block of
+    a row out; ``k`` at most the rows not masked) is read ``bank_chunk`` rows at a time, every
+    block, each block's top-k merged into the running best, so no more than one [n, bank_chunk] block of
     distances exists, read once (||q||^2 is added after the selection).  Plain torch ops with a
     fixed number of blocks: :class:`ExactSearch` runs it per query chunk and an exported graph
     runs it on the whole batch (same results)."""
     best_d = best_i = None
-    for start in range(0, bank.shape[0] if stop is None else stop, bank_chunk):
+    for start in range(0, bank.shape[0], bank_chunk):
         m = bank[start:start + bank_chunk]
         d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]])    # without ||q||^2 (see below)
         if k == 1:
