@@ -25,7 +25,14 @@ class Search(ABC):
     bank, sharing its storage.  ``rows(ids)`` / ``all_rows()`` read bank rows back (exactly).
     ``len(search)`` counts the searchable rows (a subset's kept rows); ``shape`` is the whole
     bank's (entries, dim).
+
+    ``cheap_subsets`` (declared per class): ``subset`` costs one pass over the entries, with no
+    index to rebuild and no rows copied.  A leave-one-group-out search
+    (:class:`~patchbank.search.LeaveGroupOut`) then searches each query group in the subset
+    without its own rows, instead of asking for extra neighbours and dropping the group's.
     """
+
+    cheap_subsets: bool = False
 
     @property
     @abstractmethod

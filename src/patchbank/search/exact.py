@@ -19,6 +19,8 @@ from patchbank.search.base import Search, register_search
 class ExactSearch(Search):
     """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy."""
 
+    cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
+
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
         self.bank = bank.float().contiguous()
         self.bank_sqnorm = sq_norms(self.bank)

@@ -1,8 +1,10 @@
 """Leave-one-group-out search: each query is blind to the bank rows of its own group.
 
 Calibration scores every training image against the bank without the entries taken from that
-image (:mod:`patchbank.pipeline.calibration`).  Masking the bank once per image would build one
-masked search per image; instead :class:`LeaveGroupOut` asks the search for ``k + extra``
+image (:mod:`patchbank.pipeline.calibration`).  Where a subset costs nothing to build
+(``Search.cheap_subsets``: the exact search masks rows by their squared norms) each image's
+queries are searched in the bank without its rows, exactly.  For an index, masking the bank
+once per image would build one masked search per image; instead :class:`LeaveGroupOut` asks the search for ``k + extra``
 neighbours, drops those whose group (source image) is the query's, and keeps the first ``k``
 that remain.  Only queries left with fewer than ``k`` (their ``k + extra`` nearest are mostly
 their own image's rows) are searched again with their group masked out (``Search.subset``).
@@ -103,6 +105,8 @@ class LeaveGroupOut(Search):
         each against the bank rows outside its own group."""
         k = min(k, len(self))
         owner = self.owners(queries.shape[0])
+        if self.inner.cheap_subsets:
+            return self._search_each_group(queries, k)
         wide = min(k + self.extra, len(self.inner))
         dist, ids = self.inner.search(queries, wide)
         device = ids.device
@@ -129,6 +133,19 @@ class LeaveGroupOut(Search):
                     d[empty], i[empty] = _exact(self.inner, mask, q[empty.to(q.device)], k, d.device)
                 dist[pick], ids[pick] = d.to(dist.device), i.to(device)
         return dist, ids
+
+
+    def _search_each_group(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each group's block of queries searched in the subset without that group's rows (for
+        searches with ``cheap_subsets``: exact, one search per block, no extra neighbours)."""
+        size = queries.shape[0] // self.query_groups.numel()
+        found = []
+        for j, g in enumerate(self.query_groups.tolist()):
+            mask = self.bank_groups != g
+            if self.keep is not None:
+                mask &= self.keep
+            found.append(self.inner.subset(mask).search(queries[j * size:(j + 1) * size], k))
+        return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
 
 
 def _exact(search: Search, mask: torch.Tensor, queries: torch.Tensor, k: int,
