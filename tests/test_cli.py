@@ -160,6 +160,10 @@ def test_fit_writes_model(fitted):
     root, data, model, r = fitted
     assert model.is_file() and model.stat().st_size > 0
     assert f"fitted {DEFAULT_PRESET}" in r.stdout and str(model) in r.stdout
+    # what the threshold promises: 10 training images cannot support a 1% rate (the conformal
+    # rank is capped at the largest score: 1 / 11 of new normal images above it)
+    assert "threshold: 0 of 10 training images above it" in r.stdout, r.stdout
+    assert "expected false-positive rate on new normal images 9.1%, above the target 1%" in r.stdout
     assert r.stderr == ""  # --quiet: no progress bars
     assert r.threads_after == 2
     # refuses to overwrite an existing model

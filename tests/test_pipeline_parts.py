@@ -11,7 +11,7 @@ from patchbank.pipeline.features import aggregate, to_patches
 from patchbank.pipeline.fusion import EqualFusion, L2Fusion, Moments, VGFusion
 from patchbank.pipeline.projection import GaussianProjection
 from patchbank.sampling import NoSampler, UniformSampler, coreset_size
-from patchbank.pipeline.calibration import NormalStats, conformal_rank, conformal_threshold
+from patchbank.pipeline.calibration import NormalStats, conformal_rank, conformal_rate, conformal_threshold
 from patchbank.pipeline.scoring import patch_scores, reweighted_max
 from patchbank.search import ExactSearch, FaissSearch
 
@@ -166,6 +166,7 @@ def test_normal_stats_threshold_is_the_conformal_rank():
     assert conformal_rank(261, 0.01) == 260 and conformal_rank(60, 0.01) == 60
     assert conformal_rank(5, 0.99) == 1
     assert conformal_threshold([3.0, 1.0, 2.0], 0.01) == 3.0   # rank beyond n: the largest
+    assert conformal_rate(261, 0.01) == pytest.approx(2 / 262) and conformal_rate(10, 0.01) == pytest.approx(1 / 11)
 
 
 @pytest.mark.parametrize("n, target", [(40, 0.1), (261, 0.01), (19, 0.05)])

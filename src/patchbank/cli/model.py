@@ -112,7 +112,28 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
+    click.echo(_threshold_line(det))
     click.echo(f"wrote {output}")
+
+
+def _threshold_line(det) -> str:
+    """What the calibrated threshold promises: training images above it and, for the conformal
+    rule, the false-positive rate it gives new normal images like them."""
+    import numpy as np
+
+    from patchbank.pipeline.calibration import conformal_rate
+
+    cal, cfg = det.calibration_, det.config
+    n = int(cal.scores_.size)
+    above = int(np.sum(cal.stats_.normalize(cal.scores_) > cal.stats_.threshold_))
+    line = f"threshold: {above} of {n} training images above it (each scored without its own bank rows)"
+    if cfg.threshold_rule != "conformal":
+        return line
+    rate = conformal_rate(n, cfg.target_fpr)
+    line += f"; expected false-positive rate on new normal images {100 * rate:.2g}%"
+    if rate > cfg.target_fpr:
+        line += f", above the target {100 * cfg.target_fpr:g}%: too few training images"
+    return line
 
 
 def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, *, device: str,

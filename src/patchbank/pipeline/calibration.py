@@ -112,6 +112,13 @@ def conformal_threshold(scores: np.ndarray, target_fpr: float) -> float:
     return float(scores[conformal_rank(scores.size, target_fpr) - 1])
 
 
+def conformal_rate(n: int, target_fpr: float) -> float:
+    """The false-positive rate the conformal threshold of ``n`` calibration scores gives a new
+    exchangeable normal score: ``(n + 1 - rank) / (n + 1)`` (:func:`conformal_rank`), at most
+    ``target_fpr`` unless the rank was capped at n (too few scores)."""
+    return (n + 1 - conformal_rank(n, target_fpr)) / (n + 1)
+
+
 def threshold_at(scores: np.ndarray, target_fpr: float, rule: str) -> float:
     """The threshold on ``scores`` for ``target_fpr`` by ``Config.threshold_rule``: ``conformal``
     (:func:`conformal_threshold`, every preset) or ``quantile`` (the interpolated
