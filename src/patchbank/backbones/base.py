@@ -27,7 +27,8 @@ class Backbone(nn.Module):
 
     Attributes: ``name``, ``kind`` ("cnn" or "vit"), ``layers`` (the resolved taps, shallow to
     deep), ``map_taps`` (how many of them, the first, draw the anomaly map; the rest are the image
-    score's context taps, ``Config.context_taps``), ``channels`` / ``strides`` (of each returned
+    score's context taps, ``Config.context_taps``; set by :func:`patchbank.backbones.create_backbone`,
+    which knows the context count whatever the builder), ``channels`` / ``strides`` (of each returned
     map), ``mean`` / ``std`` (the input normalisation the caller applies), ``weights_sha256`` (of the file loaded; None = random)
     and, for CNNs, ``folded_batchnorms`` (conv -> batch-norm pairs folded by
     :func:`patchbank.backbones.create_backbone`).
@@ -49,7 +50,6 @@ class Backbone(nn.Module):
         """Set the metadata, freeze the module; channels and strides are read off a probe
         forward of a zero ``[1, 3, probe, probe]`` input."""
         self.name, self.kind, self.layers = name, kind, tuple(layers)
-        self.map_taps = len(self.layers)   # create_backbone lowers it by the context taps
         self.mean, self.std, self.weights_sha256 = tuple(mean), tuple(std), weights_sha256
         self.eval().requires_grad_(False)
         with torch.inference_mode():
