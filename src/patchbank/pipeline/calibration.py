@@ -18,16 +18,16 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
 
 * normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma, mu and sigma the mean and
   standard deviation (ddof=1) of the calibration images' scores;
-* threshold (:func:`threshold_at`; ``Config.threshold_rule`` ``conformal`` in every preset, the
-  interpolated quantile for model files written before the rule existed), conformal: the
-  ceil((n + 1)(1 - target_fpr))-th smallest of the
-  n calibration images' normalised scores, the split-conformal rank: a new normal image whose
-  score is exchangeable with theirs exceeds it with probability at most target_fpr (and at least
-  target_fpr - 1 / (n + 1)).  The plain (1 - target_fpr) quantile does not keep that promise
-  (at n = 261 and 1% its expected rate is about 1.4%; at n = 60, about 2.6%).  Where the rank exceeds n
-  (n < (1 - target_fpr) / target_fpr) it is the largest score, whose rate is about 1 / (n + 1);
-  :func:`check_training_images` warns about so few images.  An image is anomalous unless
-  a <= threshold (a NaN score is anomalous);
+* threshold (:func:`threshold_at`, by ``Config.threshold_rule``): ``conformal`` in every preset,
+  the ceil((n + 1)(1 - target_fpr))-th smallest of the n calibration images' normalised scores
+  (the split-conformal rank): a new normal image whose score is exchangeable with theirs exceeds
+  it with probability at most target_fpr, and at least target_fpr - 1 / (n + 1)
+  (:func:`conformal_rate`).  The plain interpolated (1 - target_fpr) quantile, which model files
+  written before the rule existed keep (``quantile``), does not keep that promise: at n = 261
+  and 1% its expected rate is about 1.4%, at n = 60 about 2.6%.  Where the rank exceeds n
+  (n < (1 - target_fpr) / target_fpr) the threshold is the largest score, whose rate is
+  1 / (n + 1); :func:`check_training_images` warns about so few images.  An image is anomalous
+  unless a <= threshold (a NaN score is anomalous);
 * StructCore (Eqs. 10-12): D_struct's train-good statistics and lambda_auto come from the same
   images' map descriptors and base scores.
 """

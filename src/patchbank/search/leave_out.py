@@ -4,10 +4,11 @@ Calibration scores every training image against the bank without the entries tak
 image (:mod:`patchbank.pipeline.calibration`).  Where a subset costs nothing to build
 (``Search.cheap_subsets``: the exact search masks rows by their squared norms) each image's
 queries are searched in the bank without its rows, exactly.  For an index, masking the bank
-once per image would build one masked search per image; instead :class:`LeaveGroupOut` asks the search for ``k + extra``
-neighbours, drops those whose group (source image) is the query's, and keeps the first ``k``
-that remain.  Only queries left with fewer than ``k`` (their ``k + extra`` nearest are mostly
-their own image's rows) are searched again with their group masked out (``Search.subset``).
+once per image would build one masked search per image; instead :class:`LeaveGroupOut` asks
+the search for ``k + extra`` neighbours, drops those whose group (source image) is the query's,
+and keeps the first ``k`` that remain.  Only queries left with fewer than ``k`` (their
+``k + extra`` nearest are mostly their own image's rows) are searched again with their group
+masked out (``Search.subset``).
 
 For the exact search and FAISS's flat and IVF-Flat indexes this is exactly a search of each
 query against the bank without its group: the nearest rows outside the group are the first ones
@@ -133,7 +134,6 @@ class LeaveGroupOut(Search):
                     d[empty], i[empty] = _exact(self.inner, mask, q[empty.to(q.device)], k, d.device)
                 dist[pick], ids[pick] = d.to(dist.device), i.to(device)
         return dist, ids
-
 
     def _search_each_group(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each group's block of queries searched in the subset without that group's rows (for
