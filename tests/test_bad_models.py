@@ -263,7 +263,8 @@ def test_unknown_tensors_refused(model, tmp_path):
     ("config__kappa", 2.0, "kappa"), ("config__crop_size", [224, 224], "crop_size"),
     ("config__bogus_field", 1, "bogus_field"), ("config__bank_dtype", "float16", "'bank'"),
     ("config__sampler", "none", "bank_entries"), ("config__coreset_ratio", 0.5, "bank_entries"),
-    ("config__search", "faiss-flat", "search"),
+    ("config__search", "faiss-flat", "search"), ("config__threshold_rule", "bogus", "threshold_rule"),
+    ("config__threshold_rule", None, "threshold_rule"),
 ])
 def test_header_field_checks(model, tmp_path, field, value, needle):
     refused(model, tmp_path, model.tensors, edited_meta(model, **{field: value}), needle)
