@@ -171,6 +171,24 @@ def test_fit_writes_model(fitted):
     assert_one_line_error(again, str(model), "--overwrite")
 
 
+def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
+    # a defective image slipped into the training folder: scored without its own bank rows, it
+    # is the training image the threshold flags, and the fit names it for a look.  At target 0.2
+    # the conformal rank of 11 scores is ceil(12 * 0.8) = 10: exactly one image above.
+    _, data, _, _ = fitted
+    train = tmp_path / "train"
+    train.mkdir()
+    for p in sorted((data / "train" / "good").glob("*.png")):
+        (train / p.name).write_bytes(p.read_bytes())
+    bad = sorted((data / "test" / "scratch").glob("*.png"))[0]
+    (train / "zz_slipped_in.png").write_bytes(bad.read_bytes())
+    r = run("fit", train, "-o", tmp_path / "m.patchbank", "--quiet", "--target-fpr", "0.2", *SMALL)
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stdout.splitlines() if x.startswith("threshold:"))
+    assert "1 of 11 training images above it" in line and "zz_slipped_in.png (" in line, line
+    assert "expected false-positive rate on new normal images 17%" in line      # 2 / 12
+
+
 def test_predict_heatmaps_info(fitted):
     root, data, model, _ = fitted
     out = root / "out"

@@ -169,6 +169,24 @@ def test_normal_stats_threshold_is_the_conformal_rank():
     assert conformal_rate(261, 0.01) == pytest.approx(2 / 262) and conformal_rate(10, 0.01) == pytest.approx(1 / 11)
 
 
+def test_calibration_names_the_images_above_its_threshold():
+    from patchbank.config import PRESETS
+    from patchbank.errors import PatchbankError
+    from patchbank.pipeline.calibration import ScoreCalibration
+
+    base = np.array([1.0, 5.0, 2.0, 9.0, 3.0, 2.5, 1.5, 2.2, 8.0, 1.2])
+    phi = np.ones((10, 3))
+    images = np.arange(100, 110)
+    cfg = PRESETS["lmf-core"].replace(target_fpr=0.3, image_score="max")
+    cal = ScoreCalibration(cfg).fit(base, phi, images)
+    # rank ceil(11 * 0.7) = 8 of 10 -> threshold at the 8th smallest (5.0): 9.0 and 8.0 above it
+    got = cal.above_threshold()
+    assert [i for i, _ in got] == [103, 108]
+    assert [z for _, z in got] == pytest.approx(list(cal.stats_.normalize([9.0, 8.0])))
+    with pytest.raises(PatchbankError, match="after a fit"):
+        ScoreCalibration(cfg).fit(base, phi).above_threshold()
+
+
 @pytest.mark.parametrize("n, target", [(40, 0.1), (261, 0.01), (19, 0.05)])
 def test_conformal_threshold_keeps_its_false_positive_promise(n, target):
     # Monte Carlo over exchangeable normal scores: n calibration scores and one new score per

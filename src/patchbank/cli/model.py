@@ -112,21 +112,26 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
-    click.echo(_threshold_line(det))
+    click.echo(_threshold_line(det, images))
     click.echo(f"wrote {output}")
 
 
-def _threshold_line(det) -> str:
-    """What the calibrated threshold promises: training images above it and, for the conformal
-    rule, the false-positive rate it gives new normal images like them."""
-    import numpy as np
+SHOW_ABOVE = 5   # training images above the threshold named by `patchbank fit`, highest first
 
+
+def _threshold_line(det, images: list[Path]) -> str:
+    """What the calibrated threshold promises: the training images above it (the first
+    ``SHOW_ABOVE`` named: worth a look for defects) and, for the conformal rule, the
+    false-positive rate it gives new normal images like them."""
     from patchbank.pipeline.calibration import conformal_rate
 
     cal, cfg = det.calibration_, det.config
     n = int(cal.scores_.size)
-    above = int(np.sum(cal.stats_.normalize(cal.scores_) > cal.stats_.threshold_))
-    line = f"threshold: {above} of {n} training images above it (each scored without its own bank rows)"
+    above = cal.above_threshold()
+    line = f"threshold: {len(above)} of {n} training images above it (each scored without its own bank rows)"
+    if above:
+        names = ", ".join(f"{images[i].name} ({z:.2f})" for i, z in above[:SHOW_ABOVE])
+        line += f": {names}" + (", ..." if len(above) > SHOW_ABOVE else "")
     if cfg.threshold_rule != "conformal":
         return line
     rate = conformal_rate(n, cfg.target_fpr)

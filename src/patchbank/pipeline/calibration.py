@@ -169,11 +169,13 @@ class ScoreCalibration:
     def __init__(self, config):
         self.config = config
 
-    def fit(self, base: np.ndarray, phi: np.ndarray) -> "ScoreCalibration":
+    def fit(self, base: np.ndarray, phi: np.ndarray, images: np.ndarray | None = None) -> "ScoreCalibration":
         """Fit on the calibration images' base scores [n] and full descriptors [n, 3] (each
         image scored without its own bank entries): the structure scorer (Eqs. 10-11), the final
-        calibration scores, their statistics and the threshold."""
+        calibration scores, their statistics and the threshold.  ``images`` [n]: the training
+        image index of each score, kept as ``images_`` (None where unknown: a loaded model)."""
         cfg = self.config
+        self.images_ = None if images is None else np.asarray(images, dtype=np.int64)
         self.base_scores_ = np.asarray(base, dtype=np.float64)
         self.descriptors_ = np.asarray(phi, dtype=np.float64).reshape(-1, len(COMPONENTS))
         self.struct_ = StructScorer(cfg.struct_components, cfg.struct_distance,
@@ -182,6 +184,17 @@ class ScoreCalibration:
         self.stats_ = NormalStats().fit(self.scores_, cfg.target_fpr, cfg.threshold_rule)
         self.threshold_ = self.stats_.threshold_
         return self
+
+    def above_threshold(self) -> list[tuple[int, float]]:
+        """The calibration images whose normalised score is above the calibrated threshold, as
+        ``(training image index, normalised score)``, highest first: the normal images the
+        threshold would flag, a first place to look for defects in the training set.  Needs
+        ``images_`` (a fit, not a loaded model)."""
+        if self.images_ is None:
+            raise PatchbankError("the calibration images are known only after a fit, not for a loaded model")
+        z = self.stats_.normalize(self.scores_)
+        order = np.argsort(-z, kind="stable")
+        return [(int(self.images_[i]), float(z[i])) for i in order if z[i] > self.stats_.threshold_]
 
     def set_threshold(self, threshold: float | None) -> None:
         """Move the decision threshold (on the normalised score) to ``threshold``, a finite
@@ -293,4 +306,4 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
                                        None if context is None else context.for_queries(groups))
         base.append(b_score.cpu().numpy())
         phi.append(scorer.anomaly_map(scores)[1])
-    return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi))
+    return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi), rows.images)
