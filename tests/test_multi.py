@@ -148,6 +148,10 @@ def test_cli_fit_several_categories_add_and_predict(two_categories, synthetic_ro
     r = run("fit", "--add", f"stripes={stripes_dir}", "-o", model, "--quiet")
     assert r.exit_code == 0, r.output
     assert "2 categories" in r.output
+    # the added category's threshold line (the category already in the file is not refitted)
+    n_stripes = len(list(stripes_dir.glob("*.png")))
+    assert f"[stripes] threshold: 0 of {n_stripes} training images above it" in r.output, r.output
+    assert "[part]" not in r.output
     out = tmp_path / "pred"
     r = run("predict", model, stripes_test[0].parent, synthetic_root / "test" / "good", "-o", out, "--quiet")
     assert r.exit_code == 0, r.output

@@ -180,6 +180,8 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
+    for name, images in categories.items():
+        click.echo(f"[{name}] " + _threshold_line(model.detectors_[name], images))
     click.echo(f"wrote {output}")
 
 
