@@ -357,7 +357,8 @@ class Config:
     threshold_rule: str = _setting("quantile", "conformal: the ceil((n + 1)(1 - target_fpr))-th "
                                    "smallest of the n scores (at most target_fpr of new normal "
                                    "images above it; every preset); quantile: the interpolated "
-                                   "(1 - target_fpr) quantile (model files written before this field existed).",
+                                   "(1 - target_fpr) quantile (model files written before this "
+                                   "field existed).",
                                    choices=THRESHOLD_RULES)
     # --- run ------------------------------------------------------------------------------
     seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
