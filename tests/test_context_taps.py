@@ -103,6 +103,23 @@ def test_calibration_scores_each_image_without_its_bank_rows():
     assert float(whole[0]) < got[0]
 
 
+def brute_force_scores(det: Detector, items: list) -> dict[str, float]:
+    """Image scores of a fitted context-taps detector recomputed in float64 on the CPU: the top
+    patches by map score (nearest bank row on the map's columns), each one's distance to the
+    nearest whole bank row, averaged; by image path."""
+    bank = det.bank_.double().cpu()
+    map_dim = det.scorer_.search.shape[1]
+    out = {}
+    for x, names in det.stream(items):
+        layers, _ = det.extractor(x)
+        emb = torch.cat(layers, 1).view(x.shape[0], -1, bank.shape[1]).double().cpu()
+        for e, name in zip(emb, names):
+            patch = torch.cdist(e[:, :map_dim], bank[:, :map_dim]).min(1).values
+            top = torch.argsort(patch, descending=True)[:topk_count(len(patch), det.config.topk_ratio)]
+            out[name] = float(torch.cdist(e[top], bank).min(1).values.mean())
+    return out
+
+
 @pytest.fixture(scope="module")
 def pair(synthetic_root):
     train = synthetic_root / "train" / "good"
@@ -122,17 +139,9 @@ def test_fit_keeps_the_plain_bank_and_maps_and_rescores_the_top_patches(pair, sy
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
     assert [a.score for a in got] != pytest.approx([b.score for b in ref])
-    # brute force: the top patches by map score, nearest whole bank row, mean distance
-    bank = ctx.bank_.double()
-    for x, names in ctx.stream(items):
-        layers, _ = ctx.extractor(x)
-        emb = torch.cat(layers, 1).view(x.shape[0], -1, bank.shape[1]).double()
-        for e, name in zip(emb, names):
-            patch = torch.cdist(e[:, :map_dim], bank[:, :map_dim]).min(1).values
-            top = torch.argsort(patch, descending=True)[:topk_count(len(patch), ctx.config.topk_ratio)]
-            expected = torch.cdist(e[top], bank).min(1).values.mean()
-            score = next(p.score for p in got if p.path == name)
-            assert score == pytest.approx(float(expected), rel=1e-4)
+    expected = brute_force_scores(ctx, items)
+    for p in got:
+        assert p.score == pytest.approx(expected[p.path], rel=1e-4)
 
 
 def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_path):
@@ -185,18 +194,10 @@ def test_context_search_on_cuda_gives_the_cpu_answers(pair, synthetic_root, tmp_
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4)
     fitted = Detector.from_preset("patchbank", device="cuda", progress=False,
                                   **CONTEXT).fit(synthetic_root / "train" / "good")
-    bank = fitted.bank_.double().cpu()
-    map_dim = fitted.scorer_.search.shape[1]
-    assert bank.shape == ctx.bank_.shape
-    got = fitted.predict(items)
-    for x, names in fitted.stream(items):
-        layers, _ = fitted.extractor(x)
-        emb = torch.cat(layers, 1).view(x.shape[0], -1, bank.shape[1]).double().cpu()
-        for e, name in zip(emb, names):
-            patch = torch.cdist(e[:, :map_dim], bank[:, :map_dim]).min(1).values
-            top = torch.argsort(patch, descending=True)[:topk_count(len(patch), fitted.config.topk_ratio)]
-            expected = torch.cdist(e[top], bank).min(1).values.mean()
-            assert next(p.score for p in got if p.path == name) == pytest.approx(float(expected), rel=1e-3)
+    assert fitted.bank_.shape == ctx.bank_.shape
+    expected = brute_force_scores(fitted, items)
+    for p in fitted.predict(items):
+        assert p.score == pytest.approx(expected[p.path], rel=1e-3)
     # the calibration statistics agree with the CPU fit's where the two banks agree
     if torch.equal(fitted.bank_.cpu(), ctx.bank_):
         assert fitted.threshold_ == pytest.approx(ctx.threshold_, rel=1e-3, abs=1e-4)
