@@ -474,3 +474,24 @@ def tensor_edits(draw, tensors: dict):
 def test_random_tensor_edits_error_or_identical(model, tmp_path, data):
     tensors = data.draw(tensor_edits(model.tensors))
     assert outcome(model, write(tmp_path / "fuzz.patchbank", tensors, model.meta)) in ("error", "same")
+
+
+def test_calibration_images_checks(model, tmp_path):
+    # the training-image index of each calibration score: optional (older files lack it), and
+    # when present int64 [n_calibration_images], increasing, below n_train_images
+    t = model.tensors
+    ids = t["calibration_images"]
+    assert ids.tolist() == list(range(12))            # every training image calibrates
+    refused(model, tmp_path, _with(t, calibration_images=ids.int()), model.meta, "'calibration_images'", "int64")
+    refused(model, tmp_path, _with(t, calibration_images=ids[:-1]), model.meta, "'calibration_images'", "shape")
+    refused(model, tmp_path, _with(t, calibration_images=ids.flip(0)), model.meta, "'calibration_images'", "increasing")
+    refused(model, tmp_path, _with(t, calibration_images=ids + 1), model.meta, "'calibration_images'", "below")
+    refused(model, tmp_path, _with(t, calibration_images=ids - 1), model.meta, "'calibration_images'")
+    # without it the model loads and predicts as before; only naming the images needs it
+    path = write(tmp_path / "old.patchbank", _without(t, "calibration_images"), model.meta)
+    old = Detector.load(path, progress=False)
+    assert [p.score for p in old.predict(model.images)] == [p.score for p in model.reference]
+    with pytest.raises(PatchbankError, match="does not record which training images"):
+        old.calibration_.above_threshold()
+    loaded = Detector.load(model.path, progress=False)
+    assert loaded.calibration_.above_threshold() == model.det.calibration_.above_threshold()

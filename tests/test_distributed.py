@@ -283,9 +283,14 @@ def test_fit_ray_equals_local(ray_local, two_root, tmp_path):
     from patchbank.io.model_file import load_model
 
     local, remote = tmp_path / "local.patchbank", tmp_path / "ray.patchbank"
-    assert _cli("fit", two_root, "-o", local, "--preset", "lmf-core", "-q", *SMALL).exit_code == 0
+    lr = _cli("fit", two_root, "-o", local, "--preset", "lmf-core", "-q", *SMALL)
+    assert lr.exit_code == 0, lr.output
     r = _cli("fit", two_root, "-o", remote, "--preset", "lmf-core", "-q", *SMALL, "--engine", "ray")
     assert r.exit_code == 0, r.output
+    # each category's threshold line (training images above it, expected false-positive rate)
+    # is the local fit's, read from the model files the tasks sent back
+    lines = lambda out: sorted(x for x in out.splitlines() if x.startswith("[") and "threshold:" in x)
+    assert len(lines(r.stdout)) == 2 and lines(r.stdout) == lines(lr.stdout), (r.stdout, lr.stdout)
     (lt, lm), (rt, rm) = load_model(local), load_model(remote)
     assert sorted(lt) == sorted(rt) and all(np.array_equal(lt[k].numpy(), rt[k].numpy()) for k in lt)
     assert lm["category_order"] == rm["category_order"] == ["a", "b"]

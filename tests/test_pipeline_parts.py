@@ -183,7 +183,7 @@ def test_calibration_names_the_images_above_its_threshold():
     got = cal.above_threshold()
     assert [i for i, _ in got] == [103, 108]
     assert [z for _, z in got] == pytest.approx(list(cal.stats_.normalize([9.0, 8.0])))
-    with pytest.raises(PatchbankError, match="after a fit"):
+    with pytest.raises(PatchbankError, match="does not record which training images"):
         ScoreCalibration(cfg).fit(base, phi).above_threshold()
 
 

@@ -260,6 +260,8 @@ class Detector:
         tensors = {"bank": self.bank_.to(dtype),
                    "calibration_base_scores": torch.from_numpy(cal.base_scores_),
                    "calibration_descriptors": torch.from_numpy(cal.descriptors_)}
+        if cal.images_ is not None:
+            tensors["calibration_images"] = torch.from_numpy(cal.images_)
         if self.scorer_.radius is not None:
             tensors["bank_radius"] = self.scorer_.radius.float().cpu()
         tensors.update(self.scorer_.embedding.state())
@@ -320,9 +322,11 @@ class Detector:
             embedding = Embedding.from_config(config).load_state(tensors)
             bank = tensors["bank"].float().to(det.device)
             radius = tensors["bank_radius"].float().to(det.device) if config.local_density else None
+            images = tensors.get("calibration_images")   # absent in files written before it
             det.calibration_ = ScoreCalibration(config).fit(
                 tensors["calibration_base_scores"].double().numpy(),
-                tensors["calibration_descriptors"].double().numpy())
+                tensors["calibration_descriptors"].double().numpy(),
+                None if images is None else images.numpy())
             det.grid_ = tuple(meta["patch_grid"])
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]

@@ -15,6 +15,7 @@ from patchbank.cli.info import format_bytes
 from patchbank.cli.options import (model_weights_option, overwrite_option, preset_option, run_options,
                                    setup_threads)
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
+from patchbank.cli.threshold_report import threshold_line
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
@@ -112,33 +113,8 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
-    click.echo(_threshold_line(det, images))
+    click.echo(threshold_line(det, images))
     click.echo(f"wrote {output}")
-
-
-SHOW_ABOVE = 5   # training images above the threshold named by `patchbank fit`, highest first
-
-
-def _threshold_line(det, images: list[Path]) -> str:
-    """What the calibrated threshold promises: the training images above it (the first
-    ``SHOW_ABOVE`` named: worth a look for defects) and, for the conformal rule, the
-    false-positive rate it gives new normal images like them."""
-    from patchbank.pipeline.calibration import conformal_rate
-
-    cal, cfg = det.calibration_, det.config
-    n = int(cal.scores_.size)
-    above = cal.above_threshold()
-    line = f"threshold: {len(above)} of {n} training images above it (each scored without its own bank rows)"
-    if above:
-        names = ", ".join(f"{images[i].name} ({z:.2f})" for i, z in above[:SHOW_ABOVE])
-        line += f": {names}" + (", ..." if len(above) > SHOW_ABOVE else "")
-    if cfg.threshold_rule != "conformal":
-        return line
-    rate = conformal_rate(n, cfg.target_fpr)
-    line += f"; expected false-positive rate on new normal images {100 * rate:.2g}%"
-    if rate > cfg.target_fpr:
-        line += f", above the target {100 * cfg.target_fpr:g}%: too few training images"
-    return line
 
 
 def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, *, device: str,
@@ -181,7 +157,7 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
     for name, images in categories.items():
-        click.echo(f"[{name}] " + _threshold_line(model.detectors_[name], images))
+        click.echo(f"[{name}] " + threshold_line(model.detectors_[name], images))
     click.echo(f"wrote {output}")
 
 

@@ -33,8 +33,8 @@ from patchbank.io.model_file import FORMAT_VERSION
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
-_FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "bank_radius",
-                  "projection.matrix", "routing_prototypes")
+_FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
+                  "bank_radius", "projection.matrix", "routing_prototypes")
 _INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda")
 
 
@@ -230,9 +230,18 @@ def _check_embedding(tensors: dict, cfg: Config, dim: int, where: str) -> set[st
     return used | {"projection.matrix"}
 
 
-def _check_calibration(tensors: dict, n_cal: int, where: str) -> None:
+def _check_calibration(tensors: dict, n_cal: int, n_train: int, where: str) -> None:
+    """The calibration images' scores and descriptors, and (optional: files written before it
+    existed lack it) ``calibration_images``, their training-image indices: int64 [n_cal],
+    strictly increasing, each below ``n_train``."""
     _tensor(tensors, "calibration_base_scores", where, (torch.float64,), (n_cal,))
     _tensor(tensors, "calibration_descriptors", where, (torch.float64,), (n_cal, N_DESCRIPTORS))
+    if "calibration_images" in tensors:
+        ids = _tensor(tensors, "calibration_images", where, (torch.int64,), (n_cal,))
+        if bool((ids < 0).any()) or bool((ids >= n_train).any()) or \
+                (ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all())):
+            raise _fail(where, "tensor 'calibration_images'", f"must hold increasing training-image "
+                        f"indices below n_train_images ({n_train})")
 
 
 def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
@@ -260,7 +269,7 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
         raise _fail(where, "search", f"{search!r} is not what config.search {cfg.search!r} resolves to "
                     f"for a bank of {entries} entries ({', '.join(_allowed_searches(cfg, entries))})")
     used = _check_embedding(tensors, cfg, dim, where)
-    _check_calibration(tensors, n_cal, where)
+    _check_calibration(tensors, n_cal, n_train, where)
     extra = sorted(set(tensors) - used - set(_FIXED_TENSORS))
     if extra:
         raise _fail(where, f"tensor {extra[0]!r}", "is not part of a patchbank model"

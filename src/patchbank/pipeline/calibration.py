@@ -173,7 +173,8 @@ class ScoreCalibration:
         """Fit on the calibration images' base scores [n] and full descriptors [n, 3] (each
         image scored without its own bank entries): the structure scorer (Eqs. 10-11), the final
         calibration scores, their statistics and the threshold.  ``images`` [n]: the training
-        image index of each score, kept as ``images_`` (None where unknown: a loaded model)."""
+        image index of each score, kept as ``images_`` (a model file keeps them as
+        ``calibration_images``; None for a file written before that tensor existed)."""
         cfg = self.config
         self.images_ = None if images is None else np.asarray(images, dtype=np.int64)
         self.base_scores_ = np.asarray(base, dtype=np.float64)
@@ -189,9 +190,10 @@ class ScoreCalibration:
         """The calibration images whose normalised score is above the calibrated threshold, as
         ``(training image index, normalised score)``, highest first: the normal images the
         threshold would flag, a first place to look for defects in the training set.  Needs
-        ``images_`` (a fit, not a loaded model)."""
+        ``images_`` (a fit, or a model file that records ``calibration_images``)."""
         if self.images_ is None:
-            raise PatchbankError("the calibration images are known only after a fit, not for a loaded model")
+            raise PatchbankError("this model does not record which training images calibrated it "
+                                 "(a model file written before calibration_images existed); refit it")
         z = self.stats_.normalize(self.scores_)
         order = np.argsort(-z, kind="stable")
         return [(int(self.images_[i]), float(z[i])) for i in order if z[i] > self.stats_.threshold_]
