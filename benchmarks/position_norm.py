@@ -18,6 +18,8 @@ scores s_p are then mapped before the upsampling and blur by one of
   and to the left or right edge in grid cells, each capped at ``RING_DEPTH`` (3), so the interior
   is one class (an increasing affine map there: its ranking is unchanged) and only the cells near
   the edges, where padding shapes the features, get their own statistics.
+* ``ring_z_pos_sub``: ``ring_z``, then minus the per-position mean of the ``ring_z`` grids: the
+  border's scale corrected, then each position's offset removed without rescaling it.
 
 Only the map changes; the image score is the preset's.  The ``topk_*`` columns are the image
 metrics of the top-5% mean of the transformed grid (without the context taps), for reference.
@@ -112,8 +114,11 @@ def transforms(grids: torch.Tensor, grid: tuple[int, int]) -> dict:
     for c in cls.unique():
         vals = g[:, cls == c]
         ring_mu[cls == c], ring_sd[cls == c] = float(vals.mean()), float(vals.std())
+    ring = lambda s: (s - ring_mu) / ring_sd
+    ring_offset = ring(g.float()).mean(0)
     return {"plain": lambda s: s,
-            "ring_z": lambda s: (s - ring_mu) / ring_sd,
+            "ring_z": ring,
+            "ring_z_pos_sub": lambda s: ring(s) - ring_offset,
             "ring_sub": lambda s: s - ring_mu,
             "pos_z": lambda s: (s - mu) / sd,
             "pos_sub": lambda s: s - mu,
