@@ -116,6 +116,41 @@ def test_non_finite_features_are_refused(synthetic_root, monkeypatch):
         det.fit(_train(synthetic_root))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_feature_value_is_refused(synthetic_root, monkeypatch, value):
+    # a single bad value in one image's map, not a whole tensor of them
+    from patchbank.pipeline.features import FeatureExtractor
+
+    real, calls = FeatureExtractor.maps, []
+
+    def one_bad_value(self, x):
+        maps = real(self, x)
+        calls.append(1)
+        if len(calls) == 2:
+            maps[0] = maps[0].clone()
+            maps[0][-1, -1, 1, 2] = value
+        return maps
+
+    monkeypatch.setattr(FeatureExtractor, "maps", one_bad_value)
+    det = Detector.from_preset("patchbank", progress=False, **FAST)
+    with pytest.raises(PatchbankError, match="non-finite"):
+        det.fit(_train(synthetic_root))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_against_isfinite(dtype):
+    from patchbank.linalg import all_finite
+
+    x = torch.randn(64, 9, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(x) and all_finite(x[:0]) and all_finite(x[:, 2:5])
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for at in ((0, 0), (63, 8), (31, 4)):
+            y = x.clone()
+            y[at] = value
+            assert all_finite(y) is bool(torch.isfinite(y).all()) is False
+    assert all_finite(torch.full((3,), torch.finfo(dtype).max, dtype=dtype))
+
+
 def test_nan_scores_are_anomalous_end_to_end(fitted, synthetic_root, monkeypatch):
     # a NaN image score (whatever its cause) never passes as normal
     from patchbank.pipeline.scoring import PatchScorer

@@ -1,5 +1,5 @@
-"""The two linear-algebra kernels every stage shares: squared distances as a matrix product and
-the seeded Gaussian random matrix.
+"""The small tensor kernels every stage shares: squared distances as a matrix product, the seeded
+Gaussian random matrix, and the finiteness test of large feature tensors.
 
 * :func:`sq_dists`: ``||a||^2 - 2 a.b + ||b||^2`` for all row pairs, one ``addmm`` (as anomalib
   computes distances: a matrix product rather than ``torch.cdist``, so it runs on any device and
@@ -8,6 +8,8 @@ the seeded Gaussian random matrix.
 * :func:`gaussian_matrix`: ``R / sqrt(d')`` with ``R`` i.i.d. N(0, 1) from a seeded generator, the
   Johnson-Lindenstrauss projection of LMF-Core Sec. 4.4 / StructCore Eq. 2 and the greedy
   coreset's proxy space.
+* :func:`all_finite`: whether a tensor holds no NaN or infinity, in one reduction pass without an
+  elementwise boolean temporary (the training features are checked once per chunk).
 """
 from __future__ import annotations
 
@@ -46,3 +48,14 @@ def gaussian_matrix(in_dim: int, out_dim: int, generator: torch.Generator) -> to
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(int(seed))
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when the floating-point tensor ``t`` holds no NaN and no +-inf (an empty tensor is
+    finite).  ``torch.aminmax`` is one pass that propagates NaN and keeps infinities, so its two
+    values are finite exactly when every value is, without the elementwise boolean tensor that
+    ``isfinite(t).all()`` builds first."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t.detach())
+    return math.isfinite(float(low)) and math.isfinite(float(high))

@@ -29,6 +29,7 @@ import torch
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.model_file import FORMAT_VERSION
+from patchbank.linalg import all_finite
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -71,7 +72,7 @@ def _tensor(tensors: dict, name: str, where: str, dtypes: tuple[torch.dtype, ...
     want_shape = "[" + ", ".join("n" if s is None else str(s) for s in shape) + "]"
     if t.dim() != len(shape) or any(n < 1 or (s is not None and n != s) for n, s in zip(t.shape, shape)):
         raise _fail(where, f"tensor {name!r}", f"must have shape {want_shape}, got {list(t.shape)}")
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and not all_finite(t):
         raise _fail(where, f"tensor {name!r}", "has NaN or infinite values")
     return t
 

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
+from patchbank.linalg import all_finite
 from patchbank.pipeline.calibration import CalibrationRows
 from patchbank.pipeline.fusion import Moments
 from patchbank.pipeline.routing import routing_embedding
@@ -88,7 +89,7 @@ class RawRows:
             out = embed(raw)
             del raw
             trim_malloc()
-            if not bool(torch.isfinite(out).all()):
+            if not all_finite(out):
                 raise PatchbankError("the training images gave non-finite (NaN or inf) features: "
                                      "check the images and the backbone weights")
             yield out
