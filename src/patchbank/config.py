@@ -44,6 +44,7 @@ from patchbank.errors import ConfigError, PatchbankError
 FUSIONS = ("equal", "vg", "l2")
 PATCH_BORDERS = ("valid", "zero")
 MAP_UPSAMPLES = ("bilinear", "nearest")
+MAP_OFFSETS = ("none", "position")
 SAMPLERS = ("uniform", "greedy", "none")
 SEARCHES = ("auto", "exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq")
 RUNTIMES = ("torch", "onnx", "openvino")   # torch: a model file; the others run an export folder
@@ -325,6 +326,10 @@ class Config:
                                  "nearest (anomalib).", choices=MAP_UPSAMPLES)
     blur_sigma: float = _setting(4.0, "Gaussian blur sigma of the anomaly map (0 = no blur).",
                                  interval=_NON_NEGATIVE)
+    map_offset: str = _setting("none", "Subtracted from the patch scores before the map: none, or "
+                               "position (each grid position's mean leave-one-image-out score of the "
+                               "training images; for aligned products, e.g. parts in a fixture).",
+                               choices=MAP_OFFSETS)
     image_score: str = _setting("reweighted_max", "Image score pooled from the patch scores.",
                                 choices=IMAGE_SCORES)
     base_score: str = _setting("max", "Pooling S_base that hybrid adds the structural term to.",

@@ -264,6 +264,8 @@ class Detector:
             tensors["calibration_images"] = torch.from_numpy(cal.images_)
         if self.scorer_.radius is not None:
             tensors["bank_radius"] = self.scorer_.radius.float().cpu()
+        if self.scorer_.map_offset is not None:
+            tensors["map_offset"] = self.scorer_.map_offset.float().cpu()
         tensors.update(self.scorer_.embedding.state())
         return tensors
 
@@ -322,6 +324,7 @@ class Detector:
             embedding = Embedding.from_config(config).load_state(tensors)
             bank = tensors["bank"].float().to(det.device)
             radius = tensors["bank_radius"].float().to(det.device) if config.local_density else None
+            offset = tensors["map_offset"].float().to(det.device) if config.map_offset == "position" else None
             images = tensors.get("calibration_images")   # absent in files written before it
             det.calibration_ = ScoreCalibration(config).fit(
                 tensors["calibration_base_scores"].double().numpy(),
@@ -336,7 +339,7 @@ class Detector:
         det.calibration_.set_threshold(meta.get("threshold_override"))
         det.threshold_ = det.calibration_.threshold_
         search, context = bank_searches(bank, config, det.search_kind_, meta.get("bank_map_dim"))
-        det.scorer_ = PatchScorer(config, embedding, search, det.grid_, radius, context)
+        det.scorer_ = PatchScorer(config, embedding, search, det.grid_, radius, context, offset)
         return det
 
 

@@ -35,7 +35,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
-                  "bank_radius", "projection.matrix", "routing_prototypes")
+                  "bank_radius", "map_offset", "projection.matrix", "routing_prototypes")
 _INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda")
 
 
@@ -245,6 +245,14 @@ def _check_calibration(tensors: dict, n_cal: int, n_train: int, where: str) -> N
                         f"indices below n_train_images ({n_train})")
 
 
+def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: str) -> None:
+    """``map_offset`` (float32 [grid cells], finite) exactly when ``config.map_offset`` is position."""
+    if "map_offset" in tensors or cfg.map_offset == "position":
+        if cfg.map_offset != "position":
+            raise _fail(where, "tensor 'map_offset'", f"is present but config.map_offset is {cfg.map_offset!r}")
+        _tensor(tensors, "map_offset", where, (torch.float32,), (grid[0] * grid[1],))
+
+
 def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
                       weights_given: bool = False) -> None:
     """Raise :class:`PatchbankError` unless ``tensors`` / ``meta`` are a consistent fitted state.
@@ -271,6 +279,7 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
                     f"for a bank of {entries} entries ({', '.join(_allowed_searches(cfg, entries))})")
     used = _check_embedding(tensors, cfg, dim, where)
     _check_calibration(tensors, n_cal, n_train, where)
+    _check_map_offset(tensors, cfg, grid, where)
     extra = sorted(set(tensors) - used - set(_FIXED_TENSORS))
     if extra:
         raise _fail(where, f"tensor {extra[0]!r}", "is not part of a patchbank model"

@@ -293,13 +293,17 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
     descriptors.  Each image's score is what :meth:`PatchScorer.score` gives against
     ``search.subset(bank_source != image)``: patch scores (LMF-Core Eq. 2 / StructCore Eq. 5)
     and the pooling, PatchCore's re-weighting neighbourhood and the context taps' search
-    included, see no entry of the image."""
+    included, see no entry of the image.
+
+    With ``Config.map_offset = "position"`` it also fits the scorer's ``map_offset``
+    (:func:`position_offset` of these images' patch-score grids) before the descriptors are
+    taken, so the calibration images' maps are those a prediction draws."""
     cfg = scorer.config
     loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
     context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, LOO_EXTRA)
     images = torch.from_numpy(rows.images)
     n_patches = scorer.grid[0] * scorer.grid[1]
-    base, phi = [], []
+    base, grids = [], []
     for start in range(0, len(rows), cfg.batch_size):
         stop = min(start + cfg.batch_size, len(rows))
         emb = rows.batch(start, stop, scorer.embed)
@@ -307,5 +311,19 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
         b_score, scores = scorer.score(emb.view(stop - start, n_patches, -1), loo.for_queries(groups),
                                        None if context is None else context.for_queries(groups))
         base.append(b_score.cpu().numpy())
-        phi.append(scorer.anomaly_map(scores)[1])
-    return ScoreCalibration(cfg).fit(np.concatenate(base), np.concatenate(phi), rows.images)
+        grids.append(scores)
+    if cfg.map_offset == "position":
+        scorer.map_offset = position_offset(torch.cat(grids))
+    phi = np.concatenate([scorer.anomaly_map(scores)[1] for scores in grids])
+    return ScoreCalibration(cfg).fit(np.concatenate(base), phi, rows.images)
+
+
+def position_offset(grids: torch.Tensor) -> torch.Tensor:
+    """[n, P] leave-one-image-out patch scores of the calibration images -> [P] float32: the
+    mean normal score at each grid position, subtracted before the map with
+    ``Config.map_offset = "position"``.  For an aligned product (a part in a fixture) a position
+    whose normal appearance varies more scores higher in every image; without the offset its
+    normal pixels compete with defects elsewhere.  The scale is left alone: dividing by each
+    position's spread would make a quiet background as loud as the part
+    (docs/default_preset.md)."""
+    return grids.double().mean(0).float()

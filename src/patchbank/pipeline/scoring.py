@@ -108,17 +108,20 @@ class PatchScorer:
     mean).  With context taps, ``search`` covers the map's first ``search.shape[1]`` columns and
     ``context`` (default the scorer's own) every column; S_base is :func:`context_pool`.
     ``anomaly_map(scores) -> (maps [B, H, W] at config.input_size, descriptors [B, 3] float64)``:
+    the patch scores minus ``map_offset`` (``Config.map_offset``; None: nothing subtracted),
     bilinear upsampling + Gaussian blur, and StructCore's phi(S) (Eq. 7) of exactly those maps.
     """
 
     def __init__(self, config, embedding: Embedding, search: Search, grid: tuple[int, int],
-                 radius: torch.Tensor | None = None, context: Search | None = None):
+                 radius: torch.Tensor | None = None, context: Search | None = None,
+                 map_offset: torch.Tensor | None = None):
         self.config = config
         self.embedding = embedding
         self.search = search
         self.grid = tuple(grid)
         self.radius = radius
         self.context = context   # the bank on every column (context taps), None without them
+        self.map_offset = map_offset   # [h * w] subtracted before the map (map_offset "position")
 
     @property
     def bank_search(self) -> Search:
@@ -162,8 +165,11 @@ class PatchScorer:
     def map_tensors(self, scores: torch.Tensor, operators: tuple[torch.Tensor, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, P] patch scores -> (maps [B, H, W], descriptors [B, 3] float64 tensor), with
-        ``operators`` (:meth:`map_operators`) or the cached ones for the scores' device."""
+        ``operators`` (:meth:`map_operators`) or the cached ones for the scores' device; the
+        scores minus ``map_offset`` first, when there is one."""
         cfg = self.config
+        if self.map_offset is not None:
+            scores = scores - self.map_offset.to(scores.device, scores.dtype)
         grid = scores.view(scores.shape[0], *self.grid)
         if operators is None:
             operators = self.map_operators(scores.device)
