@@ -300,6 +300,7 @@ class ModelRegistry:
             "crop_size": None if cfg.crop_size is None else list(cfg.crop_size),
             "keep_aspect": cfg.keep_aspect, "target_fpr": cfg.target_fpr,
             "threshold_rule": cfg.threshold_rule,
+            "map_offset": cfg.map_offset,
             "bank_entries": sum(c["bank_entries"] for c in cats) if cats else single["bank_entries"],
             "bank_dim": cats[0]["bank_dim"] if cats else single["bank_dim"],
             "bank_bytes": int(info["bank_bytes"]),
