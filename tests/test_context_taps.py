@@ -144,6 +144,21 @@ def test_fit_keeps_the_plain_bank_and_maps_and_rescores_the_top_patches(pair, sy
         assert p.score == pytest.approx(expected[p.path], rel=1e-4)
 
 
+def test_map_search_reads_the_whole_rows_in_place(pair, synthetic_root, tmp_path):
+    # the map's exact search is a column view of the context search's rows, not a second copy,
+    # after a fit and after a load, and it finds what a search over a contiguous copy finds
+    ctx, _ = pair
+    ctx.save(tmp_path / "m.patchbank")
+    for det in (ctx, Detector.load(tmp_path / "m.patchbank", progress=False)):
+        search, context = det.scorer_.search, det.scorer_.context
+        assert search.all_rows().data_ptr() == context.all_rows().data_ptr()
+        assert not search.all_rows().is_contiguous()
+        copy = ExactSearch(search.all_rows().contiguous())
+        q = torch.randn(300, search.shape[1], generator=torch.Generator().manual_seed(1))
+        (d1, i1), (d2, i2) = search.search(q, 3), copy.search(q, 3)
+        assert torch.equal(i1, i2) and torch.equal(d1, d2)
+
+
 def test_model_file_round_trip_and_header_map_width(pair, synthetic_root, tmp_path):
     ctx, _ = pair
     path = tmp_path / "m.patchbank"

@@ -265,4 +265,6 @@ def bank_searches(bank: torch.Tensor, config, kind: str, map_dim: int | None) ->
     and there is no context search).  A fit and a loaded model build their searches here."""
     if map_dim is None:
         return make_search(bank, config, kind), None    # holds the only copy of the bank
-    return make_search(bank[:, :map_dim].contiguous(), config, kind), make_search(bank, config, "exact")
+    # the exact map search reads the first map_dim columns of the same rows in place (no
+    # copy); a FAISS index copies them into its own storage
+    return make_search(bank[:, :map_dim], config, kind), make_search(bank, config, "exact")

@@ -17,12 +17,16 @@ from patchbank.search.base import Search, register_search
 
 
 class ExactSearch(Search):
-    """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy."""
+    """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy
+    (a float32 tensor whose rows are unit-stride, a column slice included, is not copied)."""
 
     cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
 
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
-        self.bank = bank.float().contiguous()
+        bank = bank.float()
+        # a column slice of a wider bank (the map's columns with context taps) is searched in
+        # place: the matrix product reads its row stride, so no second copy of those columns
+        self.bank = bank if bank.stride(-1) == 1 else bank.contiguous()
         self.bank_sqnorm = sq_norms(self.bank)
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
