@@ -174,6 +174,34 @@ def test_cli_evaluate_errors_are_one_line(data_root, tmp_path, args, needle):
     assert needle in lines[0]
 
 
+def test_by_type_table_equals_scikit_learn_per_defect_type(evaluated):
+    # by_type.csv: each defect type's images against the good ones, mean / std over seeds of
+    # scikit-learn's values on the run files' own image records (score, label, defect type)
+    sk = pytest.importorskip("sklearn.metrics")
+    from test_metrics import sk_f1_max
+
+    out, result = evaluated
+    assert result["files"]["by_type_csv"] == out / "by_type.csv"
+    with open(out / "by_type.csv", newline="") as fh:
+        rows = {(r["category"], r["defect_type"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {(c, t) for c in ("alpha", "beta") for t in ("scratch", "spot")}
+    for (cat, t), row in rows.items():
+        per_seed = {"image_auroc": [], "image_ap": [], "image_f1_max": []}
+        for seed in (0, 1):
+            images = json.loads((out / "runs" / f"{cat}__seed{seed}.json").read_text())["images"]
+            assert {r["defect_type"] for r in images} == {"good", "scratch", "spot"}
+            keep = [r for r in images if r["defect_type"] in ("good", t)]
+            y, score = [r["label"] for r in keep], [r["score"] for r in keep]
+            assert sum(y) == int(row["n_images"]) == 2 and len(y) - sum(y) == 3
+            per_seed["image_auroc"].append(sk.roc_auc_score(y, score))
+            per_seed["image_ap"].append(sk.average_precision_score(y, score))
+            per_seed["image_f1_max"].append(sk_f1_max(y, score))
+        assert row["n_seeds"] == "2"
+        for m, vals in per_seed.items():
+            assert float(row[f"{m}_mean"]) == pytest.approx(np.mean(vals), rel=1e-6), (cat, t, m)
+            assert float(row[f"{m}_std"]) == pytest.approx(np.std(vals), rel=1e-5, abs=1e-9), (cat, t, m)
+
+
 def test_generic_category_without_masks(tmp_path, data_root):
     from patchbank.io.datasets import read_generic
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from patchbank.evaluation.by_type import BY_TYPE_METRICS, by_type_rows
 from patchbank.io.output_files import commit_file
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
@@ -157,10 +158,14 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
-    """Write results.csv, summary.csv, summary.json and summary.md in ``out``.
+    """Write results.csv, summary.csv, summary.json, summary.md and by_type.csv in ``out``.
+
+    ``by_type.csv``: one row per category and defect type, the type's images against the good
+    ones, image AUROC / AP / F1-max mean and std over seeds
+    (:func:`~patchbank.evaluation.by_type.by_type_rows`).
 
     Returns their paths (keys ``results_csv``, ``summary_csv``, ``summary_json``, ``summary_md``,
-    ``runs_dir``) and the Markdown text under ``_markdown``.
+    ``by_type_csv``, ``runs_dir``) and the Markdown text under ``_markdown``.
     """
     results_csv = write_csv(
         out / "results.csv", ["category", "seed", *METRICS, "n_train", "n_test", "n_defective"],
@@ -174,8 +179,14 @@ def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[
     summary_json = write_json(out / "summary.json", summary)
     md = markdown_table(summary)
     summary_md = write_text(out / "summary.md", md + "\n")
+    by_type_csv = write_csv(
+        out / "by_type.csv", ["category", "defect_type", "n_images", "n_seeds",
+                              *(f"{m}_{s}" for m in BY_TYPE_METRICS for s in ("mean", "std"))],
+        ([r["category"], r["defect_type"], r["n_images"], r["n_seeds"],
+          *(number_text(r[m][s]) for m in BY_TYPE_METRICS for s in ("mean", "std"))]
+         for r in by_type_rows(runs, mean_std)))
     return {"results_csv": results_csv, "summary_csv": summary_csv, "summary_json": summary_json,
-            "summary_md": summary_md, "runs_dir": out / "runs", "_markdown": md}
+            "summary_md": summary_md, "by_type_csv": by_type_csv, "runs_dir": out / "runs", "_markdown": md}
 
 
 # ------------------------------------------------------------------------------------------------

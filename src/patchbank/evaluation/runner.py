@@ -11,8 +11,8 @@ Outputs in ``out_dir``:
 
 * ``runs/<category>__seed<seed>.json``: one run (config, command, data fingerprint, metrics,
   and under ``images`` one record per test image: path, label, score, normalised score,
-  decision and the run's threshold -- what ``patchbank report`` draws its curves from; run
-  files written before ``images`` existed load and resume without it).
+  decision, the run's threshold and the defect type -- what ``patchbank report`` draws its
+  curves from; run files written before ``images`` existed load and resume without it).
   This is the resume unit (:class:`~patchbank.evaluation.run_store.RunStore`): with
   ``resume=True`` a run whose file exists with the same config AND the same data fingerprint
   (:func:`~patchbank.evaluation.run_store.data_fingerprint`: file list, sizes, mtimes, labels)
@@ -26,6 +26,8 @@ Outputs in ``out_dir``:
   categories of the per-category means; its std is the std over seeds of the per-seed mean over
   categories.
 * ``summary.md``: a Markdown table of ``mean ± std`` cells with the ``mean`` row last.
+* ``by_type.csv``: image AUROC / AP / F1-max per category and defect type (that type's images
+  against the good ones), mean and std over seeds (:mod:`patchbank.evaluation.by_type`).
 
 The output folder is checked before the first fit (not a file, writable,
 :data:`~patchbank.io.output_files.MIN_FREE_BYTES` free).
@@ -121,11 +123,13 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
 
 
 def image_records(category: Category, predictions: Sequence[Any], threshold: float) -> list[dict[str, Any]]:
-    """One JSON record per test image (see :func:`run_category`), in ``category.test`` order."""
+    """One JSON record per test image (see :func:`run_category`), in ``category.test`` order;
+    with ``defect_type`` (``good`` for good images) where the category knows the types."""
+    types = category.defect_types if len(category.defect_types) == len(category.test) else None
     return [{"path": str(path), "label": int(label), "score": float(p.score),
              "normalized_score": float(p.normalized_score), "is_anomalous": bool(p.is_anomalous),
-             "threshold": threshold}
-            for path, label, p in zip(category.test, category.labels, predictions)]
+             "threshold": threshold, **({} if types is None else {"defect_type": str(types[i])})}
+            for i, (path, label, p) in enumerate(zip(category.test, category.labels, predictions))]
 
 
 def evaluate_category(category: Category, config: Config, *, device: str = "cpu",
