@@ -25,6 +25,7 @@ from bench_core import parse_value
 from levers import embed_test
 from patchbank.config import Config
 from patchbank.detector import Detector
+from patchbank.evaluation.by_type import BY_TYPE_METRICS, run_by_type
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.scoring import category_masks
 from patchbank.io.datasets import read_dataset
@@ -44,13 +45,12 @@ def pooled_scores(det: Detector, emb: torch.Tensor, pooling: str, batch: int = 1
 
 
 def by_type(category, scores: np.ndarray) -> dict:
-    """Image metrics over all test images and per defect type (good images + that type)."""
-    labels, types = np.asarray(category.labels), np.asarray(category.defect_types)
-    out = {"all": image_metrics(labels, scores)}
-    for t in category.defects:
-        keep = (types == t) | (labels == 0)
-        out[t] = image_metrics(labels[keep], scores[keep])
-    return out
+    """Image metrics over all test images and per defect type (good images + that type), by
+    :func:`patchbank.evaluation.by_type.run_by_type` on records like ``evaluate``'s."""
+    records = [{"label": y, "score": float(s), "defect_type": t}
+               for y, s, t in zip(category.labels, scores, category.defect_types)]
+    per_type = {t: {k: m[k] for k in BY_TYPE_METRICS} for t, m in run_by_type(records).items()}
+    return {"all": image_metrics(np.asarray(category.labels), scores), **per_type}
 
 
 def defect_area(category, config) -> dict:

@@ -30,7 +30,7 @@ def run_by_type(images: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
     if not good.any():
         return {}
     out = {}
-    for t in sorted(set(types[~good])):
+    for t in sorted({str(x) for x in types[~good]}):
         keep = good | ((types == t) & ~good)
         out[t] = {**image_metrics(labels[keep], scores[keep]), "n_images": int(((types == t) & ~good).sum())}
     return out
