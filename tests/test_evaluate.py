@@ -202,6 +202,25 @@ def test_by_type_table_equals_scikit_learn_per_defect_type(evaluated):
             assert float(row[f"{m}_std"]) == pytest.approx(np.std(vals), rel=1e-5, abs=1e-9), (cat, t, m)
 
 
+def test_resumed_runs_written_before_defect_types_still_give_the_by_type_table(evaluated, data_root,
+                                                                             monkeypatch, tmp_path):
+    # run files whose image records have no defect_type (written before the field): on resume
+    # the types come from the (fingerprint-matched) category; the stored files stay as they were
+    import shutil
+
+    out = tmp_path / "results"
+    shutil.copytree(evaluated[0], out, copy_function=shutil.copy2)
+    for path in (out / "runs").glob("*.json"):
+        run = json.loads(path.read_text())
+        run["images"] = [{k: v for k, v in r.items() if k != "defect_type"} for r in run["images"]]
+        path.write_text(json.dumps(run))
+    before = {p: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    monkeypatch.setattr(Detector, "fit", lambda self, images: pytest.fail("fit called on resume"))
+    evaluate(data_root, "lmf-core", FAST, seeds=(0, 1), out_dir=out, progress=False)
+    assert {p: p.read_bytes() for p in before} == before
+    assert (out / "by_type.csv").read_bytes() == (evaluated[0] / "by_type.csv").read_bytes()
+
+
 def test_generic_category_without_masks(tmp_path, data_root):
     from patchbank.io.datasets import read_generic
 

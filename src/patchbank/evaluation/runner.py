@@ -158,6 +158,18 @@ def _run_record(cat: Category, seed: int, config: Config, result: dict[str, Any]
     }
 
 
+def _with_defect_types(run: dict[str, Any], cat: Category) -> dict[str, Any]:
+    """A stored run whose image records predate ``defect_type``, with each record's type read
+    from ``cat`` (the same data: the fingerprint matched) when the records' paths are the
+    category's test images in order; the stored file is not changed."""
+    images = run.get("images")
+    if (not images or all("defect_type" in r for r in images)
+            or len(cat.defect_types) != len(cat.test) or len(images) != len(cat.test)
+            or any(r.get("path") != str(p) for r, p in zip(images, cat.test))):
+        return run
+    return {**run, "images": [{**r, "defect_type": str(t)} for r, t in zip(images, cat.defect_types)]}
+
+
 _WHY = {"data changed": "was computed on different data (files, sizes or dates changed)",
         "no fingerprint": "records no data fingerprint (an older run file)"}
 
@@ -188,7 +200,7 @@ def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: 
     (the next of ``computed``, the ``map_runs`` results, when given)."""
     if stored is not None:
         say(progress, f"{cat.name} seed {seed}: loaded {store.path(cat.name, seed)}")
-        return stored
+        return _with_defect_types(stored, cat)
     say(progress, f"{cat.name} seed {seed}: fit on {len(cat.train)} images, test on {len(cat.test)}")
     try:
         result = (next(computed) if computed is not None else
