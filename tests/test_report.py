@@ -318,6 +318,23 @@ def test_evaluate_report_table_and_curves_match_the_runs_and_scikit_learn(evalua
         assert _ap(image_curves(y, s)) == pytest.approx(run["metrics"]["image_ap"], abs=1e-12)
 
 
+def test_evaluate_report_has_the_by_type_table(evaluate_html, evaluate_dir):
+    import csv
+
+    page = Elements(evaluate_html.read_text(encoding="utf-8"))
+    with open(evaluate_dir / "by_type.csv", newline="") as fh:
+        want = list(csv.DictReader(fh))
+    rows = [i for i, (t, a) in enumerate(page.items) if t == "tr" and "type" in a.get("class", "").split()]
+    assert len(rows) == len(want) == 4          # two categories x (scratch, spot)
+    for i, w in zip(rows, want):
+        attrs = page.items[i][1]
+        assert (attrs["data-type-category"], attrs["data-type"]) == (w["category"], w["defect_type"])
+        cells = [" ".join(c.split()) for c in page.row_cells(i)]
+        assert cells[:3] == [w["category"], w["defect_type"], w["n_images"]]
+        assert cells[3:] == [f"{float(w[m + '_mean']):.3f} ± {float(w[m + '_std']):.3f}"
+                             for m in ("image_auroc", "image_ap", "image_f1_max")]
+
+
 def test_evaluate_report_shows_the_worst_good_and_defective_images(evaluate_html, evaluate_dir):
     page = Elements(evaluate_html.read_text(encoding="utf-8"))
     run = json.loads((evaluate_dir / "runs" / "alpha__seed0.json").read_text())

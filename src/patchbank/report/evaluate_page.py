@@ -1,4 +1,5 @@
-"""The page model of an ``evaluate`` folder: the metric table and one section per category and seed.
+"""The page model of an ``evaluate`` folder: the metric table, the image metrics per defect type,
+and one section per category and seed.
 
 :func:`evaluate_page` returns the dict the template renders (``kind`` ``"evaluate"``).  Each run
 with per-image records gets ROC and PR curves of its raw image scores (the score the image
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchbank.errors import PatchbankError
-from patchbank.evaluation.reports import LABELS, metric_cell
+from patchbank.evaluation.by_type import BY_TYPE_METRICS, by_type_rows
+from patchbank.evaluation.reports import LABELS, mean_std, metric_cell
 from patchbank.report.cards import ImageCard, by_score, file_notes, image_card, progress_bar
 from patchbank.report.charts import Series, curve_svg, histogram_svg
 from patchbank.report.curves import Curves, OperatingPoint, image_curves, operating_point
@@ -56,6 +58,16 @@ def metric_table(summary: dict[str, Any]) -> dict[str, Any]:
         rows.append({"name": "mean", "mean": True,
                      "cells": [metric_cell(mean[m], m) if isinstance(mean.get(m), dict) else "–" for m in metrics]})
     return {"header": [LABELS.get(m, m) for m in metrics], "rows": rows}
+
+
+def type_table(results: EvaluateResults) -> list[dict[str, Any]]:
+    """One row per category and defect type (``by_type.csv``'s, from the runs' image records):
+    ``{"category", "defect_type", "n_images", "n_seeds", "cells"}``, the cells ``mean ± std`` of
+    :data:`~patchbank.evaluation.by_type.BY_TYPE_METRICS`; empty when no record has a type."""
+    runs = [r.run for r in results.runs if r.run is not None and r.problem is None]
+    return [{**{k: row[k] for k in ("category", "defect_type", "n_images", "n_seeds")},
+             "cells": [metric_cell(row[m], m) for m in BY_TYPE_METRICS]}
+            for row in by_type_rows(runs, mean_std)]
 
 
 def _charts(view: "RunView", title: str) -> list[str]:
@@ -121,5 +133,6 @@ def evaluate_page(results: EvaluateResults, *, progress: bool = False) -> dict[s
         "dataset_root": summary.get("dataset_root"), "command": summary.get("command"),
         "overrides": summary.get("overrides"), "seeds": summary["seeds"],
         "categories": list(summary["categories"]), "std_text": summary.get("std"),
-        "table": metric_table(summary), "runs": runs, "notes": notes, "worst_n": WORST_N,
+        "table": metric_table(summary), "types": type_table(results),
+        "type_header": [LABELS[m] for m in BY_TYPE_METRICS], "runs": runs, "notes": notes, "worst_n": WORST_N,
     }
