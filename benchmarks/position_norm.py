@@ -24,72 +24,47 @@ scores s_p are then mapped before the upsampling and blur by one of
 Only the map changes; the image score is the preset's.  The ``topk_*`` columns are the image
 metrics of the top-5% mean of the transformed grid (without the context taps), for reference.
 
-How the grids are read: the library keeps no per-patch calibration output, so this script wraps
-``patchbank.detector.calibrate`` for the duration of each fit and repeats the calibration's own
-leave-one-image-out scoring (the same ``LeaveGroupOut`` searches) to keep the grids.  The
-library's calibration then runs unchanged.
+How the grids are read: the library keeps no per-patch calibration output, so this script records
+what ``patchbank.pipeline.calibration.leave_one_out_scores`` returns during each fit (the fit's
+own leave-one-image-out scoring, computed once); the calibration then runs unchanged.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import patchbank.detector as detector_module
-from bench_core import parse_value
+from bench_core import open_study, study_parser
 from levers import embed_test
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.scoring import pixel_scores
-from patchbank.io.datasets import read_dataset
-from patchbank.io.images import list_images
 from patchbank.pipeline import calibration
 from patchbank.pipeline.scoring import topk_mean
-from patchbank.runtime.threads import set_threads
-from patchbank.search import LeaveGroupOut
 from patchbank.studies.speed import machine
 
 
-@torch.inference_mode()
-def loo_grids(scorer, rows, bank_source) -> torch.Tensor:
-    """[n, P] leave-one-image-out patch scores of the calibration images: the loop of
-    :func:`patchbank.pipeline.calibration.calibrate`, keeping the grids."""
-    cfg = scorer.config
-    loo = LeaveGroupOut(scorer.search, bank_source, calibration.LOO_EXTRA)
-    context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, calibration.LOO_EXTRA)
-    images = torch.from_numpy(rows.images)
-    n_patches = scorer.grid[0] * scorer.grid[1]
-    grids = []
-    for start in range(0, len(rows), cfg.batch_size):
-        stop = min(start + cfg.batch_size, len(rows))
-        emb = rows.batch(start, stop, scorer.embed)
-        groups = images[start:stop]
-        _, s = scorer.score(emb.view(stop - start, n_patches, -1), loo.for_queries(groups),
-                            None if context is None else context.for_queries(groups))
-        grids.append(s.cpu())
-    return torch.cat(grids)
-
-
 def fit_with_grids(det: Detector, train: list) -> torch.Tensor:
-    """Fit ``det`` and return its calibration images' leave-one-image-out grids [n, P]."""
+    """Fit ``det`` and return its calibration images' leave-one-image-out grids [n, P], as the
+    fit's own calibration computed them (:func:`~patchbank.pipeline.calibration.leave_one_out_scores`
+    is recorded while the fit runs)."""
     kept = {}
-    original = detector_module.calibrate
+    original = calibration.leave_one_out_scores
 
-    def wrapped(scorer, rows, bank_source):
-        kept["grids"] = loo_grids(scorer, rows, bank_source)
-        return original(scorer, rows, bank_source)
+    def recorded(scorer, rows, bank_source):
+        base, grids = original(scorer, rows, bank_source)
+        kept["grids"] = torch.cat(grids).cpu()
+        return base, grids
 
-    detector_module.calibrate = wrapped
+    calibration.leave_one_out_scores = recorded
     try:
         det.fit(train)
     finally:
-        detector_module.calibrate = original
+        calibration.leave_one_out_scores = original
     return kept["grids"]
 
 
@@ -144,21 +119,10 @@ def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, ba
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", type=Path, help="one MVTec-layout category folder with masks")
-    ap.add_argument("--preset", default="patchbank")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="an override of the preset for every fit (repeatable)")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("-o", "--out", type=Path, required=True)
-    args = ap.parse_args()
-    set_threads(args.threads)
-    category, = read_dataset(args.root)
-    train = list_images(args.root / "train" / "good")
-    overrides = {k: parse_value(k, v) for k, v in (s.split("=", 1) for s in args.set)}
+    args = study_parser(__doc__.split("\n\n")[0], "one MVTec-layout category folder with masks").parse_args()
+    category, train, overrides, seeds = open_study(args)
     rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seeds:
         det = Detector(Config.preset(args.preset, **{**overrides, "seed": seed}), progress=False)
         t0 = time.perf_counter()
         grids = fit_with_grids(det, train)

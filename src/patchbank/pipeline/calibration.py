@@ -286,18 +286,15 @@ class CalibrationRows:
 
 
 @torch.inference_mode()
-def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> ScoreCalibration:
-    """Leave-one-image-out calibration: score each calibration image (``rows``) against the
-    scorer's bank without the entries taken from that image (``bank_source`` [entries]: the
-    training image of each bank entry), and fit the calibration on the base scores and
-    descriptors.  Each image's score is what :meth:`PatchScorer.score` gives against
-    ``search.subset(bank_source != image)``: patch scores (LMF-Core Eq. 2 / StructCore Eq. 5)
-    and the pooling, PatchCore's re-weighting neighbourhood and the context taps' search
-    included, see no entry of the image.
-
-    With ``Config.map_offset = "position"`` it also fits the scorer's ``map_offset``
-    (:func:`position_offset` of these images' patch-score grids) before the descriptors are
-    taken, so the calibration images' maps are those a prediction draws."""
+def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
+                         bank_source: torch.Tensor) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Score each calibration image (``rows``) against the scorer's bank without the entries
+    taken from that image (``bank_source`` [entries]: the training image of each bank entry):
+    what :meth:`PatchScorer.score` gives against ``search.subset(bank_source != image)``, patch
+    scores (LMF-Core Eq. 2 / StructCore Eq. 5) and the pooling, PatchCore's re-weighting
+    neighbourhood and the context taps' search included, see no entry of the image.  Returns
+    the base scores [n] and the patch-score grids, one [batch, P] tensor per batch of
+    ``config.batch_size`` images."""
     cfg = scorer.config
     loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
     context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, LOO_EXTRA)
@@ -312,10 +309,23 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
                                        None if context is None else context.for_queries(groups))
         base.append(b_score.cpu().numpy())
         grids.append(scores)
-    if cfg.map_offset == "position":
+    return np.concatenate(base), grids
+
+
+@torch.inference_mode()
+def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> ScoreCalibration:
+    """Leave-one-image-out calibration: the calibration images' scores without their own bank
+    entries (:func:`leave_one_out_scores`), and the calibration fitted on the base scores and
+    the descriptors of their maps.
+
+    With ``Config.map_offset = "position"`` it also fits the scorer's ``map_offset``
+    (:func:`position_offset` of these images' patch-score grids) before the descriptors are
+    taken, so the calibration images' maps are those a prediction draws."""
+    base, grids = leave_one_out_scores(scorer, rows, bank_source)
+    if scorer.config.map_offset == "position":
         scorer.map_offset = position_offset(torch.cat(grids))
     phi = np.concatenate([scorer.anomaly_map(scores)[1] for scores in grids])
-    return ScoreCalibration(cfg).fit(np.concatenate(base), phi, rows.images)
+    return ScoreCalibration(scorer.config).fit(base, phi, rows.images)
 
 
 def position_offset(grids: torch.Tensor) -> torch.Tensor:
