@@ -47,6 +47,33 @@ def parse_value(field: str, text: str):
         raise SystemExit(f"--set {field}={text}: {exc.message}") from None
 
 
+def study_parser(description: str, root_help: str) -> argparse.ArgumentParser:
+    """The options of a seeded study over one category: ROOT, ``--preset`` (default: the
+    default preset), ``--set FIELD=VALUE`` (an override of every fit, repeatable), ``--seeds``,
+    ``--threads`` and ``-o``; a script adds its own before parsing."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("root", type=Path, help=root_help)
+    ap.add_argument("--preset", default="patchbank")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an override of the preset for every fit (repeatable)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    return ap
+
+
+def open_study(args: argparse.Namespace) -> tuple:
+    """For :func:`study_parser`'s arguments: set the threads; return (the category, its training
+    images, the ``--set`` overrides, the seeds)."""
+    from patchbank.runtime.threads import set_threads
+
+    set_threads(args.threads)
+    category, = read_dataset(args.root)
+    train = list_images(args.root / "train" / "good")
+    overrides = {k: parse_value(k, v) for k, v in (s.split("=", 1) for s in args.set)}
+    return category, train, overrides, [int(s) for s in args.seeds.split(",")]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

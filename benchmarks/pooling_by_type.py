@@ -13,25 +13,20 @@ masks exist), so small-defect types can be told from large ones.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_core import parse_value
+from bench_core import open_study, study_parser
 from levers import embed_test
 from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.evaluation.by_type import BY_TYPE_METRICS, run_by_type
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.scoring import category_masks
-from patchbank.io.datasets import read_dataset
-from patchbank.io.images import list_images
 from patchbank.pipeline.scoring import PatchScorer
-from patchbank.runtime.threads import set_threads
 from patchbank.studies.speed import machine
 
 
@@ -65,23 +60,13 @@ def defect_area(category, config) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", type=Path, help="one MVTec-layout category folder")
-    ap.add_argument("--preset", default="patchbank")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="an override of the preset for every fit (repeatable)")
+    ap = study_parser(__doc__.split("\n\n")[0], "one MVTec-layout category folder")
     ap.add_argument("--poolings", default="max,topk_mean")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
-    set_threads(args.threads)
-    category, = read_dataset(args.root)
-    train = list_images(args.root / "train" / "good")
-    overrides = {k: parse_value(k, v) for k, v in (s.split("=", 1) for s in args.set)}
+    category, train, overrides, seeds = open_study(args)
     poolings = args.poolings.split(",")
     rows, area = [], None
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in seeds:
         det = Detector(Config.preset(args.preset, **{**overrides, "seed": seed}), progress=False).fit(train)
         area = defect_area(category, det.config) if area is None else area
         emb = embed_test(det, [str(p) for p in category.test])
