@@ -3,9 +3,9 @@
 For every category and defect type, the type's defective test images are ranked against all of
 the category's good test images (the other types left out), by the raw image score of each run's
 image records (:func:`patchbank.evaluation.runner.image_records`, which carry each image's
-``defect_type``); the image AUROC, AP and F1-max of each seed are then averaged over seeds
-(population std, as everywhere in the evaluate outputs).  Runs whose records carry no defect
-type (run files written before the field existed) are left out.
+``defect_type``): :func:`run_by_type`.  The table over seeds is
+:func:`patchbank.evaluation.reports.by_type_rows`.  Runs whose records carry no defect type (run
+files written before the field existed) are left out.
 """
 from __future__ import annotations
 
@@ -34,16 +34,3 @@ def run_by_type(images: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
         keep = good | ((types == t) & ~good)
         out[t] = {**image_metrics(labels[keep], scores[keep]), "n_images": int(((types == t) & ~good).sum())}
     return out
-
-
-def by_type_rows(runs: Sequence[dict[str, Any]], mean_std) -> list[dict[str, Any]]:
-    """One row per (category, defect type) over ``runs`` (records with ``category``, ``seed``,
-    ``images``): ``category``, ``defect_type``, ``n_images``, ``n_seeds`` and ``mean_std`` of
-    each of :data:`BY_TYPE_METRICS` over the seeds."""
-    per: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for run in runs:
-        for t, m in run_by_type(run.get("images") or []).items():
-            per.setdefault((run["category"], t), []).append(m)
-    return [{"category": cat, "defect_type": t, "n_images": ms[0]["n_images"], "n_seeds": len(ms),
-             **{k: mean_std([m[k] for m in ms]) for k in BY_TYPE_METRICS}}
-            for (cat, t), ms in per.items()]

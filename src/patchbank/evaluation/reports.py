@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from patchbank.evaluation.by_type import BY_TYPE_METRICS, by_type_rows
+from patchbank.evaluation.by_type import BY_TYPE_METRICS, run_by_type
 from patchbank.io.output_files import commit_file
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
@@ -150,6 +150,20 @@ def summarize(runs: list[dict], categories: Sequence[str], seeds: Sequence[int])
             "std": "population (ddof=0) over seeds; mean row: std over seeds of the mean over categories"}
 
 
+def by_type_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (category, defect type) over ``runs`` (records with ``category``, ``seed``,
+    ``images``; :func:`~patchbank.evaluation.by_type.run_by_type` per run): ``category``,
+    ``defect_type``, ``n_images``, ``n_seeds`` and the :func:`mean_std` over seeds of each of
+    :data:`~patchbank.evaluation.by_type.BY_TYPE_METRICS`."""
+    per: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for run in runs:
+        for t, m in run_by_type(run.get("images") or []).items():
+            per.setdefault((run["category"], t), []).append(m)
+    return [{"category": cat, "defect_type": t, "n_images": ms[0]["n_images"], "n_seeds": len(ms),
+             **{k: mean_std([m[k] for m in ms]) for k in BY_TYPE_METRICS}}
+            for (cat, t), ms in per.items()]
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table: ``mean ± std`` cells, one row per category, then ``mean``."""
     rows = [[cat] + [metric_cell(entry[m], m) for m in METRICS] for cat, entry in summary["categories"].items()]
@@ -162,7 +176,7 @@ def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[
 
     ``by_type.csv``: one row per category and defect type, the type's images against the good
     ones, image AUROC / AP / F1-max mean and std over seeds
-    (:func:`~patchbank.evaluation.by_type.by_type_rows`).
+    (:func:`by_type_rows`).
 
     Returns their paths (keys ``results_csv``, ``summary_csv``, ``summary_json``, ``summary_md``,
     ``by_type_csv``, ``runs_dir``) and the Markdown text under ``_markdown``.
@@ -184,7 +198,7 @@ def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[
                               *(f"{m}_{s}" for m in BY_TYPE_METRICS for s in ("mean", "std"))],
         ([r["category"], r["defect_type"], r["n_images"], r["n_seeds"],
           *(number_text(r[m][s]) for m in BY_TYPE_METRICS for s in ("mean", "std"))]
-         for r in by_type_rows(runs, mean_std)))
+         for r in by_type_rows(runs)))
     return {"results_csv": results_csv, "summary_csv": summary_csv, "summary_json": summary_json,
             "summary_md": summary_md, "by_type_csv": by_type_csv, "runs_dir": out / "runs", "_markdown": md}
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchbank.errors import PatchbankError
-from patchbank.evaluation.by_type import BY_TYPE_METRICS, by_type_rows
-from patchbank.evaluation.reports import LABELS, mean_std, metric_cell
+from patchbank.evaluation.by_type import BY_TYPE_METRICS
+from patchbank.evaluation.reports import LABELS, by_type_rows, metric_cell
 from patchbank.report.cards import ImageCard, by_score, file_notes, image_card, progress_bar
 from patchbank.report.charts import Series, curve_svg, histogram_svg
 from patchbank.report.curves import Curves, OperatingPoint, image_curves, operating_point
@@ -67,7 +67,7 @@ def type_table(results: EvaluateResults) -> list[dict[str, Any]]:
     runs = [r.run for r in results.runs if r.run is not None and r.problem is None]
     return [{**{k: row[k] for k in ("category", "defect_type", "n_images", "n_seeds")},
              "cells": [metric_cell(row[m], m) for m in BY_TYPE_METRICS]}
-            for row in by_type_rows(runs, mean_std)]
+            for row in by_type_rows(runs)]
 
 
 def _charts(view: "RunView", title: str) -> list[str]:
