@@ -56,6 +56,21 @@ def split_items(root):
     return good + bad, [0] * len(good) + [1] * len(bad)
 
 
+def assert_runtime_matches_torch(det, folder, runtime, items):
+    """The model exported to ``folder`` predicts ``items`` on ``runtime`` as ``det`` does in
+    torch: the same decisions, image scores within 1e-4 relative, maps within 1e-3 of the largest
+    map value's magnitude."""
+    from patchbank.export.runtimes import ExportedModel
+
+    ref = det.predict(items)
+    got = ExportedModel(folder, runtime, progress=False).predict(items, batch_size=4)
+    assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
+    for a, b in zip(got, ref):
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+        span = float(np.abs(b.anomaly_map).max())
+        assert float(np.abs(a.anomaly_map - b.anomaly_map).max()) <= 1e-3 * span
+
+
 def stripes_images(folder, n, seed, size=96, period=8):
     """A second synthetic 'product': ``n`` PNGs of tilted stripes with noise (a texture unlike
     the synthetic part) written to ``folder``; returns their paths."""

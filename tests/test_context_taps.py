@@ -10,14 +10,13 @@ the header's map width checked) and its exported graph.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FAST, split_items
+from conftest import FAST, assert_runtime_matches_torch, split_items
 from patchbank.backbones import create_backbone
 from patchbank.config import Config
 from patchbank.detector import Detector
@@ -224,21 +223,13 @@ def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path, 
     pytest.importorskip("onnxscript")
     pytest.importorskip(runtime if runtime == "openvino" else "onnx")
     from patchbank.export.exporter import export_model
-    from patchbank.export.runtimes import ExportedModel
 
     ctx, _ = pair
     data = export_model(ctx, tmp_path / "ex", [runtime])
     assert data["bank"]["dim"] == ctx.bank_.shape[1]
     entries = ctx.bank_.shape[0]
     assert data["bank"]["bytes"] == entries * (ctx.bank_.shape[1] + ctx.scorer_.search.shape[1]) * 4
-    items, _ = split_items(synthetic_root)
-    ref = ctx.predict(items)
-    got = ExportedModel(tmp_path / "ex", runtime, progress=False).predict(items, batch_size=4)
-    assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
-    for a, b in zip(got, ref):
-        assert a.score == pytest.approx(b.score, rel=1e-4)
-        span = float(b.anomaly_map.max())
-        assert math.isclose(float(np.abs(a.anomaly_map - b.anomaly_map).max()), 0.0, abs_tol=1e-3 * span)
+    assert_runtime_matches_torch(ctx, tmp_path / "ex", runtime, split_items(synthetic_root)[0])
 
 
 def test_multi_category_model_with_context_taps(pair, synthetic_root, tmp_path):

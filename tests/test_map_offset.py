@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import FAST, split_items
+from conftest import FAST, assert_runtime_matches_torch, split_items
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.io.images import list_images
@@ -130,15 +130,7 @@ def test_exported_graph_subtracts_the_offset(pair, synthetic_root, tmp_path, run
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnx")
     from patchbank.export.exporter import export_model
-    from patchbank.export.runtimes import ExportedModel
 
     _, offset = pair
     export_model(offset, tmp_path / "ex", [runtime])
-    items, _ = split_items(synthetic_root)
-    ref = offset.predict(items)
-    got = ExportedModel(tmp_path / "ex", runtime, progress=False).predict(items, batch_size=4)
-    assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
-    for a, b in zip(got, ref):
-        assert a.score == pytest.approx(b.score, rel=1e-4)
-        span = float(np.abs(b.anomaly_map).max())
-        assert float(np.abs(a.anomaly_map - b.anomaly_map).max()) <= 1e-3 * span
+    assert_runtime_matches_torch(offset, tmp_path / "ex", runtime, split_items(synthetic_root)[0])
