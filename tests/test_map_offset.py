@@ -23,10 +23,11 @@ from patchbank.io.model_file import load_model
 from patchbank.sampling import make_sampler
 
 
-def _fit(preset: str, root, **overrides) -> Detector:
+def _fit(preset: str, root, device: str = "cpu", **overrides) -> Detector:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # few training images
-        return Detector.from_preset(preset, progress=False, **{**FAST, **overrides}).fit(
+        return Detector.from_preset(preset, device=device, progress=False,
+                                    **{**FAST, **overrides}).fit(
             root / "train" / "good")
 
 
@@ -134,3 +135,22 @@ def test_exported_graph_subtracts_the_offset(pair, synthetic_root, tmp_path, run
     _, offset = pair
     export_model(offset, tmp_path / "ex", [runtime])
     assert_runtime_matches_torch(offset, tmp_path / "ex", runtime, split_items(synthetic_root)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_offset_on_cuda_gives_the_cpu_answers(pair, synthetic_root, tmp_path):
+    # A CPU-fitted offset model predicted on cuda (the offset moves to the scores' device), and
+    # an offset fitted on cuda (its leave-one-image-out grids come from the GPU search).
+    _, offset = pair
+    path = tmp_path / "cpu.patchbank"
+    offset.save(path)
+    gpu = Detector.load(path, device="cuda", progress=False)
+    items, _ = split_items(synthetic_root)
+    for a, b in zip(gpu.predict(items), offset.predict(items)):
+        assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-5)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4)
+    fitted = _fit("patchbank", synthetic_root, map_offset="position", device="cuda")
+    assert fitted.scorer_.map_offset.device.type == "cuda"
+    if torch.equal(fitted.bank_.cpu(), offset.bank_):
+        torch.testing.assert_close(fitted.scorer_.map_offset.cpu(), offset.scorer_.map_offset,
+                                   rtol=1e-4, atol=1e-4)

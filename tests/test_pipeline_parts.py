@@ -226,3 +226,15 @@ def test_anomaly_map_nearest_upsampling_is_blocky_before_the_blur():
     ref = ndimage.gaussian_filter(block, 1.0, mode="reflect", truncate=4.0)
     assert np.abs(blurred[0].numpy() - ref).max() < 1e-5
     assert not torch.allclose(anomaly_maps(grid, (6, 8), 0.0), maps)
+
+
+def test_exact_search_query_blocks_fill_the_gpu_block_budget():
+    # CPU: the measured fixed chunk; elsewhere (meta stands in for a GPU): as many queries as fill
+    # the distance-block budget, at least the fixed chunk, never more than the budget allows.
+    cpu = ExactSearch(torch.zeros(1000, 8), query_chunk=512)
+    assert cpu.query_rows() == 512
+    gpu = ExactSearch(torch.zeros(1000, 8, device="meta"), query_chunk=512)
+    assert gpu.query_rows() == ExactSearch.cuda_block_bytes // (4 * 1000)
+    assert gpu.query_rows() * 1000 * 4 <= ExactSearch.cuda_block_bytes
+    huge = ExactSearch(torch.zeros(1 << 20, 8, device="meta"), query_chunk=512, bank_chunk=1 << 20)
+    assert huge.query_rows() == 512

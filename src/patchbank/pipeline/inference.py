@@ -111,10 +111,26 @@ class InferenceModel(nn.Module):
     def score_layers(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None) -> ScoredBatch:
         """The path after extraction, for ``b`` images' per-layer rows (a multi-category model
         extracts once, then scores each image against its category's model).  ``clock`` laps
-        "extract" after the embedding and "search" after the scoring."""
-        maps, phi, *scores = self.score_tensors(layers, b, clock)
-        scores = [t.cpu().numpy() for t in scores]
-        return ScoredBatch(ImageScores(*scores), maps, phi.cpu().numpy())
+        "extract" after the embedding and "search" after the scoring.  The base scores and
+        descriptors come to the host in one copy and are calibrated there (float64, the same ops
+        as :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
+        maps, phi, base = self.score_maps(layers, b, clock)
+        host = torch.cat([base.unsqueeze(1), phi], dim=1).cpu()
+        base, phi = host[:, 0], host[:, 1:]
+        return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi.numpy())
+
+    def score_maps(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
+                   search=None, map_operators=None, context=None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-layer rows -> (maps [B, H, W], descriptors [B, 3] float64, S_base [B] float64),
+        on the rows' device: embed, search, score, map (see :meth:`score_tensors` for the
+        arguments)."""
+        emb = self.scorer.embed(layers)
+        _lap(clock, "extract")
+        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]), search, context)
+        _lap(clock, "search")
+        maps, phi = self.scorer.map_tensors(patch, map_operators)
+        return maps, phi, base
 
     def score_tensors(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
                       search=None, map_operators=None, context=None) -> tuple[torch.Tensor, ...]:
@@ -123,11 +139,7 @@ class InferenceModel(nn.Module):
         (:mod:`patchbank.export.graph`) runs exactly this with the bank as a constant
         (``search``, and ``context`` with context taps) and the map operators as constants
         (``map_operators``)."""
-        emb = self.scorer.embed(layers)
-        _lap(clock, "extract")
-        base, patch = self.scorer.score(emb.view(b, -1, emb.shape[1]), search, context)
-        _lap(clock, "search")
-        maps, phi = self.scorer.map_tensors(patch, map_operators)
+        maps, phi, base = self.score_maps(layers, b, clock, search, map_operators, context)
         return (maps, phi) + tuple(self.calibration.score_tensors(base, phi))
 
 
