@@ -228,7 +228,7 @@ def test_exported_graph_gives_the_torch_answers(pair, synthetic_root, tmp_path, 
     data = export_model(ctx, tmp_path / "ex", [runtime])
     assert data["bank"]["dim"] == ctx.bank_.shape[1]
     entries = ctx.bank_.shape[0]
-    assert data["bank"]["bytes"] == entries * (ctx.bank_.shape[1] + ctx.scorer_.search.shape[1]) * 4
+    assert data["bank"]["bytes"] == entries * ctx.bank_.shape[1] * 4     # the map's columns are a slice
     assert_runtime_matches_torch(ctx, tmp_path / "ex", runtime, split_items(synthetic_root)[0])
 
 
@@ -283,3 +283,23 @@ def test_cli_refuses_bad_context_taps_in_one_line(synthetic_root, tmp_path, args
                    "--backbone", "efficientnet_lite0", "--image-size", "96", "--crop-size", "none", *args)
     assert_one_line_error(r.exit_code, r.stderr, *needles)
     assert not (tmp_path / "m.patchbank").exists()
+
+
+def test_exported_graph_holds_the_bank_once(synthetic_root, tmp_path):
+    # Every patch in the bank (2,304 rows: too large for the exporter to fold the bank's
+    # transposes into constants, as it does for the small banks above): the graph's one
+    # [entries, dim] initializer is the whole rows; the map's search slices it.
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from patchbank.export.exporter import export_model
+
+    det = Detector.from_preset("patchbank", progress=False, **dict(CONTEXT, sampler="none")).fit(
+        synthetic_root / "train" / "good")
+    entries, dim = det.bank_.shape
+    assert entries > 2000 and det.scorer_.search.shape[1] < dim
+    export_model(det, tmp_path / "ex", ["onnx"])
+    model = onnx.load(str(tmp_path / "ex" / "model.onnx"))
+    banks = [tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 2 and entries in i.dims]
+    assert banks == [(entries, dim)]
+    assert_runtime_matches_torch(det, tmp_path / "ex", "onnx", split_items(synthetic_root)[0])

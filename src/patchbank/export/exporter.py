@@ -100,10 +100,10 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
             files[path.name] = path.stat().st_size
             shutil.move(str(path), folder / path.name)
     notes = [n for n in (search_note(det),) if n]
-    stored = [s for s in (graph.search, graph.context) if s is not None]   # the map's, the whole rows'
-    entries, dim = stored[-1].shape
+    stored = graph.search if graph.context is None else graph.context   # the whole rows, held once
+    entries, dim = stored.shape
     bank = {"entries": int(entries), "dim": int(dim), "dtype": graph.bank_dtype,
-            "bytes": int(sum(s.bank.numel() * s.bank.element_size() for s in stored)),
+            "bytes": int(stored.bank.numel() * stored.bank.element_size()),
             "block_rows": graph.search.bank_chunk}
     data = build_sidecar(det, version=__version__, outputs=OUTPUTS, formats=formats, bank=bank,
                          external_data=external and "onnx" in formats, notes=notes)

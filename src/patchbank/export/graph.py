@@ -13,7 +13,8 @@ torch path's own code, with three things held as constants of the graph:
 * the bank (:class:`BankSearch`, float32 or float16 storage; the search always runs in float32),
   searched exactly by :func:`patchbank.search.exact.nearest_rows` over the whole batch in blocks
   of ``bank_chunk`` rows, so no distance block is larger than [B * P, bank_chunk]; with context
-  taps, the map's columns of the bank and the whole rows, each a :class:`BankSearch`;
+  taps the graph holds the whole rows once, and the map's search (:class:`BankColumns`) slices
+  their first columns;
 * the map operators A_h, A_w (upsampling + blur, :meth:`PatchScorer.map_operators`);
 * the calibration's numbers (mean, std, threshold, structure statistics, lambda).
 
@@ -68,6 +69,41 @@ class BankSearch(nn.Module):
         return self.bank[ids].float()
 
 
+class BankColumns(nn.Module):
+    """The first ``n`` columns of a :class:`BankSearch`'s rows (the map's search with context
+    taps), searched like it: the graph slices the stored bank instead of holding a second copy
+    of those columns; only their squared norms (of the stored values read back as float32, as
+    a separately stored copy would have) are a buffer of their own."""
+
+    def __init__(self, whole: BankSearch, n: int):
+        super().__init__()
+        self.whole = whole
+        self.n = int(n)
+        self.register_buffer("bank_sqnorm", sq_norms(whole.bank[:, :self.n].float().contiguous()))
+        self.bank_chunk = whole.bank_chunk
+
+    @property
+    def bank(self) -> torch.Tensor:
+        """The stored columns (a slice of the whole bank)."""
+        return self.whole.bank[:, :self.n]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.bank.shape)
+
+    def __len__(self) -> int:
+        return int(self.whole.bank.shape[0])
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(squared distances [n, k] ascending, row ids [n, k]) of ``queries`` [n, self.n]."""
+        return nearest_rows(queries.float(), self.bank.float(), self.bank_sqnorm, min(k, len(self)),
+                            self.bank_chunk)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bank rows ``ids`` (these columns) as float32."""
+        return self.bank[ids].float()
+
+
 def bank_chunk_rows(n_patches: int, entries: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Bank rows per distance block: at most ``chunk_bytes`` of float32 distances per image,
     at least 1024 rows, at most the whole bank."""
@@ -101,9 +137,16 @@ class ExportGraph(nn.Module):
             scorer = detector.scorer_
             entries = scorer.search.shape[0]
             chunk = bank_chunk_rows(math.prod(detector.grid_), entries, chunk_bytes)
-            self.search = BankSearch(scorer.search.all_rows().cpu().clone(), BANK_DTYPES[bank_dtype], chunk)
-            self.context = None if scorer.context is None else BankSearch(
-                scorer.context.all_rows().cpu().clone(), BANK_DTYPES[bank_dtype], chunk)
+            dtype = BANK_DTYPES[bank_dtype]
+            if scorer.context is None:
+                self.search, self.context = BankSearch(scorer.search.all_rows().cpu(), dtype, chunk), None
+            else:       # the map's columns come first in the whole rows
+                whole, n = scorer.context.all_rows().cpu(), scorer.search.shape[1]
+                if not torch.equal(whole[:, :n], scorer.search.all_rows().cpu()):
+                    raise PatchbankError("cannot export: the map's bank is not the first columns "
+                                         "of the context bank")
+                self.context = BankSearch(whole, dtype, chunk)
+                self.search = BankColumns(self.context, n)
             a_h, a_w = detector.scorer_.map_operators(torch.device("cpu"))
             self.register_buffer("map_h", a_h.clone())
             self.register_buffer("map_w", a_w.clone())
