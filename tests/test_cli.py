@@ -160,6 +160,9 @@ def test_fit_writes_model(fitted):
     root, data, model, r = fitted
     assert model.is_file() and model.stat().st_size > 0
     assert f"fitted {DEFAULT_PRESET}" in r.stdout and str(model) in r.stdout
+    # square training images and a square input: the default's aspect "auto" keeps the shape
+    assert ("input: resize 96x96, no crop (H x W); aspect auto: the training images share "
+            "H / W = 1.00, kept") in r.stdout, r.stdout
     # what the threshold promises: 10 training images cannot support a 1% rate (the conformal
     # rank is capped at the largest score: 1 / 11 of new normal images above it)
     assert "threshold: 0 of 10 training images above it" in r.stdout, r.stdout

@@ -12,8 +12,10 @@ with it in one loop, and the CLI builds one option per field from the same specs
 rules are data too (:data:`CONTEXT_NEEDS`).  Presets:
 
 ``patchbank``  the default (docs/default_preset.md): PatchCore features at resize 320 / crop 288
-               with zero-padded 3 x 3 averaging, greedy coreset 1%, the mean of the top 5% patch
-               scores, those patches measured again with the next backbone block (context taps).
+               (reshaped to the training images' aspect ratio when they share one, at the same
+               pixel count: ``aspect="auto"``) with zero-padded 3 x 3 averaging, greedy coreset 1%,
+               the mean of the top 5% patch scores, those patches measured again with the next
+               backbone block (context taps).
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
                re-weighted max normalised by the training images' leave-one-image-out statistics.
@@ -43,6 +45,7 @@ from patchbank.errors import ConfigError, PatchbankError
 
 FUSIONS = ("equal", "vg", "l2")
 PATCH_BORDERS = ("valid", "zero")
+ASPECTS = ("fixed", "auto")
 MAP_UPSAMPLES = ("bilinear", "nearest")
 MAP_OFFSETS = ("none", "position")
 SAMPLERS = ("uniform", "greedy", "none")
@@ -289,6 +292,10 @@ class Config:
     image_size: tuple[int, int] = _setting((256, 256), "Resize (H, W).")
     keep_aspect: bool = _setting(False, "True: scale to cover image_size, centre-crop the excess.")
     crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
+    aspect: str = _setting("fixed", "Input shape: fixed (image_size / crop_size as given) or auto (fit "
+                           "reshapes them to the training images' shared aspect ratio H / W at the "
+                           "same pixel count, when they share one; see patchbank.io.aspect).",
+                           choices=ASPECTS)
     # --- patch features and fusion --------------------------------------------------------
     patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_PATCH)
     patch_border: str = _setting("valid", "Border of the p x p average: valid (only existing neighbours) "
@@ -405,8 +412,12 @@ class Config:
 
     def preset_name(self) -> str | None:
         """The preset this configuration is, whatever its seed (None: a preset with overrides,
-        or no preset)."""
-        return next((name for name, cfg in PRESETS.items() if cfg.replace(seed=self.seed) == self), None)
+        or no preset).  With ``aspect="auto"`` the resize and crop are not compared: a fitted
+        model's are what its fit resolved them to (patchbank.io.aspect)."""
+        free = {"seed": self.seed}
+        if self.aspect == "auto":
+            free.update(image_size=self.image_size, crop_size=self.crop_size)
+        return next((name for name, cfg in PRESETS.items() if cfg.replace(**free) == self), None)
 
     # --- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -466,7 +477,7 @@ which are the behaviour of model files written before a field existed, and apart
 PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
-                        crop_size=(288, 288), image_score="topk_mean", context_taps=1,
+                        crop_size=(288, 288), aspect="auto", image_score="topk_mean", context_taps=1,
                         threshold_rule="conformal"),
     "lmf-core": Config(threshold_rule="conformal"),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",

@@ -1,7 +1,9 @@
 """The Detector: fit on normal images, predict image scores, decisions and anomaly maps.
 
 scikit-learn style: the constructor stores configuration only; :meth:`Detector.fit` learns the
-state (attributes ending in ``_``), resolving every "auto" choice once (``search_kind_``);
+state (attributes ending in ``_``), resolving every "auto" choice once (``search_kind_``; the
+input shape of ``aspect="auto"``: ``config`` then holds the resolved sizes, ``aspect_`` the
+training images' shared H / W, and ``requested_config`` what each fit resolves);
 :meth:`Detector.predict` runs the one inference path, :class:`~patchbank.pipeline.inference.
 InferenceModel` (``model_``).  The stages live in :mod:`patchbank.pipeline`: the fit streams the
 images once (:func:`~patchbank.pipeline.bank.stream_features`), fits the embedding (fusion,
@@ -17,6 +19,7 @@ statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 """
 from __future__ import annotations
 
+
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
+from patchbank.io.aspect import input_config
 from patchbank.io.images import ImageStream, as_items, check_views, view_batches
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
@@ -69,6 +73,7 @@ class Detector:
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
         self.config = config if config is not None else Config.preset(DEFAULT_PRESET)
+        self.requested_config = self.config   # what fit resolves (aspect "auto") each time
         self.device = resolve_device(device)
         self.progress = progress
         self._shared_backbone = backbone
@@ -122,10 +127,11 @@ class Detector:
             _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
         check_patch_grid(self.grid_, grid, where)
 
-    def stream(self, items: list, batch_size: int | None = None) -> ImageStream:
-        """Batches ``(x [B, 3, H, W], names)`` of ``items``, read and preprocessed for the backbone."""
+    def stream(self, items: list, batch_size: int | None = None, config: Config | None = None) -> ImageStream:
+        """Batches ``(x [B, 3, H, W], names)`` of ``items``, read and preprocessed for the backbone
+        as ``config`` says (default ``self.config``; a fit passes the shape it resolved)."""
         bb = self.backbone
-        return ImageStream(items, self.config, bb.mean, bb.std, batch_size,
+        return ImageStream(items, config or self.config, bb.mean, bb.std, batch_size,
                            pin=self.device.type == "cuda")
 
     def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
@@ -142,12 +148,15 @@ class Detector:
         embeddings in ``routing_sample_`` (a multi-category model's routing bank), read in the
         same pass over the images.
         """
-        cfg, items = self.config, as_items(images)
+        items = as_items(images)
+        # aspect "auto": the input shape of these images (patchbank.io.aspect), resolved once;
+        # it becomes self.config together with the fitted state below
+        cfg, aspect = input_config(self.requested_config, items, max(self.backbone.strides))
         check_training_images(len(items), cfg)     # refuses too few images, warns on few
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)
         embedding = Embedding.from_config(cfg)
-        feats = stream_features(self.stream(items), len(items), self.extractor, sampler,
+        feats = stream_features(self.stream(items, config=cfg), len(items), self.extractor, sampler,
                                 partial(calibration_images, len(items), config=cfg),
                                 embedding.needs_moments, routing_sample, cfg.seed, self.progress)
         clock.lap("features")
@@ -159,6 +168,7 @@ class Detector:
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
+        self.config, self.aspect_ = cfg, aspect
         if routing_sample > 0:
             self.routing_sample_ = feats.routing_rows
         self.backbone_sha256_ = self.backbone.weights_sha256
@@ -286,7 +296,7 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
-            "backbone_sha256": self.backbone_sha256_, **context,
+            "backbone_sha256": self.backbone_sha256_, "train_aspect": self.aspect_, **context,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
@@ -320,6 +330,8 @@ class Detector:
             if weights is not None:
                 config = config.replace(weights=weights)
             det = cls(config, device=device, progress=progress, backbone=backbone)
+            # a refit keeps the input shape the file was fitted with (its sizes are resolved)
+            det.requested_config = config.replace(aspect="fixed")
             det._source = where
             embedding = Embedding.from_config(config).load_state(tensors)
             bank = tensors["bank"].float().to(det.device)
@@ -334,6 +346,7 @@ class Detector:
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
             det.search_kind_ = meta["search"]
+            det.aspect_ = meta.get("train_aspect")     # absent in files written before it
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det.calibration_.set_threshold(meta.get("threshold_override"))

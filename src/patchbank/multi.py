@@ -81,8 +81,10 @@ class MultiDetector:
             raise PatchbankError("this multi-category model is not fitted: call fit() or load()")
 
     def _new_detector(self) -> Detector:
-        return Detector(self.config, device=self.device, progress=self.progress,
-                        backbone=self._backbone)
+        # one input shape for every category (one backbone pass routes and scores an image):
+        # aspect "auto" keeps the configured shape here
+        return Detector(self.config.replace(aspect="fixed"), device=self.device,
+                        progress=self.progress, backbone=self._backbone)
 
     def fit(self, categories: Mapping[str, Any]) -> "MultiDetector":
         """Fit every category from its normal images ({name: folder or list of images})."""

@@ -113,8 +113,22 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
+    click.echo(input_line(det))
     click.echo(threshold_line(det, images))
     click.echo(f"wrote {output}")
+
+
+def input_line(det) -> str:
+    """The input shape a fit chose: resize and crop (H x W), and with ``aspect`` auto why."""
+    cfg = det.config
+    crop = "no crop" if cfg.crop_size is None else f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}"
+    text = f"input: resize {cfg.image_size[0]}x{cfg.image_size[1]}, {crop} (H x W)"
+    if cfg.aspect != "auto":
+        return text
+    if det.aspect_ is None:
+        return text + "; aspect auto: the training images' shapes differ, kept as configured"
+    verb = "kept" if cfg == det.requested_config else "reshaped to it"
+    return text + f"; aspect auto: the training images share H / W = {det.aspect_:.2f}, {verb}"
 
 
 def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, *, device: str,

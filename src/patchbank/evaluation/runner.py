@@ -110,7 +110,7 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     pred_s = time.perf_counter() - t0
 
     metrics: dict[str, Any] = dict.fromkeys(METRICS)
-    metrics.update(score_category(category, preds, config))
+    metrics.update(score_category(category, preds, det.config))   # the fitted input shape
     flagged = np.array([p.is_anomalous for p in preds], dtype=bool)
     labels = np.asarray(category.labels)
     metrics["good_fpr"] = flagged[labels == 0].mean()

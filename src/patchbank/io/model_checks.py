@@ -138,6 +138,9 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     for key in _INFO_NUMBERS:
         if key in meta and meta[key] is not None and not (_is_number(meta[key]) and math.isfinite(meta[key])):
             raise _fail(where, key, f"must be a finite number, got {meta[key]!r}")
+    aspect = meta.get("train_aspect")
+    if aspect is not None and not (_is_number(aspect) and math.isfinite(aspect) and aspect > 0):
+        raise _fail(where, "train_aspect", f"must be a positive number or null, got {aspect!r}")
     if "target_fpr" in meta and meta["target_fpr"] != cfg.target_fpr:
         raise _fail(where, "target_fpr", f"({meta['target_fpr']!r}) differs from config.target_fpr "
                     f"({cfg.target_fpr!r})")

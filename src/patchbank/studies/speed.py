@@ -31,6 +31,7 @@ import torch
 
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
+from patchbank.io.aspect import input_config
 from patchbank.io.images import list_images
 from patchbank.runtime.threads import thread_report
 
@@ -295,6 +296,10 @@ def run_benchmark(data: str | os.PathLike, preset: str = DEFAULT_PRESET, overrid
                               "batch_sizes": batch_list, "ratios": ratio_list, "repeats": repeats,
                               "runs": []}
     probe = Detector(base, device=device, progress=False)
+    # the floor reads the images as the fit will (aspect "auto" reshapes the input to them)
+    resolved, _ = input_config(base, train, max(probe.backbone.strides))
+    probe = Detector(resolved, device=device, progress=False, backbone=probe.backbone)
+    result["input_size"] = list(resolved.input_size)
     # warm-up: load and convert the backbone, and read every file once, so that no timed pass
     # pays for cold files (the first pass over a folder can be far slower than the next ones)
     floor_seconds(probe, train, base.batch_size)

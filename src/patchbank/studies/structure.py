@@ -86,7 +86,7 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
     t0 = time.perf_counter()
     preds = det.predict([str(p) for p in category.test])
     ms = 1000 * (time.perf_counter() - t0) / len(preds)
-    pixel = pixel_scores(category, [p.anomaly_map for p in preds], config) if category.has_masks else None
+    pixel = pixel_scores(category, [p.anomaly_map for p in preds], det.config) if category.has_masks else None
     state = det.state_tensors()   # the calibration images' values, as a model file stores them
     return {"labels": [int(v) for v in category.labels],
             "base": [p.base_score for p in preds],

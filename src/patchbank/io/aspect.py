@@ -1,0 +1,85 @@
+"""The input shape that follows the training images' aspect ratio (``Config.aspect = "auto"``).
+
+A fixed square input squashes elongated images (a strip 2.5 times as tall as wide loses 2.5x of
+its height, and thin defects across that axis with it).  With ``aspect="auto"`` the fit measures the
+training images' aspect ratios a = H / W (their headers only) and, when they share one, reshapes
+the configured resize and crop to that ratio at the same pixel count:
+
+* **shared**: at least :data:`SHARE` of the images lie within :data:`TOLERANCE` (relative) of the
+  median ratio.  Images of mixed shapes have no one shape that fits them, so the configured
+  shape is kept;
+* **kept** also when the shared ratio lies within :data:`TOLERANCE` of the configured input's
+  (square images and a square input: nothing to change);
+* **reshaped**: otherwise the crop (or, without one, the resize) becomes
+  ``(sqrt(A a), sqrt(A / a))`` for its pixel count A, each side rounded to a multiple of the
+  backbone's largest stride (at least one stride), and the resize keeps the configured crop
+  fraction of each side.
+
+The fitted detector's ``config`` holds the resolved sizes (how it reads images from then on) and
+still says ``aspect="auto"`` (what was asked); the measured ratio is the detector's ``aspect_``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from patchbank.io.images import open_image
+
+SHARE = 0.8
+TOLERANCE = 0.10
+
+
+def image_hw(item: Any) -> tuple[int, int]:
+    """(H, W) of one input (path: read from its header; PIL image; array) without decoding it."""
+    if isinstance(item, np.ndarray):
+        return int(item.shape[0]), int(item.shape[1])
+    if isinstance(item, Image.Image):
+        return int(item.height), int(item.width)
+    with open_image(os.fspath(item)) as im:
+        return int(im.height), int(im.width)
+
+
+def shared_aspect(sizes: Sequence[tuple[int, int]], share: float = SHARE,
+                  tolerance: float = TOLERANCE) -> float | None:
+    """The median H / W of ``sizes`` when at least ``share`` of them lie within ``tolerance``
+    (relative) of it; None when they do not share an aspect ratio."""
+    if not sizes:
+        return None
+    ratios = np.array([h / w for h, w in sizes], dtype=np.float64)
+    median = float(np.median(ratios))
+    close = np.abs(ratios / median - 1.0) <= tolerance
+    return median if close.mean() >= share else None
+
+
+def _round_to(x: float, step: int) -> int:
+    return max(step, int(round(x / step)) * step)
+
+
+def reshaped(config, aspect: float, step: int):
+    """``config`` with its resize and crop reshaped to H / W = ``aspect`` at the same pixel count
+    (see the module docstring); sides are multiples of ``step``."""
+    (rh, rw), crop = config.image_size, config.crop_size
+    base = crop or (rh, rw)
+    area = base[0] * base[1]
+    h, w = _round_to(math.sqrt(area * aspect), step), _round_to(math.sqrt(area / aspect), step)
+    if crop is None:
+        return config.replace(image_size=(h, w))
+    resize = (max(h, int(round(h * rh / crop[0]))), max(w, int(round(w * rw / crop[1]))))
+    return config.replace(image_size=resize, crop_size=(h, w))
+
+
+def input_config(config, items: Sequence[Any], step: int) -> tuple[Any, float | None]:
+    """(the configuration a fit on ``items`` reads them with, the images' shared H / W or None):
+    ``config`` itself unless its ``aspect`` is "auto" and the images share a ratio, then
+    :func:`reshaped` to it (``step``: the backbone's largest stride)."""
+    if config.aspect != "auto":
+        return config, None
+    aspect = shared_aspect([image_hw(item) for item in items])
+    h, w = config.input_size
+    if aspect is None or abs(aspect / (h / w) - 1.0) <= TOLERANCE:   # nothing to reshape
+        return config, aspect
+    return reshaped(config, aspect, step), aspect
