@@ -197,3 +197,15 @@ def test_benchmark_floor_reads_the_images_as_the_fit_does(tall_root, monkeypatch
     r = speed.run_benchmark(tall_root, overrides=FAST, batch_sizes=[4], repeats=1, max_test=4)
     assert r["input_size"] == [160, 64]
     assert len(seen) >= 4 and set(seen) == {(160, 64)}
+
+
+def test_preset_comparisons_leave_out_the_sizes_a_fit_resolved():
+    from patchbank.cli.info import closest_preset
+
+    resolved = reshaped(Config.preset("patchbank"), 2.52, 32)
+    assert resolved.replace(seed=3).preset_name() == "patchbank"     # whatever the seed
+    assert resolved.preset_name() == "patchbank"
+    assert closest_preset(resolved.to_dict()) == ("patchbank", [])
+    fixed = resolved.replace(aspect="fixed")          # sizes given by hand: an override
+    assert fixed.preset_name() is None
+    assert closest_preset(fixed.to_dict()) == ("patchbank", ["image_size", "crop_size", "aspect"])

@@ -46,6 +46,9 @@ from patchbank.errors import ConfigError, PatchbankError
 FUSIONS = ("equal", "vg", "l2")
 PATCH_BORDERS = ("valid", "zero")
 ASPECTS = ("fixed", "auto")
+AUTO_ASPECT_FIELDS = ("image_size", "crop_size")
+"""The fields a fit resolves under ``aspect="auto"`` (patchbank.io.aspect): a fitted model's values
+of them are the resolved ones, so preset comparisons leave them out."""
 MAP_UPSAMPLES = ("bilinear", "nearest")
 MAP_OFFSETS = ("none", "position")
 SAMPLERS = ("uniform", "greedy", "none")
@@ -416,7 +419,7 @@ class Config:
         model's are what its fit resolved them to (patchbank.io.aspect)."""
         free = {"seed": self.seed}
         if self.aspect == "auto":
-            free.update(image_size=self.image_size, crop_size=self.crop_size)
+            free.update({k: getattr(self, k) for k in AUTO_ASPECT_FIELDS})
         return next((name for name, cfg in PRESETS.items() if cfg.replace(**free) == self), None)
 
     # --- (de)serialisation ------------------------------------------------------------------

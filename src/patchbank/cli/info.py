@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import DEFAULT_PRESET, field_kind, format_value
-from patchbank.config import PRESETS
+from patchbank.config import AUTO_ASPECT_FIELDS, PRESETS
 from patchbank.errors import PatchbankError
 
 
@@ -20,11 +20,13 @@ def format_bytes(n: int | float | None) -> str:
 
 
 def closest_preset(cfg: dict[str, Any]) -> tuple[str, list[str]]:
-    """The preset differing from the config dict ``cfg`` in the fewest fields, and those fields."""
+    """The preset differing from the config dict ``cfg`` in the fewest fields, and those fields
+    (with ``aspect`` auto on both sides, not the sizes a fit resolved)."""
     best, best_diff = DEFAULT_PRESET, None
     for name, preset in PRESETS.items():
         ref = preset.to_dict()
-        diff = [k for k in ref if k in cfg and _as_list(cfg[k]) != _as_list(ref[k])]
+        resolved = AUTO_ASPECT_FIELDS if cfg.get("aspect") == ref["aspect"] == "auto" else ()
+        diff = [k for k in ref if k in cfg and k not in resolved and _as_list(cfg[k]) != _as_list(ref[k])]
         if best_diff is None or len(diff) < len(best_diff):
             best, best_diff = name, diff
     return best, best_diff or []
