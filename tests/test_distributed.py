@@ -291,6 +291,9 @@ def test_fit_ray_equals_local(ray_local, two_root, tmp_path):
     # is the local fit's, read from the model files the tasks sent back
     lines = lambda out: sorted(x for x in out.splitlines() if x.startswith("[") and "threshold:" in x)
     assert len(lines(r.stdout)) == 2 and lines(r.stdout) == lines(lr.stdout), (r.stdout, lr.stdout)
+    shapes = lambda out: sorted(x for x in out.splitlines() if x.startswith("[") and "input:" in x)
+    assert shapes(r.stdout) == shapes(lr.stdout) == [f"[{c}] input: resize 96x96, no crop (H x W)"
+                                                     for c in ("a", "b")], r.stdout
     (lt, lm), (rt, rm) = load_model(local), load_model(remote)
     assert sorted(lt) == sorted(rt) and all(np.array_equal(lt[k].numpy(), rt[k].numpy()) for k in lt)
     assert lm["category_order"] == rm["category_order"] == ["a", "b"]

@@ -150,6 +150,7 @@ def test_model_descriptions(server, files, reference):
     assert d["target_fpr"] == det.config.target_fpr and d["categories"] is None
     assert d["threshold_rule"] == det.config.threshold_rule == "conformal"
     assert d["map_offset"] == det.config.map_offset == "none"     # the maps are not offset
+    assert (d["aspect"], d["train_aspect"]) == (det.config.aspect, det.info()["train_aspect"])
     assert d["batching"]["enabled"] and d["batching"]["max_wait_ms"] == 50
     m = server.get("/v2/models/line").json()
     assert m["kind"] == "multi" and [c["name"] for c in m["categories"]] == ["part", "stripes"]

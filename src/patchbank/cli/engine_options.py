@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from patchbank.cli.threshold_report import threshold_line
+from patchbank.cli.fit_report import input_line, threshold_line
 from patchbank.errors import PatchbankError
 
 ENGINES = ("local", "ray")
@@ -102,6 +102,7 @@ def fit_on_ray(categories: dict[str, list[Path]], output: Path, config: Any, *, 
         click.echo(f"wrote {target}")
     for name, images in categories.items():
         det = models[name] if per_category or not as_multi else models[None].detectors_[name]
+        click.echo(f"[{name}] " + input_line(det))
         click.echo(f"[{name}] " + threshold_line(det, images))
     click.echo(f"fitted {', '.join(categories)} as {len(categories)} Ray task(s) in "
                f"{time.perf_counter() - t0:.1f} s")

@@ -15,7 +15,7 @@ from patchbank.cli.info import format_bytes
 from patchbank.cli.options import (model_weights_option, overwrite_option, preset_option, run_options,
                                    setup_threads)
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
-from patchbank.cli.threshold_report import threshold_line
+from patchbank.cli.fit_report import input_line, threshold_line
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
@@ -118,19 +118,6 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"wrote {output}")
 
 
-def input_line(det) -> str:
-    """The input shape a fit chose: resize and crop (H x W), and with ``aspect`` auto why."""
-    cfg = det.config
-    crop = "no crop" if cfg.crop_size is None else f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}"
-    text = f"input: resize {cfg.image_size[0]}x{cfg.image_size[1]}, {crop} (H x W)"
-    if cfg.aspect != "auto":
-        return text
-    if det.aspect_ is None:
-        return text + "; aspect auto: the training images' shapes differ, kept as configured"
-    verb = "kept" if cfg == det.requested_config else "reshaped to it"
-    return text + f"; aspect auto: the training images share H / W = {det.aspect_:.2f}, {verb}"
-
-
 def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, *, device: str,
                quiet: bool, overwrite: bool) -> None:
     """A routed multi-category model fitted from ``categories``."""
@@ -171,6 +158,7 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
     for name, images in categories.items():
+        click.echo(f"[{name}] " + input_line(model.detectors_[name]))
         click.echo(f"[{name}] " + threshold_line(model.detectors_[name], images))
     click.echo(f"wrote {output}")
 

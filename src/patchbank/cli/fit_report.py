@@ -1,5 +1,6 @@
-"""The line ``patchbank fit`` prints about a fitted category's threshold: which training images
-lie above it, and what false-positive rate it promises new normal images."""
+"""The lines ``patchbank fit`` (local or Ray) prints about a fitted category: the input shape it
+chose, and its threshold (which training images lie above it, and what false-positive rate it
+promises new normal images)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,3 +28,16 @@ def threshold_line(det, images: list[Path]) -> str:
     if rate > cfg.target_fpr:
         line += f", above the target {100 * cfg.target_fpr:g}%: too few training images"
     return line
+
+
+def input_line(det) -> str:
+    """The input shape a fit chose: resize and crop (H x W), and with ``aspect`` auto why."""
+    cfg = det.config
+    crop = "no crop" if cfg.crop_size is None else f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}"
+    text = f"input: resize {cfg.image_size[0]}x{cfg.image_size[1]}, {crop} (H x W)"
+    if cfg.aspect != "auto":
+        return text
+    if det.aspect_ is None:
+        return text + "; aspect auto: the training images' shapes differ, kept as configured"
+    verb = "kept" if cfg == det.requested_config else "reshaped to it"
+    return text + f"; aspect auto: the training images share H / W = {det.aspect_:.2f}, {verb}"
