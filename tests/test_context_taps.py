@@ -199,9 +199,10 @@ def test_context_search_on_cuda_gives_the_cpu_answers(pair, synthetic_root, tmp_
     assert gpu.scorer_.context is not None
     items, _ = split_items(synthetic_root)
     x, _ = next(iter(ctx.stream(items[:4])))
+    before = torch.backends.cudnn.allow_tf32
     for f_cpu, f_gpu in zip(ctx.extractor(x)[0], gpu.extractor(x.cuda())[0]):
-        torch.testing.assert_close(f_gpu.cpu(), f_cpu, rtol=1e-4, atol=1e-4)
-    assert torch.backends.cudnn.allow_tf32 is False     # full float32 convolutions on the GPU
+        torch.testing.assert_close(f_gpu.cpu(), f_cpu, rtol=1e-4, atol=1e-4)   # full float32 convolutions
+    assert torch.backends.cudnn.allow_tf32 is before     # the process's setting is left alone
     ref = ctx.predict(items)
     for a, b in zip(gpu.predict(items), ref):
         assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-5)

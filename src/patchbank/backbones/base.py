@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from patchbank.backbones.precision import full_float32_convolutions
 from patchbank.errors import PatchbankError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,6 +57,14 @@ class Backbone(nn.Module):
             maps = self(torch.zeros(1, 3, probe, probe))
         self.channels = tuple(int(m.shape[1]) for m in maps)
         self.strides = tuple(probe // int(m.shape[-1]) for m in maps)
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        """``forward(x)``; on a GPU with full float32 convolutions for the call
+        (:func:`patchbank.backbones.precision.full_float32_convolutions`)."""
+        if not x.is_cuda:
+            return super().__call__(x)
+        with full_float32_convolutions():
+            return super().__call__(x)
 
     def train(self, mode: bool = True) -> "Backbone":
         """Always stays in eval mode: the backbone is frozen (BatchNorm statistics included)."""

@@ -57,11 +57,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
     (``Config.context_taps``); they come last in ``layers`` and are not in ``map_taps``.
     Unknown names, bad layers, unusable files and devices raise a one-line PatchbankError.
 
-    On a CUDA device this turns off cuDNN's TF32 convolutions for the process
-    (``torch.backends.cudnn.allow_tf32 = False``, torch's default is on): with them a GPU's
-    features differ from the CPU's by ~1e-3 relative, enough for the greedy coreset to choose
-    other rows and for a GPU-fitted model to give other maps and thresholds than a CPU-fitted
-    one (docs/performance.md, "GPU").  Matrix products are already full float32 by default.
+    On a GPU every call runs with cuDNN's TF32 convolutions off, and the process's setting back
+    afterwards (:mod:`patchbank.backbones.precision`).
     """
     builder = _BUILDERS.get(name)
     if builder is None:
@@ -75,9 +72,6 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
         # over every activation map less (checked on this probe input in fold_batchnorm)
         backbone, backbone.folded_batchnorms = fold_batchnorm(backbone, torch.rand(2, 3, 64, 64))
     try:
-        device = torch.device(device)
-        if device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False
-        return backbone.to(device)
+        return backbone.to(torch.device(device))
     except (RuntimeError, AssertionError, ValueError) as e:
         raise PatchbankError(f"cannot use device {device!r}: {first_line(e)}") from None
