@@ -163,8 +163,10 @@ class Detector:
         embedding.fit(feats.moments, feats.raw.sample_row())
         bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
                           clock, map_columns(self.backbone, embedding, cfg))
-        self.scorer_ = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
-        self.calibration_ = calibrate(self.scorer_, feats.calibration, bank.source)
+        scorer = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
+        calibrated = calibrate(scorer, feats.calibration, bank.source)
+        self.scorer_ = scorer.with_map_offset(calibrated.map_offset)
+        self.calibration_ = calibrated.calibration
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)

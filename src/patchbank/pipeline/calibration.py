@@ -312,20 +312,30 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
     return np.concatenate(base), grids
 
 
+@dataclass
+class Calibrated:
+    """What :func:`calibrate` learns: the score calibration, and with ``Config.map_offset =
+    "position"`` the map offset the fitted scorer subtracts (None otherwise)."""
+
+    calibration: ScoreCalibration
+    map_offset: torch.Tensor | None
+
+
 @torch.inference_mode()
-def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> ScoreCalibration:
+def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> Calibrated:
     """Leave-one-image-out calibration: the calibration images' scores without their own bank
     entries (:func:`leave_one_out_scores`), and the calibration fitted on the base scores and
     the descriptors of their maps.
 
-    With ``Config.map_offset = "position"`` it also fits the scorer's ``map_offset``
-    (:func:`position_offset` of these images' patch-score grids) before the descriptors are
-    taken, so the calibration images' maps are those a prediction draws."""
+    With ``Config.map_offset = "position"`` it also fits the map offset (:func:`position_offset`
+    of these images' patch-score grids) and takes the descriptors of the maps drawn with it,
+    the maps a prediction draws; ``scorer`` itself is not changed (the caller gives the fitted
+    scorer the offset: :meth:`PatchScorer.with_map_offset`)."""
     base, grids = leave_one_out_scores(scorer, rows, bank_source)
-    if scorer.config.map_offset == "position":
-        scorer.map_offset = position_offset(torch.cat(grids))
-    phi = np.concatenate([scorer.anomaly_map(scores)[1] for scores in grids])
-    return ScoreCalibration(scorer.config).fit(base, phi, rows.images)
+    offset = position_offset(torch.cat(grids)) if scorer.config.map_offset == "position" else None
+    drawn = scorer.with_map_offset(offset)
+    phi = np.concatenate([drawn.anomaly_map(scores)[1] for scores in grids])
+    return Calibrated(ScoreCalibration(scorer.config).fit(base, phi, rows.images), offset)
 
 
 def position_offset(grids: torch.Tensor) -> torch.Tensor:

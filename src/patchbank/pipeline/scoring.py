@@ -20,6 +20,8 @@ Calibration of the image score (normalisation, threshold) is :mod:`patchbank.pip
 """
 from __future__ import annotations
 
+import copy
+
 import math
 from typing import Callable
 
@@ -122,6 +124,12 @@ class PatchScorer:
         self.radius = radius
         self.context = context   # the bank on every column (context taps), None without them
         self.map_offset = map_offset   # [h * w] subtracted before the map (map_offset "position")
+
+    def with_map_offset(self, map_offset: torch.Tensor | None) -> "PatchScorer":
+        """This scorer with another ``map_offset`` (a copy sharing the bank and the embedding)."""
+        out = copy.copy(self)
+        out.map_offset = map_offset
+        return out
 
     @property
     def bank_search(self) -> Search:
