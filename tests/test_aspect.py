@@ -168,6 +168,8 @@ def test_evaluation_masks_follow_the_fitted_shape(tall_root):
         warnings.simplefilter("ignore", UserWarning)
         result = run_category(category, Config.preset("patchbank", **FAST), progress=False)
     assert result["metrics"]["pixel_auroc"] is not None and 0.0 <= result["metrics"]["aupro"] <= 1.0
+    assert result["input"] == {"image_size": [160, 64], "crop_size": None,
+                               "train_aspect": pytest.approx(2.5)}
 
 
 def test_fit_command_says_how_it_shaped_the_input(tall_root, tmp_path):

@@ -92,6 +92,10 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     threshold (the decision a line sees; compare ``good_fpr`` with ``config.target_fpr``).
     ``fit_s`` excludes loading the backbone; ``ms_per_img`` includes reading the test images.
 
+    ``input``: the resize and crop the fit read the images with (``aspect="auto"`` resolves
+    them from the training images) and the training images' shared H / W (None: none, or the
+    aspect is fixed).
+
     ``images``: one record per test image, in ``category.test`` order: ``path`` (as the category
     gives it), ``label`` (0 good, 1 defective), ``score`` (raw, the one the image metrics rank),
     ``normalized_score``, ``is_anomalous`` (the decision: normalised score above the threshold)
@@ -119,7 +123,10 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     metrics["fit_s"] = fit_s
     metrics["ms_per_img"] = 1000.0 * pred_s / max(1, len(category.test))
     return {"metrics": {k: (None if metrics[k] is None else float(metrics[k])) for k in METRICS},
-            "images": image_records(category, preds, float(det.threshold_))}
+            "images": image_records(category, preds, float(det.threshold_)),
+            "input": {"image_size": list(det.config.image_size),
+                      "crop_size": None if det.config.crop_size is None else list(det.config.crop_size),
+                      "train_aspect": det.aspect_}}
 
 
 def image_records(category: Category, predictions: Sequence[Any], threshold: float) -> list[dict[str, Any]]:
@@ -154,7 +161,7 @@ def _run_record(cat: Category, seed: int, config: Config, result: dict[str, Any]
         "n_train": len(cat.train), "n_test": len(cat.test), "n_defective": cat.n_defective,
         "data_fingerprint": context["fingerprints"][cat.name],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": result["metrics"],
-        "images": result["images"],
+        "input": result["input"], "images": result["images"],
     }
 
 
