@@ -5,6 +5,8 @@ Oracles: hand computations of the median / share rule and of the reshaped sizes;
 masks and model files of a detector fitted on tall images against their own shapes."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -183,6 +185,18 @@ def test_fit_command_says_how_it_shaped_the_input(tall_root, tmp_path):
     r = invoke_cli("fit", tall_root / "train" / "good", "-o", tmp_path / "f.patchbank", "--quiet",
                    "--aspect", "fixed", *small)
     assert "input: resize 96x96, no crop (H x W)\n" in r.stdout, r.stdout
+    square = tall_root.parent / "square"
+    square.mkdir()
+    for i in range(2):
+        Image.new("RGB", (96, 96), (120, 120, 120)).save(square / f"{i}.png")
+    out = subprocess.run([sys.executable, "-m", "patchbank.cli", "predict", str(tmp_path / "m.patchbank"),
+                          str(square), "-o", str(tmp_path / "out"), "--quiet", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "warning: 2 of 2 images have another shape than the training images (the first: H / W "
+        "1.00 against 2.50); they are stretched to the model's input, so their maps and scores "
+        "are not like the training images'"], out.stderr
 
 
 def test_benchmark_floor_reads_the_images_as_the_fit_does(tall_root, monkeypatch):
@@ -211,3 +225,28 @@ def test_preset_comparisons_leave_out_the_sizes_a_fit_resolved():
     fixed = resolved.replace(aspect="fixed")          # sizes given by hand: an override
     assert fixed.preset_name() is None
     assert closest_preset(fixed.to_dict()) == ("patchbank", ["image_size", "crop_size", "aspect"])
+
+
+def test_other_shapes_by_hand():
+    from patchbank.io.aspect import other_shapes, shape_warning
+
+    sizes = [(250, 100), (270, 100), (100, 100), (280, 100)]    # 2.5, 2.7 (+8%), 1.0, 2.8 (+12%)
+    assert other_shapes(sizes, 2.5) == [2, 3]
+    assert other_shapes(sizes, None) == [] and shape_warning(sizes, None) is None
+    assert shape_warning(sizes, 2.5) == (
+        "2 of 4 images have another shape than the training images (the first: H / W 1.00 against "
+        "2.50); they are stretched to the model's input, so their maps and scores are not like "
+        "the training images'")
+
+
+def test_predict_warns_once_about_images_of_another_shape(tall, tall_root, synthetic_root):
+    tall_items = sorted((tall_root / "test" / "good").glob("*.png"))[:2]
+    square = sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tall.predict(tall_items)
+        assert not caught                                    # the training images' shape
+        preds = tall.predict(tall_items + square)
+    assert len(preds) == 5
+    (w,) = caught
+    assert "3 of 5 images have another shape" in str(w.message) and "\n" not in str(w.message)

@@ -19,6 +19,8 @@ statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 """
 from __future__ import annotations
 
+import warnings
+
 
 from functools import partial
 from pathlib import Path
@@ -31,7 +33,7 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
-from patchbank.io.aspect import input_config
+from patchbank.io.aspect import input_config, shape_warning
 from patchbank.io.images import ImageStream, as_items, check_views, view_batches
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
@@ -204,7 +206,11 @@ class Detector:
         check_batch_size(batch_size)
         items = as_items(images)
         stream = self.stream(items, batch_size)
-        return set_windows(self._predict_batches(stream, len(items)), stream.windows)
+        preds = set_windows(self._predict_batches(stream, len(items)), stream.windows)
+        note = shape_warning([p.image_size for p in preds], self.aspect_)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        return preds
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None,

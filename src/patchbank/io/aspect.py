@@ -17,6 +17,8 @@ the configured resize and crop to that ratio at the same pixel count:
 
 The fitted detector's ``config`` holds the resolved sizes (how it reads images from then on) and
 still says ``aspect="auto"`` (what was asked); the measured ratio is the detector's ``aspect_``.
+``Detector.predict`` warns (one line) about images whose shape differs from it: they are
+stretched to the model's input (:func:`shape_warning`).
 """
 from __future__ import annotations
 
@@ -83,3 +85,24 @@ def input_config(config, items: Sequence[Any], step: int) -> tuple[Any, float | 
     if aspect is None or abs(aspect / (h / w) - 1.0) <= TOLERANCE:   # nothing to reshape
         return config, aspect
     return reshaped(config, aspect, step), aspect
+
+
+def other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None,
+                 tolerance: float = TOLERANCE) -> list[int]:
+    """Indices of ``sizes`` (H, W) whose H / W lies more than ``tolerance`` (relative) from the
+    training images' shared ``aspect`` (none when that is None): images a fitted model squashes
+    into a shape its training images did not have."""
+    if aspect is None:
+        return []
+    return [i for i, (h, w) in enumerate(sizes) if abs((h / w) / aspect - 1.0) > tolerance]
+
+
+def shape_warning(sizes: Sequence[tuple[int, int]], aspect: float | None) -> str | None:
+    """One line on the images :func:`other_shapes` finds (None when there are none)."""
+    odd = other_shapes(sizes, aspect)
+    if not odd:
+        return None
+    h, w = sizes[odd[0]]
+    return (f"{len(odd)} of {len(sizes)} images have another shape than the training images "
+            f"(the first: H / W {h / w:.2f} against {aspect:.2f}); they are stretched to the "
+            f"model's input, so their maps and scores are not like the training images'")
