@@ -190,6 +190,12 @@ def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
     line = next(x for x in r.stdout.splitlines() if x.startswith("threshold:"))
     assert "1 of 11 training images above it" in line and "zz_slipped_in.png (" in line, line
     assert "expected false-positive rate on new normal images 17%" in line      # 2 / 12
+    # the model file keeps the training images' names: `info` gives the same line later
+    info = run("info", tmp_path / "m.patchbank")
+    assert info.exit_code == 0, info.output
+    lines = info.stdout.splitlines()
+    assert f"above threshold    {line.removeprefix('threshold: ')}" in lines, info.stdout
+    assert not any(x.startswith("train images") and "[" in x for x in lines)    # no list of names
 
 
 def test_predict_heatmaps_info(fitted):

@@ -246,3 +246,21 @@ def test_read_header_is_load_models_header_without_the_tensors(state, tmp_path):
     corrupt = write_raw(tmp_path / "c.patchbank", state[0], "{not json")
     with pytest.raises(PatchbankError, match="corrupt patchbank header"):
         read_header(corrupt)
+
+
+@pytest.mark.parametrize("value", ["001.png", ["001.png"], "short", "numbers"])
+def test_bad_training_image_names_are_one_line(fitted, tmp_path, value):
+    # train_images: one file name (or null) per training image, in the fit's order
+    from patchbank.detector import Detector
+
+    n = fitted.n_train_images_
+    if value == "short":
+        value = [f"{i}.png" for i in range(n - 1)]
+    elif value == "numbers":
+        value = list(range(n))
+    assert fitted.train_names_ is not None and len(fitted.train_names_) == n
+    bad = tmp_path / "bad.patchbank"
+    save_model(bad, fitted.state_tensors(), dict(fitted.info(), train_images=value))
+    with pytest.raises(PatchbankError, match="train_images") as exc:
+        Detector.load(bad, progress=False)
+    assert "\n" not in str(exc.value)

@@ -34,12 +34,12 @@ from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.aspect import input_config, shape_warning
-from patchbank.io.images import ImageStream, as_items, check_views, view_batches
+from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
-from patchbank.pipeline.calibration import (ScoreCalibration, calibrate, calibration_images,
+from patchbank.pipeline.calibration import (calibrate, calibration_from_state, calibration_images,
                                             check_training_images)
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor
@@ -173,6 +173,7 @@ class Detector:
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
         self.config, self.aspect_ = cfg, aspect
+        self.train_names_ = [None if item_name(i) is None else Path(item_name(i)).name for i in items]
         if routing_sample > 0:
             self.routing_sample_ = feats.routing_rows
         self.backbone_sha256_ = self.backbone.weights_sha256
@@ -304,7 +305,8 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
-            "backbone_sha256": self.backbone_sha256_, "train_aspect": self.aspect_, **context,
+            "backbone_sha256": self.backbone_sha256_, "train_aspect": self.aspect_,
+            "train_images": self.train_names_, **context,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
@@ -345,19 +347,15 @@ class Detector:
             bank = tensors["bank"].float().to(det.device)
             radius = tensors["bank_radius"].float().to(det.device) if config.local_density else None
             offset = tensors["map_offset"].float().to(det.device) if config.map_offset == "position" else None
-            images = tensors.get("calibration_images")   # absent in files written before it
-            det.calibration_ = ScoreCalibration(config).fit(
-                tensors["calibration_base_scores"].double().numpy(),
-                tensors["calibration_descriptors"].double().numpy(),
-                None if images is None else images.numpy())
+            det.calibration_ = calibration_from_state(config, tensors, meta.get("threshold_override"))
             det.grid_ = tuple(meta["patch_grid"])
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
             det.search_kind_ = meta["search"]
             det.aspect_ = meta.get("train_aspect")     # absent in files written before it
+            det.train_names_ = meta.get("train_images")  # likewise
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
-        det.calibration_.set_threshold(meta.get("threshold_override"))
         det.threshold_ = det.calibration_.threshold_
         search, context = bank_searches(bank, config, det.search_kind_, meta.get("bank_map_dim"))
         det.scorer_ = PatchScorer(config, embedding, search, det.grid_, radius, context, offset)

@@ -100,10 +100,10 @@ def fit_on_ray(categories: dict[str, list[Path]], output: Path, config: Any, *, 
     for target, model in zip(targets, models.values()):
         save(model, target, overwrite)
         click.echo(f"wrote {target}")
-    for name, images in categories.items():
+    for name in categories:
         det = models[name] if per_category or not as_multi else models[None].detectors_[name]
         click.echo(f"[{name}] " + input_line(det))
-        click.echo(f"[{name}] " + threshold_line(det, images))
+        click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"fitted {', '.join(categories)} as {len(categories)} Ray task(s) in "
                f"{time.perf_counter() - t0:.1f} s")
 

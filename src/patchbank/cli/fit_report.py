@@ -3,24 +3,25 @@ chose, and its threshold (which training images lie above it, and what false-pos
 promises new normal images)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 SHOW_ABOVE = 5   # training images above the threshold named, highest first
 
 
-def threshold_line(det, images: list[Path]) -> str:
-    """What the calibrated threshold of ``det`` (fitted on ``images``, in that order) promises:
-    the training images above it (the first ``SHOW_ABOVE`` named: worth a look for defects) and,
-    for the conformal rule, the false-positive rate it gives new normal images like them."""
+def threshold_line(cal, cfg, names: list | None) -> str:
+    """What a calibrated threshold promises: the training images above it (the first
+    ``SHOW_ABOVE`` named, from ``names``, the training images' file names in the fit's order,
+    as a model records them: worth a look for defects) and, for the conformal rule, the
+    false-positive rate it gives new normal images like them.  ``cal``: the model's
+    :class:`~patchbank.pipeline.calibration.ScoreCalibration`; ``cfg``: its config."""
     from patchbank.pipeline.calibration import conformal_rate
 
-    cal, cfg = det.calibration_, det.config
     n = int(cal.scores_.size)
     above = cal.above_threshold()
     line = f"threshold: {len(above)} of {n} training images above it (each scored without its own bank rows)"
     if above:
-        names = ", ".join(f"{images[i].name} ({z:.2f})" for i, z in above[:SHOW_ABOVE])
-        line += f": {names}" + (", ..." if len(above) > SHOW_ABOVE else "")
+        name = lambda i: (names[i] if names is not None and names[i] is not None  # noqa: E731
+                          else f"training image #{i}")
+        shown = ", ".join(f"{name(i)} ({z:.2f})" for i, z in above[:SHOW_ABOVE])
+        line += f": {shown}" + (", ..." if len(above) > SHOW_ABOVE else "")
     if cfg.threshold_rule != "conformal":
         return line
     rate = conformal_rate(n, cfg.target_fpr)

@@ -43,10 +43,13 @@ def _as_list(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def format_info(info: dict[str, Any], path: str | None = None) -> str:
+def format_info(info: dict[str, Any], path: str | None = None, threshold: str | None = None) -> str:
     """Human-readable text for a model's info dict (:meth:`Detector.info`, a model file header):
-    one aligned row per item, then the configuration marked against the closest preset."""
+    one aligned row per item (``threshold``: the fit's threshold line, which names the training
+    images above it, in place of the list of training-image names), then the configuration
+    marked against the closest preset."""
     info = dict(info)
+    info.pop("train_images", None)
     lines: list[str] = []
 
     def row(label: str, value: Any) -> None:
@@ -61,6 +64,8 @@ def format_info(info: dict[str, Any], path: str | None = None) -> str:
     for key in sorted(info):
         value = info[key]
         row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else value)
+    if threshold is not None:
+        row("above threshold", threshold.removeprefix("threshold: "))
     if cfg:
         name, diff = closest_preset(cfg)
         lines.append("")
@@ -122,8 +127,10 @@ def info(model: Path, as_json: bool) -> None:
 
     tensors, data = load_model(model)   # the header holds the whole info; no backbone is needed
     if data.get("kind") == "multi":
-        for name, (state, meta) in check_multi_header(tensors, data, str(model)).items():
+        states = check_multi_header(tensors, data, str(model))
+        for name, (state, meta) in states.items():
             check_model_state(state, meta, f"{model} [{name}]", weights_given=True)
+        lines = {name: threshold_text(state, meta) for name, (state, meta) in states.items()}
     elif "kind" in data:
         raise PatchbankError(f"{model}: kind must be 'multi' or absent, got {data['kind']!r}")
     else:
@@ -131,14 +138,29 @@ def info(model: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif data.get("kind") == "multi":
-        click.echo(format_multi_info(data, str(model)))
+        click.echo(format_multi_info(data, str(model), lines))
     else:
-        click.echo(format_info(data, str(model)))
+        click.echo(format_info(data, str(model), threshold_text(tensors, data)))
 
 
-def format_multi_info(data: dict[str, Any], path: str) -> str:
+def threshold_text(tensors: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """The fit's threshold line (:func:`patchbank.cli.fit_report.threshold_line`) from a checked
+    model's tensors and header; None for a file that does not record which training images
+    calibrated it (written before ``calibration_images``)."""
+    from patchbank.cli.fit_report import threshold_line
+    from patchbank.config import Config
+    from patchbank.pipeline.calibration import calibration_from_state
+
+    if "calibration_images" not in tensors:
+        return None
+    cfg = Config.from_dict(meta["config"])
+    return threshold_line(calibration_from_state(cfg, tensors, meta.get("threshold_override")),
+                          cfg, meta.get("train_images"))
+
+
+def format_multi_info(data: dict[str, Any], path: str, thresholds: dict[str, str | None] | None = None) -> str:
     """Text for a multi-category header (checked by ``check_multi_header``): the shared part,
-    then one block per category."""
+    then one block per category (with its threshold line from ``thresholds``, if given)."""
     data = dict(data)
     cats = data.pop("categories")
     head = {k: v for k, v in data.items() if k not in ("category_order", "bank_bytes")}
@@ -148,7 +170,7 @@ def format_multi_info(data: dict[str, Any], path: str) -> str:
     for name in data["category_order"]:
         sub = {k: v for k, v in cats[name].items() if k not in ("config", "format_version",
                                                                 "patchbank_version")}
-        parts.append(f"\n[{name}]\n" + format_info(sub))
+        parts.append(f"\n[{name}]\n" + format_info(sub, threshold=(thresholds or {}).get(name)))
     return "\n".join(parts)
 
 

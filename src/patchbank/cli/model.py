@@ -114,7 +114,7 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
     click.echo(input_line(det))
-    click.echo(threshold_line(det, images))
+    click.echo(threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"wrote {output}")
 
 
@@ -157,9 +157,10 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
-    for name, images in categories.items():
-        click.echo(f"[{name}] " + input_line(model.detectors_[name]))
-        click.echo(f"[{name}] " + threshold_line(model.detectors_[name], images))
+    for name in categories:
+        det = model.detectors_[name]
+        click.echo(f"[{name}] " + input_line(det))
+        click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"wrote {output}")
 
 

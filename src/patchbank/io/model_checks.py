@@ -138,6 +138,12 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     for key in _INFO_NUMBERS:
         if key in meta and meta[key] is not None and not (_is_number(meta[key]) and math.isfinite(meta[key])):
             raise _fail(where, key, f"must be a finite number, got {meta[key]!r}")
+    names = meta.get("train_images")
+    if names is not None and not (isinstance(names, list) and len(names) == n_train
+                                  and all(n is None or isinstance(n, str) for n in names)):
+        raise _fail(where, "train_images", f"must be a list of n_train_images ({n_train}) file names "
+                    f"or nulls, got {type(names).__name__} of "
+                    f"{len(names) if isinstance(names, list) else '?'}")
     aspect = meta.get("train_aspect")
     if aspect is not None and not (_is_number(aspect) and math.isfinite(aspect) and aspect > 0):
         raise _fail(where, "train_aspect", f"must be a positive number or null, got {aspect!r}")

@@ -312,6 +312,19 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
     return np.concatenate(base), grids
 
 
+def calibration_from_state(config, tensors: dict[str, torch.Tensor],
+                           threshold_override: float | None = None) -> ScoreCalibration:
+    """The :class:`ScoreCalibration` a model file's checked tensors describe (its calibration
+    images' base scores, descriptors and, in files that record them, training-image indices),
+    with the file's threshold override."""
+    images = tensors.get("calibration_images")   # absent in files written before it
+    cal = ScoreCalibration(config).fit(tensors["calibration_base_scores"].double().numpy(),
+                                       tensors["calibration_descriptors"].double().numpy(),
+                                       None if images is None else images.numpy())
+    cal.set_threshold(threshold_override)
+    return cal
+
+
 @dataclass
 class Calibrated:
     """What :func:`calibrate` learns: the score calibration, and with ``Config.map_offset =
