@@ -250,3 +250,21 @@ def test_predict_warns_once_about_images_of_another_shape(tall, tall_root, synth
     assert len(preds) == 5
     (w,) = caught
     assert "3 of 5 images have another shape" in str(w.message) and "\n" not in str(w.message)
+
+
+def test_export_keeps_the_shape_and_warns_like_the_library(tall, tall_root, synthetic_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from patchbank.export.exporter import export_model
+    from patchbank.export.runtimes import ExportedModel
+
+    data = export_model(tall, tmp_path / "ex", ["onnx"])
+    assert data["train_aspect"] == pytest.approx(2.5) and data["input_size"] == [160, 64]
+    exported = ExportedModel(tmp_path / "ex", "onnx", progress=False)
+    assert exported.aspect_ == pytest.approx(2.5)
+    square = sorted((synthetic_root / "test" / "good").glob("*.png"))[:2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preds = exported.predict(square)
+    assert [p.image_map.shape for p in preds] == [(96, 96)] * 2
+    assert len(caught) == 1 and "2 of 2 images have another shape" in str(caught[0].message)

@@ -195,6 +195,8 @@ def _sidecar_folder(cli_export, tmp_path):
     (lambda d: d["calibration_descriptors"].pop(), "calibration_descriptors must be"),
     (lambda d: d["calibration_descriptors"][0].append(1.0), "calibration_descriptors must be"),
     (lambda d: d.pop("calibrated_threshold"), "'calibrated_threshold'"),
+    (lambda d: d.update(train_aspect=-1.0), "train_aspect must be a positive number or null"),
+    (lambda d: d.update(train_aspect="tall"), "train_aspect must be"),
 ])
 def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
     folder, data = _sidecar_folder(cli_export, tmp_path)

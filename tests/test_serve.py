@@ -54,7 +54,10 @@ def files(synthetic_root, tmp_path_factory):
     """The model files served (single, multi, and a copy of single that PUT may rewrite) and
     the test images as PNG bytes."""
     tmp = tmp_path_factory.mktemp("serve")
-    single = Detector.from_preset("lmf-core", progress=False, **SMALL).fit(synthetic_root / "train" / "good")
+    # aspect auto: the square training images' shared H / W (1.0) is recorded, so a request
+    # image of another shape is reported (other_shape)
+    single = Detector.from_preset("lmf-core", progress=False, aspect="auto", **SMALL).fit(
+        synthetic_root / "train" / "good")
     single.save(tmp / "single.patchbank")
     shutil.copy(tmp / "single.patchbank", tmp / "scratch.patchbank")
     stripes_train = stripes_images(tmp / "stripes" / "train", 12, seed=1)
@@ -150,7 +153,7 @@ def test_model_descriptions(server, files, reference):
     assert d["target_fpr"] == det.config.target_fpr and d["categories"] is None
     assert d["threshold_rule"] == det.config.threshold_rule == "conformal"
     assert d["map_offset"] == det.config.map_offset == "none"     # the maps are not offset
-    assert (d["aspect"], d["train_aspect"]) == (det.config.aspect, det.info()["train_aspect"])
+    assert (d["aspect"], d["train_aspect"]) == ("auto", 1.0) == (det.config.aspect, det.info()["train_aspect"])
     assert d["batching"]["enabled"] and d["batching"]["max_wait_ms"] == 50
     m = server.get("/v2/models/line").json()
     assert m["kind"] == "multi" and [c["name"] for c in m["categories"]] == ["part", "stripes"]
@@ -174,7 +177,7 @@ def test_multipart_and_json_give_the_librarys_results(server, files, reference):
     assert body["model"] == "single" and body["n_images"] == 3 and body["time_ms"] > 0
     for name, got, w in zip(named, body["results"], want):
         assert got["name"] == name and (got["width"], got["height"]) == (96, 96)
-        assert got["routed"] is False and got["time_ms"] > 0
+        assert got["routed"] is False and got["time_ms"] > 0 and got["other_shape"] is False
         assert "heatmap_png" not in got and "mask_png" not in got and "polygons" not in got
         _assert_same(got, w, det.threshold_)
     payload = {"images": [{"name": n, "data": base64.b64encode(d).decode()} for n, d in named.items()]}
@@ -230,6 +233,7 @@ def test_heatmap_mask_and_polygons_are_in_the_original_images_pixels(server, fil
                     files=_multipart(named))
     (got,) = r.json()["results"]
     assert (got["width"], got["height"]) == (180, 120)
+    assert got["other_shape"] is True          # H / W 0.67 against the training images' 1.0
     heat = Image.open(io.BytesIO(base64.b64decode(got["heatmap_png"])))
     assert heat.size == (180, 120) and heat.mode == "RGBA"
     alpha = np.asarray(heat)[..., 3]

@@ -19,8 +19,6 @@ statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 """
 from __future__ import annotations
 
-import warnings
-
 
 from functools import partial
 from pathlib import Path
@@ -33,7 +31,7 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
-from patchbank.io.aspect import input_config, shape_warning
+from patchbank.io.aspect import input_config, warn_other_shapes
 from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
@@ -208,9 +206,7 @@ class Detector:
         items = as_items(images)
         stream = self.stream(items, batch_size)
         preds = set_windows(self._predict_batches(stream, len(items)), stream.windows)
-        note = shape_warning([p.image_size for p in preds], self.aspect_)
-        if note is not None:
-            warnings.warn(note, UserWarning, stacklevel=2)
+        warn_other_shapes([p.image_size for p in preds], self.aspect_)
         return preds
 
     @torch.inference_mode()

@@ -36,6 +36,7 @@ from patchbank.export.graph import OUTPUTS
 from patchbank.export.openvino_writer import import_openvino
 from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
                                       sidecar_path, write_threshold_override)
+from patchbank.io.aspect import warn_other_shapes
 from patchbank.io.images import ImageStream, as_items
 from patchbank.pipeline.calibration import ImageScores
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
@@ -194,6 +195,7 @@ class ExportedModel:
         self.sidecar = read_sidecar(self.folder)
         self.config = sidecar_config(self.sidecar)
         self.calibration_ = sidecar_calibration(self.sidecar, sidecar_path(self.folder))
+        self.aspect_ = self.sidecar.get("train_aspect")   # the training images' shared H / W, or None
         self.progress = progress
         try:
             factory = RUNTIMES[runtime]
@@ -285,4 +287,6 @@ class ExportedModel:
 
         stream = self.stream(items, batch_size)
         out, self.last_timings_ = predict_batches(stream, len(items), self.progress, PREDICT_STEPS, handle)
-        return set_windows(out, stream.windows)
+        preds = set_windows(out, stream.windows)
+        warn_other_shapes([p.image_size for p in preds], self.aspect_)
+        return preds

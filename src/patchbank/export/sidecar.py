@@ -85,6 +85,7 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         "external_data": bool(external_data), "notes": list(notes),
         "backbone_sha256": detector.backbone_sha256_, "patch_grid": list(detector.grid_),
         "search": "exact", "threshold_override": detector.info()["threshold_override"],
+        "train_aspect": detector.aspect_,
         "calibration_base_scores": [float(v) for v in cal.base_scores_],
         "calibration_descriptors": [[float(v) for v in row] for row in cal.descriptors_],
     }
@@ -142,11 +143,14 @@ def _check_fields(data: Any, path: Path) -> None:
 
 
 def _check_operating_point(data: dict[str, Any], path: Path) -> None:
-    """``threshold_override`` a finite number or null; the calibration arrays [n] and [n, 3] of
-    finite numbers."""
+    """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null;
+    the calibration arrays [n] and [n, 3] of finite numbers."""
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
         raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
                              f"got {data['threshold_override']!r}")
+    aspect = data.get("train_aspect")   # absent in exports written before it
+    if aspect is not None and not (_is(aspect, float) and aspect > 0):
+        raise PatchbankError(f"{path}: train_aspect must be a positive number or null, got {aspect!r}")
     base, phi = data["calibration_base_scores"], data["calibration_descriptors"]
     if not base or not all(_is(v, float) for v in base):
         raise PatchbankError(f"{path}: calibration_base_scores must be a non-empty list of finite numbers")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,6 +96,13 @@ def other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None,
     if aspect is None:
         return []
     return [i for i, (h, w) in enumerate(sizes) if abs((h / w) / aspect - 1.0) > tolerance]
+
+
+def warn_other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None) -> None:
+    """Warn (one line, :class:`UserWarning`) when :func:`shape_warning` has something to say."""
+    note = shape_warning(sizes, aspect)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=3)
 
 
 def shape_warning(sizes: Sequence[tuple[int, int]], aspect: float | None) -> str | None:

@@ -5,7 +5,9 @@ Per image: ``name``, ``score`` (the raw image score), ``normalized_score``, ``is
 decision used: the request's, else the model's current one for the image's category),
 ``category`` (routed or given; null for a single-category model), ``routed``, ``time_ms``
 (from the request's arrival to its model call's return), ``width`` / ``height`` (the original
-image's), and on request:
+image's), ``other_shape`` (its H / W lies more than 10% from the one the training images shared:
+it was stretched to the model's input, :func:`patchbank.io.aspect.other_shapes`; false when they
+shared none), and on request:
 
 * ``heatmap_png`` (base64 PNG, RGBA at the original size, transparent where the centre crop cut
   the image off: not inspected) and ``heatmap_range`` ``[vmin, vmax]`` (the model's fixed colour
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from patchbank.io.aspect import other_shapes
 from patchbank.io.heatmap import heatmap_rgba, png_bytes
 from patchbank.io.image_coords import region_mask, region_polygons
 from patchbank.service.codec import InferOptions
@@ -49,15 +52,16 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         threshold = options.threshold
         anomalous = not (p.normalized_score <= threshold)
     h, w = size_hw
+    detector = served.detector(p.category)
     out: dict[str, Any] = {
         "name": name, "score": finite(p.score), "normalized_score": finite(p.normalized_score),
         "is_anomalous": anomalous, "threshold": finite(threshold), "category": p.category,
         "routed": served.multi and options.category is None,
         "time_ms": round((scored.done - t0) * 1000.0, 3), "width": int(w), "height": int(h),
+        "other_shape": bool(other_shapes([(h, w)], detector.aspect_)),
     }
     if not options.heatmap and options.mask == "none":
         return out
-    detector = served.detector(p.category)
     original = p.image_map            # the map on the uploaded image (its own coordinates)
     if options.heatmap:
         vmin, vmax = detector.heatmap_range()
