@@ -138,12 +138,6 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     for key in _INFO_NUMBERS:
         if key in meta and meta[key] is not None and not (_is_number(meta[key]) and math.isfinite(meta[key])):
             raise _fail(where, key, f"must be a finite number, got {meta[key]!r}")
-    names = meta.get("train_images")
-    if names is not None and not (isinstance(names, list) and len(names) == n_train
-                                  and all(n is None or isinstance(n, str) for n in names)):
-        raise _fail(where, "train_images", f"must be a list of n_train_images ({n_train}) file names "
-                    f"or nulls, got {type(names).__name__} of "
-                    f"{len(names) if isinstance(names, list) else '?'}")
     aspect = meta.get("train_aspect")
     if aspect is not None and not (_is_number(aspect) and math.isfinite(aspect) and aspect > 0):
         raise _fail(where, "train_aspect", f"must be a positive number or null, got {aspect!r}")
@@ -254,6 +248,17 @@ def _check_calibration(tensors: dict, n_cal: int, n_train: int, where: str) -> N
                         f"indices below n_train_images ({n_train})")
 
 
+def _check_train_names(meta: dict, n_train: int, where: str) -> None:
+    """``train_images`` (absent in files written before it): one file name or null per training
+    image, in the fit's order."""
+    names = meta.get("train_images")
+    if names is not None and not (isinstance(names, list) and len(names) == n_train
+                                  and all(n is None or isinstance(n, str) for n in names)):
+        raise _fail(where, "train_images", f"must be a list of n_train_images ({n_train}) file names "
+                    f"or nulls, got {type(names).__name__}"
+                    + (f" of {len(names)}" if isinstance(names, list) else ""))
+
+
 def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: str) -> None:
     """``map_offset`` (float32 [grid cells], finite) exactly when ``config.map_offset`` is position."""
     if "map_offset" in tensors or cfg.map_offset == "position":
@@ -289,6 +294,7 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
     used = _check_embedding(tensors, cfg, dim, where)
     _check_calibration(tensors, n_cal, n_train, where)
     _check_map_offset(tensors, cfg, grid, where)
+    _check_train_names(meta, n_train, where)
     extra = sorted(set(tensors) - used - set(_FIXED_TENSORS))
     if extra:
         raise _fail(where, f"tensor {extra[0]!r}", "is not part of a patchbank model"
