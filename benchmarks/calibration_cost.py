@@ -7,7 +7,7 @@ images, the seeded draw of the old rule, one masked search).  Prints each repeat
 
     python benchmarks/calibration_cost.py /work/shared/data/mtd 5
 """
-import sys, time, warnings
+import argparse, time, warnings
 from functools import partial
 import numpy as np, torch
 warnings.simplefilter("ignore")
@@ -20,9 +20,13 @@ from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
 from patchbank.sampling import make_sampler
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("root", help="an MVTec-layout category folder (train/good inside)")
+ap.add_argument("reps", type=int, help="interleaved repeats")
+args = ap.parse_args()
 torch.set_num_threads(2)
 det = Detector(Config.preset("lmf-core"), progress=False); cfg = det.config
-items = as_items(sys.argv[1] + "/train/good"); reps = int(sys.argv[2])
+items = as_items(args.root + "/train/good"); reps = args.reps
 # images decoded once (the floor: backbone forward only, batches of 16)
 batches = [x for x, _ in det.stream(items)]
 def floor():
