@@ -268,3 +268,23 @@ def test_export_keeps_the_shape_and_warns_like_the_library(tall, tall_root, synt
         preds = exported.predict(square)
     assert [p.image_map.shape for p in preds] == [(96, 96)] * 2
     assert len(caught) == 1 and "2 of 2 images have another shape" in str(caught[0].message)
+
+
+def test_aspect_range_by_hand_and_the_fit_line_for_mixed_shapes(tmp_path):
+    from conftest import invoke_cli
+    from patchbank.io.aspect import aspect_range
+
+    # H / W 1, 2, 0.5, 1.5, 3 -> sorted 0.5 1 1.5 2 3; 10th percentile at 0.4 of the first step
+    # (0.5 + 0.4 * 0.5 = 0.7), 90th at 0.6 of the last (2 + 0.6 * 1 = 2.6)
+    sizes = [(100, 100), (200, 100), (50, 100), (150, 100), (300, 100)]
+    assert aspect_range(sizes) == pytest.approx((0.7, 2.6))
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes * 2):
+        Image.fromarray((rng.random((h, w, 3)) * 60 + 90).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    r = invoke_cli("fit", tmp_path, "-o", tmp_path / "m.patchbank", "--quiet", "--backbone",
+                   "efficientnet_lite0", "--image-size", "96", "--crop-size", "none")
+    assert r.exit_code == 0, r.output
+    # each shape twice: sorted 0.5 0.5 1 1 ... 3 3, the 10th percentile at 0.9 of the first step
+    # (0.5), the 90th at 0.1 of the last (3.0)
+    assert ("input: resize 96x96, no crop (H x W); aspect auto: the training images' shapes differ "
+            "(H / W 0.50-3.00 for the middle 80%), kept as configured") in r.stdout, r.stdout

@@ -102,7 +102,7 @@ def fit_on_ray(categories: dict[str, list[Path]], output: Path, config: Any, *, 
         click.echo(f"wrote {target}")
     for name in categories:
         det = models[name] if per_category or not as_multi else models[None].detectors_[name]
-        click.echo(f"[{name}] " + input_line(det))
+        click.echo(f"[{name}] " + input_line(det, categories[name]))
         click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"fitted {', '.join(categories)} as {len(categories)} Ray task(s) in "
                f"{time.perf_counter() - t0:.1f} s")

@@ -31,14 +31,19 @@ def threshold_line(cal, cfg, names: list | None) -> str:
     return line
 
 
-def input_line(det) -> str:
-    """The input shape a fit chose: resize and crop (H x W), and with ``aspect`` auto why."""
+def input_line(det, images: list) -> str:
+    """The input shape a fit on ``images`` chose: resize and crop (H x W), and with ``aspect``
+    auto why (for images of mixed shapes, how far their H / W spread)."""
+    from patchbank.io.aspect import SHARE, aspect_range, image_hw
+
     cfg = det.config
     crop = "no crop" if cfg.crop_size is None else f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}"
     text = f"input: resize {cfg.image_size[0]}x{cfg.image_size[1]}, {crop} (H x W)"
     if cfg.aspect != "auto":
         return text
     if det.aspect_ is None:
-        return text + "; aspect auto: the training images' shapes differ, kept as configured"
+        low, high = aspect_range([image_hw(p) for p in images])
+        return (text + f"; aspect auto: the training images' shapes differ (H / W {low:.2f}-{high:.2f} "
+                f"for the middle {100 * SHARE:.0f}%), kept as configured")
     verb = "kept" if cfg == det.requested_config else "reshaped to it"
     return text + f"; aspect auto: the training images share H / W = {det.aspect_:.2f}, {verb}"

@@ -113,7 +113,7 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
-    click.echo(input_line(det))
+    click.echo(input_line(det, images))
     click.echo(threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"wrote {output}")
 
@@ -159,7 +159,7 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"prototypes each")
     for name in categories:
         det = model.detectors_[name]
-        click.echo(f"[{name}] " + input_line(det))
+        click.echo(f"[{name}] " + input_line(det, categories[name]))
         click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
     click.echo(f"wrote {output}")
 

@@ -58,6 +58,14 @@ def shared_aspect(sizes: Sequence[tuple[int, int]], share: float = SHARE,
     return median if close.mean() >= share else None
 
 
+def aspect_range(sizes: Sequence[tuple[int, int]], share: float = SHARE) -> tuple[float, float]:
+    """The H / W range of the middle ``share`` of ``sizes`` (the 10th to 90th percentile at 0.8):
+    how far images of mixed shapes spread."""
+    ratios = np.array([h / w for h, w in sizes], dtype=np.float64)
+    tail = (1.0 - share) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1.0 - tail))
+
+
 def _round_to(x: float, step: int) -> int:
     return max(step, int(round(x / step)) * step)
 
