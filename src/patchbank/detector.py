@@ -15,10 +15,10 @@ Fitted state: ``scorer_`` (:class:`~patchbank.pipeline.scoring.PatchScorer`: emb
 over the bank, patch grid, optional local radius), ``calibration_``
 (:class:`~patchbank.pipeline.calibration.ScoreCalibration`: structure scorer, normal-score
 statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
+``train_names_`` (the training images' file names, None for in-memory images), ``aspect_``,
 ``backbone_sha256_``, ``fit_seconds_`` and ``fit_timings_`` (features, bank, index, calibration).
 """
 from __future__ import annotations
-
 
 from functools import partial
 from pathlib import Path
@@ -171,7 +171,7 @@ class Detector:
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
         self.config, self.aspect_ = cfg, aspect
-        self.train_names_ = [None if item_name(i) is None else Path(item_name(i)).name for i in items]
+        self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
         if routing_sample > 0:
             self.routing_sample_ = feats.routing_rows
         self.backbone_sha256_ = self.backbone.weights_sha256
