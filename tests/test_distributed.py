@@ -115,6 +115,18 @@ def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, syntheti
              "--actors", "1", "--batch-size", "3")
     assert r.exit_code == 0, r.output
     assert (remote / "predictions.csv").read_bytes() == (local / "predictions.csv").read_bytes()
+    # an image of another shape than the (square) training images: the same one-line warning
+    # as the local predict
+    from PIL import Image
+
+    from patchbank.distributed.scoring import predict
+
+    square = sorted((synthetic_root / "test" / "good").glob("*.png"))[0]
+    wide = tmp_path / "wide.png"
+    Image.open(square).resize((96, 48)).save(wide)
+    with pytest.warns(UserWarning, match=r"1 of 2 images have another shape .*H / W 0\.50 against 1\.00"):
+        out = predict(model, [str(square), str(wide)], tmp_path / "ray_wide", actors=1)
+    assert out["n_images"] == 2
 
 
 @pytest.mark.parametrize("n,batch,actors,want", [(2895, 16, 1, 64), (2895, 16, 2, 64), (2895, 48, 1, 96),

@@ -162,9 +162,11 @@ def _retries() -> dict[str, int]:
     return {"max_restarts": ACTOR_RETRIES, "max_task_retries": ACTOR_RETRIES}
 
 
-def _model_summary(model: Path, category: str | None, weights: str | None) -> tuple[dict[str, Any], Any]:
-    """(the JSON fields the local predict writes about the model, its Config); a given backbone
-    ``weights`` file is checked against the model's here, once, not in every actor."""
+def _model_summary(model: Path, category: str | None,
+                   weights: str | None) -> tuple[dict[str, Any], Any, Any]:
+    """(the JSON fields the local predict writes about the model, its Config, the header's
+    ``train_aspect``: checked when the actors load the model); a given backbone ``weights`` file
+    is checked against the model's here, once, not in every actor."""
     from patchbank.config import Config
     from patchbank.detector import check_header_weights
     from patchbank.io.model_file import read_header
@@ -176,12 +178,12 @@ def _model_summary(model: Path, category: str | None, weights: str | None) -> tu
         if category is not None:
             raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
         return {"model": str(model), "threshold": float(meta["threshold"]),
-                "threshold_applies_to": "normalized_score"}, config
+                "threshold_applies_to": "normalized_score"}, config, meta.get("train_aspect")
     names = list(meta["category_order"])
     if category is not None and category not in names:
         raise PatchbankError(f"unknown category {category!r}; this model has {', '.join(names)}")
     return {"model": str(model), "threshold": None, "threshold_applies_to": "normalized_score",
-            "categories": names, "routing": "given" if category else "routed"}, config
+            "categories": names, "routing": "given" if category else "routed"}, config, None
 
 
 def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str | os.PathLike, *,
@@ -207,12 +209,13 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     from patchbank.distributed.engine import ray_session, reraise
     from patchbank.distributed.inputs import read_inputs
     from patchbank.distributed.outputs import ResultFiles
+    from patchbank.io.aspect import image_hw, warn_other_shapes
     from patchbank.io.prediction_files import heatmap_names
 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
     _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
     model = Path(model)
-    summary, config = _model_summary(model, category, weights)
+    summary, config, aspect = _model_summary(model, category, weights)
     batch_size = batch_size or config.batch_size
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / "heatmaps" / n for n in heatmap_names(paths)] if heatmaps else [])
@@ -243,6 +246,8 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                    "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
+    if aspect is not None:   # the actors loaded the model: its header passed the checks
+        warn_other_shapes([image_hw(p) for p in paths], aspect)   # as the local predict warns
     return {**summary, "predictions": records}
 
 
