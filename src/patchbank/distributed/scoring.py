@@ -186,6 +186,8 @@ def _model_summary(model: Path, category: str | None,
             "categories": names, "routing": "given" if category else "routed"}, config, None
 
 
+# One Ray Data pipeline (decode, score, collect, write), read top to bottom; its steps are the
+# long: helpers around it, and splitting the pipeline would scatter its one session and result files.
 def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str | os.PathLike, *,
             actors: int = 1, batch_size: int | None = None, threads: int = 1,
             category: str | None = None, heatmaps: bool = False, device: str = "cpu",
@@ -209,7 +211,6 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     from patchbank.distributed.engine import ray_session, reraise
     from patchbank.distributed.inputs import read_inputs
     from patchbank.distributed.outputs import ResultFiles
-    from patchbank.io.aspect import image_hw, warn_other_shapes
     from patchbank.io.prediction_files import heatmap_names
 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
@@ -246,9 +247,18 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                    "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
-    if aspect is not None:   # the actors loaded the model: its header passed the checks
-        warn_other_shapes([image_hw(p) for p in paths], aspect)   # as the local predict warns
+    _warn_other_shapes(paths, aspect)
     return {**summary, "predictions": records}
+
+
+def _warn_other_shapes(paths: list, aspect: Any) -> None:
+    """The local predict's warning about images of another shape than the training images
+    shared (``aspect``: the model header's ``train_aspect``, checked by then: the actors loaded
+    the model); the driver reads the images' headers."""
+    from patchbank.io.aspect import image_hw, warn_other_shapes
+
+    if aspect is not None:
+        warn_other_shapes([image_hw(p) for p in paths], aspect)
 
 
 def _check_counts(**counts: Any) -> None:
