@@ -297,7 +297,8 @@ class Config:
     crop_size: tuple[int, int] | None = _setting((224, 224), "Centre crop (H, W); None = no crop.")
     aspect: str = _setting("fixed", "Input shape: fixed (image_size / crop_size as given) or auto (fit "
                            "reshapes them to the training images' shared aspect ratio H / W at the "
-                           "same pixel count, when they share one; see patchbank.io.aspect).",
+                           "same pixel count, when they share one; see patchbank.io.aspect). Sizes "
+                           "given by hand keep their shape only with fixed.",
                            choices=ASPECTS)
     # --- patch features and fusion --------------------------------------------------------
     patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_PATCH)
