@@ -189,14 +189,21 @@ def test_fit_command_says_how_it_shaped_the_input(tall_root, tmp_path):
     square.mkdir()
     for i in range(2):
         Image.new("RGB", (96, 96), (120, 120, 120)).save(square / f"{i}.png")
+    tall_image = sorted((tall_root / "test" / "good").glob("*.png"))[0]
     out = subprocess.run([sys.executable, "-m", "patchbank.cli", "predict", str(tmp_path / "m.patchbank"),
-                          str(square), "-o", str(tmp_path / "out"), "--quiet", "--threads", "1"],
-                         capture_output=True, text=True, timeout=300)
+                          str(square), str(tall_image), "-o", str(tmp_path / "out"), "--quiet",
+                          "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        "warning: 2 of 2 images have another shape than the training images (the first: H / W "
+        "warning: 2 of 3 images have another shape than the training images (the first: H / W "
         "1.00 against 2.50); they are stretched to the model's input, so their maps and scores "
         "are not like the training images'"], out.stderr
+    import csv
+
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["path"].rsplit("/", 1)[-1]: r["other_shape"] for r in rows} == {
+        "0.png": "1", "1.png": "1", tall_image.name: "0"}
 
 
 def test_benchmark_floor_reads_the_images_as_the_fit_does(tall_root, monkeypatch):

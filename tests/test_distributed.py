@@ -126,7 +126,7 @@ def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, syntheti
     Image.open(square).resize((96, 48)).save(wide)
     with pytest.warns(UserWarning, match=r"1 of 2 images have another shape .*H / W 0\.50 against 1\.00"):
         out = predict(model, [str(square), str(wide)], tmp_path / "ray_wide", actors=1)
-    assert out["n_images"] == 2
+    assert [r["other_shape"] for r in out["predictions"]] == [False, True]   # per image, too
 
 
 @pytest.mark.parametrize("n,batch,actors,want", [(2895, 16, 1, 64), (2895, 16, 2, 64), (2895, 48, 1, 96),

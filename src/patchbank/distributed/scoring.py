@@ -6,7 +6,7 @@ The pipeline (:func:`predict`):
    model file once; the file's bytes go to Ray's object store, so workers need no shared copy of
    the model (they do need to read the images at the paths given);
 2. Ray tasks (:func:`decode_batch`, see :data:`DECODE_CPUS`) read, resize and centre-crop each
-   image with the local path's own preprocessing (:func:`patchbank.io.images.prepare_view`), so
+   image with the local path's own preprocessing (:func:`patchbank.io.images.read_view`), so
    only the model-sized views travel to the actors;
 3. a pool of ``actors`` :class:`ScoringActor` s (one model load each, ``threads`` torch threads,
    one GPU each with ``device="cuda"``) calls the model's own ``predict_views`` on each batch of
@@ -53,12 +53,15 @@ def decode_tasks(actors: int, threads: int, device: str) -> int:
 
 
 def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
-    """Ray Data UDF: add column ``image`` for column ``path``: each image read, resized and
-    centre-cropped to the model's input (:func:`patchbank.io.images.prepare_view`, the local
-    path's own preprocessing; uint8 HxWx3 at ``config.input_size``)."""
-    from patchbank.io.images import prepare_view
+    """Ray Data UDF: add columns ``image``, ``height`` and ``width`` for column ``path``: each
+    image read, resized and centre-cropped to the model's input
+    (:func:`patchbank.io.images.read_view`, the local path's own preprocessing; uint8 HxWx3 at
+    ``config.input_size``), and the original image's size."""
+    from patchbank.io.images import read_view
 
-    return {**batch, "image": [prepare_view(str(p), config) for p in batch["path"]]}
+    views = [read_view(str(p), config) for p in batch["path"]]
+    return {**batch, "image": [v for v, _ in views], "height": [w.original[0] for _, w in views],
+            "width": [w.original[1] for _, w in views]}
 
 
 def load_model_bytes(data: bytes, device: str, weights: str | None = None) -> Any:
@@ -106,6 +109,7 @@ class ScoringActor:
         return self.model.detectors_[prediction.category] if self.multi else self.model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from patchbank.io.aspect import other_shapes
         from patchbank.io.output_files import commit_file
         from patchbank.io.prediction_files import overlay_writer, prediction_record
 
@@ -114,12 +118,13 @@ class ScoringActor:
         preds = self.model.predict_views(images, batch_size=len(images), **kwargs)
         heat = list(batch["heatmap"]) if self.heatmaps else [None] * len(images)
         records = []
-        for path, pred, target in zip(batch["path"], preds, heat):
+        for path, pred, target, h, w in zip(batch["path"], preds, heat, batch["height"], batch["width"]):
             det = self._detector(pred)
             if target is not None:
                 lo, hi = det.heatmap_range()
                 commit_file(target, overlay_writer(path, pred.anomaly_map, det.config, lo, hi))
             records.append(prediction_record(path, pred, det.threshold_,
+                                             other_shape=bool(other_shapes([(int(h), int(w))], det.aspect_)),
                                              routed=(self.category is None) if self.multi else None,
                                              heatmap=target))
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}

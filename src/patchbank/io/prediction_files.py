@@ -12,7 +12,9 @@ The local ``patchbank predict`` (:mod:`patchbank.cli.predictions`) and the Ray e
 the same columns with the same formatting.
 
 Record keys (``predictions.json`` / Parquet columns): ``path``, ``score``, ``normalized_score``,
-``is_anomalous``, ``threshold`` (on the normalised score); a multi-category model adds
+``is_anomalous``, ``threshold`` (on the normalised score), ``other_shape`` (the image's H / W
+differs from the one the training images shared: it was stretched to the model's input, and its
+score is not like theirs; false when they shared none); a multi-category model adds
 ``category`` and ``routed``; a run with heatmaps adds ``heatmap``.  The CSV orders them
 :func:`csv_fields` and formats floats with 6 significant digits and booleans as 0 / 1.
 """
@@ -93,13 +95,16 @@ def heatmap_names(paths: list[Path]) -> list[str]:
     return out
 
 
-def prediction_record(path: Any, prediction: Any, threshold: float, *, routed: bool | None = None,
-                      heatmap: Any = None) -> dict[str, Any]:
-    """One record of a prediction (see the module docstring); ``routed`` is given for a
-    multi-category model (None: single-category), ``heatmap`` for a run with heatmaps."""
+def prediction_record(path: Any, prediction: Any, threshold: float, *, other_shape: bool,
+                      routed: bool | None = None, heatmap: Any = None) -> dict[str, Any]:
+    """One record of a prediction (see the module docstring); ``other_shape``: the image's H / W
+    differs from the one the training images shared (:func:`patchbank.io.aspect.other_shapes`);
+    ``routed`` is given for a multi-category model (None: single-category), ``heatmap`` for a
+    run with heatmaps."""
     rec = {"path": str(path), "score": float(prediction.score),
            "normalized_score": float(prediction.normalized_score),
-           "is_anomalous": bool(prediction.is_anomalous), "threshold": float(threshold)}
+           "is_anomalous": bool(prediction.is_anomalous), "threshold": float(threshold),
+           "other_shape": bool(other_shape)}
     if routed is not None:
         rec["category"] = prediction.category
         rec["routed"] = bool(routed)
@@ -111,13 +116,15 @@ def prediction_record(path: Any, prediction: Any, threshold: float, *, routed: b
 def csv_fields(multi: bool, heatmaps: bool) -> list[str]:
     """The CSV's columns, in order."""
     return (["path"] + (["category", "routed"] if multi else [])
-            + ["score", "normalized_score", "is_anomalous", "threshold"] + (["heatmap"] if heatmaps else []))
+            + ["score", "normalized_score", "is_anomalous", "threshold", "other_shape"]
+            + (["heatmap"] if heatmaps else []))
 
 
 def csv_row(rec: dict[str, Any]) -> dict[str, Any]:
     """A record's CSV cells: floats with 6 significant digits, booleans as 0 / 1."""
     return {**rec, "score": f"{rec['score']:.6g}", "normalized_score": f"{rec['normalized_score']:.6g}",
             "threshold": f"{rec['threshold']:.6g}", "is_anomalous": int(rec["is_anomalous"]),
+            "other_shape": int(rec["other_shape"]),
             **({"routed": int(rec["routed"])} if "routed" in rec else {})}
 
 
