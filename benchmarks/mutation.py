@@ -1,7 +1,7 @@
-"""Mutation testing of the scoring, anomaly-map, calibration, metrics, detector and inference
-modules: a small AST-based runner (see docs/testing.md for the results and why not mutmut).
+"""Mutation testing of the scoring, anomaly-map, calibration, metrics, detector, inference and
+aspect modules: a small AST-based runner (see docs/testing.md for the results and why not mutmut).
 
-    nice -n 5 python benchmarks/mutation.py run                 # all six modules, 2 workers
+    nice -n 5 python benchmarks/mutation.py run                 # every module, 2 workers
     nice -n 5 python benchmarks/mutation.py run --module scoring --workers 1
     python benchmarks/mutation.py report                        # counts + survivors (markdown)
     python benchmarks/mutation.py list --module scoring         # the mutants, without running them
@@ -59,6 +59,7 @@ MODULES = {
     "metrics": "patchbank.evaluation.metrics",
     "detector": "patchbank.detector",
     "inference": "patchbank.pipeline.inference",
+    "aspect": "patchbank.io.aspect",
 }
 
 # Fast test files that exercise the six modules (test_threads.py is left out: it runs
@@ -68,7 +69,7 @@ TEST_FILES = [
     "tests/test_detector.py", "tests/test_struct_detector.py", "tests/test_legacy_models.py",
     "tests/test_evaluation_parts.py", "tests/test_evaluate.py", "tests/test_bad_fit_inputs.py",
     "tests/test_search_perf.py", "tests/test_structure.py", "tests/test_false_positive_rate.py",
-    "tests/test_multi.py",
+    "tests/test_multi.py", "tests/test_aspect.py",
 ]
 TEST_GLOBS = ["tests/test_mutation_kills_*.py"]
 # --assert=plain and the disabled plugins only save start-up time (assertion rewriting, the
