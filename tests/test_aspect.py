@@ -295,3 +295,27 @@ def test_aspect_range_by_hand_and_the_fit_line_for_mixed_shapes(tmp_path):
     # (0.5), the 90th at 0.1 of the last (3.0)
     assert ("input: resize 96x96, no crop (H x W); aspect auto: the training images' shapes differ "
             "(H / W 0.50-3.00 for the middle 80%), kept as configured") in r.stdout, r.stdout
+
+
+def test_tolerance_edges_and_non_square_inputs(monkeypatch):
+    import patchbank.io.aspect as aspect_module
+    from patchbank.io.aspect import other_shapes
+
+    # exactly at the tolerance counts as the same shape (0.5: exact in binary; 3 / 2 - 1 = 0.5)
+    assert shared_aspect([(200, 100), (200, 100), (300, 100)], share=1.0, tolerance=0.5) == 2.0
+    assert other_shapes([(300, 100), (301, 100)], 2.0, tolerance=0.5) == [1]
+    # a configured crop that is not square: 224 x 288, reshaped to H / W 2 at 224 * 288 pixels:
+    # sqrt(64512 * 2) = 359.2 -> 352, sqrt(64512 / 2) = 179.6 -> 192 (multiples of 32); the
+    # resize keeps 256 / 224 and 320 / 288: 352 * 256 / 224 = 402.3 -> 402, 192 * 320 / 288 = 213.3
+    cfg = Config.preset("patchbank", image_size=(256, 320), crop_size=(224, 288))
+    out = reshaped(cfg, 2.0, 32)
+    assert out.crop_size == (352, 192) and out.image_size == (402, 213)
+    # within 10% of the configured input's own ratio: kept, even where step 1 would reshape it
+    wide = Config.preset("patchbank", image_size=(100, 200), crop_size=None)     # H / W 0.5
+    assert input_config(wide, [np.zeros((52, 100, 3), np.uint8)], 1) == (wide, pytest.approx(0.52))
+    square = Config.preset("patchbank")
+    assert input_config(square, [np.zeros((108, 100, 3), np.uint8)], 1)[0] == square
+    # 1.2 is not: sqrt(82944 * 1.2) = 315.5 -> 315, sqrt(82944 / 1.2) = 262.9 -> 263
+    assert input_config(square, [np.zeros((120, 100, 3), np.uint8)], 1)[0].crop_size == (315, 263)
+    monkeypatch.setattr(aspect_module, "TOLERANCE", 0.5)       # exactly at it: still kept
+    assert input_config(square, [np.zeros((150, 100, 3), np.uint8)], 1)[0] == square
