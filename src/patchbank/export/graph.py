@@ -38,19 +38,11 @@ BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 CHUNK_BYTES = 16 * 2**20   # distances per image per bank block (the block is B x this)
 
 
-class BankSearch(nn.Module):
-    """The bank as a buffer (an initializer of the exported graph) behind the Search protocol's
-    ``search`` / ``rows`` / ``shape`` / ``len``: exact k-NN by :func:`nearest_rows`.
-
-    ``bank`` [m, d] float32 is stored in ``dtype``; the squared norms are those of the stored
-    rows read back as float32 (the torch search's own, for a model saved with that dtype)."""
-
-    def __init__(self, bank: torch.Tensor, dtype: torch.dtype, bank_chunk: int):
-        super().__init__()
-        stored = bank.detach().to(dtype).clone()
-        self.register_buffer("bank", stored)
-        self.register_buffer("bank_sqnorm", sq_norms(stored.float()))
-        self.bank_chunk = int(bank_chunk)
+class _BankRows(nn.Module):
+    """The Search protocol's ``search`` / ``rows`` / ``shape`` / ``len`` over ``self.bank``
+    (stored values, read back as float32) with ``self.bank_sqnorm`` and ``self.bank_chunk``:
+    exact k-NN by :func:`nearest_rows`.  :class:`BankSearch` stores the rows;
+    :class:`BankColumns` reads the first columns of a :class:`BankSearch`'s rows."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,7 +61,21 @@ class BankSearch(nn.Module):
         return self.bank[ids].float()
 
 
-class BankColumns(nn.Module):
+class BankSearch(_BankRows):
+    """The bank as a buffer (an initializer of the exported graph), searched exactly.
+
+    ``bank`` [m, d] float32 is stored in ``dtype``; the squared norms are those of the stored
+    rows read back as float32 (the torch search's own, for a model saved with that dtype)."""
+
+    def __init__(self, bank: torch.Tensor, dtype: torch.dtype, bank_chunk: int):
+        super().__init__()
+        stored = bank.detach().to(dtype).clone()
+        self.register_buffer("bank", stored)
+        self.register_buffer("bank_sqnorm", sq_norms(stored.float()))
+        self.bank_chunk = int(bank_chunk)
+
+
+class BankColumns(_BankRows):
     """The first ``n`` columns of a :class:`BankSearch`'s rows (the map's search with context
     taps), searched like it: the graph slices the stored bank instead of holding a second copy
     of those columns; only their squared norms (of the stored values read back as float32, as
@@ -86,22 +92,6 @@ class BankColumns(nn.Module):
     def bank(self) -> torch.Tensor:
         """The stored columns (a slice of the whole bank)."""
         return self.whole.bank[:, :self.n]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.bank.shape)
-
-    def __len__(self) -> int:
-        return int(self.whole.bank.shape[0])
-
-    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(squared distances [n, k] ascending, row ids [n, k]) of ``queries`` [n, self.n]."""
-        return nearest_rows(queries.float(), self.bank.float(), self.bank_sqnorm, min(k, len(self)),
-                            self.bank_chunk)
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Bank rows ``ids`` (these columns) as float32."""
-        return self.bank[ids].float()
 
 
 def bank_chunk_rows(n_patches: int, entries: int, chunk_bytes: int = CHUNK_BYTES) -> int:

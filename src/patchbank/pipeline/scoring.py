@@ -21,7 +21,6 @@ Calibration of the image score (normalisation, threshold) is :mod:`patchbank.pip
 from __future__ import annotations
 
 import copy
-
 import math
 from typing import Callable
 
