@@ -109,7 +109,7 @@ class ScoringActor:
         return self.model.detectors_[prediction.category] if self.multi else self.model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from patchbank.io.aspect import other_shapes
+        from patchbank.io.aspect import is_other_shape
         from patchbank.io.output_files import commit_file
         from patchbank.io.prediction_files import overlay_writer, prediction_record
 
@@ -124,7 +124,7 @@ class ScoringActor:
                 lo, hi = det.heatmap_range()
                 commit_file(target, overlay_writer(path, pred.anomaly_map, det.config, lo, hi))
             records.append(prediction_record(path, pred, det.threshold_,
-                                             other_shape=bool(other_shapes([(int(h), int(w))], det.aspect_)),
+                                             other_shape=is_other_shape((int(h), int(w)), det.aspect_),
                                              routed=(self.category is None) if self.multi else None,
                                              heatmap=target))
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}

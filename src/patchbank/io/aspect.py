@@ -101,9 +101,16 @@ def other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None,
     """Indices of ``sizes`` (H, W) whose H / W lies more than ``tolerance`` (relative) from the
     training images' shared ``aspect`` (none when that is None): images a fitted model squashes
     into a shape its training images did not have."""
+    return [i for i, size in enumerate(sizes) if is_other_shape(size, aspect, tolerance)]
+
+
+def is_other_shape(size: tuple[int, int], aspect: float | None, tolerance: float = TOLERANCE) -> bool:
+    """Whether one image of ``size`` (H, W) is of another shape than the training images' shared
+    ``aspect`` (:func:`other_shapes`; never when that is None)."""
     if aspect is None:
-        return []
-    return [i for i, (h, w) in enumerate(sizes) if abs((h / w) / aspect - 1.0) > tolerance]
+        return False
+    h, w = size
+    return abs((h / w) / aspect - 1.0) > tolerance
 
 
 def warn_other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None) -> None:

@@ -98,7 +98,7 @@ def heatmap_names(paths: list[Path]) -> list[str]:
 def prediction_record(path: Any, prediction: Any, threshold: float, *, other_shape: bool,
                       routed: bool | None = None, heatmap: Any = None) -> dict[str, Any]:
     """One record of a prediction (see the module docstring); ``other_shape``: the image's H / W
-    differs from the one the training images shared (:func:`patchbank.io.aspect.other_shapes`);
+    differs from the one the training images shared (:func:`patchbank.io.aspect.is_other_shape`);
     ``routed`` is given for a multi-category model (None: single-category), ``heatmap`` for a
     run with heatmaps."""
     rec = {"path": str(path), "score": float(prediction.score),
