@@ -71,6 +71,20 @@ def assert_runtime_matches_torch(det, folder, runtime, items):
         assert float(np.abs(a.anomaly_map - b.anomaly_map).max()) <= 1e-3 * span
 
 
+def cuda_copy_predicts_alike(det, items, path):
+    """``det`` saved to ``path`` and loaded on cuda predicts ``items`` as ``det`` does on the CPU:
+    image scores within 1e-3 relative (1e-5 absolute), maps within 1e-3 relative (1e-4
+    absolute).  Returns the cuda detector."""
+    from patchbank.detector import Detector
+
+    det.save(path)
+    gpu = Detector.load(path, device="cuda", progress=False)
+    for a, b in zip(gpu.predict(items), det.predict(items)):
+        assert a.score == pytest.approx(b.score, rel=1e-3, abs=1e-5)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4)
+    return gpu
+
+
 def stripes_images(folder, n, seed, size=96, period=8):
     """A second synthetic 'product': ``n`` PNGs of tilted stripes with noise (a texture unlike
     the synthetic part) written to ``folder``; returns their paths."""
