@@ -168,13 +168,13 @@ def test_predict_views_equals_predict_on_the_same_images(fitted, synthetic_root)
     """Views prepared elsewhere (a distributed engine's decoding tasks) score exactly as the
     images themselves; anything that is not a prepared view is refused in one line."""
     from patchbank.errors import PatchbankError
-    from patchbank.io.images import prepare_view
+    from patchbank.io.images import prepare_input
 
     images = sorted((synthetic_root / "test" / "spot").glob("*.png"))[:3]
     want = fitted.predict(images, batch_size=2)
-    got = fitted.predict_views([prepare_view(p, fitted.config) for p in images], names=images, batch_size=2)
+    got = fitted.predict_views([prepare_input(p, fitted.config) for p in images], names=images, batch_size=2)
     assert [(p.score, p.normalized_score, p.is_anomalous) for p in got] == \
         [(p.score, p.normalized_score, p.is_anomalous) for p in want]
     assert [p.path for p in got] == images
-    with pytest.raises(PatchbankError, match="view #0: expected a prepared view"):
+    with pytest.raises(PatchbankError, match="view #0: expected a prepared input"):
         fitted.predict_views([np.zeros((10, 10, 3), np.uint8)])

@@ -23,7 +23,7 @@ from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.io.heatmap import heatmap_rgba, overlay, png_bytes
 from patchbank.io.image_coords import inspected, region_mask, region_polygons, to_original, view_window
-from patchbank.io.images import prepare_view
+from patchbank.io.images import prepare_input, prepare_view
 
 
 def _cfg(image_size, crop_size=None, keep_aspect=False):
@@ -272,5 +272,5 @@ def test_api_predictions_carry_their_map_on_the_original_image(synthetic_root, t
         {"a": synthetic_root / "train" / "good"})
     (m,) = multi.predict([wide])
     assert m.image_size == (192, 288) and m.image_map.shape == (192, 288)
-    (v,) = det.predict_views([prepare_view(src, det.config)])
+    (v,) = det.predict_views([prepare_input(src, det.config)])
     assert v.window is None and v.image_map is None and v.image_size is None

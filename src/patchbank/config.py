@@ -46,6 +46,7 @@ from patchbank.errors import ConfigError, PatchbankError
 FUSIONS = ("equal", "vg", "l2")
 PATCH_BORDERS = ("valid", "zero")
 ASPECTS = ("fixed", "auto")
+CROP_ATS = ("image", "features")
 AUTO_ASPECT_FIELDS = ("image_size", "crop_size")
 """The fields a fit resolves under ``aspect="auto"`` (patchbank.io.aspect): a fitted model's values
 of them are the resolved ones, so preset comparisons leave them out."""
@@ -300,6 +301,11 @@ class Config:
                            "same pixel count, when they share one; see patchbank.io.aspect). Sizes "
                            "given by hand keep their shape only with fixed.",
                            choices=ASPECTS)
+    crop_at: str = _setting("image", "Where the centre crop is cut: image (the backbone reads the crop) or "
+                            "features (the backbone reads the whole resize and its feature maps are "
+                            "cut to the crop's cells, so the crop's edge is seen with its real "
+                            "surroundings; the margins must be whole cells of the finest tap).",
+                            choices=CROP_ATS)
     # --- patch features and fusion --------------------------------------------------------
     patch_size: int = _setting(3, "p x p local average aggregation (PatchCore).", interval=_PATCH)
     patch_border: str = _setting("valid", "Border of the p x p average: valid (only existing neighbours) "
@@ -442,8 +448,14 @@ class Config:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """(H, W) of the tensor the backbone sees: the crop if any, else the resize."""
+        """(H, W) of the inspected view, the anomaly map's size: the crop if any, else the resize."""
         return self.crop_size or self.image_size
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """(H, W) of the tensor the backbone reads: :attr:`input_size`, or the whole resize when
+        the crop is cut from the feature maps (``crop_at="features"``)."""
+        return self.image_size if self.crop_at == "features" else self.input_size
 
     @property
     def base_pooling(self) -> str:

@@ -40,7 +40,7 @@ from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
 from patchbank.pipeline.calibration import (calibrate, calibration_from_state, calibration_images,
                                             check_training_images)
 from patchbank.pipeline.embedding import Embedding
-from patchbank.pipeline.features import FeatureExtractor
+from patchbank.pipeline.features import FeatureExtractor, feature_crop
 from patchbank.pipeline.fusion import VGFusion
 from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Prediction, check_batch_size,
                                           predict_batches, set_windows)
@@ -95,21 +95,27 @@ class Detector:
     @property
     def backbone(self) -> Backbone:
         """The frozen backbone (loaded on first use, or the one given to the constructor)."""
-        return self.extractor.backbone
+        if self._shared_backbone is None:
+            cfg = self.config
+            self._shared_backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device,
+                                                    cfg.context_taps)
+        return self._shared_backbone
 
     @property
     def extractor(self) -> FeatureExtractor:
         """Images -> per-layer patch rows (checked against the fitted weights' sha256)."""
         if self._extractor is None:
-            cfg = self.config
-            bb = self._shared_backbone
-            if bb is None:
-                bb = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device, cfg.context_taps)
-            extractor = FeatureExtractor(bb, cfg.patch_size, self.device, cfg.patch_border)
+            extractor = self._new_extractor(self.config)
             if hasattr(self, "backbone_sha256_"):      # fitted or loaded: the backbone must fit
                 self._check_backbone(extractor)
             self._extractor = extractor
         return self._extractor
+
+    def _new_extractor(self, cfg: Config) -> FeatureExtractor:
+        """The backbone with ``cfg``'s aggregation and crop (a fit passes the shape it resolved)."""
+        bb = self.backbone
+        return FeatureExtractor(bb, cfg.patch_size, self.device, cfg.patch_border,
+                                feature_crop(cfg, bb.strides[0]))
 
     def _check_backbone(self, extractor: FeatureExtractor) -> None:
         """The backbone about to run must be the one the model was fit with: same weights
@@ -124,7 +130,7 @@ class Detector:
         if self.scorer_.context is not None:
             check_map_columns(map_columns(bb, emb, self.config), self.scorer_.search.shape[1], where)
         with torch.inference_mode():
-            _, grid = extractor(torch.zeros(1, 3, *self.config.input_size))
+            _, grid = extractor(torch.zeros(1, 3, *self.config.network_size))
         check_patch_grid(self.grid_, grid, where)
 
     def stream(self, items: list, batch_size: int | None = None, config: Config | None = None) -> ImageStream:
@@ -151,12 +157,14 @@ class Detector:
         items = as_items(images)
         # aspect "auto": the input shape of these images (patchbank.io.aspect), resolved once;
         # it becomes self.config together with the fitted state below
-        cfg, aspect = input_config(self.requested_config, items, max(self.backbone.strides))
+        strides = self.backbone.strides
+        cfg, aspect = input_config(self.requested_config, items, max(strides), strides[0])
+        extractor = self._new_extractor(cfg)
         check_training_images(len(items), cfg)     # refuses too few images, warns on few
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)
         embedding = Embedding.from_config(cfg)
-        feats = stream_features(self.stream(items, config=cfg), len(items), self.extractor, sampler,
+        feats = stream_features(self.stream(items, config=cfg), len(items), extractor, sampler,
                                 partial(calibration_images, len(items), config=cfg),
                                 embedding.needs_moments, routing_sample, cfg.seed, self.progress)
         clock.lap("features")
@@ -170,7 +178,7 @@ class Detector:
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
-        self.config, self.aspect_ = cfg, aspect
+        self.config, self.aspect_, self._extractor = cfg, aspect, extractor
         self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
         if routing_sample > 0:
             self.routing_sample_ = feats.routing_rows
@@ -213,10 +221,10 @@ class Detector:
     def predict_views(self, views: list, names: list | None = None,
                       batch_size: int | None = None) -> list[Prediction]:
         """:meth:`predict` for images already read, resized and cropped by
-        :func:`patchbank.io.images.prepare_view` elsewhere (e.g. in a distributed engine's
+        :func:`patchbank.io.images.prepare_input` elsewhere (e.g. in a distributed engine's
         decoding tasks): the same normalisation and inference path, so the same results."""
         check_batch_size(batch_size)
-        views = check_views(views, self.config.input_size)
+        views = check_views(views, self.config.network_size)
         names = list(names) if names is not None else [None] * len(views)
         bb = self.backbone
         return self._predict_batches(view_batches(views, names, bb.mean, bb.std,

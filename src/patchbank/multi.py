@@ -140,11 +140,11 @@ class MultiDetector:
     def predict_views(self, views: list, names: list | None = None, category: str | None = None,
                       batch_size: int | None = None) -> list[Prediction]:
         """:meth:`predict` for images already read, resized and cropped by
-        :func:`patchbank.io.images.prepare_view` (see :meth:`Detector.predict_views`)."""
+        :func:`patchbank.io.images.prepare_input` (see :meth:`Detector.predict_views`)."""
         self._check_fitted()
         check_batch_size(batch_size)
         category = self._resolve(category)
-        views = check_views(views, self.config.input_size)
+        views = check_views(views, self.config.network_size)
         names = list(names) if names is not None else [None] * len(views)
         bb = self.detectors_[self.router_.names_[0]].backbone
         return self._predict_batches(view_batches(views, names, bb.mean, bb.std,

@@ -6,7 +6,7 @@ The pipeline (:func:`predict`):
    model file once; the file's bytes go to Ray's object store, so workers need no shared copy of
    the model (they do need to read the images at the paths given);
 2. Ray tasks (:func:`decode_batch`, see :data:`DECODE_CPUS`) read, resize and centre-crop each
-   image with the local path's own preprocessing (:func:`patchbank.io.images.read_view`), so
+   image with the local path's own preprocessing (:func:`patchbank.io.images.read_input`), so
    only the model-sized views travel to the actors;
 3. a pool of ``actors`` :class:`ScoringActor` s (one model load each, ``threads`` torch threads,
    one GPU each with ``device="cuda"``) calls the model's own ``predict_views`` on each batch of
@@ -55,11 +55,11 @@ def decode_tasks(actors: int, threads: int, device: str) -> int:
 def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
     """Ray Data UDF: add columns ``image``, ``height`` and ``width`` for column ``path``: each
     image read, resized and centre-cropped to the model's input
-    (:func:`patchbank.io.images.read_view`, the local path's own preprocessing; uint8 HxWx3 at
-    ``config.input_size``), and the original image's size."""
-    from patchbank.io.images import read_view
+    (:func:`patchbank.io.images.read_input`, the local path's own preprocessing; uint8 HxWx3 at
+    ``config.network_size``), and the original image's size."""
+    from patchbank.io.images import read_input
 
-    views = [read_view(str(p), config) for p in batch["path"]]
+    views = [read_input(str(p), config) for p in batch["path"]]
     return {**batch, "image": [v for v, _ in views], "height": [w.original[0] for _, w in views],
             "width": [w.original[1] for _, w in views]}
 

@@ -83,7 +83,7 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
     folder = Path(folder)
     check_target(folder, formats, overwrite)
     graph = ExportGraph(det, bank_dtype, chunk_bytes)
-    program = export_program(graph, torch.zeros(2, 3, *det.config.input_size))
+    program = export_program(graph, torch.zeros(2, 3, *det.config.network_size))
     make_folder(folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
         tmp = Path(tmp)

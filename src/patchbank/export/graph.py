@@ -141,7 +141,7 @@ class ExportGraph(nn.Module):
             self.register_buffer("map_h", a_h.clone())
             self.register_buffer("map_w", a_w.clone())
         self.bank_dtype = bank_dtype
-        self.input_size = tuple(cfg.input_size)
+        self.input_size = tuple(cfg.network_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The outputs of :data:`OUTPUTS` for the normalised batch ``x``."""

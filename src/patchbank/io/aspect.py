@@ -13,7 +13,8 @@ the configured resize and crop to that ratio at the same pixel count:
 * **reshaped**: otherwise the crop (or, without one, the resize) becomes
   ``(sqrt(A a), sqrt(A / a))`` for its pixel count A, each side rounded to a multiple of the
   backbone's largest stride (at least one stride), and the resize keeps the configured crop
-  fraction of each side.
+  fraction of each side.  With ``crop_at="features"`` each margin (half of resize minus crop) is
+  rounded to whole cells of the finest tap, so the crop can be cut from the feature maps.
 
 The fitted detector's ``config`` holds the resolved sizes (how it reads images from then on) and
 still says ``aspect="auto"`` (what was asked); the measured ratio is the detector's ``aspect_``.
@@ -70,30 +71,41 @@ def _round_to(x: float, step: int) -> int:
     return max(step, int(round(x / step)) * step)
 
 
-def reshaped(config, aspect: float, step: int):
+def _resized_side(crop: int, configured: tuple[int, int], cell: int, features: bool) -> int:
+    """The resize of one side whose crop is ``crop``, keeping the configured (resize, crop)
+    fraction; with ``features`` (``crop_at="features"``) each margin in whole ``cell``s."""
+    resize, was = configured
+    if not features:
+        return max(crop, int(round(crop * resize / was)))
+    return crop + 2 * cell * max(0, int(round((crop * resize / was - crop) / (2 * cell))))
+
+
+def reshaped(config, aspect: float, step: int, cell: int = 1):
     """``config`` with its resize and crop reshaped to H / W = ``aspect`` at the same pixel count
-    (see the module docstring); sides are multiples of ``step``."""
+    (see the module docstring); sides are multiples of ``step``, and with ``crop_at="features"``
+    the crop's margins multiples of ``cell`` (the finest tap's stride)."""
     (rh, rw), crop = config.image_size, config.crop_size
     base = crop or (rh, rw)
     area = base[0] * base[1]
     h, w = _round_to(math.sqrt(area * aspect), step), _round_to(math.sqrt(area / aspect), step)
     if crop is None:
         return config.replace(image_size=(h, w))
-    resize = (max(h, int(round(h * rh / crop[0]))), max(w, int(round(w * rw / crop[1]))))
+    features = config.crop_at == "features"
+    resize = (_resized_side(h, (rh, crop[0]), cell, features), _resized_side(w, (rw, crop[1]), cell, features))
     return config.replace(image_size=resize, crop_size=(h, w))
 
 
-def input_config(config, items: Sequence[Any], step: int) -> tuple[Any, float | None]:
+def input_config(config, items: Sequence[Any], step: int, cell: int = 1) -> tuple[Any, float | None]:
     """(the configuration a fit on ``items`` reads them with, the images' shared H / W or None):
     ``config`` itself unless its ``aspect`` is "auto" and the images share a ratio, then
-    :func:`reshaped` to it (``step``: the backbone's largest stride)."""
+    :func:`reshaped` to it (``step``: the backbone's largest stride; ``cell``: its finest)."""
     if config.aspect != "auto":
         return config, None
     aspect = shared_aspect([image_hw(item) for item in items])
     h, w = config.input_size
     if aspect is None or abs(aspect / (h / w) - 1.0) <= TOLERANCE:   # nothing to reshape
         return config, aspect
-    return reshaped(config, aspect, step), aspect
+    return reshaped(config, aspect, step, cell), aspect
 
 
 def other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None,

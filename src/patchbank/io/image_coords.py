@@ -27,7 +27,7 @@ import numpy as np
 
 from patchbank.errors import PatchbankError
 
-__all__ = ["Window", "view_window", "to_original", "inspected", "region_mask", "region_polygons"]
+__all__ = ["Window", "view_window", "network_window", "crop_offset", "to_original", "inspected", "region_mask", "region_polygons"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,27 @@ def view_window(original_hw: tuple[int, int], config) -> Window:
     if config.crop_size is not None:
         top, left = top + _centre_offset(h, ch), left + _centre_offset(w, cw)
     return Window((oh, ow), (rh, rw), (top, left), (ch, cw))
+
+
+def crop_offset(config) -> tuple[int, int]:
+    """(top, left) of the view inside the tensor the backbone reads: (0, 0), or with
+    ``crop_at="features"`` the centre crop's offset in the resize (the backbone reads the whole
+    resize, :attr:`Config.network_size <patchbank.config.Config.network_size>`)."""
+    if config.crop_at != "features" or config.crop_size is None:
+        return 0, 0
+    (h, w), (ch, cw) = config.image_size, config.crop_size
+    return _centre_offset(h, ch), _centre_offset(w, cw)
+
+
+def network_window(original_hw: tuple[int, int], config) -> Window:
+    """Where the tensor the backbone reads lies in an ``original_hw`` image: :func:`view_window`,
+    widened to the whole resize with ``crop_at="features"``."""
+    win = view_window(original_hw, config)
+    top, left = crop_offset(config)
+    if (top, left) == (0, 0) and tuple(config.network_size) == tuple(win.size):
+        return win
+    return Window(win.original, win.resized, (win.offset[0] - top, win.offset[1] - left),
+                  tuple(config.network_size))
 
 
 def _interp_axis(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:

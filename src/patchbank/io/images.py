@@ -2,7 +2,10 @@
 
 Preprocessing follows the PatchCore / LMF-Core protocol: resize to ``config.image_size`` (bilinear,
 antialiased), centre-crop to ``config.crop_size``, scale to [0, 1], normalise with the backbone's
-mean and std.  Decoding runs in a small thread pool one batch ahead of the consumer (PIL releases
+mean and std.  With ``crop_at="features"`` the backbone reads the whole resize
+(:func:`prepare_input`) and the crop is cut from its feature maps
+(:class:`patchbank.pipeline.features.FeatureCrop`); the map still lies on the crop
+(:func:`prepare_view`).  Decoding runs in a small thread pool one batch ahead of the consumer (PIL releases
 the GIL while decoding and resizing).
 
 What is read, and how (every input becomes 8-bit RGB before resizing)
@@ -51,7 +54,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from patchbank.errors import PatchbankError
-from patchbank.io.image_coords import Window, view_window
+from patchbank.io.image_coords import Window, network_window, view_window
 
 if TYPE_CHECKING:   # torch is imported where tensors are made: decoding alone (a Ray decoding
     import torch    # task) does not pay for importing it
@@ -361,13 +364,15 @@ def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Imag
         return _to_rgb(im, f"image {item}")
 
 
-def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray:
+def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR, network: bool = False) -> np.ndarray:
     """Resize to ``config.image_size`` (H, W) (stretching, or with ``config.keep_aspect`` scaling
     by ``max(H / height, W / width)`` to cover it and centre-cropping the excess, like
     torchvision's Resize(int) + CenterCrop), then centre-crop to ``config.crop_size`` if set.
     The sizes and offsets are :func:`patchbank.io.image_coords.view_window`'s, the one
-    statement of where the view lies that maps are mapped back with."""
-    win = view_window((im.height, im.width), config)
+    statement of where the view lies that maps are mapped back with.  ``network``: the tensor
+    the backbone reads instead (:func:`~patchbank.io.image_coords.network_window`: the whole
+    resize with ``crop_at="features"``, else the view)."""
+    win = (network_window if network else view_window)((im.height, im.width), config)
     target = (win.resized[1], win.resized[0])
     if im.size != target:
         im = im.resize(target, resample)
@@ -377,16 +382,26 @@ def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR) -> np.ndarray
 
 
 def prepare_view(item: Any, config) -> np.ndarray:
-    """The resized and centre-cropped RGB view (uint8, HxWx3) that an anomaly map aligns with."""
-    return read_view(item, config)[0]
+    """The resized and centre-cropped RGB view (uint8, HxWx3, ``config.input_size``) that an
+    anomaly map aligns with: what an overlay of the map as predicted is drawn on."""
+    im = open_rgb(item, config.image_size)
+    return _resize_crop(im, config)
 
 
-def read_view(item: Any, config) -> tuple[np.ndarray, Window]:
-    """(:func:`prepare_view`'s view, where it lies in the original image: the window of the
-    image's full size, also when a JPEG was decoded at a reduced scale)."""
+def prepare_input(item: Any, config) -> np.ndarray:
+    """The RGB image the backbone reads (uint8, HxWx3, ``config.network_size``): the view of
+    :func:`prepare_view`, or with ``crop_at="features"`` the whole resize around it; what
+    ``Detector.predict_views`` takes."""
+    return read_input(item, config)[0]
+
+
+def read_input(item: Any, config) -> tuple[np.ndarray, Window]:
+    """(:func:`prepare_input`'s image, where the view -- the anomaly map -- lies in the original
+    image: the window of the image's full size, also when a JPEG was decoded at a reduced
+    scale)."""
     im = open_rgb(item, config.image_size)
     w, h = im.info.get(FULL_SIZE, im.size)
-    return _resize_crop(im, config), view_window((int(h), int(w)), config)
+    return _resize_crop(im, config, network=True), view_window((int(h), int(w)), config)
 
 
 def crop_mask(mask: np.ndarray, config) -> np.ndarray:
@@ -405,15 +420,15 @@ def to_tensor(batch: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[
     return x.sub_(m).div_(s)
 
 
-def check_views(views: Sequence[Any], input_size: tuple[int, int]) -> list[np.ndarray]:
-    """``views`` as a list of prepared views (:func:`prepare_view`'s uint8 HxWx3 arrays of
-    ``input_size``); a one-line PatchbankError naming the first that is not one."""
+def check_views(views: Sequence[Any], network_size: tuple[int, int]) -> list[np.ndarray]:
+    """``views`` as a list of prepared inputs (:func:`prepare_input`'s uint8 HxWx3 arrays of
+    ``network_size``); a one-line PatchbankError naming the first that is not one."""
     out = []
     for i, v in enumerate(views):
         arr = np.asarray(v)
-        if arr.dtype != np.uint8 or arr.shape != (*tuple(input_size), 3):
-            raise PatchbankError(f"view #{i}: expected a prepared view, uint8 of shape "
-                                 f"{(*tuple(input_size), 3)} (patchbank.io.images.prepare_view), got "
+        if arr.dtype != np.uint8 or arr.shape != (*tuple(network_size), 3):
+            raise PatchbankError(f"view #{i}: expected a prepared input, uint8 of shape "
+                                 f"{(*tuple(network_size), 3)} (patchbank.io.images.prepare_input), got "
                                  f"{arr.dtype} {arr.shape}")
         out.append(arr)
     if not out:
@@ -452,7 +467,7 @@ class ImageStream:
         return (len(self.items) + self.batch_size - 1) // self.batch_size
 
     def _load(self, chunk: Sequence[Any], pool: ThreadPoolExecutor) -> tuple[torch.Tensor, list]:
-        views = list(pool.map(lambda it: read_view(it, self.config), chunk))
+        views = list(pool.map(lambda it: read_input(it, self.config), chunk))
         batch = to_tensor([v for v, _ in views], self.mean, self.std)
         return (batch.pin_memory() if self.pin else batch), [window for _, window in views]
 

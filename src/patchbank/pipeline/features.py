@@ -5,15 +5,20 @@ neighbourhood (stride 1), then deeper (coarser) maps are bilinearly resized to t
 (finest) map's grid so patch positions align.  ``border="valid"``: border positions average only
 the neighbours that exist (``count_include_pad=False``), so the image edge does not read as dark
 padding; ``border="zero"``: the zero padding counts (``AvgPool2d(p, 1, p // 2)``, as the official
-PatchCore code and anomalib do).
+PatchCore code and anomalib do).  With ``crop_at="features"`` the backbone reads the whole resize
+and the aligned maps are cut to the crop's cells afterwards (:class:`FeatureCrop`): the cells at
+the crop's edge are computed from the real pixels around them, not from padding.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from patchbank.errors import PatchbankError
+from patchbank.io.image_coords import crop_offset
 
 
 def aggregate(maps: list[torch.Tensor], patch_size: int, border: str = "valid") -> list[torch.Tensor]:
@@ -33,6 +38,50 @@ def aggregate(maps: list[torch.Tensor], patch_size: int, border: str = "valid") 
     return out
 
 
+@dataclass(frozen=True)
+class FeatureCrop:
+    """The crop's cells in the feature grid of the whole resize (``crop_at="features"``): rows
+    ``top .. top + height - 1``, columns ``left .. left + width - 1`` of the finest tap's grid,
+    for an input of ``network`` (H, W) pixels at ``stride`` pixels per cell."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    network: tuple[int, int]
+    stride: int
+
+    def cut(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The crop's cells of aggregated, aligned maps [B, C, h, w] on the whole resize's grid."""
+        h, w = maps[0].shape[-2:]
+        want = (self.network[0] // self.stride, self.network[1] // self.stride)
+        if (h, w) != want:
+            raise PatchbankError(f"the backbone's grid for a {self.network[0]} x {self.network[1]} "
+                                 f"input is {h} x {w}, not {want[0]} x {want[1]} cells of "
+                                 f"{self.stride} px: crop_at features cannot cut the crop from it")
+        return [m[..., self.top:self.top + self.height, self.left:self.left + self.width]
+                for m in maps]
+
+
+def feature_crop(config, stride: int) -> FeatureCrop | None:
+    """The :class:`FeatureCrop` of ``config`` for a backbone whose finest tap has ``stride``
+    pixels per cell; None unless ``config.crop_at`` is "features" and there is a crop.
+
+    Raises:
+        PatchbankError: (one line) the resize, the crop or the crop's offset is not a whole
+            number of cells.
+    """
+    if config.crop_at != "features" or config.crop_size is None:
+        return None
+    (h, w), (ch, cw) = config.image_size, config.crop_size
+    top, left = crop_offset(config)
+    if any(v % stride for v in (h, w, ch, cw, top, left)):
+        raise PatchbankError(f"crop_at features needs the resize, the crop and the crop's margins in "
+                             f"whole cells of {stride} px (the backbone's finest tap): resize {h}x{w}, "
+                             f"crop {ch}x{cw}, margins {top}, {left}; choose such sizes or crop_at image")
+    return FeatureCrop(top // stride, left // stride, ch // stride, cw // stride, (h, w), stride)
+
+
 def to_patches(maps: list[torch.Tensor]) -> list[torch.Tensor]:
     """[B, C, h, w] maps -> [B*h*w, C] rows, row order (image, y, x)."""
     return [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in maps]
@@ -49,11 +98,12 @@ class FeatureExtractor(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, patch_size: int, device: torch.device,
-                 border: str = "valid"):
+                 border: str = "valid", crop: FeatureCrop | None = None):
         super().__init__()
         self.backbone = backbone
         self.patch_size = patch_size
         self.border = border
+        self.crop = crop
         self.device = torch.device(device)
         # on CPU, CNNs run in channels-last memory format and in micro-batches of CPU_MICRO_BATCH
         # images (docs/performance.md: activations stay in cache); outputs equal up to rounding
@@ -90,4 +140,6 @@ class FeatureExtractor(nn.Module):
                                  f"map ({h} x {w} for a {x_shape[-2]} x {x_shape[-1]} input): use a "
                                  f"smaller patch_size or a larger image_size")
         maps = aggregate(raw, self.patch_size, self.border)
+        if self.crop is not None:
+            maps = self.crop.cut(maps)
         return to_patches(maps), tuple(maps[0].shape[-2:])

@@ -297,9 +297,10 @@ def run_benchmark(data: str | os.PathLike, preset: str = DEFAULT_PRESET, overrid
                               "runs": []}
     probe = Detector(base, device=device, progress=False)
     # the floor reads the images as the fit will (aspect "auto" reshapes the input to them)
-    resolved, _ = input_config(base, train, max(probe.backbone.strides))
+    resolved, _ = input_config(base, train, max(probe.backbone.strides), probe.backbone.strides[0])
     probe = Detector(resolved, device=device, progress=False, backbone=probe.backbone)
     result["input_size"] = list(resolved.input_size)
+    result["network_size"] = list(resolved.network_size)
     # warm-up: load and convert the backbone, and read every file once, so that no timed pass
     # pays for cold files (the first pass over a folder can be far slower than the next ones)
     floor_seconds(probe, train, base.batch_size)
