@@ -58,7 +58,9 @@ def test_shared_aspect_is_the_median_when_most_images_lie_near_it():
 
 
 def test_reshaped_sizes_by_hand():
-    cfg = Config.preset("patchbank")        # resize 320 x 320, crop 288 x 288
+    # resize 320 x 320, crop 288 x 288, the crop cut from the image (with crop_at features the
+    # margins are whole cells instead: tests/test_crop_at.py)
+    cfg = Config.preset("patchbank", crop_at="image")
     out = reshaped(cfg, 2.52, 32)
     # crop: sqrt(288^2 * 2.52) = 457.2 -> 448, sqrt(288^2 / 2.52) = 181.4 -> 192 (multiples of 32);
     # resize keeps 320 / 288 of each side: 448 * 320 / 288 = 497.8 -> 498, 192 * 320 / 288 = 213.3 -> 213
@@ -307,7 +309,7 @@ def test_tolerance_edges_and_non_square_inputs(monkeypatch):
     # a configured crop that is not square: 224 x 288, reshaped to H / W 2 at 224 * 288 pixels:
     # sqrt(64512 * 2) = 359.2 -> 352, sqrt(64512 / 2) = 179.6 -> 192 (multiples of 32); the
     # resize keeps 256 / 224 and 320 / 288: 352 * 256 / 224 = 402.3 -> 402, 192 * 320 / 288 = 213.3
-    cfg = Config.preset("patchbank", image_size=(256, 320), crop_size=(224, 288))
+    cfg = Config.preset("patchbank", image_size=(256, 320), crop_size=(224, 288), crop_at="image")
     out = reshaped(cfg, 2.0, 32)
     assert out.crop_size == (352, 192) and out.image_size == (402, 213)
     # within 10% of the configured input's own ratio: kept, even where step 1 would reshape it

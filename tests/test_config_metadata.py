@@ -25,7 +25,8 @@ def test_choice_metadata_is_the_module_tuples():
                 "base_score": "BASE_SCORES", "bank_dtype": "BANK_DTYPES",
                 "struct_distance": "STRUCT_DISTANCES", "struct_components": "STRUCT_COMPONENTS",
                 "patch_border": "PATCH_BORDERS", "map_upsample": "MAP_UPSAMPLES",
-                "threshold_rule": "THRESHOLD_RULES", "map_offset": "MAP_OFFSETS", "aspect": "ASPECTS"}
+                "threshold_rule": "THRESHOLD_RULES", "map_offset": "MAP_OFFSETS", "aspect": "ASPECTS",
+                "crop_at": "CROP_ATS"}
     with_choices = {name for name, spec in FIELD_SPECS.items() if spec.choices is not None}
     assert with_choices == set(expected)
     for name, const in expected.items():

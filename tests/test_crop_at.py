@@ -146,3 +146,12 @@ def test_models_written_before_the_field_read_as_crop_at_image():
     d = Config.preset("patchcore").to_dict()
     del d["crop_at"]
     assert Config.from_dict(d).crop_at == "image"
+
+
+def test_fit_says_where_the_crop_is_cut(cut, synthetic_root):
+    from patchbank.cli.fit_report import input_line
+
+    images = sorted((synthetic_root / "train" / "good").glob("*.png"))
+    assert input_line(cut, images).startswith("input: resize 112x112, crop 96x96 cut from the features (H x W)")
+    plain = Detector(cut.config.replace(crop_at="image", aspect="fixed"), progress=False)
+    assert input_line(plain, images) == "input: resize 112x112, crop 96x96 (H x W)"

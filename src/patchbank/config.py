@@ -13,7 +13,8 @@ rules are data too (:data:`CONTEXT_NEEDS`).  Presets:
 
 ``patchbank``  the default (docs/default_preset.md): PatchCore features at resize 320 / crop 288
                (reshaped to the training images' aspect ratio when they share one, at the same
-               pixel count: ``aspect="auto"``) with zero-padded 3 x 3 averaging, greedy coreset 1%,
+               pixel count: ``aspect="auto"``), the backbone reading the whole resize and the crop
+               cut from its feature maps (``crop_at="features"``), zero-padded 3 x 3 averaging, greedy coreset 1%,
                the mean of the top 5% patch scores, those patches measured again with the next
                backbone block (context taps).
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
@@ -493,8 +494,8 @@ which are the behaviour of model files written before a field existed, and apart
 PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
-                        crop_size=(288, 288), aspect="auto", image_score="topk_mean", context_taps=1,
-                        threshold_rule="conformal"),
+                        crop_size=(288, 288), aspect="auto", crop_at="features", image_score="topk_mean",
+                        context_taps=1, threshold_rule="conformal"),
     "lmf-core": Config(threshold_rule="conformal"),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10, threshold_rule="conformal"),

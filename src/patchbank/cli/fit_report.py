@@ -32,12 +32,14 @@ def threshold_line(cal, cfg, names: list | None) -> str:
 
 
 def input_line(det, images: list) -> str:
-    """The input shape a fit on ``images`` chose: resize and crop (H x W), and with ``aspect``
-    auto why (for images of mixed shapes, how far their H / W spread)."""
+    """The input shape a fit on ``images`` chose: resize and crop (H x W; where the crop is cut
+    when the backbone reads the whole resize), and with ``aspect`` auto why (for images of mixed shapes, how far their H / W spread)."""
     from patchbank.io.aspect import SHARE, aspect_range, image_hw
 
     cfg = det.config
     crop = "no crop" if cfg.crop_size is None else f"crop {cfg.crop_size[0]}x{cfg.crop_size[1]}"
+    if cfg.crop_size is not None and cfg.crop_at == "features":
+        crop += " cut from the features"
     text = f"input: resize {cfg.image_size[0]}x{cfg.image_size[1]}, {crop} (H x W)"
     if cfg.aspect != "auto":
         return text
