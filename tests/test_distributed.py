@@ -101,13 +101,16 @@ def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthet
 
 
 def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, synthetic_root, tmp_path):
-    """A default-preset model (its context taps: two searches per image) scores the same on Ray
-    actors as locally: the CSV byte for byte."""
+    """A default-preset model (its context taps: two searches per image; the crop cut from the
+    feature maps, so the decoding tasks send the whole resize) scores the same on Ray actors as
+    locally: the CSV byte for byte."""
     from patchbank.detector import Detector
 
     model = tmp_path / "default.patchbank"
-    det = Detector.from_preset("patchbank", progress=False, **FAST).fit(synthetic_root / "train" / "good")
+    det = Detector.from_preset("patchbank", progress=False, **{**FAST, "crop_size": 80}).fit(
+        synthetic_root / "train" / "good")
     assert det.config.context_taps == 1 and det.scorer_.context is not None
+    assert det.config.crop_at == "features" and det.config.network_size == (96, 96)
     det.save(model)
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert _cli("predict", model, synthetic_root / "test", "-o", local, "-q").exit_code == 0

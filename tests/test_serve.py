@@ -55,9 +55,10 @@ def files(synthetic_root, tmp_path_factory):
     the test images as PNG bytes."""
     tmp = tmp_path_factory.mktemp("serve")
     # aspect auto: the square training images' shared H / W (1.0) is recorded, so a request
-    # image of another shape is reported (other_shape)
-    single = Detector.from_preset("lmf-core", progress=False, aspect="auto", **SMALL).fit(
-        synthetic_root / "train" / "good")
+    # image of another shape is reported (other_shape); the crop is cut from the feature maps
+    # (the backbone reads the whole 96 x 96 resize), as in the default preset
+    single = Detector.from_preset("lmf-core", progress=False, aspect="auto", crop_at="features",
+                                  **SMALL).fit(synthetic_root / "train" / "good")
     single.save(tmp / "single.patchbank")
     shutil.copy(tmp / "single.patchbank", tmp / "scratch.patchbank")
     stripes_train = stripes_images(tmp / "stripes" / "train", 12, seed=1)
@@ -154,6 +155,8 @@ def test_model_descriptions(server, files, reference):
     assert d["threshold_rule"] == det.config.threshold_rule == "conformal"
     assert d["map_offset"] == det.config.map_offset == "none"     # the maps are not offset
     assert (d["aspect"], d["train_aspect"]) == ("auto", 1.0) == (det.config.aspect, det.info()["train_aspect"])
+    assert (d["crop_at"], d["network_size"]) == ("features", [96, 96]) == (det.config.crop_at,
+                                                                          list(det.config.network_size))
     assert d["batching"]["enabled"] and d["batching"]["max_wait_ms"] == 50
     m = server.get("/v2/models/line").json()
     assert m["kind"] == "multi" and [c["name"] for c in m["categories"]] == ["part", "stripes"]
