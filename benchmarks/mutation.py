@@ -1,5 +1,5 @@
-"""Mutation testing of the scoring, anomaly-map, calibration, metrics, detector, inference and
-aspect modules: a small AST-based runner (see docs/testing.md for the results and why not mutmut).
+"""Mutation testing of the scoring, anomaly-map, calibration, metrics, detector, inference,
+aspect, feature and image-coordinate modules: a small AST-based runner (see docs/testing.md for the results and why not mutmut).
 
     nice -n 5 python benchmarks/mutation.py run                 # every module, 2 workers
     nice -n 5 python benchmarks/mutation.py run --module scoring --workers 1
@@ -60,16 +60,18 @@ MODULES = {
     "detector": "patchbank.detector",
     "inference": "patchbank.pipeline.inference",
     "aspect": "patchbank.io.aspect",
+    "features": "patchbank.pipeline.features",
+    "image_coords": "patchbank.io.image_coords",
 }
 
-# Fast test files that exercise the six modules (test_threads.py is left out: it runs
+# Fast test files that exercise the modules (test_threads.py is left out: it runs
 # patchbank in a subprocess, which never sees the mutated module).
 TEST_FILES = [
     "tests/test_pipeline_parts.py", "tests/test_wiring.py", "tests/test_metrics.py",
     "tests/test_detector.py", "tests/test_struct_detector.py", "tests/test_legacy_models.py",
     "tests/test_evaluation_parts.py", "tests/test_evaluate.py", "tests/test_bad_fit_inputs.py",
     "tests/test_search_perf.py", "tests/test_structure.py", "tests/test_false_positive_rate.py",
-    "tests/test_multi.py", "tests/test_aspect.py",
+    "tests/test_multi.py", "tests/test_aspect.py", "tests/test_crop_at.py", "tests/test_image_coords.py",
 ]
 TEST_GLOBS = ["tests/test_mutation_kills_*.py"]
 # --assert=plain and the disabled plugins only save start-up time (assertion rewriting, the
