@@ -155,3 +155,15 @@ def test_fit_says_where_the_crop_is_cut(cut, synthetic_root):
     assert input_line(cut, images).startswith("input: resize 112x112, crop 96x96 cut from the features (H x W)")
     plain = Detector(cut.config.replace(crop_at="image", aspect="fixed"), progress=False)
     assert input_line(plain, images) == "input: resize 112x112, crop 96x96 (H x W)"
+
+
+def test_fit_with_margins_that_are_not_whole_cells_is_a_one_line_cli_error(synthetic_root, tmp_path):
+    from conftest import invoke_cli
+
+    out = tmp_path / "m.patchbank"
+    r = invoke_cli("fit", synthetic_root / "train" / "good", "-o", out, "-q", "--backbone",
+                   "efficientnet_lite0", "--image-size", "100", "--crop-size", "64", "--crop-at", "features")
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: crop_at features needs") and "resize 100x100, crop 64x64, margins 18, 18" in line
+    assert not out.exists()
