@@ -41,6 +41,26 @@ def test_aggregate_zero_border_counts_the_padding():
     assert out[0, 0, 0, 0].item() < valid[0, 0, 0, 0].item()
 
 
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("border", ["valid", "zero"])
+def test_aggregate_against_a_window_by_window_oracle(p, border):
+    """Every position of a 5 x 6 map against numpy: the p x p window starting p // 2 cells up
+    and left (for even p one cell more below and right, PatchCore's output cropped to the map),
+    clipped to the map; "valid" divides by the cells that exist, "zero" by p * p."""
+    g = torch.Generator().manual_seed(p)
+    a = torch.rand(1, 2, 5, 6, generator=g) + 0.5
+    out = aggregate([a], p, border=border)[0]
+    assert out.shape == a.shape
+    x = a[0].numpy().astype(np.float64)
+    want = np.empty_like(x)
+    for i in range(5):
+        for j in range(6):
+            r0, c0 = i - p // 2, j - p // 2
+            win = x[:, max(r0, 0):max(r0 + p, 0), max(c0, 0):max(c0 + p, 0)]
+            want[:, i, j] = win.sum((1, 2)) / (win.shape[1] * win.shape[2] if border == "valid" else p * p)
+    np.testing.assert_allclose(out[0].numpy(), want, rtol=1e-5)
+
+
 def test_moments_match_numpy():
     # float32 rows: per-batch sums in float32, accumulated in float64; the shift (the first row)
     # keeps a large offset from cancelling the small variances (0.01^2 on top of 10,000)
