@@ -167,3 +167,17 @@ def test_fit_with_margins_that_are_not_whole_cells_is_a_one_line_cli_error(synth
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: crop_at features needs") and "resize 100x100, crop 64x64, margins 18, 18" in line
     assert not out.exists()
+
+
+def test_keep_aspect_cuts_the_excess_from_the_image_and_the_crop_from_the_features():
+    """keep_aspect first scales to cover the resize and cuts the excess (from the image); the
+    backbone reads that resize, and the view is its centre crop."""
+    cfg = Config(image_size=(96, 96), crop_size=(64, 64), keep_aspect=True, crop_at="features")
+    img = np.random.default_rng(2).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    whole, view = prepare_input(img, cfg), prepare_view(img, cfg)
+    plain = prepare_view(img, cfg.replace(crop_size=None))          # the keep-aspect resize alone
+    np.testing.assert_array_equal(whole, plain)
+    np.testing.assert_array_equal(view, whole[16:80, 16:80])
+    win, net = view_window((120, 200), cfg), network_window((120, 200), cfg)
+    assert net.resized == win.resized == (96, 160)
+    assert net.offset == (0, 32) and net.size == (96, 96) and win.offset == (16, 48)
