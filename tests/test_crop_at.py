@@ -181,3 +181,10 @@ def test_keep_aspect_cuts_the_excess_from_the_image_and_the_crop_from_the_featur
     win, net = view_window((120, 200), cfg), network_window((120, 200), cfg)
     assert net.resized == win.resized == (96, 160)
     assert net.offset == (0, 32) and net.size == (96, 96) and win.offset == (16, 48)
+
+
+def test_a_patch_larger_than_the_grid_is_refused_one_equal_to_it_is_not():
+    x = torch.zeros(1, 3, 24, 40)                                   # a 3 x 5 grid of 8 px cells
+    FeatureExtractor(BlockMeans(), 3, torch.device("cpu"))(x)      # p = 3 = the grid's height
+    with pytest.raises(PatchbankError, match=r"patch_size 5 is larger than the backbone's feature map \(3 x 5"):
+        FeatureExtractor(BlockMeans(), 5, torch.device("cpu"))(x)

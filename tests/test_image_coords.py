@@ -125,6 +125,33 @@ def test_polygons_outline_each_region_largest_first():
     assert len(region_polygons(mask, max_regions=1)) == 1
 
 
+def test_region_edges_one_region_and_the_level_itself():
+    """A pixel exactly at the level is not in the region; one region gives one outline."""
+    np.testing.assert_array_equal(region_mask(np.array([[1.0, 2.0]], np.float32), 1.0), [[False, True]])
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 3:7] = True
+    (poly,) = region_polygons(mask)
+    poly = np.array(poly)
+    assert 2.5 <= poly[:, 0].min() <= 3 and 6 <= poly[:, 0].max() <= 6.5
+
+
+def test_a_pixel_centre_on_the_views_edge_is_inside_at_the_top_and_outside_at_the_bottom():
+    """Half-open intervals: original pixels of a 2 x 2 image resized to 4 x 4 have their centres
+    at 1 and 3 in the resized image; a view from 1 to 3 holds the first and not the second."""
+    from patchbank.io.image_coords import Window
+
+    rows, inside = Window((2, 2), (4, 4), (1, 1), (2, 2)).axis(0)
+    np.testing.assert_array_equal(inside, [True, False])
+    np.testing.assert_allclose(rows, [-0.5, 1.5])
+
+
+@pytest.mark.parametrize("hw", [(0, 10), (10, 0), (0, 0), (-1, 10)])
+def test_an_image_without_pixels_has_no_window(hw):
+    with pytest.raises(PatchbankError, match="original image size must be positive"):
+        view_window(hw, _cfg((8, 8)))
+    assert view_window((1, 1), _cfg((8, 8))).original == (1, 1)
+
+
 def test_map_of_the_wrong_size_is_refused():
     with pytest.raises(PatchbankError, match="input size"):
         to_original(np.zeros((10, 10)), (50, 50), _cfg((12, 12)))

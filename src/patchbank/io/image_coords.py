@@ -113,8 +113,6 @@ def network_window(original_hw: tuple[int, int], config) -> Window:
     widened to the whole resize with ``crop_at="features"``."""
     win = view_window(original_hw, config)
     top, left = crop_offset(config)
-    if (top, left) == (0, 0) and tuple(config.network_size) == tuple(win.size):
-        return win
     return Window(win.original, win.resized, (win.offset[0] - top, win.offset[1] - left),
                   tuple(config.network_size))
 
