@@ -76,7 +76,7 @@ class Detector:
         self.requested_config = self.config   # what fit resolves (aspect "auto") each time
         self.device = resolve_device(device)
         self.progress = progress
-        self._shared_backbone = backbone
+        self._backbone = backbone
         self._extractor: FeatureExtractor | None = None
         self._source = "this model"     # a loaded model's file, named in error messages
         self._model: InferenceModel | None = None
@@ -95,11 +95,11 @@ class Detector:
     @property
     def backbone(self) -> Backbone:
         """The frozen backbone (loaded on first use, or the one given to the constructor)."""
-        if self._shared_backbone is None:
+        if self._backbone is None:
             cfg = self.config
-            self._shared_backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device,
+            self._backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device,
                                                     cfg.context_taps)
-        return self._shared_backbone
+        return self._backbone
 
     @property
     def extractor(self) -> FeatureExtractor:
