@@ -188,3 +188,25 @@ def test_a_patch_larger_than_the_grid_is_refused_one_equal_to_it_is_not():
     FeatureExtractor(BlockMeans(), 3, torch.device("cpu"))(x)      # p = 3 = the grid's height
     with pytest.raises(PatchbankError, match=r"patch_size 5 is larger than the backbone's feature map \(3 x 5"):
         FeatureExtractor(BlockMeans(), 5, torch.device("cpu"))(x)
+
+
+def test_a_multi_category_model_cuts_the_crop_as_a_single_model_does(cut, synthetic_root, tmp_path):
+    """One backbone pass serves every category; each category's rows are cut like a
+    single-category model's: the same scores and maps as the model fitted alone, also through
+    ``predict_views`` with prepared inputs."""
+    from conftest import stripes_images
+    from patchbank.multi import MultiDetector
+
+    cats = {"part": synthetic_root / "train" / "good",
+            "stripes": stripes_images(tmp_path / "stripes", 12, seed=1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=16,
+                                          **{**FAST, "image_size": 112, "crop_size": 96,
+                                             "crop_at": "features"}).fit(cats)
+    items = [str(p) for p in split_items(synthetic_root)[0][:4]]
+    got = multi.predict(items, category="part")
+    views = multi.predict_views([prepare_input(i, multi.config) for i in items], category="part")
+    for a, b, v in zip(got, cut.predict(items), views):
+        assert a.score == pytest.approx(b.score, rel=1e-4) and v.score == pytest.approx(a.score, rel=1e-5)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-4)
