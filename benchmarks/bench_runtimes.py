@@ -82,7 +82,7 @@ def backbone_folder(det: Detector, work: Path) -> Path:
     onnx_path = folder / "backbone.onnx"
     if not onnx_path.is_file():
         folder.mkdir(exist_ok=True)
-        x = torch.zeros(2, 3, *det.config.input_size)
+        x = torch.zeros(2, 3, *det.config.network_size)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(det.extractor.backbone.eval(), (x,), None, input_names=["images"],
