@@ -210,3 +210,21 @@ def test_a_multi_category_model_cuts_the_crop_as_a_single_model_does(cut, synthe
     for a, b, v in zip(got, cut.predict(items), views):
         assert a.score == pytest.approx(b.score, rel=1e-4) and v.score == pytest.approx(a.score, rel=1e-5)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", [{"image_size": [100, 100]}, {"image_size": [120, 120]},
+                                    {"crop_at": "sideways"}])
+def test_an_edited_crop_in_a_model_file_is_a_one_line_error(cut, synthetic_root, tmp_path, change):
+    """A model file whose header gives a crop that cannot be cut from the features (margins of
+    2 or 12 px, not whole 8 px cells) or an unknown crop_at: refused in one line, at load or
+    before the first prediction.  (An edit to crop_at "image" is a valid model of another
+    configuration, like any edited setting: its grid is the same 12 x 12.)"""
+    from patchbank.io.model_file import save_model
+
+    meta = cut.info()
+    meta = dict(meta, config={**meta["config"], **change})
+    bad = tmp_path / "bad.patchbank"
+    save_model(bad, cut.state_tensors(), meta)
+    with pytest.raises(PatchbankError) as exc:
+        Detector.load(bad, progress=False).predict([str(split_items(synthetic_root)[0][0])])
+    assert "\n" not in str(exc.value)
