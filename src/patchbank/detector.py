@@ -98,7 +98,7 @@ class Detector:
         if self._backbone is None:
             cfg = self.config
             self._backbone = create_backbone(cfg.backbone, cfg.weights, cfg.layers, self.device,
-                                                    cfg.context_taps)
+                                             cfg.context_taps)
         return self._backbone
 
     @property

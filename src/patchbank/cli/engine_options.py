@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from patchbank.cli.fit_report import input_line, threshold_line
+from patchbank.cli.fit_report import fit_lines
 from patchbank.errors import PatchbankError
 
 ENGINES = ("local", "ray")
@@ -100,10 +100,9 @@ def fit_on_ray(categories: dict[str, list[Path]], output: Path, config: Any, *, 
     for target, model in zip(targets, models.values()):
         save(model, target, overwrite)
         click.echo(f"wrote {target}")
-    for name in categories:
+    for name, images in categories.items():
         det = models[name] if per_category or not as_multi else models[None].detectors_[name]
-        click.echo(f"[{name}] " + input_line(det, categories[name]))
-        click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
+        click.echo("\n".join(fit_lines(det, images, f"[{name}] ")))
     click.echo(f"fitted {', '.join(categories)} as {len(categories)} Ray task(s) in "
                f"{time.perf_counter() - t0:.1f} s")
 

@@ -31,9 +31,17 @@ def threshold_line(cal, cfg, names: list | None) -> str:
     return line
 
 
+def fit_lines(det, images: list, prefix: str = "") -> list[str]:
+    """What ``patchbank fit`` prints about ``det`` fitted on ``images``: :func:`input_line` and
+    :func:`threshold_line`, each after ``prefix`` (a category's ``"[name] "``)."""
+    return [prefix + input_line(det, images),
+            prefix + threshold_line(det.calibration_, det.config, det.train_names_)]
+
+
 def input_line(det, images: list) -> str:
     """The input shape a fit on ``images`` chose: resize and crop (H x W; where the crop is cut
-    when the backbone reads the whole resize), and with ``aspect`` auto why (for images of mixed shapes, how far their H / W spread)."""
+    when the backbone reads the whole resize), and with ``aspect`` auto why (for images of
+    mixed shapes, how far their H / W spread)."""
     from patchbank.io.aspect import SHARE, aspect_range, image_hw
 
     cfg = det.config

@@ -15,7 +15,7 @@ from patchbank.cli.info import format_bytes
 from patchbank.cli.options import (model_weights_option, overwrite_option, preset_option, run_options,
                                    setup_threads)
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
-from patchbank.cli.fit_report import input_line, threshold_line
+from patchbank.cli.fit_report import fit_lines
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
@@ -113,8 +113,7 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
-    click.echo(input_line(det, images))
-    click.echo(threshold_line(det.calibration_, det.config, det.train_names_))
+    click.echo("\n".join(fit_lines(det, images)))
     click.echo(f"wrote {output}")
 
 
@@ -157,10 +156,8 @@ def _print_multi(model, verb: str, categories: dict[str, list[Path]], output: Pa
                f"{len(info['categories'])} categories ({', '.join(info['category_order'])}), "
                f"banks {format_bytes(info['bank_bytes'])}, {info['routing_prototypes']} routing "
                f"prototypes each")
-    for name in categories:
-        det = model.detectors_[name]
-        click.echo(f"[{name}] " + input_line(det, categories[name]))
-        click.echo(f"[{name}] " + threshold_line(det.calibration_, det.config, det.train_names_))
+    for name, images in categories.items():
+        click.echo("\n".join(fit_lines(model.detectors_[name], images, f"[{name}] ")))
     click.echo(f"wrote {output}")
 
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from patchbank.errors import PatchbankError
 
-__all__ = ["Window", "view_window", "network_window", "crop_offset", "to_original", "inspected", "region_mask", "region_polygons"]
+__all__ = ["Window", "view_window", "network_window", "crop_offset", "to_original", "inspected",
+           "region_mask", "region_polygons"]
 
 
 @dataclass(frozen=True)
