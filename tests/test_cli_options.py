@@ -67,6 +67,7 @@ def test_choices_come_from_field_metadata():
     (["--threshold-rule", "median"], ["--threshold-rule", "median", "conformal, quantile"]),
     (["--map-offset", "pixel"], ["--map-offset", "pixel", "none, position"]),
     (["--aspect", "tall"], ["--aspect", "tall", "fixed, auto"]),
+    (["--crop-at", "border"], ["--crop-at", "border", "image, features"]),
     (["--coreset-ratio", "2"], ["--coreset-ratio", "must be in (0, 1], got 2.0"]),  # range
     (["--target-fpr", "1"], ["--target-fpr", "must be in (0, 1)"]),                # open range
     (["--hybrid-lambda", "-1"], ["--hybrid-lambda", ">= 0 or None"]),             # optional range
