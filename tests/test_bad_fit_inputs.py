@@ -79,7 +79,7 @@ def test_patch_size_larger_than_the_feature_map(synthetic_root):
 @pytest.mark.parametrize("field,value,message", [
     ("patch_size", 1000, "patch_size: must be in [1, 15], got 1000"),
     ("projection_dim", 100000, "projection_dim: must be in [1, 4096] or None, got 100000"),
-    ("greedy_proxy_dim", 5000, "greedy_proxy_dim: must be in [1, 4096], got 5000"),
+    ("greedy_proxy_dim", 5000, "greedy_proxy_dim: must be in [1, 4096] or None, got 5000"),
 ])
 def test_config_bounds(field, value, message):
     with pytest.raises(ConfigError) as info:

@@ -132,6 +132,23 @@ def test_sampler_matches_naive_with_projection():
         assert a.dtype == torch.long and a.numel() == 150
 
 
+def test_config_proxy_dim_none_selects_on_the_rows_themselves():
+    """``greedy_proxy_dim`` None (``--greedy-proxy-dim none``) and any width >= the rows' both
+    select on the rows as they are: greedy_reference on the unprojected rows, from the seeded start
+    row; a narrower width projects, and chooses other rows here."""
+    from patchbank.config import Config
+    from patchbank.sampling import make_sampler
+
+    x = _clustered(1200, 40, 20, 4)
+    picks = {dim: make_sampler(Config(sampler="greedy", coreset_ratio=0.05, greedy_proxy_dim=dim,
+                                      seed=5)).run(x) for dim in (None, 40, 4096, 8)}
+    start = int(torch.randint(1200, (1,), generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(picks[None], greedy_reference(x, 60, start))
+    assert torch.equal(picks[None], picks[40]) and torch.equal(picks[None], picks[4096])
+    assert not torch.equal(picks[None], picks[8])
+    assert Config.from_dict({"greedy_proxy_dim": None}).greedy_proxy_dim is None
+
+
 def test_count_rule():
     assert coreset_size(100, 0.1) == 10
     assert coreset_size(100, 0.001) == 1  # at least one

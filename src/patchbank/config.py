@@ -321,9 +321,9 @@ class Config:
     sampler: str = _setting("uniform", "Coreset sampler of the memory bank (none = keep every patch).",
                             choices=SAMPLERS)
     coreset_ratio: float = _setting(0.10, "Share r of the patches kept in the bank.", interval=_FRACTION)
-    greedy_proxy_dim: int = _setting(128, "Width of the random projection the greedy sampler "
-                                     "measures distances in; rows no wider are used as they are.",
-                                     interval=_WIDTH)
+    greedy_proxy_dim: int | None = _setting(128, "Width of the random projection the greedy sampler "
+                                            "measures distances in; rows no wider, or None, are "
+                                            "used as they are.", interval=_WIDTH)
     bank_dtype: str = _setting("float32", "Storage type of the bank (search runs in float32).",
                                choices=BANK_DTYPES)
     # --- scoring --------------------------------------------------------------------------
