@@ -196,9 +196,11 @@ def settings(args) -> dict:
 
 def parity(preds, ref) -> dict:
     rel = max(abs(p.score - r.score) / max(abs(r.score), 1e-12) for p, r in zip(preds, ref))
+    # the raw image score's own units (a mean patch distance), beside the relative difference
+    absolute = max(abs(p.score - r.score) for p, r in zip(preds, ref))
     maps = max(float(np.abs(p.anomaly_map - r.anomaly_map).max())
                / max(float(r.anomaly_map.max() - r.anomaly_map.min()), 1e-12) for p, r in zip(preds, ref))
-    return {"max_rel_score_diff": rel, "max_map_diff_over_range": maps,
+    return {"max_rel_score_diff": rel, "max_abs_score_diff": absolute, "max_map_diff_over_range": maps,
             "decisions_differ": int(sum(p.is_anomalous != r.is_anomalous for p, r in zip(preds, ref)))}
 
 

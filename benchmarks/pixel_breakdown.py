@@ -11,6 +11,10 @@ images.  It also reports each type's share of all defective pixels (at the netwo
 resized and cropped like the images) and the mean map value of the normal and defective pixels
 of each type's images.  The pooled pixel AUROC ranks every pixel of every image together, so the
 type with the most defective pixels dominates it.
+
+``--border PX`` also reports the pooled metrics without the band of ``PX`` pixels along the
+map's edges (the crop's edge), and the mean map value of the normal pixels in that band and
+inside it: whether a change of the pooled metrics lives at the crop's edge.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import torch
 from bench_core import parse_value
 from patchbank.config import Config
 from patchbank.detector import Detector
+from patchbank.evaluation.metrics import auroc, average_precision, f1_max
 from patchbank.evaluation.scoring import category_masks, pixel_scores
 from patchbank.io.datasets import Category, read_dataset
 from patchbank.io.images import list_images
@@ -79,6 +84,21 @@ def breakdown(category: Category, maps: np.ndarray, config: Config) -> dict:
     return out
 
 
+def without_border(category: Category, maps: np.ndarray, config: Config, px: int) -> dict:
+    """Pooled pixel AUROC / AP / F1-max over the pixels at least ``px`` from every edge of the
+    maps, and the mean map value of the normal pixels in the band and inside it."""
+    masks = np.stack(list(category_masks(category, config))).astype(bool)
+    inner = np.zeros(maps.shape[1:], dtype=bool)
+    inner[px:maps.shape[1] - px, px:maps.shape[2] - px] = True
+    keep = np.broadcast_to(inner, maps.shape)
+    labels, scores = masks[keep], maps[keep]
+    return {"border_px": px, "inner_pixel_auroc": auroc(labels, scores),
+            "inner_pixel_ap": average_precision(labels, scores), "inner_pixel_f1_max": f1_max(labels, scores),
+            "band_share_of_defect_pixels": float(masks[~keep].sum() / masks.sum()),
+            "mean_map_normal_band": float(maps[~keep & ~masks].mean()),
+            "mean_map_normal_inner": float(maps[keep & ~masks].mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", type=Path, help="one MVTec-layout category folder with masks")
@@ -86,6 +106,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a setting fitted besides the preset (repeatable; one field each)")
     ap.add_argument("--blurs", default="4", help="map blur sigmas (pixel metrics only)")
+    ap.add_argument("--border", type=int, default=0, help="also report metrics without this edge band (px)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, required=True)
@@ -103,6 +124,10 @@ def main() -> None:
         fit_s = time.perf_counter() - t0
         for sigma, maps in test_maps(det, category, blurs).items():
             res = breakdown(category, maps, det.config)
+            if args.border:
+                res["border"] = without_border(category, maps, det.config, args.border)
+                print(f"{spec or 'preset'} without the {args.border}-px band: "
+                      + " ".join(f"{k} {v:.4f}" for k, v in res["border"].items()), flush=True)
             rows.append({"setting": spec or "preset", "blur_sigma": sigma, "fit_s": fit_s, **res})
             print(f"{spec or 'preset'} blur {sigma:g}: all " + " ".join(f"{k} {v:.3f}" for k, v in res["all"].items()))
             for t, r in res["types"].items():
