@@ -111,6 +111,13 @@ class Detector:
             self._extractor = extractor
         return self._extractor
 
+    def input_config(self, items: Any) -> tuple[Config, float | None]:
+        """(the configuration a fit on ``items`` reads them with, the images' shared H / W or
+        None): :func:`patchbank.io.aspect.input_config` of ``requested_config`` with this
+        backbone's largest stride (the sides' step) and finest (the crop margins' cell)."""
+        strides = self.backbone.strides
+        return input_config(self.requested_config, items, max(strides), min(strides))
+
     def _new_extractor(self, cfg: Config) -> FeatureExtractor:
         """The backbone with ``cfg``'s aggregation and crop (a fit passes the shape it resolved)."""
         bb = self.backbone
@@ -157,8 +164,7 @@ class Detector:
         items = as_items(images)
         # aspect "auto": the input shape of these images (patchbank.io.aspect), resolved once;
         # it becomes self.config together with the fitted state below
-        strides = self.backbone.strides
-        cfg, aspect = input_config(self.requested_config, items, max(strides), strides[0])
+        cfg, aspect = self.input_config(items)
         extractor = self._new_extractor(cfg)
         check_training_images(len(items), cfg)     # refuses too few images, warns on few
         clock = StepClock(FIT_STEPS)

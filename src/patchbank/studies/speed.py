@@ -31,7 +31,6 @@ import torch
 
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
-from patchbank.io.aspect import input_config
 from patchbank.io.images import list_images
 from patchbank.runtime.threads import thread_report
 
@@ -297,7 +296,7 @@ def run_benchmark(data: str | os.PathLike, preset: str = DEFAULT_PRESET, overrid
                               "runs": []}
     probe = Detector(base, device=device, progress=False)
     # the floor reads the images as the fit will (aspect "auto" reshapes the input to them)
-    resolved, _ = input_config(base, train, max(probe.backbone.strides), probe.backbone.strides[0])
+    resolved, _ = probe.input_config(train)
     probe = Detector(resolved, device=device, progress=False, backbone=probe.backbone)
     result["input_size"] = list(resolved.input_size)
     result["network_size"] = list(resolved.network_size)
