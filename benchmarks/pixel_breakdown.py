@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -48,25 +49,37 @@ def subset(category: Category, keep: list[int]) -> Category:
 
 
 @torch.inference_mode()
+def patch_score_batches(det: Detector, paths: list[str]) -> Iterator[torch.Tensor]:
+    """The map's patch scores [B, P] of ``paths``, batch by batch, by the torch path's own steps
+    (extract, embed, score)."""
+    for x, _ in det.stream(paths):
+        rows, _ = det.extractor(x)
+        emb = det.embed(rows).view(x.shape[0], -1, det.scorer_.bank_search.shape[1])
+        yield det.scorer_.score(emb)[1]
+
+
+@torch.inference_mode()
 def test_maps(det: Detector, category: Category, blurs: list[float]) -> dict[float, np.ndarray]:
     """The maps of the test images, one stack per blur sigma, from one embedding pass."""
     base = det.scorer_
     scorers = {s: PatchScorer(det.config.replace(blur_sigma=s), base.embedding, base.search, base.grid,
                               base.radius, base.context) for s in blurs}
     out: dict[float, list] = {s: [] for s in blurs}
-    for x, _ in det.stream([str(p) for p in category.test]):
-        rows, _ = det.extractor(x)
-        emb = det.embed(rows).view(x.shape[0], -1, det.scorer_.bank_search.shape[1])
-        _, patch = det.scorer_.score(emb)
+    for patch in patch_score_batches(det, [str(p) for p in category.test]):
         for s, scorer in scorers.items():
             out[s].extend(m.numpy() for m in scorer.anomaly_map(patch)[0])
     return {s: np.stack(v) for s, v in out.items()}
 
 
-def breakdown(category: Category, maps: np.ndarray, config: Config) -> dict:
-    """Pooled and per-defect-type pixel metrics of ``maps``, and per type the defective-pixel
-    share and the mean map value over normal / defective pixels of its images."""
-    masks = np.stack(list(category_masks(category, config))).astype(bool)
+def defect_masks(category: Category, config: Config) -> np.ndarray:
+    """The test images' masks [N, H, W] (bool) on the maps' grid."""
+    return np.stack(list(category_masks(category, config))).astype(bool)
+
+
+def breakdown(category: Category, maps: np.ndarray, masks: np.ndarray, config: Config) -> dict:
+    """Pooled and per-defect-type pixel metrics of ``maps`` (``masks``: :func:`defect_masks`),
+    and per type the defective-pixel share and the mean map value over normal / defective pixels
+    of its images."""
     types = np.asarray(category.defect_types)
     total = masks.sum()
     out = {"all": pixel_scores(category, list(maps), config), "types": {}}
@@ -84,10 +97,11 @@ def breakdown(category: Category, maps: np.ndarray, config: Config) -> dict:
     return out
 
 
-def without_border(category: Category, maps: np.ndarray, config: Config, px: int) -> dict:
+def without_border(maps: np.ndarray, masks: np.ndarray, px: int) -> dict:
     """Pooled pixel AUROC / AP / F1-max over the pixels at least ``px`` from every edge of the
     maps, and the mean map value of the normal pixels in the band and inside it."""
-    masks = np.stack(list(category_masks(category, config))).astype(bool)
+    if not 0 < 2 * px < min(maps.shape[1:]):
+        raise SystemExit(f"error: --border {px} leaves no pixel inside a {maps.shape[1]} x {maps.shape[2]} map")
     inner = np.zeros(maps.shape[1:], dtype=bool)
     inner[px:maps.shape[1] - px, px:maps.shape[2] - px] = True
     keep = np.broadcast_to(inner, maps.shape)
@@ -122,10 +136,11 @@ def main() -> None:
         t0 = time.perf_counter()
         det.fit(train)
         fit_s = time.perf_counter() - t0
+        masks = defect_masks(category, det.config)
         for sigma, maps in test_maps(det, category, blurs).items():
-            res = breakdown(category, maps, det.config)
+            res = breakdown(category, maps, masks, det.config)
             if args.border:
-                res["border"] = without_border(category, maps, det.config, args.border)
+                res["border"] = without_border(maps, masks, args.border)
                 print(f"{spec or 'preset'} without the {args.border}-px band: "
                       + " ".join(f"{k} {v:.4f}" for k, v in res["border"].items()), flush=True)
             rows.append({"setting": spec or "preset", "blur_sigma": sigma, "fit_s": fit_s, **res})

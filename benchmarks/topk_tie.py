@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from pixel_breakdown import patch_score_batches
 from patchbank.detector import Detector
 from patchbank.export.runtimes import ExportedModel
 from patchbank.io.datasets import read_dataset
@@ -45,11 +45,7 @@ def main() -> None:
           f"torch raw score {ref[worst].score:.6g}, normalised {ref[worst].normalized_score:.4g} "
           f"against the threshold {det.threshold_:.4g} ({args.runtime}: {other[worst].normalized_score:.4g}); "
           f"the next largest difference {np.sort(diff)[-2]:.3g}")
-    with torch.inference_mode():
-        (x, _), = det.stream([items[worst]])
-        rows, _ = det.extractor(x)
-        emb = det.embed(rows).view(1, -1, det.scorer_.bank_search.shape[1])
-        _, patch = det.scorer_.score(emb)
+    (patch,) = patch_score_batches(det, [items[worst]])
     n = topk_count(patch.shape[1], det.config.topk_ratio)
     top = patch[0].sort(descending=True).values
     print(f"pooled patches {n}; map scores {n - 2}..{n + 1}: {[round(float(v), 6) for v in top[n - 3:n + 1]]}")
