@@ -3,7 +3,9 @@
 Squared distances are ``||q||^2 - 2 q.m + ||m||^2`` (:func:`patchbank.linalg.sq_dists_addmm`),
 computed in ``query_chunk x bank_chunk`` blocks whose top-k are merged, so no more than one block
 of distances exists at a time.  It runs wherever the bank tensor lives (CPU or CUDA) and is exact
-up to float32 rounding.
+up to float32 rounding.  On the CPU, calls of many queries run the same arithmetic through
+FAISS's kernel when FAISS is installed (:mod:`patchbank.search.faiss_kernel`: faster there, the
+same neighbours up to rounding); the torch kernel serves every other call.
 """
 from __future__ import annotations
 
@@ -13,25 +15,35 @@ import math
 import torch
 
 from patchbank.linalg import sq_dists, sq_norms
+from patchbank.search import faiss_kernel
 from patchbank.search.base import Search, register_search
 
 
 class ExactSearch(Search):
     """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy
-    (a float32 tensor whose rows are unit-stride, a column slice included, is not copied)."""
+    (a float32 tensor whose rows are unit-stride, a column slice included, is not copied),
+    except that FAISS's kernel reads a column slice from a contiguous copy of those columns
+    (``kernel_rows``, made once; subsets share it).  ``kernel``: ``"auto"`` (FAISS's kernel
+    where :func:`patchbank.search.faiss_kernel.usable`) or ``"torch"`` (always the torch one)."""
 
     cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
     cuda_block_bytes = 1 << 28   # on a GPU, query chunks grow to fill a distance block of this size
 
-    def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072):
+    def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072,
+                 kernel: str = "auto"):
+        if kernel not in ("auto", "torch"):
+            raise ValueError(f"kernel must be 'auto' or 'torch', got {kernel!r}")
         bank = bank.float()
         # a column slice of a wider bank (the map's columns with context taps) is searched in
-        # place: the matrix product reads its row stride, so no second copy of those columns
+        # place by the torch kernel: the matrix product reads its row stride
         self.bank = bank if bank.stride(-1) == 1 else bank.contiguous()
         self.bank_sqnorm = sq_norms(self.bank)
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
         self.n = self.bank.shape[0]   # searchable rows (a subset: its kept rows)
+        self.kernel_rows = None       # FAISS's kernel reads these (CPU, FAISS installed)
+        if kernel == "auto" and self.bank.device.type == "cpu" and faiss_kernel.available():
+            self.kernel_rows = faiss_kernel.dense_rows(self.bank)
 
     def __len__(self) -> int:
         return self.n
@@ -73,6 +85,17 @@ class ExactSearch(Search):
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
+        if self.kernel_rows is not None and faiss_kernel.usable(queries):
+            d, i = faiss_kernel.knn(queries, self.kernel_rows, self.bank_sqnorm, k)
+            dist, ids = torch.from_numpy(d), torch.from_numpy(i)
+            # NaN / infinite queries, or a masked row returned: the torch kernel's answer
+            lost = (ids < 0).any(1) | torch.isinf(self.bank_sqnorm[ids.clamp_min(0)]).any(1)
+            if bool(lost.any()):
+                dist[lost], ids[lost] = self._torch_search(queries[lost], k)
+            return dist, ids
+        return self._torch_search(queries, k)
+
+    def _torch_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         found = [nearest_rows(q, self.bank, self.bank_sqnorm, k, self.bank_chunk)
                  for q in queries.split(self.query_rows())]
         return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])

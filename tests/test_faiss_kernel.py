@@ -1,0 +1,149 @@
+"""The exact search's FAISS kernel (patchbank.search.faiss_kernel) against its torch kernel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from patchbank.search import ExactSearch, LeaveGroupOut
+from patchbank.search import faiss_kernel
+
+faiss = pytest.importorskip("faiss")
+
+
+def _data(n_bank=3000, width=376, map_dim=168, n_queries=1300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(n_bank, width, generator=g)
+    return wide[:, :map_dim], torch.randn(n_queries, map_dim, generator=g)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the calls that reach FAISS's kernel."""
+    seen = []
+    real = faiss_kernel.knn
+
+    def spy(*args, **kwargs):
+        seen.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(faiss_kernel, "knn", spy)
+    return seen
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_faiss_kernel_finds_the_torch_kernels_neighbours(k, calls):
+    bank, q = _data()                       # a column view of wider rows, as with context taps
+    fast, plain = ExactSearch(bank), ExactSearch(bank, kernel="torch")
+    assert fast.kernel_rows is not None and fast.kernel_rows.flags["C_CONTIGUOUS"]
+    assert fast.all_rows().data_ptr() == bank.data_ptr()       # rows() still reads the view
+    (d1, i1), (d2, i2) = fast.search(q, k), plain.search(q, k)
+    assert calls == [q.shape[0]]            # the call went through FAISS
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+    assert bool((d1 >= 0).all()) and bool((d1[:, :-1] <= d1[:, 1:]).all())
+    exact = torch.cdist(q.double(), bank.double()).pow(2).topk(k, largest=False)
+    assert torch.equal(i1, exact.indices)
+
+
+def test_faiss_kernel_keeps_the_subsets_mask(calls):
+    bank, q = _data(n_bank=2000)
+    keep = torch.ones(2000, dtype=torch.bool)
+    keep[torch.randperm(2000, generator=torch.Generator().manual_seed(3))[:1500]] = False
+    d1, i1 = ExactSearch(bank).subset(keep).search(q, 2)
+    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 2)
+    assert calls and bool(keep[i1].all())
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+
+
+def test_leave_one_image_out_through_the_faiss_kernel(calls):
+    # the calibration's call: each image's block of queries against the bank without its rows
+    bank, q = _data(n_bank=1200, n_queries=2 * 900)
+    owner = torch.arange(1200) % 7
+    groups = torch.tensor([2, 5])
+    d, i = LeaveGroupOut(ExactSearch(bank), owner, 4).for_queries(groups).search(q, 1)
+    assert calls == [900, 900]
+    for j, grp in enumerate(groups.tolist()):
+        block = slice(900 * j, 900 * (j + 1))
+        dm, im = ExactSearch(bank, kernel="torch").subset(owner != grp).search(q[block], 1)
+        assert bool((owner[i[block]] != grp).all())
+        assert torch.equal(i[block], im)
+        torch.testing.assert_close(d[block], dm, rtol=1e-5, atol=1e-4)
+
+
+def test_small_calls_use_the_torch_kernel(calls):
+    # below the size at which FAISS takes its matrix-product path (which alone honours the
+    # masking norms) the torch kernel answers, bit for bit the plain one's answer
+    bank, q = _data(n_queries=700)
+    assert not faiss_kernel.usable(q) and not faiss_kernel.usable(q[:65])
+    keep = torch.arange(bank.shape[0]) % 2 == 0
+    (d1, i1), (d2, i2) = (ExactSearch(bank).subset(keep).search(q, 1),
+                          ExactSearch(bank, kernel="torch").subset(keep).search(q, 1))
+    assert calls == []
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+
+
+def test_nan_and_infinite_queries_get_the_torch_kernels_answer(calls):
+    bank, q = _data()
+    q = q.clone()
+    q[5, 3] = float("nan")
+    q[7, 0] = float("inf")
+    d1, i1 = ExactSearch(bank).search(q, 1)
+    d2, i2 = ExactSearch(bank, kernel="torch").search(q, 1)
+    assert calls
+    assert bool(torch.isnan(d1[5]).all()) and bool(torch.isnan(d2[5]).all())
+    assert not bool(torch.isfinite(d1[7]).any())
+    assert bool((i1 >= 0).all())            # never FAISS's -1 (it would index the last row)
+    ok = torch.ones(q.shape[0], dtype=torch.bool)
+    ok[[5, 7]] = False
+    assert torch.equal(i1[ok], i2[ok])
+
+
+def test_a_masked_row_from_faiss_is_searched_again(monkeypatch):
+    # should a FAISS version ignore the norms on its fast path, the masked rows it returns are
+    # caught and those queries searched again with the torch kernel
+    bank, q = _data(n_bank=500)
+    keep = torch.arange(500) >= 100
+    real = faiss_kernel.knn
+    returned = []
+
+    def ignores_the_mask(queries, rows, sqnorm, k):
+        d, i = real(queries, rows, torch.from_numpy((rows ** 2).sum(1)), k)   # every row unmasked
+        returned.append(i)
+        return d, i
+
+    monkeypatch.setattr(faiss_kernel, "knn", ignores_the_mask)
+    d1, i1 = ExactSearch(bank).subset(keep).search(q, 1)
+    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 1)
+    assert not bool(keep[torch.from_numpy(returned[0])].all())   # FAISS did return masked rows
+    assert bool(keep[i1].all())
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+
+
+def test_torch_kernel_and_no_faiss_never_call_faiss(monkeypatch):
+    bank, q = _data(n_bank=300)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("FAISS's kernel was called")
+
+    monkeypatch.setattr(faiss_kernel, "knn", refuse)
+    ExactSearch(bank, kernel="torch").search(q, 1)
+    monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)     # FAISS not installed
+    search = ExactSearch(bank)
+    assert search.kernel_rows is None
+    search.search(q, 1)
+    with pytest.raises(ValueError, match="kernel"):
+        ExactSearch(bank, kernel="faiss")
+
+
+def test_the_kernel_follows_torchs_thread_count(calls):
+    bank, q = _data(n_bank=800)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ExactSearch(bank).search(q, 1)
+        assert calls and faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(before)
