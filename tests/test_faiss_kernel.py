@@ -110,7 +110,7 @@ def test_a_masked_row_from_faiss_is_searched_again(monkeypatch):
 
     def ignores_the_mask(queries, rows, sqnorm, k):
         d, i = real(queries, rows, torch.from_numpy((rows ** 2).sum(1)), k)   # every row unmasked
-        returned.append(i)
+        returned.append(i.copy())
         return d, i
 
     monkeypatch.setattr(faiss_kernel, "knn", ignores_the_mask)
