@@ -1,10 +1,12 @@
-"""The exact search's FAISS kernel (patchbank.search.faiss_kernel) against its torch kernel."""
+"""The exact search's FAISS kernel (patchbank.search.faiss_kernel, the calibration's) against its torch kernel."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
 
+from patchbank.detector import Detector
 from patchbank.search import ExactSearch, LeaveGroupOut
 from patchbank.search import faiss_kernel
 
@@ -34,7 +36,7 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("k", [1, 3])
 def test_faiss_kernel_finds_the_torch_kernels_neighbours(k, calls):
     bank, q = _data()                       # a column view of wider rows, as with context taps
-    fast, plain = ExactSearch(bank), ExactSearch(bank, kernel="torch")
+    fast, plain = ExactSearch(bank, kernel="faiss"), ExactSearch(bank)
     assert fast.kernel_rows is not None and fast.kernel_rows.flags["C_CONTIGUOUS"]
     assert fast.all_rows().data_ptr() == bank.data_ptr()       # rows() still reads the view
     (d1, i1), (d2, i2) = fast.search(q, k), plain.search(q, k)
@@ -50,8 +52,8 @@ def test_faiss_kernel_keeps_the_subsets_mask(calls):
     bank, q = _data(n_bank=2000)
     keep = torch.ones(2000, dtype=torch.bool)
     keep[torch.randperm(2000, generator=torch.Generator().manual_seed(3))[:1500]] = False
-    d1, i1 = ExactSearch(bank).subset(keep).search(q, 2)
-    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 2)
+    d1, i1 = ExactSearch(bank, kernel="faiss").subset(keep).search(q, 2)
+    d2, i2 = ExactSearch(bank).subset(keep).search(q, 2)
     assert calls and bool(keep[i1].all())
     assert torch.equal(i1, i2)
     torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
@@ -62,11 +64,11 @@ def test_leave_one_image_out_through_the_faiss_kernel(calls):
     bank, q = _data(n_bank=1200, n_queries=2 * 900)
     owner = torch.arange(1200) % 7
     groups = torch.tensor([2, 5])
-    d, i = LeaveGroupOut(ExactSearch(bank), owner, 4).for_queries(groups).search(q, 1)
+    d, i = LeaveGroupOut(ExactSearch(bank).for_fixed_calls(), owner, 4).for_queries(groups).search(q, 1)
     assert calls == [900, 900]
     for j, grp in enumerate(groups.tolist()):
         block = slice(900 * j, 900 * (j + 1))
-        dm, im = ExactSearch(bank, kernel="torch").subset(owner != grp).search(q[block], 1)
+        dm, im = ExactSearch(bank).subset(owner != grp).search(q[block], 1)
         assert bool((owner[i[block]] != grp).all())
         assert torch.equal(i[block], im)
         torch.testing.assert_close(d[block], dm, rtol=1e-5, atol=1e-4)
@@ -78,8 +80,8 @@ def test_small_calls_use_the_torch_kernel(calls):
     bank, q = _data(n_queries=700)
     assert not faiss_kernel.usable(q) and not faiss_kernel.usable(q[:65])
     keep = torch.arange(bank.shape[0]) % 2 == 0
-    (d1, i1), (d2, i2) = (ExactSearch(bank).subset(keep).search(q, 1),
-                          ExactSearch(bank, kernel="torch").subset(keep).search(q, 1))
+    (d1, i1), (d2, i2) = (ExactSearch(bank, kernel="faiss").subset(keep).search(q, 1),
+                          ExactSearch(bank).subset(keep).search(q, 1))
     assert calls == []
     assert torch.equal(i1, i2) and torch.equal(d1, d2)
 
@@ -89,8 +91,8 @@ def test_nan_and_infinite_queries_get_the_torch_kernels_answer(calls):
     q = q.clone()
     q[5, 3] = float("nan")
     q[7, 0] = float("inf")
-    d1, i1 = ExactSearch(bank).search(q, 1)
-    d2, i2 = ExactSearch(bank, kernel="torch").search(q, 1)
+    d1, i1 = ExactSearch(bank, kernel="faiss").search(q, 1)
+    d2, i2 = ExactSearch(bank).search(q, 1)
     assert calls
     assert bool(torch.isnan(d1[5]).all()) and bool(torch.isnan(d2[5]).all())
     assert not bool(torch.isfinite(d1[7]).any())
@@ -114,28 +116,28 @@ def test_a_masked_row_from_faiss_is_searched_again(monkeypatch):
         return d, i
 
     monkeypatch.setattr(faiss_kernel, "knn", ignores_the_mask)
-    d1, i1 = ExactSearch(bank).subset(keep).search(q, 1)
-    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 1)
+    d1, i1 = ExactSearch(bank, kernel="faiss").subset(keep).search(q, 1)
+    d2, i2 = ExactSearch(bank).subset(keep).search(q, 1)
     assert not bool(keep[torch.from_numpy(returned[0])].all())   # FAISS did return masked rows
     assert bool(keep[i1].all())
     assert torch.equal(i1, i2)
     torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
 
 
-def test_torch_kernel_and_no_faiss_never_call_faiss(monkeypatch):
+def test_the_default_kernel_and_no_faiss_never_call_faiss(monkeypatch):
     bank, q = _data(n_bank=300)
 
     def refuse(*args, **kwargs):
         raise AssertionError("FAISS's kernel was called")
 
     monkeypatch.setattr(faiss_kernel, "knn", refuse)
-    ExactSearch(bank, kernel="torch").search(q, 1)
+    ExactSearch(bank).search(q, 1)                          # the default: the torch kernel
     monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)     # FAISS not installed
-    search = ExactSearch(bank)
-    assert search.kernel_rows is None
-    search.search(q, 1)
+    for search in (ExactSearch(bank, kernel="faiss"), ExactSearch(bank).for_fixed_calls()):
+        assert search.kernel_rows is None
+        search.search(q, 1)
     with pytest.raises(ValueError, match="kernel"):
-        ExactSearch(bank, kernel="faiss")
+        ExactSearch(bank, kernel="auto")
 
 
 def test_the_kernel_follows_torchs_thread_count(calls):
@@ -143,7 +145,29 @@ def test_the_kernel_follows_torchs_thread_count(calls):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        ExactSearch(bank).search(q, 1)
+        ExactSearch(bank, kernel="faiss").search(q, 1)
         assert calls and faiss.omp_get_max_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fit_calibrates_through_the_faiss_kernel_and_predicts_without_it(calls, monkeypatch,
+                                                                             synthetic_root):
+    # the synthetic images are small, so FAISS is let take its matrix-product path for small
+    # calls too; calibration's per-image calls then run FAISS's kernel, prediction never does
+    # (its scores must not depend on the batch), and the model is the torch kernel's up to rounding
+    monkeypatch.setattr(faiss_kernel, "MIN_QUERIES", 1)
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 0)
+    train = synthetic_root / "train" / "good"
+    tests = sorted((synthetic_root / "test").rglob("*.png"))
+    fast = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
+    fitted_calls = len(calls)
+    assert fitted_calls >= len(list(train.glob("*.png")))   # one map call per training image
+    got = fast.predict(tests)
+    assert len(calls) == fitted_calls
+    monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)
+    plain = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
+    assert torch.equal(fast.bank_, plain.bank_)
+    np.testing.assert_allclose(fast.calibration_.base_scores_, plain.calibration_.base_scores_, rtol=1e-5)
+    assert fast.threshold_ == pytest.approx(plain.threshold_, rel=1e-5)
+    assert [p.score for p in got] == pytest.approx([p.score for p in plain.predict(tests)], rel=1e-5)

@@ -3,9 +3,11 @@
 Squared distances are ``||q||^2 - 2 q.m + ||m||^2`` (:func:`patchbank.linalg.sq_dists_addmm`),
 computed in ``query_chunk x bank_chunk`` blocks whose top-k are merged, so no more than one block
 of distances exists at a time.  It runs wherever the bank tensor lives (CPU or CUDA) and is exact
-up to float32 rounding.  On the CPU, calls of many queries run the same arithmetic through
-FAISS's kernel when FAISS is installed (:mod:`patchbank.search.faiss_kernel`: faster there, the
-same neighbours up to rounding); the torch kernel serves every other call.
+up to float32 rounding, and a query's distances do not depend on the other queries of its call
+(on the CPU: tests check that a score does not depend on the batch).  The calibration's copy
+(:meth:`ExactSearch.for_fixed_calls`) runs calls of many queries through FAISS's kernel instead
+when FAISS is installed (:mod:`patchbank.search.faiss_kernel`: faster on the CPU, the same
+neighbours up to rounding, rounding that depends on the call's other queries).
 """
 from __future__ import annotations
 
@@ -21,18 +23,19 @@ from patchbank.search.base import Search, register_search
 
 class ExactSearch(Search):
     """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy
-    (a float32 tensor whose rows are unit-stride, a column slice included, is not copied),
-    except that FAISS's kernel reads a column slice from a contiguous copy of those columns
-    (``kernel_rows``, made once; subsets share it).  ``kernel``: ``"auto"`` (FAISS's kernel
-    where :func:`patchbank.search.faiss_kernel.usable`) or ``"torch"`` (always the torch one)."""
+    (a float32 tensor whose rows are unit-stride, a column slice included, is not copied).
+    ``kernel``: ``"torch"`` (every call), or ``"faiss"``: FAISS's kernel for the calls
+    :func:`patchbank.search.faiss_kernel.usable` accepts, which reads a contiguous copy of a
+    column slice (``kernel_rows``, made once; subsets share it), the torch kernel for the rest
+    (and everywhere when FAISS is not installed or the bank is not on the CPU)."""
 
     cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
     cuda_block_bytes = 1 << 28   # on a GPU, query chunks grow to fill a distance block of this size
 
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072,
-                 kernel: str = "auto"):
-        if kernel not in ("auto", "torch"):
-            raise ValueError(f"kernel must be 'auto' or 'torch', got {kernel!r}")
+                 kernel: str = "torch"):
+        if kernel not in ("torch", "faiss"):
+            raise ValueError(f"kernel must be 'torch' or 'faiss', got {kernel!r}")
         bank = bank.float()
         # a column slice of a wider bank (the map's columns with context taps) is searched in
         # place by the torch kernel: the matrix product reads its row stride
@@ -42,7 +45,7 @@ class ExactSearch(Search):
         self.bank_chunk = bank_chunk
         self.n = self.bank.shape[0]   # searchable rows (a subset: its kept rows)
         self.kernel_rows = None       # FAISS's kernel reads these (CPU, FAISS installed)
-        if kernel == "auto" and self.bank.device.type == "cpu" and faiss_kernel.available():
+        if kernel == "faiss" and self.bank.device.type == "cpu" and faiss_kernel.available():
             self.kernel_rows = faiss_kernel.dense_rows(self.bank)
 
     def __len__(self) -> int:
@@ -70,6 +73,14 @@ class ExactSearch(Search):
     def all_rows(self) -> torch.Tensor:
         """The whole bank (no copy)."""
         return self.bank
+
+    def for_fixed_calls(self) -> "ExactSearch":
+        """This search with FAISS's kernel (see :meth:`Search.for_fixed_calls`): the bank (and a
+        subset's mask) shared, a column slice copied once for the kernel."""
+        out = copy.copy(self)
+        if out.kernel_rows is None and self.bank.device.type == "cpu" and faiss_kernel.available():
+            out.kernel_rows = faiss_kernel.dense_rows(self.bank)
+        return out
 
     def subset(self, keep: torch.Tensor) -> "ExactSearch":
         """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the

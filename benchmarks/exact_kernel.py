@@ -1,0 +1,108 @@
+"""The exact search's two CPU kernels, timed on one bank shape: torch's and FAISS's.
+
+    python benchmarks/exact_kernel.py --entries 9863 --width 376 --map-dim 168 -o results/exact_kernel_mtd.json
+
+``ExactSearch(kernel="torch")`` multiplies with torch's float32 product (MKL on the CPU);
+``ExactSearch()`` (``kernel="auto"``, what every model uses) hands calls of enough queries to
+FAISS's ``knn_L2sqr`` (OpenBLAS), see ``patchbank.search.faiss_kernel``.  Timed interleaved, the
+median of ``--repeats`` runs each, on random rows of the given shape (the arithmetic does not
+depend on the values): the map's search of one image (``grid`` queries against the first
+``map-dim`` columns, a column view as with context taps), the same for a batch of 16, the context
+taps' search of the top 5% patches (every column), one image's leave-one-image-out call (its own
+rows masked), and the bare float32 product of one image's queries against the bank in torch and in
+numpy (the BLAS each kernel uses).  Neighbours are compared first: the same rows for every query.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchbank.search import ExactSearch
+from patchbank.search import faiss_kernel
+from patchbank.studies.speed import machine
+
+
+def _times_ms(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--entries", type=int, default=9863, help="bank rows (MTD's default bank: 9863)")
+    ap.add_argument("--width", type=int, default=376, help="whole row width (map + context columns)")
+    ap.add_argument("--map-dim", type=int, default=168, help="the map's columns")
+    ap.add_argument("--grid", type=int, default=1296, help="patches per image (36 x 36)")
+    ap.add_argument("--images", type=int, default=761, help="training images (rows masked per image)")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--output", type=Path)
+    args = ap.parse_args()
+    if not faiss_kernel.available():
+        raise SystemExit("FAISS is not installed: pip install faiss-cpu")
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(args.entries, args.width, generator=g)
+    owner = torch.randint(args.images, (args.entries,), generator=g)
+    view = rows[:, :args.map_dim]
+    top = max(1, round(0.05 * args.grid))
+    q1 = torch.randn(args.grid, args.map_dim, generator=g)
+    q16 = torch.randn(16 * args.grid, args.map_dim, generator=g)
+    qc = torch.randn(top, args.width, generator=g)
+    kernels = {name: (ExactSearch(view, kernel=name), ExactSearch(rows, kernel=name)) for name in ("torch", "auto")}
+    calls = {
+        "map, 1 image": lambda s, c: s.search(q1, 1),
+        "map, 16 images": lambda s, c: s.search(q16, 1),
+        "context taps, 1 image": lambda s, c: c.search(qc, 1),
+        "leave-one-image-out, 1 image": lambda s, c: s.subset(owner != 0).search(q1, 1),
+    }
+    for name, call in calls.items():
+        (_, i_t), (_, i_a) = (call(*kernels["torch"]), call(*kernels["auto"]))
+        if not torch.equal(i_t, i_a):
+            raise SystemExit(f"{name}: the kernels found different rows for "
+                             f"{int((i_t != i_a).any(1).sum())} queries")
+    times: dict[str, dict[str, list[float]]] = {name: {"torch": [], "auto": []} for name in calls}
+    a, b = q1.numpy(), np.ascontiguousarray(view.numpy())
+    products = {"torch mm": lambda: q1 @ view.T, "numpy matmul": lambda: a @ b.T}
+    prod_times = {k: [] for k in products}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            for kernel in ("torch", "auto"):
+                times[name][kernel] += _times_ms(lambda: call(*kernels[kernel]), 1)
+        for k, fn in products.items():
+            prod_times[k] += _times_ms(fn, 1)
+    flops = 2.0 * args.grid * args.entries * args.map_dim
+    result = {
+        "command": "python benchmarks/exact_kernel.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
+        "machine": machine(),
+        "shape": {"entries": args.entries, "width": args.width, "map_dim": args.map_dim, "grid": args.grid},
+        "faiss_used": {name: faiss_kernel.usable(q) for name, q in
+                       (("map, 1 image", q1), ("map, 16 images", q16), ("context taps, 1 image", qc))},
+        "median_ms": {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()},
+        "all_ms": times,
+        "product_times_ms": {k: statistics.median(v) for k, v in prod_times.items()},
+        "product_gflops": {k: flops / statistics.median(v) / 1e6 for k, v in prod_times.items()},
+    }
+    for name, t in result["median_ms"].items():
+        print(f"{name:30s} torch {t['torch']:8.2f} ms   auto {t['auto']:8.2f} ms   x{t['torch'] / t['auto']:.2f}")
+    for k, v in result["product_gflops"].items():
+        print(f"float32 product {k:14s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
