@@ -2,9 +2,10 @@
 
     python benchmarks/exact_kernel.py --entries 9863 --width 376 --map-dim 168 -o results/exact_kernel_mtd.json
 
-``ExactSearch(kernel="torch")`` multiplies with torch's float32 product (MKL on the CPU);
-``ExactSearch()`` (``kernel="auto"``, what every model uses) hands calls of enough queries to
-FAISS's ``knn_L2sqr`` (OpenBLAS), see ``patchbank.search.faiss_kernel``.  Timed interleaved, the
+``ExactSearch()`` (``kernel="torch"``, what prediction uses) multiplies with torch's float32
+product (MKL on the CPU); ``ExactSearch(kernel="faiss")`` (what the calibration's
+``for_fixed_calls()`` copy uses) hands calls of enough queries to FAISS's ``knn_L2sqr``
+(OpenBLAS), see ``patchbank.search.faiss_kernel``.  Timed interleaved, the
 median of ``--repeats`` runs each, on random rows of the given shape (the arithmetic does not
 depend on the values): the map's search of one image (``grid`` queries against the first
 ``map-dim`` columns, a column view as with context taps), the same for a batch of 16, the context
@@ -59,7 +60,7 @@ def main() -> None:
     q1 = torch.randn(args.grid, args.map_dim, generator=g)
     q16 = torch.randn(16 * args.grid, args.map_dim, generator=g)
     qc = torch.randn(top, args.width, generator=g)
-    kernels = {name: (ExactSearch(view, kernel=name), ExactSearch(rows, kernel=name)) for name in ("torch", "auto")}
+    kernels = {name: (ExactSearch(view, kernel=name), ExactSearch(rows, kernel=name)) for name in ("torch", "faiss")}
     calls = {
         "map, 1 image": lambda s, c: s.search(q1, 1),
         "map, 16 images": lambda s, c: s.search(q16, 1),
@@ -67,17 +68,17 @@ def main() -> None:
         "leave-one-image-out, 1 image": lambda s, c: s.subset(owner != 0).search(q1, 1),
     }
     for name, call in calls.items():
-        (_, i_t), (_, i_a) = (call(*kernels["torch"]), call(*kernels["auto"]))
+        (_, i_t), (_, i_a) = (call(*kernels["torch"]), call(*kernels["faiss"]))
         if not torch.equal(i_t, i_a):
             raise SystemExit(f"{name}: the kernels found different rows for "
                              f"{int((i_t != i_a).any(1).sum())} queries")
-    times: dict[str, dict[str, list[float]]] = {name: {"torch": [], "auto": []} for name in calls}
+    times: dict[str, dict[str, list[float]]] = {name: {"torch": [], "faiss": []} for name in calls}
     a, b = q1.numpy(), np.ascontiguousarray(view.numpy())
     products = {"torch mm": lambda: q1 @ view.T, "numpy matmul": lambda: a @ b.T}
     prod_times = {k: [] for k in products}
     for _ in range(args.repeats):
         for name, call in calls.items():
-            for kernel in ("torch", "auto"):
+            for kernel in ("torch", "faiss"):
                 times[name][kernel] += _times_ms(lambda: call(*kernels[kernel]), 1)
         for k, fn in products.items():
             prod_times[k] += _times_ms(fn, 1)
@@ -95,7 +96,7 @@ def main() -> None:
         "product_gflops": {k: flops / statistics.median(v) / 1e6 for k, v in prod_times.items()},
     }
     for name, t in result["median_ms"].items():
-        print(f"{name:30s} torch {t['torch']:8.2f} ms   auto {t['auto']:8.2f} ms   x{t['torch'] / t['auto']:.2f}")
+        print(f"{name:30s} torch {t['torch']:8.2f} ms   faiss {t['faiss']:8.2f} ms   x{t['torch'] / t['faiss']:.2f}")
     for k, v in result["product_gflops"].items():
         print(f"float32 product {k:14s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
     if args.output:
