@@ -30,6 +30,7 @@ from patchbank.studies.speed import machine
 
 
 def _times_ms(fn, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn``, one after the other."""
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -72,16 +73,25 @@ def main() -> None:
         if not torch.equal(i_t, i_a):
             raise SystemExit(f"{name}: the kernels found different rows for "
                              f"{int((i_t != i_a).any(1).sum())} queries")
+    # does a query's distance depend on the other queries of its call?  one image's queries as
+    # one call, and the same queries from the 101st on as a call of their own
+    invariant = {}
+    for kernel, (search, _) in kernels.items():
+        whole, part = search.search(q1, 1)[0], search.search(q1[100:].contiguous(), 1)[0]
+        invariant[kernel] = bool(torch.equal(whole[100:], part))
     times: dict[str, dict[str, list[float]]] = {name: {"torch": [], "faiss": []} for name in calls}
     a, b = q1.numpy(), np.ascontiguousarray(view.numpy())
     products = {"torch mm": lambda: q1 @ view.T, "numpy matmul": lambda: a @ b.T}
     prod_times = {k: [] for k in products}
-    for _ in range(args.repeats):
+    for rep in range(args.repeats):
+        order = ("torch", "faiss") if rep % 2 == 0 else ("faiss", "torch")   # neither always first
         for name, call in calls.items():
-            for kernel in ("torch", "faiss"):
+            for kernel in order:
                 times[name][kernel] += _times_ms(lambda: call(*kernels[kernel]), 1)
-        for k, fn in products.items():
-            prod_times[k] += _times_ms(fn, 1)
+    # the bare products last: numpy's OpenBLAS threads keep spinning after a product and would
+    # slow whatever torch runs next
+    for k, fn in products.items():      # torch's first, numpy's after (not interleaved)
+        prod_times[k] += _times_ms(fn, args.repeats)
     flops = 2.0 * args.grid * args.entries * args.map_dim
     result = {
         "command": "python benchmarks/exact_kernel.py " + " ".join(
@@ -90,6 +100,7 @@ def main() -> None:
         "shape": {"entries": args.entries, "width": args.width, "map_dim": args.map_dim, "grid": args.grid},
         "faiss_used": {name: faiss_kernel.usable(q) for name, q in
                        (("map, 1 image", q1), ("map, 16 images", q16), ("context taps, 1 image", qc))},
+        "same_bits_in_a_shifted_call": invariant,
         "median_ms": {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()},
         "all_ms": times,
         "product_times_ms": {k: statistics.median(v) for k, v in prod_times.items()},
@@ -97,6 +108,8 @@ def main() -> None:
     }
     for name, t in result["median_ms"].items():
         print(f"{name:30s} torch {t['torch']:8.2f} ms   faiss {t['faiss']:8.2f} ms   x{t['torch'] / t['faiss']:.2f}")
+    print("a query's distance bit for bit the same when its call starts 100 queries later:",
+          ", ".join(f"{k} {v}" for k, v in invariant.items()))
     for k, v in result["product_gflops"].items():
         print(f"float32 product {k:14s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
     if args.output:
