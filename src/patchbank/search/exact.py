@@ -44,9 +44,8 @@ class ExactSearch(Search):
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
         self.n = self.bank.shape[0]   # searchable rows (a subset: its kept rows)
-        self.kernel_rows = None       # FAISS's kernel reads these (CPU, FAISS installed)
-        if kernel == "faiss" and self.bank.device.type == "cpu" and faiss_kernel.available():
-            self.kernel_rows = faiss_kernel.dense_rows(self.bank)
+        # FAISS's kernel reads these (kernel "faiss", on the CPU, FAISS installed), else None
+        self.kernel_rows = self._faiss_rows() if kernel == "faiss" else None
 
     def __len__(self) -> int:
         return self.n
@@ -78,9 +77,15 @@ class ExactSearch(Search):
         """This search with FAISS's kernel (see :meth:`Search.for_fixed_calls`): the bank (and a
         subset's mask) shared, a column slice copied once for the kernel."""
         out = copy.copy(self)
-        if out.kernel_rows is None and self.bank.device.type == "cpu" and faiss_kernel.available():
-            out.kernel_rows = faiss_kernel.dense_rows(self.bank)
+        if out.kernel_rows is None:
+            out.kernel_rows = self._faiss_rows()
         return out
+
+    def _faiss_rows(self):
+        """The bank as FAISS's kernel reads it, or None where that kernel cannot run."""
+        if self.bank.device.type != "cpu" or not faiss_kernel.available():
+            return None
+        return faiss_kernel.dense_rows(self.bank)
 
     def subset(self, keep: torch.Tensor) -> "ExactSearch":
         """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the

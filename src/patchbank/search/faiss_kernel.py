@@ -2,21 +2,23 @@
 
 :class:`~patchbank.search.exact.ExactSearch` finds the k nearest bank rows from squared
 distances ``||q||^2 - 2 q.m + ||m||^2``.  Its torch kernel
-(:func:`~patchbank.search.exact.nearest_rows`) multiplies with torch's float32 matrix product,
-which on the CPU is MKL's; on the AMD EPYC machines this project runs on, MKL's product reaches
-about half the rate of the OpenBLAS that FAISS bundles, and FAISS's ``knn_L2sqr`` also keeps
-the running minimum of each 1,024-row block of the bank while the block is in cache
-(docs/performance.md, "The exact search's CPU kernel").  :func:`knn` runs that kernel on the
-same bank rows, squared norms and mask, with the same contract: the same neighbours up to float
-rounding (an index can differ only between rows whose distances are within rounding of each
-other), squared distances clamped at 0.
+(:func:`~patchbank.search.exact.nearest_rows`) multiplies with torch's float32 matrix product
+(MKL on the CPU); FAISS's ``knn_L2sqr`` does the same arithmetic with the OpenBLAS it bundles and
+keeps the running minimum of each block of bank rows while the block is in cache, which is faster
+on the AMD CPUs measured (docs/performance.md, "The exact search's CPU kernel").  :func:`knn`
+runs it on the same bank rows, squared norms and mask, with the same contract: the same
+neighbours up to float rounding (an index can differ only between rows whose distances are
+within rounding of each other), squared distances clamped at 0.  Unlike the torch kernel, the
+rounding of a query's distances depends on the other queries of its call and on the thread
+count, so only callers whose calls do not follow the batch use it
+(:meth:`~patchbank.search.Search.for_fixed_calls`).
 
 When it runs (:func:`usable`): FAISS installed, queries on the CPU, at least ``MIN_QUERIES``
 of them in the call, and enough values for FAISS to take its matrix-product path (queries x
 dimensions >= ``faiss.cvar.distance_compute_blas_threshold``, 128,000 in FAISS 1.15: 762 queries
-of 168 values).  Below that FAISS runs a pair-by-pair loop that is slower than torch's product
-here (the context taps' 65 queries) and ignores the squared norms it is given, which the exact
-search's subsets use to mask rows out (``+inf``).
+of 168 values).  Below that FAISS runs a pair-by-pair loop, which ignores the squared norms it
+is given (the exact search's subsets mask rows out with ``+inf``), and small calls gain
+nothing (the context taps' 65 queries; docs/performance.md).
 
 What the caller checks (:class:`~patchbank.search.exact.ExactSearch`): queries whose answer
 holds id -1 (a NaN or infinite feature: no distance compares below FAISS's initial bound) or a
