@@ -85,7 +85,7 @@ class ExactSearch(Search):
         """The bank as FAISS's kernel reads it, or None where that kernel cannot run."""
         if self.bank.device.type != "cpu" or not faiss_kernel.available():
             return None
-        return faiss_kernel.dense_rows(self.bank)
+        return faiss_kernel.float32_numpy(self.bank)
 
     def subset(self, keep: torch.Tensor) -> "ExactSearch":
         """A search over the rows ``keep`` (bool mask) of this bank, returning indices into the

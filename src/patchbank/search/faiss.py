@@ -16,6 +16,7 @@ import torch
 from patchbank.errors import PatchbankError
 from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search.base import Search, register_search
+from patchbank.search.faiss_kernel import float32_numpy
 from patchbank.runtime.threads import sync_faiss
 
 
@@ -113,12 +114,12 @@ class FaissSearch(Search):
         order: ``whole`` when they are all in memory (IVF-Flat lists are then sized exactly,
         :meth:`_add_exact_lists`), else one at a time, each may be freed once added."""
         if self.kind in ("ivf", "ivfpq"):
-            self.index.train(_float32_numpy(train))
+            self.index.train(float32_numpy(train))
         if self.kind == "ivf" and whole:
-            self._add_exact_lists([_float32_numpy(c) for c in chunks])
+            self._add_exact_lists([float32_numpy(c) for c in chunks])
         else:
             for chunk in chunks:
-                self.index.add(_float32_numpy(chunk))
+                self.index.add(float32_numpy(chunk))
         added = self.index.ntotal
         if added != self.total:
             raise PatchbankError(f"internal error: {added} bank rows added, expected {self.total}")
@@ -258,11 +259,6 @@ class FaissSearch(Search):
             return _rerank(q, torch.from_numpy(cand).long(), self.bank.detach().float().cpu(), k, device)
         # IVF may return -1 when fewer than k candidates were probed
         return torch.from_numpy(d).clamp_min_(0.0).to(device), torch.from_numpy(i).long().to(device)
-
-
-def _float32_numpy(t: torch.Tensor) -> np.ndarray:
-    """A contiguous float32 CPU array of ``t`` (no copy when it already is one)."""
-    return t.detach().float().cpu().contiguous().numpy()
 
 
 def make_search_from_chunks(chunks, n: int, dim: int, train: torch.Tensor, config) -> FaissSearch:

@@ -59,10 +59,10 @@ def usable(queries: torch.Tensor) -> bool:
     return n >= MIN_QUERIES and n * d >= int(faiss.cvar.distance_compute_blas_threshold)
 
 
-def dense_rows(bank: torch.Tensor) -> np.ndarray:
-    """The bank rows as the C-contiguous float32 array the kernel reads (no copy when ``bank``
-    is already one; a column view of wider rows is copied)."""
-    return bank.detach().float().contiguous().numpy()
+def float32_numpy(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 CPU array of ``t``, as FAISS reads arrays (no copy when ``t``
+    already is one; a column view of wider rows is copied)."""
+    return t.detach().float().cpu().contiguous().numpy()
 
 
 def knn(queries: torch.Tensor, rows: np.ndarray, sqnorm: torch.Tensor, k: int
@@ -74,8 +74,7 @@ def knn(queries: torch.Tensor, rows: np.ndarray, sqnorm: torch.Tensor, k: int
     infinite query); the caller searches those again (see the module docstring)."""
     faiss = _faiss()
     sync_faiss()
-    q = np.ascontiguousarray(queries.detach().float().numpy())
-    norms = np.ascontiguousarray(sqnorm.detach().float().cpu().numpy())
+    q, norms = float32_numpy(queries), float32_numpy(sqnorm)
     n, m = q.shape[0], rows.shape[0]
     dist = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
