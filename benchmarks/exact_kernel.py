@@ -2,16 +2,18 @@
 
     python benchmarks/exact_kernel.py --entries 9863 --width 376 --map-dim 168 -o results/exact_kernel_mtd.json
 
-``ExactSearch()`` (``kernel="torch"``, what prediction uses) multiplies with torch's float32
-product (MKL on the CPU); ``ExactSearch(kernel="faiss")`` (what the calibration's
-``for_fixed_calls()`` copy uses) hands calls of enough queries to FAISS's ``knn_L2sqr``
-(OpenBLAS), see ``patchbank.search.faiss_kernel``.  Timed interleaved, the
+``ExactSearch(kernel="torch")`` finds its candidates with torch's float32 product (MKL on the
+CPU); ``ExactSearch()`` (``kernel="faiss"``, the default since session 18) hands calls of enough
+queries to FAISS's ``knn_L2sqr`` (OpenBLAS), see ``patchbank.search.faiss_kernel``; both then
+refine the candidates from their differences (``patchbank.search.exact.refine``; before
+session 18 there was no refinement and only the calibration used FAISS).  Timed interleaved, the
 median of ``--repeats`` runs each, on random rows of the given shape (the arithmetic does not
 depend on the values): the map's search of one image (``grid`` queries against the first
 ``map-dim`` columns, a column view as with context taps), the same for a batch of 16, the context
 taps' search of the top 5% patches (every column), one image's leave-one-image-out call (its own
 rows masked), and the bare float32 product of one image's queries against the bank in torch and in
-numpy (the BLAS each kernel uses).  Neighbours are compared first: the same rows for every query.
+numpy (the BLAS each kernel uses).  Neighbours are compared first: the same rows for every query
+(and ``same_bits_across_kernels``: the same distances too).
 """
 from __future__ import annotations
 
@@ -68,11 +70,13 @@ def main() -> None:
         "context taps, 1 image": lambda s, c: c.search(qc, 1),
         "leave-one-image-out, 1 image": lambda s, c: s.subset(owner != 0).search(q1, 1),
     }
+    same_bits = {}
     for name, call in calls.items():
-        (_, i_t), (_, i_a) = (call(*kernels["torch"]), call(*kernels["faiss"]))
+        (d_t, i_t), (d_a, i_a) = (call(*kernels["torch"]), call(*kernels["faiss"]))
         if not torch.equal(i_t, i_a):
             raise SystemExit(f"{name}: the kernels found different rows for "
                              f"{int((i_t != i_a).any(1).sum())} queries")
+        same_bits[name] = bool(torch.equal(d_t, d_a))
     # does a query's distance depend on the other queries of its call?  one image's queries as
     # one call, and the same queries from the 101st on as a call of their own
     invariant = {}
@@ -101,6 +105,7 @@ def main() -> None:
         "faiss_used": {name: faiss_kernel.usable(q) for name, q in
                        (("map, 1 image", q1), ("map, 16 images", q16), ("context taps, 1 image", qc))},
         "same_bits_in_a_shifted_call": invariant,
+        "same_bits_across_kernels": same_bits,
         "median_ms": {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()},
         "all_ms": times,
         "product_times_ms": {k: statistics.median(v) for k, v in prod_times.items()},
@@ -110,6 +115,7 @@ def main() -> None:
         print(f"{name:30s} torch {t['torch']:8.2f} ms   faiss {t['faiss']:8.2f} ms   x{t['torch'] / t['faiss']:.2f}")
     print("a query's distance bit for bit the same when its call starts 100 queries later:",
           ", ".join(f"{k} {v}" for k, v in invariant.items()))
+    print("the two kernels' distances bit for bit the same:", ", ".join(f"{k}: {v}" for k, v in same_bits.items()))
     for k, v in result["product_gflops"].items():
         print(f"float32 product {k:14s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
     if args.output:

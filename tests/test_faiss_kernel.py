@@ -1,4 +1,5 @@
-"""The exact search's FAISS kernel (patchbank.search.faiss_kernel, the calibration's) against its torch kernel."""
+"""The exact search's FAISS kernel (patchbank.search.faiss_kernel) against its torch kernel, and the
+refinement that makes their answers the same (patchbank.search.exact.refine)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,9 @@ from conftest import FAST
 
 from patchbank.detector import Detector
 from patchbank.search import ExactSearch, LeaveGroupOut
+from patchbank.linalg import sq_norms
 from patchbank.search import faiss_kernel
+from patchbank.search.exact import candidate_rows
 
 faiss = pytest.importorskip("faiss")
 
@@ -36,27 +39,26 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("k", [1, 3])
 def test_faiss_kernel_finds_the_torch_kernels_neighbours(k, calls):
     bank, q = _data()                       # a column view of wider rows, as with context taps
-    fast, plain = ExactSearch(bank, kernel="faiss"), ExactSearch(bank)
+    fast, plain = ExactSearch(bank), ExactSearch(bank, kernel="torch")
     assert fast.kernel_rows is not None and fast.kernel_rows.flags["C_CONTIGUOUS"]
     assert fast.all_rows().data_ptr() == bank.data_ptr()       # rows() still reads the view
     (d1, i1), (d2, i2) = fast.search(q, k), plain.search(q, k)
     assert calls == [q.shape[0]]            # the call went through FAISS
-    assert torch.equal(i1, i2)
-    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)         # refined: the same bits
     assert bool((d1 >= 0).all()) and bool((d1[:, :-1] <= d1[:, 1:]).all())
     exact = torch.cdist(q.double(), bank.double()).pow(2).topk(k, largest=False)
     assert torch.equal(i1, exact.indices)
+    torch.testing.assert_close(d1.double(), exact.values, rtol=2e-6, atol=0)
 
 
 def test_faiss_kernel_keeps_the_subsets_mask(calls):
     bank, q = _data(n_bank=2000)
     keep = torch.ones(2000, dtype=torch.bool)
     keep[torch.randperm(2000, generator=torch.Generator().manual_seed(3))[:1500]] = False
-    d1, i1 = ExactSearch(bank, kernel="faiss").subset(keep).search(q, 2)
-    d2, i2 = ExactSearch(bank).subset(keep).search(q, 2)
+    d1, i1 = ExactSearch(bank).subset(keep).search(q, 2)
+    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 2)
     assert calls and bool(keep[i1].all())
-    assert torch.equal(i1, i2)
-    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
 
 
 def test_leave_one_image_out_through_the_faiss_kernel(calls):
@@ -64,14 +66,13 @@ def test_leave_one_image_out_through_the_faiss_kernel(calls):
     bank, q = _data(n_bank=1200, n_queries=2 * 900)
     owner = torch.arange(1200) % 7
     groups = torch.tensor([2, 5])
-    d, i = LeaveGroupOut(ExactSearch(bank).for_fixed_calls(), owner, 4).for_queries(groups).search(q, 1)
+    d, i = LeaveGroupOut(ExactSearch(bank), owner, 4).for_queries(groups).search(q, 1)
     assert calls == [900, 900]
     for j, grp in enumerate(groups.tolist()):
         block = slice(900 * j, 900 * (j + 1))
-        dm, im = ExactSearch(bank).subset(owner != grp).search(q[block], 1)
+        dm, im = ExactSearch(bank, kernel="torch").subset(owner != grp).search(q[block], 1)
         assert bool((owner[i[block]] != grp).all())
-        assert torch.equal(i[block], im)
-        torch.testing.assert_close(d[block], dm, rtol=1e-5, atol=1e-4)
+        assert torch.equal(i[block], im) and torch.equal(d[block], dm)
 
 
 def test_small_calls_use_the_torch_kernel(calls):
@@ -80,8 +81,8 @@ def test_small_calls_use_the_torch_kernel(calls):
     bank, q = _data(n_queries=700)
     assert not faiss_kernel.usable(q) and not faiss_kernel.usable(q[:65])
     keep = torch.arange(bank.shape[0]) % 2 == 0
-    (d1, i1), (d2, i2) = (ExactSearch(bank, kernel="faiss").subset(keep).search(q, 1),
-                          ExactSearch(bank).subset(keep).search(q, 1))
+    (d1, i1), (d2, i2) = (ExactSearch(bank).subset(keep).search(q, 1),
+                          ExactSearch(bank, kernel="torch").subset(keep).search(q, 1))
     assert calls == []
     assert torch.equal(i1, i2) and torch.equal(d1, d2)
 
@@ -91,8 +92,8 @@ def test_nan_and_infinite_queries_get_the_torch_kernels_answer(calls):
     q = q.clone()
     q[5, 3] = float("nan")
     q[7, 0] = float("inf")
-    d1, i1 = ExactSearch(bank, kernel="faiss").search(q, 1)
-    d2, i2 = ExactSearch(bank).search(q, 1)
+    d1, i1 = ExactSearch(bank).search(q, 1)
+    d2, i2 = ExactSearch(bank, kernel="torch").search(q, 1)
     assert calls
     assert bool(torch.isnan(d1[5]).all()) and bool(torch.isnan(d2[5]).all())
     assert not bool(torch.isfinite(d1[7]).any())
@@ -116,26 +117,25 @@ def test_a_masked_row_from_faiss_is_searched_again(monkeypatch):
         return d, i
 
     monkeypatch.setattr(faiss_kernel, "knn", ignores_the_mask)
-    d1, i1 = ExactSearch(bank, kernel="faiss").subset(keep).search(q, 1)
-    d2, i2 = ExactSearch(bank).subset(keep).search(q, 1)
+    d1, i1 = ExactSearch(bank).subset(keep).search(q, 1)
+    d2, i2 = ExactSearch(bank, kernel="torch").subset(keep).search(q, 1)
     assert not bool(keep[torch.from_numpy(returned[0])].all())   # FAISS did return masked rows
     assert bool(keep[i1].all())
-    assert torch.equal(i1, i2)
-    torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-4)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
 
 
-def test_the_default_kernel_and_no_faiss_never_call_faiss(monkeypatch):
+def test_the_torch_kernel_and_no_faiss_never_call_faiss(monkeypatch):
     bank, q = _data(n_bank=300)
 
     def refuse(*args, **kwargs):
         raise AssertionError("FAISS's kernel was called")
 
     monkeypatch.setattr(faiss_kernel, "knn", refuse)
-    ExactSearch(bank).search(q, 1)                          # the default: the torch kernel
+    ExactSearch(bank, kernel="torch").search(q, 1)
     monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)     # FAISS not installed
-    for search in (ExactSearch(bank, kernel="faiss"), ExactSearch(bank).for_fixed_calls()):
-        assert search.kernel_rows is None
-        search.search(q, 1)
+    search = ExactSearch(bank)
+    assert search.kernel_rows is None
+    search.search(q, 1)
     with pytest.raises(ValueError, match="kernel"):
         ExactSearch(bank, kernel="auto")
 
@@ -145,17 +145,51 @@ def test_the_kernel_follows_torchs_thread_count(calls):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        ExactSearch(bank, kernel="faiss").search(q, 1)
+        ExactSearch(bank).search(q, 1)
         assert calls and faiss.omp_get_max_threads() == 1
     finally:
         torch.set_num_threads(before)
 
 
-def test_a_fit_calibrates_through_the_faiss_kernel_and_predicts_without_it(calls, monkeypatch,
-                                                                             synthetic_root):
+def test_a_query_gets_the_same_bits_in_any_call_and_thread_count(calls):
+    # FAISS's own distances round by a query's position in its call and by the thread count;
+    # the refined answer must not: the same query alone, shifted inside another call, and with
+    # one thread gives bitwise the same distance and row
+    bank, q = _data(n_bank=2000, n_queries=1100)
+    search = ExactSearch(bank)
+    alone = search.search(q[300:], 1)
+    shifted = search.search(torch.cat([q[:37], q[300:]]), 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = search.search(q[300:], 1)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [800, 837, 800]
+    for d, i in (shifted[0][37:], shifted[1][37:]), one_thread:
+        assert torch.equal(d, alone[0]) and torch.equal(i, alone[1])
+
+
+def test_refinement_measures_a_far_bank_without_cancellation():
+    # rows far from the origin: the expansion's ||q||^2 + ||m||^2 - 2 q.m cancels ~4 digits,
+    # the refined distance keeps float32's relative accuracy (float64 cdist as reference); the
+    # neighbours are still apart by more than the expansion's rounding, so both kernels find them
+    g = torch.Generator().manual_seed(4)
+    bank = 30.0 + torch.randn(1500, 64, generator=g)
+    q = 30.0 + torch.randn(900, 64, generator=g)
+    exact = torch.cdist(q.double(), bank.double()).pow(2).min(1).values
+    expansion = candidate_rows(q, bank, sq_norms(bank), 1, 4096)[0][:, 0].double()
+    for kernel in ("faiss", "torch"):
+        d, _ = ExactSearch(bank, kernel=kernel).search(q, 1)
+        torch.testing.assert_close(d[:, 0].double(), exact, rtol=1e-6, atol=0)
+    assert float(((expansion - exact).abs() / exact).max()) > 1e-4      # what the refinement fixes
+
+
+def test_a_fit_and_its_predictions_through_the_faiss_kernel_equal_the_torch_kernels(calls, monkeypatch,
+                                                                                    synthetic_root):
     # the synthetic images are small, so FAISS is let take its matrix-product path for small
-    # calls too; calibration's per-image calls then run FAISS's kernel, prediction never does
-    # (its scores must not depend on the batch), and the model is the torch kernel's up to rounding
+    # calls too; calibration's per-image calls and prediction's batches then run FAISS's kernel,
+    # and the model and the scores are the torch kernel's bit for bit (FAISS not installed)
     monkeypatch.setattr(faiss_kernel, "MIN_QUERIES", 1)
     monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 0)
     train = synthetic_root / "train" / "good"
@@ -164,10 +198,10 @@ def test_a_fit_calibrates_through_the_faiss_kernel_and_predicts_without_it(calls
     fitted_calls = len(calls)
     assert fitted_calls >= len(list(train.glob("*.png")))   # one map call per training image
     got = fast.predict(tests)
-    assert len(calls) == fitted_calls
+    assert len(calls) > fitted_calls
     monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)
     plain = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
     assert torch.equal(fast.bank_, plain.bank_)
-    np.testing.assert_allclose(fast.calibration_.base_scores_, plain.calibration_.base_scores_, rtol=1e-5)
-    assert fast.threshold_ == pytest.approx(plain.threshold_, rel=1e-5)
-    assert [p.score for p in got] == pytest.approx([p.score for p in plain.predict(tests)], rel=1e-5)
+    np.testing.assert_array_equal(fast.calibration_.base_scores_, plain.calibration_.base_scores_)
+    assert fast.threshold_ == plain.threshold_
+    assert [p.score for p in got] == [p.score for p in plain.predict(tests)]

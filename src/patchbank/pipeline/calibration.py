@@ -294,13 +294,10 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
     scores (LMF-Core Eq. 2 / StructCore Eq. 5) and the pooling, PatchCore's re-weighting
     neighbourhood and the context taps' search included, see no entry of the image.  Returns
     the base scores [n] and the patch-score grids, one [batch, P] tensor per batch of
-    ``config.batch_size`` images.  Each image's queries are searched in calls of their own, so
-    the searches may take their faster kernels (:meth:`~patchbank.search.Search.for_fixed_calls`:
-    the same neighbours up to float rounding)."""
+    ``config.batch_size`` images."""
     cfg = scorer.config
-    loo = LeaveGroupOut(scorer.search.for_fixed_calls(), bank_source, LOO_EXTRA)
-    context = None if scorer.context is None else \
-        LeaveGroupOut(scorer.context.for_fixed_calls(), bank_source, LOO_EXTRA)
+    loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
+    context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, LOO_EXTRA)
     images = torch.from_numpy(rows.images)
     n_patches = scorer.grid[0] * scorer.grid[1]
     base, grids = [], []

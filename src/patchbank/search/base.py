@@ -59,15 +59,6 @@ class Search(ABC):
     def subset(self, keep: torch.Tensor) -> "Search":
         """A search over the rows ``keep`` (bool mask [entries]) returning whole-bank ids."""
 
-    def for_fixed_calls(self) -> "Search":
-        """This search for a caller whose calls do not depend on how images are batched (the
-        calibration: one training image's queries per call).  A search may then use a faster
-        kernel whose float rounding of a query's distances depends on the other queries of its
-        call, which prediction, whose calls follow the batch size, must not (a score does not
-        depend on the batch it came in).  The same neighbours up to rounding; by default the
-        search itself."""
-        return self
-
 
 SearchFactory = Callable[[torch.Tensor, object], Search]   # (bank, config) -> Search
 SEARCHES: dict[str, SearchFactory] = {}

@@ -1,13 +1,19 @@
-"""Exact nearest-neighbour search in torch: the bank as one tensor, distances as a matrix product.
+"""Exact nearest-neighbour search: a matrix-product kernel finds candidates, differences rank them.
 
-Squared distances are ``||q||^2 - 2 q.m + ||m||^2`` (:func:`patchbank.linalg.sq_dists_addmm`),
-computed in ``query_chunk x bank_chunk`` blocks whose top-k are merged, so no more than one block
-of distances exists at a time.  It runs wherever the bank tensor lives (CPU or CUDA) and is exact
-up to float32 rounding, and a query's distances do not depend on the other queries of its call
-(on the CPU: tests check that a score does not depend on the batch).  The calibration's copy
-(:meth:`ExactSearch.for_fixed_calls`) runs calls of many queries through FAISS's kernel instead
-when FAISS is installed (:mod:`patchbank.search.faiss_kernel`: faster on the CPU, the same
-neighbours up to rounding, rounding that depends on the call's other queries).
+Each search runs in two steps.  A kernel finds the ``k + RERANK_SPARE`` nearest bank rows of each
+query from squared distances ``||q||^2 - 2 q.m + ||m||^2`` (:func:`candidate_rows`, torch's
+matrix product, in ``query_chunk x bank_chunk`` blocks whose top-k are merged; or, on the CPU
+with FAISS installed, FAISS's ``knn_L2sqr``, :mod:`patchbank.search.faiss_kernel`).  Then
+:func:`refine` measures those candidates again as ``sum((q - m)^2)`` and keeps the k nearest.
+
+Why two steps: the expansion loses digits to cancellation (a neighbour's distance is a small
+difference of large norms) and its rounding depends on the kernel: FAISS's (OpenBLAS's) even on a
+query's position in its call and on the thread count.  The refined distance depends only on the
+query and the row, so a score is the same whatever the batch, the thread count, the kernel (FAISS
+installed or not) or the runner (an exported graph refines the same way: :func:`nearest_rows`).
+The kernels can only disagree on a candidate list when rows lie within the expansion's rounding
+of one another; the one spare candidate means that the k nearest by differences are still found
+unless k + 1 rows are that close (docs/performance.md, "The exact search's refinement").
 """
 from __future__ import annotations
 
@@ -20,22 +26,26 @@ from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search import faiss_kernel
 from patchbank.search.base import Search, register_search
 
+RERANK_SPARE = 1   # candidates beyond the k wanted that the kernel hands to :func:`refine`
+KERNELS = ("faiss", "torch")
+
 
 class ExactSearch(Search):
     """Exact k-NN over a bank tensor (see the module docstring); the tensor is the only copy
     (a float32 tensor whose rows are unit-stride, a column slice included, is not copied).
-    ``kernel``: ``"torch"`` (every call), or ``"faiss"``: FAISS's kernel for the calls
-    :func:`patchbank.search.faiss_kernel.usable` accepts, which reads a contiguous copy of a
-    column slice (``kernel_rows``, made once; subsets share it), the torch kernel for the rest
-    (and everywhere when FAISS is not installed or the bank is not on the CPU)."""
+    ``kernel`` finds the candidates: ``"faiss"`` (the default) uses FAISS's kernel for the calls
+    :func:`patchbank.search.faiss_kernel.usable` accepts, reading a contiguous copy of a column
+    slice (``kernel_rows``, made once; subsets share it), and the torch kernel for the rest (and
+    everywhere when FAISS is not installed or the bank is not on the CPU); ``"torch"``: the torch
+    kernel for every call.  Both give the same answers (module docstring)."""
 
     cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
     cuda_block_bytes = 1 << 28   # on a GPU, query chunks grow to fill a distance block of this size
 
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072,
-                 kernel: str = "torch"):
-        if kernel not in ("torch", "faiss"):
-            raise ValueError(f"kernel must be 'torch' or 'faiss', got {kernel!r}")
+                 kernel: str = "faiss"):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         bank = bank.float()
         # a column slice of a wider bank (the map's columns with context taps) is searched in
         # place by the torch kernel: the matrix product reads its row stride
@@ -73,14 +83,6 @@ class ExactSearch(Search):
         """The whole bank (no copy)."""
         return self.bank
 
-    def for_fixed_calls(self) -> "ExactSearch":
-        """This search with FAISS's kernel (see :meth:`Search.for_fixed_calls`): the bank (and a
-        subset's mask) shared, a column slice copied once for the kernel."""
-        out = copy.copy(self)
-        if out.kernel_rows is None:
-            out.kernel_rows = self._faiss_rows()
-        return out
-
     def _faiss_rows(self):
         """The bank as FAISS's kernel reads it, or None where that kernel cannot run."""
         if self.bank.device.type != "cpu" or not faiss_kernel.available():
@@ -101,31 +103,37 @@ class ExactSearch(Search):
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
-        if self.kernel_rows is not None and faiss_kernel.usable(queries):
-            d, i = faiss_kernel.knn(queries, self.kernel_rows, self.bank_sqnorm, k)
-            dist, ids = torch.from_numpy(d), torch.from_numpy(i)
-            # NaN / infinite queries, or a masked row returned: the torch kernel's answer
-            lost = (ids < 0).any(1) | torch.isinf(self.bank_sqnorm[ids.clamp_min(0)]).any(1)
-            if bool(lost.any()):
-                dist[lost], ids[lost] = self._torch_search(queries[lost], k)
-            return dist, ids
-        return self._torch_search(queries, k)
-
-    def _torch_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        found = [nearest_rows(q, self.bank, self.bank_sqnorm, k, self.bank_chunk)
-                 for q in queries.split(self.query_rows())]
+        ids = self._candidates(queries, min(k + RERANK_SPARE, len(self)))
+        found = [refine(q, self.bank, self.bank_sqnorm, i, k)
+                 for q, i in zip(queries.split(self.query_rows()), ids.split(self.query_rows()))]
         return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
 
+    def _candidates(self, queries: torch.Tensor, wanted: int) -> torch.Tensor:
+        """Row ids [n, wanted] of each query's nearest rows by the kernel's distances."""
+        if self.kernel_rows is not None and faiss_kernel.usable(queries):
+            _, found = faiss_kernel.knn(queries, self.kernel_rows, self.bank_sqnorm, wanted)
+            ids = torch.from_numpy(found)
+            # NaN / infinite queries, or a masked row returned: the torch kernel's candidates
+            lost = (ids < 0).any(1) | torch.isinf(self.bank_sqnorm[ids.clamp_min(0)]).any(1)
+            if bool(lost.any()):
+                ids[lost] = self._torch_candidates(queries[lost], wanted)
+            return ids
+        return self._torch_candidates(queries, wanted)
 
-def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
-                 bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest bank rows of queries ``q`` [n, d]: (squared distances [n, k] ascending,
-    clamped at 0, row ids [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks
-    a row out; ``k`` at most the rows not masked) is read ``bank_chunk`` rows at a time, every
-    block, each block's top-k merged into the running best, so no more than one [n, bank_chunk] block of
-    distances exists, read once (||q||^2 is added after the selection).  Plain torch ops with a
-    fixed number of blocks: :class:`ExactSearch` runs it per query chunk and an exported graph
-    runs it on the whole batch (same results)."""
+    def _torch_candidates(self, queries: torch.Tensor, wanted: int) -> torch.Tensor:
+        return torch.cat([candidate_rows(q, self.bank, self.bank_sqnorm, wanted, self.bank_chunk)[1]
+                          for q in queries.split(self.query_rows())])
+
+
+def candidate_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
+                   bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch kernel: the k nearest bank rows of queries ``q`` [n, d] by the expansion
+    ``||q||^2 - 2 q.m + ||m||^2`` (squared distances [n, k] ascending, clamped at 0, row ids
+    [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks a row out; ``k`` at
+    most the rows not masked) is read ``bank_chunk`` rows at a time, every block, each block's
+    top-k merged into the running best, so no more than one [n, bank_chunk] block of distances
+    exists, read once (||q||^2 is added after the selection).  A query's values do not depend
+    on the other rows of ``q``."""
     best_d = best_i = None
     for start in range(0, bank.shape[0], bank_chunk):
         m = bank[start:start + bank_chunk]
@@ -145,6 +153,34 @@ def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor,
     # reverses an order, so the values are bitwise those of adding it first (an index can differ
     # only between entries whose distances round to the same float)
     return (best_d + sq_norms(q).unsqueeze(1)).clamp_min(0.0), best_i
+
+
+def refine(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, candidates: torch.Tensor,
+           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest of each query's ``candidates`` [n, c] (row ids, c >= k), measured again as
+    ``sum((q - m)^2)`` over the row's values: (squared distances [n, k] ascending, row ids
+    [n, k]).  A candidate whose squared norm is +inf (a row masked out) stays at +inf.  With
+    k = 1, of equal distances the earlier candidate is kept; for k > 1 their order is
+    ``topk``'s.  Each query's answer depends on its own values and candidates only (the module
+    docstring)."""
+    rows = bank[candidates]                                         # [n, c, d]
+    d = (q.unsqueeze(1) - rows).pow(2).sum(2)
+    d = d.masked_fill(torch.isinf(bank_sqnorm[candidates]), math.inf)
+    if k == 1:
+        dv, pos = d.min(1, keepdim=True)          # the first of equal minima
+    else:
+        dv, pos = d.topk(k, dim=1, largest=False)   # (a stable sort has no ONNX form)
+    return dv, candidates.gather(1, pos)
+
+
+def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
+                 bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact search in plain torch ops with a fixed number of blocks: the torch kernel's
+    ``k + RERANK_SPARE`` candidates (:func:`candidate_rows`, at most the bank's rows), then
+    :func:`refine`.  ``k`` at most the rows not masked.  :class:`ExactSearch`'s torch kernel
+    computes the same per query; an exported graph runs it on the whole batch."""
+    ids = candidate_rows(q, bank, bank_sqnorm, min(k + RERANK_SPARE, bank.shape[0]), bank_chunk)[1]
+    return refine(q, bank, bank_sqnorm, ids, k)
 
 
 register_search("exact", lambda bank, config: ExactSearch(bank))

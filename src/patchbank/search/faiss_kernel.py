@@ -1,17 +1,17 @@
-"""FAISS's brute-force k-NN kernel, the exact search's arithmetic on the CPU when FAISS is installed.
+"""FAISS's brute-force k-NN kernel: the exact search's candidates on the CPU when FAISS is installed.
 
-:class:`~patchbank.search.exact.ExactSearch` finds the k nearest bank rows from squared
-distances ``||q||^2 - 2 q.m + ||m||^2``.  Its torch kernel
-(:func:`~patchbank.search.exact.nearest_rows`) multiplies with torch's float32 matrix product
+:class:`~patchbank.search.exact.ExactSearch` takes each query's nearest bank rows from squared
+distances ``||q||^2 - 2 q.m + ||m||^2`` and measures those candidates again from their
+differences (:func:`~patchbank.search.exact.refine`).  Its torch kernel
+(:func:`~patchbank.search.exact.candidate_rows`) multiplies with torch's float32 matrix product
 (MKL on the CPU); FAISS's ``knn_L2sqr`` does the same arithmetic with the OpenBLAS it bundles and
 keeps the running minimum of each block of bank rows while the block is in cache, which is faster
 on the AMD CPUs measured (docs/performance.md, "The exact search's CPU kernel").  :func:`knn`
 runs it on the same bank rows, squared norms and mask, with the same contract: the same
 neighbours up to float rounding (an index can differ only between rows whose distances are
-within rounding of each other), squared distances clamped at 0.  Unlike the torch kernel, the
-rounding of a query's distances depends on the other queries of its call and on the thread
-count, so only callers whose calls do not follow the batch use it
-(:meth:`~patchbank.search.Search.for_fixed_calls`).
+within rounding of each other), squared distances clamped at 0.  Its rounding of a query's
+distances depends on the other queries of its call and on the thread count; the refinement's
+does not, which is why the search's answers do not either.
 
 When it runs (:func:`usable`): FAISS installed, queries on the CPU, at least ``MIN_QUERIES``
 of them in the call, and enough values for FAISS to take its matrix-product path (queries x
@@ -22,8 +22,8 @@ nothing (the context taps' 65 queries; docs/performance.md).
 
 What the caller checks (:class:`~patchbank.search.exact.ExactSearch`): queries whose answer
 holds id -1 (a NaN or infinite feature: no distance compares below FAISS's initial bound) or a
-masked row (should a FAISS version ignore the norms on this path too) are searched again with
-the torch kernel, which gives NaN features the NaN distance the scores then carry (a NaN
+masked row (should a FAISS version ignore the norms on this path too) get the torch kernel's
+candidates, whose refinement gives NaN features the NaN distance the scores then carry (a NaN
 score is never normal).
 """
 from __future__ import annotations
