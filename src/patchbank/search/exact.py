@@ -1,7 +1,7 @@
 """Exact nearest-neighbour search: a matrix-product kernel finds candidates, differences rank them.
 
-Each search runs in two steps.  A kernel finds the ``k + RERANK_SPARE`` nearest bank rows of each
-query from squared distances ``||q||^2 - 2 q.m + ||m||^2`` (:func:`candidate_rows`, torch's
+Each search runs in two steps.  A kernel finds the ``k + SPARE_CANDIDATES`` nearest bank rows of
+each query from squared distances ``||q||^2 - 2 q.m + ||m||^2`` (:func:`candidate_rows`, torch's
 matrix product, in ``query_chunk x bank_chunk`` blocks whose top-k are merged; or, on the CPU
 with FAISS installed, FAISS's ``knn_L2sqr``, :mod:`patchbank.search.faiss_kernel`).  Then
 :func:`refine` measures those candidates again as ``sum((q - m)^2)`` and keeps the k nearest.
@@ -9,11 +9,12 @@ with FAISS installed, FAISS's ``knn_L2sqr``, :mod:`patchbank.search.faiss_kernel
 Why two steps: the expansion loses digits to cancellation (a neighbour's distance is a small
 difference of large norms) and its rounding depends on the kernel: FAISS's (OpenBLAS's) even on a
 query's position in its call and on the thread count.  The refined distance depends only on the
-query and the row, so a score is the same whatever the batch, the thread count, the kernel (FAISS
-installed or not) or the runner (an exported graph refines the same way: :func:`nearest_rows`).
-The kernels can only disagree on a candidate list when rows lie within the expansion's rounding
-of one another; the one spare candidate means that the k nearest by differences are still found
-unless k + 1 rows are that close (docs/performance.md, "The exact search's refinement").
+query and the row, so a query's answer is the same whatever its batch, the thread count or the
+kernel (FAISS installed or not); an exported graph refines the same way (:func:`nearest_rows`), in its
+runtime's arithmetic.  The kernels can only disagree on a candidate list when rows lie within
+the expansion's rounding of one another; the one spare candidate means that the k nearest by
+differences are still found unless k + 1 rows are that close (docs/performance.md, "The exact
+search's refinement").
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from patchbank.linalg import sq_dists, sq_norms
 from patchbank.search import faiss_kernel
 from patchbank.search.base import Search, register_search
 
-RERANK_SPARE = 1   # candidates beyond the k wanted that the kernel hands to :func:`refine`
+SPARE_CANDIDATES = 1   # candidates beyond the k wanted that the kernel hands to :func:`refine`
 KERNELS = ("faiss", "torch")
 
 
@@ -103,7 +104,7 @@ class ExactSearch(Search):
         """Return (squared distances [n, k] ascending, bank indices [n, k])."""
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
-        ids = self._candidates(queries, min(k + RERANK_SPARE, len(self)))
+        ids = self._candidates(queries, min(k + SPARE_CANDIDATES, len(self)))
         found = [refine(q, self.bank, self.bank_sqnorm, i, k)
                  for q, i in zip(queries.split(self.query_rows()), ids.split(self.query_rows()))]
         return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
@@ -176,10 +177,10 @@ def refine(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, candi
 def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
                  bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact search in plain torch ops with a fixed number of blocks: the torch kernel's
-    ``k + RERANK_SPARE`` candidates (:func:`candidate_rows`, at most the bank's rows), then
+    ``k + SPARE_CANDIDATES`` candidates (:func:`candidate_rows`, at most the bank's rows), then
     :func:`refine`.  ``k`` at most the rows not masked.  :class:`ExactSearch`'s torch kernel
     computes the same per query; an exported graph runs it on the whole batch."""
-    ids = candidate_rows(q, bank, bank_sqnorm, min(k + RERANK_SPARE, bank.shape[0]), bank_chunk)[1]
+    ids = candidate_rows(q, bank, bank_sqnorm, min(k + SPARE_CANDIDATES, bank.shape[0]), bank_chunk)[1]
     return refine(q, bank, bank_sqnorm, ids, k)
 
 
