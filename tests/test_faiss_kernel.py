@@ -205,3 +205,18 @@ def test_a_fit_and_its_predictions_through_the_faiss_kernel_equal_the_torch_kern
     np.testing.assert_array_equal(fast.calibration_.base_scores_, plain.calibration_.base_scores_)
     assert fast.threshold_ == plain.threshold_
     assert [p.score for p in got] == [p.score for p in plain.predict(tests)]
+
+
+def test_concurrent_searches_give_the_sequential_answers(calls):
+    # the service runs one thread per model: two searches through FAISS's kernel at once (its
+    # OpenMP OpenBLAS called from two Python threads) answer what they answer one at a time
+    from concurrent.futures import ThreadPoolExecutor
+
+    (bank_a, q_a), (bank_b, q_b) = _data(n_bank=1500, seed=1), _data(n_bank=1200, seed=2)
+    jobs = [(ExactSearch(bank_a), q_a), (ExactSearch(bank_b), q_b)] * 4
+    alone = [search.search(q, 1) for search, q in jobs[:2]]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda job: job[0].search(job[1], 1), jobs))
+    assert len(calls) == 2 + len(jobs)
+    for j, (d, i) in enumerate(together):
+        assert torch.equal(d, alone[j % 2][0]) and torch.equal(i, alone[j % 2][1])
