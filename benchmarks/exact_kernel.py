@@ -11,8 +11,9 @@ median of ``--repeats`` runs each, on random rows of the given shape (the arithm
 depend on the values): the map's search of one image (``grid`` queries against the first
 ``map-dim`` columns, a column view as with context taps), the same for a batch of 16, the context
 taps' search of the top 5% patches (every column), one image's leave-one-image-out call (its own
-rows masked), and the bare float32 product of one image's queries against the bank in torch and in
-numpy (the BLAS each kernel uses).  Neighbours are compared first: the same rows for every query
+rows masked), the bare float32 product of one image's queries against the bank in torch and in
+numpy (the BLAS each kernel uses), for the map's and the context taps' shapes, and FAISS's kernel
+asked for 1 and for 2 rows (what the refinement's spare candidate costs).  Neighbours are compared first: the same rows for every query
 (and ``same_bits_across_kernels``: the same distances too).
 """
 from __future__ import annotations
@@ -84,8 +85,15 @@ def main() -> None:
         whole, part = search.search(q1, 1)[0], search.search(q1[100:].contiguous(), 1)[0]
         invariant[kernel] = bool(torch.equal(whole[100:], part))
     times: dict[str, dict[str, list[float]]] = {name: {"torch": [], "faiss": []} for name in calls}
+    # what the refinement's spare candidate costs FAISS: one image's map call asking for 1 and 2
+    kernel_rows = kernels["faiss"][0].kernel_rows
+    spare = {f"knn_L2sqr k={k}": statistics.median(_times_ms(
+        lambda k=k: faiss_kernel.knn(q1, kernel_rows, kernels["faiss"][0].bank_sqnorm, k), args.repeats))
+        for k in (1, 2)}
     a, b = q1.numpy(), np.ascontiguousarray(view.numpy())
-    products = {"torch mm": lambda: q1 @ view.T, "numpy matmul": lambda: a @ b.T}
+    ac, bc = qc.numpy(), rows.numpy()
+    products = {"torch mm": lambda: q1 @ view.T, "numpy matmul": lambda: a @ b.T,
+                "context: torch mm": lambda: qc @ rows.T, "context: numpy matmul": lambda: ac @ bc.T}
     prod_times = {k: [] for k in products}
     for rep in range(args.repeats):
         order = ("torch", "faiss") if rep % 2 == 0 else ("faiss", "torch")   # neither always first
@@ -96,7 +104,8 @@ def main() -> None:
     # slow whatever torch runs next
     for k, fn in products.items():      # torch's first, numpy's after (not interleaved)
         prod_times[k] += _times_ms(fn, args.repeats)
-    flops = 2.0 * args.grid * args.entries * args.map_dim
+    flops = {k: 2.0 * args.entries * (top * args.width if k.startswith("context") else args.grid * args.map_dim)
+             for k in products}
     result = {
         "command": "python benchmarks/exact_kernel.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
@@ -109,7 +118,8 @@ def main() -> None:
         "median_ms": {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()},
         "all_ms": times,
         "product_times_ms": {k: statistics.median(v) for k, v in prod_times.items()},
-        "product_gflops": {k: flops / statistics.median(v) / 1e6 for k, v in prod_times.items()},
+        "product_gflops": {k: flops[k] / statistics.median(v) / 1e6 for k, v in prod_times.items()},
+        "faiss_knn_ms": spare,
     }
     for name, t in result["median_ms"].items():
         print(f"{name:30s} torch {t['torch']:8.2f} ms   faiss {t['faiss']:8.2f} ms   x{t['torch'] / t['faiss']:.2f}")
@@ -117,7 +127,8 @@ def main() -> None:
           ", ".join(f"{k} {v}" for k, v in invariant.items()))
     print("the two kernels' distances bit for bit the same:", ", ".join(f"{k}: {v}" for k, v in same_bits.items()))
     for k, v in result["product_gflops"].items():
-        print(f"float32 product {k:14s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
+        print(f"float32 product {k:24s} {result['product_times_ms'][k]:8.2f} ms  {v:6.1f} GFLOP/s")
+    print("FAISS's kernel, one image's map call:", ", ".join(f"{k} {v:.2f} ms" for k, v in spare.items()))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1))
