@@ -10,10 +10,10 @@ Why two steps: the expansion loses digits to cancellation (a neighbour's distanc
 difference of large norms) and its rounding depends on the kernel: FAISS's (OpenBLAS's) even on a
 query's position in its call and on the thread count.  The refined distance depends only on the
 query and the row, so a query's answer is the same whatever its batch, the thread count or the
-kernel (FAISS installed or not); an exported graph refines the same way (:func:`nearest_rows`), in its
-runtime's arithmetic.  The kernels can only disagree on a candidate list when rows lie within
-the expansion's rounding of one another; the one spare candidate means that the k nearest by
-differences are still found unless k + 1 rows are that close (docs/performance.md, "The exact
+kernel (FAISS installed or not); an exported graph refines the same way (:func:`nearest_rows`),
+in its runtime's arithmetic.  The kernels can only disagree on a candidate list when rows lie
+within the expansion's rounding of one another; the one spare candidate means that the k nearest
+by differences are still found unless k + 1 rows are that close (docs/performance.md, "The exact
 search's refinement").
 """
 from __future__ import annotations
