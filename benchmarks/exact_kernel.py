@@ -13,8 +13,8 @@ depend on the values): the map's search of one image (``grid`` queries against t
 taps' search of the top 5% patches (every column), one image's leave-one-image-out call (its own
 rows masked), the bare float32 product of one image's queries against the bank in torch and in
 numpy (the BLAS each kernel uses), for the map's and the context taps' shapes, and FAISS's kernel
-asked for 1 and for 2 rows (what the refinement's spare candidate costs).  Neighbours are compared first: the same rows for every query
-(and ``same_bits_across_kernels``: the same distances too).
+asked for 1 and for 2 rows (what the refinement's spare candidate costs).  Neighbours are compared
+first: the same rows for every query (and ``same_bits_across_kernels``: the same distances too).
 """
 from __future__ import annotations
 

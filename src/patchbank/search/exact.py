@@ -122,23 +122,24 @@ class ExactSearch(Search):
         return self._torch_candidates(queries, wanted)
 
     def _torch_candidates(self, queries: torch.Tensor, wanted: int) -> torch.Tensor:
-        return torch.cat([candidate_rows(q, self.bank, self.bank_sqnorm, wanted, self.bank_chunk)[1]
+        return torch.cat([candidate_rows(q, self.bank, self.bank_sqnorm, wanted, self.bank_chunk)
                           for q in queries.split(self.query_rows())])
 
 
 def candidate_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
-                   bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch kernel: the k nearest bank rows of queries ``q`` [n, d] by the expansion
-    ``||q||^2 - 2 q.m + ||m||^2`` (squared distances [n, k] ascending, clamped at 0, row ids
-    [n, k]).  ``bank`` [m, d] float32 with ``bank_sqnorm`` [m] (+inf masks a row out; ``k`` at
-    most the rows not masked) is read ``bank_chunk`` rows at a time, every block, each block's
-    top-k merged into the running best, so no more than one [n, bank_chunk] block of distances
-    exists, read once (||q||^2 is added after the selection).  A query's values do not depend
-    on the other rows of ``q``."""
+                   bank_chunk: int) -> torch.Tensor:
+    """The torch kernel: row ids [n, k] of the k nearest bank rows of queries ``q`` [n, d] by the
+    expansion ``||q||^2 - 2 q.m + ||m||^2``, nearest first, ranked without the query's own
+    ``||q||^2`` (the same for all of a query's rows, so it does not change the order; the
+    distances themselves come from :func:`refine`).  ``bank`` [m, d] float32 with
+    ``bank_sqnorm`` [m] (+inf masks a row out; ``k`` at most the rows not masked) is read
+    ``bank_chunk`` rows at a time, every block, each block's top-k merged into the running best,
+    so no more than one [n, bank_chunk] block of distances exists, read once.  A query's ids do
+    not depend on the other rows of ``q``."""
     best_d = best_i = None
     for start in range(0, bank.shape[0], bank_chunk):
         m = bank[start:start + bank_chunk]
-        d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]])    # without ||q||^2 (see below)
+        d = sq_dists(q, m, bank_sqnorm[start:start + m.shape[0]])    # without ||q||^2
         if k == 1:
             dv, di = d.min(1, keepdim=True)
         else:
@@ -150,10 +151,7 @@ def candidate_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tenso
             cat_d, cat_i = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
             best_d, pos = cat_d.topk(k, dim=1, largest=False)
             best_i = cat_i.gather(1, pos)
-    # ||q||^2 is added to the k kept values only, not to every distance: x -> fl(x + c) never
-    # reverses an order, so the values are bitwise those of adding it first (an index can differ
-    # only between entries whose distances round to the same float)
-    return (best_d + sq_norms(q).unsqueeze(1)).clamp_min(0.0), best_i
+    return best_i
 
 
 def refine(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, candidates: torch.Tensor,
@@ -180,7 +178,7 @@ def nearest_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor,
     ``k + SPARE_CANDIDATES`` candidates (:func:`candidate_rows`, at most the bank's rows), then
     :func:`refine`.  ``k`` at most the rows not masked.  :class:`ExactSearch`'s torch kernel
     computes the same per query; an exported graph runs it on the whole batch."""
-    ids = candidate_rows(q, bank, bank_sqnorm, min(k + SPARE_CANDIDATES, bank.shape[0]), bank_chunk)[1]
+    ids = candidate_rows(q, bank, bank_sqnorm, min(k + SPARE_CANDIDATES, bank.shape[0]), bank_chunk)
     return refine(q, bank, bank_sqnorm, ids, k)
 
 
