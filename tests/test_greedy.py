@@ -17,7 +17,9 @@ from patchbank.sampling.greedy import (
     covering_radius,
     greedy_fast,
     greedy_reference,
+    sampled_dots,
 )
+from patchbank.sampling import greedy as greedy_module
 
 
 def _clustered(n: int, d: int, k: int, seed: int, rank: int = 3) -> torch.Tensor:
@@ -103,6 +105,41 @@ def test_exact_kernel_is_call_independent():
     cent = torch.randint(3000, (500,), generator=g)
     full = torch.cdist(x, x[cent], compute_mode="donot_use_mm_for_euclid_dist")
     assert torch.equal(_pair_dist(x[rows], x[cent]), full[rows, torch.arange(500)])
+
+
+def test_sampled_dots_equal_the_dot_products_of_the_pairs():
+    greedy_module.quiet_sparse_csr()  # what greedy_fast does before its threads start
+    g = torch.Generator().manual_seed(3)
+    a, c = torch.randn(40, 128, generator=g) * 7, torch.randn(300, 128, generator=g) + 2
+    pairs = torch.nonzero(torch.rand(40, 300, generator=g) < 0.05)
+    want = (a.double()[pairs[:, 0]] * c.double()[pairs[:, 1]]).sum(1)
+    got = sampled_dots(a, c, pairs)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # float32 rounding of a 128-term sum, far inside filter 2's slack (_E_REL = 2**-14)
+    scale = (a.double()[pairs[:, 0]].square().sum(1) + c.double()[pairs[:, 1]].square().sum(1))
+    assert float(((got.double() - want).abs() / scale).max()) < 2.0**-18
+    assert sampled_dots(a, c, pairs[:0]).shape == (0,)              # no pairs: no values
+    assert torch.equal(sampled_dots(a, c, pairs[pairs[:, 0] == 7]),  # rows with no pair in between
+                       sampled_dots(a, c, pairs)[pairs[:, 0] == 7])
+
+
+def test_sparse_filter_two_is_used_and_keeps_the_selection(monkeypatch):
+    # Structured rows in 128 dimensions: filter 1 passes a few percent of the pairs, so filter 2
+    # takes its sparse form (the sampled products) in many blocks; the selection must stay the
+    # brute force's, with one and with two worker threads.
+    x = _clustered(6000, 128, 40, 12) + 1.0
+    calls = []
+
+    def counted(a, c, pairs):
+        calls.append(pairs.shape[0])
+        return sampled_dots(a, c, pairs)
+
+    monkeypatch.setattr(greedy_module, "sampled_dots", counted)
+    ref = greedy_reference(x, 400, 11)
+    for workers in (1, 2):
+        calls.clear()
+        assert torch.equal(greedy_fast(x, 400, 11, pool=64, cells=4096, workers=workers), ref)
+        assert len(calls) > 10 and sum(calls) > 0
 
 
 @pytest.mark.parametrize("low_dim", [1, 8, 128])

@@ -45,7 +45,7 @@ batches the sequential selection without changing it:
   coordinates, ``|x - c|^2 >= |low(x) - low(c)|^2`` where ``low`` is the top-``low_dim``
   (default 32) coordinates plus the norm of the remaining ones, and that bound costs one
   ``[B, 33] x [33, m]`` product per row block.  Only pairs it cannot rule out get a
-  full 128-d estimate, and only pairs that estimate cannot rule out (about the pairs that
+  full 128-d estimate (a sampled matrix product over those pairs), and only pairs that estimate cannot rule out (about the pairs that
   really lower ``r``) get the exact distance.  Every test carries a rounding slack (see
   ``_S_REL`` / ``_E_REL``, and an absolute floor for float32 underflow), so a pair is skipped
   only when its exact distance cannot lower ``r``.
@@ -76,6 +76,7 @@ CUDA kernels, so it is not guaranteed to be bit-identical to the CPU result.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -295,6 +296,30 @@ class _Coords:
 # The three filter stages of one row block share their tiles and counters: split apart, they
 # would pass a dozen temporaries between functions on the sampler's hottest path.
 # long: see above
+def sampled_dots(a: torch.Tensor, c: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """``[P]`` dot products ``a[i] . c[j]`` for the ``pairs [P, 2]`` (i, j), sorted by i (as
+    ``torch.nonzero`` returns them): a sampled matrix product (``torch.sparse.sampled_addmm``
+    over a CSR pattern), which computes only those entries of ``a @ c.T`` and gathers no rows.
+    Each value is a float32 dot product in some summation order; filter 2's slack covers any
+    order."""
+    i = pairs[:, 0]
+    crow = torch.zeros(a.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(i, minlength=a.shape[0]), 0, out=crow[1:])
+    pattern = torch.sparse_csr_tensor(crow, pairs[:, 1].contiguous(), torch.zeros(i.numel()),
+                                      size=(a.shape[0], c.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, a, c.T, beta=0.0).values()
+
+
+def quiet_sparse_csr() -> None:
+    """Create one CSR tensor with warnings off: torch warns once per process that its CSR
+    support is in beta, which a fit's output should not show.  Called on the caller's thread
+    before the update threads start (``warnings.catch_warnings`` is not thread-safe)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                                torch.zeros(0), size=(1, 1), check_invariants=False)
+
+
 def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tensor | None, lo: int,
                 hi: int, cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
     """``r[i] = min(r[i], d(x[i], c))`` for every centre ``c`` (row indices ``cent``) and the
@@ -303,8 +328,9 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
 
     1. the lower bound ``|low(x) - low(c)|`` for every pair, one matrix product per row block
        (``-2 low(x) . low(c) + |c|^2`` compared with ``r^2 - |x|^2`` plus the slack);
-    2. the full-dimensional estimate for the survivors: gathered row by row when they are
-       few, else for the whole block by two more products.
+    2. the full-dimensional estimate for the survivors: a sampled product over just those
+       pairs (:func:`sampled_dots`) when they are few, else for the whole block by two more
+       products.
 
     ``dense`` skips filter 1 (when it lets most pairs through, e.g. isotropic data).
     ``counts`` gets the pairs seen and the pairs that passed filter 1 added.
@@ -312,6 +338,7 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
     k = co.k
     cl, cr, cq = co.low.index_select(0, cent), co.rest.index_select(0, cent), co.sq.index_select(0, cent)
     clk = cl[:, :k].contiguous()
+    cfull = torch.cat([clk, cr], 1)   # the centres' full coordinates, for filter 2's sparse form
     cx = x.index_select(0, cent)
     cterm = cq * (1.0 - _E_REL)
     m = cent.numel()
@@ -345,9 +372,8 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
             i, j = pr[:, 0], pr[:, 1]
         else:
             i, j = pr[:, 0], pr[:, 1]
-            rs = co.rest[b0:b1].index_select(0, i) if ib is None else co.rest.index_select(0, ib.index_select(0, i))
-            dot = (lb[:, :k].index_select(0, i) * clk.index_select(0, j)).sum(1)
-            dot += (rs * cr.index_select(0, j)).sum(1)
+            rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
+            dot = sampled_dots(torch.cat([lb[:, :k], rs], 1), cfull, pr)
             qi, qj = qb.index_select(0, i), cq.index_select(0, j)
             keep = torch.nonzero(qi + qj - 2.0 * dot < r2s.index_select(0, i) + _E_REL * (qi + qj))[:, 0]
             i, j = i.index_select(0, keep), j.index_select(0, keep)
@@ -461,6 +487,7 @@ def greedy_fast(
         r = _dist(x, x[start : start + 1])
         r[start] = -1.0
         torch.set_num_threads(1)
+        quiet_sparse_csr()
         lazy = _Lazy(N, freeze)
         pass_rate, batches = 0.0, 0
         try:
