@@ -45,10 +45,10 @@ batches the sequential selection without changing it:
   coordinates, ``|x - c|^2 >= |low(x) - low(c)|^2`` where ``low`` is the top-``low_dim``
   (default 32) coordinates plus the norm of the remaining ones, and that bound costs one
   ``[B, 33] x [33, m]`` product per row block.  Only pairs it cannot rule out get a
-  full 128-d estimate (a sampled matrix product over those pairs), and only pairs that estimate cannot rule out (about the pairs that
-  really lower ``r``) get the exact distance.  Every test carries a rounding slack (see
-  ``_S_REL`` / ``_E_REL``, and an absolute floor for float32 underflow), so a pair is skipped
-  only when its exact distance cannot lower ``r``.
+  full 128-d estimate (a sampled matrix product over those pairs), and only pairs that
+  estimate cannot rule out (about the pairs that really lower ``r``) get the exact distance.
+  Every test carries a rounding slack (see ``_S_REL`` / ``_E_REL``, and an absolute floor for
+  float32 underflow), so a pair is skipped only when its exact distance cannot lower ``r``.
 * **Lazy rows.**  A batch needs exact ``r`` only for rows that can enter its pool.  Rows with
   ``r < beta * tau`` (``freeze``, default 0.9) are frozen: the update passes skip them, and
   their stored ``r`` (an upper bound, r only decreases) stays below a threshold ``theta <=
@@ -293,9 +293,6 @@ class _Coords:
             self.sq[i : i + chunk] = (y * y).sum(1)
 
 
-# The three filter stages of one row block share their tiles and counters: split apart, they
-# would pass a dozen temporaries between functions on the sampler's hottest path.
-# long: see above
 def sampled_dots(a: torch.Tensor, c: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """``[P]`` dot products ``a[i] . c[j]`` for the ``pairs [P, 2]`` (i, j), sorted by i (as
     ``torch.nonzero`` returns them): a sampled matrix product (``torch.sparse.sampled_addmm``
@@ -320,6 +317,9 @@ def quiet_sparse_csr() -> None:
                                 torch.zeros(0), size=(1, 1), check_invariants=False)
 
 
+# The three filter stages of one row block share their tiles and counters: split apart, they
+# would pass a dozen temporaries between functions on the sampler's hottest path.
+# long: see above
 def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tensor | None, lo: int,
                 hi: int, cent: torch.Tensor, block: int, dense: bool, counts: list[int]) -> None:
     """``r[i] = min(r[i], d(x[i], c))`` for every centre ``c`` (row indices ``cent``) and the
