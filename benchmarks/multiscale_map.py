@@ -27,21 +27,12 @@ The grids are read as in ``position_norm.py`` (the fit's own calibration output,
 """
 from __future__ import annotations
 
-import json
-import sys
-import time
-
-import numpy as np
 import torch
 
-from bench_core import open_study, study_parser
-from levers import embed_test
-from position_norm import fit_with_grids
-from patchbank.config import Config
+from position_norm import run_grid_study
 from patchbank.detector import Detector
 from patchbank.evaluation.scoring import pixel_scores
 from patchbank.pipeline.anomaly_map import apply_map_operators, map_operator
-from patchbank.studies.speed import machine
 
 COARSE = (8.0, 16.0)
 
@@ -67,7 +58,7 @@ def normal_stats(scorer, grids: torch.Tensor, sigma: float, chunk: int = 64) -> 
 
 
 @torch.inference_mode()
-def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, batch: int = 16) -> dict:
+def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, batch: int = 16) -> tuple[dict, dict]:
     scorer = det.scorer_
     sigma0 = scorer.config.blur_sigma
     stats = {s: normal_stats(scorer, grids, s) for s in (sigma0, *COARSE)}
@@ -80,36 +71,16 @@ def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, ba
         variants[f"min_z_{sigma0:g}_{c:g}"] = lambda p, c=c: torch.minimum(
             z(maps_at(scorer, p, sigma0), sigma0), z(maps_at(scorer, p, c), c))
     patches = torch.cat([scorer.score(emb[i:i + batch])[1] for i in range(0, len(emb), batch)])
-    out = {"normal_stats": {f"{s:g}": list(v) for s, v in stats.items()}}
+    out = {}
     for name, f in variants.items():
         maps = [m.numpy() for i in range(0, len(patches), batch) for m in f(patches[i:i + batch])]
         out[name] = pixel_scores(category, maps, det.config)
         print(f"  {name:14s} " + " ".join(f"{k} {v:.4f}" for k, v in out[name].items()), flush=True)
-    return out
+    return out, {"normal_stats": {f"{s:g}": list(v) for s, v in stats.items()}}
 
 
 def main() -> None:
-    args = study_parser(__doc__.split("\n\n")[0], "one MVTec-layout category folder with masks").parse_args()
-    category, train, overrides, seeds = open_study(args)
-    rows = []
-    for seed in seeds:
-        det = Detector(Config.preset(args.preset, **{**overrides, "seed": seed}), progress=False)
-        t0 = time.perf_counter()
-        grids = fit_with_grids(det, train)
-        print(f"seed {seed}: fit {time.perf_counter() - t0:.0f} s, {grids.shape[0]} grids", flush=True)
-        res = evaluate(det, category, embed_test(det, [str(p) for p in category.test]), grids)
-        rows.append({"seed": seed, "results": res})
-    names = [k for k in rows[0]["results"] if k != "normal_stats"]
-    mean = {v: {k: float(np.mean([r["results"][v][k] for r in rows])) for k in rows[0]["results"][v]}
-            for v in names}
-    print("mean over seeds:")
-    for v, m in mean.items():
-        print(f"  {v:14s} " + " ".join(f"{k} {x:.4f}" for k, x in m.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"root": str(args.root), "preset": args.preset, "overrides": args.set,
-                                    "rows": rows, "mean": mean, "machine": machine(),
-                                    "command": "python benchmarks/multiscale_map.py " + " ".join(sys.argv[1:])},
-                                   indent=1))
+    run_grid_study(__doc__, evaluate, "multiscale_map.py")
 
 
 if __name__ == "__main__":

@@ -118,8 +118,12 @@ def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, ba
     return out
 
 
-def main() -> None:
-    args = study_parser(__doc__.split("\n\n")[0], "one MVTec-layout category folder with masks").parse_args()
+def run_grid_study(doc: str, evaluate, script: str) -> None:
+    """The command line of a study over the fit's leave-one-image-out grids: for each seed fit the
+    preset (:func:`fit_with_grids`), embed the test images, ``evaluate(det, category, emb, grids)``
+    -> (variant -> metrics, extra facts of the seed); print the mean over seeds and write every
+    seed's results with the machine and ``script``'s command line to ``-o``."""
+    args = study_parser(doc.split("\n\n")[0], "one MVTec-layout category folder with masks").parse_args()
     category, train, overrides, seeds = open_study(args)
     rows = []
     for seed in seeds:
@@ -127,8 +131,8 @@ def main() -> None:
         t0 = time.perf_counter()
         grids = fit_with_grids(det, train)
         print(f"seed {seed}: fit {time.perf_counter() - t0:.0f} s, {grids.shape[0]} grids", flush=True)
-        res = evaluate(det, category, embed_test(det, [str(p) for p in category.test]), grids)
-        rows.append({"seed": seed, "results": res})
+        res, extra = evaluate(det, category, embed_test(det, [str(p) for p in category.test]), grids)
+        rows.append({"seed": seed, "results": res, **extra})
     mean = {v: {k: float(np.mean([r["results"][v][k] for r in rows])) for k in rows[0]["results"][v]}
             for v in rows[0]["results"]}
     print("mean over seeds:")
@@ -137,8 +141,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"root": str(args.root), "preset": args.preset, "overrides": args.set,
                                     "rows": rows, "mean": mean, "machine": machine(),
-                                    "command": "python benchmarks/position_norm.py " + " ".join(sys.argv[1:])},
+                                    "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])},
                                    indent=1))
+
+
+def main() -> None:
+    run_grid_study(__doc__, lambda *a: (evaluate(*a), {}), "position_norm.py")
 
 
 if __name__ == "__main__":
