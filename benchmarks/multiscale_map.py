@@ -66,10 +66,9 @@ def evaluate(det: Detector, category, emb: torch.Tensor, grids: torch.Tensor, ba
     variants = {"plain": lambda p: maps_at(scorer, p, sigma0)}
     for c in COARSE:
         variants[f"blur{c:g}"] = lambda p, c=c: maps_at(scorer, p, c)
-        variants[f"max_z_{sigma0:g}_{c:g}"] = lambda p, c=c: torch.maximum(
-            z(maps_at(scorer, p, sigma0), sigma0), z(maps_at(scorer, p, c), c))
-        variants[f"min_z_{sigma0:g}_{c:g}"] = lambda p, c=c: torch.minimum(
-            z(maps_at(scorer, p, sigma0), sigma0), z(maps_at(scorer, p, c), c))
+        for name, op in (("max_z", torch.maximum), ("min_z", torch.minimum)):
+            variants[f"{name}_{sigma0:g}_{c:g}"] = lambda p, c=c, op=op: op(
+                z(maps_at(scorer, p, sigma0), sigma0), z(maps_at(scorer, p, c), c))
     patches = torch.cat([scorer.score(emb[i:i + batch])[1] for i in range(0, len(emb), batch)])
     out = {}
     for name, f in variants.items():

@@ -362,8 +362,8 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
             passed += pr.shape[0]
             if pr.shape[0] == 0:
                 continue
+        rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
         if dense or pr.shape[0] * 16 > w.numel():
-            rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
             w = torch.addmm(cterm[None, :], lb[:, :k], clk.T, alpha=-2.0)
             w.addmm_(rs, cr.T, alpha=-2.0)
             pr = torch.nonzero(w < t)
@@ -372,7 +372,6 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
             i, j = pr[:, 0], pr[:, 1]
         else:
             i, j = pr[:, 0], pr[:, 1]
-            rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
             dot = sampled_dots(torch.cat([lb[:, :k], rs], 1), cfull, pr)
             qi, qj = qb.index_select(0, i), cq.index_select(0, j)
             keep = torch.nonzero(qi + qj - 2.0 * dot < r2s.index_select(0, i) + _E_REL * (qi + qj))[:, 0]
