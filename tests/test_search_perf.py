@@ -78,6 +78,33 @@ def test_subset_is_the_search_over_the_kept_rows(kind):
     assert i3.shape == (5, 3) and set(i3.flatten().tolist()) <= {0, 1, 2}
 
 
+def test_only_a_subset_is_refined_with_its_mask():
+    # refine skips the masked-row look-up for a bank with no row masked out (one launch less per
+    # block on a GPU); a subset, and a subset of a subset, keep it and never return a masked row
+    from patchbank.search.exact import refine
+    g = torch.Generator().manual_seed(4)
+    bank, queries = torch.randn(500, 8, generator=g), torch.randn(60, 8, generator=g)
+    whole = ExactSearch(bank, kernel="torch")
+    assert not whole.masked
+    d, i = whole.search(queries, 3)
+    cand = whole.search(queries, 4)[1]
+    for masked in (True, False):
+        dm, im = refine(queries, bank, whole.bank_sqnorm, cand, 3, masked)
+        assert torch.equal(dm, d) and torch.equal(im, i)
+    first = whole.subset(torch.arange(500) % 3 != 0)
+    second = first.subset(torch.arange(500) % 2 != 0)
+    assert first.masked and second.masked and not whole.masked
+    _, i2 = second.search(queries, 5)
+    assert bool(((i2 % 3 != 0) & (i2 % 2 != 0)).all())
+    # a masked candidate (row 0, forced in front of the subset's own four) stays at +inf only
+    # where the mask is read
+    forced = torch.cat([torch.zeros(60, 1, dtype=torch.long), second.search(queries, 4)[1]], 1)
+    read = refine(queries, bank, second.bank_sqnorm, forced, 5, True)
+    assert not bool(torch.isinf(read[0][:, :4]).any()) and bool(torch.isinf(read[0][:, 4]).all())
+    assert bool((read[1][:, 4] == 0).all())
+    assert bool(torch.isfinite(refine(queries, bank, second.bank_sqnorm, forced, 5, False)[0]).all())
+
+
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
 def test_small_calls_probe_the_same_lists_as_faiss(kind):
     """A call of fewer than SMALL_CALL queries finds its inverted lists with torch (_coarse) and

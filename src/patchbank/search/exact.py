@@ -55,6 +55,7 @@ class ExactSearch(Search):
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
         self.n = self.bank.shape[0]   # searchable rows (a subset: its kept rows)
+        self.masked = False           # whether some rows are masked out (a subset)
         # FAISS's kernel reads these (kernel "faiss", on the CPU, FAISS installed), else None
         self.kernel_rows = self._faiss_rows() if kernel == "faiss" else None
 
@@ -98,6 +99,7 @@ class ExactSearch(Search):
         out = copy.copy(self)
         out.bank_sqnorm = self.bank_sqnorm.masked_fill(~keep, math.inf)
         out.n = int(keep.sum())
+        out.masked = self.masked or out.n < self.bank.shape[0]
         return out
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +107,10 @@ class ExactSearch(Search):
         queries = queries.to(self.bank.device, torch.float32)
         k = min(k, len(self))
         ids = self._candidates(queries, min(k + SPARE_CANDIDATES, len(self)))
-        found = [refine(q, self.bank, self.bank_sqnorm, i, k)
+        found = [refine(q, self.bank, self.bank_sqnorm, i, k, self.masked)
                  for q, i in zip(queries.split(self.query_rows()), ids.split(self.query_rows()))]
+        if len(found) == 1:      # one block (a GPU's batch): no copy
+            return found[0]
         return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
 
     def _candidates(self, queries: torch.Tensor, wanted: int) -> torch.Tensor:
@@ -122,8 +126,9 @@ class ExactSearch(Search):
         return self._torch_candidates(queries, wanted)
 
     def _torch_candidates(self, queries: torch.Tensor, wanted: int) -> torch.Tensor:
-        return torch.cat([candidate_rows(q, self.bank, self.bank_sqnorm, wanted, self.bank_chunk)
-                          for q in queries.split(self.query_rows())])
+        blocks = [candidate_rows(q, self.bank, self.bank_sqnorm, wanted, self.bank_chunk)
+                  for q in queries.split(self.query_rows())]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def candidate_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, k: int,
@@ -155,16 +160,18 @@ def candidate_rows(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tenso
 
 
 def refine(q: torch.Tensor, bank: torch.Tensor, bank_sqnorm: torch.Tensor, candidates: torch.Tensor,
-           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+           k: int, masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest of each query's ``candidates`` [n, c] (row ids, c >= k), measured again as
     ``sum((q - m)^2)`` over the row's values: (squared distances [n, k] ascending, row ids
-    [n, k]).  A candidate whose squared norm is +inf (a row masked out) stays at +inf.  With
+    [n, k]).  A candidate whose squared norm is +inf (a row masked out) stays at +inf;
+    ``masked=False`` says no row is masked out and skips that look-up.  With
     k = 1, of equal distances the earlier candidate is kept; for k > 1 their order is
     ``topk``'s.  Each query's answer depends on its own values and candidates only (the module
     docstring)."""
     rows = bank[candidates]                                         # [n, c, d]
     d = (q.unsqueeze(1) - rows).pow(2).sum(2)
-    d = d.masked_fill(torch.isinf(bank_sqnorm[candidates]), math.inf)
+    if masked:
+        d.masked_fill_(torch.isinf(bank_sqnorm[candidates]), math.inf)
     if k == 1:
         dv, pos = d.min(1, keepdim=True)          # the first of equal minima
     else:
