@@ -55,8 +55,8 @@ def fit_with_grids(det: Detector, train: list) -> torch.Tensor:
     kept = {}
     original = calibration.leave_one_out_scores
 
-    def recorded(scorer, rows, bank_source):
-        base, grids = original(scorer, rows, bank_source)
+    def recorded(scorer, rows, bank_source, progress=False):
+        base, grids = original(scorer, rows, bank_source, progress)
         kept["grids"] = torch.cat(grids).cpu()
         return base, grids
 

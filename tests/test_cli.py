@@ -174,6 +174,18 @@ def test_fit_writes_model(fitted):
     assert_one_line_error(again, str(model), "--overwrite")
 
 
+def test_fit_shows_a_bar_for_each_long_step(fitted, tmp_path):
+    # without --quiet each step that reads every image or row has its bar on stderr: the
+    # features pass, the greedy coreset and the leave-one-image-out calibration (on a large
+    # product the calibration takes as long as the features pass)
+    root, data, _, _ = fitted
+    r = run("fit", data / "train" / "good", "-o", tmp_path / "m.patchbank", *SMALL)
+    assert r.exit_code == 0, r.output
+    for bar in ("fit: features", "greedy coreset", "fit: calibration"):
+        assert bar in r.stderr, (bar, r.stderr)
+    assert "10/10" in r.stderr.split("fit: calibration")[-1]    # it counts the images
+
+
 def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
     # a defective image slipped into the training folder: scored without its own bank rows, it
     # is the training image the threshold flags, and the fit names it for a look.  At target 0.2

@@ -178,7 +178,7 @@ class Detector:
         bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
                           clock, map_columns(self.backbone, embedding, cfg))
         scorer = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
-        calibrated = calibrate(scorer, feats.calibration, bank.source)
+        calibrated = calibrate(scorer, feats.calibration, bank.source, self.progress)
         self.scorer_ = scorer.with_map_offset(calibrated.map_offset)
         self.calibration_ = calibrated.calibration
         clock.lap("calibration")

@@ -40,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
 from patchbank.pipeline.scoring import PatchScorer
@@ -286,21 +287,22 @@ class CalibrationRows:
 
 
 @torch.inference_mode()
-def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
-                         bank_source: torch.Tensor) -> tuple[np.ndarray, list[torch.Tensor]]:
+def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor,
+                         progress: bool = False) -> tuple[np.ndarray, list[torch.Tensor]]:
     """Score each calibration image (``rows``) against the scorer's bank without the entries
     taken from that image (``bank_source`` [entries]: the training image of each bank entry):
     what :meth:`PatchScorer.score` gives against ``search.subset(bank_source != image)``, patch
     scores (LMF-Core Eq. 2 / StructCore Eq. 5) and the pooling, PatchCore's re-weighting
     neighbourhood and the context taps' search included, see no entry of the image.  Returns
     the base scores [n] and the patch-score grids, one [batch, P] tensor per batch of
-    ``config.batch_size`` images."""
+    ``config.batch_size`` images.  ``progress``: a bar over the images on stderr."""
     cfg = scorer.config
     loo = LeaveGroupOut(scorer.search, bank_source, LOO_EXTRA)
     context = None if scorer.context is None else LeaveGroupOut(scorer.context, bank_source, LOO_EXTRA)
     images = torch.from_numpy(rows.images)
     n_patches = scorer.grid[0] * scorer.grid[1]
     base, grids = [], []
+    bar = tqdm(total=len(rows), desc="fit: calibration", unit="img", disable=not progress)
     for start in range(0, len(rows), cfg.batch_size):
         stop = min(start + cfg.batch_size, len(rows))
         emb = rows.batch(start, stop, scorer.embed)
@@ -309,6 +311,8 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows,
                                        None if context is None else context.for_queries(groups))
         base.append(b_score.cpu().numpy())
         grids.append(scores)
+        bar.update(stop - start)
+    bar.close()
     return np.concatenate(base), grids
 
 
@@ -335,16 +339,17 @@ class Calibrated:
 
 
 @torch.inference_mode()
-def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor) -> Calibrated:
+def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor,
+              progress: bool = False) -> Calibrated:
     """Leave-one-image-out calibration: the calibration images' scores without their own bank
     entries (:func:`leave_one_out_scores`), and the calibration fitted on the base scores and
-    the descriptors of their maps.
+    the descriptors of their maps.  ``progress``: a bar over the calibration images.
 
     With ``Config.map_offset = "position"`` it also fits the map offset (:func:`position_offset`
     of these images' patch-score grids) and takes the descriptors of the maps drawn with it,
     the maps a prediction draws; ``scorer`` itself is not changed (the caller gives the fitted
     scorer the offset: :meth:`PatchScorer.with_map_offset`)."""
-    base, grids = leave_one_out_scores(scorer, rows, bank_source)
+    base, grids = leave_one_out_scores(scorer, rows, bank_source, progress)
     offset = position_offset(torch.cat(grids)) if scorer.config.map_offset == "position" else None
     drawn = scorer.with_map_offset(offset)
     phi = np.concatenate([drawn.anomaly_map(scores)[1] for scores in grids])
