@@ -265,6 +265,9 @@ def test_unknown_tensors_refused(model, tmp_path):
     ("config__sampler", "none", "bank_entries"), ("config__coreset_ratio", 0.5, "bank_entries"),
     ("config__search", "faiss-flat", "search"), ("config__threshold_rule", "bogus", "threshold_rule"),
     ("config__threshold_rule", None, "threshold_rule"),
+    ("fitted_with", "torch 2.1", "fitted_with"), ("fitted_with", ["torch"], "fitted_with"),
+    ("fitted_with", {"torch": 2.1}, "fitted_with"), ("fitted_with", {"torch": "x" * 129}, "fitted_with"),
+    ("fitted_with", {str(i): "1" for i in range(17)}, "fitted_with"),
 ])
 def test_header_field_checks(model, tmp_path, field, value, needle):
     refused(model, tmp_path, model.tensors, edited_meta(model, **{field: value}), needle)
@@ -305,6 +308,22 @@ def test_ignored_informational_fields_change_nothing(model, tmp_path):
     meta = edited_meta(model, threshold=-5.0, score_mean=1.0, score_std=2.0, structure_lambda=None,
                        patchbank_version="9.9", note="hello")
     assert outcome(model, write(tmp_path / "ok.patchbank", model.tensors, meta)) == "same"
+
+
+def test_the_fits_library_versions_are_kept_from_the_file(model, tmp_path):
+    # the header names the software the fit ran on; a loaded model reports the file's record
+    # (not the loader's), predicts as before, and a file written before the field has none
+    from patchbank.runtime.environment import library_versions
+
+    assert model.meta["fitted_with"] == library_versions()
+    other = dict(model.meta["fitted_with"], pillow="12.3.0", torch="2.11.0+cu130")
+    path = write(tmp_path / "other.patchbank", model.tensors, edited_meta(model, fitted_with=other))
+    assert outcome(model, path) == "same"
+    assert Detector.load(path, progress=False).info()["fitted_with"] == other
+    old = {k: v for k, v in model.meta.items() if k != "fitted_with"}
+    path = write(tmp_path / "old.patchbank", model.tensors, old)
+    assert outcome(model, path) == "same"
+    assert "fitted_with" not in Detector.load(path, progress=False).info()
 
 
 def test_valid_model_is_accepted_unchanged(model, tmp_path):

@@ -267,6 +267,12 @@ def test_predict_heatmaps_info(fitted):
     assert info["config"]["crop_size"] is None and info["config"]["image_size"] == [96, 96]
     assert info["bank_entries"] > 0 and info["n_train_images"] == 10
     assert f"{info['bank_entries']:,} entries x {info['bank_dim']} dims" in run("info", model).stdout
+    # the software the fit ran on, in the header and in the readable text
+    import PIL
+    import torch
+    assert info["fitted_with"]["torch"] == torch.__version__
+    assert info["fitted_with"]["pillow"] == PIL.__version__
+    assert f"pillow {PIL.__version__}" in run("info", model).stdout
 
 
 def test_demo(tmp_path):

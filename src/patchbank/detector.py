@@ -16,7 +16,9 @@ over the bank, patch grid, optional local radius), ``calibration_``
 (:class:`~patchbank.pipeline.calibration.ScoreCalibration`: structure scorer, normal-score
 statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 ``train_names_`` (the training images' file names, None for in-memory images), ``aspect_``,
-``backbone_sha256_``, ``fit_seconds_`` and ``fit_timings_`` (features, bank, index, calibration).
+``backbone_sha256_``, ``fitted_with_`` (the library versions of the fit,
+:func:`~patchbank.runtime.environment.library_versions`; None for files written before it),
+``fit_seconds_`` and ``fit_timings_`` (features, bank, index, calibration).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Predict
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
 from patchbank.runtime.devices import resolve_device
+from patchbank.runtime.environment import library_versions
 from patchbank.sampling import make_sampler
 from patchbank.search import make_search
 
@@ -186,6 +189,7 @@ class Detector:
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
         self.config, self.aspect_, self._extractor = cfg, aspect, extractor
         self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
+        self.fitted_with_ = library_versions()
         if routing_sample > 0:
             self.routing_sample_ = feats.routing_rows
         self.backbone_sha256_ = self.backbone.weights_sha256
@@ -317,6 +321,7 @@ class Detector:
                                    else self.threshold_),
             "backbone_sha256": self.backbone_sha256_, "train_aspect": self.aspect_,
             "train_images": self.train_names_, **context,
+            **({} if self.fitted_with_ is None else {"fitted_with": dict(self.fitted_with_)}),
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
@@ -364,6 +369,7 @@ class Detector:
             det.search_kind_ = meta["search"]
             det.aspect_ = meta.get("train_aspect")     # absent in files written before it
             det.train_names_ = meta.get("train_images")  # likewise
+            det.fitted_with_ = meta.get("fitted_with")   # likewise
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchbankError(f"{where} is missing or has invalid model state ({exc})") from None
         det.threshold_ = det.calibration_.threshold_

@@ -99,6 +99,9 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
             + (f" over {n_cal} training images (each without its own bank entries)" if n_cal is not None else ""))
     if "n_train_images" in info:
         row("train images", info.pop("n_train_images"))
+    env = info.pop("fitted_with", None)
+    if isinstance(env, dict):
+        row("fitted with", ", ".join(f"{k} {v}" for k, v in env.items()))
     backbone = cfg.get("backbone")
     sha = info.pop("backbone_sha256", None)
     if backbone:

@@ -259,6 +259,17 @@ def _check_train_names(meta: dict, n_train: int, where: str) -> None:
                     + (f" of {len(names)}" if isinstance(names, list) else ""))
 
 
+def _check_fitted_with(meta: dict, where: str) -> None:
+    """``fitted_with`` (absent in files written before it): the fit's library versions, an
+    object of at most 16 short strings (it is shown, never used)."""
+    env = meta.get("fitted_with")
+    if env is not None and not (isinstance(env, dict) and len(env) <= 16 and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 128
+            for k, v in env.items())):
+        raise _fail(where, "fitted_with", "must be an object of at most 16 library names and "
+                    f"version strings, got {type(env).__name__}")
+
+
 def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: str) -> None:
     """``map_offset`` (float32 [grid cells], finite) exactly when ``config.map_offset`` is position."""
     if "map_offset" in tensors or cfg.map_offset == "position":
@@ -295,6 +306,7 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
     _check_calibration(tensors, n_cal, n_train, where)
     _check_map_offset(tensors, cfg, grid, where)
     _check_train_names(meta, n_train, where)
+    _check_fitted_with(meta, where)
     extra = sorted(set(tensors) - used - set(_FIXED_TENSORS))
     if extra:
         raise _fail(where, f"tensor {extra[0]!r}", "is not part of a patchbank model"

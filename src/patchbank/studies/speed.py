@@ -32,6 +32,7 @@ import torch
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.images import list_images
+from patchbank.runtime.environment import library_versions
 from patchbank.runtime.threads import thread_report
 
 
@@ -47,8 +48,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     out: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-                           "python": platform.python_version(), "torch": torch.__version__,
-                           "numpy": np.__version__, "threads": torch.get_num_threads(),
+                           **library_versions(), "threads": torch.get_num_threads(),
                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     try:
         import faiss
