@@ -14,6 +14,7 @@ from patchbank.cli.config_options import ConfigValue, build_config, config_field
 from patchbank.cli.model import fit
 from patchbank.cli.predictions import heatmap_names
 from patchbank.config import DEFAULT_PRESET, PRESETS, Config
+from patchbank.errors import PatchbankError
 from patchbank.io.synthetic import make_dataset
 
 from conftest import invoke_cli
@@ -208,6 +209,42 @@ def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
     lines = info.stdout.splitlines()
     assert f"above threshold    {line.removeprefix('threshold: ')}" in lines, info.stdout
     assert not any(x.startswith("train images") and "[" in x for x in lines)    # no list of names
+
+
+def test_a_file_name_that_is_not_utf8(fitted, tmp_path):
+    # Linux file names are bytes; one that is not UTF-8 (a Latin-1 e-acute) reaches Python as a
+    # lone surrogate.  predict refuses it in one line before writing anything (its CSV / JSON
+    # name every image in UTF-8); a fit on it works and prints the name escaped as Python's stderr
+    # does (a real process: the console script's stdout), in the fit's line and in `info`.
+    import os
+    import subprocess
+    import sys
+
+    _, data, model, _ = fitted
+    train = tmp_path / "train"
+    train.mkdir()
+    for p in sorted((data / "train" / "good").glob("*.png")):
+        (train / p.name).write_bytes(p.read_bytes())
+    bad = sorted((data / "test" / "scratch").glob("*.png"))[0]
+    odd = train / os.fsdecode(b"zz_caf\xe9.png")
+    odd.write_bytes(bad.read_bytes())
+    out = tmp_path / "out"
+    r = run("predict", model, train, "-o", out, "--quiet")
+    assert_one_line_error(r, "not valid UTF-8", "zz_caf\\xe9.png", "rename")
+    assert not out.exists()
+    from patchbank.distributed.inputs import read_inputs     # the Ray engine's input listing
+    with pytest.raises(PatchbankError, match="not valid UTF-8"):
+        read_inputs([str(train)])
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "patchbank.cli", *map(str, args)],
+                              capture_output=True, timeout=300)
+
+    fit_run = cli("fit", train, "-o", tmp_path / "m.patchbank", "--quiet", "--target-fpr", "0.2", *SMALL)
+    assert fit_run.returncode == 0, fit_run.stderr
+    assert b"zz_caf\\udce9.png (" in fit_run.stdout, fit_run.stdout   # stderr's escaping
+    info = cli("info", tmp_path / "m.patchbank")
+    assert info.returncode == 0 and b"zz_caf\\udce9.png (" in info.stdout, info.stderr
 
 
 def test_predict_heatmaps_info(fitted):

@@ -15,6 +15,7 @@ torch starts its thread pools.
 """
 from __future__ import annotations
 
+import io
 import sys
 
 import click
@@ -104,6 +105,10 @@ def main() -> None:
 
     tune_malloc()   # freed feature batches go back to the OS (see patchbank.runtime.malloc)
     warnings.showwarning = _one_line_warning
+    # a file name that is not valid UTF-8 (Python holds its bytes as lone surrogates) is printed
+    # with its bytes escaped, as stderr already does, instead of failing the print
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     cli.main(prog_name="patchbank")
 
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from patchbank.errors import PatchbankError
 from patchbank.io.images import IMAGE_EXTENSIONS
-from patchbank.io.prediction_files import expand_inputs, unique_paths
+from patchbank.io.prediction_files import check_names, expand_inputs, unique_paths
 
 LIST_SUFFIXES = (".txt", ".lst")
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -50,7 +50,7 @@ def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
             paths += _listed(p, _table_column(p, column))
         else:
             paths += expand_inputs([raw])
-    return unique_paths(paths)
+    return check_names(unique_paths(paths))
 
 
 def _globbed(pattern: str) -> list[Path]:

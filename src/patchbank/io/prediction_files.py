@@ -20,6 +20,7 @@ score is not like theirs; false when they shared none); a multi-category model a
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -57,7 +58,21 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
             paths.append(p)
         else:
             raise PatchbankError(f"file or folder not found: {p}")
-    return unique_paths(paths)
+    return check_names(unique_paths(paths))
+
+
+def check_names(paths: list[Path]) -> list[Path]:
+    """``paths``, each of which must be valid UTF-8: predictions.csv and .json name every image
+    in UTF-8, so a file name holding other bytes (a Latin-1 ``é``, say) is a one-line error
+    showing its bytes, before anything is computed or written."""
+    for p in paths:
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(p).decode("utf-8", "backslashreplace")
+            raise PatchbankError(f"image file name is not valid UTF-8: {shown} (the prediction files "
+                                 f"name each image in UTF-8); rename the file") from None
+    return paths
 
 
 def unique_paths(paths: list[Path]) -> list[Path]:
