@@ -100,7 +100,7 @@ def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthet
               "already exists")
 
 
-def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, synthetic_root, tmp_path):
+def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, synthetic_root, tmp_path, monkeypatch):
     """A default-preset model (its context taps: two searches per image; the crop cut from the
     feature maps, so the decoding tasks send the whole resize) scores the same on Ray actors as
     locally: the CSV byte for byte."""
@@ -127,9 +127,15 @@ def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, syntheti
     square = sorted((synthetic_root / "test" / "good").glob("*.png"))[0]
     wide = tmp_path / "wide.png"
     Image.open(square).resize((96, 48)).save(wide)
+    import patchbank.io.aspect as aspect_mod
+
+    read = []     # image headers the driver reads: only the first odd image's (the actors
+    real = aspect_mod.image_hw   # decoded every image and flagged each one)
+    monkeypatch.setattr(aspect_mod, "image_hw", lambda p: read.append(Path(p).name) or real(p))
     with pytest.warns(UserWarning, match=r"1 of 2 images have another shape .*H / W 0\.50 against 1\.00"):
         out = predict(model, [str(square), str(wide)], tmp_path / "ray_wide", actors=1)
     assert [r["other_shape"] for r in out["predictions"]] == [False, True]   # per image, too
+    assert read == ["wide.png"]
 
 
 @pytest.mark.parametrize("n,batch,actors,want", [(2895, 16, 1, 64), (2895, 16, 2, 64), (2895, 48, 1, 96),

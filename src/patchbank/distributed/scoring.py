@@ -252,18 +252,21 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                    "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
-    _warn_other_shapes(paths, aspect)
+    _warn_other_shapes(paths, records, aspect)
     return {**summary, "predictions": records}
 
 
-def _warn_other_shapes(paths: list, aspect: Any) -> None:
+def _warn_other_shapes(paths: list, records: list[dict], aspect: Any) -> None:
     """The local predict's warning about images of another shape than the training images
     shared (``aspect``: the model header's ``train_aspect``, checked by then: the actors loaded
-    the model); the driver reads the images' headers."""
-    from patchbank.io.aspect import image_hw, warn_other_shapes
+    the model), counted from the actors' per-image ``other_shape``; the driver reads the header
+    of the first such image only (``records`` are in the order of ``paths``)."""
+    from patchbank.io.aspect import image_hw, other_shape_note
 
-    if aspect is not None:
-        warn_other_shapes([image_hw(p) for p in paths], aspect)
+    odd = [i for i, r in enumerate(records) if r["other_shape"]]
+    if aspect is not None and odd:
+        warnings.warn(other_shape_note(len(odd), len(records), image_hw(paths[odd[0]]), aspect),
+                      UserWarning, stacklevel=2)
 
 
 def _check_counts(**counts: Any) -> None:

@@ -135,9 +135,13 @@ def warn_other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None) ->
 def shape_warning(sizes: Sequence[tuple[int, int]], aspect: float | None) -> str | None:
     """One line on the images :func:`other_shapes` finds (None when there are none)."""
     odd = other_shapes(sizes, aspect)
-    if not odd:
-        return None
-    h, w = sizes[odd[0]]
-    return (f"{len(odd)} of {len(sizes)} images have another shape than the training images "
+    return other_shape_note(len(odd), len(sizes), sizes[odd[0]], aspect) if odd else None
+
+
+def other_shape_note(count: int, total: int, first: tuple[int, int], aspect: float) -> str:
+    """The line for ``count`` of ``total`` images of another shape, the first of size ``first``
+    (H, W), against the training images' ``aspect`` (H / W)."""
+    h, w = first
+    return (f"{count} of {total} images have another shape than the training images "
             f"(the first: H / W {h / w:.2f} against {aspect:.2f}); they are stretched to the "
             f"model's input, so their maps and scores are not like the training images'")
