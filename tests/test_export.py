@@ -74,8 +74,12 @@ def cli_export(fitted, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     fitted.save(tmp / "m.patchbank")
     result = run("export", tmp / "m.patchbank", "-o", tmp / "ex", "--format", "onnx",
-                 "--format", "openvino", "-q")
+                 "--format", "openvino")
     assert result.exit_code == 0, result.output
+    # without -q, a bar over the export's steps on stderr (tens of seconds for a large bank)
+    for step in ("capturing the graph", "writing ONNX", "converting to OpenVINO"):
+        assert f"export ({step})" in result.stderr, result.stderr
+    assert "export (done): 3/3 steps" in result.stderr
     return tmp, result.stdout
 
 

@@ -76,6 +76,7 @@ def test_export_with_the_fit_weights_scores_like_torch(own, synthetic_root, tmp_
     out = tmp_path / "exported"
     result = invoke_cli("export", str(model), "-o", str(out), "--format", "onnx", "--weights", weights, "-q")
     assert result.exit_code == 0, result.stderr
+    assert "export (" not in result.stderr          # -q: no bar
     images = sorted((synthetic_root / "test" / "good").glob("*.png"))
     result = invoke_cli("predict", str(out), *map(str, images), "-o", str(tmp_path / "p"),
                         "--runtime", "onnx", "-q")

@@ -62,7 +62,7 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
 
     det = load_any(model, progress=not quiet, weights=weights)
     data = export_model(det, output, formats, category=category, overwrite=overwrite,
-                        bank_dtype=bank_dtype)
+                        bank_dtype=bank_dtype, progress=not quiet)
     bank = data["bank"]
     click.echo(f"exported {model}{f' [{category}]' if category else ''} as {', '.join(data['formats'])} "
                f"(dynamic batch, input {data['input_size'][0]}x{data['input_size'][1]} NCHW float32)")

@@ -12,11 +12,13 @@ export: its graph is that category's single-category path (no router).
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from patchbank import __version__
 from patchbank.detector import Detector
@@ -68,9 +70,12 @@ def check_target(folder: Path, formats, overwrite: bool) -> None:
 
 def export_model(model, folder: str | Path, formats=("onnx",), *, category: str | None = None,
                  overwrite: bool = False, bank_dtype: str | None = None,
-                 external_over: int = PROTOBUF_LIMIT, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+                 external_over: int = PROTOBUF_LIMIT, chunk_bytes: int = CHUNK_BYTES,
+                 progress: bool = False) -> dict[str, Any]:
     """Export ``model`` (a fitted Detector, or one ``category`` of a MultiDetector) to
     ``folder`` in ``formats`` (``onnx``, ``openvino``); returns the sidecar written.
+    ``progress``: a bar on stderr over the steps (the graph's capture, the ONNX file, the
+    OpenVINO conversion), which take tens of seconds for a large bank.
 
     ``bank_dtype`` stores the bank as float32 or float16 (default: the model's ``bank_dtype``);
     ``external_over``: initializer bytes above which ONNX weights go to external data;
@@ -82,23 +87,34 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
     det = single_detector(model, category)
     folder = Path(folder)
     check_target(folder, formats, overwrite)
-    graph = ExportGraph(det, bank_dtype, chunk_bytes)
-    program = export_program(graph, torch.zeros(2, 3, *det.config.network_size))
-    make_folder(folder)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
-        tmp = Path(tmp)
-        external = save_program(program, tmp / GRAPH_FILES["onnx"], external_over)
-        if "openvino" in formats:
-            write_openvino(tmp / GRAPH_FILES["onnx"], tmp / GRAPH_FILES["openvino"])
-        if "onnx" not in formats:
-            for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
-                (tmp / name).unlink(missing_ok=True)
-        for name in export_files(FORMATS):
-            (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
-        files = {}
-        for path in sorted(tmp.iterdir()):
-            files[path.name] = path.stat().st_size
-            shutil.move(str(path), folder / path.name)
+    steps = ["capturing the graph", "writing ONNX"] + (["converting to OpenVINO"] if "openvino" in formats else [])
+    with tqdm(total=len(steps), desc=f"export ({steps[0]})", disable=not progress, file=sys.stderr,
+              bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]") as bar:
+
+        def begin(done: int) -> None:     # steps[done] starts, the ones before it are done
+            bar.update(done - bar.n)
+            bar.set_description_str(f"export ({steps[done] if done < len(steps) else 'done'})")
+
+        graph = ExportGraph(det, bank_dtype, chunk_bytes)
+        program = export_program(graph, torch.zeros(2, 3, *det.config.network_size))
+        make_folder(folder)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+            tmp = Path(tmp)
+            begin(1)
+            external = save_program(program, tmp / GRAPH_FILES["onnx"], external_over)
+            if "openvino" in formats:
+                begin(2)
+                write_openvino(tmp / GRAPH_FILES["onnx"], tmp / GRAPH_FILES["openvino"])
+            begin(len(steps))
+            if "onnx" not in formats:
+                for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
+                    (tmp / name).unlink(missing_ok=True)
+            for name in export_files(FORMATS):
+                (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
+            files = {}
+            for path in sorted(tmp.iterdir()):
+                files[path.name] = path.stat().st_size
+                shutil.move(str(path), folder / path.name)
     notes = [n for n in (search_note(det),) if n]
     stored = graph.search if graph.context is None else graph.context   # the whole rows, held once
     entries, dim = stored.shape
