@@ -151,6 +151,7 @@ def test_model_descriptions(server, files, reference):
     assert d["bank_entries"] == det.info()["bank_entries"] and d["bank_dim"] == det.info()["bank_dim"]
     assert d["sha256"] == file_sha256(files["single"]) and d["path"] == str(files["single"])
     assert d["format_version"] == det.info()["format_version"] and d["patchbank_version"]
+    assert d["fitted_with"] == det.info()["fitted_with"] and d["fitted_with"]["torch"]
     assert d["target_fpr"] == det.config.target_fpr and d["categories"] is None
     assert d["threshold_rule"] == det.config.threshold_rule == "conformal"
     assert d["map_offset"] == det.config.map_offset == "none"     # the maps are not offset

@@ -314,14 +314,16 @@ class ModelRegistry:
             "graph_sha256": served.graph_sha256 or None,
             "format_version": header.get("format_version"),
             "patchbank_version": header.get("patchbank_version"),
+            "fitted_with": None if cats else single["fitted_with"],
             "device": str(self.settings.device),
         }
         return out
 
 
 def _category_entry(name: str | None, det: Detector | ExportedModel, info: dict[str, Any]) -> dict[str, Any]:
-    """One category's (or a single model's) bank and operating point."""
+    """One category's (or a single model's) bank, operating point and the library versions it
+    was fitted with (None for an export and a file written before they were recorded)."""
     return {"name": name, "threshold": float(det.threshold_),
             "calibrated_threshold": float(det.calibrated_threshold_),
             "bank_entries": int(info["bank_entries"]), "bank_dim": int(info["bank_dim"]),
-            "bank_bytes": int(info["bank_bytes"])}
+            "bank_bytes": int(info["bank_bytes"]), "fitted_with": info.get("fitted_with")}
