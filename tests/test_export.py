@@ -201,6 +201,8 @@ def _sidecar_folder(cli_export, tmp_path):
     (lambda d: d.pop("calibrated_threshold"), "'calibrated_threshold'"),
     (lambda d: d.update(train_aspect=-1.0), "train_aspect must be a positive number or null"),
     (lambda d: d.update(train_aspect="tall"), "train_aspect must be"),
+    (lambda d: d.update(fitted_with="torch 2"), "fitted_with must be"),
+    (lambda d: d.update(fitted_with={"torch": 2}), "fitted_with must be"),
 ])
 def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
     folder, data = _sidecar_folder(cli_export, tmp_path)
@@ -208,6 +210,17 @@ def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
     (folder / SIDECAR_NAME).write_text(json.dumps(data))
     with pytest.raises(PatchbankError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         read_sidecar(folder)
+
+
+def test_an_export_keeps_the_fits_library_versions(cli_export, fitted):
+    # the sidecar carries the model file's record of the software the fit ran on; the runtime's
+    # info (and so the service's model description) reports it; an older sidecar has none
+    from patchbank.export.runtimes import ExportedModel
+
+    tmp, _ = cli_export
+    data = read_sidecar(tmp / "ex")
+    assert data["fitted_with"] == fitted.info()["fitted_with"]
+    assert ExportedModel(tmp / "ex", "onnx", progress=False).info()["fitted_with"] == data["fitted_with"]
 
 
 def test_sidecar_naming_a_missing_graph_or_not_json_is_refused(cli_export, tmp_path):

@@ -255,6 +255,7 @@ class ExportedModel:
             "structure_lambda": self.calibration_.struct_.lambda_, "score_mean": sc["score_mean"],
             "score_std": sc["score_std"], "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": sc.get("threshold_override"), "backbone_sha256": sc.get("backbone_sha256"),
+            **({} if sc.get("fitted_with") is None else {"fitted_with": sc["fitted_with"]}),
         }
 
     # ------------------------------------------------------------------ predict

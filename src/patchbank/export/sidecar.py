@@ -3,7 +3,8 @@
 ``patchbank_export.json`` holds data only: the format name and version (checked on load), the
 patchbank version, the model's configuration (preprocessing: resize, aspect, crop; everything
 else for reference), the backbone's input normalisation (mean, std), the input and output names,
-the threshold and calibration statistics, the bank (entries, dim, stored dtype, bytes, block
+the threshold and calibration statistics, the library versions the model was fitted with
+(``fitted_with``, null for a model file written before they were recorded), the bank (entries, dim, stored dtype, bytes, block
 rows; with context taps ``dim`` is the whole rows' and ``bytes`` counts both stored copies, the
 map's columns and the whole rows), which graph files exist per format and whether the ONNX weights are external data, and
 any note on how the graph differs from the torch path (``notes``).
@@ -38,6 +39,7 @@ from patchbank.config import Config
 from patchbank.errors import ConfigError, PatchbankError
 from patchbank.pipeline.calibration import ScoreCalibration
 from patchbank.pipeline.structure import COMPONENTS
+from patchbank.runtime.environment import MAX_ENTRIES, is_library_record
 
 SIDECAR_NAME = "patchbank_export.json"
 FORMAT_NAME = "patchbank-export"
@@ -86,7 +88,7 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         "external_data": bool(external_data), "notes": list(notes),
         "backbone_sha256": detector.backbone_sha256_, "patch_grid": list(detector.grid_),
         "search": "exact", "threshold_override": detector.info()["threshold_override"],
-        "train_aspect": detector.aspect_,
+        "train_aspect": detector.aspect_, "fitted_with": detector.fitted_with_,
         "calibration_base_scores": [float(v) for v in cal.base_scores_],
         "calibration_descriptors": [[float(v) for v in row] for row in cal.descriptors_],
     }
@@ -144,7 +146,8 @@ def _check_fields(data: Any, path: Path) -> None:
 
 
 def _check_operating_point(data: dict[str, Any], path: Path) -> None:
-    """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null;
+    """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null,
+    ``fitted_with`` the fit's library versions or null;
     the calibration arrays [n] and [n, 3] of finite numbers."""
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
         raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
@@ -152,6 +155,10 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
     aspect = data.get("train_aspect")   # absent in exports written before it
     if aspect is not None and not (_is(aspect, float) and aspect > 0):
         raise PatchbankError(f"{path}: train_aspect must be a positive number or null, got {aspect!r}")
+    env = data.get("fitted_with")       # likewise
+    if env is not None and not is_library_record(env):
+        raise PatchbankError(f"{path}: fitted_with must be an object of at most {MAX_ENTRIES} library "
+                             f"names and version strings, or null")
     base, phi = data["calibration_base_scores"], data["calibration_descriptors"]
     if not base or not all(_is(v, float) for v in base):
         raise PatchbankError(f"{path}: calibration_base_scores must be a non-empty list of finite numbers")

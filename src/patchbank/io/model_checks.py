@@ -30,6 +30,7 @@ from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.model_file import FORMAT_VERSION
 from patchbank.linalg import all_finite
+from patchbank.runtime.environment import MAX_ENTRIES, is_library_record
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -260,14 +261,12 @@ def _check_train_names(meta: dict, n_train: int, where: str) -> None:
 
 
 def _check_fitted_with(meta: dict, where: str) -> None:
-    """``fitted_with`` (absent in files written before it): the fit's library versions, an
-    object of at most 16 short strings (it is shown, never used)."""
+    """``fitted_with`` (absent in files written before it): the fit's library versions
+    (:func:`~patchbank.runtime.environment.is_library_record`)."""
     env = meta.get("fitted_with")
-    if env is not None and not (isinstance(env, dict) and len(env) <= 16 and all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 128
-            for k, v in env.items())):
-        raise _fail(where, "fitted_with", "must be an object of at most 16 library names and "
-                    f"version strings, got {type(env).__name__}")
+    if env is not None and not is_library_record(env):
+        raise _fail(where, "fitted_with", f"must be an object of at most {MAX_ENTRIES} library names "
+                    f"and version strings, got {type(env).__name__}")
 
 
 def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: str) -> None:

@@ -14,6 +14,7 @@ import PIL
 import torch
 
 FIELDS = ("python", "torch", "numpy", "pillow", "machine")
+MAX_ENTRIES, MAX_NAME, MAX_VERSION = 16, 64, 128   # bounds of a record read back from a file
 
 
 def library_versions() -> dict[str, str]:
@@ -21,3 +22,12 @@ def library_versions() -> dict[str, str]:
     selects, and the processor architecture (``platform.machine()``)."""
     return {"python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "pillow": PIL.__version__, "machine": platform.machine()}
+
+
+def is_library_record(value: object) -> bool:
+    """Whether ``value`` read from a file can be a :func:`library_versions` record: an object of
+    at most ``MAX_ENTRIES`` short strings (it is shown, never used; any names, for the future's
+    libraries)."""
+    return isinstance(value, dict) and len(value) <= MAX_ENTRIES and all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_NAME and len(v) <= MAX_VERSION
+        for k, v in value.items())
