@@ -13,7 +13,6 @@ import numpy as np
 import PIL
 import torch
 
-FIELDS = ("python", "torch", "numpy", "pillow", "machine")
 MAX_ENTRIES, MAX_NAME, MAX_VERSION = 16, 64, 128   # bounds of a record read back from a file
 
 
