@@ -187,17 +187,22 @@ def test_fit_shows_a_bar_for_each_long_step(fitted, tmp_path):
     assert "10/10" in r.stderr.split("fit: calibration")[-1]    # it counts the images
 
 
-def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
-    # a defective image slipped into the training folder: scored without its own bank rows, it
-    # is the training image the threshold flags, and the fit names it for a look.  At target 0.2
-    # the conformal rank of 11 scores is ceil(12 * 0.8) = 10: exactly one image above.
-    _, data, _, _ = fitted
+def _training_folder_with_a_defect(fitted, tmp_path, name: str):
+    """tmp_path/train: the fixture's 10 training images and its first scratch image as ``name``."""
+    data = fitted[1]
     train = tmp_path / "train"
     train.mkdir()
     for p in sorted((data / "train" / "good").glob("*.png")):
         (train / p.name).write_bytes(p.read_bytes())
-    bad = sorted((data / "test" / "scratch").glob("*.png"))[0]
-    (train / "zz_slipped_in.png").write_bytes(bad.read_bytes())
+    (train / name).write_bytes(sorted((data / "test" / "scratch").glob("*.png"))[0].read_bytes())
+    return train
+
+
+def test_fit_names_the_training_images_above_the_threshold(fitted, tmp_path):
+    # a defective image slipped into the training folder: scored without its own bank rows, it
+    # is the training image the threshold flags, and the fit names it for a look.  At target 0.2
+    # the conformal rank of 11 scores is ceil(12 * 0.8) = 10: exactly one image above.
+    train = _training_folder_with_a_defect(fitted, tmp_path, "zz_slipped_in.png")
     r = run("fit", train, "-o", tmp_path / "m.patchbank", "--quiet", "--target-fpr", "0.2", *SMALL)
     assert r.exit_code == 0, r.output
     line = next(x for x in r.stdout.splitlines() if x.startswith("threshold:"))
@@ -220,14 +225,8 @@ def test_a_file_name_that_is_not_utf8(fitted, tmp_path):
     import subprocess
     import sys
 
-    _, data, model, _ = fitted
-    train = tmp_path / "train"
-    train.mkdir()
-    for p in sorted((data / "train" / "good").glob("*.png")):
-        (train / p.name).write_bytes(p.read_bytes())
-    bad = sorted((data / "test" / "scratch").glob("*.png"))[0]
-    odd = train / os.fsdecode(b"zz_caf\xe9.png")
-    odd.write_bytes(bad.read_bytes())
+    model = fitted[2]
+    train = _training_folder_with_a_defect(fitted, tmp_path, os.fsdecode(b"zz_caf\xe9.png"))
     out = tmp_path / "out"
     r = run("predict", model, train, "-o", out, "--quiet")
     assert_one_line_error(r, "not valid UTF-8", "zz_caf\\xe9.png", "rename")
