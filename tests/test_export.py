@@ -123,6 +123,8 @@ def test_cli_export_then_predict_runtime_equals_torch(cli_export, synthetic_root
             assert float(g["score"]) == pytest.approx(float(t["score"]), rel=1e-4)
     info = run("info", tmp / "ex")
     assert info.exit_code == 0 and "graph files" in info.stdout and "memory bank" in info.stdout
+    import torch
+    assert f"torch {torch.__version__}" in info.stdout       # the fit's versions, from the sidecar
     # never overwritten without --overwrite; the runtime of a model file / a non-export folder
     again = run("export", tmp / "m.patchbank", "-o", tmp / "ex")
     assert again.exit_code == 2 and "--overwrite" in again.stderr

@@ -201,5 +201,6 @@ def format_export_info(data: dict[str, Any], path: str) -> str:
     info = {"format_version": data["format_version"], "patchbank_version": data["patchbank_version"],
             "bank_entries": bank.get("entries"), "bank_dim": bank.get("dim"), "bank_bytes": bank.get("bytes"),
             "threshold": data["threshold"], "score_mean": data["score_mean"], "score_std": data["score_std"],
-            "input_size": data.get("input_size"), "category": data.get("category"), "config": cfg}
+            "input_size": data.get("input_size"), "category": data.get("category"),
+            "fitted_with": data.get("fitted_with"), "config": cfg}
     return "\n".join(head) + "\n" + format_info({k: v for k, v in info.items() if v is not None})
