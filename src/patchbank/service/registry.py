@@ -322,7 +322,7 @@ class ModelRegistry:
 
 def _category_entry(name: str | None, det: Detector | ExportedModel, info: dict[str, Any]) -> dict[str, Any]:
     """One category's (or a single model's) bank, operating point and the library versions it
-    was fitted with (None for an export and a file written before they were recorded)."""
+    was fitted with (None for a model file or an export written before they were recorded)."""
     return {"name": name, "threshold": float(det.threshold_),
             "calibrated_threshold": float(det.calibrated_threshold_),
             "bank_entries": int(info["bank_entries"]), "bank_dim": int(info["bank_dim"]),
