@@ -350,10 +350,15 @@ def test_evaluate_ray_equals_local(ray_local, two_root, tmp_path):
         assert lr["images"] == rr["images"]
 
 
-def test_actors_that_always_die_end_the_run_with_one_line(ray_local, single_model, synthetic_root, tmp_path):
+def test_actors_that_always_die_end_the_run_with_one_line(ray_local, single_model, synthetic_root, tmp_path,
+                                                         monkeypatch):
     """A crash on every batch (e.g. out of memory) is retried a bounded number of times, then the
-    run stops with a one-line error instead of retrying forever; nothing is written."""
+    run stops with a one-line error instead of retrying forever; nothing is written.  The bound
+    is lowered to 1 here (each restart starts a process and loads the model)."""
+    from patchbank.distributed import engine
     from patchbank.errors import PatchbankError
+
+    monkeypatch.setattr(engine, "ACTOR_RETRIES", 1)
 
     class AlwaysDies(ScoringActor):
         def __call__(self, batch):
@@ -363,5 +368,5 @@ def test_actors_that_always_die_end_the_run_with_one_line(ray_local, single_mode
         predict(single_model, _test_images(synthetic_root), tmp_path / "out", actors=1, batch_size=4,
                 actor_class=AlwaysDies)
     assert isinstance(info.value, PatchbankError) and "\n" not in str(info.value)
-    assert "kept dying" in str(info.value)
+    assert "kept dying (1 restarts and 1 retries of a batch)" in str(info.value)
     assert not (tmp_path / "out" / "predictions.csv").exists()
