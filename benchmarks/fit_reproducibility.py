@@ -26,7 +26,7 @@ from scipy.spatial.distance import cdist
 
 from patchbank.config import DEFAULT_PRESET
 from patchbank.detector import Detector
-from patchbank.io.images import prepare_input
+from patchbank.io.images import prepare_input, to_tensor
 
 
 def fit_arrays(data: Path) -> tuple[Detector, np.ndarray, np.ndarray, np.ndarray]:
@@ -36,9 +36,7 @@ def fit_arrays(data: Path) -> tuple[Detector, np.ndarray, np.ndarray, np.ndarray
     imgs = np.stack([prepare_input(p, det.config) for p in train[:8]])
     bb = det.extractor.backbone
     with torch.inference_mode():
-        t = torch.from_numpy(imgs[:2]).permute(0, 3, 1, 2).float() / 255
-        mean, std = torch.tensor(bb.mean).view(1, 3, 1, 1), torch.tensor(bb.std).view(1, 3, 1, 1)
-        feats = det.extractor((t - mean) / std)[0][0].numpy()
+        feats = det.extractor(to_tensor(list(imgs[:2]), bb.mean, bb.std))[0][0].numpy()
     return det, imgs, feats, det.scorer_.search.all_rows().numpy()
 
 
