@@ -39,7 +39,7 @@ from patchbank.config import Config
 from patchbank.errors import ConfigError, PatchbankError
 from patchbank.pipeline.calibration import ScoreCalibration
 from patchbank.pipeline.structure import COMPONENTS
-from patchbank.runtime.environment import MAX_ENTRIES, is_library_record
+from patchbank.runtime.environment import RECORD_RULE, is_library_record
 
 SIDECAR_NAME = "patchbank_export.json"
 FORMAT_NAME = "patchbank-export"
@@ -157,8 +157,7 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
         raise PatchbankError(f"{path}: train_aspect must be a positive number or null, got {aspect!r}")
     env = data.get("fitted_with")       # likewise
     if env is not None and not is_library_record(env):
-        raise PatchbankError(f"{path}: fitted_with must be an object of at most {MAX_ENTRIES} library "
-                             f"names and version strings, or null")
+        raise PatchbankError(f"{path}: fitted_with must be {RECORD_RULE}, or null")
     base, phi = data["calibration_base_scores"], data["calibration_descriptors"]
     if not base or not all(_is(v, float) for v in base):
         raise PatchbankError(f"{path}: calibration_base_scores must be a non-empty list of finite numbers")

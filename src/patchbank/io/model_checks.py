@@ -30,7 +30,7 @@ from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.model_file import FORMAT_VERSION
 from patchbank.linalg import all_finite
-from patchbank.runtime.environment import MAX_ENTRIES, is_library_record
+from patchbank.runtime.environment import RECORD_RULE, is_library_record
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -265,8 +265,7 @@ def _check_fitted_with(meta: dict, where: str) -> None:
     (:func:`~patchbank.runtime.environment.is_library_record`)."""
     env = meta.get("fitted_with")
     if env is not None and not is_library_record(env):
-        raise _fail(where, "fitted_with", f"must be an object of at most {MAX_ENTRIES} library names "
-                    f"and version strings, got {type(env).__name__}")
+        raise _fail(where, "fitted_with", f"must be {RECORD_RULE}, got {type(env).__name__}")
 
 
 def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: str) -> None:

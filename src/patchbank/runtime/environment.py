@@ -14,6 +14,7 @@ import PIL
 import torch
 
 MAX_ENTRIES, MAX_NAME, MAX_VERSION = 16, 64, 128   # bounds of a record read back from a file
+RECORD_RULE = f"an object of at most {MAX_ENTRIES} library names and version strings"
 
 
 def library_versions() -> dict[str, str]:
