@@ -262,6 +262,42 @@ def test_evaluate_output_is_a_file(data, a_file, no_work):
     one_line_error(run("evaluate", data, "-o", a_file, *SMALL, *QUIET), "not a folder")
 
 
+# ------------------------------------------------------------------ evaluate: names that are not UTF-8
+
+def _rename_to_latin1(path: Path) -> Path:
+    """Rename ``path`` so that its name ends in a Latin-1 byte (not UTF-8): Python then holds the
+    name with a lone surrogate, as it does for such names on a real disk."""
+    new = Path(os.fsdecode(os.fsencode(path.with_name(path.stem + "_caf")) + b"\xe9" + os.fsencode(path.suffix)))
+    os.rename(path, new)
+    return new
+
+
+def test_evaluate_refuses_a_category_or_test_name_that_is_not_utf8(tmp_path, no_work):
+    # results.csv, by_type.csv, the run files and the reports name the category and every test
+    # image: such a name used to crash the CSV writer after the whole evaluation had run
+    root = make_dataset(tmp_path / "data" / "synthetic", n_train=4, n_test_good=1, n_test_defect=1,
+                        size=32, seed=0)
+    _rename_to_latin1(root)
+    one_line_error(run("evaluate", tmp_path / "data", "-o", tmp_path / "res", *SMALL, *QUIET),
+                   "category name is not valid UTF-8", "synthetic_caf\\xe9", "rename")
+    root = make_dataset(tmp_path / "data2" / "synthetic", n_train=4, n_test_good=1, n_test_defect=1,
+                        size=32, seed=0)
+    _rename_to_latin1(sorted((root / "test" / "good").iterdir())[0])
+    one_line_error(run("evaluate", tmp_path / "data2", "-o", tmp_path / "res2", *SMALL, *QUIET),
+                   "test file path is not valid UTF-8", "_caf\\xe9.png", "rename")
+
+
+def test_evaluate_takes_a_training_name_that_is_not_utf8(small_root, tmp_path):
+    # training images are only counted and hashed (as their bytes): nothing written names them
+    before = data_fingerprint(read_dataset(small_root)[0])
+    _rename_to_latin1(sorted((small_root / "train" / "good").iterdir())[0])
+    after = data_fingerprint(read_dataset(small_root)[0])
+    assert after["sha256"] != before["sha256"] and after["n_train"] == before["n_train"]
+    r, stored = _evaluate(small_root, tmp_path / "res")
+    assert stored["data_fingerprint"] == after
+    (tmp_path / "res" / "results.csv").read_text(encoding="utf-8")
+
+
 # ------------------------------------------------------------------ evaluate: data fingerprints
 
 def _evaluate(root, out):

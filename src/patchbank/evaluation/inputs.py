@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.datasets import Category, read_dataset
-from patchbank.io.output_files import check_output_folder
+from patchbank.io.output_files import check_output_folder, check_utf8_name
 
 
 def say(progress: bool, text: str) -> None:
@@ -110,7 +110,18 @@ def load_categories(source: Any, categories: str | Iterable[str] | None = None,
         cats = read_dataset(source, kind, category_names(categories))
     if not cats:
         raise PatchbankError("no categories selected")
+    for cat in cats:
+        check_written_names(cat)
     return cats
+
+
+def check_written_names(category: Category) -> None:
+    """Refuse, in one line, a category whose name or test image or mask paths are not valid
+    UTF-8: the run files, CSVs and reports name them (training images are only counted and
+    hashed, so their names may hold any bytes)."""
+    check_utf8_name(category.name, "category name", "the evaluation's files")
+    for p in [*category.test, *(m for m in category.masks if m is not None)]:
+        check_utf8_name(p, "test file path", "the evaluation's files")
 
 
 def source_text(source: Any) -> str:

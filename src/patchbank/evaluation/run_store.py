@@ -61,7 +61,9 @@ def data_fingerprint(category: Category) -> dict[str, Any]:
     root = os.path.commonpath([os.path.dirname(a) for a in absolute]) if absolute else ""
     lines = sorted("\t".join([kind, os.path.relpath(a, root), label, *map(str, _stat(a))])
                    for (kind, _, label), a in zip(items, absolute))
-    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    # surrogateescape: a file name that is not UTF-8 is hashed as its own bytes (UTF-8 names
+    # encode as before, so earlier fingerprints stay valid)
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
     return {"sha256": digest, "n_train": len(category.train), "n_test": len(category.test),
             "n_defective": category.n_defective,
             "n_masks": sum(m is not None for m in category.masks)}

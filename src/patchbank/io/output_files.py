@@ -18,6 +18,10 @@
   can hold a lock for the run's lifetime (``hold_lock=True``); an empty placeholder whose lock
   nobody holds was left by a run that died and is taken over.
 
+* :func:`check_utf8_name`: a name that an output file will hold (CSV, JSON, Markdown are UTF-8)
+  must be valid UTF-8; a file or folder name holding other bytes is refused before the work,
+  its bytes shown.
+
 POSIX only (``fcntl``), like the rest of the command line's file handling.
 """
 from __future__ import annotations
@@ -56,6 +60,19 @@ def format_size(n: float) -> str:
 # ------------------------------------------------------------------------------------------------
 # checks before the work
 # ------------------------------------------------------------------------------------------------
+
+def check_utf8_name(name: str | os.PathLike, what: str, written_to: str) -> None:
+    """Raise a one-line :class:`PatchbankError` unless ``name`` (a path or a name read from the
+    file system, which Python holds with surrogate escapes for bytes that are not UTF-8) is valid
+    UTF-8.  ``what`` names it ("image file name", "category folder name"), ``written_to`` says
+    which output names it ("the prediction files")."""
+    try:
+        os.fspath(name).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise PatchbankError(f"{what} is not valid UTF-8: {shown} ({written_to} name it in "
+                             f"UTF-8); rename it") from None
+
 
 def is_writable_folder(folder: Path) -> bool:
     """True when this process may create files in ``folder`` (``os.access`` W_OK and X_OK; it

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import check_utf8_name
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
@@ -66,12 +67,7 @@ def check_names(paths: list[Path]) -> list[Path]:
     in UTF-8, so a file name holding other bytes (a Latin-1 ``é``, say) is a one-line error
     showing its bytes, before anything is computed or written."""
     for p in paths:
-        try:
-            str(p).encode("utf-8")
-        except UnicodeEncodeError:
-            shown = os.fsencode(p).decode("utf-8", "backslashreplace")
-            raise PatchbankError(f"image file name is not valid UTF-8: {shown} (the prediction files "
-                                 f"name each image in UTF-8); rename the file") from None
+        check_utf8_name(p, "image file name", "the prediction files")
     return paths
 
 
