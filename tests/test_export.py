@@ -238,6 +238,26 @@ def test_sidecar_naming_a_missing_graph_or_not_json_is_refused(cli_export, tmp_p
         ExportedModel(folder2, "tensorrt")
 
 
+def test_an_onnx_export_needs_a_utf8_folder_path(cli_export, fitted, synthetic_root, tmp_path):
+    # ONNX Runtime opens files by UTF-8 names only: an ONNX export to a folder whose path holds
+    # other bytes is refused before the work, and such a folder (moved there) is refused on load
+    # instead of failing inside ONNX Runtime; OpenVINO reads any path
+    import os
+    from pathlib import Path
+
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    with pytest.raises(PatchbankError, match=r"ONNX export folder path is not valid UTF-8: .*caf\\xe9.*rename it"):
+        export_model(fitted, latin1 / "ex", ["onnx"])
+    assert not latin1.exists()
+    shutil.copytree(cli_export[0] / "ex", latin1 / "moved")
+    with pytest.raises(PatchbankError, match="ONNX export folder path is not valid UTF-8"):
+        ExportedModel(latin1 / "moved", "onnx")
+    items, _ = split_items(synthetic_root)
+    ref = ExportedModel(cli_export[0] / "ex", "openvino", progress=False).predict(items[:2])
+    got = ExportedModel(latin1 / "moved", "openvino", progress=False).predict(items[:2])
+    assert [p.score for p in got] == [p.score for p in ref]
+
+
 def test_missing_extra_is_one_line():
     from patchbank.cli.export import check_extra
 

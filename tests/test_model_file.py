@@ -264,3 +264,28 @@ def test_bad_training_image_names_are_one_line(fitted, tmp_path, value):
     with pytest.raises(PatchbankError, match="train_images") as exc:
         Detector.load(bad, progress=False)
     assert "\n" not in str(exc.value)
+
+
+def test_a_model_path_that_is_not_utf8_is_one_line_before_the_fit(state, tmp_path, monkeypatch):
+    # safetensors writes to any path but opens files by UTF-8 names only: such a model used to
+    # be written, then "is not a readable patchbank model file" on every load
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    path = folder / "m.patchbank"
+    tensors, meta = state
+    for call in (lambda: save_model(path, tensors, meta), lambda: load_model(path)):
+        with pytest.raises(PatchbankError, match=r"model file path is not valid UTF-8: .*caf\\xe9/m\.patchbank.*rename it"):
+            call()
+    assert not any(folder.iterdir())
+
+    def boom(*a, **k):
+        raise AssertionError("the fit started before the model path was checked")
+
+    monkeypatch.setattr("patchbank.detector.Detector.fit", boom)
+    train = tmp_path / "train"
+    train.mkdir()
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(train / "a.png")
+    r = CliRunner().invoke(cli, ["fit", str(train), "-o", str(path), "-q"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "model file path is not valid UTF-8" in r.stderr

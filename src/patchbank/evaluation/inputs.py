@@ -119,9 +119,9 @@ def check_written_names(category: Category) -> None:
     """Refuse, in one line, a category whose name or test image or mask paths are not valid
     UTF-8: the run files, CSVs and reports name them (training images are only counted and
     hashed, so their names may hold any bytes)."""
-    check_utf8_name(category.name, "category name", "the evaluation's files")
+    check_utf8_name(category.name, "category name", "the evaluation's files name it in UTF-8")
     for p in [*category.test, *(m for m in category.masks if m is not None)]:
-        check_utf8_name(p, "test file path", "the evaluation's files")
+        check_utf8_name(p, "test file path", "the evaluation's files name it in UTF-8")
 
 
 def source_text(source: Any) -> str:

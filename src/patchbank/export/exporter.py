@@ -28,7 +28,8 @@ from patchbank.export.onnx_writer import PROTOBUF_LIMIT, export_program, save_pr
 from patchbank.export.openvino_writer import write_openvino
 from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, SIDECAR_NAME, build_sidecar,
                                       write_sidecar)
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, make_folder
+from patchbank.export.runtimes import ONNX_UTF8
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, check_utf8_name, make_folder
 from patchbank.multi import MultiDetector
 
 FORMATS = tuple(GRAPH_FILES)
@@ -60,8 +61,11 @@ def single_detector(model, category: str | None) -> Detector:
 
 
 def check_target(folder: Path, formats, overwrite: bool) -> None:
-    """Refuse a folder holding export files unless ``overwrite`` (one line)."""
+    """Refuse a folder holding export files unless ``overwrite``, and an ONNX export to a folder
+    whose path is not UTF-8, which ONNX Runtime could not open (one line each)."""
     check_output_folder(folder, need_bytes=MIN_FREE_BYTES)
+    if "onnx" in formats:
+        check_utf8_name(folder.absolute(), "ONNX export folder path", ONNX_UTF8)
     existing = [folder / n for n in export_files(FORMATS) if (folder / n).exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""

@@ -38,11 +38,15 @@ from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sid
                                       sidecar_path, write_threshold_override)
 from patchbank.io.aspect import warn_other_shapes
 from patchbank.io.images import ImageStream, as_items
+from patchbank.io.output_files import check_utf8_name
 from patchbank.pipeline.calibration import ImageScores
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
                                           predict_batches, set_windows)
 
 HINTS = ("LATENCY", "THROUGHPUT")
+
+#: Why an ONNX export needs a UTF-8 folder path (ONNX Runtime takes only UTF-8 file names).
+ONNX_UTF8 = "ONNX Runtime opens files by UTF-8 names only"
 
 
 class Runtime(ABC):
@@ -87,6 +91,7 @@ class OnnxRuntime(Runtime):
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        check_utf8_name(folder.absolute(), "ONNX export folder path", ONNX_UTF8)
         try:
             self.session = ort.InferenceSession(str(folder / GRAPH_FILES["onnx"]), opts,
                                                 providers=["CPUExecutionProvider"])

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import current_umask
+from patchbank.io.output_files import check_utf8_name, current_umask
 
 FORMAT_NAME = "patchbank"
 FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
@@ -36,9 +36,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def model_path(path: Any) -> Path:
-    """``path`` as a :class:`Path`; anything but a non-empty str / PathLike is a one-line error."""
+    """``path`` as a :class:`Path`; anything but a non-empty str / PathLike, or a path that is not
+    valid UTF-8 (safetensors opens files only by UTF-8 names: such a file could be written but
+    never read back), is a one-line error."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise PatchbankError(f"a model file path must be a non-empty str or path, got {path!r}")
+    check_utf8_name(path, "model file path", "the model file reader opens files by UTF-8 names only")
     return Path(path)
 
 

@@ -18,9 +18,9 @@
   can hold a lock for the run's lifetime (``hold_lock=True``); an empty placeholder whose lock
   nobody holds was left by a run that died and is taken over.
 
-* :func:`check_utf8_name`: a name that an output file will hold (CSV, JSON, Markdown are UTF-8)
-  must be valid UTF-8; a file or folder name holding other bytes is refused before the work,
-  its bytes shown.
+* :func:`check_utf8_name`: a name that an output file will hold (CSV, JSON, Markdown are UTF-8),
+  or a path a library opens only by a UTF-8 name (safetensors), must be valid UTF-8; a file or
+  folder name holding other bytes is refused before the work, its bytes shown.
 
 POSIX only (``fcntl``), like the rest of the command line's file handling.
 """
@@ -61,17 +61,16 @@ def format_size(n: float) -> str:
 # checks before the work
 # ------------------------------------------------------------------------------------------------
 
-def check_utf8_name(name: str | os.PathLike, what: str, written_to: str) -> None:
+def check_utf8_name(name: str | os.PathLike, what: str, why: str) -> None:
     """Raise a one-line :class:`PatchbankError` unless ``name`` (a path or a name read from the
     file system, which Python holds with surrogate escapes for bytes that are not UTF-8) is valid
-    UTF-8.  ``what`` names it ("image file name", "category folder name"), ``written_to`` says
-    which output names it ("the prediction files")."""
+    UTF-8.  ``what`` names it ("image file name", "category name"), ``why`` says what needs
+    UTF-8 ("the prediction files name it in UTF-8")."""
     try:
         os.fspath(name).encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        raise PatchbankError(f"{what} is not valid UTF-8: {shown} ({written_to} name it in "
-                             f"UTF-8); rename it") from None
+        raise PatchbankError(f"{what} is not valid UTF-8: {shown} ({why}); rename it") from None
 
 
 def is_writable_folder(folder: Path) -> bool:

@@ -67,7 +67,7 @@ def check_names(paths: list[Path]) -> list[Path]:
     in UTF-8, so a file name holding other bytes (a Latin-1 ``é``, say) is a one-line error
     showing its bytes, before anything is computed or written."""
     for p in paths:
-        check_utf8_name(p, "image file name", "the prediction files")
+        check_utf8_name(p, "image file name", "the prediction files name it in UTF-8")
     return paths
 
 
