@@ -161,12 +161,18 @@ def _groups(n=600, d=8, groups=12, seed=0):
 
 
 @pytest.mark.parametrize("extra", [0, 2, 16])
-@pytest.mark.parametrize("kind", ["exact", "flat", "ivf"])
-def test_leave_group_out_equals_a_masked_search_per_group(kind, extra):
-    if kind != "exact":
+@pytest.mark.parametrize("kind", ["exact", "exact_one_call", "flat", "ivf"])
+def test_leave_group_out_equals_a_masked_search_per_group(kind, extra, monkeypatch):
+    # "exact": blocks counted as large enough for one call per group (ExactSearch.groups_apart);
+    # "exact_one_call": these small blocks as they are, all groups' queries in one call with
+    # extra neighbours (the calibration's context-taps call)
+    if not kind.startswith("exact"):
         pytest.importorskip("faiss")
+    if kind == "exact":
+        monkeypatch.setattr("patchbank.search.exact.GROUP_BLOCK_ELEMENTS", 0)
     bank, owner, centres = _groups()
-    search = ExactSearch(bank) if kind == "exact" else FaissSearch(bank, kind, nprobe=3)
+    search = ExactSearch(bank) if kind.startswith("exact") else FaissSearch(bank, kind, nprobe=3)
+    assert search.groups_apart(5) == (kind == "exact")
     q_groups = torch.tensor([3, 0, 7, 3])
     g = torch.Generator().manual_seed(1)
     queries = (centres[q_groups].repeat_interleave(5, 0) + 0.3 * torch.randn(20, 8, generator=g))
@@ -195,6 +201,32 @@ def test_leave_group_out_equals_a_masked_search_per_group(kind, extra):
     # one query per group (the re-weighting's call): the same blocks rule
     d1, i1 = view.search(queries[::5], 2)
     assert bool((i1 >= 0).all()) and not bool((owner[i1] == q_groups[:, None]).any())
+
+
+def test_one_call_per_group_only_for_blocks_at_the_kernels_full_speed():
+    # 128,000 values a block: an image's 1,296 map queries of 168 columns search apart, the
+    # context taps' 65 queries of 376 columns go in one call with every image's
+    assert ExactSearch(torch.randn(50, 168)).groups_apart(762)
+    assert not ExactSearch(torch.randn(50, 168)).groups_apart(761)
+    assert ExactSearch(torch.randn(50, 376)).groups_apart(341)
+    assert not ExactSearch(torch.randn(50, 376)).groups_apart(65)
+
+
+@pytest.mark.parametrize("preset", ["patchbank", "patchcore"])
+def test_the_calibration_is_the_same_whichever_way_the_groups_are_searched(product, preset, monkeypatch):
+    # the default preset's context taps and the patchcore preset's re-weighting: the calibration
+    # scores, bit for bit, with every block searched apart and with every block in one call
+    fits = []
+    for elements in (0, 10 ** 12):
+        monkeypatch.setattr("patchbank.search.exact.GROUP_BLOCK_ELEMENTS", elements)
+        det = Detector.from_preset(preset, progress=False, **{**FAST, "crop_at": "image", "aspect": "fixed",
+                                                              "crop_size": None})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            det.fit(list_images(product / "train" / "good"))
+        fits.append(det.state_tensors())
+    for key in ("calibration_base_scores", "calibration_descriptors"):
+        assert torch.equal(fits[0][key], fits[1][key]), key
 
 
 def test_leave_group_out_caps_k_at_the_rows_outside_the_largest_group():

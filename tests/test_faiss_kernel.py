@@ -184,18 +184,22 @@ def test_refinement_measures_a_far_bank_without_cancellation():
     assert float(((expansion - exact).abs() / exact).max()) > 1e-4      # what the refinement fixes
 
 
+@pytest.mark.parametrize("apart", [True, False])
 def test_a_fit_and_its_predictions_through_the_faiss_kernel_equal_the_torch_kernels(calls, monkeypatch,
-                                                                                    synthetic_root):
+                                                                                    synthetic_root, apart):
     # the synthetic images are small, so FAISS is let take its matrix-product path for small
-    # calls too; calibration's per-image calls and prediction's batches then run FAISS's kernel,
-    # and the model and the scores are the torch kernel's bit for bit (FAISS not installed)
+    # calls too; calibration's calls (one per image, or one per batch of images: ``apart``) and
+    # prediction's batches then run FAISS's kernel, and the model and the scores are the torch
+    # kernel's bit for bit (FAISS not installed)
     monkeypatch.setattr(faiss_kernel, "MIN_QUERIES", 1)
     monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 0)
+    monkeypatch.setattr("patchbank.search.exact.GROUP_BLOCK_ELEMENTS", 0 if apart else 10 ** 12)
     train = synthetic_root / "train" / "good"
     tests = sorted((synthetic_root / "test").rglob("*.png"))
     fast = Detector.from_preset("patchbank", progress=False, **FAST).fit(train)
     fitted_calls = len(calls)
-    assert fitted_calls >= len(list(train.glob("*.png")))   # one map call per training image
+    n_train = len(list(train.glob("*.png")))
+    assert fitted_calls >= (n_train if apart else -(-n_train // FAST["batch_size"]))   # the map's calls
     got = fast.predict(tests)
     assert len(calls) > fitted_calls
     monkeypatch.setattr(faiss_kernel, "_faiss", lambda: None)

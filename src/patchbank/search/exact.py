@@ -29,6 +29,11 @@ from patchbank.search.base import Search, register_search
 
 SPARE_CANDIDATES = 1   # candidates beyond the k wanted that the kernel hands to :func:`refine`
 KERNELS = ("faiss", "torch")
+#: A leave-one-group-out call searches each group's queries on their own only for blocks of this
+#: many values (queries x dim) or more (:meth:`ExactSearch.groups_apart`): FAISS's threshold for
+#: its matrix-product path (``distance_compute_blas_threshold``), below which both kernels' small
+#: products run far from full speed.
+GROUP_BLOCK_ELEMENTS = 128_000
 
 
 class ExactSearch(Search):
@@ -61,6 +66,14 @@ class ExactSearch(Search):
 
     def __len__(self) -> int:
         return self.n
+
+    def groups_apart(self, block: int) -> bool:
+        """One call per group only for blocks of at least :data:`GROUP_BLOCK_ELEMENTS` values
+        (``block`` x dim): smaller ones, such as the context taps' 65 queries an image, leave
+        the matrix product's kernels far from full speed, and one call over every group's
+        queries with extra neighbours is faster (docs/performance.md, "The calibration's
+        context search")."""
+        return block * self.bank.shape[1] >= GROUP_BLOCK_ELEMENTS
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -2,9 +2,12 @@
 
 Calibration scores every training image against the bank without the entries taken from that
 image (:mod:`patchbank.pipeline.calibration`).  Where a subset costs nothing to build
-(``Search.cheap_subsets``: the exact search masks rows by their squared norms) each image's
-queries are searched in the bank without its rows, exactly.  For an index, masking the bank
-once per image would build one masked search per image; instead :class:`LeaveGroupOut` asks
+(``Search.cheap_subsets``: the exact search masks rows by their squared norms) and the search
+says that one call per image pays (``Search.groups_apart``: the exact search, for blocks large
+enough for its kernels' full speed, such as an image's map queries) each image's queries are
+searched in the bank without its rows, exactly.  Otherwise (an index, or the context taps' few
+queries an image) all of a call's queries are searched at once (for an index, masking the
+bank once per image would build one masked search per image): :class:`LeaveGroupOut` asks
 the search for ``k + extra`` neighbours, drops those whose group (source image) is the query's,
 and keeps the first ``k`` that remain.  Only queries left with fewer than ``k`` (their
 ``k + extra`` nearest are mostly their own image's rows) are searched again with their group
@@ -106,7 +109,7 @@ class LeaveGroupOut(Search):
         each against the bank rows outside its own group."""
         k = min(k, len(self))
         owner = self.owners(queries.shape[0])
-        if self.inner.cheap_subsets:
+        if self.inner.groups_apart(queries.shape[0] // max(self.query_groups.numel(), 1)):
             return self._search_each_group(queries, k)
         wide = min(k + self.extra, len(self.inner))
         dist, ids = self.inner.search(queries, wide)
