@@ -240,6 +240,40 @@ def test_missing_file_folder_and_non_image_extension(tmp_path):
         rgb(tmp_path / "notes.txt")
 
 
+def test_a_fifo_or_a_broken_link_is_refused_without_opening_it(fitted, tmp_path):
+    # opening a FIFO for reading blocks until a writer comes: predict on one used to hang
+    # forever.  A daemon thread plays the writer after 10 s, so a regression fails (an empty
+    # file's error) instead of hanging the suite.
+    import os
+    import threading
+
+    from patchbank.io.datasets import load_mask
+    from patchbank.io.prediction_files import expand_inputs
+
+    fifo = tmp_path / "cam.png"
+    os.mkfifo(fifo)
+
+    def writer():
+        import time
+        time.sleep(10)
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+    threading.Thread(target=writer, daemon=True).start()
+    for call in (lambda: fitted.predict(fifo), lambda: fitted.predict([str(fifo)]),
+                 lambda: expand_inputs([fifo])):
+        with one_line_error(r"cam\.png is not a regular file or a folder \(a FIFO"):
+            call()
+    for call in (lambda: rgb(fifo), lambda: load_mask(fifo)):
+        with one_line_error(r"cannot read (image|mask) .*cam\.png: not a regular file"):
+            call()
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    for name in ("gone.png", "loop.png"):
+        for call in (lambda: fitted.predict(tmp_path / name), lambda: expand_inputs([tmp_path / name])):
+            with one_line_error(rf"{name} is a link to a missing file or a loop of links"):
+                call()
+
+
 def test_png_content_with_jpg_extension_is_read_by_content(tmp_path):
     arr = np.random.default_rng(2).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "really_png.jpg", format="PNG")

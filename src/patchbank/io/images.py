@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -146,8 +147,8 @@ def as_items(images: Any) -> list[Any]:
         path = Path(images)
         if path.is_dir():
             return list(list_images(path))
-        if not path.exists():
-            raise PatchbankError(f"file or folder not found: {path}")
+        if not path.exists() or not path.is_file():
+            raise PatchbankError(not_an_input(path))
         return [path]
     if isinstance(images, (Image.Image, np.ndarray)):
         images = [images]
@@ -168,6 +169,20 @@ def as_items(images: Any) -> list[Any]:
     if not items:
         raise PatchbankError("no images given")
     return items
+
+
+#: Why a FIFO, socket or device is refused: opening one for reading can block forever.
+NOT_REGULAR = "not a regular file or a folder (a FIFO, socket or device cannot be read as an image)"
+
+
+def not_an_input(p: Path) -> str:
+    """The one-line reason why ``p``, neither a folder nor a regular file, cannot be read:
+    missing, a broken or looping link, or another kind of file (:data:`NOT_REGULAR`)."""
+    if p.is_symlink() and not p.exists():
+        return f"{p} is a link to a missing file or a loop of links"
+    if os.path.lexists(p):
+        return f"{p} is {NOT_REGULAR}"
+    return f"file or folder not found: {p}"
 
 
 def item_name(item: Any) -> str | None:
@@ -274,6 +289,12 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
             refused by :func:`check_size` (``what`` names the file's role: "image", "mask").
     """
     path = Path(path)
+    try:
+        special = not stat.S_ISREG(path.stat().st_mode) and not path.is_dir()
+    except OSError:       # missing, a loop of links, no permission: Image.open says which
+        special = False
+    if special:           # a FIFO would block the open forever
+        raise PatchbankError(f"cannot read {what} {path}: {NOT_REGULAR}")
     try:
         im = Image.open(path)
     except FileNotFoundError:

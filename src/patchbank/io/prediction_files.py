@@ -41,7 +41,7 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     Raises:
         PatchbankError: a missing input, or a folder without images.
     """
-    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.io.images import IMAGE_EXTENSIONS, list_images, not_an_input
 
     paths: list[Path] = []
     for raw in inputs:
@@ -58,8 +58,9 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
         elif p.is_file():
             paths.append(p)
         else:
-            raise PatchbankError(f"file or folder not found: {p}")
+            raise PatchbankError(not_an_input(p))
     return check_names(unique_paths(paths))
+
 
 
 def check_names(paths: list[Path]) -> list[Path]:
