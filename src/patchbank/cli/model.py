@@ -18,7 +18,6 @@ from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_pr
 from patchbank.cli.fit_report import fit_lines
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.io.model_file import model_path
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
 
 
@@ -72,6 +71,8 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
         raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
     config = None if add else build_config(preset, overrides)
     categories = training_categories(train_dirs)
+    from patchbank.io.model_file import model_path     # (torch: not imported for --help)
+
     model_path(output)                                              # a name it can be read by,
     check_output_file(output, need_bytes=_expected_bytes(output))   # and room, before the (long) fit
     if engine == "ray":
