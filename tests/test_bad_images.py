@@ -75,6 +75,23 @@ def test_sixteen_bit_pgm_and_twelve_bit_pgm(tmp_path):
     np.testing.assert_array_equal(rgb(tmp_path / "b.pgm")[0, :, 1], [255, 0])
 
 
+def test_sixteen_bit_data_in_few_bits_is_read_with_a_warning(tmp_path):
+    # 12-bit camera data stored in 16 bits keeps 17 grey levels after the 1/257 scaling: said,
+    # not silent; the values read are unchanged (a model's inputs do not move)
+    import warnings
+
+    twelve = save(tmp_path, "t.png", Image.fromarray(np.array([[0, 4000]], np.uint16)))
+    with pytest.warns(UserWarning, match=r"values only up to 4095 \(12-bit data\?\) are read as 17 of "
+                                         r"256 grey levels.*multiply by 16\)"):
+        np.testing.assert_array_equal(rgb(twelve)[0, :, 0], [0, 16])
+    with pytest.warns(UserWarning, match=r"up to 1023 \(10-bit data\?\) are read as 5 of 256"):
+        open_rgb(np.array([[0, 1000]], np.uint16))
+    full = save(tmp_path, "f.png", Image.fromarray(np.array([[0, 16384]], np.uint16)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(rgb(full)[0, :, 0], [0, 64])    # 2**14 and above: no warning
+
+
 def test_int32_image_in_sixteen_bit_range_is_read_as_sixteen_bit(tmp_path):
     path = save(tmp_path, "i.tif", Image.fromarray(SIXTEEN.astype(np.int32)))
     assert Image.open(path).mode == "I"

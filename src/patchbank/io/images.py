@@ -20,7 +20,8 @@ What is read, and how (every input becomes 8-bit RGB before resizing)
   PNG is read by PIL as 8-bit RGB (high byte).
 * **16-bit grayscale** (``I;16``, ``I;16B``, ...): scaled by the type's full range,
   ``round(value / 257)`` (65535 -> 255, 257 -> 1).  12-bit camera data stored in 16 bits
-  (0-4095) therefore comes out dark (0-16): multiply it by 16 first.
+  (0-4095) therefore comes out dark (0-16): multiply it by 16 first.  An image whose values
+  stay below 16,384 is read with a ``UserWarning`` saying so (:func:`warn_narrow_sixteen_bit`).
 * **32-bit integer** (``I``; PIL also uses it as the container of 16-bit data): values must lie
   in 0-65535 and are scaled like 16-bit; any value outside is refused (save the image as 16-bit
   or 8-bit, or as float in [0, 1]).
@@ -241,7 +242,28 @@ def _to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
         wide = arr.astype(np.promote_types(arr.dtype, np.float32), copy=False)   # float16 -> float32
         return np.rint(wide * 255.0).astype(np.uint8)
     # 16-bit: round(v / 257) in integer arithmetic (65535 -> 255)
+    warn_narrow_sixteen_bit(int(arr.max()))
     return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+#: 16-bit data below this (14-bit and narrower camera data, or a very dark image) keeps fewer than
+#: 65 of the 256 grey levels once scaled by 257: :func:`warn_narrow_sixteen_bit` says so.
+NARROW_SIXTEEN_BIT = 1 << 14
+
+
+def warn_narrow_sixteen_bit(largest: int) -> None:
+    """Warn (a ``UserWarning``, worded by bit depth so that a process says it once per depth)
+    when a 16-bit image's ``largest`` value leaves most of the 16-bit range unused: 12-bit
+    camera data stored in 16 bits (0-4095) is read as 17 grey levels, and nothing else would
+    say so."""
+    if largest >= NARROW_SIXTEEN_BIT:
+        return
+    bits = max(int(largest).bit_length(), 1)
+    top = (1 << bits) - 1
+    warnings.warn(f"16-bit images with values only up to {top} ({bits}-bit data?) are read as "
+                  f"{(top + 128) // 257 + 1} of 256 grey levels (16-bit values are scaled by 1/257): "
+                  f"scale them to the full 16-bit range first (for {bits}-bit data multiply by "
+                  f"{1 << (16 - bits)})", UserWarning, stacklevel=2)
 
 
 def _high_range_to_rgb(im: Image.Image, name: str) -> Image.Image:
