@@ -297,6 +297,20 @@ def test_non_image_files_in_dataset_folders_are_named_in_a_warning(tmp_path):
     assert len(cat.train) == 3 and cat.labels == [0, 0, 1]
 
 
+def test_hidden_and_empty_test_folders_are_named_in_a_warning(tmp_path):
+    # Jupyter's .ipynb_checkpoints in test/ used to become a defect type (its copies of defect
+    # images then had no masks); an empty defect folder added nothing, unsaid
+    root = mvtec_category(tmp_path / "bottle", defects=("crack",))
+    img(root / "test" / ".ipynb_checkpoints" / "000-checkpoint.png")
+    (root / "test" / "scratch").mkdir()
+    with pytest.warns(UserWarning) as record:
+        (cat,) = read_mvtec(root)
+    messages = [str(w.message) for w in record]
+    assert any("skipped hidden folder(s)" in m and ".ipynb_checkpoints" in m for m in messages), messages
+    assert any("scratch holds no images" in m for m in messages), messages
+    assert cat.defect_types == ["good", "good", "crack"] and cat.labels == [0, 0, 1]
+
+
 def test_gif_training_images_are_used(tmp_path):
     root = mvtec_category(tmp_path / "bottle", defects=("crack",))
     Image.fromarray(np.full((16, 16), 50, np.uint8)).save(root / "train" / "good" / "003.gif")

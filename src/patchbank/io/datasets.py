@@ -16,7 +16,9 @@ Layouts
 * **generic**: :func:`read_generic` with explicit folders.
 
 Image folders are listed with :func:`~patchbank.io.images.image_files`: files that are not
-images are skipped with a ``UserWarning`` naming them, never silently.
+images are skipped with a ``UserWarning`` naming them, never silently.  In an MVTec-like
+``test/`` folder, hidden sub-folders (``.ipynb_checkpoints``) are not defect types and are
+skipped with a warning naming them; a sub-folder without images is named in a warning too.
 
 Problems are reported as one-line :class:`~patchbank.errors.PatchbankError`: a defective image
 without a mask (named), a missing or empty training folder, an unknown category (the available
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -127,10 +130,15 @@ def _folder_category(cat_dir: Path, name: str, good: str, mask_suffixes: Sequenc
     if not test_dir.is_dir():
         raise PatchbankError(f"category {name!r}: test folder not found: {test_dir}")
     test, labels, masks, types = [], [], [], []
-    subdirs = sorted(d for d in test_dir.iterdir() if d.is_dir())
+    subdirs = sorted(d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     subdirs.sort(key=lambda d: d.name != good)  # normal images first, then defects by name
+    hidden = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and d.name.startswith("."))
+    if hidden:   # .ipynb_checkpoints and the like: not a defect type
+        warnings.warn(f"category {name!r}: skipped hidden folder(s) in {test_dir}: {', '.join(hidden)}")
     for d in subdirs:
         images = _images_in(d)
+        if not images:
+            warnings.warn(f"category {name!r}: {d} holds no images; it adds no test image")
         is_good = d.name == good
         gt_dir = cat_dir / "ground_truth" / d.name
         for img in images:
