@@ -291,6 +291,17 @@ def test_a_fifo_or_a_broken_link_is_refused_without_opening_it(fitted, tmp_path)
                 call()
 
 
+def test_a_folder_of_folders_skips_images_in_hidden_folders_with_a_warning(tmp_path):
+    from patchbank.io.prediction_files import expand_inputs
+
+    for rel in ("good/a.png", "crack/b.png", ".ipynb_checkpoints/b-checkpoint.png", "crack/.x/c.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    with pytest.warns(UserWarning, match=r"skipped 2 image\(s\) inside hidden folders"):
+        got = expand_inputs([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in got] == ["crack/b.png", "good/a.png"]
+
+
 def test_png_content_with_jpg_extension_is_read_by_content(tmp_path):
     arr = np.random.default_rng(2).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "really_png.jpg", format="PNG")

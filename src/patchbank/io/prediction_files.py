@@ -33,7 +33,8 @@ from patchbank.io.output_files import check_utf8_name
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
-    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively.
+    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively, except
+    those inside hidden folders (``.ipynb_checkpoints``: skipped with a warning counting them).
 
     Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
     how many.
@@ -51,7 +52,11 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
             if direct:
                 paths.extend(list_images(p))
             else:
-                nested = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS)
+                found = [c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
+                nested = sorted(c for c in found if not _hidden(c.relative_to(p)))
+                if len(nested) < len(found):     # .ipynb_checkpoints copies and the like
+                    warnings.warn(f"{p}: skipped {len(found) - len(nested)} image(s) inside hidden "
+                                  f"folders (names starting with '.')")
                 if not nested:
                     raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
                 paths.extend(nested)
@@ -61,6 +66,11 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
             raise PatchbankError(not_an_input(p))
     return check_names(unique_paths(paths))
 
+
+
+def _hidden(relative: Path) -> bool:
+    """Whether a path below an input folder passes through a hidden folder."""
+    return any(part.startswith(".") for part in relative.parts[:-1])
 
 
 def check_names(paths: list[Path]) -> list[Path]:
