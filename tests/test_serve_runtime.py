@@ -245,6 +245,18 @@ def test_the_cli_refuses_a_wrong_runtime_in_one_line(models):
     assert_one_line_error(*serve(f"x={models['ex']}", "--runtime", "torch"), "is an export folder")
     assert_one_line_error(*serve(models["ex"], "--runtime", "openvino", "--device", "cuda"), "runs on the CPU")
     assert_one_line_error(*serve(models["tmp"] / "nope", "--runtime", "onnx"), "not found")
+    # a folder that is no export: said so, not "is an export folder" (predict and export too)
+    plain = models["tmp"] / "plain"
+    plain.mkdir(exist_ok=True)
+    assert_one_line_error(*serve(plain), "is a folder, not a model file", "--runtime onnx")
+    for args in (["predict", plain, plain, "-o", plain / "o"],
+                 ["predict", plain, plain, "-o", plain / "o", "--engine", "ray"]):
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert_one_line_error(r.exit_code, r.stderr, "is a folder, not a model file")
+    r = CliRunner().invoke(cli, ["predict", str(models["ex"]), str(plain), "-o", str(plain / "o")])
+    assert_one_line_error(r.exit_code, r.stderr, "is an export folder", "--runtime onnx")
+    r = CliRunner().invoke(cli, ["export", str(models["ex"]), "-o", str(plain / "e")])
+    assert_one_line_error(r.exit_code, r.stderr, "is a folder; export reads a .patchbank model file")
     # a wrong one among several is refused before any model loads
     assert_one_line_error(*serve(models["ex"], models["file"], "--runtime", "onnx"), "is a model file")
     assert parse_model_arg(str(models["ex"])).name == "ex"      # an export folder is named after itself

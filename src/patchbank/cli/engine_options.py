@@ -66,8 +66,9 @@ def predict_on_ray(model: Path, inputs: tuple[str, ...], out_dir: Path, *, heatm
     from patchbank.cli.predictions import print_predict_summary
     from patchbank.distributed.scoring import predict
 
-    if not model.is_file():
-        raise PatchbankError(f"model file not found: {model}")
+    from patchbank.export.runtimes import check_model_path
+
+    check_model_path(model, "torch")   # a model file (an export folder runs locally)
     t0 = time.perf_counter()
     result = predict(model, list(inputs), out_dir, actors=actors or 1, batch_size=batch_size,
                      threads=threads or 1, category=category, heatmaps=heatmaps, device=device,

@@ -51,6 +51,8 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
 
     Run it with 'patchbank predict OUTPUT IMAGES --runtime onnx|openvino -o out/'.
     """
+    if model.is_dir():
+        raise PatchbankError(f"{model} is a folder; export reads a .patchbank model file")
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
     if device != "cpu":

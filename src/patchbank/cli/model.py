@@ -241,8 +241,9 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
                               category=category, device=device, threads=threads, quiet=quiet,
                               overwrite=overwrite, address=address, actors=actors, path_column=path_column,
                               weights=weights)
-    if runtime == "torch" and not model.is_file():
-        raise PatchbankError(f"model file not found: {model}")
+    from patchbank.export.runtimes import check_model_path
+
+    check_model_path(model, runtime)   # the right kind of model, before the inputs and outputs
     paths = expand_inputs(inputs)
     with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite) as outputs:
         setup_threads(threads)
