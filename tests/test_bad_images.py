@@ -365,6 +365,13 @@ def test_bad_pil_images_and_arguments_are_refused():
         as_items([np.zeros((2, 2), np.uint8), 1.5])
     with one_line_error(r"no images given"):
         as_items([])
+    # an upload's bytes were iterated as ints ("input #0 of type int"), a dict's keys read as
+    # paths ("file or folder not found: a")
+    for data in (b"\x89PNG", bytearray(b"\x89PNG"), memoryview(b"\x89PNG")):
+        with one_line_error(rf"images given as {type(data).__name__}: pass a file path, or decode the bytes"):
+            as_items(data)
+    with one_line_error(r"got dict \(pass its values as a list\)"):
+        as_items({"a": np.zeros((2, 2), np.uint8)})
 
 
 def test_in_memory_pil_image_over_the_budget_is_refused(monkeypatch):

@@ -50,7 +50,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -153,6 +153,12 @@ def as_items(images: Any) -> list[Any]:
         return [path]
     if isinstance(images, (Image.Image, np.ndarray)):
         images = [images]
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        raise PatchbankError(f"images given as {type(images).__name__}: pass a file path, or decode the "
+                             f"bytes first (PIL.Image.open(io.BytesIO(data)))")
+    if isinstance(images, Mapping):
+        raise PatchbankError(f"images must be a folder, a file, a PIL image, an array or a list of "
+                             f"those, got {type(images).__name__} (pass its values as a list)")
     try:
         sequence = list(images)
     except TypeError:
