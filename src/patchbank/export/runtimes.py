@@ -171,13 +171,13 @@ def check_model_path(path: Path, runtime: str, what: str = "") -> bool:
     to do instead."""
     path = Path(path)
     if path.is_dir():
-        if runtime == "torch" and not sidecar_path(path).is_file():
+        if runtime != "torch":
+            return True
+        if not sidecar_path(path).is_file():
             raise PatchbankError(f"{what}{path} is a folder, not a model file (give a .patchbank "
                                  f"file, or an export folder with --runtime onnx or openvino)")
-        if runtime == "torch":
-            raise PatchbankError(f"{what}{path} is an export folder; run it with --runtime onnx or "
-                                 f"--runtime openvino (torch runs .patchbank model files)")
-        return True
+        raise PatchbankError(f"{what}{path} is an export folder; run it with --runtime onnx or "
+                             f"--runtime openvino (torch runs .patchbank model files)")
     if not path.is_file():
         raise PatchbankError(f"{what}model file not found: {path}")
     if runtime != "torch":

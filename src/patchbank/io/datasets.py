@@ -130,9 +130,10 @@ def _folder_category(cat_dir: Path, name: str, good: str, mask_suffixes: Sequenc
     if not test_dir.is_dir():
         raise PatchbankError(f"category {name!r}: test folder not found: {test_dir}")
     test, labels, masks, types = [], [], [], []
-    subdirs = sorted(d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = sorted(d for d in test_dir.iterdir() if d.is_dir())
+    subdirs = [d for d in folders if not d.name.startswith(".")]
     subdirs.sort(key=lambda d: d.name != good)  # normal images first, then defects by name
-    hidden = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and d.name.startswith("."))
+    hidden = [d.name for d in folders if d.name.startswith(".")]
     if hidden:   # .ipynb_checkpoints and the like: not a defect type
         warnings.warn(f"category {name!r}: skipped hidden folder(s) in {test_dir}: {', '.join(hidden)}")
     for d in subdirs:

@@ -148,7 +148,7 @@ def as_items(images: Any) -> list[Any]:
         path = Path(images)
         if path.is_dir():
             return list(list_images(path))
-        if not path.exists() or not path.is_file():
+        if not path.is_file():
             raise PatchbankError(not_an_input(path))
         return [path]
     if isinstance(images, (Image.Image, np.ndarray)):
@@ -318,7 +318,8 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """
     path = Path(path)
     try:
-        special = not stat.S_ISREG(path.stat().st_mode) and not path.is_dir()
+        mode = path.stat().st_mode
+        special = not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
     except OSError:       # missing, a loop of links, no permission: Image.open says which
         special = False
     if special:           # a FIFO would block the open forever

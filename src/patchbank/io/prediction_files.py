@@ -20,7 +20,6 @@ score is not like theirs; false when they shared none); a multi-category model a
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -65,7 +64,6 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
         else:
             raise PatchbankError(not_an_input(p))
     return check_names(unique_paths(paths))
-
 
 
 def _hidden(relative: Path) -> bool:

@@ -109,7 +109,7 @@ class LeaveGroupOut(Search):
         each against the bank rows outside its own group."""
         k = min(k, len(self))
         owner = self.owners(queries.shape[0])
-        if self.inner.groups_apart(queries.shape[0] // max(self.query_groups.numel(), 1)):
+        if self.inner.groups_apart(queries.shape[0] // self.query_groups.numel()):   # split checked above
             return self._search_each_group(queries, k)
         wide = min(k + self.extra, len(self.inner))
         dist, ids = self.inner.search(queries, wide)
