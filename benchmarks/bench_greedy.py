@@ -6,11 +6,11 @@
     python benchmarks/bench_greedy.py --n-points 100000 --check-steps 100000   # full brute-force check
 
 Features:
-  mtd        the patch features the ``--preset`` (default ``patchcore``) fit would hand to its
-             greedy sampler for the training images of ``--root`` (default ../shared/data/mtd):
-             patchbank's own Detector stream / backbone / fusion / projection, then the
-             sampler's own random projection to ``greedy_proxy_dim`` (128) and its seeded start
-             row.  Extracted once and cached (float32 .npy + .json with the start row) under
+  mtd        the patch features the ``--preset`` (default ``patchcore``) fit hands to its
+             greedy sampler for the training images of ``--root`` (default ../shared/data/mtd),
+             taken from a real ``Detector.fit`` stopped there (the map's columns with context
+             taps), then the sampler's own random projection to ``greedy_proxy_dim`` (128) and
+             its seeded start row.  Extracted once and cached (float32 .npy + .json with the start row) under
              ``--cache-dir`` (default /tmp); the timings below never include the extraction.
   synthetic  generated, float32, already at proxy dimension (no projection timed):
     clustered  mixture of --clusters Gaussians whose means spread over a 32-d subspace, each
@@ -20,11 +20,13 @@ Features:
 For each ratio: selection time (rotation + batches + update passes, i.e. everything
 ``greedy_fast`` does), the process's peak RSS (resource.getrusage) and, with ``--check-steps K``,
 whether the first K selected rows equal the brute force's (``greedy_reference``, timed per step,
-which also gives its extrapolated full time).  Results go to ``--out`` as JSON with the machine.
+which also gives its extrapolated full time), and a sha256 of the selected row indices (run an
+older sampler with ``PYTHONPATH=<its checkout>/src`` to compare selections and times).  Results go to ``--out`` as JSON with the machine.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import resource
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchbank.sampling import greedy as greedy_module
 from patchbank.sampling.greedy import GreedySampler, coreset_size, greedy_fast, greedy_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,46 +73,48 @@ def make_gaussian(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
+class _Handed(Exception):
+    """Raised by the capturing sampler with what the fit handed it (stops the fit there)."""
+
+
 def preset_features(root: Path, preset: str, cache_dir: Path, progress: bool) -> tuple[torch.Tensor, int, dict]:
     """The rows ``preset``'s greedy sampler sees when fitting on ``root``/train/good, already in
-    its proxy space, and its start row; cached as .npy + .json in ``cache_dir``."""
+    its proxy space, and its start row; cached as .npy + .json in ``cache_dir``.
+
+    Taken from a real ``Detector.fit`` (its sampler's ``run`` replaced, for this one fit, by one
+    that keeps the sampler's own projection and start row and stops the fit): the same stream,
+    input shape (``aspect="auto"``), fusion and columns (the map's, with context taps) as a fit."""
+    from unittest import mock
+
     from patchbank.detector import Detector
-    from patchbank.pipeline.fusion import Moments, make_fusion
     from patchbank.io.images import list_images
-    from patchbank.pipeline.projection import GaussianProjection
 
     det = Detector.from_preset(preset, progress=progress)
     cfg = det.config
     if cfg.sampler != "greedy":
         raise SystemExit(f"error: preset {preset!r} does not use the greedy sampler")
     items = list_images(root / "train" / "good")
-    key = (f"patchbank-greedy-{root.name}-{preset}-{cfg.backbone}-{cfg.image_size}-{cfg.crop_size}"
-           f"-p{cfg.patch_size}-{cfg.fusion}-proj{cfg.projection_dim}-proxy{cfg.greedy_proxy_dim}-s{cfg.seed}"
-           f"-n{len(items)}").replace(" ", "").replace("(", "").replace(")", "").replace(",", "x")
+    key = (f"patchbank-greedy-fit-{root.name}-{preset}-{cfg.backbone}-{cfg.image_size}-{cfg.crop_size}"
+           f"-p{cfg.patch_size}-{cfg.fusion}-proj{cfg.projection_dim}-ctx{cfg.context_taps}"
+           f"-proxy{cfg.greedy_proxy_dim}-s{cfg.seed}-n{len(items)}"
+           ).replace(" ", "").replace("(", "").replace(")", "").replace(",", "x")
     npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if npy.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         return torch.from_numpy(np.load(npy)), meta["start"], meta
     t0 = time.perf_counter()
-    # the detector's own fit pipeline (Detector.fit, steps 1-4), keeping every row
-    fusion = make_fusion(cfg)
-    moments = Moments() if fusion.needs_moments else None
-    raw: list[list[torch.Tensor]] = []
-    with torch.inference_mode():
-        for x, _ in det.stream(items):
-            layers, _grid = det.extractor(x)
-            if moments is not None:
-                moments.update(layers)
-            raw.append([layer.clone() for layer in layers])
-        fusion.fit(moments)
-        fused = fusion.transform([torch.cat([b[i] for b in raw]) for i in range(len(raw[0]))])
-        del raw
-        if cfg.projection_dim is not None:
-            fused = GaussianProjection(cfg.projection_dim, cfg.seed).fit(fused.shape[1]).transform(fused)
-    # the sampler's own projection and start row (GreedySampler._prepare)
-    proxy, _n, start = GreedySampler(cfg.coreset_ratio, proxy_dim=cfg.greedy_proxy_dim, seed=cfg.seed)._prepare(fused)
+
+    def handed(sampler, features):
+        raise _Handed(*sampler.prepare(features), features.shape[1])
+
+    try:
+        with mock.patch.object(GreedySampler, "run", handed):
+            det.fit(items)
+        raise SystemExit("error: the fit did not call its greedy sampler")
+    except _Handed as got:
+        proxy, _n, start, dim_fused = got.args
     meta = {"root": str(root), "preset": preset, "images": len(items), "N": proxy.shape[0],
-            "dim_fused": fused.shape[1], "dim_proxy": proxy.shape[1], "start": start,
+            "dim_fused": dim_fused, "dim_proxy": proxy.shape[1], "start": start,
             "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
             "extract_seconds": round(time.perf_counter() - t0, 1)}
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,10 @@ def main() -> None:
             rss = peak_rss_mb()
             run = {"features": kind, "N": N, "D": D, "ratio": ratio, "freeze": args.freeze or None, "n": n, "seconds": round(dt, 2),
                    "ms_per_centre": round(dt / n * 1e3, 3), "peak_rss_mb": round(rss),
-                   "peak_rss_before_mb": round(base_rss), "brute_force_extrapolated_s": round(per * n, 1)}
+                   "peak_rss_before_mb": round(base_rss), "brute_force_extrapolated_s": round(per * n, 1),
+                   # two runs (two versions of the sampler) selected the same rows iff these match
+                   "selection_sha256": hashlib.sha256(sel.numpy().tobytes()).hexdigest(),
+                   "sampler": str(Path(greedy_module.__file__).resolve())}
             print(f"  ratio {ratio:g}: {n} centres in {dt:.1f} s ({dt / n * 1e3:.2f} ms/centre); "
                   f"peak RSS {rss:.0f} MB; brute force extrapolated {per * n:.0f} s -> x{per * n / dt:.1f}",
                   flush=True)

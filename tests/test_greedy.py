@@ -17,6 +17,8 @@ from patchbank.sampling.greedy import (
     covering_radius,
     greedy_fast,
     greedy_reference,
+    entries_below,
+    pairs_below,
     sampled_dots,
 )
 from patchbank.sampling import greedy as greedy_module
@@ -113,14 +115,32 @@ def test_sampled_dots_equal_the_dot_products_of_the_pairs():
     a, c = torch.randn(40, 128, generator=g) * 7, torch.randn(300, 128, generator=g) + 2
     pairs = torch.nonzero(torch.rand(40, 300, generator=g) < 0.05)
     want = (a.double()[pairs[:, 0]] * c.double()[pairs[:, 1]]).sum(1)
-    got = sampled_dots(a, c, pairs)
+    got = sampled_dots(a, c, pairs[:, 0], pairs[:, 1])
     assert got.dtype == torch.float32 and got.shape == want.shape
     # float32 rounding of a 128-term sum, far inside filter 2's slack (_E_REL = 2**-14)
     scale = (a.double()[pairs[:, 0]].square().sum(1) + c.double()[pairs[:, 1]].square().sum(1))
     assert float(((got.double() - want).abs() / scale).max()) < 2.0**-18
-    assert sampled_dots(a, c, pairs[:0]).shape == (0,)              # no pairs: no values
-    assert torch.equal(sampled_dots(a, c, pairs[pairs[:, 0] == 7]),  # rows with no pair in between
-                       sampled_dots(a, c, pairs)[pairs[:, 0] == 7])
+    assert sampled_dots(a, c, pairs[:0, 0], pairs[:0, 1]).shape == (0,)   # no pairs: no values
+    seven = pairs[pairs[:, 0] == 7]                                      # rows with no pair in between
+    assert torch.equal(sampled_dots(a, c, seven[:, 0], seven[:, 1]), got[pairs[:, 0] == 7])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (1, 5), (57, 300), (0, 4), (4, 0)])
+def test_pairs_below_is_torch_nonzero_of_the_comparison(shape):
+    # the filters' comparisons run in NumPy: the same pairs in the same (row-major) order as
+    # torch.nonzero, NaN never below, the bound broadcast per row or as a scalar
+    g = torch.Generator().manual_seed(sum(shape))
+    a = torch.randn(*shape, generator=g)
+    if a.numel():
+        a.view(-1)[:: 7] = float("nan")
+        a.view(-1)[1:: 11] = float("inf")
+    for b in (torch.randn(shape[0], 1, generator=g), torch.tensor(0.25), torch.tensor(float("nan"))):
+        want = torch.nonzero(a < b)
+        i, j = pairs_below(a, b)
+        assert i.dtype == j.dtype == torch.int64
+        assert torch.equal(i, want[:, 0]) and torch.equal(j, want[:, 1])
+        flat = a.reshape(-1)
+        assert torch.equal(entries_below(flat, b.reshape(-1)[:1]), torch.nonzero(flat < b.reshape(-1)[:1])[:, 0])
 
 
 def test_sparse_filter_two_is_used_and_keeps_the_selection(monkeypatch):
@@ -130,9 +150,9 @@ def test_sparse_filter_two_is_used_and_keeps_the_selection(monkeypatch):
     x = _clustered(6000, 128, 40, 12) + 1.0
     calls = []
 
-    def counted(a, c, pairs):
-        calls.append(pairs.shape[0])
-        return sampled_dots(a, c, pairs)
+    def counted(a, c, i, j):
+        calls.append(i.numel())
+        return sampled_dots(a, c, i, j)
 
     monkeypatch.setattr(greedy_module, "sampled_dots", counted)
     ref = greedy_reference(x, 400, 11)

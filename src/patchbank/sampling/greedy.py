@@ -78,6 +78,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from patchbank.linalg import gaussian_matrix
@@ -293,18 +294,34 @@ class _Coords:
             self.sq[i : i + chunk] = (y * y).sum(1)
 
 
-def sampled_dots(a: torch.Tensor, c: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """``[P]`` dot products ``a[i] . c[j]`` for the ``pairs [P, 2]`` (i, j), sorted by i (as
-    ``torch.nonzero`` returns them): a sampled matrix product (``torch.sparse.sampled_addmm``
+def sampled_dots(a: torch.Tensor, c: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``[P]`` dot products ``a[i] . c[j]`` for the pairs ``(i[p], j[p])``, sorted by i (as
+    :func:`pairs_below` returns them): a sampled matrix product (``torch.sparse.sampled_addmm``
     over a CSR pattern), which computes only those entries of ``a @ c.T`` and gathers no rows.
     Each value is a float32 dot product in some summation order; filter 2's slack covers any
     order."""
-    i = pairs[:, 0]
     crow = torch.zeros(a.shape[0] + 1, dtype=torch.int64)
     torch.cumsum(torch.bincount(i, minlength=a.shape[0]), 0, out=crow[1:])
-    pattern = torch.sparse_csr_tensor(crow, pairs[:, 1].contiguous(), torch.zeros(i.numel()),
+    pattern = torch.sparse_csr_tensor(crow, j.contiguous(), torch.zeros(i.numel()),
                                       size=(a.shape[0], c.shape[0]), check_invariants=False)
     return torch.sparse.sampled_addmm(pattern, a, c.T, beta=0.0).values()
+
+
+def pairs_below(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices ``(i, j)`` of the entries of the 2-D CPU tensor ``a`` that are
+    below ``b`` (broadcast against ``a``), in row-major order: the two columns of
+    ``torch.nonzero(a < b)``.  NumPy compares and collects them several times faster than
+    torch 2.14 does on the CPU, and releases the GIL meanwhile (docs/performance.md, "The
+    greedy filters' comparisons")."""
+    flat = torch.from_numpy(np.flatnonzero(a.numpy() < b.numpy()))
+    i = flat.div(a.shape[1], rounding_mode="floor")
+    return i, flat - i * a.shape[1]
+
+
+def entries_below(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Indices of the entries of the 1-D CPU tensor ``a`` below ``b`` (broadcast), ascending:
+    ``torch.nonzero(a < b)[:, 0]``, by NumPy (see :func:`pairs_below`)."""
+    return torch.from_numpy(np.flatnonzero(a.numpy() < b.numpy()))
 
 
 def quiet_sparse_csr() -> None:
@@ -358,23 +375,21 @@ def _lower_rows(x: torch.Tensor, co: _Coords, r: torch.Tensor, rows: torch.Tenso
         seen += (b1 - b0) * m
         if not dense:
             w = torch.addmm(cterm[None, :], lb, cl.T, alpha=-2.0)
-            pr = torch.nonzero(w < t)
-            passed += pr.shape[0]
-            if pr.shape[0] == 0:
+            i, j = pairs_below(w, t)
+            passed += i.numel()
+            if i.numel() == 0:
                 continue
         rs = co.rest[b0:b1] if ib is None else co.rest.index_select(0, ib)
-        if dense or pr.shape[0] * 16 > w.numel():
+        if dense or i.numel() * 16 > w.numel():
             w = torch.addmm(cterm[None, :], lb[:, :k], clk.T, alpha=-2.0)
             w.addmm_(rs, cr.T, alpha=-2.0)
-            pr = torch.nonzero(w < t)
+            i, j = pairs_below(w, t)
             if dense:
-                passed += pr.shape[0]
-            i, j = pr[:, 0], pr[:, 1]
+                passed += i.numel()
         else:
-            i, j = pr[:, 0], pr[:, 1]
-            dot = sampled_dots(torch.cat([lb[:, :k], rs], 1), cfull, pr)
+            dot = sampled_dots(torch.cat([lb[:, :k], rs], 1), cfull, i, j)
             qi, qj = qb.index_select(0, i), cq.index_select(0, j)
-            keep = torch.nonzero(qi + qj - 2.0 * dot < r2s.index_select(0, i) + _E_REL * (qi + qj))[:, 0]
+            keep = entries_below(qi + qj - 2.0 * dot, r2s.index_select(0, i) + _E_REL * (qi + qj))
             i, j = i.index_select(0, keep), j.index_select(0, keep)
         if i.numel() == 0:
             continue
@@ -657,7 +672,9 @@ class GreedySampler(Sampler):
         self.seed = int(seed)
         self.progress = bool(progress)
 
-    def _prepare(self, features: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    def prepare(self, features: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(the rows in the sampler's proxy space, the coreset size, the start row) for
+        ``features`` [N, D]: what :meth:`run` selects on (see the module docstring, steps 1-2)."""
         x = _check_features(features)
         N = x.shape[0]
         n = coreset_size(N, self.ratio)
@@ -668,7 +685,7 @@ class GreedySampler(Sampler):
 
     @torch.no_grad()
     def run(self, features: torch.Tensor) -> torch.LongTensor:
-        proxy, n, start = self._prepare(features)
+        proxy, n, start = self.prepare(features)
         if proxy.is_cuda:
             return greedy_reference(proxy, n, start, self.progress)
         return greedy_fast(proxy, n, start, self.progress, seed=self.seed)
@@ -679,7 +696,7 @@ class NaiveGreedySampler(GreedySampler):
 
     @torch.no_grad()
     def run(self, features: torch.Tensor) -> torch.LongTensor:
-        proxy, n, start = self._prepare(features)
+        proxy, n, start = self.prepare(features)
         return greedy_reference(proxy, n, start, self.progress)
 
 
