@@ -63,17 +63,23 @@ def test_same_parameter_names_order_and_shapes_as_timm(arch):
     assert [tuple(t.shape) for t in ours.values()] == [tuple(t.shape) for t in theirs.values()]
 
 
+def _close(a, b):
+    """Equal up to float32 rounding: ~8 ulps of the larger tensor's largest value (a strided
+    block pads before its 1 x 1 expansion, whose rounding in NCHW depends on the map's size)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(b.abs().max())))
+
+
 def _same_outputs(ours, theirs, device="cpu"):
     torch.manual_seed(0)
     for size in [(64, 64), (67, 80), (33, 45)]:   # even and odd sizes: asymmetric SAME padding
         x = torch.randn(2, 3, *size).to(device)
         with torch.inference_mode():
-            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+            _close(ours(x), theirs(x))
             a, b = ours.stem()(x), theirs.bn1(theirs.conv_stem(x))
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            _close(a, b)
             for sa, sb in zip(ours.blocks, theirs.blocks):
                 a, b = sa(a), sb(b)
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+                _close(a, b)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
@@ -125,3 +131,38 @@ def test_building_the_default_backbone_imports_neither_timm_nor_torchvision():
             "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 12), (7, 5)])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_strided_block_pads_before_its_expansion_with_the_same_result(size, kernel):
+    # a strided inverted residual pads its narrow input, expands it, and zeroes the band again:
+    # the same as expanding, then padding the expanded map (the band must be zero, not ReLU6 of
+    # the bias, which the random biases make large); in the channels-last layout the feature
+    # extractor runs, bit for bit
+    from patchbank.backbones.efficientnet_lite_net import InvertedResidual, same_padding
+
+    torch.manual_seed(kernel)
+    block = InvertedResidual(4, 8, kernel, 2, 6).eval()
+    for name, t in block.state_dict().items():
+        if t.is_floating_point():
+            t.copy_(torch.rand_like(t) + 0.5 if name.endswith(("running_var", "weight")) else torch.randn_like(t))
+    x = torch.randn(2, 4, *size)
+    with torch.inference_mode():
+        def reference(x):
+            y = block.act1(block.bn1(block.conv_pw(x)))
+            y = block.act2(block.bn2(block.conv_dw(y)))    # SameConv2d pads the expanded map
+            return block.bn3(block.conv_pwl(y))
+
+        want = reference(x)
+        assert want.shape[-2:] == (-(-size[0] // 2), -(-size[1] // 2))
+        _close(block(x), want)
+        band = block.padded_expansion(x)
+        left, right, top, bottom = same_padding(size, (kernel, kernel), (2, 2))
+        assert band.shape[-2:] == (size[0] + top + bottom, size[1] + left + right)
+        outside = band.clone()
+        outside[:, :, top:top + size[0], left:left + size[1]] = 0
+        assert not outside.any() and band.any()                              # zero outside the input
+        block.to(memory_format=torch.channels_last)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(block(xl), reference(xl))

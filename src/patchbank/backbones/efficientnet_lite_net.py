@@ -6,7 +6,8 @@ process that builds the default backbone: a ``patchbank`` command, a service's s
 actor and fitting task.  This module defines the same network with the same parameter names in
 the same order (so the same state dicts load, by name or paired in order), and the same
 computation: TensorFlow "SAME" padding (asymmetric, computed from the input size, for the
-stride-2 convolutions; symmetric ``k // 2`` for stride 1), batch norm with eps 1e-3, ReLU6, no
+stride-2 convolutions; symmetric ``k // 2`` for stride 1; a strided inverted residual pads its
+narrow input rather than its expanded map, with the same result), batch norm with eps 1e-3, ReLU6, no
 squeeze-excite (Tan & Le, *EfficientNet*, 2019; the Lite variants of the TensorFlow
 EfficientNet-Lite release: ReLU6, no SE, stem and head not scaled).
 ``tests/test_efficientnet_lite_net.py`` checks names, shapes and outputs against timm.
@@ -48,10 +49,21 @@ ARCHS: dict[str, tuple[int, tuple[Stage, ...], int]] = {
 }
 
 
+def same_padding(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...]) -> list[int]:
+    """TensorFlow's "SAME" padding of an input of spatial ``size`` (H, W), as ``F.pad`` takes it
+    (left, right, top, bottom): output size ceil(input / stride); the total padding
+    ``max((ceil(i / s) - 1) s + k - i, 0)`` is split with the extra pixel at the bottom / right."""
+    pads = []
+    for n, k, s in zip(reversed(size), reversed(kernel), reversed(stride)):
+        total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
 class SameConv2d(nn.Conv2d):
-    """A convolution with TensorFlow's "SAME" padding: output size ceil(input / stride); the
-    total padding ``max((ceil(i / s) - 1) s + k - i, 0)`` is split with the extra pixel at the
-    bottom / right.  Stride 1 with an odd kernel is plain symmetric padding ``k // 2``."""
+    """A convolution with TensorFlow's "SAME" padding (:func:`same_padding`).  Stride 1 with an
+    odd kernel is plain symmetric padding ``k // 2``; a stride-2 one pads its input first
+    (``dynamic``), unless :meth:`unpadded` is called on an input padded already."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
         self.dynamic = stride > 1
@@ -60,11 +72,11 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dynamic:
-            pads = []
-            for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-                total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-                pads += [total // 2, total - total // 2]
-            x = F.pad(x, pads)
+            x = F.pad(x, same_padding(x.shape[-2:], self.kernel_size, self.stride))
+        return super().forward(x)
+
+    def unpadded(self, x: Tensor) -> Tensor:
+        """The convolution of ``x`` as given: for an input that already holds the padding."""
         return super().forward(x)
 
 
@@ -107,10 +119,31 @@ class InvertedResidual(nn.Module):
         self.has_skip = stride == 1 and cin == cout
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act1(self.bn1(self.conv_pw(x)))
-        y = self.act2(self.bn2(self.conv_dw(y)))
+        if self.conv_dw.dynamic:
+            y = self.padded_expansion(x)
+            y = self.act2(self.bn2(self.conv_dw.unpadded(y)))
+        else:
+            y = self.act1(self.bn1(self.conv_pw(x)))
+            y = self.act2(self.bn2(self.conv_dw(y)))
         y = self.bn3(self.conv_pwl(y))
         return y + x if self.has_skip else y
+
+    def padded_expansion(self, x: Tensor) -> Tensor:
+        """The expansion (1 x 1 conv -> BN -> ReLU6) of ``x`` with the strided depthwise conv's
+        SAME padding around it, padded before the expansion: ``x`` has ``expansion`` times fewer
+        channels, so that copy is that much smaller.  The expansion of a zero pixel is ReLU6 of
+        the bias, not zero, so the padding band is set back to zero afterwards: the result is
+        that of padding the expanded map, bit for bit in the channels-last layout the feature
+        extractor runs (the 1 x 1 conv computes each pixel alone there), up to float rounding in
+        NCHW (whose CPU 1 x 1 conv rounds differently with the map's size)."""
+        left, right, top, bottom = same_padding(x.shape[-2:], self.conv_dw.kernel_size, self.conv_dw.stride)
+        y = self.act1(self.bn1(self.conv_pw(F.pad(x, [left, right, top, bottom]))))
+        for dim, before, after in ((2, top, bottom), (3, left, right)):
+            if before:
+                y.narrow(dim, 0, before).zero_()
+            if after:
+                y.narrow(dim, y.shape[dim] - after, after).zero_()
+        return y
 
 
 class EfficientNetLite(nn.Module):
