@@ -255,6 +255,9 @@ def test_sweep_non_numeric_values(data_root, tmp_path):
     ("image_size=320,320x320", "duplicate values for image_size: 320"),
     ("crop_size=400", "crop_size=400: crop_size (400, 400) is larger than image_size (320, 320)"),
     ("coreset_ratio=0.1,0", "coreset_ratio=0.0: must be in (0, 1]"),
+    # checked by building each value's backbone, before the first value's fit
+    ("layers=2,4;2,9", "layers=2,9: layers: 9 is not a block index of efficientnet_lite2 (use -7..6)"),
+    ("weights=random,/nonexistent/w.safetensors", "weights=/nonexistent/w.safetensors: "),
 ])
 def test_sweep_bad_param_is_one_line(data_root, tmp_path, spec, needle):
     result = invoke("sweep", data_root, "--param", spec, "-o", tmp_path / "o")  # fails before any fit
@@ -278,10 +281,11 @@ def test_sweep_other_errors(data_root, tmp_path):
 
 def test_value_names():
     assert value_text(None) == "none" and value_text(True) == "true" and value_text(0.25) == "0.25"
-    assert value_text((320, 768)) == "320x768" and value_text((256, 256)) == "256"
-    assert value_text((2, 3, 4)) == "2,3,4"
+    assert value_text((320, 768), "image_size") == "320x768" and value_text((256, 256), "crop_size") == "256"
+    assert value_text((2, 3, 4), "layers") == "2,3,4"
+    assert value_text((2, 4), "layers") == "2,4" and value_text((4, 4), "layers") == "4,4"   # not sizes
     assert value_dir("image_size", (320, 768)) == "image_size-320x768"
-    assert value_dir("layers", (2, 3, 4)) == "layers-2-3-4"
+    assert value_dir("layers", (2, 3, 4)) == "layers-2-3-4" and value_dir("layers", (2, 4)) == "layers-2-4"
 
 
 def test_plot_handles_missing_pixel_metrics(tmp_path):

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from patchbank.backbones import create_backbone
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation import plots
@@ -24,26 +25,31 @@ from patchbank.evaluation.reports import LABELS, write_comparison
 from patchbank.evaluation.runner import evaluate
 
 PLOT_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+# fields only the backbone can check (its block count, the weights file): a sweep over one of
+# them builds each value's backbone before the first fit, so a bad last value fails at once
+BACKBONE_FIELDS = ("backbone", "weights", "layers", "context_taps")
+SIZE_FIELDS = ("image_size", "crop_size")   # (h, w) values, typed 320x768
 _MARKERS = {"image_auroc": "o", "pixel_auroc": "s", "aupro": "^"}
 
 
-def value_text(value: Any) -> str:
-    """A swept value the way it is typed: ``0.25``, ``none``, ``320x768``, ``2,3``, ``true``."""
+def value_text(value: Any, param: str | None = None) -> str:
+    """A swept value the way it is typed: ``0.25``, ``none``, ``320x768`` (a size field's
+    ``(h, w)``; ``320`` when square), ``2,3`` (any other list, e.g. layers), ``true``."""
     if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        if len(value) == 2 and all(isinstance(v, int) for v in value) and value[0] == value[1]:
-            return str(value[0])
-        sep = "x" if len(value) == 2 and all(isinstance(v, int) for v in value) else ","
-        return sep.join(str(v) for v in value)
+        if param in SIZE_FIELDS and len(value) == 2:
+            return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
 def value_dir(param: str, value: Any) -> str:
-    """Folder of one value: ``kappa-0.25``, ``projection_dim-none``, ``image_size-320x768``."""
-    return f"{param}-{re.sub(r'[^A-Za-z0-9.]+', '-', value_text(value)).strip('-')}"
+    """Folder of one value: ``kappa-0.25``, ``projection_dim-none``, ``image_size-320x768``,
+    ``layers-2-4``."""
+    return f"{param}-{re.sub(r'[^A-Za-z0-9.]+', '-', value_text(value, param)).strip('-')}"
 
 
 def _is_number(v: Any) -> bool:
@@ -65,11 +71,18 @@ def _swept_values(param: str, values: list[Any], preset: str, overrides: dict[st
         raise PatchbankError(f"{param} is both swept and overridden; give it only once")
     if not values:
         raise PatchbankError(f"no values to sweep for {param}")
-    stored = [getattr(preset_config(preset, {**overrides, param: v}, context=f"{param}={value_text(v)}: "), param)
-              for v in values]
-    dup = sorted({value_text(v) for i, v in enumerate(stored) if v in stored[:i]})
+    configs = [preset_config(preset, {**overrides, param: v}, context=f"{param}={value_text(v, param)}: ")
+               for v in values]
+    stored = [getattr(cfg, param) for cfg in configs]
+    dup = sorted({value_text(v, param) for i, v in enumerate(stored) if v in stored[:i]})
     if dup:
         raise PatchbankError(f"duplicate values for {param}: {', '.join(dup)}")
+    if param in BACKBONE_FIELDS:
+        for cfg, v in zip(configs, stored):
+            try:
+                create_backbone(cfg.backbone, cfg.weights, cfg.layers, "cpu", cfg.context_taps)
+            except PatchbankError as exc:
+                raise PatchbankError(f"{param}={value_text(v, param)}: {exc}") from None
     return stored
 
 
@@ -94,12 +107,12 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
                    f"out_dir={str(out)!r})")
     rows = []
     for i, v in enumerate(stored, start=1):
-        say(progress, f"[sweep {i}/{len(stored)}] {param}={value_text(v)}")
+        say(progress, f"[sweep {i}/{len(stored)}] {param}={value_text(v, param)}")
         sub = value_dir(param, v)
         res = evaluate(root, preset, {**overrides, param: v}, categories=categories, seeds=seeds,
                        out_dir=out / sub, resume=resume, progress=progress, kind=kind,
                        device=device, command=command)
-        rows.append({"label": value_text(v), "detail": None, "dir": sub,
+        rows.append({"label": value_text(v, param), "detail": None, "dir": sub,
                      "overrides": {param: _json_value(v)}, "value": _json_value(v),
                      "config": res["summary"]["config"], "summary": res["summary"]})
     default = getattr(Config.preset(preset, **overrides), param)
@@ -134,7 +147,7 @@ def plot_sweep(rows: list[dict[str, Any]], param: str, path: str | os.PathLike, 
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
     ax.set_xticks(xs)
-    ax.set_xticklabels([value_text(v) for v in values])
+    ax.set_xticklabels([value_text(v, param) for v in values])
     if numeric:
         ax.minorticks_off()
     if default is not None:
