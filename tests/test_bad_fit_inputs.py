@@ -76,6 +76,29 @@ def test_patch_size_larger_than_the_feature_map(synthetic_root):
         det.fit(_train(synthetic_root))
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "dinov2_vits14"])
+def test_the_fits_early_map_check_predicts_the_backbones_map(name):
+    # FeatureExtractor.check_input computes the finest map as ceil(size / stride) before any image
+    # is read; it must be the map the backbone then gives, odd sizes included
+    from patchbank.backbones import create_backbone
+    from patchbank.pipeline.features import FeatureExtractor
+
+    bb = create_backbone(name, weights="random")
+    ext = FeatureExtractor(bb, 3, "cpu")
+    stride = bb.strides[0]
+    sizes = [(14, 28), (42, 70)] if name.startswith("dinov2") else [(7, 9), (17, 31), (33, 64), (65, 100)]
+    for h, w in sizes:
+        with torch.inference_mode():
+            got = tuple(ext.maps(torch.zeros(1, 3, h, w))[0].shape[-2:])
+        assert got == (-(-h // stride), -(-w // stride)), (name, h, w)
+        too_small = min(got) < 3
+        if too_small:
+            with pytest.raises(PatchbankError, match=f"feature map \\({got[0]} x {got[1]} for a {h} x {w} input\\)"):
+                ext.check_input((h, w))
+        else:
+            ext.check_input((h, w))
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("patch_size", 1000, "patch_size: must be in [1, 15], got 1000"),
     ("projection_dim", 100000, "projection_dim: must be in [1, 4096] or None, got 100000"),

@@ -22,6 +22,21 @@ def test_fit_on_few_images_warns_in_one_line(tmp_path):
                      "rate at target_fpr 0.01"]
 
 
+def test_fit_refuses_a_map_smaller_than_the_patch_before_any_warning(tmp_path):
+    # 6 images would warn; a 7 x 7 input gives a 1 x 1 map: the error alone, before the warning,
+    # the progress bar or any image is read (was: warning, bar, then the error)
+    root = make_dataset(tmp_path / "d", n_train=6, n_test_good=1, n_test_defect=1, size=64)
+    out = subprocess.run(
+        [sys.executable, "-m", "patchbank.cli", "fit", str(root / "train" / "good"), "-o",
+         str(tmp_path / "m.patchbank"), "--backbone", "efficientnet_lite0", "--image-size", "7",
+         "--crop-size", "none", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: patch_size 3 is larger than the backbone's feature map (1 x 1 for a 7 x 7 "
+                     "input): use a smaller patch_size or a larger image_size"]
+    assert not (tmp_path / "m.patchbank").exists()
+
+
 def test_duplicate_predict_inputs_are_predicted_once_with_a_warning(tmp_path):
     from patchbank.cli.predictions import expand_inputs
 

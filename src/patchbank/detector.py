@@ -169,6 +169,7 @@ class Detector:
         # it becomes self.config together with the fitted state below
         cfg, aspect = self.input_config(items)
         extractor = self._new_extractor(cfg)
+        extractor.check_input(cfg.network_size)    # a map smaller than the patch: before any warning
         check_training_images(len(items), cfg)     # refuses too few images, warns on few
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)

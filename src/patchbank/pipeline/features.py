@@ -125,6 +125,21 @@ class FeatureExtractor(nn.Module):
         parts = [self.backbone(chunk) for chunk in x.split(CPU_MICRO_BATCH)]
         return [torch.cat(maps) for maps in zip(*parts)]
 
+    def check_map(self, grid: tuple[int, int], size: tuple[int, int]) -> None:
+        """Refuse (one line) a finest feature map ``grid`` (h, w) of an input of ``size`` (H, W)
+        smaller than the p x p aggregation."""
+        if self.patch_size > min(grid):
+            raise PatchbankError(f"patch_size {self.patch_size} is larger than the backbone's feature "
+                                 f"map ({grid[0]} x {grid[1]} for a {size[0]} x {size[1]} input): use a "
+                                 f"smaller patch_size or a larger image_size")
+
+    def check_input(self, size: tuple[int, int]) -> None:
+        """:meth:`check_map` for an input of ``size`` (H, W) before any image is read: the
+        finest tap's map is ceil(size / stride) (SAME-padded CNNs, torchvision's ResNets, and
+        ViTs, whose sides are multiples of the patch), so a fit can refuse it first."""
+        stride = self.backbone.strides[0]
+        self.check_map((-(-size[0] // stride), -(-size[1] // stride)), size)
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Images -> (per-layer patch rows, patch grid (h, w)); see the class docstring."""
@@ -134,11 +149,7 @@ class FeatureExtractor(nn.Module):
         """The backbone's tapped maps ``raw`` of an input of shape ``x_shape`` -> (per-layer patch
         rows, patch grid): p x p aggregation, alignment, rows.  Plain torch ops on the maps (no
         inference-mode switch), so an exported graph runs exactly this after the backbone."""
-        h, w = raw[0].shape[-2:]
-        if self.patch_size > min(h, w):
-            raise PatchbankError(f"patch_size {self.patch_size} is larger than the backbone's feature "
-                                 f"map ({h} x {w} for a {x_shape[-2]} x {x_shape[-1]} input): use a "
-                                 f"smaller patch_size or a larger image_size")
+        self.check_map(tuple(raw[0].shape[-2:]), tuple(x_shape[-2:]))
         maps = aggregate(raw, self.patch_size, self.border)
         if self.crop is not None:
             maps = self.crop.cut(maps)
