@@ -628,14 +628,14 @@ def _batch(x: torch.Tensor, co: _Coords, r: torch.Tensor, tau: float, limit: int
         cl, cq = co.low[ci], co.sq[ci]
         qq = pq + cq
         thr = torch.addcmul(ps, qq, e_rel)
-        cand = torch.nonzero(torch.addmv(qq, pl, cl, alpha=-2.0) < thr)[:, 0]
+        cand = entries_below(torch.addmv(qq, pl, cl, alpha=-2.0), thr)
         if cand.numel() * 8 > pr.numel():  # most pass: full estimate for the whole pool
             dot = pl[:, :k] @ cl[:k] + prest @ co.rest[ci]
-            cand = torch.nonzero(qq - 2.0 * dot < thr)[:, 0]
+            cand = entries_below(qq - 2.0 * dot, thr)
         elif cand.numel():
             dot = pl[:, :k].index_select(0, cand) @ cl[:k] + prest.index_select(0, cand) @ co.rest[ci]
             d2 = pq.index_select(0, cand) + cq - 2.0 * dot
-            cand = cand.index_select(0, torch.nonzero(d2 < thr.index_select(0, cand))[:, 0])
+            cand = cand.index_select(0, entries_below(d2, thr.index_select(0, cand)))
         if cand.numel():
             nv = torch.minimum(pr.index_select(0, cand), _dist(px.index_select(0, cand), x[ci : ci + 1]))
             pr.index_copy_(0, cand, nv)
