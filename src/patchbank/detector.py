@@ -68,10 +68,13 @@ class Detector:
         progress: show progress bars.
         backbone: an already loaded backbone to share (same name, weights, layers and device as
             ``config`` asks for); by default it is created on first use.
+        cuda_graphs: on a CUDA device, replay each batch shape's prediction as a CUDA graph
+            from its second batch on (:class:`~patchbank.pipeline.inference.InferenceModel`);
+            the answers are the same to float rounding.  Ignored on the CPU.
     """
 
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
-                 progress: bool = True, backbone: Backbone | None = None):
+                 progress: bool = True, backbone: Backbone | None = None, cuda_graphs: bool = True):
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
@@ -79,6 +82,7 @@ class Detector:
         self.requested_config = self.config   # what fit resolves (aspect "auto") each time
         self.device = resolve_device(device)
         self.progress = progress
+        self.cuda_graphs = bool(cuda_graphs)
         self._backbone = backbone
         self._extractor: FeatureExtractor | None = None
         self._source = "this model"     # a loaded model's file, named in error messages
@@ -86,13 +90,13 @@ class Detector:
 
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
-                    **overrides: Any) -> "Detector":
+                    cuda_graphs: bool = True, **overrides: Any) -> "Detector":
         """A detector configured by preset ``name`` with any Config field overridden."""
         try:
             config = Config.preset(name, **overrides)
         except ValueError as exc:
             raise PatchbankError(str(exc)) from None
-        return cls(config, device=device, progress=progress)
+        return cls(config, device=device, progress=progress, cuda_graphs=cuda_graphs)
 
     # ------------------------------------------------------------------ feature path
     @property
@@ -209,8 +213,8 @@ class Detector:
     def model_(self) -> InferenceModel:
         """The inference path of the fitted detector (one ``nn.Module``)."""
         self._check_fitted()
-        if self._model is None:
-            self._model = InferenceModel(self.extractor, self.scorer_, self.calibration_)
+        if self._model is None or self._model.cuda_graphs != self.cuda_graphs:
+            self._model = InferenceModel(self.extractor, self.scorer_, self.calibration_, self.cuda_graphs)
         return self._model
 
     def _check_fitted(self) -> None:
@@ -331,7 +335,7 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
-             weights: str | None = None) -> "Detector":
+             weights: str | None = None, cuda_graphs: bool = True) -> "Detector":
         """Load a model file; ``weights`` points at the backbone weights file if it moved (or the
         model was fit with its own): a missing file or one with another sha256 than the model
         recorded is refused here, not at the first prediction."""
@@ -342,12 +346,13 @@ class Detector:
                                  f"patchbank.multi.MultiDetector.load")
         check_header_weights(meta, weights, str(path))
         return cls.from_state(tensors, meta, str(path), device=device, progress=progress,
-                              weights=weights)
+                              weights=weights, cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   weights: str | None = None, backbone: Backbone | None = None) -> "Detector":
+                   weights: str | None = None, backbone: Backbone | None = None,
+                   cuda_graphs: bool = True) -> "Detector":
         """Rebuild a fitted detector from :meth:`state_tensors` and :meth:`info` metadata
         (``where`` names the source in error messages)."""
         check_model_state(tensors, meta, where, weights_given=weights is not None)
@@ -355,7 +360,7 @@ class Detector:
             config = Config.from_dict(meta["config"])
             if weights is not None:
                 config = config.replace(weights=weights)
-            det = cls(config, device=device, progress=progress, backbone=backbone)
+            det = cls(config, device=device, progress=progress, backbone=backbone, cuda_graphs=cuda_graphs)
             # a refit keeps the input shape the file was fitted with (its sizes are resolved)
             det.requested_config = config.replace(aspect="fixed")
             det._source = where

@@ -25,6 +25,7 @@ from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
+from patchbank.runtime.cuda_graphs import GraphedCall
 
 PREDICT_STEPS = ("read", "extract", "search", "post")
 
@@ -91,13 +92,22 @@ class ScoredBatch:
 
 
 class InferenceModel(nn.Module):
-    """Images [B, 3, H, W] -> :class:`ScoredBatch`; the fitted extractor, scorer and calibration."""
+    """Images [B, 3, H, W] -> :class:`ScoredBatch`; the fitted extractor, scorer and calibration.
 
-    def __init__(self, extractor: FeatureExtractor, scorer: PatchScorer, calibration: ScoreCalibration):
+    ``cuda_graphs``: on a CUDA device, the device part (:meth:`device_outputs`: extract, embed,
+    score, map) is replayed as one CUDA graph per batch shape from a shape's second batch on
+    (:class:`~patchbank.runtime.cuda_graphs.GraphedCall`); the answers are the eager path's to
+    float rounding.  Ignored on the CPU."""
+
+    def __init__(self, extractor: FeatureExtractor, scorer: PatchScorer, calibration: ScoreCalibration,
+                 cuda_graphs: bool = False):
         super().__init__()
         self.extractor = extractor
         self.scorer = scorer
         self.calibration = calibration
+        self.cuda_graphs = bool(cuda_graphs)
+        self.graphs = (GraphedCall(self.device_outputs, extractor.device)
+                       if self.cuda_graphs and extractor.device.type == "cuda" else None)
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer patch rows of ``x``."""
@@ -105,16 +115,28 @@ class InferenceModel(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, clock: StepClock | None = None) -> ScoredBatch:
-        return self.score_layers(self.extract(x), x.shape[0], clock)
+        if self.graphs is None:
+            return self.score_layers(self.extract(x), x.shape[0], clock)
+        maps, phi, base = self.graphs(x)
+        _lap(clock, "extract")     # a replay is one launch: the split cannot see its steps
+        return self.scored(maps, phi, base)
+
+    def device_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images -> (maps [B, H, W], descriptors [B, 3] float64, S_base [B] float64) on the
+        model's device: the part of :meth:`forward` before the host (what a CUDA graph replays)."""
+        return self.score_maps(self.extract(x), x.shape[0])
 
     @torch.inference_mode()
     def score_layers(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None) -> ScoredBatch:
         """The path after extraction, for ``b`` images' per-layer rows (a multi-category model
         extracts once, then scores each image against its category's model).  ``clock`` laps
-        "extract" after the embedding and "search" after the scoring.  The base scores and
-        descriptors come to the host in one copy and are calibrated there (float64, the same ops
-        as :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
-        maps, phi, base = self.score_maps(layers, b, clock)
+        "extract" after the embedding and "search" after the scoring."""
+        return self.scored(*self.score_maps(layers, b, clock))
+
+    def scored(self, maps: torch.Tensor, phi: torch.Tensor, base: torch.Tensor) -> ScoredBatch:
+        """:meth:`score_maps`' outputs -> :class:`ScoredBatch`.  The base scores and descriptors
+        come to the host in one copy and are calibrated there (float64, the same ops as
+        :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
         host = torch.cat([base.unsqueeze(1), phi], dim=1).cpu()
         base, phi = host[:, 0], host[:, 1:]
         return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi.numpy())

@@ -206,12 +206,13 @@ class ModelRegistry:
         return self
 
     def warm_up(self) -> "ModelRegistry":
-        """One prediction per model on a synthetic grey image (first-call costs paid now),
-        then ``ready``."""
+        """Two predictions per model on a synthetic grey image (first-call costs paid now; on a
+        GPU the second captures the batch-1 CUDA graph), then ``ready``."""
         for served in self.models.values():
             h, w = served.model.config.image_size
             with served.lock:
-                served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
+                for _ in range(2):
+                    served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
         # the response outputs' first-use costs (scikit-image's import, the PNG encoder)
         region_polygons(np.eye(3, dtype=bool))
         png_bytes(np.zeros((2, 2), np.uint8))

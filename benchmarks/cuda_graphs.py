@@ -1,0 +1,98 @@
+"""Prediction on a GPU with and without CUDA graphs (patchbank.runtime.cuda_graphs): the same
+fitted model, the same images, timed alternately on one machine, and the answers compared.
+
+    python benchmarks/cuda_graphs.py DATA -o benchmarks/results/cuda_graphs.json
+
+DATA is an MVTec-layout category folder.  One fit on the GPU (``cuda_graphs=False``); a second
+detector shares its bank, calibration and backbone with graphs on.  Each batch size is timed
+``--repeats`` times per side, alternating (eager, graphed, eager, ...) after a warm-up pass that
+also captures the graphs, with the backbone floor (read + resize + backbone,
+``patchbank.studies.speed.floor_seconds``) timed between them; a time is the fastest pass.
+Reported per batch size: ms per image of each side and of the floor, the ratios to the floor,
+and the largest score, map and descriptor differences and the decisions that differ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchbank.config import DEFAULT_PRESET
+from patchbank.detector import Detector
+from patchbank.io.datasets import read_mvtec
+from patchbank.studies.speed import floor_seconds, machine
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def compare(eager: list, graphed: list) -> dict:
+    """Largest differences between two prediction lists of the same images."""
+    sa = np.array([p.score for p in eager])
+    sb = np.array([p.score for p in graphed])
+    return {
+        "score_max_abs_diff": float(np.abs(sa - sb).max()),
+        "score_max_rel_diff": float((np.abs(sa - sb) / np.maximum(np.abs(sa), 1e-12)).max()),
+        "map_max_abs_diff": max(float(np.abs(p.anomaly_map - q.anomaly_map).max()) for p, q in zip(eager, graphed)),
+        "descriptor_max_abs_diff": max(float(np.abs(p.descriptor - q.descriptor).max())
+                                       for p, q in zip(eager, graphed)),
+        "decisions_differ": int(sum(p.is_anomalous != q.is_anomalous for p, q in zip(eager, graphed))),
+        "bitwise_equal_scores": bool(np.array_equal(sa, sb)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--preset", default=DEFAULT_PRESET)
+    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: no CUDA GPU here")
+    (category,) = read_mvtec(args.data.parent, [args.data.name])
+    eager = Detector.from_preset(args.preset, device="cuda", progress=False, cuda_graphs=False).fit(category.train)
+    graphed = Detector.from_state(eager.state_tensors(), eager.info(), "the eager model", device="cuda",
+                                  progress=False, backbone=eager.backbone)
+    items = list(category.test)
+    runs = []
+    for b in (int(v) for v in args.batch_sizes.split(",")):
+        want = eager.predict(items, batch_size=b)                   # warm-up
+        for _ in range(2):                                          # first pass eager, second captures
+            got = graphed.predict(items, batch_size=b)
+        times = {"eager": [], "graphed": [], "floor": []}
+        for _ in range(args.repeats):
+            times["floor"].append(timed(lambda: floor_seconds(eager, items, b)))
+            times["eager"].append(timed(lambda: eager.predict(items, batch_size=b)))
+            times["graphed"].append(timed(lambda: graphed.predict(items, batch_size=b)))
+        ms = {k: 1e3 * min(v) / len(items) for k, v in times.items()}
+        runs.append({"batch_size": b, "images": len(items),
+                     "ms_per_image": ms, "all_s": times,
+                     "ratio_to_floor": {k: ms[k] / ms["floor"] for k in ("eager", "graphed")},
+                     "captured_shapes": [list(k[0]) for k in graphed.model_.graphs.captured],
+                     **compare(want, got)})
+        print(f"batch {b:3d}: eager {ms['eager']:.2f} ms/img ({ms['eager'] / ms['floor']:.2f}x the floor), "
+              f"graphed {ms['graphed']:.2f} ({ms['graphed'] / ms['floor']:.2f}x), floor {ms['floor']:.2f}; "
+              f"scores within {runs[-1]['score_max_rel_diff']:.1e} relative, maps within "
+              f"{runs[-1]['map_max_abs_diff']:.1e}, decisions differing {runs[-1]['decisions_differ']}")
+    out = {"data": str(args.data), "preset": args.preset, "device": torch.cuda.get_device_name(),
+           "torch": torch.__version__, "n_train": len(category.train), "runs": runs,
+           "machine": machine(), "command": " ".join(sys.argv)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

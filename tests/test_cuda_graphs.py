@@ -1,0 +1,135 @@
+"""CUDA graphs on the inference path (patchbank.runtime.cuda_graphs): a shape's first batch runs
+eagerly, its second captures, later ones replay; the answers are the eager path's to float
+rounding, under threads too; a capture that fails runs eagerly with one warning; the CPU never
+captures.  The CUDA tests skip without a GPU (benchmarks/gpu_check.sh runs them)."""
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, split_items
+from patchbank.detector import Detector
+from patchbank.runtime.cuda_graphs import GraphedCall
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CONTEXT = dict(FAST, context_taps=1)
+
+
+def test_cpu_calls_run_the_function_and_capture_nothing():
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape)
+        return (x * 2,)
+
+    graphed = GraphedCall(fn, torch.device("cpu"))
+    x = torch.arange(6.0).view(2, 3)
+    for _ in range(3):
+        (y,) = graphed(x)
+        torch.testing.assert_close(y, x * 2)
+    assert len(calls) == 3 and graphed.captured == [] and graphed.eager == []
+
+
+def test_a_cpu_detector_has_no_graphs_and_the_switch_rebuilds_the_model(synthetic_root):
+    det = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(synthetic_root / "train" / "good")
+    assert det.cuda_graphs and det.model_.cuda_graphs and det.model_.graphs is None   # CPU: never
+    det.cuda_graphs = False
+    assert det.model_.cuda_graphs is False
+    items, _ = split_items(synthetic_root)
+    first = det.predict(items[:3])
+    det.cuda_graphs = True
+    for a, b in zip(det.predict(items[:3]), first):
+        assert a.score == b.score
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+
+
+@pytest.fixture(scope="module")
+def gpu_pair(synthetic_root):
+    train = synthetic_root / "train" / "good"
+    eager = Detector.from_preset("patchbank", device="cuda", progress=False, cuda_graphs=False,
+                                 **CONTEXT).fit(train)
+    tensors, meta = eager.state_tensors(), eager.info()
+    graphed = Detector.from_state(tensors, meta, "the eager model", device="cuda", progress=False,
+                                  backbone=eager.backbone)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    return eager, graphed
+
+
+def _assert_alike(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.score == pytest.approx(b.score, rel=1e-6, abs=1e-6)
+        assert a.is_anomalous == b.is_anomalous
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.descriptor, b.descriptor, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_replayed_graphs_give_the_eager_answers(gpu_pair, synthetic_root, batch_size):
+    eager, graphed = gpu_pair
+    items, _ = split_items(synthetic_root)           # 14 images: batches of 4 end with one of 2
+    want = eager.predict(items, batch_size=batch_size)
+    for _ in range(3):                               # eager, capture, replay for every shape
+        _assert_alike(graphed.predict(items, batch_size=batch_size), want)
+    shapes = [key[0][0] for key in graphed.model_.graphs.captured]
+    assert batch_size in shapes and graphed.model_.graphs.eager == []
+    assert eager.model_.graphs is None
+
+
+@needs_cuda
+def test_threads_replaying_at_once_get_their_own_answers(gpu_pair, synthetic_root):
+    eager, graphed = gpu_pair
+    items, _ = split_items(synthetic_root)
+    want = {str(p): r for p, r in zip(items, eager.predict(items, batch_size=1))}
+    graphed.predict(items[:2], batch_size=1)         # captured before the threads start
+    got, errors = {}, []
+
+    def work(part):
+        try:
+            for p in part:
+                got[str(p)] = graphed.predict([p], batch_size=1)[0]
+        except Exception as exc:   # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(items[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    _assert_alike([got[k] for k in want], list(want.values()))
+
+
+@needs_cuda
+def test_a_shape_that_cannot_be_captured_runs_eagerly_with_one_warning():
+    def syncs(x):                                    # .item() synchronises: not capturable
+        return (x * float(x.sum().item()),)
+
+    graphed = GraphedCall(syncs, torch.device("cuda"))
+    x = torch.arange(4.0, device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [graphed(x)[0] for _ in range(4)]
+    assert [str(w.message) for w in caught if "CUDA graph" in str(w.message)].__len__() == 1
+    for y in outs:
+        torch.testing.assert_close(y, x * 6.0)
+    assert graphed.captured == [] and graphed.eager == [((4,), torch.float32)]
+
+
+@needs_cuda
+def test_no_more_than_max_graphs_shapes_are_captured():
+    graphed = GraphedCall(lambda x: (x + 1,), torch.device("cuda"), max_graphs=1)
+    a, b = torch.zeros(2, device="cuda"), torch.zeros(3, device="cuda")
+    for _ in range(3):
+        torch.testing.assert_close(graphed(a)[0], a + 1)
+        torch.testing.assert_close(graphed(b)[0], b + 1)
+    assert graphed.captured == [((2,), torch.float32)]
+    # a replay's outputs are clones: the next replay does not change them
+    first = graphed(a + 5)[0]
+    graphed(a)
+    torch.testing.assert_close(first, a + 6)
