@@ -34,7 +34,15 @@ CASES = {
     "Config.preset(None)": (lambda m, t: Config.preset(None), "unknown preset None"),
     "unfitted info": (lambda m, t: Detector().info(), "not fitted"),
     "unfitted multi predict": (lambda m, t: MultiDetector().predict([t]), "not fitted"),
+    "unfitted export": (lambda m, t: _export(Detector(), t), "this detector is not fitted"),
+    "unfitted multi categories": (lambda m, t: MultiDetector().categories, "not fitted"),
 }
+
+
+def _export(det, folder):
+    from patchbank.export.exporter import export_model
+
+    return export_model(det, folder / "ex", ["onnx"])
 
 
 def _text(folder):

@@ -113,7 +113,7 @@ class Detector:
         """Images -> per-layer patch rows (checked against the fitted weights' sha256)."""
         if self._extractor is None:
             extractor = self._new_extractor(self.config)
-            if hasattr(self, "backbone_sha256_"):      # fitted or loaded: the backbone must fit
+            if self.is_fitted:      # fitted or loaded: the backbone must fit
                 self._check_backbone(extractor)
             self._extractor = extractor
         return self._extractor
@@ -156,7 +156,7 @@ class Detector:
 
     def embed(self, layers: list[torch.Tensor]) -> torch.Tensor:
         """Per-layer patch rows -> bank-space rows with the fitted fusion and projection."""
-        self._check_fitted()
+        self.check_fitted()
         return self.scorer_.embed(layers)
 
     # ------------------------------------------------------------------ fit
@@ -212,13 +212,19 @@ class Detector:
     @property
     def model_(self) -> InferenceModel:
         """The inference path of the fitted detector (one ``nn.Module``)."""
-        self._check_fitted()
+        self.check_fitted()
         if self._model is None or self._model.cuda_graphs != self.cuda_graphs:
             self._model = InferenceModel(self.extractor, self.scorer_, self.calibration_, self.cuda_graphs)
         return self._model
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "scorer_"):
+    @property
+    def is_fitted(self) -> bool:
+        """True once :meth:`fit` or :meth:`load` has given the detector its bank and calibration."""
+        return hasattr(self, "scorer_")
+
+    def check_fitted(self) -> None:
+        """Refuse (one line) to use a detector that is not fitted."""
+        if not self.is_fitted:
             raise PatchbankError("this detector is not fitted: call fit() or Detector.load() first")
 
     @torch.inference_mode()
@@ -262,7 +268,7 @@ class Detector:
         """The threshold calibrated at fit (the split-conformal (1 - target_fpr) rank of the
         training images' normalised scores, :func:`patchbank.pipeline.calibration.conformal_threshold`),
         whatever :meth:`set_threshold` moved ``threshold_`` to."""
-        self._check_fitted()
+        self.check_fitted()
         return self.calibration_.stats_.threshold_
 
     def set_threshold(self, threshold: float | None) -> "Detector":
@@ -270,7 +276,7 @@ class Detector:
         normalised score is <= ``threshold``; None goes back to the calibrated threshold.
         :meth:`save` records a moved threshold (``threshold_override``) and :meth:`load`
         applies it."""
-        self._check_fitted()
+        self.check_fitted()
         self.calibration_.set_threshold(threshold)
         self.threshold_ = self.calibration_.threshold_
         return self
@@ -279,20 +285,20 @@ class Detector:
         """The map value above which a pixel is in the anomalous region at ``threshold``
         (default the current one); :meth:`ScoreCalibration.map_level
         <patchbank.pipeline.calibration.ScoreCalibration.map_level>`."""
-        self._check_fitted()
+        self.check_fitted()
         return self.calibration_.map_level(threshold)
 
     def heatmap_range(self) -> tuple[float, float]:
         """One colour range for every heatmap of this model (fixed by the calibration, whatever
         the threshold): :meth:`ScoreCalibration.heatmap_range
         <patchbank.pipeline.calibration.ScoreCalibration.heatmap_range>`."""
-        self._check_fitted()
+        self.check_fitted()
         return self.calibration_.heatmap_range()
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors of a saved model: bank, calibration inputs, fusion/projection state."""
-        self._check_fitted()
+        self.check_fitted()
         dtype = torch.float16 if self.config.bank_dtype == "float16" else torch.float32
         cal = self.calibration_
         tensors = {"bank": self.bank_.to(dtype),
@@ -309,7 +315,7 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: configuration, bank size, calibration (the model file's header)."""
-        self._check_fitted()
+        self.check_fitted()
         elem = 2 if self.config.bank_dtype == "float16" else 4
         entries, dim = self.scorer_.bank_search.shape
         cal = self.calibration_

@@ -73,11 +73,17 @@ class MultiDetector:
     @property
     def categories(self) -> list[str]:
         """The category names, in the model's order."""
-        self._check_fitted()
+        self.check_fitted()
         return list(self.router_.names_)
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "detectors_"):
+    @property
+    def is_fitted(self) -> bool:
+        """True once :meth:`fit` or :meth:`load` has given the model its categories."""
+        return hasattr(self, "detectors_")
+
+    def check_fitted(self) -> None:
+        """Refuse (one line) to use a model that is not fitted."""
+        if not self.is_fitted:
             raise PatchbankError("this multi-category model is not fitted: call fit() or load()")
 
     def _new_detector(self) -> Detector:
@@ -101,7 +107,7 @@ class MultiDetector:
     def add(self, name: str, images: Any) -> "MultiDetector":
         """Fit one more category; the others are left exactly as they are."""
         check_category_name(name)
-        if not hasattr(self, "detectors_"):
+        if not self.is_fitted:
             return self.fit({name: images})
         if name in self.detectors_:
             raise PatchbankError(f"category {name!r} is already in this model")
@@ -128,7 +134,7 @@ class MultiDetector:
         """Route each image to a category (or use ``category``) and score it against that
         category's bank only.  Each :class:`Prediction` carries the ``category`` used; results
         are in the order of ``images``; the time per step is left in ``last_timings_``."""
-        self._check_fitted()
+        self.check_fitted()
         check_batch_size(batch_size)
         category = self._resolve(category)
         items = as_items(images)
@@ -141,7 +147,7 @@ class MultiDetector:
                       batch_size: int | None = None) -> list[Prediction]:
         """:meth:`predict` for images already read, resized and cropped by
         :func:`patchbank.io.images.prepare_input` (see :meth:`Detector.predict_views`)."""
-        self._check_fitted()
+        self.check_fitted()
         check_batch_size(batch_size)
         category = self._resolve(category)
         views = check_views(views, self.config.network_size)
@@ -180,7 +186,7 @@ class MultiDetector:
 
     def route(self, images: Any, batch_size: int | None = None) -> list[str]:
         """Only the routing decision (Eq. 4) for each image."""
-        self._check_fitted()
+        self.check_fitted()
         first = self.detectors_[self.router_.names_[0]]
         out: list[str] = []
         with torch.inference_mode():
@@ -191,7 +197,7 @@ class MultiDetector:
     # ------------------------------------------------------------------ persistence
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: shared config, category order, each category's Detector.info."""
-        self._check_fitted()
+        self.check_fitted()
         cats = {}
         for name in self.router_.names_:
             det = self.detectors_[name]
@@ -207,7 +213,7 @@ class MultiDetector:
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
         """Write one model file; categories read from a file are written back unchanged."""
-        self._check_fitted()
+        self.check_fitted()
         tensors: dict[str, torch.Tensor] = {}
         for name in self.router_.names_:
             state = self._raw_tensors.get(name)

@@ -119,7 +119,7 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
     from patchbank.multi import MultiDetector   # det exists, so torch is loaded already
 
     multi = isinstance(det, MultiDetector)
-    outputs.check_space(getattr(det.config, "input_size", None))
+    outputs.check_space(det.config.input_size)
     if multi:
         preds = det.predict([str(p) for p in paths], category=category, batch_size=batch_size)
     else:

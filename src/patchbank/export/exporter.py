@@ -55,8 +55,7 @@ def single_detector(model, category: str | None) -> Detector:
         raise PatchbankError("--category needs a multi-category model; this model has one category")
     if not isinstance(model, Detector):
         raise PatchbankError(f"cannot export a {type(model).__name__}; give a fitted Detector")
-    if not hasattr(model, "scorer_"):
-        raise PatchbankError("this detector is not fitted: call fit() or Detector.load() first")
+    model.check_fitted()
     return model
 
 

@@ -247,7 +247,7 @@ def _time_fits(probe, config: Config, train: list[Path], device: str, progress: 
         det.fit(train)
         _sync(det)
         last.append(det)
-        return dict(getattr(det, "fit_timings_", {}))
+        return dict(det.fit_timings_)
 
     fits, fit_splits, floors, peak = _interleaved(
         fit, lambda: floor_seconds(probe, train, config.batch_size), repeats, probe.device,
