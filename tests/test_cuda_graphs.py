@@ -133,3 +133,24 @@ def test_no_more_than_max_graphs_shapes_are_captured():
     first = graphed(a + 5)[0]
     graphed(a)
     torch.testing.assert_close(first, a + 6)
+
+
+def test_only_searches_that_stay_on_the_device_are_graphed():
+    from patchbank.search.exact import ExactSearch
+    from patchbank.search.faiss import FaissSearch
+    from patchbank.search.leave_out import LeaveGroupOut
+
+    assert ExactSearch.device_only and not FaissSearch.device_only and not LeaveGroupOut.device_only
+
+
+@needs_cuda
+def test_a_faiss_index_on_a_gpu_model_runs_without_graphs(synthetic_root):
+    pytest.importorskip("faiss")
+    det = Detector.from_preset("patchbank", device="cuda", progress=False, search="faiss-flat",
+                               **CONTEXT).fit(synthetic_root / "train" / "good")
+    items, _ = split_items(synthetic_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)        # no failed capture is tried
+        for _ in range(3):
+            det.predict(items[:2], batch_size=1)
+    assert det.model_.graphs is None

@@ -97,7 +97,9 @@ class InferenceModel(nn.Module):
     ``cuda_graphs``: on a CUDA device, the device part (:meth:`device_outputs`: extract, embed,
     score, map) is replayed as one CUDA graph per batch shape from a shape's second batch on
     (:class:`~patchbank.runtime.cuda_graphs.GraphedCall`); the answers are the eager path's to
-    float rounding.  Ignored on the CPU."""
+    float rounding.  Ignored on the CPU, and where a search of the scorer is not
+    ``device_only`` (a FAISS index searches on the host).  ``graphs`` is the
+    :class:`~patchbank.runtime.cuda_graphs.GraphedCall` in use, or None."""
 
     def __init__(self, extractor: FeatureExtractor, scorer: PatchScorer, calibration: ScoreCalibration,
                  cuda_graphs: bool = False):
@@ -106,8 +108,9 @@ class InferenceModel(nn.Module):
         self.scorer = scorer
         self.calibration = calibration
         self.cuda_graphs = bool(cuda_graphs)
-        self.graphs = (GraphedCall(self.device_outputs, extractor.device)
-                       if self.cuda_graphs and extractor.device.type == "cuda" else None)
+        searches = [scorer.search] + ([scorer.context] if scorer.context is not None else [])
+        graphable = extractor.device.type == "cuda" and all(s.device_only for s in searches)
+        self.graphs = GraphedCall(self.device_outputs, extractor.device) if self.cuda_graphs and graphable else None
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer patch rows of ``x``."""

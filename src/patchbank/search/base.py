@@ -30,9 +30,14 @@ class Search(ABC):
     index to rebuild and no rows copied.  A leave-one-group-out search
     (:class:`~patchbank.search.LeaveGroupOut`) then searches each query group in the subset
     without its own rows, instead of asking for extra neighbours and dropping the group's.
+
+    ``device_only`` (declared per class): ``search`` runs as work on the queries' device alone,
+    with no copy to the host and no shape that depends on the data, so a CUDA graph can record
+    it (:mod:`patchbank.runtime.cuda_graphs`).
     """
 
     cheap_subsets: bool = False
+    device_only: bool = False
 
     def groups_apart(self, block: int) -> bool:
         """Whether a leave-one-group-out search should search each group's block of ``block``

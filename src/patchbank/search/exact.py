@@ -46,6 +46,7 @@ class ExactSearch(Search):
     kernel for every call.  Both give the same answers (module docstring)."""
 
     cheap_subsets = True     # a subset is the bank's squared norms with +inf for the rows left out
+    device_only = True       # on a GPU: torch ops on the device (FAISS's kernel runs on the CPU only)
     cuda_block_bytes = 1 << 28   # on a GPU, query chunks grow to fill a distance block of this size
 
     def __init__(self, bank: torch.Tensor, query_chunk: int = 512, bank_chunk: int = 131072,
