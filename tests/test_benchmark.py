@@ -40,6 +40,7 @@ def _check_result(r, ratios, batch_sizes):
             assert p["images_per_s"] == pytest.approx(1000 / total)
             assert p["predict_ratio"] == pytest.approx(total / p["floor_ms_per_image"])
             assert p["floor_ms_per_image"] == pytest.approx(min(p["floor_s"]) / p["images"] * 1000)
+            assert p["cuda_graph_batches"] == []          # the CPU never replays graphs
             assert len(p["floor_s"]) == reps + 1 and p["total_s"] == min(p["total_s_all"])
             assert len(p["total_s_all"]) == reps
             assert 0 <= p["image_auroc"] <= 1

@@ -154,3 +154,24 @@ def test_a_faiss_index_on_a_gpu_model_runs_without_graphs(synthetic_root):
         for _ in range(3):
             det.predict(items[:2], batch_size=1)
     assert det.model_.graphs is None
+
+
+def test_the_benchmark_lists_the_batch_sizes_replayed_as_graphs():
+    from types import SimpleNamespace
+
+    from patchbank.studies.speed import graph_batches, summary_lines
+
+    shapes = [((16, 3, 8, 8), torch.float32), ((1, 3, 8, 8), torch.float32), ((16, 3, 4, 4), torch.float32)]
+    det = SimpleNamespace(model_=SimpleNamespace(graphs=SimpleNamespace(captured=shapes)))
+    assert graph_batches(det) == [1, 16]
+    assert graph_batches(SimpleNamespace(model_=SimpleNamespace(graphs=None))) == []
+    row = {"batch_size": 1, "ms_per_image": 1.0, "images_per_s": 1000.0, "floor_ms_per_image": 1.0,
+           "predict_ratio": 1.0, "split_ms_per_image": {"read": 0.5, "extract": 0.5}}
+    result = {"preset": "p", "data": "d", "n_train": 1, "n_test": 1, "device": "cuda",
+              "machine": {"threads": 1, "cpu": "c"},
+              "runs": [{"coreset_ratio": 0.01, "fit": {"fit_s": 1.0, "floor_s": [1.0], "fit_ratio": 1.0,
+                                                    "peak_rss_mb": 1.0},
+                        "bank": {"entries": 1, "dim": 1, "mb": 0.0, "search": "exact"},
+                        "predict": [dict(row, cuda_graph_batches=[1]), dict(row, cuda_graph_batches=[])]}]}
+    lines = summary_lines(result)
+    assert "CUDA graph" in lines[2] and "CUDA graph" not in lines[3]

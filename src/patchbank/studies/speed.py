@@ -188,9 +188,17 @@ def time_predict(det, items: Sequence[Any], batch_size: int, repeats: int = 1) -
            "ms_per_image": total / n * 1000, "images_per_s": n / total,
            "split_ms_per_image": splits[best], "split_sum_ms_per_image": sum(splits[best].values()),
            "floor_s": floors, "floor_ms_per_image": floor / n * 1000,
-           "predict_ratio": total / floor}
+           "predict_ratio": total / floor,
+           # batch sizes replayed as CUDA graphs (a GPU): the split cannot see inside a replay
+           "cuda_graph_batches": graph_batches(det)}
     row.update(peak)
     return row, preds
+
+
+def graph_batches(det) -> list[int]:
+    """The batch sizes ``det``'s predictions replay as CUDA graphs (none on the CPU)."""
+    graphs = det.model_.graphs
+    return sorted({shape[0] for shape, _ in graphs.captured}) if graphs is not None else []
 
 
 def _interleaved(run, floor, repeats: int, device,
@@ -336,7 +344,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             split = " ".join(f"{k} {v:.2f}" for k, v in p["split_ms_per_image"].items())
             lines.append(f"  batch {p['batch_size']:>3}: {p['ms_per_image']:.2f} ms/img "
                          f"({p['images_per_s']:.1f} img/s), floor {p['floor_ms_per_image']:.2f} "
-                         f"ms/img, ratio {p['predict_ratio']:.3f}; split ms/img: {split}")
+                         f"ms/img, ratio {p['predict_ratio']:.3f}; split ms/img: {split}"
+                         + (" (CUDA graph replays: the split cannot see their steps)"
+                            if p.get("cuda_graph_batches") else ""))
     return lines
 
 
