@@ -34,6 +34,94 @@ def test_cpu_calls_run_the_function_and_capture_nothing():
     assert len(calls) == 3 and graphed.captured == [] and graphed.eager == []
 
 
+class Recorder:
+    """A stand-in for :class:`CudaGraphs` that runs on the CPU: a "capture" runs ``fn`` once into
+    static outputs, a "replay" runs it again on the static input and writes the same outputs in
+    place (as a graph replay does).  Counts captures and replays; ``fail`` makes a capture raise."""
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.captures, self.replays = fail, 0, 0
+
+    def applies(self, device):
+        return True
+
+    def capture(self, fn, inputs):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
+        self.captures += 1
+        outputs = tuple(fn(inputs))
+
+        def replay():
+            self.replays += 1
+            for out, new in zip(outputs, fn(inputs)):
+                out.copy_(new)
+        return replay, outputs
+
+
+def test_the_policy_runs_eagerly_then_captures_then_replays():
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape[0])
+        return (x * 2, x.sum(1))
+
+    rec = Recorder()
+    graphed = GraphedCall(fn, torch.device("cpu"), max_graphs=2, backend=rec)
+    a = torch.arange(6.0).view(2, 3)
+    outs = [graphed(a + i) for i in range(4)]          # eager, capture + replay, replay, replay
+    for i, (y, s) in enumerate(outs):
+        torch.testing.assert_close(y, (a + i) * 2)
+        torch.testing.assert_close(s, (a + i).sum(1))
+    assert rec.captures == 1 and rec.replays == 3
+    assert graphed.captured == [((2, 3), torch.float32)]
+    # a replay's outputs are clones: later replays do not change them
+    torch.testing.assert_close(outs[1][0], (a + 1) * 2)
+    # two more shapes: one is captured (max_graphs 2), the third stays eager however often it comes
+    b, c = torch.ones(1, 3), torch.ones(3, 3)
+    for _ in range(3):
+        torch.testing.assert_close(graphed(b)[0], b * 2)
+        torch.testing.assert_close(graphed(c)[0], c * 2)
+    assert len(graphed.captured) == 2 and rec.captures == 2 and graphed.eager == []
+
+
+def test_a_failed_capture_warns_once_and_that_shape_runs_eagerly():
+    graphed = GraphedCall(lambda x: (x + 1,), torch.device("cpu"), backend=Recorder(fail=True))
+    x = torch.zeros(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [graphed(x + i)[0] for i in range(4)]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "could not capture" in messages[0] and "\n" not in messages[0]
+    assert "second line" not in messages[0] and "[2]" in messages[0]
+    for i, y in enumerate(outs):
+        torch.testing.assert_close(y, x + i + 1)
+    assert graphed.captured == [] and graphed.eager == [((2,), torch.float32)]
+
+
+def test_threads_sharing_a_graphed_call_get_their_own_answers():
+    graphed = GraphedCall(lambda x: (x * 3,), torch.device("cpu"), backend=Recorder())
+    graphed(torch.zeros(4))
+    graphed(torch.zeros(4))                                   # captured
+    errors, got = [], {}
+
+    def work(k):
+        try:
+            for i in range(50):
+                v = float(k * 100 + i)
+                got[(k, i)] = (v, graphed(torch.full((4,), v))[0])
+        except Exception as exc:   # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(got) == 200
+    for v, y in got.values():
+        torch.testing.assert_close(y, torch.full((4,), 3 * v))
+
+
 def test_a_cpu_detector_has_no_graphs_and_the_switch_rebuilds_the_model(synthetic_root):
     det = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(synthetic_root / "train" / "good")
     assert det.cuda_graphs and det.model_.cuda_graphs and det.model_.graphs is None   # CPU: never

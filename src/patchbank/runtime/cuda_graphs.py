@@ -27,6 +27,10 @@ only (``capture_error_mode="thread_local"``): a service's other threads go on co
 meanwhile.  A capture that fails (an operation that cannot be captured) is reported once as a
 warning and its shape stays eager: the answers are the eager path's either way.  CPU tensors
 always run eagerly.
+
+The policy above is :class:`GraphedCall`'s; the recording itself is :class:`CudaGraphs`'s, so the
+policy is tested on the CPU with a stand-in that records by running the function again
+(``tests/test_cuda_graphs.py``), and the CUDA recording where a GPU is lent.
 """
 from __future__ import annotations
 
@@ -40,9 +44,41 @@ import torch
 WARMUP = 2   # eager runs on the side stream before a capture
 
 
+class CudaGraphs:
+    """The capture itself, on a CUDA device: ``WARMUP`` eager runs on a side stream, then one
+    capture into a memory pool shared by every capture of this object.  A test can hand
+    :class:`GraphedCall` another object with the same two methods (the policy is the same)."""
+
+    def __init__(self) -> None:
+        self.pool = None
+
+    def applies(self, device: torch.device) -> bool:
+        """Whether inputs on ``device`` can be captured (CUDA devices)."""
+        return device.type == "cuda"
+
+    def capture(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], inputs: torch.Tensor
+                ) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+        """(replay, static outputs) of ``fn`` recorded on the static ``inputs``; ``replay()``
+        reruns the recording on whatever ``inputs`` holds then.  Raises RuntimeError when
+        ``fn`` cannot be captured."""
+        device = inputs.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                fn(inputs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            outputs = tuple(fn(inputs))
+        return graph.replay, outputs
+
+
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph
+    replay: Callable[[], None]
     inputs: torch.Tensor
     outputs: tuple[torch.Tensor, ...]
 
@@ -52,18 +88,18 @@ class GraphedCall:
 
     ``fn(x)`` returns a tuple of tensors computed from ``x`` on ``device`` with device work
     only.  ``captured`` lists the shapes that replay a graph, ``eager`` those that failed to
-    capture."""
+    capture.  ``backend`` records and replays (default :class:`CudaGraphs`)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], device: torch.device,
-                 max_graphs: int = 8):
+                 max_graphs: int = 8, backend=None):
         self.fn = fn
         self.device = torch.device(device)
         self.max_graphs = int(max_graphs)
+        self.backend = backend if backend is not None else CudaGraphs()
         self.graphs: dict[tuple, _Graph] = {}
         self.seen: dict[tuple, int] = {}
         self.failed: set[tuple] = set()
         self.lock = threading.Lock()
-        self.pool = None
 
     @property
     def captured(self) -> list[tuple]:
@@ -71,10 +107,10 @@ class GraphedCall:
 
     @property
     def eager(self) -> list[tuple]:
-        return sorted(self.failed)
+        return sorted(self.failed, key=str)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.device.type != "cuda":
+        if not self.backend.applies(self.device):
             return self.fn(x)
         key = (tuple(x.shape), x.dtype)
         with self.lock:
@@ -84,7 +120,7 @@ class GraphedCall:
             if entry is None:
                 return self.fn(x)
             entry.inputs.copy_(x, non_blocking=True)
-            entry.graph.replay()
+            entry.replay()
             return tuple(t.clone() for t in entry.outputs)
 
     def _maybe_capture(self, key: tuple, x: torch.Tensor) -> _Graph | None:
@@ -95,17 +131,7 @@ class GraphedCall:
             return None
         inputs = x.to(self.device, copy=True)
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP):
-                    self.fn(inputs)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                outputs = tuple(self.fn(inputs))
+            replay, outputs = self.backend.capture(self.fn, inputs)
         except RuntimeError as exc:
             self.failed.add(key)
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -113,6 +139,6 @@ class GraphedCall:
                           f"{list(key[0])} ({first_line}); that shape runs without one",
                           RuntimeWarning, stacklevel=4)
             return None
-        entry = _Graph(graph, inputs, outputs)
+        entry = _Graph(replay, inputs, outputs)
         self.graphs[key] = entry
         return entry
