@@ -51,7 +51,6 @@ from patchbank.runtime.clock import StepClock
 from patchbank.runtime.devices import resolve_device
 from patchbank.runtime.environment import library_versions
 from patchbank.sampling import make_sampler
-from patchbank.search import make_search
 
 __all__ = ["Detector", "Prediction"]
 

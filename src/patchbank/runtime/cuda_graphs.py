@@ -37,17 +37,29 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 WARMUP = 2   # eager runs on the side stream before a capture
 
 
+class Recorder(Protocol):
+    """What :class:`GraphedCall` records and replays with (:class:`CudaGraphs`, or a test's
+    stand-in)."""
+
+    def applies(self, device: torch.device) -> bool:
+        """Whether inputs on ``device`` can be recorded."""
+
+    def capture(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], inputs: torch.Tensor
+                ) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+        """(replay, static outputs) of ``fn`` on the static ``inputs``; RuntimeError if it
+        cannot be recorded."""
+
+
 class CudaGraphs:
-    """The capture itself, on a CUDA device: ``WARMUP`` eager runs on a side stream, then one
-    capture into a memory pool shared by every capture of this object.  A test can hand
-    :class:`GraphedCall` another object with the same two methods (the policy is the same)."""
+    """The :class:`Recorder` of a CUDA device: ``WARMUP`` eager runs on a side stream, then one
+    capture into a memory pool shared by every capture of this object."""
 
     def __init__(self) -> None:
         self.pool = None
@@ -88,10 +100,10 @@ class GraphedCall:
 
     ``fn(x)`` returns a tuple of tensors computed from ``x`` on ``device`` with device work
     only.  ``captured`` lists the shapes that replay a graph, ``eager`` those that failed to
-    capture.  ``backend`` records and replays (default :class:`CudaGraphs`)."""
+    capture.  ``backend`` records and replays (a :class:`Recorder`; default :class:`CudaGraphs`)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], device: torch.device,
-                 max_graphs: int = 8, backend=None):
+                 max_graphs: int = 8, backend: Recorder | None = None):
         self.fn = fn
         self.device = torch.device(device)
         self.max_graphs = int(max_graphs)
