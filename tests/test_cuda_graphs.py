@@ -34,7 +34,7 @@ def test_cpu_calls_run_the_function_and_capture_nothing():
     assert len(calls) == 3 and graphed.captured == [] and graphed.eager == []
 
 
-class Recorder:
+class RerunRecorder:
     """A stand-in for :class:`CudaGraphs` that runs on the CPU: a "capture" runs ``fn`` once into
     static outputs, a "replay" runs it again on the static input and writes the same outputs in
     place (as a graph replay does).  Counts captures and replays; ``fail`` makes a capture raise."""
@@ -65,7 +65,7 @@ def test_the_policy_runs_eagerly_then_captures_then_replays():
         calls.append(x.shape[0])
         return (x * 2, x.sum(1))
 
-    rec = Recorder()
+    rec = RerunRecorder()
     graphed = GraphedCall(fn, torch.device("cpu"), max_graphs=2, backend=rec)
     a = torch.arange(6.0).view(2, 3)
     outs = [graphed(a + i) for i in range(4)]          # eager, capture + replay, replay, replay
@@ -85,7 +85,7 @@ def test_the_policy_runs_eagerly_then_captures_then_replays():
 
 
 def test_a_failed_capture_warns_once_and_that_shape_runs_eagerly():
-    graphed = GraphedCall(lambda x: (x + 1,), torch.device("cpu"), backend=Recorder(fail=True))
+    graphed = GraphedCall(lambda x: (x + 1,), torch.device("cpu"), backend=RerunRecorder(fail=True))
     x = torch.zeros(2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -99,7 +99,7 @@ def test_a_failed_capture_warns_once_and_that_shape_runs_eagerly():
 
 
 def test_threads_sharing_a_graphed_call_get_their_own_answers():
-    graphed = GraphedCall(lambda x: (x * 3,), torch.device("cpu"), backend=Recorder())
+    graphed = GraphedCall(lambda x: (x * 3,), torch.device("cpu"), backend=RerunRecorder())
     graphed(torch.zeros(4))
     graphed(torch.zeros(4))                                   # captured
     errors, got = [], {}
