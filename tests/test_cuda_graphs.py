@@ -263,3 +263,32 @@ def test_the_benchmark_lists_the_batch_sizes_replayed_as_graphs():
                         "predict": [dict(row, cuda_graph_batches=[1]), dict(row, cuda_graph_batches=[])]}]}
     lines = summary_lines(result)
     assert "CUDA graph" in lines[2] and "CUDA graph" not in lines[3]
+
+
+@pytest.mark.parametrize("env, want", [(None, True), ("", True), ("1", True), (" On ", True),
+                                       ("0", False), ("false", False), ("no", False)])
+def test_the_environment_sets_the_default(monkeypatch, env, want):
+    if env is None:
+        monkeypatch.delenv("PATCHBANK_CUDA_GRAPHS", raising=False)
+    else:
+        monkeypatch.setenv("PATCHBANK_CUDA_GRAPHS", env)
+    assert Detector().cuda_graphs is want
+    assert Detector(cuda_graphs=not want).cuda_graphs is (not want)     # the argument wins
+
+
+def test_a_bad_environment_value_is_one_line_from_the_api_and_the_cli(monkeypatch, tmp_path, synthetic_root):
+    from conftest import assert_one_line_error
+    from patchbank.errors import PatchbankError
+
+    monkeypatch.setenv("PATCHBANK_CUDA_GRAPHS", "maybe")
+    with pytest.raises(PatchbankError, match="PATCHBANK_CUDA_GRAPHS must be 0 or 1, got 'maybe'") as info:
+        Detector()
+    assert "\n" not in str(info.value)
+    from click.testing import CliRunner
+
+    from patchbank.cli import cli
+
+    result = CliRunner().invoke(cli, ["fit", str(synthetic_root / "train" / "good"), "-o",
+                                      str(tmp_path / "m.patchbank"), "--quiet"])
+    assert_one_line_error(result.exit_code, result.stderr, "PATCHBANK_CUDA_GRAPHS must be 0 or 1")
+    assert not (tmp_path / "m.patchbank").exists()

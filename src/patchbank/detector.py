@@ -48,6 +48,7 @@ from patchbank.pipeline.inference import (PREDICT_STEPS, InferenceModel, Predict
                                           predict_batches, set_windows)
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
+from patchbank.runtime.cuda_graphs import graphs_wanted
 from patchbank.runtime.devices import resolve_device
 from patchbank.runtime.environment import library_versions
 from patchbank.sampling import make_sampler
@@ -69,11 +70,13 @@ class Detector:
             ``config`` asks for); by default it is created on first use.
         cuda_graphs: on a CUDA device, replay each batch shape's prediction as a CUDA graph
             from its second batch on (:class:`~patchbank.pipeline.inference.InferenceModel`);
-            the answers are the same to float rounding.  Ignored on the CPU.
+            the answers are the same to float rounding.  Ignored on the CPU.  None (the
+            default): ``PATCHBANK_CUDA_GRAPHS`` decides, on when unset
+            (:func:`~patchbank.runtime.cuda_graphs.graphs_wanted`).
     """
 
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
-                 progress: bool = True, backbone: Backbone | None = None, cuda_graphs: bool = True):
+                 progress: bool = True, backbone: Backbone | None = None, cuda_graphs: bool | None = None):
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
@@ -81,7 +84,7 @@ class Detector:
         self.requested_config = self.config   # what fit resolves (aspect "auto") each time
         self.device = resolve_device(device)
         self.progress = progress
-        self.cuda_graphs = bool(cuda_graphs)
+        self.cuda_graphs = graphs_wanted(cuda_graphs)
         self._backbone = backbone
         self._extractor: FeatureExtractor | None = None
         self._source = "this model"     # a loaded model's file, named in error messages
@@ -89,7 +92,7 @@ class Detector:
 
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
-                    cuda_graphs: bool = True, **overrides: Any) -> "Detector":
+                    cuda_graphs: bool | None = None, **overrides: Any) -> "Detector":
         """A detector configured by preset ``name`` with any Config field overridden."""
         try:
             config = Config.preset(name, **overrides)
@@ -340,7 +343,7 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
-             weights: str | None = None, cuda_graphs: bool = True) -> "Detector":
+             weights: str | None = None, cuda_graphs: bool | None = None) -> "Detector":
         """Load a model file; ``weights`` points at the backbone weights file if it moved (or the
         model was fit with its own): a missing file or one with another sha256 than the model
         recorded is refused here, not at the first prediction."""
@@ -357,7 +360,7 @@ class Detector:
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
                    device: str | torch.device = "cpu", progress: bool = True,
                    weights: str | None = None, backbone: Backbone | None = None,
-                   cuda_graphs: bool = True) -> "Detector":
+                   cuda_graphs: bool | None = None) -> "Detector":
         """Rebuild a fitted detector from :meth:`state_tensors` and :meth:`info` metadata
         (``where`` names the source in error messages)."""
         check_model_state(tensors, meta, where, weights_given=weights is not None)

@@ -28,12 +28,17 @@ meanwhile.  A capture that fails (an operation that cannot be captured) is repor
 warning and its shape stays eager: the answers are the eager path's either way.  CPU tensors
 always run eagerly.
 
+Whether a detector uses them: its ``cuda_graphs`` argument, or where that is None the environment
+variable ``PATCHBANK_CUDA_GRAPHS`` (``0`` / ``1``; unset: on), which reaches the command line, the
+service and the Ray workers that inherit the environment (:func:`graphs_wanted`).
+
 The policy above is :class:`GraphedCall`'s; the recording itself is :class:`CudaGraphs`'s, so the
 policy is tested on the CPU with a stand-in that records by running the function again
 (``tests/test_cuda_graphs.py``), and the CUDA recording where a GPU is lent.
 """
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -41,7 +46,25 @@ from typing import Callable, Protocol
 
 import torch
 
+from patchbank.errors import PatchbankError
+
 WARMUP = 2   # eager runs on the side stream before a capture
+ENV = "PATCHBANK_CUDA_GRAPHS"
+_ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def graphs_wanted(value: bool | None = None) -> bool:
+    """``value`` if given, else ``PATCHBANK_CUDA_GRAPHS`` (1 / true / on / yes or 0 / false /
+    off / no; unset or empty: True).  Any other text is refused in one line."""
+    if value is not None:
+        return bool(value)
+    raw = os.environ.get(ENV, "")
+    text = raw.strip().lower()
+    if not text or text in _ON:
+        return True
+    if text in _OFF:
+        return False
+    raise PatchbankError(f"{ENV} must be 0 or 1, got {raw!r}")
 
 
 class Recorder(Protocol):
