@@ -64,7 +64,7 @@ def main() -> None:
     (category,) = read_mvtec(args.data.parent, [args.data.name])
     eager = Detector.from_preset(args.preset, device="cuda", progress=False, cuda_graphs=False).fit(category.train)
     graphed = Detector.from_state(eager.state_tensors(), eager.info(), "the eager model", device="cuda",
-                                  progress=False, backbone=eager.backbone)
+                                  progress=False, backbone=eager.backbone, cuda_graphs=True)
     items = list(category.test)
     runs = []
     for b in (int(v) for v in args.batch_sizes.split(",")):

@@ -122,7 +122,8 @@ def test_threads_sharing_a_graphed_call_get_their_own_answers():
         torch.testing.assert_close(y, torch.full((4,), 3 * v))
 
 
-def test_a_cpu_detector_has_no_graphs_and_the_switch_rebuilds_the_model(synthetic_root):
+def test_a_cpu_detector_has_no_graphs_and_the_switch_rebuilds_the_model(synthetic_root, monkeypatch):
+    monkeypatch.delenv("PATCHBANK_CUDA_GRAPHS", raising=False)
     det = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(synthetic_root / "train" / "good")
     assert det.cuda_graphs and det.model_.cuda_graphs and det.model_.graphs is None   # CPU: never
     det.cuda_graphs = False
@@ -142,7 +143,7 @@ def gpu_pair(synthetic_root):
                                  **CONTEXT).fit(train)
     tensors, meta = eager.state_tensors(), eager.info()
     graphed = Detector.from_state(tensors, meta, "the eager model", device="cuda", progress=False,
-                                  backbone=eager.backbone)
+                                  backbone=eager.backbone, cuda_graphs=True)
     assert graphed.cuda_graphs and not eager.cuda_graphs
     return eager, graphed
 
