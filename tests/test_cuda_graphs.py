@@ -122,6 +122,26 @@ def test_threads_sharing_a_graphed_call_get_their_own_answers():
         torch.testing.assert_close(y, torch.full((4,), 3 * v))
 
 
+def test_the_graphed_forward_gives_the_eager_answers(synthetic_root):
+    # the graphs branch of InferenceModel.forward, on the CPU with the stand-in recorder: the
+    # same maps, descriptors and decisions as the eager path, batch 1 and a partial batch
+    from patchbank.pipeline.inference import InferenceModel, stays_on_device
+
+    det = Detector.from_preset("patchbank", progress=False, cuda_graphs=False,
+                               **CONTEXT).fit(synthetic_root / "train" / "good")
+    assert stays_on_device(det.scorer_)
+    eager = det.model_
+    graphed = InferenceModel(det.extractor, det.scorer_, det.calibration_, cuda_graphs=False)
+    rec = RerunRecorder()
+    graphed.graphs = GraphedCall(graphed.device_outputs, torch.device("cpu"), backend=rec)
+    items, _ = split_items(synthetic_root)
+    for batch in ([items[0]], items[:3], items[3:6], items[:3]):
+        x, names = next(iter(det.stream(batch, len(batch))))
+        a, b = eager(x).predictions(names), graphed(x).predictions(names)
+        _assert_alike(b, a)
+    assert rec.captures == 1 and rec.replays == 2          # batch 3: eager, capture, replay
+
+
 def test_a_cpu_detector_has_no_graphs_and_the_switch_rebuilds_the_model(synthetic_root, monkeypatch):
     monkeypatch.delenv("PATCHBANK_CUDA_GRAPHS", raising=False)
     det = Detector.from_preset("patchbank", progress=False, **CONTEXT).fit(synthetic_root / "train" / "good")
@@ -225,11 +245,19 @@ def test_no_more_than_max_graphs_shapes_are_captured():
 
 
 def test_only_searches_that_stay_on_the_device_are_graphed():
+    from types import SimpleNamespace
+
+    from patchbank.pipeline.inference import stays_on_device
     from patchbank.search.exact import ExactSearch
     from patchbank.search.faiss import FaissSearch
     from patchbank.search.leave_out import LeaveGroupOut
 
     assert ExactSearch.device_only and not FaissSearch.device_only and not LeaveGroupOut.device_only
+    exact, index = SimpleNamespace(device_only=True), SimpleNamespace(device_only=False)
+    assert stays_on_device(SimpleNamespace(search=exact, context=None))
+    assert stays_on_device(SimpleNamespace(search=exact, context=exact))
+    assert not stays_on_device(SimpleNamespace(search=index, context=None))
+    assert not stays_on_device(SimpleNamespace(search=exact, context=index))
 
 
 @needs_cuda

@@ -178,3 +178,20 @@ def test_predict_views_equals_predict_on_the_same_images(fitted, synthetic_root)
     assert [p.path for p in got] == images
     with pytest.raises(PatchbankError, match="view #0: expected a prepared input"):
         fitted.predict_views([np.zeros((10, 10, 3), np.uint8)])
+
+
+def test_set_windows_refuses_lists_of_other_lengths():
+    # one window per prediction, in order: a missing or extra window is a bug to surface, not to
+    # zip away (a prediction would silently keep no window, or the wrong one)
+    import numpy as np
+
+    from patchbank.io.image_coords import Window
+    from patchbank.pipeline.inference import Prediction, set_windows
+
+    preds = [Prediction(None, 1.0, 0.0, False, np.zeros((2, 2), np.float32)) for _ in range(2)]
+    windows = [Window.__new__(Window) for _ in range(3)]
+    with pytest.raises(ValueError):
+        set_windows(preds, windows)
+    with pytest.raises(ValueError):
+        set_windows(preds + preds, windows)
+    assert set_windows(preds, windows[:2]) is preds and preds[1].window is windows[1]

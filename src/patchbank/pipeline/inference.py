@@ -91,6 +91,12 @@ class ScoredBatch:
                 for i, name in enumerate(names)]
 
 
+def stays_on_device(scorer: PatchScorer) -> bool:
+    """Whether every search of ``scorer`` (the map's and, with context taps, the context one)
+    runs on the device alone (``Search.device_only``), so a CUDA graph can record its scoring."""
+    return all(s.device_only for s in (scorer.search, scorer.context) if s is not None)
+
+
 class InferenceModel(nn.Module):
     """Images [B, 3, H, W] -> :class:`ScoredBatch`; the fitted extractor, scorer and calibration.
 
@@ -102,14 +108,13 @@ class InferenceModel(nn.Module):
     :class:`~patchbank.runtime.cuda_graphs.GraphedCall` in use, or None."""
 
     def __init__(self, extractor: FeatureExtractor, scorer: PatchScorer, calibration: ScoreCalibration,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool):
         super().__init__()
         self.extractor = extractor
         self.scorer = scorer
         self.calibration = calibration
         self.cuda_graphs = bool(cuda_graphs)
-        searches = [scorer.search] + ([scorer.context] if scorer.context is not None else [])
-        graphable = extractor.device.type == "cuda" and all(s.device_only for s in searches)
+        graphable = stays_on_device(scorer) and extractor.device.type == "cuda"
         self.graphs = GraphedCall(self.device_outputs, extractor.device) if self.cuda_graphs and graphable else None
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
