@@ -206,13 +206,15 @@ class ModelRegistry:
         return self
 
     def warm_up(self) -> "ModelRegistry":
-        """Two predictions per model on a synthetic grey image (first-call costs paid now; on a
-        GPU the second captures the batch-1 CUDA graph), then ``ready``."""
+        """One prediction per model on a synthetic grey image (first-call costs paid now; on a
+        GPU a second one, which captures the batch-1 CUDA graph), then ``ready``."""
+        calls = 2 if self.settings.device.startswith("cuda") else 1
         for served in self.models.values():
             h, w = served.model.config.image_size
+            grey = Image.new("RGB", (w, h), (128, 128, 128))
             with served.lock:
-                for _ in range(2):
-                    served.model.predict([Image.new("RGB", (w, h), (128, 128, 128))], batch_size=1)
+                for _ in range(calls):
+                    served.model.predict([grey], batch_size=1)
         # the response outputs' first-use costs (scikit-image's import, the PNG encoder)
         region_polygons(np.eye(3, dtype=bool))
         png_bytes(np.zeros((2, 2), np.uint8))
