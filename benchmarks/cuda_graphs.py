@@ -27,6 +27,8 @@ from patchbank.detector import Detector
 from patchbank.io.datasets import read_mvtec
 from patchbank.studies.speed import floor_seconds, machine
 
+from device_parity import compare_predictions   # benchmarks/, beside this script
+
 
 def timed(fn) -> float:
     torch.cuda.synchronize()
@@ -37,18 +39,11 @@ def timed(fn) -> float:
 
 
 def compare(eager: list, graphed: list) -> dict:
-    """Largest differences between two prediction lists of the same images."""
-    sa = np.array([p.score for p in eager])
-    sb = np.array([p.score for p in graphed])
-    return {
-        "score_max_abs_diff": float(np.abs(sa - sb).max()),
-        "score_max_rel_diff": float((np.abs(sa - sb) / np.maximum(np.abs(sa), 1e-12)).max()),
-        "map_max_abs_diff": max(float(np.abs(p.anomaly_map - q.anomaly_map).max()) for p, q in zip(eager, graphed)),
-        "descriptor_max_abs_diff": max(float(np.abs(p.descriptor - q.descriptor).max())
-                                       for p, q in zip(eager, graphed)),
-        "decisions_differ": int(sum(p.is_anomalous != q.is_anomalous for p, q in zip(eager, graphed))),
-        "bitwise_equal_scores": bool(np.array_equal(sa, sb)),
-    }
+    """:func:`device_parity.compare_predictions` of the two sides, and their descriptors."""
+    return {**compare_predictions(eager, graphed),
+            "descriptor_max_abs_diff": max(float(np.abs(p.descriptor - q.descriptor).max())
+                                           for p, q in zip(eager, graphed)),
+            "bitwise_equal_scores": bool(np.array_equal([p.score for p in eager], [p.score for p in graphed]))}
 
 
 def main() -> None:

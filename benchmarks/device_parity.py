@@ -40,6 +40,19 @@ def fit_and_predict(data: Path, preset: str, device: str, overrides: dict) -> di
             "predict_ms_per_image": 1e3 * predict_s / len(preds)}
 
 
+def compare_predictions(a: list, b: list) -> dict:
+    """The largest differences between two prediction lists of the same images: image score
+    (absolute, relative), anomaly map (absolute), and the pass / fail decisions that differ."""
+    sa = np.array([p.score for p in a])
+    sb = np.array([p.score for p in b])
+    return {
+        "score_max_abs_diff": float(np.abs(sa - sb).max()),
+        "score_max_rel_diff": float((np.abs(sa - sb) / np.maximum(np.abs(sa), 1e-12)).max()),
+        "map_max_abs_diff": max(float(np.abs(p.anomaly_map - q.anomaly_map).max()) for p, q in zip(a, b)),
+        "decisions_differ": int(sum(p.is_anomalous != q.is_anomalous for p, q in zip(a, b))),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", type=Path)
@@ -55,8 +68,6 @@ def main() -> None:
     a, b = cpu["det"], dev["det"]
     sa = np.array([p.score for p in cpu["preds"]])
     sb = np.array([p.score for p in dev["preds"]])
-    map_diff = max(float(np.abs(p.anomaly_map - q.anomaly_map).max())
-                   for p, q in zip(cpu["preds"], dev["preds"]))
     labels = np.asarray(cpu["labels"])
     out = {
         "data": str(args.data), "preset": args.preset, "overrides": overrides,
@@ -67,11 +78,7 @@ def main() -> None:
         "bank_max_abs_diff": (float((a.bank_.cpu() - b.bank_.cpu()).abs().max())
                               if a.bank_.shape == b.bank_.shape else None),
         "threshold": [a.threshold_, b.threshold_],
-        "score_max_abs_diff": float(np.abs(sa - sb).max()),
-        "score_max_rel_diff": float((np.abs(sa - sb) / np.maximum(np.abs(sa), 1e-12)).max()),
-        "map_max_abs_diff": map_diff,
-        "decisions_differ": int(sum(p.is_anomalous != q.is_anomalous
-                                    for p, q in zip(cpu["preds"], dev["preds"]))),
+        **compare_predictions(cpu["preds"], dev["preds"]),
         "image_auroc": [auroc(labels, sa), auroc(labels, sb)],
         "fit_s": [cpu["fit_s"], dev["fit_s"]],
         "predict_ms_per_image": [cpu["predict_ms_per_image"], dev["predict_ms_per_image"]],
