@@ -35,6 +35,8 @@ CASES = {
     "unfitted info": (lambda m, t: Detector().info(), "not fitted"),
     "unfitted multi predict": (lambda m, t: MultiDetector().predict([t]), "not fitted"),
     "unfitted export": (lambda m, t: _export(Detector(), t), "this detector is not fitted"),
+    "cuda_graphs as text": (lambda m, t: Detector(cuda_graphs="false"), "cuda_graphs must be True, False or None"),
+    "from_preset with cuda_graphs 0": (lambda m, t: Detector.from_preset("patchbank", cuda_graphs=0), "cuda_graphs must be True"),
     "unfitted multi categories": (lambda m, t: MultiDetector().categories, "not fitted"),
 }
 

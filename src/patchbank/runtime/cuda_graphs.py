@@ -54,10 +54,12 @@ _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 
 
 def graphs_wanted(value: bool | None = None) -> bool:
-    """``value`` if given, else ``PATCHBANK_CUDA_GRAPHS`` (1 / true / on / yes or 0 / false /
-    off / no; unset or empty: True).  Any other text is refused in one line."""
+    """``value`` if given (True or False), else ``PATCHBANK_CUDA_GRAPHS`` (1 / true / on / yes or
+    0 / false / off / no; unset or empty: True).  Any other value or text is refused in one line."""
     if value is not None:
-        return bool(value)
+        if not isinstance(value, bool):
+            raise PatchbankError(f"cuda_graphs must be True, False or None, got {value!r}")
+        return value
     raw = os.environ.get(ENV, "")
     text = raw.strip().lower()
     if not text or text in _ON:
