@@ -172,8 +172,9 @@ def test_evaluation_masks_follow_the_fitted_shape(tall_root):
         warnings.simplefilter("ignore", UserWarning)
         result = run_category(category, Config.preset("patchbank", **FAST), progress=False)
     assert result["metrics"]["pixel_auroc"] is not None and 0.0 <= result["metrics"]["aupro"] <= 1.0
+    side = (240 * 96) ** 0.5                  # every training image's size sqrt(H x W)
     assert result["input"] == {"image_size": [160, 64], "crop_size": None,
-                               "train_aspect": pytest.approx(2.5)}
+                               "train_aspect": pytest.approx(2.5), "train_scale": [side, side]}
 
 
 def test_fit_command_says_how_it_shaped_the_input(tall_root, tmp_path):
@@ -197,9 +198,9 @@ def test_fit_command_says_how_it_shaped_the_input(tall_root, tmp_path):
                           "--threads", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        "warning: 2 of 3 images have another shape than the training images (the first: H / W "
-        "1.00 against 2.50); they are stretched to the model's input, so their maps and scores "
-        "are not like the training images'"], out.stderr
+        "warning: 2 of 3 images are unlike the training images in shape or size (the first, "
+        "96 x 96 px: H / W 1.00 against 2.50); they are stretched or scaled to the model's "
+        "input, so their maps and scores are not like the training images'"], out.stderr
     import csv
 
     with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
@@ -237,15 +238,15 @@ def test_preset_comparisons_leave_out_the_sizes_a_fit_resolved():
 
 
 def test_other_shapes_by_hand():
-    from patchbank.io.aspect import other_shapes, shape_warning
+    from patchbank.io.train_shape import TrainShape
 
     sizes = [(250, 100), (270, 100), (100, 100), (280, 100)]    # 2.5, 2.7 (+8%), 1.0, 2.8 (+12%)
-    assert other_shapes(sizes, 2.5) == [2, 3]
-    assert other_shapes(sizes, None) == [] and shape_warning(sizes, None) is None
-    assert shape_warning(sizes, 2.5) == (
-        "2 of 4 images have another shape than the training images (the first: H / W 1.00 against "
-        "2.50); they are stretched to the model's input, so their maps and scores are not like "
-        "the training images'")
+    assert TrainShape(2.5).others(sizes) == [2, 3]
+    assert TrainShape(None).others(sizes) == [] and TrainShape(None).note(sizes) is None
+    assert TrainShape(2.5).note(sizes) == (
+        "2 of 4 images are unlike the training images in shape or size (the first, 100 x 100 px: "
+        "H / W 1.00 against 2.50); they are stretched or scaled to the model's input, so their "
+        "maps and scores are not like the training images'")
 
 
 def test_predict_warns_once_about_images_of_another_shape(tall, tall_root, synthetic_root):
@@ -258,7 +259,7 @@ def test_predict_warns_once_about_images_of_another_shape(tall, tall_root, synth
         preds = tall.predict(tall_items + square)
     assert len(preds) == 5
     (w,) = caught
-    assert "3 of 5 images have another shape" in str(w.message) and "\n" not in str(w.message)
+    assert "3 of 5 images are unlike the training images" in str(w.message) and "\n" not in str(w.message)
 
 
 def test_export_keeps_the_shape_and_warns_like_the_library(tall, tall_root, synthetic_root, tmp_path):
@@ -276,7 +277,7 @@ def test_export_keeps_the_shape_and_warns_like_the_library(tall, tall_root, synt
         warnings.simplefilter("always")
         preds = exported.predict(square)
     assert [p.image_map.shape for p in preds] == [(96, 96)] * 2
-    assert len(caught) == 1 and "2 of 2 images have another shape" in str(caught[0].message)
+    assert len(caught) == 1 and "2 of 2 images are unlike the training images" in str(caught[0].message)
 
 
 def test_aspect_range_by_hand_and_the_fit_line_for_mixed_shapes(tmp_path):
@@ -301,11 +302,12 @@ def test_aspect_range_by_hand_and_the_fit_line_for_mixed_shapes(tmp_path):
 
 def test_tolerance_edges_and_non_square_inputs(monkeypatch):
     import patchbank.io.aspect as aspect_module
-    from patchbank.io.aspect import other_shapes
+    import patchbank.io.train_shape as train_shape_module
 
     # exactly at the tolerance counts as the same shape (0.5: exact in binary; 3 / 2 - 1 = 0.5)
     assert shared_aspect([(200, 100), (200, 100), (300, 100)], share=1.0, tolerance=0.5) == 2.0
-    assert other_shapes([(300, 100), (301, 100)], 2.0, tolerance=0.5) == [1]
+    monkeypatch.setattr(train_shape_module, "TOLERANCE", 0.5)
+    assert train_shape_module.TrainShape(2.0).others([(300, 100), (301, 100)]) == [1]
     # a configured crop that is not square: 224 x 288, reshaped to H / W 2 at 224 * 288 pixels:
     # sqrt(64512 * 2) = 359.2 -> 352, sqrt(64512 / 2) = 179.6 -> 192 (multiples of 32); the
     # resize keeps 256 / 224 and 320 / 288: 352 * 256 / 224 = 402.3 -> 402, 192 * 320 / 288 = 213.3
@@ -321,3 +323,16 @@ def test_tolerance_edges_and_non_square_inputs(monkeypatch):
     assert input_config(square, [np.zeros((120, 100, 3), np.uint8)], 1)[0].crop_size == (315, 263)
     monkeypatch.setattr(aspect_module, "TOLERANCE", 0.5)       # exactly at it: still kept
     assert input_config(square, [np.zeros((150, 100, 3), np.uint8)], 1)[0] == square
+
+
+def test_a_fit_cuts_the_reshaped_crops_margins_in_the_finest_taps_cells(tall_root):
+    """aspect auto with crop_at features, through a fit: the sides are multiples of the largest
+    stride (32) and the margins whole cells of the finest tap (stride 8).  Tall 2.5: the 96 x 96
+    crop becomes 160 x 64 (151.8 -> 160, 60.7 -> 64); the resize keeps 112 / 96, so the margins
+    are (160 * 112 / 96 - 160) / 2 = 13.3 px -> 2 cells (16 px) and 5.3 px -> 1 cell (8 px):
+    192 x 80.  With the largest stride as the cell they would round to none (160 x 64)."""
+    det = _fit(tall_root / "train" / "good", image_size=112, crop_size=96, crop_at="features")
+    assert min(det.backbone.strides) == 8 and max(det.backbone.strides) == 32
+    assert det.config.crop_size == (160, 64)
+    assert det.config.image_size == (192, 80)
+    assert det.grid_ == (160 // 8, 64 // 8)

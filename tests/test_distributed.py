@@ -132,7 +132,7 @@ def test_ray_predict_of_the_default_preset_with_context_taps(ray_local, syntheti
     read = []     # image headers the driver reads: only the first odd image's (the actors
     real = aspect_mod.image_hw   # decoded every image and flagged each one)
     monkeypatch.setattr(aspect_mod, "image_hw", lambda p: read.append(Path(p).name) or real(p))
-    with pytest.warns(UserWarning, match=r"1 of 2 images have another shape .*H / W 0\.50 against 1\.00"):
+    with pytest.warns(UserWarning, match=r"1 of 2 images are unlike the training images .*H / W 0\.50 against 1\.00"):
         out = predict(model, [str(square), str(wide)], tmp_path / "ray_wide", actors=1)
     assert [r["other_shape"] for r in out["predictions"]] == [False, True]   # per image, too
     assert read == ["wide.png"]

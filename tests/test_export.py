@@ -203,6 +203,8 @@ def _sidecar_folder(cli_export, tmp_path):
     (lambda d: d.pop("calibrated_threshold"), "'calibrated_threshold'"),
     (lambda d: d.update(train_aspect=-1.0), "train_aspect must be a positive number or null"),
     (lambda d: d.update(train_aspect="tall"), "train_aspect must be"),
+    (lambda d: d.update(train_scale=[120.0, 80.0]), "train_scale must be null or"),
+    (lambda d: d.update(train_scale=[0, 80.0]), "train_scale must be"),
     (lambda d: d.update(fitted_with="torch 2"), "fitted_with must be"),
     (lambda d: d.update(fitted_with={"torch": 2}), "fitted_with must be"),
 ])

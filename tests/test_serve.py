@@ -156,6 +156,7 @@ def test_model_descriptions(server, files, reference):
     assert d["threshold_rule"] == det.config.threshold_rule == "conformal"
     assert d["map_offset"] == det.config.map_offset == "none"     # the maps are not offset
     assert (d["aspect"], d["train_aspect"]) == ("auto", 1.0) == (det.config.aspect, det.info()["train_aspect"])
+    assert d["train_scale"] == det.info()["train_scale"] == [96.0, 96.0]     # the 96 px training images
     assert (d["crop_at"], d["network_size"]) == ("features", [96, 96]) == (det.config.crop_at,
                                                                           list(det.config.network_size))
     assert d["batching"]["enabled"] and d["batching"]["max_wait_ms"] == 50
@@ -226,6 +227,16 @@ def test_a_per_request_threshold_moves_only_that_requests_decision(server, files
         assert as_json["is_anomalous"] is anomalous and as_json["name"] == "image0"
     (after,) = server.post("/v2/models/single/infer", files=_multipart(named)).json()["results"]
     _assert_same(after, want, det.threshold_)
+
+
+def test_images_far_smaller_than_the_training_images_are_flagged(server, files):
+    """The training images are 96 px (sqrt(H x W)): 48 px is exactly half, still like them; 47 px
+    is below half and reported ``other_shape`` (the library's rule, tests/test_train_shape.py)."""
+    first = Image.open(io.BytesIO(next(iter(files["part"].values())))).convert("RGB")
+    named = {f"{n}.png": _png(first.resize((n, n), Image.BILINEAR)) for n in (48, 47)}
+    r = server.post("/v2/models/single/infer", files=_multipart(named))
+    assert r.status_code == 200, r.text
+    assert [(g["width"], g["other_shape"]) for g in r.json()["results"]] == [(48, False), (47, True)]
 
 
 def test_heatmap_mask_and_polygons_are_in_the_original_images_pixels(server, files, reference):

@@ -15,7 +15,9 @@ Fitted state: ``scorer_`` (:class:`~patchbank.pipeline.scoring.PatchScorer`: emb
 over the bank, patch grid, optional local radius), ``calibration_``
 (:class:`~patchbank.pipeline.calibration.ScoreCalibration`: structure scorer, normal-score
 statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
-``train_names_`` (the training images' file names, None for in-memory images), ``aspect_``,
+``train_names_`` (the training images' file names, None for in-memory images),
+``train_shape_`` (their shared H / W, also ``aspect_``, and the range of their sizes:
+:class:`~patchbank.io.train_shape.TrainShape`, which flags prediction images unlike them),
 ``backbone_sha256_``, ``fitted_with_`` (the library versions of the fit,
 :func:`~patchbank.runtime.environment.library_versions`; None for files written before it),
 ``fit_seconds_`` and ``fit_timings_`` (features, bank, index, calibration).
@@ -33,11 +35,12 @@ from patchbank.backbones import Backbone, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
-from patchbank.io.aspect import input_config, warn_other_shapes
+from patchbank.io.aspect import input_config
 from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
+from patchbank.io.train_shape import TrainShape, scale_range
 from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
 from patchbank.pipeline.calibration import (calibrate, calibration_from_state, calibration_images,
                                             check_training_images)
@@ -180,7 +183,8 @@ class Detector:
         clock = StepClock(FIT_STEPS)
         sampler = make_sampler(cfg, progress=self.progress)
         embedding = Embedding.from_config(cfg)
-        feats = stream_features(self.stream(items, config=cfg), len(items), extractor, sampler,
+        stream = self.stream(items, config=cfg)
+        feats = stream_features(stream, len(items), extractor, sampler,
                                 partial(calibration_images, len(items), config=cfg),
                                 embedding.needs_moments, routing_sample, cfg.seed, self.progress)
         clock.lap("features")
@@ -194,7 +198,8 @@ class Detector:
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
-        self.config, self.aspect_, self._extractor = cfg, aspect, extractor
+        self.config, self._extractor = cfg, extractor
+        self.train_shape_ = TrainShape(aspect, scale_range([w.original for w in stream.windows]))
         self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
         self.fitted_with_ = library_versions()
         if routing_sample > 0:
@@ -203,6 +208,12 @@ class Detector:
         self.fit_seconds_, self.fit_timings_ = clock.elapsed, clock.totals
         self._model = None
         return self
+
+    @property
+    def aspect_(self) -> float | None:
+        """The training images' shared H / W (None when they do not share one, or the model file
+        predates it): ``train_shape_.aspect``."""
+        return self.train_shape_.aspect
 
     @property
     def bank_(self) -> torch.Tensor:
@@ -237,7 +248,7 @@ class Detector:
         items = as_items(images)
         stream = self.stream(items, batch_size)
         preds = set_windows(self._predict_batches(stream, len(items)), stream.windows)
-        warn_other_shapes([p.image_size for p in preds], self.aspect_)
+        self.train_shape_.warn([p.image_size for p in preds])
         return preds
 
     @torch.inference_mode()
@@ -332,7 +343,7 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
-            "backbone_sha256": self.backbone_sha256_, "train_aspect": self.aspect_,
+            "backbone_sha256": self.backbone_sha256_, **self.train_shape_.header(),
             "train_images": self.train_names_, **context,
             **({} if self.fitted_with_ is None else {"fitted_with": dict(self.fitted_with_)}),
         }
@@ -381,7 +392,7 @@ class Detector:
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
             det.search_kind_ = meta["search"]
-            det.aspect_ = meta.get("train_aspect")     # absent in files written before it
+            det.train_shape_ = TrainShape.from_header(meta)   # its fields absent in older files
             det.train_names_ = meta.get("train_images")  # likewise
             det.fitted_with_ = meta.get("fitted_with")   # likewise
         except (KeyError, TypeError, ValueError) as exc:

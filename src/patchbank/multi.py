@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -140,7 +141,13 @@ class MultiDetector:
         items = as_items(images)
         first = self.detectors_[self.router_.names_[0]]
         stream = first.stream(items, batch_size)
-        return set_windows(self._predict_batches(stream, len(items), category), stream.windows)
+        preds = set_windows(self._predict_batches(stream, len(items), category), stream.windows)
+        odd = [i for i, p in enumerate(preds) if self.detectors_[p.category].train_shape_.is_other(p.image_size)]
+        if odd:   # one line, as Detector.predict warns; each category against its own images
+            first = preds[odd[0]]
+            warnings.warn(self.detectors_[first.category].train_shape_.describe(
+                len(odd), len(preds), first.image_size), UserWarning, stacklevel=2)
+        return preds
 
     @torch.inference_mode()
     def predict_views(self, views: list, names: list | None = None, category: str | None = None,

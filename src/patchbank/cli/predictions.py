@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from patchbank.errors import PatchbankError
-from patchbank.io.aspect import is_other_shape
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
                                        commit_file, file_lock, make_folder, release_file, reserve_file)
 from patchbank.io.prediction_files import (csv_fields, csv_row, expand_inputs, heatmap_names,  # noqa: F401
@@ -156,7 +155,7 @@ def _records(det, paths, preds, multi: bool, category: str | None, heat_paths: l
         return det.detectors_[pr.category] if multi else det
 
     return [prediction_record(p, pr, detector_of(pr).threshold_,
-                              other_shape=is_other_shape(pr.image_size, detector_of(pr).aspect_),
+                              other_shape=detector_of(pr).train_shape_.is_other(pr.image_size),
                               routed=(category is None) if multi else None,
                               heatmap=heat_paths[i] if heat_paths else None)
             for i, (p, pr) in enumerate(zip(paths, preds))]

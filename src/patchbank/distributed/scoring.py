@@ -109,7 +109,6 @@ class ScoringActor:
         return self.model.detectors_[prediction.category] if self.multi else self.model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from patchbank.io.aspect import is_other_shape
         from patchbank.io.output_files import commit_file
         from patchbank.io.prediction_files import overlay_writer, prediction_record
 
@@ -124,7 +123,7 @@ class ScoringActor:
                 lo, hi = det.heatmap_range()
                 commit_file(target, overlay_writer(path, pred.anomaly_map, det.config, lo, hi))
             records.append(prediction_record(path, pred, det.threshold_,
-                                             other_shape=is_other_shape((int(h), int(w)), det.aspect_),
+                                             other_shape=det.train_shape_.is_other((int(h), int(w))),
                                              routed=(self.category is None) if self.multi else None,
                                              heatmap=target))
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}
@@ -169,12 +168,14 @@ def _retries() -> dict[str, int]:
 
 def _model_summary(model: Path, category: str | None,
                    weights: str | None) -> tuple[dict[str, Any], Any, Any]:
-    """(the JSON fields the local predict writes about the model, its Config, the header's
-    ``train_aspect``: checked when the actors load the model); a given backbone ``weights`` file
-    is checked against the model's here, once, not in every actor."""
+    """(the JSON fields the local predict writes about the model, its Config, the training
+    images' shapes by category (``None`` for a single-category model) from the header: checked
+    when the actors load the model); a given backbone ``weights`` file is checked against the
+    model's here, once, not in every actor."""
     from patchbank.config import Config
     from patchbank.detector import check_header_weights
     from patchbank.io.model_file import read_header
+    from patchbank.io.train_shape import TrainShape
 
     meta = read_header(model)
     check_header_weights(meta, weights, str(model))
@@ -183,12 +184,13 @@ def _model_summary(model: Path, category: str | None,
         if category is not None:
             raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
         return {"model": str(model), "threshold": float(meta["threshold"]),
-                "threshold_applies_to": "normalized_score"}, config, meta.get("train_aspect")
+                "threshold_applies_to": "normalized_score"}, config, {None: TrainShape.from_header(meta)}
     names = list(meta["category_order"])
     if category is not None and category not in names:
         raise PatchbankError(f"unknown category {category!r}; this model has {', '.join(names)}")
+    shapes = {name: TrainShape.from_header(meta["categories"][name]) for name in names}
     return {"model": str(model), "threshold": None, "threshold_applies_to": "normalized_score",
-            "categories": names, "routing": "given" if category else "routed"}, config, None
+            "categories": names, "routing": "given" if category else "routed"}, config, shapes
 
 
 # One Ray Data pipeline (decode, score, collect, write), read top to bottom; its steps are the
@@ -221,7 +223,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
     _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
     model = Path(model)
-    summary, config, aspect = _model_summary(model, category, weights)
+    summary, config, shapes = _model_summary(model, category, weights)
     batch_size = batch_size or config.batch_size
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / "heatmaps" / n for n in heatmap_names(paths)] if heatmaps else [])
@@ -252,20 +254,22 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                    "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
         files.write(records, summary)
-    _warn_other_shapes(paths, records, aspect)
+    _warn_other_shapes(paths, records, shapes)
     return {**summary, "predictions": records}
 
 
-def _warn_other_shapes(paths: list, records: list[dict], aspect: Any) -> None:
-    """The local predict's warning about images of another shape than the training images
-    shared (``aspect``: the model header's ``train_aspect``, checked by then: the actors loaded
-    the model), counted from the actors' per-image ``other_shape``; the driver reads the header
-    of the first such image only (``records`` are in the order of ``paths``)."""
-    from patchbank.io.aspect import image_hw, other_shape_note
+def _warn_other_shapes(paths: list, records: list[dict], shapes: dict) -> None:
+    """The local predict's warning about images unlike the training images in shape or size
+    (``shapes``: :class:`~patchbank.io.train_shape.TrainShape` by category from the model header,
+    checked by then: the actors loaded the model), counted from the actors' per-image
+    ``other_shape``; the driver reads the header of the first such image only (``records`` are in
+    the order of ``paths``)."""
+    from patchbank.io.aspect import image_hw
 
     odd = [i for i, r in enumerate(records) if r["other_shape"]]
-    if aspect is not None and odd:
-        warnings.warn(other_shape_note(len(odd), len(records), image_hw(paths[odd[0]]), aspect),
+    if odd:
+        shape = shapes[records[odd[0]].get("category")]
+        warnings.warn(shape.describe(len(odd), len(records), image_hw(paths[odd[0]])),
                       UserWarning, stacklevel=2)
 
 

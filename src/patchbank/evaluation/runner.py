@@ -125,7 +125,7 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
             "images": image_records(category, preds, float(det.threshold_)),
             "input": {"image_size": list(det.config.image_size),
                       "crop_size": None if det.config.crop_size is None else list(det.config.crop_size),
-                      "train_aspect": det.aspect_}}
+                      **det.train_shape_.header()}}
 
 
 def image_records(category: Category, predictions: Sequence[Any], threshold: float) -> list[dict[str, Any]]:

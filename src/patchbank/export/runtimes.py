@@ -36,9 +36,9 @@ from patchbank.export.graph import OUTPUTS
 from patchbank.export.openvino_writer import import_openvino
 from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
                                       sidecar_path, write_threshold_override)
-from patchbank.io.aspect import warn_other_shapes
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
+from patchbank.io.train_shape import TrainShape
 from patchbank.pipeline.calibration import ImageScores
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
                                           predict_batches, set_windows)
@@ -203,13 +203,18 @@ class ExportedModel:
         self.sidecar = read_sidecar(self.folder)
         self.config = sidecar_config(self.sidecar)
         self.calibration_ = sidecar_calibration(self.sidecar, sidecar_path(self.folder))
-        self.aspect_ = self.sidecar.get("train_aspect")   # the training images' shared H / W, or None
+        self.train_shape_ = TrainShape.from_header(self.sidecar)   # the training images' shapes
         self.progress = progress
         try:
             factory = RUNTIMES[runtime]
         except KeyError:
             raise PatchbankError(f"unknown runtime {runtime!r}; choose one of {', '.join(sorted(RUNTIMES))}") from None
         self.runtime = factory(self.folder, self.sidecar, threads=threads, hint=hint)
+
+    @property
+    def aspect_(self) -> float | None:
+        """The training images' shared H / W, or None (``train_shape_.aspect``, as on a Detector)."""
+        return self.train_shape_.aspect
 
     # ------------------------------------------------------------------ operating point
     @property
@@ -297,5 +302,5 @@ class ExportedModel:
         stream = self.stream(items, batch_size)
         out, self.last_timings_ = predict_batches(stream, len(items), self.progress, PREDICT_STEPS, handle)
         preds = set_windows(out, stream.windows)
-        warn_other_shapes([p.image_size for p in preds], self.aspect_)
+        self.train_shape_.warn([p.image_size for p in preds])
         return preds

@@ -37,6 +37,7 @@ import numpy as np
 
 from patchbank.config import Config
 from patchbank.errors import ConfigError, PatchbankError
+from patchbank.io.train_shape import check_scale_range
 from patchbank.pipeline.calibration import ScoreCalibration
 from patchbank.pipeline.structure import COMPONENTS
 from patchbank.runtime.environment import RECORD_RULE, is_library_record
@@ -88,7 +89,7 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         "external_data": bool(external_data), "notes": list(notes),
         "backbone_sha256": detector.backbone_sha256_, "patch_grid": list(detector.grid_),
         "search": "exact", "threshold_override": detector.info()["threshold_override"],
-        "train_aspect": detector.aspect_, "fitted_with": detector.fitted_with_,
+        **detector.train_shape_.header(), "fitted_with": detector.fitted_with_,
         "calibration_base_scores": [float(v) for v in cal.base_scores_],
         "calibration_descriptors": [[float(v) for v in row] for row in cal.descriptors_],
     }
@@ -147,6 +148,7 @@ def _check_fields(data: Any, path: Path) -> None:
 
 def _check_operating_point(data: dict[str, Any], path: Path) -> None:
     """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null,
+    ``train_scale`` null or a [low, high] pair (:func:`~patchbank.io.train_shape.check_scale_range`),
     ``fitted_with`` the fit's library versions or null;
     the calibration arrays [n] and [n, 3] of finite numbers."""
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
@@ -155,6 +157,9 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
     aspect = data.get("train_aspect")   # absent in exports written before it
     if aspect is not None and not (_is(aspect, float) and aspect > 0):
         raise PatchbankError(f"{path}: train_aspect must be a positive number or null, got {aspect!r}")
+    problem = check_scale_range(data.get("train_scale"))   # likewise
+    if problem:
+        raise PatchbankError(f"{path}: train_scale {problem}")
     env = data.get("fitted_with")       # likewise
     if env is not None and not is_library_record(env):
         raise PatchbankError(f"{path}: fitted_with must be {RECORD_RULE}, or null")

@@ -18,14 +18,13 @@ the configured resize and crop to that ratio at the same pixel count:
 
 The fitted detector's ``config`` holds the resolved sizes (how it reads images from then on) and
 still says ``aspect="auto"`` (what was asked); the measured ratio is the detector's ``aspect_``.
-``Detector.predict`` warns (one line) about images whose shape differs from it: they are
-stretched to the model's input (:func:`shape_warning`).
+A prediction flags images whose shape differs from it, or whose size from the training images'
+(:mod:`patchbank.io.train_shape`).
 """
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -106,42 +105,3 @@ def input_config(config, items: Sequence[Any], step: int, cell: int = 1) -> tupl
     if aspect is None or abs(aspect / (h / w) - 1.0) <= TOLERANCE:   # nothing to reshape
         return config, aspect
     return reshaped(config, aspect, step, cell), aspect
-
-
-def other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None,
-                 tolerance: float = TOLERANCE) -> list[int]:
-    """Indices of ``sizes`` (H, W) whose H / W lies more than ``tolerance`` (relative) from the
-    training images' shared ``aspect`` (none when that is None): images a fitted model squashes
-    into a shape its training images did not have."""
-    return [i for i, size in enumerate(sizes) if is_other_shape(size, aspect, tolerance)]
-
-
-def is_other_shape(size: tuple[int, int], aspect: float | None, tolerance: float = TOLERANCE) -> bool:
-    """Whether one image of ``size`` (H, W) is of another shape than the training images' shared
-    ``aspect`` (:func:`other_shapes`; never when that is None)."""
-    if aspect is None:
-        return False
-    h, w = size
-    return abs((h / w) / aspect - 1.0) > tolerance
-
-
-def warn_other_shapes(sizes: Sequence[tuple[int, int]], aspect: float | None) -> None:
-    """Warn (one line, :class:`UserWarning`) when :func:`shape_warning` has something to say."""
-    note = shape_warning(sizes, aspect)
-    if note is not None:
-        warnings.warn(note, UserWarning, stacklevel=3)
-
-
-def shape_warning(sizes: Sequence[tuple[int, int]], aspect: float | None) -> str | None:
-    """One line on the images :func:`other_shapes` finds (None when there are none)."""
-    odd = other_shapes(sizes, aspect)
-    return other_shape_note(len(odd), len(sizes), sizes[odd[0]], aspect) if odd else None
-
-
-def other_shape_note(count: int, total: int, first: tuple[int, int], aspect: float) -> str:
-    """The line for ``count`` of ``total`` images of another shape, the first of size ``first``
-    (H, W), against the training images' ``aspect`` (H / W)."""
-    h, w = first
-    return (f"{count} of {total} images have another shape than the training images "
-            f"(the first: H / W {h / w:.2f} against {aspect:.2f}); they are stretched to the "
-            f"model's input, so their maps and scores are not like the training images'")

@@ -12,9 +12,10 @@ The local ``patchbank predict`` (:mod:`patchbank.cli.predictions`) and the Ray e
 the same columns with the same formatting.
 
 Record keys (``predictions.json`` / Parquet columns): ``path``, ``score``, ``normalized_score``,
-``is_anomalous``, ``threshold`` (on the normalised score), ``other_shape`` (the image's H / W
-differs from the one the training images shared: it was stretched to the model's input, and its
-score is not like theirs; false when they shared none); a multi-category model adds
+``is_anomalous``, ``threshold`` (on the normalised score), ``other_shape`` (the image is unlike
+the training images in shape or size, :meth:`patchbank.io.train_shape.TrainShape.is_other`: its
+H / W differs from the one they shared, or its size lies more than twice outside theirs, so it was
+stretched or scaled to the model's input and its score is not like theirs); a multi-category model adds
 ``category`` and ``routed``; a run with heatmaps adds ``heatmap``.  The CSV orders them
 :func:`csv_fields` and formats floats with 6 significant digits and booleans as 0 / 1.
 """
@@ -117,8 +118,8 @@ def heatmap_names(paths: list[Path]) -> list[str]:
 
 def prediction_record(path: Any, prediction: Any, threshold: float, *, other_shape: bool,
                       routed: bool | None = None, heatmap: Any = None) -> dict[str, Any]:
-    """One record of a prediction (see the module docstring); ``other_shape``: the image's H / W
-    differs from the one the training images shared (:func:`patchbank.io.aspect.is_other_shape`);
+    """One record of a prediction (see the module docstring); ``other_shape``: the image is
+    unlike the training images in shape or size (:meth:`patchbank.io.train_shape.TrainShape.is_other`);
     ``routed`` is given for a multi-category model (None: single-category), ``heatmap`` for a
     run with heatmaps."""
     rec = {"path": str(path), "score": float(prediction.score),

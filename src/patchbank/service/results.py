@@ -5,9 +5,10 @@ Per image: ``name``, ``score`` (the raw image score), ``normalized_score``, ``is
 decision used: the request's, else the model's current one for the image's category),
 ``category`` (routed or given; null for a single-category model), ``routed``, ``time_ms``
 (from the request's arrival to its model call's return), ``width`` / ``height`` (the original
-image's), ``other_shape`` (its H / W lies more than 10% from the one the training images shared:
-it was stretched to the model's input, :func:`patchbank.io.aspect.is_other_shape`; false when they
-shared none), and on request:
+image's), ``other_shape`` (the image is unlike the training images in shape or size: its H / W
+lies more than 10% from the one they shared, or its size sqrt(H x W) more than twice outside
+theirs, so it was stretched or scaled to the model's input in a way they were not,
+:meth:`patchbank.io.train_shape.TrainShape.is_other`), and on request:
 
 * ``heatmap_png`` (base64 PNG, RGBA at the original size, transparent where the centre crop cut
   the image off: not inspected) and ``heatmap_range`` ``[vmin, vmax]`` (the model's fixed colour
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from patchbank.io.aspect import is_other_shape
 from patchbank.io.heatmap import heatmap_rgba, png_bytes
 from patchbank.io.image_coords import region_mask, region_polygons
 from patchbank.service.codec import InferOptions
@@ -58,7 +58,7 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         "is_anomalous": anomalous, "threshold": finite(threshold), "category": p.category,
         "routed": served.multi and options.category is None,
         "time_ms": round((scored.done - t0) * 1000.0, 3), "width": int(w), "height": int(h),
-        "other_shape": is_other_shape((h, w), detector.aspect_),
+        "other_shape": detector.train_shape_.is_other((h, w)),
     }
     if not options.heatmap and options.mask == "none":
         return out
