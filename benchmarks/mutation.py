@@ -62,6 +62,7 @@ MODULES = {
     "aspect": "patchbank.io.aspect",
     "features": "patchbank.pipeline.features",
     "image_coords": "patchbank.io.image_coords",
+    "train_shape": "patchbank.io.train_shape",
 }
 
 # Fast test files that exercise the modules (test_threads.py is left out: it runs
@@ -72,7 +73,7 @@ TEST_FILES = [
     "tests/test_evaluation_parts.py", "tests/test_evaluate.py", "tests/test_bad_fit_inputs.py",
     "tests/test_search_perf.py", "tests/test_structure.py", "tests/test_false_positive_rate.py",
     "tests/test_multi.py", "tests/test_aspect.py", "tests/test_crop_at.py", "tests/test_image_coords.py",
-    "tests/test_cuda_graphs.py", "tests/test_model_weights_option.py",
+    "tests/test_cuda_graphs.py", "tests/test_model_weights_option.py", "tests/test_train_shape.py",
 ]
 TEST_GLOBS = ["tests/test_mutation_kills_*.py"]
 # --assert=plain and the disabled plugins only save start-up time (assertion rewriting, the

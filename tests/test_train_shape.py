@@ -8,6 +8,7 @@ multi-category model against those hand computations."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import warnings
 
@@ -61,6 +62,8 @@ def test_sizes_and_edges_by_hand():
         "H / W 3.00 against 1.00, size sqrt(H x W) 17 px against 100-200); they are stretched or "
         "scaled to the model's input, so their maps and scores are not like the training images'")
     assert both.note([(100, 100)]) is None
+    with pytest.raises(dataclasses.FrozenInstanceError):    # a fitted value: never changed in place
+        both.scale = (1.0, 2.0)
 
 
 @pytest.mark.parametrize("value", [[2, 1], [0, 1], [1], "80-120", [float("nan"), 1.0], [True, 2],
