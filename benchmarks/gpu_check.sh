@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU check: the CUDA-bearing tests, CPU/GPU parity, GPU timings, prediction with and without
-# CUDA graphs and the batch-1 launch profile, in one run on a machine with a CUDA GPU (docs/testing.md, "On a GPU").
+# CUDA graphs (a Detector's and a two-category MultiDetector's) and the batch-1 launch profile, in one run on a machine with a CUDA GPU (docs/testing.md, "On a GPU").
 #
 #   bash benchmarks/gpu_check.sh DATA OUT
 #
@@ -25,5 +25,6 @@ timeout 200 $PY benchmarks/device_parity.py "$DATA" --device cuda -o "$OUT/devic
 timeout 200 $PY -m patchbank.cli benchmark "$DATA" --device cuda --batch-sizes 1,16 --repeats 3 -q \
   -o "$OUT/perf_gpu.json" 2>&1 | tail -5
 timeout 200 $PY benchmarks/cuda_graphs.py "$DATA" -o "$OUT/cuda_graphs.json" 2>&1 | grep -v Warning | tail -4
+timeout 200 $PY benchmarks/cuda_graphs.py "$DATA" --multi -o "$OUT/multi_cuda_graphs.json" 2>&1 | grep -v Warning | tail -4
 timeout 150 $PY benchmarks/predict_launches.py "$DATA" --device cuda -o "$OUT/launches_b1.txt" \
   | grep -E " (cudaLaunchKernel|cudaLaunchKernelExC|cudaGraphLaunch|cudaMemcpyAsync)$"

@@ -321,3 +321,89 @@ def test_a_bad_environment_value_is_one_line_from_the_api_and_the_cli(monkeypatc
                                       str(tmp_path / "m.patchbank"), "--quiet"])
     assert_one_line_error(result.exit_code, result.stderr, "PATCHBANK_CUDA_GRAPHS must be 0 or 1")
     assert not (tmp_path / "m.patchbank").exists()
+
+
+# ------------------------------------------------------------------ multi-category models
+def _multi_items(synthetic_root, tmp_path):
+    from conftest import stripes_images
+
+    stripes = stripes_images(tmp_path / "stripes", 8, seed=1)
+    return {"part": synthetic_root / "train" / "good", "stripes": stripes}, stripes_images(
+        tmp_path / "stripes_test", 3, seed=2)
+
+
+def test_a_multi_category_models_graphed_extraction_gives_the_eager_answers(synthetic_root, tmp_path,
+                                                                           monkeypatch):
+    # the graphs branch of MultiDetector's extraction on the CPU, the stand-in recorder in place of
+    # CudaGraphs: the same routing, scores and maps as the eager model, batch 1 and 3 (a partial
+    # last batch), and a rebuilt call when the switch changes
+    import patchbank.multi as multi_module
+    from patchbank.multi import MultiDetector
+
+    train, stripes_test = _multi_items(synthetic_root, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=4, cuda_graphs=False,
+                                          **CONTEXT).fit(train)
+    assert multi.graphs is None                                  # switched off
+    items, _ = split_items(synthetic_root)
+    images = items[:4] + stripes_test
+    want = multi.predict(images, batch_size=3)
+    recorders = []
+    monkeypatch.setattr(multi_module, "CudaGraphs", lambda: recorders.append(RerunRecorder()) or recorders[-1])
+    multi.cuda_graphs = True
+    for _ in range(3):                                           # eager, capture, replay
+        got = multi.predict(images, batch_size=3)
+        assert [p.category for p in got] == [p.category for p in want]
+        _assert_alike(got, want)
+    (rec,) = recorders
+    # a pass is batches of 3, 3 and 1: shape 3 captured (and replayed) at its second batch in pass
+    # 1, shape 1 in pass 2; replays: 1 + (2 + 1) + (2 + 1)
+    assert rec.captures == 2 and rec.replays == 7
+    assert multi.route(images, batch_size=3) == [p.category for p in want]
+    assert rec.replays == 10                                      # routing reads the same extraction
+    multi.cuda_graphs = False
+    assert multi.graphs is None and len(recorders) == 1
+
+
+def test_a_cpu_multi_category_model_has_no_graphs(synthetic_root, tmp_path, monkeypatch):
+    from patchbank.multi import MultiDetector
+
+    monkeypatch.delenv("PATCHBANK_CUDA_GRAPHS", raising=False)
+    train, _ = _multi_items(synthetic_root, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=4, **CONTEXT).fit(train)
+    assert multi.cuda_graphs and multi.graphs is None            # on by default, never on the CPU
+    assert all(d.cuda_graphs for d in multi.detectors_.values())
+    path = tmp_path / "m.patchbank"
+    multi.save(path)
+    assert MultiDetector.load(path, progress=False, cuda_graphs=False).cuda_graphs is False
+    with pytest.raises(Exception, match="cuda_graphs must be True, False or None"):
+        MultiDetector(cuda_graphs="no")
+
+
+@needs_cuda
+def test_a_multi_category_model_on_a_gpu_replays_its_extraction(synthetic_root, tmp_path):
+    from patchbank.multi import MultiDetector
+
+    train, stripes_test = _multi_items(synthetic_root, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fitted = MultiDetector.from_preset("patchbank", device="cuda", progress=False, n_prototypes=4,
+                                           **CONTEXT).fit(train)
+    path = tmp_path / "m.patchbank"
+    fitted.save(path)
+    eager, graphed = (MultiDetector.load(path, device="cuda", progress=False, cuda_graphs=flag)
+                      for flag in (False, True))
+    items, _ = split_items(synthetic_root)
+    images = items + stripes_test
+    for b in (1, 4):
+        want = eager.predict(images, batch_size=b)
+        for _ in range(3):
+            got = graphed.predict(images, batch_size=b)
+            assert [p.category for p in got] == [p.category for p in want]
+            _assert_alike(got, want)
+    shapes = sorted(key[0][0] for key in graphed.graphs.captured)
+    assert 1 in shapes and 4 in shapes and graphed.graphs.eager == []
+    assert eager.graphs is None

@@ -27,6 +27,7 @@ from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction, check_header_weights
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
+from patchbank.runtime.cuda_graphs import CudaGraphs, GraphedCall, graphs_wanted
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items, check_views, view_batches
@@ -50,7 +51,7 @@ class MultiDetector:
     """Several categories in one model, routed per image (StructCore Eqs. 3-4)."""
 
     def __init__(self, config: Config | None = None, *, device: str | torch.device = "cpu",
-                 progress: bool = True, n_prototypes: int = 64):
+                 progress: bool = True, n_prototypes: int = 64, cuda_graphs: bool | None = None):
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
@@ -58,17 +59,22 @@ class MultiDetector:
         self.device = resolve_device(device)
         self.progress = progress
         self.n_prototypes = n_prototypes
+        # on a GPU the shared extraction replays CUDA graphs (Detector's cuda_graphs, the same rule)
+        self.cuda_graphs = graphs_wanted(cuda_graphs)
         self._backbone = None   # loaded once, shared by every category's detector
+        self._graphs: tuple[bool, GraphedCall | None] | None = None   # (for which flag, the call)
 
     @classmethod
     def from_preset(cls, name: str, *, device: str | torch.device = "cpu", progress: bool = True,
-                    n_prototypes: int = 64, **overrides: Any) -> "MultiDetector":
+                    n_prototypes: int = 64, cuda_graphs: bool | None = None,
+                    **overrides: Any) -> "MultiDetector":
         """A multi-category model configured by preset ``name`` with Config fields overridden."""
         try:
             config = Config.preset(name, **overrides)
         except ValueError as exc:
             raise PatchbankError(str(exc)) from None
-        return cls(config, device=device, progress=progress, n_prototypes=n_prototypes)
+        return cls(config, device=device, progress=progress, n_prototypes=n_prototypes,
+                   cuda_graphs=cuda_graphs)
 
     # ------------------------------------------------------------------ fit
     @property
@@ -91,7 +97,7 @@ class MultiDetector:
         # one input shape for every category (one backbone pass routes and scores an image):
         # aspect "auto" keeps the configured shape here
         return Detector(self.config.replace(aspect="fixed"), device=self.device,
-                        progress=self.progress, backbone=self._backbone)
+                        progress=self.progress, backbone=self._backbone, cuda_graphs=self.cuda_graphs)
 
     def fit(self, categories: Mapping[str, Any]) -> "MultiDetector":
         """Fit every category from its normal images ({name: folder or list of images})."""
@@ -99,6 +105,7 @@ class MultiDetector:
             raise PatchbankError("no categories to fit")
         self.detectors_: dict[str, Detector] = {}
         self.router_ = Router(self.n_prototypes, seed=self.config.seed)
+        self._graphs = None     # recorded on the previous fit's extractor
         self._raw_tensors: dict[str, dict[str, torch.Tensor]] = {}
         self._infos: dict[str, dict[str, Any]] = {}
         for name, images in categories.items():
@@ -163,11 +170,32 @@ class MultiDetector:
         return self._predict_batches(view_batches(views, names, bb.mean, bb.std,
                                                   batch_size or self.config.batch_size), len(views), category)
 
-    def _predict_batches(self, batches, n: int, category: str | None) -> list[Prediction]:
-        first = self.detectors_[self.router_.names_[0]]
+    @property
+    def graphs(self) -> GraphedCall | None:
+        """The shared extraction (images -> per-layer rows) replayed as CUDA graphs per batch
+        shape, as a :class:`Detector`'s inference path is (:mod:`patchbank.runtime.cuda_graphs`);
+        None on the CPU or with ``cuda_graphs`` False.  Routing and each category's scoring run
+        eagerly after it: their batch shapes follow the routing.  Built at first use, again when
+        ``cuda_graphs`` changes."""
+        self.check_fitted()
+        if self._graphs is None or self._graphs[0] != self.cuda_graphs:
+            extractor = self.detectors_[self.router_.names_[0]].extractor
+            recorder = CudaGraphs() if self.cuda_graphs else None
+            call = (GraphedCall(lambda x: tuple(extractor(x)[0]), extractor.device, backend=recorder)
+                    if recorder is not None and recorder.applies(extractor.device) else None)
+            self._graphs = (self.cuda_graphs, call)
+        return self._graphs[1]
 
+    def _extract(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer rows of a batch, through :attr:`graphs` where there are any."""
+        graphs = self.graphs
+        if graphs is None:
+            return self.detectors_[self.router_.names_[0]].extractor(x)[0]
+        return list(graphs(x))
+
+    def _predict_batches(self, batches, n: int, category: str | None) -> list[Prediction]:
         def handle(x, names, clock):
-            layers, _ = first.extractor(x)
+            layers = self._extract(x)
             b = x.shape[0]
             clock.lap("extract")
             chosen = self._route_layers(layers, b) if category is None else [category] * b
@@ -198,7 +226,7 @@ class MultiDetector:
         out: list[str] = []
         with torch.inference_mode():
             for x, _ in first.stream(as_items(images), batch_size):
-                out.extend(self._route_layers(first.extractor(x)[0], x.shape[0]))
+                out.extend(self._route_layers(self._extract(x), x.shape[0]))
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -233,8 +261,9 @@ class MultiDetector:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", progress: bool = True,
-             weights: str | None = None) -> "MultiDetector":
-        """Load a multi-category model file (one backbone shared by every category)."""
+             weights: str | None = None, cuda_graphs: bool | None = None) -> "MultiDetector":
+        """Load a multi-category model file (one backbone shared by every category);
+        ``cuda_graphs`` as in :class:`MultiDetector`."""
         tensors, meta = load_model(path)
         if meta.get("kind") != "multi":
             raise PatchbankError(f"{path} is a single-category model, not a multi-category one "
@@ -245,12 +274,13 @@ class MultiDetector:
         if weights is not None:
             config = config.replace(weights=weights)
         n_proto = int(meta["routing_prototypes"])
-        self = cls(config, device=device, progress=progress, n_prototypes=n_proto)
+        self = cls(config, device=device, progress=progress, n_prototypes=n_proto, cuda_graphs=cuda_graphs)
         self.detectors_, self._raw_tensors, self._infos = {}, {}, {}
         self.router_ = Router(n_proto, seed=config.seed)
         for name, (state, info) in states.items():
             det = Detector.from_state(state, info, f"{path} [{name}]", device=device,
-                                      progress=progress, weights=weights, backbone=self._backbone)
+                                      progress=progress, weights=weights, backbone=self._backbone,
+                                      cuda_graphs=cuda_graphs)
             self._backbone = det.backbone
             self.detectors_[name] = det
             self.router_.set(name, state["routing_prototypes"])
