@@ -270,14 +270,25 @@ def test_export_keeps_the_shape_and_warns_like_the_library(tall, tall_root, synt
 
     data = export_model(tall, tmp_path / "ex", ["onnx"])
     assert data["train_aspect"] == pytest.approx(2.5) and data["input_size"] == [160, 64]
+    side = (240 * 96) ** 0.5
+    assert data["train_scale"] == [side, side]                 # the training images' sizes too
     exported = ExportedModel(tmp_path / "ex", "onnx", progress=False)
-    assert exported.aspect_ == pytest.approx(2.5)
+    assert exported.aspect_ == pytest.approx(2.5) and exported.train_shape_ == tall.train_shape_
     square = sorted((synthetic_root / "test" / "good").glob("*.png"))[:2]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         preds = exported.predict(square)
     assert [p.image_map.shape for p in preds] == [(96, 96)] * 2
     assert len(caught) == 1 and "2 of 2 images are unlike the training images" in str(caught[0].message)
+    # a tall image of the training images' H / W at a tenth of their size: flagged for its size
+    tiny = tmp_path / "tiny.png"
+    Image.open(sorted((tall_root / "test" / "good").glob("*.png"))[0]).resize((10, 25)).save(tiny)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exported.predict([tiny])
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        "1 of 1 images are unlike the training images in shape or size (the first, 25 x 10 px: "
+        "size sqrt(H x W) 16 px against 152-152)")
 
 
 def test_aspect_range_by_hand_and_the_fit_line_for_mixed_shapes(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import warnings
 
 import numpy as np
@@ -120,34 +119,6 @@ def test_predict_flags_images_far_outside_the_training_sizes(sized, tmp_path):
     with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
         flags = {row["path"].rsplit("/", 1)[-1][:2]: row["other_shape"] for row in csv.DictReader(fh)}
     assert flags == {"00": "0", "01": "1", "02": "0", "03": "1", "04": "0"}
-
-
-def test_the_export_carries_the_range_and_flags_like_the_library(sized, tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    import json
-
-    from patchbank.export.exporter import export_model
-    from patchbank.export.runtimes import ExportedModel
-
-    det, _ = sized
-    data = export_model(det, tmp_path / "ex", ["onnx"])
-    assert data["train_scale"] == [80.0, 120.0]
-    exported = ExportedModel(tmp_path / "ex", "onnx", progress=False)
-    assert exported.train_shape_ == det.train_shape_
-    paths = _save(tmp_path / "test", [(30, 30), (100, 100)], seed=2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        exported.predict(paths)
-    assert len(caught) == 1 and str(caught[0].message).startswith(
-        "1 of 2 images are unlike the training images in shape or size (the first, 30 x 30 px")
-    sidecar = tmp_path / "ex" / "patchbank_export.json"
-    edited = json.loads(sidecar.read_text())
-    edited["train_scale"] = [math.inf, 1.0]
-    sidecar.write_text(json.dumps(edited))
-    with pytest.raises(PatchbankError, match="train_scale") as exc:
-        ExportedModel(tmp_path / "ex", "onnx", progress=False)
-    assert "\n" not in str(exc.value)
 
 
 def test_a_multi_category_model_flags_each_image_against_its_own_category(tmp_path):
