@@ -125,6 +125,7 @@ def test_cli_export_then_predict_runtime_equals_torch(cli_export, synthetic_root
     assert info.exit_code == 0 and "graph files" in info.stdout and "memory bank" in info.stdout
     import torch
     assert f"torch {torch.__version__}" in info.stdout       # the fit's versions, from the sidecar
+    assert "sizes sqrt(H x W) 96-96 px" in info.stdout       # the training images' (96 px), likewise
     # never overwritten without --overwrite; the runtime of a model file / a non-export folder
     again = run("export", tmp / "m.patchbank", "-o", tmp / "ex")
     assert again.exit_code == 2 and "--overwrite" in again.stderr

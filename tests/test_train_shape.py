@@ -141,3 +141,18 @@ def test_a_multi_category_model_flags_each_image_against_its_own_category(tmp_pa
     (w,) = caught
     assert str(w.message).startswith("3 of 3 images are unlike the training images in shape or size "
                                      "(the first, 90 x 90 px: size sqrt(H x W) 90 px against 192-192)")
+
+
+def test_info_shows_the_training_images_shapes(sized, tmp_path):
+    det, _ = sized
+    model = tmp_path / "m.patchbank"
+    det.save(model)
+    r = invoke_cli("info", model)
+    assert r.exit_code == 0, r.output
+    assert ("train images       8 (H / W 1.00, sizes sqrt(H x W) 80-120 px; a prediction flags "
+            "images of another H / W or a size more than twice outside theirs)") in r.stdout.splitlines()
+    old = dict(det.info(), train_aspect=None)       # images of mixed shapes; a file before the range
+    del old["train_scale"]
+    save_model(tmp_path / "old.patchbank", det.state_tensors(), old)
+    r = invoke_cli("info", tmp_path / "old.patchbank")
+    assert "train images       8" in r.stdout.splitlines() and "train scale" not in r.stdout

@@ -97,8 +97,17 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
     if mean is not None or std is not None:
         row("calibration", f"raw image score mean {_number(mean, '.4g')}, std {_number(std, '.4g')}"
             + (f" over {n_cal} training images (each without its own bank entries)" if n_cal is not None else ""))
-    if "n_train_images" in info:
-        row("train images", info.pop("n_train_images"))
+    aspect, scale, n = info.pop("train_aspect", None), info.pop("train_scale", None), info.pop("n_train_images", None)
+    shapes, flags = [], []
+    if aspect is not None:
+        shapes.append(f"H / W {_number(aspect, '.2f')}")
+        flags.append("another H / W")
+    if isinstance(scale, list) and len(scale) == 2:
+        shapes.append(f"sizes sqrt(H x W) {_number(scale[0], '.0f')}-{_number(scale[1], '.0f')} px")
+        flags.append("a size more than twice outside theirs")
+    note = f"{', '.join(shapes)}; a prediction flags images of {' or '.join(flags)}" if shapes else ""
+    if n is not None or note:
+        row("train images", f"{n} ({note})" if n is not None and note else n if n is not None else note)
     env = info.pop("fitted_with", None)
     if isinstance(env, dict):
         row("fitted with", ", ".join(f"{k} {v}" for k, v in env.items()))
@@ -202,5 +211,6 @@ def format_export_info(data: dict[str, Any], path: str) -> str:
             "bank_entries": bank.get("entries"), "bank_dim": bank.get("dim"), "bank_bytes": bank.get("bytes"),
             "threshold": data["threshold"], "score_mean": data["score_mean"], "score_std": data["score_std"],
             "input_size": data.get("input_size"), "category": data.get("category"),
-            "fitted_with": data.get("fitted_with"), "config": cfg}
+            "fitted_with": data.get("fitted_with"), "train_aspect": data.get("train_aspect"),
+            "train_scale": data.get("train_scale"), "config": cfg}
     return "\n".join(head) + "\n" + format_info({k: v for k, v in info.items() if v is not None})
