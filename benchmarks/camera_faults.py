@@ -15,7 +15,6 @@ the top-5% pooling may not see).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from PIL import Image, ImageFilter
 from patchbank.config import DEFAULT_PRESET
 from patchbank.detector import Detector
 from patchbank.io.images import list_images
-from patchbank.studies.speed import machine
+from patchbank.studies.speed import machine, write_json
 
 
 def _noise(img: Image.Image, seed: int) -> np.ndarray:
@@ -87,8 +86,7 @@ def main() -> None:
     out = {"data": str(args.data), "other": None if args.other is None else str(args.other),
            "preset": args.preset, "threshold": float(det.threshold_), "n_train": det.n_train_images_,
            "rows": rows, "machine": machine(), "command": " ".join(sys.argv)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(f"threshold {det.threshold_:.3f} (normalised score); wrote {args.out}")
 
 

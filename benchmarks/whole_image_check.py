@@ -15,7 +15,6 @@ test-good rates below show what it gives.  Nothing is fitted or chosen on a test
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from patchbank.detector import Detector
 from patchbank.io.datasets import read_mvtec
 from patchbank.io.images import list_images
 from patchbank.pipeline.calibration import conformal_threshold
-from patchbank.studies.speed import machine
+from patchbank.studies.speed import machine, write_json
 
 from camera_faults import FAULTS   # benchmarks/, beside this script
 
@@ -89,8 +88,7 @@ def main() -> None:
                                "max": float(means.max()), "mean": mu, "std": sd, "n": int(means.size)},
            "map_mean_threshold_z": float(t), "map_mean_threshold": mu + float(t) * sd,
            "shares_flagged": rows, "machine": machine(), "command": " ".join(sys.argv)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(f"wrote {args.out}")
 
 
