@@ -151,9 +151,9 @@ class MultiDetector:
         preds = set_windows(self._predict_batches(stream, len(items), category), stream.windows)
         odd = [i for i, p in enumerate(preds) if self.detectors_[p.category].train_shape_.is_other(p.image_size)]
         if odd:   # one line, as Detector.predict warns; each category against its own images
-            first = preds[odd[0]]
-            warnings.warn(self.detectors_[first.category].train_shape_.describe(
-                len(odd), len(preds), first.image_size), UserWarning, stacklevel=2)
+            shown = preds[odd[0]]
+            warnings.warn(self.detectors_[shown.category].train_shape_.describe(
+                len(odd), len(preds), shown.image_size), UserWarning, stacklevel=2)
         return preds
 
     @torch.inference_mode()
