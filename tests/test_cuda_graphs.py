@@ -337,7 +337,7 @@ def test_a_multi_category_models_graphed_extraction_gives_the_eager_answers(synt
     # the graphs branch of MultiDetector's extraction on the CPU, the stand-in recorder in place of
     # CudaGraphs: the same routing, scores and maps as the eager model, batch 1 and 3 (a partial
     # last batch), and a rebuilt call when the switch changes
-    import patchbank.multi as multi_module
+    import patchbank.runtime.cuda_graphs as cuda_graphs_module
     from patchbank.multi import MultiDetector
 
     train, stripes_test = _multi_items(synthetic_root, tmp_path)
@@ -350,7 +350,7 @@ def test_a_multi_category_models_graphed_extraction_gives_the_eager_answers(synt
     images = items[:4] + stripes_test
     want = multi.predict(images, batch_size=3)
     recorders = []
-    monkeypatch.setattr(multi_module, "CudaGraphs", lambda: recorders.append(RerunRecorder()) or recorders[-1])
+    monkeypatch.setattr(cuda_graphs_module, "CudaGraphs", lambda: recorders.append(RerunRecorder()) or recorders[-1])
     multi.cuda_graphs = True
     for _ in range(3):                                           # eager, capture, replay
         got = multi.predict(images, batch_size=3)

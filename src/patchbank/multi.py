@@ -27,10 +27,11 @@ from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction, check_header_weights
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
-from patchbank.runtime.cuda_graphs import CudaGraphs, GraphedCall, graphs_wanted
+from patchbank.runtime.cuda_graphs import GraphedCall, graphed_call, graphs_wanted
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
 from patchbank.io.images import as_items, check_views, view_batches
+from patchbank.io.train_shape import unlike_note
 from patchbank.io.model_checks import check_multi_header
 from patchbank.io.model_file import FORMAT_VERSION, load_model, read_header, save_model
 from patchbank.pipeline.routing import Router, routing_embedding
@@ -149,11 +150,10 @@ class MultiDetector:
         first = self.detectors_[self.router_.names_[0]]
         stream = first.stream(items, batch_size)
         preds = set_windows(self._predict_batches(stream, len(items), category), stream.windows)
-        odd = [i for i, p in enumerate(preds) if self.detectors_[p.category].train_shape_.is_other(p.image_size)]
-        if odd:   # one line, as Detector.predict warns; each category against its own images
-            shown = preds[odd[0]]
-            warnings.warn(self.detectors_[shown.category].train_shape_.describe(
-                len(odd), len(preds), shown.image_size), UserWarning, stacklevel=2)
+        note = unlike_note([self.detectors_[p.category].train_shape_ for p in preds],   # each image
+                           [p.image_size for p in preds])                              # its category's
+        if note is not None:   # one line, as Detector.predict warns
+            warnings.warn(note, UserWarning, stacklevel=2)
         return preds
 
     @torch.inference_mode()
@@ -180,10 +180,8 @@ class MultiDetector:
         self.check_fitted()
         if self._graphs is None or self._graphs[0] != self.cuda_graphs:
             extractor = self.detectors_[self.router_.names_[0]].extractor
-            recorder = CudaGraphs() if self.cuda_graphs else None
-            call = (GraphedCall(lambda x: tuple(extractor(x)[0]), extractor.device, backend=recorder)
-                    if recorder is not None and recorder.applies(extractor.device) else None)
-            self._graphs = (self.cuda_graphs, call)
+            self._graphs = (self.cuda_graphs, graphed_call(lambda x: tuple(extractor(x)[0]),
+                                                           extractor.device, self.cuda_graphs))
         return self._graphs[1]
 
     def _extract(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -106,8 +106,10 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
         shapes.append(f"sizes sqrt(H x W) {_number(scale[0], '.0f')}-{_number(scale[1], '.0f')} px")
         flags.append("a size more than twice outside theirs")
     note = f"{', '.join(shapes)}; a prediction flags images of {' or '.join(flags)}" if shapes else ""
-    if n is not None or note:
-        row("train images", f"{n} ({note})" if n is not None and note else n if n is not None else note)
+    if n is not None:
+        row("train images", f"{n} ({note})" if note else n)
+    elif note:                          # an export folder: no count, only the shapes
+        row("train images", note)
     env = info.pop("fitted_with", None)
     if isinstance(env, dict):
         row("fitted with", ", ".join(f"{k} {v}" for k, v in env.items()))

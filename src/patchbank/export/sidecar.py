@@ -37,7 +37,7 @@ import numpy as np
 
 from patchbank.config import Config
 from patchbank.errors import ConfigError, PatchbankError
-from patchbank.io.train_shape import check_scale_range
+from patchbank.io.train_shape import header_problem
 from patchbank.pipeline.calibration import ScoreCalibration
 from patchbank.pipeline.structure import COMPONENTS
 from patchbank.runtime.environment import RECORD_RULE, is_library_record
@@ -154,12 +154,9 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
         raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
                              f"got {data['threshold_override']!r}")
-    aspect = data.get("train_aspect")   # absent in exports written before it
-    if aspect is not None and not (_is(aspect, float) and aspect > 0):
-        raise PatchbankError(f"{path}: train_aspect must be a positive number or null, got {aspect!r}")
-    problem = check_scale_range(data.get("train_scale"))   # likewise
-    if problem:
-        raise PatchbankError(f"{path}: train_scale {problem}")
+    bad_shape = header_problem(data)   # train_aspect, train_scale: absent in older exports
+    if bad_shape:
+        raise PatchbankError(f"{path}: {' '.join(bad_shape)}")
     env = data.get("fitted_with")       # likewise
     if env is not None and not is_library_record(env):
         raise PatchbankError(f"{path}: fitted_with must be {RECORD_RULE}, or null")

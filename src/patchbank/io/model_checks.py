@@ -29,7 +29,7 @@ import torch
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.io.model_file import FORMAT_VERSION
-from patchbank.io.train_shape import check_scale_range
+from patchbank.io.train_shape import header_problem
 from patchbank.linalg import all_finite
 from patchbank.runtime.environment import RECORD_RULE, is_library_record
 
@@ -140,12 +140,9 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     for key in _INFO_NUMBERS:
         if key in meta and meta[key] is not None and not (_is_number(meta[key]) and math.isfinite(meta[key])):
             raise _fail(where, key, f"must be a finite number, got {meta[key]!r}")
-    aspect = meta.get("train_aspect")
-    if aspect is not None and not (_is_number(aspect) and math.isfinite(aspect) and aspect > 0):
-        raise _fail(where, "train_aspect", f"must be a positive number or null, got {aspect!r}")
-    problem = check_scale_range(meta.get("train_scale"))   # absent in files written before it
-    if problem:
-        raise _fail(where, "train_scale", problem)
+    bad_shape = header_problem(meta)   # train_aspect, train_scale: absent in older files
+    if bad_shape:
+        raise _fail(where, *bad_shape)
     if "target_fpr" in meta and meta["target_fpr"] != cfg.target_fpr:
         raise _fail(where, "target_fpr", f"({meta['target_fpr']!r}) differs from config.target_fpr "
                     f"({cfg.target_fpr!r})")

@@ -41,15 +41,37 @@ def scale_range(sizes: Sequence[tuple[int, int]]) -> tuple[float, float] | None:
     return (min(scales), max(scales)) if scales else None
 
 
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
 def check_scale_range(value: Any) -> str | None:
     """What is wrong with a recorded ``train_scale`` (None when it is null or a valid
     [low, high] pair of positive finite numbers with low <= high)."""
     if value is None:
         return None
     ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                  for v in value) and value[0] <= value[1])
+          and all(_positive(v) for v in value) and value[0] <= value[1])
     return None if ok else f"must be null or [low, high], two positive numbers with low <= high, got {value!r}"
+
+
+def header_problem(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong) for a bad ``train_aspect`` (a positive number or null) or
+    ``train_scale`` (:func:`check_scale_range`) of a model header or export sidecar; None when
+    both are valid or absent (files written before them)."""
+    aspect = meta.get("train_aspect")
+    if aspect is not None and not _positive(aspect):
+        return "train_aspect", f"must be a positive number or null, got {aspect!r}"
+    problem = check_scale_range(meta.get("train_scale"))
+    return ("train_scale", problem) if problem else None
+
+
+def unlike_note(shapes: Sequence["TrainShape"], sizes: Sequence[tuple[int, int]]) -> str | None:
+    """One line on the images that their own training images' shapes flag (``shapes[i]``
+    judges ``sizes[i]``: a multi-category model's images, each against its category's), None
+    when none is flagged (:meth:`TrainShape.describe` of the first)."""
+    odd = [i for i, (shape, size) in enumerate(zip(shapes, sizes, strict=True)) if shape.is_other(size)]
+    return shapes[odd[0]].describe(len(odd), len(sizes), sizes[odd[0]]) if odd else None
 
 
 @dataclass(frozen=True)
@@ -98,8 +120,7 @@ class TrainShape:
 
     def note(self, sizes: Sequence[tuple[int, int]]) -> str | None:
         """One line on the images :meth:`others` finds among ``sizes`` (None when there are none)."""
-        odd = self.others(sizes)
-        return self.describe(len(odd), len(sizes), sizes[odd[0]]) if odd else None
+        return unlike_note([self] * len(sizes), sizes)
 
     def describe(self, count: int, total: int, first: tuple[int, int]) -> str:
         """The line for ``count`` of ``total`` images flagged by :meth:`is_other`, the first of

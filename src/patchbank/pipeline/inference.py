@@ -25,7 +25,7 @@ from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
-from patchbank.runtime.cuda_graphs import CudaGraphs, GraphedCall
+from patchbank.runtime.cuda_graphs import graphed_call
 
 PREDICT_STEPS = ("read", "extract", "search", "post")
 
@@ -114,9 +114,8 @@ class InferenceModel(nn.Module):
         self.scorer = scorer
         self.calibration = calibration
         self.cuda_graphs = bool(cuda_graphs)
-        recorder = CudaGraphs() if self.cuda_graphs and stays_on_device(scorer) else None
-        self.graphs = (GraphedCall(self.device_outputs, extractor.device, backend=recorder)
-                       if recorder is not None and recorder.applies(extractor.device) else None)
+        self.graphs = graphed_call(self.device_outputs, extractor.device,
+                                   self.cuda_graphs and stays_on_device(scorer))
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer patch rows of ``x``."""

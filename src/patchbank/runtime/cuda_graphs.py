@@ -120,6 +120,17 @@ class _Graph:
     outputs: tuple[torch.Tensor, ...]
 
 
+def graphed_call(fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], device: torch.device,
+                 wanted: bool) -> "GraphedCall | None":
+    """``fn`` as a :class:`GraphedCall` on ``device`` when graphs are ``wanted`` and
+    :class:`CudaGraphs` can record there (a CUDA device); None otherwise (the caller runs ``fn``
+    eagerly)."""
+    recorder = CudaGraphs() if wanted else None
+    if recorder is None or not recorder.applies(torch.device(device)):
+        return None
+    return GraphedCall(fn, device, backend=recorder)
+
+
 class GraphedCall:
     """``fn`` replayed as CUDA graphs per input shape (see the module docstring).
 
