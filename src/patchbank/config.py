@@ -16,7 +16,8 @@ rules are data too (:data:`CONTEXT_NEEDS`).  Presets:
                pixel count: ``aspect="auto"``), the backbone reading the whole resize and the crop
                cut from its feature maps (``crop_at="features"``), zero-padded 3 x 3 averaging, greedy coreset 1%,
                the mean of the top 5% patch scores, those patches measured again with the next
-               backbone block (context taps).
+               backbone block (context taps); an image whose whole map is raised (a blurred, dark
+               or noisy frame) is anomalous too (``whole_image_check``).
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
                re-weighted max normalised by the training images' leave-one-image-out statistics.
@@ -384,6 +385,12 @@ class Config:
                                    "(1 - target_fpr) quantile (model files written before this "
                                    "field existed).",
                                    choices=THRESHOLD_RULES)
+    whole_image_check: bool = _setting(False, "True: an image is also anomalous when the mean of its "
+                                       "anomaly map is above a second threshold (a blurred, dark or "
+                                       "noisy frame raises every patch a little and none much); the two "
+                                       "thresholds are set jointly, at most target_fpr of the training "
+                                       "images' leave-one-image-out results above either (needs "
+                                       "threshold_rule conformal).")
     # --- run ------------------------------------------------------------------------------
     seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
@@ -398,6 +405,10 @@ class Config:
         if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
             raise ConfigError("crop_size", f"{crop} is larger than image_size {size}",
                               related=("image_size",))
+        if self.whole_image_check and self.threshold_rule != "conformal":
+            raise ConfigError("whole_image_check", f"needs threshold_rule conformal (got "
+                              f"{self.threshold_rule!r}); or set whole_image_check false",
+                              related=("threshold_rule",))
         if self.context_taps:
             for name, holds, need in CONTEXT_NEEDS:
                 if not holds(self):
@@ -496,7 +507,7 @@ PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
                         crop_size=(288, 288), aspect="auto", crop_at="features", image_score="topk_mean",
-                        context_taps=1, threshold_rule="conformal"),
+                        context_taps=1, threshold_rule="conformal", whole_image_check=True),
     "lmf-core": Config(threshold_rule="conformal"),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10, threshold_rule="conformal"),

@@ -319,6 +319,8 @@ class Detector:
                    "calibration_descriptors": torch.from_numpy(cal.descriptors_)}
         if cal.images_ is not None:
             tensors["calibration_images"] = torch.from_numpy(cal.images_)
+        if cal.map_means_ is not None:
+            tensors["calibration_map_means"] = torch.from_numpy(cal.map_means_)
         if self.scorer_.radius is not None:
             tensors["bank_radius"] = self.scorer_.radius.float().cpu()
         if self.scorer_.map_offset is not None:
@@ -343,6 +345,7 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
+            "map_threshold": cal.map_threshold_,
             "backbone_sha256": self.backbone_sha256_, **self.train_shape_.header(),
             "train_images": self.train_names_, **context,
             **({} if self.fitted_with_ is None else {"fitted_with": dict(self.fitted_with_)}),

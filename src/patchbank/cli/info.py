@@ -91,6 +91,10 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
         row("threshold", f"{_number(thr, '.4f')} on the normalised score"
             + (f" (target FPR {fpr:g}, {how} of the training images' leave-one-image-out scores)"
                if fpr is not None else ""))
+    map_thr = info.pop("map_threshold", None)
+    if map_thr is not None:
+        row("whole-image check", f"also anomalous when the anomaly map's mean is above {_number(map_thr, '.4g')} "
+            "(both thresholds set together: the target FPR holds for the two rules at once)")
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config

@@ -147,6 +147,6 @@ class ExportGraph(nn.Module):
         """The outputs of :data:`OUTPUTS` for the normalised batch ``x``."""
         extractor = self.inference.extractor
         layers, _ = extractor.rows(extractor.backbone(x), x.shape)
-        maps, phi, final, base, struct, hybrid, norm, anomalous = self.inference.score_tensors(
+        maps, phi, final, base, struct, hybrid, norm, _, _, anomalous = self.inference.score_tensors(
             layers, x.shape[0], None, self.search, (self.map_h, self.map_w), self.context)
         return final, norm, anomalous, maps, base, struct, hybrid, phi

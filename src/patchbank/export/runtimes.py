@@ -39,7 +39,7 @@ from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sid
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
 from patchbank.io.train_shape import TrainShape
-from patchbank.pipeline.calibration import ImageScores
+from patchbank.pipeline.calibration import ImageScores, map_means
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
                                           predict_batches, set_windows)
 
@@ -267,7 +267,8 @@ class ExportedModel:
             "patch_grid": sc.get("patch_grid"), "n_calibration_images": int(self.calibration_.scores_.size),
             "structure_lambda": self.calibration_.struct_.lambda_, "score_mean": sc["score_mean"],
             "score_std": sc["score_std"], "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
-            "threshold_override": sc.get("threshold_override"), "backbone_sha256": sc.get("backbone_sha256"),
+            "threshold_override": sc.get("threshold_override"), "map_threshold": self.calibration_.map_threshold_,
+            "backbone_sha256": sc.get("backbone_sha256"),
             **({} if sc.get("fitted_with") is None else {"fitted_with": sc["fitted_with"]}),
         }
 
@@ -283,9 +284,12 @@ class ExportedModel:
         final, norm, _, maps, base, struct, hybrid, phi = self.runtime.run(
             np.ascontiguousarray(x.numpy(), dtype=np.float32))
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-        scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm),
-                             ~(f64(norm) <= self.threshold_))
-        return ScoredBatch(scores, torch.from_numpy(np.asarray(maps, dtype=np.float32)), f64(phi))
+        maps = torch.from_numpy(np.asarray(maps, dtype=np.float32))
+        means = map_means(maps)
+        whole = self.calibration_.whole_image_flags(means).numpy()
+        scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm), means.numpy(),
+                             whole, ~(f64(norm) <= self.threshold_) | whole)
+        return ScoredBatch(scores, maps, f64(phi))
 
     def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:
         """Score images as :meth:`Detector.predict <patchbank.detector.Detector.predict>` does."""

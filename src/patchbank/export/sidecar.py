@@ -19,7 +19,9 @@ baked into the graph (its ``is_anomalous`` output); ``threshold_override`` is th
 point in use, null for the calibrated one (as in a model file's header): written by
 ``patchbank export`` from the model and by ``PUT /v2/models/NAME/threshold`` with
 ``persist: true`` (:func:`write_threshold_override`).  A version 1 sidecar (no arrays) is
-refused with "export again".
+refused with "export again".  With ``config.whole_image_check``, ``calibration_map_means`` [n]
+(their maps' means) and ``map_threshold`` (the check's threshold on a map's mean, also baked into
+the graph's ``is_anomalous``) are required; without it they are absent.
 
 Loading (:func:`read_sidecar`) never runs anything the file names: the file names must be plain
 names inside the folder, each format's files come from a fixed table (:data:`GRAPH_FILES`), and
@@ -92,6 +94,9 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         **detector.train_shape_.header(), "fitted_with": detector.fitted_with_,
         "calibration_base_scores": [float(v) for v in cal.base_scores_],
         "calibration_descriptors": [[float(v) for v in row] for row in cal.descriptors_],
+        **({} if cal.map_means_ is None else {
+            "calibration_map_means": [float(v) for v in cal.map_means_],
+            "map_threshold": float(cal.map_threshold_)}),
     }
 
 
@@ -167,6 +172,15 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
                                         and all(_is(v, float) for v in row) for row in phi):
         raise PatchbankError(f"{path}: calibration_descriptors must be {len(base)} rows of "
                              f"{len(COMPONENTS)} finite numbers (one per calibration base score)")
+    whole = bool(data["config"].get("whole_image_check", False))
+    means = data.get("calibration_map_means")
+    if whole and not (isinstance(means, list) and len(means) == len(base) and all(_is(v, float) for v in means)
+                      and _is(data.get("map_threshold"), float)):
+        raise PatchbankError(f"{path}: config.whole_image_check needs calibration_map_means ({len(base)} "
+                             f"finite numbers) and a finite map_threshold; export again")
+    if not whole and ("calibration_map_means" in data or "map_threshold" in data):
+        raise PatchbankError(f"{path}: calibration_map_means / map_threshold are present but "
+                             f"config.whole_image_check is false")
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -191,10 +205,14 @@ def sidecar_calibration(data: dict[str, Any], path: str | Path) -> ScoreCalibrat
         PatchbankError: the refitted mean, std or calibrated threshold is not the sidecar's (the
             arrays do not belong to this export).
     """
+    means = data.get("calibration_map_means")
     cal = ScoreCalibration(sidecar_config(data)).fit(np.asarray(data["calibration_base_scores"], np.float64),
-                                                     np.asarray(data["calibration_descriptors"], np.float64))
+                                                     np.asarray(data["calibration_descriptors"], np.float64),
+                                                     None, None if means is None else np.asarray(means, np.float64))
     got = {"score_mean": cal.stats_.mean_, "score_std": cal.stats_.std_,
            "calibrated_threshold": cal.stats_.threshold_}
+    if cal.map_threshold_ is not None:
+        got["map_threshold"] = cal.map_threshold_
     for key, value in got.items():
         if not math.isclose(value, data[key], rel_tol=CALIBRATION_RTOL, abs_tol=1e-12):
             raise PatchbankError(f"{path}: the calibration arrays give {key} {value!r}, the sidecar "

@@ -37,8 +37,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
+                  "calibration_map_means",
                   "bank_radius", "map_offset", "projection.matrix", "routing_prototypes")
-_INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda")
+_INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda",
+                 "map_threshold")
 
 
 # ---------------------------------------------------------------------------------- small helpers
@@ -236,12 +238,17 @@ def _check_embedding(tensors: dict, cfg: Config, dim: int, where: str) -> set[st
     return used | {"projection.matrix"}
 
 
-def _check_calibration(tensors: dict, n_cal: int, n_train: int, where: str) -> None:
-    """The calibration images' scores and descriptors, and (optional: files written before it
+def _check_calibration(tensors: dict, cfg: Config, n_cal: int, n_train: int, where: str) -> None:
+    """The calibration images' scores and descriptors, their map means exactly when
+    ``cfg.whole_image_check`` (float64 [n_cal], finite), and (optional: files written before it
     existed lack it) ``calibration_images``, their training-image indices: int64 [n_cal],
     strictly increasing, each below ``n_train``."""
     _tensor(tensors, "calibration_base_scores", where, (torch.float64,), (n_cal,))
     _tensor(tensors, "calibration_descriptors", where, (torch.float64,), (n_cal, N_DESCRIPTORS))
+    if cfg.whole_image_check:
+        _tensor(tensors, "calibration_map_means", where, (torch.float64,), (n_cal,))
+    elif "calibration_map_means" in tensors:
+        raise _fail(where, "tensor 'calibration_map_means'", "is present but config.whole_image_check is false")
     if "calibration_images" in tensors:
         ids = _tensor(tensors, "calibration_images", where, (torch.int64,), (n_cal,))
         if bool((ids < 0).any()) or bool((ids >= n_train).any()) or \
@@ -302,7 +309,7 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
         raise _fail(where, "search", f"{search!r} is not what config.search {cfg.search!r} resolves to "
                     f"for a bank of {entries} entries ({', '.join(_allowed_searches(cfg, entries))})")
     used = _check_embedding(tensors, cfg, dim, where)
-    _check_calibration(tensors, n_cal, n_train, where)
+    _check_calibration(tensors, cfg, n_cal, n_train, where)
     _check_map_offset(tensors, cfg, grid, where)
     _check_train_names(meta, n_train, where)
     _check_fitted_with(meta, where)

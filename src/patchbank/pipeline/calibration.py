@@ -29,7 +29,16 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
   1 / (n + 1); :func:`check_training_images` warns about so few images.  An image is anomalous
   unless a <= threshold (a NaN score is anomalous);
 * StructCore (Eqs. 10-12): D_struct's train-good statistics and lambda_auto come from the same
-  images' map descriptors and base scores.
+  images' map descriptors and base scores;
+* whole-image check (``Config.whole_image_check``): the mean of each calibration image's anomaly
+  map (:func:`map_means`, the map a prediction draws) is a second statistic.  The two thresholds
+  come from one conformal rank (:func:`joint_conformal_thresholds`): each calibration image's
+  larger rank among the n values of either statistic, the ceil((n + 1)(1 - target_fpr))-th
+  smallest of those is c, and each threshold is its statistic's c-th smallest value; an image is
+  anomalous when either statistic is above its threshold, which at most n + 1 - rank of the n
+  calibration images are: the union, not each rule, is held at target_fpr.  A blurred, dark or
+  noisy frame raises every patch a little and none much, so the pooled score can miss it while
+  the map's mean does not (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -120,6 +129,27 @@ def conformal_rate(n: int, target_fpr: float) -> float:
     return (n + 1 - conformal_rank(n, target_fpr)) / (n + 1)
 
 
+def joint_conformal_thresholds(columns: np.ndarray, target_fpr: float) -> np.ndarray:
+    """Thresholds [m] for the n calibration images' m statistics ``columns`` [n, m] (higher =
+    more anomalous), such that at most ``n + 1 - conformal_rank(n, target_fpr)`` of the images
+    have any statistic above its threshold.  Each image's rank in a column is the count of
+    values <= its own; c is the :func:`conformal_rank`-th smallest of the images' largest rank,
+    and column j's threshold its c-th smallest value.  With one column this is
+    :func:`conformal_threshold`."""
+    x = np.asarray(columns, dtype=np.float64)
+    x = x.reshape(x.shape[0], -1)
+    ordered = np.sort(x, axis=0)
+    ranks = np.stack([np.searchsorted(ordered[:, j], x[:, j], side="right")
+                      for j in range(x.shape[1])], axis=1)
+    c = np.sort(ranks.max(axis=1))[conformal_rank(x.shape[0], target_fpr) - 1]
+    return ordered[c - 1].copy()
+
+
+def map_means(maps: torch.Tensor) -> torch.Tensor:
+    """Anomaly maps [B, H, W] -> the mean of each, float64 [B]: the whole-image statistic."""
+    return maps.double().mean(dim=(-2, -1))
+
+
 def threshold_at(scores: np.ndarray, target_fpr: float, rule: str) -> float:
     """The threshold on ``scores`` for ``target_fpr`` by ``Config.threshold_rule``: ``conformal``
     (:func:`conformal_threshold`, every preset) or ``quantile`` (the interpolated
@@ -151,31 +181,38 @@ class NormalStats:
 
 @dataclass
 class ImageScores:
-    """Image-level results of a batch, float64 [B] each: the configured final score, the pooled
-    S_base, D_struct (Eq. 10), S_base + lambda D_struct (Eq. 12), the normalised final score and
-    the decision."""
+    """Image-level results of a batch, [B] each: the configured final score, the pooled S_base,
+    D_struct (Eq. 10), S_base + lambda D_struct (Eq. 12), the normalised final score, the map's
+    mean (float64), whether the whole-image check flags it and the decision (bool)."""
 
     final: np.ndarray
     base: np.ndarray
     struct: np.ndarray
     hybrid: np.ndarray
     normalized: np.ndarray
+    map_mean: np.ndarray
+    whole_image: np.ndarray
     anomalous: np.ndarray
 
 
 class ScoreCalibration:
-    """Fitted on the calibration images' base scores [n] and map descriptors [n, 3]; then turns
-    any batch's base scores and descriptors into :class:`ImageScores` (:meth:`image_scores`)."""
+    """Fitted on the calibration images' base scores [n], map descriptors [n, 3] and, with the
+    whole-image check, map means [n]; then turns any batch's base scores, descriptors and map
+    means into :class:`ImageScores` (:meth:`image_scores`).  ``map_threshold_``: the threshold
+    on the map mean (None without the check)."""
 
     def __init__(self, config):
         self.config = config
 
-    def fit(self, base: np.ndarray, phi: np.ndarray, images: np.ndarray | None = None) -> "ScoreCalibration":
+    def fit(self, base: np.ndarray, phi: np.ndarray, images: np.ndarray | None = None,
+            means: np.ndarray | None = None) -> "ScoreCalibration":
         """Fit on the calibration images' base scores [n] and full descriptors [n, 3] (each
         image scored without its own bank entries): the structure scorer (Eqs. 10-11), the final
         calibration scores, their statistics and the threshold.  ``images`` [n]: the training
         image index of each score, kept as ``images_`` (a model file keeps them as
-        ``calibration_images``; None for a file written before that tensor existed)."""
+        ``calibration_images``; None for a file written before that tensor existed).  ``means``
+        [n]: their maps' means, needed with ``Config.whole_image_check`` (the two thresholds
+        then come from :func:`joint_conformal_thresholds`), ignored without it."""
         cfg = self.config
         self.images_ = None if images is None else np.asarray(images, dtype=np.int64)
         self.base_scores_ = np.asarray(base, dtype=np.float64)
@@ -184,24 +221,37 @@ class ScoreCalibration:
                                     cfg.hybrid_lambda).fit(self.descriptors_, self.base_scores_)
         self.scores_ = self._final(self.base_scores_, self.descriptors_)[0]
         self.stats_ = NormalStats().fit(self.scores_, cfg.target_fpr, cfg.threshold_rule)
+        self.map_means_ = self.map_threshold_ = None
+        if cfg.whole_image_check:
+            if means is None:
+                raise PatchbankError("whole_image_check needs the calibration images' map means")
+            self.map_means_ = np.asarray(means, dtype=np.float64).reshape(-1)
+            z = self.stats_.normalize(self.scores_)
+            self.stats_.threshold_, self.map_threshold_ = (float(t) for t in joint_conformal_thresholds(
+                np.stack([z, self.map_means_], axis=1), cfg.target_fpr))
         self.threshold_ = self.stats_.threshold_
         return self
 
     def above_threshold(self) -> list[tuple[int, float]]:
-        """The calibration images whose normalised score is above the calibrated threshold, as
-        ``(training image index, normalised score)``, highest first: the normal images the
-        threshold would flag, a first place to look for defects in the training set.  Needs
-        ``images_`` (a fit, or a model file that records ``calibration_images``)."""
+        """The calibration images the calibrated thresholds flag (normalised score, or with the
+        whole-image check the map mean, above its threshold), as ``(training image index,
+        normalised score)``, highest score first: a first place to look for defects in the
+        training set.  Needs ``images_`` (a fit, or a model file that records
+        ``calibration_images``)."""
         if self.images_ is None:
             raise PatchbankError("this model does not record which training images calibrated it "
                                  "(a model file written before calibration_images existed); refit it")
         z = self.stats_.normalize(self.scores_)
+        flagged = z > self.stats_.threshold_
+        if self.map_means_ is not None:
+            flagged |= self.map_means_ > self.map_threshold_
         order = np.argsort(-z, kind="stable")
-        return [(int(self.images_[i]), float(z[i])) for i in order if z[i] > self.stats_.threshold_]
+        return [(int(self.images_[i]), float(z[i])) for i in order if flagged[i]]
 
     def set_threshold(self, threshold: float | None) -> None:
         """Move the decision threshold (on the normalised score) to ``threshold``, a finite
-        number; None restores the calibrated one (``stats_.threshold_``)."""
+        number; None restores the calibrated one (``stats_.threshold_``).  The whole-image
+        check's threshold (``map_threshold_``) stays where the calibration put it."""
         if threshold is None:
             self.threshold_ = self.stats_.threshold_
             return
@@ -246,18 +296,31 @@ class ScoreCalibration:
         final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
         return final, d_struct, hyb
 
-    def score_tensors(self, base: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def score_tensors(self, base: torch.Tensor, phi: torch.Tensor, means: torch.Tensor
+                      ) -> tuple[torch.Tensor, ...]:
         """:meth:`image_scores` in torch ops only (float64): (final, base, D_struct, hybrid,
-        normalised, anomalous); an exported graph runs exactly this, the calibration's numbers
-        as constants."""
+        normalised, map mean, whole-image flag, anomalous); an exported graph runs exactly
+        this, the calibration's numbers as constants.  Anomalous: not (normalised <= threshold),
+        or the whole-image flag, not (map mean <= map_threshold_) (a NaN is anomalous; always
+        False without the check)."""
         final, d_struct, hyb = self.final_tensors(base, phi)
         norm = (final - self.stats_.mean_) / self.stats_.std_
-        return final, base.double(), d_struct, hyb, norm, ~(norm <= self.threshold_)
+        means = means.double().to(norm.device)
+        whole = self.whole_image_flags(means)
+        return final, base.double(), d_struct, hyb, norm, means, whole, ~(norm <= self.threshold_) | whole
 
-    def image_scores(self, base, phi) -> ImageScores:
-        """A batch's base scores [B] and descriptors [B, 3] (numpy or torch) -> its :class:`ImageScores`."""
+    def whole_image_flags(self, means: torch.Tensor) -> torch.Tensor:
+        """Map means [B] -> the whole-image check's flags, bool [B]: not (mean <=
+        ``map_threshold_``), so a NaN mean is flagged; all False without the check."""
+        if self.map_threshold_ is None:
+            return torch.zeros(means.shape, dtype=torch.bool, device=means.device)
+        return ~(means <= self.map_threshold_)
+
+    def image_scores(self, base, phi, means) -> ImageScores:
+        """A batch's base scores [B], descriptors [B, 3] and map means [B] (numpy or torch) ->
+        its :class:`ImageScores`."""
         as_t = lambda a: a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-        return ImageScores(*(t.numpy() for t in self.score_tensors(as_t(base), as_t(phi))))
+        return ImageScores(*(t.numpy() for t in self.score_tensors(as_t(base), as_t(phi), as_t(means))))
 
 
 class CalibrationRows:
@@ -319,12 +382,14 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows, bank_source
 def calibration_from_state(config, tensors: dict[str, torch.Tensor],
                            threshold_override: float | None = None) -> ScoreCalibration:
     """The :class:`ScoreCalibration` a model file's checked tensors describe (its calibration
-    images' base scores, descriptors and, in files that record them, training-image indices),
-    with the file's threshold override."""
+    images' base scores, descriptors, in files that record them training-image indices, and
+    with the whole-image check their map means), with the file's threshold override."""
     images = tensors.get("calibration_images")   # absent in files written before it
+    means = tensors.get("calibration_map_means")  # present exactly with whole_image_check
     cal = ScoreCalibration(config).fit(tensors["calibration_base_scores"].double().numpy(),
                                        tensors["calibration_descriptors"].double().numpy(),
-                                       None if images is None else images.numpy())
+                                       None if images is None else images.numpy(),
+                                       None if means is None else means.double().numpy())
     cal.set_threshold(threshold_override)
     return cal
 
@@ -352,8 +417,13 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
     base, grids = leave_one_out_scores(scorer, rows, bank_source, progress)
     offset = position_offset(torch.cat(grids)) if scorer.config.map_offset == "position" else None
     drawn = scorer.with_map_offset(offset)
-    phi = np.concatenate([drawn.anomaly_map(scores)[1] for scores in grids])
-    return Calibrated(ScoreCalibration(scorer.config).fit(base, phi, rows.images), offset)
+    phi, means = [], []
+    for scores in grids:
+        maps, descriptors = drawn.anomaly_map(scores)
+        phi.append(descriptors)
+        means.append(map_means(maps).cpu().numpy())
+    return Calibrated(ScoreCalibration(scorer.config).fit(base, np.concatenate(phi), rows.images,
+                                                          np.concatenate(means)), offset)
 
 
 def position_offset(grids: torch.Tensor) -> torch.Tensor:

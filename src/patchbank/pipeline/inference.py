@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
 from patchbank.io.image_coords import Window
-from patchbank.pipeline.calibration import ImageScores, ScoreCalibration
+from patchbank.pipeline.calibration import ImageScores, ScoreCalibration, map_means
 from patchbank.pipeline.features import FeatureExtractor
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
@@ -44,12 +44,14 @@ class Prediction:
     path: str | None
     score: float              # raw image score a_hat (the config's image_score)
     normalized_score: float   # a = (a_hat - mu) / sigma
-    is_anomalous: bool        # not (a <= threshold): a NaN score is anomalous
+    is_anomalous: bool        # not (a <= threshold), or whole_image_anomalous: a NaN is anomalous
     anomaly_map: np.ndarray   # float32 [H, W] at config.input_size
     base_score: float = math.nan     # the pooled score S_base (image_score, or base_score for struct/hybrid)
     struct_score: float = math.nan   # D_struct of the map (StructCore Eq. 10)
     hybrid_score: float = math.nan   # S_base + lambda * D_struct (Eq. 12)
     descriptor: np.ndarray | None = None  # phi(S) = [std, top-1% mean, TV] (Eq. 7)
+    map_mean: float = math.nan       # the mean of anomaly_map (the whole-image statistic)
+    whole_image_anomalous: bool = False  # map_mean above the whole-image check's threshold
     category: str | None = None      # set by a multi-category model
     window: Window | None = None     # the view inside the original image (set by predict)
 
@@ -87,7 +89,8 @@ class ScoredBatch:
         s, maps = self.scores, self.maps.cpu().numpy()
         return [Prediction(name, float(s.final[i]), float(s.normalized[i]), bool(s.anomalous[i]),
                            maps[i], float(s.base[i]), float(s.struct[i]), float(s.hybrid[i]),
-                           self.descriptors[i], category)
+                           self.descriptors[i], float(s.map_mean[i]), bool(s.whole_image[i]),
+                           category)
                 for i, name in enumerate(names)]
 
 
@@ -142,12 +145,12 @@ class InferenceModel(nn.Module):
         return self.scored(*self.score_maps(layers, b, clock))
 
     def scored(self, maps: torch.Tensor, phi: torch.Tensor, base: torch.Tensor) -> ScoredBatch:
-        """:meth:`score_maps`' outputs -> :class:`ScoredBatch`.  The base scores and descriptors
-        come to the host in one copy and are calibrated there (float64, the same ops as
-        :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
-        host = torch.cat([base.unsqueeze(1), phi], dim=1).cpu()
-        base, phi = host[:, 0], host[:, 1:]
-        return ScoredBatch(self.calibration.image_scores(base, phi), maps, phi.numpy())
+        """:meth:`score_maps`' outputs -> :class:`ScoredBatch`.  The base scores, descriptors and
+        map means come to the host in one copy and are calibrated there (float64, the same ops
+        as :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
+        host = torch.cat([base.double().unsqueeze(1), phi.double(), map_means(maps).unsqueeze(1)], dim=1).cpu()
+        base, phi, means = host[:, 0], host[:, 1:-1], host[:, -1]
+        return ScoredBatch(self.calibration.image_scores(base, phi, means), maps, phi.numpy())
 
     def score_maps(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
                    search=None, map_operators=None, context=None
@@ -165,12 +168,12 @@ class InferenceModel(nn.Module):
     def score_tensors(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
                       search=None, map_operators=None, context=None) -> tuple[torch.Tensor, ...]:
         """:meth:`score_layers` in torch ops only: (maps [B, H, W], descriptors [B, 3], final,
-        base, D_struct, hybrid, normalised score, anomalous [B]).  An exported graph
+        base, D_struct, hybrid, normalised score, map mean, whole-image flag, anomalous [B]).  An exported graph
         (:mod:`patchbank.export.graph`) runs exactly this with the bank as a constant
         (``search``, and ``context`` with context taps) and the map operators as constants
         (``map_operators``)."""
         maps, phi, base = self.score_maps(layers, b, clock, search, map_operators, context)
-        return (maps, phi) + tuple(self.calibration.score_tensors(base, phi))
+        return (maps, phi) + tuple(self.calibration.score_tensors(base, phi, map_means(maps)))
 
 
 def check_batch_size(batch_size) -> None:

@@ -1,8 +1,12 @@
 """Writing an infer response: one JSON object per image, in its own image's pixel coordinates.
 
 Per image: ``name``, ``score`` (the raw image score), ``normalized_score``, ``is_anomalous``
-(``not (normalized_score <= threshold)``: a NaN score is anomalous), ``threshold`` (the one the
-decision used: the request's, else the model's current one for the image's category),
+(``not (normalized_score <= threshold)``, or ``whole_image_anomalous``: a NaN score is
+anomalous), ``threshold`` (the one the decision used: the request's, else the model's current one
+for the image's category; a request's threshold moves the score's only), ``map_mean`` (the mean
+of the image's anomaly map), ``whole_image_anomalous`` (that mean is above the model's
+whole-image threshold, ``Config.whole_image_check``: a blurred, dark or noisy frame; always false
+without the check),
 ``category`` (routed or given; null for a single-category model), ``routed``, ``time_ms``
 (from the request's arrival to its model call's return), ``width`` / ``height`` (the original
 image's), ``other_shape`` (the image is unlike the training images in shape or size: its H / W
@@ -50,12 +54,13 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         threshold, anomalous = scored.threshold, bool(p.is_anomalous)
     else:
         threshold = options.threshold
-        anomalous = not (p.normalized_score <= threshold)
+        anomalous = not (p.normalized_score <= threshold) or bool(p.whole_image_anomalous)
     h, w = size_hw
     detector = served.detector(p.category)
     out: dict[str, Any] = {
         "name": name, "score": finite(p.score), "normalized_score": finite(p.normalized_score),
-        "is_anomalous": anomalous, "threshold": finite(threshold), "category": p.category,
+        "is_anomalous": anomalous, "threshold": finite(threshold), "map_mean": finite(p.map_mean),
+        "whole_image_anomalous": bool(p.whole_image_anomalous), "category": p.category,
         "routed": served.multi and options.category is None,
         "time_ms": round((scored.done - t0) * 1000.0, 3), "width": int(w), "height": int(h),
         "other_shape": detector.train_shape_.is_other((h, w)),
