@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from conftest import assert_one_line_error, split_items, stripes_images
 
@@ -56,9 +56,10 @@ def files(synthetic_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     # aspect auto: the square training images' shared H / W (1.0) is recorded, so a request
     # image of another shape is reported (other_shape); the crop is cut from the feature maps
-    # (the backbone reads the whole 96 x 96 resize), as in the default preset
+    # (the backbone reads the whole 96 x 96 resize), and a blurred frame is flagged by its map's
+    # mean (whole_image_check), as in the default preset
     single = Detector.from_preset("lmf-core", progress=False, aspect="auto", crop_at="features",
-                                  **SMALL).fit(synthetic_root / "train" / "good")
+                                  whole_image_check=True, **SMALL).fit(synthetic_root / "train" / "good")
     single.save(tmp / "single.patchbank")
     shutil.copy(tmp / "single.patchbank", tmp / "scratch.patchbank")
     stripes_train = stripes_images(tmp / "stripes" / "train", 12, seed=1)
@@ -69,7 +70,8 @@ def files(synthetic_root, tmp_path_factory):
     items, _ = split_items(synthetic_root)
     part = {p.name: p.read_bytes() for p in items[:3] + items[-2:]}
     wide = Image.open(items[-1]).convert("RGB").resize((180, 120), Image.BILINEAR)
-    return {"tmp": tmp, "single": tmp / "single.patchbank", "scratch": tmp / "scratch.patchbank",
+    blurred = Image.open(items[0]).convert("RGB").filter(ImageFilter.GaussianBlur(6))
+    return {"blurred": {"blurred.png": _png(blurred)},"tmp": tmp, "single": tmp / "single.patchbank", "scratch": tmp / "scratch.patchbank",
             "line": tmp / "line.patchbank", "part": part, "wide": _png(wide),
             "stripes": {f"stripe{i}.png": p.read_bytes() for i, p in enumerate(stripes_test)}}
 
@@ -111,6 +113,8 @@ def _assert_same(got: dict, want, threshold: float):
     assert got["score"] == pytest.approx(want.score, rel=REL)
     assert got["normalized_score"] == pytest.approx(want.normalized_score, rel=REL, abs=1e-6)
     assert got["is_anomalous"] == want.is_anomalous
+    assert got["whole_image_anomalous"] == want.whole_image_anomalous
+    assert got["map_mean"] == pytest.approx(want.map_mean, rel=REL)
     assert got["threshold"] == pytest.approx(threshold, rel=1e-12)
     assert got["category"] == want.category
 
@@ -148,6 +152,8 @@ def test_model_descriptions(server, files, reference):
     assert (d["name"], d["kind"], d["backbone"]) == ("single", "single", "efficientnet_lite0")
     assert d["input_size"] == [80, 80] and d["image_size"] == [96, 96] and d["crop_size"] == [80, 80]
     assert d["threshold"] == d["calibrated_threshold"] == pytest.approx(det.threshold_, rel=1e-12)
+    assert d["whole_image_check"] is True
+    assert d["map_threshold"] == pytest.approx(det.calibration_.map_threshold_, rel=1e-12)
     assert d["bank_entries"] == det.info()["bank_entries"] and d["bank_dim"] == det.info()["bank_dim"]
     assert d["sha256"] == file_sha256(files["single"]) and d["path"] == str(files["single"])
     assert d["format_version"] == det.info()["format_version"] and d["patchbank_version"]
@@ -227,6 +233,14 @@ def test_a_per_request_threshold_moves_only_that_requests_decision(server, files
         assert as_json["is_anomalous"] is anomalous and as_json["name"] == "image0"
     (after,) = server.post("/v2/models/single/infer", files=_multipart(named)).json()["results"]
     _assert_same(after, want, det.threshold_)
+    # a blurred frame is anomalous by its map's mean, whatever threshold the request sets
+    (blur,) = _expected(det, files["blurred"])
+    assert blur.whole_image_anomalous and not want.whole_image_anomalous
+    (got,) = server.post("/v2/models/single/infer", params={"threshold": 1e6},
+                         files=_multipart(files["blurred"])).json()["results"]
+    assert got["is_anomalous"] is True and got["whole_image_anomalous"] is True
+    assert got["map_mean"] == pytest.approx(blur.map_mean, rel=REL)
+    assert got["map_mean"] > det.calibration_.map_threshold_
 
 
 def test_images_far_smaller_than_the_training_images_are_flagged(server, files):

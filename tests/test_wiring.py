@@ -82,23 +82,28 @@ def test_reweighting_uses_the_matched_entrys_neighbourhood():
 def test_nan_score_is_anomalous():
     rng = np.random.default_rng(0)
     cal = ScoreCalibration(Config()).fit(rng.normal(5, 1, 20), np.abs(rng.normal(1, 0.1, (20, 3))))
-    out = cal.image_scores(np.array([5.0, np.nan, 1e9]), np.ones((3, 3)))
+    out = cal.image_scores(np.array([5.0, np.nan, 1e9]), np.ones((3, 3)), np.zeros(3))
     assert out.anomalous.tolist() == [False, True, True]
+    assert out.whole_image.tolist() == [False, False, False]    # no whole-image check
 
 
-@pytest.mark.parametrize("image_score", ["max", "hybrid", "struct"])
-def test_image_scores_stay_on_the_device_of_the_base_scores(image_score):
+@pytest.mark.parametrize("image_score, whole", [("max", False), ("hybrid", False), ("struct", False),
+                                                ("max", True)])
+def test_image_scores_stay_on_the_device_of_the_base_scores(image_score, whole):
     """The descriptor statistics live on the CPU; a batch scored on a GPU keeps its base scores
     there.  The 'meta' device stands in for a GPU (mixing it with CPU tensors raises, as cuda
     does); the descriptors stay on the CPU here because a meta tensor cannot be copied to it."""
     rng = np.random.default_rng(0)
-    cal = ScoreCalibration(Config(image_score=image_score)).fit(rng.normal(5, 1, 20),
-                                                                np.abs(rng.normal(1, 0.1, (20, 3))))
+    cfg = Config(image_score=image_score, whole_image_check=whole, threshold_rule="conformal")
+    cal = ScoreCalibration(cfg).fit(rng.normal(5, 1, 20), np.abs(rng.normal(1, 0.1, (20, 3))), None,
+                                    rng.normal(20, 1, 20))
     base = torch.tensor([5.0, 6.0], dtype=torch.float64)
     phi = torch.ones(2, 3, dtype=torch.float64)
-    on_device = cal.score_tensors(base.to("meta"), phi)
+    means = torch.tensor([19.0, 30.0], dtype=torch.float64)
+    on_device = cal.score_tensors(base.to("meta"), phi, means.to("meta"))
     assert all(t.device.type == "meta" for t in on_device)
-    on_cpu = cal.score_tensors(base, phi)
+    on_cpu = cal.score_tensors(base, phi, means)
+    assert on_cpu[6].tolist() == [False, whole]          # the whole-image flags
     assert [tuple(t.shape) for t in on_device] == [tuple(t.shape) for t in on_cpu]
 
 

@@ -16,7 +16,8 @@ def threshold_line(cal, cfg, names: list | None) -> str:
 
     n = int(cal.scores_.size)
     above = cal.above_threshold()
-    line = f"threshold: {len(above)} of {n} training images above it (each scored without its own bank rows)"
+    which = "it" if cal.map_threshold_ is None else "it or the whole-image check's"
+    line = f"threshold: {len(above)} of {n} training images above {which} (each scored without its own bank rows)"
     if above:
         name = lambda i: (names[i] if names is not None and names[i] is not None  # noqa: E731
                           else f"training image #{i}")

@@ -246,6 +246,8 @@ def _check_calibration(tensors: dict, cfg: Config, n_cal: int, n_train: int, whe
     _tensor(tensors, "calibration_base_scores", where, (torch.float64,), (n_cal,))
     _tensor(tensors, "calibration_descriptors", where, (torch.float64,), (n_cal, N_DESCRIPTORS))
     if cfg.whole_image_check:
+        if "calibration_map_means" not in tensors:
+            raise _fail(where, "tensor 'calibration_map_means'", "is missing (config.whole_image_check is true)")
         _tensor(tensors, "calibration_map_means", where, (torch.float64,), (n_cal,))
     elif "calibration_map_means" in tensors:
         raise _fail(where, "tensor 'calibration_map_means'", "is present but config.whole_image_check is false")
