@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image, ImageFilter
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -315,3 +316,37 @@ def test_operating_point_is_the_detectors(cli_export, fitted, synthetic_root, tm
     data = export_model(det, tmp_path / "moved", ["onnx"])
     assert data["threshold_override"] == t and data["threshold"] == t
     assert ExportedModel(tmp_path / "moved", "onnx", progress=False).threshold_ == t
+
+
+def test_an_export_decides_with_the_whole_image_check_as_the_detector_does(synthetic_root, tmp_path):
+    """A model with the whole-image check (the default preset's): the sidecar carries the map
+    means and the check's threshold, both runtimes flag what the detector flags, the graph's
+    own is_anomalous holds the check, a moved threshold leaves it, and a sidecar without the
+    means is refused."""
+    with pytest.warns(UserWarning, match="calibrated on only"):
+        whole = Detector.from_preset("lmf-core", progress=False, whole_image_check=True,
+                                     **FAST).fit(synthetic_root / "train" / "good")
+    blurred = [Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(6))
+               for p in sorted((synthetic_root / "test" / "good").glob("*.png"))]
+    data = export_model(whole, tmp_path / "ex", ["onnx", "openvino"])
+    assert data["map_threshold"] == whole.calibration_.map_threshold_
+    assert len(data["calibration_map_means"]) == whole.calibration_.map_means_.size
+    items = blurred[:3] + sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]
+    ref = whole.predict(items)
+    for runtime in ("openvino", "onnx"):
+        ex = ExportedModel(tmp_path / "ex", runtime, progress=False)
+        got = ex.predict(items)
+        assert [p.whole_image_anomalous for p in got] == [p.whole_image_anomalous for p in ref]
+        assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
+        assert [p.map_mean for p in got] == pytest.approx([p.map_mean for p in ref], rel=1e-5)
+    # the graph's own is_anomalous output holds the check too
+    x, _ = next(iter(ex.stream(items[:3])))
+    assert np.asarray(ex.runtime.run(x.numpy())[2]).tolist() == [True, True, True]
+    ex.set_threshold(1e9)
+    assert all(p.is_anomalous for p in ex.predict(items[:3]))
+    # a sidecar that lost its means is refused in one line
+    sidecar = json.loads((tmp_path / "ex" / SIDECAR_NAME).read_text())
+    sidecar.pop("calibration_map_means")
+    (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    with pytest.raises(PatchbankError, match="whole_image_check needs calibration_map_means"):
+        read_sidecar(tmp_path / "ex")

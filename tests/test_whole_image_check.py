@@ -186,32 +186,3 @@ def test_predict_csv_and_json_carry_the_map_mean_and_the_flag(whole, synthetic_r
     records = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
     ref = whole.predict(sorted(folder.glob("*.png")))
     assert [r["map_mean"] for r in records] == pytest.approx([p.map_mean for p in ref], rel=1e-6)
-
-
-def test_an_export_decides_with_the_check_as_the_detector_does(whole, synthetic_root, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from patchbank.export.exporter import export_model
-    from patchbank.export.runtimes import ExportedModel
-    from patchbank.export.sidecar import SIDECAR_NAME, read_sidecar
-
-    data = export_model(whole, tmp_path / "ex", ["onnx"])
-    assert data["map_threshold"] == whole.calibration_.map_threshold_
-    assert len(data["calibration_map_means"]) == whole.calibration_.map_means_.size
-    items = _blurred(synthetic_root)[:3] + sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]
-    ref = whole.predict(items)
-    ex = ExportedModel(tmp_path / "ex", "onnx", progress=False)
-    got = ex.predict(items)
-    assert [p.whole_image_anomalous for p in got] == [p.whole_image_anomalous for p in ref]
-    assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
-    assert [p.map_mean for p in got] == pytest.approx([p.map_mean for p in ref], rel=1e-5)
-    # the graph's own is_anomalous output holds the check too
-    x, _ = next(iter(ex.stream(items[:3])))
-    assert np.asarray(ex.runtime.run(x.numpy())[2]).tolist() == [True, True, True]
-    ex.set_threshold(1e9)
-    assert all(p.is_anomalous for p in ex.predict(items[:3]))
-    # a sidecar that lost its means is refused in one line
-    sidecar = json.loads((tmp_path / "ex" / SIDECAR_NAME).read_text())
-    sidecar.pop("calibration_map_means")
-    (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
-    with pytest.raises(PatchbankError, match="whole_image_check needs calibration_map_means"):
-        read_sidecar(tmp_path / "ex")
