@@ -186,3 +186,28 @@ def test_predict_csv_and_json_carry_the_map_mean_and_the_flag(whole, synthetic_r
     records = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
     ref = whole.predict(sorted(folder.glob("*.png")))
     assert [r["map_mean"] for r in records] == pytest.approx([p.map_mean for p in ref], rel=1e-6)
+
+
+# ------------------------------------------------------------------ a multi-category model
+def test_a_multi_category_model_checks_each_image_against_its_own_categorys_map_means(synthetic_root, tmp_path):
+    """Each category calibrates its own map-mean threshold; a blurred frame of either product is
+    flagged by its own category's, and the file keeps both."""
+    from patchbank.multi import MultiDetector
+
+    from conftest import stripes_images
+
+    stripes = stripes_images(tmp_path / "stripes", 12, seed=1)
+    with pytest.warns(UserWarning, match="calibrated on only"):
+        multi = MultiDetector.from_preset("lmf-core", progress=False, n_prototypes=16, **WHOLE).fit(
+            {"part": synthetic_root / "train" / "good", "stripes": stripes})
+    thresholds = {c: multi.detectors_[c].calibration_.map_threshold_ for c in ("part", "stripes")}
+    assert all(t is not None for t in thresholds.values()) and thresholds["part"] != thresholds["stripes"]
+    blurred_stripes = [Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(6))
+                       for p in stripes_images(tmp_path / "stripes_test", 2, seed=2)]
+    for category, images in (("part", _blurred(synthetic_root)[:2]), ("stripes", blurred_stripes)):
+        for p in multi.predict(images, category=category):
+            assert p.category == category and p.whole_image_anomalous and p.is_anomalous
+            assert p.map_mean > thresholds[category]
+    multi.save(tmp_path / "line.patchbank")
+    back = MultiDetector.load(tmp_path / "line.patchbank", progress=False)
+    assert {c: back.detectors_[c].calibration_.map_threshold_ for c in thresholds} == thresholds
