@@ -25,9 +25,11 @@ def threshold_line(cal, cfg, names: list | None) -> str:
         line += f": {shown}" + (", ..." if len(above) > SHOW_ABOVE else "")
     if cfg.threshold_rule != "conformal":
         return line
-    rate = conformal_rate(n, cfg.target_fpr, 1 if cal.map_threshold_ is None else 2)
-    line += f"; expected false-positive rate on new normal images {100 * rate:.2g}%"
-    if rate > cfg.target_fpr:
+    joined = cal.map_threshold_ is not None     # the whole-image check: a bound, ties included
+    rate = conformal_rate(n, cfg.target_fpr, 2 if joined else 1)
+    line += (f"; expected false-positive rate on new normal images {'at most ' if joined else ''}"
+             f"{100 * rate:.2g}%" + (" (both rules)" if joined else ""))
+    if conformal_rate(n, cfg.target_fpr) > cfg.target_fpr:
         line += f", above the target {100 * cfg.target_fpr:g}%: too few training images"
     return line
 
