@@ -56,6 +56,7 @@ MODULES = {
     "scoring": "patchbank.pipeline.scoring",
     "anomaly_map": "patchbank.pipeline.anomaly_map",
     "calibration": "patchbank.pipeline.calibration",
+    "conformal": "patchbank.pipeline.conformal",
     "metrics": "patchbank.evaluation.metrics",
     "detector": "patchbank.detector",
     "inference": "patchbank.pipeline.inference",

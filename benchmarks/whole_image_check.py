@@ -26,7 +26,7 @@ from patchbank.config import DEFAULT_PRESET
 from patchbank.detector import Detector
 from patchbank.io.datasets import read_mvtec
 from patchbank.io.images import list_images
-from patchbank.pipeline.calibration import conformal_threshold
+from patchbank.pipeline.conformal import conformal_threshold
 from patchbank.studies.speed import machine, write_json
 
 from camera_faults import FAULTS   # benchmarks/, beside this script

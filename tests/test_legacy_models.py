@@ -96,7 +96,7 @@ def test_threshold_rule_of_old_files_is_kept_and_new_fits_are_conformal(fitted, 
     # Config.threshold_rule: a header written before the field existed has no such key and keeps
     # the interpolated quantile it was calibrated with; every preset fits with the conformal rank.
     from patchbank.io.model_file import load_model
-    from patchbank.pipeline.calibration import conformal_threshold
+    from patchbank.pipeline.conformal import conformal_threshold
     from safetensors.torch import save_file
 
     assert fitted.config.threshold_rule == "conformal"

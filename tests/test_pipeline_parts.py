@@ -11,7 +11,8 @@ from patchbank.pipeline.features import aggregate, to_patches
 from patchbank.pipeline.fusion import EqualFusion, L2Fusion, Moments, VGFusion
 from patchbank.pipeline.projection import GaussianProjection
 from patchbank.sampling import NoSampler, UniformSampler, coreset_size
-from patchbank.pipeline.calibration import NormalStats, conformal_rank, conformal_rate, conformal_threshold
+from patchbank.pipeline.calibration import NormalStats
+from patchbank.pipeline.conformal import conformal_rank, conformal_rate, conformal_threshold
 from patchbank.pipeline.scoring import patch_scores, reweighted_max
 from patchbank.search import ExactSearch, FaissSearch
 

@@ -19,8 +19,9 @@ from patchbank.config import Config
 from patchbank.detector import Detector
 from patchbank.errors import ConfigError, PatchbankError
 from patchbank.io.model_file import load_model, save_model
-from patchbank.pipeline.calibration import (conformal_rank, conformal_rate, conformal_threshold,
-                                            joint_conformal_thresholds, map_means)
+from patchbank.pipeline.calibration import map_means
+from patchbank.pipeline.conformal import (conformal_rank, conformal_rate, conformal_threshold,
+                                          joint_conformal_thresholds)
 
 from conftest import FAST, invoke_cli
 
@@ -86,6 +87,20 @@ def test_the_union_is_held_at_the_conformal_count_and_one_column_is_conformal(co
     # single-column threshold (the union needs both rules stricter)
     assert ta in a and tb in b
     assert ta >= conformal_threshold(a, fpr) and tb >= conformal_threshold(b, fpr)
+
+
+def test_the_calibration_names_images_above_either_threshold_by_hand():
+    """Base scores 1..20 and map means 20..1 at target 0.2 (the hand example above): image 19
+    is above the score's threshold and image 0 above the map mean's; both are named, highest
+    normalised score first."""
+    from patchbank.pipeline.calibration import ScoreCalibration
+
+    cfg = Config(whole_image_check=True, threshold_rule="conformal", target_fpr=0.2)
+    base = np.arange(1.0, 21.0)
+    cal = ScoreCalibration(cfg).fit(base, np.ones((20, 3)), np.arange(20), base[::-1].copy())
+    z = (base - base.mean()) / base.std(ddof=1)
+    assert cal.threshold_ == pytest.approx(z[18]) and cal.map_threshold_ == 19.0
+    assert [(i, pytest.approx(v)) for i, v in cal.above_threshold()] == [(19, z[19]), (0, z[0])]
 
 
 def test_map_means_are_float64_means_of_each_map():

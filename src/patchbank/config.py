@@ -64,7 +64,7 @@ IMAGE_SCORES = BASE_SCORES + ("struct", "hybrid")
 STRUCT_COMPONENTS = ("std", "topk_mean", "tv")
 STRUCT_DISTANCES = ("mahalanobis", "l1_std", "chebyshev_std", "l1", "l2", "chebyshev", "cosine")
 BANK_DTYPES = ("float32", "float16")
-THRESHOLD_RULES = ("conformal", "quantile")   # pipeline.calibration.threshold_at
+THRESHOLD_RULES = ("conformal", "quantile")   # pipeline.conformal.threshold_at
 # pixel budget of the resized image the backbone's input is cut from (2048 x 2048): the feature
 # maps of one such image already take hundreds of MB; larger sizes are refused before anything
 # is allocated (docs/reliability.md)

@@ -279,7 +279,7 @@ class Detector:
     @property
     def calibrated_threshold_(self) -> float:
         """The threshold calibrated at fit (the split-conformal (1 - target_fpr) rank of the
-        training images' normalised scores, :func:`patchbank.pipeline.calibration.conformal_threshold`),
+        training images' normalised scores, :func:`patchbank.pipeline.conformal.conformal_threshold`),
         whatever :meth:`set_threshold` moved ``threshold_`` to."""
         self.check_fitted()
         return self.calibration_.stats_.threshold_

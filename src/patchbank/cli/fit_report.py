@@ -12,7 +12,7 @@ def threshold_line(cal, cfg, names: list | None) -> str:
     as a model records them: worth a look for defects) and, for the conformal rule, the
     false-positive rate it gives new normal images like them.  ``cal``: the model's
     :class:`~patchbank.pipeline.calibration.ScoreCalibration`; ``cfg``: its config."""
-    from patchbank.pipeline.calibration import conformal_rate
+    from patchbank.pipeline.conformal import conformal_rate
 
     n = int(cal.scores_.size)
     above = cal.above_threshold()

@@ -18,27 +18,19 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
 
 * normalised score (LMF-Core Sec. 4.5): a = (a_hat - mu) / sigma, mu and sigma the mean and
   standard deviation (ddof=1) of the calibration images' scores;
-* threshold (:func:`threshold_at`, by ``Config.threshold_rule``): ``conformal`` in every preset,
-  the ceil((n + 1)(1 - target_fpr))-th smallest of the n calibration images' normalised scores
-  (the split-conformal rank): a new normal image whose score is exchangeable with theirs exceeds
-  it with probability at most target_fpr, and at least target_fpr - 1 / (n + 1)
-  (:func:`conformal_rate`).  The plain interpolated (1 - target_fpr) quantile, which model files
-  written before the rule existed keep (``quantile``), does not keep that promise: at n = 261
-  and 1% its expected rate is about 1.4%, at n = 60 about 2.6%.  Where the rank exceeds n
-  (n < (1 - target_fpr) / target_fpr) the threshold is the largest score, whose rate is
-  1 / (n + 1); :func:`check_training_images` warns about so few images.  An image is anomalous
-  unless a <= threshold (a NaN score is anomalous);
+* threshold (:func:`~patchbank.pipeline.conformal.threshold_at`, by ``Config.threshold_rule``):
+  ``conformal`` in every preset, the split-conformal rank of the n calibration images'
+  normalised scores (:mod:`patchbank.pipeline.conformal`: at most target_fpr of new normal
+  images above it); where the rank exceeds n the threshold is the largest score, and
+  :func:`check_training_images` warns about so few images.  An image is anomalous unless
+  a <= threshold (a NaN score is anomalous);
 * StructCore (Eqs. 10-12): D_struct's train-good statistics and lambda_auto come from the same
   images' map descriptors and base scores;
 * whole-image check (``Config.whole_image_check``): the mean of each calibration image's anomaly
   map (:func:`map_means`, the map a prediction draws) is a second statistic.  The two thresholds
-  come from one conformal rank (:func:`joint_conformal_thresholds`): each calibration image's
-  larger rank among the n values of either statistic, the ceil((n + 1)(1 - target_fpr))-th
-  smallest of those is c, and each threshold is its statistic's c-th smallest value; an image is
-  anomalous when either statistic is above its threshold.  The union, not each rule, is held at
-  the target: a new normal image is flagged with probability at most (n + 2 - rank) / (n + 1)
-  (:func:`conformal_rate` with two statistics), target_fpr + 1 / (n + 1) (two images can share
-  a larger rank, which a new one may tie), 2 / (n + 1) where the rank is capped at n.  A blurred, dark or
+  come from one conformal rank (:func:`~patchbank.pipeline.conformal.joint_conformal_thresholds`)
+  and an image is anomalous when either statistic is above its threshold: the union, not each
+  rule, is held at the target (at most target_fpr + 1 / (n + 1) of new normal images).  A blurred, dark or
   noisy frame raises every patch a little and none much, so the pooled score can miss it while
   the map's mean does not (docs/reliability.md).
 """
@@ -54,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
+from patchbank.pipeline.conformal import joint_conformal_thresholds, threshold_at
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.pipeline.structure import COMPONENTS, StructScorer
 from patchbank.search import LeaveGroupOut
@@ -111,61 +104,9 @@ def calibration_images(n: int, image_bytes: int, config) -> np.ndarray:
     return np.sort(rng.choice(n, size=count, replace=False))
 
 
-def conformal_rank(n: int, target_fpr: float) -> int:
-    """The 1-based rank ``ceil((n + 1)(1 - target_fpr))``, at most ``n``, of the threshold among
-    ``n`` sorted calibration scores (see the module docstring)."""
-    return max(1, min(n, math.ceil((n + 1) * (1.0 - target_fpr) - 1e-9)))
-
-
-def conformal_threshold(scores: np.ndarray, target_fpr: float) -> float:
-    """The :func:`conformal_rank`-th smallest of ``scores`` [n]: for a new score exchangeable
-    with them, P(new > threshold) <= target_fpr whenever the rank is below n + 1."""
-    scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    return float(scores[conformal_rank(scores.size, target_fpr) - 1])
-
-
-def conformal_rate(n: int, target_fpr: float, statistics: int = 1) -> float:
-    """The false-positive rate the conformal threshold of ``n`` calibration scores gives a new
-    exchangeable normal score: ``(n + 1 - rank) / (n + 1)`` (:func:`conformal_rank`), at most
-    ``target_fpr`` unless the rank was capped at n (too few scores).  With ``statistics`` m
-    joined by their larger rank (:func:`joint_conformal_thresholds`), a bound on the rate that
-    any of them is above its threshold: ``(n + m - rank) / (n + 1)``, up to (m - 1) / (n + 1)
-    above the single statistic's (m images can share one larger rank, and a new one may tie)."""
-    return (n + statistics - conformal_rank(n, target_fpr)) / (n + 1)
-
-
-def joint_conformal_thresholds(columns: np.ndarray, target_fpr: float) -> np.ndarray:
-    """Thresholds [m] for the n calibration images' m statistics ``columns`` [n, m] (higher =
-    more anomalous): at most ``n - rank`` of the calibration images have any statistic above
-    its threshold, and a new image exchangeable with them with probability at most
-    :func:`conformal_rate` ``(n, target_fpr, m)``, target_fpr + (m - 1) / (n + 1) (m images
-    can share one larger rank, and a new one may tie it).  Each image's rank in a column is the
-    count of values <= its own; c is the :func:`conformal_rank`-th smallest of the images'
-    largest rank, and column j's threshold its c-th smallest value.  With one column this is
-    :func:`conformal_threshold`.  (Taking the rank m - 1 higher would remove the tie's share,
-    but where the rank is capped at n, on a few hundred images at 1%, it moves every threshold
-    to the largest value: KSDD's defects flagged fell from 31% to 14% in a measurement.)"""
-    x = np.asarray(columns, dtype=np.float64)
-    x = x.reshape(x.shape[0], -1)
-    ordered = np.sort(x, axis=0)
-    ranks = np.stack([np.searchsorted(ordered[:, j], x[:, j], side="right")
-                      for j in range(x.shape[1])], axis=1)
-    c = np.sort(ranks.max(axis=1))[conformal_rank(x.shape[0], target_fpr) - 1]
-    return ordered[c - 1].copy()
-
-
 def map_means(maps: torch.Tensor) -> torch.Tensor:
     """Anomaly maps [B, H, W] -> the mean of each, float64 [B]: the whole-image statistic."""
     return maps.double().mean(dim=(-2, -1))
-
-
-def threshold_at(scores: np.ndarray, target_fpr: float, rule: str) -> float:
-    """The threshold on ``scores`` for ``target_fpr`` by ``Config.threshold_rule``: ``conformal``
-    (:func:`conformal_threshold`, every preset) or ``quantile`` (the interpolated
-    (1 - target_fpr) quantile, which model files written before the rule existed keep)."""
-    if rule == "conformal":
-        return conformal_threshold(scores, target_fpr)
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - target_fpr))
 
 
 class NormalStats:
