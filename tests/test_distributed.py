@@ -78,6 +78,38 @@ def _key(rec):
 
 
 # ------------------------------------------------------------------ scoring == local
+def test_ray_flags_blurred_frames_with_the_whole_image_check_as_the_local_predict(ray_local, synthetic_root, tmp_path):
+    """A model with the default preset's whole-image check: the Ray engine writes the local
+    predict's CSV byte for byte (map_mean, whole_image_anomalous), flags the blurred frames, and
+    both JSON summaries give the check's threshold."""
+    import json
+
+    from PIL import Image, ImageFilter
+
+    from patchbank.detector import Detector
+
+    with pytest.warns(UserWarning, match="calibrated on only"):
+        det = Detector.from_preset("lmf-core", progress=False, whole_image_check=True, **FAST).fit(
+            synthetic_root / "train" / "good")
+    det.save(tmp_path / "whole.patchbank")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]:
+        Image.open(p).convert("RGB").save(frames / p.name)
+        Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(6)).save(frames / f"blur_{p.name}")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert _cli("predict", tmp_path / "whole.patchbank", frames, "-o", local, "-q").exit_code == 0
+    r = _cli("predict", tmp_path / "whole.patchbank", frames, "-o", remote, "-q", "--engine", "ray",
+             "--actors", "1", "--batch-size", "2")
+    assert r.exit_code == 0, r.output
+    assert (remote / "predictions.csv").read_bytes() == (local / "predictions.csv").read_bytes()
+    lj, rj = (json.loads((d / "predictions.json").read_text()) for d in (local, remote))
+    assert lj["map_threshold"] == rj["map_threshold"] == det.calibration_.map_threshold_
+    flagged = {Path(rec["path"]).name: rec["whole_image_anomalous"] for rec in rj["predictions"]}
+    assert all(v for k, v in flagged.items() if k.startswith("blur_"))
+    assert pq.read_table(remote / "predictions.parquet").to_pylist() == lj["predictions"]
+
+
 def test_cli_predict_ray_writes_the_local_files(ray_local, single_model, synthetic_root, tmp_path):
     """predict --engine ray (1 actor, batch 3) writes the local predict's CSV byte for byte, the
     same records in its JSON, and a Parquet table of the same rows."""

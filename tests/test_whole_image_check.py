@@ -218,7 +218,9 @@ def test_predict_csv_and_json_carry_the_map_mean_and_the_flag(whole, synthetic_r
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", encoding="utf-8")))
     assert [r["whole_image_anomalous"] for r in rows] == ["1", "1"] and all(r["is_anomalous"] == "1" for r in rows)
-    records = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["map_threshold"] == whole.calibration_.map_threshold_
+    records = summary["predictions"]
     ref = whole.predict(sorted(folder.glob("*.png")))
     assert [r["map_mean"] for r in records] == pytest.approx([p.map_mean for p in ref], rel=1e-6)
 
