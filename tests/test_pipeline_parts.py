@@ -186,6 +186,9 @@ def test_normal_stats_threshold_is_the_conformal_rank():
     assert conformal_rank(98, 1 / 99) == 98 and conformal_rank(99, 0.01) == 99
     assert conformal_rank(261, 0.01) == 260 and conformal_rank(60, 0.01) == 60
     assert conformal_rank(5, 0.99) == 1
+    # (n + 1)(1 - target) a whole number below n: exactly that rank, whatever the float product's
+    # last bit (200 x 0.99, 40 x 0.95, 20 x 0.75)
+    assert conformal_rank(199, 0.01) == 198 and conformal_rank(39, 0.05) == 38 and conformal_rank(19, 0.25) == 15
     assert conformal_threshold([3.0, 1.0, 2.0], 0.01) == 3.0   # rank beyond n: the largest
     assert conformal_rate(261, 0.01) == pytest.approx(2 / 262) and conformal_rate(10, 0.01) == pytest.approx(1 / 11)
 

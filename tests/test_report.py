@@ -489,3 +489,21 @@ def _auroc(c) -> float:
 def _ap(c) -> float:
     """Step-wise area under the PR points: sum_k (R_k - R_{k-1}) Prec_k."""
     return float(np.sum(np.diff(np.concatenate(([0.0], c.recall))) * c.precision))
+
+
+def test_a_frame_flagged_as_a_whole_says_so_on_its_card(predict_dir, tmp_path):
+    """A record flagged by the whole-image check (whatever its score) carries a note on its
+    card; the others, and records written before the check (no such key), do not."""
+    pred = tmp_path / "pred"
+    shutil.copytree(predict_dir, pred)
+    (pred / "report.html").unlink(missing_ok=True)
+    data = json.loads((pred / "predictions.json").read_text())
+    assert all("whole_image_anomalous" in rec for rec in data["predictions"])
+    for i, rec in enumerate(data["predictions"]):
+        rec["whole_image_anomalous"] = i == 0
+        if i == 1:
+            del rec["whole_image_anomalous"]
+    (pred / "predictions.json").write_text(json.dumps(data))
+    page = Elements(write_report(pred).read_text(encoding="utf-8"))
+    whole = page.texts("div", "whole")
+    assert len(whole) == 1 and "flagged as a whole" in whole[0]

@@ -25,7 +25,9 @@ class ImageCard:
     ``thumb`` is None when neither the heatmap nor the image could be read (``notes`` says
     why); ``thumb_kind`` is ``"heatmap overlay"`` or ``"image"``; ``label`` is ``"good"`` /
     ``"defective"`` for evaluate images and None for predictions; ``category`` and ``routed``
-    are set for a multi-category model's predictions only.
+    are set for a multi-category model's predictions only; ``whole_image``: the whole-image check
+    flagged it (its anomaly map's mean above that threshold: whatever its score, a blurred, dark
+    or noisy frame; False for records written before the check).
     """
 
     rank: int
@@ -40,6 +42,7 @@ class ImageCard:
     label: str | None = None
     category: str | None = None
     routed: bool | None = None
+    whole_image: bool = False
 
     @property
     def name(self) -> str:
@@ -73,7 +76,8 @@ def image_card(rank: int, rec: dict[str, Any], *, heatmap: Path | None = None,
     is missing or unreadable, a note says so and the image itself is shown if it can be read.
     """
     card = ImageCard(rank, rec["path"], rec["is_anomalous"], rec["score"], rec["normalized_score"],
-                     rec["threshold"], label=label, category=rec.get("category"), routed=rec.get("routed"))
+                     rec["threshold"], label=label, category=rec.get("category"), routed=rec.get("routed"),
+                     whole_image=bool(rec.get("whole_image_anomalous", False)))
     if heatmap is not None:
         card.thumb = _try_thumbnail(heatmap, HEATMAP_MISSING, card.notes)
         card.thumb_kind = "heatmap overlay"
