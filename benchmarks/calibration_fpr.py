@@ -4,9 +4,10 @@ target_fpr, and image-level metrics, for the base, struct and hybrid image score
 Per seed, two fits of the lmf-core preset: the default (image score = re-weighted max: "base")
 and ``image_score=hybrid`` (S_base = max, D_struct, S_hyb; the "struct" decision uses the same
 fit's calibration refitted with ``image_score=struct``, which is exactly what a struct fit
-computes from the same calibration base scores and descriptors).  Works with any patchbank
-version that has ``Detector`` and ``ScoreCalibration`` (run the old code with
-``PYTHONPATH=<old checkout>/src``) so a calibration change can be compared before / after.
+computes from the same calibration base scores and descriptors).  Works with the patchbank
+versions whose ``ScoreCalibration.image_scores`` takes the map means (session 25 on; run another
+checkout with ``PYTHONPATH=<checkout>/src`` and that checkout's copy of this script) so a
+calibration change can be compared before / after.
 
     python benchmarks/calibration_fpr.py /work/shared/data/mtd --seeds 0,1,2,3,4 --label after \\
         -o benchmarks/results/calibration_fpr_s7_loo
@@ -43,7 +44,7 @@ def _decisions(cal: ScoreCalibration, preds) -> tuple[np.ndarray, np.ndarray]:
     """(final scores, anomalous) of ``preds`` under calibration ``cal``."""
     base = np.array([p.base_score for p in preds])
     phi = np.stack([p.descriptor for p in preds])
-    out = cal.image_scores(base, phi)
+    out = cal.image_scores(base, phi, np.array([p.map_mean for p in preds]))
     return out.final, out.anomalous
 
 
