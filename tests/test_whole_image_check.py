@@ -218,6 +218,9 @@ def test_predict_csv_and_json_carry_the_map_mean_and_the_flag(whole, synthetic_r
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", encoding="utf-8")))
     assert [r["whole_image_anomalous"] for r in rows] == ["1", "1"] and all(r["is_anomalous"] == "1" for r in rows)
+    info = invoke_cli("info", model)
+    row = next(line for line in info.output.splitlines() if line.startswith("whole-image check"))
+    assert f"map's mean is above {whole.calibration_.map_threshold_:.4g}" in row, row
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["map_threshold"] == whole.calibration_.map_threshold_
     records = summary["predictions"]

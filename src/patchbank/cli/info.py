@@ -94,7 +94,7 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
     map_thr = info.pop("map_threshold", None)
     if map_thr is not None:
         row("whole-image check", f"also anomalous when the anomaly map's mean is above {_number(map_thr, '.4g')} "
-            "(both thresholds set together: the target FPR holds for the two rules at once)")
+            "(set together with the score's: the target FPR is for the two rules at once)")
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config
