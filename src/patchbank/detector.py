@@ -14,7 +14,8 @@ calibrates on the training images, each scored without its own bank entries
 Fitted state: ``scorer_`` (:class:`~patchbank.pipeline.scoring.PatchScorer`: embedding, search
 over the bank, patch grid, optional local radius), ``calibration_``
 (:class:`~patchbank.pipeline.calibration.ScoreCalibration`: structure scorer, normal-score
-statistics), ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
+statistics, with ``Config.whole_image_check`` the map-mean threshold ``map_threshold_``),
+``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 ``train_names_`` (the training images' file names, None for in-memory images),
 ``train_shape_`` (their shared H / W, also ``aspect_``, and the range of their sizes:
 :class:`~patchbank.io.train_shape.TrainShape`, which flags prediction images unlike them),
@@ -286,9 +287,10 @@ class Detector:
 
     def set_threshold(self, threshold: float | None) -> "Detector":
         """Move the operating point without refitting: images are anomalous unless their
-        normalised score is <= ``threshold``; None goes back to the calibrated threshold.
-        :meth:`save` records a moved threshold (``threshold_override``) and :meth:`load`
-        applies it."""
+        normalised score is <= ``threshold`` (or, with the whole-image check, their map's mean
+        is above ``calibration_.map_threshold_``, which does not move); None goes back to the
+        calibrated threshold.  :meth:`save` records a moved threshold (``threshold_override``)
+        and :meth:`load` applies it."""
         self.check_fitted()
         self.calibration_.set_threshold(threshold)
         self.threshold_ = self.calibration_.threshold_
