@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from patchbank.detector import Detector
 
@@ -28,7 +28,7 @@ def served(synthetic_root, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("page")
     det = Detector.from_preset("lmf-core", progress=False, backbone="efficientnet_lite0",
-                               image_size=(96, 96), crop_size=(80, 80))
+                               image_size=(96, 96), crop_size=(80, 80), whole_image_check=True)
     det.fit(synthetic_root / "train" / "good")
     model = tmp / "widget.patchbank"
     det.save(model)
@@ -80,6 +80,21 @@ def test_threshold_override_on_the_page_moves_the_decision(served, page, synthet
     page.wait_for_function("document.getElementById('canvas').dataset.rendered === '1'", timeout=60000)
     assert page.inner_text("#badge") == "FAIL"
     page.fill("#threshold", "")
+
+
+def test_a_blurred_frame_fails_and_the_page_says_the_whole_image_is_unlike_the_training_images(
+        served, page, synthetic_root):
+    server, det, tmp = served
+    good = sorted((synthetic_root / "test" / "good").glob("*.png"))[1]
+    Image.open(good).convert("RGB").filter(ImageFilter.GaussianBlur(6)).save(tmp / "blurred.png")
+    want = det.predict([Image.open(tmp / "blurred.png")])[0]
+    assert want.whole_image_anomalous
+    page.set_input_files("#file", str(tmp / "blurred.png"))
+    page.wait_for_function("document.getElementById('whole') !== null", timeout=60000)
+    assert page.inner_text("#badge") == "FAIL"
+    assert "the whole image is unlike the training images" in page.inner_text("#whole")
+    page.set_input_files("#file", str(good))               # a good frame: no such line
+    page.wait_for_function("document.getElementById('whole') === null", timeout=60000)
 
 
 def test_a_file_that_is_not_an_image_shows_a_one_line_error(served, page):
