@@ -263,3 +263,11 @@ def test_the_fit_report_gives_the_bound_of_both_rules(whole, fitted):
     assert "at most 12% (both rules), above the target 1%: too few training images" in line, line
     alone = threshold_line(fitted.calibration_, fitted.config, None)
     assert "above it (" in alone and "new normal images 5.9%, above" in alone, alone
+
+
+def test_a_prediction_made_without_the_check_fields_is_not_flagged_by_it():
+    """A Prediction built without them (an older caller) has no map mean and no whole-image flag."""
+    from patchbank.pipeline.inference import Prediction
+
+    p = Prediction(None, 1.0, 0.0, False, np.zeros((2, 2), np.float32))
+    assert p.whole_image_anomalous is False and np.isnan(p.map_mean)
