@@ -407,3 +407,21 @@ def test_a_multi_category_model_on_a_gpu_replays_its_extraction(synthetic_root, 
     shapes = sorted(key[0][0] for key in graphed.graphs.captured)
     assert 1 in shapes and 4 in shapes and graphed.graphs.eager == []
     assert eager.graphs is None
+
+
+def test_the_inference_model_asks_for_graphs_only_when_switched_on_and_its_searches_stay_on_the_device(
+        fitted, monkeypatch):
+    """With a recorder that applies on the CPU: graphs exactly when ``cuda_graphs`` is on and
+    every search stays on the device (an exact search does; a host-side one does not)."""
+    from types import SimpleNamespace
+
+    import patchbank.runtime.cuda_graphs as cuda_graphs_module
+    from patchbank.pipeline.inference import InferenceModel
+
+    monkeypatch.setattr(cuda_graphs_module, "CudaGraphs", RerunRecorder)
+    assert fitted.scorer_.search.device_only
+    parts = (fitted.extractor, fitted.scorer_, fitted.calibration_)
+    assert InferenceModel(*parts, cuda_graphs=True).graphs is not None
+    assert InferenceModel(*parts, cuda_graphs=False).graphs is None
+    host = SimpleNamespace(search=SimpleNamespace(device_only=False), context=None)
+    assert InferenceModel(fitted.extractor, host, fitted.calibration_, cuda_graphs=True).graphs is None
