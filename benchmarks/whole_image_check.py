@@ -34,7 +34,7 @@ from camera_faults import FAULTS   # benchmarks/, beside this script
 RULES = ("score alone", "map mean", "joint")
 
 
-def flags(det: Detector, alone: float, preds) -> dict[str, np.ndarray]:
+def flags(alone: float, preds) -> dict[str, np.ndarray]:
     """Each rule's decisions for ``preds``; ``alone``: the score-only threshold."""
     return {"score alone": np.array([not p.normalized_score <= alone for p in preds]),
             "map mean": np.array([p.whole_image_anomalous for p in preds]),
@@ -49,7 +49,7 @@ def one_seed(args, category, seed: int, good: list) -> dict:
         raise SystemExit(f"preset {args.preset!r} has no whole-image check")
     cal = det.calibration_
     alone = conformal_threshold(cal.stats_.normalize(cal.scores_), det.config.target_fpr)
-    test = flags(det, alone, det.predict(category.test))
+    test = flags(alone, det.predict(category.test))
     labels = np.asarray(category.labels)
     rows = {"test good": {k: float(v[labels == 0].mean()) for k, v in test.items()},
             "test defective": {k: float(v[labels == 1].mean()) for k, v in test.items()}}
@@ -58,7 +58,7 @@ def one_seed(args, category, seed: int, good: list) -> dict:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            f = flags(det, alone, det.predict([fault(img, i) for i, img in enumerate(good)]))
+            f = flags(alone, det.predict([fault(img, i) for i, img in enumerate(good)]))
         rows[name] = {k: float(v.mean()) for k, v in f.items()}
     print(f"seed {seed}: thresholds score alone {alone:.3f}, joint {det.threshold_:.3f} and map mean "
           f"{cal.map_threshold_:.3f}; " + "; ".join(

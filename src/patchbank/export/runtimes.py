@@ -39,7 +39,7 @@ from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sid
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
 from patchbank.io.train_shape import TrainShape
-from patchbank.pipeline.calibration import ImageScores, map_means
+from patchbank.pipeline.calibration import ImageScores, decide, map_means
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
                                           predict_batches, set_windows)
 
@@ -288,7 +288,7 @@ class ExportedModel:
         means = map_means(maps)
         whole = self.calibration_.whole_image_flags(means).numpy()
         scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm), means.numpy(),
-                             whole, ~(f64(norm) <= self.threshold_) | whole)
+                             whole, decide(f64(norm), whole, self.threshold_))
         return ScoredBatch(scores, maps, f64(phi))
 
     def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:

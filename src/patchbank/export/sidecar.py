@@ -144,11 +144,11 @@ def _check_fields(data: Any, path: Path) -> None:
                                           and math.isfinite(v) and (key == "mean" or v > 0)
                                           for v in data[key]):
             raise PatchbankError(f"{path}: {key} must be 3 finite numbers")
-    _check_operating_point(data, path)
     try:
         Config.from_dict(data["config"])
     except (ConfigError, TypeError) as exc:
         raise PatchbankError(f"{path}: invalid config ({' '.join(str(exc).split())})") from None
+    _check_operating_point(data, path)     # after the config: it reads whole_image_check
 
 
 def _check_operating_point(data: dict[str, Any], path: Path) -> None:
@@ -172,7 +172,7 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
                                         and all(_is(v, float) for v in row) for row in phi):
         raise PatchbankError(f"{path}: calibration_descriptors must be {len(base)} rows of "
                              f"{len(COMPONENTS)} finite numbers (one per calibration base score)")
-    whole = bool(data["config"].get("whole_image_check", False))
+    whole = sidecar_config(data).whole_image_check
     means = data.get("calibration_map_means")
     if whole and not (isinstance(means, list) and len(means) == len(base) and all(_is(v, float) for v in means)
                       and _is(data.get("map_threshold"), float)):

@@ -109,6 +109,14 @@ def map_means(maps: torch.Tensor) -> torch.Tensor:
     return maps.double().mean(dim=(-2, -1))
 
 
+def decide(normalized, whole_image, threshold: float):
+    """The decision: anomalous unless ``normalized <= threshold`` (so a NaN score is anomalous),
+    or flagged by the whole-image check.  Element-wise on torch tensors or numpy arrays /
+    scalars (``whole_image`` bool of the same kind), so the torch path, an exported graph, an
+    export runtime and a request's own threshold decide by this one rule."""
+    return ~(normalized <= threshold) | whole_image
+
+
 class NormalStats:
     """Mean/std of the calibration images' scores and the threshold on the normalised score."""
 
@@ -257,7 +265,7 @@ class ScoreCalibration:
         norm = (final - self.stats_.mean_) / self.stats_.std_
         means = means.double().to(norm.device)
         whole = self.whole_image_flags(means)
-        return final, base.double(), d_struct, hyb, norm, means, whole, ~(norm <= self.threshold_) | whole
+        return final, base.double(), d_struct, hyb, norm, means, whole, decide(norm, whole, self.threshold_)
 
     def whole_image_flags(self, means: torch.Tensor) -> torch.Tensor:
         """Map means [B] -> the whole-image check's flags, bool [B]: not (mean <=

@@ -33,6 +33,7 @@ import numpy as np
 
 from patchbank.io.heatmap import heatmap_rgba, png_bytes
 from patchbank.io.image_coords import region_mask, region_polygons
+from patchbank.pipeline.calibration import decide
 from patchbank.service.codec import InferOptions
 from patchbank.service.registry import Scored, Served
 
@@ -54,7 +55,7 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         threshold, anomalous = scored.threshold, bool(p.is_anomalous)
     else:
         threshold = options.threshold
-        anomalous = not (p.normalized_score <= threshold) or bool(p.whole_image_anomalous)
+        anomalous = bool(decide(np.float64(p.normalized_score), np.bool_(p.whole_image_anomalous), threshold))
     h, w = size_hw
     detector = served.detector(p.category)
     out: dict[str, Any] = {
