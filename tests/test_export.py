@@ -142,13 +142,19 @@ def test_cli_export_then_predict_runtime_equals_torch(cli_export, synthetic_root
 def test_crop_hybrid_topk_fp16_bank_external_data(synthetic_root, tmp_path):
     """Centre crop, StructCore hybrid over top-k mean with k=3 mean squared distances, a float16
     bank (the model file's, so the torch path uses the same rounded rows) stored as ONNX
-    external data (forced by a tiny threshold)."""
+    external data (forced by a tiny threshold), exported after its threshold was moved: the
+    export starts at the moved threshold and decides as the moved detector does."""
     cfg = dict(FAST, image_size=112, crop_size=96, image_score="hybrid", base_score="topk_mean",
                k=3, distance="squared", knn_reduce="mean", bank_dtype="float16")
     det = Detector.from_preset("lmf-core", progress=False, **cfg).fit(synthetic_root / "train" / "good")
     det.save(tmp_path / "m.patchbank")
     det = Detector.load(tmp_path / "m.patchbank", progress=False)
+    items, _ = split_items(synthetic_root)
+    t = float(np.median([p.normalized_score for p in det.predict(items)]))
+    det.set_threshold(t)
     data = export_model(det, tmp_path / "ex", ["onnx", "openvino"], external_over=1)
+    assert data["threshold_override"] == t and data["threshold"] == t
+    assert ExportedModel(tmp_path / "ex", "onnx", progress=False).threshold_ == t
     assert data["external_data"] and (tmp_path / "ex" / "model.onnx.data").is_file()
     assert data["bank"]["dtype"] == "float16"
     assert data["bank"]["bytes"] == data["bank"]["entries"] * data["bank"]["dim"] * 2
@@ -156,8 +162,7 @@ def test_crop_hybrid_topk_fp16_bank_external_data(synthetic_root, tmp_path):
 
     graph = onnx.load(str(tmp_path / "ex" / "model.onnx"), load_external_data=False).graph
     halves = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
-    assert any(list(t.dims) == [data["bank"]["entries"], data["bank"]["dim"]] for t in halves)
-    items, _ = split_items(synthetic_root)
+    assert any(list(h.dims) == [data["bank"]["entries"], data["bank"]["dim"]] for h in halves)
     check_all(tmp_path / "ex", items, det.predict(items, batch_size=8))
 
 
@@ -292,10 +297,10 @@ def test_a_faiss_model_is_exported_with_the_exact_search_and_says_so(fitted):
     assert "faiss-ivf" in note and "exactly" in note
 
 
-def test_operating_point_is_the_detectors(cli_export, fitted, synthetic_root, tmp_path):
+def test_operating_point_is_the_detectors(cli_export, synthetic_root):
     """The sidecar's calibration arrays rebuild the Detector's operating point: thresholds, region
-    level, heatmap range; a moved threshold decides like the Detector's, and an export of a
-    moved detector (or a persisted override) starts at that threshold."""
+    level, heatmap range; a moved threshold decides like the Detector's (an export of a moved
+    detector starts at its threshold: test_crop_hybrid_topk_fp16_bank_external_data)."""
     tmp, _ = cli_export
     det = Detector.load(tmp / "m.patchbank", progress=False)
     model = ExportedModel(tmp / "ex", "onnx", progress=False)
@@ -313,9 +318,6 @@ def test_operating_point_is_the_detectors(cli_export, fitted, synthetic_root, tm
     assert_parity(model.predict(items, batch_size=8), det.predict(items, batch_size=8))
     with pytest.raises(PatchbankError, match="finite number"):
         model.set_threshold(float("nan"))
-    data = export_model(det, tmp_path / "moved", ["onnx"])
-    assert data["threshold_override"] == t and data["threshold"] == t
-    assert ExportedModel(tmp_path / "moved", "onnx", progress=False).threshold_ == t
 
 
 def test_an_export_decides_with_the_whole_image_check_as_the_detector_does(synthetic_root, tmp_path):
