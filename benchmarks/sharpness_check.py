@@ -1,0 +1,115 @@
+"""Would a third whole-image statistic, the input's sharpness, catch the camera faults the
+default preset's two statistics miss (KSDD's slight blur), and at what cost?  A measurement, not
+a lever of the preset: nothing is built into the detector from it.
+
+    python benchmarks/sharpness_check.py ../shared/data/ksdd --seeds 0 1 2 -o benchmarks/results/sharpness_s26/sharpness_ksdd.json
+
+The statistic, fixed before looking: the focus measure of Pech-Pacheco et al. (2000), the
+variance of the Laplacian of the grey view the anomaly map lies on (the resized, centre-cropped
+network view, ``prepare_view``), taken as ``-log(variance)`` so that larger means blurrier, like
+the other two statistics (larger = more anomalous).  It needs no leave-one-image-out pass: it is
+a function of the image alone.
+
+One fit of the default preset per seed on every training image.  Two rules from the same fit:
+``two`` is the model's own decision (the normalised score and the map mean, thresholds set
+together by ``joint_conformal_thresholds``); ``three`` joins the sharpness to them, the three
+thresholds set together the same way on the training images' three columns.  Reported: the
+share of good and defective test images each rule flags, and of each fault of
+``camera_faults.py`` on the first ``--images`` good test images.  Nothing is fitted or chosen on
+a test split.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from patchbank.config import DEFAULT_PRESET
+from patchbank.detector import Detector
+from patchbank.io.datasets import read_mvtec
+from patchbank.io.images import list_images, prepare_view
+from patchbank.pipeline.conformal import joint_conformal_thresholds
+from patchbank.studies.speed import machine, write_json
+
+from camera_faults import FAULTS   # benchmarks/, beside this script
+
+RULES = ("two", "three")
+
+
+def blurriness(item, config) -> float:
+    """``-log`` of the variance of the Laplacian of the grey network view of ``item``."""
+    grey = prepare_view(item, config).astype(np.float64).mean(axis=2)
+    return float(-np.log(ndimage.laplace(grey).var() + 1e-12))
+
+
+def decisions(det, thresholds: np.ndarray, items) -> dict[str, np.ndarray]:
+    preds = det.predict(items)
+    two = np.array([p.is_anomalous for p in preds])
+    cols = np.array([[p.normalized_score, p.map_mean, blurriness(i, det.config)]
+                     for p, i in zip(preds, items)])
+    three = ~np.all(cols <= thresholds, axis=1)      # NaN in any column flags
+    return {"two": two, "three": three}
+
+
+def one_seed(args, category, seed: int, good: list) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        det = Detector.from_preset(args.preset, seed=seed, progress=False).fit(category.train)
+    cal = det.calibration_
+    if cal.map_means_ is None or cal.map_means_.size != len(category.train):
+        raise SystemExit("the preset must calibrate the whole-image check on every training image")
+    z = cal.stats_.normalize(cal.scores_)
+    sharp = np.array([blurriness(p, det.config) for p in category.train])
+    thresholds = joint_conformal_thresholds(np.stack([z, cal.map_means_, sharp], axis=1),
+                                            det.config.target_fpr)
+    labels = np.asarray(category.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        test = decisions(det, thresholds, category.test)
+    rows = {"test good": {k: float(v[labels == 0].mean()) for k, v in test.items()},
+            "test defective": {k: float(v[labels == 1].mean()) for k, v in test.items()}}
+    for name, fault in FAULTS.items():
+        if name == "none":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            f = decisions(det, thresholds, [Image.fromarray(fault(img, i)) for i, img in enumerate(good)])
+        rows[name] = {k: float(v.mean()) for k, v in f.items()}
+    print(f"seed {seed}: two: score {det.threshold_:.3f}, map mean {cal.map_threshold_:.3f}; three: "
+          f"{', '.join(f'{t:.3f}' for t in thresholds)}; training blurriness {sharp.min():.2f}-{sharp.max():.2f}; "
+          + "; ".join(f"{r}: " + "/".join(f"{rows[r][k]:.3f}" for k in RULES)
+                      for r in ("test good", "test defective")), flush=True)
+    return {"seed": seed, "two": {"score": det.threshold_, "map_mean": cal.map_threshold_},
+            "three": {"score": float(thresholds[0]), "map_mean": float(thresholds[1]),
+                      "blurriness": float(thresholds[2])},
+            "training_blurriness": [float(sharp.min()), float(np.median(sharp)), float(sharp.max())],
+            "shares_flagged": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", type=Path, help="an MVTec-layout category folder")
+    ap.add_argument("--preset", default=DEFAULT_PRESET)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--images", type=int, default=8, help="good test images altered by each fault")
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args()
+    (category,) = read_mvtec(args.data.parent, [args.data.name])
+    good = [Image.open(p).convert("RGB") for p in list_images(args.data / "test" / "good")[:args.images]]
+    runs = [one_seed(args, category, s, good) for s in args.seeds]
+    mean = {row: {k: float(np.mean([r["shares_flagged"][row][k] for r in runs])) for k in RULES}
+            for row in runs[0]["shares_flagged"]}
+    for row, m in mean.items():
+        print(f"{row:40s} " + "  ".join(f"{k} {m[k]:.3f}" for k in RULES))
+    write_json({"data": str(args.data), "preset": args.preset, "seeds": args.seeds, "runs": runs,
+                "mean_shares_flagged": mean, "machine": machine(), "command": " ".join(sys.argv)}, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
