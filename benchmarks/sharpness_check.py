@@ -20,23 +20,16 @@ a test split.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from patchbank.config import DEFAULT_PRESET
 from patchbank.detector import Detector
-from patchbank.io.datasets import read_mvtec
-from patchbank.io.images import list_images, prepare_view
+from patchbank.io.images import prepare_view
 from patchbank.pipeline.conformal import joint_conformal_thresholds
-from patchbank.studies.speed import machine, write_json
 
-from camera_faults import FAULTS   # benchmarks/, beside this script
+from whole_image_check import run_main, shares_flagged
 
 RULES = ("two", "three")
 
@@ -67,19 +60,7 @@ def one_seed(args, category, seed: int, good: list) -> dict:
     sharp = np.array([blurriness(p, det.config) for p in category.train])
     thresholds = joint_conformal_thresholds(np.stack([z, cal.map_means_, sharp], axis=1),
                                             det.config.target_fpr)
-    labels = np.asarray(category.labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        test = decisions(det, thresholds, category.test)
-    rows = {"test good": {k: float(v[labels == 0].mean()) for k, v in test.items()},
-            "test defective": {k: float(v[labels == 1].mean()) for k, v in test.items()}}
-    for name, fault in FAULTS.items():
-        if name == "none":
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            f = decisions(det, thresholds, [Image.fromarray(fault(img, i)) for i, img in enumerate(good)])
-        rows[name] = {k: float(v.mean()) for k, v in f.items()}
+    rows = shares_flagged(lambda items: decisions(det, thresholds, items), category, good)
     print(f"seed {seed}: two: score {det.threshold_:.3f}, map mean {cal.map_threshold_:.3f}; three: "
           f"{', '.join(f'{t:.3f}' for t in thresholds)}; training blurriness {sharp.min():.2f}-{sharp.max():.2f}; "
           + "; ".join(f"{r}: " + "/".join(f"{rows[r][k]:.3f}" for k in RULES)
@@ -91,25 +72,5 @@ def one_seed(args, category, seed: int, good: list) -> dict:
             "shares_flagged": rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", type=Path, help="an MVTec-layout category folder")
-    ap.add_argument("--preset", default=DEFAULT_PRESET)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--images", type=int, default=8, help="good test images altered by each fault")
-    ap.add_argument("-o", "--out", type=Path, required=True)
-    args = ap.parse_args()
-    (category,) = read_mvtec(args.data.parent, [args.data.name])
-    good = [Image.open(p).convert("RGB") for p in list_images(args.data / "test" / "good")[:args.images]]
-    runs = [one_seed(args, category, s, good) for s in args.seeds]
-    mean = {row: {k: float(np.mean([r["shares_flagged"][row][k] for r in runs])) for k in RULES}
-            for row in runs[0]["shares_flagged"]}
-    for row, m in mean.items():
-        print(f"{row:40s} " + "  ".join(f"{k} {m[k]:.3f}" for k in RULES))
-    write_json({"data": str(args.data), "preset": args.preset, "seeds": args.seeds, "runs": runs,
-                "mean_shares_flagged": mean, "machine": machine(), "command": " ".join(sys.argv)}, args.out)
-    print(f"wrote {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    run_main(__doc__, one_seed, RULES, default_seeds=(0, 1, 2))

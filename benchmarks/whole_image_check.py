@@ -41,6 +41,22 @@ def flags(alone: float, preds) -> dict[str, np.ndarray]:
             "joint": np.array([p.is_anomalous for p in preds])}
 
 
+def shares_flagged(decide, category, good: list) -> dict[str, dict[str, float]]:
+    """The share of the good and of the defective test images, and of each fault's altered
+    ``good`` images, that each rule of ``decide(items) -> {rule: decisions}`` flags."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        test = decide(category.test)
+        labels = np.asarray(category.labels)
+        rows = {"test good": {k: float(v[labels == 0].mean()) for k, v in test.items()},
+                "test defective": {k: float(v[labels == 1].mean()) for k, v in test.items()}}
+        for name, fault in FAULTS.items():
+            if name != "none":
+                f = decide([fault(img, i) for i, img in enumerate(good)])
+                rows[name] = {k: float(v.mean()) for k, v in f.items()}
+    return rows
+
+
 def one_seed(args, category, seed: int, good: list) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -49,17 +65,7 @@ def one_seed(args, category, seed: int, good: list) -> dict:
         raise SystemExit(f"preset {args.preset!r} has no whole-image check")
     cal = det.calibration_
     alone = conformal_threshold(cal.stats_.normalize(cal.scores_), det.config.target_fpr)
-    test = flags(alone, det.predict(category.test))
-    labels = np.asarray(category.labels)
-    rows = {"test good": {k: float(v[labels == 0].mean()) for k, v in test.items()},
-            "test defective": {k: float(v[labels == 1].mean()) for k, v in test.items()}}
-    for name, fault in FAULTS.items():
-        if name == "none":
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            f = flags(alone, det.predict([fault(img, i) for i, img in enumerate(good)]))
-        rows[name] = {k: float(v.mean()) for k, v in f.items()}
+    rows = shares_flagged(lambda items: flags(alone, det.predict(items)), category, good)
     print(f"seed {seed}: thresholds score alone {alone:.3f}, joint {det.threshold_:.3f} and map mean "
           f"{cal.map_threshold_:.3f}; " + "; ".join(
               f"{r}: " + "/".join(f"{rows[r][k]:.3f}" for k in RULES) for r in ("test good", "test defective")),
@@ -69,25 +75,27 @@ def one_seed(args, category, seed: int, good: list) -> dict:
             "shares_flagged": rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_main(doc: str, one_seed, rules, default_seeds=(0, 1, 2, 3, 4)) -> None:
+    """The command line of this script and of ``sharpness_check.py``: ``one_seed(args,
+    category, seed, good)`` per seed, the mean share each of ``rules`` flags, the JSON."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("data", type=Path, help="an MVTec-layout category folder")
     ap.add_argument("--preset", default=DEFAULT_PRESET)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds))
     ap.add_argument("--images", type=int, default=8, help="good test images altered by each fault")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
     (category,) = read_mvtec(args.data.parent, [args.data.name])
     good = [Image.open(p).convert("RGB") for p in list_images(args.data / "test" / "good")[:args.images]]
     runs = [one_seed(args, category, s, good) for s in args.seeds]
-    mean = {row: {k: float(np.mean([r["shares_flagged"][row][k] for r in runs])) for k in RULES}
+    mean = {row: {k: float(np.mean([r["shares_flagged"][row][k] for r in runs])) for k in rules}
             for row in runs[0]["shares_flagged"]}
     for row, m in mean.items():
-        print(f"{row:40s} " + "  ".join(f"{k} {m[k]:.3f}" for k in RULES))
+        print(f"{row:40s} " + "  ".join(f"{k} {m[k]:.3f}" for k in rules))
     write_json({"data": str(args.data), "preset": args.preset, "seeds": args.seeds, "runs": runs,
                 "mean_shares_flagged": mean, "machine": machine(), "command": " ".join(sys.argv)}, args.out)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(__doc__, one_seed, RULES)
