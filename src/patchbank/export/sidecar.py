@@ -145,17 +145,18 @@ def _check_fields(data: Any, path: Path) -> None:
                                           for v in data[key]):
             raise PatchbankError(f"{path}: {key} must be 3 finite numbers")
     try:
-        Config.from_dict(data["config"])
+        config = Config.from_dict(data["config"])
     except (ConfigError, TypeError) as exc:
         raise PatchbankError(f"{path}: invalid config ({' '.join(str(exc).split())})") from None
-    _check_operating_point(data, path)     # after the config: it reads whole_image_check
+    _check_operating_point(data, path, config.whole_image_check)
 
 
-def _check_operating_point(data: dict[str, Any], path: Path) -> None:
+def _check_operating_point(data: dict[str, Any], path: Path, whole: bool) -> None:
     """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null,
     ``train_scale`` null or a [low, high] pair (:func:`~patchbank.io.train_shape.check_scale_range`),
     ``fitted_with`` the fit's library versions or null;
-    the calibration arrays [n] and [n, 3] of finite numbers."""
+    the calibration arrays [n] and [n, 3] of finite numbers; with ``whole`` (the config's
+    ``whole_image_check``) the map means [n] and ``map_threshold``, without it neither."""
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
         raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
                              f"got {data['threshold_override']!r}")
@@ -172,7 +173,6 @@ def _check_operating_point(data: dict[str, Any], path: Path) -> None:
                                         and all(_is(v, float) for v in row) for row in phi):
         raise PatchbankError(f"{path}: calibration_descriptors must be {len(base)} rows of "
                              f"{len(COMPONENTS)} finite numbers (one per calibration base score)")
-    whole = sidecar_config(data).whole_image_check
     means = data.get("calibration_map_means")
     if whole and not (isinstance(means, list) and len(means) == len(base) and all(_is(v, float) for v in means)
                       and _is(data.get("map_threshold"), float)):
