@@ -44,7 +44,8 @@ def _decisions(cal: ScoreCalibration, preds) -> tuple[np.ndarray, np.ndarray]:
     """(final scores, anomalous) of ``preds`` under calibration ``cal``."""
     base = np.array([p.base_score for p in preds])
     phi = np.stack([p.descriptor for p in preds])
-    out = cal.image_scores(base, phi, np.array([p.map_mean for p in preds]))
+    out = cal.image_scores(base, phi, np.array([p.map_mean for p in preds]),
+                           np.array([p.blurriness for p in preds]))
     return out.final, out.anomalous
 
 

@@ -321,29 +321,39 @@ def test_operating_point_is_the_detectors(cli_export, synthetic_root):
 
 
 def test_an_export_decides_with_the_whole_image_check_as_the_detector_does(synthetic_root, tmp_path):
-    """A model with the whole-image check (the default preset's): the sidecar carries the map
-    means and the check's threshold, both runtimes flag what the detector flags, the graph's
-    own is_anomalous holds the check, a moved threshold leaves it, and a sidecar without the
-    means is refused."""
+    """A model with the whole-image and focus checks (the default preset's): the sidecar carries
+    the map means, the training images' blurriness and both thresholds, both runtimes flag what
+    the detector flags, the graph's own is_anomalous holds both checks, a moved threshold leaves
+    them, and a sidecar without the means or the blurriness is refused."""
     with pytest.warns(UserWarning, match="calibrated on only"):
         whole = Detector.from_preset("lmf-core", progress=False, whole_image_check=True,
-                                     **FAST).fit(synthetic_root / "train" / "good")
-    blurred = [Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(6))
-               for p in sorted((synthetic_root / "test" / "good").glob("*.png"))]
+                                     focus_check=True, **FAST).fit(synthetic_root / "train" / "good")
+    goods = sorted((synthetic_root / "test" / "good").glob("*.png"))
+    blurred = [Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(6)) for p in goods]
     data = export_model(whole, tmp_path / "ex", ["onnx", "openvino"])
     assert data["map_threshold"] == whole.calibration_.map_threshold_
     assert len(data["calibration_map_means"]) == whole.calibration_.map_means_.size
-    items = blurred[:3] + sorted((synthetic_root / "test" / "good").glob("*.png"))[:3]
+    assert data["blur_threshold"] == whole.calibration_.blur_threshold_
+    assert data["training_blurriness"] == whole.calibration_.training_blurriness_.tolist()
+    # a slight blur: out of focus (blurrier than every training image) with a map mean that
+    # need not be raised; the focus flag alone must carry the decision through the export
+    slight = [Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(1.5)) for p in goods[:2]]
+    sharp = sorted((synthetic_root / "train" / "good").glob("*.png"))[:3]   # inside the training range
+    items = blurred[:3] + slight + sharp
     ref = whole.predict(items)
+    assert [p.out_of_focus for p in ref] == [True] * 5 + [False] * 3
     for runtime in ("openvino", "onnx"):
         ex = ExportedModel(tmp_path / "ex", runtime, progress=False)
         got = ex.predict(items)
         assert [p.whole_image_anomalous for p in got] == [p.whole_image_anomalous for p in ref]
+        assert [p.out_of_focus for p in got] == [p.out_of_focus for p in ref]
         assert [p.is_anomalous for p in got] == [p.is_anomalous for p in ref]
         assert [p.map_mean for p in got] == pytest.approx([p.map_mean for p in ref], rel=1e-5)
-    # the graph's own is_anomalous output holds the check too
-    x, _ = next(iter(ex.stream(items[:3])))
-    assert np.asarray(ex.runtime.run(x.numpy())[2]).tolist() == [True, True, True]
+        assert [p.blurriness for p in got] == [p.blurriness for p in ref]   # the same torch arithmetic
+        assert ex.info()["blur_threshold"] == whole.calibration_.blur_threshold_
+    # the graph's own is_anomalous output holds both checks too
+    x, _ = next(iter(ex.stream(items[:5])))
+    assert np.asarray(ex.runtime.run(x.numpy())[2]).tolist() == [True] * 5
     ex.set_threshold(1e9)
     assert all(p.is_anomalous for p in ex.predict(items[:3]))
     # a sidecar that lost its means is refused in one line
@@ -351,4 +361,16 @@ def test_an_export_decides_with_the_whole_image_check_as_the_detector_does(synth
     sidecar.pop("calibration_map_means")
     (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
     with pytest.raises(PatchbankError, match="whole_image_check needs calibration_map_means"):
+        read_sidecar(tmp_path / "ex")
+    sidecar = json.loads((tmp_path / "ex" / SIDECAR_NAME).read_text())
+    sidecar["config"]["whole_image_check"] = False
+    sidecar.pop("map_threshold")
+    sidecar["training_blurriness"] = sidecar["training_blurriness"][:-1] + [float("nan")]
+    (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    with pytest.raises(PatchbankError, match="focus_check needs training_blurriness"):
+        read_sidecar(tmp_path / "ex")
+    sidecar["config"]["focus_check"] = False
+    sidecar["training_blurriness"] = [1.0]
+    (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    with pytest.raises(PatchbankError, match="training_blurriness / blur_threshold are present but"):
         read_sidecar(tmp_path / "ex")

@@ -105,5 +105,5 @@ def test_a_score_exactly_at_the_threshold_is_normal():
     cal = ScoreCalibration(Config(target_fpr=0.25)).fit(base, phi)
     z4 = (4.0 - 3.0) / np.std(base, ddof=1)
     assert cal.threshold_ == pytest.approx(z4, rel=1e-12)
-    out = cal.image_scores(np.array([4.0, 4.0 + 1e-9, 3.0, np.nan]), phi[:4], np.zeros(4))
+    out = cal.image_scores(np.array([4.0, 4.0 + 1e-9, 3.0, np.nan]), phi[:4], np.zeros(4), np.zeros(4))
     assert out.anomalous.tolist() == [False, True, False, True]     # anomalous unless a <= threshold

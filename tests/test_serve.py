@@ -114,7 +114,9 @@ def _assert_same(got: dict, want, threshold: float):
     assert got["normalized_score"] == pytest.approx(want.normalized_score, rel=REL, abs=1e-6)
     assert got["is_anomalous"] == want.is_anomalous
     assert got["whole_image_anomalous"] == want.whole_image_anomalous
+    assert got["out_of_focus"] == want.out_of_focus
     assert got["map_mean"] == pytest.approx(want.map_mean, rel=REL)
+    assert got["blurriness"] == pytest.approx(want.blurriness, rel=1e-9)
     assert got["threshold"] == pytest.approx(threshold, rel=1e-12)
     assert got["category"] == want.category
 

@@ -167,9 +167,10 @@ def test_a_blurred_frame_is_flagged_by_the_map_mean_and_a_good_one_is_not(whole,
 def test_a_nan_map_mean_is_anomalous_and_no_check_never_flags(whole, fitted):
     at = whole.calibration_.map_threshold_          # a mean exactly at the threshold is normal
     means = torch.tensor([float("nan"), -1e9, 1e9, at, np.nextafter(at, np.inf)], dtype=torch.float64)
-    assert whole.calibration_.whole_image_flags(means).tolist() == [True, False, True, False, True]
+    blur = torch.zeros(5, dtype=torch.float64)
+    assert whole.calibration_.check_flags(means, blur)[0].tolist() == [True, False, True, False, True]
     assert fitted.calibration_.map_threshold_ is None
-    assert fitted.calibration_.whole_image_flags(means).tolist() == [False] * 5
+    assert fitted.calibration_.check_flags(means, blur)[0].tolist() == [False] * 5
 
 
 def test_without_the_check_the_decision_is_the_scores_alone(fitted, synthetic_root):

@@ -82,7 +82,7 @@ def test_reweighting_uses_the_matched_entrys_neighbourhood():
 def test_nan_score_is_anomalous():
     rng = np.random.default_rng(0)
     cal = ScoreCalibration(Config()).fit(rng.normal(5, 1, 20), np.abs(rng.normal(1, 0.1, (20, 3))))
-    out = cal.image_scores(np.array([5.0, np.nan, 1e9]), np.ones((3, 3)), np.zeros(3))
+    out = cal.image_scores(np.array([5.0, np.nan, 1e9]), np.ones((3, 3)), np.zeros(3), np.zeros(3))
     assert out.anomalous.tolist() == [False, True, True]
     assert out.whole_image.tolist() == [False, False, False]    # no whole-image check
 
@@ -100,10 +100,11 @@ def test_image_scores_stay_on_the_device_of_the_base_scores(image_score, whole):
     base = torch.tensor([5.0, 6.0], dtype=torch.float64)
     phi = torch.ones(2, 3, dtype=torch.float64)
     means = torch.tensor([19.0, 30.0], dtype=torch.float64)
-    on_device = cal.score_tensors(base.to("meta"), phi, means.to("meta"))
+    blur = torch.zeros(2, dtype=torch.float64)
+    on_device = cal.score_tensors(base.to("meta"), phi, means.to("meta"), blur.to("meta"))
     assert all(t.device.type == "meta" for t in on_device)
-    on_cpu = cal.score_tensors(base, phi, means)
-    assert on_cpu[6].tolist() == [False, whole]          # the whole-image flags
+    on_cpu = cal.score_tensors(base, phi, means, blur)
+    assert on_cpu[7].tolist() == [False, whole]          # the whole-image flags
     assert [tuple(t.shape) for t in on_device] == [tuple(t.shape) for t in on_cpu]
 
 

@@ -17,7 +17,8 @@ rules are data too (:data:`CONTEXT_NEEDS`).  Presets:
                cut from its feature maps (``crop_at="features"``), zero-padded 3 x 3 averaging, greedy coreset 1%,
                the mean of the top 5% patch scores, those patches measured again with the next
                backbone block (context taps); an image whose whole map is raised (a blurred, dark
-               or noisy frame) is anomalous too (``whole_image_check``).
+               or noisy frame) is anomalous too (``whole_image_check``), and so is one blurrier
+               than every training image (``focus_check``).
 ``lmf-core``   LMF-Core (Liu): VG-Fusion (kappa 0.5), Gaussian JL projection to d'=128,
                uniform RP-Coreset r=0.10, k=1 Euclidean nearest neighbour (Eq. 2), PatchCore's
                re-weighted max normalised by the training images' leave-one-image-out statistics.
@@ -391,6 +392,11 @@ class Config:
                                        "thresholds are set jointly, at most target_fpr of the training "
                                        "images' leave-one-image-out results above either (needs "
                                        "threshold_rule conformal).")
+    focus_check: bool = _setting(False, "True: an image blurrier than every training image (the "
+                                 "variance of the Laplacian of its grey network input below all of "
+                                 "theirs) is also anomalous: an out-of-focus frame can hide a defect "
+                                 "without raising the map.  Adds at most 1 / (n_train + 1) to the "
+                                 "false-positive bound on new normal images.")
     # --- run ------------------------------------------------------------------------------
     seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
@@ -507,7 +513,8 @@ PRESETS: dict[str, Config] = {
     "patchbank": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.01, patch_border="zero", image_size=(320, 320),
                         crop_size=(288, 288), aspect="auto", crop_at="features", image_score="topk_mean",
-                        context_taps=1, threshold_rule="conformal", whole_image_check=True),
+                        context_taps=1, threshold_rule="conformal", whole_image_check=True,
+                        focus_check=True),
     "lmf-core": Config(threshold_rule="conformal"),
     "patchcore": Config(fusion="equal", kappa=1.0, projection_dim=None, sampler="greedy",
                         coreset_ratio=0.10, threshold_rule="conformal"),

@@ -193,7 +193,7 @@ class Detector:
         bank = build_bank(feats.raw, sampler, embedding.transform, feats.calibration, cfg, self.device,
                           clock, map_columns(self.backbone, embedding, cfg))
         scorer = PatchScorer(cfg, embedding, bank.search, feats.grid, bank.radius, bank.context)
-        calibrated = calibrate(scorer, feats.calibration, bank.source, self.progress)
+        calibrated = calibrate(scorer, feats.calibration, bank.source, feats.blurriness, self.progress)
         self.scorer_ = scorer.with_map_offset(calibrated.map_offset)
         self.calibration_ = calibrated.calibration
         clock.lap("calibration")
@@ -323,6 +323,8 @@ class Detector:
             tensors["calibration_images"] = torch.from_numpy(cal.images_)
         if cal.map_means_ is not None:
             tensors["calibration_map_means"] = torch.from_numpy(cal.map_means_)
+        if cal.training_blurriness_ is not None:
+            tensors["training_blurriness"] = torch.from_numpy(cal.training_blurriness_)
         if self.scorer_.radius is not None:
             tensors["bank_radius"] = self.scorer_.radius.float().cpu()
         if self.scorer_.map_offset is not None:
@@ -347,7 +349,7 @@ class Detector:
             "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": (None if self.threshold_ == self.calibrated_threshold_
                                    else self.threshold_),
-            "map_threshold": cal.map_threshold_,
+            "map_threshold": cal.map_threshold_, "blur_threshold": cal.blur_threshold_,
             "backbone_sha256": self.backbone_sha256_, **self.train_shape_.header(),
             "train_images": self.train_names_, **context,
             **({} if self.fitted_with_ is None else {"fitted_with": dict(self.fitted_with_)}),

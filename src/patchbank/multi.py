@@ -26,6 +26,7 @@ import torch
 from patchbank import __version__
 from patchbank.config import Config
 from patchbank.detector import Detector, Prediction, check_header_weights
+from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.cuda_graphs import GraphedCall, graphed_call, graphs_wanted
 from patchbank.runtime.devices import resolve_device
@@ -195,6 +196,7 @@ class MultiDetector:
         def handle(x, names, clock):
             layers = self._extract(x)
             b = x.shape[0]
+            blur = blurriness(x)
             clock.lap("extract")
             chosen = self._route_layers(layers, b) if category is None else [category] * b
             clock.lap("route")
@@ -204,7 +206,7 @@ class MultiDetector:
                 idx = torch.tensor(sel, device=layers[0].device)
                 sub = [layer.view(b, -1, layer.shape[1]).index_select(0, idx).reshape(-1, layer.shape[1])
                        for layer in layers]
-                batch = self.detectors_[name].model_.score_layers(sub, len(sel), clock)
+                batch = self.detectors_[name].model_.score_layers(sub, len(sel), blur[idx], clock)
                 for i, p in zip(sel, batch.predictions([names[i] for i in sel], category=name)):
                     out[i] = p
                 clock.lap("post")

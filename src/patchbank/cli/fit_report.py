@@ -27,8 +27,12 @@ def threshold_line(cal, cfg, names: list | None) -> str:
         return line
     joined = cal.map_threshold_ is not None     # the whole-image check: a bound, ties included
     rate = conformal_rate(n, cfg.target_fpr, 2 if joined else 1)
-    line += (f"; expected false-positive rate on new normal images {'at most ' if joined else ''}"
-             f"{100 * rate:.2g}%" + (" (both rules)" if joined else ""))
+    rules = 2 if joined else 1
+    if cal.blur_threshold_ is not None:         # the focus check: rank n_train of n_train
+        rate += 1.0 / (cal.training_blurriness_.size + 1)
+        rules += 1
+    line += (f"; expected false-positive rate on new normal images {'at most ' if rules > 1 else ''}"
+             f"{100 * rate:.2g}%" + {1: "", 2: " (both rules)", 3: " (all three rules)"}[rules])
     if conformal_rate(n, cfg.target_fpr) > cfg.target_fpr:
         line += f", above the target {100 * cfg.target_fpr:g}%: too few training images"
     return line

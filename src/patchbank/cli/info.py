@@ -95,6 +95,10 @@ def _bank_and_calibration_rows(info: dict[str, Any], cfg: dict[str, Any], row) -
     if map_thr is not None:
         row("whole-image check", f"also anomalous when the anomaly map's mean is above {_number(map_thr, '.4g')} "
             "(set together with the score's: the target FPR is for the two rules at once)")
+    blur_thr = info.pop("blur_threshold", None)
+    if blur_thr is not None:
+        row("focus check", f"also anomalous when blurrier than every training image (blurriness above "
+            f"{_number(blur_thr, '.4g')}: at most 1 / (n_train + 1) more new normal images flagged)")
     mean, std = info.pop("score_mean", None), info.pop("score_std", None)
     n_cal = info.pop("n_calibration_images", None)
     info.pop("target_fpr", None)  # shown with the threshold and in the config

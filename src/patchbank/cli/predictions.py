@@ -130,6 +130,7 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
         "threshold": None if multi else float(det.threshold_),
         "threshold_applies_to": "normalized_score",
         "map_threshold": None if multi else det.calibration_.map_threshold_,
+        "blur_threshold": None if multi else det.calibration_.blur_threshold_,
         **({"categories": det.categories, "routing": "given" if category else "routed"} if multi else {}),
         "n_images": len(records),
         "n_flagged": sum(r["is_anomalous"] for r in records),

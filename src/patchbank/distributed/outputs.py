@@ -93,7 +93,8 @@ def _write_parquet(path: Path, records: list[dict[str, Any]], fields: list[str])
 
     types = {"score": pa.float64(), "normalized_score": pa.float64(), "threshold": pa.float64(),
              "is_anomalous": pa.bool_(), "routed": pa.bool_(), "other_shape": pa.bool_(),
-             "map_mean": pa.float64(), "whole_image_anomalous": pa.bool_()}
+             "map_mean": pa.float64(), "blurriness": pa.float64(), "whole_image_anomalous": pa.bool_(),
+             "out_of_focus": pa.bool_()}
     schema = pa.schema([(f, types.get(f, pa.string())) for f in fields])
     table = pa.table({f: [r[f] for r in records] for f in fields}, schema=schema)
     pq.write_table(table, path)

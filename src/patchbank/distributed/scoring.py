@@ -184,14 +184,14 @@ def _model_summary(model: Path, category: str | None,
         if category is not None:
             raise PatchbankError(f"--category needs a multi-category model; {model} has one category")
         return {"model": str(model), "threshold": float(meta["threshold"]),
-                "threshold_applies_to": "normalized_score", "map_threshold": meta.get("map_threshold")
-                }, config, {None: TrainShape.from_header(meta)}
+                "threshold_applies_to": "normalized_score", "map_threshold": meta.get("map_threshold"),
+                "blur_threshold": meta.get("blur_threshold")}, config, {None: TrainShape.from_header(meta)}
     names = list(meta["category_order"])
     if category is not None and category not in names:
         raise PatchbankError(f"unknown category {category!r}; this model has {', '.join(names)}")
     shapes = {name: TrainShape.from_header(meta["categories"][name]) for name in names}
     return {"model": str(model), "threshold": None, "threshold_applies_to": "normalized_score",
-            "map_threshold": None, "categories": names, "routing": "given" if category else "routed"}, config, shapes
+            "map_threshold": None, "blur_threshold": None, "categories": names, "routing": "given" if category else "routed"}, config, shapes
 
 
 # One Ray Data pipeline (decode, score, collect, write), read top to bottom; its steps are the

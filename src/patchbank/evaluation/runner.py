@@ -98,8 +98,9 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     ``images``: one record per test image, in ``category.test`` order: ``path`` (as the category
     gives it), ``label`` (0 good, 1 defective), ``score`` (raw, the one the image metrics rank),
     ``normalized_score``, ``is_anomalous`` (the decision: normalised score above the threshold,
-    or the whole-image check's flag), ``whole_image_anomalous`` (that flag: the map's mean above
-    its threshold, ``Config.whole_image_check``) and ``threshold`` (the run's, on the normalised
+    or a flag of the whole-image or focus check), ``whole_image_anomalous`` (that flag: the map's mean above
+    its threshold, ``Config.whole_image_check``), ``out_of_focus`` (the focus check's flag:
+    blurrier than every training image, ``Config.focus_check``) and ``threshold`` (the run's, on the normalised
     score).
     """
     if len(set(category.labels)) < 2:
@@ -136,7 +137,8 @@ def image_records(category: Category, predictions: Sequence[Any], threshold: flo
     types = category.defect_types if len(category.defect_types) == len(category.test) else None
     return [{"path": str(path), "label": int(label), "score": float(p.score),
              "normalized_score": float(p.normalized_score), "is_anomalous": bool(p.is_anomalous),
-             "whole_image_anomalous": bool(p.whole_image_anomalous), "threshold": threshold, **({} if types is None else {"defect_type": str(types[i])})}
+             "whole_image_anomalous": bool(p.whole_image_anomalous), "out_of_focus": bool(p.out_of_focus),
+             "threshold": threshold, **({} if types is None else {"defect_type": str(types[i])})}
             for i, (path, label, p) in enumerate(zip(category.test, category.labels, predictions))]
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from patchbank.errors import PatchbankError
 from patchbank.linalg import sq_norms
+from patchbank.pipeline.focus import blurriness
 from patchbank.search.exact import nearest_rows
 
 OUTPUTS = ("score", "normalized_score", "is_anomalous", "anomaly_map", "base_score", "struct_score",
@@ -147,6 +148,6 @@ class ExportGraph(nn.Module):
         """The outputs of :data:`OUTPUTS` for the normalised batch ``x``."""
         extractor = self.inference.extractor
         layers, _ = extractor.rows(extractor.backbone(x), x.shape)
-        maps, phi, final, base, struct, hybrid, norm, _, _, anomalous = self.inference.score_tensors(
-            layers, x.shape[0], None, self.search, (self.map_h, self.map_w), self.context)
+        maps, phi, final, base, struct, hybrid, norm, *_, anomalous = self.inference.score_tensors(
+            layers, x.shape[0], blurriness(x), None, self.search, (self.map_h, self.map_w), self.context)
         return final, norm, anomalous, maps, base, struct, hybrid, phi

@@ -40,6 +40,7 @@ from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
 from patchbank.io.train_shape import TrainShape
 from patchbank.pipeline.calibration import ImageScores, decide, map_means
+from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.inference import (PREDICT_STEPS, Prediction, ScoredBatch, check_batch_size,
                                           predict_batches, set_windows)
 
@@ -268,6 +269,7 @@ class ExportedModel:
             "structure_lambda": self.calibration_.struct_.lambda_, "score_mean": sc["score_mean"],
             "score_std": sc["score_std"], "threshold": self.threshold_, "target_fpr": self.config.target_fpr,
             "threshold_override": sc.get("threshold_override"), "map_threshold": self.calibration_.map_threshold_,
+            "blur_threshold": self.calibration_.blur_threshold_,
             "backbone_sha256": sc.get("backbone_sha256"),
             **({} if sc.get("fitted_with") is None else {"fitted_with": sc["fitted_with"]}),
         }
@@ -285,10 +287,10 @@ class ExportedModel:
             np.ascontiguousarray(x.numpy(), dtype=np.float32))
         f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         maps = torch.from_numpy(np.asarray(maps, dtype=np.float32))
-        means = map_means(maps)
-        whole = self.calibration_.whole_image_flags(means).numpy()
+        means, blur = map_means(maps), blurriness(x)
+        whole, focus = (f.numpy() for f in self.calibration_.check_flags(means, blur))
         scores = ImageScores(f64(final), f64(base), f64(struct), f64(hybrid), f64(norm), means.numpy(),
-                             whole, decide(f64(norm), whole, self.threshold_))
+                             blur.numpy(), whole, focus, decide(f64(norm), whole | focus, self.threshold_))
         return ScoredBatch(scores, maps, f64(phi))
 
     def predict(self, images: Any, batch_size: int | None = None) -> list[Prediction]:

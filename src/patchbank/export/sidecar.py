@@ -21,7 +21,9 @@ point in use, null for the calibrated one (as in a model file's header): written
 ``persist: true`` (:func:`write_threshold_override`).  A version 1 sidecar (no arrays) is
 refused with "export again".  With ``config.whole_image_check``, ``calibration_map_means`` [n]
 (their maps' means) and ``map_threshold`` (the check's threshold on a map's mean, also baked into
-the graph's ``is_anomalous``) are required; without it they are absent.
+the graph's ``is_anomalous``) are required; without it they are absent.  Likewise with
+``config.focus_check``: ``training_blurriness`` [n_train] (every training image's) and
+``blur_threshold`` (their largest, baked into the graph's ``is_anomalous``).
 
 Loading (:func:`read_sidecar`) never runs anything the file names: the file names must be plain
 names inside the folder, each format's files come from a fixed table (:data:`GRAPH_FILES`), and
@@ -97,6 +99,9 @@ def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: 
         **({} if cal.map_means_ is None else {
             "calibration_map_means": [float(v) for v in cal.map_means_],
             "map_threshold": float(cal.map_threshold_)}),
+        **({} if cal.training_blurriness_ is None else {
+            "training_blurriness": [float(v) for v in cal.training_blurriness_],
+            "blur_threshold": float(cal.blur_threshold_)}),
     }
 
 
@@ -148,15 +153,17 @@ def _check_fields(data: Any, path: Path) -> None:
         config = Config.from_dict(data["config"])
     except (ConfigError, TypeError) as exc:
         raise PatchbankError(f"{path}: invalid config ({' '.join(str(exc).split())})") from None
-    _check_operating_point(data, path, config.whole_image_check)
+    _check_operating_point(data, path, config.whole_image_check, config.focus_check)
 
 
-def _check_operating_point(data: dict[str, Any], path: Path, whole: bool) -> None:
+def _check_operating_point(data: dict[str, Any], path: Path, whole: bool, focus: bool) -> None:
     """``threshold_override`` a finite number or null, ``train_aspect`` a positive number or null,
     ``train_scale`` null or a [low, high] pair (:func:`~patchbank.io.train_shape.check_scale_range`),
     ``fitted_with`` the fit's library versions or null;
     the calibration arrays [n] and [n, 3] of finite numbers; with ``whole`` (the config's
-    ``whole_image_check``) the map means [n] and ``map_threshold``, without it neither."""
+    ``whole_image_check``) the map means [n] and ``map_threshold``, without it neither; with
+    ``focus`` (``focus_check``) ``training_blurriness`` (a non-empty list) and ``blur_threshold``,
+    without it neither."""
     if data.get("threshold_override") is not None and not _is(data["threshold_override"], float):
         raise PatchbankError(f"{path}: threshold_override must be a finite number or null, "
                              f"got {data['threshold_override']!r}")
@@ -181,6 +188,14 @@ def _check_operating_point(data: dict[str, Any], path: Path, whole: bool) -> Non
     if not whole and ("calibration_map_means" in data or "map_threshold" in data):
         raise PatchbankError(f"{path}: calibration_map_means / map_threshold are present but "
                              f"config.whole_image_check is false")
+    blur = data.get("training_blurriness")
+    if focus and not (isinstance(blur, list) and blur and all(_is(v, float) for v in blur)
+                      and _is(data.get("blur_threshold"), float)):
+        raise PatchbankError(f"{path}: config.focus_check needs training_blurriness (a non-empty list "
+                             f"of finite numbers) and a finite blur_threshold; export again")
+    if not focus and ("training_blurriness" in data or "blur_threshold" in data):
+        raise PatchbankError(f"{path}: training_blurriness / blur_threshold are present but "
+                             f"config.focus_check is false")
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -205,14 +220,17 @@ def sidecar_calibration(data: dict[str, Any], path: str | Path) -> ScoreCalibrat
         PatchbankError: the refitted mean, std or calibrated threshold is not the sidecar's (the
             arrays do not belong to this export).
     """
-    means = data.get("calibration_map_means")
+    means, blur = data.get("calibration_map_means"), data.get("training_blurriness")
     cal = ScoreCalibration(sidecar_config(data)).fit(np.asarray(data["calibration_base_scores"], np.float64),
                                                      np.asarray(data["calibration_descriptors"], np.float64),
-                                                     None, None if means is None else np.asarray(means, np.float64))
+                                                     None, None if means is None else np.asarray(means, np.float64),
+                                                     None if blur is None else np.asarray(blur, np.float64))
     got = {"score_mean": cal.stats_.mean_, "score_std": cal.stats_.std_,
            "calibrated_threshold": cal.stats_.threshold_}
     if cal.map_threshold_ is not None:
         got["map_threshold"] = cal.map_threshold_
+    if cal.blur_threshold_ is not None:
+        got["blur_threshold"] = cal.blur_threshold_
     for key, value in got.items():
         if not math.isclose(value, data[key], rel_tol=CALIBRATION_RTOL, abs_tol=1e-12):
             raise PatchbankError(f"{path}: the calibration arrays give {key} {value!r}, the sidecar "

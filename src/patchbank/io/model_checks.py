@@ -37,10 +37,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
-                  "calibration_map_means",
+                  "calibration_map_means", "training_blurriness",
                   "bank_radius", "map_offset", "projection.matrix", "routing_prototypes")
 _INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda",
-                 "map_threshold")
+                 "map_threshold", "blur_threshold")
 
 
 # ---------------------------------------------------------------------------------- small helpers
@@ -240,7 +240,8 @@ def _check_embedding(tensors: dict, cfg: Config, dim: int, where: str) -> set[st
 
 def _check_calibration(tensors: dict, cfg: Config, n_cal: int, n_train: int, where: str) -> None:
     """The calibration images' scores and descriptors, their map means exactly when
-    ``cfg.whole_image_check`` (float64 [n_cal], finite), and (optional: files written before it
+    ``cfg.whole_image_check`` (float64 [n_cal], finite), every training image's blurriness
+    exactly when ``cfg.focus_check`` (float64 [n_train], finite), and (optional: files written before it
     existed lack it) ``calibration_images``, their training-image indices: int64 [n_cal],
     strictly increasing, each below ``n_train``."""
     _tensor(tensors, "calibration_base_scores", where, (torch.float64,), (n_cal,))
@@ -251,6 +252,12 @@ def _check_calibration(tensors: dict, cfg: Config, n_cal: int, n_train: int, whe
         _tensor(tensors, "calibration_map_means", where, (torch.float64,), (n_cal,))
     elif "calibration_map_means" in tensors:
         raise _fail(where, "tensor 'calibration_map_means'", "is present but config.whole_image_check is false")
+    if cfg.focus_check:
+        if "training_blurriness" not in tensors:
+            raise _fail(where, "tensor 'training_blurriness'", "is missing (config.focus_check is true)")
+        _tensor(tensors, "training_blurriness", where, (torch.float64,), (n_train,))
+    elif "training_blurriness" in tensors:
+        raise _fail(where, "tensor 'training_blurriness'", "is present but config.focus_check is false")
     if "calibration_images" in tensors:
         ids = _tensor(tensors, "calibration_images", where, (torch.int64,), (n_cal,))
         if bool((ids < 0).any()) or bool((ids >= n_train).any()) or \

@@ -13,8 +13,11 @@ the same columns with the same formatting.
 
 Record keys (``predictions.json`` / Parquet columns): ``path``, ``score``, ``normalized_score``,
 ``is_anomalous``, ``threshold`` (on the normalised score), ``map_mean`` (the mean of the image's
-anomaly map), ``whole_image_anomalous`` (that mean is above the whole-image check's threshold:
-with ``Config.whole_image_check`` an image is anomalous for it too), ``other_shape`` (the image is unlike
+anomaly map), ``blurriness`` (-log of the variance of the input's Laplacian: larger is blurrier),
+``whole_image_anomalous`` (that mean is above the whole-image check's threshold:
+with ``Config.whole_image_check`` an image is anomalous for it too), ``out_of_focus`` (the image is
+blurrier than every training image: with ``Config.focus_check`` an image is anomalous for it too),
+``other_shape`` (the image is unlike
 the training images in shape or size, :meth:`patchbank.io.train_shape.TrainShape.is_other`: its
 H / W differs from the one they shared, or its size lies more than twice outside theirs, so it was
 stretched or scaled to the model's input and its score is not like theirs); a multi-category model adds
@@ -127,8 +130,9 @@ def prediction_record(path: Any, prediction: Any, threshold: float, *, other_sha
     rec = {"path": str(path), "score": float(prediction.score),
            "normalized_score": float(prediction.normalized_score),
            "is_anomalous": bool(prediction.is_anomalous), "threshold": float(threshold),
-           "map_mean": float(prediction.map_mean),
+           "map_mean": float(prediction.map_mean), "blurriness": float(prediction.blurriness),
            "whole_image_anomalous": bool(prediction.whole_image_anomalous),
+           "out_of_focus": bool(prediction.out_of_focus),
            "other_shape": bool(other_shape)}
     if routed is not None:
         rec["category"] = prediction.category
@@ -142,7 +146,7 @@ def csv_fields(multi: bool, heatmaps: bool) -> list[str]:
     """The CSV's columns, in order."""
     return (["path"] + (["category", "routed"] if multi else [])
             + ["score", "normalized_score", "is_anomalous", "threshold", "map_mean",
-               "whole_image_anomalous", "other_shape"]
+               "blurriness", "whole_image_anomalous", "out_of_focus", "other_shape"]
             + (["heatmap"] if heatmaps else []))
 
 
@@ -150,8 +154,9 @@ def csv_row(rec: dict[str, Any]) -> dict[str, Any]:
     """A record's CSV cells: floats with 6 significant digits, booleans as 0 / 1."""
     return {**rec, "score": f"{rec['score']:.6g}", "normalized_score": f"{rec['normalized_score']:.6g}",
             "threshold": f"{rec['threshold']:.6g}", "is_anomalous": int(rec["is_anomalous"]),
-            "map_mean": f"{rec['map_mean']:.6g}", "whole_image_anomalous": int(rec["whole_image_anomalous"]),
-            "other_shape": int(rec["other_shape"]),
+            "map_mean": f"{rec['map_mean']:.6g}", "blurriness": f"{rec['blurriness']:.6g}",
+            "whole_image_anomalous": int(rec["whole_image_anomalous"]),
+            "out_of_focus": int(rec["out_of_focus"]), "other_shape": int(rec["other_shape"]),
             **({"routed": int(rec["routed"])} if "routed" in rec else {})}
 
 

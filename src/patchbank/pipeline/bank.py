@@ -9,7 +9,8 @@ One pass over the training images (:func:`stream_features`):
    ever held; any other sampler (greedy) must see every row and all are kept;
 4. the calibration images' raw rows (every image's, within the calibration budget:
    :func:`~patchbank.pipeline.calibration.calibration_images`) and, for a multi-category model,
-   a seeded sample of routing embeddings are kept beside them.  A sampler that must see every
+   a seeded sample of routing embeddings are kept beside them, and every image's blurriness
+   (:mod:`patchbank.pipeline.focus`).  A sampler that must see every
    row (greedy) needs no second copy: calibration reads the embedded rows :func:`build_bank`
    holds for the selection.
 
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from patchbank.errors import PatchbankError
 from patchbank.linalg import all_finite
 from patchbank.pipeline.calibration import CalibrationRows
+from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.fusion import Moments
 from patchbank.pipeline.routing import routing_embedding
 from patchbank.pipeline.structure import bank_local_radius
@@ -126,6 +128,7 @@ class StreamedFeatures:
     moments: Moments | None
     grid: tuple[int, int]
     routing_rows: torch.Tensor | None      # [routing_sample, sum C_l] routing embeddings
+    blurriness: np.ndarray                 # [n_images] float64, every image's (the focus check)
 
 
 def _in_batch(ids: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -150,11 +153,12 @@ def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sample
     bank builder then hands calibration the embedded rows)."""
     moments = Moments() if with_moments else None
     raw = cal = keep = route = None
-    route_rows, n_cal, offset = [], 0, 0
+    route_rows, blur, n_cal, offset = [], [], 0, 0
     bar = tqdm(total=n_images, desc="fit: features", unit="img", disable=not progress)
     for x, _ in batches:
         layers, grid = extractor(x)
         b, n_patches = x.shape[0], grid[0] * grid[1]
+        blur.append(blurriness(x).cpu().numpy())
         if moments is not None:
             moments.update(layers)
         if raw is None:   # sizes are known from the first batch: allocate every buffer once
@@ -180,7 +184,8 @@ def stream_features(batches: Iterable, n_images: int, extractor, sampler: Sample
         offset += b
         bar.update(b)
     bar.close()
-    return StreamedFeatures(raw, cal, moments, grid, torch.cat(route_rows) if route_rows else None)
+    return StreamedFeatures(raw, cal, moments, grid, torch.cat(route_rows) if route_rows else None,
+                            np.concatenate(blur) if blur else np.zeros(0))
 
 
 def _calibration_buffers(images: np.ndarray, n_images: int, n_patches: int,

@@ -33,6 +33,9 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
   rule, is held at the target (at most target_fpr + 1 / (n + 1) of new normal images).  A blurred, dark or
   noisy frame raises every patch a little and none much, so the pooled score can miss it while
   the map's mean does not (docs/reliability.md).
+* focus check (``Config.focus_check``, :mod:`patchbank.pipeline.focus`): the blurriness of every
+  training image (a function of the image alone, no leave-one-image-out pass); an image blurrier
+  than all of them is flagged too (``out_of_focus``; one more 1 / (n_train + 1) on the bound).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
 from patchbank.pipeline.conformal import joint_conformal_thresholds, threshold_at
+from patchbank.pipeline.focus import focus_flags, focus_threshold
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.pipeline.structure import COMPONENTS, StructScorer
 from patchbank.search import LeaveGroupOut
@@ -141,7 +145,8 @@ class NormalStats:
 class ImageScores:
     """Image-level results of a batch, [B] each: the configured final score, the pooled S_base,
     D_struct (Eq. 10), S_base + lambda D_struct (Eq. 12), the normalised final score, the map's
-    mean (float64), whether the whole-image check flags it and the decision (bool)."""
+    mean and the input's blurriness (float64), whether the whole-image check flags it, whether
+    the focus check does and the decision (bool)."""
 
     final: np.ndarray
     base: np.ndarray
@@ -149,28 +154,35 @@ class ImageScores:
     hybrid: np.ndarray
     normalized: np.ndarray
     map_mean: np.ndarray
+    blurriness: np.ndarray
     whole_image: np.ndarray
+    out_of_focus: np.ndarray
     anomalous: np.ndarray
 
 
 class ScoreCalibration:
     """Fitted on the calibration images' base scores [n], map descriptors [n, 3] and, with the
-    whole-image check, map means [n]; then turns any batch's base scores, descriptors and map
-    means into :class:`ImageScores` (:meth:`image_scores`).  ``map_threshold_``: the threshold
-    on the map mean (None without the check)."""
+    whole-image check, map means [n], and with the focus check every training image's
+    blurriness; then turns any batch's base scores, descriptors, map means and blurriness into
+    :class:`ImageScores` (:meth:`image_scores`).  ``map_threshold_``: the threshold on the map
+    mean (None without the check); ``blur_threshold_``: on the blurriness (None without the
+    focus check)."""
 
     def __init__(self, config):
         self.config = config
 
     def fit(self, base: np.ndarray, phi: np.ndarray, images: np.ndarray | None = None,
-            means: np.ndarray | None = None) -> "ScoreCalibration":
+            means: np.ndarray | None = None, blurriness: np.ndarray | None = None) -> "ScoreCalibration":
         """Fit on the calibration images' base scores [n] and full descriptors [n, 3] (each
         image scored without its own bank entries): the structure scorer (Eqs. 10-11), the final
         calibration scores, their statistics and the threshold.  ``images`` [n]: the training
         image index of each score, kept as ``images_`` (a model file keeps them as
         ``calibration_images``; None for a file written before that tensor existed).  ``means``
         [n]: their maps' means, needed with ``Config.whole_image_check`` (the two thresholds
-        then come from :func:`joint_conformal_thresholds`), ignored without it."""
+        then come from :func:`joint_conformal_thresholds`), ignored without it.  ``blurriness``
+        [n_train]: every training image's (:func:`~patchbank.pipeline.focus.blurriness`), needed
+        with ``Config.focus_check`` (kept as ``training_blurriness_``; the threshold is their
+        largest), ignored without it."""
         cfg = self.config
         self.images_ = None if images is None else np.asarray(images, dtype=np.int64)
         self.base_scores_ = np.asarray(base, dtype=np.float64)
@@ -187,6 +199,12 @@ class ScoreCalibration:
             z = self.stats_.normalize(self.scores_)
             self.stats_.threshold_, self.map_threshold_ = (float(t) for t in joint_conformal_thresholds(
                 np.stack([z, self.map_means_], axis=1), cfg.target_fpr))
+        self.training_blurriness_ = self.blur_threshold_ = None
+        if cfg.focus_check:
+            if blurriness is None or np.asarray(blurriness).size == 0:
+                raise PatchbankError("focus_check needs the training images' blurriness")
+            self.training_blurriness_ = np.asarray(blurriness, dtype=np.float64).reshape(-1)
+            self.blur_threshold_ = focus_threshold(self.training_blurriness_)
         self.threshold_ = self.stats_.threshold_
         return self
 
@@ -203,6 +221,7 @@ class ScoreCalibration:
         flagged = z > self.stats_.threshold_
         if self.map_means_ is not None:
             flagged |= self.map_means_ > self.map_threshold_
+        # the focus check flags no training image: its threshold is their largest blurriness
         order = np.argsort(-z, kind="stable")
         return [(int(self.images_[i]), float(z[i])) for i in order if flagged[i]]
 
@@ -254,31 +273,36 @@ class ScoreCalibration:
         final = {"struct": d_struct, "hybrid": hyb}.get(self.config.image_score, base)
         return final, d_struct, hyb
 
-    def score_tensors(self, base: torch.Tensor, phi: torch.Tensor, means: torch.Tensor
-                      ) -> tuple[torch.Tensor, ...]:
+    def score_tensors(self, base: torch.Tensor, phi: torch.Tensor, means: torch.Tensor,
+                      blur: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """:meth:`image_scores` in torch ops only (float64): (final, base, D_struct, hybrid,
-        normalised, map mean, whole-image flag, anomalous); an exported graph runs exactly
-        this, the calibration's numbers as constants.  Anomalous: not (normalised <= threshold),
-        or the whole-image flag, not (map mean <= map_threshold_) (a NaN is anomalous; always
-        False without the check)."""
+        normalised, map mean, blurriness, whole-image flag, focus flag, anomalous); an exported
+        graph runs exactly this, the calibration's numbers as constants.  Anomalous: not
+        (normalised <= threshold), or a flag of the whole-image or the focus check
+        (:meth:`check_flags`)."""
         final, d_struct, hyb = self.final_tensors(base, phi)
         norm = (final - self.stats_.mean_) / self.stats_.std_
-        means = means.double().to(norm.device)
-        whole = self.whole_image_flags(means)
-        return final, base.double(), d_struct, hyb, norm, means, whole, decide(norm, whole, self.threshold_)
+        means, blur = means.double().to(norm.device), blur.double().to(norm.device)
+        whole, focus = self.check_flags(means, blur)
+        return (final, base.double(), d_struct, hyb, norm, means, blur, whole, focus,
+                decide(norm, whole | focus, self.threshold_))
 
-    def whole_image_flags(self, means: torch.Tensor) -> torch.Tensor:
-        """Map means [B] -> the whole-image check's flags, bool [B]: not (mean <=
-        ``map_threshold_``), so a NaN mean is flagged; all False without the check."""
+    def check_flags(self, means: torch.Tensor, blur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map means [B] and blurriness [B] -> (whole-image flags, focus flags), bool [B] each:
+        not (mean <= ``map_threshold_``), not (blurriness <= ``blur_threshold_``), so a NaN is
+        flagged; a check that is off flags nothing."""
         if self.map_threshold_ is None:
-            return torch.zeros(means.shape, dtype=torch.bool, device=means.device)
-        return ~(means <= self.map_threshold_)
+            whole = torch.zeros(means.shape, dtype=torch.bool, device=means.device)
+        else:
+            whole = ~(means <= self.map_threshold_)
+        return whole, focus_flags(blur.to(means.device), self.blur_threshold_)
 
-    def image_scores(self, base, phi, means) -> ImageScores:
-        """A batch's base scores [B], descriptors [B, 3] and map means [B] (numpy or torch) ->
-        its :class:`ImageScores`."""
+    def image_scores(self, base, phi, means, blur) -> ImageScores:
+        """A batch's base scores [B], descriptors [B, 3], map means [B] and blurriness [B]
+        (numpy or torch) -> its :class:`ImageScores`."""
         as_t = lambda a: a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-        return ImageScores(*(t.numpy() for t in self.score_tensors(as_t(base), as_t(phi), as_t(means))))
+        return ImageScores(*(t.numpy() for t in self.score_tensors(as_t(base), as_t(phi), as_t(means),
+                                                                   as_t(blur))))
 
 
 class CalibrationRows:
@@ -340,14 +364,17 @@ def leave_one_out_scores(scorer: PatchScorer, rows: CalibrationRows, bank_source
 def calibration_from_state(config, tensors: dict[str, torch.Tensor],
                            threshold_override: float | None = None) -> ScoreCalibration:
     """The :class:`ScoreCalibration` a model file's checked tensors describe (its calibration
-    images' base scores, descriptors, in files that record them training-image indices, and
-    with the whole-image check their map means), with the file's threshold override."""
+    images' base scores, descriptors, in files that record them training-image indices, with
+    the whole-image check their map means, and with the focus check every training image's
+    blurriness), with the file's threshold override."""
     images = tensors.get("calibration_images")   # absent in files written before it
     means = tensors.get("calibration_map_means")  # present exactly with whole_image_check
+    blur = tensors.get("training_blurriness")     # present exactly with focus_check
     cal = ScoreCalibration(config).fit(tensors["calibration_base_scores"].double().numpy(),
                                        tensors["calibration_descriptors"].double().numpy(),
                                        None if images is None else images.numpy(),
-                                       None if means is None else means.double().numpy())
+                                       None if means is None else means.double().numpy(),
+                                       None if blur is None else blur.double().numpy())
     cal.set_threshold(threshold_override)
     return cal
 
@@ -363,10 +390,11 @@ class Calibrated:
 
 @torch.inference_mode()
 def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Tensor,
-              progress: bool = False) -> Calibrated:
+              blurriness: np.ndarray, progress: bool = False) -> Calibrated:
     """Leave-one-image-out calibration: the calibration images' scores without their own bank
     entries (:func:`leave_one_out_scores`), and the calibration fitted on the base scores and
-    the descriptors of their maps.  ``progress``: a bar over the calibration images.
+    the descriptors of their maps (and ``blurriness`` [n_train], every training image's, for
+    the focus check).  ``progress``: a bar over the calibration images.
 
     With ``Config.map_offset = "position"`` it also fits the map offset (:func:`position_offset`
     of these images' patch-score grids) and takes the descriptors of the maps drawn with it,
@@ -381,7 +409,7 @@ def calibrate(scorer: PatchScorer, rows: CalibrationRows, bank_source: torch.Ten
         phi.append(descriptors)
         means.append(map_means(maps).cpu().numpy())
     return Calibrated(ScoreCalibration(scorer.config).fit(base, np.concatenate(phi), rows.images,
-                                                          np.concatenate(means)), offset)
+                                                          np.concatenate(means), blurriness), offset)
 
 
 def position_offset(grids: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 :class:`InferenceModel` composes the fitted stages and its ``forward`` reads as the data flow:
 ``extract`` (backbone -> aggregated, aligned patch rows) -> ``embed`` (fusion, projection) ->
 ``score`` (nearest bank entries -> patch scores -> pooled image score) -> ``map`` (anomaly map and
-its structure descriptor) -> ``decide`` (final score, normalisation, threshold).  The search is a
+its structure descriptor; the input's blurriness for the focus check) -> ``decide`` (final
+score, normalisation, thresholds).  The search is a
 pluggable part of the scorer (exact torch search, or a FAISS index outside torch).  ``predict``
 of a single- and a multi-category model, and every other consumer, call this path; nothing else
 re-implements it.
@@ -23,6 +24,7 @@ from patchbank.errors import PatchbankError
 from patchbank.io.image_coords import Window
 from patchbank.pipeline.calibration import ImageScores, ScoreCalibration, map_means
 from patchbank.pipeline.features import FeatureExtractor
+from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.runtime.clock import StepClock
 from patchbank.runtime.cuda_graphs import graphed_call
@@ -44,7 +46,7 @@ class Prediction:
     path: str | None
     score: float              # raw image score a_hat (the config's image_score)
     normalized_score: float   # a = (a_hat - mu) / sigma
-    is_anomalous: bool        # not (a <= threshold), or whole_image_anomalous: a NaN is anomalous
+    is_anomalous: bool        # not (a <= threshold), whole_image_anomalous or out_of_focus: a NaN is anomalous
     anomaly_map: np.ndarray   # float32 [H, W] at config.input_size
     base_score: float = math.nan     # the pooled score S_base (image_score, or base_score for struct/hybrid)
     struct_score: float = math.nan   # D_struct of the map (StructCore Eq. 10)
@@ -52,6 +54,8 @@ class Prediction:
     descriptor: np.ndarray | None = None  # phi(S) = [std, top-1% mean, TV] (Eq. 7)
     map_mean: float = math.nan       # the mean of anomaly_map (the whole-image statistic)
     whole_image_anomalous: bool = False  # map_mean above the whole-image check's threshold
+    blurriness: float = math.nan     # -log variance of the input's Laplacian (the focus check's statistic)
+    out_of_focus: bool = False       # blurrier than every training image (the focus check)
     category: str | None = None      # set by a multi-category model
     window: Window | None = None     # the view inside the original image (set by predict)
 
@@ -90,7 +94,7 @@ class ScoredBatch:
         return [Prediction(name, float(s.final[i]), float(s.normalized[i]), bool(s.anomalous[i]),
                            maps[i], float(s.base[i]), float(s.struct[i]), float(s.hybrid[i]),
                            self.descriptors[i], float(s.map_mean[i]), bool(s.whole_image[i]),
-                           category)
+                           float(s.blurriness[i]), bool(s.out_of_focus[i]), category)
                 for i, name in enumerate(names)]
 
 
@@ -104,7 +108,7 @@ class InferenceModel(nn.Module):
     """Images [B, 3, H, W] -> :class:`ScoredBatch`; the fitted extractor, scorer and calibration.
 
     ``cuda_graphs``: on a CUDA device, the device part (:meth:`device_outputs`: extract, embed,
-    score, map) is replayed as one CUDA graph per batch shape from a shape's second batch on
+    score, map, blurriness) is replayed as one CUDA graph per batch shape from a shape's second batch on
     (:class:`~patchbank.runtime.cuda_graphs.GraphedCall`); the answers are the eager path's to
     float rounding.  Ignored on the CPU, and where a search of the scorer is not
     ``device_only`` (a FAISS index searches on the host).  ``graphs`` is the
@@ -127,30 +131,36 @@ class InferenceModel(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, clock: StepClock | None = None) -> ScoredBatch:
         if self.graphs is None:
-            return self.score_layers(self.extract(x), x.shape[0], clock)
-        maps, phi, base = self.graphs(x)
+            return self.score_layers(self.extract(x), x.shape[0], blurriness(x), clock)
+        maps, phi, base, blur = self.graphs(x)
         _lap(clock, "extract")     # a replay is one launch: the split cannot see its steps
-        return self.scored(maps, phi, base)
+        return self.scored(maps, phi, base, blur)
 
-    def device_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images -> (maps [B, H, W], descriptors [B, 3] float64, S_base [B] float64) on the
-        model's device: the part of :meth:`forward` before the host (what a CUDA graph replays)."""
-        return self.score_maps(self.extract(x), x.shape[0])
+    def device_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Images -> (maps [B, H, W], descriptors [B, 3] float64, S_base [B] float64, blurriness
+        [B] float64) on the model's device: the part of :meth:`forward` before the host (what a
+        CUDA graph replays)."""
+        return (*self.score_maps(self.extract(x), x.shape[0]), blurriness(x))
 
     @torch.inference_mode()
-    def score_layers(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None) -> ScoredBatch:
-        """The path after extraction, for ``b`` images' per-layer rows (a multi-category model
-        extracts once, then scores each image against its category's model).  ``clock`` laps
-        "extract" after the embedding and "search" after the scoring."""
-        return self.scored(*self.score_maps(layers, b, clock))
+    def score_layers(self, layers: list[torch.Tensor], b: int, blur: torch.Tensor,
+                     clock: StepClock | None = None) -> ScoredBatch:
+        """The path after extraction, for ``b`` images' per-layer rows and their inputs'
+        blurriness [b] (a multi-category model extracts once, then scores each image against
+        its category's model).  ``clock`` laps "extract" after the embedding and "search" after
+        the scoring."""
+        return self.scored(*self.score_maps(layers, b, clock), blur)
 
-    def scored(self, maps: torch.Tensor, phi: torch.Tensor, base: torch.Tensor) -> ScoredBatch:
-        """:meth:`score_maps`' outputs -> :class:`ScoredBatch`.  The base scores, descriptors and
-        map means come to the host in one copy and are calibrated there (float64, the same ops
-        as :meth:`score_tensors`): one device-to-host transfer for them and one for the maps."""
-        host = torch.cat([base.double().unsqueeze(1), phi.double(), map_means(maps).unsqueeze(1)], dim=1).cpu()
-        base, phi, means = host[:, 0], host[:, 1:-1], host[:, -1]
-        return ScoredBatch(self.calibration.image_scores(base, phi, means), maps, phi.numpy())
+    def scored(self, maps: torch.Tensor, phi: torch.Tensor, base: torch.Tensor,
+               blur: torch.Tensor) -> ScoredBatch:
+        """:meth:`score_maps`' outputs and the blurriness -> :class:`ScoredBatch`.  The base
+        scores, descriptors, map means and blurriness come to the host in one copy and are
+        calibrated there (float64, the same ops as :meth:`score_tensors`): one device-to-host
+        transfer for them and one for the maps."""
+        host = torch.cat([base.double().unsqueeze(1), phi.double(), map_means(maps).unsqueeze(1),
+                          blur.double().to(maps.device).unsqueeze(1)], dim=1).cpu()
+        base, phi, means, blur = host[:, 0], host[:, 1:-2], host[:, -2], host[:, -1]
+        return ScoredBatch(self.calibration.image_scores(base, phi, means, blur), maps, phi.numpy())
 
     def score_maps(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
                    search=None, map_operators=None, context=None
@@ -165,15 +175,16 @@ class InferenceModel(nn.Module):
         maps, phi = self.scorer.map_tensors(patch, map_operators)
         return maps, phi, base
 
-    def score_tensors(self, layers: list[torch.Tensor], b: int, clock: StepClock | None = None,
-                      search=None, map_operators=None, context=None) -> tuple[torch.Tensor, ...]:
+    def score_tensors(self, layers: list[torch.Tensor], b: int, blur: torch.Tensor,
+                      clock: StepClock | None = None, search=None, map_operators=None, context=None
+                      ) -> tuple[torch.Tensor, ...]:
         """:meth:`score_layers` in torch ops only: (maps [B, H, W], descriptors [B, 3], final,
-        base, D_struct, hybrid, normalised score, map mean, whole-image flag, anomalous [B]).  An exported graph
-        (:mod:`patchbank.export.graph`) runs exactly this with the bank as a constant
-        (``search``, and ``context`` with context taps) and the map operators as constants
-        (``map_operators``)."""
+        base, D_struct, hybrid, normalised score, map mean, blurriness, whole-image flag, focus
+        flag, anomalous [B]).  An exported graph (:mod:`patchbank.export.graph`) runs exactly this
+        with the bank as a constant (``search``, and ``context`` with context taps) and the map
+        operators as constants (``map_operators``)."""
         maps, phi, base = self.score_maps(layers, b, clock, search, map_operators, context)
-        return (maps, phi) + tuple(self.calibration.score_tensors(base, phi, map_means(maps)))
+        return (maps, phi) + tuple(self.calibration.score_tensors(base, phi, map_means(maps), blur))
 
 
 def check_batch_size(batch_size) -> None:

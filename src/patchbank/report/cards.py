@@ -27,7 +27,8 @@ class ImageCard:
     ``"defective"`` for evaluate images and None for predictions; ``category`` and ``routed``
     are set for a multi-category model's predictions only; ``whole_image``: the whole-image check
     flagged it (its anomaly map's mean above that threshold: whatever its score, a blurred, dark
-    or noisy frame; False for records written before the check).
+    or noisy frame; False for records written before the check); ``out_of_focus``: the focus
+    check flagged it (blurrier than every training image; False for records written before it).
     """
 
     rank: int
@@ -43,6 +44,7 @@ class ImageCard:
     category: str | None = None
     routed: bool | None = None
     whole_image: bool = False
+    out_of_focus: bool = False
 
     @property
     def name(self) -> str:
@@ -77,7 +79,8 @@ def image_card(rank: int, rec: dict[str, Any], *, heatmap: Path | None = None,
     """
     card = ImageCard(rank, rec["path"], rec["is_anomalous"], rec["score"], rec["normalized_score"],
                      rec["threshold"], label=label, category=rec.get("category"), routed=rec.get("routed"),
-                     whole_image=bool(rec.get("whole_image_anomalous", False)))
+                     whole_image=bool(rec.get("whole_image_anomalous", False)),
+                     out_of_focus=bool(rec.get("out_of_focus", False)))
     if heatmap is not None:
         card.thumb = _try_thumbnail(heatmap, HEATMAP_MISSING, card.notes)
         card.thumb_kind = "heatmap overlay"

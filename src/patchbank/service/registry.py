@@ -314,6 +314,8 @@ class ModelRegistry:
             "calibrated_threshold": None if cats else single["calibrated_threshold"],
             "whole_image_check": cfg.whole_image_check,
             "map_threshold": None if cats else single["map_threshold"],
+            "focus_check": cfg.focus_check,
+            "blur_threshold": None if cats else single["blur_threshold"],
             "categories": cats if cats else None,
             "path": str(served.spec.path), "runtime": served.source.runtime,
             "sha256": served.sha256, "sha256_file": served.source.main.name,
@@ -331,6 +333,6 @@ def _category_entry(name: str | None, det: Detector | ExportedModel, info: dict[
     was fitted with (None for a model file or an export written before they were recorded)."""
     return {"name": name, "threshold": float(det.threshold_),
             "calibrated_threshold": float(det.calibrated_threshold_),
-            "map_threshold": info.get("map_threshold"),
+            "map_threshold": info.get("map_threshold"), "blur_threshold": info.get("blur_threshold"),
             "bank_entries": int(info["bank_entries"]), "bank_dim": int(info["bank_dim"]),
             "bank_bytes": int(info["bank_bytes"]), "fitted_with": info.get("fitted_with")}

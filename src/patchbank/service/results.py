@@ -1,12 +1,14 @@
 """Writing an infer response: one JSON object per image, in its own image's pixel coordinates.
 
 Per image: ``name``, ``score`` (the raw image score), ``normalized_score``, ``is_anomalous``
-(``not (normalized_score <= threshold)``, or ``whole_image_anomalous``: a NaN score is
-anomalous), ``threshold`` (the one the decision used: the request's, else the model's current one
+(``not (normalized_score <= threshold)``, or ``whole_image_anomalous`` or ``out_of_focus``: a NaN
+score is anomalous), ``threshold`` (the one the decision used: the request's, else the model's current one
 for the image's category; a request's threshold moves the score's only), ``map_mean`` (the mean
-of the image's anomaly map), ``whole_image_anomalous`` (that mean is above the model's
-whole-image threshold, ``Config.whole_image_check``: a blurred, dark or noisy frame; always false
-without the check),
+of the image's anomaly map), ``blurriness`` (-log of the variance of the input's Laplacian: larger
+is blurrier), ``whole_image_anomalous`` (that mean is above the model's whole-image threshold,
+``Config.whole_image_check``: a blurred, dark or noisy frame; always false without the check),
+``out_of_focus`` (the image is blurrier than every training image, ``Config.focus_check``; always
+false without the check),
 ``category`` (routed or given; null for a single-category model), ``routed``, ``time_ms``
 (from the request's arrival to its model call's return), ``width`` / ``height`` (the original
 image's), ``other_shape`` (the image is unlike the training images in shape or size: its H / W
@@ -55,13 +57,15 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         threshold, anomalous = scored.threshold, bool(p.is_anomalous)
     else:
         threshold = options.threshold
-        anomalous = bool(decide(np.float64(p.normalized_score), np.bool_(p.whole_image_anomalous), threshold))
+        anomalous = bool(decide(np.float64(p.normalized_score),
+                                np.bool_(p.whole_image_anomalous or p.out_of_focus), threshold))
     h, w = size_hw
     detector = served.detector(p.category)
     out: dict[str, Any] = {
         "name": name, "score": finite(p.score), "normalized_score": finite(p.normalized_score),
         "is_anomalous": anomalous, "threshold": finite(threshold), "map_mean": finite(p.map_mean),
-        "whole_image_anomalous": bool(p.whole_image_anomalous), "category": p.category,
+        "blurriness": finite(p.blurriness), "whole_image_anomalous": bool(p.whole_image_anomalous),
+        "out_of_focus": bool(p.out_of_focus), "category": p.category,
         "routed": served.multi and options.category is None,
         "time_ms": round((scored.done - t0) * 1000.0, 3), "width": int(w), "height": int(h),
         "other_shape": detector.train_shape_.is_other((h, w)),
