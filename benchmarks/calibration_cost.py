@@ -57,7 +57,7 @@ def old_cal():
         e = scorer.embed([b[st * P:(st + m) * P] for b in old_raw])
         b_, s_ = scorer.score(e.view(m, P, -1), sub); base.append(b_); phi.append(scorer.anomaly_map(s_)[1])
 def new_cal():
-    C.calibrate(scorer, feats.calibration, bank.source)
+    C.calibrate(scorer, feats.calibration, bank.source, feats.blurriness)
 res = {"floor": [], "new_cal": [], "old_cal": []}
 for r in range(reps):
     for name, fn in (("floor", floor), ("new_cal", new_cal), ("old_cal", old_cal)):

@@ -9,7 +9,10 @@ One fit of the preset per seed on every training image.  The two rules come from
 most ``target_fpr`` of the training images' leave-one-image-out results above either); ``score
 alone`` is the normalised score against the conformal threshold of the same calibration scores,
 what the preset without the check decides (the image score, so every threshold-free metric, is
-the same in both).  The faults alter the first ``--images`` good test images.  Nothing is fitted
+the same in both).  Since session 27 the preset also has the focus check (``Config.focus_check``:
+an image blurrier than every training image): ``focus`` is its flag alone and ``all`` the
+model's decision with it (``joint`` stays the score's and the map mean's rule, session 25's
+decision).  The faults alter the first ``--images`` good test images.  Nothing is fitted
 or chosen on a test split.
 """
 from __future__ import annotations
@@ -31,14 +34,18 @@ from patchbank.studies.speed import machine, write_json
 
 from camera_faults import FAULTS   # benchmarks/, beside this script
 
-RULES = ("score alone", "map mean", "joint")
+RULES = ("score alone", "map mean", "joint", "focus", "all")
 
 
-def flags(alone: float, preds) -> dict[str, np.ndarray]:
-    """Each rule's decisions for ``preds``; ``alone``: the score-only threshold."""
+def flags(alone: float, threshold: float, preds) -> dict[str, np.ndarray]:
+    """Each rule's decisions for ``preds``; ``alone``: the score-only threshold, ``threshold``:
+    the model's (joint) one."""
+    whole = np.array([p.whole_image_anomalous for p in preds])
     return {"score alone": np.array([not p.normalized_score <= alone for p in preds]),
-            "map mean": np.array([p.whole_image_anomalous for p in preds]),
-            "joint": np.array([p.is_anomalous for p in preds])}
+            "map mean": whole,
+            "joint": np.array([not p.normalized_score <= threshold for p in preds]) | whole,
+            "focus": np.array([p.out_of_focus for p in preds]),
+            "all": np.array([p.is_anomalous for p in preds])}
 
 
 def shares_flagged(decide, category, good: list) -> dict[str, dict[str, float]]:
@@ -65,13 +72,14 @@ def one_seed(args, category, seed: int, good: list) -> dict:
         raise SystemExit(f"preset {args.preset!r} has no whole-image check")
     cal = det.calibration_
     alone = conformal_threshold(cal.stats_.normalize(cal.scores_), det.config.target_fpr)
-    rows = shares_flagged(lambda items: flags(alone, det.predict(items)), category, good)
+    rows = shares_flagged(lambda items: flags(alone, det.threshold_, det.predict(items)), category, good)
     print(f"seed {seed}: thresholds score alone {alone:.3f}, joint {det.threshold_:.3f} and map mean "
           f"{cal.map_threshold_:.3f}; " + "; ".join(
               f"{r}: " + "/".join(f"{rows[r][k]:.3f}" for k in RULES) for r in ("test good", "test defective")),
           flush=True)
     return {"seed": seed, "threshold_score_alone": alone, "threshold_joint": det.threshold_,
-            "map_threshold": cal.map_threshold_, "n_calibration_images": int(cal.scores_.size),
+            "map_threshold": cal.map_threshold_, "blur_threshold": cal.blur_threshold_,
+            "n_calibration_images": int(cal.scores_.size),
             "shares_flagged": rows}
 
 

@@ -91,7 +91,7 @@ def test_calibration_scores_each_image_without_its_bank_rows():
                          ExactSearch(bank))
     cal_rows = CalibrationRows(np.arange(n_img), 16)
     cal_rows.embedded = rows
-    got = calibrate(scorer, cal_rows, source).calibration.base_scores_
+    got = calibrate(scorer, cal_rows, source, np.zeros(n_img)).calibration.base_scores_
     for i in range(n_img):
         keep = source != i
         expected, _ = scorer.score(rows[i * 16:(i + 1) * 16].view(1, 16, dim),

@@ -14,7 +14,8 @@ calibrates on the training images, each scored without its own bank entries
 Fitted state: ``scorer_`` (:class:`~patchbank.pipeline.scoring.PatchScorer`: embedding, search
 over the bank, patch grid, optional local radius), ``calibration_``
 (:class:`~patchbank.pipeline.calibration.ScoreCalibration`: structure scorer, normal-score
-statistics, with ``Config.whole_image_check`` the map-mean threshold ``map_threshold_``),
+statistics, with ``Config.whole_image_check`` the map-mean threshold ``map_threshold_``, with
+``Config.focus_check`` every training image's blurriness and ``blur_threshold_``),
 ``threshold_``, ``search_kind_``, ``grid_``, ``n_train_images_``,
 ``train_names_`` (the training images' file names, None for in-memory images),
 ``train_shape_`` (their shared H / W, also ``aspect_``, and the range of their sizes:
