@@ -38,7 +38,7 @@ def main() -> None:
     same = []
     real = detector_module.calibrate
 
-    def timed_calibrate(scorer, rows, source, progress=False):
+    def timed_calibrate(scorer, rows, source, blurriness, progress=False):
         found = {}
         for r in range(args.repeats):
             for mode in (("apart", "chosen") if r % 2 == 0 else ("chosen", "apart")):
@@ -52,7 +52,7 @@ def main() -> None:
                 found[mode] = (torch.from_numpy(base), torch.cat(grids))
         exact.GROUP_BLOCK_ELEMENTS = default
         same.append(all(torch.equal(a, b) for a, b in zip(found["apart"], found["chosen"])))
-        return real(scorer, rows, source, progress)
+        return real(scorer, rows, source, blurriness, progress)
 
     detector_module.calibrate = timed_calibrate
     det = Detector(progress=False)

@@ -66,7 +66,7 @@ def run_seed(root: Path, seed: int, out_dir: Path, label: str) -> dict:
         kinds = {name: cal} if name == "base" else {
             "hybrid": cal,
             "struct": ScoreCalibration(det.config.replace(image_score="struct")).fit(
-                cal.base_scores_, cal.descriptors_)}
+                cal.base_scores_, cal.descriptors_, cal.images_, cal.map_means_, cal.training_blurriness_)}
         for kind, c in kinds.items():
             scores, flagged = _decisions(c, preds)
             if kind == name:   # the fit's own decisions
