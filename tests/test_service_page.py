@@ -28,7 +28,8 @@ def served(synthetic_root, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("page")
     det = Detector.from_preset("lmf-core", progress=False, backbone="efficientnet_lite0",
-                               image_size=(96, 96), crop_size=(80, 80), whole_image_check=True)
+                               image_size=(96, 96), crop_size=(80, 80), whole_image_check=True,
+                               focus_check=True)
     det.fit(synthetic_root / "train" / "good")
     model = tmp / "widget.patchbank"
     det.save(model)
@@ -95,6 +96,21 @@ def test_a_blurred_frame_fails_and_the_page_says_the_whole_image_is_unlike_the_t
     assert "the whole image is unlike the training images" in page.inner_text("#whole")
     page.set_input_files("#file", str(good))               # a good frame: no such line
     page.wait_for_function("document.getElementById('whole') === null", timeout=60000)
+
+
+def test_a_slightly_blurred_frame_fails_and_the_page_says_it_is_out_of_focus(served, page, synthetic_root):
+    server, det, tmp = served
+    train = sorted((synthetic_root / "train" / "good").glob("*.png"))[2]
+    Image.open(train).convert("RGB").filter(ImageFilter.GaussianBlur(1.5)).save(tmp / "soft.png")
+    want = det.predict([Image.open(tmp / "soft.png")])[0]
+    assert want.out_of_focus and want.is_anomalous
+    page.set_input_files("#file", str(train))              # a training frame: never out of focus
+    page.wait_for_function("document.getElementById('focus') === null", timeout=60000)
+    page.set_input_files("#file", str(tmp / "soft.png"))
+    page.wait_for_function("document.getElementById('focus') !== null", timeout=60000)
+    assert page.inner_text("#badge") == "FAIL"
+    assert "out of focus: blurrier than every training image" in page.inner_text("#focus")
+    assert f"blurriness {want.blurriness:.4g}" in page.inner_text("#focus")
 
 
 def test_a_file_that_is_not_an_image_shows_a_one_line_error(served, page):
