@@ -57,6 +57,7 @@ MODULES = {
     "anomaly_map": "patchbank.pipeline.anomaly_map",
     "calibration": "patchbank.pipeline.calibration",
     "conformal": "patchbank.pipeline.conformal",
+    "focus": "patchbank.pipeline.focus",
     "metrics": "patchbank.evaluation.metrics",
     "detector": "patchbank.detector",
     "inference": "patchbank.pipeline.inference",
@@ -75,7 +76,7 @@ TEST_FILES = [
     "tests/test_search_perf.py", "tests/test_structure.py", "tests/test_false_positive_rate.py",
     "tests/test_multi.py", "tests/test_aspect.py", "tests/test_crop_at.py", "tests/test_image_coords.py",
     "tests/test_cuda_graphs.py", "tests/test_model_weights_option.py", "tests/test_train_shape.py",
-    "tests/test_whole_image_check.py",
+    "tests/test_whole_image_check.py", "tests/test_focus_check.py",
 ]
 TEST_GLOBS = ["tests/test_mutation_kills_*.py"]
 # --assert=plain and the disabled plugins only save start-up time (assertion rewriting, the
