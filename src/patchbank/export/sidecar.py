@@ -180,22 +180,18 @@ def _check_operating_point(data: dict[str, Any], path: Path, whole: bool, focus:
                                         and all(_is(v, float) for v in row) for row in phi):
         raise PatchbankError(f"{path}: calibration_descriptors must be {len(base)} rows of "
                              f"{len(COMPONENTS)} finite numbers (one per calibration base score)")
-    means = data.get("calibration_map_means")
-    if whole and not (isinstance(means, list) and len(means) == len(base) and all(_is(v, float) for v in means)
-                      and _is(data.get("map_threshold"), float)):
-        raise PatchbankError(f"{path}: config.whole_image_check needs calibration_map_means ({len(base)} "
-                             f"finite numbers) and a finite map_threshold; export again")
-    if not whole and ("calibration_map_means" in data or "map_threshold" in data):
-        raise PatchbankError(f"{path}: calibration_map_means / map_threshold are present but "
-                             f"config.whole_image_check is false")
-    blur = data.get("training_blurriness")
-    if focus and not (isinstance(blur, list) and blur and all(_is(v, float) for v in blur)
-                      and _is(data.get("blur_threshold"), float)):
-        raise PatchbankError(f"{path}: config.focus_check needs training_blurriness (a non-empty list "
-                             f"of finite numbers) and a finite blur_threshold; export again")
-    if not focus and ("training_blurriness" in data or "blur_threshold" in data):
-        raise PatchbankError(f"{path}: training_blurriness / blur_threshold are present but "
-                             f"config.focus_check is false")
+    for on, flag, values, threshold, size, want in (
+            (whole, "whole_image_check", "calibration_map_means", "map_threshold", len(base),
+             f"{len(base)} finite numbers"),
+            (focus, "focus_check", "training_blurriness", "blur_threshold", None,
+             "a non-empty list of finite numbers")):
+        got = data.get(values)
+        if on and not (isinstance(got, list) and got and (size is None or len(got) == size)
+                       and all(_is(v, float) for v in got) and _is(data.get(threshold), float)):
+            raise PatchbankError(f"{path}: config.{flag} needs {values} ({want}) and a finite "
+                                 f"{threshold}; export again")
+        if not on and (values in data or threshold in data):
+            raise PatchbankError(f"{path}: {values} / {threshold} are present but config.{flag} is false")
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -246,18 +246,14 @@ def _check_calibration(tensors: dict, cfg: Config, n_cal: int, n_train: int, whe
     strictly increasing, each below ``n_train``."""
     _tensor(tensors, "calibration_base_scores", where, (torch.float64,), (n_cal,))
     _tensor(tensors, "calibration_descriptors", where, (torch.float64,), (n_cal, N_DESCRIPTORS))
-    if cfg.whole_image_check:
-        if "calibration_map_means" not in tensors:
-            raise _fail(where, "tensor 'calibration_map_means'", "is missing (config.whole_image_check is true)")
-        _tensor(tensors, "calibration_map_means", where, (torch.float64,), (n_cal,))
-    elif "calibration_map_means" in tensors:
-        raise _fail(where, "tensor 'calibration_map_means'", "is present but config.whole_image_check is false")
-    if cfg.focus_check:
-        if "training_blurriness" not in tensors:
-            raise _fail(where, "tensor 'training_blurriness'", "is missing (config.focus_check is true)")
-        _tensor(tensors, "training_blurriness", where, (torch.float64,), (n_train,))
-    elif "training_blurriness" in tensors:
-        raise _fail(where, "tensor 'training_blurriness'", "is present but config.focus_check is false")
+    for name, flag, rows in (("calibration_map_means", "whole_image_check", n_cal),
+                             ("training_blurriness", "focus_check", n_train)):
+        if getattr(cfg, flag):
+            if name not in tensors:
+                raise _fail(where, f"tensor {name!r}", f"is missing (config.{flag} is true)")
+            _tensor(tensors, name, where, (torch.float64,), (rows,))
+        elif name in tensors:
+            raise _fail(where, f"tensor {name!r}", f"is present but config.{flag} is false")
     if "calibration_images" in tensors:
         ids = _tensor(tensors, "calibration_images", where, (torch.int64,), (n_cal,))
         if bool((ids < 0).any()) or bool((ids >= n_train).any()) or \
