@@ -20,7 +20,11 @@ training images, is blurrier than all of them with probability at most 1 / (N + 
 to the bound of the score and map-mean rules.
 
 The arithmetic is element-wise slices and float64 sums, so an image's value does not depend on
-the batch it came in or on a convolution algorithm; an exported graph computes the same.
+the batch it came in or on a convolution algorithm; an exported graph computes the same.  The
+channel mean is summed channel by channel into one float64 plane and the Laplacian built in
+place in one buffer: bit for bit ``x.double().mean(1)`` and the plain expression, without
+their float64 copy of all three channels and four temporaries (docs/performance.md, "The focus
+check's statistic").
 """
 from __future__ import annotations
 
@@ -31,11 +35,16 @@ EPS = 1e-12   # keeps a flat image's -log finite (a constant frame is maximally 
 
 def blurriness(x: torch.Tensor) -> torch.Tensor:
     """Network inputs [B, 3, H, W] (H, W >= 3) -> blurriness [B], float64 (module docstring)."""
-    g = x.double().mean(dim=1)                                          # [B, H, W]
-    lap = (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:]
-           - 4.0 * g[:, 1:-1, 1:-1])
-    centred = lap - lap.mean(dim=(1, 2), keepdim=True)
-    return -torch.log(centred.pow(2).mean(dim=(1, 2)) + EPS)
+    g = x[:, 0].double()                                                # [B, H, W]
+    g += x[:, 1]
+    g += x[:, 2]
+    g /= 3.0
+    lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1]
+    lap += g[:, 1:-1, :-2]
+    lap += g[:, 1:-1, 2:]
+    lap -= 4.0 * g[:, 1:-1, 1:-1]
+    lap -= lap.mean(dim=(1, 2), keepdim=True)
+    return -torch.log(lap.pow_(2).mean(dim=(1, 2)) + EPS)
 
 
 def focus_threshold(values) -> float:
