@@ -19,7 +19,8 @@ from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
 from patchbank.io.model_file import load_model, save_model
 from patchbank.pipeline.calibration import ScoreCalibration
-from patchbank.pipeline.focus import EPS, blurriness, focus_flags, focus_threshold
+from patchbank.pipeline.conformal import flags_above
+from patchbank.pipeline.focus import EPS, blurriness, focus_threshold
 
 from conftest import FAST, invoke_cli
 
@@ -61,9 +62,9 @@ def test_a_blurred_image_is_blurrier_and_a_flat_one_the_blurriest():
 def test_the_threshold_is_the_largest_training_value_and_nan_is_flagged():
     t = focus_threshold(np.array([1.0, 3.5, 2.0]))
     assert t == 3.5
-    flags = focus_flags(torch.tensor([3.5, np.nextafter(3.5, np.inf), float("nan"), -1e9], dtype=torch.float64), t)
+    flags = flags_above(torch.tensor([3.5, np.nextafter(3.5, np.inf), float("nan"), -1e9], dtype=torch.float64), t)
     assert flags.tolist() == [False, True, True, False]      # at the threshold is normal
-    assert focus_flags(torch.tensor([float("nan"), 1e9]), None).tolist() == [False, False]
+    assert flags_above(torch.tensor([float("nan"), 1e9]), None).tolist() == [False, False]
 
 
 def test_the_calibration_needs_the_blurriness_with_the_check_and_ignores_it_without():

@@ -13,6 +13,7 @@ def threshold_line(cal, cfg, names: list | None) -> str:
     false-positive rate it gives new normal images like them.  ``cal``: the model's
     :class:`~patchbank.pipeline.calibration.ScoreCalibration`; ``cfg``: its config."""
     from patchbank.pipeline.conformal import conformal_rate
+    from patchbank.pipeline.focus import FOCUS_FPR
 
     n = int(cal.scores_.size)
     above = cal.above_threshold()
@@ -29,7 +30,7 @@ def threshold_line(cal, cfg, names: list | None) -> str:
     rate = conformal_rate(n, cfg.target_fpr, 2 if joined else 1)
     rules = 2 if joined else 1
     if cal.blur_threshold_ is not None:         # the focus check: rank n_train of n_train
-        rate += 1.0 / (cal.training_blurriness_.size + 1)
+        rate += conformal_rate(cal.training_blurriness_.size, FOCUS_FPR)
         rules += 1
     line += (f"; expected false-positive rate on new normal images {'at most ' if rules > 1 else ''}"
              f"{100 * rate:.2g}%" + {1: "", 2: " (both rules)", 3: " (all three rules)"}[rules])

@@ -49,8 +49,8 @@ import torch
 from tqdm.auto import tqdm
 
 from patchbank.errors import PatchbankError
-from patchbank.pipeline.conformal import joint_conformal_thresholds, threshold_at
-from patchbank.pipeline.focus import focus_flags, focus_threshold
+from patchbank.pipeline.conformal import flags_above, joint_conformal_thresholds, threshold_at
+from patchbank.pipeline.focus import focus_threshold
 from patchbank.pipeline.scoring import PatchScorer
 from patchbank.pipeline.structure import COMPONENTS, StructScorer
 from patchbank.search import LeaveGroupOut
@@ -291,11 +291,7 @@ class ScoreCalibration:
         """Map means [B] and blurriness [B] -> (whole-image flags, focus flags), bool [B] each:
         not (mean <= ``map_threshold_``), not (blurriness <= ``blur_threshold_``), so a NaN is
         flagged; a check that is off flags nothing."""
-        if self.map_threshold_ is None:
-            whole = torch.zeros(means.shape, dtype=torch.bool, device=means.device)
-        else:
-            whole = ~(means <= self.map_threshold_)
-        return whole, focus_flags(blur.to(means.device), self.blur_threshold_)
+        return flags_above(means, self.map_threshold_), flags_above(blur.to(means.device), self.blur_threshold_)
 
     def image_scores(self, base, phi, means, blur) -> ImageScores:
         """A batch's base scores [B], descriptors [B, 3], map means [B] and blurriness [B]

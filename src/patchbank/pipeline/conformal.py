@@ -17,12 +17,16 @@ the conformal rank of those, and each statistic's value at it.  An image is flag
 is above its threshold: at most n - rank of the calibration images are, and a new normal image
 with probability at most target_fpr + 1 / (n + 1) (two images can share a larger rank, which a
 new one may tie).
+
+An image is flagged by a statistic when not ``value <= threshold`` (:func:`flags_above`: a NaN
+is flagged), for the map mean's threshold and the focus check's alike.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
 
 
 def conformal_rank(n: int, target_fpr: float) -> int:
@@ -36,6 +40,14 @@ def conformal_threshold(scores: np.ndarray, target_fpr: float) -> float:
     with them, P(new > threshold) <= target_fpr whenever the rank is below n + 1."""
     scores = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     return float(scores[conformal_rank(scores.size, target_fpr) - 1])
+
+
+def flags_above(values: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Values [B] -> flags, bool [B]: not (value <= threshold), so a NaN is flagged; all False
+    where the statistic's check is off (``threshold`` None)."""
+    if threshold is None:
+        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    return ~(values <= threshold)
 
 
 def conformal_rate(n: int, target_fpr: float, statistics: int = 1) -> float:

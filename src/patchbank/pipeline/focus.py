@@ -30,7 +30,12 @@ from __future__ import annotations
 
 import torch
 
+from patchbank.pipeline.conformal import conformal_threshold
+
 EPS = 1e-12   # keeps a flat image's -log finite (a constant frame is maximally blurred: -log(EPS))
+#: The focus check's target rate: the conformal rank at 0 is N of N (the largest value), whose
+#: rate on a new normal image is ``conformal_rate(N, FOCUS_FPR)`` = 1 / (N + 1).
+FOCUS_FPR = 0.0
 
 
 def blurriness(x: torch.Tensor) -> torch.Tensor:
@@ -48,13 +53,6 @@ def blurriness(x: torch.Tensor) -> torch.Tensor:
 
 
 def focus_threshold(values) -> float:
-    """The largest of the training images' blurriness values (rank N of N)."""
-    return float(torch.as_tensor(values, dtype=torch.float64).max())
-
-
-def focus_flags(values: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """Blurriness [B] -> flags, bool [B]: not (value <= threshold), so a NaN is flagged; all
-    False without the check (``threshold`` None)."""
-    if threshold is None:
-        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
-    return ~(values <= threshold)
+    """The split-conformal threshold of the training images' blurriness values at
+    :data:`FOCUS_FPR`: rank N of N, their largest."""
+    return conformal_threshold(values, FOCUS_FPR)
