@@ -22,7 +22,7 @@ from patchbank.pipeline.calibration import ScoreCalibration
 from patchbank.pipeline.conformal import flags_above
 from patchbank.pipeline.focus import EPS, blurriness, focus_threshold
 
-from conftest import FAST, invoke_cli
+from conftest import FAST, assert_one_line_error, invoke_cli
 
 FOCUS = dict(FAST, focus_check=True)
 
@@ -184,6 +184,15 @@ def test_predict_csv_json_and_info_carry_the_check(focused, synthetic_root, tmp_
     info = invoke_cli("info", model)
     row = next(line for line in info.output.splitlines() if line.startswith("focus check"))
     assert f"blurriness above {focused.calibration_.blur_threshold_:.4g}" in row, row
+
+
+@pytest.mark.parametrize("value, needle", [("maybe", "expected true or false"),
+                                           ("2", "expected true or false"), ("", "empty value")])
+def test_a_bad_focus_check_value_is_one_line(synthetic_root, tmp_path, value, needle):
+    res = invoke_cli("fit", synthetic_root / "train" / "good", "-o", tmp_path / "m.patchbank",
+                     "--quiet", "--focus-check", value)
+    assert_one_line_error(res.exit_code, res.stderr, "--focus-check", needle)
+    assert not (tmp_path / "m.patchbank").exists()
 
 
 def test_a_multi_category_model_checks_each_image_against_its_own_category(synthetic_root, tmp_path):
