@@ -39,6 +39,7 @@ from patchbank.service.settings import ModelSpec, ServeSettings, parse_model_arg
 SMALL = dict(backbone="efficientnet_lite0", image_size=(96, 96), crop_size=(80, 80), batch_size=8)
 MAX_IMAGES = 6
 MAX_PIXELS = 200_000
+MAX_REQUEST_PIXELS = 3 * MAX_PIXELS
 REL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:the threshold is calibrated on only")
 
@@ -82,7 +83,8 @@ def server(files):
 
     models = [f"single={files['single']}", f"line={files['line']}", files["scratch"]]
     args = ["--quiet", "--threads", "1", "--max-request-mb", "1", "--max-images", str(MAX_IMAGES),
-            "--max-pixels", str(MAX_PIXELS), "--max-wait-ms", "50"]
+            "--max-pixels", str(MAX_PIXELS), "--max-request-pixels", str(MAX_REQUEST_PIXELS),
+            "--max-wait-ms", "50"]
     log = files["tmp"] / "server.log"
     proc = ServerProcess(models, args, log=log, timeout=120)
     try:
@@ -102,7 +104,10 @@ def reference(files):
 
 
 def _expected(model, named: dict[str, bytes], **kw):
-    return model.predict([decode_bytes(data, name) for name, data in named.items()], **kw)
+    """The library's answers for images decoded as the model reads files (a JPEG at a reduced
+    scale toward its resize; PNG as stored)."""
+    size = tuple(model.config.image_size)
+    return model.predict([decode_bytes(data, name, draft_size=size) for name, data in named.items()], **kw)
 
 
 def _multipart(named: dict[str, bytes], part: str = "files"):
@@ -363,6 +368,9 @@ BAD = {
     "wrong content type": (415, lambda f: dict(content=b"hello", headers={"content-type": "text/plain"})),
     "no content type": (415, lambda f: dict(content=b"hello")),
     "too many pixels": (400, lambda f: dict(files=[("file", ("big.png", _png(Image.new("RGB", (600, 400)))))])),
+    # each image under --max-pixels, together over --max-request-pixels: refused from the headers
+    "images over the request's pixel total": (413, lambda f: dict(files=_multipart(
+        {f"{i}.png": _png(Image.new("RGB", (450, 400))) for i in range(4)}))),
     "too many images": (413, lambda f: dict(files=_multipart({f"{i}.png": next(iter(f["part"].values()))
                                                               for i in range(MAX_IMAGES + 1)}))),
     "body over the limit": (413, lambda f: dict(files=[("file", ("x.png", b"\0" * (2 << 20)))])),
@@ -393,6 +401,37 @@ def test_a_bad_infer_request_is_a_one_line_4xx_and_the_server_goes_on(server, fi
     assert server.get("/v2/health/live").status_code == 200
     ok = server.post("/v2/models/single/infer", files=_multipart(dict(list(files["part"].items())[:1])))
     assert ok.status_code == 200
+
+
+def test_a_request_over_its_pixel_total_names_the_limit(server):
+    named = {f"{i}.png": _png(Image.new("RGB", (450, 400))) for i in range(4)}   # 4 x 180,000
+    _assert_error(server.post("/v2/models/single/infer", files=_multipart(named)), 413,
+                  needle=f"decode to 720,000 pixels, over the limit of {MAX_REQUEST_PIXELS:,}")
+    three = dict(list(named.items())[:3])                                         # 540,000: in
+    assert server.post("/v2/models/single/infer", files=_multipart(three)).status_code == 200
+
+
+def test_a_jpeg_upload_is_read_as_the_library_reads_the_file(server, files, reference, tmp_path):
+    """A JPEG is decoded at the reduced scale the model's file reader uses (libjpeg's 1/4 here:
+    400 px toward the 96 px resize), so the service answers as ``predict`` on the file does; the
+    size it reports and the heatmap it draws are the uploaded image's own."""
+    det, _ = reference
+    image = Image.open(io.BytesIO(next(iter(files["part"].values())))).convert("RGB")
+    buf = io.BytesIO()
+    image.resize((400, 400), Image.BILINEAR).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    (tmp_path / "part.jpg").write_bytes(data)
+    want, = det.predict([tmp_path / "part.jpg"])
+    r = server.post("/v2/models/single/infer", params={"heatmap": "true"},
+                    files=[("files", ("part.jpg", data, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    got = r.json()["results"][0]
+    _assert_same(got, want, det.threshold_)
+    assert (got["width"], got["height"]) == (400, 400)
+    assert Image.open(io.BytesIO(base64.b64decode(got["heatmap_png"]))).size == (400, 400)
+    # the full-scale decode the service used to make reads other pixels: a different answer
+    full, = det.predict([decode_bytes(data, "part.jpg")])
+    assert abs(full.score - want.score) > 100 * REL * abs(want.score)
 
 
 def test_other_bad_requests_are_one_line_4xx(server, files):
@@ -478,6 +517,7 @@ def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
                          (["serve", f"bad/name={bogus}"], "invalid model name"),
                          (["serve", f"a={bogus}", f"a={bogus}"], "given twice"),
                          (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels"),
+                         (["serve", str(bogus), "--max-request-pixels", "1000"], "--max-request-pixels"),
                          (["serve", str(bogus), "--host", "256.1.1.1"], "cannot listen on 256.1.1.1")):
         result = CliRunner().invoke(cli, args + ["--port", "0"])   # (8000 may be taken here)
         assert_one_line_error(result.exit_code, result.stderr, needle)
@@ -492,6 +532,34 @@ def test_serve_refuses_a_port_in_use_before_loading(tmp_path):
         port = taken.getsockname()[1]
         result = CliRunner().invoke(cli, ["serve", str(tmp_path / "m.patchbank"), "--port", str(port)])
     assert_one_line_error(result.exit_code, result.stderr, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_the_request_total_counts_the_pixels_each_image_decodes_to():
+    """A JPEG counts at the reduced scale it decodes at (2000 px toward a 96 px resize: 1/8,
+    250 x 250), a PNG at its full size; the total is checked before any image is decoded."""
+    from patchbank.service.codec import Upload, decode_uploads
+
+    def encoded(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (2000, 2000), (90, 120, 150)).save(buf, fmt)
+        return buf.getvalue()
+
+    jpeg, png = Upload("a.jpg", encoded("JPEG")), Upload("a.png", encoded("PNG"))
+    out, = decode_uploads([jpeg], 4_000_000, 62_500, (96, 96))
+    assert out.size == (250, 250) and out.mode == "RGB"
+    with pytest.raises(ServiceError) as err:
+        decode_uploads([jpeg, jpeg], 4_000_000, 100_000, (96, 96))
+    assert err.value.status == 413 and "125,000 pixels, over the limit of 100,000" in str(err.value)
+    with pytest.raises(ServiceError) as err:
+        decode_uploads([png], 4_000_000, 100_000, (96, 96))
+    assert err.value.status == 413 and "4,000,000 pixels" in str(err.value)
+    assert decode_uploads([png], 4_000_000, 4_000_000, (96, 96))[0].size == (2000, 2000)
+
+
+def test_settings_refuse_a_request_total_below_the_image_limit():
+    with pytest.raises(PatchbankError, match="--max-request-pixels, 1,000.*--max-pixels, 2,000"):
+        ServeSettings(max_pixels=2000, max_request_pixels=1000)
+    assert ServeSettings(max_pixels=2000, max_request_pixels=2000).max_request_pixels == 2000
 
 
 def test_settings_round_trip_and_model_names(tmp_path):

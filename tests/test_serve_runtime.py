@@ -96,11 +96,10 @@ def torch_side(models):
     served = registry.get("m")
 
     def answer(named: dict[str, bytes], **options) -> list[dict]:
-        images = [decode_bytes(data, name) for name, data in named.items()]
+        images = [decode_bytes(data, name, draft_size=served.read_size) for name, data in named.items()]
         scored = registry.predict("m", None, images)
         opts = InferOptions(**options)
-        return [image_result(served, name, (im.height, im.width), s, opts, time.perf_counter())
-                for name, im, s in zip(named, images, scored)]
+        return [image_result(served, name, s, opts, time.perf_counter()) for name, s in zip(named, scored)]
     return answer, served.model
 
 

@@ -12,7 +12,10 @@ What is read, and how (every input becomes 8-bit RGB before resizing)
 ---------------------------------------------------------------------
 * **Files** with an extension in :data:`IMAGE_EXTENSIONS` (PNG, JPEG, BMP, TIFF, WebP, GIF,
   PBM/PGM/PPM/PNM).  A multi-frame GIF or TIFF is read at its first frame.  EXIF orientation and
-  ICC profiles are not applied: pixels are used as stored (as the masks are).
+  ICC profiles are not applied: pixels are used as stored (as the masks are).  A JPEG file, or
+  uploaded JPEG bytes (:func:`decode_bytes` with the model's resize), decodes at libjpeg's
+  reduced scale (1/2, 1/4, 1/8) not below the resize (:func:`draft_jpeg`): the same bytes give the
+  same pixels on every path; its window keeps the full size.
 * **8-bit modes**: ``RGB`` as is; ``L`` (grayscale) and ``1`` (bilevel: 0 / 255) repeated into
   the three channels; palette ``P`` by its palette colours; ``RGBA``, ``LA``, ``PA``: the alpha
   channel is dropped (transparent pixels keep their stored colour, nothing is composited);
@@ -39,7 +42,8 @@ What is read, and how (every input becomes 8-bit RGB before resizing)
   A file with an image extension that cannot be decoded is an error when it is read, never skipped.
 
 Every problem is a one-line :class:`PatchbankError` naming the file (or the in-memory input) and
-what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p).convert("RGB")``.
+what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p).convert("RGB")``
+(a JPEG larger than twice the resize: as the same after ``draft``).
 """
 from __future__ import annotations
 
@@ -285,7 +289,10 @@ def _high_range_to_rgb(im: Image.Image, name: str) -> Image.Image:
 
 
 def _to_rgb(im: Image.Image, name: str) -> Image.Image:
-    """A decoded image of any supported mode as an 8-bit RGB image."""
+    """A decoded image of any supported mode as an 8-bit RGB image; an RGB image is itself (PIL's
+    ``convert`` would copy it: a large image's pixels would be held twice while it is read)."""
+    if im.mode == "RGB":
+        return im
     if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
         return _high_range_to_rgb(im, name)
     try:
@@ -345,11 +352,28 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     return im
 
 
-def decode_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image file's bytes (an upload) to an 8-bit RGB PIL image by the rules of the
-    module docstring, refusing an image over ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`)
-    from its header, before any pixel is decoded.  ``name`` names the input in the one-line
-    :class:`PatchbankError` raised for empty, unrecognised, truncated or oversized data."""
+FULL_SIZE = "patchbank_full_size"
+"""Key of a drafted JPEG's full (W, H) in its PIL ``info`` (``convert`` keeps ``info``)."""
+
+
+def draft_jpeg(im: Image.Image, draft_size: tuple[int, int] | None) -> None:
+    """Let an opened, not yet decoded JPEG decode at a reduced scale (libjpeg's 1/2, 1/4 or 1/8),
+    never below ``draft_size`` (H, W), recording its full (W, H) in ``info[FULL_SIZE]``; other
+    formats, or ``draft_size`` None, are left as they are.  Every reader of encoded images
+    (files, uploads) drafts through here, so the same bytes give the same pixels."""
+    if draft_size is not None and im.format == "JPEG":
+        im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
+        im.draft("RGB", (draft_size[1], draft_size[0]))
+
+
+def open_bytes(data: bytes, name: str, max_pixels: int | None = None,
+               draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """An image file's bytes (an upload) opened from their header, not decoded: refused when
+    empty, unrecognised or over ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`) before any
+    pixel is decoded; with ``draft_size`` (H, W) a JPEG is set to decode at a reduced scale as
+    :func:`decoded_image` sets a file (:func:`draft_jpeg`), so ``size`` is what will be decoded.
+    ``name`` names the input in the one-line :class:`PatchbankError`.  :func:`decode_opened`
+    decodes it."""
     if not data:
         raise PatchbankError(f"cannot read image {name}: it is empty (0 bytes)")
     budget = MAX_IMAGE_PIXELS if max_pixels is None else min(int(max_pixels), MAX_IMAGE_PIXELS)
@@ -363,14 +387,34 @@ def decode_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image
                              f"(or a corrupt header)") from None
     except (OSError, ValueError) as exc:
         raise PatchbankError(f"cannot read image {name}: {one_line(exc)}") from None
-    with im:
-        w, h = im.size
+    w, h = im.size
+    try:
         if w * h > budget:
             raise PatchbankError(f"image {name}: {w}x{h} (WxH) is {w * h:,} pixels, over the limit "
                                  f"of {budget:,}")
         check_size(im.size, f"image {name}")
+    except PatchbankError:
+        im.close()
+        raise
+    draft_jpeg(im, draft_size)
+    return im
+
+
+def decode_opened(im: Image.Image, name: str) -> Image.Image:
+    """Decode an image :func:`open_bytes` opened to 8-bit RGB by the rules of the module
+    docstring (a one-line :class:`PatchbankError` for truncated or corrupt data)."""
+    with im:
         _load(im, f"image {name}")
         return _to_rgb(im, f"image {name}")
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int | None = None,
+                 draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image file's bytes (an upload) to an 8-bit RGB PIL image:
+    :func:`open_bytes` then :func:`decode_opened`.  With the ``draft_size`` a model reads files
+    with (its ``config.image_size``), a JPEG's pixels are those :func:`read_input` decodes from
+    the same bytes in a file, so the model answers as it does for the file."""
+    return decode_opened(open_bytes(data, name, max_pixels, draft_size), name)
 
 
 def _load(im: Image.Image, name: str) -> None:
@@ -383,10 +427,6 @@ def _load(im: Image.Image, name: str) -> None:
         raise PatchbankError(f"cannot read {name}: {one_line(exc) or type(exc).__name__}") from None
 
 
-FULL_SIZE = "patchbank_full_size"
-"""Key of a drafted JPEG's full (W, H) in its PIL ``info`` (``convert`` keeps ``info``)."""
-
-
 @contextmanager
 def decoded_image(path: str | os.PathLike, what: str = "image",
                   draft_size: tuple[int, int] | None = None) -> Iterator[Image.Image]:
@@ -394,9 +434,7 @@ def decoded_image(path: str | os.PathLike, what: str = "image",
     errors as :func:`open_image`, and a one-line error for truncated or corrupt pixel data.
     ``draft_size`` (H, W) lets a JPEG decode at a reduced scale, never below that size."""
     with open_image(path, what) as im:
-        if draft_size is not None and im.format == "JPEG":
-            im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
-            im.draft("RGB", (draft_size[1], draft_size[0]))
+        draft_jpeg(im, draft_size)
         _load(im, f"{what} {path}")
         yield im
 

@@ -29,7 +29,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from patchbank.io.images import decode_bytes
+from patchbank.io.images import decode_opened, open_bytes
 from patchbank.service.errors import ServiceError, bad_request, too_large, unsupported_media
 
 __all__ = ["Upload", "InferOptions", "OPTION_NAMES", "MASK_KINDS", "read_images", "parse_options",
@@ -194,7 +194,23 @@ def _option(name: str, value: Any) -> Any:
     return value
 
 
-def decode_uploads(uploads: list[Upload], max_pixels: int) -> list[Image.Image]:
-    """Decode every upload to 8-bit RGB (:func:`patchbank.io.images.decode_bytes`); the first
-    unreadable one is a 400 naming it, and nothing of the request is scored."""
-    return [decode_bytes(u.data, u.name, max_pixels=max_pixels) for u in uploads]
+def decode_uploads(uploads: list[Upload], max_pixels: int, max_request_pixels: int,
+                   draft_size: tuple[int, int] | None) -> list[Image.Image]:
+    """Decode every upload to 8-bit RGB as the served model reads a file of the same bytes
+    (``draft_size``: its ``config.image_size``, :func:`patchbank.io.images.decode_bytes`).
+    Every header is read first: an unreadable one is a 400 naming it, and images that would
+    decode to more than ``max_request_pixels`` together a 413, before any pixel is decoded; an
+    image whose data then fails to decode is a 400.  Nothing of a refused request is scored."""
+    opened: list[Image.Image] = []
+    try:
+        for u in uploads:
+            opened.append(open_bytes(u.data, u.name, max_pixels=max_pixels, draft_size=draft_size))
+        total = sum(im.width * im.height for im in opened)
+        if total > max_request_pixels:
+            raise too_large(f"the request's {len(opened)} images decode to {total:,} pixels, over the "
+                            f"limit of {max_request_pixels:,} for one request")
+        return [decode_opened(im, u.name) for im, u in zip(opened, uploads)]
+    except BaseException:
+        for im in opened:        # refused: let go of what was opened (decoded ones included)
+            im.close()
+        raise

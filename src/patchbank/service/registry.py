@@ -146,6 +146,12 @@ class Served:
         """The categories of a multi-category model ([] for a single one)."""
         return self.model.categories if isinstance(self.model, MultiDetector) else []
 
+    @property
+    def read_size(self) -> tuple[int, int]:
+        """The (H, W) the model reads encoded images toward (its ``config.image_size``: a
+        JPEG decodes at a reduced scale not below it), for uploads to decode as its files do."""
+        return tuple(self.model.config.image_size)
+
     def detector(self, category: str | None) -> Detector | ExportedModel:
         """The detector that scores ``category`` (None for a single-category model)."""
         if isinstance(self.model, MultiDetector):

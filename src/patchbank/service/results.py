@@ -48,10 +48,11 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Scored,
-                 options: InferOptions, t0: float) -> dict[str, Any]:
-    """The response entry of one image of original size ``size_hw`` (H, W); ``t0`` is the
-    request's arrival (``time.perf_counter()``)."""
+def image_result(served: Served, name: str, scored: Scored, options: InferOptions,
+                 t0: float) -> dict[str, Any]:
+    """The response entry of one image; ``t0`` is the request's arrival (``time.perf_counter()``).
+    Its ``width`` and ``height`` are the uploaded image's own (the prediction's window: a JPEG
+    decoded at a reduced scale keeps its full size there)."""
     p = scored.prediction
     if options.threshold is None:
         threshold, anomalous = scored.threshold, bool(p.is_anomalous)
@@ -59,7 +60,7 @@ def image_result(served: Served, name: str, size_hw: tuple[int, int], scored: Sc
         threshold = options.threshold
         anomalous = bool(decide(np.float64(p.normalized_score),
                                 np.bool_(p.whole_image_anomalous or p.out_of_focus), threshold))
-    h, w = size_hw
+    h, w = p.image_size
     detector = served.detector(p.category)
     out: dict[str, Any] = {
         "name": name, "score": finite(p.score), "normalized_score": finite(p.normalized_score),

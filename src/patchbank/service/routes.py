@@ -107,12 +107,12 @@ def build_router(state: ServiceState) -> APIRouter:
         uploads, fields = await read_images(request, settings.max_images)
         options = parse_options(request.query_params, fields)
         served.check_category(options.category)
-        images = await asyncio.to_thread(decode_uploads, uploads, settings.max_pixels)
+        images = await asyncio.to_thread(decode_uploads, uploads, settings.max_pixels,
+                                         settings.max_request_pixels, served.read_size)
         scored = await state.batcher.submit_all((name, options.category), images)
 
         def encode() -> list[dict[str, Any]]:
-            return [image_result(served, u.name, (im.height, im.width), s, options, t0)
-                    for u, im, s in zip(uploads, images, scored)]
+            return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
 
         results = await asyncio.to_thread(encode)
         return {"model": name, "n_images": len(results),
