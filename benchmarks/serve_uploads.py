@@ -10,9 +10,10 @@ A real server (``ServerProcess``, 127.0.0.1) serves MODEL.  Two checks:
   each answer's score is compared with ``Detector.predict`` on the file, and with the library's
   answer for the same bytes decoded at full scale (how the service read uploads before
   session 28).
-* **Request memory.** One request of ``--big`` flat-grey ``--big-side`` x ``--big-side`` PNGs
-  (a few hundred KB each; every one under the decoder's per-image budget), then the server's
-  peak resident memory (``VmHWM``) before and after, and the answer's status.
+* **Request memory.** ``--concurrent`` requests at once, each of ``--big`` flat-grey
+  ``--big-side`` x ``--big-side`` PNGs (a few hundred KB each; every one under the decoder's
+  per-image budget), then the server's peak resident memory (``VmHWM``) before and after, and
+  the answers' statuses.
 
 Writes one JSON with every score, both memory figures, the machine and the command.
 """
@@ -23,6 +24,7 @@ import io
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--big", type=int, default=8)
     ap.add_argument("--big-side", type=int, default=8000)
+    ap.add_argument("--concurrent", type=int, default=1, help="big requests sent at once")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -79,22 +82,27 @@ def main(argv=None) -> dict:
                           "full_scale_relative_difference": abs(u.score - f.score) / abs(f.score)}
                          for p, s, f, u in zip(paths, served, by_file, full_scale)]
         data = flat_png(args.big_side)
+        files = [("files", (f"{i}.png", data, "image/png")) for i in range(args.big)]
         before = peak_rss_mb(server.pid)
         t0 = time.perf_counter()
-        r = client.post(f"/v2/models/{name}/infer",
-                        files=[("files", (f"{i}.png", data, "image/png")) for i in range(args.big)])
+        with ThreadPoolExecutor(args.concurrent) as pool:
+            answers = list(pool.map(lambda _: client.post(f"/v2/models/{name}/infer", files=files),
+                                    range(args.concurrent)))
         seconds = time.perf_counter() - t0
         out["big_request"] = {"images": args.big, "side": args.big_side, "png_bytes_each": len(data),
-                              "status": r.status_code, "seconds": seconds,
-                              "answer": r.json().get("error") if r.status_code != 200 else "scored",
+                              "concurrent": args.concurrent, "statuses": [a.status_code for a in answers],
+                              "seconds": seconds,
+                              "answers": [a.json().get("error") if a.status_code != 200 else "scored"
+                                          for a in answers],
                               "peak_rss_mb_before": before, "peak_rss_mb_after": peak_rss_mb(server.pid)}
     rel = [row["full_scale_relative_difference"] for row in out["parity"]]
     print(f"JPEG parity: {sum(row['served_equals_file'] for row in out['parity'])} of {len(paths)} served "
           f"scores equal the library's on the file; full-scale decoding differs by "
           f"{min(rel):.4f}-{max(rel):.4f} relative")
     b = out["big_request"]
-    print(f"{b['images']} flat {b['side']} px PNGs ({b['png_bytes_each']:,} bytes each): status {b['status']} "
-          f"in {b['seconds']:.1f} s ({b['answer']}); server peak RSS {b['peak_rss_mb_before']:.0f} -> "
+    print(f"{b['concurrent']} request(s) at once of {b['images']} flat {b['side']} px PNGs "
+          f"({b['png_bytes_each']:,} bytes each): statuses {b['statuses']} in {b['seconds']:.1f} s "
+          f"({b['answers'][0]}); server peak RSS {b['peak_rss_mb_before']:.0f} -> "
           f"{b['peak_rss_mb_after']:.0f} MB")
     out.update(machine=machine(), command=" ".join(sys.argv), mean_relative_difference=float(np.mean(rel)))
     write_json(out, args.out)

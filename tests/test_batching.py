@@ -167,3 +167,28 @@ def test_bad_settings_and_use_after_close():
             await batcher.submit("m", 1)
 
     _run(main())
+
+
+def test_a_calls_inputs_are_let_go_once_its_results_are_handed_back():
+    """The lane's worker keeps no reference to a finished call's items while it waits for the
+    next one: a request's decoded images must not outlive it (docs/serving.md)."""
+    import gc
+    import weakref
+
+    class Image:     # stands in for a decoded image
+        pass
+
+    async def body():
+        batcher = DynamicBatcher(lambda key, items: [1] * len(items), max_batch=4, max_wait_ms=1)
+        image = Image()
+        ref = weakref.ref(image)
+        assert await batcher.submit_all("m", [image]) == [1]
+        del image
+        for _ in range(5):
+            await asyncio.sleep(0.01)   # the lane's worker is now waiting for the next call
+        gc.collect()
+        alive = ref() is not None
+        await batcher.close()
+        return alive
+
+    assert _run(body()) is False

@@ -39,7 +39,7 @@ from patchbank.service.settings import ModelSpec, ServeSettings, parse_model_arg
 SMALL = dict(backbone="efficientnet_lite0", image_size=(96, 96), crop_size=(80, 80), batch_size=8)
 MAX_IMAGES = 6
 MAX_PIXELS = 200_000
-MAX_REQUEST_PIXELS = 3 * MAX_PIXELS
+MAX_DECODED_PIXELS = 3 * MAX_PIXELS
 REL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:the threshold is calibrated on only")
 
@@ -83,7 +83,7 @@ def server(files):
 
     models = [f"single={files['single']}", f"line={files['line']}", files["scratch"]]
     args = ["--quiet", "--threads", "1", "--max-request-mb", "1", "--max-images", str(MAX_IMAGES),
-            "--max-pixels", str(MAX_PIXELS), "--max-request-pixels", str(MAX_REQUEST_PIXELS),
+            "--max-pixels", str(MAX_PIXELS), "--max-decoded-pixels", str(MAX_DECODED_PIXELS),
             "--max-wait-ms", "50"]
     log = files["tmp"] / "server.log"
     proc = ServerProcess(models, args, log=log, timeout=120)
@@ -368,8 +368,8 @@ BAD = {
     "wrong content type": (415, lambda f: dict(content=b"hello", headers={"content-type": "text/plain"})),
     "no content type": (415, lambda f: dict(content=b"hello")),
     "too many pixels": (400, lambda f: dict(files=[("file", ("big.png", _png(Image.new("RGB", (600, 400)))))])),
-    # each image under --max-pixels, together over --max-request-pixels: refused from the headers
-    "images over the request's pixel total": (413, lambda f: dict(files=_multipart(
+    # each image under --max-pixels, together over --max-decoded-pixels: refused from the headers
+    "images over the decoded-pixel limit": (413, lambda f: dict(files=_multipart(
         {f"{i}.png": _png(Image.new("RGB", (450, 400))) for i in range(4)}))),
     "too many images": (413, lambda f: dict(files=_multipart({f"{i}.png": next(iter(f["part"].values()))
                                                               for i in range(MAX_IMAGES + 1)}))),
@@ -403,12 +403,18 @@ def test_a_bad_infer_request_is_a_one_line_4xx_and_the_server_goes_on(server, fi
     assert ok.status_code == 200
 
 
-def test_a_request_over_its_pixel_total_names_the_limit(server):
+def test_a_request_over_the_decoded_pixel_limit_names_it_and_others_wait_their_turn(server):
     named = {f"{i}.png": _png(Image.new("RGB", (450, 400))) for i in range(4)}   # 4 x 180,000
     _assert_error(server.post("/v2/models/single/infer", files=_multipart(named)), 413,
-                  needle=f"decode to 720,000 pixels, over the limit of {MAX_REQUEST_PIXELS:,}")
-    three = dict(list(named.items())[:3])                                         # 540,000: in
-    assert server.post("/v2/models/single/infer", files=_multipart(three)).status_code == 200
+                  needle=f"decode to 720,000 pixels, over the server's limit of {MAX_DECODED_PIXELS:,}")
+    three = dict(list(named.items())[:3])        # 540,000 each: two such requests never fit at once
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: server.post("/v2/models/single/infer", files=_multipart(three)),
+                                range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len({tuple(r["score"] for r in a.json()["results"]) for a in answers}) == 1
+    decoding = server.get("/v2/models/single").json()["decoding"]
+    assert decoding == {"max_decoded_pixels": MAX_DECODED_PIXELS, "pixels_held": 0, "requests_waiting": 0}
 
 
 def test_a_jpeg_upload_is_read_as_the_library_reads_the_file(server, files, reference, tmp_path):
@@ -517,7 +523,7 @@ def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
                          (["serve", f"bad/name={bogus}"], "invalid model name"),
                          (["serve", f"a={bogus}", f"a={bogus}"], "given twice"),
                          (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels"),
-                         (["serve", str(bogus), "--max-request-pixels", "1000"], "--max-request-pixels"),
+                         (["serve", str(bogus), "--max-decoded-pixels", "1000"], "--max-decoded-pixels"),
                          (["serve", str(bogus), "--host", "256.1.1.1"], "cannot listen on 256.1.1.1")):
         result = CliRunner().invoke(cli, args + ["--port", "0"])   # (8000 may be taken here)
         assert_one_line_error(result.exit_code, result.stderr, needle)
@@ -537,7 +543,7 @@ def test_serve_refuses_a_port_in_use_before_loading(tmp_path):
 def test_the_request_total_counts_the_pixels_each_image_decodes_to():
     """A JPEG counts at the reduced scale it decodes at (2000 px toward a 96 px resize: 1/8,
     250 x 250), a PNG at its full size; the total is checked before any image is decoded."""
-    from patchbank.service.codec import Upload, decode_uploads
+    from patchbank.service.codec import Upload, decode_uploads, open_uploads
 
     def encoded(fmt: str) -> bytes:
         buf = io.BytesIO()
@@ -545,21 +551,24 @@ def test_the_request_total_counts_the_pixels_each_image_decodes_to():
         return buf.getvalue()
 
     jpeg, png = Upload("a.jpg", encoded("JPEG")), Upload("a.png", encoded("PNG"))
-    out, = decode_uploads([jpeg], 4_000_000, 62_500, (96, 96))
+    opened, total = open_uploads([jpeg], 4_000_000, 62_500, (96, 96))
+    assert total == 62_500
+    out, = decode_uploads(opened, [jpeg])
     assert out.size == (250, 250) and out.mode == "RGB"
     with pytest.raises(ServiceError) as err:
-        decode_uploads([jpeg, jpeg], 4_000_000, 100_000, (96, 96))
-    assert err.value.status == 413 and "125,000 pixels, over the limit of 100,000" in str(err.value)
+        open_uploads([jpeg, jpeg], 4_000_000, 100_000, (96, 96))
+    assert err.value.status == 413 and "125,000 pixels, over the server's limit of 100,000" in str(err.value)
     with pytest.raises(ServiceError) as err:
-        decode_uploads([png], 4_000_000, 100_000, (96, 96))
+        open_uploads([png], 4_000_000, 100_000, (96, 96))
     assert err.value.status == 413 and "4,000,000 pixels" in str(err.value)
-    assert decode_uploads([png], 4_000_000, 4_000_000, (96, 96))[0].size == (2000, 2000)
+    opened, total = open_uploads([png], 4_000_000, 4_000_000, (96, 96))
+    assert total == 4_000_000 and decode_uploads(opened, [png])[0].size == (2000, 2000)
 
 
-def test_settings_refuse_a_request_total_below_the_image_limit():
-    with pytest.raises(PatchbankError, match="--max-request-pixels, 1,000.*--max-pixels, 2,000"):
-        ServeSettings(max_pixels=2000, max_request_pixels=1000)
-    assert ServeSettings(max_pixels=2000, max_request_pixels=2000).max_request_pixels == 2000
+def test_settings_refuse_a_decoded_pixel_limit_below_the_image_limit():
+    with pytest.raises(PatchbankError, match="--max-decoded-pixels, 1,000.*--max-pixels, 2,000"):
+        ServeSettings(max_pixels=2000, max_decoded_pixels=1000)
+    assert ServeSettings(max_pixels=2000, max_decoded_pixels=2000).max_decoded_pixels == 2000
 
 
 def test_settings_round_trip_and_model_names(tmp_path):

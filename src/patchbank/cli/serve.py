@@ -30,10 +30,11 @@ from patchbank.errors import PatchbankError
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Most pixels (width x height) of one image, read from its header before decoding "
                    "[the decoder's budget, patchbank.io.images.MAX_IMAGE_PIXELS].")
-@click.option("--max-request-pixels", type=click.IntRange(min=1), default=None,
-              help="Most pixels all images of one request decode to together (a JPEG counted at "
-                   "the reduced scale it decodes at), read from their headers before decoding; "
-                   "413 above it [4 x the decoder's per-image budget].")
+@click.option("--max-decoded-pixels", type=click.IntRange(min=1), default=None,
+              help="Most pixels the server holds decoded at once, over all requests (a JPEG counted "
+                   "at the reduced scale it decodes at; from the headers, before decoding): a request "
+                   "over it alone is a 413, others wait for earlier ones to be scored "
+                   "[4 x the decoder's per-image budget].")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
               help="torch: each MODEL is a model file; onnx / openvino: each MODEL is a "
                    "'patchbank export' folder (--threads goes to the runtime).")
@@ -41,7 +42,7 @@ from patchbank.errors import PatchbankError
 @run_options
 def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
-          max_pixels: int | None, max_request_pixels: int | None, runtime: str, weights: str | None, device: str, threads: int | None,
+          max_pixels: int | None, max_decoded_pixels: int | None, runtime: str, weights: str | None, device: str, threads: int | None,
           quiet: bool) -> None:
     """Serve MODEL files (or export folders) over HTTP: POST images to /v2/models/NAME/infer,
     docs at /docs.
@@ -53,7 +54,7 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
     """
     setup_threads(threads)   # before torch is imported (the imports below import it)
     from patchbank.io.images import MAX_IMAGE_PIXELS
-    from patchbank.service.settings import MAX_REQUEST_PIXELS, SETTINGS_ENV, ServeSettings, parse_model_arg
+    from patchbank.service.settings import MAX_DECODED_PIXELS, SETTINGS_ENV, ServeSettings, parse_model_arg
 
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if max_pixels > MAX_IMAGE_PIXELS:
@@ -63,7 +64,7 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
         models=tuple(parse_model_arg(m) for m in models), max_batch=max_batch,
         max_wait_ms=0.0 if no_batching else max_wait_ms, max_request_mb=max_request_mb,
         max_images=max_images, max_pixels=max_pixels,
-        max_request_pixels=MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels,
+        max_decoded_pixels=MAX_DECODED_PIXELS if max_decoded_pixels is None else max_decoded_pixels,
         device=device, threads=threads, runtime=runtime,
         weights=weights)
     check_listen(host, port)

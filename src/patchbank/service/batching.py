@@ -148,6 +148,7 @@ class DynamicBatcher:
             batch = self._take(lane, key)
             if batch:
                 await self._call(lane, key, batch)
+            del batch   # its inputs (decoded images) are not kept while the lane waits for more
 
     async def _fill(self, lane: _Lane, key: Hashable) -> None:
         """Wait until ``key`` has ``max_batch`` items queued or its oldest waited ``max_wait_ms``."""

@@ -33,7 +33,7 @@ from patchbank.io.images import decode_opened, open_bytes
 from patchbank.service.errors import ServiceError, bad_request, too_large, unsupported_media
 
 __all__ = ["Upload", "InferOptions", "OPTION_NAMES", "MASK_KINDS", "read_images", "parse_options",
-           "decode_uploads", "media_type"]
+           "open_uploads", "decode_uploads", "media_type"]
 
 OPTION_NAMES = ("threshold", "category", "heatmap", "mask")
 MASK_KINDS = ("none", "png", "polygons")
@@ -194,23 +194,39 @@ def _option(name: str, value: Any) -> Any:
     return value
 
 
-def decode_uploads(uploads: list[Upload], max_pixels: int, max_request_pixels: int,
-                   draft_size: tuple[int, int] | None) -> list[Image.Image]:
-    """Decode every upload to 8-bit RGB as the served model reads a file of the same bytes
-    (``draft_size``: its ``config.image_size``, :func:`patchbank.io.images.decode_bytes`).
-    Every header is read first: an unreadable one is a 400 naming it, and images that would
-    decode to more than ``max_request_pixels`` together a 413, before any pixel is decoded; an
-    image whose data then fails to decode is a 400.  Nothing of a refused request is scored."""
+def open_uploads(uploads: list[Upload], max_pixels: int, max_decoded_pixels: int,
+                 draft_size: tuple[int, int] | None) -> tuple[list[Image.Image], int]:
+    """Every upload opened from its header, set to decode as the served model reads a file of
+    the same bytes (``draft_size``: its ``config.image_size``; a JPEG at a reduced scale,
+    :func:`patchbank.io.images.open_bytes`), and the pixels they will decode to together.  An
+    unreadable header or an image over ``max_pixels`` is a 400 naming it, a total over
+    ``max_decoded_pixels`` (the server's whole budget: it could never be admitted) a 413; no
+    pixel is decoded here."""
     opened: list[Image.Image] = []
     try:
         for u in uploads:
             opened.append(open_bytes(u.data, u.name, max_pixels=max_pixels, draft_size=draft_size))
         total = sum(im.width * im.height for im in opened)
-        if total > max_request_pixels:
+        if total > max_decoded_pixels:
             raise too_large(f"the request's {len(opened)} images decode to {total:,} pixels, over the "
-                            f"limit of {max_request_pixels:,} for one request")
+                            f"server's limit of {max_decoded_pixels:,} decoded pixels at once")
+        return opened, total
+    except BaseException:
+        close_all(opened)
+        raise
+
+
+def decode_uploads(opened: list[Image.Image], uploads: list[Upload]) -> list[Image.Image]:
+    """Decode what :func:`open_uploads` opened to 8-bit RGB; an image whose data fails to decode
+    is a 400 naming it (and nothing of the request is scored)."""
+    try:
         return [decode_opened(im, u.name) for im, u in zip(opened, uploads)]
     except BaseException:
-        for im in opened:        # refused: let go of what was opened (decoded ones included)
-            im.close()
+        close_all(opened)
         raise
+
+
+def close_all(images: list[Image.Image]) -> None:
+    """Let go of a refused request's images (decoded ones included)."""
+    for im in images:
+        im.close()

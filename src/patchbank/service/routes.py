@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from patchbank.service.batching import DynamicBatcher
-from patchbank.service.codec import MASK_KINDS, decode_uploads, parse_options, read_images
+from patchbank.service.codec import MASK_KINDS, decode_uploads, open_uploads, parse_options, read_images
+from patchbank.service.pixel_budget import PixelBudget
 from patchbank.service.registry import ModelRegistry
 from patchbank.service.results import image_result
 from patchbank.service.settings import ServeSettings
@@ -32,11 +33,16 @@ __all__ = ["ServiceState", "build_router", "ThresholdUpdate"]
 
 @dataclass
 class ServiceState:
-    """What the endpoints share: settings, models, and the batcher (made at startup)."""
+    """What the endpoints share: settings, models, the decoded-pixel budget, and the batcher
+    (made at startup)."""
 
     settings: ServeSettings
     registry: ModelRegistry
     batcher: DynamicBatcher | None = None
+    pixels: PixelBudget = field(init=False)
+
+    def __post_init__(self):
+        self.pixels = PixelBudget(self.settings.max_decoded_pixels)
 
 
 class ThresholdUpdate(BaseModel):
@@ -107,9 +113,12 @@ def build_router(state: ServiceState) -> APIRouter:
         uploads, fields = await read_images(request, settings.max_images)
         options = parse_options(request.query_params, fields)
         served.check_category(options.category)
-        images = await asyncio.to_thread(decode_uploads, uploads, settings.max_pixels,
-                                         settings.max_request_pixels, served.read_size)
-        scored = await state.batcher.submit_all((name, options.category), images)
+        opened, pixels = await asyncio.to_thread(open_uploads, uploads, settings.max_pixels,
+                                                 settings.max_decoded_pixels, served.read_size)
+        async with state.pixels.hold(pixels):      # decoded images held until they are scored
+            images = await asyncio.to_thread(decode_uploads, opened, uploads)
+            scored = await state.batcher.submit_all((name, options.category), images)
+            del images, opened
 
         def encode() -> list[dict[str, Any]]:
             return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
@@ -141,4 +150,6 @@ def _describe(state: ServiceState, name: str) -> dict[str, Any]:
                        "max_wait_ms": state.settings.max_wait_ms,
                        "calls": stats.calls if stats else 0, "images": stats.items if stats else 0,
                        "largest_call": stats.largest_call if stats else 0}
+    out["decoding"] = {"max_decoded_pixels": state.pixels.capacity, "pixels_held": state.pixels.in_use,
+                       "requests_waiting": state.pixels.waiting}
     return out

@@ -17,18 +17,18 @@ from patchbank.config import RUNTIMES, check_runtime_options
 from patchbank.errors import PatchbankError
 from patchbank.io.images import MAX_IMAGE_PIXELS
 
-__all__ = ["ServeSettings", "ModelSpec", "SETTINGS_ENV", "SERVE_RUNTIMES", "MAX_REQUEST_PIXELS",
+__all__ = ["ServeSettings", "ModelSpec", "SETTINGS_ENV", "SERVE_RUNTIMES", "MAX_DECODED_PIXELS",
            "parse_model_arg", "check_model_name"]
 
 SETTINGS_ENV = "PATCHBANK_SERVE_SETTINGS"
 #: what runs the models: torch (model files) or an export runtime (``patchbank export`` folders)
 SERVE_RUNTIMES = RUNTIMES
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-#: The pixels one request may decode, all its images together (a JPEG counted at the reduced
-#: scale it decodes at): four images at the per-image budget.  A request's images are decoded
-#: and held together while they are scored (3 bytes a pixel, about 1.1 GB here); without a
-#: total, 64 highly compressible 80-megapixel PNGs (a few MB of body) would take ~15 GB.
-MAX_REQUEST_PIXELS = 4 * MAX_IMAGE_PIXELS
+#: The pixels a server process holds decoded at once, over all its requests (a JPEG counted at
+#: the reduced scale it decodes at): four images at the per-image budget, about 1.1 GB of 8-bit
+#: RGB.  Without it, one request of 64 highly compressible 80-megapixel PNGs (a few MB of body)
+#: would take ~19 GB, and any number of requests in flight their sum (service.pixel_budget).
+MAX_DECODED_PIXELS = 4 * MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class ServeSettings:
     max_request_mb: float = 32.0      # request body limit (Content-Length and bytes read)
     max_images: int = 64              # images per request
     max_pixels: int = MAX_IMAGE_PIXELS   # per image, from its header before decoding
-    max_request_pixels: int = MAX_REQUEST_PIXELS   # all of a request's images, from their headers
+    max_decoded_pixels: int = MAX_DECODED_PIXELS   # held at once, all requests; from the headers
     device: str = "cpu"
     threads: int | None = None        # torch / BLAS threads, an export runtime's threads (None: as they are)
     runtime: str = "torch"            # torch: model files; onnx / openvino: export folders
@@ -58,8 +58,8 @@ class ServeSettings:
     def __post_init__(self):
         if self.max_batch < 1 or self.max_images < 1 or self.max_pixels < 1:
             raise PatchbankError("max_batch, max_images and max_pixels must be >= 1")
-        if self.max_request_pixels < self.max_pixels:
-            raise PatchbankError(f"the request's pixel limit (--max-request-pixels, {self.max_request_pixels:,}) "
+        if self.max_decoded_pixels < self.max_pixels:
+            raise PatchbankError(f"the decoded-pixel limit (--max-decoded-pixels, {self.max_decoded_pixels:,}) "
                                  f"is below the per-image limit (--max-pixels, {self.max_pixels:,}): no "
                                  f"request could hold one image of the allowed size; lower --max-pixels too")
         if not self.max_wait_ms >= 0 or not self.max_request_mb > 0:
