@@ -13,7 +13,7 @@ A real server (``ServerProcess``, 127.0.0.1) serves MODEL.  Two checks:
 * **Request memory.** ``--concurrent`` requests at once, each of ``--big`` flat-grey
   ``--big-side`` x ``--big-side`` PNGs (a few hundred KB each; every one under the decoder's
   per-image budget), then the server's peak resident memory (``VmHWM``) before and after, and
-  the answers' statuses.
+  the answers' statuses (``--heatmap``: each asks for its heatmaps, drawn at the original size).
 
 Writes one JSON with every score, both memory figures, the machine and the command.
 """
@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--big", type=int, default=8)
     ap.add_argument("--big-side", type=int, default=8000)
     ap.add_argument("--concurrent", type=int, default=1, help="big requests sent at once")
+    ap.add_argument("--heatmap", action="store_true", help="the big requests ask for heatmaps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -86,11 +87,12 @@ def main(argv=None) -> dict:
         before = peak_rss_mb(server.pid)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent) as pool:
-            answers = list(pool.map(lambda _: client.post(f"/v2/models/{name}/infer", files=files),
+            answers = list(pool.map(lambda _: client.post(f"/v2/models/{name}/infer", files=files,
+                                                          params={"heatmap": str(args.heatmap).lower()}),
                                     range(args.concurrent)))
         seconds = time.perf_counter() - t0
         out["big_request"] = {"images": args.big, "side": args.big_side, "png_bytes_each": len(data),
-                              "concurrent": args.concurrent, "statuses": [a.status_code for a in answers],
+                              "concurrent": args.concurrent, "heatmap": args.heatmap, "statuses": [a.status_code for a in answers],
                               "seconds": seconds,
                               "answers": [a.json().get("error") if a.status_code != 200 else "scored"
                                           for a in answers],

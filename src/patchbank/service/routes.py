@@ -115,15 +115,17 @@ def build_router(state: ServiceState) -> APIRouter:
         served.check_category(options.category)
         opened, pixels = await asyncio.to_thread(open_uploads, uploads, settings.max_pixels,
                                                  settings.max_decoded_pixels, served.read_size)
-        async with state.pixels.hold(pixels):      # decoded images held until they are scored
+
+        def encode(scored) -> list[dict[str, Any]]:
+            return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
+
+        # the request's pixels are held from decoding to the end of encoding: the maps, heatmaps
+        # and masks at the original size are as large as the images they are drawn for
+        async with state.pixels.hold(pixels):
             images = await asyncio.to_thread(decode_uploads, opened, uploads)
             scored = await state.batcher.submit_all((name, options.category), images)
             del images, opened
-
-        def encode() -> list[dict[str, Any]]:
-            return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
-
-        results = await asyncio.to_thread(encode)
+            results = await asyncio.to_thread(encode, scored)
         return {"model": name, "n_images": len(results),
                 "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
 
