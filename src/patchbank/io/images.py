@@ -30,7 +30,10 @@ What is read, and how (every input becomes 8-bit RGB before resizing)
   or 8-bit, or as float in [0, 1]).
 * **Float** (``F``): every value must be finite and in [0, 1] and is scaled by 255; NaN or
   infinite pixels and values outside [0, 1] are refused, the message says the range found.
-* **In-memory inputs** (see :func:`as_items`): a PIL image (same rules as a file), or a numpy array
+* **In-memory inputs** (see :func:`as_items`): a PIL image (the same mode rules as a file, but
+  decoded as it is: a JPEG opened by the caller decodes at full scale, where its path would be
+  read at the reduced scale above, so pass the path, or the bytes through :func:`decode_bytes`
+  with the model's ``config.image_size``, for the file's answer), or a numpy array
   HxW, HxWx1, HxWx3 or HxWx4 (the 4th channel is dropped) of dtype ``uint8`` (as is), ``uint16``
   (like 16-bit files) or float (like ``F`` files).  Other dtypes (bool, signed or 32/64-bit
   integers, complex, object) are refused: the scale of such an array is a guess.
