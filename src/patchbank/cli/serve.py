@@ -33,7 +33,7 @@ from patchbank.errors import PatchbankError
 @click.option("--max-decoded-pixels", type=click.IntRange(min=1), default=None,
               help="Most pixels the server holds decoded at once, over all requests (a JPEG counted "
                    "at the reduced scale it decodes at; from the headers, before decoding): a request "
-                   "over it alone is a 413, others wait for earlier ones to be scored "
+                   "over it alone is a 413, others wait until earlier ones are answered "
                    "[4 x the decoder's per-image budget].")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="torch", show_default=True,
               help="torch: each MODEL is a model file; onnx / openvino: each MODEL is a "
@@ -42,8 +42,8 @@ from patchbank.errors import PatchbankError
 @run_options
 def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
-          max_pixels: int | None, max_decoded_pixels: int | None, runtime: str, weights: str | None, device: str, threads: int | None,
-          quiet: bool) -> None:
+          max_pixels: int | None, max_decoded_pixels: int | None, runtime: str, weights: str | None,
+          device: str, threads: int | None, quiet: bool) -> None:
     """Serve MODEL files (or export folders) over HTTP: POST images to /v2/models/NAME/infer,
     docs at /docs.
 

@@ -4,10 +4,10 @@ A request's images are decoded before they are scored and held until its scores 
 (``docs/serving.md``, "How uploads are decoded"), and its maps, heatmaps and masks are drawn at
 the images' own size.  :class:`PixelBudget` bounds the sum over the requests in flight: a request
 holds its images' pixels (counted from their headers, before anything is decoded) from the
-decoding until its answer is written.  Requests are admitted in arrival
-order, each as soon as it fits: a large request waits for the pixels ahead of it to be released
-and is not overtaken by smaller ones that arrive after it.  One request larger than the whole
-budget could never be admitted; the endpoint refuses it (413) before asking.
+decoding until its answer is written.  Requests are admitted in arrival order, each as soon as
+it fits: a large request waits for the pixels ahead of it to be released and is not overtaken by
+smaller ones that arrive after it.  One request larger than the whole budget could never be
+admitted; the endpoint refuses it (413) before asking.
 
 All of it runs on the event loop (no locks): :meth:`hold` is an ``async with``.  A request whose
 client goes away while it waits (its task cancelled) leaves the queue without holding anything.
