@@ -146,6 +146,9 @@ def test_health_listing_and_docs(server):
     assert server.get("/docs").status_code == 200
     paths = server.get("/openapi.json").json()["paths"]
     assert {"/v2/models/{name}/infer", "/v2/models/{name}/threshold", "/v2/health/ready"} <= set(paths)
+    errors = paths["/v2/models/{name}/infer"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "415", "422"} <= set(errors)
+    assert "--max-decoded-pixels" in errors["413"]["description"]
     page = server.get("/")
     if page.headers["content-type"].startswith("text/html"):
         assert page.status_code == 200 and "<html" in page.text.lower()

@@ -78,6 +78,16 @@ INFER_DOC = {
     "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": _IMAGES_FORM},
         "application/json": {"schema": _IMAGES_JSON}}},
+    "responses": {status: {"description": text, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
+        for status, text in {
+            "400": "An image that does not decode or is over --max-pixels, bad base64, a bad option, "
+                   "malformed JSON: one line naming it.",
+            "404": "Unknown model or category.",
+            "413": "A body over --max-request-mb, more than --max-images images, or images that "
+                   "together decode to more than --max-decoded-pixels (read from their headers).",
+            "415": "A content type other than multipart/form-data or application/json.",
+            "422": "A JSON body of the wrong shape."}.items()},
 }
 
 
