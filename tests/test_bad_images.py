@@ -472,3 +472,46 @@ def test_sixteen_bit_copy_of_an_image_scores_like_the_eight_bit_one(fitted, synt
     s16 = [p.score for p in fitted.predict(sixteen)]
     np.testing.assert_allclose(s16, s8, rtol=1e-6)
     assert len({round(float(s), 4) for s in s16}) == 3
+
+
+@pytest.mark.parametrize("draft_size", [None, (96, 96)], ids=["full scale", "reduced-scale JPEG"])
+def test_corrupted_uploads_are_one_line_errors_never_another_exception(draft_size):
+    """Seeded corruptions (bytes overwritten anywhere or in the header, cut short) of small
+    JPEG, PNG, BMP, TIFF, GIF and WebP files: ``decode_bytes`` (what the service decodes an upload
+    with, also drafting a JPEG toward a model's resize) either decodes them to RGB or raises a
+    one-line PatchbankError; nothing else escapes."""
+    import io
+    import random
+    import warnings
+
+    from patchbank.io.images import decode_bytes
+
+    rng = random.Random(0)
+    pixels = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    sources = {}
+    for fmt in ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, fmt)
+        sources[fmt] = buf.getvalue()
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(600):
+        fmt = rng.choice(sorted(sources))
+        data = bytearray(sources[fmt])
+        kind = rng.choice(["anywhere", "header", "cut"])
+        if kind == "cut":
+            data = data[:rng.randrange(1, len(data))]
+        else:
+            span = len(data) if kind == "anywhere" else min(len(data), 600)
+            for _ in range(rng.randint(1, 12)):
+                data[rng.randrange(span)] = rng.randrange(256)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im = decode_bytes(bytes(data), f"x.{fmt.lower()}", draft_size=draft_size)
+        except PatchbankError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            outcomes["refused"] += 1
+        else:
+            assert im.mode == "RGB" and im.width > 0 and im.height > 0
+            outcomes["decoded"] += 1
+    assert outcomes["decoded"] > 50 and outcomes["refused"] > 50   # both kinds were reached
