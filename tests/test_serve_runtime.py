@@ -128,6 +128,25 @@ def _poly_boxes(polygons) -> list[np.ndarray]:
                   key=lambda b: tuple(b))
 
 
+def test_a_jpeg_upload_is_read_as_the_export_reads_the_file(server, models, tmp_path):
+    """The export runtime's server decodes a JPEG at the reduced scale its file reader uses
+    (450 px toward the 112 px resize: 1/4), so it answers as ``ExportedModel.predict`` on the file."""
+    first = next(iter(models["named"].values()))
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(first)).convert("RGB").resize((450, 450), Image.BILINEAR).save(buf, "JPEG")
+    (tmp_path / "big.jpg").write_bytes(buf.getvalue())
+    exported = ExportedModel(models["ex"], "onnx", progress=False)
+    want, = exported.predict([tmp_path / "big.jpg"])
+    full, = exported.predict([decode_bytes(buf.getvalue(), "big.jpg")])   # a full-scale decode
+    assert abs(full.score - want.score) > 10 * REL * abs(want.score)      # reads other pixels
+    r = server.post("/v2/models/ex/infer", files=[("files", ("big.jpg", buf.getvalue(), "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    got = r.json()["results"][0]
+    assert (got["width"], got["height"]) == (450, 450)
+    assert got["score"] == pytest.approx(want.score, rel=REL)
+    assert got["normalized_score"] == pytest.approx(want.normalized_score, rel=REL, abs=1e-4)
+
+
 def test_results_equal_the_torch_servers(server, models, torch_side):
     answer, det = torch_side
     got, want = _infer(server, models["named"]), answer(models["named"])
