@@ -424,7 +424,7 @@ def test_a_jpeg_upload_is_read_as_the_library_reads_the_file(server, files, refe
     """A JPEG is decoded at the reduced scale the model's file reader uses (libjpeg's 1/4 here:
     400 px toward the 96 px resize), so the service answers as ``predict`` on the file does; the
     size it reports and the heatmap it draws are the uploaded image's own."""
-    det, _ = reference
+    det, multi = reference
     image = Image.open(io.BytesIO(next(iter(files["part"].values())))).convert("RGB")
     buf = io.BytesIO()
     image.resize((400, 400), Image.BILINEAR).save(buf, "JPEG", quality=90)
@@ -441,6 +441,10 @@ def test_a_jpeg_upload_is_read_as_the_library_reads_the_file(server, files, refe
     # the full-scale decode the service used to make reads other pixels: a different answer
     full, = det.predict([decode_bytes(data, "part.jpg")])
     assert abs(full.score - want.score) > 100 * REL * abs(want.score)
+    # a multi-category model reads it the same way (routed, then scored by its category)
+    routed, = multi.predict([tmp_path / "part.jpg"])
+    r = server.post("/v2/models/line/infer", files=[("files", ("part.jpg", data, "image/jpeg"))])
+    _assert_same(r.json()["results"][0], routed, multi.detectors_[routed.category].threshold_)
 
 
 def test_other_bad_requests_are_one_line_4xx(server, files):
