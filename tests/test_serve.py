@@ -536,6 +536,23 @@ def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
         assert_one_line_error(result.exit_code, result.stderr, needle)
 
 
+def test_serve_refuses_an_fd_that_is_not_a_listening_tcp_socket(tmp_path):
+    import socket
+
+    model = tmp_path / "m.patchbank"           # never read: the descriptor is checked first
+    with open(tmp_path / "file.txt", "w") as f, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket() as unlistened:
+        unlistened.bind(("127.0.0.1", 0))
+        for fd, needle in ((999_999, "--fd 999999 is not an open socket"),
+                           (f.fileno(), f"--fd {f.fileno()} is not an open socket"),
+                           (udp.fileno(), "is not a listening TCP socket"),
+                           (unlistened.fileno(), "is not a listening TCP socket")):
+            result = CliRunner().invoke(cli, ["serve", str(model), "--fd", str(fd)])
+            assert_one_line_error(result.exit_code, result.stderr, needle)
+        unlistened.listen()                    # the caller's descriptors are left open
+        assert unlistened.fileno() >= 0 and udp.fileno() >= 0 and not f.closed
+
+
 def test_serve_refuses_a_port_in_use_before_loading(tmp_path):
     import socket
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import click
 
@@ -16,6 +17,9 @@ from patchbank.errors import PatchbankError
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on.")
+@click.option("--fd", type=click.IntRange(min=0), default=None,
+              help="Serve on this inherited file descriptor, a TCP socket already bound and "
+                   "listening (a supervisor's or systemd's), instead of binding --host / --port.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes; each loads every model.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
@@ -40,7 +44,7 @@ from patchbank.errors import PatchbankError
                    "'patchbank export' folder (--threads goes to the runtime).")
 @model_weights_option
 @run_options
-def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch: int,
+def serve(models: tuple[str, ...], host: str, port: int, fd: int | None, workers: int, max_batch: int,
           max_wait_ms: float, no_batching: bool, max_request_mb: float, max_images: int,
           max_pixels: int | None, max_decoded_pixels: int | None, runtime: str, weights: str | None,
           device: str, threads: int | None, quiet: bool) -> None:
@@ -67,21 +71,58 @@ def serve(models: tuple[str, ...], host: str, port: int, workers: int, max_batch
         max_decoded_pixels=MAX_DECODED_PIXELS if max_decoded_pixels is None else max_decoded_pixels,
         device=device, threads=threads, runtime=runtime,
         weights=weights)
-    check_listen(host, port)
-    import uvicorn
+    sock = None if fd is None else listening_socket(fd)
+    if sock is None:
+        check_listen(host, port)
 
     from patchbank.service.app import create_app
     from patchbank.service.registry import ModelRegistry
 
     registry = ModelRegistry(settings).load()   # a bad file stops here: one line, exit 2
-    log_level = "warning" if quiet else "info"
     if workers > 1:
         del registry   # each worker process loads its own copy
         os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("patchbank.service.app:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level)
+        app, factory = "patchbank.service.app:app_from_env", True
     else:
-        uvicorn.run(create_app(settings, registry), host=host, port=port, log_level=log_level)
+        app, factory = create_app(settings, registry), False
+    run_uvicorn(app, factory, host, port, sock, workers, "warning" if quiet else "info")
+
+
+def run_uvicorn(app, factory: bool, host: str, port: int, sock: socket.socket | None, workers: int,
+                log_level: str) -> None:
+    """uvicorn serving ``app`` with ``workers`` processes: bound to ``host:port``, or on the
+    listening ``sock`` (``--fd``; uvicorn's own ``fd`` option reads a descriptor as a Unix
+    socket, so the socket is handed to its server, or to its worker processes, directly)."""
+    import uvicorn
+
+    if sock is None:
+        uvicorn.run(app, factory=factory, host=host, port=port, workers=workers, log_level=log_level)
+        return
+    config = uvicorn.Config(app, factory=factory, workers=workers, log_level=log_level)
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(1)       # as uvicorn.run: the failure is in the log
+
+
+def listening_socket(fd: int) -> socket.socket:
+    """The socket of the inherited descriptor ``fd`` (``--fd``), or a one-line error now,
+    before the models load, if it is not an open, listening TCP socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise PatchbankError(f"--fd {fd} is not an open socket: {exc.strerror or exc}") from None
+    if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM
+            or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+        sock.detach()     # leave the caller's descriptor open
+        raise PatchbankError(f"--fd {fd} is not a listening TCP socket (bind and listen before "
+                             f"passing it)")
+    return sock
 
 
 def check_listen(host: str, port: int) -> None:

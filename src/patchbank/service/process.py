@@ -21,18 +21,15 @@ from typing import IO, Sequence
 
 from patchbank.errors import PatchbankError
 
-__all__ = ["ServerProcess", "free_port"]
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ServerProcess"]
 
 
 class ServerProcess:
-    """A ``patchbank serve MODELS... --host 127.0.0.1 --port <free>`` child process.
+    """A ``patchbank serve MODELS... --fd N`` child process on a free 127.0.0.1 port.
+
+    The port is bound and listening here, before the child starts, and the child inherits the
+    socket (``--fd``): no other process can take the port in between, and no other server can
+    answer the readiness check in this one's place.
 
     ``log`` receives the server's stdout and stderr (a file path; default: discarded).
     :meth:`start` returns once ``/v2/health/ready`` answers 200, or raises
@@ -41,10 +38,13 @@ class ServerProcess:
 
     def __init__(self, models: Sequence[str | os.PathLike], args: Sequence[str] = (), *,
                  log: str | os.PathLike | None = None, timeout: float = 300.0):
-        self.port = free_port()
+        self._socket: socket.socket | None = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(128)
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "patchbank.cli", "serve", *map(str, models),
-                        "--host", "127.0.0.1", "--port", str(self.port), *map(str, args)]
+                        "--fd", str(self._socket.fileno()), *map(str, args)]
         self.log_path = Path(log) if log is not None else None
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
@@ -60,7 +60,12 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         """Start the process and wait until it is ready (see the class docstring)."""
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
+        if self._socket is None:
+            raise PatchbankError("a ServerProcess starts once")
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     pass_fds=(self._socket.fileno(),))
+        self._socket.close()      # the child holds its own copy
+        self._socket = None
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.timeout:
             if self.proc.poll() is not None:
@@ -101,6 +106,9 @@ class ServerProcess:
         if self._log not in (None, subprocess.DEVNULL):
             self._log.close()
         self._log = None
+        if self._socket is not None:      # never started
+            self._socket.close()
+            self._socket = None
 
     def _tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
