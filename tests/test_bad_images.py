@@ -515,3 +515,20 @@ def test_corrupted_uploads_are_one_line_errors_never_another_exception(draft_siz
             assert im.mode == "RGB" and im.width > 0 and im.height > 0
             outcomes["decoded"] += 1
     assert outcomes["decoded"] > 50 and outcomes["refused"] > 50   # both kinds were reached
+
+
+@pytest.mark.parametrize("draft_size", [96, (96,), (96, 0), (96.0, 96), (True, 96), "96x96"])
+def test_a_bad_draft_size_is_a_one_line_error(draft_size):
+    """``decode_bytes``'s ``draft_size`` is a model's ``config.image_size``: anything else is
+    refused by name, for a PNG as for a JPEG."""
+    import io
+
+    from patchbank.io.images import decode_bytes
+
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (400, 300)).save(buf, fmt)
+        with pytest.raises(PatchbankError, match=r"^draft_size must be None or \(height, width\)") as err:
+            decode_bytes(buf.getvalue(), "x", draft_size=draft_size)
+        assert "\n" not in str(err.value)
+    assert decode_bytes(buf.getvalue(), "x", draft_size=[96, 96]).size == (400, 300)

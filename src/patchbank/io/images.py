@@ -51,6 +51,7 @@ what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p)
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import stat
 import warnings
@@ -364,6 +365,11 @@ def draft_jpeg(im: Image.Image, draft_size: tuple[int, int] | None) -> None:
     never below ``draft_size`` (H, W), recording its full (W, H) in ``info[FULL_SIZE]``; other
     formats, or ``draft_size`` None, are left as they are.  Every reader of encoded images
     (files, uploads) drafts through here, so the same bytes give the same pixels."""
+    if draft_size is not None and not (isinstance(draft_size, (tuple, list)) and len(draft_size) == 2
+                                       and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                                               for v in draft_size)):
+        raise PatchbankError(f"draft_size must be None or (height, width) in pixels, two positive "
+                             f"integers (a model's config.image_size), got {draft_size!r}")
     if draft_size is not None and im.format == "JPEG":
         im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
         im.draft("RGB", (draft_size[1], draft_size[0]))
