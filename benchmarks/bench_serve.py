@@ -44,14 +44,15 @@ from patchbank.service.process import ServerProcess
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` and its children (uvicorn workers), MB, from /proc."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of ``pid`` and its children (uvicorn workers), MB, from /proc
+    (``field="VmHWM"``: their peak resident sizes)."""
     total = 0.0
     pids = [pid] + _children(pid)
     for p in pids:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1]) / 1024
         except OSError:
             pass

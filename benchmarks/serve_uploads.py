@@ -30,18 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench_serve import rss_mb
 from patchbank.detector import Detector
 from patchbank.io.images import decode_bytes, list_images
 from patchbank.service.process import ServerProcess
 from patchbank.studies.speed import machine, write_json
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory (``VmHWM``) in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc")
 
 
 def flat_png(side: int) -> bytes:
@@ -84,7 +77,7 @@ def main(argv=None) -> dict:
                          for p, s, f, u in zip(paths, served, by_file, full_scale)]
         data = flat_png(args.big_side)
         files = [("files", (f"{i}.png", data, "image/png")) for i in range(args.big)]
-        before = peak_rss_mb(server.pid)
+        before = rss_mb(server.pid, "VmHWM")
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent) as pool:
             answers = list(pool.map(lambda _: client.post(f"/v2/models/{name}/infer", files=files,
@@ -96,7 +89,7 @@ def main(argv=None) -> dict:
                               "seconds": seconds,
                               "answers": [a.json().get("error") if a.status_code != 200 else "scored"
                                           for a in answers],
-                              "peak_rss_mb_before": before, "peak_rss_mb_after": peak_rss_mb(server.pid)}
+                              "peak_rss_mb_before": before, "peak_rss_mb_after": rss_mb(server.pid, "VmHWM")}
     rel = [row["full_scale_relative_difference"] for row in out["parity"]]
     print(f"JPEG parity: {sum(row['served_equals_file'] for row in out['parity'])} of {len(paths)} served "
           f"scores equal the library's on the file; full-scale decoding differs by "
