@@ -257,6 +257,63 @@ def test_missing_file_folder_and_non_image_extension(tmp_path):
         rgb(tmp_path / "notes.txt")
 
 
+def _dds_with_unknown_pixel_format() -> bytes:
+    """A DDS header whose pixel-format flags are 0: PIL's DDS plugin raises NotImplementedError."""
+    hdr = bytearray(128)
+    hdr[0:4] = b"DDS "
+    struct.pack_into("<7I", hdr, 4, 124, 0x1007, 48, 64, 0, 0, 0)
+    struct.pack_into("<2I", hdr, 76, 32, 0)
+    return bytes(hdr) + b"\0" * 64 * 48 * 4
+
+
+def _other_format(fmt: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (90, 120, 150)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, make", [
+    ("frame.tga", lambda: _other_format("TGA")),
+    ("icon.ico", lambda: _other_format("ICO")),
+    ("frame.png", lambda: _other_format("TGA")),     # the name does not decide: the content does
+    ("bad.dds", _dds_with_unknown_pixel_format),      # PIL: NotImplementedError from Image.open
+])
+def test_formats_pil_knows_but_patchbank_does_not_read_are_refused(tmp_path, name, make):
+    """Only the documented formats' plugins open a file or an upload (images.READ_FORMATS): a TGA
+    or ICO (which PIL would decode) and a DDS whose header makes PIL's plugin raise
+    NotImplementedError are one-line errors, from a path and from bytes alike."""
+    from patchbank.io.images import decode_bytes
+
+    data = make()
+    (tmp_path / name).write_bytes(data)
+    with one_line_error(rf"cannot read image .*{name}: not an image format patchbank reads \(PNG, JPEG"):
+        rgb(tmp_path / name)
+    with one_line_error(rf"cannot read image {name}: not an image format patchbank reads"):
+        decode_bytes(data, name)
+
+
+@pytest.mark.parametrize("raised", [NotImplementedError("unknown flags"), AttributeError("stkoffset"),
+                                    struct.error("unpack requires a buffer"), SyntaxError("not a TIFF")])
+def test_any_failure_of_a_plugin_opening_a_header_is_a_one_line_error(tmp_path, monkeypatch, raised):
+    """PIL's plugins raise many types on a corrupt header (a malformed SPIDER file: AttributeError);
+    whatever an opener raises on the bytes is the input's fault and a one-line error naming it,
+    for a file and for an upload (a 400 from the service, not a 500)."""
+    from patchbank.io.images import decode_bytes
+
+    path = tmp_path / "x.png"
+    path.write_bytes(_other_format("PNG"))
+
+    def failing_open(*args, **kwargs):
+        raise raised
+    monkeypatch.setattr(images.Image, "open", failing_open)
+    with one_line_error(rf"cannot read image .*x\.png: {raised}"):
+        rgb(path)
+    with one_line_error(rf"cannot read image up\.png: {raised}"):
+        decode_bytes(path.read_bytes(), "up.png")
+
+
 def test_a_fifo_or_a_broken_link_is_refused_without_opening_it(fitted, tmp_path):
     # opening a FIFO for reading blocks until a writer comes: predict on one used to hang
     # forever.  A daemon thread plays the writer after 10 s, so a regression fails (an empty

@@ -192,3 +192,38 @@ def test_a_calls_inputs_are_let_go_once_its_results_are_handed_back():
         return alive
 
     assert _run(body()) is False
+
+
+def test_a_request_cancelled_while_its_call_runs_returns_only_when_the_call_has_ended():
+    """A request cancelled (its client went away) while a call holding its items runs in the
+    lane's thread: ``submit_all`` raises the cancellation only after that call has returned, so
+    the caller frees the items' inputs (and the service their pixel share) when nothing reads
+    them any more; its queued, unstarted items are dropped."""
+    started, release = threading.Event(), threading.Event()
+    ended_at = []
+
+    def run(key, items):
+        started.set()
+        release.wait(10)
+        ended_at.append(time.monotonic())
+        return list(items)
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=2, max_wait_ms=0)
+        task = asyncio.create_task(batcher.submit_all("k", [1, 2, 3]))   # calls of [1, 2], then [3]
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert not task.done()                 # still waiting: the call holds items 1 and 2
+        threading.Timer(0.1, release.set).start()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled_at = time.monotonic()
+        stats = batcher.stats("k")
+        await batcher.close()
+        return cancelled_at, stats
+
+    cancelled_at, stats = _run(main())
+    assert ended_at and cancelled_at >= ended_at[0]
+    assert stats.calls == 1 and stats.items == 2          # item 3 was never run

@@ -353,6 +353,22 @@ def test_put_threshold_of_a_multi_category_model(server, files, reference):
 # --------------------------------------------------------------------------------------------
 # bad requests: one-line 4xx, and the server goes on
 
+def _dds_with_unknown_pixel_format() -> bytes:
+    import struct
+
+    hdr = bytearray(128)
+    hdr[0:4] = b"DDS "
+    struct.pack_into("<7I", hdr, 4, 124, 0x1007, 48, 64, 0, 0, 0)
+    struct.pack_into("<2I", hdr, 76, 32, 0)
+    return bytes(hdr) + b"\0" * 64 * 48 * 4
+
+
+def _tga() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (80, 90, 100)).save(buf, "TGA")
+    return buf.getvalue()
+
+
 def _truncated(files):
     data = next(iter(files["part"].values()))
     return data[: len(data) // 2]
@@ -394,6 +410,16 @@ BAD = {
     "bad heatmap option": (400, lambda f: dict(json={"images": [{"data": base64.b64encode(next(iter(f["part"].values()))).decode()}],
                                                      "heatmap": "maybe"})),
     "unknown option": (400, lambda f: dict(params={"treshold": "1"}, files=_multipart(dict(list(f["part"].items())[:1])))),
+    # float() of a 400-digit JSON integer raises OverflowError (was a 500)
+    "huge integer threshold": (400, lambda f: dict(
+        content=b'{"images": [{"data": "' + base64.b64encode(next(iter(f["part"].values()))) + b'"}], '
+                b'"threshold": ' + b"9" * 400 + b"}", headers={"content-type": "application/json"})),
+    # the first value was never checked: ?mask=bogus&mask=png passed
+    "repeated query option": (400, lambda f: dict(params=[("mask", "bogus"), ("mask", "png")],
+                                                   files=_multipart(dict(list(f["part"].items())[:1])))),
+    # formats PIL knows and patchbank does not read; a DDS header made PIL raise NotImplementedError (a 500)
+    "a DDS upload": (400, lambda f: dict(files=[("file", ("x.dds", _dds_with_unknown_pixel_format()))])),
+    "a TGA upload": (400, lambda f: dict(files=[("file", ("x.tga", _tga()))])),
 }
 
 
@@ -470,6 +496,99 @@ def test_other_bad_requests_are_one_line_4xx(server, files):
 
 # --------------------------------------------------------------------------------------------
 # batching
+
+def test_head_trailing_slashes_and_unknown_query_parameters_of_the_threshold_routes(server, files):
+    """HEAD answers every GET route (health checks that send HEAD); a trailing slash is a one-line
+    404, not a bare redirect; a threshold change refuses a query parameter it does not take (a
+    typo such as persit=true must not pass as a change that was not persisted)."""
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models", "/v2/models/single", "/"):
+        head = server.head(path)
+        assert head.status_code == 200 and head.content == b"", path
+    _assert_error(server.post("/v2/models/single/infer/", files=_multipart(dict(list(files["part"].items())[:1]))),
+                  404, needle="no such path")
+    _assert_error(server.delete("/v2/models/single/threshold", params={"persit": "true"}), 400,
+                  needle="unknown query parameter 'persit'")
+    _assert_error(server.delete("/v2/models/single/threshold", params=[("persist", "false"), ("persist", "true")]),
+                  400, needle="given twice")
+    _assert_error(server.put("/v2/models/single/threshold", params={"persist": "true"}, json={"threshold": 1.0}),
+                  400, needle="unknown query parameter 'persist'")
+    m = server.get("/v2/models/single").json()
+    assert m["threshold"] == m["calibrated_threshold"]       # none of them changed anything
+
+
+def test_a_client_that_goes_away_mid_body_leaves_no_traceback(server, files):
+    """A client that stops sending half-way through its body (a timeout, a crash): the server
+    logs one line, not a traceback (the module fixture checks the log), and goes on."""
+    import socket
+
+    port = int(str(server.base_url).rsplit(":", 1)[1].strip("/"))
+    data = next(iter(files["part"].values()))
+    for kind, body in (("application/json", b'{"images": [{"data": "'),
+                       ("multipart/form-data; boundary=x",
+                        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + data[:100])):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v2/models/single/infer HTTP/1.1\r\nHost: x\r\nContent-Type: " + kind.encode()
+                         + b"\r\nContent-Length: " + str(len(body) + 1000).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.3)
+    time.sleep(0.3)
+    assert server.post("/v2/models/single/infer", files=_multipart(dict(list(files["part"].items())[:1]))).status_code == 200
+
+
+def test_a_request_whose_client_went_away_while_it_waited_is_never_scored(files):
+    """In process, through the ASGI interface uvicorn uses: a request waits for its decoded-pixel
+    share (the whole budget is held); its client disconnects (``http.disconnect``, as uvicorn
+    delivers it); the request leaves the queue at once (499, nobody reads it) and is neither
+    decoded nor scored after the share is freed.  uvicorn does not cancel a handler itself: the
+    request used to wait, then be decoded and scored for nobody."""
+    import asyncio
+
+    from patchbank.service.app import create_app
+
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("single", str(files["single"])),))).load().warm_up()
+    app = create_app(registry.settings, registry)
+    state = app.state.service
+    boundary = b"pbtest"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + next(iter(files["part"].values())) + b"\r\n--" + boundary + b"--\r\n")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v2/models/single/infer", "raw_path": b"/v2/models/single/infer",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"x"), (b"content-type", b"multipart/form-data; boundary=" + boundary),
+                         (b"content-length", str(len(body)).encode())]}
+
+    async def scenario():
+        gone, sent, body_sent = asyncio.Event(), [], []
+
+        async def receive():
+            if not body_sent:
+                body_sent.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        async with app.router.lifespan_context(app):
+            async with state.pixels.hold(state.pixels.capacity):       # no share is free
+                request = asyncio.create_task(app(scope, receive, send))
+                for _ in range(500):
+                    if state.pixels.waiting == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert state.pixels.waiting == 1
+                gone.set()
+                await asyncio.wait_for(request, 10)
+                assert state.pixels.waiting == 0
+            await asyncio.sleep(0.2)                                       # the share is free now
+            assert state.batcher.stats("single").items == 0
+        return sent
+
+    sent = asyncio.run(scenario())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 499
+    assert registry.models["single"].lock is not None
+
 
 def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(server, files):
     named = list(files["part"].items()) + list(files["stripes"].items())

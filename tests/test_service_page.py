@@ -122,3 +122,30 @@ def test_a_file_that_is_not_an_image_shows_a_one_line_error(served, page):
     text = page.inner_text("#error")
     assert "\n" not in text and "notes.png" in text
     assert server.alive()
+
+
+def test_a_jpeg_with_an_exif_orientation_is_shown_as_stored_under_its_heatmap(served, page):
+    """patchbank reads a JPEG's pixels as stored (EXIF orientation not applied); the browser
+    would turn a camera's rotated JPEG (orientation 6: 90 degrees) and stretch the 300 x 200
+    heatmap over the turned 200 x 300 picture.  The page shows the stored pixels on a canvas of
+    the scored size: white on the stored image's left, black on its right."""
+    server, det, tmp = served
+    stored = np.zeros((200, 300, 3), np.uint8)
+    stored[:, :150] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp / "rotated.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("document.getElementById('canvas').dataset.rendered === '1'", timeout=60000)
+    page.uncheck("#show-heat")
+    page.uncheck("#show-region")
+    size = page.evaluate("[document.getElementById('canvas').width, document.getElementById('canvas').height]")
+    assert size == [300, 200]
+    grey = page.evaluate("""() => { const ctx = document.getElementById('canvas').getContext('2d');
+        const at = (x, y) => { const d = ctx.getImageData(x, y, 1, 1).data; return (d[0] + d[1] + d[2]) / 3; };
+        return [at(40, 40), at(40, 160), at(260, 40), at(260, 160)]; }""")
+    assert min(grey[:2]) > 200 and max(grey[2:]) < 50, grey
+    assert page.inner_text("#error") == ""
+    page.check("#show-heat")
+    page.check("#show-region")

@@ -18,7 +18,7 @@ from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.metrics import PixelMetrics, image_metrics
 from patchbank.io.datasets import Category, load_mask
-from patchbank.io.images import crop_mask
+from patchbank.io.images import crop_mask, open_image
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -27,20 +27,13 @@ PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 def check_mask_sizes(category: Category) -> None:
     """Raise :class:`PatchbankError` unless every mask has its image's size and at least one
     defect pixel (run before a long fit)."""
-    from PIL import Image
-
     for img, mask in zip(category.test, category.masks):
         if mask is None:
             continue
         sizes = []
-        for p in (mask, img):
-            try:
-                with Image.open(p) as im:
-                    sizes.append(im.size)
-            except FileNotFoundError:
-                raise PatchbankError(f"file not found: {p}") from None
-            except (OSError, ValueError) as exc:
-                raise PatchbankError(f"cannot read {p}: {exc}") from None
+        for p, what in ((mask, "mask"), (img, "image")):
+            with open_image(p, what) as im:      # its header only
+                sizes.append(im.size)
         if sizes[0] != sizes[1]:
             (mw, mh), (iw, ih) = sizes
             raise PatchbankError(f"mask {mask} is {mw}x{mh} (WxH) but its image {img} is {iw}x{ih}")

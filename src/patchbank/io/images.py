@@ -11,7 +11,9 @@ the GIL while decoding and resizing).
 What is read, and how (every input becomes 8-bit RGB before resizing)
 ---------------------------------------------------------------------
 * **Files** with an extension in :data:`IMAGE_EXTENSIONS` (PNG, JPEG, BMP, TIFF, WebP, GIF,
-  PBM/PGM/PPM/PNM).  A multi-frame GIF or TIFF is read at its first frame.  EXIF orientation and
+  PBM/PGM/PPM/PNM).  A file or an upload is read by its content, and only as one of these
+  formats (:data:`READ_FORMATS`): bytes of any other format PIL knows (TGA, DDS, ICO, ...) are
+  refused like unknown bytes.  A multi-frame GIF or TIFF is read at its first frame.  EXIF orientation and
   ICC profiles are not applied: pixels are used as stored (as the masks are).  A JPEG file, or
   uploaded JPEG bytes (:func:`decode_bytes` with the model's resize), decodes at libjpeg's
   reduced scale (1/2, 1/4, 1/8) not below the resize (:func:`draft_jpeg`): the same bytes give the
@@ -81,6 +83,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 #: to ``config.image_size`` anyway: downscale larger frames (or tiles of a line-scan strip)
 #: first, or raise this value together with ``PIL.Image.MAX_IMAGE_PIXELS``.
 MAX_IMAGE_PIXELS = 89_478_485
+
+#: The image formats read, by PIL's names: those of :data:`IMAGE_EXTENSIONS` (PIL's JPEG plugin
+#: also opens an MPO, a JPEG carrying more frames; PPM is PIL's name for PBM / PGM / PPM / PNM).
+#: Files and uploads are opened by these plugins only, whatever their name or content: the rest
+#: of PIL's plugins (DDS, SPIDER, ...) read formats no camera writes for inspection, and are not
+#: tried on untrusted bytes.
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+#: How a refused format is named in the one-line error.
+READ_FORMATS_NAMED = "PNG, JPEG, BMP, TIFF, WebP, GIF, PBM / PGM / PPM"
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _NAMED_SKIPPED = 5   # how many skipped entries a warning names
@@ -324,36 +335,50 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     """Open a file and read its header only (no pixel is decoded); use it as a context manager.
 
     Raises:
-        PatchbankError: the file is missing, empty, not an image PIL recognises, or its size is
-            refused by :func:`check_size` (``what`` names the file's role: "image", "mask").
+        PatchbankError: the file is missing, empty, not one of :data:`READ_FORMATS`, has a
+            corrupt header, or its size is refused by :func:`check_size` (``what`` names the
+            file's role: "image", "mask").
     """
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        special = not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        st = path.stat()
+        special = not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+        empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
     except OSError:       # missing, a loop of links, no permission: Image.open says which
-        special = False
+        special = empty = False
     if special:           # a FIFO would block the open forever
         raise PatchbankError(f"cannot read {what} {path}: {NOT_REGULAR}")
+    if empty:
+        raise PatchbankError(f"cannot read {what} {path}: the file is empty (0 bytes)")
     try:
-        im = Image.open(path)
+        im = _open_header(path, f"{what} {path}")
     except FileNotFoundError:
         raise PatchbankError(f"{what} not found: {path}") from None
-    except Image.DecompressionBombError as exc:
-        raise PatchbankError(f"{what} {path}: refused before decoding, over the pixel budget of "
-                             f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels ({one_line(exc)})") from None
-    except UnidentifiedImageError:
-        problem = "the file is empty (0 bytes)" if path.stat().st_size == 0 else \
-            "not an image format PIL recognises (or a corrupt header)"
-        raise PatchbankError(f"cannot read {what} {path}: {problem}") from None
-    except (OSError, ValueError) as exc:
-        raise PatchbankError(f"cannot read {what} {path}: {one_line(exc)}") from None
     try:
         check_size(im.size, f"{what} {path}")
     except PatchbankError:
         im.close()
         raise
     return im
+
+
+def _open_header(source: Path | io.BytesIO, label: str) -> Image.Image:
+    """``Image.open`` by the :data:`READ_FORMATS` plugins only; every failure but a missing file
+    (raised as is) and memory is a one-line :class:`PatchbankError` naming ``label``
+    ("image x.png").  PIL's plugins raise many types on a corrupt header (OSError, ValueError,
+    SyntaxError, struct.error, ...): all of them are the input's fault."""
+    try:
+        return Image.open(source, formats=READ_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise PatchbankError(f"{label}: refused before decoding, over the pixel budget of "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels ({one_line(exc)})") from None
+    except UnidentifiedImageError:
+        raise PatchbankError(f"cannot read {label}: not an image format patchbank reads "
+                             f"({READ_FORMATS_NAMED}), or a corrupt header") from None
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as exc:
+        raise PatchbankError(f"cannot read {label}: {one_line(exc) or type(exc).__name__}") from None
 
 
 FULL_SIZE = "patchbank_full_size"
@@ -370,7 +395,7 @@ def draft_jpeg(im: Image.Image, draft_size: tuple[int, int] | None) -> None:
                                                for v in draft_size)):
         raise PatchbankError(f"draft_size must be None or (height, width) in pixels, two positive "
                              f"integers (a model's config.image_size), got {draft_size!r}")
-    if draft_size is not None and im.format == "JPEG":
+    if draft_size is not None and im.format in ("JPEG", "MPO"):
         im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
         im.draft("RGB", (draft_size[1], draft_size[0]))
 
@@ -386,16 +411,7 @@ def open_bytes(data: bytes, name: str, max_pixels: int | None = None,
     if not data:
         raise PatchbankError(f"cannot read image {name}: it is empty (0 bytes)")
     budget = MAX_IMAGE_PIXELS if max_pixels is None else min(int(max_pixels), MAX_IMAGE_PIXELS)
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise PatchbankError(f"image {name}: refused before decoding, over the pixel budget "
-                             f"({one_line(exc)})") from None
-    except UnidentifiedImageError:
-        raise PatchbankError(f"cannot read image {name}: not an image format PIL recognises "
-                             f"(or a corrupt header)") from None
-    except (OSError, ValueError) as exc:
-        raise PatchbankError(f"cannot read image {name}: {one_line(exc)}") from None
+    im = _open_header(io.BytesIO(data), f"image {name}")
     w, h = im.size
     try:
         if w * h > budget:

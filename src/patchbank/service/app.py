@@ -51,13 +51,14 @@ def create_app(settings: ServeSettings, registry: ModelRegistry | None = None) -
             loading.cancel()
             await state.batcher.close()
 
-    app = FastAPI(title="patchbank", version=__version__, lifespan=lifespan,
+    # redirect_slashes off: a path with a trailing slash is a one-line 404, not a bare redirect
+    app = FastAPI(title="patchbank", version=__version__, lifespan=lifespan, redirect_slashes=False,
                   description="Training-free visual anomaly detection: score images with the "
                               "served patchbank models (KServe v2 style paths).")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     app.include_router(build_router(state))
-    app.add_api_route("/", _index, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/", _index, methods=["GET", "HEAD"], include_in_schema=False)
     app.state.service = state
     return app
 

@@ -15,6 +15,10 @@ oversubscribing the cores).
 * **Batching off** (``max_wait_ms == 0``): each group runs alone, at once (in chunks of at most
   ``max_batch`` items), never mixed with another request's items.
 
+A request cancelled while it waits (its client went away) leaves: its items not yet taken are
+dropped, and ``submit_all`` returns (raises the cancellation) only once a call already running
+with some of them has ended, so that its caller frees their inputs when nothing reads them.
+
 ``run`` must return one result per item, in the items' order.  A result that is an
 ``Exception`` instance fails only its own item's request; ``run`` raising (or returning the
 wrong number of results) fails every request with an item in that call and nothing else.
@@ -29,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
+from patchbank.service.cancellation import wait_out
+
 __all__ = ["DynamicBatcher", "BatchStats"]
 
 
@@ -37,6 +43,7 @@ class _Item:
     value: Any
     future: asyncio.Future
     arrived: float          # time.monotonic() when its group was queued
+    call: asyncio.Future | None = None   # done when the call it was taken into has ended
 
 
 @dataclass
@@ -121,7 +128,14 @@ class DynamicBatcher:
         lane.wake.set()
         if lane.task is None:
             lane.task = loop.create_task(self._work(lane))
-        done = await asyncio.gather(*(q.future for q in queued), return_exceptions=True)
+        try:
+            done = await asyncio.gather(*(q.future for q in queued), return_exceptions=True)
+        except asyncio.CancelledError:
+            # its items not yet taken are dropped (their futures are cancelled); a call that
+            # already holds some of them runs on in the lane's thread: wait for it to end, so
+            # that the caller lets its inputs go only when nothing reads them any more
+            await wait_out({q.call for q in queued if q.call is not None})
+            raise
         for value in done:
             if isinstance(value, BaseException):
                 raise value
@@ -182,6 +196,9 @@ class DynamicBatcher:
         """Run one call in the lane's thread; hand each future its result or exception."""
         lane.stats.record(len(batch))
         loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        for b in batch:
+            b.call = ended
         try:
             results = await loop.run_in_executor(lane.executor, self.run, key, [b.value for b in batch])
             results = list(results)
@@ -193,6 +210,8 @@ class DynamicBatcher:
         except Exception as exc:   # the call failed: every request with an item in it fails
             _fail(batch, exc)
             return
+        finally:
+            ended.set_result(None)
         for b, result in zip(batch, results):
             if b.future.done():
                 continue

@@ -23,7 +23,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -149,9 +149,15 @@ def _b64(text: str, name: str) -> bytes:
         raise bad_request(f"image {name}: bad base64 data ({exc})") from None
 
 
-def parse_options(query: Mapping[str, str], fields: Mapping[str, Any]) -> InferOptions:
-    """The options from the query string and the body's fields (400 for a bad or unknown one,
-    or one given in both places with different values)."""
+def parse_options(query_items: Iterable[tuple[str, str]], fields: Mapping[str, Any]) -> InferOptions:
+    """The options from the query string's ``(name, value)`` pairs and the body's fields (400 for
+    a bad or unknown one, one repeated in the query string, or one given in both places with
+    different values)."""
+    query: dict[str, str] = {}
+    for name, value in query_items:
+        if name in query:
+            raise bad_request(f"option {name!r} is given twice in the query string")
+        query[name] = value
     for where, names in (("query parameter", query.keys()), ("field", fields.keys())):
         unknown = sorted(set(names) - set(OPTION_NAMES))
         if unknown:
@@ -173,7 +179,7 @@ def _option(name: str, value: Any) -> Any:
             return None
         try:
             number = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # OverflowError: a JSON integer of 400 digits
             number = math.nan
         if not math.isfinite(number):
             raise bad_request(f"option 'threshold' must be a finite number, got {value!r}")

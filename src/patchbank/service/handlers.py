@@ -6,20 +6,28 @@
 * ``RequestValidationError`` -- 422 naming the first bad field (400 for a malformed JSON body);
 * Starlette's ``HTTPException`` (unknown path 404, wrong method 405, a bad multipart body 400)
   -- its status; a body over the limit found while FastAPI read it -- 413;
+* ``ClientDisconnect`` (the client went away while sending its body) -- 499, logged in one
+  line, like a request stopped when its client left (:mod:`~patchbank.service.cancellation`);
 * anything else is a bug: 500 with a one-line message; Starlette re-raises it after answering,
   so the server logs its traceback.
 """
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from patchbank.errors import PatchbankError
+from patchbank.service.cancellation import ClientGone
 from patchbank.service.errors import ServiceError, one_line
 
 __all__ = ["install_error_handlers", "error_response"]
+
+log = logging.getLogger("patchbank.service")
 
 def error_response(status: int, message: object) -> JSONResponse:
     """``{"error": "<one line>"}`` with ``status``."""
@@ -55,6 +63,12 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"error": one_line(detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    gone = ClientGone("the client disconnected before its request body was complete")
+    log.info("%s %s: %s", request.method, request.url.path, gone)
+    return error_response(gone.status, gone)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises the exception after this response is sent, and the server (uvicorn)
     # logs it with its traceback: no second log line here
@@ -66,4 +80,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PatchbankError, _patchbank_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)

@@ -22,7 +22,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from patchbank.service.batching import DynamicBatcher
+from patchbank.service.cancellation import to_the_end, unless_client_gone
 from patchbank.service.codec import MASK_KINDS, decode_uploads, open_uploads, parse_options, read_images
+from patchbank.service.errors import bad_request
 from patchbank.service.pixel_budget import PixelBudget
 from patchbank.service.registry import ModelRegistry
 from patchbank.service.results import image_result
@@ -96,23 +98,32 @@ def build_router(state: ServiceState) -> APIRouter:
     router = APIRouter(prefix="/v2")
     registry, settings = state.registry, state.settings
 
-    @router.get("/health/live", summary="The process answers")
+    def get(path: str, summary: str):
+        """A GET route that answers HEAD too (health checks that send HEAD), HEAD unlisted in
+        the OpenAPI schema (one operation per route there)."""
+        def register(endpoint):
+            router.add_api_route(path, endpoint, methods=["GET"], summary=summary)
+            router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+            return endpoint
+        return register
+
+    @get("/health/live", summary="The process answers")
     def live() -> dict[str, Any]:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Every model is loaded and warmed up (else 503)")
+    @get("/health/ready", summary="Every model is loaded and warmed up (else 503)")
     def ready() -> Any:
         if registry.ready:
             return {"ready": True}
         reason = f"loading failed: {registry.failure}" if registry.failure else "models are loading"
         return JSONResponse({"ready": False, "error": reason}, status_code=503)
 
-    @router.get("/models", summary="The served models")
+    @get("/models", summary="The served models")
     def models() -> dict[str, Any]:
         return {"models": [{"name": m.name, "path": m.path, "ready": m.name in registry.models
                             and registry.ready} for m in settings.models]}
 
-    @router.get("/models/{name}", summary="One model: configuration, bank, threshold, file")
+    @get("/models/{name}", summary="One model: configuration, bank, threshold, file")
     def model(name: str) -> dict[str, Any]:
         return _describe(state, name)
 
@@ -121,8 +132,13 @@ def build_router(state: ServiceState) -> APIRouter:
         t0 = time.perf_counter()
         served = registry.get(name)
         uploads, fields = await read_images(request, settings.max_images)
-        options = parse_options(request.query_params, fields)
+        options = parse_options(request.query_params.multi_items(), fields)
         served.check_category(options.category)
+        return await unless_client_gone(request, score(name, served, uploads, options, t0))
+
+    async def score(name: str, served, uploads, options, t0: float) -> dict[str, Any]:
+        """Decode, score and encode a read request's images (cancelled where it waits when its
+        client goes away: :mod:`~patchbank.service.cancellation`)."""
         opened, pixels = await asyncio.to_thread(open_uploads, uploads, settings.max_pixels,
                                                  settings.max_decoded_pixels, served.read_size)
 
@@ -130,27 +146,44 @@ def build_router(state: ServiceState) -> APIRouter:
             return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
 
         # the request's pixels are held from decoding to the end of encoding: the maps, heatmaps
-        # and masks at the original size are as large as the images they are drawn for
+        # and masks at the original size are as large as the images they are drawn for; a thread
+        # that holds them runs to its end before the share is released
         async with state.pixels.hold(pixels):
-            images = await asyncio.to_thread(decode_uploads, opened, uploads)
+            images = await to_the_end(asyncio.to_thread(decode_uploads, opened, uploads))
             scored = await state.batcher.submit_all((name, options.category), images)
             del images, opened
-            results = await asyncio.to_thread(encode, scored)
+            results = await to_the_end(asyncio.to_thread(encode, scored))
         return {"model": name, "n_images": len(results),
                 "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
 
     @router.put("/models/{name}/threshold", summary="Move the threshold (persist: write the file)")
-    def put_threshold(name: str, update: ThresholdUpdate) -> dict[str, Any]:
+    def put_threshold(name: str, update: ThresholdUpdate, request: Request) -> dict[str, Any]:
+        _only_query(request, ())
         registry.set_threshold(name, update.threshold, update.category, update.persist)
         return _describe(state, name)
 
     @router.delete("/models/{name}/threshold", summary="Back to the calibrated threshold")
-    def reset_threshold(name: str, category: str | None = Query(None),
+    def reset_threshold(name: str, request: Request, category: str | None = Query(None),
                         persist: bool = Query(False)) -> dict[str, Any]:
+        _only_query(request, ("category", "persist"))
         registry.set_threshold(name, None, category, persist)
         return _describe(state, name)
 
     return router
+
+
+def _only_query(request: Request, names: tuple[str, ...]) -> None:
+    """400 for a query parameter other than ``names``, or one of them repeated: a request that
+    changes the model says exactly what it means (a typo such as ``persit=true`` does not pass
+    as a change that was not persisted)."""
+    seen = set()
+    for key, _ in request.query_params.multi_items():
+        if key not in names:
+            allowed = f"the parameters are {', '.join(names)}" if names else "it takes none"
+            raise bad_request(f"unknown query parameter {key!r}; {allowed}")
+        if key in seen:
+            raise bad_request(f"query parameter {key!r} is given twice")
+        seen.add(key)
 
 
 def _describe(state: ServiceState, name: str) -> dict[str, Any]:
