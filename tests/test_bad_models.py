@@ -302,12 +302,46 @@ def test_corrupt_and_deep_json_header(model, tmp_path):
             Detector.load(path)
 
 
-def test_ignored_informational_fields_change_nothing(model, tmp_path):
-    """Fields recomputed on load (threshold, calibration statistics, version text) and extra
-    keys: an edit leaves every prediction exactly as it was."""
-    meta = edited_meta(model, threshold=-5.0, score_mean=1.0, score_std=2.0, structure_lambda=None,
-                       patchbank_version="9.9", note="hello")
+def test_the_version_text_is_informational(model, tmp_path):
+    meta = edited_meta(model, patchbank_version="9.9")
     assert outcome(model, write(tmp_path / "ok.patchbank", model.tensors, meta)) == "same"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    # the calibration numbers a header records must be what its tensors give (session 29: they
+    # were recomputed on load and ignored, so `patchbank info` showed numbers the model did not use)
+    (dict(threshold=-5.0), "the calibration arrays give threshold"),
+    (dict(score_mean=1.0), "the calibration arrays give score_mean"),
+    (dict(score_std=-1.0), "the calibration arrays give score_std"),
+    (dict(structure_lambda=None), "the calibration arrays give structure_lambda"),
+    # no field outside the header's own, whatever it names
+    (dict(note="hello"), "field 'note' is not part of a patchbank model header"),
+    (dict(loader="os.system"), "field 'loader' is not part of a patchbank model header"),
+    (dict(patchbank_version={"a": 1}), "patchbank_version must be a version string"),
+    # a backbone this patchbank does not have: refused with the file's name, before anything is built
+    (dict(config__backbone="../../etc/passwd"), "config.backbone '../../etc/passwd' is not a backbone"),
+])
+def test_a_header_that_is_not_the_fits_is_refused(model, tmp_path, edit, needle):
+    path = write(tmp_path / "e.patchbank", model.tensors, edited_meta(model, **edit))
+    with pytest.raises(PatchbankError, match=needle) as info:
+        Detector.load(path, progress=False)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_routing_prototypes_in_a_single_category_file_are_refused(model, tmp_path):
+    t = dict(model.tensors, routing_prototypes=torch.randn(4, 8))
+    refused(model, tmp_path, t, model.meta, "routing prototypes belong to a category")
+
+
+def test_unknown_safetensors_metadata_is_refused(model, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "extra.patchbank"
+    save_file({k: v.contiguous() for k, v in model.tensors.items()}, str(path),
+              metadata={"format": "patchbank", "format_version": "2", "patchbank": json.dumps(model.meta),
+                        "loader": "os.system"})
+    with pytest.raises(PatchbankError, match="safetensors metadata 'loader'"):
+        Detector.load(path, progress=False)
 
 
 def test_the_fits_library_versions_are_kept_from_the_file(model, tmp_path):
@@ -348,12 +382,20 @@ def test_multi_header_checks(model):
     states = check_multi_header(tensors, meta, "mm")
     assert list(states) == ["a", "b"]
     for name, (state, m) in states.items():
-        check_model_state(state, m, f"mm [{name}]")
+        check_model_state(state, m, f"mm [{name}]", routed=True)
+        with pytest.raises(PatchbankError, match="routing prototypes belong to a category"):
+            check_model_state(state, m, f"mm [{name}]")          # in a single-category file
     bad = [({**meta, "categories": {}}, "categories"), ({**meta, "category_order": []}, "category_order"),
            ({**meta, "category_order": ["a", "a"]}, "category_order"),
            ({**meta, "category_order": ["a/b"]}, "category_order"), ({**meta, "config": "x"}, "config"),
            ({**meta, "routing_prototypes": 0}, "routing_prototypes"), ({**meta, "kind": "single"}, "kind"),
-           ({**meta, "categories": {"a": 1, "b": 2}}, "categories")]
+           ({**meta, "categories": {"a": 1, "b": 2}}, "categories"),
+           # session 29: the top level's own fields are checked too, and a category's config copy
+           ({**meta, "format_version": 3}, "format_version must be 2"),
+           ({**meta, "bank_bytes": 5}, "bank_bytes .* sum of the categories"),
+           ({**meta, "note": "x"}, "field 'note' is not part of a patchbank multi-category header"),
+           ({**meta, "categories": {**meta["categories"], "b": {**meta["categories"]["b"],
+             "config": dict(meta["config"], weights="/etc/passwd")}}}, r"mm \[b\]: config differs")]
     for m, needle in bad:
         with pytest.raises(PatchbankError, match=needle):
             check_multi_header(tensors, m, "mm")

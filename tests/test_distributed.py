@@ -402,3 +402,13 @@ def test_actors_that_always_die_end_the_run_with_one_line(ray_local, single_mode
     assert isinstance(info.value, PatchbankError) and "\n" not in str(info.value)
     assert "kept dying (1 restarts and 1 retries of a batch)" in str(info.value)
     assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_an_actors_load_error_names_the_users_model_file():
+    """An actor loads a private copy of the model's bytes; an error names the user's file, not
+    the copy (session 29: '/tmp/tmp8qtvny5d.patchbank: bank_map_dim ...')."""
+    from patchbank.distributed.scoring import load_model_bytes
+
+    with pytest.raises(PatchbankError) as info:
+        load_model_bytes(b"not a model file at all", "cpu", source="models/line.patchbank")
+    assert "models/line.patchbank" in str(info.value) and "/tmp/" not in str(info.value)

@@ -175,6 +175,12 @@ def test_info_valid_single_and_multi(state, tmp_path):
     assert "threshold_rule" not in state[1]["config"] and "interpolated quantile" in r.output
     new = dict(state[1], config=dict(state[1]["config"], threshold_rule="conformal"))
     r = run_info(write_raw(tmp_path / "new.patchbank", state[0], new))
+    assert r.exit_code != 0 and "the calibration arrays give threshold" in r.output   # the old rule's threshold
+    from patchbank.config import Config
+    from patchbank.pipeline.calibration import calibration_from_state
+
+    new["threshold"] = calibration_from_state(Config.from_dict(new["config"]), state[0]).threshold_
+    r = run_info(write_raw(tmp_path / "new.patchbank", state[0], new))
     assert r.exit_code == 0 and "conformal rank" in r.output, r.output
     r = run_info(write_raw(tmp_path / "m.patchbank", *multi_state(state)))
     assert r.exit_code == 0 and "[a]" in r.output and "[b]" in r.output, r.output
@@ -192,7 +198,7 @@ def test_info_describes_a_model_fit_with_its_own_weights(state, tmp_path):
 @pytest.mark.parametrize("edit,needle", [
     (lambda m: {"kind": "multi", "config": m["config"]}, "category_order"),
     (lambda m: {"kind": "multi", "config": m["config"], "category_order": ["a"]}, "categories"),
-    (lambda m: {**m, "kind": "multi"}, "category_order"),
+    (lambda m: {**m, "kind": "multi"}, "is not part of a patchbank multi-category header"),
     (lambda m: {**m, "kind": "single"}, "kind"),
     (lambda m: {**m, "config": "lmf-core"}, "config"),
     (lambda m: {**m, "config": None}, "config"),

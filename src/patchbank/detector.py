@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from patchbank import __version__
-from patchbank.backbones import Backbone, create_backbone
+from patchbank.backbones import Backbone, backbone_names, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
@@ -45,7 +45,7 @@ from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
 from patchbank.io.train_shape import TrainShape, scale_range
 from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
 from patchbank.pipeline.calibration import (calibrate, calibration_from_state, calibration_images,
-                                            check_training_images)
+                                            check_recorded, check_training_images)
 from patchbank.pipeline.embedding import Embedding
 from patchbank.pipeline.features import FeatureExtractor, feature_crop
 from patchbank.pipeline.fusion import VGFusion
@@ -379,10 +379,12 @@ class Detector:
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
                    device: str | torch.device = "cpu", progress: bool = True,
                    weights: str | None = None, backbone: Backbone | None = None,
-                   cuda_graphs: bool | None = None) -> "Detector":
+                   cuda_graphs: bool | None = None, routed: bool = False) -> "Detector":
         """Rebuild a fitted detector from :meth:`state_tensors` and :meth:`info` metadata
-        (``where`` names the source in error messages)."""
-        check_model_state(tensors, meta, where, weights_given=weights is not None)
+        (``where`` names the source in error messages; ``routed``: a category of a
+        multi-category model, whose tensors include its routing prototypes)."""
+        calibration = check_state(tensors, meta, where, weights_given=weights is not None,
+                                  backbone_given=backbone is not None, routed=routed)
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
@@ -395,7 +397,7 @@ class Detector:
             bank = tensors["bank"].float().to(det.device)
             radius = tensors["bank_radius"].float().to(det.device) if config.local_density else None
             offset = tensors["map_offset"].float().to(det.device) if config.map_offset == "position" else None
-            det.calibration_ = calibration_from_state(config, tensors, meta.get("threshold_override"))
+            det.calibration_ = calibration
             det.grid_ = tuple(meta["patch_grid"])
             det.n_train_images_ = meta["n_train_images"]
             det.backbone_sha256_ = meta["backbone_sha256"]
@@ -409,6 +411,32 @@ class Detector:
         search, context = bank_searches(bank, config, det.search_kind_, meta.get("bank_map_dim"))
         det.scorer_ = PatchScorer(config, embedding, search, det.grid_, radius, context, offset)
         return det
+
+
+#: The numbers a model header records of its calibration, each checked against its arrays.
+HEADER_CALIBRATION_KEYS = ("score_mean", "score_std", "threshold", "structure_lambda", "map_threshold",
+                           "blur_threshold")
+
+
+def check_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
+                weights_given: bool = False, backbone_given: bool = False, routed: bool = False):
+    """Check one detector's saved state without building a backbone, and return the
+    calibration its tensors give (:class:`~patchbank.pipeline.calibration.ScoreCalibration`, at
+    the header's threshold override): every tensor against the header
+    (:func:`~patchbank.io.model_checks.check_model_state`; ``routed``: a category of a
+    multi-category model, with its routing prototypes), ``config.backbone`` a registered
+    backbone (unless the caller gives the backbone), and the header's calibration numbers those
+    the tensors give (:data:`HEADER_CALIBRATION_KEYS`), so that what ``patchbank info`` shows of
+    a file is what loading it does.  One-line :class:`PatchbankError` naming ``where``."""
+    check_model_state(tensors, meta, where, weights_given=weights_given, routed=routed)
+    config = Config.from_dict(meta["config"])
+    if not backbone_given and config.backbone not in backbone_names():
+        raise PatchbankError(f"{where}: config.backbone {config.backbone!r} is not a backbone of this "
+                             f"patchbank ({', '.join(backbone_names())})")
+    calibration = calibration_from_state(config, tensors, meta.get("threshold_override"))
+    check_recorded(calibration, meta, HEADER_CALIBRATION_KEYS, where, "the header does not belong to "
+                   "these tensors (refit, or restore the file)")
+    return calibration
 
 
 def map_columns(backbone: Backbone, embedding: Embedding, config: Config) -> int | None:

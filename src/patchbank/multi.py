@@ -280,7 +280,7 @@ class MultiDetector:
         for name, (state, info) in states.items():
             det = Detector.from_state(state, info, f"{path} [{name}]", device=device,
                                       progress=progress, weights=weights, backbone=self._backbone,
-                                      cuda_graphs=cuda_graphs)
+                                      cuda_graphs=cuda_graphs, routed=True)
             self._backbone = det.backbone
             self.detectors_[name] = det
             self.router_.set(name, state["routing_prototypes"])

@@ -144,40 +144,41 @@ def info(model: Path, as_json: bool) -> None:
         return
     if not model.is_file():
         raise PatchbankError(f"model file not found: {model}")
-    from patchbank.io.model_checks import check_model_state, check_multi_header
+    from patchbank.io.model_checks import check_multi_header
     from patchbank.io.model_file import load_model
 
     tensors, data = load_model(model)   # the header holds the whole info; no backbone is needed
     if data.get("kind") == "multi":
         states = check_multi_header(tensors, data, str(model))
-        for name, (state, meta) in states.items():
-            check_model_state(state, meta, f"{model} [{name}]", weights_given=True)
-        lines = {name: threshold_text(state, meta) for name, (state, meta) in states.items()}
+        lines = {name: checked_threshold_text(state, meta, f"{model} [{name}]", routed=True)
+                 for name, (state, meta) in states.items()}
     elif "kind" in data:
         raise PatchbankError(f"{model}: kind must be 'multi' or absent, got {data['kind']!r}")
     else:
-        check_model_state(tensors, data, str(model), weights_given=True)
+        line = checked_threshold_text(tensors, data, str(model))
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif data.get("kind") == "multi":
         click.echo(format_multi_info(data, str(model), lines))
     else:
-        click.echo(format_info(data, str(model), threshold_text(tensors, data)))
+        click.echo(format_info(data, str(model), line))
 
 
-def threshold_text(tensors: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    """The fit's threshold line (:func:`patchbank.cli.fit_report.threshold_line`) from a checked
-    model's tensors and header; None for a file that does not record which training images
-    calibrated it (written before ``calibration_images``)."""
+def checked_threshold_text(tensors: dict[str, Any], meta: dict[str, Any], where: str,
+                           routed: bool = False) -> str | None:
+    """Check one detector's state as loading it checks it, without building its backbone
+    (:func:`patchbank.detector.check_state`: the tensors against the header, the backbone's
+    name, the header's calibration numbers against the tensors'), and return the fit's threshold
+    line (:func:`patchbank.cli.fit_report.threshold_line`); None for a file that does not record
+    which training images calibrated it (written before ``calibration_images``)."""
     from patchbank.cli.fit_report import threshold_line
     from patchbank.config import Config
-    from patchbank.pipeline.calibration import calibration_from_state
+    from patchbank.detector import check_state
 
+    calibration = check_state(tensors, meta, where, weights_given=True, routed=routed)
     if "calibration_images" not in tensors:
         return None
-    cfg = Config.from_dict(meta["config"])
-    return threshold_line(calibration_from_state(cfg, tensors, meta.get("threshold_override")),
-                          cfg, meta.get("train_images"))
+    return threshold_line(calibration, Config.from_dict(meta["config"]), meta.get("train_images"))
 
 
 def format_multi_info(data: dict[str, Any], path: str, thresholds: dict[str, str | None] | None = None) -> str:

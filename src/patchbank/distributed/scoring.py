@@ -64,9 +64,10 @@ def decode_batch(batch: dict[str, np.ndarray], config: Any) -> dict[str, Any]:
             "width": [w.original[1] for _, w in views]}
 
 
-def load_model_bytes(data: bytes, device: str, weights: str | None = None) -> Any:
+def load_model_bytes(data: bytes, device: str, weights: str | None = None, source: str | None = None) -> Any:
     """A Detector or MultiDetector from a model file's bytes (written to a private temp file),
-    with the backbone ``weights`` file if given (see ``Detector.load``)."""
+    with the backbone ``weights`` file if given (see ``Detector.load``).  An error names
+    ``source`` (the user's model file) where it would name the private copy."""
     from patchbank.multi import load_any
 
     fd, name = tempfile.mkstemp(suffix=".patchbank")
@@ -74,6 +75,10 @@ def load_model_bytes(data: bytes, device: str, weights: str | None = None) -> An
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return load_any(name, device=device, progress=False, weights=weights)
+    except PatchbankError as exc:
+        if source is None:
+            raise
+        raise PatchbankError(str(exc).replace(name, source)) from None
     finally:
         os.unlink(name)
 
@@ -89,10 +94,11 @@ class ScoringActor:
         heatmaps: write each image's overlay to the path in its ``heatmap`` column.
         weights: the backbone weights file of a model fitted with its own (a path every worker
             reads); None: the packaged weights.
+        source: the model file's path, for error messages (the actor loads a private copy).
     """
 
     def __init__(self, model_bytes: bytes, device: str, threads: int, category: str | None,
-                 heatmaps: bool, weights: str | None = None):
+                 heatmaps: bool, weights: str | None = None, source: str | None = None):
         from patchbank.multi import MultiDetector
         from patchbank.runtime.threads import set_threads
 
@@ -101,7 +107,7 @@ class ScoringActor:
             import ray
 
             model_bytes = ray.get(model_bytes)
-        self.model = load_model_bytes(model_bytes, device, weights)
+        self.model = load_model_bytes(model_bytes, device, weights, source)
         self.multi = isinstance(self.model, MultiDetector)
         self.category, self.heatmaps = category, heatmaps
 
@@ -244,7 +250,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
                                 fn_constructor_kwargs={"model_bytes": ray.put(model.read_bytes()),
                                                        "device": device, "threads": threads,
                                                        "category": category, "heatmaps": heatmaps,
-                                                       "weights": weights},
+                                                       "weights": weights, "source": str(model)},
                                 **resources)
         batches = ({k: v.tolist() for k, v in b.items()}
                    for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

@@ -38,7 +38,18 @@ _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
                   "calibration_map_means", "training_blurriness",
-                  "bank_radius", "map_offset", "projection.matrix", "routing_prototypes")
+                  "bank_radius", "map_offset", "projection.matrix")
+#: The fields of one detector's header (``Detector.info``); files written before a field existed
+#: lack it, and no other field is accepted (a header carries data this patchbank reads, nothing else).
+HEADER_FIELDS = frozenset({
+    "patchbank_version", "format_version", "config", "bank_entries", "bank_dim", "bank_bytes",
+    "bank_map_dim", "search", "patch_grid", "n_train_images", "n_calibration_images",
+    "structure_lambda", "score_mean", "score_std", "threshold", "target_fpr", "threshold_override",
+    "map_threshold", "blur_threshold", "backbone_sha256", "train_aspect", "train_scale",
+    "train_images", "fitted_with"})
+#: The top-level fields of a multi-category header (``MultiDetector.info``).
+MULTI_FIELDS = frozenset({"patchbank_version", "format_version", "kind", "config", "category_order",
+                          "routing_prototypes", "categories", "bank_bytes"})
 _INFO_NUMBERS = ("threshold", "threshold_override", "score_mean", "score_std", "structure_lambda",
                  "map_threshold", "blur_threshold")
 
@@ -54,6 +65,19 @@ def _is_number(v: Any) -> bool:
 
 def _fail(where: str, what: str, message: str) -> PatchbankError:
     return PatchbankError(f"{where}: {what} {message}")
+
+
+def _check_fields(meta: dict, allowed: frozenset[str], where: str, what: str) -> None:
+    """No field outside ``allowed``; ``format_version`` (if present) this patchbank's, and
+    ``patchbank_version`` (if present) a string."""
+    extra = sorted(set(meta) - allowed)
+    if extra:
+        raise _fail(where, f"field {extra[0]!r}", f"is not part of a patchbank {what}"
+                    + (f" (nor are {', '.join(map(repr, extra[1:]))})" if len(extra) > 1 else ""))
+    if "format_version" in meta and meta["format_version"] != FORMAT_VERSION:
+        raise _fail(where, "format_version", f"must be {FORMAT_VERSION}, got {meta['format_version']!r}")
+    if "patchbank_version" in meta and not isinstance(meta["patchbank_version"], str):
+        raise _fail(where, "patchbank_version", f"must be a version string, got {meta['patchbank_version']!r}")
 
 
 def _int_field(meta: dict, key: str, where: str, low: int) -> int:
@@ -148,8 +172,6 @@ def _check_scalars(meta: dict, cfg: Config, where: str) -> tuple[int, int, tuple
     if "target_fpr" in meta and meta["target_fpr"] != cfg.target_fpr:
         raise _fail(where, "target_fpr", f"({meta['target_fpr']!r}) differs from config.target_fpr "
                     f"({cfg.target_fpr!r})")
-    if "format_version" in meta and meta["format_version"] != FORMAT_VERSION:
-        raise _fail(where, "format_version", f"must be {FORMAT_VERSION}, got {meta['format_version']!r}")
     return n_train, n_cal, (int(grid[0]), int(grid[1]))
 
 
@@ -290,17 +312,19 @@ def _check_map_offset(tensors: dict, cfg: Config, grid: tuple[int, int], where: 
 
 
 def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str, *,
-                      weights_given: bool = False) -> None:
+                      weights_given: bool = False, routed: bool = False) -> None:
     """Raise :class:`PatchbankError` unless ``tensors`` / ``meta`` are a consistent fitted state.
 
     One line naming ``where`` and the tensor or field at fault; see the module docstring for what
     is checked.  ``weights_given``: the caller was given the backbone weights explicitly, so the
     header's ``config.weights`` is not checked (:func:`check_header_weights`).  ``meta`` is one
-    detector's :meth:`Detector.info` (with ``config``); ``tensors`` its state tensors (plus
-    ``routing_prototypes`` for a category of a multi-category model).
+    detector's :meth:`Detector.info` (with ``config``; no field outside :data:`HEADER_FIELDS`);
+    ``tensors`` its state tensors, plus ``routing_prototypes`` exactly when ``routed`` (a category
+    of a multi-category model).
     """
     if not isinstance(meta, dict):
         raise _fail(where, "model header", f"must be a JSON object, got {type(meta).__name__}")
+    _check_fields(meta, HEADER_FIELDS, where, "model header")
     if not weights_given:
         check_header_weights(meta, where)
     _check_sha256(meta, where)
@@ -318,11 +342,14 @@ def check_model_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], wh
     _check_map_offset(tensors, cfg, grid, where)
     _check_train_names(meta, n_train, where)
     _check_fitted_with(meta, where)
-    extra = sorted(set(tensors) - used - set(_FIXED_TENSORS))
+    routing = {"routing_prototypes"} if routed else set()
+    extra = sorted(set(tensors) - used - set(_FIXED_TENSORS) - routing)
     if extra:
         raise _fail(where, f"tensor {extra[0]!r}", "is not part of a patchbank model"
+                    + (" (routing prototypes belong to a category of a multi-category model)"
+                       if extra[0] == "routing_prototypes" else "")
                     + (f" (nor are {', '.join(map(repr, extra[1:]))})" if len(extra) > 1 else ""))
-    if "routing_prototypes" in tensors:
+    if routed:
         _tensor(tensors, "routing_prototypes", where, (torch.float32,), (None, None))
 
 
@@ -341,6 +368,7 @@ def check_multi_header(tensors: dict[str, torch.Tensor], meta: dict[str, Any], w
     """
     if not isinstance(meta, dict) or meta.get("kind") != "multi":
         raise _fail(where, "kind", "must be 'multi' for a multi-category model")
+    _check_fields(meta, MULTI_FIELDS, where, "multi-category header")
     if not isinstance(meta.get("config"), dict):
         raise _fail(where, "config", f"must be a JSON object, got {type(meta.get('config')).__name__}")
     order, infos = meta.get("category_order"), meta.get("categories")
@@ -349,6 +377,16 @@ def check_multi_header(tensors: dict[str, torch.Tensor], meta: dict[str, Any], w
         raise _fail(where, "category_order", f"must be a non-empty list of distinct category names, got {order!r}")
     if not isinstance(infos, dict) or set(infos) != set(order) or not all(isinstance(infos[c], dict) for c in order):
         raise _fail(where, "categories", "must hold one JSON object per name of category_order")
+    # a category's own copy of the config, if any, is the shared one as its detector was made
+    # (``MultiDetector`` fixes the input shape for every category: aspect "fixed")
+    fitted_as = (meta["config"], dict(meta["config"], aspect="fixed"))
+    for cat in order:
+        if "config" in infos[cat] and infos[cat]["config"] not in fitted_as:
+            raise _fail(f"{where} [{cat}]", "config", "differs from the model's shared config (every "
+                        "category is fitted with one configuration)")
+    if "bank_bytes" in meta and meta["bank_bytes"] != sum(infos[c].get("bank_bytes", 0) for c in order):
+        raise _fail(where, "bank_bytes", f"({meta['bank_bytes']!r}) is not the sum of the categories' "
+                    f"bank_bytes")
     n_proto = meta.get("routing_prototypes")
     if not _is_int(n_proto) or n_proto < 1:
         raise _fail(where, "routing_prototypes", f"must be an integer >= 1, got {n_proto!r}")

@@ -24,6 +24,8 @@ from patchbank.io.output_files import check_utf8_name, current_umask
 
 FORMAT_NAME = "patchbank"
 FORMAT_VERSION = 2  # 2: structure descriptors, multi-category models
+#: The safetensors metadata of a model file: the format, its version and the JSON header.
+METADATA_KEYS = ("format", "format_version", "patchbank")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -130,6 +132,10 @@ def _read(path: str | os.PathLike, with_tensors: bool) -> tuple[dict[str, torch.
             header = f.metadata() or {}
             if header.get("format") != FORMAT_NAME or "patchbank" not in header:
                 raise PatchbankError(f"{path} is not a patchbank model file")
+            extra = sorted(set(header) - set(METADATA_KEYS))
+            if extra:
+                raise PatchbankError(f"{path} has safetensors metadata {extra[0]!r}, which a patchbank "
+                                     f"model file does not hold (only {', '.join(METADATA_KEYS)})")
             version = header.get("format_version")
             if version != str(FORMAT_VERSION):
                 raise PatchbankError(f"{path} has model format version {version}; this patchbank "

@@ -375,6 +375,38 @@ def calibration_from_state(config, tensors: dict[str, torch.Tensor],
     return cal
 
 
+#: Relative tolerance of a calibration refitted from a file's arrays against the numbers the file
+#: records beside them (a model header, an export sidecar): they are the same fit's floats.
+RECORDED_RTOL = 1e-9
+
+
+def recorded_numbers(cal: ScoreCalibration) -> dict[str, float | None]:
+    """The numbers a model header or an export sidecar records of a calibration, by their keys
+    there (None: the calibration has no such rule)."""
+    return {"score_mean": cal.stats_.mean_, "score_std": cal.stats_.std_,
+            "calibrated_threshold": cal.stats_.threshold_, "threshold": cal.threshold_,
+            "structure_lambda": cal.struct_.lambda_, "map_threshold": cal.map_threshold_,
+            "blur_threshold": cal.blur_threshold_}
+
+
+def check_recorded(cal: ScoreCalibration, recorded: dict, keys: tuple[str, ...], where: str,
+                   remedy: str) -> None:
+    """Refuse, in one line naming ``where`` and the key, a file whose recorded ``keys``
+    (:func:`recorded_numbers`' names) are not what its calibration arrays give (within
+    :data:`RECORDED_RTOL`): a number recorded where the calibration has none, or missing where
+    it has one, is refused too.  What a file shows (``patchbank info``) and what it does (the
+    refitted calibration) are then the same numbers."""
+    got = recorded_numbers(cal)
+    for key in keys:
+        value, said = got[key], recorded.get(key)
+        if value is None and said is None:
+            continue
+        if value is None or not isinstance(said, (int, float)) or isinstance(said, bool) or \
+                not math.isclose(value, said, rel_tol=RECORDED_RTOL, abs_tol=1e-12):
+            raise PatchbankError(f"{where}: the calibration arrays give {key} {value!r}, the file "
+                                 f"records {said!r}; {remedy}")
+
+
 @dataclass
 class Calibrated:
     """What :func:`calibrate` learns: the score calibration, and with ``Config.map_offset =

@@ -134,27 +134,7 @@ def build_router(state: ServiceState) -> APIRouter:
         uploads, fields = await read_images(request, settings.max_images)
         options = parse_options(request.query_params.multi_items(), fields)
         served.check_category(options.category)
-        return await unless_client_gone(request, score(name, served, uploads, options, t0))
-
-    async def score(name: str, served, uploads, options, t0: float) -> dict[str, Any]:
-        """Decode, score and encode a read request's images (cancelled where it waits when its
-        client goes away: :mod:`~patchbank.service.cancellation`)."""
-        opened, pixels = await asyncio.to_thread(open_uploads, uploads, settings.max_pixels,
-                                                 settings.max_decoded_pixels, served.read_size)
-
-        def encode(scored) -> list[dict[str, Any]]:
-            return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
-
-        # the request's pixels are held from decoding to the end of encoding: the maps, heatmaps
-        # and masks at the original size are as large as the images they are drawn for; a thread
-        # that holds them runs to its end before the share is released
-        async with state.pixels.hold(pixels):
-            images = await to_the_end(asyncio.to_thread(decode_uploads, opened, uploads))
-            scored = await state.batcher.submit_all((name, options.category), images)
-            del images, opened
-            results = await to_the_end(asyncio.to_thread(encode, scored))
-        return {"model": name, "n_images": len(results),
-                "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
+        return await unless_client_gone(request, _score(state, name, served, uploads, options, t0))
 
     @router.put("/models/{name}/threshold", summary="Move the threshold (persist: write the file)")
     def put_threshold(name: str, update: ThresholdUpdate, request: Request) -> dict[str, Any]:
@@ -170,6 +150,27 @@ def build_router(state: ServiceState) -> APIRouter:
         return _describe(state, name)
 
     return router
+
+
+async def _score(state: ServiceState, name: str, served, uploads, options, t0: float) -> dict[str, Any]:
+    """Decode, score and encode a read request's images (cancelled where it waits when its
+    client goes away: :mod:`~patchbank.service.cancellation`)."""
+    opened, pixels = await asyncio.to_thread(open_uploads, uploads, state.settings.max_pixels,
+                                             state.settings.max_decoded_pixels, served.read_size)
+
+    def encode(scored) -> list[dict[str, Any]]:
+        return [image_result(served, u.name, s, options, t0) for u, s in zip(uploads, scored)]
+
+    # the request's pixels are held from decoding to the end of encoding: the maps, heatmaps
+    # and masks at the original size are as large as the images they are drawn for; a thread
+    # that holds them runs to its end before the share is released
+    async with state.pixels.hold(pixels):
+        images = await to_the_end(asyncio.to_thread(decode_uploads, opened, uploads))
+        scored = await state.batcher.submit_all((name, options.category), images)
+        del images, opened
+        results = await to_the_end(asyncio.to_thread(encode, scored))
+    return {"model": name, "n_images": len(results),
+            "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
 
 
 def _only_query(request: Request, names: tuple[str, ...]) -> None:
