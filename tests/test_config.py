@@ -23,7 +23,10 @@ def test_overrides_and_sizes():
 
 
 @pytest.mark.parametrize("bad", [dict(kappa=0), dict(fusion="max"), dict(coreset_ratio=1.5),
-                                 dict(image_size="abc"), dict(crop_size=512), dict(k=0)])
+                                 dict(image_size="abc"), dict(crop_size=512), dict(k=0),
+                                 # session 29: a seed torch's generators cannot take was a
+                                 # traceback from the greedy sampler, after the features pass
+                                 dict(seed=-1), dict(seed=2**64)])
 def test_invalid_values_name_the_field(bad):
     with pytest.raises(ValueError) as err:
         Config.preset("lmf-core", **bad)
@@ -73,3 +76,9 @@ def test_preset_name_names_a_preset_whatever_its_seed_and_nothing_else():
     for name in PRESETS:
         assert Config.preset(name, seed=7).preset_name() == name
     assert Config.preset("patchbank", coreset_ratio=0.05).preset_name() is None
+
+
+def test_a_seed_is_refused_outside_what_the_generators_take_with_its_bound_in_full():
+    with pytest.raises(ValueError, match=r"seed: must be in \[0, 9223372036854775804\], got 18446744073709551616"):
+        Config(seed=2**64)
+    assert Config(seed=2**63 - 4).seed == 2**63 - 4

@@ -66,3 +66,17 @@ def test_set_threads_rejects_zero():
 
     with pytest.raises(ValueError):
         set_threads(0)
+
+
+def test_set_threads_and_the_cli_refuse_more_than_max_threads():
+    """Session 29: ``--threads 100000`` crashed the process (libgomp segmentation fault) after
+    writing empty output placeholders; it is refused before anything runs."""
+    from click.testing import CliRunner
+
+    from patchbank.cli import cli
+    from patchbank.runtime.threads import MAX_THREADS, set_threads
+
+    with pytest.raises(ValueError, match=f"must be in \\[1, {MAX_THREADS}\\]"):
+        set_threads(MAX_THREADS + 1)
+    r = CliRunner().invoke(cli, ["predict", "m.patchbank", "x.png", "-o", "out", "--threads", "100000"])
+    assert r.exit_code == 2 and f"1<=x<={MAX_THREADS}" in r.output

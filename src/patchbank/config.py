@@ -113,13 +113,22 @@ class Interval:
         """``"in (0, 1]"``, ``">= 1"``, ``"> 0"`` or ``"<= 1"``: the phrase after "must be"."""
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
+        low, high = _bound(self.low), _bound(self.high)
         if self.low is not None and self.high is not None:
-            return f"in {'[' if left else '('}{self.low:g}, {self.high:g}{']' if right else ')'}"
+            return f"in {'[' if left else '('}{low}, {high}{']' if right else ')'}"
         if self.low is not None:
-            return f"{'>=' if left else '>'} {self.low:g}"
+            return f"{'>=' if left else '>'} {low}"
         if self.high is not None:
-            return f"{'<=' if right else '<'} {self.high:g}"
+            return f"{'<=' if right else '<'} {high}"
         return "a number"
+
+
+def _bound(value: float | None) -> str:
+    """A bound as written: an integer in full (a seed's 9223372036854775804), else ``:g``
+    ("" for None, no bound)."""
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
@@ -259,6 +268,7 @@ _FRACTION = Interval(0, 1, "right")   # (0, 1]
 _OPEN_UNIT = Interval(0, 1, "neither")  # (0, 1)
 _NON_NEGATIVE = Interval(0)
 _POSITIVE_REAL = Interval(0, None, "neither")   # > 0
+_SEED = Interval(0, 2**63 - 4)   # torch's generators take 64-bit seeds; the pipeline adds up to 3
 _PATCH = Interval(1, 15)           # the p x p average stays local (PatchCore uses 3)
 _WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 4096 values
 
@@ -398,7 +408,7 @@ class Config:
                                  "without raising the map.  Adds at most 1 / (n_train + 1) to the "
                                  "false-positive bound on new normal images.")
     # --- run ------------------------------------------------------------------------------
-    seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).")
+    seed: int = _setting(0, "Random seed (sampler, projections, calibration subset).", interval=_SEED)
     batch_size: int = _setting(16, "Images per forward pass.", interval=_POSITIVE)
 
     def __post_init__(self) -> None:

@@ -2,7 +2,8 @@
 
 :func:`run_options` (``--device``, ``--threads``, ``--quiet``), :func:`overwrite_option`,
 :func:`preset_option`, :func:`study_options` (``--dataset``, ``--categories``, ``--seeds``,
-``--no-resume``), the comma-list callbacks, and :func:`setup_threads`, which applies
+``--no-resume``), the comma-list callbacks, :class:`GivenPath` (no empty path), and
+:func:`setup_threads`, which applies
 ``--threads`` before torch starts its thread pools.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from patchbank.cli.config_options import DEFAULT_PRESET, is_int_text
 from patchbank.config import PRESETS
+from patchbank.runtime.threads import MAX_THREADS
 
 DATASET_LAYOUTS = ["auto", "mvtec", "btad", "visa", "mpdd"]
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -42,7 +44,7 @@ def setup_threads(threads: int | None) -> None:
 def run_options(f: Callable) -> Callable:
     """Add ``--device``, ``--threads`` and ``--quiet`` / ``-q`` (parameters device, threads, quiet)."""
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+    f = click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
                      help="CPU threads for torch, FAISS and numpy's BLAS [all cores].")(f)
     f = click.option("--device", default="cpu", show_default=True,
                      callback=lambda ctx, p, v: check_device(v),
@@ -58,6 +60,20 @@ def model_weights_option(f: Callable) -> Callable:
                         type=click.Path(dir_okay=False, path_type=str),
                         help="Backbone weights file of a model fitted with --weights FILE (checked "
                              "against the sha256 the model recorded) [the packaged weights].")(f)
+
+
+class GivenPath(click.Path):
+    """``click.Path`` that refuses an empty value before converting it (``Path("")`` is the
+    current folder): a one-line error naming the parameter
+    (:func:`~patchbank.io.output_files.check_path_given`).  Takes ``click.Path``'s arguments."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        """``value`` as ``click.Path`` converts it, unless it is empty."""
+        from patchbank.io.output_files import check_path_given
+
+        if isinstance(value, str):
+            check_path_given(value, param.get_error_hint(ctx) if param is not None else "a path")
+        return super().convert(value, param, ctx)
 
 
 def overwrite_option(help: str) -> Callable:

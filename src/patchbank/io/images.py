@@ -484,8 +484,12 @@ def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR, network: bool
     The sizes and offsets are :func:`patchbank.io.image_coords.view_window`'s, the one
     statement of where the view lies that maps are mapped back with.  ``network``: the tensor
     the backbone reads instead (:func:`~patchbank.io.image_coords.network_window`: the whole
-    resize with ``crop_at="features"``, else the view)."""
-    win = (network_window if network else view_window)((im.height, im.width), config)
+    resize with ``crop_at="features"``, else the view).  The window is that of the image's full
+    size (a JPEG decoded at a reduced scale records it, :func:`draft_jpeg`): with
+    ``keep_aspect`` the rounding of the covering resize depends on the size it starts from, and
+    the map is mapped back through the full size's window."""
+    w_full, h_full = im.info.get(FULL_SIZE, im.size)
+    win = (network_window if network else view_window)((int(h_full), int(w_full)), config)
     target = (win.resized[1], win.resized[0])
     if im.size != target:
         im = im.resize(target, resample)

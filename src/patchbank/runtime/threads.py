@@ -18,6 +18,10 @@ import sys
 
 _ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _blas_limiter = None
+#: The most threads one process asks for: far above any CPU's cores, below where OpenMP runtimes
+#: fail to create their threads (libgomp refused 16,384 on a 2-core machine; 32,768 crashed the
+#: process with a segmentation fault).
+MAX_THREADS = 1024
 
 
 def set_threads(n: int | None) -> None:
@@ -26,8 +30,8 @@ def set_threads(n: int | None) -> None:
     if n is None:
         return
     n = int(n)
-    if n < 1:
-        raise ValueError(f"threads: must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads: must be in [1, {MAX_THREADS}], got {n}")
     if "torch" not in sys.modules:
         for var in _ENV:
             os.environ[var] = str(n)
