@@ -412,3 +412,28 @@ def test_an_actors_load_error_names_the_users_model_file():
     with pytest.raises(PatchbankError) as info:
         load_model_bytes(b"not a model file at all", "cpu", source="models/line.patchbank")
     assert "models/line.patchbank" in str(info.value) and "/tmp/" not in str(info.value)
+
+
+def test_ray_outputs_are_never_its_inputs_and_overwrite_removes_the_old_tables_first(single_model, synthetic_root,
+                                                                                    tmp_path):
+    """As the local engine (tests/test_cli_paths.py): a heatmap that would be one of the images
+    scored is refused before Ray starts; with ``--overwrite`` the previous tables go before any
+    heatmap is written, so a run stopped part-way leaves no old table beside new heatmaps."""
+    import shutil
+
+    from patchbank.distributed.outputs import FILES, ResultFiles
+
+    same = tmp_path / "same" / "heatmaps"
+    same.mkdir(parents=True)
+    src = sorted((synthetic_root / "test" / "good").glob("*.png"))[0]
+    shutil.copy(src, same / src.name)
+    before = (same / src.name).read_bytes()
+    _one_line(_cli("predict", single_model, same, "-o", tmp_path / "same", "--heatmaps", "--overwrite",
+                   "--engine", "ray"), "is the input", src.name)
+    assert (same / src.name).read_bytes() == before
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in FILES:
+        (out / name).write_text("an earlier run")
+    with ResultFiles(out, [out / "heatmaps" / "a.png"], overwrite=True, inputs=[src]):
+        assert not any((out / name).exists() for name in FILES)

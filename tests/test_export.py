@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,12 +194,41 @@ def _sidecar_folder(cli_export, tmp_path):
     return dst, json.loads((dst / SIDECAR_NAME).read_text())
 
 
+def _write(folder, data):
+    (folder / SIDECAR_NAME).write_text(json.dumps(data))
+
+
+def _flip_byte(path, at=0.5):
+    """Change one byte of ``path`` (at the fraction ``at`` of its length): same size, another sha256."""
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * at)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _as_version_2(data):
+    """``data`` as an older version 2 export wrote it: no graph_sha256, nor the fields added
+    during version 2 (map_size, train_aspect, train_scale, fitted_with)."""
+    data.update(format_version=2)
+    for key in ("graph_sha256", "map_size", "train_aspect", "train_scale", "fitted_with"):
+        data.pop(key)
+
+
+def _image_size(size):
+    """Edit the preprocessing to ``size`` and the sizes derived from it, consistently."""
+    def change(d):
+        d["config"].update(image_size=[size, size])
+        d.update(input_size=[size, size], map_size=[size, size])
+    return change
+
+
 @pytest.mark.parametrize("change, needle", [
     (lambda d: d.update(format_version=99), "format version 99"),
     (lambda d: d.update(format="pickle"), "not a patchbank export sidecar"),
     (lambda d: d.update(formats=["../../x"]), "formats must be"),
-    (lambda d: d.update(threshold="0.5"), "'threshold'"),
-    (lambda d: d.update(mean=[0, 0]), "mean must be 3"),
+    (lambda d: d.update(threshold="0.5"), "threshold must be a finite number"),
+    (lambda d: d.update(mean=[0, 0]), "mean must be"),
+    (lambda d: d.update(mean=[0.0, 0.0, 0.0]), "mean must be the normalisation of backbone efficientnet_lite0 [0.5, 0.5, 0.5]"),
+    (lambda d: d.update(std=[0.229, 0.224, 0.225]), "std must be the normalisation of backbone efficientnet_lite0"),
     (lambda d: d["config"].update(image_size=-3), "invalid config"),
     (lambda d: d.pop("outputs"), "'outputs'"),
     (lambda d: d.update(format_version=1), "format version 1"),
@@ -214,13 +245,189 @@ def _sidecar_folder(cli_export, tmp_path):
     (lambda d: d.update(train_scale=[0, 80.0]), "train_scale must be"),
     (lambda d: d.update(fitted_with="torch 2"), "fitted_with must be"),
     (lambda d: d.update(fitted_with={"torch": 2}), "fitted_with must be"),
+    # every key is declared: unknown or mistyped fields, and values the config fixes
+    (lambda d: d.update(evil="os.system"), "unknown field 'evil'"),
+    (lambda d: d.update(format_version=2.0), "format version 2.0 is not supported"),
+    (lambda d: d.update(files=5), "files must be an object of the formats' file names"),
+    (lambda d: d.update(files="model.onnx"), "files must be"),
+    (lambda d: d.update(files={"../../m.patchbank": 1, "/etc/passwd": 1}), "files must be"),
+    (lambda d: d["files"].update({"model.onnx": -1}), "files must be"),
+    (lambda d: d["files"].pop("model.xml"), "files must be"),
+    (lambda d: d.update(formats=["onnx"]), "files must be"),         # lists the OpenVINO files too
+    (lambda d: d.update(formats=["onnx", "onnx"]), "formats must be a non-empty list of distinct"),
+    (lambda d: d.update(bank={}), "bank must be an object of the bank's entries"),
+    (lambda d: d.update(bank={"entries": float("nan"), "dim": "x", "bytes": -1}), "bank must be"),
+    (lambda d: d["bank"].update(dtype="int8"), "bank must be"),
+    (lambda d: d.update(patch_grid="evil"), "patch_grid must be"),
+    (lambda d: d.update(search="faiss-ivf"), "search must be 'exact'"),
+    (lambda d: d.update(backbone_sha256=5), "backbone_sha256 must be null or"),
+    (lambda d: d.update(backbone_sha256="ab" * 31), "backbone_sha256 must be"),
+    (lambda d: d["config"].update(weights="/etc/passwd"), "config.weights is '/etc/passwd'"),
+    (lambda d: d["config"].update(backbone="os.system"), "config.backbone 'os.system' is not a backbone of this patchbank"),
+    (lambda d: d.update(input="foo"), "input must be 'images'"),
+    (lambda d: d.update(input_layout="NHWC uint8"), "input_layout must be"),
+    (lambda d: d.update(outputs=["a"]), "outputs must be"),
+    (lambda d: d["config"].update(image_size=[64, 64]), "input_size must be config.network_size [64, 64]"),
+    (lambda d: d.update(input_size=[1, 1]), "input_size must be config.network_size"),
+    (lambda d: d.update(map_size=[2, 2]), "map_size must be config.input_size"),
+    (lambda d: d.pop("map_size"), "field 'map_size' is missing"),
+    (lambda d: d.update(target_fpr=0.5), "target_fpr must be config.target_fpr"),
+    (lambda d: d.update(category="../../x"), "category must be null or a category name"),
+    (lambda d: d.update(external_data=True), "external_data must be true exactly when"),
+    (lambda d: d.update(notes=[{"a": 1}]), "notes must be a list of strings"),
+    (lambda d: d.pop("graph_sha256"), "field 'graph_sha256' is missing"),
+    (lambda d: d["graph_sha256"].update({"model.onnx": "x"}), "graph_sha256 must be"),
+    (lambda d: d["graph_sha256"].pop("model.bin"), "graph_sha256 must be"),
+    (lambda d: d.pop("train_scale"), "field 'train_scale' is missing"),
 ])
-def test_tampered_sidecar_is_refused(cli_export, tmp_path, change, needle):
+def test_tampered_sidecar_is_refused(cli_export, synthetic_root, tmp_path, change, needle):
     folder, data = _sidecar_folder(cli_export, tmp_path)
     change(data)
-    (folder / SIDECAR_NAME).write_text(json.dumps(data))
-    with pytest.raises(PatchbankError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+    _write(folder, data)
+    with pytest.raises(PatchbankError, match=re.escape(needle)):
         read_sidecar(folder)
+    # and so for info (never a traceback) and predict: one line naming the sidecar
+    images = synthetic_root / "test" / "good"
+    for args in (["info", folder], ["predict", folder, images, "-o", tmp_path / "out", "--runtime", "onnx"]):
+        result = run(*args)
+        assert result.exit_code == 2 and needle in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and str(folder / SIDECAR_NAME) in result.stderr
+
+
+def test_the_sidecar_records_every_graph_files_size_and_sha256(cli_export, monkeypatch):
+    import patchbank.export.sidecar as sidecar
+    import patchbank.service.registry as registry
+    from patchbank.io.model_file import file_sha256
+    from patchbank.service.settings import ModelSpec, ServeSettings
+
+    folder = cli_export[0] / "ex"
+    data = read_sidecar(folder)
+    assert data["format_version"] == 3 and data["config"]["weights"] is None
+    names = ["model.bin", "model.onnx", "model.xml"]
+    assert sorted(data["files"]) == sorted(data["graph_sha256"]) == names
+    for name in names:
+        assert data["graph_sha256"][name] == file_sha256(folder / name)
+        assert data["files"][name] == (folder / name).stat().st_size
+    # each runtime hashes the files it reads, once, on load, and keeps the hashes: serve reports
+    # them without reading the files again (it hashes the sidecar, the file it rewrites)
+    hashed = []
+
+    def counting(path):
+        hashed.append(Path(path).name)
+        return file_sha256(path)
+
+    monkeypatch.setattr(sidecar, "file_sha256", counting)
+    monkeypatch.setattr(registry, "file_sha256", counting)
+    for runtime, read in (("onnx", ["model.onnx"]), ("openvino", ["model.xml", "model.bin"])):
+        hashed.clear()
+        served = registry.load_served(ModelSpec("ex", str(folder)), ServeSettings(runtime=runtime))
+        assert served.graph_sha256 == served.model.graph_sha256_ == {n: data["graph_sha256"][n] for n in read}
+        assert sorted(hashed) == sorted(read + [SIDECAR_NAME])
+
+
+@pytest.fixture(scope="module")
+def other_export(synthetic_root, tmp_path_factory):
+    """Another model's ONNX export: a 64 px model fit on half the training images."""
+    tmp = tmp_path_factory.mktemp("other_export")
+    train = sorted((synthetic_root / "train" / "good").glob("*.png"))
+    det = Detector.from_preset("lmf-core", progress=False, **dict(FAST, image_size=64)).fit(train[::2])
+    export_model(det, tmp / "ex", ["onnx"])
+    return tmp / "ex"
+
+
+def test_another_models_graph_copied_into_the_folder_is_refused(cli_export, other_export, tmp_path):
+    """The audit's case: another model's model.onnx copied over this export's (its size fixed in
+    the sidecar too) would score with that model against this sidecar's threshold; refused on
+    load by its sha256.  A version 2 sidecar has no sha256: the graph's input shape is checked
+    against the sidecar's input_size instead, and info says the files cannot be verified."""
+    folder, data = _sidecar_folder(cli_export, tmp_path)
+    shutil.copy(other_export / "model.onnx", folder / "model.onnx")
+    with pytest.raises(PatchbankError, match=r"model\.onnx is \d+ bytes, the sidecar says \d+; export again"):
+        ExportedModel(folder, "onnx")
+    data["files"]["model.onnx"] = (folder / "model.onnx").stat().st_size
+    _write(folder, data)
+    for runtime in RUNTIMES:     # OpenVINO reads model.xml: that one is this export's own
+        if runtime == "onnx":
+            with pytest.raises(PatchbankError, match=r"model\.onnx does not match the sha256 in the sidecar"):
+                ExportedModel(folder, runtime)
+        else:
+            assert ExportedModel(folder, runtime, progress=False).runtime.graph_format == "openvino"
+    result = run("info", folder)
+    assert result.exit_code == 2 and "model.onnx does not match the sha256 in the sidecar" in result.stderr
+    _as_version_2(data)
+    _write(folder, data)
+    with pytest.raises(PatchbankError, match=r"model\.onnx: the graph reads images \[batch, 3, 64, 64\], the "
+                                             r"sidecar's input is images \[batch, 3, 96, 96\] \(input_size\)"):
+        ExportedModel(folder, "onnx")
+
+
+@pytest.mark.parametrize("runtime, name, at", [
+    ("onnx", "model.onnx", 0.5), ("openvino", "model.xml", 0.5), ("openvino", "model.bin", 0.5)])
+def test_a_changed_graph_file_is_refused_by_its_runtime_and_info(cli_export, tmp_path, runtime, name, at):
+    folder, _ = _sidecar_folder(cli_export, tmp_path)
+    _flip_byte(folder / name, at)
+    with pytest.raises(PatchbankError, match=f"{name} does not match the sha256 in the sidecar.*; export again"):
+        ExportedModel(folder, runtime)
+    result = run("info", folder)
+    assert result.exit_code == 2 and f"{name} does not match the sha256" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    (folder / name).write_bytes((folder / name).read_bytes()[:-4])
+    with pytest.raises(PatchbankError, match=f"{name} is \\d+ bytes, the sidecar says"):
+        read_sidecar(folder)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_graph_not_of_the_sidecars_input_size_is_refused_on_load(cli_export, tmp_path, runtime):
+    """The preprocessing edited consistently (config, input_size, map_size) passes the sidecar's
+    checks; the runtime compares the graph's own input with it (was: a raw ONNX Runtime /
+    OpenVINO traceback at predict time)."""
+    folder, data = _sidecar_folder(cli_export, tmp_path)
+    _image_size(64)(data)
+    _write(folder, data)
+    graph = "model.onnx" if runtime == "onnx" else "model.xml"
+    with pytest.raises(PatchbankError, match=fr"{graph}: the graph reads images \[batch, 3, 96, 96\], the "
+                                             r"sidecar's input is images \[batch, 3, 64, 64\]"):
+        ExportedModel(folder, runtime)
+
+
+def test_a_version_2_export_still_loads_and_info_says_it_is_unverified(cli_export, synthetic_root, tmp_path):
+    folder, data = _sidecar_folder(cli_export, tmp_path)
+    items, _ = split_items(synthetic_root)
+    ref = ExportedModel(folder, "onnx", progress=False).predict(items[:4])
+    assert "every graph file matches the sidecar's" in run("info", folder).stdout
+    _as_version_2(data)
+    _write(folder, data)
+    for runtime in RUNTIMES:
+        model = ExportedModel(folder, runtime, progress=False)
+        assert model.info()["format_version"] == 2 and model.graph_sha256_   # hashed, for serve
+        got = model.predict(items[:4])
+        assert [p.score for p in got] == pytest.approx([p.score for p in ref], rel=1e-4)
+    info = run("info", folder)
+    assert info.exit_code == 0
+    assert ("graph sha256       not recorded (export format version 2): the graph files cannot be verified; "
+            "export again to record them") in info.stdout
+    data["format_version"] = 1
+    _write(folder, data)
+    with pytest.raises(PatchbankError, match="format version 1 is not supported.*export again"):
+        read_sidecar(folder)
+
+
+def test_info_shows_the_threshold_in_use_and_the_calibrated_one(cli_export, tmp_path):
+    """``patchbank info DIR`` showed the graph's baked-in threshold and hid threshold_override,
+    the operating point predict uses; now it shows the one in use, the override and the
+    calibrated one, as for a model file."""
+    folder, _ = _sidecar_folder(cli_export, tmp_path)
+    model = ExportedModel(folder, "onnx", progress=False)
+    calibrated = model.calibrated_threshold_
+    plain = run("info", folder).stdout
+    assert f"threshold          {calibrated:.4f} on the normalised score" in plain
+    assert "threshold override" not in plain and "fit threshold" not in plain and "graph threshold" not in plain
+    model.set_threshold(80.0).save_threshold()
+    moved = run("info", folder).stdout
+    assert "threshold          80.0000 on the normalised score" in moved
+    assert "threshold override 80.0" in moved
+    assert f"fit threshold      {calibrated:.4f} (calibrated at fit" in moved
+    assert f"graph threshold    {calibrated:.4f} (the graph's own is_anomalous output" in moved
 
 
 def test_an_export_keeps_the_fits_library_versions(cli_export, fitted):
@@ -374,3 +581,28 @@ def test_an_export_decides_with_the_whole_image_check_as_the_detector_does(synth
     (tmp_path / "ex" / SIDECAR_NAME).write_text(json.dumps(sidecar))
     with pytest.raises(PatchbankError, match="training_blurriness / blur_threshold are present but"):
         read_sidecar(tmp_path / "ex")
+
+
+def test_two_exports_into_one_folder_at_once_never_both_succeed(cli_export, tmp_path):
+    """Two ``patchbank export`` processes into one folder (session 29: both said "wrote", and the
+    folder held one model's files, either one): one export writes the folder at a time (a lock on
+    it), so without --overwrite the second is refused, and with it the later replaces the whole
+    set; either way the folder is one export whose files match its sidecar."""
+    import subprocess
+    import sys
+
+    tmp, _ = cli_export
+    cmd = lambda model, *extra: [sys.executable, "-m", "patchbank.cli", "export", str(model), "-o",   # noqa: E731
+                                 str(tmp_path / "ex"), "-q", *extra]
+    for extra in ((), ("--overwrite",)):
+        shutil.rmtree(tmp_path / "ex", ignore_errors=True)
+        procs = [subprocess.Popen(cmd(tmp / "m.patchbank", *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        results = [(p.communicate(timeout=600)[1], p.returncode)[::-1] for p in procs]
+        codes = sorted(code for code, _ in results)
+        if extra:
+            assert codes == [0, 0], results
+        else:
+            assert codes == [0, 2], results
+            assert "already exists" in next(err for code, err in results if code == 2)
+        ExportedModel(tmp_path / "ex", "onnx", progress=False)     # the files match the sidecar

@@ -193,7 +193,7 @@ def test_model_description(server, models, torch_side):
     assert (d["bank_entries"], d["bank_dim"], d["bank_bytes"]) == (info["bank_entries"], info["bank_dim"],
                                                                    info["bank_bytes"])
     assert d["threshold"] == d["calibrated_threshold"] == pytest.approx(det.threshold_, rel=1e-12)
-    assert d["format_version"] == 2 and d["patchbank_version"] and d["categories"] is None
+    assert d["format_version"] == 3 and d["patchbank_version"] and d["categories"] is None
     assert d["sha256"] == file_sha256(models["ex"] / SIDECAR_NAME) and d["sha256_file"] == SIDECAR_NAME
     assert d["graph_sha256"] == {"model.onnx": file_sha256(models["ex"] / "model.onnx")}
     assert d["path"] == str(models["ex"]) and d["batching"]["enabled"]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from patchbank import __version__
-from patchbank.backbones import Backbone, backbone_names, create_backbone
+from patchbank.backbones import Backbone, check_backbone_name, create_backbone
 from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
@@ -430,9 +430,8 @@ def check_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: s
     a file is what loading it does.  One-line :class:`PatchbankError` naming ``where``."""
     check_model_state(tensors, meta, where, weights_given=weights_given, routed=routed)
     config = Config.from_dict(meta["config"])
-    if not backbone_given and config.backbone not in backbone_names():
-        raise PatchbankError(f"{where}: config.backbone {config.backbone!r} is not a backbone of this "
-                             f"patchbank ({', '.join(backbone_names())})")
+    if not backbone_given:
+        check_backbone_name(config.backbone, where)
     calibration = calibration_from_state(config, tensors, meta.get("threshold_override"))
     check_recorded(calibration, meta, HEADER_CALIBRATION_KEYS, where, "the header does not belong to "
                    "these tensors (refit, or restore the file)")

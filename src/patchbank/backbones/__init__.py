@@ -16,16 +16,19 @@ file: ``.safetensors`` through safetensors, anything else through
 only (``weights_sha256 = None``).  CNN batch norms are folded into their convolutions
 (:mod:`patchbank.backbones.batchnorm_folding`).
 
-Adding a backbone: one module that calls ``register_backbone(name, builder)`` at import, and
+Adding a backbone: one module that calls ``register_backbone(name, builder, Normalisation(mean,
+std))`` at import, and
 its import below.  ``BACKBONES`` is the tuple of registered names, read from the registry.
 """
 from patchbank.backbones.base import Backbone
-from patchbank.backbones.registry import backbone_names, create_backbone, register_backbone
+from patchbank.backbones.registry import (Normalisation, backbone_names, backbone_normalisation,
+                                          check_backbone_name, create_backbone, register_backbone)
 
 # the families: importing a module registers its names (this order is the order of BACKBONES)
 from patchbank.backbones import efficientnet_lite, resnet, dinov2  # noqa: E402,F401  isort: skip
 
-__all__ = ["BACKBONES", "Backbone", "backbone_names", "create_backbone", "register_backbone"]
+__all__ = ["BACKBONES", "Backbone", "Normalisation", "backbone_names", "backbone_normalisation",
+           "check_backbone_name", "create_backbone", "register_backbone"]
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from patchbank.backbones.base import (IMAGENET_MEAN, IMAGENET_STD, Backbone, VitBackbone, block_taps,
                                       with_context)
-from patchbank.backbones.registry import register_backbone
+from patchbank.backbones.registry import Normalisation, register_backbone
 from patchbank.backbones.weights import RANDOM, first_line, hf_hub_file, instantiate, read_state_dict, sha256
 from patchbank.errors import PatchbankError
 
@@ -69,4 +69,4 @@ def convert_dino_keys(state: dict[str, Tensor], model: nn.Module, path: str, nam
 
 
 for _name in DINO:
-    register_backbone(_name, build_dinov2)
+    register_backbone(_name, build_dinov2, Normalisation(IMAGENET_MEAN, IMAGENET_STD))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from patchbank.backbones.base import (TF_LITE_MEAN, TF_LITE_STD, Backbone, CnnBackbone, block_taps,
                                       with_context)
 from patchbank.backbones.efficientnet_lite_net import EfficientNetLite
-from patchbank.backbones.registry import register_backbone
+from patchbank.backbones.registry import Normalisation, register_backbone
 from patchbank.backbones.weights import RANDOM, instantiate, packaged_file, read_state_dict, sha256
 from patchbank.errors import PatchbankError
 
@@ -89,4 +89,4 @@ def pair_lite_keys(state: dict[str, Tensor], model: nn.Module, path: str, name: 
 
 
 for _name in LITE:
-    register_backbone(_name, build_efficientnet_lite)
+    register_backbone(_name, build_efficientnet_lite, Normalisation(TF_LITE_MEAN, TF_LITE_STD))

@@ -4,7 +4,10 @@ A family module registers each of its names with :func:`register_backbone`; its 
 called as ``builder(name, weights, layers, context)`` with ``weights`` None (packaged file or
 download cache), a path string, or ``"random"``, and ``context`` the number of blocks after the
 deepest of ``layers`` also tapped (:func:`patchbank.backbones.base.with_context`); it returns an
-unfolded :class:`Backbone` on the CPU.
+unfolded :class:`Backbone` on the CPU.  A family may also register each name's input
+normalisation (:class:`Normalisation`): :func:`backbone_normalisation` gives it without building
+anything (an export's sidecar is checked against it), and :func:`create_backbone` checks that the
+built backbone's ``mean`` / ``std`` are the registered ones.
 :func:`create_backbone` adds what every backbone gets: batch-norm folding for CNNs
 (:mod:`patchbank.backbones.batchnorm_folding`) and the move to the device.  Names are listed in
 registration order (:func:`backbone_names`).
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -24,11 +27,22 @@ from patchbank.errors import PatchbankError
 
 Builder = Callable[[str, "str | None", "Sequence[Any] | None", int], Backbone]
 
+
+
+class Normalisation(NamedTuple):
+    """The input normalisation a backbone's caller applies: ``(x - mean) / std`` per channel."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 _BUILDERS: dict[str, Builder] = {}
+_NORMALISATION: dict[str, Normalisation] = {}
 
 
-def register_backbone(name: str, builder: Builder) -> Builder:
-    """Make ``create_backbone(name, ...)`` call ``builder(name, weights, layers, context)``.
+def register_backbone(name: str, builder: Builder, normalisation: Normalisation | None = None) -> Builder:
+    """Make ``create_backbone(name, ...)`` call ``builder(name, weights, layers, context)``;
+    ``normalisation``: the input normalisation its backbones use (:func:`backbone_normalisation`).
 
     Registering a name again replaces its builder only when the new one is the same function
     (a module reload); a different builder under a taken name is a ValueError (a bug).
@@ -37,7 +51,25 @@ def register_backbone(name: str, builder: Builder) -> Builder:
     if old is not None and (old.__module__, old.__qualname__) != (builder.__module__, builder.__qualname__):
         raise ValueError(f"backbone {name!r} is already registered by {old.__module__}.{old.__qualname__}")
     _BUILDERS[name] = builder
+    if normalisation is not None:
+        _NORMALISATION[name] = Normalisation(*(tuple(float(v) for v in part) for part in normalisation))
     return builder
+
+
+def backbone_normalisation(name: str) -> Normalisation | None:
+    """The input normalisation registered for ``name`` (None: its family registered none), read
+    without building the backbone; an unknown name is a one-line PatchbankError."""
+    if name not in _BUILDERS:
+        raise PatchbankError(f"unknown backbone {name!r}; choose one of {', '.join(_BUILDERS)}")
+    return _NORMALISATION.get(name)
+
+
+def check_backbone_name(name: Any, where: str) -> None:
+    """A file's ``config.backbone`` must be a registered name: a one-line PatchbankError naming
+    ``where`` (the file) and the registered names, before anything is built."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise PatchbankError(f"{where}: config.backbone {name!r} is not a backbone of this patchbank "
+                             f"({', '.join(_BUILDERS)})")
 
 
 def backbone_names() -> tuple[str, ...]:
@@ -66,6 +98,10 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
     if weights is not None and weights != RANDOM:
         weights = os.fspath(weights)
     backbone = builder(name, weights, layers, context)
+    registered = _NORMALISATION.get(name)
+    if registered is not None and (tuple(backbone.mean), tuple(backbone.std)) != registered:
+        raise ValueError(f"backbone {name!r} normalises with {backbone.mean} / {backbone.std}, its "
+                         f"registration says {registered}")   # a bug in the family module
     backbone.map_taps = len(backbone.layers) - context
     if backbone.kind == "cnn":
         # batch norm folded into the convolutions: same outputs up to float rounding, one pass

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from patchbank.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, CnnBackbone, with_context
-from patchbank.backbones.registry import register_backbone
+from patchbank.backbones.registry import Normalisation, register_backbone
 from patchbank.backbones.weights import (RANDOM, instantiate, read_state_dict, sha256,
                                          torchvision_cache_file, torchvision_hash_prefix)
 from patchbank.errors import PatchbankError
@@ -59,4 +59,4 @@ def resnet_taps(name: str, layers: Sequence[Any] | None) -> list[int]:
 
 
 for _name in RESNETS:
-    register_backbone(_name, build_resnet)
+    register_backbone(_name, build_resnet, Normalisation(IMAGENET_MEAN, IMAGENET_STD))

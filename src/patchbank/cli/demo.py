@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from patchbank.cli.options import overwrite_option, run_options, setup_threads
+from patchbank.cli.options import GivenPath, overwrite_option, run_options, setup_threads
 from patchbank.cli.predictions import PredictionOutputs, refuse_existing, run_predictions
 from patchbank.config import DEFAULT_PRESET
 from patchbank.io.output_files import check_output_folder
@@ -18,7 +18,7 @@ DEMO_BYTES = 64 * 2**20
 
 @click.command()
 @click.option("-o", "--output", "out_dir", default="demo_out", show_default=True,
-              type=click.Path(path_type=Path), help="Folder for the data, model and predictions.")
+              type=GivenPath(path_type=Path), help="Folder for the data, model and predictions.")
 @run_options
 @overwrite_option("Replace the outputs of an earlier demo run.")
 def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite: bool) -> None:

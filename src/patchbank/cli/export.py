@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from patchbank.cli.info import format_bytes
-from patchbank.cli.options import model_weights_option, overwrite_option, run_options, setup_threads
+from patchbank.cli.options import GivenPath, model_weights_option, overwrite_option, run_options, setup_threads
 from patchbank.config import RUNTIMES, check_runtime_options
 from patchbank.errors import PatchbankError
 
@@ -32,7 +32,7 @@ def check_extra(modules) -> None:
 
 @click.command("export")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=GivenPath(path_type=Path),
               help="Export folder to write (graph files + patchbank_export.json).")
 @click.option("--format", "formats", type=click.Choice(EXPORT_FORMATS), multiple=True,
               default=("onnx",), show_default=True,

@@ -198,30 +198,48 @@ def format_multi_info(data: dict[str, Any], path: str, thresholds: dict[str, str
 
 
 def export_info(folder: Path) -> dict[str, Any]:
-    """The checked sidecar of an export folder (``patchbank info DIR``), with the sizes of its
-    files as they are now."""
-    from patchbank.export.sidecar import read_sidecar
+    """The checked sidecar of an export folder (``patchbank info DIR``), checked as a load checks
+    it: every listed file there with its recorded size and, for a sidecar that records them
+    (format version 3), every graph and data file's sha256; the calibration arrays refit to the
+    sidecar's statistics."""
+    from patchbank.export.sidecar import check_graph_files, read_sidecar, sidecar_calibration, sidecar_path
 
     data = read_sidecar(folder)
-    data["files"] = {name: (folder / name).stat().st_size for name in sorted(data.get("files") or {})
-                     if (folder / name).is_file()}
+    sidecar_calibration(data, sidecar_path(folder))
+    check_graph_files(folder, data, list(data.get("graph_sha256", {})))
     return data
 
 
 def format_export_info(data: dict[str, Any], path: str) -> str:
-    """Text for an export folder's checked sidecar: formats, files and their sizes, the bank in
-    the graph, then the rows of :func:`format_info` (threshold, calibration, configuration)."""
-    bank, files = data["bank"], data.get("files") or {}
-    cfg = dict(data["config"], bank_dtype=bank.get("dtype", data["config"].get("bank_dtype")))
+    """Text for an export folder's checked sidecar (:func:`export_info`): formats, files and their
+    sizes, whether their sha256 was checked, the bank in the graph, then the rows of
+    :func:`format_info`: the threshold in use (``threshold_override``, else the calibrated one)
+    with, when overridden, the calibrated one, and the graph's own when it differs; calibration,
+    configuration."""
+    bank, files = data["bank"], data["files"]
+    cfg = dict(data["config"], bank_dtype=bank["dtype"])
     head = [f"{'export':<18} {path}", f"{'formats':<18} {', '.join(data['formats'])}"
             + (" (ONNX weights as external data)" if data["external_data"] else ""),
             f"{'graph files':<18} " + ", ".join(f"{n} {format_bytes(b)}" for n, b in sorted(files.items()))
             + f"; total {format_bytes(sum(files.values()))}"]
     head += [f"{'note':<18} {note}" for note in data["notes"]]
+    override, calibrated = data["threshold_override"], data["calibrated_threshold"]
+    in_use = calibrated if override is None else override
     info = {"format_version": data["format_version"], "patchbank_version": data["patchbank_version"],
-            "bank_entries": bank.get("entries"), "bank_dim": bank.get("dim"), "bank_bytes": bank.get("bytes"),
-            "threshold": data["threshold"], "score_mean": data["score_mean"], "score_std": data["score_std"],
-            "input_size": data.get("input_size"), "category": data.get("category"),
+            "bank_entries": bank["entries"], "bank_dim": bank["dim"], "bank_bytes": bank["bytes"],
+            "threshold": in_use, "threshold_override": override,
+            "fit_threshold": None if override is None else
+            f"{calibrated:.4f} (calibrated at fit; the threshold override replaces it)",
+            "graph_threshold": None if data["threshold"] == in_use else
+            f"{data['threshold']:.4f} (the graph's own is_anomalous output; predictions decide at the threshold above)",
+            "graph_sha256": "every graph file matches the sidecar's (checked now)" if "graph_sha256" in data else
+            f"not recorded (export format version {data['format_version']}): the graph files cannot be "
+            f"verified; export again to record them",
+            "map_threshold": data.get("map_threshold"), "blur_threshold": data.get("blur_threshold"),
+            "score_mean": data["score_mean"], "score_std": data["score_std"],
+            "n_calibration_images": len(data["calibration_base_scores"]),
+            "input_size": data["input_size"], "category": data["category"],
+            "backbone_sha256": data["backbone_sha256"],
             "fitted_with": data.get("fitted_with"), "train_aspect": data.get("train_aspect"),
             "train_scale": data.get("train_scale"), "config": cfg}
     return "\n".join(head) + "\n" + format_info({k: v for k, v in info.items() if v is not None})

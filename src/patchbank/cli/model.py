@@ -12,21 +12,22 @@ from patchbank.cli.engine_options import (check_engine, engine_options, fit_on_r
                                           per_category_option, predict_on_ray)
 from patchbank.cli.export import RUNTIME_CHOICES, load_for_runtime
 from patchbank.cli.info import format_bytes
-from patchbank.cli.options import (model_weights_option, overwrite_option, preset_option, run_options,
-                                   setup_threads)
+from patchbank.cli.options import (GivenPath, model_weights_option, overwrite_option, preset_option,
+                                   run_options, setup_threads)
 from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
 from patchbank.cli.fit_report import fit_lines
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_file, file_lock, lock_path_for, make_folder
+from patchbank.io.output_files import (MIN_FREE_BYTES, check_not_inputs, check_output_file, check_path_given,
+                                       file_lock, lock_path_for, make_folder)
 
 
 @click.command(context_settings={"max_content_width": 110},
                epilog="Config options override single fields of the preset; only options you give "
                       "override. Values: 'none' for optional fields (--sampler none keeps every "
                       "patch), N or HxW for sizes (320x768), comma lists for tuples (--layers 2,4).")
-@click.argument("train_dirs", nargs=-1, required=True, metavar="TRAIN_DIR...")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.argument("train_dirs", nargs=-1, required=True, metavar="TRAIN_DIR...", type=GivenPath())
+@click.option("-o", "--output", required=True, type=GivenPath(path_type=Path),
               help="Model file to write (e.g. model.patchbank).")
 @preset_option()
 @click.option("--multi", is_flag=True,
@@ -67,10 +68,11 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
         if overrides:
             raise PatchbankError("--add uses the model's configuration; config options "
                                  f"({', '.join(option_name(k) for k in overrides)}) cannot be changed")
-    elif output.exists() and not overwrite:
-        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
     config = None if add else build_config(preset, overrides)
     categories = training_categories(train_dirs)
+    check_not_inputs([output], [p for images in categories.values() for p in images])
+    if not add and output.exists() and not overwrite:
+        raise PatchbankError(f"{output} already exists; pass --overwrite to replace it (or --add)")
     from patchbank.io.model_file import model_path     # (torch: not imported for --help)
 
     model_path(output)                                              # a name it can be read by,
@@ -189,6 +191,7 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
     for arg in args:
         name, sep, folder = arg.partition("=")
         if sep:
+            check_path_given(folder, f"the folder of {arg}")
             path = Path(folder)
         else:
             name, path = "", Path(arg)
@@ -206,9 +209,9 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.argument("model", type=GivenPath(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=GivenPath())
+@click.option("-o", "--output", "out_dir", required=True, type=GivenPath(path_type=Path),
               help="Folder for predictions.csv, predictions.json and heatmaps/.")
 @click.option("--heatmaps", is_flag=True,
               help="Write a PNG overlay per image to OUT_DIR/heatmaps/<stem>.png, on the original "

@@ -3,8 +3,7 @@
 :func:`run_options` (``--device``, ``--threads``, ``--quiet``), :func:`overwrite_option`,
 :func:`preset_option`, :func:`study_options` (``--dataset``, ``--categories``, ``--seeds``,
 ``--no-resume``), the comma-list callbacks, :class:`GivenPath` (no empty path), and
-:func:`setup_threads`, which applies
-``--threads`` before torch starts its thread pools.
+:func:`setup_threads`, which applies ``--threads`` before torch starts its thread pools.
 """
 from __future__ import annotations
 
@@ -138,7 +137,7 @@ def positive_int_list(ctx: Any, param: Any, value: str | None) -> list[int] | No
 
 def output_option(help: str) -> Callable:
     """``-o/--output DIR`` (parameter out_dir, required): where a study writes its files."""
-    return click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+    return click.option("-o", "--output", "out_dir", required=True, type=GivenPath(path_type=Path),
                         help=help)
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_output_folder,
-                                       commit_file, file_lock, make_folder, release_file, reserve_file)
+from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_not_inputs,
+                                       check_output_folder, commit_file, file_lock, make_folder, release_file,
+                                       remove_previous, reserve_file)
 from patchbank.io.prediction_files import (csv_fields, csv_row, expand_inputs, heatmap_names,  # noqa: F401
                                            heatmap_note, overlay_writer, prediction_record)
 
@@ -39,17 +40,26 @@ HEATMAP_BYTES_PER_PIXEL = 1
 class PredictionOutputs:
     """The files of one prediction run under ``out_dir``, claimed BEFORE the model is run.
 
-    :meth:`open` checks the folder (writable, not a file, :data:`MIN_FREE_BYTES` free) and, without
-    ``overwrite``, creates ``predictions.csv``, ``predictions.json`` and every heatmap PNG
-    exclusively as empty placeholders (the CSV and JSON keep a lock while the run lives), so a
-    second run into the same folder fails at once naming the file.  :meth:`write` writes every
-    file through a temporary file renamed over its placeholder, holding a lock on ``out_dir``, so
-    two ``--overwrite`` runs never interleave (the later one replaces the whole set).  Used as a
-    context manager, placeholders of a run that fails are removed.
+    :meth:`open` refuses an output file that is one of the input images
+    (:func:`~patchbank.io.output_files.check_not_inputs`), checks the folder (writable, not a
+    file, :data:`MIN_FREE_BYTES` free) and, without ``overwrite``, creates ``predictions.csv``,
+    ``predictions.json`` and every heatmap PNG exclusively as empty placeholders (the CSV and JSON
+    keep a lock while the run lives), so a second run into the same folder fails at once naming
+    the file.  :meth:`write` writes every file through a temporary file renamed over its
+    placeholder, holding a lock on ``out_dir``, so two ``--overwrite`` runs never interleave (the
+    later one replaces the whole set).  Used as a context manager, placeholders of a run that
+    fails are removed.
+
+    A run stopped part-way (an error, Ctrl-C, a kill) never leaves a mixed set readable as one
+    run: with ``overwrite``, :meth:`clear_previous` removes the previous run's CSV and JSON
+    before the first heatmap is written, and the JSON (what ``patchbank report`` reads) is
+    written last.  So ``predictions.json`` either describes a complete set, or is absent (the
+    heatmaps folder may then hold some of the stopped run's PNGs, which nothing names).
     """
 
     def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool):
         self.out_dir, self.overwrite, self.heatmaps = Path(out_dir), overwrite, heatmaps
+        self.inputs = list(paths)
         self.csv_path, self.json_path = self.out_dir / "predictions.csv", self.out_dir / "predictions.json"
         self.heat_dir = self.out_dir / "heatmaps"
         self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []
@@ -57,6 +67,7 @@ class PredictionOutputs:
 
     def open(self) -> "PredictionOutputs":
         """Check and claim the outputs (see the class docstring); returns self."""
+        check_not_inputs([self.csv_path, self.json_path, *self.heat_paths], self.inputs)
         check_output_folder(self.out_dir, need_bytes=MIN_FREE_BYTES)
         if self.heatmaps:
             check_output_folder(self.heat_dir)
@@ -81,6 +92,13 @@ class PredictionOutputs:
         if self.heat_paths and input_size:
             need = MIN_FREE_BYTES + len(self.heat_paths) * HEATMAP_BYTES_PER_PIXEL * input_size[0] * input_size[1]
             check_free_space(self.heat_dir, need, self.heat_dir)
+
+    def clear_previous(self) -> None:
+        """With ``overwrite``, remove the previous run's ``predictions.csv`` and ``.json`` (call
+        it holding :meth:`lock`, before the first heatmap): from here until this run's JSON is
+        written the folder holds no set that reads as one run (see the class docstring)."""
+        if self.overwrite:
+            remove_previous((self.json_path, self.csv_path))
 
     def write(self, path: Path, write: Any) -> None:
         """Write one output through a temporary file renamed over its placeholder."""
@@ -138,6 +156,7 @@ def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch
         "predictions": records,
     }
     with outputs.lock():
+        outputs.clear_previous()
         if outputs.heatmaps:
             result["heatmaps"] = heatmap_note(heat_dir, _write_heatmaps(det, paths, preds, outputs, quiet, multi))
         outputs.write(outputs.csv_path, lambda tmp: _write_csv(tmp, records, multi, outputs.heatmaps))

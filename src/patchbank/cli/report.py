@@ -5,12 +5,12 @@ from pathlib import Path
 
 import click
 
-from patchbank.cli.options import overwrite_option
+from patchbank.cli.options import GivenPath, overwrite_option
 
 
 @click.command()
-@click.argument("results_dir", type=click.Path(path_type=Path), metavar="RESULTS_DIR")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+@click.argument("results_dir", type=GivenPath(path_type=Path), metavar="RESULTS_DIR")
+@click.option("-o", "--output", type=GivenPath(path_type=Path), default=None,
               help="The HTML file to write [RESULTS_DIR/report.html].")
 @overwrite_option("Replace an existing report file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -26,7 +26,8 @@ def report(results_dir: Path, output: Path | None, overwrite: bool, quiet: bool)
               defective images.
 
     Images are embedded as downscaled JPEG thumbnails; charts are inline SVG; the page needs
-    no network.  An existing file is never replaced without --overwrite.
+    no network.  An existing file is never replaced without --overwrite, and a file the report
+    reads (predictions.json, a heatmap, an image) never.
     """
     from patchbank.io.output_files import format_size
     from patchbank.report import write_report

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import build_config, given_overrides, with_config_options
-from patchbank.cli.options import positive_int_list, preset_option, ratio_list, run_options, setup_threads
+from patchbank.cli.options import GivenPath, positive_int_list, preset_option, ratio_list, run_options, setup_threads
 from patchbank.io.output_files import check_output_file
 
 
@@ -17,7 +17,7 @@ from patchbank.io.output_files import check_output_file
                epilog="The floor = read + resize + backbone forward with the detector's own loader "
                       "and forward, same threads and batch size; see patchbank.studies.speed.")
 @click.argument("data")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=GivenPath(path_type=Path),
               help="JSON file for the results (with the machine description).")
 @preset_option()
 @click.option("--ratios", callback=ratio_list, default=None, metavar="R1,R2,...",

@@ -8,7 +8,10 @@ Columns and cells are the local ``predict``'s (:mod:`patchbank.io.prediction_fil
 :class:`ResultFiles` claims the three files (and checks the heatmap files) BEFORE the run: an
 existing one is a one-line error without ``overwrite``; the files are written through
 temporary files renamed into place (:func:`patchbank.io.output_files.commit_file`), so a failed
-run leaves no half-written table.  :meth:`ResultFiles.collect` checks that every input index came
+run leaves no half-written table.  No output may be one of the images scored
+(:func:`~patchbank.io.output_files.check_not_inputs`), and with ``overwrite`` the previous run's
+three tables are removed before any heatmap is written, so a run stopped part-way leaves no old
+table beside new heatmaps.  :meth:`ResultFiles.collect` checks that every input index came
 back exactly once (a lost or twice-scored image is an error, never a silent gap).
 """
 from __future__ import annotations
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_output_folder, commit_file,
-                                       make_folder, release_file, reserve_file)
+from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_not_inputs, check_output_folder,
+                                       commit_file, make_folder, release_file, remove_previous, reserve_file)
 from patchbank.io.prediction_files import csv_fields, csv_row
 
 FILES = ("predictions.parquet", "predictions.csv", "predictions.json")
@@ -29,18 +32,23 @@ FILES = ("predictions.parquet", "predictions.csv", "predictions.json")
 class ResultFiles:
     """The outputs of one distributed prediction run under ``out_dir`` (see the module docstring)."""
 
-    def __init__(self, out_dir: str | Path, heat_paths: list[Path], *, overwrite: bool):
+    def __init__(self, out_dir: str | Path, heat_paths: list[Path], *, overwrite: bool,
+                 inputs: list[Path] = ()):
         self.out_dir, self.overwrite = Path(out_dir), overwrite
         self.paths = {name: self.out_dir / name for name in FILES}
         self.heat_paths = heat_paths
+        self.inputs = inputs          # the images scored: no output may be one of them
         self.reserved: dict[Path, Reservation] = {}
 
     def __enter__(self) -> "ResultFiles":
+        check_not_inputs([*self.paths.values(), *self.heat_paths], self.inputs)
         check_output_folder(self.out_dir, need_bytes=MIN_FREE_BYTES)
         make_folder(self.out_dir)
         if self.heat_paths:
             make_folder(self.heat_paths[0].parent)
-        if not self.overwrite:
+        if self.overwrite:           # the old tables go before any new heatmap is written
+            remove_previous(self.paths.values())
+        else:
             existing = [p for p in self.heat_paths if p.exists()]
             if existing:
                 raise PatchbankError(f"{existing[0]} already exists; pass --overwrite to replace")

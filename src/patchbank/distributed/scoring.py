@@ -235,7 +235,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / "heatmaps" / n for n in heatmap_names(paths)] if heatmaps else [])
     t0 = time.perf_counter()
-    with ResultFiles(out_dir, heat_paths, overwrite=overwrite) as files, ray_session(address) as ray, reraise():
+    with ResultFiles(out_dir, heat_paths, overwrite=overwrite, inputs=paths) as files, ray_session(address) as ray, reraise():
         resources = _resources(ray, actors, threads, device)
         rows = [{"index": i, "path": str(p), **({"heatmap": str(heat_paths[i])} if heatmaps else {})}
                 for i, p in enumerate(paths)]

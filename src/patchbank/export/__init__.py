@@ -4,7 +4,8 @@
   detector as one ``nn.Module`` built from its own parts (bank, map operators and calibration as
   constants);
 * :mod:`~patchbank.export.onnx_writer`, :mod:`~patchbank.export.openvino_writer`: the files;
-* :mod:`~patchbank.export.sidecar`: the JSON sidecar (format version, preprocessing, threshold);
+* :mod:`~patchbank.export.sidecar`: the JSON sidecar (format version, preprocessing, threshold,
+  every graph file's size and sha256), checked field by field on load;
 * :mod:`~patchbank.export.exporter`: :func:`export_model` (a model -> an export folder);
 * :mod:`~patchbank.export.runtimes`: :class:`ExportedModel` (an export folder -> predictions, on
   ONNX Runtime or OpenVINO, chosen from a registry).

@@ -2,9 +2,12 @@
 
 The folder holds, per format asked for, the graph of :class:`~patchbank.export.graph.ExportGraph`
 (``model.onnx`` [+ ``model.onnx.data``] for ``onnx``; ``model.xml`` + ``model.bin`` for
-``openvino``) and ``patchbank_export.json`` (:mod:`patchbank.export.sidecar`), written last, so a
-folder with a sidecar is complete.  Files are written in a temporary folder inside the target
-and renamed into place; existing export files are never replaced without ``overwrite``.
+``openvino``) and ``patchbank_export.json`` (:mod:`patchbank.export.sidecar`, with every graph
+and data file's size and sha256), written last, so a folder with a sidecar is complete.  Files
+are written in a temporary folder inside the target and renamed into place; existing export
+files are never replaced without ``overwrite``.  One export writes a folder at a time (a lock on
+the folder, the target checked again under it), so of two at once the second is refused, or
+with ``overwrite`` replaces the first's whole set.
 
 A multi-category model is refused (one line) unless ``category`` names the one category to
 export: its graph is that category's single-category path (no router).
@@ -26,10 +29,11 @@ from patchbank.errors import PatchbankError
 from patchbank.export.graph import CHUNK_BYTES, OUTPUTS, ExportGraph, search_note
 from patchbank.export.onnx_writer import PROTOBUF_LIMIT, export_program, save_program
 from patchbank.export.openvino_writer import write_openvino
-from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, SIDECAR_NAME, build_sidecar,
+from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, SIDECAR_NAME, build_sidecar, format_files,
                                       write_sidecar)
 from patchbank.export.runtimes import ONNX_UTF8
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, check_utf8_name, make_folder
+from patchbank.io.model_file import file_sha256
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, check_utf8_name, file_lock, make_folder
 from patchbank.multi import MultiDetector
 
 FORMATS = tuple(GRAPH_FILES)
@@ -37,7 +41,7 @@ FORMATS = tuple(GRAPH_FILES)
 
 def export_files(formats) -> list[str]:
     """Every file name an export of ``formats`` may write (graphs, data files, sidecar)."""
-    return [name for f in formats for name in (GRAPH_FILES[f], DATA_FILES[f])] + [SIDECAR_NAME]
+    return format_files(formats) + [SIDECAR_NAME]
 
 
 def single_detector(model, category: str | None) -> Detector:
@@ -71,6 +75,32 @@ def check_target(folder: Path, formats, overwrite: bool) -> None:
         raise PatchbankError(f"{existing[0]} already exists{more}; pass --overwrite to replace the export")
 
 
+def _write_graphs(program, folder: Path, formats, external_over: int, begin, n_steps: int
+                  ) -> tuple[dict, dict, bool]:
+    """Write the graph files of ``formats`` in a temporary folder inside ``folder`` and move them
+    in, after removing an earlier export's files; returns (sizes, sha256 digests, whether the
+    ONNX weights are external data: initializers over ``external_over`` bytes).  ``begin(step)``
+    advances the progress bar."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        begin(1)
+        external = save_program(program, tmp / GRAPH_FILES["onnx"], external_over)
+        if "openvino" in formats:
+            begin(2)
+            write_openvino(tmp / GRAPH_FILES["onnx"], tmp / GRAPH_FILES["openvino"])
+        begin(n_steps)
+        if "onnx" not in formats:
+            for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
+                (tmp / name).unlink(missing_ok=True)
+        for name in export_files(FORMATS):
+            (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
+        files, hashes = {}, {}
+        for path in sorted(tmp.iterdir()):
+            files[path.name], hashes[path.name] = path.stat().st_size, file_sha256(path)
+            shutil.move(str(path), folder / path.name)
+    return files, hashes, external
+
+
 def export_model(model, folder: str | Path, formats=("onnx",), *, category: str | None = None,
                  overwrite: bool = False, bank_dtype: str | None = None,
                  external_over: int = PROTOBUF_LIMIT, chunk_bytes: int = CHUNK_BYTES,
@@ -101,32 +131,19 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
         graph = ExportGraph(det, bank_dtype, chunk_bytes)
         program = export_program(graph, torch.zeros(2, 3, *det.config.network_size))
         make_folder(folder)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
-            tmp = Path(tmp)
-            begin(1)
-            external = save_program(program, tmp / GRAPH_FILES["onnx"], external_over)
-            if "openvino" in formats:
-                begin(2)
-                write_openvino(tmp / GRAPH_FILES["onnx"], tmp / GRAPH_FILES["openvino"])
-            begin(len(steps))
-            if "onnx" not in formats:
-                for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
-                    (tmp / name).unlink(missing_ok=True)
-            for name in export_files(FORMATS):
-                (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
-            files = {}
-            for path in sorted(tmp.iterdir()):
-                files[path.name] = path.stat().st_size
-                shutil.move(str(path), folder / path.name)
-    notes = [n for n in (search_note(det),) if n]
-    stored = graph.search if graph.context is None else graph.context   # the whole rows, held once
-    entries, dim = stored.shape
-    bank = {"entries": int(entries), "dim": int(dim), "dtype": graph.bank_dtype,
-            "bytes": int(stored.bank.numel() * stored.bank.element_size()),
-            "block_rows": graph.search.bank_chunk}
-    data = build_sidecar(det, version=__version__, outputs=OUTPUTS, formats=formats, bank=bank,
-                         external_data=external and "onnx" in formats, notes=notes)
-    data["files"] = files
-    data["category"] = category
-    write_sidecar(folder, data)
+        # one export writes a folder at a time: a second waits, then finds the first's files
+        # (refused without overwrite) or replaces the whole set; the sidecar is written last
+        with file_lock(folder, what=f"the export in {folder}", quiet=not progress):
+            check_target(folder, formats, overwrite)        # again: another export may have finished
+            files, hashes, external = _write_graphs(program, folder, formats, external_over, begin, len(steps))
+            notes = [n for n in (search_note(det),) if n]
+            stored = graph.search if graph.context is None else graph.context   # the whole rows, held once
+            entries, dim = stored.shape
+            bank = {"entries": int(entries), "dim": int(dim), "dtype": graph.bank_dtype,
+                    "bytes": int(stored.bank.numel() * stored.bank.element_size()),
+                    "block_rows": graph.search.bank_chunk}
+            data = build_sidecar(det, version=__version__, outputs=OUTPUTS, formats=formats, bank=bank,
+                                 external_data=external and "onnx" in formats, notes=notes)
+            data.update(files=files, graph_sha256=hashes, category=category)
+            write_sidecar(folder, data)
     return data

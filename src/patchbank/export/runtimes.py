@@ -2,6 +2,11 @@
 
 A :class:`Runtime` is built from an export folder and its checked sidecar and runs the graph:
 ``run(x [B, 3, H, W] float32) -> the graph's outputs`` (numpy, in the sidecar's output order).
+Before loading, it checks the files it reads against the sidecar's sha256
+(:meth:`Runtime.open_graph`, which keeps the hashes as ``graph_sha256``); after, the graph's one
+input must be :data:`~patchbank.export.sidecar.INPUT_NAME` ``[batch, 3, H, W]`` at the sidecar's
+``input_size`` (:func:`check_input`) and its outputs :data:`~patchbank.export.graph.OUTPUTS`
+(:func:`check_outputs`); anything else is one line.
 :data:`RUNTIMES` maps a name to its class (:func:`register_runtime`); :class:`ExportedModel` is
 the one user of it and gives :meth:`Detector.predict <patchbank.detector.Detector.predict>`'s
 results: the images are read and preprocessed by the torch path's own
@@ -34,8 +39,9 @@ import torch
 from patchbank.errors import PatchbankError
 from patchbank.export.graph import OUTPUTS
 from patchbank.export.openvino_writer import import_openvino
-from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, read_sidecar, sidecar_calibration, sidecar_config,
-                                      sidecar_path, write_threshold_override)
+from patchbank.export.sidecar import (GRAPH_FILES, INPUT_NAME, check_graph_files, read_sidecar, runtime_files,
+                                      sidecar_calibration, sidecar_config, sidecar_path,
+                                      write_threshold_override)
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
 from patchbank.io.train_shape import TrainShape
@@ -53,10 +59,21 @@ ONNX_UTF8 = "ONNX Runtime opens files by UTF-8 names only"
 class Runtime(ABC):
     """An exported graph loaded in one runtime: built as ``cls(folder, sidecar, threads=, hint=)``,
     ``run(x [B, 3, H, W] float32)`` -> the outputs in :data:`OUTPUTS` order; ``graph_format``:
-    the format of the graph file it read (a key of ``GRAPH_FILES``)."""
+    the format of the graph file it read (a key of ``GRAPH_FILES``); ``graph_sha256``: the
+    sha256 of the files it read, by name.  Every runtime opens its graph through
+    :meth:`open_graph`, which checks the files and sets both."""
 
     name = ""
     graph_format = ""
+    graph_sha256: dict[str, str]
+
+    def open_graph(self, folder: Path, sidecar: dict[str, Any], fmt: str) -> Path:
+        """The graph file of format ``fmt``, once the files a runtime reads for it (the graph and
+        its data file) match the sidecar's sha256 (:func:`~patchbank.export.sidecar.check_graph_files`);
+        sets ``graph_format`` and ``graph_sha256``."""
+        self.graph_format = fmt
+        self.graph_sha256 = check_graph_files(folder, sidecar, runtime_files(sidecar, fmt))
+        return folder / GRAPH_FILES[fmt]
 
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -93,19 +110,17 @@ class OnnxRuntime(Runtime):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         check_utf8_name(folder.absolute(), "ONNX export folder path", ONNX_UTF8)
+        path = self.open_graph(folder, sidecar, "onnx")
         try:
-            self.session = ort.InferenceSession(str(folder / GRAPH_FILES["onnx"]), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:   # onnxruntime raises its own Fail/InvalidGraph types
-            raise PatchbankError(f"ONNX Runtime cannot load {folder / GRAPH_FILES['onnx']} "
-                                 f"({' '.join(str(exc).split())[:300]})") from None
-        names = [o.name for o in self.session.get_outputs()]
-        check_outputs(names, folder)
-        self.input = sidecar["input"]
-        self.graph_format = "onnx"
+            raise PatchbankError(f"ONNX Runtime cannot load {path} ({' '.join(str(exc).split())[:300]})") from None
+        check_input([(i.name, [d if isinstance(d, int) else None for d in i.shape])
+                     for i in self.session.get_inputs()], path, sidecar)
+        check_outputs([o.name for o in self.session.get_outputs()], folder)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input: x})
+        return self.session.run(None, {INPUT_NAME: x})
 
 
 class OpenVinoRuntime(Runtime):
@@ -119,8 +134,7 @@ class OpenVinoRuntime(Runtime):
         hint = (hint or "LATENCY").upper()
         if hint not in HINTS:
             raise PatchbankError(f"OpenVINO performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
-        fmt = self.graph_format = "openvino" if "openvino" in sidecar["formats"] else "onnx"
-        path = folder / GRAPH_FILES[fmt]
+        path = self.open_graph(folder, sidecar, "openvino" if "openvino" in sidecar["formats"] else "onnx")
         props = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             props["INFERENCE_NUM_THREADS"] = int(threads)
@@ -129,6 +143,9 @@ class OpenVinoRuntime(Runtime):
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", props)
         except Exception as exc:   # OpenVINO raises RuntimeError with multi-line messages
             raise PatchbankError(f"OpenVINO cannot load {path} ({' '.join(str(exc).split())[:300]})") from None
+        check_input([(_ov_name(i, (INPUT_NAME,)), [d.get_length() if d.is_static else None
+                                                     for d in i.get_partial_shape()])
+                     for i in self.compiled.inputs], path, sidecar)
         self.outputs = list(self.compiled.outputs)
         check_outputs([_ov_name(o, OUTPUTS) for o in self.outputs], folder)
         self.requests = [self.compiled.create_infer_request()
@@ -152,6 +169,21 @@ def _ov_name(output, wanted: tuple[str, ...]) -> str:
     """The name of an OpenVINO output among ``wanted`` (a tensor may carry several names)."""
     names = output.get_names()
     return next((n for n in wanted if n in names), output.get_any_name())
+
+
+def check_input(inputs: list[tuple[str, list[int | None]]], graph: Path, sidecar: dict[str, Any]) -> None:
+    """Refuse a graph whose inputs (name, shape with None for a dynamic size) are not the one
+    :data:`~patchbank.export.sidecar.INPUT_NAME` ``[batch, 3, H, W]`` at the sidecar's
+    ``input_size`` (H, W) (one line)."""
+    want = [(INPUT_NAME, [None, 3, *sidecar["input_size"]])]
+    if inputs != want:
+        raise PatchbankError(f"{graph}: the graph reads {_shown_inputs(inputs) or 'no input'}, the sidecar's "
+                             f"input is {_shown_inputs(want)} (input_size); export again")
+
+
+def _shown_inputs(inputs: list[tuple[str, list[int | None]]]) -> str:
+    """``images [batch, 3, 96, 96]``, comma-separated."""
+    return ", ".join(f"{name} [{', '.join('batch' if d is None else str(d) for d in dims)}]" for name, dims in inputs)
 
 
 def check_outputs(names: list[str], folder: Path) -> None:
@@ -192,8 +224,9 @@ class ExportedModel:
     """An export folder run by one runtime, predicting like a :class:`Detector`.
 
     ``config`` (the model's configuration, from the sidecar), ``sidecar``, ``runtime``,
-    ``calibration_`` and the Detector's operating-point API (``threshold_``,
-    ``calibrated_threshold_``, :meth:`set_threshold`, :meth:`map_level`, :meth:`heatmap_range`);
+    ``graph_sha256_`` (the files the runtime read, checked against the sidecar), ``calibration_``
+    and the Detector's operating-point API (``threshold_``, ``calibrated_threshold_``,
+    :meth:`set_threshold`, :meth:`map_level`, :meth:`heatmap_range`);
     :meth:`predict` returns the :class:`Prediction` list ``Detector.predict`` would (up to the
     runtime's float rounding), with ``last_timings_`` per step.
     """
@@ -252,10 +285,11 @@ class ExportedModel:
         self.sidecar = dict(self.sidecar, threshold_override=moved)
         return path
 
-    def graph_files(self) -> list[Path]:
-        """The files the runtime reads: its graph and, when there is one, the graph's data file."""
-        fmt = self.runtime.graph_format
-        return [p for p in (self.folder / GRAPH_FILES[fmt], self.folder / DATA_FILES[fmt]) if p.is_file()]
+    @property
+    def graph_sha256_(self) -> dict[str, str]:
+        """The sha256 of the files the runtime read (its graph and, when there is one, the
+        graph's data file), by name: hashed once on load and checked against the sidecar's."""
+        return dict(self.runtime.graph_sha256)
 
     def info(self) -> dict[str, Any]:
         """The keys of :meth:`Detector.info <patchbank.detector.Detector.info>` an export knows

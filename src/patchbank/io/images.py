@@ -107,8 +107,10 @@ def one_line(text: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def _scan(folder: Path) -> tuple[list[Path], list[str]]:
-    """(image files, names of the other entries: ``sub/`` for a folder), both sorted."""
+    """(image files, names of the other entries: ``sub/`` for a folder), both sorted; an entry
+    with an image extension that cannot be read is an error (:func:`refuse_unreadable`)."""
     entries = sorted(folder.iterdir())
+    refuse_unreadable(entries)
     files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     used = set(files)
     skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in used]
@@ -126,11 +128,24 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     entry is skipped with one ``UserWarning`` naming how many and the first few."""
     folder = Path(folder)
     files, skipped = _scan(folder)
-    _warn_skipped(folder, skipped)
+    warn_skipped(folder, skipped)
     return files
 
 
-def _warn_skipped(folder: Path, skipped: Sequence[str]) -> None:
+def refuse_unreadable(entries: Sequence[Path]) -> None:
+    """Raise for the first of a folder's ``entries`` that has an image extension but is neither
+    a regular file nor a folder (a broken link, a loop of links, a FIFO): a file with an image
+    extension is never skipped.  The reason is :func:`not_an_input`'s, as for such a path given
+    directly."""
+    bad = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_file() and not p.is_dir()]
+    if bad:
+        more = f" (and {len(bad) - 1} more such entries)" if len(bad) > 1 else ""
+        raise PatchbankError(f"{not_an_input(bad[0])}{more}")
+
+
+def warn_skipped(folder: Path, skipped: Sequence[str]) -> None:
+    """One ``UserWarning`` for ``folder`` naming how many entries were skipped as not images,
+    and the first few."""
     if skipped:
         warnings.warn(f"{folder}: skipped {_skipped_text(skipped)} "
                       f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})", UserWarning, stacklevel=3)
@@ -149,7 +164,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         others = f"; it holds {_skipped_text(skipped)}" if skipped else ""
         raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}{others}")
-    _warn_skipped(folder, skipped)
+    warn_skipped(folder, skipped)
     return files
 
 

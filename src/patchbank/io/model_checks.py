@@ -33,7 +33,8 @@ from patchbank.io.train_shape import header_problem
 from patchbank.linalg import all_finite
 from patchbank.runtime.environment import RECORD_RULE, is_library_record
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: a sha256 digest as patchbank records it (64 lower-case hex digits; use ``fullmatch``)
+SHA256 = re.compile(r"[0-9a-f]{64}")
 _CATEGORY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 N_DESCRIPTORS = 3   # the map descriptor phi(S) = [std, top-1% mean, TV] (pipeline.structure)
 _FIXED_TENSORS = ("bank", "calibration_base_scores", "calibration_descriptors", "calibration_images",
@@ -106,7 +107,10 @@ def _tensor(tensors: dict, name: str, where: str, dtypes: tuple[torch.dtype, ...
 
 
 # ---------------------------------------------------------------------------------- the header
-def check_header_weights(meta: dict[str, Any], where: str) -> None:
+WEIGHTS_HINT = "pass them explicitly (--weights FILE / weights=FILE)"
+
+
+def check_header_weights(meta: dict[str, Any], where: str, hint: str = WEIGHTS_HINT) -> None:
     """Refuse a header that names its own backbone weights.
 
     ``config.weights`` in a model header must be None (the backbone's packaged or standard
@@ -114,17 +118,18 @@ def check_header_weights(meta: dict[str, Any], where: str) -> None:
     weights given explicitly by the caller (``Detector.load(path, weights=...)``, ``--weights``),
     so a file can never point the loader at an arbitrary file or a download.  Callers that were
     given ``weights`` skip this check (``check_model_state(..., weights_given=True)``).
+    ``hint`` ends the message: what the reader of this kind of file does instead.
     """
     cfg = meta.get("config") if isinstance(meta, dict) else None
     weights = cfg.get("weights") if isinstance(cfg, dict) else None
     if weights is not None:
         raise _fail(where, "config.weights", f"is {weights!r}: a model file may not choose its "
-                    f"backbone weights; pass them explicitly (--weights FILE / weights=FILE)")
+                    f"backbone weights; {hint}")
 
 
 def _check_sha256(meta: dict, where: str) -> None:
     sha = meta.get("backbone_sha256")
-    if not isinstance(sha, str) or not _SHA256.match(sha):
+    if not isinstance(sha, str) or not SHA256.fullmatch(sha):
         raise _fail(where, "backbone_sha256", f"must be the 64-hex-digit sha256 of the backbone "
                     f"weights, got {sha!r} (models fit with random weights cannot be loaded)")
 

@@ -18,6 +18,12 @@
   can hold a lock for the run's lifetime (``hold_lock=True``); an empty placeholder whose lock
   nobody holds was left by a run that died and is taken over.
 
+* :func:`check_path_given`: an empty path (``""``, usually an unset shell variable) is refused;
+  ``Path("")`` is the current folder, so it would read or write there.
+* :func:`check_not_inputs`: no output file of a run may be one of the files the run reads (the
+  same real path, links and relative paths resolved): writing it would destroy that input.
+  Every command calls it before any work, also with ``--overwrite``.
+
 * :func:`check_utf8_name`: a name that an output file will hold (CSV, JSON, Markdown are UTF-8),
   or a path a library opens only by a UTF-8 name (safetensors), must be valid UTF-8; a file or
   folder name holding other bytes is refused before the work, its bytes shown.
@@ -35,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from patchbank.errors import PatchbankError
 
@@ -71,6 +77,41 @@ def check_utf8_name(name: str | os.PathLike, what: str, why: str) -> None:
     except UnicodeEncodeError:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
         raise PatchbankError(f"{what} is not valid UTF-8: {shown} ({why}); rename it") from None
+
+
+def check_path_given(path: str | os.PathLike, what: str) -> None:
+    """Raise a one-line :class:`PatchbankError` when ``path`` is empty: ``Path("")`` means the
+    current folder, so an empty argument would read (or write) there.  ``what`` names it
+    ("an input path", "'-o' / '--output'")."""
+    if not os.fspath(path):
+        raise PatchbankError(f'{what} is empty (""): give a file or folder name (an empty argument '
+                             f'is usually an unset shell variable)')
+
+
+def check_not_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise a one-line :class:`PatchbankError` naming both paths when one of ``outputs`` is one
+    of ``inputs``: the same real path (``os.path.realpath``: links, ``..`` and relative paths
+    resolved), so writing the output would replace, and destroy, a file the run reads.  Called
+    before any work, whatever ``--overwrite`` says."""
+    real: dict[str, str | os.PathLike] = {}
+    for p in inputs:
+        real.setdefault(os.path.realpath(p), p)
+    for out in outputs:
+        hit = real.get(os.path.realpath(out))
+        if hit is not None:
+            raise PatchbankError(f"the output {out} is the input {hit} (the same file): writing it "
+                                 f"would destroy that input; choose another output path")
+
+
+def remove_previous(paths: Iterable[Path]) -> None:
+    """Remove a previous run's result files (those that exist) before a run that replaces them
+    (``--overwrite``) writes anything else, so that a run stopped part-way leaves no old table
+    beside new heatmaps to be read as one run; a file that cannot be removed is a one-line error."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise PatchbankError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
 def is_writable_folder(folder: Path) -> bool:

@@ -33,38 +33,35 @@ from typing import Any, Callable
 import numpy as np
 
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import check_utf8_name
+from patchbank.io.output_files import check_path_given, check_utf8_name
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
-    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively, except
-    those inside hidden folders (``.ipynb_checkpoints``: skipped with a warning counting them).
+    sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively
+    (:func:`nested_images`).
 
-    Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
-    how many.
+    In a folder (flat or nested) anything without an image extension is skipped with one
+    warning naming how many and the first few; an entry WITH an image extension is never
+    skipped: one that cannot be read (a broken link, a loop of links, a FIFO) is an error
+    naming it, as when it is given directly.  Duplicates (same resolved path) are dropped,
+    first occurrence kept, with a warning saying how many.
 
     Raises:
-        PatchbankError: a missing input, or a folder without images.
+        PatchbankError: an empty, missing or unreadable input, a folder without images, or an
+            unreadable entry with an image extension in a folder.
     """
-    from patchbank.io.images import IMAGE_EXTENSIONS, list_images, not_an_input
+    from patchbank.io.images import list_images, not_an_input
 
     paths: list[Path] = []
     for raw in inputs:
+        check_path_given(raw, "an input path")
         p = Path(raw)
         if p.is_dir():
-            direct = [c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
-            if direct:
+            if any(_is_image_file(c) for c in p.iterdir()):
                 paths.extend(list_images(p))
             else:
-                found = [c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
-                nested = sorted(c for c in found if not _hidden(c.relative_to(p)))
-                if len(nested) < len(found):     # .ipynb_checkpoints copies and the like
-                    warnings.warn(f"{p}: skipped {len(found) - len(nested)} image(s) inside hidden "
-                                  f"folders (names starting with '.')")
-                if not nested:
-                    raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {p}")
-                paths.extend(nested)
+                paths.extend(nested_images(p))
         elif p.is_file():
             paths.append(p)
         else:
@@ -72,9 +69,50 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     return check_names(unique_paths(paths))
 
 
+def _is_image_file(p: Path) -> bool:
+    """A regular file (or a link to one) with an image extension."""
+    from patchbank.io.images import IMAGE_EXTENSIONS
+
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def nested_images(folder: Path) -> list[Path]:
+    """The images of every sub-folder of ``folder``, recursively, sorted, except those inside
+    hidden folders (``.ipynb_checkpoints``: skipped with a warning counting them).
+
+    Every other entry that is not a folder (``notes.txt``), and a link to a folder (not walked),
+    is skipped with ONE warning for ``folder`` naming how many and the first few (as
+    :func:`~patchbank.io.images.list_images` warns for a flat folder); an unreadable entry with
+    an image extension is an error (:func:`~patchbank.io.images.refuse_unreadable`).
+
+    Raises:
+        PatchbankError: an unreadable entry with an image extension, or no image at all.
+    """
+    from patchbank.io.images import IMAGE_EXTENSIONS, refuse_unreadable, warn_skipped
+
+    entries = sorted(folder.rglob("*"))
+    visible = [c for c in entries if not _hidden(c.relative_to(folder))]
+    hidden_images = sum(_is_image_file(c) for c in entries) - sum(_is_image_file(c) for c in visible)
+    if hidden_images:     # .ipynb_checkpoints copies and the like
+        warnings.warn(f"{folder}: skipped {hidden_images} image(s) inside hidden folders "
+                      f"(names starting with '.')")
+    refuse_unreadable(visible)
+    images = [c for c in visible if _is_image_file(c)]
+    if not images:
+        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    warn_skipped(folder, [_skipped_name(c, folder) for c in visible
+                           if not _is_image_file(c) and (c.is_symlink() or not c.is_dir())])
+    return images
+
+
 def _hidden(relative: Path) -> bool:
     """Whether a path below an input folder passes through a hidden folder."""
     return any(part.startswith(".") for part in relative.parts[:-1])
+
+
+def _skipped_name(entry: Path, folder: Path) -> str:
+    """How a skipped entry is named in the warning: its path below ``folder``, ``/`` after a folder."""
+    return entry.relative_to(folder).as_posix() + ("/" if entry.is_dir() else "")
 
 
 def check_names(paths: list[Path]) -> list[Path]:
@@ -104,20 +142,31 @@ def unique_paths(paths: list[Path]) -> list[Path]:
 
 
 def heatmap_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` per image; where stems collide (``test/good/000.png`` and
-    ``test/spot/000.png``) the parent folder names are prefixed: ``good_000.png``, ``spot_000.png``."""
+    """One distinct heatmap file name per image, decided by the whole list (deterministic: the
+    same list gives the same names, on every engine).
+
+    Each image's own name is ``<stem>.png``; where stems collide (``test/good/000.png`` and
+    ``test/spot/000.png``) the parent folder's name is prefixed: ``good_000.png``,
+    ``spot_000.png``.  Where own names still collide (``cam/frame.png``, ``cam/frame.jpg``) the
+    first keeps it and each later one gets the smallest ``_<k>`` suffix (k >= 1) that is no
+    image's own name and not given already (``cam_frame_2.png`` when an input
+    ``cam/cam_frame_1.png`` owns ``cam_frame_1.png``), so no two images share a heatmap file."""
     stems = [p.stem for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    names = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
-             for p, s in zip(paths, stems)]
-    used: dict[str, int] = {}
+    own = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
+           for p, s in zip(paths, stems)]
+    taken = set(own)
+    given: set[str] = set()
     out = []
-    for n in names:
-        k = used.get(n, 0)
-        used[n] = k + 1
-        out.append(f"{n}.png" if k == 0 else f"{n}_{k}.png")
+    for n in own:
+        name, k = n, 0
+        while name in given or (k and name in taken):
+            k += 1
+            name = f"{n}_{k}"
+        given.add(name)
+        out.append(f"{name}.png")
     return out
 
 

@@ -80,9 +80,9 @@ class ModelFile:
         """Save ``model`` (its thresholds included) over the file."""
         model.save(self.path, overwrite=True)
 
-    def graph_files(self, model) -> list[Path]:
+    def graph_sha256(self, model) -> dict[str, str]:
         """No graph files: the model file holds everything."""
-        return []
+        return {}
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,10 @@ class ExportFolder:
         """Record the model's current threshold in the sidecar."""
         model.save_threshold()
 
-    def graph_files(self, model: ExportedModel) -> list[Path]:
-        """The graph (and weights) files the runtime reads."""
-        return model.graph_files()
+    def graph_sha256(self, model: ExportedModel) -> dict[str, str]:
+        """The sha256 of the graph (and weights) files the runtime read, by name (hashed once, on
+        load, where they were checked against the sidecar's)."""
+        return model.graph_sha256_
 
 
 def model_source(spec: ModelSpec, runtime: str) -> ModelFile | ExportFolder:
@@ -183,8 +184,7 @@ def load_served(spec: ModelSpec, settings: ServeSettings) -> Served:
     of the wrong kind for the runtime, or unloadable)."""
     source = model_source(spec, settings.runtime)
     model = source.load(settings)
-    graphs = {p.name: file_sha256(p) for p in source.graph_files(model)}
-    return Served(spec, model, source, file_sha256(source.main), source.header(), graphs)
+    return Served(spec, model, source, file_sha256(source.main), source.header(), source.graph_sha256(model))
 
 
 class ModelRegistry:
