@@ -156,3 +156,15 @@ def seeded_weights_file(path, seed=0):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
+
+
+def dds_with_unknown_pixel_format() -> bytes:
+    """A DDS header whose pixel-format flags are 0: PIL's DDS plugin raises NotImplementedError
+    from ``Image.open`` (a format patchbank does not read; tests/test_bad_images.py, test_serve.py)."""
+    import struct
+
+    hdr = bytearray(128)
+    hdr[0:4] = b"DDS "
+    struct.pack_into("<7I", hdr, 4, 124, 0x1007, 48, 64, 0, 0, 0)
+    struct.pack_into("<2I", hdr, 76, 32, 0)
+    return bytes(hdr) + b"\0" * 64 * 48 * 4

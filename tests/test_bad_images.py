@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import dds_with_unknown_pixel_format
 from patchbank.errors import PatchbankError
 from patchbank.io import images
 from patchbank.io.images import as_items, list_images, open_rgb
@@ -257,15 +258,6 @@ def test_missing_file_folder_and_non_image_extension(tmp_path):
         rgb(tmp_path / "notes.txt")
 
 
-def _dds_with_unknown_pixel_format() -> bytes:
-    """A DDS header whose pixel-format flags are 0: PIL's DDS plugin raises NotImplementedError."""
-    hdr = bytearray(128)
-    hdr[0:4] = b"DDS "
-    struct.pack_into("<7I", hdr, 4, 124, 0x1007, 48, 64, 0, 0, 0)
-    struct.pack_into("<2I", hdr, 76, 32, 0)
-    return bytes(hdr) + b"\0" * 64 * 48 * 4
-
-
 def _other_format(fmt: str) -> bytes:
     import io
 
@@ -278,7 +270,7 @@ def _other_format(fmt: str) -> bytes:
     ("frame.tga", lambda: _other_format("TGA")),
     ("icon.ico", lambda: _other_format("ICO")),
     ("frame.png", lambda: _other_format("TGA")),     # the name does not decide: the content does
-    ("bad.dds", _dds_with_unknown_pixel_format),      # PIL: NotImplementedError from Image.open
+    ("bad.dds", dds_with_unknown_pixel_format),      # PIL: NotImplementedError from Image.open
 ])
 def test_formats_pil_knows_but_patchbank_does_not_read_are_refused(tmp_path, name, make):
     """Only the documented formats' plugins open a file or an upload (images.READ_FORMATS): a TGA

@@ -9,26 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import assert_one_line_error
-from patchbank.cli import cli
 from patchbank.io.synthetic import make_dataset
 
-SMALL = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--crop-size", "none"]
-QUIET = ["--threads", "1", "-q"]
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def one_line_error(result, *needles) -> str:
-    return assert_one_line_error(result.exit_code, result.stderr, *needles)
+from test_outputs import QUIET, SMALL, no_work, one_line_error, run  # noqa: F401  (no_work: a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +28,6 @@ def model(data, tmp_path_factory):
     r = run("fit", data / "train" / "good", "-o", path, *SMALL, *QUIET)
     assert r.exit_code == 0, r.output + r.stderr
     return path
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Any fit or model load fails loudly: the checks must come first."""
-    def boom(*a, **k):
-        raise AssertionError("the heavy work started before the path check")
-
-    monkeypatch.setattr("patchbank.detector.Detector.fit", boom)
-    monkeypatch.setattr("patchbank.multi.load_any", boom)
 
 
 def csv_rows(folder: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from conftest import assert_one_line_error, split_items, stripes_images
+from conftest import assert_one_line_error, dds_with_unknown_pixel_format, split_items, stripes_images
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -353,16 +353,6 @@ def test_put_threshold_of_a_multi_category_model(server, files, reference):
 # --------------------------------------------------------------------------------------------
 # bad requests: one-line 4xx, and the server goes on
 
-def _dds_with_unknown_pixel_format() -> bytes:
-    import struct
-
-    hdr = bytearray(128)
-    hdr[0:4] = b"DDS "
-    struct.pack_into("<7I", hdr, 4, 124, 0x1007, 48, 64, 0, 0, 0)
-    struct.pack_into("<2I", hdr, 76, 32, 0)
-    return bytes(hdr) + b"\0" * 64 * 48 * 4
-
-
 def _tga() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (80, 90, 100)).save(buf, "TGA")
@@ -418,7 +408,7 @@ BAD = {
     "repeated query option": (400, lambda f: dict(params=[("mask", "bogus"), ("mask", "png")],
                                                    files=_multipart(dict(list(f["part"].items())[:1])))),
     # formats PIL knows and patchbank does not read; a DDS header made PIL raise NotImplementedError (a 500)
-    "a DDS upload": (400, lambda f: dict(files=[("file", ("x.dds", _dds_with_unknown_pixel_format()))])),
+    "a DDS upload": (400, lambda f: dict(files=[("file", ("x.dds", dds_with_unknown_pixel_format()))])),
     "a TGA upload": (400, lambda f: dict(files=[("file", ("x.tga", _tga()))])),
 }
 
