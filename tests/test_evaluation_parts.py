@@ -89,7 +89,7 @@ def test_run_store_round_trip_and_refusals(tmp_path):
     assert store.load("a b", 3, config, "metrics") is None            # no file yet
     run = {"format": RUN_FORMAT, "config": config.to_dict(), "metrics": {"image_auroc": 0.5}}
     path = store.save("a b", 3, run)
-    assert path.name == run_file_name("a b", 3) == "a_b__seed3.json"
+    assert path.name == run_file_name("a b", 3) and path.name.startswith("a_b-") and path.name.endswith("__seed3.json")
     assert path.read_text().endswith("}\n") and not list(path.parent.glob("*.tmp"))
     assert store.load("a b", 3, config, "metrics") == run
     assert store.load("a b", 3, config.replace(kappa=1.0), "metrics") is None   # other config
@@ -102,6 +102,32 @@ def test_run_store_round_trip_and_refusals(tmp_path):
     assert store.load("d", 0, config, "data")["data"] == {"x": [1]}
     (tmp_path / "runs" / "e__seed0.json").write_text("{not json")
     assert store.load("e", 0, config, "metrics") is None
+
+
+def test_two_categories_never_share_a_run_file():
+    """Session 29: "x y" and "x_y" (and any two non-Latin names of one length) mapped to one file,
+    so each resume recomputed one of them and the report showed the other's run."""
+    names = ["x y", "x_y", "x-y", "螺丝", "齿轮", "bottle", "metal_nut"]
+    files = [run_file_name(n, 0) for n in names]
+    assert len(set(files)) == len(names)
+    assert run_file_name("bottle", 0) == "bottle__seed0.json"     # plain names keep their files
+    assert run_file_name("metal_nut", 4) == "metal_nut__seed4.json"
+
+
+def test_a_stored_run_of_another_category_seed_device_or_weights_is_not_reused(tmp_path):
+    config = Config.preset("lmf-core", seed=0)
+    store = RunStore(tmp_path / "runs")
+    run = {"format": RUN_FORMAT, "category": "b", "seed": 0, "device": "cpu", "backbone_sha256": "a" * 64,
+           "config": config.to_dict(), "metrics": {"image_auroc": 0.5}}
+    store.save("a", 0, run)                          # a file holding another category's run
+    assert store.lookup("a", 0, config, "metrics") == (None, "category")
+    store.save("b", 0, run)
+    assert store.lookup("b", 0, config, "metrics", expect={"device": "cpu"})[1] == ""
+    assert store.lookup("b", 0, config, "metrics", expect={"device": "cuda:0"}) == (None, "device")
+    assert store.lookup("b", 0, config, "metrics", expect={"backbone_sha256": "b" * 64}) == (None, "backbone_sha256")
+    old = {k: v for k, v in run.items() if k != "backbone_sha256"}   # written before the field
+    store.save("b", 0, old)
+    assert store.lookup("b", 0, config, "metrics", expect={"backbone_sha256": "b" * 64})[1] == ""
 
 
 @pytest.mark.parametrize("folder, category, payload", [
@@ -182,3 +208,20 @@ def test_empty_mask_is_refused_before_the_fit(tmp_path, monkeypatch):
     monkeypatch.setattr(Detector, "fit", lambda *a, **k: pytest.fail("fit ran before the mask check"))
     with pytest.raises(PatchbankError, match=r"000_mask\.png of defective image .*000\.png has no defect pixel"):
         evaluate(root, "lmf-core", {"backbone": "efficientnet_lite0"}, out_dir=tmp_path / "out", progress=False)
+
+
+def test_every_categorys_masks_are_checked_before_the_first_fit(tmp_path, monkeypatch):
+    """Session 29: a bad mask in the last category surfaced after every earlier category had
+    been fitted (and their runs saved with the new config, beside the old summary)."""
+    import shutil
+
+    from patchbank.detector import Detector
+    from patchbank.evaluation.runner import evaluate
+
+    first = make_dataset(tmp_path / "data" / "a", n_train=6, n_test_good=1, n_test_defect=1, size=64)
+    shutil.copytree(first, tmp_path / "data" / "z")
+    Image.fromarray(np.zeros((64, 64), np.uint8), "L").save(tmp_path / "data" / "z" / "ground_truth" / "spot" / "000_mask.png")
+    monkeypatch.setattr(Detector, "fit", lambda *a, **k: pytest.fail("a category was fitted before every mask was checked"))
+    with pytest.raises(PatchbankError, match=r"z.*000_mask\.png .*has no defect pixel"):
+        evaluate(tmp_path / "data", "lmf-core", {"backbone": "efficientnet_lite0"}, out_dir=tmp_path / "out",
+                 progress=False)

@@ -13,7 +13,9 @@ Runs also record the data they were computed on, ``"data_fingerprint"``
 (:func:`data_fingerprint`: a hash of the category's train, test and mask files -- paths relative
 to the category's folder, sizes, mtimes, labels -- plus the counts).  :meth:`RunStore.lookup`
 given a fingerprint reuses a run only when config AND fingerprint match; a run file without a
-fingerprint (written before fingerprints existed) does not match and is recomputed.
+fingerprint (written before fingerprints existed) does not match and is recomputed.  A run file
+holding another category or seed is not reused either, nor one whose recorded fields differ
+from what the caller expects (``evaluate``: the device, and the backbone weights' sha256).
 """
 from __future__ import annotations
 
@@ -32,8 +34,14 @@ RUN_FORMAT = 1
 
 
 def run_file_name(category: str, seed: int) -> str:
-    """``<category>__seed<seed>.json``, characters other than ``A-Za-z0-9_.-`` replaced by ``_``."""
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', category)}__seed{seed}.json"
+    """``<category>__seed<seed>.json``; a name with characters other than ``A-Za-z0-9_.-`` has
+    them replaced by ``_`` and the first 8 hex digits of its UTF-8 sha256 appended
+    (``x_y-1a2b3c4d__seed0.json``), so that two categories never share a file ("x y" and "x_y",
+    or two non-Latin names of one length, did)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", category)
+    if safe != category:
+        safe += "-" + hashlib.sha256(category.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe}__seed{seed}.json"
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -80,14 +88,15 @@ class RunStore:
         return self.folder / run_file_name(category, seed)
 
     def load(self, category: str, seed: int, config: Config, payload: str,
-             fingerprint: dict[str, Any] | None = None) -> dict[str, Any] | None:
+             fingerprint: dict[str, Any] | None = None, expect: dict[str, Any] | None = None
+             ) -> dict[str, Any] | None:
         """The stored run if it is complete and was made with ``config`` (and, when given, on the
-        data of ``fingerprint``); else None.
+        data of ``fingerprint``, with ``expect``'s recorded fields); else None.
 
         Args:
             payload: the key that must hold an object (``"metrics"``, ``"data"``).
         """
-        return self.lookup(category, seed, config, payload, fingerprint)[0]
+        return self.lookup(category, seed, config, payload, fingerprint, expect)[0]
 
     @staticmethod
     def _same_config(stored, config: Config) -> bool:
@@ -99,11 +108,14 @@ class RunStore:
             return False
 
     def lookup(self, category: str, seed: int, config: Config, payload: str,
-               fingerprint: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+               fingerprint: dict[str, Any] | None = None, expect: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any] | None, str]:
         """``(run, "")`` for a usable stored run, else ``(None, why)`` with ``why`` one of
         ``"missing"``, ``"unreadable"`` (not this format, or no ``payload`` object), ``"config"``
-        (another configuration), ``"no fingerprint"`` (an old run file, when ``fingerprint`` is
-        given) or ``"data changed"`` (another fingerprint)."""
+        (another configuration), ``"category"`` / ``"seed"`` (the file holds another run),
+        ``"no fingerprint"`` (an old run file, when ``fingerprint`` is given), ``"data changed"``
+        (another fingerprint), or a key of ``expect`` whose recorded value differs (``"device"``,
+        ``"backbone_sha256"``: runs written before a key was recorded are not compared on it)."""
         path = self.path(category, seed)
         if not path.exists():
             return None, "missing"
@@ -117,6 +129,12 @@ class RunStore:
             return None, "unreadable"
         if not self._same_config(data.get("config"), config):
             return None, "config"
+        for key, want in {"category": category, "seed": seed}.items():
+            if key in data and data[key] != want:
+                return None, key
+        for key, want in (expect or {}).items():
+            if key in data and data[key] != want:
+                return None, key
         if fingerprint is not None:
             stored = data.get("data_fingerprint")
             if not isinstance(stored, dict):

@@ -81,6 +81,11 @@ class _BackboneCache:
         self.key, self.backbone = key, det.backbone  # loads it when not shared
         return det
 
+    def weights_sha256(self, config: Config, device: str) -> str | None:
+        """The sha256 of the weights ``config``'s backbone loads (None: random), loading and
+        caching the backbone: a stored run of other weights (the file rewritten) is not reused."""
+        return self.detector(config, device, progress=False).backbone.weights_sha256
+
 
 def run_category(category: Category, config: Config, *, device: str = "cpu", progress: bool = True,
                  backbones: _BackboneCache | None = None) -> dict[str, Any]:
@@ -125,6 +130,7 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     metrics["fit_s"] = fit_s
     metrics["ms_per_img"] = 1000.0 * pred_s / max(1, len(category.test))
     return {"metrics": {k: (None if metrics[k] is None else float(metrics[k])) for k in METRICS},
+            "backbone_sha256": det.backbone_sha256_,
             "images": image_records(category, preds, float(det.threshold_)),
             "input": {"image_size": list(det.config.image_size),
                       "crop_size": None if det.config.crop_size is None else list(det.config.crop_size),
@@ -163,6 +169,7 @@ def _run_record(cat: Category, seed: int, config: Config, result: dict[str, Any]
         "patchbank_version": __version__, "device": context["device"],
         "n_train": len(cat.train), "n_test": len(cat.test), "n_defective": cat.n_defective,
         "data_fingerprint": context["fingerprints"][cat.name],
+        "backbone_sha256": result.get("backbone_sha256"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metrics": result["metrics"],
         "input": result["input"], "images": result["images"],
     }
@@ -181,17 +188,26 @@ def _with_defect_types(run: dict[str, Any], cat: Category) -> dict[str, Any]:
 
 
 _WHY = {"data changed": "was computed on different data (files, sizes or dates changed)",
-        "no fingerprint": "records no data fingerprint (an older run file)"}
+        "no fingerprint": "records no data fingerprint (an older run file)",
+        "category": "holds another category's run", "seed": "holds another seed's run",
+        "device": "was computed on another device (its timings and float rounding are that device's)",
+        "backbone_sha256": "was computed with other backbone weights (the weights file changed)"}
 
 
 def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[int, Config],
-                 store: RunStore, resume: bool, fingerprints: dict[str, Any]) -> dict[tuple[str, int], Any]:
-    """The reusable stored run per (category, seed) (None where it must be computed).  Prints
-    ``reusing N stored runs from DIR`` and each run recomputed because of its data on stderr."""
+                 store: RunStore, resume: bool, fingerprints: dict[str, Any], device: str,
+                 backbones: _BackboneCache) -> dict[tuple[str, int], Any]:
+    """The reusable stored run per (category, seed) (None where it must be computed): the same
+    config, data, device and backbone weights (whose sha256 is read only when a run file is
+    there to compare).  Prints ``reusing N stored runs from DIR`` and each run recomputed
+    because of its data, device or weights on stderr."""
     stored: dict[tuple[str, int], Any] = {}
     for cat in cats:
         for seed in seeds:
-            run, why = (store.lookup(cat.name, seed, configs[seed], "metrics", fingerprints[cat.name])
+            expect = {"device": str(device)}
+            if resume and store.path(cat.name, seed).exists():
+                expect["backbone_sha256"] = backbones.weights_sha256(configs[seed], device)
+            run, why = (store.lookup(cat.name, seed, configs[seed], "metrics", fingerprints[cat.name], expect)
                         if resume else (None, "no resume"))
             stored[cat.name, seed] = run
             if why in _WHY:
@@ -248,6 +264,8 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     if isinstance(categories, str):
         categories = [c for c in categories.split(",") if c.strip()]
     cats = load_categories(root, categories, kind)
+    for cat in cats:            # every category's masks before the first fit, not before its own
+        check_mask_sizes(cat)
     check_output_folder(out_dir, need_bytes=MIN_FREE_BYTES)
     out = out_folder(out_dir, "runs")
     if command is None:
@@ -259,7 +277,7 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
                "device": str(device), "fingerprints": fingerprints,
                "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}}
     store, backbones = RunStore(out / "runs"), _BackboneCache()
-    stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints)
+    stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints, device, backbones)
     todo = [(cat, configs[seed]) for cat in cats for seed in seeds if stored[cat.name, seed] is None]
     computed = iter(map_runs(todo)) if map_runs is not None else None
     runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
