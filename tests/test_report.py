@@ -507,3 +507,24 @@ def test_a_frame_flagged_as_a_whole_says_so_on_its_card(predict_dir, tmp_path):
     page = Elements(write_report(pred).read_text(encoding="utf-8"))
     whole = page.texts("div", "whole")
     assert len(whole) == 1 and "flagged as a whole" in whole[0]
+
+
+def test_a_run_of_another_configuration_than_the_summary_is_marked_not_mixed_in(evaluate_dir, tmp_path):
+    """Session 29: after an evaluation that failed part-way (a category re-fitted with a new
+    configuration, then an error), summary.json and a run file disagreed, and the page showed
+    the summary's table beside the other run's curves without a word."""
+    from patchbank.report.results import NOT_THE_SUMMARYS
+
+    out = tmp_path / "mixed"
+    shutil.copytree(evaluate_dir, out)
+    (out / "report.html").unlink(missing_ok=True)
+    target = out / "runs" / "alpha__seed0.json"
+    run = json.loads(target.read_text())
+    run["config"] = dict(run["config"], image_size=[32, 32])
+    target.write_text(json.dumps(run))
+    page = Elements(build_report(out))
+    assert NOT_THE_SUMMARYS in page.texts("p", "problem")
+    moved = out / "runs" / "beta__seed1.json"                      # a file holding another run
+    moved.write_text((out / "runs" / "beta__seed0.json").read_text())
+    page = Elements(build_report(out))
+    assert any("holds the run of 'beta' seed 0, not this one" in t for t in page.texts("p", "problem"))

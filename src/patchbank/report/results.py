@@ -173,19 +173,37 @@ def read_evaluate(folder: Path) -> EvaluateResults:
     for cat, entry in summary["categories"].items():
         if not isinstance(entry, dict) or not all(isinstance(v, dict) for v in entry.values()):
             raise PatchbankError(f"{path}: category {cat!r} is not an object of {{mean, std}} entries")
-    runs = [read_run(folder / "runs" / run_file_name(cat, seed), cat, seed)
+    runs = [read_run(folder / "runs" / run_file_name(cat, seed), cat, seed, summary.get("config"))
             for cat in summary["categories"] for seed in summary["seeds"]]
     return EvaluateResults(folder, summary, runs)
 
 
-def read_run(path: Path, category: str, seed: int) -> EvaluateRun:
-    """One run file: missing -> a run with a ``problem``; corrupt -> an error; without
-    ``images`` -> a run with :data:`NO_IMAGES` as its problem."""
+#: A run that is not the summary's (an evaluation stopped part-way, then a report).
+NOT_THE_SUMMARYS = ("the run file was computed with another configuration than summary.json (an "
+                    "evaluation that stopped part-way?); its numbers are not the table's: run "
+                    "patchbank evaluate again")
+
+
+def _seedless(config: Any) -> Any:
+    """A config dict without its seed (a summary records the first seed's config)."""
+    return {k: v for k, v in config.items() if k != "seed"} if isinstance(config, dict) else config
+
+
+def read_run(path: Path, category: str, seed: int, config: dict[str, Any] | None = None) -> EvaluateRun:
+    """One run file: missing -> a run with a ``problem``; corrupt -> an error; holding another
+    category or seed, or (``config``: the summary's) another configuration than the summary's
+    seed aside -> a run with that ``problem`` (:data:`NOT_THE_SUMMARYS`); without ``images`` ->
+    a run with :data:`NO_IMAGES` as its problem."""
     if not path.exists():
         return EvaluateRun(category, seed, path, None, f"run file {path} is missing")
     run = read_json(path, "run file")
     if not isinstance(run, dict) or not isinstance(run.get("metrics"), dict):
         raise PatchbankError(f"{path} is not a patchbank run file (no 'metrics' object)")
+    if run.get("category", category) != category or run.get("seed", seed) != seed:
+        return EvaluateRun(category, seed, path, run, f"run file {path} holds the run of "
+                           f"{run.get('category')!r} seed {run.get('seed')!r}, not this one")
+    if config is not None and _seedless(run.get("config")) != _seedless(config):
+        return EvaluateRun(category, seed, path, run, NOT_THE_SUMMARYS)
     if "images" not in run:
         return EvaluateRun(category, seed, path, run, NO_IMAGES)
     _check_records(run["images"], IMAGE_KEYS, path, "images")
