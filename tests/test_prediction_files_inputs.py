@@ -34,11 +34,14 @@ def image(path: Path) -> Path:
      ["cam_frame_1.png", "cam_frame.png", "cam_frame_2.png"]),
     (["a/x.png", "a/x.jpg", "a/x.bmp", "b/a_x_1.png", "c/a_x_2.png"],
      ["a_x.png", "a_x_3.png", "a_x_4.png", "a_x_1.png", "a_x_2.png"]),
+    # names differing only in case are one file on a case-insensitive file system
+    (["cam/A.png", "cam/a.png"], ["cam_A.png", "cam_a_1.png"]),
+    (["x/A.png", "y/a.png"], ["x_A.png", "y_a.png"]),
 ])
 def test_heatmap_names_are_distinct_and_never_another_images_own_name(paths, expected):
     got = heatmap_names([Path(p) for p in paths])
     assert got == expected
-    assert len(set(got)) == len(got)
+    assert len({g.casefold() for g in got}) == len(got)      # distinct on any file system
     assert heatmap_names([Path(p) for p in paths]) == got      # deterministic
 
 

@@ -150,22 +150,24 @@ def heatmap_names(paths: list[Path]) -> list[str]:
     ``spot_000.png``.  Where own names still collide (``cam/frame.png``, ``cam/frame.jpg``) the
     first keeps it and each later one gets the smallest ``_<k>`` suffix (k >= 1) that is no
     image's own name and not given already (``cam_frame_2.png`` when an input
-    ``cam/cam_frame_1.png`` owns ``cam_frame_1.png``), so no two images share a heatmap file."""
+    ``cam/cam_frame_1.png`` owns ``cam_frame_1.png``), so no two images share a heatmap file.
+    Names are compared without case (``A.png`` and ``a.png`` are one file on the case-insensitive
+    file systems of macOS, Windows and exFAT drives)."""
     stems = [p.stem for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    own = [f"{p.parent.name}_{s}" if counts[s] > 1 and p.parent.name else s
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
+    own = [f"{p.parent.name}_{s}" if counts[s.casefold()] > 1 and p.parent.name else s
            for p, s in zip(paths, stems)]
-    taken = set(own)
+    taken = {n.casefold() for n in own}
     given: set[str] = set()
     out = []
     for n in own:
         name, k = n, 0
-        while name in given or (k and name in taken):
+        while name.casefold() in given or (k and name.casefold() in taken):
             k += 1
             name = f"{n}_{k}"
-        given.add(name)
+        given.add(name.casefold())
         out.append(f"{name}.png")
     return out
 
