@@ -11,23 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patchbank.io.synthetic import make_dataset
 
-from test_outputs import QUIET, SMALL, no_work, one_line_error, run  # noqa: F401  (no_work: a fixture)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("pathdata"), n_train=8, n_test_good=2,
-                        n_test_defect=1, size=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def model(data, tmp_path_factory):
-    path = tmp_path_factory.mktemp("pathmodel") / "m.patchbank"
-    r = run("fit", data / "train" / "good", "-o", path, *SMALL, *QUIET)
-    assert r.exit_code == 0, r.output + r.stderr
-    return path
+from test_outputs import QUIET, SMALL, data, model, no_work, one_line_error, run  # noqa: F401  (fixtures)
 
 
 def csv_rows(folder: Path) -> list[dict]:

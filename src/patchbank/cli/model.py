@@ -177,7 +177,7 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
         PatchbankError: a missing folder, a file, a bad or repeated category name.
     """
     from patchbank.io.datasets import read_dataset
-    from patchbank.io.images import IMAGE_EXTENSIONS, list_images
+    from patchbank.io.images import is_image_file, list_images
     from patchbank.multi import check_category_name
 
     out: dict[str, list[Path]] = {}
@@ -199,7 +199,7 @@ def training_categories(args: tuple[str, ...]) -> dict[str, list[Path]]:
             raise PatchbankError(f"training folder not found: {path}")
         if not path.is_dir():
             raise PatchbankError(f"not a folder: {path}")
-        has_images = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+        has_images = any(is_image_file(p) for p in path.iterdir())
         if has_images or sep or not any(p.is_dir() for p in path.iterdir()):
             put(name or path.name, list_images(path))   # (list_images names an empty folder)
         else:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from patchbank.errors import PatchbankError
-from patchbank.io.images import IMAGE_EXTENSIONS
+from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file
 from patchbank.io.prediction_files import check_names, expand_inputs, unique_paths
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -54,8 +54,7 @@ def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
 
 
 def _globbed(pattern: str) -> list[Path]:
-    found = sorted(Path(m) for m in glob.glob(pattern, recursive=True)
-                   if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS)
+    found = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if is_image_file(Path(m)))
     if not found:
         raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) match {pattern}")
     return found

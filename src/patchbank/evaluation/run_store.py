@@ -77,6 +77,15 @@ def data_fingerprint(category: Category) -> dict[str, Any]:
             "n_masks": sum(m is not None for m in category.masks)}
 
 
+def same_config(stored: Any, config: Config) -> bool:
+    """A stored config dict describes ``config``: fields added to Config after the run was
+    written take their defaults (the behaviour the run had); unreadable dicts never match."""
+    try:
+        return Config.from_dict(stored) == config
+    except (TypeError, ValueError):
+        return False
+
+
 class RunStore:
     """Run files of one output folder (``folder`` is created on the first :meth:`save`)."""
 
@@ -98,15 +107,6 @@ class RunStore:
         """
         return self.lookup(category, seed, config, payload, fingerprint, expect)[0]
 
-    @staticmethod
-    def _same_config(stored, config: Config) -> bool:
-        """A stored config dict describes ``config``: fields added to Config after the run was
-        written take their defaults (the behaviour the run had); unreadable dicts never match."""
-        try:
-            return Config.from_dict(stored) == config
-        except ValueError:
-            return False
-
     def lookup(self, category: str, seed: int, config: Config, payload: str,
                fingerprint: dict[str, Any] | None = None, expect: dict[str, Any] | None = None
                ) -> tuple[dict[str, Any] | None, str]:
@@ -127,12 +127,9 @@ class RunStore:
         if not isinstance(data, dict) or data.get("format") != RUN_FORMAT \
                 or not isinstance(data.get(payload), dict):
             return None, "unreadable"
-        if not self._same_config(data.get("config"), config):
+        if not same_config(data.get("config"), config):
             return None, "config"
-        for key, want in {"category": category, "seed": seed}.items():
-            if key in data and data[key] != want:
-                return None, key
-        for key, want in (expect or {}).items():
+        for key, want in {"category": category, "seed": seed, **(expect or {})}.items():
             if key in data and data[key] != want:
                 return None, key
         if fingerprint is not None:

@@ -164,8 +164,9 @@ def read_sidecar(folder: str | Path) -> dict[str, Any]:
         file = folder / name
         if not file.is_file():
             raise PatchbankError(f"{path}: lists {name} but {name} is missing; export again")
-        if file.stat().st_size != size:
-            raise PatchbankError(f"{file} is {file.stat().st_size} bytes, the sidecar says {size}; export again")
+        actual = file.stat().st_size
+        if actual != size:
+            raise PatchbankError(f"{file} is {actual} bytes, the sidecar says {size}; export again")
     return data
 
 

@@ -111,10 +111,15 @@ def _scan(folder: Path) -> tuple[list[Path], list[str]]:
     with an image extension that cannot be read is an error (:func:`refuse_unreadable`)."""
     entries = sorted(folder.iterdir())
     refuse_unreadable(entries)
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [p for p in entries if is_image_file(p)]
     used = set(files)
     skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in used]
     return files, skipped
+
+
+def is_image_file(p: Path) -> bool:
+    """A regular file (or a link to one) whose name ends in one of :data:`IMAGE_EXTENSIONS`."""
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _skipped_text(skipped: Sequence[str]) -> str:

@@ -51,14 +51,14 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
         PatchbankError: an empty, missing or unreadable input, a folder without images, or an
             unreadable entry with an image extension in a folder.
     """
-    from patchbank.io.images import list_images, not_an_input
+    from patchbank.io.images import is_image_file, list_images, not_an_input
 
     paths: list[Path] = []
     for raw in inputs:
         check_path_given(raw, "an input path")
         p = Path(raw)
         if p.is_dir():
-            if any(_is_image_file(c) for c in p.iterdir()):
+            if any(is_image_file(c) for c in p.iterdir()):
                 paths.extend(list_images(p))
             else:
                 paths.extend(nested_images(p))
@@ -67,13 +67,6 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
         else:
             raise PatchbankError(not_an_input(p))
     return check_names(unique_paths(paths))
-
-
-def _is_image_file(p: Path) -> bool:
-    """A regular file (or a link to one) with an image extension."""
-    from patchbank.io.images import IMAGE_EXTENSIONS
-
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def nested_images(folder: Path) -> list[Path]:
@@ -88,20 +81,20 @@ def nested_images(folder: Path) -> list[Path]:
     Raises:
         PatchbankError: an unreadable entry with an image extension, or no image at all.
     """
-    from patchbank.io.images import IMAGE_EXTENSIONS, refuse_unreadable, warn_skipped
+    from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file, refuse_unreadable, warn_skipped
 
     entries = sorted(folder.rglob("*"))
     visible = [c for c in entries if not _hidden(c.relative_to(folder))]
-    hidden_images = sum(_is_image_file(c) for c in entries) - sum(_is_image_file(c) for c in visible)
+    hidden_images = sum(is_image_file(c) for c in entries) - sum(is_image_file(c) for c in visible)
     if hidden_images:     # .ipynb_checkpoints copies and the like
         warnings.warn(f"{folder}: skipped {hidden_images} image(s) inside hidden folders "
                       f"(names starting with '.')")
     refuse_unreadable(visible)
-    images = [c for c in visible if _is_image_file(c)]
+    images = [c for c in visible if is_image_file(c)]
     if not images:
         raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     warn_skipped(folder, [_skipped_name(c, folder) for c in visible
-                           if not _is_image_file(c) and (c.is_symlink() or not c.is_dir())])
+                           if not is_image_file(c) and (c.is_symlink() or not c.is_dir())])
     return images
 
 

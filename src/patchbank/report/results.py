@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.evaluation.run_store import run_file_name
+from patchbank.evaluation.run_store import run_file_name, same_config
 
 PREDICTIONS = "predictions.json"
 SUMMARY = "summary.json"
@@ -184,9 +185,15 @@ NOT_THE_SUMMARYS = ("the run file was computed with another configuration than s
                     "patchbank evaluate again")
 
 
-def _seedless(config: Any) -> Any:
-    """A config dict without its seed (a summary records the first seed's config)."""
-    return {k: v for k, v in config.items() if k != "seed"} if isinstance(config, dict) else config
+def _summarys_config(stored: Any, summary_config: dict[str, Any], seed: int) -> bool:
+    """A run's config dict is the summary's (which is the first seed's) at the run's ``seed``,
+    compared as the resume compares them (:func:`~patchbank.evaluation.run_store.same_config`:
+    a field added to Config after a reused run was written takes its default)."""
+    try:
+        want = Config.from_dict(summary_config).replace(seed=seed)
+    except (TypeError, ValueError):
+        return False
+    return same_config(stored, want)
 
 
 def read_run(path: Path, category: str, seed: int, config: dict[str, Any] | None = None) -> EvaluateRun:
@@ -202,7 +209,7 @@ def read_run(path: Path, category: str, seed: int, config: dict[str, Any] | None
     if run.get("category", category) != category or run.get("seed", seed) != seed:
         return EvaluateRun(category, seed, path, run, f"run file {path} holds the run of "
                            f"{run.get('category')!r} seed {run.get('seed')!r}, not this one")
-    if config is not None and _seedless(run.get("config")) != _seedless(config):
+    if config is not None and not _summarys_config(run.get("config"), config, seed):
         return EvaluateRun(category, seed, path, run, NOT_THE_SUMMARYS)
     if "images" not in run:
         return EvaluateRun(category, seed, path, run, NO_IMAGES)

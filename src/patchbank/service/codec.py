@@ -32,7 +32,7 @@ from starlette.requests import Request
 from patchbank.io.images import decode_opened, open_bytes
 from patchbank.service.errors import ServiceError, bad_request, too_large, unsupported_media
 
-__all__ = ["Upload", "InferOptions", "OPTION_NAMES", "MASK_KINDS", "read_images", "parse_options",
+__all__ = ["Upload", "InferOptions", "OPTION_NAMES", "MASK_KINDS", "read_images", "parse_options", "query_params",
            "open_uploads", "decode_uploads", "media_type"]
 
 OPTION_NAMES = ("threshold", "category", "heatmap", "mask")
@@ -149,19 +149,29 @@ def _b64(text: str, name: str) -> bytes:
         raise bad_request(f"image {name}: bad base64 data ({exc})") from None
 
 
-def parse_options(query_items: Iterable[tuple[str, str]], fields: Mapping[str, Any]) -> InferOptions:
-    """The options from the query string's ``(name, value)`` pairs and the body's fields (400 for
-    a bad or unknown one, one repeated in the query string, or one given in both places with
-    different values)."""
+def query_params(items: Iterable[tuple[str, str]], names: tuple[str, ...]) -> dict[str, str]:
+    """A query string's ``(name, value)`` pairs as a dict: 400 for a name outside ``names`` or
+    one given twice (the last value would win silently), so a typo never passes as a request
+    that did not ask for it."""
     query: dict[str, str] = {}
-    for name, value in query_items:
+    for name, value in items:
+        if name not in names:
+            allowed = f"the parameters are {', '.join(names)}" if names else "it takes none"
+            raise bad_request(f"unknown query parameter {name!r}; {allowed}")
         if name in query:
-            raise bad_request(f"option {name!r} is given twice in the query string")
+            raise bad_request(f"query parameter {name!r} is given twice")
         query[name] = value
-    for where, names in (("query parameter", query.keys()), ("field", fields.keys())):
-        unknown = sorted(set(names) - set(OPTION_NAMES))
-        if unknown:
-            raise bad_request(f"unknown {where} {unknown[0]!r}; the options are {', '.join(OPTION_NAMES)}")
+    return query
+
+
+def parse_options(query_items: Iterable[tuple[str, str]], fields: Mapping[str, Any]) -> InferOptions:
+    """The options from the query string's ``(name, value)`` pairs (:func:`query_params`) and
+    the body's fields (400 for a bad or unknown one, or one given in both places with different
+    values)."""
+    query = query_params(query_items, OPTION_NAMES)
+    unknown = sorted(set(fields) - set(OPTION_NAMES))
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r}; the options are {', '.join(OPTION_NAMES)}")
     values = {}
     for name in OPTION_NAMES:
         given = [_option(name, src[name]) for src in (query, fields) if name in src]

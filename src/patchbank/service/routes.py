@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from patchbank.service.batching import DynamicBatcher
 from patchbank.service.cancellation import to_the_end, unless_client_gone
-from patchbank.service.codec import MASK_KINDS, decode_uploads, open_uploads, parse_options, read_images
-from patchbank.service.errors import bad_request
+from patchbank.service.codec import (MASK_KINDS, decode_uploads, open_uploads, parse_options, query_params,
+                                     read_images)
 from patchbank.service.pixel_budget import PixelBudget
 from patchbank.service.registry import ModelRegistry
 from patchbank.service.results import image_result
@@ -138,14 +138,14 @@ def build_router(state: ServiceState) -> APIRouter:
 
     @router.put("/models/{name}/threshold", summary="Move the threshold (persist: write the file)")
     def put_threshold(name: str, update: ThresholdUpdate, request: Request) -> dict[str, Any]:
-        _only_query(request, ())
+        query_params(request.query_params.multi_items(), ())   # it takes none
         registry.set_threshold(name, update.threshold, update.category, update.persist)
         return _describe(state, name)
 
     @router.delete("/models/{name}/threshold", summary="Back to the calibrated threshold")
     def reset_threshold(name: str, request: Request, category: str | None = Query(None),
                         persist: bool = Query(False)) -> dict[str, Any]:
-        _only_query(request, ("category", "persist"))
+        query_params(request.query_params.multi_items(), ("category", "persist"))
         registry.set_threshold(name, None, category, persist)
         return _describe(state, name)
 
@@ -171,20 +171,6 @@ async def _score(state: ServiceState, name: str, served, uploads, options, t0: f
         results = await to_the_end(asyncio.to_thread(encode, scored))
     return {"model": name, "n_images": len(results),
             "time_ms": round((time.perf_counter() - t0) * 1000.0, 3), "results": results}
-
-
-def _only_query(request: Request, names: tuple[str, ...]) -> None:
-    """400 for a query parameter other than ``names``, or one of them repeated: a request that
-    changes the model says exactly what it means (a typo such as ``persit=true`` does not pass
-    as a change that was not persisted)."""
-    seen = set()
-    for key, _ in request.query_params.multi_items():
-        if key not in names:
-            allowed = f"the parameters are {', '.join(names)}" if names else "it takes none"
-            raise bad_request(f"unknown query parameter {key!r}; {allowed}")
-        if key in seen:
-            raise bad_request(f"query parameter {key!r} is given twice")
-        seen.add(key)
 
 
 def _describe(state: ServiceState, name: str) -> dict[str, Any]:
