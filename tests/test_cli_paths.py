@@ -108,6 +108,38 @@ def test_an_overwrite_run_stopped_mid_heatmaps_leaves_no_mixed_set(model, tmp_pa
         one_line_error(run("report", out, "-q"), "holds neither predictions.json")
 
 
+def test_overwrite_removes_the_previous_runs_heatmaps_and_nothing_else(model, tmp_path):
+    """An ``--overwrite`` run over fewer images left the previous run's other heatmaps in
+    heatmaps/ beside the new table, read as this run's; they go now, files the previous table
+    did not name stay, and a table that cannot be read removes no heatmap (one warning)."""
+    out = tmp_path / "out"
+    noise_images(tmp_path / "three", ["a.png", "b.png", "c.png"], seed=6)
+    assert run("predict", model, tmp_path / "three", "-o", out, "--heatmaps", *QUIET).exit_code == 0
+    old = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert len(old) == 3
+    (out / "heatmaps" / "mine.png").write_bytes(b"a user's file")
+    (out / "notes.txt").write_text("kept")
+    noise_images(tmp_path / "one", ["d.png"], seed=7)
+    r = run("predict", model, tmp_path / "one", "-o", out, "--heatmaps", "--overwrite", *QUIET)
+    assert r.exit_code == 0, r.stderr
+    (row,) = csv_rows(out)
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted([Path(row["heatmap"]).name, "mine.png"])
+    assert (out / "heatmaps" / "mine.png").read_bytes() == b"a user's file"
+    assert (out / "notes.txt").read_text() == "kept"
+    # without heatmaps this time: the previous run's heatmap goes too, the user's file stays
+    assert run("predict", model, tmp_path / "one", "-o", out, "--overwrite", *QUIET).exit_code == 0
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["mine.png"]
+    # a table that cannot be read: a one-line warning, no heatmap removed, the run done
+    assert run("predict", model, tmp_path / "three", "-o", out, "--heatmaps", "--overwrite", *QUIET).exit_code == 0
+    (out / "predictions.json").write_text("{not json")
+    before = sorted(p.name for p in (out / "heatmaps").iterdir())
+    with pytest.warns(UserWarning, match="cannot read the previous run's table") as caught:
+        r = run("predict", model, tmp_path / "one", "-o", out, "--overwrite", *QUIET)
+    assert r.exit_code == 0, r.stderr
+    assert ["\n" in str(w.message) for w in caught] == [False]
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == before
+
+
 # ------------------------------------------------------------------ 4. an empty path
 
 EMPTY = [

@@ -7,6 +7,7 @@ is restarted and no image is lost or scored twice; fits and evaluation runs as R
 the local ones.
 """
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -435,5 +436,12 @@ def test_ray_outputs_are_never_its_inputs_and_overwrite_removes_the_old_tables_f
     out.mkdir()
     for name in FILES:
         (out / name).write_text("an earlier run")
+    # the previous run's heatmaps go with its tables (by the names its JSON gives), others stay
+    (out / "heatmaps").mkdir()
+    for name in ("a.png", "old.png", "mine.png"):
+        (out / "heatmaps" / name).write_bytes(b"x")
+    (out / "predictions.json").write_text(json.dumps({"predictions": [
+        {"path": "x.png", "heatmap": str(out / "heatmaps" / n)} for n in ("a.png", "old.png")]}))
     with ResultFiles(out, [out / "heatmaps" / "a.png"], overwrite=True, inputs=[src]):
         assert not any((out / name).exists() for name in FILES)
+        assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["mine.png"]

@@ -156,3 +156,39 @@ def test_info_shows_the_training_images_shapes(sized, tmp_path):
     save_model(tmp_path / "old.patchbank", det.state_tensors(), old)
     r = invoke_cli("info", tmp_path / "old.patchbank")
     assert "train images       8" in r.stdout.splitlines() and "train scale" not in r.stdout
+
+
+def test_a_fixed_shape_and_a_multi_category_model_flag_another_aspect(tmp_path):
+    """A model read at a fixed shape records its training images' shared H / W too (it did not:
+    ``aspect="fixed"`` and every multi-category model, whose categories share one input shape,
+    recorded none, so a camera turned by 90 degrees was never flagged)."""
+    from patchbank.multi import MultiDetector
+
+    wide = _save(tmp_path / "wide", [(64, 128)] * 6, seed=6)           # H / W 0.5
+    square = _save(tmp_path / "square", [(96, 96)] * 6, seed=7)
+    turned = _save(tmp_path / "turned", [(128, 64)], seed=8)           # H / W 2.0, size 90.5: in range
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        det = Detector.from_preset("patchbank", progress=False, aspect="fixed", **FAST).fit(wide)
+        multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=4, **FAST).fit(
+            {"wide": wide, "square": square})
+    assert det.config.image_size == (96, 96)            # read at the fixed shape, not reshaped
+    assert det.train_shape_.aspect == pytest.approx(0.5) and det.info()["train_aspect"] == pytest.approx(0.5)
+    assert multi.detectors_["wide"].train_shape_.aspect == pytest.approx(0.5)
+    assert multi.detectors_["square"].train_shape_.aspect == pytest.approx(1.0)
+    path = tmp_path / "multi.patchbank"
+    multi.save(path)
+    loaded = MultiDetector.load(path, progress=False)
+    assert loaded.detectors_["wide"].train_shape_ == multi.detectors_["wide"].train_shape_
+    for model, kwargs in ((det, {}), (loaded, {"category": "wide"})):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.predict(turned + [wide[0]], **kwargs)
+        (w,) = caught
+        assert str(w.message).startswith("1 of 2 images are unlike the training images in shape or size "
+                                         "(the first, 128 x 64 px: H / W 2.00 against 0.50)")
+    # the CLI's table of a multi-category model flags it per image
+    r = invoke_cli("predict", path, tmp_path / "turned", "-o", tmp_path / "out", "--category", "wide", "--quiet")
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        assert [row["other_shape"] for row in csv.DictReader(fh)] == ["1"]

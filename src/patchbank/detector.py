@@ -42,7 +42,7 @@ from patchbank.io.images import ImageStream, as_items, check_views, item_name, v
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
-from patchbank.io.train_shape import TrainShape, scale_range
+from patchbank.io.train_shape import TrainShape
 from patchbank.pipeline.bank import bank_searches, build_bank, stream_features
 from patchbank.pipeline.calibration import (calibrate, calibration_from_state, calibration_images,
                                             check_recorded, check_training_images)
@@ -178,7 +178,7 @@ class Detector:
         items = as_items(images)
         # aspect "auto": the input shape of these images (patchbank.io.aspect), resolved once;
         # it becomes self.config together with the fitted state below
-        cfg, aspect = self.input_config(items)
+        cfg, _ = self.input_config(items)
         extractor = self._new_extractor(cfg)
         extractor.check_input(cfg.network_size)    # a map smaller than the patch: before any warning
         check_training_images(len(items), cfg)     # refuses too few images, warns on few
@@ -201,7 +201,7 @@ class Detector:
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
         self.config, self._extractor = cfg, extractor
-        self.train_shape_ = TrainShape(aspect, scale_range([w.original for w in stream.windows]))
+        self.train_shape_ = TrainShape.of_sizes([w.original for w in stream.windows])
         self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
         self.fitted_with_ = library_versions()
         if routing_sample > 0:

@@ -18,9 +18,10 @@ import click
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_not_inputs,
                                        check_output_folder, commit_file, file_lock, make_folder, release_file,
-                                       remove_previous, reserve_file)
-from patchbank.io.prediction_files import (csv_fields, csv_row, expand_inputs, heatmap_names,  # noqa: F401
-                                           heatmap_note, overlay_writer, prediction_record)
+                                       reserve_file)
+from patchbank.io.prediction_files import (HEATMAP_FOLDER, TABLES, csv_fields, csv_row,  # noqa: F401
+                                           expand_inputs, heatmap_names, heatmap_note, overlay_writer,
+                                           prediction_record, remove_previous_run)
 
 
 def refuse_existing(paths: list[Path], overwrite: bool) -> None:
@@ -51,17 +52,18 @@ class PredictionOutputs:
     fails are removed.
 
     A run stopped part-way (an error, Ctrl-C, a kill) never leaves a mixed set readable as one
-    run: with ``overwrite``, :meth:`clear_previous` removes the previous run's CSV and JSON
-    before the first heatmap is written, and the JSON (what ``patchbank report`` reads) is
-    written last.  So ``predictions.json`` either describes a complete set, or is absent (the
-    heatmaps folder may then hold some of the stopped run's PNGs, which nothing names).
+    run: with ``overwrite``, :meth:`clear_previous` removes the previous run's CSV and JSON, then
+    the heatmaps they named, before the first heatmap is written, and the JSON (what ``patchbank
+    report`` reads) is written last.  So ``predictions.json`` either describes a complete set with
+    no heatmap of the previous run beside it, or is absent (the heatmaps folder may then hold
+    some of the stopped run's PNGs, which nothing names).
     """
 
     def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool):
         self.out_dir, self.overwrite, self.heatmaps = Path(out_dir), overwrite, heatmaps
         self.inputs = list(paths)
-        self.csv_path, self.json_path = self.out_dir / "predictions.csv", self.out_dir / "predictions.json"
-        self.heat_dir = self.out_dir / "heatmaps"
+        self.json_path, self.csv_path = (self.out_dir / name for name in TABLES)
+        self.heat_dir = self.out_dir / HEATMAP_FOLDER
         self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []
         self.reserved: dict[Path, Reservation] = {}
 
@@ -94,11 +96,12 @@ class PredictionOutputs:
             check_free_space(self.heat_dir, need, self.heat_dir)
 
     def clear_previous(self) -> None:
-        """With ``overwrite``, remove the previous run's ``predictions.csv`` and ``.json`` (call
-        it holding :meth:`lock`, before the first heatmap): from here until this run's JSON is
+        """With ``overwrite``, remove the previous run's ``predictions.csv`` and ``.json`` and the
+        heatmaps they named (:func:`~patchbank.io.prediction_files.remove_previous_run`; call it
+        holding :meth:`lock`, before the first heatmap): from here until this run's JSON is
         written the folder holds no set that reads as one run (see the class docstring)."""
         if self.overwrite:
-            remove_previous((self.json_path, self.csv_path))
+            remove_previous_run(self.out_dir)
 
     def write(self, path: Path, write: Any) -> None:
         """Write one output through a temporary file renamed over its placeholder."""

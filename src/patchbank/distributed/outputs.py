@@ -10,8 +10,9 @@ existing one is a one-line error without ``overwrite``; the files are written th
 temporary files renamed into place (:func:`patchbank.io.output_files.commit_file`), so a failed
 run leaves no half-written table.  No output may be one of the images scored
 (:func:`~patchbank.io.output_files.check_not_inputs`), and with ``overwrite`` the previous run's
-three tables are removed before any heatmap is written, so a run stopped part-way leaves no old
-table beside new heatmaps.  :meth:`ResultFiles.collect` checks that every input index came
+three tables, then the heatmaps they named, are removed before any heatmap is written
+(:func:`~patchbank.io.prediction_files.remove_previous_run`), so a run stopped part-way leaves
+no old table beside new heatmaps, and no old heatmap stays beside the new table.  :meth:`ResultFiles.collect` checks that every input index came
 back exactly once (a lost or twice-scored image is an error, never a silent gap).
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any, Iterable
 
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_not_inputs, check_output_folder,
-                                       commit_file, make_folder, release_file, remove_previous, reserve_file)
-from patchbank.io.prediction_files import csv_fields, csv_row
+                                       commit_file, make_folder, release_file, reserve_file)
+from patchbank.io.prediction_files import csv_fields, csv_row, remove_previous_run
 
 FILES = ("predictions.parquet", "predictions.csv", "predictions.json")
 
@@ -47,7 +48,7 @@ class ResultFiles:
         if self.heat_paths:
             make_folder(self.heat_paths[0].parent)
         if self.overwrite:           # the old tables go before any new heatmap is written
-            remove_previous(self.paths.values())
+            remove_previous_run(self.out_dir, also=(self.paths["predictions.parquet"],))
         else:
             existing = [p for p in self.heat_paths if p.exists()]
             if existing:

@@ -26,6 +26,8 @@ stretched or scaled to the model's input and its score is not like theirs); a mu
 """
 from __future__ import annotations
 
+import csv
+import json
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +35,11 @@ from typing import Any, Callable
 import numpy as np
 
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import check_path_given, check_utf8_name
+from patchbank.io.output_files import check_path_given, check_utf8_name, remove_previous
+
+
+TABLES = ("predictions.json", "predictions.csv")   # a run's tables, in every engine's output folder
+HEATMAP_FOLDER = "heatmaps"                          # its heatmaps' folder there
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
@@ -232,3 +238,38 @@ def heatmap_note(folder: Path, ranges: dict[str | None, tuple[float, float]] | N
     if ranges and None not in ranges:
         note["ranges"] = {c: [lo, hi] for c, (lo, hi) in ranges.items()}
     return note
+
+
+def previous_heatmaps(json_path: Path, csv_path: Path, heat_dir: Path) -> list[Path]:
+    """The heatmaps in ``heat_dir`` that a previous run's ``predictions.json`` (else its
+    ``predictions.csv``) names and that exist: by file name, ``.png`` files directly in
+    ``heat_dir`` only, so a table, edited or not, can name nothing else.  A table that cannot be
+    read names none, with a one-line warning that its heatmaps may stay."""
+    names: list[str] = []
+    try:
+        if json_path.is_file():
+            with open(json_path, encoding="utf-8") as fh:
+                records = json.load(fh).get("predictions") or []
+            names = [r["heatmap"] for r in records if isinstance(r, dict) and isinstance(r.get("heatmap"), str)]
+        elif csv_path.is_file():
+            with open(csv_path, newline="", encoding="utf-8") as fh:
+                names = [row["heatmap"] for row in csv.DictReader(fh) if row.get("heatmap")]
+    except (OSError, ValueError, AttributeError, TypeError, csv.Error) as exc:
+        warnings.warn(f"cannot read the previous run's table in {json_path.parent} ({exc}); the heatmaps it "
+                      f"named, if any, stay in {heat_dir}", UserWarning, stacklevel=2)
+        return []
+    found = {heat_dir / Path(n).name for n in names if n.lower().endswith(".png")}
+    return sorted(p for p in found if p.is_file() or p.is_symlink())
+
+
+
+def remove_previous_run(out_dir: Path, also: tuple[Path, ...] = ()) -> None:
+    """With ``--overwrite``, before anything new is written into ``out_dir``: remove a previous
+    run's ``predictions.json``, ``predictions.csv`` and ``also`` (the Ray engine's Parquet
+    table), then the heatmaps its table named (:func:`previous_heatmaps`), so neither an old
+    table beside new heatmaps nor old heatmaps of images the new run does not score are left
+    to be read as its results.  Files the previous run did not name are never touched."""
+    json_path, csv_path = (out_dir / name for name in TABLES)
+    stale = previous_heatmaps(json_path, csv_path, out_dir / HEATMAP_FOLDER)
+    remove_previous((json_path, csv_path, *also))     # the old set stops reading as a run first
+    remove_previous(stale)

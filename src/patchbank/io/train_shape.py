@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from patchbank.io.aspect import TOLERANCE
+from patchbank.io.aspect import TOLERANCE, shared_aspect
 
 SIZE_FACTOR = 2.0
 
@@ -81,6 +81,14 @@ class TrainShape:
 
     aspect: float | None = None
     scale: tuple[float, float] | None = None
+
+    @classmethod
+    def of_sizes(cls, sizes: Sequence[tuple[int, int]]) -> "TrainShape":
+        """What a fit records of its training images' ``sizes`` (H, W): their shared H / W
+        (:func:`~patchbank.io.aspect.shared_aspect`) and :func:`scale_range`, whatever the
+        configuration's ``aspect`` (a model read at a fixed shape, a multi-category model's
+        categories included, still flags images of another shape)."""
+        return cls(shared_aspect(sizes), scale_range(sizes))
 
     @classmethod
     def from_header(cls, meta: dict[str, Any]) -> "TrainShape":
