@@ -351,6 +351,20 @@ def test_old_run_file_without_fingerprint_is_recomputed(small_root, tmp_path):
     assert run2["metrics"]["image_auroc"] != -1.0 and "data_fingerprint" in run2
 
 
+def test_old_run_file_without_the_weights_sha256_is_recomputed(small_root, tmp_path):
+    """Session 30: a run written before runs recorded the backbone weights' sha256 was reused
+    without that comparison (so after a weights file changed, too)."""
+    out = tmp_path / "res"
+    _, run1 = _evaluate(small_root, out)
+    path = out / "runs" / "synthetic__seed0.json"
+    old = {k: v for k, v in run1.items() if k != "backbone_sha256"}
+    old["metrics"] = {**run1["metrics"], "image_auroc": -1.0}   # a value no real run gives
+    path.write_text(json.dumps(old))
+    r2, run2 = _evaluate(small_root, out)
+    assert "records no backbone weights' sha256 (an older run file); recomputing" in r2.stderr
+    assert run2["metrics"]["image_auroc"] != -1.0 and run2["backbone_sha256"] == run1["backbone_sha256"]
+
+
 def test_no_resume_recomputes_without_a_reuse_line(small_root, tmp_path):
     out = tmp_path / "res"
     _evaluate(small_root, out)

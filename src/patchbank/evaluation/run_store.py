@@ -114,8 +114,9 @@ class RunStore:
         ``"missing"``, ``"unreadable"`` (not this format, or no ``payload`` object), ``"config"``
         (another configuration), ``"category"`` / ``"seed"`` (the file holds another run),
         ``"no fingerprint"`` (an old run file, when ``fingerprint`` is given), ``"data changed"``
-        (another fingerprint), or a key of ``expect`` whose recorded value differs (``"device"``,
-        ``"backbone_sha256"``: runs written before a key was recorded are not compared on it)."""
+        (another fingerprint), a key of ``expect`` whose recorded value differs (``"device"``,
+        ``"backbone_sha256"``), or ``"no <key>"`` for one the file does not record (a run written
+        before the key was: never trusted, like a run without a fingerprint)."""
         path = self.path(category, seed)
         if not path.exists():
             return None, "missing"
@@ -129,8 +130,13 @@ class RunStore:
             return None, "unreadable"
         if not same_config(data.get("config"), config):
             return None, "config"
-        for key, want in {"category": category, "seed": seed, **(expect or {})}.items():
+        for key, want in {"category": category, "seed": seed}.items():   # absent in the structure study's runs
             if key in data and data[key] != want:
+                return None, key
+        for key, want in (expect or {}).items():
+            if key not in data:
+                return None, f"no {key}"
+            if data[key] != want:
                 return None, key
         if fingerprint is not None:
             stored = data.get("data_fingerprint")

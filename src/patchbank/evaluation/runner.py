@@ -18,7 +18,8 @@ Outputs in ``out_dir``:
   (:func:`~patchbank.evaluation.run_store.data_fingerprint`: file list, sizes, mtimes, labels)
   is loaded, not recomputed.  One line on stderr says how many runs are reused and from where
   (``reusing N stored runs from DIR``), and one line per run recomputed because its data changed
-  or its file has no fingerprint (older run files are never trusted): both even without
+  or its file has no fingerprint, or its device or backbone weights differ or are not recorded
+  (older run files are never trusted): both even without
   ``progress``.  Files are written atomically.
 * ``results.csv``: one row per category x seed.
 * ``summary.csv`` / ``summary.json``: mean and std over seeds per category, and a ``mean`` row.
@@ -191,7 +192,9 @@ _WHY = {"data changed": "was computed on different data (files, sizes or dates c
         "no fingerprint": "records no data fingerprint (an older run file)",
         "category": "holds another category's run", "seed": "holds another seed's run",
         "device": "was computed on another device (its timings and float rounding are that device's)",
-        "backbone_sha256": "was computed with other backbone weights (the weights file changed)"}
+        "backbone_sha256": "was computed with other backbone weights (the weights file changed)",
+        "no device": "records no device (an older run file)",
+        "no backbone_sha256": "records no backbone weights' sha256 (an older run file)"}
 
 
 def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[int, Config],
