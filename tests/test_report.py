@@ -198,6 +198,33 @@ def test_old_run_file_without_images_resumes_and_the_report_says_so(evaluate_dir
     assert len(page.find("polyline", "curve")) == 2 * 3           # the other three runs' ROC and PR
 
 
+def test_a_folder_written_before_run_files_carried_a_hash_is_read(evaluate_dir, tmp_path):
+    """Session 30: a category named outside ``A-Za-z0-9_.-`` ("beta 2") had its run file named
+    ``beta_2__seed0.json`` before session 29 and ``beta_2-<sha>__seed0.json`` since; the report
+    of an older folder said the run was missing.  It reads the old name, and the category the
+    file records is still checked."""
+    from patchbank.evaluation.run_store import legacy_run_file_name, run_file_name
+    from patchbank.report.results import read_evaluate
+
+    out = tmp_path / "old"
+    shutil.copytree(evaluate_dir, out)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["categories"] = {("beta 2" if c == "beta" else c): v for c, v in summary["categories"].items()}
+    (out / "summary.json").write_text(json.dumps(summary))
+    for seed in (0, 1):
+        run = json.loads((out / "runs" / f"beta__seed{seed}.json").read_text())
+        (out / "runs" / f"beta__seed{seed}.json").unlink()
+        name = legacy_run_file_name("beta 2", seed)
+        assert name == f"beta_2__seed{seed}.json" != run_file_name("beta 2", seed)
+        (out / "runs" / name).write_text(json.dumps({**run, "category": "beta 2"}))
+    runs = {(r.category, r.seed): r for r in read_evaluate(out).runs}
+    assert runs["beta 2", 0].problem is None and runs["beta 2", 1].problem is None
+    assert runs["beta 2", 0].path.name == "beta_2__seed0.json"
+    # a legacy file that holds another category (the collision the hash ended) says so
+    (out / "runs" / "beta_2__seed1.json").write_text(json.dumps({**run, "category": "beta_2"}))
+    assert "holds the run of 'beta_2'" in read_evaluate(out).runs[-1].problem
+
+
 # ------------------------------------------------------------------------------------------------
 # the predict page
 # ------------------------------------------------------------------------------------------------

@@ -38,10 +38,21 @@ def run_file_name(category: str, seed: int) -> str:
     them replaced by ``_`` and the first 8 hex digits of its UTF-8 sha256 appended
     (``x_y-1a2b3c4d__seed0.json``), so that two categories never share a file ("x y" and "x_y",
     or two non-Latin names of one length, did)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", category)
+    safe = _safe_name(category)
     if safe != category:
         safe += "-" + hashlib.sha256(category.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{safe}__seed{seed}.json"
+
+
+def _safe_name(category: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", category)
+
+
+def legacy_run_file_name(category: str, seed: int) -> str:
+    """The file name a run had before :func:`run_file_name` appended the hash (only the
+    characters replaced); the same for plain names.  Read by ``patchbank report`` for folders
+    written then (the run file records its category, which the reader checks)."""
+    return f"{_safe_name(category)}__seed{seed}.json"
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -95,6 +106,13 @@ class RunStore:
     def path(self, category: str, seed: int) -> Path:
         """The file of one category and seed."""
         return self.folder / run_file_name(category, seed)
+
+    def stored_path(self, category: str, seed: int) -> Path:
+        """:meth:`path`, or where it does not exist and a folder written before it holds the
+        :func:`legacy_run_file_name`, that file (what a reader of old folders opens)."""
+        path = self.path(category, seed)
+        legacy = self.folder / legacy_run_file_name(category, seed)
+        return legacy if not path.exists() and legacy.exists() else path
 
     def load(self, category: str, seed: int, config: Config, payload: str,
              fingerprint: dict[str, Any] | None = None, expect: dict[str, Any] | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.evaluation.run_store import run_file_name, same_config
+from patchbank.evaluation.run_store import RunStore, same_config
 
 PREDICTIONS = "predictions.json"
 SUMMARY = "summary.json"
@@ -174,7 +174,8 @@ def read_evaluate(folder: Path) -> EvaluateResults:
     for cat, entry in summary["categories"].items():
         if not isinstance(entry, dict) or not all(isinstance(v, dict) for v in entry.values()):
             raise PatchbankError(f"{path}: category {cat!r} is not an object of {{mean, std}} entries")
-    runs = [read_run(folder / "runs" / run_file_name(cat, seed), cat, seed, summary.get("config"))
+    store = RunStore(folder / "runs")
+    runs = [read_run(store.stored_path(cat, seed), cat, seed, summary.get("config"))
             for cat in summary["categories"] for seed in summary["seeds"]]
     return EvaluateResults(folder, summary, runs)
 
