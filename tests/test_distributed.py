@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import FAST, assert_one_line_error, seeded_weights_file
 from conftest import invoke_cli as _cli
@@ -273,6 +274,22 @@ def test_every_input_kind(ray_local, single_model, synthetic_root, tmp_path):
     got = predict(single_model, [str(tmp_path / "t.parquet")], tmp_path / "out", actors=2, batch_size=4,
                   path_column="file")
     assert [r["score"] for r in got["predictions"]] == [p.score for p in det.predict(images)]
+
+
+def test_a_glob_match_with_an_image_extension_that_is_no_file_is_an_error(tmp_path):
+    """Session 30: a glob dropped a broken link or a FIFO named like an image without a word (a
+    folder input refuses them since session 29); a match without an image extension is still
+    left out, as documented."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert read_inputs([str(tmp_path / "*")]) == [tmp_path / "a.png"]
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(PatchbankError, match="b.png is a link to a missing file"):
+        read_inputs([str(tmp_path / "*.png")])
+    (tmp_path / "b.png").unlink()
+    os.mkfifo(tmp_path / "c.png")
+    with pytest.raises(PatchbankError, match="c.png is "):
+        read_inputs([str(tmp_path / "*.png")])
 
 
 def test_killed_actor_is_replaced_and_no_image_is_lost_or_doubled(ray_local, single_model,

@@ -6,7 +6,8 @@ Each input is one of
   (:func:`patchbank.io.prediction_files.expand_inputs`: a folder of images, or a folder of
   folders such as MVTec's ``test/``);
 * a **glob** (``'archive/2024-*/**/*.png'``, quoted so the shell leaves it alone; ``**``
-  descends into sub-folders): the matching files with an image extension, sorted;
+  descends into sub-folders): the matching files with an image extension, sorted (a match with
+  an image extension that is no file, a broken link or a FIFO, is an error, as in a folder);
 * a **list file** (``.txt`` or ``.lst``): one path per line; blank lines and lines starting
   with ``#`` are skipped;
 * a **table** (``.parquet`` or ``.csv``): the paths in its column ``column`` (default ``path``;
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from patchbank.errors import PatchbankError
-from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file
+from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file, refuse_unreadable
 from patchbank.io.prediction_files import check_names, expand_inputs, unique_paths
 
 LIST_SUFFIXES = (".txt", ".lst")
@@ -54,7 +55,9 @@ def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
 
 
 def _globbed(pattern: str) -> list[Path]:
-    found = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if is_image_file(Path(m)))
+    matches = [Path(m) for m in glob.glob(pattern, recursive=True)]
+    refuse_unreadable(matches)      # a broken link or FIFO with an image extension is never dropped
+    found = sorted(m for m in matches if is_image_file(m))
     if not found:
         raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) match {pattern}")
     return found
