@@ -108,6 +108,33 @@ def test_an_overwrite_run_stopped_mid_heatmaps_leaves_no_mixed_set(model, tmp_pa
         one_line_error(run("report", out, "-q"), "holds neither predictions.json")
 
 
+def test_a_first_run_stopped_mid_heatmaps_leaves_nothing_in_a_reruns_way(model, tmp_path, monkeypatch):
+    """Session 30: a run without ``--overwrite`` stopped part-way left the heatmaps it had
+    written, which no table named, and a plain rerun failed on them ("already exists")."""
+    import patchbank.cli.predictions as predictions
+
+    images = noise_images(tmp_path / "a", ["000.png", "001.png", "002.png"], seed=8)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    real, calls = predictions.overlay_writer, []
+
+    def interrupted_after_one(*args, **kwargs):      # Ctrl-C while the second heatmap is drawn
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "overlay_writer", interrupted_after_one)
+    r = run("predict", model, images[0].parent, "-o", out, "--heatmaps", *QUIET)
+    assert r.exit_code == 1 and len(calls) == 2
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["mine.txt"]
+    monkeypatch.setattr(predictions, "overlay_writer", real)
+    r = run("predict", model, images[0].parent, "-o", out, "--heatmaps", *QUIET)
+    assert r.exit_code == 0, r.stderr
+    assert len(list((out / "heatmaps").iterdir())) == 3 and len(csv_rows(out)) == 3
+
+
 def test_overwrite_removes_the_previous_runs_heatmaps_and_nothing_else(model, tmp_path):
     """An ``--overwrite`` run over fewer images left the previous run's other heatmaps in
     heatmaps/ beside the new table, read as this run's; they go now, files the previous table

@@ -49,7 +49,8 @@ class PredictionOutputs:
     the file.  :meth:`write` writes every file through a temporary file renamed over its
     placeholder, holding a lock on ``out_dir``, so two ``--overwrite`` runs never interleave (the
     later one replaces the whole set).  Used as a context manager, placeholders of a run that
-    fails are removed.
+    fails are removed, and so are the heatmaps and CSV it wrote before it failed (an error,
+    Ctrl-C), so that a plain rerun finds nothing in its way.
 
     A run stopped part-way (an error, Ctrl-C, a kill) never leaves a mixed set readable as one
     run: with ``overwrite``, :meth:`clear_previous` removes the previous run's CSV and JSON, then
@@ -66,6 +67,7 @@ class PredictionOutputs:
         self.heat_dir = self.out_dir / HEATMAP_FOLDER
         self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []
         self.reserved: dict[Path, Reservation] = {}
+        self.written: list[tuple[Path, int, int]] = []   # (path, device, inode) committed by this run
 
     def open(self) -> "PredictionOutputs":
         """Check and claim the outputs (see the class docstring); returns self."""
@@ -106,6 +108,8 @@ class PredictionOutputs:
     def write(self, path: Path, write: Any) -> None:
         """Write one output through a temporary file renamed over its placeholder."""
         commit_file(path, write, self.reserved.get(path))
+        st = path.stat()
+        self.written.append((path, st.st_dev, st.st_ino))
 
     def lock(self):
         """The lock on ``out_dir`` held while the files are written."""
@@ -116,10 +120,25 @@ class PredictionOutputs:
         for res in self.reserved.values():
             release_file(res)
 
+    def discard_written(self) -> None:
+        """Remove the files this run wrote (on leaving the context with an error before the
+        JSON was written: its heatmaps and CSV, which no table names), each only while it is
+        still the file written."""
+        for path, dev, ino in reversed(self.written):
+            try:
+                st = path.stat()
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    path.unlink()
+            except OSError:
+                pass
+        self.written.clear()
+
     def __enter__(self) -> "PredictionOutputs":
         return self.open()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and all(path != self.json_path for path, _, _ in self.written):
+            self.discard_written()      # a set whose JSON was written is complete: kept
         self.release()
 
 
