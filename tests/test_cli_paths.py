@@ -66,6 +66,18 @@ def test_predict_refuses_heatmaps_over_its_input_images(model, tmp_path, no_work
     assert not (same / "predictions.csv").exists() and not (same / "predictions.json").exists()
 
 
+def test_predict_refuses_an_output_that_is_its_model_file(model, data, tmp_path, no_work):
+    """Session 30: the model file was not among the files an output may not be (a model saved
+    as ``out/predictions.json`` was replaced by the table it scored)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "predictions.json"
+    target.write_bytes(Path(model).read_bytes())
+    one_line_error(run("predict", target, data / "test", "-o", out, "--overwrite", *QUIET),
+                   f"the output {target} is the input {target}")
+    assert target.read_bytes() == Path(model).read_bytes()
+
+
 def test_report_refuses_to_write_over_a_file_it_reads(model, data, tmp_path):
     out = tmp_path / "out"
     assert run("predict", model, data / "test", "-o", out, "--heatmaps", *QUIET).exit_code == 0

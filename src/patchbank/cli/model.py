@@ -14,7 +14,8 @@ from patchbank.cli.export import RUNTIME_CHOICES, load_for_runtime
 from patchbank.cli.info import format_bytes
 from patchbank.cli.options import (GivenPath, model_weights_option, overwrite_option, preset_option,
                                    run_options, setup_threads)
-from patchbank.cli.predictions import PredictionOutputs, expand_inputs, print_predict_summary, run_predictions
+from patchbank.cli.predictions import (PredictionOutputs, expand_inputs, model_files, print_predict_summary,
+                                      run_predictions)
 from patchbank.cli.fit_report import fit_lines
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
@@ -248,7 +249,8 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
 
     check_model_path(model, runtime)   # the right kind of model, before the inputs and outputs
     paths = expand_inputs(inputs)
-    with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite) as outputs:
+    with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite,
+                           reads=model_files(model, weights)) as outputs:
         setup_threads(threads)
         from patchbank.multi import MultiDetector
 

@@ -20,8 +20,8 @@ from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_s
                                        check_output_folder, commit_file, file_lock, make_folder, release_file,
                                        reserve_file)
 from patchbank.io.prediction_files import (HEATMAP_FOLDER, TABLES, csv_fields, csv_row,  # noqa: F401
-                                           expand_inputs, heatmap_names, heatmap_note, overlay_writer,
-                                           prediction_record, remove_previous_run)
+                                           expand_inputs, heatmap_names, heatmap_note, model_files,
+                                           overlay_writer, prediction_record, remove_previous_run)
 
 
 def refuse_existing(paths: list[Path], overwrite: bool) -> None:
@@ -41,8 +41,9 @@ HEATMAP_BYTES_PER_PIXEL = 1
 class PredictionOutputs:
     """The files of one prediction run under ``out_dir``, claimed BEFORE the model is run.
 
-    :meth:`open` refuses an output file that is one of the input images
-    (:func:`~patchbank.io.output_files.check_not_inputs`), checks the folder (writable, not a
+    :meth:`open` refuses an output file that is one of the input images or ``reads`` (the model
+    and weights files, :func:`~patchbank.io.prediction_files.model_files`;
+    :func:`~patchbank.io.output_files.check_not_inputs`), checks the folder (writable, not a
     file, :data:`MIN_FREE_BYTES` free) and, without ``overwrite``, creates ``predictions.csv``,
     ``predictions.json`` and every heatmap PNG exclusively as empty placeholders (the CSV and JSON
     keep a lock while the run lives), so a second run into the same folder fails at once naming
@@ -60,9 +61,10 @@ class PredictionOutputs:
     some of the stopped run's PNGs, which nothing names).
     """
 
-    def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool):
+    def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool,
+                 reads: list[Path] = ()):
         self.out_dir, self.overwrite, self.heatmaps = Path(out_dir), overwrite, heatmaps
-        self.inputs = list(paths)
+        self.inputs = [*paths, *reads]      # the images and the other files the run reads
         self.json_path, self.csv_path = (self.out_dir / name for name in TABLES)
         self.heat_dir = self.out_dir / HEATMAP_FOLDER
         self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []

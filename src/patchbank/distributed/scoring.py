@@ -225,7 +225,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     from patchbank.distributed.engine import ray_session, reraise
     from patchbank.distributed.inputs import read_inputs
     from patchbank.distributed.outputs import ResultFiles
-    from patchbank.io.prediction_files import HEATMAP_FOLDER, heatmap_names
+    from patchbank.io.prediction_files import HEATMAP_FOLDER, heatmap_names, model_files
 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
     _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
@@ -235,7 +235,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / HEATMAP_FOLDER / n for n in heatmap_names(paths)] if heatmaps else [])
     t0 = time.perf_counter()
-    with ResultFiles(out_dir, heat_paths, overwrite=overwrite, inputs=paths) as files, ray_session(address) as ray, reraise():
+    with ResultFiles(out_dir, heat_paths, overwrite=overwrite, inputs=[*paths, *model_files(model, weights)]) as files, ray_session(address) as ray, reraise():
         resources = _resources(ray, actors, threads, device)
         rows = [{"index": i, "path": str(p), **({"heatmap": str(heat_paths[i])} if heatmaps else {})}
                 for i, p in enumerate(paths)]

@@ -42,6 +42,13 @@ TABLES = ("predictions.json", "predictions.csv")   # a run's tables, in every en
 HEATMAP_FOLDER = "heatmaps"                          # its heatmaps' folder there
 
 
+def model_files(model: Any, weights: Any = None) -> list[Path]:
+    """The files a prediction run reads besides its images (the model file, or each file of an
+    exported model's folder, and a ``--weights`` file): no output may be one of them."""
+    files = [Path(p) for p in (model, weights) if p is not None]
+    return [f for p in files for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
+
+
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
     sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively
