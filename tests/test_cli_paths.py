@@ -28,6 +28,22 @@ def noise_images(folder: Path, names: list[str], seed: int) -> list[Path]:
     return [folder / n for n in names]
 
 
+def interrupt_the_second_heatmap(monkeypatch) -> list:
+    """Ctrl-C while the second heatmap of the next predict is drawn; returns the list of calls."""
+    import patchbank.cli.predictions as predictions
+
+    real, calls = predictions.overlay_writer, []
+
+    def interrupted_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictions, "overlay_writer", interrupted_after_one)
+    return calls
+
+
 # ------------------------------------------------------------------ 1. heatmap names
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -93,23 +109,13 @@ def test_report_refuses_to_write_over_a_file_it_reads(model, data, tmp_path):
 # ------------------------------------------------------------------ 3. an --overwrite run stopped part-way
 
 def test_an_overwrite_run_stopped_mid_heatmaps_leaves_no_mixed_set(model, tmp_path, monkeypatch):
-    import patchbank.cli.predictions as predictions
-
     names = ["000.png", "001.png", "002.png"]
     first, second = noise_images(tmp_path / "a", names, seed=4), noise_images(tmp_path / "b", names, seed=5)
     out = tmp_path / "out"
     assert run("predict", model, first[0].parent, "-o", out, "--heatmaps", *QUIET).exit_code == 0
     old = {p.name: p.read_bytes() for p in [out / "predictions.json", *(out / "heatmaps").iterdir()]}
 
-    real, calls = predictions.overlay_writer, []
-
-    def interrupted_after_one(*args, **kwargs):      # Ctrl-C while the second heatmap is drawn
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(predictions, "overlay_writer", interrupted_after_one)
+    calls = interrupt_the_second_heatmap(monkeypatch)
     r = run("predict", model, second[0].parent, "-o", out, "--heatmaps", "--overwrite", *QUIET)
     assert r.exit_code == 1 and len(calls) == 2
     # either the old set intact, or no predictions.json (nothing that reads as one run)
@@ -123,25 +129,15 @@ def test_an_overwrite_run_stopped_mid_heatmaps_leaves_no_mixed_set(model, tmp_pa
 def test_a_first_run_stopped_mid_heatmaps_leaves_nothing_in_a_reruns_way(model, tmp_path, monkeypatch):
     """Session 30: a run without ``--overwrite`` stopped part-way left the heatmaps it had
     written, which no table named, and a plain rerun failed on them ("already exists")."""
-    import patchbank.cli.predictions as predictions
-
     images = noise_images(tmp_path / "a", ["000.png", "001.png", "002.png"], seed=8)
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("kept")
-    real, calls = predictions.overlay_writer, []
-
-    def interrupted_after_one(*args, **kwargs):      # Ctrl-C while the second heatmap is drawn
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(predictions, "overlay_writer", interrupted_after_one)
+    calls = interrupt_the_second_heatmap(monkeypatch)
     r = run("predict", model, images[0].parent, "-o", out, "--heatmaps", *QUIET)
     assert r.exit_code == 1 and len(calls) == 2
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["mine.txt"]
-    monkeypatch.setattr(predictions, "overlay_writer", real)
+    monkeypatch.undo()
     r = run("predict", model, images[0].parent, "-o", out, "--heatmaps", *QUIET)
     assert r.exit_code == 0, r.stderr
     assert len(list((out / "heatmaps").iterdir())) == 3 and len(csv_rows(out)) == 3
