@@ -272,6 +272,38 @@ def test_dinov2_offline_without_weights(monkeypatch):
         assert "vit_base_patch14_dinov2.lvd142m" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_dinov2_offline_does_not_wait_for_the_hubs_retries(monkeypatch):
+    """Session 30: with no network the hub's client retried for about 40 s, logging each retry,
+    before the one-line error; an unreachable hub is now said at once, without a download
+    attempt (with a proxy configured the download is tried, through it)."""
+    import socket
+
+    import huggingface_hub
+
+    calls = []
+
+    def no_hub(repo, filename, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        raise (FileNotFoundError if local_files_only else ConnectionError)("no network")
+
+    def refused(address, timeout=None):
+        assert timeout is not None and timeout <= 5
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(PatchbankError, match=r"not available offline.*\[cannot reach huggingface.co: .*refused\]"):
+        create_backbone("dinov2_vitb14")
+    assert calls == [True]                       # the cache only, no download attempt
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    with pytest.raises(PatchbankError, match=r"\[no network\]"):
+        create_backbone("dinov2_vitb14")
+    assert calls == [True, True, False]
+
+
 def test_bad_device():
     with pytest.raises(PatchbankError, match="device"):
         create_backbone("resnet18", weights="random", device="nonsense")

@@ -126,3 +126,52 @@ def test_a_multi_category_model_checks_the_given_weights_when_it_loads(own, synt
     with pytest.raises(PatchbankError, match="backbone weights differ"):
         MultiDetector.load(path, progress=False, weights="random")
     assert MultiDetector.load(path, progress=False, weights=weights).detectors_["a"].backbone_sha256_
+
+
+def test_a_multi_category_model_with_its_own_weights_can_be_extended_and_saved_again(own, synthetic_root,
+                                                                                   tmp_path):
+    """Session 30: loaded with its weights file under another path (a copy, a relative path:
+    what ``serve --weights`` does before persisting a threshold) and saved again, a
+    multi-category model became a file nothing could load (the shared config held the new path,
+    each category's copy the old one); ``fit --add`` could not extend it at all (--weights was
+    refused as a changed option, and without it the load asked for the weights)."""
+    import shutil
+
+    from patchbank.multi import MultiDetector
+
+    _, weights, _ = own
+    model = tmp_path / "multi.patchbank"
+    train = str(synthetic_root / "train" / "good")
+    r = invoke_cli("fit", f"a={train}", "--multi", "-o", str(model), *SMALL, "--weights", weights, "-q")
+    assert r.exit_code == 0, r.stderr
+    copy = shutil.copy(weights, tmp_path / "copy.safetensors")
+    loaded = MultiDetector.load(model, progress=False, weights=str(copy))
+    loaded.save(model, overwrite=True)
+    again = MultiDetector.load(model, progress=False, weights=weights)
+    assert again.detectors_["a"].backbone_sha256_ == loaded.detectors_["a"].backbone_sha256_
+    r = invoke_cli("fit", "--add", f"b={train}", "-o", str(model), "--weights", weights, "-q")
+    assert r.exit_code == 0, r.stderr
+    assert MultiDetector.load(model, progress=False, weights=weights).categories == ["a", "b"]
+    # other options stay refused with --add, and so does a preset given explicitly
+    r = invoke_cli("fit", "--add", f"c={train}", "-o", str(model), "--weights", weights, "--kappa", "1.0")
+    assert_one_line_error(r.exit_code, r.stderr, "--kappa")
+    r = invoke_cli("fit", "--add", f"c={train}", "-o", str(model), "--preset", "structcore")
+    assert r.exit_code == 2 and "drop --preset" in r.stderr
+
+
+def test_fit_with_random_weights_is_refused_before_the_fit(synthetic_root, tmp_path, monkeypatch):
+    """Session 30: ``fit --weights random`` fitted, said "wrote", and left a file that every
+    load refuses; such a model cannot be saved (library and CLI), refused before any work."""
+    from patchbank.detector import Detector
+
+    monkeypatch.setattr(Detector, "fit", lambda *a, **k: pytest.fail("fitted"))
+    r = invoke_cli("fit", str(synthetic_root / "train" / "good"), "-o", str(tmp_path / "r.patchbank"),
+                   *SMALL, "--weights", "random")
+    assert r.exit_code == 2 and "cannot be saved" in r.stderr and "\n" not in r.stderr.strip()
+    assert not (tmp_path / "r.patchbank").exists()
+    monkeypatch.undo()
+    det = Detector.from_preset("lmf-core", progress=False, backbone="efficientnet_lite0", image_size=96,
+                               crop_size=None, weights="random").fit(synthetic_root / "train" / "good")
+    with pytest.raises(PatchbankError, match="cannot be saved"):
+        det.save(tmp_path / "r.patchbank")
+    assert not (tmp_path / "r.patchbank").exists()

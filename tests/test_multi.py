@@ -123,6 +123,32 @@ def test_clear_errors(multi, tmp_path, two_categories):
         Detector.load(path)
     with pytest.raises(PatchbankError, match="not fitted"):
         MultiDetector().predict(stripes_test)
+    # session 30: wrong types were tracebacks, or (n_prototypes 16.0) a file that could not be loaded
+    for bad in (16.0, True, 0, "8"):
+        with pytest.raises(PatchbankError, match="n_prototypes must be an integer >= 1"):
+            MultiDetector(n_prototypes=bad)
+    for bad in (["a", "b"], "folder"):
+        with pytest.raises(PatchbankError, match="categories must be a mapping"):
+            MultiDetector(progress=False).fit(bad)
+    with pytest.raises(PatchbankError, match="category must be a category name"):
+        multi.predict(stripes_test[:1], category=["part"])
+
+
+def test_a_loaded_category_has_the_fixed_shape_it_was_fitted_with(two_categories, tmp_path):
+    """Session 30: a category read from a file got the shared config (aspect "auto"), not the
+    one it was fitted with ("fixed"), so the Ray engine's fit printed a reshape that never
+    happened ("aspect auto: ... reshaped to it")."""
+    from patchbank.cli.fit_report import input_line
+
+    cats, _ = two_categories
+    multi = MultiDetector.from_preset("patchbank", progress=False, n_prototypes=4, **FAST).fit(cats)
+    assert multi.config.aspect == "auto"          # the preset's; each category is fitted "fixed"
+    path = tmp_path / "m.patchbank"
+    multi.save(path)
+    loaded = MultiDetector.load(path, progress=False)
+    for name, det in loaded.detectors_.items():
+        assert det.config == multi.detectors_[name].config and det.config.aspect == "fixed"
+        assert "aspect" not in input_line(det, [])
 
 
 def test_cli_fit_several_categories_add_and_predict(two_categories, synthetic_root, tmp_path):

@@ -132,3 +132,29 @@ def test_route_eval_on_two_synthetic_products(synthetic_root, tmp_path):
         assert cat["max_score_rel_diff"] < 1e-4
         assert cat["routed"] == pytest.approx(cat["oracle"], abs=1e-6)
     assert "routing accuracy" in (tmp_path / "r" / "routing.md").read_text()
+
+
+@pytest.mark.parametrize("which", ["route-eval", "structure"])
+def test_a_category_without_defective_test_images_is_refused_before_any_fit(synthetic_root, tmp_path,
+                                                                             monkeypatch, which):
+    """Session 30: ``route-eval`` fitted every category, predicted, and only then failed with an
+    AUROC error naming no category; ``structure`` checked each category just before its own fit."""
+    import shutil
+
+    from patchbank.detector import Detector
+    from patchbank.errors import PatchbankError
+    from patchbank.studies.routing import evaluate_routing
+
+    root = tmp_path / "data"
+    (root / "zz_notest" / "test").mkdir(parents=True)
+    shutil.copytree(synthetic_root / "train", root / "zz_notest" / "train")
+    shutil.copytree(synthetic_root / "test" / "good", root / "zz_notest" / "test" / "good")
+    (root / "part").symlink_to(synthetic_root, target_is_directory=True)
+    monkeypatch.setattr(Detector, "fit", lambda *a, **k: pytest.fail("a category was fitted"))
+    run = (lambda: evaluate_routing([root], preset="lmf-core", overrides=SMALL, seeds=[0],
+                                    out_dir=tmp_path / "r", progress=False, n_prototypes=4)) \
+        if which == "route-eval" else \
+        (lambda: study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=tmp_path / "r",
+                       progress=False))
+    with pytest.raises(PatchbankError, match="category 'zz_notest': the test set needs both good and defective"):
+        run()

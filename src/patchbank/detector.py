@@ -357,7 +357,10 @@ class Detector:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
-        """Write one ``.patchbank`` file (safetensors + JSON header); returns its size in bytes."""
+        """Write one ``.patchbank`` file (safetensors + JSON header); returns its size in bytes.
+        A model fitted with random backbone weights is refused (:func:`check_savable`)."""
+        self.check_fitted()
+        check_savable(self.backbone_sha256_)
         return save_model(path, self.state_tensors(), self.info(), overwrite=overwrite)
 
     @classmethod
@@ -445,6 +448,16 @@ def map_columns(backbone: Backbone, embedding: Embedding, config: Config) -> int
     if not config.context_taps:
         return None
     return sum(embedding.fusion_.widths(backbone.channels)[:backbone.map_taps])
+
+
+def check_savable(backbone_sha256: str | None) -> None:
+    """Refuse (one line) to save a model fitted with random backbone weights (``weights="random"``,
+    no sha256): no file could hold the backbone it needs, so no load could check it, and every
+    load refuses such a model."""
+    if backbone_sha256 is None:
+        raise PatchbankError(f"a model fitted with random backbone weights (weights={RANDOM!r}) cannot be "
+                             f"saved: it could never be loaded again (there are no weights to check); "
+                             f"fit with a weights file (--weights FILE) to keep the model")
 
 
 def check_header_weights(meta: dict[str, Any], weights: str | None, where: str) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from patchbank import __version__
 from patchbank.config import Config
-from patchbank.detector import Detector, Prediction, check_header_weights
+from patchbank.detector import Detector, Prediction, check_header_weights, check_savable
 from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.cuda_graphs import GraphedCall, graphed_call, graphs_wanted
@@ -57,6 +57,8 @@ class MultiDetector:
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
+        if isinstance(n_prototypes, bool) or not isinstance(n_prototypes, int) or n_prototypes < 1:
+            raise PatchbankError(f"n_prototypes must be an integer >= 1, got {n_prototypes!r}")
         self.config = config if config is not None else Config()
         self.device = resolve_device(device)
         self.progress = progress
@@ -103,6 +105,9 @@ class MultiDetector:
 
     def fit(self, categories: Mapping[str, Any]) -> "MultiDetector":
         """Fit every category from its normal images ({name: folder or list of images})."""
+        if not isinstance(categories, Mapping):
+            raise PatchbankError(f"categories must be a mapping {{name: folder or list of images}}, "
+                                 f"got {type(categories).__name__}")
         if not categories:
             raise PatchbankError("no categories to fit")
         self.detectors_: dict[str, Detector] = {}
@@ -133,6 +138,8 @@ class MultiDetector:
 
     # ------------------------------------------------------------------ predict
     def _resolve(self, category: str | None) -> str | None:
+        if category is not None and not isinstance(category, str):
+            raise PatchbankError(f"category must be a category name (a string) or None, got {category!r}")
         if category is not None and category not in self.detectors_:
             raise PatchbankError(f"unknown category {category!r}; this model has "
                                  f"{', '.join(self.router_.names_)}")
@@ -237,8 +244,10 @@ class MultiDetector:
         for name in self.router_.names_:
             det = self.detectors_[name]
             if name in self._infos:   # read from a file: as read, with the current operating point
+                # and the weights file it is loaded with (the shared config's: a copy must match it)
                 cats[name] = {**self._infos[name], "threshold": det.threshold_,
-                              "threshold_override": det.info()["threshold_override"]}
+                              "threshold_override": det.info()["threshold_override"],
+                              "config": {**self._infos[name]["config"], "weights": self.config.weights}}
             else:
                 cats[name] = det.info()
         return {"patchbank_version": __version__, "format_version": FORMAT_VERSION, "kind": "multi",
@@ -247,8 +256,10 @@ class MultiDetector:
                 "bank_bytes": int(sum(c["bank_bytes"] for c in cats.values()))}
 
     def save(self, path: str | Path, overwrite: bool = False) -> int:
-        """Write one model file; categories read from a file are written back unchanged."""
+        """Write one model file; categories read from a file are written back unchanged.  A model
+        fitted with random backbone weights is refused (:func:`~patchbank.detector.check_savable`)."""
         self.check_fitted()
+        check_savable(self.detectors_[self.router_.names_[0]].backbone_sha256_)
         tensors: dict[str, torch.Tensor] = {}
         for name in self.router_.names_:
             state = self._raw_tensors.get(name)

@@ -81,10 +81,33 @@ def hf_hub_file(name: str, repo: str, original: str) -> str:
             f"(model.safetensors from huggingface.co/{repo}, or Meta's {original})")
     if constants.HF_HUB_OFFLINE:
         raise PatchbankError(hint)
+    unreachable = hub_unreachable(constants.ENDPOINT)
+    if unreachable:      # the hub's client would retry for tens of seconds, logging each retry
+        raise PatchbankError(f"{hint} [{unreachable}]")
     try:
         return hf_hub_download(repo, "model.safetensors")
     except Exception as e:
         raise PatchbankError(f"{hint} [{first_line(e)}]") from None
+
+
+HUB_CONNECT_TIMEOUT = 3.0   # seconds to open a connection to the hub before giving up
+
+
+def hub_unreachable(endpoint: str) -> str | None:
+    """Why ``endpoint`` (an https URL) cannot be reached now, or None: its host name does not
+    resolve or no TCP connection opens within :data:`HUB_CONNECT_TIMEOUT`.  Not checked (None)
+    when a proxy is configured, which the download would go through instead."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as e:
+        return f"cannot reach {url.hostname}: {first_line(e)}"
+    return None
 
 
 def read_state_dict(path: str) -> dict[str, Tensor]:

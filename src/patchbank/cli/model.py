@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from patchbank.cli.config_options import build_config, given_overrides, option_name, with_config_options
 from patchbank.cli.engine_options import (check_engine, engine_options, fit_on_ray, path_column_option,
@@ -53,6 +54,10 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
     or dataset roots in the MVTec layout (every category's train/good is used).
     """
     overrides = given_overrides(ctx, config_params)
+    if overrides.get("weights") == "random":   # before the fit: such a model cannot be saved
+        from patchbank.detector import check_savable
+
+        check_savable(None)
     check_engine(engine, address=address, actors=actors, per_category=per_category)
     ray_args = dict(device=device, threads=threads, overwrite=overwrite, address=address, actors=actors,
                     save=_save)
@@ -66,9 +71,12 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
     if add:
         if not output.is_file():
             raise PatchbankError(f"--add needs an existing model file: {output} not found")
-        if overrides:
+        changed = [k for k in overrides if k != "weights"]   # --weights: the file the model's is, checked
+        if changed:
             raise PatchbankError("--add uses the model's configuration; config options "
-                                 f"({', '.join(option_name(k) for k in overrides)}) cannot be changed")
+                                 f"({', '.join(option_name(k) for k in changed)}) cannot be changed")
+        if ctx.get_parameter_source("preset") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            raise PatchbankError("--add uses the model's configuration; drop --preset")
     config = None if add else build_config(preset, overrides)
     categories = training_categories(train_dirs)
     check_not_inputs([output], [p for images in categories.values() for p in images])
@@ -82,7 +90,7 @@ def fit(ctx: click.Context, train_dirs: tuple[str, ...], output: Path, preset: s
         return fit_on_ray(categories, output, config, multi=multi, per_category=False, **ray_args)
     setup_threads(threads)
     if add:
-        _add_categories(categories, output, device=device, quiet=quiet)
+        _add_categories(categories, output, device=device, quiet=quiet, weights=overrides.get("weights"))
     elif multi or len(categories) > 1:
         _fit_multi(categories, output, config, device=device, quiet=quiet, overwrite=overwrite)
     else:
@@ -135,17 +143,19 @@ def _fit_multi(categories: dict[str, list[Path]], output: Path, config: Config, 
     _print_multi(model, "fitted", categories, output, time.perf_counter() - t0)
 
 
-def _add_categories(categories: dict[str, list[Path]], output: Path, *, device: str, quiet: bool) -> None:
+def _add_categories(categories: dict[str, list[Path]], output: Path, *, device: str, quiet: bool,
+                    weights: str | None = None) -> None:
     """Add ``categories`` to the multi-category model file ``output``: read, add, write back,
     all under the model's lock (``<output>.lock``), so a concurrent ``--add`` waits and then
-    reads the file this one wrote (nothing is lost)."""
+    reads the file this one wrote (nothing is lost).  ``weights``: the backbone weights file of
+    a model fitted with its own (checked against the sha256 it recorded)."""
     from patchbank.multi import MultiDetector
 
     t0 = time.perf_counter()
     with file_lock(lock_path_for(output), what=str(output)):
         if not output.is_file():
             raise PatchbankError(f"--add needs an existing model file: {output} not found")
-        model = MultiDetector.load(output, device=device, progress=not quiet)
+        model = MultiDetector.load(output, device=device, progress=not quiet, weights=weights)
         clash = [n for n in categories if n in model.detectors_]
         if clash:
             raise PatchbankError(f"{output} already has categor{'y' if len(clash) == 1 else 'ies'} "

@@ -54,7 +54,7 @@ from patchbank.evaluation.inputs import (load_categories, out_folder, preset_con
 from patchbank.evaluation.reports import (LABELS, METRICS, markdown_table, summarize,  # noqa: F401
                                           write_comparison, write_outputs)
 from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
-from patchbank.evaluation.scoring import check_mask_sizes, score_category
+from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
 from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder
 
@@ -109,10 +109,7 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     blurrier than every training image, ``Config.focus_check``) and ``threshold`` (the run's, on the normalised
     score).
     """
-    if len(set(category.labels)) < 2:
-        raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
-                             f"defective images to compute the metrics")
-    check_mask_sizes(category)  # before the (long) fit
+    check_test_set(category)    # before the (long) fit
     det = (backbones or _BackboneCache()).detector(config, device, progress)
     t0 = time.perf_counter()
     det.fit([str(p) for p in category.train])
@@ -267,8 +264,8 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     if isinstance(categories, str):
         categories = [c for c in categories.split(",") if c.strip()]
     cats = load_categories(root, categories, kind)
-    for cat in cats:            # every category's masks before the first fit, not before its own
-        check_mask_sizes(cat)
+    for cat in cats:            # every category's test set before the first fit, not before its own
+        check_test_set(cat)
     check_output_folder(out_dir, need_bytes=MIN_FREE_BYTES)
     out = out_folder(out_dir, "runs")
     if command is None:

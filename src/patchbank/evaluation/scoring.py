@@ -24,6 +24,16 @@ IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 
+def check_test_set(category: Category) -> None:
+    """Raise :class:`PatchbankError` unless the test set can be scored: both good and defective
+    images (the metrics need both) and :func:`check_mask_sizes`.  Every study runs it on every
+    category before its first fit."""
+    if len(set(category.labels)) < 2:
+        raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
+                             f"defective images to compute the metrics")
+    check_mask_sizes(category)
+
+
 def check_mask_sizes(category: Category) -> None:
     """Raise :class:`PatchbankError` unless every mask has its image's size and at least one
     defect pixel (run before a long fit)."""

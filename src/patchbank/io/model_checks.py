@@ -363,7 +363,8 @@ def check_multi_header(tensors: dict[str, torch.Tensor], meta: dict[str, Any], w
                        ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """Check a multi-category model's header and tensor names; returns ``{category: (tensors,
     meta)}`` in the model's order, each ready for :func:`check_model_state` / ``from_state``
-    (tensors without the ``<category>/`` prefix, meta with the shared config).
+    (tensors without the ``<category>/`` prefix, meta with the shared config as each category
+    was fitted with it: aspect "fixed").
 
     Refused: a header that is not ``kind: multi``, a config that is not an object, an empty,
     repeated or invalid ``category_order``, ``categories`` without an object per category,
@@ -410,7 +411,7 @@ def check_multi_header(tensors: dict[str, torch.Tensor], meta: dict[str, Any], w
         widths.add(proto.shape[1])
     if len(widths) > 1:
         raise _fail(where, "routing_prototypes tensors", f"have different widths {sorted(widths)}")
-    return {c: (states[c], {**infos[c], "config": meta["config"]}) for c in order}
+    return {c: (states[c], {**infos[c], "config": fitted_as[1]}) for c in order}
 
 
 # ---------------------------------------------------------------------------------- at first use

@@ -21,7 +21,7 @@ from patchbank.config import Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.reports import MISSING, format_mean_std, pipe_table, write_json, write_text
-from patchbank.evaluation.scoring import score_category
+from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
 
 KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
@@ -107,6 +107,8 @@ def evaluate_routing(roots: Sequence[str | Path], preset: str = "lmf-core",
     names = [c.name for c in cats]
     if len(names) < 2:
         raise PatchbankError(f"routing needs at least two categories, got {names}")
+    for cat in cats:            # every category's test set before the first fit
+        check_test_set(cat)
     runs = [_one_seed(cats, cfg0.replace(seed=int(seed)), device, progress, n_prototypes) for seed in seeds]
     result = {"preset": preset, "overrides": overrides or {}, "config": cfg0.to_dict(),
               "categories": names, "seeds": [int(s) for s in seeds], "runs": runs}

@@ -24,13 +24,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from patchbank.config import STRUCT_COMPONENTS, STRUCT_DISTANCES, Config
-from patchbank.errors import PatchbankError
 from patchbank.evaluation import plots
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.reports import format_mean_std, mean_std, pipe_table, write_csv, write_json, write_text
 from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
-from patchbank.evaluation.scoring import PIXEL_KEYS, pixel_scores
+from patchbank.evaluation.scoring import PIXEL_KEYS, check_test_set, pixel_scores
 from patchbank.io.datasets import Category
 from patchbank.pipeline.structure import StructScorer
 
@@ -76,9 +75,6 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
     """Fit once, predict the test images once; the per-image values every variant is scored from."""
     from patchbank.detector import Detector
 
-    if len(set(category.labels)) < 2:
-        raise PatchbankError(f"category {category.name!r}: the test set needs both good and "
-                             f"defective images")
     det = Detector(config, device=device, progress=progress)
     t0 = time.perf_counter()
     det.fit([str(p) for p in category.train])
@@ -127,6 +123,8 @@ def study(roots: Sequence[str | Path], preset: str = "structcore", overrides: di
     """
     base_cfg = preset_config(preset, overrides)
     cats = load_categories(list(roots), categories)
+    for cat in cats:            # every category's test set before the first fit
+        check_test_set(cat)
     out = out_folder(out_dir, "runs")
     store = RunStore(out / "runs")
     runs = {(cat.name, int(seed)): _stored_or_new(store, cat, int(seed), base_cfg.replace(seed=int(seed)),
