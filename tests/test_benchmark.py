@@ -93,6 +93,36 @@ def test_cli_benchmark_bad_lists(synthetic_root, tmp_path, capsys):
         assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_cli_benchmark_never_replaces_a_file_without_overwrite_nor_an_input(synthetic_root, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Session 30: ``benchmark -o`` replaced any file without a word (a user's JSON, or one of
+    the benchmarked test images); ``--ratios`` beside ``--coreset-ratio`` ran the ratios while
+    the result recorded the override; a repeated ratio or batch size was timed twice."""
+    import shutil
+
+    import patchbank.studies.speed as speed
+    from patchbank.cli import cli
+
+    monkeypatch.setattr(speed, "run_benchmark", lambda *a, **k: pytest.fail("the benchmark ran"))
+    mine = tmp_path / "mine.json"
+    mine.write_text("precious")
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    image = sorted((data / "test" / "good").iterdir())[0]
+    before = image.read_bytes()
+    cases = [(["-o", str(mine)], f"{mine} already exists; pass --overwrite"),
+             (["-o", str(image), "--overwrite"], f"the output {image} is the input"),
+             (["-o", str(tmp_path / "x.json"), "--ratios", "0.1", "--coreset-ratio", "0.2"], "do not give --coreset-ratio"),
+             (["-o", str(tmp_path / "x.json"), "--ratios", "0.1,0.1"], "ratios repeat a value"),
+             (["-o", str(tmp_path / "x.json"), "--batch-sizes", "1,1"], "batch sizes repeat a value")]
+    for args, needle in cases:
+        code = cli.main(["benchmark", str(data), *args, "-q"], standalone_mode=False)
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert mine.read_text() == "precious" and image.read_bytes() == before
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_resolve_category_errors(tmp_path):
     from patchbank.studies.speed import resolve_category
     from patchbank.errors import PatchbankError

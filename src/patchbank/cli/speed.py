@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import build_config, given_overrides, with_config_options
-from patchbank.cli.options import GivenPath, positive_int_list, preset_option, ratio_list, run_options, setup_threads
-from patchbank.io.output_files import check_output_file
+from patchbank.cli.options import (GivenPath, overwrite_option, positive_int_list, preset_option, ratio_list,
+                                   run_options, setup_threads)
+from patchbank.io.output_files import (check_not_inputs, check_output_file, commit_file, make_folder,
+                                       release_file, reserve_file)
 
 
 @click.command(context_settings={"max_content_width": 110},
@@ -30,24 +32,34 @@ from patchbank.io.output_files import check_output_file
               help="Timed fits / predicts per setting, interleaved with floors; ratios are "
                    "fastest run / fastest floor.")
 @run_options
+@overwrite_option("Replace an existing output file.")
 @click.pass_context
 def benchmark(ctx: click.Context, data: str, output: Path, preset: str, ratios, batch_sizes,
               max_test: int | None, repeats: int, device: str, threads: int | None, quiet: bool,
-              **config_params: Any) -> None:
+              overwrite: bool, **config_params: Any) -> None:
     """Fit and predict timings of a preset on DATA (a category folder with train/good and test/,
     or a category name under ../shared/data) against the floor: fit / floor, predict / floor per
     batch size, the read / extract / search / post split, images/s, peak memory, bank MB."""
     overrides = given_overrides(ctx, config_params)
     build_config(preset, overrides)
-    check_output_file(output)            # before minutes of timing, not after
-    setup_threads(threads)
-    from patchbank.studies.speed import run_benchmark, summary_lines, write_json
+    from patchbank.studies.speed import benchmark_inputs, check_settings, run_benchmark, summary_lines, write_json
 
-    command = "patchbank benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
-    result = run_benchmark(data, preset=preset, overrides=overrides, ratios=ratios,
-                           batch_sizes=batch_sizes, device=device, max_test=max_test,
-                           progress=not quiet, command=command, repeats=repeats)
-    write_json(result, output)
+    check_settings(overrides, ratios, batch_sizes)
+    check_output_file(output)            # before minutes of timing, not after
+    check_not_inputs([output], benchmark_inputs(data))
+    make_folder(output.parent)
+    # claimed now (created exclusively), so an existing file or a second run fails at once
+    claim = None if overwrite else reserve_file(output)
+    try:
+        setup_threads(threads)
+        command = "patchbank benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None
+        result = run_benchmark(data, preset=preset, overrides=overrides, ratios=ratios,
+                               batch_sizes=batch_sizes, device=device, max_test=max_test,
+                               progress=not quiet, command=command, repeats=repeats)
+        commit_file(output, lambda tmp: write_json(result, tmp), claim)
+    finally:
+        if claim is not None:
+            release_file(claim)
     for line in summary_lines(result):
         click.echo(line)
     click.echo(f"wrote {output}")

@@ -227,6 +227,24 @@ def _max_memory(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
                 else b[k]) for k in b}
 
 
+def check_settings(overrides: dict | None, ratios: Iterable[float] | None, batch_sizes: Iterable[int]) -> None:
+    """Refuse (one line) a benchmark whose settings say two things: ``ratios`` beside a
+    ``coreset_ratio`` override (the runs would use the ratios while the result recorded the
+    override), or a ratio or batch size given twice (timed twice, two entries of one label)."""
+    if ratios is not None and "coreset_ratio" in (overrides or {}):
+        raise PatchbankError("the coreset ratio is set by --ratios; do not give --coreset-ratio too")
+    for name, values in (("ratios", ratios), ("batch sizes", batch_sizes)):
+        values = list(values or [])
+        if len(set(values)) != len(values):
+            raise PatchbankError(f"{name} repeat a value: {', '.join(map(str, values))}")
+
+
+def benchmark_inputs(data: str | os.PathLike) -> list[Path]:
+    """Every image a benchmark of ``data`` reads (training and test images): no output may be one."""
+    train, test, _ = _benchmark_images(resolve_category(data), None)
+    return [*train, *test]
+
+
 def _benchmark_images(root: Path, max_test: int | None) -> tuple[list[Path], list[Path], np.ndarray]:
     """Train images, test images (at most ``max_test``, evenly spaced) and their labels; the
     train images stand in for the test set when the category has no test/ folder."""
@@ -289,6 +307,7 @@ def run_benchmark(data: str | os.PathLike, preset: str = DEFAULT_PRESET, overrid
     """
     if repeats < 1:
         raise PatchbankError(f"repeats must be at least 1, got {repeats}")
+    check_settings(overrides, ratios, batch_sizes)
     from patchbank.detector import Detector
     from patchbank.evaluation.metrics import image_metrics
 
