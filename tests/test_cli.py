@@ -332,3 +332,27 @@ def test_demo(tmp_path):
         assert len(list((out / "data" / "test" / defect).glob("*.png"))) == 8
     # a second run refuses to replace the outputs
     assert_one_line_error(run("demo", "-o", out, "--quiet"), "--overwrite")
+
+
+def test_demo_never_writes_into_a_data_folder_it_did_not_write(tmp_path, monkeypatch):
+    """Session 30: the demo wrote its dataset over a user's OUT/data (their train/good/000.png
+    replaced) and fitted on any other image there; only an earlier demo's own dataset is
+    written again."""
+    import patchbank.io.synthetic as synthetic
+    from patchbank.cli.demo import DEMO_MARKER, check_data_folder
+
+    monkeypatch.setattr(synthetic, "make_dataset", lambda *a, **k: pytest.fail("data written"))
+    out = tmp_path / "demo"
+    mine = out / "data" / "train" / "good" / "000.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"a user's image")
+    assert_one_line_error(run("demo", "-o", out, "--overwrite", "--quiet"), "not a dataset written by patchbank demo")
+    assert mine.read_bytes() == b"a user's image"
+    monkeypatch.undo()
+    ours = synthetic.make_dataset(tmp_path / "ours", n_train=30, n_test_good=8, n_test_defect=8, size=32)
+    (ours / DEMO_MARKER).write_text("x")
+    check_data_folder(ours)                     # an earlier demo's dataset: written again
+    check_data_folder(tmp_path / "absent")
+    (ours / "train" / "good" / "zzz_user.png").write_bytes(b"x")
+    with pytest.raises(PatchbankError, match=r"holds files the demo did not write \(first: train/good/zzz_user.png\)"):
+        check_data_folder(ours)

@@ -9,11 +9,34 @@ import click
 from patchbank.cli.options import GivenPath, overwrite_option, run_options, setup_threads
 from patchbank.cli.predictions import PredictionOutputs, refuse_existing, run_predictions
 from patchbank.config import DEFAULT_PRESET
+from patchbank.errors import PatchbankError
 from patchbank.io.output_files import check_output_folder
 
 
 DEMO_BYTES = 64 * 2**20
 """Free space the demo asks for before it starts (data, model and heatmaps take about 10 MB)."""
+
+DEMO_MARKER = ".patchbank-demo"
+"""The file that marks OUT/data as the demo's own synthetic dataset (written with it)."""
+
+
+def check_data_folder(data_dir: Path) -> None:
+    """Refuse (one line) to write the demo's dataset into ``data_dir`` unless it is absent, empty,
+    or an earlier demo's dataset holding nothing else: the demo would replace a user's images
+    of the same names and fit on any other image there."""
+    from patchbank.io.synthetic import dataset_files
+
+    if not data_dir.is_dir() or not any(data_dir.iterdir()):
+        return
+    if not (data_dir / DEMO_MARKER).is_file():
+        raise PatchbankError(f"{data_dir} exists and is not a dataset written by patchbank demo (no "
+                             f"{DEMO_MARKER}); the demo writes its data there: choose another --output")
+    own = {DEMO_MARKER, *dataset_files()}
+    other = sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")
+                   if not p.is_dir() and p.relative_to(data_dir).as_posix() not in own)
+    if other:
+        raise PatchbankError(f"{data_dir} holds files the demo did not write (first: {other[0]}); "
+                             f"the demo would fit or test on them: move them, or choose another --output")
 
 
 @click.command()
@@ -34,9 +57,11 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     data_dir, model_path, pred_dir = out_dir / "data", out_dir / "model.patchbank", out_dir / "predictions"
     check_output_folder(out_dir, need_bytes=DEMO_BYTES)
     refuse_existing([model_path, pred_dir / "predictions.csv", pred_dir / "predictions.json"], overwrite)
+    check_data_folder(data_dir)
     setup_threads(threads)
     t_start = time.perf_counter()
     make_dataset(data_dir)
+    (data_dir / DEMO_MARKER).write_text("the synthetic dataset of patchbank demo\n")
     if not quiet:
         click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
     (category,) = read_dataset(data_dir)

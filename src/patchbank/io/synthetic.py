@@ -201,6 +201,16 @@ def make_dataset(root: str | Path, *, n_train: int = 30, n_test_good: int = 8,
     return root
 
 
+def dataset_files(*, n_train: int = 30, n_test_good: int = 8, n_test_defect: int = 8) -> list[str]:
+    """The files :func:`make_dataset` writes, as paths relative to its root (POSIX)."""
+    names = [f"train/good/{i:03d}.png" for i in range(n_train)]
+    names += [f"test/good/{i:03d}.png" for i in range(n_test_good)]
+    for defect in DEFECT_TYPES:
+        names += [f"test/{defect}/{i:03d}.png" for i in range(n_test_defect)]
+        names += [f"ground_truth/{defect}/{i:03d}_mask.png" for i in range(n_test_defect)]
+    return names
+
+
 def _write_split(root: Path, kind: str, folder_name: str, count: int, size: int, seed: int) -> None:
     folder = root / folder_name
     folder.mkdir(parents=True, exist_ok=True)
