@@ -135,6 +135,7 @@ def test_ablate_resume(ablated, data_root, monkeypatch):
     (["--kappa", "0.5", "--sampler", "uniform"], "--kappa, --sampler"),
     (["--seeds", "0,x"], "--seeds"),
     (["--coreset-ratio", "3"], "--coreset-ratio"),
+    (["--categories", "nosuch"], "nosuch"),     # session 30: left an empty -o folder
 ])
 def test_ablate_errors_are_one_line(data_root, tmp_path, args, needle):
     result = invoke("ablate", data_root, "-o", tmp_path / "o", *args)
@@ -277,6 +278,10 @@ def test_sweep_other_errors(data_root, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     result = invoke("sweep", tmp_path / "missing", "--param", "kappa=0.5", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "dataset root not found" in result.stderr
+    # session 30: an unknown category left an empty -o folder behind
+    result = invoke("sweep", data_root, "--param", "kappa=0.5", "--categories", "nosuch", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "nosuch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_value_names():
@@ -286,6 +291,10 @@ def test_value_names():
     assert value_text((2, 4), "layers") == "2,4" and value_text((4, 4), "layers") == "4,4"   # not sizes
     assert value_dir("image_size", (320, 768)) == "image_size-320x768"
     assert value_dir("layers", (2, 3, 4)) == "layers-2-3-4" and value_dir("layers", (2, 4)) == "layers-2-4"
+    # session 30: "1,3" and "-1,3" shared one folder (the second value's runs replaced the first's)
+    assert value_dir("layers", (-1, 3)) != value_dir("layers", (1, 3)) == "layers-1-3"
+    assert value_dir("layers", (-1, 3)).startswith("layers-1-3-") and len(value_dir("layers", (-1, 3))) == 19
+    assert value_dir("kappa", 0.25) == "kappa-0.25" and value_dir("projection_dim", None) == "projection_dim-none"
 
 
 def test_plot_handles_missing_pixel_metrics(tmp_path):

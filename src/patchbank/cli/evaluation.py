@@ -108,7 +108,7 @@ with_config_options(evaluate)
 
 @click.command(context_settings={"max_content_width": 110},
                epilog="Config options apply to every step, except the fields the steps set "
-                      "(fusion, kappa, sampler). Steps: patchbank/ablation.py (STEPS).")
+                      "(fusion, kappa, sampler). Steps: patchbank/studies/ablation.py (STEPS).")
 @click.argument("data_root", type=click.Path(path_type=Path))
 @output_option("Folder for one evaluate folder per step and ablation.csv/.json/.md.")
 @study_options

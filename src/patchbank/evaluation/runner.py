@@ -239,6 +239,20 @@ def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: 
     return run
 
 
+def categories_to_score(root: Any, categories: str | Iterable[str] | None = None,
+                        kind: str = "auto") -> list[Category]:
+    """The categories an evaluation of ``root`` scores (:func:`~patchbank.evaluation.inputs.load_categories`;
+    ``categories`` a list or a comma-separated string), every one's test set checked
+    (:func:`~patchbank.evaluation.scoring.check_test_set`): what :func:`evaluate` and the studies
+    built on it run before they create a folder or fit anything."""
+    if isinstance(categories, str):
+        categories = [c for c in categories.split(",") if c.strip()]
+    cats = load_categories(root, categories, kind)
+    for cat in cats:            # every category's test set before the first fit, not before its own
+        check_test_set(cat)
+    return cats
+
+
 def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: str = DEFAULT_PRESET,
              overrides: dict[str, Any] | None = None, categories: Iterable[str] | None = None,
              seeds: Sequence[int] = (0,), out_dir: str | os.PathLike = "results", resume: bool = True,
@@ -261,11 +275,7 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     overrides = dict(overrides or {})
     seeds = seed_list(seeds)
     configs = {s: preset_config(preset, {**overrides, "seed": s}) for s in seeds}
-    if isinstance(categories, str):
-        categories = [c for c in categories.split(",") if c.strip()]
-    cats = load_categories(root, categories, kind)
-    for cat in cats:            # every category's test set before the first fit, not before its own
-        check_test_set(cat)
+    cats = categories_to_score(root, categories, kind)
     check_output_folder(out_dir, need_bytes=MIN_FREE_BYTES)
     out = out_folder(out_dir, "runs")
     if command is None:

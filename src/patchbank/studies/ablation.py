@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.inputs import out_folder, preset_config, say
-from patchbank.evaluation.runner import evaluate
+from patchbank.evaluation.runner import categories_to_score, evaluate
 from patchbank.evaluation.reports import write_comparison
 
 BASE_PRESET = "lmf-core"
@@ -74,6 +74,7 @@ def ablate(root: str | os.PathLike, overrides: dict[str, Any] | None = None,
     seeds = [int(s) for s in seeds]
     for _, step in steps:  # every step's config is valid before the first (long) fit
         preset_config(BASE_PRESET, {**overrides, **step})
+    categories_to_score(root, categories, kind)   # before the folder is made
     out = out_folder(out_dir)
     if command is None:
         command = (f"patchbank.studies.ablation.ablate({str(root)!r}, overrides={overrides!r}, "

@@ -12,6 +12,7 @@ when swept, is marked with a dashed vertical line (the paper's red "default oper
 from __future__ import annotations
 
 import os
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,7 @@ from patchbank.errors import PatchbankError
 from patchbank.evaluation import plots
 from patchbank.evaluation.inputs import out_folder, preset_config, say
 from patchbank.evaluation.reports import LABELS, write_comparison
-from patchbank.evaluation.runner import evaluate
+from patchbank.evaluation.runner import categories_to_score, evaluate
 
 PLOT_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 # fields only the backbone can check (its block count, the weights file): a sweep over one of
@@ -48,8 +49,15 @@ def value_text(value: Any, param: str | None = None) -> str:
 
 def value_dir(param: str, value: Any) -> str:
     """Folder of one value: ``kappa-0.25``, ``projection_dim-none``, ``image_size-320x768``,
-    ``layers-2-4``."""
-    return f"{param}-{re.sub(r'[^A-Za-z0-9.]+', '-', value_text(value, param)).strip('-')}"
+    ``layers-2-4``.  A value whose text holds characters other than letters, digits, ``.`` and
+    ``,`` (``-1,3``) has them replaced and the first 8 hex digits of the text's sha256 appended,
+    so two values never share a folder (``1,3`` and ``-1,3`` did)."""
+    text = value_text(value, param)
+    name = text.replace(",", "-")
+    if re.search(r"[^A-Za-z0-9.,]", text):
+        name = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") + "-" + \
+            hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{param}-{name}"
 
 
 def _is_number(v: Any) -> bool:
@@ -100,6 +108,7 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
     values = list(values)
     stored = _swept_values(param, values, preset, overrides)
     seeds = [int(s) for s in seeds]
+    categories_to_score(root, categories, kind)   # before the folder is made
     out = out_folder(out_dir)
     if command is None:
         command = (f"patchbank.studies.sweep.sweep({str(root)!r}, {param!r}, {values!r}, preset={preset!r}, "
