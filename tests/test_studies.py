@@ -136,6 +136,7 @@ def test_ablate_resume(ablated, data_root, monkeypatch):
     (["--seeds", "0,x"], "--seeds"),
     (["--coreset-ratio", "3"], "--coreset-ratio"),
     (["--categories", "nosuch"], "nosuch"),     # session 30: left an empty -o folder
+    (["--categories", "part,part"], "categories named twice: part"),   # session 30: accepted
 ])
 def test_ablate_errors_are_one_line(data_root, tmp_path, args, needle):
     result = invoke("ablate", data_root, "-o", tmp_path / "o", *args)

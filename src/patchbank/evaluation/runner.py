@@ -247,6 +247,11 @@ def categories_to_score(root: Any, categories: str | Iterable[str] | None = None
     built on it run before they create a folder or fit anything."""
     if isinstance(categories, str):
         categories = [c for c in categories.split(",") if c.strip()]
+    if categories is not None:
+        categories = list(categories)
+        repeated = sorted({c for i, c in enumerate(categories) if c in categories[:i]})
+        if repeated:
+            raise PatchbankError(f"categories named twice: {', '.join(repeated)}")
     cats = load_categories(root, categories, kind)
     for cat in cats:            # every category's test set before the first fit, not before its own
         check_test_set(cat)
