@@ -188,7 +188,8 @@ def _check_sweep_values(preset: str, overrides: dict[str, Any], param: str, valu
 
 @click.command(context_settings={"max_content_width": 110},
                epilog="Config options override fields of the preset for every value (as for "
-                      "'evaluate'), but not the swept field. Examples: --param kappa=0.25,0.5,1.0; "
+                      "'evaluate'), but not the swept field. Examples (with --preset lmf-core, whose "
+                      "fields they are): --param kappa=0.25,0.5,1.0; "
                       "--param projection_dim=64,128,256; --param coreset_ratio=0.01,0.1,0.25; "
                       "--param image_size=256,320x768; --param 'layers=2,3;1,2,3'.")
 @click.argument("data_root", type=click.Path(path_type=Path))
