@@ -211,6 +211,12 @@ def test_multi_routed_two_actors_equals_local(ray_local, multi_model, two_root, 
             for r in recs] == [(p.score, p.normalized_score, p.is_anomalous, p.category, True) for p in local]
     assert {r["category"] for r in recs} == {"a", "b"}
     assert all(Path(r["heatmap"]).stat().st_size > 0 for r in recs)
+    assert all(Path(r["heatmap"]).parent == tmp_path / "routed" / "heatmaps" for r in recs)
+    assert not list((tmp_path / "routed").glob(".heatmaps-staging-*"))
+    # session 30: the note had no ranges (the local predict's layout has one per category)
+    ranges = {c: list(model.detectors_[c].heatmap_range()) for c in ("a", "b")}
+    assert got["heatmaps"]["ranges"] == ranges and got["heatmaps"]["vmin"] is None
+    assert "heatmap_vmin" not in recs[0]
     given = predict(multi_model, images, tmp_path / "given", actors=2, batch_size=5, category="b")
     local_b = model.predict(images, category="b")
     assert [r["score"] for r in given["predictions"]] == [p.score for p in local_b]
@@ -326,6 +332,16 @@ def test_one_line_errors(ray_local, single_model, synthetic_root, tmp_path, monk
               "--actors needs --engine ray")
     _one_line(_cli("predict", single_model, test, "-o", tmp_path / "b", "--engine", "ray", "--actors", "3"),
               "3 actor(s)", "has 2")
+    # session 30: an --overwrite run refused for its actors had already removed the previous set
+    keep = tmp_path / "keep"
+    assert _cli("predict", single_model, test, "-o", keep, "-q", "--engine", "ray").exit_code == 0
+    old = {p.name: p.read_bytes() for p in keep.iterdir()}
+    _one_line(_cli("predict", single_model, test, "-o", keep, "--overwrite", "--engine", "ray", "--actors", "3"),
+              "3 actor(s)")
+    assert {p.name: p.read_bytes() for p in keep.iterdir()} == old
+    # session 30: a HOST:PORT where nothing listens waited without end
+    _one_line(_cli("predict", single_model, test, "-o", tmp_path / "g", "--engine", "ray",
+                   "--address", "127.0.0.1:1"), "cannot reach the Ray cluster at 127.0.0.1:1")
     _one_line(_cli("predict", single_model, test, "-o", tmp_path / "c", "--engine", "ray",
                    "--category", "x"), "--category needs a multi-category model")
     bad = tmp_path / "bad.png"
@@ -384,6 +400,26 @@ def test_fit_ray_equals_local(ray_local, two_root, tmp_path):
     _one_line(_cli("fit", two_root, "-o", remote, "--per-category", *SMALL), "--per-category needs --engine ray")
 
 
+def test_a_tasks_error_is_its_own_line_and_fit_options_are_checked_before_the_fit(ray_local, two_root, tmp_path,
+                                                                                 monkeypatch):
+    """Session 30: an error raised inside a Ray task was printed as Ray's whole flattened
+    traceback (Ray's task error is an instance of its cause's class); --per-category with
+    --multi was ignored, and its output folder under a file was found after the fits."""
+    from patchbank.distributed import fitting
+
+    train = two_root / "a" / "train" / "good"
+    r = _cli("fit", train, "-o", tmp_path / "m.patchbank", "--engine", "ray", *SMALL,
+             "--weights", str(tmp_path / "missing.safetensors"))
+    _one_line(r, "weights file not found")
+    assert "ray::" not in r.stderr and "Traceback" not in r.stderr and len(r.stderr) < 300, r.stderr
+    monkeypatch.setattr(fitting, "fit_categories", lambda *a, **k: pytest.fail("fitted"))
+    _one_line(_cli("fit", two_root, "-o", tmp_path / "pc", "--per-category", "--multi", "--engine", "ray"),
+              "drop --multi")
+    (tmp_path / "plain.txt").write_text("x")
+    _one_line(_cli("fit", two_root, "-o", tmp_path / "plain.txt" / "models", "--per-category", "--engine", "ray"),
+              "plain.txt")
+
+
 def test_evaluate_ray_equals_local(ray_local, two_root, tmp_path):
     """evaluate --engine ray: the same metrics (timings aside) and per-image records per run."""
     import json
@@ -432,14 +468,16 @@ def test_an_actors_load_error_names_the_users_model_file():
     assert "models/line.patchbank" in str(info.value) and "/tmp/" not in str(info.value)
 
 
-def test_ray_outputs_are_never_its_inputs_and_overwrite_removes_the_old_tables_first(single_model, synthetic_root,
-                                                                                    tmp_path):
+def test_ray_outputs_are_never_its_inputs_and_overwrite_replaces_the_old_set_only_at_the_end(
+        single_model, synthetic_root, tmp_path):
     """As the local engine (tests/test_cli_paths.py): a heatmap that would be one of the images
-    scored is refused before Ray starts; with ``--overwrite`` the previous tables go before any
-    heatmap is written, so a run stopped part-way leaves no old table beside new heatmaps."""
+    scored, or a table or list file given as the input (session 30: a manifest inside -o was
+    replaced by the prediction table), is refused before Ray starts.  Session 30: the previous set
+    is replaced only when the run has every image (it was removed before Ray started, so a run
+    refused for its actors lost it); the new heatmaps wait in the run's staging folder."""
     import shutil
 
-    from patchbank.distributed.outputs import FILES, ResultFiles
+    from patchbank.distributed.outputs import FILES, STAGING_PREFIX, ResultFiles
 
     same = tmp_path / "same" / "heatmaps"
     same.mkdir(parents=True)
@@ -449,6 +487,12 @@ def test_ray_outputs_are_never_its_inputs_and_overwrite_removes_the_old_tables_f
     _one_line(_cli("predict", single_model, same, "-o", tmp_path / "same", "--heatmaps", "--overwrite",
                    "--engine", "ray"), "is the input", src.name)
     assert (same / src.name).read_bytes() == before
+    manifest = tmp_path / "manif" / "predictions.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"path,operator_note\n{src},checked\n")
+    _one_line(_cli("predict", single_model, manifest, "-o", manifest.parent, "--overwrite", "--engine", "ray"),
+              f"the output {manifest} is the input {manifest}")
+    assert "operator_note" in manifest.read_text()
     out = tmp_path / "old"
     out.mkdir()
     for name in FILES:
@@ -459,6 +503,21 @@ def test_ray_outputs_are_never_its_inputs_and_overwrite_removes_the_old_tables_f
         (out / "heatmaps" / name).write_bytes(b"x")
     (out / "predictions.json").write_text(json.dumps({"predictions": [
         {"path": "x.png", "heatmap": str(out / "heatmaps" / n)} for n in ("a.png", "old.png")]}))
-    with ResultFiles(out, [out / "heatmaps" / "a.png"], overwrite=True, inputs=[src]):
-        assert not any((out / name).exists() for name in FILES)
-        assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["mine.png"]
+    old = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RuntimeError):                       # a run that fails: the old set stays
+        with ResultFiles(out, [out / "heatmaps" / "a.png"], overwrite=True, inputs=[src]) as files:
+            (staged,) = files.staged()
+            assert staged.parent.name.startswith(STAGING_PREFIX) and staged.parent.parent == out
+            staged.write_bytes(b"new")
+            raise RuntimeError("the actors failed")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == old   # staging removed too
+    with ResultFiles(out, [out / "heatmaps" / "a.png"], overwrite=True, inputs=[src]) as files:
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+        files.staged()[0].write_bytes(b"new")
+        files.write([{"path": str(src), "score": 1.0, "normalized_score": 0.0, "is_anomalous": False,
+                      "threshold": 1.0, "map_mean": 0.0, "blurriness": 0.0, "whole_image_anomalous": False,
+                      "out_of_focus": False, "other_shape": False, "heatmap": str(out / "heatmaps" / "a.png")}],
+                    {"model": "m"})
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["a.png", "mine.png"]
+    assert (out / "heatmaps" / "a.png").read_bytes() == b"new"
+    assert not list(out.glob(STAGING_PREFIX + "*")) and json.loads((out / "predictions.json").read_text())["model"] == "m"

@@ -365,6 +365,17 @@ def test_old_run_file_without_the_weights_sha256_is_recomputed(small_root, tmp_p
     assert run2["metrics"]["image_auroc"] != -1.0 and run2["backbone_sha256"] == run1["backbone_sha256"]
 
 
+def test_a_stored_run_of_another_configuration_is_replaced_with_a_line(small_root, tmp_path):
+    """Session 30: evaluate into a folder holding another configuration's run replaced it
+    without a word (other data, device or weights did say so)."""
+    out = tmp_path / "res"
+    _, run1 = _evaluate(small_root, out)
+    r = run("evaluate", small_root, "-o", out, *SMALL, *QUIET, "--blur-sigma", "2")
+    assert r.exit_code == 0, r.stderr
+    assert "was computed with another configuration (it is replaced); recomputing" in r.stderr
+    assert json.loads((out / "runs" / "synthetic__seed0.json").read_text())["config"]["blur_sigma"] == 2.0
+
+
 def test_no_resume_recomputes_without_a_reuse_line(small_root, tmp_path):
     out = tmp_path / "res"
     _evaluate(small_root, out)

@@ -18,6 +18,7 @@ import click
 
 from patchbank.cli.fit_report import fit_lines
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder
 
 ENGINES = ("local", "ray")
 
@@ -87,8 +88,12 @@ def fit_on_ray(categories: dict[str, list[Path]], output: Path, config: Any, *, 
     from patchbank.distributed.fitting import fit_categories
 
     targets = [output / f"{name}.patchbank" for name in categories] if per_category else [output]
+    if per_category and multi:
+        raise PatchbankError("--per-category writes one single-category model per category; drop --multi")
     if per_category and output.is_file():
         raise PatchbankError(f"{output} is a file; --per-category writes into a folder")
+    if per_category:     # before the (long) fits: writable, not under a file, room
+        check_output_folder(output, need_bytes=MIN_FREE_BYTES)
     existing = [t for t in targets if t.exists()] if per_category and not overwrite else []
     if existing:
         raise PatchbankError(f"{existing[0]} already exists; pass --overwrite to replace it")

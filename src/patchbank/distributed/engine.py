@@ -32,6 +32,7 @@ def import_ray() -> Any:
 def ray_session(address: str | None = None) -> Iterator[Any]:
     """The ``ray`` module, initialised for the ``with`` block (see the module docstring)."""
     ray = import_ray()
+    check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
@@ -55,6 +56,25 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         ray.shutdown()
 
 
+CONNECT_TIMEOUT = 10.0   # seconds for a cluster's address to accept a connection
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse (one line) a ``HOST:PORT`` (or ``ray://HOST:PORT``) address where nothing accepts
+    a connection within :data:`CONNECT_TIMEOUT`: Ray itself waits for it without end, retrying.
+    ``None`` (a local Ray) and ``"auto"`` are Ray's to resolve."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address or "")
+    if m is None:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=CONNECT_TIMEOUT).close()
+    except (OSError, ValueError) as exc:
+        raise PatchbankError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
 def cluster_cpus(ray: Any) -> float:
     """The CPUs the connected Ray cluster has in all."""
     return float(ray.cluster_resources().get("CPU", 0.0))
@@ -69,7 +89,7 @@ def carried_error(exc: BaseException) -> PatchbankError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, PatchbankError):
+        if isinstance(e, PatchbankError) and not _is_ray_error(e):
             return PatchbankError(str(e))
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
     text = str(exc)
@@ -89,8 +109,10 @@ def reraise() -> Iterator[None]:
     actors that kept dying (past :data:`ACTOR_RETRIES`) as a one-line PatchbankError."""
     try:
         yield
-    except PatchbankError:
-        raise
+    except PatchbankError as exc:
+        if not _is_ray_error(exc):       # our own, raised in the block
+            raise
+        raise carried_error(exc) from None   # Ray's task error posing as its cause: the cause's line
     except Exception as exc:
         err = carried_error(exc)
         if err is None and _actor_died(exc):
@@ -100,6 +122,14 @@ def reraise() -> Iterator[None]:
         if err is None:
             raise
         raise err from None
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Ray's errors (a task's error is an instance of its cause's class
+    too, and its text is the whole remote traceback)."""
+    from ray.exceptions import RayError
+
+    return isinstance(exc, RayError)
 
 
 def _actor_died(exc: BaseException) -> bool:

@@ -13,7 +13,9 @@ Each input is one of
 * a **table** (``.parquet`` or ``.csv``): the paths in its column ``column`` (default ``path``;
   a ``predictions.parquet`` of an earlier run works as is).
 
-Relative paths inside a list file or table are taken relative to that file's folder.  The same
+Relative paths inside a list file or table are taken relative to that file's folder, or where
+no file lies there, relative to the working folder (an earlier run's table holds its paths as
+given).  The same
 image named twice is scored once (one warning).  Every listed file must exist: the first
 missing one is a one-line :class:`~patchbank.errors.PatchbankError` with the count of missing
 files; so are an empty input, a glob matching nothing and a table without the column.
@@ -97,11 +99,21 @@ def _table_column(path: Path, column: str) -> list[str]:
     return [str(c).strip() for c in cells if c is not None and str(c).strip()]
 
 
+def source_files(inputs: Sequence[str]) -> list[Path]:
+    """The list files and tables among ``inputs`` (the files the run reads besides the images:
+    no output may be one of them)."""
+    files = [Path(raw) for raw in ([str(inputs)] if isinstance(inputs, (str, Path)) else map(str, inputs))]
+    return [p for p in files if p.is_file() and p.suffix.lower() in (*LIST_SUFFIXES, *TABLE_SUFFIXES)]
+
+
 def _listed(source: Path, entries: list[str]) -> list[Path]:
-    """The files ``entries`` of a list file or table, relative ones taken from its folder."""
+    """The files ``entries`` of a list file or table, relative ones taken from its folder (or,
+    where there is none such, from the working folder: a ``predict`` table of a run given
+    relative paths holds them as given)."""
     if not entries:
         raise PatchbankError(f"{source} lists no images")
-    paths = [e if e.is_absolute() else source.parent / e for e in map(Path, entries)]
+    paths = [e if e.is_absolute() or not (source.parent / e).is_file() and e.is_file() else source.parent / e
+             for e in map(Path, entries)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

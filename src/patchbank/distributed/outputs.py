@@ -8,26 +8,33 @@ Columns and cells are the local ``predict``'s (:mod:`patchbank.io.prediction_fil
 :class:`ResultFiles` claims the three files (and checks the heatmap files) BEFORE the run: an
 existing one is a one-line error without ``overwrite``; the files are written through
 temporary files renamed into place (:func:`patchbank.io.output_files.commit_file`), so a failed
-run leaves no half-written table.  No output may be one of the images scored
-(:func:`~patchbank.io.output_files.check_not_inputs`), and with ``overwrite`` the previous run's
-three tables, then the heatmaps they named, are removed before any heatmap is written
-(:func:`~patchbank.io.prediction_files.remove_previous_run`), so a run stopped part-way leaves
-no old table beside new heatmaps, and no old heatmap stays beside the new table.  :meth:`ResultFiles.collect` checks that every input index came
+run leaves no half-written table.  No output may be one of the files the run reads
+(:func:`~patchbank.io.output_files.check_not_inputs`: the images, list files and tables, the
+model and weights files).  The actors write the heatmaps into a hidden staging folder of the run
+in ``out_dir``; only when every image came back does :meth:`ResultFiles.write`, holding the
+folder's lock as a local ``predict`` does, remove (with ``overwrite``) the previous run's tables
+and the heatmaps they named (:func:`~patchbank.io.prediction_files.remove_previous_run`), move
+the new heatmaps in and write the tables.  So a run that fails or is stopped leaves the previous
+set as it was (its staging folder removed), and two runs into one folder never mix their files.  :meth:`ResultFiles.collect` checks that every input index came
 back exactly once (a lost or twice-scored image is an error, never a silent gap).
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_not_inputs, check_output_folder,
-                                       commit_file, make_folder, release_file, reserve_file)
+                                       commit_file, file_lock, make_folder, release_file, reserve_file)
 from patchbank.io.prediction_files import csv_fields, csv_row, remove_previous_run
 
 FILES = ("predictions.parquet", "predictions.csv", "predictions.json")
+STAGING_PREFIX = ".heatmaps-staging-"   # a run's own hidden folder in out_dir for its heatmaps
 
 
 class ResultFiles:
@@ -38,32 +45,42 @@ class ResultFiles:
         self.out_dir, self.overwrite = Path(out_dir), overwrite
         self.paths = {name: self.out_dir / name for name in FILES}
         self.heat_paths = heat_paths
-        self.inputs = inputs          # the images scored: no output may be one of them
+        self.inputs = inputs          # the files the run reads: no output may be one of them
         self.reserved: dict[Path, Reservation] = {}
+        self.staging: Path | None = None   # where the actors write the heatmaps until the run succeeds
 
     def __enter__(self) -> "ResultFiles":
         check_not_inputs([*self.paths.values(), *self.heat_paths], self.inputs)
         check_output_folder(self.out_dir, need_bytes=MIN_FREE_BYTES)
         make_folder(self.out_dir)
-        if self.heat_paths:
-            make_folder(self.heat_paths[0].parent)
-        if self.overwrite:           # the old tables go before any new heatmap is written
-            remove_previous_run(self.out_dir, also=(self.paths["predictions.parquet"],))
-        else:
-            existing = [p for p in self.heat_paths if p.exists()]
-            if existing:
-                raise PatchbankError(f"{existing[0]} already exists; pass --overwrite to replace")
+        if not self.overwrite:
+            self._refuse_existing_heatmaps()
             try:
                 for path in self.paths.values():
                     self.reserved[path] = reserve_file(path, hold_lock=True)
             except BaseException:
                 self.__exit__()
                 raise
+        if self.heat_paths:
+            self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out_dir))
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.staging is not None:      # a run that failed: its heatmaps go, nothing else moved
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
         for res in self.reserved.values():
             release_file(res)
+
+    def staged(self) -> list[Path]:
+        """Where the actors write each heatmap (a hidden folder of this run in ``out_dir``),
+        in the order of ``heat_paths``."""
+        return [self.staging / p.name for p in self.heat_paths]
+
+    def _refuse_existing_heatmaps(self) -> None:
+        existing = [p for p in self.heat_paths if p.exists()]
+        if existing:
+            raise PatchbankError(f"{existing[0]} already exists; pass --overwrite to replace")
 
     @staticmethod
     def collect(batches: Iterable[dict[str, list]], n: int) -> list[dict[str, Any]]:
@@ -84,12 +101,24 @@ class ResultFiles:
         return rows  # type: ignore[return-value]
 
     def write(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-        """Write the Parquet table, the CSV and the JSON (``summary`` + ``predictions``)."""
+        """Holding the lock on ``out_dir`` (as a local ``predict`` does): with ``overwrite`` remove
+        the previous run's tables and the heatmaps they named, move this run's heatmaps in from
+        staging, then write the Parquet table, the CSV and the JSON (``summary`` +
+        ``predictions``), the JSON last."""
         multi = bool(records) and "category" in records[0]
         fields = csv_fields(multi, bool(self.heat_paths))
-        self._commit("predictions.parquet", lambda tmp: _write_parquet(tmp, records, fields))
-        self._commit("predictions.csv", lambda tmp: _write_csv(tmp, records, fields))
-        self._commit("predictions.json", lambda tmp: _write_json(tmp, {**summary, "predictions": records}))
+        with file_lock(self.out_dir, what=f"the predictions in {self.out_dir}", quiet=True):
+            if self.overwrite:
+                remove_previous_run(self.out_dir, also=(self.paths["predictions.parquet"],))
+            else:             # another run may have written one since this run started
+                self._refuse_existing_heatmaps()
+            if self.heat_paths:
+                make_folder(self.heat_paths[0].parent)
+                for staged, path in zip(self.staged(), self.heat_paths):
+                    os.replace(staged, path)
+            self._commit("predictions.parquet", lambda tmp: _write_parquet(tmp, records, fields))
+            self._commit("predictions.csv", lambda tmp: _write_csv(tmp, records, fields))
+            self._commit("predictions.json", lambda tmp: _write_json(tmp, {**summary, "predictions": records}))
 
     def _commit(self, name: str, write: Any) -> None:
         path = self.paths[name]

@@ -21,7 +21,9 @@ An actor that dies is restarted and its unfinished batches are given to a live a
 default, -1, would retry a crash that happens on every batch forever); the output holds each
 image once whatever happened, and a run whose actors keep dying fails with one line.  With ``heatmaps`` each actor writes the overlay PNGs itself (the folder
 must be on storage every worker reaches), coloured on the model's fixed range
-(``Detector.heatmap_range``), as the local ``predict`` and the service colour them.
+(``Detector.heatmap_range``), as the local ``predict`` and the service colour them, into the
+run's staging folder; the driver moves them into ``heatmaps/`` when the run has succeeded
+(:class:`~patchbank.distributed.outputs.ResultFiles`).
 """
 from __future__ import annotations
 
@@ -125,13 +127,15 @@ class ScoringActor:
         records = []
         for path, pred, target, h, w in zip(batch["path"], preds, heat, batch["height"], batch["width"]):
             det = self._detector(pred)
+            rec = prediction_record(path, pred, det.threshold_,
+                                    other_shape=det.train_shape_.is_other((int(h), int(w))),
+                                    routed=(self.category is None) if self.multi else None,
+                                    heatmap=target)
             if target is not None:
                 lo, hi = det.heatmap_range()
                 commit_file(target, overlay_writer(path, pred.anomaly_map, det.config, lo, hi))
-            records.append(prediction_record(path, pred, det.threshold_,
-                                             other_shape=det.train_shape_.is_other((int(h), int(w))),
-                                             routed=(self.category is None) if self.multi else None,
-                                             heatmap=target))
+                rec.update({HEATMAP_RANGE[0]: lo, HEATMAP_RANGE[1]: hi})   # the driver's note, not a column
+            records.append(rec)
         return {"index": batch["index"], **{k: [r[k] for r in records] for k in records[0]}}
 
 
@@ -223,9 +227,9 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
             ``overwrite``, an image that cannot be decoded, a cluster too small for the pool.
     """
     from patchbank.distributed.engine import ray_session, reraise
-    from patchbank.distributed.inputs import read_inputs
+    from patchbank.distributed.inputs import read_inputs, source_files
     from patchbank.distributed.outputs import ResultFiles
-    from patchbank.io.prediction_files import HEATMAP_FOLDER, heatmap_names, model_files
+    from patchbank.io.prediction_files import HEATMAP_FOLDER, heatmap_names, heatmap_note, model_files
 
     decoders = decode_tasks(actors, threads, device) if decoders is None else decoders
     _check_counts(actors=actors, threads=threads, batch_size=batch_size or 1, decoders=decoders)
@@ -235,9 +239,12 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     paths = read_inputs(inputs, path_column)
     heat_paths = ([Path(out_dir) / HEATMAP_FOLDER / n for n in heatmap_names(paths)] if heatmaps else [])
     t0 = time.perf_counter()
-    with ResultFiles(out_dir, heat_paths, overwrite=overwrite, inputs=[*paths, *model_files(model, weights)]) as files, ray_session(address) as ray, reraise():
+    reads = [*paths, *source_files(inputs), *model_files(model, weights)]
+    with ResultFiles(out_dir, heat_paths, overwrite=overwrite, inputs=reads) as files, \
+            ray_session(address) as ray, reraise():
         resources = _resources(ray, actors, threads, device)
-        rows = [{"index": i, "path": str(p), **({"heatmap": str(heat_paths[i])} if heatmaps else {})}
+        staged = files.staged()
+        rows = [{"index": i, "path": str(p), **({"heatmap": str(staged[i])} if heatmaps else {})}
                 for i, p in enumerate(paths)]
         _quiet_ray_data(ray, progress)
         ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / _rows_per_block(len(rows), batch_size, actors)))
@@ -255,8 +262,9 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
         batches = ({k: v.tolist() for k, v in b.items()}
                    for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
         records = files.collect(batches, len(paths))
+        ranges = _final_heatmaps(records, heat_paths)
         summary.update({"n_images": len(records), "n_flagged": sum(r["is_anomalous"] for r in records),
-                        "heatmaps": _heatmap_note(heat_paths),
+                        "heatmaps": heatmap_note(heat_paths[0].parent, ranges) if heatmaps else None,
                         "engine": {"name": "ray", "actors": actors, "threads_per_actor": threads,
                                    "batch_size": batch_size, "device": device, "decoders": decoders,
                                    "seconds": time.perf_counter() - t0}})
@@ -287,10 +295,19 @@ def _check_counts(**counts: Any) -> None:
             raise PatchbankError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _heatmap_note(heat_paths: list[Path]) -> dict[str, Any] | None:
-    from patchbank.io.prediction_files import heatmap_note
+HEATMAP_RANGE = ("heatmap_vmin", "heatmap_vmax")
+"""The keys under which an actor hands back each heatmap's colour range (not table columns)."""
 
-    return heatmap_note(heat_paths[0].parent, None) if heat_paths else None
+
+def _final_heatmaps(records: list[dict[str, Any]], heat_paths: list[Path]) -> dict[str | None, tuple[float, float]]:
+    """Give each record its heatmap's final path (the actors wrote it in staging) and take out
+    the colour ranges the actors used: category (None for a single-category model) -> (vmin,
+    vmax), for the JSON's heatmap note as the local ``predict`` writes it."""
+    ranges: dict[str | None, tuple[float, float]] = {}
+    for rec, path in zip(records, heat_paths):
+        ranges[rec.get("category")] = (rec.pop(HEATMAP_RANGE[0]), rec.pop(HEATMAP_RANGE[1]))
+        rec["heatmap"] = str(path)
+    return ranges
 
 
 def _quiet_ray_data(ray: Any, progress: bool) -> None:

@@ -186,6 +186,7 @@ def _with_defect_types(run: dict[str, Any], cat: Category) -> dict[str, Any]:
 
 
 _WHY = {"data changed": "was computed on different data (files, sizes or dates changed)",
+        "config": "was computed with another configuration (it is replaced)",
         "no fingerprint": "records no data fingerprint (an older run file)",
         "category": "holds another category's run", "seed": "holds another seed's run",
         "device": "was computed on another device (its timings and float rounding are that device's)",
