@@ -298,6 +298,21 @@ def test_a_glob_match_with_an_image_extension_that_is_no_file_is_an_error(tmp_pa
         read_inputs([str(tmp_path / "*.png")])
 
 
+def test_an_earlier_runs_table_with_relative_paths_is_an_input_as_is(tmp_path, monkeypatch):
+    """Session 30: a predictions table of a run given relative paths holds them as given (from
+    the working folder); they were looked up beside the table and refused.  A path that exists
+    beside the table still wins."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predictions.csv").write_text("path,score\ndata/a.png,1.0\n")
+    assert read_inputs(["out/predictions.csv"]) == [Path("data/a.png")]
+    (tmp_path / "out" / "data").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "out" / "data" / "a.png")
+    assert read_inputs(["out/predictions.csv"]) == [Path("out/data/a.png")]
+
+
 def test_killed_actor_is_replaced_and_no_image_is_lost_or_doubled(ray_local, single_model,
                                                                  synthetic_root, tmp_path):
     """An actor exits its process on its 2nd batch (first life only): the run still returns
