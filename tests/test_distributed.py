@@ -435,6 +435,39 @@ def test_a_tasks_error_is_its_own_line_and_fit_options_are_checked_before_the_fi
               "plain.txt")
 
 
+def test_sigterm_ends_a_ray_predict_cleanly(single_model, synthetic_root, tmp_path):
+    """Session 30: SIGTERM (a service manager stopping the job) aborted a Ray predict with a
+    native stack dump (Ray's handler) and skipped the cleanup; it now ends with status 143, Ray
+    shut down, no placeholder and no staging folder left, the previous results untouched."""
+    import glob
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = tmp_path / "many"
+    images.mkdir()
+    for k in range(8):
+        for i, src in enumerate(sorted((synthetic_root / "test").rglob("*.png"))):
+            shutil.copy(src, images / f"{k}_{i}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("a user's file")
+    proc = subprocess.Popen([sys.executable, "-m", "patchbank.cli", "predict", str(single_model), str(images),
+                             "-o", str(out), "--engine", "ray", "--heatmaps", "--batch-size", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not glob.glob(str(out / ".heatmaps-staging-*" / "*.png")):    # the actors are at work
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err.decode()
+    assert b"SIGTERM received" not in err and b"Traceback" not in err, err.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
 def test_evaluate_ray_equals_local(ray_local, two_root, tmp_path):
     """evaluate --engine ray: the same metrics (timings aside) and per-image records per run."""
     import json

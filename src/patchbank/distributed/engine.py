@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Any, Iterator
 
 from patchbank.errors import PatchbankError
@@ -50,10 +52,27 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         raise PatchbankError(f"cannot start or reach {where}: {' '.join(str(exc).split())}") from None
     finally:
         notice.setLevel(level)
+    previous = _exit_on_sigterm()
     try:
         yield ray
     finally:
         ray.shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """In the main thread, let SIGTERM end the run as an exception (exit status 143) instead of
+    Ray's handler, which aborts the process with a native stack dump and skips the cleanup: the
+    session then shuts Ray down and the outputs' placeholders and staging folder are removed.
+    Returns the handler it replaced (None where none was set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 CONNECT_TIMEOUT = 10.0   # seconds for a cluster's address to accept a connection
