@@ -376,6 +376,24 @@ def test_a_stored_run_of_another_configuration_is_replaced_with_a_line(small_roo
     assert json.loads((out / "runs" / "synthetic__seed0.json").read_text())["config"]["blur_sigma"] == 2.0
 
 
+def test_two_evaluations_into_one_folder_take_turns(small_root, tmp_path, monkeypatch):
+    """Session 30: two evaluations into one folder at once both said "wrote" and one's runs and
+    tables were lost; the folder is now held by one evaluation at a time (the other waits, or
+    gives up with one line after PATCHBANK_LOCK_TIMEOUT)."""
+    from patchbank.io.output_files import file_lock
+
+    out = tmp_path / "res"
+    out.mkdir()
+    monkeypatch.setenv("PATCHBANK_LOCK_TIMEOUT", "0.5")
+    with file_lock(out, quiet=True):                     # another evaluation at work
+        r = run("evaluate", small_root, "-o", out, *SMALL, *QUIET)
+    lines = r.stderr.strip().splitlines()             # a line saying it waits, then the error
+    assert r.exit_code == 2 and lines[0].startswith("waiting for another patchbank process"), r.stderr
+    assert lines[1:] == [lines[-1]] and lines[-1].startswith(f"error: the evaluation in {out} is locked")
+    assert not (out / "runs").exists() or not list((out / "runs").iterdir())
+    _evaluate(small_root, out)                           # free again: it runs
+
+
 def test_no_resume_recomputes_without_a_reuse_line(small_root, tmp_path):
     out = tmp_path / "res"
     _evaluate(small_root, out)

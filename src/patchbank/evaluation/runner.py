@@ -56,7 +56,7 @@ from patchbank.evaluation.reports import (LABELS, METRICS, markdown_table, summa
 from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
 from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, file_lock
 
 __all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "image_records",
            "markdown_table", "run_category", "summarize", "write_comparison", "write_outputs"]
@@ -293,17 +293,20 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
                "device": str(device), "fingerprints": fingerprints,
                "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}}
     store, backbones = RunStore(out / "runs"), _BackboneCache()
-    stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints, device, backbones)
-    todo = [(cat, configs[seed]) for cat in cats for seed in seeds if stored[cat.name, seed] is None]
-    computed = iter(map_runs(todo)) if map_runs is not None else None
-    runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
-                     progress=progress, backbones=backbones, context=context, computed=computed)
-            for cat in cats for seed in seeds]
+    # one evaluation writes a folder at a time: a second one waits (or gives up, one line), then
+    # resumes from what the first stored (two at once replaced each other's runs and tables)
+    with file_lock(out, what=f"the evaluation in {out}"):
+        stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints, device, backbones)
+        todo = [(cat, configs[seed]) for cat in cats for seed in seeds if stored[cat.name, seed] is None]
+        computed = iter(map_runs(todo)) if map_runs is not None else None
+        runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
+                         progress=progress, backbones=backbones, context=context, computed=computed)
+                for cat in cats for seed in seeds]
 
-    summary = summarize(runs, [c.name for c in cats], seeds)
-    summary.update({"preset": preset, "overrides": runs[0]["overrides"] if runs else {},
-                    "config": configs[seeds[0]].to_dict(), "command": command,
-                    "dataset_root": source_text(root)})
-    files = write_outputs(out, runs, summary)
+        summary = summarize(runs, [c.name for c in cats], seeds)
+        summary.update({"preset": preset, "overrides": runs[0]["overrides"] if runs else {},
+                        "config": configs[seeds[0]].to_dict(), "command": command,
+                        "dataset_root": source_text(root)})
+        files = write_outputs(out, runs, summary)
     markdown = files.pop("_markdown")
     return {"runs": runs, "summary": summary, "markdown": markdown, "files": files}
