@@ -149,6 +149,8 @@ def test_a_multi_category_model_with_its_own_weights_can_be_extended_and_saved_a
     loaded.save(model, overwrite=True)
     again = MultiDetector.load(model, progress=False, weights=weights)
     assert again.detectors_["a"].backbone_sha256_ == loaded.detectors_["a"].backbone_sha256_
+    del again._infos["a"]["config"]          # a file whose category holds no config copy
+    assert "config" not in again.info()["categories"]["a"]
     r = invoke_cli("fit", "--add", f"b={train}", "-o", str(model), "--weights", weights, "-q")
     assert r.exit_code == 0, r.stderr
     assert MultiDetector.load(model, progress=False, weights=weights).categories == ["a", "b"]

@@ -244,10 +244,10 @@ class MultiDetector:
         for name in self.router_.names_:
             det = self.detectors_[name]
             if name in self._infos:   # read from a file: as read, with the current operating point
-                # and the weights file it is loaded with (the shared config's: a copy must match it)
                 cats[name] = {**self._infos[name], "threshold": det.threshold_,
-                              "threshold_override": det.info()["threshold_override"],
-                              "config": {**self._infos[name]["config"], "weights": self.config.weights}}
+                              "threshold_override": det.info()["threshold_override"]}
+                if "config" in cats[name]:   # its copy names the weights file it is loaded with, as
+                    cats[name]["config"] = {**cats[name]["config"], "weights": self.config.weights}  # the shared one
             else:
                 cats[name] = det.info()
         return {"patchbank_version": __version__, "format_version": FORMAT_VERSION, "kind": "multi",

@@ -60,8 +60,9 @@ def demo(out_dir: Path, device: str, threads: int | None, quiet: bool, overwrite
     check_data_folder(data_dir)
     setup_threads(threads)
     t_start = time.perf_counter()
+    data_dir.mkdir(parents=True, exist_ok=True)     # marked first: a run stopped while writing
+    (data_dir / DEMO_MARKER).write_text("the synthetic dataset of patchbank demo\n")   # it can rerun
     make_dataset(data_dir)
-    (data_dir / DEMO_MARKER).write_text("the synthetic dataset of patchbank demo\n")
     if not quiet:
         click.echo(f"synthetic dataset (defects: {', '.join(DEFECT_TYPES)}) in {data_dir}", err=True)
     (category,) = read_dataset(data_dir)

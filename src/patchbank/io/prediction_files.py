@@ -269,7 +269,6 @@ def previous_heatmaps(json_path: Path, csv_path: Path, heat_dir: Path) -> list[P
     return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
-
 def remove_previous_run(out_dir: Path, also: tuple[Path, ...] = ()) -> None:
     """With ``--overwrite``, before anything new is written into ``out_dir``: remove a previous
     run's ``predictions.json``, ``predictions.csv`` and ``also`` (the Ray engine's Parquet
