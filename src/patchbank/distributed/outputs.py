@@ -15,7 +15,8 @@ in ``out_dir``; only when every image came back does :meth:`ResultFiles.write`, 
 folder's lock as a local ``predict`` does, remove (with ``overwrite``) the previous run's tables
 and the heatmaps they named (:func:`~patchbank.io.prediction_files.remove_previous_run`), move
 the new heatmaps in and write the tables.  So a run that fails or is stopped leaves the previous
-set as it was (its staging folder removed), and two runs into one folder never mix their files.  :meth:`ResultFiles.collect` checks that every input index came
+set as it was (its staging folder removed), and two runs into one folder never mix their files.
+:meth:`ResultFiles.collect` checks that every input index came
 back exactly once (a lost or twice-scored image is an error, never a silent gap).
 """
 from __future__ import annotations
