@@ -312,13 +312,21 @@ def _final_heatmaps(records: list[dict[str, Any]], heat_paths: list[Path]) -> di
 
 def _quiet_ray_data(ray: Any, progress: bool) -> None:
     """Ray Data's progress bars only with ``progress`` (and without them, not its warning that
-    they are off); its INFO log lines never on the console."""
+    they are off); its INFO log lines never on the console, nor its two ERROR lines about a
+    failed task (the run's own error says what failed, in one line, or raises what it was)."""
     import logging
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.WARNING if progress else logging.ERROR)
+    for name in TASK_FAILURE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+#: Ray Data's loggers that repeat a failed task's error (with a pointer to its log file) before
+#: the run ends with that error.
+TASK_FAILURE_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
 
 
 @contextlib.contextmanager
