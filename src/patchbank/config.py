@@ -155,10 +155,15 @@ def parse_size(value: Any, name: str) -> tuple[int, int] | None:
         value = nums[0] if len(nums) == 1 else tuple(nums)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value, value)
+    if isinstance(value, (bytes, bytearray)):
+        raise ConfigError(name, f"expected N or HxW, got {value!r}")
     try:
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+        items = tuple(value)
+    except TypeError:
         raise ConfigError(name, f"expected N or HxW, got {value!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise ConfigError(name, f"expected N or HxW of integers, got {value!r}")
+    value = tuple(int(v) for v in items)
     if len(value) != 2 or min(value) <= 0:
         raise ConfigError(name, f"expected a positive size N or HxW, got {value!r}")
     return value
@@ -185,13 +190,13 @@ def value_kind(tp: Any) -> tuple[str, bool]:
 
 def _as_int(spec: "FieldSpec", value: Any) -> Any:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return value
+        return int(value)          # numpy's integers too: a model header is JSON
     raise ConfigError(spec.name, f"expected an integer, got {value!r}")
 
 
 def _as_float(spec: "FieldSpec", value: Any) -> Any:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return value
+        return float(value)        # numpy's floats and fractions too
     raise ConfigError(spec.name, f"expected a number, got {value!r}")
 
 
@@ -271,6 +276,7 @@ _POSITIVE_REAL = Interval(0, None, "neither")   # > 0
 _SEED = Interval(0, 2**63 - 4)   # torch's generators take 64-bit seeds; the pipeline adds up to 3
 _PATCH = Interval(1, 15)           # the p x p average stays local (PatchCore uses 3)
 _WIDTH = Interval(1, 4096)         # projected widths: a bank row of at most 4096 values
+_SIGMA = Interval(0, 512)          # a map's blur: its kernel (8 sigma + 1 wide) within a 4097-px side
 
 
 CONTEXT_NEEDS = (
@@ -356,7 +362,7 @@ class Config:
     map_upsample: str = _setting("bilinear", "Patch grid -> pixel map: bilinear (official PatchCore) or "
                                  "nearest (anomalib).", choices=MAP_UPSAMPLES)
     blur_sigma: float = _setting(4.0, "Gaussian blur sigma of the anomaly map (0 = no blur).",
-                                 interval=_NON_NEGATIVE)
+                                 interval=_SIGMA)
     map_offset: str = _setting("none", "Subtracted from the patch scores before the map: none, or "
                                "position (each grid position's mean leave-one-image-out score of the "
                                "training images; for aligned products, e.g. parts in a fixture).",
@@ -440,7 +446,7 @@ class Config:
         Raises:
             ConfigError: an unknown preset (field ``"preset"``), field or value.
         """
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise ConfigError("preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[name].replace(**overrides)
 
@@ -494,7 +500,7 @@ class Config:
 
 
 def _check_known(names: Any) -> None:
-    unknown = sorted(set(names) - set(FIELD_SPECS))
+    unknown = sorted(map(str, set(names) - set(FIELD_SPECS)))
     if unknown:
         also = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
         raise ConfigError(unknown[0], f"unknown config field{also}")

@@ -38,7 +38,7 @@ from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.aspect import input_config
-from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches
+from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches, view_names
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
@@ -85,11 +85,13 @@ class Detector:
         if config is not None and not isinstance(config, Config):
             raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
                                  f"{type(config).__name__}")
-        self.config = config if config is not None else Config.preset(DEFAULT_PRESET)
-        self.requested_config = self.config   # what fit resolves (aspect "auto") each time
+        self._config = config if config is not None else Config.preset(DEFAULT_PRESET)
+        self.requested_config = self._config   # what fit resolves (aspect "auto") each time
         self.device = resolve_device(device)
         self.progress = progress
         self.cuda_graphs = graphs_wanted(cuda_graphs)
+        if backbone is not None:
+            check_shared_backbone(backbone, self._config)
         self._backbone = backbone
         self._extractor: FeatureExtractor | None = None
         self._source = "this model"     # a loaded model's file, named in error messages
@@ -104,6 +106,27 @@ class Detector:
         except ValueError as exc:
             raise PatchbankError(str(exc)) from None
         return cls(config, device=device, progress=progress, cuda_graphs=cuda_graphs)
+
+    @property
+    def config(self) -> Config:
+        """The configuration: as given until :meth:`fit`, then the one the fit resolved (with
+        ``aspect="auto"`` its sizes) and the fitted state belongs to.  It may be replaced before
+        the fit (the fit then uses the new one); a fitted detector's is refused, one line (its
+        bank, calibration and model file belong to the fitted one: build a new Detector)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: Config) -> None:
+        if not isinstance(value, Config):
+            raise PatchbankError(f"config must be a patchbank Config (Config.preset(...)), got "
+                                 f"{type(value).__name__}")
+        if self.is_fitted:
+            raise PatchbankError("a fitted detector's config is the one its bank and calibration were "
+                                 "fitted with; build a new Detector(config) and fit it")
+        if self._backbone is not None and not _same_backbone_settings(value, self._config):
+            self._backbone = None           # the new settings' backbone is built on first use
+        self._config = self.requested_config = value
+        self._extractor = None
 
     # ------------------------------------------------------------------ feature path
     @property
@@ -200,7 +223,7 @@ class Detector:
         clock.lap("calibration")
         self.threshold_ = self.calibration_.threshold_
         self.search_kind_, self.grid_, self.n_train_images_ = bank.kind, feats.grid, len(items)
-        self.config, self._extractor = cfg, extractor
+        self._config, self._extractor = cfg, extractor
         self.train_shape_ = TrainShape.of_sizes([w.original for w in stream.windows])
         self.train_names_ = [Path(name).name if (name := item_name(i)) else None for i in items]
         self.fitted_with_ = library_versions()
@@ -261,7 +284,7 @@ class Detector:
         decoding tasks): the same normalisation and inference path, so the same results."""
         check_batch_size(batch_size)
         views = check_views(views, self.config.network_size)
-        names = list(names) if names is not None else [None] * len(views)
+        names = view_names(names, len(views))
         bb = self.backbone
         return self._predict_batches(view_batches(views, names, bb.mean, bb.std,
                                                   batch_size or self.config.batch_size), len(views))
@@ -448,6 +471,25 @@ def map_columns(backbone: Backbone, embedding: Embedding, config: Config) -> int
     if not config.context_taps:
         return None
     return sum(embedding.fusion_.widths(backbone.channels)[:backbone.map_taps])
+
+
+def _same_backbone_settings(a: Config, b: Config) -> bool:
+    return (a.backbone, a.weights, a.layers, a.context_taps) == (b.backbone, b.weights, b.layers, b.context_taps)
+
+
+def check_shared_backbone(backbone: Any, config: Config) -> None:
+    """Refuse (one line) a backbone given to share that is not what ``config`` asks for: another
+    network, other taps (where the config names them) or another number of context taps; a
+    model fitted with it would record one backbone and ask for another when loaded."""
+    if not isinstance(backbone, Backbone):
+        raise PatchbankError(f"backbone must be a loaded patchbank Backbone (Detector(...).backbone), got "
+                             f"{type(backbone).__name__}; name the network with Config.backbone")
+    taps = len(backbone.layers) - backbone.map_taps
+    if (backbone.name != config.backbone or taps != config.context_taps
+            or (config.layers is not None and tuple(config.layers) != backbone.layers[:backbone.map_taps])):
+        raise PatchbankError(f"the backbone given ({backbone.name}, taps {backbone.layers}) is not the one "
+                             f"the config asks for ({config.backbone}, layers {config.layers}, context taps "
+                             f"{config.context_taps})")
 
 
 def check_savable(backbone_sha256: str | None) -> None:

@@ -24,14 +24,14 @@ from typing import Any, Mapping
 import torch
 
 from patchbank import __version__
-from patchbank.config import Config
+from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.detector import Detector, Prediction, check_header_weights, check_savable
 from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.cuda_graphs import GraphedCall, graphed_call, graphs_wanted
 from patchbank.runtime.devices import resolve_device
 from patchbank.errors import PatchbankError
-from patchbank.io.images import as_items, check_views, view_batches
+from patchbank.io.images import as_items, check_views, view_batches, view_names
 from patchbank.io.train_shape import unlike_note
 from patchbank.io.model_checks import check_multi_header
 from patchbank.io.model_file import FORMAT_VERSION, load_model, read_header, save_model
@@ -49,6 +49,10 @@ def check_category_name(name: str) -> str:
     return name
 
 
+#: The attributes a fit replaces (a failed fit puts the previous ones back).
+FITTED_STATE = ("detectors_", "router_", "_graphs", "_raw_tensors", "_infos")
+
+
 class MultiDetector:
     """Several categories in one model, routed per image (StructCore Eqs. 3-4)."""
 
@@ -59,7 +63,7 @@ class MultiDetector:
                                  f"{type(config).__name__}")
         if isinstance(n_prototypes, bool) or not isinstance(n_prototypes, int) or n_prototypes < 1:
             raise PatchbankError(f"n_prototypes must be an integer >= 1, got {n_prototypes!r}")
-        self.config = config if config is not None else Config()
+        self.config = config if config is not None else Config.preset(DEFAULT_PRESET)
         self.device = resolve_device(device)
         self.progress = progress
         self.n_prototypes = n_prototypes
@@ -110,13 +114,20 @@ class MultiDetector:
                                  f"got {type(categories).__name__}")
         if not categories:
             raise PatchbankError("no categories to fit")
+        previous = {k: self.__dict__[k] for k in FITTED_STATE if k in self.__dict__}
         self.detectors_: dict[str, Detector] = {}
         self.router_ = Router(self.n_prototypes, seed=self.config.seed)
         self._graphs = None     # recorded on the previous fit's extractor
         self._raw_tensors: dict[str, dict[str, torch.Tensor]] = {}
         self._infos: dict[str, dict[str, Any]] = {}
-        for name, images in categories.items():
-            self.add(name, images)
+        try:
+            for name, images in categories.items():
+                self.add(name, images)
+        except BaseException:   # a fit that fails leaves the model as it was (unfitted, or the last fit)
+            for key in FITTED_STATE:
+                self.__dict__.pop(key, None)
+            self.__dict__.update(previous)
+            raise
         return self
 
     def add(self, name: str, images: Any) -> "MultiDetector":
@@ -173,7 +184,7 @@ class MultiDetector:
         check_batch_size(batch_size)
         category = self._resolve(category)
         views = check_views(views, self.config.network_size)
-        names = list(names) if names is not None else [None] * len(views)
+        names = view_names(names, len(views))
         bb = self.detectors_[self.router_.names_[0]].backbone
         return self._predict_batches(view_batches(views, names, bb.mean, bb.std,
                                                   batch_size or self.config.batch_size), len(views), category)
@@ -229,6 +240,7 @@ class MultiDetector:
     def route(self, images: Any, batch_size: int | None = None) -> list[str]:
         """Only the routing decision (Eq. 4) for each image."""
         self.check_fitted()
+        check_batch_size(batch_size)
         first = self.detectors_[self.router_.names_[0]]
         out: list[str] = []
         with torch.inference_mode():

@@ -4,6 +4,8 @@ of fitting, as one-line :class:`~patchbank.errors.PatchbankError`.
 """
 from __future__ import annotations
 
+import numbers
+
 import os
 import sys
 from pathlib import Path
@@ -31,7 +33,13 @@ def preset_config(preset: str, overrides: dict[str, Any] | None = None, *, conte
 
 
 def seed_list(seeds: Iterable[int]) -> list[int]:
-    """The seeds as ints; at least one, none twice."""
+    """The seeds as ints; at least one, none twice; a one-line error for anything but a list of
+    integers (a string was read digit by digit, ``0.9`` as seed 0)."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise PatchbankError(f"seeds must be a list of integers, got {seeds!r}")
+    seeds = list(seeds)
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise PatchbankError(f"seeds must be a list of integers, got {seeds!r}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise PatchbankError("give at least one seed")

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from patchbank.config import MAX_INPUT_PIXELS
 from patchbank.errors import PatchbankError
+
+#: The most pixels a resize before the crop may have (``keep_aspect`` scales an image to cover the
+#: input, so a thin strip would otherwise ask for an unbounded one): four network inputs' worth.
+MAX_RESIZED_PIXELS = 4 * MAX_INPUT_PIXELS
 
 __all__ = ["Window", "view_window", "network_window", "crop_offset", "to_original", "inspected",
            "region_mask", "region_polygons"]
@@ -90,6 +95,10 @@ def view_window(original_hw: tuple[int, int], config) -> Window:
     if config.keep_aspect:
         scale = max(h / oh, w / ow)
         rh, rw = max(h, round(oh * scale)), max(w, round(ow * scale))
+        if rh * rw > MAX_RESIZED_PIXELS:   # a thin strip covering image_size: an unbounded resize
+            raise PatchbankError(f"an image of {oh} x {ow} px (H x W) would be resized to {rh} x {rw} to "
+                                 f"cover {h} x {w} with keep_aspect, over {MAX_RESIZED_PIXELS:,} pixels: "
+                                 f"its shape is too far from the model's input (crop it first)")
     else:
         rh, rw = h, w
     top, left = _centre_offset(rh, h), _centre_offset(rw, w)

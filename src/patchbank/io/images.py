@@ -56,6 +56,7 @@ import io
 import numbers
 import os
 import stat
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -258,6 +259,7 @@ def _check_array(arr: np.ndarray, name: str) -> None:
                              f"{arr.shape} (pass a list of arrays, not one batch array)")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise PatchbankError(f"{name}: the image array has a 0-pixel side (shape {arr.shape})")
+    check_size((arr.shape[1], arr.shape[0]), name)       # the pixel budget, as for files and PIL images
     kind = arr.dtype.kind
     if not (arr.dtype == np.uint8 or (kind == "u" and arr.dtype.itemsize == 2) or kind == "f"):
         raise PatchbankError(f"{name}: image arrays of dtype {arr.dtype} are not supported: use uint8 "
@@ -484,12 +486,18 @@ def decoded_image(path: str | os.PathLike, what: str = "image",
         yield im
 
 
+#: Held while a caller's PIL image decodes its pixels: PIL's lazy ``load`` of one object from two
+#: threads at once reads its file twice over and reports it truncated.
+_PIL_LOAD = threading.Lock()
+
+
 def open_rgb(item: Any, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode one input (path, PIL image or array) to an 8-bit RGB PIL image by the rules of the
     module docstring; failures are one-line :class:`PatchbankError` naming the input."""
     if isinstance(item, Image.Image):
         check_size(item.size, "PIL image")
-        _load(item, "PIL image")
+        with _PIL_LOAD:     # one object given twice (or to two threads) is decoded once, not twice at once
+            _load(item, "PIL image")
         return _to_rgb(item, "PIL image")
     if isinstance(item, np.ndarray):
         return _array_to_rgb(item, "image array")
@@ -560,6 +568,8 @@ def to_tensor(batch: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[
 def check_views(views: Sequence[Any], network_size: tuple[int, int]) -> list[np.ndarray]:
     """``views`` as a list of prepared inputs (:func:`prepare_input`'s uint8 HxWx3 arrays of
     ``network_size``); a one-line PatchbankError naming the first that is not one."""
+    if isinstance(views, (str, bytes, np.ndarray)) or not isinstance(views, Sequence):
+        raise PatchbankError(f"views must be a list of prepared inputs, got {type(views).__name__}")
     out = []
     for i, v in enumerate(views):
         arr = np.asarray(v)
@@ -571,6 +581,16 @@ def check_views(views: Sequence[Any], network_size: tuple[int, int]) -> list[np.
     if not out:
         raise PatchbankError("no images given")
     return out
+
+
+def view_names(names: Any, n: int) -> list:
+    """The names of ``n`` views: None for none, else a list of exactly ``n`` (a one-line
+    PatchbankError otherwise: a shorter list dropped views, a string was read letter by letter)."""
+    if names is None:
+        return [None] * n
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != n:
+        raise PatchbankError(f"names must be a list of one name per view ({n}), got {names!r}"[:300])
+    return list(names)
 
 
 def view_batches(views: Sequence[np.ndarray], names: Sequence[Any], mean: Sequence[float],

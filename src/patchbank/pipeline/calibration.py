@@ -40,9 +40,10 @@ never fewer than ``min(N, CALIBRATION_MIN_SUBSET)``.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -160,6 +161,20 @@ class ImageScores:
     anomalous: np.ndarray
 
 
+def finite_threshold(threshold: Any) -> float:
+    """``threshold`` as a float: a finite real number (numpy's too; not a bool, a string, an
+    array or an integer too large for a float), else a one-line PatchbankError."""
+    try:
+        ok = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) \
+            and math.isfinite(float(threshold))
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise PatchbankError(f"threshold must be a finite number (on the normalised score), "
+                             f"got {threshold!r}"[:300])
+    return float(threshold)
+
+
 class ScoreCalibration:
     """Fitted on the calibration images' base scores [n], map descriptors [n, 3] and, with the
     whole-image check, map means [n], and with the focus check every training image's
@@ -232,11 +247,7 @@ class ScoreCalibration:
         if threshold is None:
             self.threshold_ = self.stats_.threshold_
             return
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
-                or not math.isfinite(threshold):
-            raise PatchbankError(f"threshold must be a finite number (on the normalised score), "
-                                 f"got {threshold!r}")
-        self.threshold_ = float(threshold)
+        self.threshold_ = finite_threshold(threshold)
 
     def map_level(self, threshold: float | None = None) -> float:
         """The anomaly-map value above which a pixel belongs to the anomalous region, for a
@@ -247,7 +258,7 @@ class ScoreCalibration:
         top-1% map means (the descriptor's ``topk_mean``, StructCore Eq. 8): only about 1 - q of
         normal images have their hottest 1% of pixels above it.  It is on the map's own scale
         whatever the image score is, and it rises with the threshold."""
-        t = self.threshold_ if threshold is None else threshold
+        t = self.threshold_ if threshold is None else finite_threshold(threshold)
         q = float(np.mean(self.stats_.normalize(self.scores_) <= t))
         return float(np.quantile(self.descriptors_[:, COMPONENTS.index("topk_mean")], q))
 

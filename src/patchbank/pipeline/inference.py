@@ -12,6 +12,7 @@ re-implements it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -189,7 +190,7 @@ class InferenceModel(nn.Module):
 
 def check_batch_size(batch_size) -> None:
     """Refuse a predict ``batch_size`` that is not None or an integer >= 1 (one line)."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
                                    or batch_size < 1):
         raise PatchbankError(f"batch_size must be an integer >= 1 (or None for the config's), "
                              f"got {batch_size!r}")
