@@ -637,6 +637,8 @@ def test_serve_refuses_a_bad_model_file_before_starting(tmp_path):
     for args, needle in ((["serve", str(tmp_path / "missing.patchbank")], "missing.patchbank"),
                          (["serve", str(bogus)], "bogus.patchbank"),
                          (["serve", f"bad/name={bogus}"], "invalid model name"),
+                         (["serve", f"..={bogus}"], "invalid model name '..'"),   # session 30: unreachable by URL
+                         (["serve", f".={bogus}"], "invalid model name '.'"),
                          (["serve", f"a={bogus}", f"a={bogus}"], "given twice"),
                          (["serve", str(bogus), "--max-pixels", "999999999999"], "--max-pixels"),
                          (["serve", str(bogus), "--max-decoded-pixels", "1000"], "--max-decoded-pixels"),
@@ -768,6 +770,43 @@ def test_persisting_a_multi_category_models_threshold_keeps_the_other_category(f
         registry.set_threshold("line", float("nan"), None, persist=True)
     assert MultiDetector.load(path, progress=False).detectors_["stripes"].threshold_ == 3.5
     assert registry.models["line"].detector("part").threshold_ == before.detectors_["part"].threshold_
+
+
+def test_persist_never_writes_over_a_file_changed_since_it_was_loaded(files, tmp_path):
+    """Session 30: persist saved the server's copy over whatever the file had become: a category
+    added by ``fit --add`` meanwhile, a whole new fit, or another server's persisted threshold
+    were lost (all answered 200).  Now 503 and the file as it is; a link stays a link and the
+    file keeps its mode."""
+    import os
+
+    from patchbank.service.registry import ServiceError
+
+    path = tmp_path / "line.patchbank"
+    shutil.copy(files["line"], path)
+    one = ModelRegistry(ServeSettings(models=(ModelSpec("line", str(path)),))).load().warm_up()
+    two = ModelRegistry(ServeSettings(models=(ModelSpec("line", str(path)),))).load().warm_up()
+    one.set_threshold("line", 3.5, "stripes", persist=True)
+    written = path.read_bytes()
+    with pytest.raises(ServiceError) as info:                # the other server's copy is stale
+        two.set_threshold("line", 5.0, "part", persist=True)
+    assert info.value.status == 503 and "changed since it was loaded" in str(info.value)
+    assert path.read_bytes() == written
+    assert two.models["line"].detector("part").threshold_ != 5.0      # left as it was
+    shutil.copy(files["single"], path)                       # a new fit over the file
+    with pytest.raises(ServiceError):
+        one.set_threshold("line", 4.0, "stripes", persist=True)
+    assert path.read_bytes() == open(files["single"], "rb").read()
+    # through a link, with a narrow mode: the link and the mode stay, the linked file is written
+    target = tmp_path / "models" / "v3.patchbank"
+    target.parent.mkdir()
+    shutil.copy(files["single"], target)
+    os.chmod(target, 0o600)
+    link = tmp_path / "current.patchbank"
+    link.symlink_to(target)
+    served = ModelRegistry(ServeSettings(models=(ModelSpec("cur", str(link)),))).load().warm_up()
+    served.set_threshold("cur", 4.25, persist=True)
+    assert link.is_symlink() and (target.stat().st_mode & 0o777) == 0o600
+    assert Detector.load(target, progress=False).threshold_ == 4.25
 
 
 def test_an_unexpected_error_is_a_one_line_500_and_the_server_goes_on(files, monkeypatch):

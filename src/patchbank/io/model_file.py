@@ -52,16 +52,20 @@ def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
     """Write ``tensors`` and the JSON-serialisable ``meta`` to ``path`` atomically (a temporary
     file in the same folder, then a rename); returns the size written in bytes.
 
-    The file gets the mode a new file gets under the current umask (``0666 & ~umask``), like any
-    file the user writes.  Without ``overwrite`` an existing file is never replaced, not even one
-    that appears while this file is written (the final name is created exclusively: two
-    processes saving to the same new path cannot both succeed).  A missing or unwritable folder
-    is a one-line :class:`PatchbankError`."""
+    A new file gets the mode a new file gets under the current umask (``0666 & ~umask``), like
+    any file the user writes; a file replaced (``overwrite``) keeps its mode, and a link to one
+    stays a link (the file it points to is replaced).  Without ``overwrite`` an existing file is
+    never replaced, not even one that appears while this file is written (the final name is
+    created exclusively: two processes saving to the same new path cannot both succeed).  A
+    missing or unwritable folder is a one-line :class:`PatchbankError`."""
     path = model_path(path)
     if path.is_dir():
         raise PatchbankError(f"{path} is a folder; give a model file name")
     if path.exists() and not overwrite:
         raise _exists(path)
+    if overwrite and path.is_symlink() and path.exists():
+        path = Path(os.path.realpath(path))      # the link's file is replaced, the link kept
+    mode = (path.stat().st_mode & 0o7777) if overwrite and path.is_file() else 0o666 & ~current_umask()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise PatchbankError(f"folder for the model file does not exist: {folder}")
@@ -73,7 +77,7 @@ def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
         fd, tmp = tempfile.mkstemp(prefix=".patchbank-", dir=folder)
         os.close(fd)
         save_file(tensors, tmp, metadata=header)
-        os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp made it 0600
+        os.chmod(tmp, mode)   # mkstemp made it 0600
         if overwrite:
             os.replace(tmp, path)
         else:

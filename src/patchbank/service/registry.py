@@ -282,10 +282,17 @@ class ModelRegistry:
 
     def _persist(self, served: Served) -> None:
         """Write the current thresholds into the model's source (its model file, or its export's
-        sidecar) under the file's lock; refresh sha256 and header."""
+        sidecar) under the file's lock, only while the file is still the one this server loaded
+        or last wrote (its sha256): a file replaced or extended since (``fit --overwrite``,
+        ``fit --add``, another server's persist) is never written over (503); refresh sha256 and
+        header."""
         path = served.source.main
         try:
             with file_lock(lock_path_for(path), timeout=PERSIST_LOCK_TIMEOUT_S, what=str(path), quiet=True):
+                if file_sha256(path) != served.sha256:   # fit again, --add, another server's persist
+                    raise PatchbankError(f"{path} changed since it was loaded by this server (fit again, "
+                                         f"--add, or another server's persist); restart the server to serve "
+                                         f"the file as it is now, then move the threshold")
                 served.source.write(served.model)
         except PatchbankError as exc:
             raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {exc}") from None

@@ -101,8 +101,9 @@ class ServeSettings:
 
 
 def check_model_name(name: str) -> str:
-    """``name`` if it can be a model's name in a URL (letters, digits, '_', '.', '-')."""
-    if not _NAME.match(name):
+    """``name`` if it can be a model's name in a URL (letters, digits, '_', '.', '-'; not ``.``
+    or ``..``, which clients remove from a URL's path as dot segments)."""
+    if not _NAME.match(name) or name in (".", ".."):
         raise PatchbankError(f"invalid model name {name!r}: use letters, digits, '_', '.', '-' "
                              f"(name it with NAME=PATH)")
     return name
