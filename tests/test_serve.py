@@ -180,6 +180,10 @@ def test_model_descriptions(server, files, reference):
     assert m["kind"] == "multi" and [c["name"] for c in m["categories"]] == ["part", "stripes"]
     for c in m["categories"]:
         assert c["threshold"] == pytest.approx(multi.detectors_[c["name"]].threshold_, rel=1e-12)
+        # session 30: the shape other_shape is judged against, per category (was only the top-level null)
+        shape = multi.detectors_[c["name"]].train_shape_.header()
+        assert (c["train_aspect"], c["train_scale"]) == (shape["train_aspect"], shape["train_scale"])
+        assert c["train_scale"] is not None
     assert m["bank_entries"] == sum(c["bank_entries"] for c in m["categories"])
     assert server.get("/v2/models/scratch").json()["name"] == "scratch"   # named after the file
     _assert_error(server.get("/v2/models/nope"), 404, needle="nope")

@@ -342,10 +342,12 @@ class ModelRegistry:
 
 
 def _category_entry(name: str | None, det: Detector | ExportedModel, info: dict[str, Any]) -> dict[str, Any]:
-    """One category's (or a single model's) bank, operating point and the library versions it
-    was fitted with (None for a model file or an export written before they were recorded)."""
+    """One category's (or a single model's) bank, operating point, the library versions it was
+    fitted with and its training images' shape (``other_shape`` is judged against it; None for
+    a model file or an export written before they were recorded)."""
     return {"name": name, "threshold": float(det.threshold_),
             "calibrated_threshold": float(det.calibrated_threshold_),
             "map_threshold": info.get("map_threshold"), "blur_threshold": info.get("blur_threshold"),
             "bank_entries": int(info["bank_entries"]), "bank_dim": int(info["bank_dim"]),
-            "bank_bytes": int(info["bank_bytes"]), "fitted_with": info.get("fitted_with")}
+            "bank_bytes": int(info["bank_bytes"]), "fitted_with": info.get("fitted_with"),
+            "train_aspect": info.get("train_aspect"), "train_scale": info.get("train_scale")}
