@@ -122,6 +122,13 @@ def test_polygons_outline_each_region_largest_first():
     filled[8:12, 15:20] = True
     np.testing.assert_array_equal(inside.reshape(40, 50), filled)
     assert region_polygons(np.zeros((4, 4), bool)) == []
+    # session 30: a one-pixel region was simplified to a line of zero area
+    one = np.zeros((5, 5), bool)
+    one[2, 2] = True
+    (poly,) = region_polygons(one)
+    xs, ys = np.array(poly).T
+    assert poly[0] == poly[-1] and 0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) == 0.5
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (1.5, 2.5, 1.5, 2.5)
     assert len(region_polygons(mask, max_regions=1)) == 1
 
 

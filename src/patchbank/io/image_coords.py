@@ -162,12 +162,19 @@ def region_mask(original_map: np.ndarray, level: float) -> np.ndarray:
         return np.nan_to_num(m, nan=-np.inf) > float(level)
 
 
+def _area(polygon: np.ndarray) -> float:
+    """The area of a closed polygon of (row, col) points (shoelace)."""
+    y, x = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
 def region_polygons(mask: np.ndarray, max_regions: int = 100,
                     tolerance: float = 0.5) -> list[list[list[float]]]:
     """The outline of each connected region of ``mask`` (8-connected, holes filled), largest
     first, at most ``max_regions``: each a closed polygon ``[[x, y], ...]`` (first point repeated
     last) in the mask's index space, tracing the 0.5 level between region and background and
-    simplified to ``tolerance`` pixels.  Needs scikit-image (``pip install patchbank[serve]``)."""
+    simplified to ``tolerance`` pixels (not where that would take half its area: a region of a
+    few pixels keeps its traced outline).  Needs scikit-image (``pip install patchbank[serve]``)."""
     try:
         from scipy import ndimage
         from skimage import measure
@@ -184,8 +191,10 @@ def region_polygons(mask: np.ndarray, max_regions: int = 100,
         sl = boxes[lab - 1]
         comp = ndimage.binary_fill_holes(labels[sl] == lab)
         padded = np.pad(comp, 1).astype(np.float32)
-        contour = max(measure.find_contours(padded, 0.5), key=len)
-        contour = measure.approximate_polygon(contour, tolerance)
+        traced = max(measure.find_contours(padded, 0.5), key=len)
+        contour = measure.approximate_polygon(traced, tolerance)
+        if _area(contour) < 0.5 * _area(traced):   # a region of a few pixels: simplified to a line
+            contour = traced
         ys = contour[:, 0] - 1 + sl[0].start
         xs = contour[:, 1] - 1 + sl[1].start
         out.append([[float(x), float(y)] for x, y in zip(xs, ys)])
