@@ -84,7 +84,7 @@ def test_messages_users_see():
              "calibration_fraction": (1.0, "calibration_fraction: must be in (0, 1), got 1.0"),
              "k": (0, "k: must be >= 1, got 0"),
              "projection_dim": (0, "projection_dim: must be in [1, 4096] or None, got 0"),
-             "blur_sigma": (-1.0, "blur_sigma: must be >= 0, got -1.0")}
+             "blur_sigma": (-1.0, "blur_sigma: must be in [0, 512], got -1.0")}
     for name, (value, text) in cases.items():
         with pytest.raises(ConfigError, match=None) as err:
             Config(**{name: value})
