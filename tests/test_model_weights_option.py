@@ -129,7 +129,7 @@ def test_a_multi_category_model_checks_the_given_weights_when_it_loads(own, synt
 
 
 def test_a_multi_category_model_with_its_own_weights_can_be_extended_and_saved_again(own, synthetic_root,
-                                                                                   tmp_path):
+                                                                                   tmp_path, monkeypatch):
     """Session 30: loaded with its weights file under another path (a copy, a relative path:
     what ``serve --weights`` does before persisting a threshold) and saved again, a
     multi-category model became a file nothing could load (the shared config held the new path,
@@ -145,8 +145,12 @@ def test_a_multi_category_model_with_its_own_weights_can_be_extended_and_saved_a
     r = invoke_cli("fit", f"a={train}", "--multi", "-o", str(model), *SMALL, "--weights", weights, "-q")
     assert r.exit_code == 0, r.stderr
     copy = shutil.copy(weights, tmp_path / "copy.safetensors")
-    loaded = MultiDetector.load(model, progress=False, weights=str(copy))
+    monkeypatch.chdir(tmp_path)
+    loaded = MultiDetector.load(model, progress=False, weights="copy.safetensors")   # relative
     loaded.save(model, overwrite=True)
+    # the file records where the weights were, from anywhere (was the relative path as given)
+    assert loaded.info()["config"]["weights"] == str(copy)
+    assert loaded.info()["categories"]["a"]["config"]["weights"] == str(copy)
     again = MultiDetector.load(model, progress=False, weights=weights)
     assert again.detectors_["a"].backbone_sha256_ == loaded.detectors_["a"].backbone_sha256_
     del again._infos["a"]["config"]          # a file whose category holds no config copy

@@ -26,6 +26,7 @@ statistics, with ``Config.whole_image_check`` the map-mean threshold ``map_thres
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,7 @@ class Detector:
         self.backbone_sha256_ = self.backbone.weights_sha256
         self.fit_seconds_, self.fit_timings_ = clock.elapsed, clock.totals
         self._model = None
+        self._source = "this model"     # refitted: no longer the file it was loaded from
         return self
 
     @property
@@ -414,7 +416,7 @@ class Detector:
         try:
             config = Config.from_dict(meta["config"])
             if weights is not None:
-                config = config.replace(weights=weights)
+                config = config.replace(weights=given_weights(weights))
             det = cls(config, device=device, progress=progress, backbone=backbone, cuda_graphs=cuda_graphs)
             # a refit keeps the input shape the file was fitted with (its sizes are resolved)
             det.requested_config = config.replace(aspect="fixed")
@@ -490,6 +492,13 @@ def check_shared_backbone(backbone: Any, config: Config) -> None:
         raise PatchbankError(f"the backbone given ({backbone.name}, taps {backbone.layers}) is not the one "
                              f"the config asks for ({config.backbone}, layers {config.layers}, context taps "
                              f"{config.context_taps})")
+
+
+def given_weights(weights: str) -> str:
+    """A weights file given to a load, as the loaded config records it: an absolute path (a
+    relative one would name another file from another folder once the model is saved again);
+    ``"random"`` as it is."""
+    return weights if weights == RANDOM else os.path.abspath(weights)
 
 
 def check_savable(backbone_sha256: str | None) -> None:

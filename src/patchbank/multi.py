@@ -25,7 +25,7 @@ import torch
 
 from patchbank import __version__
 from patchbank.config import DEFAULT_PRESET, Config
-from patchbank.detector import Detector, Prediction, check_header_weights, check_savable
+from patchbank.detector import Detector, Prediction, check_header_weights, check_savable, given_weights
 from patchbank.pipeline.focus import blurriness
 from patchbank.pipeline.inference import check_batch_size, predict_batches, set_windows
 from patchbank.runtime.cuda_graphs import GraphedCall, graphed_call, graphs_wanted
@@ -295,7 +295,7 @@ class MultiDetector:
         check_header_weights(meta, weights, str(path))
         config = Config.from_dict(meta["config"])
         if weights is not None:
-            config = config.replace(weights=weights)
+            config = config.replace(weights=given_weights(weights))
         n_proto = int(meta["routing_prototypes"])
         self = cls(config, device=device, progress=progress, n_prototypes=n_proto, cuda_graphs=cuda_graphs)
         self.detectors_, self._raw_tensors, self._infos = {}, {}, {}
