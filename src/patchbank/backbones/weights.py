@@ -97,17 +97,15 @@ def hub_unreachable(endpoint: str) -> str | None:
     """Why ``endpoint`` (an https URL) cannot be reached now, or None: its host name does not
     resolve or no TCP connection opens within :data:`HUB_CONNECT_TIMEOUT`.  Not checked (None)
     when a proxy is configured, which the download would go through instead."""
-    import socket
     from urllib.parse import urlsplit
+
+    from patchbank.runtime.network import unreachable
 
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
     url = urlsplit(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_CONNECT_TIMEOUT).close()
-    except OSError as e:
-        return f"cannot reach {url.hostname}: {first_line(e)}"
-    return None
+    why = unreachable(url.hostname, url.port or 443, HUB_CONNECT_TIMEOUT)
+    return None if why is None else f"cannot reach {url.hostname}: {why}"
 
 
 def read_state_dict(path: str) -> dict[str, Tensor]:

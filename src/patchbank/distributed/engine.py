@@ -83,15 +83,13 @@ def check_reachable(address: str | None) -> None:
     a connection within :data:`CONNECT_TIMEOUT`: Ray itself waits for it without end, retrying.
     ``None`` (a local Ray) and ``"auto"`` are Ray's to resolve."""
     import re
-    import socket
+
+    from patchbank.runtime.network import unreachable
 
     m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address or "")
-    if m is None:
-        return
-    try:
-        socket.create_connection((m.group(1), int(m.group(2))), timeout=CONNECT_TIMEOUT).close()
-    except (OSError, ValueError) as exc:
-        raise PatchbankError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    why = None if m is None else unreachable(m.group(1), int(m.group(2)), CONNECT_TIMEOUT)
+    if why is not None:
+        raise PatchbankError(f"cannot reach the Ray cluster at {address}: {why}")
 
 
 def cluster_cpus(ray: Any) -> float:

@@ -38,22 +38,33 @@ _GLOB_CHARS = set("*?[")
 
 def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
     """The image paths named by ``inputs`` (see the module docstring), in the order given."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [str(inputs)]
+    inputs = _as_list(inputs)
     if not inputs:
         raise PatchbankError("no inputs given")
     paths: list[Path] = []
-    for raw in map(str, inputs):
-        p = Path(raw)
+    for raw in inputs:
+        p, kind = Path(raw), _listing_kind(Path(raw))
         if not p.exists() and _GLOB_CHARS & set(raw):
             paths += _globbed(raw)
-        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+        elif kind == "list":
             paths += _listed(p, _list_lines(p))
-        elif p.is_file() and p.suffix.lower() in TABLE_SUFFIXES:
+        elif kind == "table":
             paths += _listed(p, _table_column(p, column))
         else:
             paths += expand_inputs([raw])
     return check_names(unique_paths(paths))
+
+
+def _as_list(inputs: Sequence[str] | str) -> list[str]:
+    return [str(inputs)] if isinstance(inputs, (str, Path)) else [str(raw) for raw in inputs]
+
+
+def _listing_kind(p: Path) -> str | None:
+    """``"list"`` (a list file), ``"table"`` (Parquet / CSV) or None (a folder, an image, a glob)."""
+    if not p.is_file():
+        return None
+    suffix = p.suffix.lower()
+    return "list" if suffix in LIST_SUFFIXES else "table" if suffix in TABLE_SUFFIXES else None
 
 
 def _globbed(pattern: str) -> list[Path]:
@@ -102,8 +113,7 @@ def _table_column(path: Path, column: str) -> list[str]:
 def source_files(inputs: Sequence[str]) -> list[Path]:
     """The list files and tables among ``inputs`` (the files the run reads besides the images:
     no output may be one of them)."""
-    files = [Path(raw) for raw in ([str(inputs)] if isinstance(inputs, (str, Path)) else map(str, inputs))]
-    return [p for p in files if p.is_file() and p.suffix.lower() in (*LIST_SUFFIXES, *TABLE_SUFFIXES)]
+    return [Path(raw) for raw in _as_list(inputs) if _listing_kind(Path(raw)) is not None]
 
 
 def _listed(source: Path, entries: list[str]) -> list[Path]:
