@@ -210,6 +210,9 @@ def test_unknown_backbone():
 @pytest.mark.parametrize("name, layers", [
     ("efficientnet_lite2", (7,)), ("efficientnet_lite2", ("x",)), ("efficientnet_lite2", ()),
     ("resnet18", ("layer5",)), ("resnet18", (0,)), ("dinov2_vits14", (-13,)),
+    # a float is never truncated to a block (2.5 tapped block 2, silently)
+    ("efficientnet_lite2", (2.5, 4)), ("efficientnet_lite2", (2.0, 4)), ("dinov2_vits14", (-1.5,)),
+    ("resnet18", (2.0,)),
 ])
 def test_bad_layers(name, layers):
     with pytest.raises(PatchbankError, match="layers"):

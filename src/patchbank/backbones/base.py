@@ -8,6 +8,7 @@ call in ``torch.inference_mode()``.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,9 +128,9 @@ def block_taps(name: str, layers: Sequence[Any] | None, default: Sequence[int], 
     ``default``) to sorted unique absolute indices; anything else is a one-line error."""
     taps = set()
     for layer in default if layers is None else layers:
-        try:
-            index = int(layer)
-        except (TypeError, ValueError):
+        try:   # an integer, or its text (the CLI's); never a float (2.5 would tap block 2)
+            index = int(layer) if isinstance(layer, (numbers.Integral, str)) else n
+        except ValueError:
             index = n  # out of range -> error below
         if isinstance(layer, bool) or not -n <= index < n:
             raise PatchbankError(f"layers: {layer!r} is not a block index of {name} (use {-n}..{n - 1})")
