@@ -132,6 +132,53 @@ def test_polygons_outline_each_region_largest_first():
     assert len(region_polygons(mask, max_regions=1)) == 1
 
 
+def test_a_region_touching_itself_at_a_corner_is_outlined_whole():
+    """Regions are 8-connected; their outline was traced 4-connected, and of a region's outlines
+    only the longest was kept, so a part touching the rest at one corner had none (session 31: a
+    10 x 10 and a 6 x 6 square meeting at a corner gave a polygon of 100 of the 136 pixels; one
+    of 150 smooth maps lost a 228-px part).  Every region pixel lies inside its region's polygon
+    and no other pixel does, on the squares and on smooth random maps mapped back to an image."""
+    from types import SimpleNamespace
+
+    from matplotlib.path import Path as PolyPath
+    from scipy import ndimage
+
+    def covered(polys, shape):
+        ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+        pts = np.c_[xs.ravel(), ys.ravel()]
+        inside = np.zeros(len(pts), bool)
+        for p in polys:
+            inside |= PolyPath(np.array(p)).contains_points(pts)
+        return inside.reshape(shape)
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:15, 5:15] = True
+    mask[15:21, 15:21] = True
+    polys = region_polygons(mask)
+    assert len(polys) == 1
+    np.testing.assert_array_equal(covered(polys, mask.shape), mask)
+    cfg = SimpleNamespace(image_size=(96, 96), crop_size=(64, 64), keep_aspect=False, input_size=(64, 64))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        m = ndimage.gaussian_filter(rng.normal(size=(64, 64)), 4).astype(np.float32)
+        back = to_original(m, (150, 205), cfg)
+        mask = region_mask(back, float(np.nanquantile(back, rng.uniform(0.8, 0.97))))
+        filled = np.zeros_like(mask)
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        for k in range(1, n + 1):
+            filled |= ndimage.binary_fill_holes(labels == k)
+        polys = [np.array(p) for p in region_polygons(mask, max_regions=1000)]
+        inside = covered(polys, mask.shape)
+        assert (inside == filled).mean() > 0.995
+        # a region pixel outside every polygon lies on an outline, shaved off by its simplification
+        # (0.5 px at most; 1.1 px before, where a part had no outline)
+        out = np.argwhere(mask & ~inside)[:, ::-1].astype(float)[:, None]
+        if len(out):
+            a, b = np.concatenate([p[:-1] for p in polys])[None], np.concatenate([p[1:] for p in polys])[None]
+            t = np.clip(((out - a) * (b - a)).sum(2) / np.maximum(((b - a) ** 2).sum(2), 1e-12), 0, 1)
+            assert np.sqrt(((a + t[..., None] * (b - a) - out) ** 2).sum(2)).min(1).max() <= 0.5
+
+
 def test_region_edges_one_region_and_the_level_itself():
     """A pixel exactly at the level is not in the region; one region gives one outline."""
     np.testing.assert_array_equal(region_mask(np.array([[1.0, 2.0]], np.float32), 1.0), [[False, True]])
@@ -335,3 +382,37 @@ def test_a_jpeg_decoded_at_a_reduced_scale_is_cut_where_its_window_says_with_kee
     assert win == want_win
     white = lambda view: view[..., 0].mean() / 255 * view.shape[1]   # noqa: E731
     assert abs(white(got) - white(want)) < 0.5, (white(got), white(want))
+
+
+@pytest.mark.parametrize("size", [(777, 1001), (1543, 2049)])
+def test_a_jpeg_decoded_at_a_reduced_scale_keeps_its_far_corner_in_place(tmp_path, size):
+    """libjpeg decodes a side of n pixels at 1 / s to ceil(n / s) pixels: a 1001-px side at 1/8 to
+    126, which covers 1,008 px of the original.  The resize now reads the box that holds the
+    image (``DRAFT_BOX``); it stretched the rounded-up pixels too (session 31: a square near the
+    far corner lay 0.74-0.85 network pixels, ~7 original pixels, up and left of where the
+    window that maps the map back puts it).  The square's centre in the file's view and in the
+    fully decoded image's view agree within 0.06 network pixels."""
+    from patchbank.io.images import DRAFT_BOX, read_input
+
+    h, w = size
+    cfg = Config(backbone="efficientnet_lite0", image_size=(96, 96), crop_size=None, aspect="fixed",
+                 crop_at="image")
+    img = np.zeros((h, w, 3), np.uint8)
+    img[h - 40:h - 16, w - 40:w - 16] = 255
+    path = tmp_path / "corner.jpg"
+    Image.fromarray(img).save(path, quality=100, subsampling=0)
+    with Image.open(path) as im:
+        im.draft("RGB", (96, 96))
+        assert im.size[0] * 8 > w and im.size[0] < w       # decoded at 1/8, rounded up
+    got, win = read_input(path, cfg)
+    want, want_win = read_input(Image.open(path).convert("RGB"), cfg)   # full scale, in memory
+    assert win == want_win
+
+    def centre(view):
+        v = np.where(view.mean(2) > 20, view.mean(2), 0.0)
+        rows, cols = np.mgrid[0:v.shape[0], 0:v.shape[1]]
+        return (v * rows).sum() / v.sum(), (v * cols).sum() / v.sum()
+    assert np.allclose(centre(got), centre(want), atol=0.06), (centre(got), centre(want))
+    from patchbank.io.images import decoded_image
+    with decoded_image(path, "image", cfg.image_size) as im:
+        assert im.info[DRAFT_BOX] == (0, 0, w / 8, h / 8)

@@ -354,6 +354,87 @@ def test_put_threshold_of_a_multi_category_model(server, files, reference):
     assert {c["name"]: c["threshold"] for c in m["categories"]} == pytest.approx(cal)
 
 
+def test_a_persisted_threshold_reaches_every_process_serving_the_file(files, reference):
+    """Two registries on one file stand for two worker processes (or servers): a threshold one
+    persists is taken by the other at its next call (it answered with the old one, and its own
+    persist was refused with 503, before session 31); a file that now holds another model is
+    not followed; with workers > 1 a threshold moved without persist is refused (409)."""
+    det, multi = reference
+    tmp = files["tmp"] / "follow"
+    tmp.mkdir()
+    for name in ("single", "line"):
+        shutil.copy(files[name], tmp / f"{name}.patchbank")
+    specs = (ModelSpec("single", str(tmp / "single.patchbank")), ModelSpec("line", str(tmp / "line.patchbank")))
+    a, b = (ModelRegistry(ServeSettings(models=specs, workers=2)).load() for _ in range(2))
+    a.ready = b.ready = True
+    image = decode_bytes(next(iter(files["part"].values())), "x.png")
+    for step, value in enumerate((5.5, -2.0, None)):
+        writer, reader = (a, b) if step % 2 == 0 else (b, a)      # each persists in turn
+        writer.set_threshold("single", value, persist=True)
+        want = det.threshold_ if value is None else value
+        assert reader.describe("single")["threshold"] == pytest.approx(want)
+        (scored,) = reader.predict("single", None, [image])
+        assert scored.threshold == pytest.approx(want)
+        assert scored.prediction.is_anomalous == (not scored.prediction.normalized_score <= want) or \
+            scored.prediction.whole_image_anomalous or scored.prediction.out_of_focus
+    # a multi-category model: one category's persisted threshold, the others as they were
+    a.set_threshold("line", -3.0, category="stripes", persist=True)
+    got = {c["name"]: c["threshold"] for c in b.describe("line")["categories"]}
+    assert got == pytest.approx({"stripes": -3.0, "part": multi.detectors_["part"].threshold_})
+    b.set_threshold("line", 4.0, persist=True)
+    assert {c["threshold"] for c in a.describe("line")["categories"]} == {4.0}
+    # moved without persist: one process's memory only, so refused where there are several
+    with pytest.raises(ServiceError) as err:
+        a.set_threshold("single", 1.0)
+    assert err.value.status == 409 and "persist" in str(err.value)
+    # another model written over the file (a new fit): not followed, and not written over
+    before = b.describe("single")["threshold"]
+    shutil.copy(files["scratch"], tmp / "new.patchbank")
+    Detector.load(tmp / "new.patchbank", progress=False).set_threshold(9.0).save(tmp / "new.patchbank", overwrite=True)
+    refit = Detector.from_preset("lmf-core", progress=False, seed=5, **SMALL).fit(
+        [p for p in (files["tmp"] / "stripes" / "train").iterdir()])
+    refit.save(tmp / "single.patchbank", overwrite=True)
+    assert b.describe("single")["threshold"] == pytest.approx(before)
+    with pytest.raises(ServiceError) as err:
+        b.set_threshold("single", 2.0, persist=True)
+    assert err.value.status == 503 and "changed since it was loaded" in str(err.value)
+    assert Detector.load(tmp / "single.patchbank", progress=False).threshold_ == pytest.approx(refit.threshold_)
+
+
+def test_two_worker_processes_answer_with_one_persisted_threshold(files):
+    """--workers 2, a real server: after a persist through whichever worker answers, every
+    later answer of both workers (told apart by the pid GET reports) has the new threshold."""
+    from patchbank.service.process import ServerProcess
+
+    path = files["tmp"] / "workers_follow.patchbank"
+    shutil.copy(files["single"], path)
+    log = files["tmp"] / "workers_follow.log"
+    with ServerProcess([f"m={path}"], ["--quiet", "--threads", "1", "--workers", "2"], log=log,
+                       timeout=120) as proc:
+        def fresh(method: str, url: str, **kw) -> httpx.Response:
+            for _ in range(200):     # a new connection each time, so either worker may answer
+                with httpx.Client(base_url=proc.url, timeout=60) as c:
+                    r = c.request(method, url, **kw)
+                if r.status_code != 503 or "not ready" not in r.text:   # the other may still load
+                    return r
+                time.sleep(0.1)
+            return r
+
+        seen: dict[int, list[float]] = {}
+        for value in (3.25, -1.5, 6.0):
+            r = fresh("PUT", "/v2/models/m/threshold", json={"threshold": value, "persist": True})
+            assert r.status_code == 200, r.text
+            for _ in range(40):
+                d = fresh("GET", "/v2/models/m").json()
+                seen.setdefault(d["worker"]["pid"], []).append(d["threshold"])
+                assert d["threshold"] == pytest.approx(value) and d["worker"]["workers"] == 2
+        assert len(seen) == 2, seen       # both workers answered
+        r = fresh("PUT", "/v2/models/m/threshold", json={"threshold": 1.0})
+        assert r.status_code == 409 and list(r.json()) == ["error"]
+    assert Detector.load(path, progress=False).threshold_ == pytest.approx(6.0)
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
 # --------------------------------------------------------------------------------------------
 # bad requests: one-line 4xx, and the server goes on
 
@@ -779,8 +860,9 @@ def test_persisting_a_multi_category_models_threshold_keeps_the_other_category(f
 def test_persist_never_writes_over_a_file_changed_since_it_was_loaded(files, tmp_path):
     """Session 30: persist saved the server's copy over whatever the file had become: a category
     added by ``fit --add`` meanwhile, a whole new fit, or another server's persisted threshold
-    were lost (all answered 200).  Now 503 and the file as it is; a link stays a link and the
-    file keeps its mode."""
+    were lost (all answered 200).  Now 503 and the file as it is for another model; another
+    server's persisted threshold is first taken (session 31; session 30 answered 503), so both
+    thresholds are in the file; a link stays a link and the file keeps its mode."""
     import os
 
     from patchbank.service.registry import ServiceError
@@ -790,12 +872,9 @@ def test_persist_never_writes_over_a_file_changed_since_it_was_loaded(files, tmp
     one = ModelRegistry(ServeSettings(models=(ModelSpec("line", str(path)),))).load().warm_up()
     two = ModelRegistry(ServeSettings(models=(ModelSpec("line", str(path)),))).load().warm_up()
     one.set_threshold("line", 3.5, "stripes", persist=True)
-    written = path.read_bytes()
-    with pytest.raises(ServiceError) as info:                # the other server's copy is stale
-        two.set_threshold("line", 5.0, "part", persist=True)
-    assert info.value.status == 503 and "changed since it was loaded" in str(info.value)
-    assert path.read_bytes() == written
-    assert two.models["line"].detector("part").threshold_ != 5.0      # left as it was
+    two.set_threshold("line", 5.0, "part", persist=True)     # takes one's stripes first
+    on_disk = MultiDetector.load(path, progress=False)
+    assert (on_disk.detectors_["stripes"].threshold_, on_disk.detectors_["part"].threshold_) == (3.5, 5.0)
     shutil.copy(files["single"], path)                       # a new fit over the file
     with pytest.raises(ServiceError):
         one.set_threshold("line", 4.0, "stripes", persist=True)

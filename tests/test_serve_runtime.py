@@ -243,6 +243,32 @@ def test_put_and_delete_threshold_and_persist_into_the_sidecar(server, models, t
         sidecar.write_text(original)
 
 
+def test_a_threshold_persisted_into_the_sidecar_reaches_every_process_serving_the_export(models):
+    """Two registries of one export folder stand for two worker processes: what one persists
+    into the sidecar the other takes at its next call; a sidecar that now describes another
+    export (its other keys changed) is not followed and not written over."""
+    folder = models["tmp"] / "follow_ex"
+    shutil.copytree(models["ex"], folder)
+    specs = (ModelSpec("ex", str(folder)),)
+    a, b = (ModelRegistry(ServeSettings(models=specs, runtime="onnx", threads=1, workers=2)).load()
+            for _ in range(2))
+    a.ready = b.ready = True
+    calibrated = b.describe("ex")["calibrated_threshold"]
+    image = decode_bytes(next(iter(models["named"].values())), "x.png")
+    for writer, reader, value in ((a, b, 4.75), (b, a, -0.5), (a, b, None)):
+        writer.set_threshold("ex", value, persist=True)
+        want = calibrated if value is None else value
+        assert reader.describe("ex")["threshold"] == pytest.approx(want)
+        assert reader.predict("ex", None, [image])[0].threshold == pytest.approx(want)
+    sidecar = folder / SIDECAR_NAME
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), threshold_override=8.0,
+                                       notes=["exported again"])))
+    assert b.describe("ex")["threshold"] == pytest.approx(calibrated)    # another export: not taken
+    with pytest.raises(PatchbankError, match="changed since it was loaded"):
+        b.set_threshold("ex", 1.0, persist=True)
+    assert json.loads(sidecar.read_text())["threshold_override"] == 8.0
+
+
 def test_openvino_server_gives_the_same_answers(models, torch_side):
     answer, _ = torch_side
     named = dict(list(models["named"].items())[:3])

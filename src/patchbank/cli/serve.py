@@ -70,7 +70,7 @@ def serve(models: tuple[str, ...], host: str, port: int, fd: int | None, workers
         max_images=max_images, max_pixels=max_pixels,
         max_decoded_pixels=MAX_DECODED_PIXELS if max_decoded_pixels is None else max_decoded_pixels,
         device=device, threads=threads, runtime=runtime,
-        weights=weights)
+        weights=weights, workers=workers)
     sock = None if fd is None else listening_socket(fd)
     if sock is None:
         check_listen(host, port)

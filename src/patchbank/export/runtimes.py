@@ -276,6 +276,14 @@ class ExportedModel:
         """:meth:`ScoreCalibration.heatmap_range <patchbank.pipeline.calibration.ScoreCalibration.heatmap_range>`."""
         return self.calibration_.heatmap_range()
 
+    def follow_sidecar(self, sidecar: dict[str, Any]) -> "ExportedModel":
+        """Take the ``threshold_override`` of this export's sidecar as read again (another
+        process's :meth:`save_threshold`; the caller checked that the rest is this export's)."""
+        moved = sidecar.get("threshold_override")
+        self.set_threshold(moved)
+        self.sidecar = dict(self.sidecar, threshold_override=moved)
+        return self
+
     def save_threshold(self) -> Path:
         """Write the current threshold into the sidecar as ``threshold_override`` (null at the
         calibrated one), atomically; the caller holds the sidecar's lock

@@ -191,7 +191,8 @@ def region_polygons(mask: np.ndarray, max_regions: int = 100,
         sl = boxes[lab - 1]
         comp = ndimage.binary_fill_holes(labels[sl] == lab)
         padded = np.pad(comp, 1).astype(np.float32)
-        traced = max(measure.find_contours(padded, 0.5), key=len)
+        # the region is 8-connected: so is its outline ("high"), or a part touching at a corner is lost
+        traced = max(measure.find_contours(padded, 0.5, fully_connected="high"), key=len)
         contour = measure.approximate_polygon(traced, tolerance)
         if _area(contour) < 0.5 * _area(traced):   # a region of a few pixels: simplified to a line
             contour = traced

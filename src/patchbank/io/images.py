@@ -405,6 +405,10 @@ def _open_header(source: Path | io.BytesIO, label: str) -> Image.Image:
 
 FULL_SIZE = "patchbank_full_size"
 """Key of a drafted JPEG's full (W, H) in its PIL ``info`` (``convert`` keeps ``info``)."""
+DRAFT_BOX = "patchbank_draft_box"
+"""Key of the box ``(0, 0, W / s, H / s)`` a JPEG decoded at 1 / s covers in its decoded pixels:
+libjpeg rounds each side up (a 1001-px side at 1/8 decodes to 126 px, 1,008 px of the original),
+so the image ends inside its last pixel, not at its edge."""
 
 
 def draft_jpeg(im: Image.Image, draft_size: tuple[int, int] | None) -> None:
@@ -419,7 +423,9 @@ def draft_jpeg(im: Image.Image, draft_size: tuple[int, int] | None) -> None:
                              f"integers (a model's config.image_size), got {draft_size!r}")
     if draft_size is not None and im.format in ("JPEG", "MPO"):
         im.info[FULL_SIZE] = im.size    # (W, H) before the reduced-scale decode
-        im.draft("RGB", (draft_size[1], draft_size[0]))
+        drafted = im.draft("RGB", (draft_size[1], draft_size[0]))
+        if drafted is not None and drafted[1][2:] != im.size:
+            im.info[DRAFT_BOX] = drafted[1]
 
 
 def open_bytes(data: bytes, name: str, max_pixels: int | None = None,
@@ -515,12 +521,14 @@ def _resize_crop(im: Image.Image, config, resample=Image.BILINEAR, network: bool
     resize with ``crop_at="features"``, else the view).  The window is that of the image's full
     size (a JPEG decoded at a reduced scale records it, :func:`draft_jpeg`): with
     ``keep_aspect`` the rounding of the covering resize depends on the size it starts from, and
-    the map is mapped back through the full size's window."""
+    the map is mapped back through the full size's window, so the resize reads the drafted image's
+    box that holds the full image (``info[DRAFT_BOX]``), not its rounded-up last pixels."""
     w_full, h_full = im.info.get(FULL_SIZE, im.size)
     win = (network_window if network else view_window)((int(h_full), int(w_full)), config)
     target = (win.resized[1], win.resized[0])
-    if im.size != target:
-        im = im.resize(target, resample)
+    box = im.info.get(DRAFT_BOX)
+    if im.size != target or box is not None:
+        im = im.resize(target, resample, box=box)
     (top, left), (h, w) = win.offset, win.size
     arr = np.asarray(im)
     return arr if (top, left, h, w) == (0, 0, *arr.shape[:2]) else arr[top:top + h, left:left + w]

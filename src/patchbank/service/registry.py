@@ -17,9 +17,21 @@ under ``<file>.lock``: a model file is saved whole (the lock ``patchbank fit --a
 the moved threshold in its header; an export folder's sidecar gets the moved threshold as
 ``threshold_override`` (the graph files are never touched).  Without ``persist`` nothing is
 written.
+
+The file is the operating point's one source of truth between processes: before a model
+predicts, describes itself or moves its threshold, the registry looks at its file's stamp
+(:func:`file_stamp`, one ``stat``) and, when it changed, reads the header again.  A file that
+still holds the same model with other thresholds (another worker's or server's persist, a
+script's ``set_threshold`` + ``save``) gives its thresholds to the loaded model
+(:meth:`ModelRegistry.follow`); a file that now holds another model (a new fit, ``fit --add``)
+is left alone, the loaded model keeps serving and a persist answers 503.  So with ``--workers
+N`` a persisted threshold reaches every worker at its next request, and a threshold moved
+without ``persist`` (one worker's memory only) is refused (409).
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +57,28 @@ from patchbank.service.settings import ModelSpec, ServeSettings
 __all__ = ["ModelRegistry", "Served", "Scored", "ModelFile", "ExportFolder", "model_source"]
 
 PERSIST_LOCK_TIMEOUT_S = 10.0   # a PUT waits this long for a concurrent fit --add, then 503
+THRESHOLD_KEYS = ("threshold", "threshold_override")   # what a persist changes in a header
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """``(device, inode, size, mtime_ns)`` of ``path`` (links followed), None when it cannot be
+    read: a persist renames a new file into place, so any rewrite changes the stamp."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def without_thresholds(meta: dict[str, Any]) -> str:
+    """A header or sidecar as canonical JSON without its operating point (:data:`THRESHOLD_KEYS`
+    at the top and in each category): two files with the same text hold the same model."""
+    def strip(d: Any) -> Any:
+        return {k: v for k, v in d.items() if k not in THRESHOLD_KEYS} if isinstance(d, dict) else d
+    out = strip(meta)
+    if isinstance(out.get("categories"), dict):
+        out["categories"] = {c: strip(v) for c, v in out["categories"].items()}
+    return json.dumps(out, sort_keys=True)
 
 
 @dataclass
@@ -80,6 +114,19 @@ class ModelFile:
         """Save ``model`` (its thresholds included) over the file."""
         model.save(self.path, overwrite=True)
 
+    def recorded(self, model: Detector | MultiDetector) -> dict[str, Any]:
+        """The header :meth:`write` would write for ``model`` now."""
+        return model.info()
+
+    def follow(self, model: Detector | MultiDetector, header: dict[str, Any]) -> None:
+        """Give ``model`` the thresholds of ``header`` (the same model's, :func:`without_thresholds`
+        equal): each category's ``threshold_override``, null for the calibrated one."""
+        if isinstance(model, MultiDetector):
+            for name in model.categories:
+                model.detectors_[name].set_threshold(header["categories"][name].get("threshold_override"))
+        else:
+            model.set_threshold(header.get("threshold_override"))
+
     def graph_sha256(self, model) -> dict[str, str]:
         """No graph files: the model file holds everything."""
         return {}
@@ -110,6 +157,14 @@ class ExportFolder:
         """Record the model's current threshold in the sidecar."""
         model.save_threshold()
 
+    def recorded(self, model: ExportedModel) -> dict[str, Any]:
+        """The sidecar as ``model`` holds it (:meth:`write` changes only its threshold)."""
+        return model.sidecar
+
+    def follow(self, model: ExportedModel, header: dict[str, Any]) -> None:
+        """Give ``model`` the ``threshold_override`` of its sidecar read again (``header``)."""
+        model.follow_sidecar(header)
+
     def graph_sha256(self, model: ExportedModel) -> dict[str, str]:
         """The sha256 of the graph (and weights) files the runtime read, by name (hashed once, on
         load, where they were checked against the sidecar's)."""
@@ -136,6 +191,7 @@ class Served:
     header: dict[str, Any]
     graph_sha256: dict[str, str] = field(default_factory=dict)   # an export's graph files, by name
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stamp: tuple | None = None    # file_stamp of the file as last read (loaded, written or followed)
 
     @property
     def multi(self) -> bool:
@@ -183,8 +239,10 @@ def load_served(spec: ModelSpec, settings: ServeSettings) -> Served:
     """Load one model file or export folder (one-line :class:`PatchbankError` if it is missing,
     of the wrong kind for the runtime, or unloadable)."""
     source = model_source(spec, settings.runtime)
+    stamp = file_stamp(source.main)    # before reading: a change while loading is followed later
     model = source.load(settings)
-    return Served(spec, model, source, file_sha256(source.main), source.header(), source.graph_sha256(model))
+    return Served(spec, model, source, file_sha256(source.main), source.header(), source.graph_sha256(model),
+                  stamp=stamp)
 
 
 class ModelRegistry:
@@ -251,6 +309,7 @@ class ModelRegistry:
         ``predict`` call: the batcher's ``run``."""
         served = self.get(name)
         with served.lock:
+            self.follow(served)
             if isinstance(served.model, MultiDetector):
                 preds = served.model.predict(images, category=category, batch_size=len(images))
             else:
@@ -268,7 +327,13 @@ class ModelRegistry:
         (atomically, under its lock); if that fails, the threshold is left as it was."""
         served = self.get(name)
         detectors = served.detectors_for(category)
+        if not persist and self.settings.workers > 1:
+            raise ServiceError(409, f"this server runs {self.settings.workers} worker processes: a threshold "
+                                    f"moved without persist would change the one that answers only; send "
+                                    f"persist: true (every worker follows the model file) or give the "
+                                    f"threshold per request")
         with served.lock:
+            self.follow(served)
             before = [d.threshold_ for d in detectors]
             try:
                 for d in detectors:
@@ -298,13 +363,38 @@ class ModelRegistry:
             raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {exc}") from None
         served.header = served.source.header()
         served.sha256 = file_sha256(path)
+        served.stamp = file_stamp(path)
+
+    def follow(self, served: Served) -> None:
+        """Take the thresholds of ``served``'s file when it changed since it was last read and
+        still holds the same model (see the module docstring); the caller holds ``served.lock``.
+        A file being replaced, missing or unreadable now is looked at again at the next call; one
+        that holds another model is remembered (its stamp) and left alone."""
+        path = served.source.main
+        stamp = file_stamp(path)
+        if stamp is None or stamp == served.stamp:
+            return
+        try:
+            header, sha = served.source.header(), file_sha256(path)
+        except (PatchbankError, OSError):
+            return
+        if file_stamp(path) != stamp:            # rewritten while read: the next call reads it
+            return
+        served.stamp = stamp
+        if sha == served.sha256:
+            return
+        if without_thresholds(header) != without_thresholds(served.source.recorded(served.model)):
+            return                                # another model now: persist answers 503
+        served.source.follow(served.model, header)
+        served.header, served.sha256 = header, sha
 
     # ------------------------------------------------------------------ describe
     def describe(self, name: str) -> dict[str, Any]:
         """What ``GET /v2/models/{name}`` answers: the model, its file and its operating point."""
         served = self.get(name)
-        cfg, header = served.model.config, served.header
         with served.lock:
+            self.follow(served)
+            cfg, header = served.model.config, served.header
             info = served.model.info()
             cats = [_category_entry(c, served.detector(c), info["categories"][c])
                     for c in served.categories]

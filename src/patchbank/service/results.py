@@ -20,8 +20,9 @@ theirs, so it was stretched or scaled to the model's input in a way they were no
   the image off: not inspected) and ``heatmap_range`` ``[vmin, vmax]`` (the model's fixed colour
   range, ``Detector.heatmap_range``);
 * ``mask_png`` (base64 PNG, 0 / 255 at the original size) or ``polygons`` (``[[x, y], ...]``
-  outlines in original pixels): the region whose map value is above ``Detector.map_level`` at the
-  threshold used.
+  outlines in original pixels: one per 8-connected region, holes filled, simplified to half a
+  pixel, the 100 largest, :func:`~patchbank.io.image_coords.region_polygons`): the region whose
+  map value is above ``Detector.map_level`` at the threshold used.
 
 JSON has no NaN: a non-finite number is written as null.
 """

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,4 +185,6 @@ def _describe(state: ServiceState, name: str) -> dict[str, Any]:
                        "largest_call": stats.largest_call if stats else 0}
     out["decoding"] = {"max_decoded_pixels": state.pixels.capacity, "pixels_held": state.pixels.in_use,
                        "requests_waiting": state.pixels.waiting}
+    # with --workers N the counters above are the answering process's: say which one it is
+    out["worker"] = {"pid": os.getpid(), "workers": state.settings.workers}
     return out

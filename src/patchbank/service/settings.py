@@ -54,10 +54,11 @@ class ServeSettings:
     threads: int | None = None        # torch / BLAS threads, an export runtime's threads (None: as they are)
     runtime: str = "torch"            # torch: model files; onnx / openvino: export folders
     weights: str | None = None        # backbone weights file of models fitted with their own
+    workers: int = 1                  # server processes (each loads every model; see registry)
 
     def __post_init__(self):
-        if self.max_batch < 1 or self.max_images < 1 or self.max_pixels < 1:
-            raise PatchbankError("max_batch, max_images and max_pixels must be >= 1")
+        if self.max_batch < 1 or self.max_images < 1 or self.max_pixels < 1 or self.workers < 1:
+            raise PatchbankError("max_batch, max_images, max_pixels and workers must be >= 1")
         if self.max_decoded_pixels < self.max_pixels:
             raise PatchbankError(f"the decoded-pixel limit (--max-decoded-pixels, {self.max_decoded_pixels:,}) "
                                  f"is below the per-image limit (--max-pixels, {self.max_pixels:,}): no "
