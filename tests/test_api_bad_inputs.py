@@ -81,6 +81,8 @@ def test_numpy_numbers_in_the_config_are_plain_numbers_and_the_model_saves(synth
 @pytest.mark.parametrize("overrides, needle", [
     ({"image_size": (96.9, 96.2)}, "image_size: expected N or HxW of integers"),   # was read as (96, 96)
     ({"image_size": b"\x60\x60"}, "image_size: expected N or HxW"),               # was read as (96, 96)
+    ({"image_size": "96x"}, "image_size: expected N or HxW, got '96x'"),           # session 31: was (96, 96)
+    ({"crop_size": "x64"}, "crop_size: expected N or HxW, got 'x64'"),             # session 31: was (64, 64)
     ({"blur_sigma": float("inf")}, "blur_sigma: must be in [0, 512]"),            # OverflowError after the features
     ({"blur_sigma": 1e6}, "blur_sigma: must be in [0, 512]"),                     # a 73 GB kernel
 ])

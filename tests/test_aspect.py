@@ -235,6 +235,14 @@ def test_preset_comparisons_leave_out_the_sizes_a_fit_resolved():
     fixed = resolved.replace(aspect="fixed")          # sizes given by hand: an override
     assert fixed.preset_name() is None
     assert closest_preset(fixed.to_dict()) == ("patchbank", ["image_size", "crop_size", "aspect"])
+    # session 31: sizes given by hand with aspect auto were left out too ("patchbank, unchanged"
+    # after `fit --image-size 96 --crop-size 64`); a reshape keeps the pixel count, they do not
+    small = Config.preset("patchbank", image_size=96, crop_size=64)
+    for cfg in (small, reshaped(small, 2.52, 32)):
+        assert cfg.preset_name() is None
+        assert closest_preset(cfg.to_dict()) == ("patchbank", ["image_size", "crop_size"])
+    assert Config.preset("patchbank", image_size=400).preset_name() is None
+    assert reshaped(Config.preset("patchbank"), 0.2, 32).preset_name() == "patchbank"   # a wide strip
 
 
 def test_other_shapes_by_hand():

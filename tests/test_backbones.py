@@ -213,6 +213,8 @@ def test_unknown_backbone():
     # a float is never truncated to a block (2.5 tapped block 2, silently)
     ("efficientnet_lite2", (2.5, 4)), ("efficientnet_lite2", (2.0, 4)), ("dinov2_vits14", (-1.5,)),
     ("resnet18", (2.0,)),
+    # session 31: one block named twice was taken once, silently
+    ("efficientnet_lite2", (2, 2)), ("efficientnet_lite2", (2, -5)), ("resnet18", ("layer2", 2)),
 ])
 def test_bad_layers(name, layers):
     with pytest.raises(PatchbankError, match="layers"):

@@ -51,6 +51,38 @@ def test_enough_calibration_images_do_not_warn(synthetic_root):
     assert det.calibration_.scores_.size == 16 >= FEW_CALIBRATION_IMAGES
 
 
+def test_a_repeated_training_image_is_fitted_once(synthetic_root, tmp_path):
+    """A training folder holding a link to one of its images and a byte-identical copy of
+    another, or a list naming a file twice or an array twice (session 31; was: all fitted, so
+    each repeat was scored against its own copy when left out, which lowered the threshold):
+    each image is fitted once, with one warning, and the model equals the fit on the distinct
+    images."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    train = _train(synthetic_root)[:10]
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for p in train:
+        shutil.copy(p, folder / p.name)
+    os.symlink(folder / train[3].name, folder / "zz_link.png")
+    shutil.copy(folder / train[5].name, folder / "zz_copy.png")
+    cfg = dict(FAST, target_fpr=0.1)
+    want = Detector.from_preset("lmf-core", progress=False, **cfg).fit(train)
+    with pytest.warns(UserWarning, match=r"2 of 12 training images repeat an image given already .*"
+                                         r"first: .*zz_copy.png = .*" + train[5].name):
+        got = Detector.from_preset("lmf-core", progress=False, **cfg).fit(folder)
+    assert got.n_train_images_ == 10 and got.calibration_.scores_.size == 10
+    assert got.threshold_ == pytest.approx(want.threshold_, rel=1e-6)
+    np.testing.assert_allclose(np.sort(got.calibration_.scores_), np.sort(want.calibration_.scores_), rtol=1e-5)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in train]
+    with pytest.warns(UserWarning, match=r"2 of 12 training images .*image input #10 = image input #0"):
+        again = Detector.from_preset("lmf-core", progress=False, **cfg).fit(arrays + [arrays[0].copy(), arrays[2]])
+    assert again.n_train_images_ == 10
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, "4", True])
 def test_predict_batch_size(fitted, synthetic_root, batch_size):
     with pytest.raises(PatchbankError, match="batch_size must be an integer >= 1"):

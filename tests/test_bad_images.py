@@ -457,6 +457,22 @@ def test_other_files_in_a_folder_are_skipped_with_a_warning(tmp_path):
         assert len(as_items(tmp_path)) == 2
 
 
+def test_hidden_image_files_are_never_inputs_and_are_named_in_the_warning(tmp_path):
+    """Session 31: a hidden file with an image extension (macOS's ``._000.png`` resource fork, a
+    ``.backup.png``) was fitted / predicted in a flat folder without a word (or, not being an
+    image, stopped the run), while hidden folders were skipped with a warning."""
+    _png(tmp_path / "000.png"), _png(tmp_path / ".backup.png")
+    (tmp_path / "._000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"skipped 1 entry that is not an image: notes\.txt .*; skipped 2 "
+                                         r"hidden image files \(a name starting with '\.'\): \._000\.png, \.backup\.png$"):
+        assert [p.name for p in list_images(tmp_path)] == ["000.png"]
+    (tmp_path / "000.png").unlink()
+    with one_line_error(r"no images .* found in .*; it holds 1 entry that is not an image: notes\.txt; "
+                        r"skipped 2 hidden image files"):
+        list_images(tmp_path)
+
+
 def test_warning_names_the_first_five_skipped_files(tmp_path):
     _png(tmp_path / "a.png")
     for i in range(7):

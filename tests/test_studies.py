@@ -226,6 +226,16 @@ def test_sweep_resume_and_new_value(swept, data_root, monkeypatch, tmp_path):
     rows = read_csv(out / "sweep.csv")
     assert [r["kappa"] for r in rows] == ["0.5", "0.75"]
     assert rows[0] == before[1]
+    # session 31: a sweep of another parameter (or preset) replaced these tables without a word
+    tables = {p.name: p.read_bytes() for p in out.glob("sweep.*")}
+    with monkeypatch.context() as m:
+        forbid_fit(m)
+        for args in (["--param", "blur_sigma=2,8", "--preset", "lmf-core"], ["--param", "kappa=0.5", "--preset", "patchcore"]):
+            result = invoke("sweep", data_root, *args, "-o", out, "--seeds", "0", "-q", *FAST_ARGS)
+            assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+            assert "holds a sweep of kappa" in result.stderr or "with preset lmf-core" in result.stderr
+            assert "write it to another folder" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.glob("sweep.*")} == tables
 
 
 def test_sweep_non_numeric_values(data_root, tmp_path):
@@ -283,6 +293,12 @@ def test_sweep_other_errors(data_root, tmp_path):
     result = invoke("sweep", data_root, "--param", "kappa=0.5", "--categories", "nosuch", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "nosuch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    # session 31: --seed beside --seeds was ignored (seed 0 ran; the recorded command dropped --seed)
+    for cmd in (["sweep", data_root, "--param", "kappa=0.5"], ["evaluate", data_root], ["ablate", data_root]):
+        result = invoke(*cmd, "--seeds", "0", "--seed", "3", "-o", tmp_path / "o")
+        assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+            "error: the seeds are set by --seeds; do not give --seed too"], result.stderr
+        assert not (tmp_path / "o").exists()
 
 
 def test_value_names():

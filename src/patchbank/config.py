@@ -52,7 +52,28 @@ ASPECTS = ("fixed", "auto")
 CROP_ATS = ("image", "features")
 AUTO_ASPECT_FIELDS = ("image_size", "crop_size")
 """The fields a fit resolves under ``aspect="auto"`` (patchbank.io.aspect): a fitted model's values
-of them are the resolved ones, so preset comparisons leave them out."""
+of them are the resolved ones, so preset comparisons compare them by pixel count
+(:func:`auto_sizes_match`)."""
+AUTO_SIDE_SLACK = 32
+"""How far (px) a side may move when ``aspect="auto"`` reshapes a size at its pixel count: the
+crop's sides are rounded to the backbone's largest stride (at most 32 for the registered
+backbones), the resize's margins to whole cells (patchbank.io.aspect.reshaped)."""
+
+
+def auto_sizes_match(resolved: dict[str, Any], configured: dict[str, Any]) -> bool:
+    """Whether the sizes of an ``aspect="auto"`` fit (``resolved``: a ``to_dict`` dict, or
+    anything with the :data:`AUTO_ASPECT_FIELDS` keys) can be ``configured``'s reshaped: each
+    field None on both sides, or ``configured``'s pixel count within the resolved sides give or
+    take :data:`AUTO_SIDE_SLACK`.  A size given by hand (96 for the preset's 320) does not match;
+    a change of about one stride or less cannot be told from the reshape."""
+    s = AUTO_SIDE_SLACK
+    for key in AUTO_ASPECT_FIELDS:
+        x, y = resolved.get(key), configured.get(key)
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not max(x[0] - s, 0) * max(x[1] - s, 0) <= y[0] * y[1] <= (x[0] + s) * (x[1] + s):
+            return False
+    return True
 MAP_UPSAMPLES = ("bilinear", "nearest")
 MAP_OFFSETS = ("none", "position")
 SAMPLERS = ("uniform", "greedy", "none")
@@ -148,8 +169,8 @@ def parse_size(value: Any, name: str) -> tuple[int, int] | None:
         return None
     if isinstance(value, str):
         parts = value.lower().replace(",", "x").split("x")
-        try:
-            nums = [int(p) for p in parts if p.strip()]
+        try:   # every part a number: "96x" or "x64" is a typo, not 96 x 96
+            nums = [int(p) for p in parts]
         except ValueError:
             raise ConfigError(name, f"expected N or HxW, got {value!r}") from None
         value = nums[0] if len(nums) == 1 else tuple(nums)
@@ -458,11 +479,13 @@ class Config:
     def preset_name(self) -> str | None:
         """The preset this configuration is, whatever its seed (None: a preset with overrides,
         or no preset).  With ``aspect="auto"`` the resize and crop are not compared: a fitted
-        model's are what its fit resolved them to (patchbank.io.aspect)."""
+        model's are what its fit resolved them to (patchbank.io.aspect), so they are compared by
+        pixel count (:func:`auto_sizes_match`)."""
         free = {"seed": self.seed}
         if self.aspect == "auto":
             free.update({k: getattr(self, k) for k in AUTO_ASPECT_FIELDS})
-        return next((name for name, cfg in PRESETS.items() if cfg.replace(**free) == self), None)
+        return next((name for name, cfg in PRESETS.items() if cfg.replace(**free) == self
+                     and (self.aspect != "auto" or auto_sizes_match(self.to_dict(), cfg.to_dict()))), None)
 
     # --- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from patchbank.backbones.weights import RANDOM, sha256 as weights_sha256
 from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.io.aspect import input_config
-from patchbank.io.images import ImageStream, as_items, check_views, item_name, view_batches, view_names
+from patchbank.io.images import (ImageStream, as_items, check_views, distinct_images, item_name, view_batches,
+                                 view_names)
 from patchbank.io.model_checks import (check_backbone_fit, check_map_columns, check_model_state,
                                        check_patch_grid)
 from patchbank.io.model_file import FORMAT_VERSION, load_model, save_model
@@ -199,7 +200,7 @@ class Detector:
         embeddings in ``routing_sample_`` (a multi-category model's routing bank), read in the
         same pass over the images.
         """
-        items = as_items(images)
+        items = distinct_images(as_items(images))
         # aspect "auto": the input shape of these images (patchbank.io.aspect), resolved once;
         # it becomes self.config together with the fitted state below
         cfg, _ = self.input_config(items)

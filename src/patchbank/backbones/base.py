@@ -125,7 +125,8 @@ class VitBackbone(Backbone):
 
 def block_taps(name: str, layers: Sequence[Any] | None, default: Sequence[int], n: int) -> list[int]:
     """Resolve block indices of a backbone with ``n`` blocks (negative = from the end; None =
-    ``default``) to sorted unique absolute indices; anything else is a one-line error."""
+    ``default``) to sorted absolute indices; anything else, or one block named twice (``2,2``,
+    ``2,-5`` of 7), is a one-line error."""
     taps = set()
     for layer in default if layers is None else layers:
         try:   # an integer, or its text (the CLI's); never a float (2.5 would tap block 2)
@@ -134,6 +135,8 @@ def block_taps(name: str, layers: Sequence[Any] | None, default: Sequence[int], 
             index = n  # out of range -> error below
         if isinstance(layer, bool) or not -n <= index < n:
             raise PatchbankError(f"layers: {layer!r} is not a block index of {name} (use {-n}..{n - 1})")
+        if index % n in taps:
+            raise PatchbankError(f"layers: block {index % n} of {name} is named twice ({layer!r})")
         taps.add(index % n)
     if not taps:
         raise PatchbankError(f"layers: empty for {name}")

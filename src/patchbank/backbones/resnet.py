@@ -52,6 +52,8 @@ def resnet_taps(name: str, layers: Sequence[Any] | None) -> list[int]:
     for layer in DEFAULT_LAYERS if layers is None else layers:
         if isinstance(layer, bool) or str(layer) not in names:
             raise PatchbankError(f"layers: {layer!r} is not a {name} layer; use layer1..layer4")
+        if names[str(layer)] in taps:
+            raise PatchbankError(f"layers: layer{names[str(layer)] + 1} of {name} is named twice ({layer!r})")
         taps.add(names[str(layer)])
     if not taps:
         raise PatchbankError(f"layers: empty for {name}")

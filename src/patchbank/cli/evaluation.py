@@ -43,10 +43,13 @@ def run_setup(ctx: click.Context, preset: str, data_root: Path, seeds: list[int]
 
     Raises:
         click.UsageError: a bad config option.
-        PatchbankError: ``data_root`` does not exist.
+        PatchbankError: ``data_root`` does not exist, or both ``--seed`` and ``--seeds`` are given
+            (one would be ignored).
     """
     overrides = given_overrides(ctx, config_params)
     build_config(preset, overrides)  # option errors now, before any data is read
+    if seeds is not None and "seed" in overrides:
+        raise PatchbankError("the seeds are set by --seeds; do not give --seed too")
     if not data_root.exists():
         raise PatchbankError(f"dataset root not found: {data_root}")
     if seeds is None:

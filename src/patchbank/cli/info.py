@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from patchbank.cli.config_options import DEFAULT_PRESET, field_kind, format_value
-from patchbank.config import AUTO_ASPECT_FIELDS, PRESETS
+from patchbank.config import AUTO_ASPECT_FIELDS, PRESETS, auto_sizes_match
 from patchbank.errors import PatchbankError
 
 
@@ -21,11 +21,13 @@ def format_bytes(n: int | float | None) -> str:
 
 def closest_preset(cfg: dict[str, Any]) -> tuple[str, list[str]]:
     """The preset differing from the config dict ``cfg`` in the fewest fields, and those fields
-    (with ``aspect`` auto on both sides, not the sizes a fit resolved)."""
+    (with ``aspect`` auto on both sides, the sizes a fit resolved count as the preset's when their
+    pixel counts match, :func:`~patchbank.config.auto_sizes_match`)."""
     best, best_diff = DEFAULT_PRESET, None
     for name, preset in PRESETS.items():
         ref = preset.to_dict()
-        resolved = AUTO_ASPECT_FIELDS if cfg.get("aspect") == ref["aspect"] == "auto" else ()
+        resolved = AUTO_ASPECT_FIELDS if cfg.get("aspect") == ref["aspect"] == "auto" \
+            and auto_sizes_match(cfg, ref) else ()
         diff = [k for k in ref if k in cfg and k not in resolved and _as_list(cfg[k]) != _as_list(ref[k])]
         if best_diff is None or len(diff) < len(best_diff):
             best, best_diff = name, diff

@@ -52,6 +52,7 @@ what is wrong.  8-bit ``RGB`` and ``L`` images decode exactly as ``Image.open(p)
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import numbers
 import os
@@ -107,15 +108,19 @@ def one_line(text: Any) -> str:
 # folders and inputs
 # ------------------------------------------------------------------------------------------------
 
-def _scan(folder: Path) -> tuple[list[Path], list[str]]:
-    """(image files, names of the other entries: ``sub/`` for a folder), both sorted; an entry
-    with an image extension that cannot be read is an error (:func:`refuse_unreadable`)."""
+def _scan(folder: Path) -> tuple[list[Path], list[str], list[str]]:
+    """(image files, names of the other entries: ``sub/`` for a folder, names of hidden image
+    files), all sorted; an entry with an image extension that cannot be read is an error
+    (:func:`refuse_unreadable`).  A hidden file (its name starts with ``.``: macOS's ``._x.jpg``
+    resource forks, an editor's backup) is never an input, as hidden folders are not."""
     entries = sorted(folder.iterdir())
     refuse_unreadable(entries)
-    files = [p for p in entries if is_image_file(p)]
-    used = set(files)
+    images = [p for p in entries if is_image_file(p)]
+    files = [p for p in images if not p.name.startswith(".")]
+    hidden = [p.name for p in images if p.name.startswith(".")]
+    used = set(images)
     skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in used]
-    return files, skipped
+    return files, skipped, hidden
 
 
 def is_image_file(p: Path) -> bool:
@@ -133,8 +138,8 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     """Sorted image files directly inside an existing ``folder`` (possibly none); every other
     entry is skipped with one ``UserWarning`` naming how many and the first few."""
     folder = Path(folder)
-    files, skipped = _scan(folder)
-    warn_skipped(folder, skipped)
+    files, skipped, hidden = _scan(folder)
+    warn_skipped(folder, skipped, hidden)
     return files
 
 
@@ -149,12 +154,20 @@ def refuse_unreadable(entries: Sequence[Path]) -> None:
         raise PatchbankError(f"{not_an_input(bad[0])}{more}")
 
 
-def warn_skipped(folder: Path, skipped: Sequence[str]) -> None:
+def warn_skipped(folder: Path, skipped: Sequence[str], hidden: Sequence[str] = ()) -> None:
     """One ``UserWarning`` for ``folder`` naming how many entries were skipped as not images,
-    and the first few."""
-    if skipped:
-        warnings.warn(f"{folder}: skipped {_skipped_text(skipped)} "
-                      f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})", UserWarning, stacklevel=3)
+    and how many hidden image files (names starting with ``.``), and the first few of each."""
+    parts = [f"skipped {_skipped_text(skipped)} (image extensions: {', '.join(IMAGE_EXTENSIONS)})"] if skipped else []
+    if hidden:
+        parts.append(_hidden_text(hidden))
+    if parts:
+        warnings.warn(f"{folder}: {'; '.join(parts)}", UserWarning, stacklevel=3)
+
+
+def _hidden_text(hidden: Sequence[str]) -> str:
+    n = len(hidden)
+    names = ", ".join(hidden[:_NAMED_SKIPPED]) + (", ..." if n > _NAMED_SKIPPED else "")
+    return f"skipped {n} hidden image file{'' if n == 1 else 's'} (a name starting with '.'): {names}"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -166,11 +179,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         raise PatchbankError(f"folder not found: {folder}")
     if not folder.is_dir():
         raise PatchbankError(f"not a folder: {folder}")
-    files, skipped = _scan(folder)
+    files, skipped, hidden = _scan(folder)
     if not files:
-        others = f"; it holds {_skipped_text(skipped)}" if skipped else ""
+        others = "".join(f"; {text}" for text in ([f"it holds {_skipped_text(skipped)}"] if skipped else [])
+                         + ([_hidden_text(hidden)] if hidden else []))
         raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}{others}")
-    warn_skipped(folder, skipped)
+    warn_skipped(folder, skipped, hidden)
     return files
 
 
@@ -216,6 +230,50 @@ def as_items(images: Any) -> list[Any]:
     if not items:
         raise PatchbankError("no images given")
     return items
+
+
+def distinct_images(items: list[Any]) -> list[Any]:
+    """``items`` (:func:`as_items`' list) without an image given already: the same file (a link
+    to it, or the same path twice), a file with the same bytes, or an array equal to an earlier
+    one (shape, dtype and values); first occurrence kept, with one ``UserWarning`` saying how
+    many were dropped and naming the first.  For the training images of a fit: each is scored
+    against the others' bank entries to calibrate the threshold, so a repeated image would be
+    scored against its own copy, a near-zero score that pulls the threshold down.  PIL images
+    are kept as given (hashing them would decode them here)."""
+    seen: dict[Any, int] = {}
+    kept, dropped = [], []
+    for i, item in enumerate(items):
+        keys = _identity_keys(item)
+        first = next((seen[k] for k in keys if k in seen), None)
+        if first is None:
+            seen.update((k, i) for k in keys)
+            kept.append(item)
+        else:
+            dropped.append((i, first))
+    if dropped:
+        i, first = dropped[0]
+        name = lambda j: item_name(items[j]) or f"image input #{j}"   # noqa: E731
+        warnings.warn(f"{len(dropped)} of {len(items)} training images repeat an image given already "
+                      f"(the same file, a link to it, the same bytes or the same array; first: "
+                      f"{name(i)} = {name(first)}): each is fitted once, since a repeated image "
+                      f"would be scored against its own copy when the threshold is calibrated",
+                      UserWarning, stacklevel=3)
+    return kept
+
+
+def _identity_keys(item: Any) -> tuple:
+    """What makes an input the same image as another: a file's real path and its bytes' sha256,
+    an array's shape, dtype and bytes' sha256; nothing for a PIL image."""
+    if isinstance(item, (str, os.PathLike)):
+        digest = hashlib.sha256()
+        with open(item, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return ("path", os.path.realpath(item)), ("bytes", digest.hexdigest())
+    if isinstance(item, np.ndarray):
+        data = np.ascontiguousarray(item)
+        return (("array", data.shape, data.dtype.str, hashlib.sha256(data).hexdigest()),)
+    return ()
 
 
 #: Why a FIFO, socket or device is refused: opening one for reading can block forever.
