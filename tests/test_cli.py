@@ -293,7 +293,7 @@ def test_predict_heatmaps_info(fitted):
 
     # single files and a missing input
     r = run("predict", model, data / "test" / "spot" / "000.png", "-o", root / "out2", "--quiet")
-    assert r.exit_code == 0 and "1 images" in r.stdout
+    assert r.exit_code == 0 and "1 image in" in r.stdout
     missing = data / "test" / "crack"
     assert_one_line_error(run("predict", model, missing, "-o", root / "out3", "--quiet"), str(missing))
 

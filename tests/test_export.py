@@ -278,6 +278,10 @@ def _image_size(size):
     (lambda d: d.pop("graph_sha256"), "field 'graph_sha256' is missing"),
     (lambda d: d["graph_sha256"].update({"model.onnx": "x"}), "graph_sha256 must be"),
     (lambda d: d["graph_sha256"].pop("model.bin"), "graph_sha256 must be"),
+    # OpenVINO reads model.bin beside model.xml whatever the sidecar lists (session 31: dropped
+    # from files and graph_sha256, a changed model.bin loaded unchecked and scored wrong)
+    (lambda d: (d["files"].pop("model.bin"), d["graph_sha256"].pop("model.bin")),
+     "model.onnx, model.xml, model.bin among them"),
     (lambda d: d.pop("train_scale"), "field 'train_scale' is missing"),
 ])
 def test_tampered_sidecar_is_refused(cli_export, synthetic_root, tmp_path, change, needle):
@@ -600,3 +604,191 @@ def test_two_exports_into_one_folder_at_once_never_both_succeed(cli_export, tmp_
     assert sorted(code for code, _ in results) == [0, 2], results
     assert "already exists" in next(err for code, err in results if code == 2)
     ExportedModel(tmp_path / "ex", "onnx", progress=False)     # the files match the sidecar
+
+
+# ----------------------------------------------------------------------------- session 31
+@pytest.fixture(scope="module")
+def fp16_external_export(fitted, tmp_path_factory):
+    """The session's float32 model exported as ONNX with a float16 bank, its weights as external
+    data (forced by a tiny threshold); (model file, export folder, sidecar)."""
+    tmp = tmp_path_factory.mktemp("fp16_external")
+    fitted.save(tmp / "m.patchbank")
+    data = export_model(fitted, tmp / "ex", ["onnx"], bank_dtype="float16", external_over=1)
+    assert data["external_data"] and sorted(data["files"]) == ["model.onnx", "model.onnx.data"]
+    return tmp / "m.patchbank", tmp / "ex", data
+
+
+def test_a_graph_reading_external_data_the_sidecar_does_not_list_is_refused(fp16_external_export,
+                                                                          synthetic_root, tmp_path):
+    """Session 31: a sidecar edited to say the ONNX graph has no external data (model.onnx.data
+    dropped from files and graph_sha256, external_data false) let ONNX Runtime, and OpenVINO
+    reading the ONNX graph, read the unchecked data file the graph names.  The runtime reads the
+    locations from the graph itself: each must be the data file the sidecar lists, and a listed
+    data file must be the one the graph reads."""
+    from patchbank.export.onnx_writer import external_data_locations
+    from patchbank.export.sidecar import check_external_data
+
+    _, source, _ = fp16_external_export
+    folder = tmp_path / "ex"
+    shutil.copytree(source, folder)
+    assert external_data_locations(folder / "model.onnx") == {"model.onnx.data"}
+    for runtime in RUNTIMES:                    # as exported: both runtimes load it
+        assert ExportedModel(folder, runtime, progress=False).runtime.graph_format == "onnx"
+    data = json.loads((folder / SIDECAR_NAME).read_text())
+    data["files"].pop("model.onnx.data")
+    data["graph_sha256"].pop("model.onnx.data")
+    data["external_data"] = False
+    _write(folder, data)
+    _flip_byte(folder / "model.onnx.data")      # what the edit would let through unchecked
+    needle = (f"{folder / SIDECAR_NAME}: the graph model.onnx references external data 'model.onnx.data' "
+              f"that the sidecar does not list as its data file; export again")
+    for runtime in RUNTIMES:
+        with pytest.raises(PatchbankError) as err:
+            ExportedModel(folder, runtime, progress=False)
+        assert str(err.value) == needle
+        result = run("predict", folder, synthetic_root / "test" / "good", "-o", tmp_path / f"p_{runtime}",
+                     "--runtime", runtime)
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: {needle}"
+    # a listed data file the graph does not read, and a location that is another listed file
+    with pytest.raises(PatchbankError, match="lists model.onnx.data but the graph model.onnx does not read it"):
+        check_external_data(folder, {"files": {"model.onnx": 1, "model.onnx.data": 1}}, set())
+    with pytest.raises(PatchbankError, match="references external data 'model.bin' that the sidecar"):
+        check_external_data(folder, {"files": {"model.onnx": 1, "model.xml": 1, "model.bin": 1}}, {"model.bin"})
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(PatchbankError, match="junk.onnx is not a readable ONNX graph"):
+        external_data_locations(tmp_path / "junk.onnx")
+
+
+def test_external_data_is_found_in_every_tensor_an_onnx_graph_holds(tmp_path):
+    """The locations are read from initializers, sparse initializers, node attribute tensors,
+    subgraphs and functions; a tensor marked external without a location names ''."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from patchbank.export.onnx_writer import external_data_locations
+
+    def external(name, location):
+        t = helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0])
+        t.ClearField("float_data")
+        t.data_location = TensorProto.EXTERNAL
+        if location is not None:
+            t.external_data.add(key="location", value=location)
+        return t
+
+    sub = helper.make_graph([], "sub", [], [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1])],
+                            [external("s", "in_subgraph.bin")])
+    nodes = [helper.make_node("Constant", [], ["c"], value=external("c", "in_attribute.bin")),
+             helper.make_node("If", ["b"], ["y"], then_branch=sub, else_branch=sub)]
+    sparse = helper.make_sparse_tensor(external("v", "in_sparse.bin"),
+                                       helper.make_tensor("i", TensorProto.INT64, [1], [0]), [4])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                              [external("w", "in_initializer.bin"), external("u", None)],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph)
+    model.functions.add().node.append(helper.make_node("Constant", [], ["f"], value=external("f", "in_function.bin")))
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    assert external_data_locations(tmp_path / "m.onnx") == {
+        "in_subgraph.bin", "in_attribute.bin", "in_sparse.bin", "in_initializer.bin", "", "in_function.bin"}
+    assert onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.name == "g"
+
+
+def test_a_float16_bank_of_a_float32_model_is_noted(fp16_external_export, fitted):
+    """Session 31: ``--bank-dtype float16`` on a float32 model rounds the bank (scores up to ~4e-5
+    relative, normalised scores ~5e-4 apart) and said nothing; the sidecar's notes say so, and
+    ``patchbank export`` and ``patchbank info`` print them.  A bank stored in its own dtype, or
+    a float16 bank stored as float32 (exact), is not noted."""
+    from types import SimpleNamespace
+
+    from patchbank.export.graph import bank_dtype_note
+
+    _, folder, data = fp16_external_export
+    note = bank_dtype_note(fitted, "float16")
+    assert data["notes"] == [note] and "float32" in note and "float16" in note and "differ slightly" in note
+    assert read_sidecar(folder)["notes"] == [note]
+    info = run("info", folder)
+    assert info.exit_code == 0 and f"{'note':<18} {note}" in info.stdout
+    assert bank_dtype_note(fitted, "float32") is None
+    assert bank_dtype_note(SimpleNamespace(config=SimpleNamespace(bank_dtype="float16")), "float32") is None
+
+
+def test_an_export_never_writes_its_own_model_or_weights_file(fp16_external_export, fitted, tmp_path):
+    """Session 31: ``export out/model.onnx -o out --overwrite`` (a model file named like an export
+    file in the export folder) replaced its own input with the graph.  Refused before the model
+    is loaded, whatever --overwrite says, for the model file and the --weights file, each name an
+    export writes; the library takes the files read as ``reads=``."""
+    model, _, _ = fp16_external_export
+    for name in ("model.onnx", "model.onnx.data", "model.xml", "model.bin", SIDECAR_NAME):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        shutil.copy(model, out / name)
+        before = (out / name).read_bytes()
+        for args in ([out / name], [model, "--weights", out / name]):
+            result = run("export", *args, "-o", out, "--overwrite", "--format", "onnx", "--format", "openvino")
+            assert result.exit_code == 2, result.output
+            assert result.stderr.strip() == (f"error: the output {out / name} is the input {out / name} (the same "
+                                              f"file): writing it would destroy that input; choose another output path")
+        assert (out / name).read_bytes() == before and [p.name for p in out.iterdir()] == [name]
+    with pytest.raises(PatchbankError, match="is the input"):
+        export_model(fitted, model.parent, ["onnx"], overwrite=True, reads=[model.parent / "." / "model.onnx"])
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "model.bin").symlink_to(model)        # links resolved
+    with pytest.raises(PatchbankError, match="is the input"):
+        export_model(fitted, tmp_path / "linked", ["openvino"], overwrite=True, reads=[model])
+
+
+def test_an_export_file_name_taken_by_a_folder_is_refused_before_any_work(fp16_external_export, fitted,
+                                                                          tmp_path, monkeypatch):
+    """Session 31: ``export --overwrite`` into a folder where ``model.onnx.data`` or ``model.xml``
+    is a folder ended in an IsADirectoryError traceback, after removing part of the earlier
+    export.  Refused in one line before any work (and again under the folder's lock, where a
+    folder that appeared meanwhile leaves the earlier export whole)."""
+    import patchbank.export.exporter as exporter
+
+    model, source, _ = fp16_external_export
+    for name in ("model.onnx.data", "model.xml", SIDECAR_NAME, SIDECAR_NAME + ".tmp"):
+        out = tmp_path / name.replace(".", "_")
+        (out / name).mkdir(parents=True)
+        with pytest.raises(PatchbankError, match=re.escape(f"{out / name} is not a file (a folder?); an export "
+                                                           f"writes that name")):
+            export_model(fitted, out, ["onnx"], overwrite=True)
+        assert [p.name for p in out.iterdir()] == [name]
+    result = run("export", model, "-o", out, "--overwrite")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"{out / (SIDECAR_NAME + '.tmp')} is not a file" in result.stderr
+    # a folder made between the first check and the lock: the earlier export is left whole
+    folder = tmp_path / "earlier"
+    shutil.copytree(source, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    make_folder = exporter.make_folder
+
+    def and_a_folder(path):
+        make_folder(path)
+        (path / "model.xml").mkdir()
+        return path
+
+    monkeypatch.setattr(exporter, "make_folder", and_a_folder)
+    monkeypatch.setattr(exporter, "ExportGraph", lambda *args: None)     # refused before it is used
+    monkeypatch.setattr(exporter, "export_program", lambda *args: None)
+    with pytest.raises(PatchbankError, match="model.xml is not a file"):
+        export_model(fitted, folder, ["onnx", "openvino"], overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    ExportedModel(folder, "onnx", progress=False)
+
+
+def test_a_file_of_an_export_folder_given_as_the_model_says_to_give_the_folder(fp16_external_export,
+                                                                               synthetic_root, tmp_path):
+    """Session 31: ``predict ex/patchbank_export.json IMAGES --runtime onnx`` said the sidecar
+    was a model file to run 'patchbank export' on; torch said it was no readable model file."""
+    _, folder, _ = fp16_external_export
+    images = synthetic_root / "test" / "good"
+    cases = [(folder / SIDECAR_NAME, "onnx", f"{folder / SIDECAR_NAME} is the sidecar of the export folder "
+                                             f"{folder}: give the folder itself ({folder}) to --runtime onnx"),
+             (folder / "model.onnx", "openvino", f"{folder / 'model.onnx'} is a file of the export folder "
+                                                 f"{folder}: give the folder itself ({folder}) to --runtime openvino"),
+             (folder / SIDECAR_NAME, "torch", f"{folder / SIDECAR_NAME} is the sidecar of an export folder, not a "
+                                              f"model file: run the folder {folder} with --runtime onnx or "
+                                              f"--runtime openvino")]
+    for model, runtime, message in cases:
+        result = run("predict", model, images, "-o", tmp_path / runtime, "--runtime", runtime)
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}", result.output

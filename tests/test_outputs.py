@@ -217,7 +217,7 @@ def test_failed_predict_leaves_no_placeholders(model, data, tmp_path, monkeypatc
     monkeypatch.setattr("patchbank.detector.Detector.predict", fail)
     out = tmp_path / "out"
     one_line_error(run("predict", model, data / "test", "-o", out, "--heatmaps", *QUIET), "simulated")
-    assert sorted(p.name for p in out.rglob("*")) == ["heatmaps"]
+    assert not out.exists()     # session 31: the folders this run made are removed (was: an empty heatmaps/)
 
 
 def test_stale_empty_placeholder_is_taken_over(model, data, tmp_path):

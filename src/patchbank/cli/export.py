@@ -59,12 +59,14 @@ def export(model: Path, output: Path, formats: tuple[str, ...], category: str | 
         raise PatchbankError("export runs on the CPU (--device cpu); the graph runs anywhere")
     check_extra(sorted({m for f in formats for m in _NEEDS[f]}))
     setup_threads(threads)
-    from patchbank.export.exporter import export_model
+    from patchbank.export.exporter import check_not_reads, export_model
     from patchbank.multi import load_any
 
+    reads = [p for p in (model, weights) if p is not None]
+    check_not_reads(output, reads)      # before the load: an export may not replace its own input
     det = load_any(model, progress=not quiet, weights=weights)
     data = export_model(det, output, formats, category=category, overwrite=overwrite,
-                        bank_dtype=bank_dtype, progress=not quiet)
+                        bank_dtype=bank_dtype, progress=not quiet, reads=reads)
     bank = data["bank"]
     click.echo(f"exported {model}{f' [{category}]' if category else ''} as {', '.join(data['formats'])} "
                f"(dynamic batch, input {data['input_size'][0]}x{data['input_size'][1]} NCHW float32)")
@@ -85,8 +87,8 @@ def load_for_runtime(model: Path, runtime: str, *, device: str, threads: int | N
     backbone ``weights`` file, if given), an :class:`~patchbank.export.runtimes.ExportedModel`
     from an export folder otherwise."""
     check_runtime_options(runtime, device, weights)
-    if runtime != "torch":
-        check_extra(("onnxruntime",) if runtime == "onnx" else ("openvino",))
+    if runtime != "torch":   # onnx: each ONNX graph's external data is read from the graph before loading
+        check_extra(("onnxruntime", "onnx") if runtime == "onnx" else ("openvino",))
     from patchbank.export.runtimes import ExportedModel, check_model_path
 
     if not check_model_path(model, runtime):

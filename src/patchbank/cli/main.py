@@ -2,7 +2,10 @@
 
 Every :class:`~patchbank.errors.PatchbankError` and every usage error (bad option value,
 missing argument) is printed as ONE line ``error: <message>`` on stderr with exit status 2;
-anything else is a bug and keeps its traceback.  Progress bars go to stderr (``--quiet`` hides
+anything else is a bug and keeps its traceback.  Ctrl-C (SIGINT) and SIGTERM stop a command the
+same way, through its cleanup (:mod:`patchbank.runtime.signals`): one line ``aborted`` (``aborted
+(SIGTERM)``) and exit status 128 + the signal's number, 130 or 143; an abort without a signal
+(a ``KeyboardInterrupt`` raised by code) exits 1.  Progress bars go to stderr (``--quiet`` hides
 them); results and summaries go to stdout.
 
 The commands live in one module per group: :mod:`~patchbank.cli.model` (fit, predict),
@@ -16,6 +19,7 @@ torch starts its thread pools.
 from __future__ import annotations
 
 import io
+import signal
 import sys
 
 import click
@@ -31,6 +35,8 @@ from patchbank.cli.report import report
 from patchbank.cli.speed import benchmark
 from patchbank.cli.structcore import route_eval, structure_cmd
 from patchbank.errors import PatchbankError
+from patchbank.runtime.signals import Stopped, stop_signals
+
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
@@ -39,14 +45,17 @@ def _one_line(text: object) -> str:
 class PatchbankGroup(click.Group):
     """A click group whose errors are one line on stderr: ``error: <message>``, exit 2.
 
-    ``main(..., standalone_mode=False)`` returns the exit code instead of exiting.
+    ``main(..., standalone_mode=False)`` returns the exit code instead of exiting.  While it
+    runs, SIGTERM stops the command as Ctrl-C does (:func:`~patchbank.runtime.signals.stop_signals`).
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        """Run the command line; report PatchbankError and click errors as one line."""
+        """Run the command line; report PatchbankError and click errors as one line, a stop
+        signal as ``aborted`` with exit status 128 + its number."""
         try:
-            rv = super().main(args=args, prog_name=prog_name or "patchbank",
-                              complete_var=complete_var, standalone_mode=False, **extra)
+            with stop_signals():
+                rv = super().main(args=args, prog_name=prog_name or "patchbank",
+                                  complete_var=complete_var, standalone_mode=False, **extra)
         except PatchbankError as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             code = 2
@@ -57,14 +66,27 @@ class PatchbankGroup(click.Group):
                 msg += f" (see '{ctx.command_path} --help')"
             click.echo(f"error: {msg}", err=True)
             code = exc.exit_code if isinstance(exc, click.UsageError) else 2
-        except click.Abort:
+        except click.Abort as exc:     # click's, after its blank line closing a terminal's ^C
             click.echo("aborted", err=True)
-            code = 1
+            code = exc.__cause__.exit_status if isinstance(exc.__cause__, Stopped) else 1
         else:
             code = rv if isinstance(rv, int) else 0
         if not standalone_mode:
             return code
         sys.exit(code)
+
+    def invoke(self, ctx):
+        """Run the command; SIGTERM's :class:`~patchbank.runtime.signals.Stopped`, once it has
+        passed through the command's cleanup, ends the run here: one line ``aborted (SIGTERM)``,
+        exit status 143.  (Ctrl-C's goes on to click, which writes the blank line that closes
+        the ``^C`` a terminal echoes, then to :meth:`main`.)"""
+        try:
+            return super().invoke(ctx)
+        except Stopped as exc:
+            if exc.signum == signal.SIGINT:
+                raise
+            click.echo(f"aborted ({exc.name})", err=True)
+            raise click.exceptions.Exit(exc.exit_status) from None
 
 
 @click.group(cls=PatchbankGroup, context_settings={"help_option_names": ["-h", "--help"]})

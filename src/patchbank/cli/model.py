@@ -124,7 +124,8 @@ def _fit_single(categories: dict[str, list[Path]], output: Path, config: Config,
     fit_s = time.perf_counter() - t0
     _save(det, output, overwrite)
     info = det.info()
-    click.echo(f"fitted {preset} ({config.backbone}) on {len(images)} images in {fit_s:.1f} s")
+    n = det.n_train_images_          # distinct images (a repeat is dropped, with a warning)
+    click.echo(f"fitted {preset} ({config.backbone}) on {n} image{'' if n == 1 else 's'} in {fit_s:.1f} s")
     click.echo(f"bank: {info['bank_entries']:,} x {info['bank_dim']}, "
                f"{format_bytes(info.get('bank_bytes'))}; threshold {float(det.threshold_):.3f} (normalised score)")
     click.echo("\n".join(fit_lines(det, images)))
@@ -258,7 +259,7 @@ def predict(model: Path, inputs: tuple[str, ...], out_dir: Path, heatmaps: bool,
     from patchbank.export.runtimes import check_model_path
 
     check_model_path(model, runtime)   # the right kind of model, before the inputs and outputs
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, out_dir)    # never the run's own outputs
     with PredictionOutputs(out_dir, paths, heatmaps=heatmaps, overwrite=overwrite,
                            reads=model_files(model, weights)) as outputs:
         setup_threads(threads)

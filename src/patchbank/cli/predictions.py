@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,16 @@ class PredictionOutputs:
     placeholder, holding a lock on ``out_dir``, so two ``--overwrite`` runs never interleave (the
     later one replaces the whole set).  Used as a context manager, placeholders of a run that
     fails are removed, and so are the heatmaps and CSV it wrote before it failed (an error,
-    Ctrl-C), so that a plain rerun finds nothing in its way.
+    Ctrl-C, SIGTERM), so that a plain rerun finds nothing in its way, and the folders it created
+    for them when they are left empty (:meth:`abandon`).
 
     A run stopped part-way (an error, Ctrl-C, a kill) never leaves a mixed set readable as one
     run: with ``overwrite``, :meth:`clear_previous` removes the previous run's CSV and JSON, then
     the heatmaps they named, before the first heatmap is written, and the JSON (what ``patchbank
     report`` reads) is written last.  So ``predictions.json`` either describes a complete set with
     no heatmap of the previous run beside it, or is absent (the heatmaps folder may then hold
-    some of the stopped run's PNGs, which nothing names).
+    some of the stopped run's PNGs, which nothing names).  A previous run's heatmap that is an
+    input of this run is never removed (:func:`~patchbank.io.prediction_files.remove_previous_run`).
     """
 
     def __init__(self, out_dir: Path, paths: list[Path], *, heatmaps: bool, overwrite: bool,
@@ -70,6 +73,7 @@ class PredictionOutputs:
         self.heat_paths = [self.heat_dir / n for n in heatmap_names(paths)] if heatmaps else []
         self.reserved: dict[Path, Reservation] = {}
         self.written: list[tuple[Path, int, int]] = []   # (path, device, inode) committed by this run
+        self.created: list[Path] = []     # the folders this run created, deepest first
 
     def open(self) -> "PredictionOutputs":
         """Check and claim the outputs (see the class docstring); returns self."""
@@ -77,18 +81,19 @@ class PredictionOutputs:
         check_output_folder(self.out_dir, need_bytes=MIN_FREE_BYTES)
         if self.heatmaps:
             check_output_folder(self.heat_dir)
-        make_folder(self.out_dir)
-        if self.heatmaps:
-            make_folder(self.heat_dir)
-        if self.overwrite:
-            return self
+        self.created = missing_folders(self.heat_dir if self.heatmaps else self.out_dir)
         try:
+            make_folder(self.out_dir)
+            if self.heatmaps:
+                make_folder(self.heat_dir)
+            if self.overwrite:
+                return self
             for path in (self.csv_path, self.json_path):
                 self.reserved[path] = reserve_file(path, hold_lock=True)
             for path in self.heat_paths:  # no other live run: we hold the CSV/JSON locks
                 self.reserved[path] = reserve_file(path)
         except BaseException:
-            self.release()
+            self.abandon()
             raise
         return self
 
@@ -105,7 +110,7 @@ class PredictionOutputs:
         holding :meth:`lock`, before the first heatmap): from here until this run's JSON is
         written the folder holds no set that reads as one run (see the class docstring)."""
         if self.overwrite:
-            remove_previous_run(self.out_dir)
+            remove_previous_run(self.out_dir, keep=self.inputs)
 
     def write(self, path: Path, write: Any) -> None:
         """Write one output through a temporary file renamed over its placeholder."""
@@ -135,13 +140,44 @@ class PredictionOutputs:
                 pass
         self.written.clear()
 
+    def abandon(self) -> None:
+        """After a failure (an error, Ctrl-C, SIGTERM): remove the files this run wrote unless
+        its JSON was written (a complete set is kept), the placeholders not written, then the
+        folders this run created that are left empty (an option or input refused after
+        :meth:`open` leaves no empty ``-o`` folder)."""
+        if all(path != self.json_path for path, _, _ in self.written):
+            self.discard_written()
+        self.release()
+        remove_empty_folders(self.created)
+
     def __enter__(self) -> "PredictionOutputs":
         return self.open()
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None and all(path != self.json_path for path, _, _ in self.written):
-            self.discard_written()      # a set whose JSON was written is complete: kept
-        self.release()
+        if exc_type is None:
+            self.release()
+        else:
+            self.abandon()
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: the folders
+    ``mkdir -p folder`` would create."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; a folder holding anything, or
+    that cannot be removed, stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch_size: int | None,
@@ -231,19 +267,44 @@ def _write_csv(path: Path, records: list[dict], multi: bool, heatmaps: bool) -> 
             writer.writerow(csv_row(rec))
 
 
+def flag_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of ``records`` each rule of the decision flags: ``score`` (not normalised score
+    <= its threshold: a NaN is flagged), ``whole_image`` (the whole-image check), ``focus`` (out
+    of focus), and ``several``: how many are flagged by more than one of them."""
+    reasons = [(not r["normalized_score"] <= r["threshold"], r["whole_image_anomalous"], r["out_of_focus"])
+               for r in records]
+    return {"score": sum(s for s, _, _ in reasons), "whole_image": sum(w for _, w, _ in reasons),
+            "focus": sum(f for _, _, f in reasons), "several": sum(sum(r) > 1 for r in reasons)}
+
+
+def flagged_text(result: dict[str, Any]) -> str:
+    """``N flagged anomalous: k by the score (normalised > T), w by the whole-image check, f out
+    of focus (m by more than one)``: the checks only where they flagged an image, the threshold
+    ``per-category thresholds`` for a multi-category model."""
+    c = flag_counts(result["predictions"])
+    rule = ("per-category thresholds" if result["threshold"] is None
+            else f"normalised > {result['threshold']:.3f}")
+    parts = [f"{c['score']} by the score ({rule})"]
+    if c["whole_image"]:
+        parts.append(f"{c['whole_image']} by the whole-image check")
+    if c["focus"]:
+        parts.append(f"{c['focus']} out of focus")
+    several = f" ({c['several']} by more than one)" if c["several"] else ""
+    return f"{result['n_flagged']} flagged anomalous: {', '.join(parts)}{several}"
+
+
 def print_predict_summary(result: dict[str, Any], out_dir: Path, seconds: float) -> None:
-    """The ``predict`` summary on stdout: counts, threshold or per-category counts, files written."""
-    n, flagged = result["n_images"], result["n_flagged"]
+    """The ``predict`` summary on stdout: counts (what each rule flagged, :func:`flagged_text`),
+    per-category counts of a multi-category model, files written."""
+    n = result["n_images"]
+    line = f"{n} image{'' if n == 1 else 's'} in {seconds:.1f} s: {flagged_text(result)}"
     if result["threshold"] is None:   # multi-category: one threshold per category
         counts: dict[str, int] = {}
         for rec in result["predictions"]:
             counts[rec["category"]] = counts.get(rec["category"], 0) + 1
         how = "given" if result.get("routing") == "given" else "routed"
-        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous (per-category "
-                   f"thresholds); {how}: " + ", ".join(f"{c} {k}" for c, k in counts.items()))
-    else:
-        click.echo(f"{n} images in {seconds:.1f} s: {flagged} flagged anomalous "
-                   f"(normalised score > {result['threshold']:.3f})")
+        line += f"; {how}: " + ", ".join(f"{c} {k}" for c, k in counts.items())
+    click.echo(line)
     click.echo(f"wrote {out_dir / 'predictions.csv'} and {out_dir / 'predictions.json'}")
     if result["heatmaps"]:
         h = result["heatmaps"]

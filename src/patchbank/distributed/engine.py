@@ -16,6 +16,7 @@ import threading
 from typing import Any, Iterator
 
 from patchbank.errors import PatchbankError
+from patchbank.runtime.signals import Stopped
 
 INSTALL_HINT = "pip install 'patchbank[ray]'"
 
@@ -62,7 +63,8 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
 
 
 def _exit_on_sigterm() -> Any:
-    """In the main thread, let SIGTERM end the run as an exception (exit status 143) instead of
+    """In the main thread, let SIGTERM end the run as :class:`~patchbank.runtime.signals.Stopped`
+    (as Ctrl-C does: the command line says ``aborted (SIGTERM)``, exit status 143) instead of
     Ray's handler, which aborts the process with a native stack dump and skips the cleanup: the
     session then shuts Ray down and the outputs' placeholders and staging folder are removed.
     Returns the handler it replaced (None where none was set)."""
@@ -70,7 +72,7 @@ def _exit_on_sigterm() -> Any:
         return None
 
     def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise Stopped(signum)     # the command line: "aborted (SIGTERM)", exit status 143
 
     return signal.signal(signal.SIGTERM, terminate)
 

@@ -29,15 +29,14 @@ from typing import Sequence
 
 from patchbank.errors import PatchbankError
 from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file, refuse_unreadable
-from patchbank.io.prediction_files import check_names, expand_inputs, unique_paths
+from patchbank.io.prediction_files import LIST_SUFFIXES, TABLE_SUFFIXES, check_names, expand_inputs, unique_paths
 
-LIST_SUFFIXES = (".txt", ".lst")
-TABLE_SUFFIXES = (".parquet", ".csv")
 _GLOB_CHARS = set("*?[")
 
 
-def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
-    """The image paths named by ``inputs`` (see the module docstring), in the order given."""
+def read_inputs(inputs: Sequence[str], column: str = "path", out_dir: str | Path | None = None) -> list[Path]:
+    """The image paths named by ``inputs`` (see the module docstring), in the order given; a
+    folder's scan never reads the run's own outputs in ``out_dir`` (:func:`expand_inputs`)."""
     inputs = _as_list(inputs)
     if not inputs:
         raise PatchbankError("no inputs given")
@@ -51,7 +50,7 @@ def read_inputs(inputs: Sequence[str], column: str = "path") -> list[Path]:
         elif kind == "table":
             paths += _listed(p, _table_column(p, column))
         else:
-            paths += expand_inputs([raw])
+            paths += expand_inputs([raw], out_dir)
     return check_names(unique_paths(paths))
 
 

@@ -110,7 +110,7 @@ class ResultFiles:
         fields = csv_fields(multi, bool(self.heat_paths))
         with file_lock(self.out_dir, what=f"the predictions in {self.out_dir}", quiet=True):
             if self.overwrite:
-                remove_previous_run(self.out_dir, also=(self.paths["predictions.parquet"],))
+                remove_previous_run(self.out_dir, also=(self.paths["predictions.parquet"],), keep=self.inputs)
             else:             # another run may have written one since this run started
                 self._refuse_existing_heatmaps()
             if self.heat_paths:

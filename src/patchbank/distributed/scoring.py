@@ -236,7 +236,7 @@ def predict(model: str | os.PathLike, inputs: Sequence[str] | str, out_dir: str 
     model = Path(model)
     summary, config, shapes = _model_summary(model, category, weights)
     batch_size = batch_size or config.batch_size
-    paths = read_inputs(inputs, path_column)
+    paths = read_inputs(inputs, path_column, out_dir)
     heat_paths = ([Path(out_dir) / HEATMAP_FOLDER / n for n in heatmap_names(paths)] if heatmaps else [])
     t0 = time.perf_counter()
     reads = [*paths, *source_files(inputs), *model_files(model, weights)]

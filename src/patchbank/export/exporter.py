@@ -4,8 +4,11 @@ The folder holds, per format asked for, the graph of :class:`~patchbank.export.g
 (``model.onnx`` [+ ``model.onnx.data``] for ``onnx``; ``model.xml`` + ``model.bin`` for
 ``openvino``) and ``patchbank_export.json`` (:mod:`patchbank.export.sidecar`, with every graph
 and data file's size and sha256), written last, so a folder with a sidecar is complete.  Files
-are written in a temporary folder inside the target and renamed into place; existing export
-files are never replaced without ``overwrite``.  One export writes a folder at a time (a lock on
+are written in a temporary folder inside the target and renamed into place once all are
+written (an earlier export's files are removed then, not before); existing export files are
+never replaced without ``overwrite``, an export file name taken by a folder is refused before
+any work, and so is an export that would write the model file or weights file it was loaded
+from (``reads``).  One export writes a folder at a time (a lock on
 the folder, the target checked again under it), so of two at once the second is refused, or
 with ``overwrite`` replaces the first's whole set.
 
@@ -14,9 +17,10 @@ export: its graph is that category's single-category path (no router).
 """
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +30,15 @@ from tqdm import tqdm
 from patchbank import __version__
 from patchbank.detector import Detector
 from patchbank.errors import PatchbankError
-from patchbank.export.graph import CHUNK_BYTES, OUTPUTS, ExportGraph, search_note
+from patchbank.export.graph import CHUNK_BYTES, OUTPUTS, ExportGraph, bank_dtype_note, search_note
 from patchbank.export.onnx_writer import PROTOBUF_LIMIT, export_program, save_program
 from patchbank.export.openvino_writer import write_openvino
 from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, SIDECAR_NAME, build_sidecar, format_files,
-                                      write_sidecar)
+                                      sidecar_tmp_path, write_sidecar)
 from patchbank.export.runtimes import ONNX_UTF8
 from patchbank.io.model_file import file_sha256
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, check_utf8_name, file_lock, make_folder
+from patchbank.io.output_files import (MIN_FREE_BYTES, check_not_inputs, check_output_folder, check_utf8_name,
+                                       file_lock, make_folder, remove_previous)
 from patchbank.multi import MultiDetector
 
 FORMATS = tuple(GRAPH_FILES)
@@ -42,6 +47,20 @@ FORMATS = tuple(GRAPH_FILES)
 def export_files(formats) -> list[str]:
     """Every file name an export of ``formats`` may write (graphs, data files, sidecar)."""
     return format_files(formats) + [SIDECAR_NAME]
+
+
+def written_paths(folder: str | Path) -> list[Path]:
+    """Every path an export into ``folder`` may write or replace, whatever its formats: each
+    format's graph and data file, the sidecar and the sidecar's temporary file."""
+    folder = Path(folder)
+    return [folder / name for name in export_files(FORMATS)] + [sidecar_tmp_path(folder)]
+
+
+def check_not_reads(folder: str | Path, reads: Iterable[str | os.PathLike]) -> None:
+    """Refuse an export into ``folder`` that would write or replace one of the files ``reads``
+    (the model file it was loaded from, its weights file): one line naming both, whatever
+    ``overwrite`` says (:func:`~patchbank.io.output_files.check_not_inputs`)."""
+    check_not_inputs(written_paths(folder), reads)
 
 
 def single_detector(model, category: str | None) -> Detector:
@@ -64,11 +83,17 @@ def single_detector(model, category: str | None) -> Detector:
 
 
 def check_target(folder: Path, formats, overwrite: bool) -> None:
-    """Refuse a folder holding export files unless ``overwrite``, and an ONNX export to a folder
-    whose path is not UTF-8, which ONNX Runtime could not open (one line each)."""
+    """Refuse a folder where an export's file name is taken by something that is not a file (a
+    folder, a link to one: it could not be replaced), a folder holding export files unless
+    ``overwrite``, and an ONNX export to a folder whose path is not UTF-8, which ONNX Runtime
+    could not open (one line each)."""
     check_output_folder(folder, need_bytes=MIN_FREE_BYTES)
     if "onnx" in formats:
         check_utf8_name(folder.absolute(), "ONNX export folder path", ONNX_UTF8)
+    odd = [p for p in written_paths(folder) if p.exists() and not p.is_file()]
+    if odd:
+        raise PatchbankError(f"{odd[0]} is not a file (a folder?); an export writes that name: move it "
+                             f"away or export to another folder")
     existing = [folder / n for n in export_files(FORMATS) if (folder / n).exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -92,23 +117,35 @@ def _write_graphs(program, folder: Path, formats, external_over: int, begin, n_s
         if "onnx" not in formats:
             for name in (GRAPH_FILES["onnx"], DATA_FILES["onnx"]):
                 (tmp / name).unlink(missing_ok=True)
-        for name in export_files(FORMATS):
-            (folder / name).unlink(missing_ok=True)   # stale files of an earlier export
         files, hashes = {}, {}
         for path in sorted(tmp.iterdir()):
             files[path.name], hashes[path.name] = path.stat().st_size, file_sha256(path)
-            shutil.move(str(path), folder / path.name)
+        # the new files are ready: an earlier export's go, its sidecar first (a folder without
+        # one is no export), then the new ones move in (each one rename in the same folder)
+        remove_previous([folder / SIDECAR_NAME] + [folder / n for n in format_files(FORMATS)])
+        for name in files:
+            move_in(tmp / name, folder / name)
     return files, hashes, external
+
+
+def move_in(path: Path, target: Path) -> None:
+    """Rename ``path`` to ``target`` (same folder tree), an OSError as one line naming ``target``."""
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        raise PatchbankError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def export_model(model, folder: str | Path, formats=("onnx",), *, category: str | None = None,
                  overwrite: bool = False, bank_dtype: str | None = None,
                  external_over: int = PROTOBUF_LIMIT, chunk_bytes: int = CHUNK_BYTES,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, reads: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
     """Export ``model`` (a fitted Detector, or one ``category`` of a MultiDetector) to
     ``folder`` in ``formats`` (``onnx``, ``openvino``); returns the sidecar written.
     ``progress``: a bar on stderr over the steps (the graph's capture, the ONNX file, the
-    OpenVINO conversion), which take tens of seconds for a large bank.
+    OpenVINO conversion), which take tens of seconds for a large bank.  ``reads``: the files
+    ``model`` was loaded from (its model file, a weights file); an export that would write one
+    of them is refused before any work (:func:`check_not_reads`), with ``overwrite`` too.
 
     ``bank_dtype`` stores the bank as float32 or float16 (default: the model's ``bank_dtype``);
     ``external_over``: initializer bytes above which ONNX weights go to external data;
@@ -119,6 +156,7 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
         raise PatchbankError(f"formats must be some of {', '.join(FORMATS)}, got {formats!r}")
     det = single_detector(model, category)
     folder = Path(folder)
+    check_not_reads(folder, reads)
     check_target(folder, formats, overwrite)
     steps = ["capturing the graph", "writing ONNX"] + (["converting to OpenVINO"] if "openvino" in formats else [])
     with tqdm(total=len(steps), desc=f"export ({steps[0]})", disable=not progress, file=sys.stderr,
@@ -136,7 +174,7 @@ def export_model(model, folder: str | Path, formats=("onnx",), *, category: str 
         with file_lock(folder, what=f"the export in {folder}", quiet=not progress):
             check_target(folder, formats, overwrite)        # again: another export may have finished
             files, hashes, external = _write_graphs(program, folder, formats, external_over, begin, len(steps))
-            notes = [n for n in (search_note(det),) if n]
+            notes = [n for n in (search_note(det), bank_dtype_note(det, graph.bank_dtype)) if n]
             stored = graph.search if graph.context is None else graph.context   # the whole rows, held once
             entries, dim = stored.shape
             bank = {"entries": int(entries), "dim": int(dim), "dtype": graph.bank_dtype,

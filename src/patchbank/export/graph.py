@@ -19,7 +19,8 @@ torch path's own code, with three things held as constants of the graph:
 * the calibration's numbers (mean, std, threshold, structure statistics, lambda).
 
 A model whose search is a FAISS index is exported with the exact search over the same bank rows
-(:func:`search_note` says so; the sidecar and the CLI repeat it).
+(:func:`search_note` says so; the sidecar and the CLI repeat it), and a float32 bank stored as
+float16 (``bank_dtype``) is rounded (:func:`bank_dtype_note`, likewise).
 """
 from __future__ import annotations
 
@@ -110,6 +111,18 @@ def search_note(detector) -> str | None:
     return (f"the model searches its bank with {kind}; the exported graph searches the same bank "
             f"exactly (scores equal the torch path with search exact, and may differ slightly "
             f"from {kind}'s approximate neighbours)")
+
+
+def bank_dtype_note(detector, bank_dtype: str) -> str | None:
+    """None when the graph's bank holds the detector's own bank values (the same dtype, or
+    float32, which holds a float16 bank exactly); otherwise one sentence on what differs (a
+    float32 bank stored as float16 is rounded, so the scores move slightly)."""
+    held = detector.config.bank_dtype
+    if bank_dtype in (held, "float32"):
+        return None
+    return (f"the model holds its bank as {held}; the exported graph stores it as {bank_dtype}, so "
+            f"its scores differ slightly from the torch path's (the bank rows are rounded; export "
+            f"with bank dtype {held} for the torch path's scores)")
 
 
 class ExportGraph(nn.Module):

@@ -2,7 +2,8 @@
 
 A :class:`Runtime` is built from an export folder and its checked sidecar and runs the graph:
 ``run(x [B, 3, H, W] float32) -> the graph's outputs`` (numpy, in the sidecar's output order).
-Before loading, it checks the files it reads against the sidecar's sha256
+Before loading, it checks the files it reads against the sidecar's sha256, and that the external
+data an ONNX graph names (read from the graph itself) is the data file the sidecar lists
 (:meth:`Runtime.open_graph`, which keeps the hashes as ``graph_sha256``); after, the graph's one
 input must be :data:`~patchbank.export.sidecar.INPUT_NAME` ``[batch, 3, H, W]`` at the sidecar's
 ``input_size`` (:func:`check_input`) and its outputs :data:`~patchbank.export.graph.OUTPUTS`
@@ -22,9 +23,9 @@ threshold it was exported with).
 
 * ``onnx``: ONNX Runtime's CPU provider, every graph optimisation (``ORT_ENABLE_ALL``),
   ``threads`` intra-op threads (default: the runtime's, one per core).
-* ``openvino``: the CPU plugin on ``model.xml`` (or ``model.onnx`` when only ONNX was
-  exported), float32 inference precision (never the bf16 default of CPUs that have it, which
-  would change the scores), ``hint`` LATENCY (default: one request per batch) or THROUGHPUT
+* ``openvino``: the CPU plugin on ``model.xml`` with its ``model.bin`` (or ``model.onnx`` when
+  only ONNX was exported), float32 inference precision (never the bf16 default of CPUs that have
+  it, which would change the scores), ``hint`` LATENCY (default: one request per batch) or THROUGHPUT
   (the batch split over the plugin's streams, run at once), ``threads`` threads.
 """
 from __future__ import annotations
@@ -38,10 +39,11 @@ import torch
 
 from patchbank.errors import PatchbankError
 from patchbank.export.graph import OUTPUTS
+from patchbank.export.onnx_writer import external_data_locations
 from patchbank.export.openvino_writer import import_openvino
-from patchbank.export.sidecar import (GRAPH_FILES, INPUT_NAME, check_graph_files, read_sidecar, runtime_files,
-                                      sidecar_calibration, sidecar_config, sidecar_path,
-                                      write_threshold_override)
+from patchbank.export.sidecar import (DATA_FILES, GRAPH_FILES, INPUT_NAME, SIDECAR_NAME, check_external_data,
+                                      check_graph_files, read_sidecar, runtime_files, sidecar_calibration,
+                                      sidecar_config, sidecar_path, write_threshold_override)
 from patchbank.io.images import ImageStream, as_items
 from patchbank.io.output_files import check_utf8_name
 from patchbank.io.train_shape import TrainShape
@@ -69,11 +71,16 @@ class Runtime(ABC):
 
     def open_graph(self, folder: Path, sidecar: dict[str, Any], fmt: str) -> Path:
         """The graph file of format ``fmt``, once the files a runtime reads for it (the graph and
-        its data file) match the sidecar's sha256 (:func:`~patchbank.export.sidecar.check_graph_files`);
-        sets ``graph_format`` and ``graph_sha256``."""
+        its data file) match the sidecar's sha256 (:func:`~patchbank.export.sidecar.check_graph_files`)
+        and, for an ONNX graph, the external data it names is the data file the sidecar lists
+        (:func:`~patchbank.export.sidecar.check_external_data`: a runtime reads whatever file the
+        graph names); sets ``graph_format`` and ``graph_sha256``."""
         self.graph_format = fmt
         self.graph_sha256 = check_graph_files(folder, sidecar, runtime_files(sidecar, fmt))
-        return folder / GRAPH_FILES[fmt]
+        path = folder / GRAPH_FILES[fmt]
+        if fmt == "onnx":
+            check_external_data(folder, sidecar, external_data_locations(path))
+        return path
 
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -135,12 +142,14 @@ class OpenVinoRuntime(Runtime):
         if hint not in HINTS:
             raise PatchbankError(f"OpenVINO performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
         path = self.open_graph(folder, sidecar, "openvino" if "openvino" in sidecar["formats"] else "onnx")
+        # the IR's weights named explicitly: the checked model.bin (an ONNX graph names its own)
+        weights = [str(folder / DATA_FILES["openvino"])] if self.graph_format == "openvino" else []
         props = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             props["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", props)
+            self.compiled = core.compile_model(core.read_model(str(path), *weights), "CPU", props)
         except Exception as exc:   # OpenVINO raises RuntimeError with multi-line messages
             raise PatchbankError(f"OpenVINO cannot load {path} ({' '.join(str(exc).split())[:300]})") from None
         check_input([(_ov_name(i, (INPUT_NAME,)), [d.get_length() if d.is_static else None
@@ -201,7 +210,7 @@ def check_model_path(path: Path, runtime: str, what: str = "") -> bool:
     """Whether ``path`` is an export folder (True) or a model file (False) that ``runtime`` can
     run: torch runs ``.patchbank`` model files, onnx / openvino run export folders.  One-line
     :class:`PatchbankError` (prefixed ``what``) for a missing path or the wrong kind, saying what
-    to do instead."""
+    to do instead (a file of an export folder: give the folder, :func:`check_not_an_export_file`)."""
     path = Path(path)
     if path.is_dir():
         if runtime != "torch":
@@ -213,11 +222,27 @@ def check_model_path(path: Path, runtime: str, what: str = "") -> bool:
                              f"--runtime openvino (torch runs .patchbank model files)")
     if not path.is_file():
         raise PatchbankError(f"{what}model file not found: {path}")
+    check_not_an_export_file(path, runtime, what)
     if runtime != "torch":
         raise PatchbankError(f"{what}--runtime {runtime} runs an export folder, and {path} is a model "
                              f"file: run 'patchbank export {path} -o DIR' first and give DIR, or drop "
                              f"--runtime to run the file with torch")
     return False
+
+
+def check_not_an_export_file(path: Path, runtime: str, what: str = "") -> None:
+    """Refuse (one line, prefixed ``what``) the file ``path`` given as a model when it belongs to
+    an export folder, saying to give the folder instead: for ``onnx`` / ``openvino`` a file
+    named like the sidecar or in a folder that holds one; for ``torch`` a file named like the
+    sidecar (other files fail as what they are: not a model file)."""
+    folder = path.parent
+    is_sidecar = path.name == SIDECAR_NAME
+    if runtime == "torch" and is_sidecar:
+        raise PatchbankError(f"{what}{path} is the sidecar of an export folder, not a model file: run "
+                             f"the folder {folder} with --runtime onnx or --runtime openvino")
+    if runtime != "torch" and (is_sidecar or sidecar_path(folder).is_file()):
+        raise PatchbankError(f"{what}{path} is {'the sidecar' if is_sidecar else 'a file'} of the export "
+                             f"folder {folder}: give the folder itself ({folder}) to --runtime {runtime}")
 
 
 class ExportedModel:

@@ -42,7 +42,11 @@ configuration must be what it gives (``input_size``, ``map_size``, ``target_fpr`
 normalisation), ``config.backbone`` must be a registered backbone
 and ``config.weights`` null (:func:`patchbank.io.model_checks.check_header_weights`, the model
 file's rule); the file names are plain names from the fixed tables, each listed file must be
-there with its recorded size, and the runtime is chosen by the caller from a registry.  Anything
+there with its recorded size, and the runtime is chosen by the caller from a registry.  Every
+file a runtime reads is listed, so hashed and checked: each format's graph, OpenVINO's
+``model.bin`` (read beside ``model.xml`` whatever the sidecar says; :func:`required_files`) and
+the ONNX graph's external data, which must be exactly the data file listed (the runtime reads
+the locations from the graph itself before loading it: :func:`check_external_data`).  Anything
 else is a one-line :class:`~patchbank.errors.PatchbankError` naming the sidecar and the field.
 """
 from __future__ import annotations
@@ -75,6 +79,8 @@ READ_VERSIONS = (2, FORMAT_VERSION)
 #: the graph files of each format, relative to the export folder (data files beside them)
 GRAPH_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
 DATA_FILES = {"onnx": "model.onnx.data", "openvino": "model.bin"}
+#: the formats whose data file every export writes (and so every sidecar lists)
+ALWAYS_DATA = ("openvino",)
 INPUT_NAME = "images"
 INPUT_LAYOUT = "NCHW float32"
 SEARCH = "exact"        # the graph's search (an approximate index is exported as the exact one)
@@ -89,10 +95,15 @@ def sidecar_path(folder: str | Path) -> Path:
     return Path(folder) / SIDECAR_NAME
 
 
+def sidecar_tmp_path(folder: str | Path) -> Path:
+    """The temporary file :func:`write_sidecar` writes and renames over the sidecar."""
+    path = sidecar_path(folder)
+    return path.with_name(path.name + ".tmp")
+
+
 def write_sidecar(folder: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` (see :func:`build_sidecar`) as the folder's sidecar; returns its path."""
-    path = sidecar_path(folder)
-    tmp = path.with_name(path.name + ".tmp")
+    path, tmp = sidecar_path(folder), sidecar_tmp_path(folder)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
@@ -103,10 +114,38 @@ def format_files(formats: list[str]) -> list[str]:
     return [name for f in formats for name in (GRAPH_FILES[f], DATA_FILES[f])]
 
 
+def required_files(formats: list[str]) -> list[str]:
+    """The files a sidecar of ``formats`` must list: each format's graph, and for ``openvino``
+    its data file too (OpenVINO reads ``model.bin`` beside ``model.xml`` whatever a sidecar
+    says, so it must be listed, hence hashed and checked; ONNX's data file exists only when the
+    weights are external data, and the graph names it: :func:`check_external_data`)."""
+    return [name for f in formats for name in (GRAPH_FILES[f],) + ((DATA_FILES[f],) if f in ALWAYS_DATA else ())]
+
+
 def runtime_files(data: dict[str, Any], fmt: str) -> list[str]:
     """The files of a checked sidecar that a runtime reading format ``fmt`` reads: its graph and,
-    when one was written, its data file."""
+    for ONNX when one was written, its data file (OpenVINO's is always listed: :func:`required_files`)."""
     return [name for name in (GRAPH_FILES[fmt], DATA_FILES[fmt]) if name in data["files"]]
+
+
+def check_external_data(folder: str | Path, data: dict[str, Any], locations: set[str]) -> None:
+    """Refuse an ONNX graph of the export folder ``folder`` (checked sidecar ``data``) whose
+    external data ``locations`` (the file names its tensors read, as the graph itself says:
+    :func:`~patchbank.export.onnx_writer.external_data_locations`) are not exactly the ONNX data
+    file the sidecar lists (none when it lists none): a runtime reads whatever file the graph
+    names, so a file the sidecar does not list would be read unchecked.
+
+    Raises:
+        PatchbankError: one line naming the sidecar, the graph and the location.
+    """
+    path, graph, listed = sidecar_path(folder), GRAPH_FILES["onnx"], DATA_FILES["onnx"]
+    allowed = {listed} if listed in data["files"] else set()
+    stray = sorted(locations - allowed)
+    if stray:
+        raise PatchbankError(f"{path}: the graph {graph} references external data {_shown(stray[0])} that "
+                             f"the sidecar does not list as its data file; export again")
+    if allowed - locations:
+        raise PatchbankError(f"{path}: lists {listed} but the graph {graph} does not read it; export again")
 
 
 def build_sidecar(detector, *, version: str, outputs: tuple[str, ...], formats: list[str],
@@ -314,7 +353,7 @@ def _bank(value: Any, side: _Sidecar) -> bool:
 def _files(value: Any, side: _Sidecar) -> bool:
     formats, allowed = side.data["formats"], format_files(side.data["formats"])
     return (isinstance(value, dict) and all(n in allowed and _count(b, 0) for n, b in value.items())
-            and all(GRAPH_FILES[f] in value for f in formats))
+            and all(name in value for name in required_files(formats)))
 
 
 def _flagged(flag: str, values: str, threshold: str, per_image: bool) -> dict[str, Field]:
@@ -354,7 +393,8 @@ FIELDS: dict[str, Field] = {
     "target_fpr": Field(_from_config("target_fpr")),
     "formats": Field(_rule(f"a non-empty list of distinct formats among {', '.join(GRAPH_FILES)}", _formats)),
     "files": Field(_rule(lambda s: f"an object of the formats' file names ({', '.join(format_files(s.data['formats']))}) "
-                                   f"to sizes in bytes, each format's graph among them", _files)),
+                                   f"to sizes in bytes, {', '.join(required_files(s.data['formats']))} among them",
+                         _files)),
     "graph_sha256": Field(_rule("an object of the files' names to their sha256 (64 hex digits)",
                                 lambda v, s: isinstance(v, dict) and sorted(v) == sorted(s.data["files"])
                                 and all(_is(h, str) and SHA256.fullmatch(h) for h in v.values())), since=3),

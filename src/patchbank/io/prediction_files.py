@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def model_files(model: Any, weights: Any = None) -> list[Path]:
     return [f for p in files for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
 
 
-def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
+def expand_inputs(inputs: tuple[str, ...] | list[str], out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Files as given; folders -> their images (sorted), or, for a folder holding only
     sub-folders (like MVTec's ``test/``), the images of all sub-folders, recursively
     (:func:`nested_images`).
@@ -57,12 +58,19 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     In a folder (flat or nested) anything without an image extension is skipped with one
     warning naming how many and the first few; an entry WITH an image extension is never
     skipped: one that cannot be read (a broken link, a loop of links, a FIFO) is an error
-    naming it, as when it is given directly.  Duplicates (same resolved path) are dropped,
-    first occurrence kept, with a warning saying how many.
+    naming it, as when it is given directly.  Prediction results are never read as inputs
+    when a nested folder is scanned (a flat folder's sub-folders are not read anyway): the
+    run's own outputs in ``out_dir`` (its tables and heatmaps folder, everything below it;
+    :func:`outputs_below`) where ``out_dir`` is that folder or lies below it, and an earlier
+    run's tables and the heatmaps they name (:func:`earlier_results`) are skipped with one
+    warning naming where they lie; a user's own files beside them are read as any others.
+    Duplicates (same resolved path) are dropped, first occurrence kept, with a warning saying
+    how many.
 
     Raises:
-        PatchbankError: an empty, missing or unreadable input, a folder without images, or an
-            unreadable entry with an image extension in a folder.
+        PatchbankError: an empty, missing or unreadable input, a folder without images, an
+            unreadable entry with an image extension in a folder, or a list file or table
+            given as a file (:func:`check_not_a_listing`).
     """
     from patchbank.io.images import is_image_file, list_images, not_an_input
 
@@ -74,17 +82,50 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[Path]:
             if any(is_image_file(c) for c in p.iterdir()):
                 paths.extend(list_images(p))
             else:
-                paths.extend(nested_images(p))
+                paths.extend(nested_images(p, skip=outputs_below(p, out_dir)))
         elif p.is_file():
-            paths.append(p)
+            paths.append(check_not_a_listing(p))
         else:
             raise PatchbankError(not_an_input(p))
     return check_names(unique_paths(paths))
 
 
-def nested_images(folder: Path) -> list[Path]:
+LIST_SUFFIXES = (".txt", ".lst")        # a list file of image paths (the Ray engine's inputs)
+TABLE_SUFFIXES = (".parquet", ".csv")   # a table of image paths (the Ray engine's inputs)
+
+
+def check_not_a_listing(path: Path) -> Path:
+    """``path``, a file given as an input, unless its name says it is a list file or a table of
+    image paths (:data:`LIST_SUFFIXES`, :data:`TABLE_SUFFIXES`), which the Ray engine reads
+    (:mod:`patchbank.distributed.inputs`) and no image decoder does: a one-line error saying so."""
+    if path.suffix.lower() in LIST_SUFFIXES + TABLE_SUFFIXES:
+        raise PatchbankError(f"{path} is not an image: list files ({', '.join(LIST_SUFFIXES)}) and tables "
+                             f"({', '.join(TABLE_SUFFIXES)}) of image paths are read by predict --engine ray; "
+                             f"the local engine takes image files and folders")
+    return path
+
+
+def outputs_below(folder: Path, out_dir: str | os.PathLike | None) -> list[Path]:
+    """A run's outputs (``out_dir``'s :data:`TABLES` and :data:`HEATMAP_FOLDER`) that scanning
+    the input ``folder`` would reach, as paths relative to ``folder``: all of them when
+    ``out_dir`` is ``folder`` or lies below it, none when ``out_dir`` is None or lies elsewhere
+    (an input folder at or below the heatmaps folder was given by the user: read as given).
+    Paths are compared resolved (links, ``..``; ``out_dir`` need not exist)."""
+    if out_dir is None:
+        return []
+    try:
+        rel = Path(out_dir).resolve().relative_to(folder.resolve())
+    except ValueError:
+        return []
+    return [rel / name for name in (*TABLES, HEATMAP_FOLDER)]
+
+
+def nested_images(folder: Path, skip: Sequence[Path] = ()) -> list[Path]:
     """The images of every sub-folder of ``folder``, recursively, sorted, except those inside
-    hidden folders (``.ipynb_checkpoints``: skipped with a warning counting them).
+    hidden folders (``.ipynb_checkpoints``: skipped with a warning counting them) and the
+    results of prediction runs: everything at or below ``skip`` (paths relative to ``folder``:
+    the run's own outputs, :func:`outputs_below`) and an earlier run's tables and the heatmaps
+    they name (:func:`earlier_results`), skipped with one warning naming where they lie.
 
     Every other entry that is not a folder (``notes.txt``), and a link to a folder (not walked),
     is skipped with ONE warning for ``folder`` naming how many and the first few (as
@@ -96,7 +137,7 @@ def nested_images(folder: Path) -> list[Path]:
     """
     from patchbank.io.images import IMAGE_EXTENSIONS, is_image_file, refuse_unreadable, warn_skipped
 
-    entries = sorted(folder.rglob("*"))
+    entries = _without_results(sorted(folder.rglob("*")), folder, skip)
     visible = [c for c in entries if not _hidden(c.relative_to(folder))]
     hidden_images = sum(is_image_file(c) for c in entries) - sum(is_image_file(c) for c in visible)
     if hidden_images:     # .ipynb_checkpoints copies and the like
@@ -109,6 +150,41 @@ def nested_images(folder: Path) -> list[Path]:
     warn_skipped(folder, [_skipped_name(c, folder) for c in visible
                            if not is_image_file(c) and (c.is_symlink() or not c.is_dir())])
     return images
+
+
+def _without_results(entries: list[Path], folder: Path, outputs: Sequence[Path]) -> list[Path]:
+    """``entries`` of the input ``folder`` less the results of prediction runs among them:
+    those at or below one of ``outputs`` (this run's own, relative to ``folder``) and an earlier
+    run's tables and the heatmaps they name (:func:`earlier_results`), with one warning
+    counting the files skipped and naming the runs' folders."""
+    earlier = earlier_results(entries)
+    kept, runs, skipped = [], set(), 0
+    for entry in entries:
+        parts = entry.relative_to(folder).parts
+        own = next((o for o in outputs if parts[:len(o.parts)] == o.parts), None)
+        if own is None and entry not in earlier:
+            kept.append(entry)
+            continue
+        runs.add(folder / own.parent if own is not None else earlier[entry])
+        skipped += not entry.is_dir()
+    if runs:
+        warnings.warn(f"{folder}: skipped {skipped} file(s) that patchbank predict wrote (tables, heatmaps) in "
+                      f"{', '.join(sorted(map(str, runs)))}: results are never read as inputs")
+    return kept
+
+
+def earlier_results(entries: list[Path]) -> dict[Path, Path]:
+    """The results of earlier prediction runs among a scanned folder's ``entries``: each
+    folder holding a table (:data:`TABLES`) and a heatmaps folder is a run's, and its tables
+    and the heatmaps they name (:func:`named_heatmaps`) are results, not product images.
+    Returns {result file: its run's folder}."""
+    runs = {e.parent for e in entries if e.name in TABLES and (e.parent / HEATMAP_FOLDER).is_dir()}
+    results = {}
+    for run in sorted(runs):
+        files = [run / name for name in TABLES if (run / name).is_file()]
+        files += named_heatmaps(run, f"the images in {run / HEATMAP_FOLDER} are read as inputs")
+        results.update(dict.fromkeys(files, run))
+    return results
 
 
 def _hidden(relative: Path) -> bool:
@@ -247,11 +323,13 @@ def heatmap_note(folder: Path, ranges: dict[str | None, tuple[float, float]] | N
     return note
 
 
-def previous_heatmaps(json_path: Path, csv_path: Path, heat_dir: Path) -> list[Path]:
-    """The heatmaps in ``heat_dir`` that a previous run's ``predictions.json`` (else its
-    ``predictions.csv``) names and that exist: by file name, ``.png`` files directly in
-    ``heat_dir`` only, so a table, edited or not, can name nothing else.  A table that cannot be
-    read names none, with a one-line warning that its heatmaps may stay."""
+def named_heatmaps(run_dir: Path, if_unreadable: str) -> list[Path]:
+    """The heatmaps in ``run_dir/heatmaps`` that the ``predictions.json`` (else the
+    ``predictions.csv``) of a run in ``run_dir`` names and that exist: by file name, ``.png``
+    files directly in that folder only, so a table, edited or not, can name nothing else.  A
+    table that cannot be read names none, with a one-line warning ending in ``if_unreadable``
+    (what follows from that)."""
+    json_path, csv_path = (run_dir / name for name in TABLES)
     names: list[str] = []
     try:
         if json_path.is_file():
@@ -262,20 +340,38 @@ def previous_heatmaps(json_path: Path, csv_path: Path, heat_dir: Path) -> list[P
             with open(csv_path, newline="", encoding="utf-8") as fh:
                 names = [row["heatmap"] for row in csv.DictReader(fh) if row.get("heatmap")]
     except (OSError, ValueError, AttributeError, TypeError, csv.Error) as exc:
-        warnings.warn(f"cannot read the previous run's table in {json_path.parent} ({exc}); the heatmaps it "
-                      f"named, if any, stay in {heat_dir}", UserWarning, stacklevel=2)
+        warnings.warn(f"cannot read the previous run's table in {run_dir} ({exc}); {if_unreadable}",
+                      UserWarning, stacklevel=2)
         return []
+    heat_dir = run_dir / HEATMAP_FOLDER
     found = {heat_dir / Path(n).name for n in names if n.lower().endswith(".png")}
     return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
-def remove_previous_run(out_dir: Path, also: tuple[Path, ...] = ()) -> None:
+def remove_previous_run(out_dir: Path, also: tuple[Path, ...] = (), keep: Iterable[Path] = ()) -> None:
     """With ``--overwrite``, before anything new is written into ``out_dir``: remove a previous
     run's ``predictions.json``, ``predictions.csv`` and ``also`` (the Ray engine's Parquet
-    table), then the heatmaps its table named (:func:`previous_heatmaps`), so neither an old
+    table), then the heatmaps its table named (:func:`named_heatmaps`), so neither an old
     table beside new heatmaps nor old heatmaps of images the new run does not score are left
-    to be read as its results.  Files the previous run did not name are never touched."""
+    to be read as its results.  Files the previous run did not name are never touched, nor
+    is a heatmap among ``keep`` (the files this run reads: an input of this run stays, with
+    one warning; :func:`inputs_among`)."""
     json_path, csv_path = (out_dir / name for name in TABLES)
-    stale = previous_heatmaps(json_path, csv_path, out_dir / HEATMAP_FOLDER)
+    heat_dir = out_dir / HEATMAP_FOLDER
+    stale = named_heatmaps(out_dir, f"the heatmaps it named, if any, stay in {heat_dir}")
+    read = inputs_among(stale, keep)
+    if read:
+        warnings.warn(f"kept {len(read)} heatmap(s) of the previous run in {heat_dir} that this run reads as "
+                      f"inputs ({read[0].name}{', ...' if len(read) > 1 else ''}); no table names them now",
+                      UserWarning, stacklevel=2)
     remove_previous((json_path, csv_path, *also))     # the old set stops reading as a run first
-    remove_previous(stale)
+    remove_previous([p for p in stale if p not in read])
+
+
+def inputs_among(files: list[Path], inputs: Iterable[Path]) -> list[Path]:
+    """Those of ``files`` that are among ``inputs`` (compared resolved: links, ``..``), in order;
+    ``inputs`` are only resolved when ``files`` is not empty."""
+    if not files:
+        return []
+    resolved = {Path(p).resolve() for p in inputs}
+    return [f for f in files if f.resolve() in resolved]
