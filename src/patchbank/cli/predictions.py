@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import click
 
 from patchbank.errors import PatchbankError
 from patchbank.io.output_files import (MIN_FREE_BYTES, Reservation, check_free_space, check_not_inputs,
-                                       check_output_folder, commit_file, file_lock, make_folder, release_file,
-                                       reserve_file)
+                                       check_output_folder, commit_file, file_lock, make_folder, missing_folders,
+                                       release_file, remove_empty_folders, reserve_file)
 from patchbank.io.prediction_files import (HEATMAP_FOLDER, TABLES, csv_fields, csv_row,  # noqa: F401
                                            expand_inputs, heatmap_names, heatmap_note, model_files,
                                            overlay_writer, prediction_record, remove_previous_run)
@@ -158,26 +157,6 @@ class PredictionOutputs:
             self.release()
         else:
             self.abandon()
-
-
-def missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, deepest first: the folders
-    ``mkdir -p folder`` would create."""
-    missing = []
-    while not os.path.lexists(folder) and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove each of ``folders`` (deepest first) that is empty; a folder holding anything, or
-    that cannot be removed, stays."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
 
 
 def run_predictions(det, paths: list[Path], outputs: PredictionOutputs, *, batch_size: int | None,

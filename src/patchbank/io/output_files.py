@@ -114,6 +114,26 @@ def remove_previous(paths: Iterable[Path]) -> None:
             raise PatchbankError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: the folders
+    ``mkdir -p folder`` would create."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; a folder holding anything, or
+    that cannot be removed, stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def is_writable_folder(folder: Path) -> bool:
     """True when this process may create files in ``folder`` (``os.access`` W_OK and X_OK; it
     also answers False on a read-only file system)."""
