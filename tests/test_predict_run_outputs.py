@@ -20,24 +20,16 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from test_cli_paths import noise_images
 from test_outputs import QUIET, data, model, one_line_error, run  # noqa: F401  (fixtures)
 
 
 def csv_paths(folder: Path) -> list[str]:
     with open(folder / "predictions.csv", newline="", encoding="utf-8") as fh:
         return [row["path"] for row in csv.DictReader(fh)]
-
-
-def noise_images(folder: Path, names: list[str], seed: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name)
-    return [folder / n for n in names]
 
 
 def nested_test_folder(data: Path, tmp_path: Path) -> Path:
