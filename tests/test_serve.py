@@ -401,6 +401,26 @@ def test_a_persisted_threshold_reaches_every_process_serving_the_file(files, ref
     assert Detector.load(tmp / "single.patchbank", progress=False).threshold_ == pytest.approx(refit.threshold_)
 
 
+def test_the_warm_up_frame_is_not_reported_as_an_image_of_another_shape(synthetic_root, tmp_path):
+    """The warm-up scores a grey frame of the model's resize: on a model trained on images under
+    half that size every server start (every worker) printed the ``unlike the training images``
+    warning about it (session 31); a request's image is still reported."""
+    import warnings
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for p in sorted((synthetic_root / "train" / "good").glob("*.png"))[:10]:
+        Image.open(p).convert("RGB").resize((40, 40), Image.BILINEAR).save(small / p.name)
+    Detector.from_preset("lmf-core", progress=False, target_fpr=0.1, **SMALL).fit(small).save(tmp_path / "s.patchbank")
+    registry = ModelRegistry(ServeSettings(models=(ModelSpec("s", str(tmp_path / "s.patchbank")),))).load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.warm_up()
+    assert registry.ready
+    with pytest.warns(UserWarning, match="unlike the training images"):
+        registry.predict("s", None, [Image.new("RGB", (96, 96), (128, 128, 128))])
+
+
 def test_two_worker_processes_answer_with_one_persisted_threshold(files):
     """--workers 2, a real server: after a persist through whichever worker answers, every
     later answer of both workers (told apart by the pid GET reports) has the new threshold."""

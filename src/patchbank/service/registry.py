@@ -34,6 +34,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,8 @@ class ModelRegistry:
         for served in self.models.values():
             h, w = served.model.config.image_size
             grey = Image.new("RGB", (w, h), (128, 128, 128))
-            with served.lock:
+            with served.lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # the grey frame is no product image: no other_shape line
                 for _ in range(calls):
                     served.model.predict([grey], batch_size=1)
         # the response outputs' first-use costs (scikit-image's import, the PNG encoder)
