@@ -123,6 +123,19 @@ def test_resume_loads_and_no_resume_recomputes(evaluated, data_root, monkeypatch
     # the results of that call cover only what it was asked for
     with open(out / "results.csv", newline="") as fh:
         assert [(r["category"], r["seed"]) for r in csv.DictReader(fh)] == [("alpha", "0")]
+    # a re-evaluation that fails after recomputing a run (session 31 audit: the old tables stayed
+    # beside the new run file, and report showed their numbers for it): no table is left
+    from patchbank.evaluation.reports import SUMMARY_TABLES
+
+    def fail_on_beta(self, images):
+        if "beta" in str(images[0]):
+            raise PatchbankError("simulated failure in beta")
+        return real_fit(self, images)
+
+    monkeypatch.setattr(Detector, "fit", fail_on_beta)
+    with pytest.raises(PatchbankError, match="simulated"):
+        evaluate(data_root, "lmf-core", FAST, seeds=(0,), out_dir=out, resume=False, progress=False)
+    assert not [name for name in SUMMARY_TABLES if (out / name).exists()]
 
 
 def test_mask_size_mismatch_names_both_sizes(tmp_path):

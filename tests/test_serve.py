@@ -95,6 +95,9 @@ def server(files):
         proc.stop()
     text = log.read_text(errors="replace")   # no request reached a 500 (it would log a traceback)
     assert "Traceback" not in text and "Exception in ASGI" not in text, text[-3000:]
+    # SIGTERM stops a server cleanly however it was started (session 31: --fd, as ServerProcess
+    # starts it, ended 143 "aborted (SIGTERM)", --port 0)
+    assert proc.proc.returncode == 0 and "aborted" not in text
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +402,44 @@ def test_a_persisted_threshold_reaches_every_process_serving_the_file(files, ref
         b.set_threshold("single", 2.0, persist=True)
     assert err.value.status == 503 and "changed since it was loaded" in str(err.value)
     assert Detector.load(tmp / "single.patchbank", progress=False).threshold_ == pytest.approx(refit.threshold_)
+
+
+def test_a_persist_racing_another_processs_persist_is_written_with_both(files, tmp_path, monkeypatch):
+    """Another process's persist landing between this one's look at the file and its lock was a
+    503 ("restart the server"), and one landing just after its write left it serving its own
+    threshold for good (session 31 audit); the file is now read again under the lock.  A file
+    gone is a 503, not a 500, and a link and its target share one lock."""
+    import os
+
+    import patchbank.service.registry as registry_module
+    from patchbank.io.output_files import lock_path_for
+
+    path = tmp_path / "line.patchbank"
+    shutil.copy(files["line"], path)
+    spec = (ModelSpec("line", str(path)),)
+    a, b = (ModelRegistry(ServeSettings(models=spec, workers=2)).load() for _ in range(2))
+    a.ready = b.ready = True
+    real, raced = registry_module.file_lock, []
+
+    def racing(*args, **kwargs):      # b persists just before a takes the lock
+        if not raced:
+            raced.append(True)
+            b.set_threshold("line", -3.0, "stripes", persist=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "file_lock", racing)
+    a.set_threshold("line", 5.0, "part", persist=True)
+    on_disk = MultiDetector.load(path, progress=False)
+    assert (on_disk.detectors_["stripes"].threshold_, on_disk.detectors_["part"].threshold_) == (-3.0, 5.0)
+    for reg in (a, b):
+        assert {c["name"]: c["threshold"] for c in reg.describe("line")["categories"]} == {"stripes": -3.0, "part": 5.0}
+    os.rename(path, tmp_path / "away.patchbank")
+    with pytest.raises(ServiceError) as err:
+        a.set_threshold("line", 1.0, persist=True)
+    assert err.value.status == 503 and "cannot be read" in str(err.value)
+    link = tmp_path / "current.patchbank"
+    link.symlink_to(tmp_path / "away.patchbank")
+    assert lock_path_for(link) == lock_path_for(tmp_path / "away.patchbank")
 
 
 def test_the_warm_up_frame_is_not_reported_as_an_image_of_another_shape(synthetic_root, tmp_path):

@@ -85,9 +85,32 @@ def test_study_recomputes_a_run_of_other_data(synthetic_root, tmp_path, capsys):
     assert "reusing stored run" in capsys.readouterr().err
     (root / "part" / "test" / "good" / "000.png").unlink()
     study([root], preset="lmf-core", overrides=SMALL, seeds=[0], out_dir=out, progress=False, plot=False)
-    assert "data changed; recomputing" in capsys.readouterr().err
+    assert "was computed on different data (files, sizes or dates changed); recomputing" in capsys.readouterr().err
     second = json.loads(run_file.read_text())
     assert len(second["data"]["labels"]) == len(first["data"]["labels"]) - 1
+    assert second["device"] == "cpu" and len(second["backbone_sha256"]) == 64
+
+
+def test_study_recomputes_a_run_of_other_backbone_weights(synthetic_root, tmp_path, capsys):
+    """Session 31: a stored run was reused after the --weights file was rewritten (its table kept
+    the old weights' AUROC); the run records the weights' sha256 and device, as evaluate's do."""
+    import shutil
+
+    from conftest import seeded_weights_file
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root / "part")
+    out, weights = tmp_path / "out", tmp_path / "w.safetensors"
+    seeded_weights_file(weights, 0)
+    kw = dict(preset="lmf-core", overrides={**SMALL, "weights": str(weights)}, seeds=[0], out_dir=out,
+              progress=False, plot=False)
+    study([root], **kw)
+    first = json.loads((out / "runs" / "part__seed0.json").read_text())
+    seeded_weights_file(weights, 1)                  # the same path, other weights
+    study([root], **kw)
+    assert "was computed with other backbone weights" in capsys.readouterr().err
+    second = json.loads((out / "runs" / "part__seed0.json").read_text())
+    assert second["backbone_sha256"] != first["backbone_sha256"] and second["data"] != first["data"]
 
 
 def _stripes_category(root, seed=0, size=96):

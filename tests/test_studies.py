@@ -236,6 +236,14 @@ def test_sweep_resume_and_new_value(swept, data_root, monkeypatch, tmp_path):
             assert "holds a sweep of kappa" in result.stderr or "with preset lmf-core" in result.stderr
             assert "write it to another folder" in result.stderr
     assert {p.name: p.read_bytes() for p in out.glob("sweep.*")} == tables
+    other = tmp_path / "other_data"            # the same sweep of other data (audit, session 31)
+    shutil.copytree(data_root, other)
+    with monkeypatch.context() as m:
+        forbid_fit(m)
+        result = invoke("sweep", other, "--param", "kappa=0.5,0.75", "-o", out, "--seeds", "0,1",
+                        "--preset", "lmf-core", "-q", *FAST_ARGS)
+    assert result.exit_code == 2 and "holds a sweep of the data in" in result.stderr, result.output
+    assert {p.name: p.read_bytes() for p in out.glob("sweep.*")} == tables
 
 
 def test_sweep_non_numeric_values(data_root, tmp_path):

@@ -92,8 +92,14 @@ def run_uvicorn(app, factory: bool, host: str, port: int, sock: socket.socket | 
                 log_level: str) -> None:
     """uvicorn serving ``app`` with ``workers`` processes: bound to ``host:port``, or on the
     listening ``sock`` (``--fd``; uvicorn's own ``fd`` option reads a descriptor as a Unix
-    socket, so the socket is handed to its server, or to its worker processes, directly)."""
+    socket, so the socket is handed to its server, or to its worker processes, directly).  A
+    stop signal ends a server cleanly, exit status 0, however it was started: uvicorn shuts down
+    on SIGTERM / SIGINT and ``uvicorn.run`` then returns; its ``Server.run`` re-raises the signal
+    (:class:`~patchbank.runtime.signals.Stopped` while the command line's handler is set), which
+    is taken here as the same clean stop."""
     import uvicorn
+
+    from patchbank.runtime.signals import Stopped
 
     if sock is None:
         uvicorn.run(app, factory=factory, host=host, port=port, workers=workers, log_level=log_level)
@@ -105,7 +111,10 @@ def run_uvicorn(app, factory: bool, host: str, port: int, sock: socket.socket | 
         Multiprocess(config, sockets=[sock]).run()
         return
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except Stopped:
+        return            # shut down by the signal: a clean stop, as with --port
     if not server.started:
         sys.exit(1)       # as uvicorn.run: the failure is in the log
 

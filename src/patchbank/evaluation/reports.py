@@ -171,6 +171,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(pipe_table(["category"] + [LABELS[m] for m in METRICS], rows, right=len(METRICS)))
 
 
+#: The tables :func:`write_outputs` derives from a folder's run files.
+SUMMARY_TABLES = ("results.csv", "summary.csv", "summary.json", "summary.md", "by_type.csv")
+
+
 def write_outputs(out: Path, runs: list[dict], summary: dict[str, Any]) -> dict[str, Any]:
     """Write results.csv, summary.csv, summary.json, summary.md and by_type.csv in ``out``.
 

@@ -51,12 +51,12 @@ from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.inputs import (load_categories, out_folder, preset_config, say, seed_list,
                                          source_text)
-from patchbank.evaluation.reports import (LABELS, METRICS, markdown_table, summarize,  # noqa: F401
+from patchbank.evaluation.reports import (LABELS, METRICS, SUMMARY_TABLES, markdown_table, summarize,  # noqa: F401
                                           write_comparison, write_outputs)
-from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
+from patchbank.evaluation.run_store import RUN_FORMAT, STORED_RUN_PROBLEMS, RunStore, data_fingerprint
 from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
-from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, file_lock
+from patchbank.io.output_files import MIN_FREE_BYTES, check_output_folder, file_lock, remove_previous
 
 __all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "image_records",
            "markdown_table", "run_category", "summarize", "write_comparison", "write_outputs"]
@@ -66,7 +66,7 @@ __all__ = ["LABELS", "METRICS", "RUN_FORMAT", "evaluate", "evaluate_category", "
 # one run
 # ------------------------------------------------------------------------------------------------
 
-class _BackboneCache:
+class BackboneCache:
     """Reuse a loaded backbone across runs that share backbone, weights, layers and device."""
 
     def __init__(self):
@@ -89,7 +89,7 @@ class _BackboneCache:
 
 
 def run_category(category: Category, config: Config, *, device: str = "cpu", progress: bool = True,
-                 backbones: _BackboneCache | None = None) -> dict[str, Any]:
+                 backbones: BackboneCache | None = None) -> dict[str, Any]:
     """Fit on ``category.train``, score ``category.test``; returns ``{"metrics", "images"}``.
 
     ``metrics``: keys :data:`METRICS` (floats; pixel metrics None without masks).  ``good_fpr`` /
@@ -110,7 +110,7 @@ def run_category(category: Category, config: Config, *, device: str = "cpu", pro
     score).
     """
     check_test_set(category)    # before the (long) fit
-    det = (backbones or _BackboneCache()).detector(config, device, progress)
+    det = (backbones or BackboneCache()).detector(config, device, progress)
     t0 = time.perf_counter()
     det.fit([str(p) for p in category.train])
     fit_s = time.perf_counter() - t0
@@ -147,7 +147,7 @@ def image_records(category: Category, predictions: Sequence[Any], threshold: flo
 
 
 def evaluate_category(category: Category, config: Config, *, device: str = "cpu",
-                      progress: bool = True, backbones: _BackboneCache | None = None) -> dict[str, Any]:
+                      progress: bool = True, backbones: BackboneCache | None = None) -> dict[str, Any]:
     """The metrics dict of one run: :func:`run_category`'s ``metrics``."""
     return run_category(category, config, device=device, progress=progress, backbones=backbones)["metrics"]
 
@@ -185,19 +185,11 @@ def _with_defect_types(run: dict[str, Any], cat: Category) -> dict[str, Any]:
     return {**run, "images": [{**r, "defect_type": str(t)} for r, t in zip(images, cat.defect_types)]}
 
 
-_WHY = {"data changed": "was computed on different data (files, sizes or dates changed)",
-        "config": "was computed with another configuration (it is replaced)",
-        "no fingerprint": "records no data fingerprint (an older run file)",
-        "category": "holds another category's run", "seed": "holds another seed's run",
-        "device": "was computed on another device (its timings and float rounding are that device's)",
-        "backbone_sha256": "was computed with other backbone weights (the weights file changed)",
-        "no device": "records no device (an older run file)",
-        "no backbone_sha256": "records no backbone weights' sha256 (an older run file)"}
 
 
 def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[int, Config],
                  store: RunStore, resume: bool, fingerprints: dict[str, Any], device: str,
-                 backbones: _BackboneCache) -> dict[tuple[str, int], Any]:
+                 backbones: BackboneCache) -> dict[tuple[str, int], Any]:
     """The reusable stored run per (category, seed) (None where it must be computed): the same
     config, data, device and backbone weights (whose sha256 is read only when a run file is
     there to compare).  Prints ``reusing N stored runs from DIR`` and each run recomputed
@@ -211,8 +203,8 @@ def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[i
             run, why = (store.lookup(cat.name, seed, configs[seed], "metrics", fingerprints[cat.name], expect)
                         if resume else (None, "no resume"))
             stored[cat.name, seed] = run
-            if why in _WHY:
-                print(f"{cat.name} seed {seed}: stored run {store.path(cat.name, seed)} {_WHY[why]}; "
+            if why in STORED_RUN_PROBLEMS:
+                print(f"{cat.name} seed {seed}: stored run {store.path(cat.name, seed)} {STORED_RUN_PROBLEMS[why]}; "
                       f"recomputing", file=sys.stderr, flush=True)
     n = sum(run is not None for run in stored.values())
     if n:
@@ -221,7 +213,7 @@ def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[i
 
 
 def _one_run(cat: Category, seed: int, config: Config, store: RunStore, stored: dict[str, Any] | None, *,
-             device: str, progress: bool, backbones: _BackboneCache, context: dict[str, Any],
+             device: str, progress: bool, backbones: BackboneCache, context: dict[str, Any],
              computed: Iterator[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``stored`` (the reusable stored run of ``cat`` x ``seed``) if any, else a new run, saved
     (the next of ``computed``, the ``map_runs`` results, when given)."""
@@ -292,12 +284,14 @@ def evaluate(root: str | os.PathLike | Category | Sequence[Category], preset: st
     context = {"dataset_root": source_text(root), "preset": preset, "command": command,
                "device": str(device), "fingerprints": fingerprints,
                "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}}
-    store, backbones = RunStore(out / "runs"), _BackboneCache()
+    store, backbones = RunStore(out / "runs"), BackboneCache()
     # one evaluation writes a folder at a time: a second one waits (or gives up, one line), then
     # resumes from what the first stored (two at once replaced each other's runs and tables)
     with file_lock(out, what=f"the evaluation in {out}"):
         stored = _stored_runs(cats, seeds, configs, store, resume, fingerprints, device, backbones)
         todo = [(cat, configs[seed]) for cat in cats for seed in seeds if stored[cat.name, seed] is None]
+        if todo:   # the old tables stop describing the runs once one is recomputed: a run that
+            remove_previous([out / name for name in SUMMARY_TABLES])   # fails or is stopped leaves none
         computed = iter(map_runs(todo)) if map_runs is not None else None
         runs = [_one_run(cat, seed, configs[seed], store, stored[cat.name, seed], device=device,
                          progress=progress, backbones=backbones, context=context, computed=computed)

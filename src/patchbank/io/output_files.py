@@ -233,8 +233,9 @@ def lock_timeout() -> float:
 
 
 def lock_path_for(path: str | os.PathLike) -> Path:
-    """The lock file of ``path``: ``<path>.lock`` beside it."""
-    path = Path(path)
+    """The lock file of ``path``: ``<path>.lock`` beside the file itself (links resolved, so a
+    writer given a link and one given its target hold the same lock)."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".lock")
 
 

@@ -58,7 +58,6 @@ from patchbank.service.settings import ModelSpec, ServeSettings
 __all__ = ["ModelRegistry", "Served", "Scored", "ModelFile", "ExportFolder", "model_source"]
 
 PERSIST_LOCK_TIMEOUT_S = 10.0   # a PUT waits this long for a concurrent fit --add, then 503
-THRESHOLD_KEYS = ("threshold", "threshold_override")   # what a persist changes in a header
 
 
 def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
@@ -71,11 +70,12 @@ def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def without_thresholds(meta: dict[str, Any]) -> str:
-    """A header or sidecar as canonical JSON without its operating point (:data:`THRESHOLD_KEYS`
-    at the top and in each category): two files with the same text hold the same model."""
+def without_thresholds(meta: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A header or sidecar as canonical JSON without its operating point (``keys``, the source's
+    ``moved_keys``, at the top and in each category): two files with the same text hold the
+    same model."""
     def strip(d: Any) -> Any:
-        return {k: v for k, v in d.items() if k not in THRESHOLD_KEYS} if isinstance(d, dict) else d
+        return {k: v for k, v in d.items() if k not in keys} if isinstance(d, dict) else d
     out = strip(meta)
     if isinstance(out.get("categories"), dict):
         out["categories"] = {c: strip(v) for c, v in out["categories"].items()}
@@ -97,6 +97,7 @@ class ModelFile:
 
     path: Path
     runtime: str = "torch"
+    moved_keys = ("threshold", "threshold_override")   # what a persist changes in the header
 
     @property
     def main(self) -> Path:
@@ -140,6 +141,7 @@ class ExportFolder:
 
     path: Path
     runtime: str
+    moved_keys = ("threshold_override",)   # what a persist changes ("threshold" is the graph's own)
 
     @property
     def main(self) -> Path:
@@ -336,36 +338,47 @@ class ModelRegistry:
                                     f"threshold per request")
         with served.lock:
             self.follow(served)
-            before = [d.threshold_ for d in detectors]
+            if not persist:
+                self._move(detectors, threshold, None)
+                return
+            path = served.source.main
             try:
-                for d in detectors:
-                    d.set_threshold(threshold)
-                if persist:
-                    self._persist(served)
-            except BaseException:
-                for d, t in zip(detectors, before):
-                    d.set_threshold(None if t == d.calibrated_threshold_ else t)
-                raise
+                with file_lock(lock_path_for(path), timeout=PERSIST_LOCK_TIMEOUT_S, what=str(path), quiet=True):
+                    self._persist(served, detectors, threshold)
+            except (PatchbankError, OSError) as exc:
+                why = exc if isinstance(exc, PatchbankError) else f"{path} cannot be read ({exc.strerror or exc})"
+                raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {why}") from None
 
-    def _persist(self, served: Served) -> None:
-        """Write the current thresholds into the model's source (its model file, or its export's
-        sidecar) under the file's lock, only while the file is still the one this server loaded
-        or last wrote (its sha256): a file replaced or extended since (``fit --overwrite``,
-        ``fit --add``, another server's persist) is never written over (503); refresh sha256 and
-        header."""
-        path = served.source.main
+    @staticmethod
+    def _move(detectors: list, threshold: float | None, write) -> None:
+        """Set ``threshold`` on ``detectors``, then ``write()`` (None: nothing to write); if
+        either fails, every threshold is put back as it was."""
+        before = [d.threshold_ for d in detectors]
         try:
-            with file_lock(lock_path_for(path), timeout=PERSIST_LOCK_TIMEOUT_S, what=str(path), quiet=True):
-                if file_sha256(path) != served.sha256:   # fit again, --add, another server's persist
-                    raise PatchbankError(f"{path} changed since it was loaded by this server (fit again, "
-                                         f"--add, or another server's persist); restart the server to serve "
-                                         f"the file as it is now, then move the threshold")
-                served.source.write(served.model)
-        except PatchbankError as exc:
-            raise ServiceError(503, f"cannot persist the threshold of model {served.spec.name!r}: {exc}") from None
-        served.header = served.source.header()
-        served.sha256 = file_sha256(path)
-        served.stamp = file_stamp(path)
+            for d in detectors:
+                d.set_threshold(threshold)
+            if write is not None:
+                write()
+        except BaseException:
+            for d, t in zip(detectors, before):
+                d.set_threshold(None if t == d.calibrated_threshold_ else t)
+            raise
+
+    def _persist(self, served: Served, detectors: list, threshold: float | None) -> None:
+        """Under the file's lock: take another process's persisted thresholds first
+        (:meth:`follow`), then move ``detectors`` to ``threshold`` and write the model's source
+        (its model file, or its export's sidecar) only while the file is still the one this
+        server loaded, last wrote or followed (its sha256): a file that holds another model since
+        (``fit --overwrite``, ``fit --add``, an export again) is never written over
+        (PatchbankError: 503).  The sha256, header and stamp recorded are read under the lock."""
+        path = served.source.main
+        self.follow(served)
+        if file_sha256(path) != served.sha256:
+            raise PatchbankError(f"{path} changed since it was loaded by this server (fit again, --add or "
+                                 f"exported again: another model now); restart the server to serve the file "
+                                 f"as it is now, then move the threshold")
+        self._move(detectors, threshold, lambda: served.source.write(served.model))
+        served.header, served.sha256, served.stamp = served.source.header(), file_sha256(path), file_stamp(path)
 
     def follow(self, served: Served) -> None:
         """Take the thresholds of ``served``'s file when it changed since it was last read and
@@ -385,7 +398,8 @@ class ModelRegistry:
         served.stamp = stamp
         if sha == served.sha256:
             return
-        if without_thresholds(header) != without_thresholds(served.source.recorded(served.model)):
+        keys = served.source.moved_keys
+        if without_thresholds(header, keys) != without_thresholds(served.source.recorded(served.model), keys):
             return                                # another model now: persist answers 503
         served.source.follow(served.model, header)
         served.header, served.sha256 = header, sha

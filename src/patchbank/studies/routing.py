@@ -19,6 +19,7 @@ import numpy as np
 
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
+from patchbank.io.output_files import file_lock
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.reports import MISSING, format_mean_std, pipe_table, write_json, write_text
 from patchbank.evaluation.scoring import check_test_set, score_category
@@ -109,12 +110,13 @@ def evaluate_routing(roots: Sequence[str | Path], preset: str = "lmf-core",
         raise PatchbankError(f"routing needs at least two categories, got {names}")
     for cat in cats:            # every category's test set before the first fit
         check_test_set(cat)
-    runs = [_one_seed(cats, cfg0.replace(seed=int(seed)), device, progress, n_prototypes) for seed in seeds]
-    result = {"preset": preset, "overrides": overrides or {}, "config": cfg0.to_dict(),
-              "categories": names, "seeds": [int(s) for s in seeds], "runs": runs}
-    out = out_folder(out_dir)
-    write_json(out / "routing.json", result, indent=1, newline=False)
-    write_text(out / "routing.md", markdown(result))
+    out = out_folder(out_dir)   # a folder that cannot be written: before the work (audit, session 31)
+    with file_lock(out, what=f"the routing study in {out}"):   # two into one folder: one after the other
+        runs = [_one_seed(cats, cfg0.replace(seed=int(seed)), device, progress, n_prototypes) for seed in seeds]
+        result = {"preset": preset, "overrides": overrides or {}, "config": cfg0.to_dict(),
+                  "categories": names, "seeds": [int(s) for s in seeds], "runs": runs}
+        write_json(out / "routing.json", result, indent=1, newline=False)
+        write_text(out / "routing.md", markdown(result))
     return result
 
 

@@ -28,9 +28,11 @@ from patchbank.evaluation import plots
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.reports import format_mean_std, mean_std, pipe_table, write_csv, write_json, write_text
-from patchbank.evaluation.run_store import RUN_FORMAT, RunStore, data_fingerprint
+from patchbank.evaluation.run_store import RUN_FORMAT, STORED_RUN_PROBLEMS, RunStore, data_fingerprint
+from patchbank.evaluation.runner import BackboneCache
 from patchbank.evaluation.scoring import PIXEL_KEYS, check_test_set, pixel_scores
 from patchbank.io.datasets import Category
+from patchbank.io.output_files import file_lock
 from patchbank.pipeline.structure import StructScorer
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
@@ -71,11 +73,10 @@ def variants(data: dict[str, Any], lam: float | None = None) -> dict[str, np.nda
     return out
 
 
-def _run_category(category: Category, config: Config, device: str, progress: bool) -> dict[str, Any]:
+def _run_category(category: Category, config: Config, device: str, progress: bool,
+                  backbones: BackboneCache) -> dict[str, Any]:
     """Fit once, predict the test images once; the per-image values every variant is scored from."""
-    from patchbank.detector import Detector
-
-    det = Detector(config, device=device, progress=progress)
+    det = backbones.detector(config, device, progress)
     t0 = time.perf_counter()
     det.fit([str(p) for p in category.train])
     fit_s = time.perf_counter() - t0
@@ -94,20 +95,26 @@ def _run_category(category: Category, config: Config, device: str, progress: boo
 
 
 def _stored_or_new(store: RunStore, cat: Category, seed: int, config: Config, resume: bool,
-                   device: str, progress: bool) -> dict[str, Any]:
-    """The stored values of ``cat`` x ``seed`` (with ``resume``, when config and data match),
-    else a new run, saved with its data fingerprint.  Reuse is said on stderr even when quiet."""
+                   device: str, progress: bool, backbones: BackboneCache) -> dict[str, Any]:
+    """The stored values of ``cat`` x ``seed`` (with ``resume``, when config, data, device and
+    backbone weights match, as :func:`~patchbank.evaluation.runner.evaluate` checks), else a
+    new run, saved with its data fingerprint, device and weights' sha256.  Reuse, and why a
+    stored run is not reused, are said on stderr even when quiet."""
     fingerprint = data_fingerprint(cat)
-    old, why = store.lookup(cat.name, seed, config, "data", fingerprint) if resume else (None, "")
+    expect = {"device": str(device)}
+    if resume and store.path(cat.name, seed).exists():
+        expect["backbone_sha256"] = backbones.weights_sha256(config, device)
+    old, why = store.lookup(cat.name, seed, config, "data", fingerprint, expect) if resume else (None, "")
     if old is not None:
         print(f"[structure] reusing stored run {store.path(cat.name, seed)}", file=sys.stderr, flush=True)
         return old["data"]
-    if why in ("data changed", "no fingerprint"):
-        print(f"[structure] stored run {store.path(cat.name, seed)}: {why}; recomputing",
+    if why in STORED_RUN_PROBLEMS:
+        print(f"[structure] stored run {store.path(cat.name, seed)} {STORED_RUN_PROBLEMS[why]}; recomputing",
               file=sys.stderr, flush=True)
     say(progress, f"[structure] {cat.name} seed {seed}")
-    data = _run_category(cat, config, device, progress)
-    store.save(cat.name, seed, {"format": RUN_FORMAT, "config": config.to_dict(),
+    data = _run_category(cat, config, device, progress, backbones)
+    store.save(cat.name, seed, {"format": RUN_FORMAT, "config": config.to_dict(), "device": str(device),
+                                "backbone_sha256": backbones.weights_sha256(config, device),
                                 "data_fingerprint": fingerprint, "data": data}, indent=None)
     return data
 
@@ -126,10 +133,11 @@ def study(roots: Sequence[str | Path], preset: str = "structcore", overrides: di
     for cat in cats:            # every category's test set before the first fit
         check_test_set(cat)
     out = out_folder(out_dir, "runs")
-    store = RunStore(out / "runs")
-    runs = {(cat.name, int(seed)): _stored_or_new(store, cat, int(seed), base_cfg.replace(seed=int(seed)),
-                                                  resume, device, progress)
-            for cat in cats for seed in seeds}
+    store, backbones = RunStore(out / "runs"), BackboneCache()
+    with file_lock(out, what=f"the structure study in {out}"):   # two studies into one folder wait
+        runs = {(cat.name, int(seed)): _stored_or_new(store, cat, int(seed), base_cfg.replace(seed=int(seed)),
+                                                      resume, device, progress, backbones)
+                for cat in cats for seed in seeds}
     table = summarize(runs, [c.name for c in cats], [int(s) for s in seeds], base_cfg.hybrid_lambda)
     write_tables(out, table)
     if plot:

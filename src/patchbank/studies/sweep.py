@@ -95,22 +95,25 @@ def _swept_values(param: str, values: list[Any], preset: str, overrides: dict[st
     return stored
 
 
-def check_same_sweep(out_dir: str | os.PathLike, param: str, preset: str, overrides: dict[str, Any]) -> None:
+def check_same_sweep(out_dir: str | os.PathLike, param: str, preset: str, overrides: dict[str, Any],
+                     root: str | os.PathLike) -> None:
     """Refuse (one line) a sweep into a folder whose ``sweep.json`` records another sweep (another
-    parameter, preset or common overrides): writing this one's tables would replace that one's.
+    parameter, preset, common overrides or dataset root): writing this one's tables would replace
+    that one's.
     The same sweep again (more values, more seeds) resumes in place."""
     path = Path(out_dir) / "sweep.json"
     if not path.is_file():
         return
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        before = (meta["param"], meta["preset"], meta["common_overrides"])
+        before = (meta["param"], meta["preset"], meta["common_overrides"], os.path.realpath(meta["dataset_root"]))
     except (OSError, ValueError, KeyError, TypeError):
         raise PatchbankError(f"{path} is not a sweep's table; write this sweep to another folder") from None
-    now = (param, preset, json.loads(json.dumps(overrides, default=_json_value)))
+    now = (param, preset, json.loads(json.dumps(overrides, default=_json_value)), os.path.realpath(root))
     if before != now:
         what = (f"of {before[0]}" if before[0] != param else
-                f"with preset {before[1]}" if before[1] != preset else f"with the overrides {before[2]}")
+                f"with preset {before[1]}" if before[1] != preset else
+                f"with the overrides {before[2]}" if before[2] != now[2] else f"of the data in {before[3]}")
         raise PatchbankError(f"{out_dir} holds a sweep {what} (sweep.json); this sweep would replace its "
                              f"tables: write it to another folder (-o)")
 
@@ -130,7 +133,7 @@ def sweep(root: str | os.PathLike, param: str, values: Sequence[Any], preset: st
     stored = _swept_values(param, values, preset, overrides)
     seeds = [int(s) for s in seeds]
     categories_to_score(root, categories, kind)   # before the folder is made
-    check_same_sweep(out_dir, param, preset, overrides)
+    check_same_sweep(out_dir, param, preset, overrides, root)
     out = out_folder(out_dir)
     if command is None:
         command = (f"patchbank.studies.sweep.sweep({str(root)!r}, {param!r}, {values!r}, preset={preset!r}, "
