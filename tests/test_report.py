@@ -440,6 +440,26 @@ def test_corrupt_run_file_is_one_line(evaluate_dir, tmp_path):
     assert not (out / "report.html").exists()
 
 
+def test_a_metric_edited_into_text_is_one_line(evaluate_dir, tmp_path):
+    """Session 31 audit: a summary mean or a run's metric edited into text was a ValueError
+    traceback (``Unknown format code 'f'``)."""
+    for where in ("summary", "run"):
+        out = tmp_path / where
+        shutil.copytree(evaluate_dir, out)
+        (out / "report.html").unlink(missing_ok=True)
+        if where == "summary":
+            summary = json.loads((out / "summary.json").read_text())
+            summary["mean"]["image_auroc"]["mean"] = "x"
+            (out / "summary.json").write_text(json.dumps(summary))
+        else:
+            run = json.loads((out / "runs" / "alpha__seed1.json").read_text())
+            run["metrics"]["image_auroc"] = "high"
+            (out / "runs" / "alpha__seed1.json").write_text(json.dumps(run))
+        res = CliRunner().invoke(cli, ["report", str(out), "--quiet"])
+        assert_one_line_error(res.exit_code, res.stderr, "is not a number")
+        assert not (out / "report.html").exists()
+
+
 def test_never_overwrites_without_overwrite(predict_dir, tmp_path):
     target = tmp_path / "r.html"
     target.write_text("keep me")

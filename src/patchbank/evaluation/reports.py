@@ -16,11 +16,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from patchbank.errors import PatchbankError
 
 from patchbank.evaluation.by_type import BY_TYPE_METRICS, run_by_type
 from patchbank.io.output_files import commit_file
@@ -52,10 +55,20 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float | None]:
 
 
 def format_mean_std(mean: float | None, std: float | None, decimals: int = 3) -> str:
-    """The table cell ``"<mean> ± <std>"`` with ``decimals`` decimals; ``–`` when ``mean`` is None."""
+    """The table cell ``"<mean> ± <std>"`` with ``decimals`` decimals; ``–`` when ``mean`` is None;
+    a value that is no number (a hand-edited table) is a one-line :class:`PatchbankError`."""
     if mean is None:
         return MISSING
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{real_number(mean):.{decimals}f} ± {real_number(std):.{decimals}f}"
+
+
+def real_number(value: Any) -> float:
+    """``value`` as a float when it is a real number (not a bool), else a one-line
+    :class:`PatchbankError` naming it: a table or run file edited by hand."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise PatchbankError(f"a metric in the results is not a number: {str(value)[:80]!r} (an edited "
+                         f"table or run file?); evaluate again")
 
 
 def metric_cell(entry: dict[str, Any], metric: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from patchbank import __version__
 from patchbank.errors import PatchbankError
+from patchbank.evaluation.reports import real_number
 
 TEMPLATE = "report.html.j2"
 
@@ -22,7 +23,7 @@ def num(value: Any, decimals: int = 3) -> str:
     """A number for the page: ``decimals`` decimals, ``NaN`` / ``inf`` spelled out, ``–`` for None."""
     if value is None:
         return "–"
-    value = float(value)
+    value = real_number(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -32,7 +33,7 @@ def num(value: Any, decimals: int = 3) -> str:
 
 def pct(value: Any, decimals: int = 1) -> str:
     """A share as a percentage (``0.125`` -> ``12.5%``), ``–`` for None."""
-    return "–" if value is None else f"{100.0 * float(value):.{decimals}f}%"
+    return "–" if value is None else f"{100.0 * real_number(value):.{decimals}f}%"
 
 
 def environment():
