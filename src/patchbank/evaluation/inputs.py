@@ -5,7 +5,6 @@ of fitting, as one-line :class:`~patchbank.errors.PatchbankError`.
 from __future__ import annotations
 
 import numbers
-
 import os
 import sys
 from pathlib import Path

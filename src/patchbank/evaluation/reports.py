@@ -24,7 +24,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from patchbank.errors import PatchbankError
-
 from patchbank.evaluation.by_type import BY_TYPE_METRICS, run_by_type
 from patchbank.io.output_files import commit_file
 

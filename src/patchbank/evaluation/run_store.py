@@ -99,14 +99,16 @@ def same_config(stored: Any, config: Config) -> bool:
 
 #: Why a stored run is not reused (a reason :meth:`RunStore.lookup` gives -> the words said on
 #: stderr before the run is computed again); "missing" and "unreadable" are not said.
-STORED_RUN_PROBLEMS = {"data changed": "was computed on different data (files, sizes or dates changed)",
-        "config": "was computed with another configuration (it is replaced)",
-        "no fingerprint": "records no data fingerprint (an older run file)",
-        "category": "holds another category's run", "seed": "holds another seed's run",
-        "device": "was computed on another device (its timings and float rounding are that device's)",
-        "backbone_sha256": "was computed with other backbone weights (the weights file changed)",
-        "no device": "records no device (an older run file)",
-        "no backbone_sha256": "records no backbone weights' sha256 (an older run file)"}
+STORED_RUN_PROBLEMS = {
+    "data changed": "was computed on different data (files, sizes or dates changed)",
+    "config": "was computed with another configuration (it is replaced)",
+    "no fingerprint": "records no data fingerprint (an older run file)",
+    "category": "holds another category's run", "seed": "holds another seed's run",
+    "device": "was computed on another device (its timings and float rounding are that device's)",
+    "backbone_sha256": "was computed with other backbone weights (the weights file changed)",
+    "no device": "records no device (an older run file)",
+    "no backbone_sha256": "records no backbone weights' sha256 (an older run file)",
+}
 
 
 class RunStore:

@@ -51,8 +51,8 @@ from patchbank.config import DEFAULT_PRESET, Config
 from patchbank.errors import PatchbankError
 from patchbank.evaluation.inputs import (load_categories, out_folder, preset_config, say, seed_list,
                                          source_text)
-from patchbank.evaluation.reports import (LABELS, METRICS, SUMMARY_TABLES, markdown_table, summarize,  # noqa: F401
-                                          write_comparison, write_outputs)
+from patchbank.evaluation.reports import (LABELS, METRICS, SUMMARY_TABLES, markdown_table,  # noqa: F401
+                                          summarize, write_comparison, write_outputs)
 from patchbank.evaluation.run_store import RUN_FORMAT, STORED_RUN_PROBLEMS, RunStore, data_fingerprint
 from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
@@ -185,6 +185,16 @@ def _with_defect_types(run: dict[str, Any], cat: Category) -> dict[str, Any]:
     return {**run, "images": [{**r, "defect_type": str(t)} for r, t in zip(images, cat.defect_types)]}
 
 
+def run_expectations(store: RunStore, category: str, seed: int, config: Config, device: str,
+                     resume: bool, backbones: BackboneCache) -> dict[str, Any]:
+    """What a stored run of ``category`` x ``seed`` must record to be reused
+    (:meth:`RunStore.lookup`'s ``expect``): the device, and, when ``resume`` and a run file is
+    there to compare, the sha256 of the weights ``config``'s backbone loads (read only then: it
+    loads the backbone)."""
+    expect = {"device": str(device)}
+    if resume and store.path(category, seed).exists():
+        expect["backbone_sha256"] = backbones.weights_sha256(config, device)
+    return expect
 
 
 def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[int, Config],
@@ -197,15 +207,13 @@ def _stored_runs(cats: Sequence[Category], seeds: Sequence[int], configs: dict[i
     stored: dict[tuple[str, int], Any] = {}
     for cat in cats:
         for seed in seeds:
-            expect = {"device": str(device)}
-            if resume and store.path(cat.name, seed).exists():
-                expect["backbone_sha256"] = backbones.weights_sha256(configs[seed], device)
+            expect = run_expectations(store, cat.name, seed, configs[seed], device, resume, backbones)
             run, why = (store.lookup(cat.name, seed, configs[seed], "metrics", fingerprints[cat.name], expect)
                         if resume else (None, "no resume"))
             stored[cat.name, seed] = run
             if why in STORED_RUN_PROBLEMS:
-                print(f"{cat.name} seed {seed}: stored run {store.path(cat.name, seed)} {STORED_RUN_PROBLEMS[why]}; "
-                      f"recomputing", file=sys.stderr, flush=True)
+                print(f"{cat.name} seed {seed}: stored run {store.path(cat.name, seed)} "
+                      f"{STORED_RUN_PROBLEMS[why]}; recomputing", file=sys.stderr, flush=True)
     n = sum(run is not None for run in stored.values())
     if n:
         print(f"reusing {n} stored run{'s' if n != 1 else ''} from {store.folder}", file=sys.stderr, flush=True)

@@ -128,10 +128,14 @@ def is_image_file(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _first_names(names: Sequence[str]) -> str:
+    """The first :data:`_NAMED_SKIPPED` of ``names``, comma-separated, ``...`` if there are more."""
+    return ", ".join(names[:_NAMED_SKIPPED]) + (", ..." if len(names) > _NAMED_SKIPPED else "")
+
+
 def _skipped_text(skipped: Sequence[str]) -> str:
     n = len(skipped)
-    names = ", ".join(skipped[:_NAMED_SKIPPED]) + (", ..." if n > _NAMED_SKIPPED else "")
-    return f"{n} entr{'y' if n == 1 else 'ies'} that {'is' if n == 1 else 'are'} not an image: {names}"
+    return f"{n} entr{'y' if n == 1 else 'ies'} that {'is' if n == 1 else 'are'} not an image: {_first_names(skipped)}"
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
@@ -166,8 +170,7 @@ def warn_skipped(folder: Path, skipped: Sequence[str], hidden: Sequence[str] = (
 
 def _hidden_text(hidden: Sequence[str]) -> str:
     n = len(hidden)
-    names = ", ".join(hidden[:_NAMED_SKIPPED]) + (", ..." if n > _NAMED_SKIPPED else "")
-    return f"skipped {n} hidden image file{'' if n == 1 else 's'} (a name starting with '.'): {names}"
+    return f"skipped {n} hidden image file{'' if n == 1 else 's'} (a name starting with '.'): {_first_names(hidden)}"
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -181,9 +184,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
         raise PatchbankError(f"not a folder: {folder}")
     files, skipped, hidden = _scan(folder)
     if not files:
-        others = "".join(f"; {text}" for text in ([f"it holds {_skipped_text(skipped)}"] if skipped else [])
-                         + ([_hidden_text(hidden)] if hidden else []))
-        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}{others}")
+        others = ([f"it holds {_skipped_text(skipped)}"] if skipped else []) + ([_hidden_text(hidden)] if hidden else [])
+        raise PatchbankError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}"
+                             + "".join(f"; {text}" for text in others))
     warn_skipped(folder, skipped, hidden)
     return files
 
@@ -265,11 +268,9 @@ def _identity_keys(item: Any) -> tuple:
     """What makes an input the same image as another: a file's real path and its bytes' sha256,
     an array's shape, dtype and bytes' sha256; nothing for a PIL image."""
     if isinstance(item, (str, os.PathLike)):
-        digest = hashlib.sha256()
-        with open(item, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return ("path", os.path.realpath(item)), ("bytes", digest.hexdigest())
+        from patchbank.io.model_file import file_sha256   # (it imports torch; decoding alone does not)
+
+        return ("path", os.path.realpath(item)), ("bytes", file_sha256(item))
     if isinstance(item, np.ndarray):
         data = np.ascontiguousarray(item)
         return (("array", data.shape, data.dtype.str, hashlib.sha256(data).hexdigest()),)

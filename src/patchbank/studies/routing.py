@@ -19,11 +19,11 @@ import numpy as np
 
 from patchbank.config import Config
 from patchbank.errors import PatchbankError
-from patchbank.io.output_files import file_lock
 from patchbank.evaluation.inputs import load_categories, out_folder, preset_config, say
 from patchbank.evaluation.reports import MISSING, format_mean_std, pipe_table, write_json, write_text
 from patchbank.evaluation.scoring import check_test_set, score_category
 from patchbank.io.datasets import Category
+from patchbank.io.output_files import file_lock
 
 KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
 

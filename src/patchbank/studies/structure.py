@@ -29,7 +29,7 @@ from patchbank.evaluation.inputs import load_categories, out_folder, preset_conf
 from patchbank.evaluation.metrics import image_metrics
 from patchbank.evaluation.reports import format_mean_std, mean_std, pipe_table, write_csv, write_json, write_text
 from patchbank.evaluation.run_store import RUN_FORMAT, STORED_RUN_PROBLEMS, RunStore, data_fingerprint
-from patchbank.evaluation.runner import BackboneCache
+from patchbank.evaluation.runner import BackboneCache, run_expectations
 from patchbank.evaluation.scoring import PIXEL_KEYS, check_test_set, pixel_scores
 from patchbank.io.datasets import Category
 from patchbank.io.output_files import file_lock
@@ -101,9 +101,7 @@ def _stored_or_new(store: RunStore, cat: Category, seed: int, config: Config, re
     new run, saved with its data fingerprint, device and weights' sha256.  Reuse, and why a
     stored run is not reused, are said on stderr even when quiet."""
     fingerprint = data_fingerprint(cat)
-    expect = {"device": str(device)}
-    if resume and store.path(cat.name, seed).exists():
-        expect["backbone_sha256"] = backbones.weights_sha256(config, device)
+    expect = run_expectations(store, cat.name, seed, config, device, resume, backbones)
     old, why = store.lookup(cat.name, seed, config, "data", fingerprint, expect) if resume else (None, "")
     if old is not None:
         print(f"[structure] reusing stored run {store.path(cat.name, seed)}", file=sys.stderr, flush=True)

@@ -99,8 +99,7 @@ def check_same_sweep(out_dir: str | os.PathLike, param: str, preset: str, overri
                      root: str | os.PathLike) -> None:
     """Refuse (one line) a sweep into a folder whose ``sweep.json`` records another sweep (another
     parameter, preset, common overrides or dataset root): writing this one's tables would replace
-    that one's.
-    The same sweep again (more values, more seeds) resumes in place."""
+    that one's.  The same sweep again (more values, more seeds) resumes in place."""
     path = Path(out_dir) / "sweep.json"
     if not path.is_file():
         return
