@@ -850,6 +850,9 @@ def test_settings_refuse_a_decoded_pixel_limit_below_the_image_limit():
     with pytest.raises(PatchbankError, match="--max-decoded-pixels, 1,000.*--max-pixels, 2,000"):
         ServeSettings(max_pixels=2000, max_decoded_pixels=1000)
     assert ServeSettings(max_pixels=2000, max_decoded_pixels=2000).max_decoded_pixels == 2000
+    with pytest.raises(PatchbankError, match="workers must be >= 1"):   # session 31's field
+        ServeSettings(workers=0)
+    assert ServeSettings.from_json(ServeSettings(workers=3).to_json()).workers == 3
 
 
 def test_settings_round_trip_and_model_names(tmp_path):
